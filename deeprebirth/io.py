@@ -1,0 +1,333 @@
+"""Load and save Caffe nets (text prototxt) and weights (binary caffemodel).
+
+* Legacy ``layers {}`` (V1LayerParameter) are upgraded to ``layer {}``.
+* Phase filtering follows Caffe's NetStateRule semantics (include/exclude, phase, level, stage).
+* Weights move between BlobProto and numpy without Python loops over elements.
+* Every write is atomic (temporary file + rename) and refuses to overwrite an input file.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+from google.protobuf import descriptor_pb2, message_factory, text_format
+from google.protobuf.message import DecodeError
+
+from . import proto as pb
+from .errors import RebirthError
+
+Weights = dict[str, list[np.ndarray]]
+
+# --------------------------------------------------------------------------------------------
+# Raw views of BlobProto: the packed float/double payloads as bytes, so numpy can wrap them.
+_raw_file = descriptor_pb2.FileDescriptorProto(name="deeprebirth_raw_blob.proto", package="deeprebirth")
+_raw_msg = _raw_file.message_type.add(name="RawBlob")
+for _name, _num in (("data", 5), ("double_data", 8)):
+    _raw_msg.field.add(name=_name, number=_num, type=descriptor_pb2.FieldDescriptorProto.TYPE_BYTES,
+                       label=descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL)
+pb.POOL.Add(_raw_file)
+RawBlob = message_factory.GetMessageClass(pb.POOL.FindMessageTypeByName("deeprebirth.RawBlob"))
+
+# --------------------------------------------------------------------------------------------
+# Legacy V1 layer types (enum name -> layer type string of the modern format).
+V1_TYPES = {
+    "NONE": "", "ABSVAL": "AbsVal", "ACCURACY": "Accuracy", "ARGMAX": "ArgMax", "BNLL": "BNLL",
+    "CONCAT": "Concat", "CONTRASTIVE_LOSS": "ContrastiveLoss", "CONVOLUTION": "Convolution",
+    "DATA": "Data", "DECONVOLUTION": "Deconvolution", "DROPOUT": "Dropout",
+    "DUMMY_DATA": "DummyData", "EUCLIDEAN_LOSS": "EuclideanLoss", "ELTWISE": "Eltwise",
+    "EXP": "Exp", "FLATTEN": "Flatten", "HDF5_DATA": "HDF5Data", "HDF5_OUTPUT": "HDF5Output",
+    "HINGE_LOSS": "HingeLoss", "IM2COL": "Im2col", "IMAGE_DATA": "ImageData",
+    "INFOGAIN_LOSS": "InfogainLoss", "INNER_PRODUCT": "InnerProduct", "LRN": "LRN",
+    "MEMORY_DATA": "MemoryData", "MULTINOMIAL_LOGISTIC_LOSS": "MultinomialLogisticLoss",
+    "MVN": "MVN", "POOLING": "Pooling", "POWER": "Power", "RELU": "ReLU", "SIGMOID": "Sigmoid",
+    "SIGMOID_CROSS_ENTROPY_LOSS": "SigmoidCrossEntropyLoss", "SILENCE": "Silence",
+    "SOFTMAX": "Softmax", "SOFTMAX_LOSS": "SoftmaxWithLoss", "SPLIT": "Split", "SLICE": "Slice",
+    "TANH": "TanH", "WINDOW_DATA": "WindowData", "THRESHOLD": "Threshold",
+}
+# Sub-messages that V1 and modern layers share under the same field name.
+_V1_SHARED_PARAMS = (
+    "accuracy_param", "argmax_param", "concat_param", "contrastive_loss_param", "convolution_param",
+    "data_param", "dropout_param", "dummy_data_param", "eltwise_param", "exp_param",
+    "hdf5_data_param", "hdf5_output_param", "hinge_loss_param", "image_data_param",
+    "infogain_loss_param", "inner_product_param", "lrn_param", "memory_data_param", "mvn_param",
+    "pooling_param", "power_param", "relu_param", "sigmoid_param", "softmax_param", "slice_param",
+    "tanh_param", "threshold_param", "window_data_param", "transform_param", "loss_param",
+)
+
+
+def _upgrade_v1(net: "pb.NetParameter", source: str) -> None:
+    """Rewrite ``layers {}`` (V1) into ``layer {}`` in place."""
+    type_names = pb.V1LayerParameter.DESCRIPTOR.enum_types_by_name["LayerType"].values_by_number
+    upgraded = []
+    for old in net.layers:
+        if old.HasField("layer"):
+            raise RebirthError(f"{source}: layer '{old.layer.name}' uses the V0 format (layers {{ layer {{ ... }} }}); "
+                               "upgrade it with Caffe's upgrade_net_proto_text first")
+        new = pb.LayerParameter(name=old.name)
+        kind = type_names[old.type].name if old.type in type_names else str(old.type)
+        if kind not in V1_TYPES:
+            raise RebirthError(f"{source}: layer '{old.name}': legacy type {kind} has no modern equivalent")
+        new.type = V1_TYPES[kind]
+        new.bottom.extend(old.bottom)
+        new.top.extend(old.top)
+        new.loss_weight.extend(old.loss_weight)
+        new.include.extend(old.include)
+        new.exclude.extend(old.exclude)
+        new.blobs.extend(old.blobs)
+        n_specs = max(len(old.param), len(old.blobs_lr), len(old.weight_decay))
+        for i in range(n_specs):
+            spec = new.param.add()
+            if i < len(old.param):
+                spec.name = old.param[i]
+            if i < len(old.blobs_lr):
+                spec.lr_mult = old.blobs_lr[i]
+            if i < len(old.weight_decay):
+                spec.decay_mult = old.weight_decay[i]
+        for field in _V1_SHARED_PARAMS:
+            if old.HasField(field):
+                getattr(new, field).CopyFrom(getattr(old, field))
+        upgraded.append(new)
+    del net.layers[:]
+    net.layer.extend(upgraded)
+
+
+def upgrade(net: "pb.NetParameter", source: str = "<net>") -> "pb.NetParameter":
+    """Upgrade legacy forms in place (V1 ``layers``) and return the net."""
+    if len(net.layers):
+        if len(net.layer):
+            raise RebirthError(f"{source}: mixes legacy 'layers' and modern 'layer' fields")
+        _upgrade_v1(net, source)
+    return net
+
+
+# --------------------------------------------------------------------------------------------
+# Reading
+
+
+def _read_bytes(path: str | os.PathLike) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError:
+        raise RebirthError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise RebirthError(f"{path}: is a directory, expected a file") from None
+    except OSError as exc:
+        raise RebirthError(f"{path}: cannot read ({exc.strerror})") from None
+
+
+def parse_net_text(text: str, source: str = "<text>") -> "pb.NetParameter":
+    """Parse a NetParameter from prototxt text; errors carry file, line and column."""
+    net = pb.NetParameter()
+    try:
+        text_format.Parse(text, net)
+    except text_format.ParseError as exc:
+        # Say what the file is when it parses as another Caffe message (a solver, say).
+        solver = pb.SolverParameter()
+        try:
+            text_format.Parse(text, solver)
+            is_solver = bool(solver.ListFields())
+        except text_format.ParseError:
+            is_solver = False
+        if is_solver:
+            raise RebirthError(f"{source}: is a SolverParameter (solver file), expected a net "
+                               "(NetParameter) prototxt") from None
+        line, col = exc.GetLine(), exc.GetColumn()
+        where = f"{source}:{line}:{col}" if line else source
+        msg = str(exc)
+        # protobuf prefixes "line:col : "; keep only the message.
+        if line and msg.startswith(f"{line}:{col}"):
+            msg = msg.split(":", 2)[-1].strip()
+        raise RebirthError(f"{where}: {msg}") from None
+    return upgrade(net, source)
+
+
+def read_net(path: str | os.PathLike) -> "pb.NetParameter":
+    """Load a text prototxt into a NetParameter (legacy V1 layers upgraded)."""
+    data = _read_bytes(path)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise RebirthError(f"{path}: is a binary file, expected a text prototxt "
+                           "(a .caffemodel goes to --weights)") from None
+    net = parse_net_text(text, str(path))
+    if not len(net.layer) and not len(net.input):
+        raise RebirthError(f"{path}: not a Caffe net: it defines no layers and no inputs")
+    return net
+
+
+def read_weights(path: str | os.PathLike) -> "pb.NetParameter":
+    """Load a binary .caffemodel (a NetParameter with blobs); legacy V1 models are upgraded."""
+    data = _read_bytes(path)
+    net = pb.NetParameter()
+    try:
+        net.ParseFromString(data)
+    except DecodeError:
+        hint = " (this looks like a text prototxt)" if data[:200].lstrip()[:1].isalpha() else ""
+        raise RebirthError(f"{path}: not a binary caffemodel{hint}") from None
+    if not len(net.layer) and not len(net.layers):
+        raise RebirthError(f"{path}: not a caffemodel: it holds no layers")
+    return upgrade(net, str(path))
+
+
+# --------------------------------------------------------------------------------------------
+# Blobs <-> numpy
+
+
+def blob_shape(blob: "pb.BlobProto") -> tuple[int, ...]:
+    if blob.HasField("shape"):
+        return tuple(int(d) for d in blob.shape.dim)
+    legacy = (blob.num, blob.channels, blob.height, blob.width)
+    if any(legacy):
+        return tuple(int(d) for d in legacy)
+    return (len(blob.data) or len(blob.double_data),)
+
+
+def blob_to_array(blob: "pb.BlobProto", where: str = "blob") -> np.ndarray:
+    """A float32 copy of the blob's data (``double_data`` is converted), in its shape."""
+    shape = blob_shape(blob)
+    raw = RawBlob.FromString(blob.SerializeToString())
+    if raw.data:
+        arr = np.frombuffer(raw.data, dtype="<f4").astype(np.float32)
+    elif raw.double_data:
+        arr = np.frombuffer(raw.double_data, dtype="<f8").astype(np.float32)
+    elif len(blob.data) or len(blob.double_data):  # unpacked encoding: still vectorised
+        arr = np.array(blob.data if len(blob.data) else blob.double_data, dtype=np.float32)
+    else:
+        arr = np.zeros(0, dtype=np.float32)
+    if arr.size != int(np.prod(shape, dtype=np.int64)):
+        raise RebirthError(f"{where}: holds {arr.size} values but its shape {list(shape)} needs "
+                           f"{int(np.prod(shape, dtype=np.int64))}")
+    return arr.reshape(shape)
+
+
+def array_to_blob(arr: np.ndarray, blob: "pb.BlobProto | None" = None) -> "pb.BlobProto":
+    """Fill (or create) a BlobProto with ``arr`` as float32 data and an explicit shape."""
+    blob = pb.BlobProto() if blob is None else blob
+    blob.Clear()
+    arr = np.ascontiguousarray(arr, dtype="<f4")
+    blob.shape.dim.extend(int(d) for d in arr.shape)
+    blob.MergeFromString(RawBlob(data=arr.tobytes()).SerializeToString())
+    return blob
+
+
+def weights_of(net: "pb.NetParameter") -> Weights:
+    """Layer name -> list of float32 arrays, for every layer that carries blobs."""
+    return {layer.name: [blob_to_array(b, f"layer '{layer.name}' blob {i}") for i, b in enumerate(layer.blobs)]
+            for layer in net.layer if len(layer.blobs)}
+
+
+def with_weights(net: "pb.NetParameter", weights: Weights) -> "pb.NetParameter":
+    """A copy of ``net`` whose layers carry ``weights`` as blobs (layers not in ``weights`` get none)."""
+    out = pb.NetParameter()
+    out.CopyFrom(net)
+    for layer in out.layer:
+        del layer.blobs[:]
+        for arr in weights.get(layer.name, ()):
+            array_to_blob(arr, layer.blobs.add())
+    return out
+
+
+def strip_weights(net: "pb.NetParameter") -> "pb.NetParameter":
+    out = pb.NetParameter()
+    out.CopyFrom(net)
+    for layer in out.layer:
+        del layer.blobs[:]
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Phase filtering (Caffe's Net::FilterNet / StateMeetsRule)
+
+
+def _meets(state: "pb.NetState", rule: "pb.NetStateRule") -> bool:
+    if rule.HasField("phase") and rule.phase != state.phase:
+        return False
+    if rule.HasField("min_level") and state.level < rule.min_level:
+        return False
+    if rule.HasField("max_level") and state.level > rule.max_level:
+        return False
+    stages = set(state.stage)
+    if any(s not in stages for s in rule.stage):
+        return False
+    if any(s in stages for s in rule.not_stage):
+        return False
+    return True
+
+
+def filter_phase(net: "pb.NetParameter", phase: int | None = None, level: int = 0,
+                 stages: Iterable[str] = ()) -> "pb.NetParameter":
+    """The layers of ``net`` that Caffe instantiates in ``phase`` (default: the net's own state, TEST)."""
+    state = pb.NetState()
+    state.CopyFrom(net.state)
+    if phase is not None:
+        state.phase = phase
+    if level:
+        state.level = level
+    state.stage.extend(stages)
+    out = pb.NetParameter()
+    out.CopyFrom(net)
+    del out.layer[:]
+    for layer in net.layer:
+        included = not len(layer.include)
+        if any(_meets(state, r) for r in layer.exclude):
+            included = False
+        if any(_meets(state, r) for r in layer.include):
+            included = True
+        if included:
+            kept = out.layer.add()
+            kept.CopyFrom(layer)
+            del kept.include[:]
+            del kept.exclude[:]
+    out.state.phase = state.phase
+    return out
+
+
+def phases_used(net: "pb.NetParameter") -> set[int]:
+    """The phases named by any include/exclude rule (empty for a plain deploy net)."""
+    return {r.phase for layer in net.layer for r in list(layer.include) + list(layer.exclude)
+            if r.HasField("phase")}
+
+
+# --------------------------------------------------------------------------------------------
+# Writing
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
+    except OSError:
+        return False
+
+
+def atomic_write(path: str | os.PathLike, data: bytes | str, inputs: Iterable[str | os.PathLike] = ()) -> Path:
+    """Write ``data`` to ``path`` through a temporary file and a rename; never onto an input."""
+    path = Path(path)
+    for src in inputs:
+        if src is not None and _same_file(path, Path(src)):
+            raise RebirthError(f"{path}: refusing to overwrite an input file")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data.encode("utf-8") if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def net_to_text(net: "pb.NetParameter") -> str:
+    return text_format.MessageToString(net)
+
+
+def write_net(net: "pb.NetParameter", path: str | os.PathLike, inputs: Iterable = ()) -> Path:
+    return atomic_write(path, net_to_text(net), inputs)
+
+
+def write_weights(net: "pb.NetParameter", path: str | os.PathLike, inputs: Iterable = ()) -> Path:
+    return atomic_write(path, net.SerializeToString(), inputs)

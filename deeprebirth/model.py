@@ -1,0 +1,89 @@
+"""A model in memory: a deploy NetParameter (layers only, no blobs) plus weights as numpy arrays.
+
+This is what rules rewrite and engines run. ``load_model`` resolves built-in names, filters the
+phase, checks weights against the shapes the prototxt implies, and names the first mismatch.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import io
+from . import proto as pb
+from .errors import RebirthError
+from .graph import Graph
+
+MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
+BUILTIN = ("googlenet", "alexnet", "resnet50")
+
+
+def resolve(model: str | Path) -> Path:
+    """A prototxt path, or the path of a built-in model name (``googlenet``, ``alexnet``, ``resnet50``)."""
+    p = Path(model)
+    if p.exists() or str(model) not in BUILTIN:
+        if not p.exists():
+            hint = f" (built-in models: {', '.join(BUILTIN)})" if p.suffix == "" else ""
+            raise RebirthError(f"{model}: no such file{hint}")
+        return p
+    return MODELS_DIR / f"{model}.prototxt"
+
+
+@dataclass
+class Model:
+    net: "pb.NetParameter"
+    weights: io.Weights | None = None
+    source: str = "<model>"
+    weights_source: str | None = None
+    extras: dict = field(default_factory=dict)
+
+    def graph(self, **kwargs) -> Graph:
+        return Graph(self.net, **kwargs)
+
+    def copy(self) -> "Model":
+        net = pb.NetParameter()
+        net.CopyFrom(self.net)
+        weights = None if self.weights is None else {k: list(v) for k, v in self.weights.items()}
+        return Model(net, weights, self.source, self.weights_source, copy.deepcopy(self.extras))
+
+    def with_blobs(self) -> "pb.NetParameter":
+        """The net with weights embedded (what a .caffemodel holds)."""
+        return io.with_weights(self.net, self.weights or {})
+
+
+def check_weights(graph: Graph, weights: io.Weights, source: str) -> None:
+    """Every weight blob must have the shape (or at least the size, as Caffe accepts) the prototxt implies."""
+    for node in graph.nodes:
+        arrays = weights.get(node.name)
+        if arrays is None:
+            continue
+        if len(arrays) != len(node.param_shapes):
+            raise RebirthError(f"{source}: layer '{node.name}' ({node.type}) has {len(arrays)} weight blobs, "
+                               f"the prototxt implies {len(node.param_shapes)}")
+        for i, (arr, want) in enumerate(zip(arrays, node.param_shapes)):
+            if tuple(arr.shape) != tuple(want):
+                # Caffe accepts legacy 4-D shapes of equal size (e.g. 1x1xNxK for an InnerProduct).
+                if arr.size == int(np.prod(want, dtype=np.int64)) and arr.ndim == 4 and len(want) != 4:
+                    weights[node.name][i] = arr.reshape(want)
+                    continue
+                raise RebirthError(f"{source}: layer '{node.name}' blob {i}: the caffemodel has shape "
+                                   f"{list(arr.shape)}, the prototxt implies {list(want)}")
+
+
+def load_model(model: str | Path, weights: str | Path | None = None, phase: int = pb.TEST,
+               batch: int | None = None) -> Model:
+    """Load a prototxt (or built-in name) and optional caffemodel, filtered to ``phase``."""
+    path = resolve(model)
+    net = io.filter_phase(io.read_net(path), phase)
+    net = io.strip_weights(net)
+    m = Model(net, None, str(path))
+    if weights is not None:
+        arrays = io.weights_of(io.read_weights(weights))
+        graph = Graph(net, batch=batch)
+        known = {n.name for n in graph.nodes}
+        arrays = {k: v for k, v in arrays.items() if k in known}
+        check_weights(graph, arrays, str(weights))
+        m.weights, m.weights_source = arrays, str(weights)
+    return m
