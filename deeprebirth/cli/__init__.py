@@ -1,0 +1,47 @@
+"""The `rebirth` command line: a thin click layer. Each command lives in its own module and calls
+the library; RebirthError becomes a one-line message on stderr and exit code 1 (no traceback)."""
+from __future__ import annotations
+
+import functools
+import sys
+
+import click
+
+from .. import __version__
+from ..errors import RebirthError
+
+
+class RebirthGroup(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except RebirthError as exc:
+            click.echo(f"rebirth: error: {exc}", err=True)
+            sys.exit(1)
+
+
+@click.group(cls=RebirthGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="rebirth")
+def main():
+    """DeepRebirth: make trained Caffe models run faster by slimming non-tensor layers.
+
+    MODEL is a .prototxt path or a built-in name: googlenet, alexnet, resnet50.
+    """
+
+
+def output_json(obj) -> None:
+    import json  # noqa: PLC0415
+    click.echo(json.dumps(obj, indent=2))
+
+
+def _register() -> None:
+    from . import inspect_cmd  # noqa: F401,PLC0415
+    for optional in ("fold_bn_cmd", "slim_cmd", "bench_cmd"):
+        try:
+            __import__(f"{__name__}.{optional}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__name__}.{optional}":
+                raise
+
+
+_register()

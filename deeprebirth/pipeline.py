@@ -1,0 +1,57 @@
+"""Apply rules to a model: match, guard, rewrite, report, until no rule finds anything new."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .graph import Graph
+from .model import Model
+from .rules.base import Change, Rule, Skip
+
+
+@dataclass
+class Result:
+    model: Model
+    changes: list[Change] = field(default_factory=list)
+    skips: list[Skip] = field(default_factory=list)
+
+    @property
+    def regenerated(self) -> set[str]:
+        gone = {n for c in self.changes for n in c.removed}
+        return {n for c in self.changes for n in c.regenerated} - gone
+
+
+def costs(graph: Graph) -> dict:
+    t = graph.totals()
+    return {"params": t["params"], "macs": t["macs"], "memory_bytes": t["memory_bytes"], "layers": t["layers"]}
+
+
+def run(model: Model, rules: list[Rule], only: set[str] | None = None, max_steps: int = 10_000) -> Result:
+    """Rewrite a copy of ``model`` with ``rules`` in order. ``only`` restricts rewrites to the named
+    substructures. Each rule runs to a fixed point before the next one starts."""
+    model = model.copy()
+    result = Result(model)
+    seen: set[tuple[str, str, tuple[str, ...]]] = set()
+    steps = 0
+    for rule in rules:
+        while steps < max_steps:
+            graph = Graph(model.net, strict=False)
+            todo = None
+            for m in rule.match(graph):
+                key = (rule.name, m.name, tuple(m.layers))
+                if key in seen or (only is not None and m.name not in only):
+                    continue
+                seen.add(key)
+                note = rule.guards(graph, m, model)
+                if note:
+                    result.skips.append(Skip(rule.name, m.name, note))
+                    continue
+                todo = m
+                break
+            if todo is None:
+                break
+            before = costs(graph)
+            change = rule.rewrite(model, graph, todo)
+            change.before, change.after = before, costs(Graph(model.net, strict=False))
+            result.changes.append(change)
+            steps += 1
+    return result

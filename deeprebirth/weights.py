@@ -1,0 +1,36 @@
+"""Weight operations shared by rules: initialisation of regenerated layers and transplanting."""
+from __future__ import annotations
+
+import numpy as np
+
+from . import io
+from .graph import Graph
+
+
+def xavier(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    """Caffe's "xavier" filler (variance_norm FAN_IN): uniform in [-a, a], a = sqrt(3 / fan_in),
+    with fan_in = count / shape[0]."""
+    fan_in = int(np.prod(shape[1:])) if len(shape) > 1 else 1
+    a = np.sqrt(3.0 / max(1, fan_in))
+    return rng.uniform(-a, a, size=shape).astype(np.float32)
+
+
+def init_layer(graph: Graph, name: str, rng: np.random.Generator) -> list[np.ndarray]:
+    """Fresh weights for a regenerated layer: Xavier for >= 2-D blobs, zeros for biases."""
+    node = graph.node(name)
+    return [xavier(s, rng) if len(s) > 1 else np.zeros(s, dtype=np.float32) for s in node.param_shapes]
+
+
+def transplant(src: io.Weights, graph: Graph, regenerated: set[str], seed: int = 0) -> io.Weights:
+    """Weights for ``graph``: every layer not regenerated keeps its arrays from ``src`` (same objects,
+    bit for bit); regenerated layers, and layers ``src`` lacks, are initialised fresh."""
+    rng = np.random.default_rng(seed)
+    out: io.Weights = {}
+    for node in graph.nodes:
+        if not node.param_shapes:
+            continue
+        if node.name not in regenerated and node.name in src:
+            out[node.name] = src[node.name]
+        else:
+            out[node.name] = init_layer(graph, node.name, rng)
+    return out
