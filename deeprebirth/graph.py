@@ -397,6 +397,12 @@ def _reshape(g, layer, bottoms):
 def _crop(g, layer, bottoms):
     _need_bottoms(layer, bottoms, n=2)
     axis = _canon_axis(layer.crop_param.axis, len(bottoms[0]), layer)
+    offsets = list(layer.crop_param.offset)
+    for i in range(axis, len(bottoms[0])):
+        off = 0 if not offsets else (offsets[0] if len(offsets) == 1 else offsets[i - axis])
+        if bottoms[0][i] - off < bottoms[1][i]:
+            raise RebirthError(f"layer '{layer.name}' (Crop): crop of axis {i} is out of bounds: size "
+                               f"{bottoms[0][i]}, offset {off}, wanted {bottoms[1][i]}")
     return [(*bottoms[0][:axis], *bottoms[1][axis:])], [], 0
 
 
@@ -701,6 +707,11 @@ class Graph:
     def shapes(self) -> dict[str, Shape | None]:
         """Blob name -> shape (of its last version; in-place layers keep the shape)."""
         return {name: self.version_shapes[(name, v)] for name, v in self._latest.items()}
+
+    @property
+    def input_blobs(self) -> list[str]:
+        """Blobs fed from outside: net-level inputs and the tops of Input layers."""
+        return self.inputs + [t[0] for n in self.nodes if n.type == "Input" for t in n.tops]
 
     # -- navigation --------------------------------------------------------------------------
     def node(self, name: str) -> Node:

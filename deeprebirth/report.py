@@ -23,7 +23,7 @@ def inspect(model: Model, batch: int | None = None) -> dict:
         "name": model.net.name,
         "weights": model.weights_source,
         "batch": batch,
-        "inputs": {name: list(g.shapes[name]) if g.shapes[name] else None for name in g.inputs},
+        "inputs": {name: list(g.shapes[name]) if g.shapes[name] else None for name in g.input_blobs},
         "layers": layers,
         "totals": totals,
         "memory_bytes": totals["memory_bytes"],

@@ -186,3 +186,25 @@ def test_check_mode(tmp_path):
     (tmp_path / "alexnet.prototxt").write_text("name: \"stale\"\n")
     proc = run_generator("--check", str(tmp_path))
     assert proc.returncode == 1 and "alexnet.prototxt" in proc.stderr
+
+
+# ---------------------------------------------------------------- shapes (deeprebirth.graph)
+
+# Expected output blob shapes at the upstream deploy batch sizes (a self-contained anchor).
+FINAL_SHAPES = {
+    "googlenet": {"inception_5b/output": (10, 1024, 7, 7), "prob": (10, 1000)},
+    "alexnet": {"pool5": (10, 256, 6, 6), "prob": (10, 1000)},
+    "resnet50": {"res5c": (1, 2048, 7, 7), "pool5": (1, 2048, 1, 1), "prob": (1, 1000)},
+}
+
+
+@pytest.mark.parametrize("name", REFERENCES)
+def test_blob_shapes_match_public(shared_models, name):
+    from deeprebirth.graph import Graph
+
+    mine = Graph(ours(name)).shapes
+    ref = Graph(public(shared_models, name)).shapes
+    assert mine == ref
+    assert all(shape is not None for shape in mine.values())
+    for blob, shape in FINAL_SHAPES[name].items():
+        assert mine[blob] == shape

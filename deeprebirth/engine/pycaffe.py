@@ -74,14 +74,19 @@ class CaffeNet:
     def input_names(self) -> list[str]:
         return list(self.net.inputs)
 
-    def fill_inputs(self, seed: int = 0, inputs: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
-        """Set every net input (given arrays, or uniform random in [-1, 1) from ``seed``)."""
+    def fill_inputs(self, seed: int = 0, inputs: dict[str, np.ndarray] | None = None,
+                    batch: int | None = None) -> dict[str, np.ndarray]:
+        """Set every net input (given arrays, or uniform random in [-1, 1) from ``seed``, with the
+        batch dimension replaced by ``batch`` when given)."""
         rng = np.random.default_rng(seed)
         used = {}
         for name in self.input_names:
             blob = self.net.blobs[name]
+            shape = tuple(blob.data.shape)
+            if batch and shape:
+                shape = (batch, *shape[1:])
             arr = inputs[name] if inputs and name in inputs else \
-                rng.uniform(-1, 1, size=blob.data.shape).astype(np.float32)
+                rng.uniform(-1, 1, size=shape).astype(np.float32)
             if tuple(arr.shape) != tuple(blob.data.shape):
                 blob.reshape(*arr.shape)
                 self.net.reshape()
