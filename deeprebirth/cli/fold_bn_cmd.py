@@ -1,0 +1,39 @@
+"""`rebirth fold-bn`: fold BatchNorm / Scale / Bias into the tensor layers before them (exact)."""
+from __future__ import annotations
+
+import click
+
+from .. import fold
+from . import main
+
+
+@main.command("fold-bn")
+@click.argument("model")
+@click.argument("weights", type=click.Path(dir_okay=False))
+@click.option("--output", "-o", "outdir", required=True, type=click.Path(file_okay=False),
+              help=f"Directory for {fold.OUTPUT_NET} and {fold.OUTPUT_WEIGHTS} (created if needed).")
+@click.option("--verify", "do_verify", is_flag=True,
+              help="Run the original and folded nets in pycaffe on the same random inputs and fail "
+                   "(writing nothing) when an output differs by more than --tolerance.")
+@click.option("--tolerance", type=click.FloatRange(min=0), default=1e-5, show_default=True,
+              help=f"Largest relative output difference --verify accepts: {fold.RELATIVE}.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the --verify inputs.")
+def fold_bn_command(model, weights, outdir, do_verify, tolerance, seed):
+    """Fold BatchNorm, Scale and Bias layers of MODEL into the Convolution, Deconvolution or
+    InnerProduct before them (paper Lemma 2); a chain with no such layer before it becomes one Scale.
+    The result computes the same function with fewer layers.
+
+    MODEL is a deploy .prototxt or a built-in name; WEIGHTS its .caffemodel. Writes
+    OUTDIR/deploy.prototxt and OUTDIR/weights.caffemodel.
+    """
+    original = fold.load(model, weights)
+    result = fold.fold_bn(original)
+    for line in fold.summary(original, result):
+        click.echo(line)
+    if do_verify:
+        check = fold.verify(original, result.model, seed=seed)
+        click.echo(check.format(tolerance))
+        fold.require(check, tolerance)
+    net_path, weights_path = fold.write(result.model, outdir,
+                                        inputs=[original.source, original.weights_source])
+    click.echo(f"wrote {net_path} and {weights_path}")
