@@ -848,7 +848,7 @@ class Graph:
                 sources.add(ref)
             if len(sources) == 1 and all(branches):
                 names = [n.name for br in branches for n in br] + [node.name]
-                out.append({"kind": "branch", "name": _group_name(names, node.name),
+                out.append({"kind": "branch", "name": group_name(names, node.name),
                             "source": next(iter(sources))[0], "concat": node.name,
                             "branches": [[n.name for n in br] for br in branches]})
         return out
@@ -857,7 +857,7 @@ class Graph:
         return self.streamline_chains() + self.branch_groups()
 
 
-def _group_name(names: list[str], fallback: str) -> str:
+def group_name(names: list[str], fallback: str) -> str:
     """The common prefix of a group's layer names, cut at a separator (``inception_3a``)."""
     prefix = names[0]
     for n in names[1:]:
