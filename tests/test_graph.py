@@ -226,3 +226,14 @@ def test_batch_override(shared_models):
     g1, g10 = Graph(net, batch=1), Graph(net)
     assert g1.shapes["prob"] == (1, 1000) and g10.shapes["prob"] == (10, 1000)
     assert g10.memory_bytes == 10 * g1.memory_bytes
+
+
+def test_floor_round_mode_matches_engine(caffe):
+    from deeprebirth.engine.pycaffe import CaffeNet
+    net = net_of('layer { name: "p" type: "Pooling" bottom: "data" top: "p" '
+                 'pooling_param { pool: MAX kernel_size: 3 stride: 2 round_mode: FLOOR } }\n'
+                 'layer { name: "q" type: "Pooling" bottom: "data" top: "q" '
+                 'pooling_param { pool: MAX kernel_size: 3 stride: 2 } }', 1, 1, 8, 8)
+    g = Graph(net)
+    assert g.shapes["p"] == (1, 1, 3, 3) and g.shapes["q"] == (1, 1, 4, 4)
+    assert CaffeNet(net).blob_shapes() == g.shapes

@@ -29,6 +29,13 @@ def import_caffe():
     return _caffe
 
 
+def engine_text(net: "pb.NetParameter") -> str:
+    """The prototxt text handed to this engine. The engine (an SSD-Caffe derivative) spells BVLC's
+    pooling ``round_mode: CEIL|FLOOR`` (field 13) as ``ceil_mode: true|false``."""
+    text = io.net_to_text(net)
+    return text.replace("round_mode: FLOOR", "ceil_mode: false").replace("round_mode: CEIL", "ceil_mode: true")
+
+
 class CaffeNet:
     """A pycaffe net built from our NetParameter (and optional weights, layer name -> arrays)."""
 
@@ -38,7 +45,7 @@ class CaffeNet:
         fd, path = tempfile.mkstemp(suffix=".prototxt", prefix="deeprebirth-")
         try:
             with os.fdopen(fd, "w") as fh:
-                fh.write(io.net_to_text(self.param))
+                fh.write(engine_text(self.param))
             self.net = caffe.Net(path, phase)
         finally:
             os.unlink(path)
