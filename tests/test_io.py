@@ -187,6 +187,7 @@ def test_atomic_write_never_overwrites_an_input(tmp_path):
     out = io.atomic_write(tmp_path / "sub" / "out.txt", "hello", inputs=[src])
     assert out.read_text() == "hello"
     assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == ["out.txt"]  # no temp left
+    assert out.stat().st_mode & 0o044 == 0o044  # readable by others, as an ordinary new file
 
 
 def test_text_format_parse_of_every_input_form(tmp_path):

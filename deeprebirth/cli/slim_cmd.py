@@ -1,0 +1,54 @@
+"""`rebirth slim`: slim a model and write the slim deploy net, its fine-tuning files and a report."""
+from __future__ import annotations
+
+import click
+
+from .. import io
+from .. import slim as slim_api
+from ..model import load_model, resolve
+from . import main, output_json
+
+
+def _names(value: str | None) -> list[str] | None:
+    return None if value is None else [v for v in value.split(",")]
+
+
+@main.command("slim")
+@click.argument("model")
+@click.option("--weights", "-w", type=click.Path(dir_okay=False),
+              help="Trained .caffemodel: OUTDIR/init.caffemodel gets its weights for every unchanged layer.")
+@click.option("--train-val", "train_val", type=click.Path(dir_okay=False),
+              help="The model's train_val.prototxt: its data and loss layers frame the slim body "
+                   "(default: ImageData layers reading train.txt/val.txt, and a softmax loss).")
+@click.option("--only", metavar="NAMES",
+              help="Slim only these substructures, comma-separated (e.g. conv1,conv2,inception_3a).")
+@click.option("--rules", "rule_names", metavar="LIST",
+              help="Run only these rules, comma-separated (default: every available rule).")
+@click.option("--keep-pooling", is_flag=True,
+              help="Absorb no pooling into a convolution's stride: streamline slimming only prunes LRN/Dropout "
+                   "and pool_into_conv does not run (the paper's AlexNet experiment, Table 7).")
+@click.option("--data-layer", type=click.Choice(["image", "dummy"]), default="image", show_default=True,
+              help="Data layers of a generated train_val: ImageData list files, or synthetic DummyData.")
+@click.option("--output", "-o", "outdir", required=True, type=click.Path(),
+              help="Directory for deploy.prototxt, train_val.prototxt, solver.prototxt, init.caffemodel, "
+                   "report.json.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a summary.")
+def slim_command(model, weights, train_val, only, rule_names, keep_pooling, data_layer, outdir, as_json):
+    """Slim MODEL: merge non-tensor layers into tensor layers (DeepRebirth streamline and branch
+    slimming, and the exact folds), bottom to top.
+
+    Rewritten layers that change the output are regenerated: Xavier-initialised in init.caffemodel
+    and given a 10x learning rate in train_val.prototxt, to be fine-tuned with solver.prototxt.
+    """
+    m = load_model(model, weights)
+    given = io.read_net(train_val) if train_val else None
+    extra = io.weights_of(io.read_weights(weights)) if (weights and given is not None) else None
+    out = slim_api.slim(m, _names(rule_names), only=_names(only), keep_pooling=keep_pooling,
+                        train_val=given, train_val_source=train_val,
+                        data_layer=data_layer, extra_weights=extra,
+                        inputs=[str(resolve(model)), weights, train_val])
+    written = slim_api.write(out, outdir)
+    if as_json:
+        output_json(out.report())
+    else:
+        click.echo(slim_api.summary(out, written))
