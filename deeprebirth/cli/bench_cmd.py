@@ -1,0 +1,53 @@
+"""`rebirth bench`: latency (best and median run), per-layer time and memory of one or more nets."""
+from __future__ import annotations
+
+import sys
+
+import click
+
+from .. import bench
+from ..engine.devices import get_device
+from . import main, output_json
+
+
+@main.command("bench")
+@click.argument("models", nargs=-1, required=True, metavar="MODEL [MODEL ...]")
+@click.option("--weights", "-w", multiple=True, type=click.Path(dir_okay=False),
+              help="A .caffemodel; give it once per MODEL, in order (default: random weights).")
+@click.option("--device", "-d", default="cpu", show_default=True, help="Where to run: cpu (adb comes later).")
+@click.option("--batch", "-b", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Batch size of the random input.")
+@click.option("--runs", "-n", type=click.IntRange(min=1), default=50, show_default=True,
+              help="Timed forward passes per model.")
+@click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True,
+              help="Untimed passes per model first.")
+@click.option("--layers", is_flag=True, help="Also time every layer: by type, non-tensor share, top layers.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
+@click.option("--plot", type=click.Path(dir_okay=False), default=None,
+              help="Write a bar chart of per-layer time to this .png (implies --layers).")
+def bench_command(models, weights, device, batch, runs, warmup, layers, as_json, plot):
+    """Time MODEL forward passes on random input: best and median run, ratios to the first MODEL
+    (runs of several models are interleaved), memory, and with --layers the time of every layer
+    and the share of non-tensor layers (the paper's Table 2 and Figure 2)."""
+    dev = get_device(device)
+    prepared = bench.prepare(list(models), list(weights), batch)
+    layers = layers or plot is not None
+    settings = {"device": dev.name, "device_description": dev.description, "batch": batch, "runs": runs,
+                "warmup": warmup, "layers_timed": layers}
+    show_progress = not as_json and sys.stdout.isatty()
+    if show_progress:
+        with click.progressbar(length=len(prepared) * (runs + warmup), label="timing",
+                               file=click.get_text_stream("stderr")) as bar:
+            results = bench.run(prepared, dev, runs, warmup, layers, progress=bar.update)
+    else:
+        results = bench.run(prepared, dev, runs, warmup, layers)
+    doc = bench.build_json(results, settings)
+    if plot:
+        inputs = [p.model.source for p in prepared] + list(weights)
+        bench.save_plot(doc["models"], plot, inputs=inputs)
+    if as_json:
+        output_json(doc)
+    else:
+        click.echo(bench.format_report(doc))
+        if plot:
+            click.echo(f"\nplot: {plot}")
