@@ -26,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
+from deeprebirth.bench import set_batch  # noqa: E402
 from deeprebirth import proto as pb  # noqa: E402
 from deeprebirth import slim as slim_api  # noqa: E402
 from deeprebirth.engine.pycaffe import CaffeNet, random_weights  # noqa: E402
@@ -38,21 +39,6 @@ TARGET_SPEEDUP, TARGET_MEMORY = 3.0, 2.5
 def default_model() -> Path:
     ours = ROOT / "models" / "googlenet.prototxt"
     return ours if ours.exists() else ROOT.parent / "shared" / "models" / "bvlc_googlenet" / "deploy.prototxt"
-
-
-def with_batch(net: "pb.NetParameter", batch: int) -> "pb.NetParameter":
-    """A copy of ``net`` whose inputs have batch size ``batch``."""
-    out = pb.NetParameter()
-    out.CopyFrom(net)
-    for shape in out.input_shape:
-        shape.dim[0] = batch
-    for i in range(0, len(out.input_dim), 4):
-        out.input_dim[i] = batch
-    for layer in out.layer:
-        if layer.type == "Input":
-            for shape in layer.input_param.shape:
-                shape.dim[0] = batch
-    return out
 
 
 def timed(net: CaffeNet) -> float:
@@ -76,7 +62,7 @@ def main(argv=None) -> int:
     model = load_model(args.model)
     out = slim_api.slim(model, args.rules.split(",") if args.rules else None,
                         only=args.only.split(",") if args.only else None, keep_pooling=args.keep_pooling)
-    nets = {"original": with_batch(model.net, args.batch), "slim": with_batch(out.deploy, args.batch)}
+    nets = {"original": set_batch(model.net, args.batch), "slim": set_batch(out.deploy, args.batch)}
 
     graphs = {k: Graph(v) for k, v in nets.items()}
     engines = {k: CaffeNet(v, random_weights(graphs[k], seed=0)) for k, v in nets.items()}

@@ -63,3 +63,13 @@ class Rule:
     def rewrite(self, model: Model, graph: Graph, match: Match) -> Change:
         """Rewrite ``model`` in place for ``match`` and report the change."""
         raise NotImplementedError
+
+
+def unique_name(name: str, taken: set[str]) -> str:
+    """``name``, or ``name_2``, ``name_3``, ... if taken; the result is added to ``taken``."""
+    out, i = name, 1
+    while out in taken:
+        i += 1
+        out = f"{name}_{i}"
+    taken.add(out)
+    return out

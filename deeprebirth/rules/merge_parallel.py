@@ -30,7 +30,7 @@ from .. import proto as pb
 from ..graph import Graph, Node, conv_geometry
 from ..graph import group_name
 from ..model import Model
-from .base import Change, Match, Rule
+from .base import Change, Match, Rule, unique_name
 
 # Element-wise layers without parameters: applying one to the merged blob equals applying it to
 # each part.
@@ -106,14 +106,6 @@ def joined_name(names: list[str]) -> str:
     cut = prefix.rfind("/") + 1
     return names[0][:cut] + "+".join(n[cut:] for n in names)
 
-
-def _unique(name: str, taken: set[str]) -> str:
-    out, i = name, 1
-    while out in taken:
-        i += 1
-        out = f"{name}_{i}"
-    taken.add(out)
-    return out
 
 
 class MergeParallel(Rule):
@@ -207,7 +199,7 @@ class MergeParallel(Rule):
         layers = {layer.name: layer for layer in net.layer}
         taken = set(layers) | set(graph.shapes)
         first = units[0].conv.layer
-        name = _unique(joined_name([u.conv.name for u in units]), taken)
+        name = unique_name(joined_name([u.conv.name for u in units]), taken)
         blob = name
         concat = layers[match.data["concat"]] if mode == "concat" else None
         collapse = concat is not None and len(concat.bottom) == len(units)
@@ -227,14 +219,14 @@ class MergeParallel(Rule):
         for j in range(len(units[0].acts)):
             act = pb.LayerParameter()
             act.CopyFrom(layers[units[0].acts[j].name])
-            act.name = _unique(joined_name([u.acts[j].name for u in units]), taken)
+            act.name = unique_name(joined_name([u.acts[j].name for u in units]), taken)
             del act.bottom[:]
             del act.top[:]
             act.bottom.append(blob)
             act.top.append(blob)
             new.append(act)
         if mode == "slice":
-            sl = pb.LayerParameter(name=_unique(f"{name}/slice", taken), type="Slice")
+            sl = pb.LayerParameter(name=unique_name(f"{name}/slice", taken), type="Slice")
             sl.bottom.append(blob)
             sl.top.extend(u.out[0] for u in units)
             sl.slice_param.axis = 1

@@ -20,21 +20,13 @@ from __future__ import annotations
 from ..graph import Graph, Node
 from ..model import Model
 from .. import proto as pb
-from .base import Change, Match, Rule
+from .base import Change, Match, Rule, unique_name
 
 
 def _concat_axis(node: Node) -> int:
     p = node.layer.concat_param
     return p.concat_dim if p.HasField("concat_dim") else p.axis
 
-
-def _unique(name: str, taken: set[str]) -> str:
-    out, i = name, 1
-    while out in taken:
-        i += 1
-        out = f"{name}_{i}"
-    taken.add(out)
-    return out
 
 
 class PushPoolConcat(Rule):
@@ -86,7 +78,7 @@ class PushPoolConcat(Rule):
         layers = list(net.layer)
         new_pools = []
         for i, b in enumerate(concat.layer.bottom):
-            name = _unique(f"{b}/{pool.name}", taken)   # keeps the block's name prefix
+            name = unique_name(f"{b}/{pool.name}", taken)   # keeps the block's name prefix
             layer = pb.LayerParameter()
             layer.CopyFrom(pool.layer)
             layer.name = name
