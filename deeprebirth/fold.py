@@ -138,8 +138,9 @@ class Verification:
         return self.max_rel <= tolerance
 
     def format(self, tolerance: float | None = None) -> str:
-        parts = [f"verify (seed {self.seed}): " + ", ".join(
-            f"'{d.name}' max abs diff {d.max_abs:.3g}, rel {d.rel:.3g}" for d in self.blobs)]
+        worst = self.worst
+        parts = [f"verify (seed {self.seed}): {len(self.blobs)} blob(s) compared"
+                 + (f"; worst '{worst.name}' max abs diff {worst.max_abs:.3g}, rel {worst.rel:.3g}" if worst else "")]
         if tolerance is not None:
             parts.append(f"largest relative difference {self.max_rel:.3g} "
                          f"{'<=' if self.passed(tolerance) else '>'} tolerance {tolerance:g}: "
@@ -171,7 +172,9 @@ def _diff(name: str, a: np.ndarray, b: np.ndarray) -> BlobDiff:
 
 def verify(original: Model, folded: Model, seed: int = 0, blobs: Iterable[str] = ()) -> Verification:
     """Run both nets in pycaffe on the same random inputs (uniform in [-1, 1), from ``seed``) and
-    compare every net output, plus the named ``blobs`` (e.g. a pre-softmax layer's top)."""
+    compare every net output and every other blob both nets have (same name and shape: the folded
+    net keeps the names downstream layers read, so pre-softmax scores are compared too, where a
+    saturated softmax would hide a difference), plus the named ``blobs``."""
     from .engine.pycaffe import CaffeNet  # noqa: PLC0415  (pycaffe only when verifying)
 
     _check_runnable(original, "original")
@@ -185,6 +188,12 @@ def verify(original: Model, folded: Model, seed: int = 0, blobs: Iterable[str] =
     if missing:
         raise RebirthError(f"the folded net lost the output blob '{missing[0]}' of the original net")
     result = Verification(seed, [_diff(n, out_a[n], out_b[n]) for n in out_a])
+    inputs_ = set(inputs)
+    for name, blob in net_a.net.blobs.items():
+        other = net_b.net.blobs[name] if name in net_b.net.blobs else None
+        if name in out_a or name in inputs_ or other is None or other.data.shape != blob.data.shape:
+            continue
+        result.blobs.append(_diff(name, blob.data, other.data))
     for name in blobs:
         for net, label in ((net_a, "original"), (net_b, "folded")):
             if name not in net.net.blobs:

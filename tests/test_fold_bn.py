@@ -103,7 +103,9 @@ def test_resnet50_folds_every_batchnorm_and_scale(resnet):
 def test_resnet50_outputs_equal_in_caffe(resnet):
     original, result = resnet
     check = assert_same_outputs(original, result.model, blobs=["fc1000"])
-    assert {d.name for d in check.blobs} == {"prob", "fc1000"}
+    names = {d.name for d in check.blobs}
+    # the outputs, the pre-softmax scores and every blob both nets keep (e.g. each residual sum)
+    assert {"prob", "fc1000", "res2a", "res5c", "pool5"} <= names and len(names) > 100
 
 
 def test_resnet50_untouched_weights_bit_identical(resnet):
