@@ -215,13 +215,6 @@ def require(check: Verification, tolerance: float) -> None:
 # Output
 
 
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
-    except OSError:
-        return False
-
-
 def write(model: Model, outdir: str | os.PathLike, inputs: Iterable = ()) -> tuple[Path, Path]:
     """Write ``outdir/deploy.prototxt`` and ``outdir/weights.caffemodel``, both or neither."""
     out = Path(outdir)
@@ -231,7 +224,7 @@ def write(model: Model, outdir: str | os.PathLike, inputs: Iterable = ()) -> tup
     paths = (out / OUTPUT_NET, out / OUTPUT_WEIGHTS)
     for p in paths:
         for src in inputs:
-            if _same_file(p, src):
+            if io.same_file(p, src):
                 raise RebirthError(f"{p}: refusing to overwrite an input file")
     payloads = (io.net_to_text(model.net), model.with_blobs().SerializeToString())
     written: list[Path] = []

@@ -295,7 +295,8 @@ def phases_used(net: "pb.NetParameter") -> set[int]:
 # Writing
 
 
-def _same_file(a: Path, b: Path) -> bool:
+def same_file(a: Path, b: Path) -> bool:
+    """True when ``a`` and ``b`` name the same file (after resolving links)."""
     try:
         return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
     except OSError:
@@ -306,7 +307,7 @@ def atomic_write(path: str | os.PathLike, data: bytes | str, inputs: Iterable[st
     """Write ``data`` to ``path`` through a temporary file and a rename; never onto an input."""
     path = Path(path)
     for src in inputs:
-        if src is not None and _same_file(path, Path(src)):
+        if src is not None and same_file(path, Path(src)):
             raise RebirthError(f"{path}: refusing to overwrite an input file")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
