@@ -27,8 +27,9 @@ from typing import Callable, Sequence
 from . import io
 from . import proto as pb
 from .engine.base import Device, Memory, Session
+from .engine.pycaffe import check_runnable
 from .errors import RebirthError
-from .graph import DATA_TYPES, Graph, kind_of
+from .graph import Graph, kind_of
 from .model import Model, load_model
 
 #: The sum of per-layer times may differ from a whole forward pass by this much (percent) before
@@ -64,18 +65,6 @@ def set_batch(net: "pb.NetParameter", batch: int | None) -> "pb.NetParameter":
                 if len(shape.dim):
                     shape.dim[0] = batch
     return out
-
-
-def check_runnable(net: "pb.NetParameter", source: str) -> None:
-    """bench feeds random input: the net must take its input from ``input:`` fields or Input layers."""
-    readers = [layer for layer in net.layer if layer.type in DATA_TYPES and layer.type != "Input"]
-    if readers:
-        layer = readers[0]
-        raise RebirthError(f"{source}: layer '{layer.name}' is a {layer.type} layer that reads a dataset; "
-                           "bench needs a deploy net whose inputs are 'input:' fields or Input layers")
-    has_inputs = len(net.input) or any(layer.type == "Input" for layer in net.layer)
-    if not has_inputs:
-        raise RebirthError(f"{source}: the net has no inputs ('input:' fields or Input layers) to feed")
 
 
 def labels(specs: Sequence[str]) -> list[str]:

@@ -23,8 +23,9 @@ import numpy as np
 from . import io, pipeline
 from . import proto as pb
 from .errors import RebirthError
-from .graph import DATA_TYPES, Graph
-from .model import Model, check_weights, load_model, resolve
+from .graph import Graph
+from .engine.pycaffe import CaffeNet, check_runnable  # imports caffe only when a net is built
+from .model import Model, check_weights, load_model
 from .rules.fold_bn import RULE, refuse_training_bn
 
 OUTPUT_NET = "deploy.prototxt"
@@ -57,9 +58,7 @@ def check_inference_net(net: "pb.NetParameter", source: str) -> None:
 
 def load(model: str | os.PathLike, weights: str | os.PathLike) -> Model:
     """A deploy prototxt (or built-in name) and its caffemodel, refusing training nets."""
-    path = resolve(model)
-    check_inference_net(io.read_net(path), str(path))
-    return load_model(path, weights)
+    return load_model(model, weights, check=check_inference_net)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -149,11 +148,8 @@ class Verification:
 
 
 def _check_runnable(model: Model, what: str) -> None:
-    graph = Graph(model.net)
-    for node in graph.nodes:
-        if node.type in DATA_TYPES and node.type != "Input":
-            raise RebirthError(f"{model.source}: layer '{node.name}' ({node.type}) reads data from disk; "
-                               "verification needs a net fed by Input layers or input: fields")
+    check_runnable(model.net, model.source, "verification")
+    for node in Graph(model.net).nodes:
         if node.param_shapes and node.name not in (model.weights or {}):
             raise RebirthError(f"{model.weights_source or model.source}: layer '{node.name}' ({node.type}) "
                                f"of the {what} net has no weights; verification needs every layer's weights")
@@ -175,7 +171,6 @@ def verify(original: Model, folded: Model, seed: int = 0, blobs: Iterable[str] =
     compare every net output and every other blob both nets have (same name and shape: the folded
     net keeps the names downstream layers read, so pre-softmax scores are compared too, where a
     saturated softmax would hide a difference), plus the named ``blobs``."""
-    from .engine.pycaffe import CaffeNet  # noqa: PLC0415  (pycaffe only when verifying)
 
     _check_runnable(original, "original")
     _check_runnable(folded, "folded")

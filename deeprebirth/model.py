@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -38,6 +39,8 @@ class Model:
     source: str = "<model>"
     weights_source: str | None = None
     extras: dict = field(default_factory=dict)
+    # Arrays of the caffemodel's layers that this net lacks (e.g. a train_val's auxiliary heads).
+    spare_weights: io.Weights = field(default_factory=dict)
 
     def graph(self, **kwargs) -> Graph:
         return Graph(self.net, **kwargs)
@@ -46,7 +49,8 @@ class Model:
         net = pb.NetParameter()
         net.CopyFrom(self.net)
         weights = None if self.weights is None else {k: list(v) for k, v in self.weights.items()}
-        return Model(net, weights, self.source, self.weights_source, copy.deepcopy(self.extras))
+        return Model(net, weights, self.source, self.weights_source, copy.deepcopy(self.extras),
+                     dict(self.spare_weights))
 
     def with_blobs(self) -> "pb.NetParameter":
         """The net with weights embedded (what a .caffemodel holds)."""
@@ -73,16 +77,21 @@ def check_weights(graph: Graph, weights: io.Weights, source: str) -> None:
 
 
 def load_model(model: str | Path, weights: str | Path | None = None, phase: int = pb.TEST,
-               batch: int | None = None) -> Model:
-    """Load a prototxt (or built-in name) and optional caffemodel, filtered to ``phase``."""
+               batch: int | None = None, check: Callable[["pb.NetParameter", str], None] | None = None) -> Model:
+    """Load a prototxt (or built-in name) and optional caffemodel, filtered to ``phase``.
+    ``check`` sees the net as read, before phase filtering, and may raise RebirthError."""
     path = resolve(model)
-    net = io.filter_phase(io.read_net(path), phase)
+    raw = io.read_net(path)
+    if check is not None:
+        check(raw, str(path))
+    net = io.filter_phase(raw, phase)
     net = io.strip_weights(net)
     m = Model(net, None, str(path))
     if weights is not None:
         arrays = io.weights_of(io.read_weights(weights))
         graph = Graph(net, batch=batch)
         known = {n.name for n in graph.nodes}
+        m.spare_weights = {k: v for k, v in arrays.items() if k not in known}
         arrays = {k: v for k, v in arrays.items() if k in known}
         check_weights(graph, arrays, str(weights))
         m.weights, m.weights_source = arrays, str(weights)

@@ -35,7 +35,8 @@ def _fmt_shape(shapes: dict) -> str:
     return " ".join("x".join(str(d) for d in s) if s is not None else "?" for s in shapes.values()) or "-"
 
 
-def _human(n: float) -> str:
+def human(n: float) -> str:
+    """1234567 -> '1.23M'."""
     for unit, div in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
         if abs(n) >= div:
             return f"{n / div:.2f}{unit}"
@@ -46,7 +47,7 @@ def format_inspect(info: dict) -> str:
     rows = [("layer", "type", "kind", "output", "params", "MACs", "out MB")]
     for layer in info["layers"]:
         rows.append((layer["name"], layer["type"], layer["kind"], _fmt_shape(layer["top_shapes"]),
-                     _human(layer["params"]), _human(layer["macs"]), f"{layer['output_bytes'] / MB:.2f}"))
+                     human(layer["params"]), human(layer["macs"]), f"{layer['output_bytes'] / MB:.2f}"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = [f"{info['name'] or info['model']}  ({info['model']})"]
     for i, r in enumerate(rows):
@@ -58,7 +59,7 @@ def format_inspect(info: dict) -> str:
     lines += [
         "",
         f"layers: {t['layers']} ({t['tensor_layers']} tensor, {t['non_tensor_layers']} non-tensor)",
-        f"params: {_human(t['params'])}   MACs: {_human(t['macs'])}   "
+        f"params: {human(t['params'])}   MACs: {human(t['macs'])}   "
         f"non-tensor share of MACs: {t['non_tensor_mac_percent']:.2f}%",
         f"runtime blob memory: {info['memory_bytes'] / MB:.2f} MB ({info['memory_bytes']} bytes)",
     ]

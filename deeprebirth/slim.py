@@ -15,6 +15,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .report import human
 from . import __version__, io, pipeline, rules as rule_registry, training, weights as weight_ops
 from . import proto as pb
 from .errors import RebirthError
@@ -127,14 +128,14 @@ def substructures(model: Model, rules: list[Rule]) -> list[str]:
 
 def slim(model: Model, rules: list[Rule | str] | None = None, only: list[str] | None = None,
          train_val: "pb.NetParameter | None" = None, train_val_source: str | None = None,
-         data_layer: str = "ImageData", extra_weights: io.Weights | None = None,
+         data_layer: str = "ImageData",
          inputs: list[str] | None = None, keep_pooling: bool = False) -> SlimOutput:
     """Slim ``model`` and build everything `rebirth slim` writes.
 
     ``rules``: Rule instances, or rule names (see ``select_rules``, with ``keep_pooling``); by
     default every available rule (without weights, those that need them are left out, with a note).
-    ``extra_weights``: all arrays of the --weights file, so that training-only layers of a given
-    train_val (auxiliary classifiers) start from their trained values too.
+    Training-only layers of a given train_val (auxiliary classifiers) start from their trained values
+    when the --weights file has them (``model.spare_weights``).
     """
     notes: list[str] = []
     have_weights = model.weights is not None
@@ -188,7 +189,7 @@ def slim(model: Model, rules: list[Rule | str] | None = None, only: list[str] | 
         if missing:
             notes.append(f"layers without trained weights, initialised like new ones: {', '.join(missing)}")
         init = weight_ops.transplant(result.model.weights, graph, set(new_layers))
-        init.update(_training_only_weights(tv, result.model.net, extra_weights or {}, notes))
+        init.update(_training_only_weights(tv, result.model.net, model.spare_weights, notes))
     return SlimOutput(model, result, [r.name for r in rules], only, new_layers, tv, solver, init,
                       notes, [p for p in (inputs or []) if p])
 
@@ -299,13 +300,6 @@ def _same(a: Path, b: Path) -> bool:
 # Summary
 
 
-def _human(n: float) -> str:
-    for unit, div in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(n) >= div:
-            return f"{n / div:.2f}{unit}"
-    return str(int(n))
-
-
 def _ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}x" if b else "-"
 
@@ -332,8 +326,8 @@ def summary(out: SlimOutput, written: list[Path] | None = None) -> str:
     mb = 1024 * 1024
     batch = _batch(out.deploy)
     lines += [
-        f"layers {before['layers']} -> {after['layers']}; params {_human(before['params'])} -> "
-        f"{_human(after['params'])}; MACs {_human(before['macs'])} -> {_human(after['macs'])} "
+        f"layers {before['layers']} -> {after['layers']}; params {human(before['params'])} -> "
+        f"{human(after['params'])}; MACs {human(before['macs'])} -> {human(after['macs'])} "
         f"({_ratio(before['macs'], after['macs'])} fewer)",
         f"blob memory{f' at batch {batch}' if batch else ''}: {before['memory_bytes'] / mb:.1f} MB -> "
         f"{after['memory_bytes'] / mb:.1f} MB ({_ratio(before['memory_bytes'], after['memory_bytes'])} less)",

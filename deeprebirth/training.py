@@ -25,6 +25,7 @@ from . import io
 from . import proto as pb
 from .errors import RebirthError
 from .graph import DATA_TYPES, Graph
+from .rules.base import unique_name
 
 NEW_LR_MULT = 10.0
 KEPT_LR_MULT = 1.0
@@ -67,14 +68,6 @@ def logits_blob(deploy: "pb.NetParameter") -> str:
             return node.tops[0][0]
     raise RebirthError("the net has no InnerProduct (or output Softmax) to attach a loss to; "
                        "give --train-val with its own loss layers")
-
-
-def _unique(name: str, taken: set[str]) -> str:
-    out, i = name, 1
-    while out in taken:
-        i += 1
-        out = f"{name}_{i}"
-    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -131,14 +124,14 @@ def generated_data_layers(inputs, data_layer: str = "ImageData", batch: int = RE
 
 
 def loss_layers(logits: str, label: str, taken: set[str], classes: int | None) -> list["pb.LayerParameter"]:
-    loss = pb.LayerParameter(name=_unique("loss", taken), type="SoftmaxWithLoss")
+    loss = pb.LayerParameter(name=unique_name("loss", taken), type="SoftmaxWithLoss")
     loss.bottom.extend([logits, label])
     loss.top.append(loss.name)
     out = [loss]
     for name, k in (("accuracy", 1), ("accuracy_top5", 5)):
         if k > 1 and (classes is None or classes <= k):
             continue
-        acc = pb.LayerParameter(name=_unique(name, taken), type="Accuracy")
+        acc = pb.LayerParameter(name=unique_name(name, taken), type="Accuracy")
         acc.bottom.extend([logits, label])
         acc.top.append(acc.name)
         acc.include.add(phase=pb.TEST)
@@ -227,8 +220,8 @@ def build_train_val(deploy: "pb.NetParameter", new_layers: Iterable[str] = (),
             available.update(layer.top)
     else:
         taken = body_names | {"data"}
-        label = _unique("label", body_tops | {n for n, _ in inputs})
-        data_name = "data" if "data" not in body_names else _unique("input_data", body_names)
+        label = unique_name("label", body_tops | {n for n, _ in inputs})
+        data_name = "data" if "data" not in body_names else unique_name("input_data", set(body_names))
         logits = logits_blob(deploy)
         shapes = Graph(deploy, strict=False).shapes
         classes = shapes.get(logits)[-1] if shapes.get(logits) else None

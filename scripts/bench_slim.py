@@ -27,7 +27,6 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 
 from deeprebirth.bench import set_batch  # noqa: E402
-from deeprebirth import proto as pb  # noqa: E402
 from deeprebirth import slim as slim_api  # noqa: E402
 from deeprebirth.engine.pycaffe import CaffeNet, random_weights  # noqa: E402
 from deeprebirth.graph import Graph  # noqa: E402

@@ -191,7 +191,8 @@ def test_given_train_val_frames_the_slim_body(caffe, tmp_path, monkeypatch):
     given = io.parse_net_text(TRAIN_VAL, "train_val.prototxt")
     train_only = pycaffe.random_weights(Graph(io.filter_phase(given, pb.TRAIN)), seed=9)
     extra = {k: v for k, v in train_only.items() if k.startswith("aux")}
-    out = slimmed(m, train_val=given, train_val_source="train_val.prototxt", extra_weights=extra)
+    m.spare_weights = extra  # what load_model keeps of a caffemodel's layers the deploy net lacks
+    out = slimmed(m, train_val=given, train_val_source="train_val.prototxt")
     names = [layer.name for layer in out.train_val.layer]
     assert names[:2] == ["data", "data"] and "pool1" not in names and "norm1" not in names
     assert {"aux2/fc", "aux2/loss", "loss", "accuracy"} <= set(names)
@@ -218,7 +219,8 @@ def test_train_only_weights_that_no_longer_fit_are_left_to_fillers():
     m = model()
     given = io.parse_net_text(TRAIN_VAL, "train_val.prototxt")
     extra = {"aux2/fc": [np.zeros((10, 7), np.float32), np.zeros(10, np.float32)]}
-    out = slimmed(m, train_val=given, extra_weights=extra)
+    m.spare_weights = extra
+    out = slimmed(m, train_val=given)
     assert "aux2/fc" not in out.weights
     assert any("'aux2/fc'" in n and "fillers" in n for n in out.notes)
 

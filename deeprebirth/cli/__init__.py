@@ -2,7 +2,6 @@
 the library; RebirthError becomes a one-line message on stderr and exit code 1 (no traceback)."""
 from __future__ import annotations
 
-import functools
 import sys
 
 import click

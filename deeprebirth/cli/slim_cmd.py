@@ -42,10 +42,9 @@ def slim_command(model, weights, train_val, only, rule_names, keep_pooling, data
     """
     m = load_model(model, weights)
     given = io.read_net(train_val) if train_val else None
-    extra = io.weights_of(io.read_weights(weights)) if (weights and given is not None) else None
     out = slim_api.slim(m, _names(rule_names), only=_names(only), keep_pooling=keep_pooling,
                         train_val=given, train_val_source=train_val,
-                        data_layer=data_layer, extra_weights=extra,
+                        data_layer=data_layer,
                         inputs=[str(resolve(model)), weights, train_val])
     written = slim_api.write(out, outdir)
     if as_json:

@@ -10,7 +10,7 @@ import numpy as np
 from .. import io
 from .. import proto as pb
 from ..errors import RebirthError
-from ..graph import Graph
+from ..graph import DATA_TYPES, Graph
 
 _caffe = None
 
@@ -34,6 +34,18 @@ def engine_text(net: "pb.NetParameter") -> str:
     pooling ``round_mode: CEIL|FLOOR`` (field 13) as ``ceil_mode: true|false``."""
     text = io.net_to_text(net)
     return text.replace("round_mode: FLOOR", "ceil_mode: false").replace("round_mode: CEIL", "ceil_mode: true")
+
+
+def check_runnable(net: "pb.NetParameter", source: str, purpose: str = "bench") -> None:
+    """Nets run on random input (bench, --verify) must take it from ``input:`` fields or Input layers."""
+    readers = [layer for layer in net.layer if layer.type in DATA_TYPES and layer.type != "Input"]
+    if readers:
+        layer = readers[0]
+        raise RebirthError(f"{source}: layer '{layer.name}' is a {layer.type} layer that reads a dataset; "
+                           f"{purpose} needs a deploy net whose inputs are 'input:' fields or Input layers")
+    has_inputs = len(net.input) or any(layer.type == "Input" for layer in net.layer)
+    if not has_inputs:
+        raise RebirthError(f"{source}: the net has no inputs ('input:' fields or Input layers) to feed")
 
 
 class CaffeNet:

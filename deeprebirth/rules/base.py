@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from typing import Callable
+
+from .. import proto as pb
 from ..graph import Graph
 from ..model import Model
 
@@ -73,3 +76,11 @@ def unique_name(name: str, taken: set[str]) -> str:
         out = f"{name}_{i}"
     taken.add(out)
     return out
+
+
+def memory_growth(graph: Graph, model: Model, edit: Callable[["pb.NetParameter"], None]) -> int:
+    """Bytes of blob memory an edit would add (negative: save), tried on a copy of the net."""
+    trial = pb.NetParameter()
+    trial.CopyFrom(model.net)
+    edit(trial)
+    return Graph(trial, batch=graph.batch, strict=False).memory_bytes - graph.memory_bytes

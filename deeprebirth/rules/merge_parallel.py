@@ -30,7 +30,7 @@ from .. import proto as pb
 from ..graph import Graph, Node, conv_geometry
 from ..graph import group_name
 from ..model import Model
-from .base import Change, Match, Rule, unique_name
+from .base import Change, Match, Rule, memory_growth, unique_name
 
 # Element-wise layers without parameters: applying one to the merged blob equals applying it to
 # each part.
@@ -182,15 +182,11 @@ class MergeParallel(Rule):
             missing = [u.conv.name for u in units if u.conv.name not in model.weights]
             if missing:
                 return f"{match.name}: no weights for '{missing[0]}'"
-        trial = pb.NetParameter()
-        trial.CopyFrom(model.net)
-        self._edit(trial, graph, units, match)
-        before = graph.memory_bytes
-        after = Graph(trial, batch=graph.batch, strict=False).memory_bytes
-        if after > before and not self.allow_memory_growth:
+        growth = memory_growth(graph, model, lambda net: self._edit(net, graph, units, match))
+        if growth > 0 and not self.allow_memory_growth:
             return (f"{match.name}: merging {', '.join(repr(n) for n in match.data['convs'])} needs a Slice "
-                    f"whose tops are copies: blob memory would grow by {after - before} bytes "
-                    f"(+{100.0 * (after - before) / max(1, before):.1f}%); left alone")
+                    f"whose tops are copies: blob memory would grow by {growth} bytes "
+                    f"(+{100.0 * growth / max(1, graph.memory_bytes):.1f}%); left alone")
         return None
 
     # -- rewrite -----------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from __future__ import annotations
 from ..graph import Graph, Node
 from ..model import Model
 from .. import proto as pb
-from .base import Change, Match, Rule, unique_name
+from .base import Change, Match, Rule, memory_growth, unique_name
 
 
 def _concat_axis(node: Node) -> int:
@@ -62,14 +62,10 @@ class PushPoolConcat(Rule):
                     f"'{readers[0]}'; it must stay")
         if len(pool.tops) != 1 or len(concat.tops) != 1:
             return f"'{pool.name}': pooling or Concat with several tops"
-        trial = pb.NetParameter()
-        trial.CopyFrom(model.net)
-        self._edit(trial, graph, pool, concat)
-        before = graph.memory_bytes
-        after = Graph(trial, batch=graph.batch, strict=False).memory_bytes
-        if after > before:
+        growth = memory_growth(graph, model, lambda net: self._edit(net, graph, pool, concat))
+        if growth > 0:
             return (f"'{pool.name}': pushing it into the branches of '{concat.name}' would grow blob "
-                    f"memory by {after - before} bytes")
+                    f"memory by {growth} bytes")
         return None
 
     def _edit(self, net: "pb.NetParameter", graph: Graph, pool: Node, concat: Node) -> list[str]:
