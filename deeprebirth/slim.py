@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .report import human
-from . import __version__, io, pipeline, rules as rule_registry, training, weights as weight_ops
+from . import __version__, io, pipeline, relearn, rules as rule_registry, training, weights as weight_ops
 from . import proto as pb
 from .errors import RebirthError
 from .graph import Graph
@@ -74,6 +74,8 @@ class SlimOutput:
             "skips": [asdict(s) for s in self.skips],
             "regenerated": self.new_layers,
             "notes": self.notes,
+            "relearn": relearn.plan_report(self.model.source, self.model.weights_source, self.model.net,
+                                           self.deploy, self.new_layers, self.result.changes),
             "files": [f for f in FILES if f != "init.caffemodel" or self.weights is not None],
         }
 
