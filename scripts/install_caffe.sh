@@ -24,6 +24,7 @@ CACHE_ROOT=${DEEPREBIRTH_CACHE:-$HOME/.cache/deeprebirth}
 APT_PACKAGES="cmake build-essential libboost-system-dev libboost-thread-dev libboost-filesystem-dev
 libboost-python-dev libboost-regex-dev libgoogle-glog-dev libgflags-dev libprotobuf-dev protobuf-compiler
 libopenblas-dev libhdf5-dev libgtest-dev liblmdb-dev libleveldb-dev libsnappy-dev libopencv-dev"
+APT_PACKAGES="$APT_PACKAGES dataset-fashion-mnist"  # the built-in `fashion-mnist` SOURCE (deeprebirth/data.py)
 # The feature set and the recipe's revision are part of the cache key: a build made without
 # them is never reused.
 FEATURES="lmdb-leveldb-hdf5-opencv-tools-r2"

@@ -1,0 +1,45 @@
+"""`rebirth eval`: top-1/top-5 of a model on a SOURCE, and its agreement with a teacher."""
+from __future__ import annotations
+
+import sys
+
+import click
+
+from .. import data, evaluate as ev
+from . import main, output_json
+
+
+@main.command("eval")
+@click.argument("model")
+@click.option("--weights", "-w", type=click.Path(dir_okay=False),
+              help="The model's .caffemodel (default for a directory MODEL: its weights.caffemodel, else init.caffemodel).")
+@click.option("--data", "source_spec", required=True, metavar="SOURCE",
+              help="Images: a folder, a list file ('path [label]'), an LMDB, or fashion-mnist[:train|:test]; "
+                   "a [start:stop] suffix takes a subset.")
+@click.option("--teacher", metavar="MODEL", help="A reference model: report top-1 agreement and mean KL(teacher || model).")
+@click.option("--teacher-weights", type=click.Path(dir_okay=False), help="The teacher's .caffemodel.")
+@click.option("--train-val", "train_val", type=click.Path(dir_okay=False),
+              help="Take preprocessing from this train_val's TEST data layer (transform_param).")
+@click.option("--mean", metavar="VALUES|FILE", help="Mean to subtract: 'b,g,r', one value, a .binaryproto, or 'none'.")
+@click.option("--scale", type=float, help="Multiply pixels by this after the mean (Caffe's transform_param.scale).")
+@click.option("--batch", "-b", type=click.IntRange(min=1), default=50, show_default=True, help="Images per forward pass.")
+@click.option("--limit", type=click.IntRange(min=1), help="Evaluate only the first N images.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def eval_command(model, weights, source_spec, teacher, teacher_weights, train_val, mean, scale, batch, limit, as_json):
+    """Evaluate MODEL (a deploy prototxt, built-in name, or a slim/finetune output directory) in
+    pycaffe on SOURCE: top-1 and top-5 when the images have labels; with --teacher, top-1
+    agreement with the teacher and mean KL(teacher || model) (labels not needed)."""
+    if teacher_weights and not teacher:
+        raise click.UsageError("--teacher-weights needs --teacher")
+    source = data.open_source(source_spec, limit=limit)
+    student = ev.Runner.build(ev.load(model, weights))
+    pre = ev.preprocess_for(student.input_shape, train_val, mean=mean, scale=scale)
+    tutor = ev.Runner.build(ev.load(teacher, teacher_weights, "--teacher")) if teacher else None
+    if not source.has_labels and tutor is None:
+        data.require_labels(source, "eval without --teacher")
+    result = ev.run_evaluation(student, source, pre, batch=batch, teacher=tutor,
+                               progress=sys.stderr.isatty())
+    if as_json:
+        output_json(result)
+    else:
+        click.echo(ev.format_report(result))

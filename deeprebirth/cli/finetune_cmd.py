@@ -1,0 +1,57 @@
+"""`rebirth finetune`: train a `rebirth slim` output in Caffe on a SOURCE (labels, or --distill)."""
+from __future__ import annotations
+
+import sys
+
+import click
+
+from .. import data, finetune as ft
+from . import main, output_json
+
+
+@main.command("finetune")
+@click.argument("slim_dir", type=click.Path(file_okay=False))
+@click.option("--train", "train_spec", required=True, metavar="SOURCE",
+              help="Training images: a folder, a list file, an LMDB, or fashion-mnist[:train|:test] (subset: [a:b]).")
+@click.option("--val", "val_spec", metavar="SOURCE", help="Validation images: top-1/top-5 (or teacher agreement "
+                                                            "without labels) every --test-interval iterations.")
+@click.option("--iters", type=click.IntRange(min=1), help="Train to this iteration (default: the solver's max_iter).")
+@click.option("--batch", "-b", type=click.IntRange(min=1), help="Batch size (default: the train_val data layer's).")
+@click.option("--base-lr", type=click.FloatRange(min=0, min_open=True), help="Override the solver's base_lr.")
+@click.option("--stepsize", type=click.IntRange(min=1), help="Override the solver's stepsize.")
+@click.option("--test-interval", type=click.IntRange(min=0), help="Validate every N iterations (default: the solver's).")
+@click.option("--val-limit", type=click.IntRange(min=1), help="Validate on the first N --val images only.")
+@click.option("--snapshot", type=click.IntRange(min=0),
+              help="Snapshot every N iterations into OUTDIR (default: the solver's; one is always taken at the end).")
+@click.option("--resume", type=click.Path(dir_okay=False), metavar="SNAPSHOT.solverstate",
+              help="Continue from a snapshot (its iteration count and momentum).")
+@click.option("--weights", "-w", type=click.Path(dir_okay=False),
+              help="Start from these weights (default: SLIM_DIR/init.caffemodel), e.g. a relearn output.")
+@click.option("--distill", is_flag=True,
+              help="Train against the teacher's logits (EuclideanLoss) instead of labels; the teacher is the "
+                   "original model named in SLIM_DIR/report.json.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the image order and augmentation.")
+@click.option("--output", "-o", "outdir", type=click.Path(file_okay=False),
+              help="Where weights.caffemodel, deploy.prototxt, finetune.json and snapshots go (default: SLIM_DIR/finetune).")
+@click.option("--json", "as_json", is_flag=True, help="Print finetune.json's content instead of a summary.")
+def finetune_command(slim_dir, train_spec, val_spec, iters, batch, base_lr, stepsize, test_interval, val_limit,
+                     snapshot, resume, weights, distill, seed, outdir, as_json):
+    """Fine-tune SLIM_DIR (a `rebirth slim` output) in Caffe with its solver.prototxt and
+    train_val.prototxt, feeding the train_val's data layer from SOURCE with its transform_param.
+    Writes OUTDIR/weights.caffemodel, OUTDIR/deploy.prototxt and OUTDIR/finetune.json."""
+    if resume and weights:
+        raise click.UsageError("--resume and --weights exclude each other (a snapshot holds its own weights)")
+    sd = ft.read_slim_dir(slim_dir)
+    train = data.open_source(train_spec)
+    if not distill:
+        data.require_labels(train, "finetune without --distill")
+    val = data.open_source(val_spec) if val_spec else None
+    tty = sys.stderr.isatty()
+    result = ft.finetune(sd, train, val, iters=iters, batch=batch, base_lr=base_lr, stepsize=stepsize,
+                         test_interval=test_interval, snapshot=snapshot, resume=resume, weights=weights,
+                         outdir=outdir, distill=distill, val_limit=val_limit, seed=seed, progress=tty,
+                         log=ft.stderr_log if tty and not as_json else None)
+    if as_json:
+        output_json(result)
+    else:
+        click.echo(ft.format_report(result))
