@@ -598,3 +598,140 @@ def load_plan(slim_dir: str | os.PathLike) -> dict:
         if not (slim_dir / name).is_file():
             raise RebirthError(f"{slim_dir}: {name} is missing")
     return plan
+
+
+def preprocess_for(slim_dir: Path, deploy: "pb.NetParameter", train_val: str | os.PathLike | None = None):
+    """The net input's preprocessing: from a train_val's data layer (the given one, else
+    SLIM_DIR/train_val.prototxt) when it has a ``transform_param``, else the usual defaults."""
+    from . import data  # noqa: PLC0415
+    from .training import deploy_inputs  # noqa: PLC0415
+
+    inputs = deploy_inputs(deploy)
+    if len(inputs) != 1 or inputs[0][1] is None:
+        raise RebirthError(f"{slim_dir}/deploy.prototxt: relearn needs a net with one image input "
+                           f"(it has {len(inputs)})")
+    shape = inputs[0][1]
+    path = Path(train_val) if train_val else slim_dir / "train_val.prototxt"
+    if path.is_file():
+        tv = io.filter_phase(io.read_net(path), pb.TEST)
+        for layer in tv.layer:
+            if layer.type in ("Data", "ImageData", "WindowData") and layer.HasField("transform_param"):
+                return data.Preprocess.from_transform_param(layer, shape, base_dir=path.parent)
+    return data.Preprocess.defaults(shape)
+
+
+def load_images(source, pre, count: int, heldout: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``count`` training and ``heldout`` held-out images of ``source`` (disjoint, drawn at random
+    with ``seed``), preprocessed to net inputs."""
+    n = len(source)
+    if n < 2:
+        raise RebirthError(f"{source.name}: has {n} image(s); relearn needs at least 2 (training and held out)")
+    heldout = max(1, min(heldout, n // 5 if n < count + heldout else heldout))
+    count = max(1, min(count, n - heldout))
+    order = np.random.default_rng(seed).permutation(n)[:count + heldout]
+    images = pre.apply([source.image(int(i)) for i in order])
+    return images[:count].astype(np.float32), images[count:].astype(np.float32)
+
+
+def relearn_dir(slim_dir: str | os.PathLike, source_spec: str, outdir: str | os.PathLike | None = None,
+                weights: str | os.PathLike | None = None, teacher: str | os.PathLike | None = None,
+                teacher_weights: str | os.PathLike | None = None, train_val: str | os.PathLike | None = None,
+                options: Options | None = None, progress: Callable | None = None) -> dict:
+    """`rebirth relearn` as a library call: everything read and checked first, then re-learned, then
+    OUTDIR/weights.caffemodel and OUTDIR/relearn.json written (atomically, never over an input)."""
+    from . import data  # noqa: PLC0415
+
+    opt = options or Options()
+    slim_dir = Path(slim_dir)
+    plan = load_plan(slim_dir)
+    deploy_path = slim_dir / "deploy.prototxt"
+    deploy = io.strip_weights(io.read_net(deploy_path))
+    t_deploy = teacher or plan["teacher"].get("deploy")
+    t_weights = teacher_weights or plan["teacher"].get("weights")
+    if not t_deploy:
+        raise RebirthError(f"{slim_dir}/report.json names no teacher net: give --teacher")
+    if not t_weights:
+        raise RebirthError(f"{slim_dir}/report.json names no teacher weights (slim ran without --weights): "
+                           "give --teacher-weights")
+    for what, path in (("teacher net", t_deploy), ("teacher weights", t_weights)):
+        if not Path(path).is_file():
+            raise RebirthError(f"{path}: the {what} is missing")
+    from .model import load_model  # noqa: PLC0415
+    teacher_model = load_model(t_deploy, t_weights)
+    start = Path(weights) if weights else slim_dir / "init.caffemodel"
+    if not start.is_file():
+        raise RebirthError(f"{start}: no such weights file (slim ran without --weights: give --weights)")
+    start_net = io.read_weights(start)
+    arrays = io.weights_of(start_net)
+    graph = Graph(deploy, strict=False)
+    from .model import check_weights  # noqa: PLC0415
+    known = {n.name for n in graph.nodes}
+    spare = {k: v for k, v in arrays.items() if k not in known}
+    arrays = {k: v for k, v in arrays.items() if k in known}
+    check_weights(graph, arrays, str(start))
+    missing = [n.name for n in graph.nodes if n.param_shapes and n.name not in arrays]
+    if missing:
+        raise RebirthError(f"{start}: has no weights for layer '{missing[0]}' of {deploy_path}")
+    units = [Unit.from_dict(u) for u in plan["units"]]
+    if opt.only:
+        names = {part for u in units for part in [u.name, *u.name.split("+")]}
+        unknown = [n for n in opt.only if n not in names]
+        if unknown:
+            raise RebirthError(f"--only: no unit named '{unknown[0]}' (units: {', '.join(u.name for u in units)})")
+    if not units:
+        raise RebirthError(f"{slim_dir}: the slim net has no regenerated layers: nothing to re-learn")
+    pre = preprocess_for(slim_dir, deploy, train_val)
+    source = data.open_source(source_spec)
+    train, held = load_images(source, pre, opt.train_images, opt.heldout_images, opt.seed)
+    out = Path(outdir) if outdir else slim_dir
+    inputs = [deploy_path, start, t_deploy, t_weights]
+    for name in ("weights.caffemodel", "relearn.json"):
+        for src in inputs:
+            if io.same_file(out / name, Path(src)):
+                raise RebirthError(f"{out / name}: refusing to overwrite an input file (give -o)")
+    t0 = time.perf_counter()
+    new_weights, results = relearn(deploy, arrays, teacher_model.net, teacher_model.weights, units,
+                                   train, held, opt, progress)
+    doc = {
+        "slim_dir": str(slim_dir), "teacher": {"deploy": str(t_deploy), "weights": str(t_weights)},
+        "start_weights": str(start), "source": source.name, "preprocess": pre.describe(),
+        "train_images": len(train), "heldout_images": len(held), "options": {
+            k: v for k, v in opt.__dict__.items()}, "seconds": round(time.perf_counter() - t0, 1),
+        "units": [r.as_dict() for r in results],
+    }
+    full = pb.NetParameter()
+    full.CopyFrom(deploy)
+    for layer in start_net.layer:
+        if layer.name in spare:
+            extra = full.layer.add()
+            extra.CopyFrom(layer)
+            extra.ClearField("blobs")
+    merged = dict(new_weights)
+    merged.update(spare)
+    out.mkdir(parents=True, exist_ok=True)
+    w_path = io.write_weights(io.with_weights(full, merged), out / "weights.caffemodel", inputs)
+    j_path = io.atomic_write(out / "relearn.json", json.dumps(doc, indent=2) + "\n", inputs)
+    doc["files"] = [str(w_path), str(j_path)]
+    return doc
+
+
+def summary(doc: dict) -> list[str]:
+    lines = [f"re-learned {len(doc['units'])} unit(s) of {doc['slim_dir']} against {doc['teacher']['deploy']} "
+             f"on {doc['train_images']} images of {doc['source']} ({doc['heldout_images']} held out), "
+             f"{doc['seconds']} s"]
+    rows = [("unit", "initial", "least sq.", "SGD", "kept", "iters", "s")]
+    for u in doc["units"]:
+        e = u["error"]
+        f = lambda k: f"{e[k]['rel']:.4f}" if k in e else "-"  # noqa: E731
+        rows.append((u["name"], f("initial"), f("least_squares"), f("sgd"), u["kept"], str(u["iterations"]),
+                     str(u["seconds"].get("total", ""))))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines.append("relative error of each unit's output on the held-out images (sum (y-t)^2 / sum t^2):")
+    for r in rows:
+        lines.append("  " + "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
+    for u in doc["units"]:
+        for note in u["notes"]:
+            lines.append(f"  note: {u['name']}: {note}")
+    if doc.get("files"):
+        lines.append("wrote " + ", ".join(doc["files"]))
+    return lines

@@ -35,7 +35,7 @@ def output_json(obj) -> None:
 
 def _register() -> None:
     from . import inspect_cmd  # noqa: F401,PLC0415
-    for optional in ("fold_bn_cmd", "slim_cmd", "bench_cmd", "eval_cmd", "finetune_cmd"):
+    for optional in ("fold_bn_cmd", "slim_cmd", "bench_cmd", "eval_cmd", "finetune_cmd", "relearn_cmd"):
         try:
             __import__(f"{__name__}.{optional}")
         except ModuleNotFoundError as exc:

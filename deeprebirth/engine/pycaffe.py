@@ -104,13 +104,20 @@ class CaffeNet:
             shape = tuple(blob.data.shape)
             if batch and shape:
                 shape = (batch, *shape[1:])
-            arr = inputs[name] if inputs and name in inputs else \
+            used[name] = inputs[name] if inputs and name in inputs else \
                 rng.uniform(-1, 1, size=shape).astype(np.float32)
+        # Reshape every input first, then the net once: with several inputs (a Concat of two), a
+        # reshape after each one would see them disagree.
+        changed = False
+        for name, arr in used.items():
+            blob = self.net.blobs[name]
             if tuple(arr.shape) != tuple(blob.data.shape):
                 blob.reshape(*arr.shape)
-                self.net.reshape()
-            blob.data[...] = arr
-            used[name] = arr
+                changed = True
+        if changed:
+            self.net.reshape()
+        for name, arr in used.items():
+            self.net.blobs[name].data[...] = arr
         return used
 
     def forward(self) -> dict[str, np.ndarray]:

@@ -1,0 +1,76 @@
+"""`rebirth relearn`: re-learn a slim net's regenerated layers against the teacher's feature maps."""
+from __future__ import annotations
+
+import sys
+
+import click
+
+from .. import relearn as rl
+from . import main, output_json
+
+
+def _progress_bar(enabled: bool):
+    """A tqdm bar over the SGD iterations of all units (stderr), or None."""
+    if not enabled:
+        return None, lambda: None
+    from tqdm import tqdm  # noqa: PLC0415
+
+    bar = tqdm(total=0, unit="it", file=sys.stderr, leave=False, dynamic_ncols=True)
+
+    def update(done_units, n_units, name, it, iters):
+        if iters:
+            if bar.total != iters:
+                bar.reset(total=iters)
+            bar.set_description(f"unit {done_units + 1}/{n_units} {name}")
+            bar.n = it
+            bar.refresh()
+    return update, bar.close
+
+
+@main.command("relearn")
+@click.argument("slim_dir", type=click.Path(file_okay=False))
+@click.option("--images", "source", required=True, metavar="SOURCE",
+              help="Images (no labels needed): a folder, a Caffe list file, an LMDB, or fashion-mnist[:train|:test].")
+@click.option("--output", "-o", "outdir", type=click.Path(file_okay=False),
+              help="Where weights.caffemodel and relearn.json go (default: SLIM_DIR).")
+@click.option("--weights", "-w", type=click.Path(dir_okay=False),
+              help="Start from these weights (default: SLIM_DIR/init.caffemodel).")
+@click.option("--teacher", type=click.Path(dir_okay=False), help="The original deploy net (default: from report.json).")
+@click.option("--teacher-weights", type=click.Path(dir_okay=False),
+              help="The original weights (default: from report.json).")
+@click.option("--train-val", type=click.Path(dir_okay=False),
+              help="Take the preprocessing from this train_val's data layer (default: SLIM_DIR/train_val.prototxt; "
+                   "ImageNet defaults when it has none).")
+@click.option("--count", type=click.IntRange(min=1), default=rl.Options.train_images, show_default=True,
+              help="Training images per unit.")
+@click.option("--heldout", type=click.IntRange(min=1), default=rl.Options.heldout_images, show_default=True,
+              help="Held-out images on which the reconstruction error is reported.")
+@click.option("--iters", type=click.IntRange(min=0), default=rl.Options.iters, show_default=True,
+              help="SGD iterations per unit (0: least squares only).")
+@click.option("--batch", type=click.IntRange(min=1), default=rl.Options.batch, show_default=True)
+@click.option("--lr", "base_lr", type=click.FloatRange(min=0, min_open=True), default=rl.Options.base_lr,
+              show_default=True, help="SGD learning rate (the loss is half the relative error).")
+@click.option("--input", "input_from", type=click.Choice(["student", "teacher"]), default="student", show_default=True,
+              help="Feed each unit the slim net's own blob (re-learned below) or the teacher's.")
+@click.option("--no-least-squares", is_flag=True, help="Skip the teacher and least-squares initialisation.")
+@click.option("--only", metavar="UNITS", help="Re-learn only these units, comma-separated (names from report.json).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print relearn.json's content instead of a summary.")
+def relearn_command(slim_dir, source, outdir, weights, teacher, teacher_weights, train_val, count, heldout, iters,
+                    batch, base_lr, input_from, no_least_squares, only, seed, as_json):
+    """Re-learn the regenerated layers of SLIM_DIR (a `rebirth slim` output) bottom to top, each unit
+    against the teacher's feature map at its output (the paper's Eq. 5): teacher/least-squares
+    initialisation, then SGD in Caffe. No labels are used. Writes OUTDIR/weights.caffemodel and
+    OUTDIR/relearn.json."""
+    opt = rl.Options(train_images=count, heldout_images=heldout, iters=iters, batch=batch, base_lr=base_lr,
+                     input=input_from, least_squares=not no_least_squares, seed=seed,
+                     only=[n.strip() for n in only.split(",") if n.strip()] if only else None)
+    update, close = _progress_bar(sys.stderr.isatty() and not as_json)
+    try:
+        doc = rl.relearn_dir(slim_dir, source, outdir, weights, teacher, teacher_weights, train_val, opt, update)
+    finally:
+        close()
+    if as_json:
+        output_json(doc)
+    else:
+        click.echo("\n".join(rl.summary(doc)))

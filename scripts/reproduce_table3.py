@@ -1,0 +1,230 @@
+#!/usr/bin/env python
+"""The paper's Table 3 (GoogLeNet accuracy on slimming each layer, bottom to top), reproduced on
+Fashion-MNIST with a GoogLeNet-shaped teacher trained here.
+
+    .venv/bin/python scripts/reproduce_table3.py [--work out/table3] [--teacher-iters 6000]
+                                                 [--relearn-images 1000] [--finetune-iters 300] ...
+
+Resumable: every stage leaves its result in WORK and is skipped when run again (``--redo STAGE``).
+Stages:
+
+1. ``data``: Fashion-MNIST (Debian's dataset-fashion-mnist) as two LMDBs of Caffe Datum records,
+   resized to the teacher's 64x64 input with Pillow.
+2. ``teacher``: models/fmnist_googlenet.prototxt trained from scratch by the ``caffe`` tool
+   (``caffe train``, Data layers reading the LMDB, SGD with momentum); its test accuracy.
+3. ``steps``: the paper's procedure, one substructure more per step (conv1, conv2, inception_3a,
+   ...): ``rebirth slim --only`` (cumulative) of the teacher, ``relearn`` of the new unit against the
+   teacher's feature maps (no labels), a short ``finetune`` with labels, evaluation (top-1/top-5 on
+   the 10,000 test images), latency ratio to the teacher (measured side by side at batch 1) and blob
+   memory. Two chains run side by side: *relearn only* (no label used at any step) and
+   *relearn + fine-tune* (each step starts from the previous step's fine-tuned weights).
+
+The result is WORK/table3.json and WORK/table3.md (the table the README shows).
+"""
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("GLOG_minloglevel", "2")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+
+from deeprebirth import io, training  # noqa: E402
+from deeprebirth import proto as pb  # noqa: E402
+from deeprebirth.graph import Graph  # noqa: E402
+
+FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+TEACHER = ROOT / "models" / "fmnist_googlenet.prototxt"
+SIZE = 64
+MEAN = 73.0            # Fashion-MNIST's mean gray level (0..255), after resizing too
+SCALE = 1.0 / 255.0
+
+# Bottom to top, as the paper's Table 3; each step adds these substructures to --only (fold_bn's
+# and push_pool_concat's exact rewrites go with the step that needs them).
+STEPS = [
+    ("conv1", ["conv1/7x7_s2", "conv1"]),
+    ("conv2", ["conv2/3x3", "conv2"]),
+    ("inception_3a", ["inception_3a"]),
+    ("inception_3b", ["pool3/3x3_s2", "inception_3b"]),
+    ("inception_4a", ["inception_4a"]),
+    ("inception_4b-4d", ["inception_4b", "inception_4c", "inception_4d"]),
+    ("inception_4e", ["pool4/3x3_s2", "inception_4e"]),
+    ("inception_5a", ["inception_5a"]),
+    ("inception_5b", ["inception_5b"]),
+]
+
+
+def log(msg: str) -> None:
+    print(f"[table3 {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# 1. data
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """An idx file (the MNIST format: magic, dims, big-endian uint8 data), gzip-compressed."""
+    with gzip.open(path, "rb") as fh:
+        raw = fh.read()
+    ndim = raw[3]
+    dims = [int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def fmnist(split: str) -> tuple[np.ndarray, np.ndarray]:
+    prefix = "train" if split == "train" else "t10k"
+    images = read_idx(FMNIST_DIR / f"{prefix}-images-idx3-ubyte.gz")
+    labels = read_idx(FMNIST_DIR / f"{prefix}-labels-idx1-ubyte.gz")
+    return images, labels.astype(np.int64)
+
+
+def resized(images: np.ndarray, size: int = SIZE) -> np.ndarray:
+    from PIL import Image  # noqa: PLC0415
+
+    return np.stack([np.asarray(Image.fromarray(im).resize((size, size), Image.BILINEAR)) for im in images])
+
+
+def write_lmdb(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
+    """Caffe Datum records (raw uint8, 1 x H x W), keys in order, written to a temporary directory
+    and renamed."""
+    import lmdb  # noqa: PLC0415
+
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    env = lmdb.open(str(tmp), map_size=int(images.nbytes * 2 + (1 << 26)))
+    with env.begin(write=True) as txn:
+        for i, (im, label) in enumerate(zip(images, labels)):
+            d = pb.Datum(channels=1, height=im.shape[0], width=im.shape[1], data=im.tobytes(), label=int(label))
+            txn.put(f"{i:08d}".encode(), d.SerializeToString())
+    env.close()
+    shutil.rmtree(path, ignore_errors=True)
+    os.replace(tmp, path)
+
+
+def stage_data(work: Path) -> None:
+    for split in ("train", "test"):
+        path = work / f"fmnist_{split}_lmdb"
+        if (path / "data.mdb").exists():
+            continue
+        images, labels = fmnist(split)
+        log(f"writing {path} ({len(images)} images, {SIZE}x{SIZE})")
+        write_lmdb(path, resized(images), labels)
+
+
+# ----------------------------------------------------------------------------------------------
+# 2. teacher
+
+
+def data_layer(source: Path, phase: int, batch: int) -> "pb.LayerParameter":
+    layer = pb.LayerParameter(name="data", type="Data")
+    layer.top.extend(["data", "label"])
+    layer.include.add(phase=phase)
+    layer.transform_param.scale = SCALE
+    layer.transform_param.mean_value.append(MEAN)
+    layer.transform_param.mirror = phase == pb.TRAIN
+    layer.data_param.source = str(source)
+    layer.data_param.backend = pb.DataParameter.LMDB
+    layer.data_param.batch_size = batch
+    return layer
+
+
+def teacher_train_val(work: Path, batch: int) -> "pb.NetParameter":
+    deploy = io.read_net(TEACHER)
+    net = pb.NetParameter(name=deploy.name)
+    net.layer.append(data_layer(work / "fmnist_train_lmdb", pb.TRAIN, batch))
+    net.layer.append(data_layer(work / "fmnist_test_lmdb", pb.TEST, 100))
+    for layer in training.body(deploy):
+        if layer.type == "Softmax":
+            continue
+        new = net.layer.add()
+        new.CopyFrom(layer)
+        if layer.type == "BatchNorm":
+            new.batch_norm_param.ClearField("use_global_stats")   # batch statistics when training
+            for _ in range(3):
+                new.param.add(lr_mult=0, decay_mult=0)
+        if layer.type in ("Convolution", "InnerProduct"):
+            p = new.convolution_param if layer.type == "Convolution" else new.inner_product_param
+            p.weight_filler.type = "msra" if layer.type == "Convolution" else "xavier"
+            p.bias_filler.type = "constant"
+            new.param.add(lr_mult=1, decay_mult=1)
+            new.param.add(lr_mult=2, decay_mult=0)
+    net.layer.extend(training.loss_layers("loss3/classifier", "label", {layer.name for layer in net.layer}, 10))
+    return net
+
+
+def stage_teacher(work: Path, iters: int, batch: int) -> dict:
+    out = work / "teacher"
+    result_file = out / "teacher.json"
+    if result_file.exists():
+        return json.loads(result_file.read_text())
+    out.mkdir(parents=True, exist_ok=True)
+    tv = teacher_train_val(work, batch)
+    (out / "train_val.prototxt").write_text(training.render_net(tv, ["Fashion-MNIST teacher (scripts/reproduce_table3.py)"]))
+    solver = training.build_solver(
+        net_file="train_val.prototxt", test_batch=100, val_images=10_000, test_interval=iters,
+        snapshot=500, snapshot_prefix="snap/teacher", base_lr=0.05, lr_policy="multistep",
+        weight_decay=5e-4, max_iter=iters, display=50, average_loss=50)
+    solver.ClearField("stepsize")
+    solver.stepvalue.extend([int(iters * 0.6), int(iters * 0.85)])
+    solver.test_initialization = False
+    solver.random_seed = 1
+    (out / "solver.prototxt").write_text(training.render_solver(solver, ["Fashion-MNIST teacher"]))
+    (out / "snap").mkdir(exist_ok=True)
+    states = sorted((out / "snap").glob("teacher_iter_*.solverstate"), key=lambda p: int(re.findall(r"\d+", p.name)[-1]))
+    cmd = [str(caffe_tool()), "train", "-solver", "solver.prototxt"]
+    if states:
+        cmd += ["-snapshot", str(states[-1].relative_to(out))]
+    log(f"training the teacher: {' '.join(cmd)} (in {out}; log in {out}/train.log)")
+    t0 = time.time()
+    env = dict(os.environ, GLOG_minloglevel="0", GLOG_logtostderr="1")
+    with open(out / "train.log", "a") as fh:
+        proc = subprocess.Popen(cmd, cwd=out, stdout=fh, stderr=subprocess.STDOUT, env=env)
+        rc = proc.wait()
+    if rc != 0:
+        raise SystemExit(f"caffe train failed (exit {rc}); see {out}/train.log")
+    final = out / "snap" / f"teacher_iter_{iters}.caffemodel"
+    shutil.copyfile(final, out / "teacher.caffemodel")
+    text = (out / "train.log").read_text()
+    accs = re.findall(r"Test net output #\d+: accuracy = ([0-9.]+)", text)
+    top5 = re.findall(r"Test net output #\d+: accuracy_top5 = ([0-9.]+)", text)
+    res = {"iters": iters, "batch": batch, "seconds": round(time.time() - t0, 1),
+           "caffe_test_top1": float(accs[-1]) if accs else None,
+           "caffe_test_top5": float(top5[-1]) if top5 else None}
+    result_file.write_text(json.dumps(res, indent=2))
+    return res
+
+
+def caffe_tool() -> Path:
+    here = Path(sys.executable).parent / "caffe"
+    return here if here.exists() else Path(shutil.which("caffe") or "caffe")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--work", type=Path, default=ROOT / "out" / "table3")
+    ap.add_argument("--teacher-iters", type=int, default=3000)
+    ap.add_argument("--teacher-batch", type=int, default=64)
+    ap.add_argument("--stage", choices=["data", "teacher", "steps", "all"], default="all")
+    args = ap.parse_args(argv)
+    args.work.mkdir(parents=True, exist_ok=True)
+    stage_data(args.work)
+    if args.stage == "data":
+        return 0
+    t = stage_teacher(args.work, args.teacher_iters, args.teacher_batch)
+    log(f"teacher: {t}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
