@@ -27,15 +27,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import proto as pb
-from ..graph import Graph, Node, conv_geometry
-from ..graph import group_name
+from ..edit import group_name, joined_name, memory_growth, unique_name
+from ..geometry import concat_axis, conv_geometry
+from ..graph import ACTIVATIONS, Graph, Node
 from ..model import Model
-from .base import Change, Match, Rule, memory_growth, unique_name
-
-# Element-wise layers without parameters: applying one to the merged blob equals applying it to
-# each part.
-ACTIVATIONS = frozenset({"ReLU", "ELU", "Sigmoid", "TanH", "AbsVal", "Power", "BNLL", "Exp", "Log",
-                         "Threshold", "Clip", "Swish", "Dropout"})
+from .base import Change, Match, Rule
 
 
 @dataclass
@@ -88,8 +84,7 @@ def _concat_slot(graph: Graph, unit: Unit) -> tuple[Node, int] | None:
     if len(users) != 1 or users[0].type != "Concat":
         return None
     c = users[0]
-    p = c.layer.concat_param
-    axis = p.concat_dim if p.HasField("concat_dim") else p.axis
+    axis = concat_axis(c.layer)
     shape = graph.version_shapes.get(unit.out)
     if shape is None or (axis + len(shape) if axis < 0 else axis) != 1:
         return None
@@ -97,21 +92,12 @@ def _concat_slot(graph: Graph, unit: Unit) -> tuple[Node, int] | None:
     return (c, slots[0]) if len(slots) == 1 else None
 
 
-def joined_name(names: list[str]) -> str:
-    """``a/x`` + ``a/y`` -> ``a/x+y``; no common ``/`` prefix -> ``x+y``."""
-    prefix = names[0]
-    for n in names[1:]:
-        while not n.startswith(prefix):
-            prefix = prefix[:-1]
-    cut = prefix.rfind("/") + 1
-    return names[0][:cut] + "+".join(n[cut:] for n in names)
-
-
-
 class MergeParallel(Rule):
     name = "merge_parallel"
     types = frozenset({"Convolution"})
     exact = True
+    default = True
+    order = 50
 
     def __init__(self, allow_memory_growth: bool = False):
         self.allow_memory_growth = allow_memory_growth
