@@ -65,6 +65,14 @@ def pool_out(size: int, kernel: int, pad: int, stride: int, ceil: bool = True) -
     return out
 
 
+def canonical_axis(axis: int, ndim: int | None) -> int | None:
+    """A possibly negative axis counted from the front (Caffe's CanonicalAxisIndex, unchecked);
+    None when a negative axis meets an unknown number of axes."""
+    if axis >= 0:
+        return axis
+    return axis + ndim if ndim is not None else None
+
+
 def concat_axis(layer: "pb.LayerParameter") -> int:
     """The axis a Concat joins on (the legacy ``concat_dim`` wins when set); may be negative."""
     p = layer.concat_param

@@ -15,7 +15,7 @@ from typing import Callable, Iterable
 
 from . import proto as pb
 from .errors import RebirthError
-from .geometry import concat_axis, conv_geometry, conv_out, pool_geometry, pool_out  # noqa: F401
+from .geometry import canonical_axis, concat_axis, conv_geometry, conv_out, pool_geometry, pool_out  # noqa: F401
 
 BlobRef = tuple[str, int]  # (blob name, version)
 Shape = tuple[int, ...]
@@ -90,7 +90,7 @@ class Node:
 
 
 def _canon_axis(axis: int, ndim: int, layer: "pb.LayerParameter") -> int:
-    a = axis + ndim if axis < 0 else axis
+    a = canonical_axis(axis, ndim)
     if not 0 <= a < ndim:
         raise RebirthError(f"layer '{layer.name}' ({layer.type}): axis {axis} is out of range for a "
                            f"{ndim}-D input")

@@ -38,6 +38,7 @@ import numpy as np
 from .. import proto as pb
 from ..edit import remove_layers
 from ..errors import RebirthError
+from ..geometry import canonical_axis
 from ..graph import BlobRef, Graph, Node
 from ..model import Model
 from .base import Change, Match, Rule
@@ -50,12 +51,6 @@ FOLD, SCALE, SKIP = "fold", "scale", "skip"
 
 # ----------------------------------------------------------------------------------------------
 # Structure: which layers may be chained, and which tensor layers may absorb a chain.
-
-
-def _canonical_axis(axis: int, ndim: int | None) -> int | None:
-    if axis >= 0:
-        return axis
-    return axis + ndim if ndim is not None else None
 
 
 def unfoldable_reason(graph: Graph, node: Node) -> str | None:
@@ -72,7 +67,7 @@ def unfoldable_reason(graph: Graph, node: Node) -> str | None:
     if len(node.bottoms) != 1 or len(node.tops) != 1:
         return f"layer '{node.name}' ({node.type}) has {len(node.bottoms)} bottoms and {len(node.tops)} tops"
     shape = graph.version_shapes.get(node.bottoms[0])
-    if _canonical_axis(p.axis, len(shape) if shape else None) != 1 or p.num_axes != 1:
+    if canonical_axis(p.axis, len(shape) if shape else None) != 1 or p.num_axes != 1:
         return (f"layer '{node.name}' ({node.type}) has axis {p.axis}, num_axes {p.num_axes}, not the "
                 "per-channel default (axis 1, num_axes 1)")
     return None
@@ -84,7 +79,7 @@ def is_target(graph: Graph, node: Node) -> bool:
         return False
     p = node.layer.inner_product_param if node.type == "InnerProduct" else node.layer.convolution_param
     shape = graph.version_shapes.get(node.bottoms[0])
-    return _canonical_axis(p.axis, len(shape) if shape else None) == 1
+    return canonical_axis(p.axis, len(shape) if shape else None) == 1
 
 
 class Block:

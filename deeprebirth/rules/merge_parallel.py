@@ -28,7 +28,7 @@ import numpy as np
 
 from .. import proto as pb
 from ..edit import group_name, joined_name, memory_growth, unique_name
-from ..geometry import concat_axis, conv_geometry
+from ..geometry import canonical_axis, concat_axis, conv_geometry
 from ..graph import ACTIVATIONS, Graph, Node
 from ..model import Model
 from .base import Change, Match, Rule
@@ -62,7 +62,7 @@ def _unit(graph: Graph, conv: Node) -> tuple[Unit, tuple] | None:
     shape = graph.version_shapes.get(conv.bottoms[0])
     if shape is None or len(shape) < 3 or conv.top_shapes[0] is None:
         return None
-    axis = p.axis + len(shape) if p.axis < 0 else p.axis
+    axis = canonical_axis(p.axis, len(shape))
     acts = []
     for n in graph.in_place_chain(conv):
         if n.type not in ACTIVATIONS or len(n.bottoms) != 1:
@@ -86,7 +86,7 @@ def _concat_slot(graph: Graph, unit: Unit) -> tuple[Node, int] | None:
     c = users[0]
     axis = concat_axis(c.layer)
     shape = graph.version_shapes.get(unit.out)
-    if shape is None or (axis + len(shape) if axis < 0 else axis) != 1:
+    if shape is None or canonical_axis(axis, len(shape)) != 1:
         return None
     slots = [i for i, b in enumerate(c.bottoms) if b == unit.out]
     return (c, slots[0]) if len(slots) == 1 else None
