@@ -93,7 +93,8 @@ def summary(original: Model, result: pipeline.Result) -> list[str]:
     gone = ", ".join(f"{k} {t}" for t, k in sorted(removed.items())) or "none"
     head = (f"{folds} chain(s) folded into tensor layers, {len(result.changes) - folds} replaced by one "
             f"Scale, {len(result.skips)} left alone")
-    return [head, *lines, f"layers: {n_before} -> {n_after} (removed: {gone})"]
+    return [head, *lines, f"layers: {n_before} -> {n_after} (removed: {gone})",
+            *(f"note: {n}" for n in result.notes)]
 
 
 # ----------------------------------------------------------------------------------------------
