@@ -100,11 +100,14 @@ def test_a_rule_from_one_file_runs_in_slim_and_inspect(tmp_path, rule_dir):
 
 
 def test_a_rule_can_declare_its_place_in_the_default_run(rule_dir):
-    (rule_dir / "drop_dropout.py").write_text(TOY.replace("    exact = True\n", "    exact = True\n"
-                                                          "    default = True\n    after = ('streamline',)\n"))
-    names = [r.name for r in slim.select_rules()]
-    assert names.index("streamline") < names.index("drop_dropout")
-    assert rules.available().index("drop_dropout") > rules.available().index("streamline")
+    declared = "    exact = True\n    default = True\n    order = 1\n"
+    (rule_dir / "drop_dropout.py").write_text(TOY.replace("    exact = True\n", declared))
+    assert [r.name for r in slim.select_rules()][:2] == ["drop_dropout", "fold_bn"]   # order 1: first
+    (rule_dir / "drop_dropout.py").write_text(TOY.replace("    exact = True\n", declared + "    after = ('streamline',)\n"))
+    names = [r.name for r in rules.discover(refresh=True).values()]
+    assert names == ["fold_bn", "push_pool_concat", "streamline", "drop_dropout", "branch", "merge_parallel",
+                     "pool_into_conv"]   # `after` wins over the order number
+    assert [r.name for r in slim.select_rules(["drop_dropout", "streamline"])] == ["streamline", "drop_dropout"]
 
 
 def test_a_rule_module_that_fails_to_import_is_an_error(tmp_path, rule_dir):

@@ -46,17 +46,15 @@ def _load(module: str, path: Path) -> Rule:
     try:
         if module.startswith(f"{__name__}."):
             mod = importlib.import_module(module)
-        else:
-            mod = sys.modules.get(module)
-            if mod is None or getattr(mod, "__file__", None) != str(path):
-                spec = importlib.util.spec_from_file_location(module, path)
-                mod = importlib.util.module_from_spec(spec)
-                sys.modules[module] = mod
-                try:
-                    spec.loader.exec_module(mod)
-                except BaseException:
-                    sys.modules.pop(module, None)
-                    raise
+        else:   # a file of one's own: read afresh each time the registry looks
+            spec = importlib.util.spec_from_file_location(module, path)
+            mod = importlib.util.module_from_spec(spec)
+            sys.modules[module] = mod
+            try:
+                spec.loader.exec_module(mod)
+            except BaseException:
+                sys.modules.pop(module, None)
+                raise
     except Exception as exc:  # any failure is reported, with what failed
         raise RebirthError(f"{path}: the rule module failed to import ({type(exc).__name__}: {exc})") from exc
     rule = getattr(mod, "RULE", None)

@@ -139,4 +139,13 @@ class Rule:
         return {"name": self.name, "exact": self.exact, "default": self.default, "order": self.order,
                 "after": list(self.after), "needs_weights": self.needs_weights,
                 "absorbs_pooling": self.absorbs_pooling, "types": sorted(self.types),
-                "options": self.options()}
+                "options": {k: _plain(v) for k, v in self.options().items()}}
+
+
+def _plain(value):
+    """An option value as JSON can hold it (sets sorted into lists; other objects by repr)."""
+    if isinstance(value, (set, frozenset)):
+        return sorted(value)
+    if value is None or isinstance(value, (str, int, float, bool, list, tuple, dict)):
+        return value
+    return repr(value)
