@@ -20,13 +20,13 @@ from typing import Iterable
 
 import numpy as np
 
-from . import io, pipeline
+from . import io, pipeline, rules
 from . import proto as pb
 from .errors import RebirthError
 from .graph import Graph
 from .engine.pycaffe import CaffeNet, check_runnable  # imports caffe only when a net is built
 from .model import Model, check_weights, load_model
-from .rules.fold_bn import RULE, refuse_training_bn
+from .rules.fold_bn import batch_statistics_reason
 
 OUTPUT_NET = "deploy.prototxt"
 OUTPUT_WEIGHTS = "weights.caffemodel"
@@ -48,12 +48,9 @@ def check_inference_net(net: "pb.NetParameter", source: str) -> None:
         raise RebirthError(f"{source}: is a train/test net (layer '{ruled}' has include/exclude phase "
                            "rules); fold-bn needs the deploy prototxt")
     for layer in net.layer:
-        if layer.type == "BatchNorm":
-            p = layer.batch_norm_param
-            if p.HasField("use_global_stats") and not p.use_global_stats:
-                raise RebirthError(f"{source}: layer '{layer.name}' (BatchNorm) has use_global_stats: false, "
-                                   "so it normalises with each batch's own statistics (a training net); "
-                                   "fold-bn needs the deploy net")
+        reason = batch_statistics_reason(layer)
+        if reason:
+            raise RebirthError(f"{source}: {reason}; fold-bn needs the deploy net")
 
 
 def load(model: str | os.PathLike, weights: str | os.PathLike) -> Model:
@@ -73,15 +70,10 @@ def fold_bn(model: Model, only: Iterable[str] | None = None) -> pipeline.Result:
     if model.weights is None:
         raise RebirthError(f"{model.source}: no weights given; folding BatchNorm needs the trained "
                            "weights (a .caffemodel)")
-    if model.net.state.phase == pb.TRAIN:
-        raise RebirthError(f"{model.source}: the net is in the TRAIN phase; fold-bn needs the deploy "
-                           "(TEST) net")
+    check_inference_net(model.net, model.source)
     model = model.copy()
-    graph = Graph(model.net)
-    for node in graph.nodes:
-        refuse_training_bn(node, model.source)
-    check_weights(graph, model.weights, model.weights_source or model.source)
-    return pipeline.run(model, [RULE], only=set(only) if only is not None else None)
+    check_weights(Graph(model.net), model.weights, model.weights_source or model.source)
+    return pipeline.run(model, rules.get(["fold_bn"]), only=set(only) if only is not None else None)
 
 
 def summary(original: Model, result: pipeline.Result) -> list[str]:
@@ -101,7 +93,8 @@ def summary(original: Model, result: pipeline.Result) -> list[str]:
     gone = ", ".join(f"{k} {t}" for t, k in sorted(removed.items())) or "none"
     head = (f"{folds} chain(s) folded into tensor layers, {len(result.changes) - folds} replaced by one "
             f"Scale, {len(result.skips)} left alone")
-    return [head, *lines, f"layers: {n_before} -> {n_after} (removed: {gone})"]
+    return [head, *lines, f"layers: {n_before} -> {n_after} (removed: {gone})",
+            *(f"note: {n}" for n in result.notes)]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -211,7 +204,9 @@ def require(check: Verification, tolerance: float) -> None:
 
 
 def write(model: Model, outdir: str | os.PathLike, inputs: Iterable = ()) -> tuple[Path, Path]:
-    """Write ``outdir/deploy.prototxt`` and ``outdir/weights.caffemodel``, both or neither."""
+    """Write ``outdir/deploy.prototxt`` and ``outdir/weights.caffemodel``, each atomically (a
+    temporary file and a rename), never over an input. When the second write fails, the first file
+    is removed if this call created it; a file it replaced is not restored."""
     out = Path(outdir)
     if out.exists() and not out.is_dir():
         raise RebirthError(f"{out}: exists and is not a directory")

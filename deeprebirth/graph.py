@@ -15,6 +15,7 @@ from typing import Callable, Iterable
 
 from . import proto as pb
 from .errors import RebirthError
+from .geometry import canonical_axis, concat_axis, conv_geometry, conv_out, pool_geometry, pool_out  # noqa: F401
 
 BlobRef = tuple[str, int]  # (blob name, version)
 Shape = tuple[int, ...]
@@ -26,6 +27,10 @@ DATA_TYPES = frozenset({"Input", "Data", "ImageData", "MemoryData", "DummyData",
 ELEMENTWISE = frozenset({"ReLU", "PReLU", "ELU", "Sigmoid", "TanH", "AbsVal", "Power", "BNLL",
                          "Exp", "Log", "Threshold", "Clip", "Swish", "Dropout", "BatchNorm",
                          "Scale", "Bias", "LRN", "MVN", "Softmax"})
+# Element-wise layers without parameters: they work on any number of channels, and applying one to
+# a concatenation equals applying it to each part.
+ACTIVATIONS = frozenset({"ReLU", "ELU", "Sigmoid", "TanH", "AbsVal", "Power", "BNLL", "Exp", "Log",
+                         "Threshold", "Clip", "Swish", "Dropout"})
 # Layers whose tops share their bottom's memory (Forward calls ShareData): not counted as memory.
 SHARING_TYPES = frozenset({"Split", "Flatten", "Reshape"})
 LOSS_TYPES = frozenset({"SoftmaxWithLoss", "EuclideanLoss", "SigmoidCrossEntropyLoss", "HingeLoss",
@@ -81,69 +86,15 @@ class Node:
 
 
 # ----------------------------------------------------------------------------------------------
-# Geometry helpers shared by shape inference and the rules.
+# Axis helper of the shape functions (convolution/pooling geometry: geometry.py).
 
 
 def _canon_axis(axis: int, ndim: int, layer: "pb.LayerParameter") -> int:
-    a = axis + ndim if axis < 0 else axis
+    a = canonical_axis(axis, ndim)
     if not 0 <= a < ndim:
         raise RebirthError(f"layer '{layer.name}' ({layer.type}): axis {axis} is out of range for a "
                            f"{ndim}-D input")
     return a
-
-
-def _spatial_param(p, many: str, h: str, w: str, n: int, default: int) -> list[int]:
-    """Caffe's kernel/pad/stride convention: ``x_h``/``x_w`` (2-D only) or repeated ``x`` (1 or n values)."""
-    if p.HasField(h) or p.HasField(w):
-        return [getattr(p, h), getattr(p, w)]
-    values = list(getattr(p, many))
-    if not values:
-        return [default] * n
-    if len(values) == 1:
-        return values * n
-    return values
-
-
-def conv_geometry(layer: "pb.LayerParameter", n_spatial: int = 2) -> dict[str, list[int]]:
-    """kernel, pad, stride, dilation of a (de)convolution, one entry per spatial axis."""
-    p = layer.convolution_param
-    return {
-        "kernel": _spatial_param(p, "kernel_size", "kernel_h", "kernel_w", n_spatial, 0),
-        "pad": _spatial_param(p, "pad", "pad_h", "pad_w", n_spatial, 0),
-        "stride": _spatial_param(p, "stride", "stride_h", "stride_w", n_spatial, 1),
-        "dilation": list(p.dilation) * n_spatial if len(p.dilation) == 1 else (list(p.dilation) or [1] * n_spatial),
-    }
-
-
-def pool_geometry(layer: "pb.LayerParameter", in_hw: Shape | None = None) -> dict:
-    """kernel, pad, stride (h, w) and rounding of a pooling layer; global pooling needs ``in_hw``."""
-    p = layer.pooling_param
-    if p.global_pooling:
-        if in_hw is None:
-            raise ValueError("global pooling needs the input size")
-        kernel = list(in_hw)
-    elif p.HasField("kernel_h") or p.HasField("kernel_w"):
-        kernel = [p.kernel_h, p.kernel_w]
-    else:
-        kernel = [p.kernel_size, p.kernel_size]
-    pad = [p.pad_h, p.pad_w] if (p.HasField("pad_h") or p.HasField("pad_w")) else [p.pad, p.pad]
-    stride = [p.stride_h, p.stride_w] if (p.HasField("stride_h") or p.HasField("stride_w")) else [p.stride, p.stride]
-    ceil = True
-    if "round_mode" in p.DESCRIPTOR.fields_by_name and p.HasField("round_mode"):
-        ceil = p.round_mode == 0  # CEIL
-    return {"kernel": kernel, "pad": pad, "stride": stride, "ceil": ceil, "global": p.global_pooling}
-
-
-def conv_out(size: int, kernel: int, pad: int, stride: int, dilation: int = 1) -> int:
-    return (size + 2 * pad - (dilation * (kernel - 1) + 1)) // stride + 1
-
-
-def pool_out(size: int, kernel: int, pad: int, stride: int, ceil: bool = True) -> int:
-    span = size + 2 * pad - kernel
-    out = (-(-span // stride) if ceil else span // stride) + 1
-    if pad and (out - 1) * stride >= size + pad:
-        out -= 1  # the last window must start inside the image (Caffe's rule)
-    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -314,9 +265,7 @@ def _eltwise(g, layer, bottoms):
 @shape_fn("Concat")
 def _concat(g, layer, bottoms):
     _need_bottoms(layer, bottoms, at_least=1)
-    p = layer.concat_param
-    axis = p.concat_dim if p.HasField("concat_dim") else p.axis
-    axis = _canon_axis(axis, len(bottoms[0]), layer)
+    axis = _canon_axis(concat_axis(layer), len(bottoms[0]), layer)
     for b in bottoms[1:]:
         if len(b) != len(bottoms[0]) or any(x != y for i, (x, y) in enumerate(zip(b, bottoms[0])) if i != axis):
             raise RebirthError(f"layer '{layer.name}' (Concat): bottoms must agree except on axis {axis}, "
@@ -798,70 +747,3 @@ class Graph:
             "non_tensor_mac_percent": (100.0 * nt_macs / macs) if macs else 0.0,
             "memory_bytes": self.memory_bytes,
         }
-
-    # -- slimming candidates -------------------------------------------------------------------
-    def streamline_chains(self) -> list[dict]:
-        """A tensor layer followed by non-tensor layers it could absorb (through in-place activations)."""
-        removable = {"Pooling", "LRN", "BatchNorm", "Scale", "Bias", "Dropout"}
-        out = []
-        for node in self.nodes:
-            if node.kind != "tensor" or len(node.tops) != 1:
-                continue
-            chain: list[Node] = []
-            ref = node.tops[0]
-            while True:
-                users = self.consumers_of(ref)
-                if len(users) != 1:
-                    break
-                nxt = users[0]
-                if nxt.kind == "tensor" or len(nxt.bottoms) != 1 or len(nxt.tops) != 1 or \
-                        nxt.type not in (removable | ELEMENTWISE):
-                    break
-                chain.append(nxt)
-                ref = nxt.tops[0]
-            if any(n.type in removable for n in chain):
-                while chain and chain[-1].type not in removable:
-                    chain.pop()  # trailing activations are not part of the substructure
-                out.append({"kind": "streamline", "name": node.name, "head": node.name,
-                            "layers": [node.name] + [n.name for n in chain],
-                            "types": [node.type] + [n.type for n in chain]})
-        return out
-
-    def branch_groups(self) -> list[dict]:
-        """Parallel branches leaving one blob and joined again by a Concat."""
-        out = []
-        for node in self.nodes:
-            if node.type != "Concat" or len(node.bottoms) < 2:
-                continue
-            branches, sources = [], set()
-            for b in node.bottoms:
-                path, ref = [], b
-                while True:
-                    p = self.producer_of(ref)
-                    if p is None or len(p.bottoms) != 1 or p.type in DATA_TYPES:
-                        break
-                    path.append(p)
-                    ref = p.bottoms[0]
-                    if len(self.consumers_of(ref)) > 1:
-                        break
-                branches.append(list(reversed(path)))
-                sources.add(ref)
-            if len(sources) == 1 and all(branches):
-                names = [n.name for br in branches for n in br] + [node.name]
-                out.append({"kind": "branch", "name": group_name(names, node.name),
-                            "source": next(iter(sources))[0], "concat": node.name,
-                            "branches": [[n.name for n in br] for br in branches]})
-        return out
-
-    def candidates(self) -> list[dict]:
-        return self.streamline_chains() + self.branch_groups()
-
-
-def group_name(names: list[str], fallback: str) -> str:
-    """The common prefix of a group's layer names, cut at a separator (``inception_3a``)."""
-    prefix = names[0]
-    for n in names[1:]:
-        while not n.startswith(prefix):
-            prefix = prefix[:-1]
-    prefix = prefix.rstrip("/_-.")
-    return prefix or fallback

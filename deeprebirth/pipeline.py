@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 
 from .graph import Graph
 from .model import Model
-from .rules.base import Change, Rule, Skip
+from .rules.base import Candidate, Change, Rule, Skip
 
 
 @dataclass
@@ -13,6 +13,8 @@ class Result:
     model: Model
     changes: list[Change] = field(default_factory=list)
     skips: list[Skip] = field(default_factory=list)
+    candidates: list[Candidate] = field(default_factory=list)   # every match considered, in order
+    notes: list[str] = field(default_factory=list)
 
     @property
     def regenerated(self) -> set[str]:
@@ -27,21 +29,28 @@ def costs(graph: Graph) -> dict:
 
 def run(model: Model, rules: list[Rule], only: set[str] | None = None, max_steps: int = 10_000) -> Result:
     """Rewrite a copy of ``model`` with ``rules`` in order. ``only`` restricts rewrites to the named
-    substructures. Each rule runs to a fixed point before the next one starts."""
+    substructures. Each rule runs to a fixed point before the next one starts; after ``max_steps``
+    rewrites the run stops, with a note in ``Result.notes``.
+
+    Every match a rule reports (outside ``only``) becomes a ``Candidate``, rewritten or refused by
+    ``Rule.refusal`` (its guards); a refused one is also a ``Skip``."""
     model = model.copy()
     result = Result(model)
     seen: set[tuple[str, str, tuple[str, ...]]] = set()
     steps = 0
     for rule in rules:
-        while steps < max_steps:
+        while True:
             graph = Graph(model.net, strict=False)
+            if not rule.looks_at(graph):
+                break
             todo = None
             for m in rule.match(graph):
                 key = (rule.name, m.name, tuple(m.layers))
                 if key in seen or (only is not None and m.name not in only):
                     continue
                 seen.add(key)
-                note = rule.guards(graph, m, model)
+                note = rule.refusal(graph, m, model)
+                result.candidates.append(Candidate(rule.name, m.name, list(m.layers), note))
                 if note:
                     result.skips.append(Skip(rule.name, m.name, note))
                     continue
@@ -49,6 +58,11 @@ def run(model: Model, rules: list[Rule], only: set[str] | None = None, max_steps
                 break
             if todo is None:
                 break
+            if steps >= max_steps:
+                result.candidates.pop()
+                result.notes.append(f"stopped after {max_steps} rewrites (max_steps) with rule {rule.name} "
+                                    f"still matching '{todo.name}'; the rest was not slimmed")
+                return result
             before = costs(graph)
             change = rule.rewrite(model, graph, todo)
             change.before, change.after = before, costs(Graph(model.net, strict=False))

@@ -1,13 +1,25 @@
 """Human and JSON views of a net's structure and costs (used by `inspect`, and by `slim` reports)."""
 from __future__ import annotations
 
+from . import pipeline, rules as rule_registry
 from .graph import Graph
 from .model import Model
 
 MB = 1024 * 1024
 
 
-def inspect(model: Model, batch: int | None = None) -> dict:
+def candidates(model: Model, rules: list[str] | None = None, keep_pooling: bool = False) -> dict:
+    """The slimming candidates: every match the rules `rebirth slim` would run (same ``rules`` and
+    ``keep_pooling``) report while slimming everything -- its rule, its name (what ``--only``
+    accepts), its layers, and the guard's note when it is left alone -- with notes on rules left out."""
+    chosen, notes = rule_registry.select(rules, keep_pooling, model.weights is not None)
+    result = pipeline.run(model, chosen)
+    return {"rules": [r.declaration() for r in chosen], "candidates": [c.as_dict() for c in result.candidates],
+            "candidate_notes": notes + result.notes}
+
+
+def inspect(model: Model, batch: int | None = None, rules: list[str] | None = None,
+            keep_pooling: bool = False) -> dict:
     g = Graph(model.net, batch=batch)
     layers = []
     for n in g.nodes:
@@ -27,7 +39,7 @@ def inspect(model: Model, batch: int | None = None) -> dict:
         "layers": layers,
         "totals": totals,
         "memory_bytes": totals["memory_bytes"],
-        "candidates": g.candidates(),
+        **candidates(model, rules, keep_pooling),
     }
 
 
@@ -65,14 +77,18 @@ def format_inspect(info: dict) -> str:
     ]
     cands = info["candidates"]
     if cands:
-        lines.append("")
-        lines.append(f"slimming candidates ({len(cands)}):")
+        refused = sum(1 for c in cands if c["refused"])
+        lines += ["", f"slimming candidates ({len(cands)}, {refused} left alone; slim --only NAME):"]
+        width = max(len(c["rule"]) for c in cands)
         for c in cands:
-            if c["kind"] == "streamline":
-                lines.append(f"  streamline  {c['name']}: " + " -> ".join(c["layers"]))
-            else:
-                lines.append(f"  branch      {c['name']}: {len(c['branches'])} branches from '{c['source']}' "
-                             f"joined by '{c['concat']}'")
+            layers = c["layers"]
+            shown = " + ".join(layers) if len(layers) <= 5 else \
+                f"{len(layers)} layers, {layers[0]} ... {layers[-1]}"
+            lines.append(f"  {c['rule'].ljust(width)}  {c['name']}: {shown}")
+            if c["refused"]:
+                lines.append(f"  {''.ljust(width)}    left alone: {c['refused']}")
     else:
         lines.append("slimming candidates: none")
+    for note in info["candidate_notes"]:
+        lines.append(f"note: {note}")
     return "\n".join(lines)

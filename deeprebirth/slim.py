@@ -1,11 +1,12 @@
 """`rebirth slim` as a library: run the rules, build the slim deploy net, its fine-tuning files and
-initial weights, a report; write them all or nothing.
+initial weights, a report; write them (every file checked first, then each written atomically).
 
     out = slim(load_model("googlenet", "bvlc_googlenet.caffemodel"), only=["conv1"])
     write(out, "slim/")   # deploy.prototxt train_val.prototxt solver.prototxt init.caffemodel report.json
 
-Every available rule runs, in ``rules.DEFAULT_ORDER``; ``only`` restricts the rewrites to the named
-substructures (``Match.name``: ``conv1``, ``inception_3a`` ...), so the paper's bottom-to-top
+Every rule that declares ``default`` runs, in the order the rules declare (``rules.select``);
+``only`` restricts the rewrites to the named substructures (``Match.name``: ``conv1``,
+``inception_3a`` ..., the candidates `rebirth inspect` lists), so the paper's bottom-to-top
 procedure (Table 3) is one run per step, each fine-tuned before the next.
 """
 from __future__ import annotations
@@ -25,8 +26,6 @@ from .rules.base import Rule
 
 FILES = ("deploy.prototxt", "train_val.prototxt", "solver.prototxt", "init.caffemodel", "report.json")
 DATA_LAYERS = {"image": "ImageData", "dummy": "DummyData", "ImageData": "ImageData", "DummyData": "DummyData"}
-POOL_ABSORBING = ("pool_into_conv",)  # rules that exist only to remove poolings
-NEEDS_WEIGHTS = ("fold_bn",)          # exact folds: they compute new weights from the trained ones
 
 
 @dataclass
@@ -91,38 +90,17 @@ def _batch(net: "pb.NetParameter") -> int | None:
 
 def select_rules(names: list[str] | None = None, keep_pooling: bool = False,
                  have_weights: bool = True) -> list[Rule]:
-    """Rule instances in ``DEFAULT_ORDER``: all available ones, or the ``names`` given.
+    """Rule instances in run order: the default ones, or the ``names`` given (``rules.select``).
     ``keep_pooling``: no pooling is removed (streamline only prunes LRN/Dropout, the rules that only
     remove poolings are left out) -- the paper's AlexNet experiment (Table 7).
     ``have_weights=False`` leaves out, by default, the rules that need trained weights (fold_bn)."""
-    available = rule_registry.available()
-    if names is None:
-        chosen = [n for n in available if not (keep_pooling and n in POOL_ABSORBING)
-                  and (have_weights or n not in NEEDS_WEIGHTS)]
-    else:
-        names = [n.strip() for n in names if n.strip()]
-        if not names:
-            raise RebirthError("--rules: no rule named (rules: " + ", ".join(available) + ")")
-        rule_registry.get(names)  # unknown names -> one error listing the available ones
-        if keep_pooling:
-            clash = [n for n in names if n in POOL_ABSORBING]
-            if clash:
-                raise RebirthError(f"--keep-pooling contradicts --rules {clash[0]} (it only removes poolings)")
-        order = list(rule_registry.DEFAULT_ORDER)
-        chosen = sorted(dict.fromkeys(names), key=lambda n: order.index(n) if n in order else len(order))
-    out = []
-    for rule in rule_registry.get(chosen):
-        if keep_pooling and hasattr(rule, "absorb_pooling"):
-            rule = type(rule)(absorb_pooling=False)
-        out.append(rule)
-    return out
+    return rule_registry.select(names, keep_pooling, have_weights)[0]
 
 
 def substructures(model: Model, rules: list[Rule]) -> list[str]:
-    """Every substructure name the rules find when slimming everything (the valid --only names)."""
-    result = pipeline.run(model, rules)
-    names = [c.substructure for c in result.changes] + [s.substructure for s in result.skips]
-    return list(dict.fromkeys(names))
+    """Every substructure name the rules find when slimming everything (the valid --only names):
+    the names of ``pipeline.run``'s candidates, which `rebirth inspect` lists."""
+    return list(dict.fromkeys(c.name for c in pipeline.run(model, rules).candidates))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -135,19 +113,17 @@ def slim(model: Model, rules: list[Rule | str] | None = None, only: list[str] | 
     """Slim ``model`` and build everything `rebirth slim` writes.
 
     ``rules``: Rule instances, or rule names (see ``select_rules``, with ``keep_pooling``); by
-    default every available rule (without weights, those that need them are left out, with a note).
+    default every rule that declares ``default`` (without weights, those that need them are left
+    out, with a note).
     Training-only layers of a given train_val (auxiliary classifiers) start from their trained values
     when the --weights file has them (``model.spare_weights``).
     """
     notes: list[str] = []
     have_weights = model.weights is not None
-    if rules is None:
-        rules = select_rules(None, keep_pooling, have_weights)
-        left_out = [n for n in NEEDS_WEIGHTS if n in rule_registry.available() and not have_weights]
-        if left_out:
-            notes.append(f"no --weights: rule {', '.join(left_out)} (needs the trained weights) did not run")
-    elif all(isinstance(r, str) for r in rules):
-        rules = select_rules(list(rules), keep_pooling, have_weights)
+    if rules is None or all(isinstance(r, str) for r in rules):
+        rules, left_out = rule_registry.select(None if rules is None else list(rules), keep_pooling,
+                                               have_weights)
+        notes += left_out
     elif keep_pooling:
         raise RebirthError("keep_pooling applies to rule names, not to Rule instances")
     if not rules:
@@ -166,6 +142,7 @@ def slim(model: Model, rules: list[Rule | str] | None = None, only: list[str] | 
                                f"(substructures: {listing})")
         only_set = set(only)
     result = pipeline.run(model, rules, only=only_set)
+    notes += result.notes
     if not result.changes:
         raise RebirthError(_nothing_to_slim(model, result, only))
 
@@ -275,7 +252,8 @@ def _weights_net(out: SlimOutput) -> "pb.NetParameter":
 
 
 def write(out: SlimOutput, outdir: str | os.PathLike) -> list[Path]:
-    """Write every file into ``outdir``: all checked first (never onto an input), then each atomically."""
+    """Write every file into ``outdir``: all checked first (never onto an input), then each atomically
+    (a temporary file and a rename); a failure part-way leaves the files already written."""
     outdir = Path(outdir)
     if outdir.exists() and not outdir.is_dir():
         raise RebirthError(f"{outdir}: exists and is not a directory")
@@ -283,19 +261,12 @@ def write(out: SlimOutput, outdir: str | os.PathLike) -> list[Path]:
     for name in files:
         path = outdir / name
         for src in out.inputs:
-            if _same(path, Path(src)):
+            if io.same_file(path, Path(src)):
                 raise RebirthError(f"{path}: refusing to overwrite an input file")
     written = []
     for name, data in files.items():
         written.append(io.atomic_write(outdir / name, data, out.inputs))
     return written
-
-
-def _same(a: Path, b: Path) -> bool:
-    try:
-        return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
-    except OSError:
-        return False
 
 
 # ----------------------------------------------------------------------------------------------

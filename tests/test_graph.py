@@ -6,6 +6,7 @@ import pytest
 from deeprebirth import io
 from deeprebirth.errors import RebirthError
 from deeprebirth.graph import Graph, conv_out, pool_out
+from deeprebirth.rules import branch, streamline
 
 INPUT = 'layer {{ name: "data" type: "Input" top: "data" input_param {{ shape {{ {dims} }} }} }}\n'
 
@@ -165,23 +166,24 @@ def test_costs_and_kinds():
 
 
 def test_candidates():
+    # The structures the rules match (rules/streamline.py, rules/branch.py; the Graph itself no
+    # longer has a notion of slimming candidates).
     g = Graph(net_of(ZOO["squeezenet_fire"]))
-    cands = g.candidates()
-    streams = [c for c in cands if c["kind"] == "streamline"]
+    streams = streamline.streamline_chains(g)
     assert streams[0]["layers"] == ["conv1", "relu1", "pool1"]
-    branches = [c for c in cands if c["kind"] == "branch"]
-    assert branches == [{"kind": "branch", "name": "fire", "source": "squeeze", "concat": "fire",
+    branches = branch.branch_groups(g)
+    assert branches == [{"name": "fire", "source": "squeeze", "concat": "fire",
                          "branches": [["e1"], ["e3"]]}] or branches[0]["branches"] == [["e1"], ["e3"]]
 
 
 def test_googlenet_candidates(shared_models):
     g = Graph(io.read_net(shared_models / "bvlc_googlenet" / "deploy.prototxt"))
-    names = [c["name"] for c in g.candidates()]
+    names = [c["head"] for c in streamline.streamline_chains(g)] + [c["name"] for c in branch.branch_groups(g)]
     assert names[:2] == ["conv1/7x7_s2", "conv2/3x3"]
     assert [n for n in names if n.startswith("inception")] == [
         "inception_3a", "inception_3b", "inception_4a", "inception_4b", "inception_4c",
         "inception_4d", "inception_4e", "inception_5a", "inception_5b"]
-    block = next(c for c in g.candidates() if c["name"] == "inception_3a")
+    block = next(c for c in branch.branch_groups(g) if c["name"] == "inception_3a")
     assert block["source"] == "pool2/3x3_s2" and len(block["branches"]) == 4
 
 

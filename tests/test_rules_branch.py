@@ -237,7 +237,7 @@ def test_pooling_read_outside_the_block_is_not_absorbed():
     body = conv("stem", "data", 12, 3, 1) + text + conv("after", top, 7)
     body += conv("side", "inc/pool", 3)   # the pooling's output is also read elsewhere
     net = net_of(body)
-    assert not [g for g in Graph(net).branch_groups() if g["concat"] == "inc/output"]
+    assert not [g for g in branch.branch_groups(Graph(net)) if g["concat"] == "inc/output"]
     result = pipeline.run(with_weights(net), [branch.RULE])
     out = result.model.net
     change = result.changes[0]

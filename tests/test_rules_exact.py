@@ -10,7 +10,7 @@ from deeprebirth import proto as pb
 from deeprebirth.engine import pycaffe
 from deeprebirth.graph import Graph
 from deeprebirth.model import Model
-from deeprebirth.rules import get, merge_parallel, push_pool_concat
+from deeprebirth.rules import branch, get, merge_parallel, push_pool_concat
 from deeprebirth.rules.merge_parallel import MergeParallel, joined_name
 
 GOOGLENET_MEMORY_B1 = 27_342_336
@@ -178,7 +178,7 @@ def test_push_googlenet_memory(shared_models):
     assert "inception_3b/output" not in g1.shapes
     assert "inception_3b/1x1/pool3/3x3_s2" in g1.by_name
     # the block keeps its name for branch slimming
-    assert "inception_3b" in {g["name"] for g in g1.branch_groups()}
+    assert "inception_3b" in {g["name"] for g in branch.branch_groups(g1)}
 
 
 def test_push_googlenet_is_exact(caffe, shared_models):

@@ -14,6 +14,7 @@ from deeprebirth.errors import RebirthError
 from deeprebirth.graph import Graph
 from deeprebirth.model import Model
 from deeprebirth.rules import get
+from deeprebirth.rules.base import Rule
 
 DEPLOY = """name: "tiny"
 layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 3 dim: 32 dim: 32 } } }
@@ -225,7 +226,7 @@ def test_train_only_weights_that_no_longer_fit_are_left_to_fillers():
     assert any("'aux2/fc'" in n and "fillers" in n for n in out.notes)
 
 
-class _AddExactScale:
+class _AddExactScale(Rule):
     """A stand-in exact rule: adds an identity Scale (with exact weights) after conv2."""
     name = "add_scale"
 

@@ -34,13 +34,13 @@ def output_json(obj) -> None:
 
 
 def _register() -> None:
-    from . import inspect_cmd  # noqa: F401,PLC0415
-    for optional in ("fold_bn_cmd", "slim_cmd", "bench_cmd", "eval_cmd", "finetune_cmd", "relearn_cmd"):
-        try:
-            __import__(f"{__name__}.{optional}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"{__name__}.{optional}":
-                raise
+    """Import every command module (``*_cmd.py`` in this package); each registers its command on
+    ``main``. One that fails to import is an error, never a command that silently goes missing."""
+    import importlib  # noqa: PLC0415
+    import pkgutil  # noqa: PLC0415
+    for info in pkgutil.iter_modules(__path__):
+        if info.name.endswith("_cmd"):
+            importlib.import_module(f"{__name__}.{info.name}")
 
 
 _register()

@@ -12,11 +12,17 @@ from . import main, output_json
 @click.argument("model")
 @click.option("--weights", "-w", type=click.Path(dir_okay=False), help="A .caffemodel to check against the net.")
 @click.option("--batch", "-b", type=click.IntRange(min=1), default=None, help="Batch size (default: the net's own).")
+@click.option("--rules", "rule_names", metavar="LIST",
+              help="List the candidates of these rules, comma-separated (default: those `slim` runs).")
+@click.option("--keep-pooling", is_flag=True, help="The candidates of `slim --keep-pooling`.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
-def inspect_command(model, weights, batch, as_json):
-    """Show every layer of MODEL with its kind, output shape, parameters, MACs and output size."""
+def inspect_command(model, weights, batch, rule_names, keep_pooling, as_json):
+    """Show every layer of MODEL with its kind, output shape, parameters, MACs and output size, and
+    the slimming candidates: every match the rules report while slimming (what `slim --only`
+    accepts), each with its rule and, when a guard leaves it alone, why."""
     m = load_model(model, weights, batch=batch)
-    info = report.inspect(m, batch=batch)
+    names = None if rule_names is None else rule_names.split(",")
+    info = report.inspect(m, batch=batch, rules=names, keep_pooling=keep_pooling)
     if as_json:
         output_json(info)
     else:

@@ -23,7 +23,7 @@ def _names(value: str | None) -> list[str] | None:
 @click.option("--only", metavar="NAMES",
               help="Slim only these substructures, comma-separated (e.g. conv1,conv2,inception_3a).")
 @click.option("--rules", "rule_names", metavar="LIST",
-              help="Run only these rules, comma-separated (default: every available rule).")
+              help="Run only these rules, comma-separated (default: the rules that declare default; `inspect --json` lists them).")
 @click.option("--keep-pooling", is_flag=True,
               help="Absorb no pooling into a convolution's stride: streamline slimming only prunes LRN/Dropout "
                    "and pool_into_conv does not run (the paper's AlexNet experiment, Table 7).")

@@ -2,7 +2,7 @@
 non-tensor and 1x1 branches, and its reducers shrink.
 
 A block is a set of parallel branches that leave one blob and are joined again by a Concat on
-the channel axis (``Graph.branch_groups()``; GoogLeNet's ``inception_3a`` ...). Each branch is a
+the channel axis (``branch_groups()``; GoogLeNet's ``inception_3a`` ...). Each branch is a
 chain of single-input layers and is one of:
 
 * ``pool``   -- a non-tensor branch: a Pooling on the block input, then (usually) a 1x1
@@ -38,20 +38,14 @@ non-tensor or 1x1 branch that no tensor branch can absorb is left alone with a n
 from __future__ import annotations
 
 import math
-import zlib
 from dataclasses import dataclass, field
 
-import numpy as np
-
-from ..graph import DATA_TYPES, Graph, Node, conv_geometry, pool_geometry
-from ..graph import group_name
+from ..edit import group_name, regenerate, remove_layers
+from ..geometry import concat_axis, conv_geometry, pool_geometry
+from ..graph import ACTIVATIONS, DATA_TYPES, Graph, Node
 from ..model import Model
-from ..weights import init_layer
 from .base import Change, Match, Rule
 
-# Element-wise layers without parameters: they work on any number of channels.
-ACTIVATIONS = frozenset({"ReLU", "ELU", "Sigmoid", "TanH", "AbsVal", "Power", "BNLL", "Exp", "Log",
-                         "Threshold", "Clip", "Swish", "Dropout"})
 MAX_CHAIN = 64  # longest branch followed back from a Concat input
 
 
@@ -105,17 +99,40 @@ def _chain(graph: Graph, ref) -> tuple[list, list[Node]]:
     return refs, layers
 
 
-def _concat_axis(node: Node) -> int:
-    p = node.layer.concat_param
-    return p.concat_dim if p.HasField("concat_dim") else p.axis
+def branch_groups(graph: Graph) -> list[dict]:
+    """Parallel branches leaving one blob and joined again by a Concat, each branch a chain of
+    single-input layers whose blobs have one reader (``name``: the block's name prefix)."""
+    out = []
+    for node in graph.nodes:
+        if node.type != "Concat" or len(node.bottoms) < 2:
+            continue
+        branches, sources = [], set()
+        for b in node.bottoms:
+            path, ref = [], b
+            while True:
+                p = graph.producer_of(ref)
+                if p is None or len(p.bottoms) != 1 or p.type in DATA_TYPES:
+                    break
+                path.append(p)
+                ref = p.bottoms[0]
+                if len(graph.consumers_of(ref)) > 1:
+                    break
+            branches.append(list(reversed(path)))
+            sources.add(ref)
+        if len(sources) == 1 and all(branches):
+            names = [n.name for br in branches for n in br] + [node.name]
+            out.append({"name": group_name(names, node.name), "source": next(iter(sources))[0],
+                        "concat": node.name, "branches": [[n.name for n in br] for br in branches]})
+    return out
 
 
 def find_blocks(graph: Graph) -> list[Block]:
     """Every Concat whose inputs are chains of single-input layers from one common blob.
 
-    Unlike ``Graph.branch_groups()`` the chains go on through blobs read by several layers, so a
-    block where one branch layer is also read elsewhere is still found (that branch is pinned)."""
-    names = {g["concat"]: g["name"] for g in graph.branch_groups()}
+    Unlike ``branch_groups()`` the chains go on through blobs read by several layers, so a
+    block where one branch layer is also read elsewhere is still found (that branch is pinned);
+    a block keeps the name ``branch_groups()`` gives it where it finds it."""
+    names = {g["concat"]: g["name"] for g in branch_groups(graph)}
     blocks = []
     for node in graph.nodes:
         if node.type != "Concat" or len(node.bottoms) < 2:
@@ -147,7 +164,7 @@ def _rf_step(rf: list[int], jump: list[int], kernel, stride, dilation=(1, 1)) ->
 
 def _classify(graph: Graph, block: Block) -> None:
     concat = block.concat
-    axis = _concat_axis(concat)
+    axis = concat_axis(concat.layer)
     shapes = [graph.version_shapes.get(br.out) for br in block.branches]
     if any(s is None for s in shapes):
         block.problems.append("the shapes of its branches are unknown")
@@ -230,8 +247,10 @@ def _ge(a: tuple[int, int], b: tuple[int, int]) -> bool:
 
 class BranchRule(Rule):
     name = "branch"
-    types = frozenset({"Concat", "Convolution", "Pooling"})
+    types = frozenset({"Concat"})
     exact = False
+    default = True
+    order = 40
 
     def __init__(self, reduce_ratio: float = 0.5, reduce_all: bool = False, min_branches: int = 2,
                  seed: int = 0):
@@ -331,8 +350,7 @@ class BranchRule(Rule):
     def rewrite(self, model: Model, graph: Graph, match: Match) -> Change:
         block = self._block(graph, match)
         plan = self.plan(block)
-        if plan.problem:   # guards() said so already; never rewrite a refused block
-            return Change(self.name, match.name, exact=False, notes=[plan.problem])
+        assert not plan.problem, f"rewrite of a match the guards refuse: {plan.problem}"
         br = block.branches
         layers = {layer.name: layer for layer in model.net.layer}
         change = Change(self.name, block.name, exact=False, notes=list(plan.notes))
@@ -378,11 +396,12 @@ class BranchRule(Rule):
                             f"{sum(b.channels for b in br)} channels")
 
         gone = set(change.removed)
-        keep = [layer for layer in model.net.layer if layer.name not in gone]
-        del model.net.layer[:]
-        model.net.layer.extend(keep)
+        remove_layers(model, gone)
         change.regenerated = list(dict.fromkeys(n for n in regenerated if n not in gone))
-        self._weights(model, change)
+        if model.weights is not None:
+            after = Graph(model.net, strict=False)   # the regenerated layers' new shapes
+            for name in change.regenerated:
+                regenerate(model, after.node(name), self.seed)
         return change
 
     def _collapse(self, model: Model, branch: Branch, concat, change: Change) -> None:
@@ -396,16 +415,6 @@ class BranchRule(Rule):
                             field_[i] = new
         change.removed.append(concat.name)
         change.notes.append(f"Concat '{concat.name}' removed: its only branch writes '{new}' directly")
-
-    def _weights(self, model: Model, change: Change) -> None:
-        if model.weights is None:
-            return
-        for name in change.removed:
-            model.weights.pop(name, None)
-        graph = Graph(model.net, strict=False)
-        for name in change.regenerated:
-            rng = np.random.default_rng([self.seed, zlib.crc32(name.encode())])
-            model.weights[name] = init_layer(graph, name, rng)
 
 
 RULE = BranchRule()

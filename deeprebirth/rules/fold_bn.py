@@ -36,7 +36,9 @@ from __future__ import annotations
 import numpy as np
 
 from .. import proto as pb
+from ..edit import remove_layers
 from ..errors import RebirthError
+from ..geometry import canonical_axis
 from ..graph import BlobRef, Graph, Node
 from ..model import Model
 from .base import Change, Match, Rule
@@ -49,12 +51,6 @@ FOLD, SCALE, SKIP = "fold", "scale", "skip"
 
 # ----------------------------------------------------------------------------------------------
 # Structure: which layers may be chained, and which tensor layers may absorb a chain.
-
-
-def _canonical_axis(axis: int, ndim: int | None) -> int | None:
-    if axis >= 0:
-        return axis
-    return axis + ndim if ndim is not None else None
 
 
 def unfoldable_reason(graph: Graph, node: Node) -> str | None:
@@ -71,7 +67,7 @@ def unfoldable_reason(graph: Graph, node: Node) -> str | None:
     if len(node.bottoms) != 1 or len(node.tops) != 1:
         return f"layer '{node.name}' ({node.type}) has {len(node.bottoms)} bottoms and {len(node.tops)} tops"
     shape = graph.version_shapes.get(node.bottoms[0])
-    if _canonical_axis(p.axis, len(shape) if shape else None) != 1 or p.num_axes != 1:
+    if canonical_axis(p.axis, len(shape) if shape else None) != 1 or p.num_axes != 1:
         return (f"layer '{node.name}' ({node.type}) has axis {p.axis}, num_axes {p.num_axes}, not the "
                 "per-channel default (axis 1, num_axes 1)")
     return None
@@ -83,7 +79,7 @@ def is_target(graph: Graph, node: Node) -> bool:
         return False
     p = node.layer.inner_product_param if node.type == "InnerProduct" else node.layer.convolution_param
     shape = graph.version_shapes.get(node.bottoms[0])
-    return _canonical_axis(p.axis, len(shape) if shape else None) == 1
+    return canonical_axis(p.axis, len(shape) if shape else None) == 1
 
 
 class Block:
@@ -251,18 +247,14 @@ def _index(net: "pb.NetParameter") -> dict[str, int]:
     return {layer.name: i for i, layer in enumerate(net.layer)}
 
 
-def _delete(net: "pb.NetParameter", names: list[str]) -> None:
-    idx = _index(net)
-    for i in sorted((idx[n] for n in names), reverse=True):
-        del net.layer[i]
-
-
-def refuse_training_bn(node: Node, source: str) -> None:
-    p = node.layer.batch_norm_param
-    if node.type == "BatchNorm" and p.HasField("use_global_stats") and not p.use_global_stats:
-        raise RebirthError(f"{source}: layer '{node.name}' (BatchNorm) has use_global_stats: false, so it "
-                           "normalises with each batch's own statistics (a training net) and cannot be "
-                           "folded; give the deploy net")
+def batch_statistics_reason(layer: "pb.LayerParameter") -> str | None:
+    """Why a BatchNorm layer is a training one (it normalises with each batch's own statistics), or
+    None. The one test of a training net's BatchNorm, used by the rule's guard and by fold.py."""
+    p = layer.batch_norm_param
+    if layer.type == "BatchNorm" and p.HasField("use_global_stats") and not p.use_global_stats:
+        return (f"layer '{layer.name}' (BatchNorm) has use_global_stats: false, so it normalises with "
+                "each batch's own statistics (a training net)")
+    return None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -272,6 +264,9 @@ class FoldBN(Rule):
     name = "fold_bn"
     types = NORM_TYPES
     exact = True
+    default = True
+    order = 10
+    needs_weights = True
 
     def match(self, graph: Graph) -> list[Match]:
         out: list[Match] = []
@@ -311,13 +306,12 @@ class FoldBN(Rule):
         if match.data["kind"] == SKIP:
             return match.data["note"]
         for name in match.data["chain"]:
-            refuse_training_bn(graph.node(name), model.source)
+            note = batch_statistics_reason(graph.node(name).layer)
+            if note:
+                return f"{note}; it is not folded (give the deploy net)"
         return None
 
     def rewrite(self, model: Model, graph: Graph, match: Match) -> Change:
-        if model.weights is None:
-            raise RebirthError(f"{model.source}: no weights given; folding BatchNorm needs the trained "
-                               "weights (a .caffemodel)")
         chain = [graph.node(n) for n in match.data["chain"]]
         last_top = chain[-1].layer.top[0]
         if match.data["kind"] == FOLD:
@@ -338,9 +332,7 @@ class FoldBN(Rule):
         if layer.top[0] != last_top:
             notes.append(f"'{target.name}' now writes '{last_top}' instead of '{layer.top[0]}'")
             layer.top[0] = last_top
-        _delete(model.net, names)
-        for n in names:
-            model.weights.pop(n, None)
+        remove_layers(model, names)
         model.weights[target.name] = new
         return Change(self.name, target.name, removed=names, modified=[target.name], exact=True, notes=notes)
 

@@ -27,15 +27,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import proto as pb
-from ..graph import Graph, Node, conv_geometry
-from ..graph import group_name
+from ..edit import group_name, joined_name, memory_growth, unique_name
+from ..geometry import canonical_axis, concat_axis, conv_geometry
+from ..graph import ACTIVATIONS, Graph, Node
 from ..model import Model
-from .base import Change, Match, Rule, memory_growth, unique_name
-
-# Element-wise layers without parameters: applying one to the merged blob equals applying it to
-# each part.
-ACTIVATIONS = frozenset({"ReLU", "ELU", "Sigmoid", "TanH", "AbsVal", "Power", "BNLL", "Exp", "Log",
-                         "Threshold", "Clip", "Swish", "Dropout"})
+from .base import Change, Match, Rule
 
 
 @dataclass
@@ -66,7 +62,7 @@ def _unit(graph: Graph, conv: Node) -> tuple[Unit, tuple] | None:
     shape = graph.version_shapes.get(conv.bottoms[0])
     if shape is None or len(shape) < 3 or conv.top_shapes[0] is None:
         return None
-    axis = p.axis + len(shape) if p.axis < 0 else p.axis
+    axis = canonical_axis(p.axis, len(shape))
     acts = []
     for n in graph.in_place_chain(conv):
         if n.type not in ACTIVATIONS or len(n.bottoms) != 1:
@@ -88,30 +84,20 @@ def _concat_slot(graph: Graph, unit: Unit) -> tuple[Node, int] | None:
     if len(users) != 1 or users[0].type != "Concat":
         return None
     c = users[0]
-    p = c.layer.concat_param
-    axis = p.concat_dim if p.HasField("concat_dim") else p.axis
+    axis = concat_axis(c.layer)
     shape = graph.version_shapes.get(unit.out)
-    if shape is None or (axis + len(shape) if axis < 0 else axis) != 1:
+    if shape is None or canonical_axis(axis, len(shape)) != 1:
         return None
     slots = [i for i, b in enumerate(c.bottoms) if b == unit.out]
     return (c, slots[0]) if len(slots) == 1 else None
-
-
-def joined_name(names: list[str]) -> str:
-    """``a/x`` + ``a/y`` -> ``a/x+y``; no common ``/`` prefix -> ``x+y``."""
-    prefix = names[0]
-    for n in names[1:]:
-        while not n.startswith(prefix):
-            prefix = prefix[:-1]
-    cut = prefix.rfind("/") + 1
-    return names[0][:cut] + "+".join(n[cut:] for n in names)
-
 
 
 class MergeParallel(Rule):
     name = "merge_parallel"
     types = frozenset({"Convolution"})
     exact = True
+    default = True
+    order = 50
 
     def __init__(self, allow_memory_growth: bool = False):
         self.allow_memory_growth = allow_memory_growth

@@ -15,21 +15,24 @@ and a stride-1 pooling wider than a convolution's kernel (its only job is to agg
 which a smaller kernel cannot take over).
 
 Substructures are named after the pooling: the part of its name before the first '/' (GoogLeNet
-``pool3/3x3_s2`` -> ``pool3``; see ``streamline.unit_names``).
+``pool3/3x3_s2`` -> ``pool3``; see ``edit.unit_names``).
 """
 from __future__ import annotations
 
-from ..graph import Graph, Node, conv_geometry, pool_geometry
+from ..edit import regenerate, remove_layers, unit_names
+from ..geometry import choose_pad, conv_geometry, fmt, pool_geometry, set_conv_stride_pad, stride_one_too_wide
+from ..graph import Graph, Node
 from ..model import Model
 from .base import Change, Match, Rule
-from .streamline import (choose_pad, fmt, regenerate, remove_layers, set_conv_stride_pad,
-                         stride_one_too_wide, unit_names)
 
 
 class PoolIntoConvRule(Rule):
     name = "pool_into_conv"
-    types = frozenset({"Pooling", "Convolution"})
+    types = frozenset({"Pooling"})
     exact = False
+    default = True
+    order = 60
+    absorbs_pooling = True   # and nothing else: --keep-pooling leaves it out
 
     def match(self, graph: Graph) -> list[Match]:
         pools = []
@@ -105,8 +108,7 @@ class PoolIntoConvRule(Rule):
 
     def rewrite(self, model: Model, graph: Graph, match: Match) -> Change:
         plan = self.plan(graph, match)
-        if isinstance(plan, str):
-            raise ValueError(plan)
+        assert not isinstance(plan, str), f"rewrite of a match the guards refuse: {plan}"
         pool, source = plan["pool"], plan["source"]
         layers = {layer.name: layer for layer in model.net.layer}
         change = Change(self.name, match.name, removed=[pool.name], exact=False)

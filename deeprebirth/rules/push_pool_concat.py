@@ -17,22 +17,20 @@ pooling has one top, and the rewrite does not grow ``Graph.memory_bytes``.
 """
 from __future__ import annotations
 
+from .. import proto as pb
+from ..edit import memory_growth, unique_name
+from ..geometry import concat_axis
 from ..graph import Graph, Node
 from ..model import Model
-from .. import proto as pb
-from .base import Change, Match, Rule, memory_growth, unique_name
-
-
-def _concat_axis(node: Node) -> int:
-    p = node.layer.concat_param
-    return p.concat_dim if p.HasField("concat_dim") else p.axis
-
+from .base import Change, Match, Rule
 
 
 class PushPoolConcat(Rule):
     name = "push_pool_concat"
-    types = frozenset({"Pooling", "Concat"})
+    types = frozenset({"Concat"})
     exact = True
+    default = True
+    order = 20
 
     def match(self, graph: Graph) -> list[Match]:
         out = []
@@ -54,7 +52,7 @@ class PushPoolConcat(Rule):
         shape = graph.version_shapes.get(ref)
         if shape is None:
             return f"'{pool.name}': the shape of its input is unknown"
-        if len(shape) != 4 or _concat_axis(concat) not in (1, -3):
+        if len(shape) != 4 or concat_axis(concat.layer) not in (1, -3):
             return f"'{pool.name}': Concat '{concat.name}' does not join 4-D blobs on the channel axis"
         readers = [c.name for c in graph.consumers_of(ref) if c is not pool]
         if readers:

@@ -2,7 +2,7 @@
 follow it become one slim layer.
 
 A chain is a tensor layer followed, through element-wise layers, by non-tensor layers with a single
-consumer each (``Graph.streamline_chains``). In it:
+consumer each (``streamline_chains``). In it:
 
 * Pooling is removed and its stride multiplied into the convolution's. Caffe pools round up and
   convolutions round down, so the new padding is chosen so that the slim convolution's output has
@@ -25,17 +25,15 @@ Option ``absorb_pooling=False`` keeps every pooling (the paper's AlexNet experim
 (Tables 3-4: conv1 = conv1/7x7_s2 + pool1 + norm1).
 
 Substructures are named after the head layer: the part of its name before the first '/'
-(GoogLeNet ``conv1/7x7_s2`` -> ``conv1``, ``conv2/3x3`` -> ``conv2``; see ``unit_names``).
+(GoogLeNet ``conv1/7x7_s2`` -> ``conv1``, ``conv2/3x3`` -> ``conv2``; see ``edit.unit_names``).
 """
 from __future__ import annotations
 
-import zlib
-
-import numpy as np
-
-from ..graph import Graph, Node, conv_geometry, conv_out, pool_geometry
+from ..edit import regenerate, remove_layers, unit_names  # noqa: F401  (unit_names: tests import it here)
+from ..geometry import (choose_pad, conv_geometry, fmt, pool_geometry,  # noqa: F401  (choose_pad: likewise)
+                        set_conv_stride_pad, stride_one_too_wide)
+from ..graph import ELEMENTWISE, Graph, Node
 from ..model import Model
-from ..weights import xavier
 from .base import Change, Match, Rule
 
 POOL = "Pooling"
@@ -44,70 +42,32 @@ FOLDED = frozenset({"BatchNorm", "Scale", "Bias"})
 REMOVABLE = frozenset({POOL}) | PRUNED | FOLDED
 
 
-# ----------------------------------------------------------------------------------------------
-# Geometry shared with pool_into_conv
-
-
-def choose_pad(size: int, kernel: int, stride: int, target: int, ideal: float, dilation: int = 1) -> int | None:
-    """The padding (0 <= pad < kernel extent) that makes a convolution of ``size`` with ``stride``
-    produce exactly ``target`` outputs, closest to ``ideal`` (ties: the smaller); None if none does."""
-    extent = dilation * (kernel - 1) + 1
-    fits = [p for p in range(extent) if conv_out(size, kernel, p, stride, dilation) == target]
-    if not fits:
-        return None
-    return min(fits, key=lambda p: (abs(p - ideal), p))
-
-
-def set_conv_stride_pad(layer, stride: list[int], pad: list[int]) -> None:
-    """Write 2-D stride and pad into a convolution_param (one value when both axes agree)."""
-    p = layer.convolution_param
-    for f in ("stride", "stride_h", "stride_w", "pad", "pad_h", "pad_w"):
-        p.ClearField(f)
-    if stride[0] == stride[1]:
-        p.stride.append(stride[0])
-    else:
-        p.stride_h, p.stride_w = stride
-    if pad[0] == pad[1]:
-        p.pad.append(pad[0])
-    else:
-        p.pad_h, p.pad_w = pad
-
-
-def fresh_weights(node: Node) -> list[np.ndarray]:
-    """Xavier weights and zero biases for a regenerated layer (seeded by its name: reproducible)."""
-    rng = np.random.default_rng(zlib.crc32(node.name.encode("utf-8")))
-    return [xavier(s, rng) if len(s) > 1 else np.zeros(s, dtype=np.float32) for s in node.param_shapes]
-
-
-def regenerate(model: Model, node: Node) -> None:
-    if model.weights is not None and node.param_shapes:
-        model.weights[node.name] = fresh_weights(node)
-
-
-def unit_names(heads: list[str], layer_names: set[str]) -> dict[str, str]:
-    """Head layer name -> substructure name: the part before the first '/'.
-
-    Heads that share the prefix share the name: a substructure is a unit of the net (GoogLeNet's
-    ``inception_3b``), and names stay the same while its parts are rewritten one by one. The full
-    name is kept when the prefix is another layer's name, or when every layer of the net shares
-    one prefix (it names the net, not a unit)."""
-    prefixes = {n.split("/", 1)[0] for n in layer_names}
-    out = {}
-    for h in heads:
-        prefix = h.split("/", 1)[0]
-        ok = prefix and len(prefixes) > 1 and (prefix == h or prefix not in layer_names)
-        out[h] = prefix if ok else h
+def streamline_chains(graph: Graph) -> list[dict]:
+    """A tensor layer followed by non-tensor layers it could absorb (through in-place activations):
+    each next layer is the only reader of the one before; trailing activations are left out."""
+    out = []
+    for node in graph.nodes:
+        if node.kind != "tensor" or len(node.tops) != 1:
+            continue
+        chain: list[Node] = []
+        ref = node.tops[0]
+        while True:
+            users = graph.consumers_of(ref)
+            if len(users) != 1:
+                break
+            nxt = users[0]
+            if nxt.kind == "tensor" or len(nxt.bottoms) != 1 or len(nxt.tops) != 1 or \
+                    nxt.type not in (REMOVABLE | ELEMENTWISE):
+                break
+            chain.append(nxt)
+            ref = nxt.tops[0]
+        if any(n.type in REMOVABLE for n in chain):
+            while chain and chain[-1].type not in REMOVABLE:
+                chain.pop()  # trailing activations are not part of the substructure
+            out.append({"name": node.name, "head": node.name,
+                        "layers": [node.name] + [n.name for n in chain],
+                        "types": [node.type] + [n.type for n in chain]})
     return out
-
-
-def fmt(values: list[int]) -> str:
-    return str(values[0]) if len(set(values)) == 1 else "x".join(str(v) for v in values)
-
-
-def stride_one_too_wide(pool_geo: dict, kernel: list[int]) -> bool:
-    """A stride-1 pooling only aggregates space; a smaller kernel cannot stand in for it (the paper:
-    the absorbing tensor layer's kernel must be at least the non-tensor layer's)."""
-    return all(s == 1 for s in pool_geo["stride"]) and any(k < pk for k, pk in zip(kernel, pool_geo["kernel"]))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -115,8 +75,13 @@ def stride_one_too_wide(pool_geo: dict, kernel: list[int]) -> bool:
 
 class StreamlineRule(Rule):
     name = "streamline"
-    types = frozenset({"Convolution", "Deconvolution", "InnerProduct", "Embed"}) | REMOVABLE
+    types = REMOVABLE   # a chain holds at least one of them
     exact = False
+    default = True
+    order = 30
+    after = ("fold_bn",)   # BatchNorm/Scale/Bias in a chain must be folded first
+    absorbs_pooling = True
+    keep_pooling_options = {"absorb_pooling": False}
 
     def __init__(self, absorb_pooling: bool = True):
         self.absorb_pooling = absorb_pooling
@@ -124,7 +89,7 @@ class StreamlineRule(Rule):
     # -- matching ---------------------------------------------------------------------------
     def match(self, graph: Graph) -> list[Match]:
         chains = []
-        for c in graph.streamline_chains():
+        for c in streamline_chains(graph):
             kinds = set(c["types"][1:]) & REMOVABLE
             if kinds <= FOLDED:
                 continue  # BatchNorm/Scale/Bias only: the fold_bn rule's business
@@ -209,8 +174,7 @@ class StreamlineRule(Rule):
     # -- rewriting --------------------------------------------------------------------------
     def rewrite(self, model: Model, graph: Graph, match: Match) -> Change:
         plan = self.plan(graph, match)
-        if isinstance(plan, str):  # guards() said so already; stay safe if called directly
-            raise ValueError(plan)
+        assert not isinstance(plan, str), f"rewrite of a match the guards refuse: {plan}"
         head, removed, kept = plan["head"], plan["removed"], plan["kept"]
         layers = {layer.name: layer for layer in model.net.layer}
         # Blob names: the last kept layer writes the chain's last top (what downstream reads);
@@ -242,16 +206,6 @@ class StreamlineRule(Rule):
             change.notes.append(f"'{head.name}' keeps its weights; the output changes: fine-tune")
         remove_layers(model, {n.name for n in removed})
         return change
-
-
-def remove_layers(model: Model, names: set[str]) -> None:
-    """Delete the named layers from the net (in place, by index) and their weights."""
-    for i in range(len(model.net.layer) - 1, -1, -1):
-        if model.net.layer[i].name in names:
-            del model.net.layer[i]
-    if model.weights is not None:
-        for name in names:
-            model.weights.pop(name, None)
 
 
 RULE = StreamlineRule()
