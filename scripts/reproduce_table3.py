@@ -112,12 +112,14 @@ def write_lmdb(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
-def stage_data(work: Path) -> None:
+def stage_data(work: Path, limits: dict[str, int | None]) -> None:
     for split in ("train", "test"):
         path = work / f"fmnist_{split}_lmdb"
         if (path / "data.mdb").exists():
             continue
         images, labels = fmnist(split)
+        n = limits.get(split)
+        images, labels = images[:n], labels[:n]
         log(f"writing {path} ({len(images)} images, {SIZE}x{SIZE})")
         write_lmdb(path, resized(images), labels)
 
@@ -163,7 +165,7 @@ def teacher_train_val(work: Path, batch: int) -> "pb.NetParameter":
     return net
 
 
-def stage_teacher(work: Path, iters: int, batch: int) -> dict:
+def stage_teacher(work: Path, iters: int, batch: int, given: Path | None = None) -> dict:
     out = work / "teacher"
     result_file = out / "teacher.json"
     if result_file.exists():
@@ -171,9 +173,14 @@ def stage_teacher(work: Path, iters: int, batch: int) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     tv = teacher_train_val(work, batch)
     (out / "train_val.prototxt").write_text(training.render_net(tv, ["Fashion-MNIST teacher (scripts/reproduce_table3.py)"]))
+    if given is not None:
+        shutil.copyfile(given, out / "teacher.caffemodel")
+        res = {"given": str(given)}
+        result_file.write_text(json.dumps(res, indent=2))
+        return res
     solver = training.build_solver(
         net_file="train_val.prototxt", test_batch=100, val_images=10_000, test_interval=iters,
-        snapshot=500, snapshot_prefix="snap/teacher", base_lr=0.05, lr_policy="multistep",
+        snapshot=500, snapshot_prefix="snap/teacher", base_lr=0.01, lr_policy="multistep",
         weight_decay=5e-4, max_iter=iters, display=50, average_loss=50)
     solver.ClearField("stepsize")
     solver.stepvalue.extend([int(iters * 0.6), int(iters * 0.85)])
@@ -205,6 +212,141 @@ def stage_teacher(work: Path, iters: int, batch: int) -> dict:
     return res
 
 
+# ----------------------------------------------------------------------------------------------
+# 3. steps
+
+
+def teacher_eval(work: Path, limit: int | None) -> dict:
+    path = work / "teacher" / "eval.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    res = evaluate_net(TEACHER, work / "teacher" / "teacher.caffemodel", work, work / "teacher" / "train_val.prototxt",
+                       limit)
+    path.write_text(json.dumps(res, indent=2))
+    return res
+
+
+def evaluate_net(deploy, weights, work: Path, train_val, limit: int | None = None) -> dict:
+    from deeprebirth import data, evaluate as ev  # noqa: PLC0415
+    from deeprebirth.model import load_model  # noqa: PLC0415
+
+    model = load_model(deploy, weights)
+    runner = ev.Runner.build(model)
+    pre = ev.preprocess_for(runner.input_shape, train_val)
+    source = data.open_source(str(work / "fmnist_test_lmdb"))
+    res = ev.run_evaluation(runner, source, pre, batch=100, progress=False, limit=limit)
+    return {"top1": res["top1"], "top5": res["top5"], "n": res["images"]}
+
+
+def combined_start(init: Path, previous: Path | None, out: Path) -> Path:
+    """init.caffemodel of this step's slim net, with every layer the previous step's weights have in
+    the same shapes taken from there (what that step learned); written to ``out``."""
+    net = io.read_weights(init)
+    if previous is not None:
+        prev = io.weights_of(io.read_weights(previous))
+        arrays = io.weights_of(net)
+        for name, arrs in arrays.items():
+            theirs = prev.get(name)
+            if theirs is not None and [a.shape for a in theirs] == [a.shape for a in arrs]:
+                arrays[name] = theirs
+        net = io.with_weights(io.strip_weights(net), arrays)
+    io.write_weights(net, out)
+    return out
+
+
+def latency(teacher: Path, teacher_w: Path, slim: Path, slim_w: Path, runs: int) -> dict:
+    """Teacher and slim net at batch 1, interleaved in one process (deeprebirth.bench)."""
+    from deeprebirth import bench  # noqa: PLC0415
+    from deeprebirth.engine.devices import get_device  # noqa: PLC0415
+
+    prepared = bench.prepare([str(teacher), str(slim)], [str(teacher_w), str(slim_w)], batch=1)
+    doc = bench.build_json(bench.run(prepared, get_device("cpu"), runs=runs, warmup=5, layers=False, memory=False))
+    t, m = doc["models"]
+    return {"best_ratio": t["best_ms"] / m["best_ms"], "median_ratio": t["median_ms"] / m["median_ms"],
+            "paired_ratio": 1.0 / doc["ratios"]["models"][m["model"]]["paired_median"],
+            "teacher_best_ms": t["best_ms"], "slim_best_ms": m["best_ms"]}
+
+
+def stage_steps(work: Path, args) -> list[dict]:
+    from deeprebirth import finetune as ft, relearn as rl, slim as slim_api, data  # noqa: PLC0415
+    from deeprebirth.model import load_model  # noqa: PLC0415
+
+    teacher_w = work / "teacher" / "teacher.caffemodel"
+    tv_path = work / "teacher" / "train_val.prototxt"
+    t_eval = teacher_eval(work, args.eval_images)
+    rows = [{"step": 0, "slim": "N/A", "relearn_only": t_eval, "relearn_finetune": t_eval, "speedup": 1.0,
+             "memory_bytes": Graph(io.read_net(TEACHER), strict=False).memory_bytes,
+             "layers": len(io.read_net(TEACHER).layer)}]
+    log(f"step 0 (teacher): top-1 {t_eval['top1']:.4f}, top-5 {t_eval['top5']:.4f}")
+    only: list[str] = []
+    prev = {"a": None, "b": None}
+    train_lmdb = str(work / "fmnist_train_lmdb")
+    for k, (label, names) in enumerate(STEPS[:args.steps], start=1):
+        only += names
+        step_dir = work / "steps" / f"{k}_{label}"
+        done = step_dir / "step.json"
+        if done.exists():
+            row = json.loads(done.read_text())
+            rows.append(row)
+            prev = {"a": step_dir / "a" / "weights.caffemodel", "b": step_dir / "b" / "weights.caffemodel"}
+            continue
+        t0 = time.time()
+        shutil.rmtree(step_dir, ignore_errors=True)
+        step_dir.mkdir(parents=True)
+        model = load_model(TEACHER, teacher_w)
+        out = slim_api.slim(model, only=list(only), train_val=io.read_net(tv_path), train_val_source=str(tv_path))
+        slim_dir = step_dir / "slim"
+        slim_api.write(out, slim_dir)
+        units = [u["name"] for u in out.report()["relearn"]["units"]]
+        mine = [u for u in units if any(part in names for part in u.split("+"))]
+        row = {"step": k, "slim": label, "only": list(only), "units": mine,
+               "layers": len(out.deploy.layer), "memory_bytes": Graph(out.deploy, strict=False).memory_bytes}
+        for chain in ("a", "b"):
+            cdir = step_dir / chain
+            cdir.mkdir()
+            start = combined_start(slim_dir / "init.caffemodel", prev[chain], cdir / "start.caffemodel")
+            if chain == "a":
+                row["before_relearn"] = evaluate_net(slim_dir / "deploy.prototxt", start, work, tv_path,
+                                                     args.eval_images)
+            opt = rl.Options(train_images=args.relearn_images, heldout_images=200, iters=args.relearn_iters,
+                             batch=32, base_lr=args.relearn_lr, only=mine, seed=k)
+            doc = rl.relearn_dir(slim_dir, train_lmdb, cdir / "relearn", weights=start, options=opt)
+            final = cdir / "relearn" / "weights.caffemodel"
+            row[f"relearn_{chain}"] = [{"unit": u["name"], "error": u["error"], "kept": u["kept"]} for u in doc["units"]]
+            if chain == "b" and args.finetune_iters:
+                res = ft.finetune(slim_dir, data.open_source(train_lmdb), None, iters=args.finetune_iters,
+                                  base_lr=args.finetune_lr, stepsize=max(1, int(args.finetune_iters * 0.7)),
+                                  test_interval=0, snapshot=0, weights=str(final), outdir=cdir / "finetune",
+                                  seed=k, progress=False)
+                final = cdir / "finetune" / "weights.caffemodel"
+                row["finetune"] = {"iters": args.finetune_iters, "seconds": res.get("seconds")}
+            shutil.copyfile(final, cdir / "weights.caffemodel")
+            row["relearn_only" if chain == "a" else "relearn_finetune"] = evaluate_net(
+                slim_dir / "deploy.prototxt", cdir / "weights.caffemodel", work, tv_path, args.eval_images)
+        row.update(latency(TEACHER, teacher_w, slim_dir / "deploy.prototxt", step_dir / "b" / "weights.caffemodel",
+                           args.bench_runs))
+        row["seconds"] = round(time.time() - t0, 1)
+        done.write_text(json.dumps(row, indent=2))
+        rows.append(row)
+        prev = {"a": step_dir / "a" / "weights.caffemodel", "b": step_dir / "b" / "weights.caffemodel"}
+        log(f"step {k} ({label}): relearn only top-1 {row['relearn_only']['top1']:.4f}; relearn+finetune top-1 "
+            f"{row['relearn_finetune']['top1']:.4f}; {row['best_ratio']:.2f}x faster (best); {row['seconds']} s")
+    return rows
+
+
+def table(rows: list[dict], teacher: dict) -> str:
+    lines = ["| step | slim layer(s) | top-1, relearn only | top-5, relearn only | top-1, relearn + fine-tune | "
+             "top-5, relearn + fine-tune | speed-up (best / median) | blob memory | layers |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        a, b = r["relearn_only"], r["relearn_finetune"]
+        speed = "1.00x" if r["step"] == 0 else f"{r['best_ratio']:.2f}x / {r['median_ratio']:.2f}x"
+        lines.append(f"| {r['step']} | {r['slim']} | {100 * a['top1']:.2f}% | {100 * a['top5']:.2f}% | "
+                     f"{100 * b['top1']:.2f}% | {100 * b['top5']:.2f}% | {speed} | "
+                     f"{r['memory_bytes'] / 1024:.0f} KB | {r['layers']} |")
+    return "\n".join(lines) + "\n"
+
+
 def caffe_tool() -> Path:
     here = Path(sys.executable).parent / "caffe"
     return here if here.exists() else Path(shutil.which("caffe") or "caffe")
@@ -215,14 +357,33 @@ def main(argv=None) -> int:
     ap.add_argument("--work", type=Path, default=ROOT / "out" / "table3")
     ap.add_argument("--teacher-iters", type=int, default=3000)
     ap.add_argument("--teacher-batch", type=int, default=64)
+    ap.add_argument("--teacher-weights", type=Path, help="use these trained teacher weights instead of training")
+    ap.add_argument("--train-images", type=int, help="put only the first N training images in the LMDB")
+    ap.add_argument("--test-images", type=int, help="put only the first N test images in the LMDB")
     ap.add_argument("--stage", choices=["data", "teacher", "steps", "all"], default="all")
+    ap.add_argument("--relearn-images", type=int, default=1000, help="training images per relearned unit")
+    ap.add_argument("--relearn-iters", type=int, default=200, help="SGD iterations per relearned unit")
+    ap.add_argument("--relearn-lr", type=float, default=0.01)
+    ap.add_argument("--finetune-iters", type=int, default=300, help="fine-tuning iterations per step (batch 64)")
+    ap.add_argument("--finetune-lr", type=float, default=0.001, help="base_lr of the fine-tuning (x10 on new layers)")
+    ap.add_argument("--bench-runs", type=int, default=100, help="timed runs of each net per step")
+    ap.add_argument("--steps", type=int, default=len(STEPS), help="run only the first N steps")
+    ap.add_argument("--eval-images", type=int, default=None, help="evaluate on the first N test images (default: all)")
     args = ap.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
-    stage_data(args.work)
+    stage_data(args.work, {"train": args.train_images, "test": args.test_images})
     if args.stage == "data":
         return 0
-    t = stage_teacher(args.work, args.teacher_iters, args.teacher_batch)
+    t = stage_teacher(args.work, args.teacher_iters, args.teacher_batch, args.teacher_weights)
     log(f"teacher: {t}")
+    if args.stage == "teacher":
+        return 0
+    rows = stage_steps(args.work, args)
+    md = table(rows, t)
+    (args.work / "table3.md").write_text(md)
+    (args.work / "table3.json").write_text(json.dumps({"teacher": t, "rows": rows, "args": {
+        k: str(v) for k, v in vars(args).items()}}, indent=2))
+    print(md)
     return 0
 
 
