@@ -209,11 +209,12 @@ def patches(x: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int], pad
     return cols.reshape(n, ho, wo, c * kh * kw)
 
 
-def solve_linear(a: np.ndarray, y: np.ndarray, relu: bool = False, ridge: float = 1e-6,
-                 iterations: int = 100, tol: float = 1e-10) -> tuple[np.ndarray, np.ndarray]:
+def solve_linear(a: np.ndarray, y: np.ndarray, relu: bool = False, ridge: float = 1e-9,
+                 iterations: int = 100, tol: float = 1e-10,
+                 active_set_budget: float = 2e10) -> tuple[np.ndarray, np.ndarray]:
     """Weights W (d x o) and bias b (o) minimising ||a W + b - y||^2 + ridge' ||W||^2 with
     ridge' = ridge * mean(diag(a^T a)); with ``relu`` the model is relu(a W + b) ~ y (y >= 0),
-    solved by alternating projections (see the module doc)."""
+    solved by alternating projections (see the module doc), then refined on the active set."""
     a1 = np.concatenate([a, np.ones((a.shape[0], 1))], axis=1)
     gram = a1.T @ a1
     lam = ridge * max(float(np.mean(np.diag(gram))), 1e-12)
@@ -236,6 +237,24 @@ def solve_linear(a: np.ndarray, y: np.ndarray, relu: bool = False, ridge: float 
             if prev is not None and np.max(np.abs(w - prev)) <= tol * max(1.0, float(np.max(np.abs(w)))):
                 break
             prev = w
+        # Active-set refinement, one output at a time: fit exactly on the rows where the target is
+        # positive or the prediction still is (the others only need a non-positive pre-activation).
+        # It costs a Gram matrix per output, so only where that is affordable.
+        if a1.shape[0] * a1.shape[1] ** 2 * y.shape[1] <= active_set_budget:
+            for _ in range(3):
+                pred = a1 @ w
+                changed = False
+                for j in range(y.shape[1]):
+                    rows = (y[:, j] > 0) | (pred[:, j] > 0)
+                    if rows.sum() < a1.shape[1]:
+                        continue
+                    aj = a1[rows]
+                    g = aj.T @ aj + reg
+                    new = np.linalg.solve(g + np.eye(g.shape[0]) * 1e-12 * lam, aj.T @ y[rows, j])
+                    changed |= not np.allclose(new, w[:, j], rtol=0, atol=1e-12)
+                    w[:, j] = new
+                if not changed:
+                    break
     return w[:-1], w[-1]
 
 
@@ -361,6 +380,7 @@ class Options:
     momentum: float = 0.9
     input: str = "student"          # or "teacher"
     least_squares: bool = True
+    teacher_init: bool = True
     ls_rows: int = 40_000
     seed: int = 0
     only: list[str] | None = None
@@ -465,7 +485,7 @@ def relearn(student_net: "pb.NetParameter", weights: io.Weights, teacher_net: "p
 
         # Teacher / pruned initialisation, then least squares.
         t1 = time.perf_counter()
-        for name in unit.new:
+        for name in unit.new if opt.least_squares and opt.teacher_init else ():
             theirs = teacher_weights.get(name)
             if theirs is None:
                 continue
@@ -506,8 +526,16 @@ def relearn(student_net: "pb.NetParameter", weights: io.Weights, teacher_net: "p
                     res.notes.append(f"'{name}': no least squares (its output is {a.shape[1]}x{a.shape[2]}, "
                                      f"the target {y.shape[1]}x{y.shape[2]})")
                     continue
-                w, b = solve_linear(a.reshape(-1, a.shape[-1]), y.reshape(-1, n_out).astype(np.float64),
-                                    relu=through_relu)
+                rows_a = a.reshape(-1, a.shape[-1])
+                rows_y = y.reshape(-1, n_out).astype(np.float64)
+                w, b = solve_linear(rows_a, rows_y, relu=through_relu)
+                if res.init.get(name) == "teacher" and len(weights[name]) in (1, 2):
+                    # Keep the teacher's own filters when they already fit better (an exact change).
+                    tw = weights[name][0].reshape(n_out, -1).T.astype(np.float64)
+                    tb = weights[name][1].astype(np.float64) if len(weights[name]) > 1 else np.zeros(n_out)
+                    act = (lambda z: np.maximum(z, 0)) if through_relu else (lambda z: z)
+                    if np.sum((act(rows_a @ tw + tb) - rows_y) ** 2) <= np.sum((act(rows_a @ w + b) - rows_y) ** 2):
+                        continue
                 arrays = [w.T.reshape(param_shapes[name][0]).astype(np.float32)]
                 if len(param_shapes[name]) > 1:
                     arrays.append(b.astype(np.float32))
