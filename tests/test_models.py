@@ -17,6 +17,7 @@ import pytest
 from google.protobuf import text_format
 
 from deeprebirth import proto as pb
+from deeprebirth.model import BUILTIN
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS_DIR = ROOT / "models"
@@ -160,7 +161,7 @@ def test_files_have_generated_header():
 
 def test_generator_in_process_deterministic():
     gen = load_generator()
-    assert set(gen.MODELS) == set(REFERENCES)
+    assert set(gen.MODELS) == set(BUILTIN)
     for build in gen.MODELS.values():
         assert gen.render(build()) == gen.render(build())
 
@@ -171,7 +172,7 @@ def test_committed_files_equal_fresh_generation(tmp_path):
         proc = run_generator(str(out))
         assert proc.returncode == 0, proc.stderr
     names = sorted(p.name for p in a.iterdir())
-    assert names == sorted(f"{n}.prototxt" for n in REFERENCES)
+    assert names == sorted(f"{n}.prototxt" for n in BUILTIN)
     assert sorted(p.name for p in b.iterdir()) == names  # no temp files left behind
     for fname in names:
         fresh = (a / fname).read_bytes()

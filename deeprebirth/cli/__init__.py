@@ -24,7 +24,7 @@ class RebirthGroup(click.Group):
 def main():
     """DeepRebirth: make trained Caffe models run faster by slimming non-tensor layers.
 
-    MODEL is a .prototxt path or a built-in name: googlenet, alexnet, resnet50.
+    MODEL is a .prototxt path or a built-in name: googlenet, alexnet, resnet50, squeezenet, squeezenet11.
     """
 
 
@@ -35,7 +35,7 @@ def output_json(obj) -> None:
 
 def _register() -> None:
     from . import inspect_cmd  # noqa: F401,PLC0415
-    for optional in ("fold_bn_cmd", "slim_cmd", "bench_cmd"):
+    for optional in ("fold_bn_cmd", "slim_cmd", "bench_cmd", "tucker_cmd"):
         try:
             __import__(f"{__name__}.{optional}")
         except ModuleNotFoundError as exc:
