@@ -1,7 +1,8 @@
 """Rewrite rules, one module each, all in the shape of rules.base.Rule.
 
 Each module defines ``RULE``, an instance of its Rule subclass. ``DEFAULT_ORDER`` is the order in
-which `rebirth slim` applies them; `rebirth fold-bn` runs only ``fold_bn``.
+which `rebirth slim` applies them; `rebirth fold-bn` runs only ``fold_bn``. ``tucker`` is not in it:
+it runs only through `rebirth tucker` and `rebirth slim --tucker` (deeprebirth/tucker.py).
 """
 from __future__ import annotations
 
