@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, fields
+from typing import Callable
 
 import numpy as np
 
@@ -56,13 +57,16 @@ def _rule(ranks, ratio, only=None) -> TuckerRule:
 
 
 def tucker(model: Model, ranks: tuple[int, int] | None = None, ratio: float | None = None,
-           only: list[str] | None = None, **slim_kwargs) -> TuckerOutput:
+           only: list[str] | None = None, progress: Callable[[int], None] | None = None,
+           **slim_kwargs) -> TuckerOutput:
     """Decompose ``model``'s convolutions and InnerProducts (all, or the layers named in ``only``).
-    ``slim_kwargs`` go to slim.slim (train_val, train_val_source, data_layer, inputs)."""
+    ``progress(1)`` is called after each candidate layer is planned (``len(candidates(...))``
+    calls). ``slim_kwargs`` go to slim.slim (train_val, train_val_source, data_layer, inputs)."""
     rule = _rule(ranks, ratio)
+    rule.progress = progress
     if model.weights is None:
         raise RebirthError(f"{model.source}: no weights: the decomposition starts from the trained weights")
-    names = [m.name for m in rule.match(Graph(model.net, strict=False))]
+    names = candidates(model)
     if not names:
         raise RebirthError(f"{model.source}: no decomposable layer (a Convolution or InnerProduct with weights); "
                            "nothing written")
@@ -76,6 +80,12 @@ def tucker(model: Model, ranks: tuple[int, int] | None = None, ratio: float | No
             raise RebirthError(f"{model.source}: no decomposable layer named '{unknown[0]}' (layers: {listing})")
         rule.only = set(only)
     return _decompose(model, [rule], rule, only, **slim_kwargs)
+
+
+def candidates(model: Model, only: list[str] | None = None) -> list[str]:
+    """The layers `tucker` would look at: every Convolution and InnerProduct, or those in ``only``."""
+    names = [m.name for m in TuckerRule().match(Graph(model.net, strict=False))]
+    return [n for n in names if only is None or n in only]
 
 
 def slim_tucker(model: Model, rule_names: list[str] | None = None, keep_pooling: bool = False,
@@ -171,24 +181,21 @@ def summary(out: TuckerOutput, written=None) -> str:
     if slimmed:
         lines.append(f"  slimmed {len(slimmed)} substructures: {', '.join(c.substructure for c in slimmed)}")
     width = max(len(d["layer"]) for d in out.layers)
-    lines.append(f"  {'layer'.ljust(width)}  method   ranks        w.err   out.err  params          MACs")
+    lines.append(f"  {'layer'.ljust(width)}  method   {'ranks':<10} {'w.err':>6} {'out.err':>7}  "
+                 f"{'params':>17}  {'MACs per image':>17}")
     for d in out.layers:
         ranks = ",".join(str(v) for v in d["ranks"].values())
         oe = "-" if d["output_error"] is None else f"{d['output_error']:.3f}"
-        lines.append(f"  {d['layer'].ljust(width)}  {d['method']:<8} {ranks:<12} {d['weight_error']:.3f}   {oe:<7}  "
-                     f"{human(d['params']['before']):>6} -> {human(d['params']['after']):<6}"
-                     f"{human(d['macs']['before']):>6} -> {human(d['macs']['after'])}")
+        params = f"{human(d['params']['before'])} -> {human(d['params']['after'])}"
+        macs = f"{human(d['macs']['before'])} -> {human(d['macs']['after'])}"
+        lines.append(f"  {d['layer'].ljust(width)}  {d['method']:<8} {ranks:<10} {d['weight_error']:>6.3f} {oe:>7}  "
+                     f"{params:>17}  {macs:>17}")
     lines.append(f"params {human(before['params'])} -> {human(after['params'])}; MACs {human(before['macs'])} -> "
                  f"{human(after['macs'])}; layers {before['layers']} -> {after['layers']}")
-    skips = out.skips
-    if skips:
-        lines.append(f"left alone ({len(skips)}):")
-        lines += [f"  {s.substructure} ({s.rule}): {s.reason}" for s in skips[:8]]
-        if len(skips) > 8:
-            lines.append(f"  ... {len(skips) - 8} more in report.json")
-    for note in out.notes:
-        lines.append(f"note: {note}")
-    if written:
-        lines.append("wrote " + ", ".join(str(p) for p in written))
-        lines.append(f"fine-tune: cd {written[0].parent} && caffe train -solver solver.prototxt -weights init.caffemodel")
-    return "\n".join(lines)
+    fell = [d["layer"] for d in out.layers if d["rank_source"].startswith("vbmf 0")]
+    if fell:
+        lines.append(f"VBMF found rank 0 (no component above the noise: untrained or random weights?) and fell back "
+                     f"to the ranks keeping half the weights for {len(fell)} layer(s): {', '.join(fell[:6])}"
+                     + (" ..." if len(fell) > 6 else ""))
+    lines.append(f"new layers, initialised from the decomposition, lr_mult 10: {', '.join(out.new_layers)}")
+    return "\n".join(lines + slim_api.summary_tail(out, written))

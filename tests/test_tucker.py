@@ -17,6 +17,7 @@ from deeprebirth.errors import RebirthError
 from deeprebirth.graph import Graph
 from deeprebirth.model import Model
 from deeprebirth.rules.tucker import TuckerRule, ratio_ranks, reconstruct, tucker2
+from tests.test_slim_cli import STEM, error_line
 
 NET = """name: "small"
 layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 6 dim: 12 dim: 12 } } }
@@ -148,13 +149,6 @@ def run(*args):
     return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
-def error_line(result) -> str:
-    assert result.exit_code == 1, result.output
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("rebirth: error: "), result.output
-    return lines[0]
-
-
 @pytest.fixture
 def files(tmp_path):
     m = low_rank_model()
@@ -255,7 +249,6 @@ def test_no_weights_and_nothing_to_decompose(tmp_path, files):
 
 
 def test_slim_tucker_in_one_go(tmp_path):
-    from tests.test_slim_cli import STEM
     model = tmp_path / "stem.prototxt"
     model.write_text(STEM)
     net = io.read_net(model)

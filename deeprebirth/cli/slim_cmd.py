@@ -59,21 +59,17 @@ def slim_command(model, weights, train_val, only, rule_names, keep_pooling, data
         out = tucker_api.slim_tucker(m, _names(rule_names), keep_pooling, fixed, ratio, train_val=given,
                                      train_val_source=train_val, data_layer=data_layer,
                                      inputs=[str(resolve(model)), weights, train_val])
-        written = slim_api.write(out, outdir)
-        if as_json:
-            output_json(out.report())
-        else:
-            click.echo(tucker_api.summary(out, written))
-        return
-    if ranks != "vbmf" or ratio is not None:
-        raise RebirthError("--ranks and --ratio apply with --tucker")
-    out = slim_api.slim(m, _names(rule_names), only=_names(only), keep_pooling=keep_pooling,
-                        train_val=given, train_val_source=train_val,
-                        data_layer=data_layer,
-                        inputs=[str(resolve(model)), weights, train_val])
+        summarize = tucker_api.summary
+    else:
+        if ranks != "vbmf" or ratio is not None:
+            raise RebirthError("--ranks and --ratio apply with --tucker")
+        out = slim_api.slim(m, _names(rule_names), only=_names(only), keep_pooling=keep_pooling,
+                            train_val=given, train_val_source=train_val,
+                            data_layer=data_layer,
+                            inputs=[str(resolve(model)), weights, train_val])
+        summarize = slim_api.summary
     written = slim_api.write(out, outdir)
     if as_json:
         output_json(out.report())
     else:
-        click.echo(slim_api.summary(out, written))
-
+        click.echo(summarize(out, written))

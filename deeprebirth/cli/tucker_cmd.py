@@ -1,6 +1,8 @@
 """`rebirth tucker`: Tucker-2 / SVD decomposition of a model's tensor layers, written like `slim`."""
 from __future__ import annotations
 
+import sys
+
 import click
 
 from .. import io
@@ -39,9 +41,15 @@ def tucker_command(model, weights, ranks, ratio, only, train_val, data_layer, ou
     fixed = parse_ranks(None if ratio is not None and ranks == "vbmf" else ranks)
     m = load_model(model, weights)
     given = io.read_net(train_val) if train_val else None
-    out = tucker_api.tucker(m, fixed, ratio, only=None if only is None else only.split(","),
-                            train_val=given, train_val_source=train_val, data_layer=data_layer,
-                            inputs=[str(resolve(model)), weights, train_val])
+    names = None if only is None else only.split(",")
+    kwargs = dict(train_val=given, train_val_source=train_val, data_layer=data_layer,
+                  inputs=[str(resolve(model)), weights, train_val])
+    if sys.stderr.isatty():
+        with click.progressbar(length=len(tucker_api.candidates(m, names)), label="decomposing",
+                               file=click.get_text_stream("stderr")) as bar:
+            out = tucker_api.tucker(m, fixed, ratio, only=names, progress=bar.update, **kwargs)
+    else:
+        out = tucker_api.tucker(m, fixed, ratio, only=names, **kwargs)
     written = slim_api.write(out, outdir)
     if as_json:
         output_json(out.report())

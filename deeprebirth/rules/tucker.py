@@ -201,6 +201,7 @@ class TuckerRule(Rule):
         self.require_saving = require_saving
         self.absorb_full = absorb_full
         self.made: set[str] = set()   # layers this instance created (never decomposed again)
+        self.progress = None          # called with 1 after each layer is planned (a progress bar)
         # name -> (original LayerParameter, its arrays, input shape, new LayerParameters): to
         # measure the output error afterwards
         self.originals: dict[str, tuple] = {}
@@ -220,6 +221,8 @@ class TuckerRule(Rule):
 
     def guards(self, graph: Graph, match: Match, model: Model) -> str | None:
         plan = self.plan(graph, match, model)
+        if self.progress is not None:
+            self.progress(1)
         return plan if isinstance(plan, str) else None
 
     # -- planning ---------------------------------------------------------------------------
