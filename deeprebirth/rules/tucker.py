@@ -182,6 +182,10 @@ def svd_ratio_rank(S: int, T: int, ratio: float) -> int:
 
 
 class TuckerRule(Rule):
+    """``ranks`` (R3, R4) or ``ratio`` F, else VBMF; ``only``: layer names to decompose.
+    ``require_saving=False`` also decomposes layers whose MACs would not drop, and
+    ``absorb_full=False`` keeps the 1x1 layer of a full-size mode (both for tests: with full ranks
+    the three layers compute the original one)."""
     name = "tucker"
     types = frozenset({"Convolution", "InnerProduct"})
     exact = False
