@@ -135,7 +135,9 @@ def _units(teacher: "pb.NetParameter", student: "pb.NetParameter", changes: list
         else:
             dropped.append(d["layer"])
     if dropped:
-        notes.append(f"not re-learnable against the teacher (its blobs differ after slimming): {', '.join(dropped)}")
+        more = f" and {len(dropped) - 6} more" if len(dropped) > 6 else ""
+        notes.append(f"{len(dropped)} decomposed layer(s) have no substructure in report['relearn'] (their blobs "
+                     f"differ from the teacher's after slimming): {', '.join(dropped[:6])}{more}")
     return units
 
 
@@ -179,7 +181,8 @@ def summary(out: TuckerOutput, written=None) -> str:
     lines = [f"decomposed {out.model.source} (rules: {', '.join(out.rules)})"]
     slimmed = [c for c in out.result.changes if not isinstance(c, TuckerChange)]
     if slimmed:
-        lines.append(f"  slimmed {len(slimmed)} substructures: {', '.join(c.substructure for c in slimmed)}")
+        units = list(dict.fromkeys(c.substructure for c in slimmed))
+        lines.append(f"  slimmed ({len(slimmed)} rewrites): {', '.join(units)}")
     width = max(len(d["layer"]) for d in out.layers)
     lines.append(f"  {'layer'.ljust(width)}  method   {'ranks':<10} {'w.err':>6} {'out.err':>7}  "
                  f"{'params':>17}  {'MACs per image':>17}")
