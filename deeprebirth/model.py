@@ -18,11 +18,11 @@ from .errors import RebirthError
 from .graph import Graph
 
 MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
-BUILTIN = ("googlenet", "alexnet", "resnet50")
+BUILTIN = ("googlenet", "alexnet", "resnet50", "squeezenet", "squeezenet11", "fmnist_googlenet")
 
 
 def resolve(model: str | Path) -> Path:
-    """A prototxt path, or the path of a built-in model name (``googlenet``, ``alexnet``, ``resnet50``)."""
+    """A prototxt path, or the path of a built-in model name (``BUILTIN``)."""
     p = Path(model)
     if p.exists() or str(model) not in BUILTIN:
         if not p.exists():

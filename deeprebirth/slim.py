@@ -307,6 +307,12 @@ def summary(out: SlimOutput, written: list[Path] | None = None) -> str:
     ]
     if out.new_layers:
         lines.append(f"new layers (Xavier init, lr_mult 10): {', '.join(out.new_layers)}")
+    return "\n".join(lines + summary_tail(out, written))
+
+
+def summary_tail(out: SlimOutput, written: list[Path] | None = None) -> list[str]:
+    """The end of a summary: what was left alone, notes, the files written and how to fine-tune."""
+    lines = []
     skips = out.skips
     if skips:
         lines.append(f"left alone ({len(skips)}):")
@@ -321,4 +327,4 @@ def summary(out: SlimOutput, written: list[Path] | None = None) -> str:
         where = written[0].parent
         lines.append(f"fine-tune: cd {where} && caffe train -solver solver.prototxt"
                      + (" -weights init.caffemodel" if out.weights is not None else ""))
-    return "\n".join(lines)
+    return lines

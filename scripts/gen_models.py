@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Generate the built-in deploy prototxts: models/{googlenet,alexnet,resnet50,fmnist_googlenet}.prototxt.
+"""Generate the built-in deploy prototxts: models/{googlenet,alexnet,resnet50,fmnist_googlenet,squeezenet,squeezenet11}.prototxt.
 
 Usage::
 
@@ -19,6 +19,9 @@ serialized with ``text_format``; nothing is read from any existing prototxt.
   released in Caffe (every convolution followed by BatchNorm with global statistics and a Scale
   layer with bias, convolutions without bias except conv1, projection shortcut ``branch1`` on the
   first block of each stage, the stride-2 downsampling on the 1x1 ``branch2a`` convolution).
+* SqueezeNet v1.0 and v1.1: Iandola et al., "SqueezeNet: AlexNet-level accuracy with 50x fewer
+  parameters and <0.5MB model size", 2016, Table 1, and the authors' v1.1 notes, in their Caffe
+  naming (``fire2/squeeze1x1``, ``fire2/expand1x1``, ``fire2/expand3x3``, ``fire2/concat``).
 
 Input batch sizes follow the upstream deploy files (10 for GoogLeNet and AlexNet, 1 for
 ResNet-50, which also uses the net-level ``input:`` form instead of an ``Input`` layer).
@@ -336,6 +339,49 @@ def build_resnet50():
     return net
 
 
+# --------------------------------------------------------------------------- SqueezeNet
+
+# Iandola et al. 2016, Table 1 (v1.0) and the authors' v1.1 notes: fire modules as (squeeze 1x1,
+# expand 1x1, expand 3x3) channels, numbered fire2 ... fire9.
+SQUEEZENET_FIRES: dict[int, tuple[int, int, int]] = {
+    2: (16, 64, 64), 3: (16, 64, 64), 4: (32, 128, 128), 5: (32, 128, 128),
+    6: (48, 192, 192), 7: (48, 192, 192), 8: (64, 256, 256), 9: (64, 256, 256),
+}
+
+
+def fire(net, name: str, bottom: str, squeeze: int, expand1: int, expand3: int) -> str:
+    """A fire module in the authors' naming: ``<name>/squeeze1x1`` (+ReLU), then ``expand1x1`` and
+    ``expand3x3`` (pad 1, +ReLU) on the squeezed blob, concatenated as ``<name>/concat``."""
+    x = relu(net, f"{name}/relu_squeeze1x1", conv(net, f"{name}/squeeze1x1", bottom, squeeze, 1))
+    e1 = relu(net, f"{name}/relu_expand1x1", conv(net, f"{name}/expand1x1", x, expand1, 1))
+    e3 = relu(net, f"{name}/relu_expand3x3", conv(net, f"{name}/expand3x3", x, expand3, 3, pad=1))
+    return concat(net, f"{name}/concat", [e1, e3])
+
+
+def build_squeezenet(version: str = "1.0"):
+    """SqueezeNet v1.0 (conv1 7x7/2 with 96 outputs; max pooling after conv1, fire4 and fire8) or
+    v1.1 (conv1 3x3/2 with 64 outputs; pooling after conv1, fire3 and fire5); both end with
+    dropout 0.5, conv10 (1x1, 1000 outputs) + ReLU, global average pooling and softmax.
+    As released: v1.0's conv10 has pad 1 (15x15 outputs before the global pooling, which is what
+    makes its 0.87 G multiply-accumulates) and v1.0 uses the net-level ``input:`` form, v1.1 an
+    Input layer; batch 10 as in both deploy files."""
+    v10 = version == "1.0"
+    net = pb.NetParameter(name="SqueezeNet" if v10 else "SqueezeNet_v1.1")
+    x = (net_input if v10 else input_layer)(net, "data", (10, 3, 227, 227))
+    x = relu(net, "relu_conv1", conv(net, "conv1", x, 96 if v10 else 64, 7 if v10 else 3, stride=2))
+    x = pool(net, "pool1", x, "MAX", 3, stride=2)
+    pools_after = (4, 8) if v10 else (3, 5)
+    for i, channels in SQUEEZENET_FIRES.items():
+        x = fire(net, f"fire{i}", x, *channels)
+        if i in pools_after:
+            x = pool(net, f"pool{i}", x, "MAX", 3, stride=2)
+    x = dropout(net, "drop9", x, 0.5)
+    x = relu(net, "relu_conv10", conv(net, "conv10", x, 1000, 1, pad=1 if v10 else None))
+    x = pool(net, "pool10", x, "AVE", global_pooling=True)
+    softmax(net, "prob", x)
+    return net
+
+
 # --------------------------------------------------------------------------- output
 
 MODELS: dict[str, Callable[[], object]] = {
@@ -343,6 +389,8 @@ MODELS: dict[str, Callable[[], object]] = {
     "alexnet": build_alexnet,
     "resnet50": build_resnet50,
     "fmnist_googlenet": build_fmnist_googlenet,
+    "squeezenet": build_squeezenet,
+    "squeezenet11": lambda: build_squeezenet("1.1"),
 }
 
 

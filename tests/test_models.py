@@ -17,15 +17,13 @@ import pytest
 from google.protobuf import text_format
 
 from deeprebirth import proto as pb
+from deeprebirth.model import BUILTIN
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS_DIR = ROOT / "models"
 GENERATOR = ROOT / "scripts" / "gen_models.py"
 
 # built-in name -> public reference, relative to the shared_models fixture
-# Built-ins of our own design, with no public reference file to compare against.
-OWN_MODELS = {"fmnist_googlenet"}
-
 REFERENCES = {
     "googlenet": "bvlc_googlenet/deploy.prototxt",
     "alexnet": "bvlc_alexnet/deploy.prototxt",
@@ -163,7 +161,7 @@ def test_files_have_generated_header():
 
 def test_generator_in_process_deterministic():
     gen = load_generator()
-    assert set(gen.MODELS) == set(REFERENCES) | OWN_MODELS
+    assert set(gen.MODELS) == set(BUILTIN)
     for build in gen.MODELS.values():
         assert gen.render(build()) == gen.render(build())
 
@@ -174,7 +172,7 @@ def test_committed_files_equal_fresh_generation(tmp_path):
         proc = run_generator(str(out))
         assert proc.returncode == 0, proc.stderr
     names = sorted(p.name for p in a.iterdir())
-    assert names == sorted(f"{n}.prototxt" for n in set(REFERENCES) | OWN_MODELS)
+    assert names == sorted(f"{n}.prototxt" for n in BUILTIN)
     assert sorted(p.name for p in b.iterdir()) == names  # no temp files left behind
     for fname in names:
         fresh = (a / fname).read_bytes()

@@ -5,7 +5,10 @@ import click
 
 from .. import io
 from .. import slim as slim_api
+from .. import tucker as tucker_api
+from ..errors import RebirthError
 from ..model import load_model, resolve
+from ..rules.tucker import parse_ranks
 from . import main, output_json
 
 
@@ -29,11 +32,17 @@ def _names(value: str | None) -> list[str] | None:
                    "and pool_into_conv does not run (the paper's AlexNet experiment, Table 7).")
 @click.option("--data-layer", type=click.Choice(["image", "dummy"]), default="image", show_default=True,
               help="Data layers of a generated train_val: ImageData list files, or synthetic DummyData.")
+@click.option("--tucker", is_flag=True,
+              help="Then decompose the slim net's tensor layers (Slim-Tucker; needs --weights); see `rebirth tucker`.")
+@click.option("--ranks", default="vbmf", show_default=True, metavar="vbmf|R|R3,R4", help="With --tucker: the ranks.")
+@click.option("--ratio", type=float, default=None, metavar="F",
+              help="With --tucker: keep this fraction of each layer's weights instead of VBMF ranks.")
 @click.option("--output", "-o", "outdir", required=True, type=click.Path(),
               help="Directory for deploy.prototxt, train_val.prototxt, solver.prototxt, init.caffemodel, "
                    "report.json.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a summary.")
-def slim_command(model, weights, train_val, only, rule_names, keep_pooling, data_layer, outdir, as_json):
+def slim_command(model, weights, train_val, only, rule_names, keep_pooling, data_layer, tucker, ranks, ratio,
+                 outdir, as_json):
     """Slim MODEL: merge non-tensor layers into tensor layers (DeepRebirth streamline and branch
     slimming, and the exact folds), bottom to top.
 
@@ -42,12 +51,25 @@ def slim_command(model, weights, train_val, only, rule_names, keep_pooling, data
     """
     m = load_model(model, weights)
     given = io.read_net(train_val) if train_val else None
-    out = slim_api.slim(m, _names(rule_names), only=_names(only), keep_pooling=keep_pooling,
-                        train_val=given, train_val_source=train_val,
-                        data_layer=data_layer,
-                        inputs=[str(resolve(model)), weights, train_val])
+    if tucker:
+        if only is not None:
+            raise RebirthError("--tucker decomposes the whole slim net: slim with --only first, then run "
+                               "`rebirth tucker` on its output")
+        fixed = parse_ranks(None if ratio is not None and ranks == "vbmf" else ranks)
+        out = tucker_api.slim_tucker(m, _names(rule_names), keep_pooling, fixed, ratio, train_val=given,
+                                     train_val_source=train_val, data_layer=data_layer,
+                                     inputs=[str(resolve(model)), weights, train_val])
+        summarize = tucker_api.summary
+    else:
+        if ranks != "vbmf" or ratio is not None:
+            raise RebirthError("--ranks and --ratio apply with --tucker")
+        out = slim_api.slim(m, _names(rule_names), only=_names(only), keep_pooling=keep_pooling,
+                            train_val=given, train_val_source=train_val,
+                            data_layer=data_layer,
+                            inputs=[str(resolve(model)), weights, train_val])
+        summarize = slim_api.summary
     written = slim_api.write(out, outdir)
     if as_json:
         output_json(out.report())
     else:
-        click.echo(slim_api.summary(out, written))
+        click.echo(summarize(out, written))

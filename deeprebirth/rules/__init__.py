@@ -8,6 +8,9 @@ A module that fails to import, or that defines no RULE, is an error naming the f
 rule that silently goes missing.
 
 `rebirth slim` runs ``select()``'s rules; `rebirth fold-bn` runs ``get(["fold_bn"])``.
+
+``tucker`` declares itself opt-in (``default = False``): it runs only through `rebirth tucker` and
+`rebirth slim --tucker` (deeprebirth/tucker.py).
 """
 from __future__ import annotations
 
