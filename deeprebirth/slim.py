@@ -325,6 +325,25 @@ def summary_tail(out: SlimOutput, written: list[Path] | None = None) -> list[str
     if written:
         lines.append("wrote " + ", ".join(str(p) for p in written))
         where = written[0].parent
-        lines.append(f"fine-tune: cd {where} && caffe train -solver solver.prototxt"
-                     + (" -weights init.caffemodel" if out.weights is not None else ""))
+        if out.new_layers and out.weights is not None:
+            lines.append(f"re-learn (no labels): rebirth relearn {where} --images SOURCE")
+            lines.append(f"fine-tune (labels):   rebirth finetune {where} --train SOURCE --weights "
+                         f"{where / 'weights.caffemodel'}")
+        else:
+            lines.append(f"fine-tune: rebirth finetune {where} --train SOURCE")
+        lines.append(f"  or with Caffe itself: cd {where} && {caffe_tool()} train -solver solver.prototxt"
+                     + (" -weights init.caffemodel" if out.weights is not None else "")
+                     + (" (fill train.txt and val.txt first)" if any(
+                         layer.type == "ImageData" for layer in out.train_val.layer) else ""))
     return lines
+
+
+def caffe_tool() -> str:
+    """The `caffe` tool `make install` puts beside the interpreter (bare `caffe` if it is elsewhere)."""
+    import shutil  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    beside = Path(sys.executable).parent / "caffe"
+    if beside.exists():
+        return str(beside)
+    return shutil.which("caffe") or "caffe"

@@ -238,15 +238,16 @@ def evaluate_net(deploy, weights, work: Path, train_val, limit: int | None = Non
     return {"top1": res["top1"], "top5": res["top5"], "n": res["images"]}
 
 
-def combined_start(init: Path, previous: Path | None, out: Path) -> Path:
+def combined_start(init: Path, previous: Path | None, out: Path, changed: set[str]) -> Path:
     """init.caffemodel of this step's slim net, with every layer the previous step's weights have in
-    the same shapes taken from there (what that step learned); written to ``out``."""
+    the same shapes taken from there (what that step learned), except the layers this step rewrote
+    (``changed``: a folded or regenerated layer keeps its new weights); written to ``out``."""
     net = io.read_weights(init)
     if previous is not None:
         prev = io.weights_of(io.read_weights(previous))
         arrays = io.weights_of(net)
         for name, arrs in arrays.items():
-            theirs = prev.get(name)
+            theirs = None if name in changed else prev.get(name)
             if theirs is not None and [a.shape for a in theirs] == [a.shape for a in arrs]:
                 arrays[name] = theirs
         net = io.with_weights(io.strip_weights(net), arrays)
@@ -297,6 +298,8 @@ def stage_steps(work: Path, args) -> list[dict]:
         out = slim_api.slim(model, only=list(only), train_val=io.read_net(tv_path), train_val_source=str(tv_path))
         slim_dir = step_dir / "slim"
         slim_api.write(out, slim_dir)
+        changed = {n for c in out.result.changes if c.substructure in names
+                   for n in list(c.regenerated) + list(c.modified) + list(c.added)}
         units = [u["name"] for u in out.report()["relearn"]["units"]]
         mine = [u for u in units if any(part in names for part in u.split("+"))]
         row = {"step": k, "slim": label, "only": list(only), "units": mine,
@@ -304,7 +307,7 @@ def stage_steps(work: Path, args) -> list[dict]:
         for chain in ("a", "b"):
             cdir = step_dir / chain
             cdir.mkdir()
-            start = combined_start(slim_dir / "init.caffemodel", prev[chain], cdir / "start.caffemodel")
+            start = combined_start(slim_dir / "init.caffemodel", prev[chain], cdir / "start.caffemodel", changed)
             if chain == "a":
                 row["before_relearn"] = evaluate_net(slim_dir / "deploy.prototxt", start, work, tv_path,
                                                      args.eval_images)
