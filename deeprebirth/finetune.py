@@ -264,6 +264,10 @@ def finetune(slim_dir, train: data.Source, val: data.Source | None = None, *, it
         start_weights = str(weights)
     elif sd.init_weights is not None:
         start_weights = str(sd.init_weights)
+    notes = []
+    if start_weights is None and resume is None:
+        notes.append(f"{sd.path} has no init.caffemodel (slim ran without --weights) and no --weights was "
+                     "given: training starts from the train_val's fillers")
     # Check that the starting weights fit the slim net before Caffe sees them (it aborts on a mismatch).
     if start_weights:
         load_model(sd.path / "deploy.prototxt", start_weights)
@@ -287,6 +291,9 @@ def finetune(slim_dir, train: data.Source, val: data.Source | None = None, *, it
             raise RebirthError(f"{sd.path / 'deploy.prototxt'}: the output has a different size from the logits")
 
     outdir.mkdir(parents=True, exist_ok=True)
+    if log is not None:
+        for note in notes:
+            log(f"note: {note}")
     sparam = make_solver_param(sd, outdir, iters, base_lr, stepsize)
     solver = pycaffe.make_solver(tn.net, sparam, outdir)
     if resume is not None:
@@ -381,6 +388,7 @@ def finetune(slim_dir, train: data.Source, val: data.Source | None = None, *, it
         "snapshots": snapshots,
         "weights": str(outdir / "weights.caffemodel"),
         "seconds": round(time.perf_counter() - started, 2),
+        "notes": notes,
     }
     io.atomic_write(outdir / "finetune.json", json.dumps(result, indent=2) + "\n")
     return result
@@ -430,6 +438,7 @@ def format_report(result: dict) -> str:
              f"{result['start_iteration']} -> {result['iterations']}, batch {result['batch']}, "
              f"{result['seconds']:.0f} s"]
     lines += ["  " + _entry_line(e) for e in result["history"]]
+    lines += [f"note: {note}" for note in result.get("notes", [])]
     lines.append(f"weights: {result['weights']}")
     if result["snapshots"]:
         lines.append(f"resume with: rebirth finetune {result['slim_dir']} --train {result['train']} "

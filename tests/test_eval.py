@@ -112,6 +112,14 @@ def test_model_directory_and_preprocessing_flags(caffe, setup):
     res = run("eval", model_dir, "--data", d / "list.txt", "--scale", "-1", "--json")
     out = json.loads(res.output)   # negated scores: the darkest pixel wins, so the two 'worst' labels hit
     assert out["top1"] == pytest.approx(2 / 6) and out["preprocess"]["scale"] == -1
+    # the same from a train_val's TEST data layer
+    (d / "tv.prototxt").write_text(
+        'layer { name: "d" type: "ImageData" top: "data" top: "label" include { phase: TRAIN } '
+        'transform_param { scale: 1 } image_data_param { source: "a" is_color: false } }\n'
+        'layer { name: "d" type: "ImageData" top: "data" top: "label" include { phase: TEST } '
+        'transform_param { scale: -1 } image_data_param { source: "b" is_color: false } }\n')
+    res = run("eval", model_dir, "--data", d / "list.txt", "--train-val", d / "tv.prototxt", "--json")
+    assert json.loads(res.output)["top1"] == pytest.approx(2 / 6)
 
 
 def test_errors(caffe, setup):
