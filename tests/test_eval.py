@@ -6,11 +6,10 @@ import json
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
 from deeprebirth import data, evaluate as ev, io
-from deeprebirth.cli import main
+from test_slim_cli import error_line, run  # the CLI helpers of the slim tests
 
 NET = """name: "argmax"
 layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 1 dim: 2 dim: 3 } } }
@@ -28,16 +27,6 @@ def _labels() -> list[int]:
     # 3 right at top-1, one 3rd-best (a top-5 hit only), two the worst class (missed by both)
     return [int(order[0][0]), int(order[1][0]), int(order[2][0]), int(order[3][2]), int(order[4][5]), int(order[5][5])]
 
-
-def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-
-
-def error_line(result) -> str:
-    assert result.exit_code == 1, result.output
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("rebirth: error: "), result.output
-    return lines[0]
 
 
 @pytest.fixture
