@@ -215,6 +215,25 @@ def build_train_net(sd: SlimDir, batch: int | None = None, distill: bool = False
     return TrainNet(net, image, None if distill else label, batch, pre, classes, logits, losses)
 
 
+def _check_solverstate(path: Path, sd: SlimDir) -> None:
+    """What Caffe's solver.restore would abort on, as one-line errors: not a SolverState, its
+    weights file (learned_net) missing or not fitting the slim net."""
+    raw = io._read_bytes(path)
+    state = pb.SolverState()
+    try:
+        state.ParseFromString(raw)
+    except Exception:  # noqa: BLE001 -- protobuf's DecodeError
+        state = None
+    if state is None or not state.learned_net or not state.HasField("iter"):
+        raise RebirthError(f"{path}: not a Caffe .solverstate snapshot")
+    learned = Path(state.learned_net)
+    if not learned.is_absolute():
+        learned = path.parent / learned
+    if not learned.is_file():
+        raise RebirthError(f"{path}: its weights {state.learned_net} are missing")
+    load_model(sd.path / "deploy.prototxt", learned)
+
+
 def make_solver_param(sd: SlimDir, outdir: Path, iters: int | None = None, base_lr: float | None = None,
                       stepsize: int | None = None) -> "pb.SolverParameter":
     s = pb.SolverParameter()
@@ -256,8 +275,7 @@ def finetune(slim_dir, train: data.Source, val: data.Source | None = None, *, it
     tn = build_train_net(sd, batch, distill)
     start_weights = None
     if resume is not None:
-        if not Path(resume).is_file():
-            raise RebirthError(f"{resume}: no such solverstate file")
+        _check_solverstate(Path(resume), sd)
     elif weights is not None:
         if not Path(weights).is_file():
             raise RebirthError(f"{weights}: no such file")

@@ -105,6 +105,12 @@ def test_resume_continues_the_iteration_count(slimmed, tmp_path):
     assert got["conv1"][0].tobytes() == snap["conv1"][0].tobytes()
     init = io.weights_of(io.read_weights(d / "slim" / "init.caffemodel"))
     assert got["conv1"][0].tobytes() != init["conv1"][0].tobytes()
+    # a file that is not a snapshot, or one whose weights went missing: one line, before Caffe sees it
+    line = error_line(run("finetune", d / "slim", "--train", d / "train", "--resume", d / "tiny.prototxt", "-o", out))
+    assert "tiny.prototxt: not a Caffe .solverstate snapshot" in line
+    (out / "finetune_iter_3.caffemodel").unlink()
+    line = error_line(run("finetune", d / "slim", "--train", d / "train", "--resume", state, "-o", out))
+    assert "finetune_iter_3.caffemodel are missing" in line
 
 
 def test_distill_without_labels(slimmed, tmp_path):
