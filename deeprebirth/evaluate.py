@@ -37,11 +37,17 @@ TOP_K = 5
 
 def resolve_model(spec: str | os.PathLike, weights: str | os.PathLike | None = None) -> tuple[str, str | None]:
     """MODEL as given on the command line -> (deploy prototxt or built-in name, weights or None).
-    A directory (a `rebirth slim`/`finetune`/`relearn` output) stands for its deploy.prototxt and,
-    unless ``weights`` is given, its weights.caffemodel, else its init.caffemodel."""
+    A directory (a `rebirth slim`/`tucker`/`finetune`/`relearn` output) stands for its deploy.prototxt
+    (a relearn directory: its slim directory's) and, unless ``weights`` is given, its
+    weights.caffemodel, else its init.caffemodel."""
     p = Path(spec)
     if p.is_dir():
         deploy = p / "deploy.prototxt"
+        if not deploy.exists() and (p / "relearn.json").exists():   # a `rebirth relearn -o` directory
+            try:
+                deploy = Path(json.loads((p / "relearn.json").read_text())["slim_dir"]) / "deploy.prototxt"
+            except (ValueError, KeyError, TypeError):
+                pass
         if not deploy.exists():
             raise RebirthError(f"{p}: the directory holds no deploy.prototxt")
         if weights is None:

@@ -101,6 +101,11 @@ def test_model_directory_and_preprocessing_flags(caffe, setup):
     res = run("eval", model_dir, "--data", d / "list.txt", "--scale", "-1", "--json")
     out = json.loads(res.output)   # negated scores: the darkest pixel wins, so the two 'worst' labels hit
     assert out["top1"] == pytest.approx(2 / 6) and out["preprocess"]["scale"] == -1
+    relearned = d / "relearned"   # a relearn output: weights + relearn.json naming the slim directory
+    relearned.mkdir()
+    (relearned / "weights.caffemodel").write_bytes((d / "net.caffemodel").read_bytes())
+    (relearned / "relearn.json").write_text(json.dumps({"slim_dir": str(model_dir)}))
+    assert json.loads(run("eval", relearned, "--data", d / "list.txt", "--json").output)["top1"] == pytest.approx(3 / 6)
     # the same from a train_val's TEST data layer
     (d / "tv.prototxt").write_text(
         'layer { name: "d" type: "ImageData" top: "data" top: "label" include { phase: TRAIN } '
