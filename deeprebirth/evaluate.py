@@ -59,6 +59,32 @@ def resolve_model(spec: str | os.PathLike, weights: str | os.PathLike | None = N
     return str(spec), (str(weights) if weights is not None else None)
 
 
+def default_train_val(spec: str | os.PathLike) -> str | None:
+    """The train_val whose TEST data layer gives a directory MODEL's preprocessing: its own
+    train_val.prototxt (a slim or tucker output), else that of the slim directory its
+    finetune.json or relearn.json names; None for a prototxt MODEL."""
+    p = Path(spec)
+    if not p.is_dir():
+        return None
+    if (p / "train_val.prototxt").exists():
+        return _with_test_data(p / "train_val.prototxt")
+    for record in ("finetune.json", "relearn.json"):
+        try:
+            slim_dir = Path(json.loads((p / record).read_text())["slim_dir"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if (slim_dir / "train_val.prototxt").exists():
+            return _with_test_data(slim_dir / "train_val.prototxt")
+    return None
+
+
+def _with_test_data(path: Path) -> str | None:
+    try:
+        return str(path) if data_layer(io.read_net(path), pb.TEST) is not None else None
+    except RebirthError:
+        return None
+
+
 def load(spec, weights=None, what: str = "MODEL") -> Model:
     """A deploy model with weights, ready to run (see resolve_model)."""
     if isinstance(spec, Model):
@@ -311,6 +337,8 @@ def parse_mean(text: str):
 
 def format_report(result: dict) -> str:
     lines = [f"{result['model']} ({result['weights']}) on {result['data']}: {result['images']} images"]
+    if "preprocess_from" in result:
+        lines.append(f"  preprocessing from {result['preprocess_from']}")
     for key in ("top1", "top5", "teacher_top1", "teacher_top5", "agreement"):
         if key in result:
             lines.append(f"  {key:<13} {100 * result[key]:.2f} %")

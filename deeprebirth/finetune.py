@@ -390,7 +390,7 @@ def finetune(slim_dir, train: data.Source, val: data.Source | None = None, *, it
         io.atomic_write(outdir / "deploy.prototxt", (sd.path / "deploy.prototxt").read_text())
     result = {
         "tool": f"rebirth {__version__}",
-        "slim_dir": str(sd.path),
+        "slim_dir": os.path.abspath(sd.path),
         "outdir": str(outdir),
         "mode": "distill" if distill else "labels",
         "loss": (f"EuclideanLoss between the slim net's logits '{tn.logits}' and the teacher's" if distill

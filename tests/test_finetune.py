@@ -80,8 +80,10 @@ def test_finetune_lowers_the_loss_and_learns(slimmed, tmp_path):
             "finetune_iter_40.caffemodel"} <= names
     assert json.loads((out / "finetune.json").read_text())["history"] == hist
     # the written model evaluates to the last validation's top-1
-    res = run("eval", out, "--data", d / "val", "--json")
-    assert json.loads(res.output)["top1"] == pytest.approx(hist[-1]["val_top1"])
+    # (preprocessed as the slim train_val's TEST layer says, found through finetune.json)
+    res = json.loads(run("eval", out, "--data", d / "val", "--json").output)
+    assert res["top1"] == pytest.approx(hist[-1]["val_top1"]) and res["preprocess"]["scale"] == pytest.approx(1 / 256)
+    assert res["preprocess_from"] == str(d / "slim" / "train_val.prototxt")
 
 
 def test_resume_continues_the_iteration_count(slimmed, tmp_path):
