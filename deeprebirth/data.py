@@ -289,10 +289,10 @@ class Preprocess:
 
     def apply(self, images: Sequence[np.ndarray] | np.ndarray, train: bool = False,
               rng: np.random.Generator | None = None) -> np.ndarray:
-        """H x W x C images (uint8, RGB or gray; a single H x W or H x W x C image is allowed too)
-        -> float32 N x C x H x W."""
-        if isinstance(images, np.ndarray) and (images.ndim == 2 or (images.ndim == 3 and images.shape[2] in (1, 3)
-                                                                    and images.shape[0] > 3)):
+        """A list of H x W x C (or H x W) images, uint8 RGB or gray -> float32 N x C x H x W.
+        An array is read as one image when it is H x W, or H x W x C with C = 1 or 3; as N
+        gray images when it is N x H x W with W not 1 or 3; as N images when it is N x H x W x C."""
+        if isinstance(images, np.ndarray) and (images.ndim == 2 or (images.ndim == 3 and images.shape[2] in (1, 3))):
             images = [images]
         rng = rng if rng is not None else np.random.default_rng()
         out = np.empty((len(images), self.channels, *self.out_size), dtype=np.float32)
@@ -685,6 +685,9 @@ def _open_base(spec: str) -> Source:
     if path.is_dir():
         if (path / "data.mdb").exists():
             return LmdbSource(path)
+        if (path / "CURRENT").is_file() and any(path.glob("*.ldb")) or any(path.glob("MANIFEST-*")):
+            raise RebirthError(f"{spec}: a LevelDB; SOURCE reads LMDBs (convert_imageset -backend lmdb), image "
+                               "folders, list files and fashion-mnist")
         return ImageFolder(path)
     if path.name == "data.mdb" or path.suffix == ".mdb":
         return LmdbSource(path)

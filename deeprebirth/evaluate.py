@@ -37,11 +37,17 @@ TOP_K = 5
 
 def resolve_model(spec: str | os.PathLike, weights: str | os.PathLike | None = None) -> tuple[str, str | None]:
     """MODEL as given on the command line -> (deploy prototxt or built-in name, weights or None).
-    A directory (a `rebirth slim`/`finetune`/`relearn` output) stands for its deploy.prototxt and,
-    unless ``weights`` is given, its weights.caffemodel, else its init.caffemodel."""
+    A directory (a `rebirth slim`/`tucker`/`finetune`/`relearn` output) stands for its deploy.prototxt
+    (a relearn directory: its slim directory's) and, unless ``weights`` is given, its
+    weights.caffemodel, else its init.caffemodel."""
     p = Path(spec)
     if p.is_dir():
         deploy = p / "deploy.prototxt"
+        if not deploy.exists() and (p / "relearn.json").exists():   # a `rebirth relearn -o` directory
+            try:
+                deploy = Path(json.loads((p / "relearn.json").read_text())["slim_dir"]) / "deploy.prototxt"
+            except (ValueError, KeyError, TypeError):
+                pass
         if not deploy.exists():
             raise RebirthError(f"{p}: the directory holds no deploy.prototxt")
         if weights is None:
@@ -51,6 +57,32 @@ def resolve_model(spec: str | os.PathLike, weights: str | os.PathLike | None = N
                     break
         return str(deploy), (str(weights) if weights is not None else None)
     return str(spec), (str(weights) if weights is not None else None)
+
+
+def default_train_val(spec: str | os.PathLike) -> str | None:
+    """The train_val whose TEST data layer gives a directory MODEL's preprocessing: its own
+    train_val.prototxt (a slim or tucker output), else that of the slim directory its
+    finetune.json or relearn.json names; None for a prototxt MODEL."""
+    p = Path(spec)
+    if not p.is_dir():
+        return None
+    if (p / "train_val.prototxt").exists():
+        return _with_test_data(p / "train_val.prototxt")
+    for record in ("finetune.json", "relearn.json"):
+        try:
+            slim_dir = Path(json.loads((p / record).read_text())["slim_dir"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if (slim_dir / "train_val.prototxt").exists():
+            return _with_test_data(slim_dir / "train_val.prototxt")
+    return None
+
+
+def _with_test_data(path: Path) -> str | None:
+    try:
+        return str(path) if data_layer(io.read_net(path), pb.TEST) is not None else None
+    except RebirthError:
+        return None
 
 
 def load(spec, weights=None, what: str = "MODEL") -> Model:
@@ -305,6 +337,8 @@ def parse_mean(text: str):
 
 def format_report(result: dict) -> str:
     lines = [f"{result['model']} ({result['weights']}) on {result['data']}: {result['images']} images"]
+    if "preprocess_from" in result:
+        lines.append(f"  preprocessing from {result['preprocess_from']}")
     for key in ("top1", "top5", "teacher_top1", "teacher_top5", "agreement"):
         if key in result:
             lines.append(f"  {key:<13} {100 * result[key]:.2f} %")

@@ -215,6 +215,25 @@ def build_train_net(sd: SlimDir, batch: int | None = None, distill: bool = False
     return TrainNet(net, image, None if distill else label, batch, pre, classes, logits, losses)
 
 
+def _check_solverstate(path: Path, sd: SlimDir) -> None:
+    """What Caffe's solver.restore would abort on, as one-line errors: not a SolverState, its
+    weights file (learned_net) missing or not fitting the slim net."""
+    raw = io._read_bytes(path)
+    state = pb.SolverState()
+    try:
+        state.ParseFromString(raw)
+    except Exception:  # noqa: BLE001 -- protobuf's DecodeError
+        state = None
+    if state is None or not state.learned_net or not state.HasField("iter"):
+        raise RebirthError(f"{path}: not a Caffe .solverstate snapshot")
+    learned = Path(state.learned_net)
+    if not learned.is_absolute():
+        learned = path.parent / learned
+    if not learned.is_file():
+        raise RebirthError(f"{path}: its weights {state.learned_net} are missing")
+    load_model(sd.path / "deploy.prototxt", learned)
+
+
 def make_solver_param(sd: SlimDir, outdir: Path, iters: int | None = None, base_lr: float | None = None,
                       stepsize: int | None = None) -> "pb.SolverParameter":
     s = pb.SolverParameter()
@@ -256,14 +275,17 @@ def finetune(slim_dir, train: data.Source, val: data.Source | None = None, *, it
     tn = build_train_net(sd, batch, distill)
     start_weights = None
     if resume is not None:
-        if not Path(resume).is_file():
-            raise RebirthError(f"{resume}: no such solverstate file")
+        _check_solverstate(Path(resume), sd)
     elif weights is not None:
         if not Path(weights).is_file():
             raise RebirthError(f"{weights}: no such file")
         start_weights = str(weights)
     elif sd.init_weights is not None:
         start_weights = str(sd.init_weights)
+    notes = []
+    if start_weights is None and resume is None:
+        notes.append(f"{sd.path} has no init.caffemodel (slim ran without --weights) and no --weights was "
+                     "given: training starts from the train_val's fillers")
     # Check that the starting weights fit the slim net before Caffe sees them (it aborts on a mismatch).
     if start_weights:
         load_model(sd.path / "deploy.prototxt", start_weights)
@@ -287,6 +309,9 @@ def finetune(slim_dir, train: data.Source, val: data.Source | None = None, *, it
             raise RebirthError(f"{sd.path / 'deploy.prototxt'}: the output has a different size from the logits")
 
     outdir.mkdir(parents=True, exist_ok=True)
+    if log is not None:
+        for note in notes:
+            log(f"note: {note}")
     sparam = make_solver_param(sd, outdir, iters, base_lr, stepsize)
     solver = pycaffe.make_solver(tn.net, sparam, outdir)
     if resume is not None:
@@ -365,7 +390,7 @@ def finetune(slim_dir, train: data.Source, val: data.Source | None = None, *, it
         io.atomic_write(outdir / "deploy.prototxt", (sd.path / "deploy.prototxt").read_text())
     result = {
         "tool": f"rebirth {__version__}",
-        "slim_dir": str(sd.path),
+        "slim_dir": os.path.abspath(sd.path),
         "outdir": str(outdir),
         "mode": "distill" if distill else "labels",
         "loss": (f"EuclideanLoss between the slim net's logits '{tn.logits}' and the teacher's" if distill
@@ -381,6 +406,7 @@ def finetune(slim_dir, train: data.Source, val: data.Source | None = None, *, it
         "snapshots": snapshots,
         "weights": str(outdir / "weights.caffemodel"),
         "seconds": round(time.perf_counter() - started, 2),
+        "notes": notes,
     }
     io.atomic_write(outdir / "finetune.json", json.dumps(result, indent=2) + "\n")
     return result
@@ -430,6 +456,7 @@ def format_report(result: dict) -> str:
              f"{result['start_iteration']} -> {result['iterations']}, batch {result['batch']}, "
              f"{result['seconds']:.0f} s"]
     lines += ["  " + _entry_line(e) for e in result["history"]]
+    lines += [f"note: {note}" for note in result.get("notes", [])]
     lines.append(f"weights: {result['weights']}")
     if result["snapshots"]:
         lines.append(f"resume with: rebirth finetune {result['slim_dir']} --train {result['train']} "

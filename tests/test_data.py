@@ -301,3 +301,50 @@ def test_batches_short_last_and_loop(class_folder):
     np.testing.assert_array_equal(next(again)[0], next(src.batches(pre, 2, shuffle=True, loop=True, seed=3,
                                                                     train=True))[0])
     assert list(src.batches(pre, 4, limit=3))[0][0].shape == (3, 3, 6, 5)
+
+
+# ------------------------------------------------------------------------------------------
+# Against Caffe's own DataTransformer
+
+
+@pytest.mark.caffe
+def test_matches_caffes_data_layer_on_an_lmdb(caffe, tmp_path):
+    """A Caffe Data layer (TEST phase: centre crop) reading an LMDB gives the very numbers our
+    LmdbSource + Preprocess.from_transform_param give, for per-channel means and a mean file."""
+    images = [rgb(20 + i, 7, 8) for i in range(3)]
+    _write_lmdb(tmp_path / "db", {f"{i:08d}".encode(): _datum(img, i) for i, img in enumerate(images)})
+    mean = np.random.default_rng(1).uniform(0, 255, size=(1, 3, 7, 8)).astype(np.float32)
+    io.atomic_write(tmp_path / "mean.binaryproto", io.array_to_blob(mean).SerializeToString())
+    # (Caffe shares one reader thread per layer name + source between live nets: distinct names)
+    for k, transform in enumerate(("scale: 0.5 crop_size: 5 mean_value: 10 mean_value: 20 mean_value: 30",
+                                   f'scale: 0.25 crop_size: 4 mean_file: "{tmp_path / "mean.binaryproto"}"')):
+        text = (f'layer {{ name: "d{k}" type: "Data" top: "data" top: "label" transform_param {{ {transform} }} '
+                f'data_param {{ source: "{tmp_path / "db"}" backend: LMDB batch_size: 3 }} }}')
+        (tmp_path / "net.prototxt").write_text(text)
+        net = caffe.Net(str(tmp_path / "net.prototxt"), caffe.TEST)
+        net.forward()
+        layer = io.parse_net_text(text).layer[0]
+        pre = data.Preprocess.from_transform_param(layer, net.blobs["data"].data.shape)
+        src = data.open_source(str(tmp_path / "db"))
+        x, labels = next(src.batches(pre, 3))
+        np.testing.assert_allclose(x, net.blobs["data"].data, rtol=0, atol=1e-5)
+        np.testing.assert_array_equal(labels, net.blobs["label"].data.astype(int))
+        del net
+
+
+@pytest.mark.caffe
+def test_matches_caffes_image_data_layer(caffe, tmp_path):
+    """ImageData (OpenCV decoding, BGR) on PNG files, colour and gray, equals our list-file source."""
+    save(tmp_path / "a.png", rgb(1, 6, 7))
+    save(tmp_path / "b.png", rgb(2, 6, 7)[:, :, :1])   # a gray file: OpenCV repeats it over B, G, R
+    (tmp_path / "list.txt").write_text(f"{tmp_path / 'a.png'} 4\n{tmp_path / 'b.png'} 2\n")
+    text = ('layer { name: "img" type: "ImageData" top: "data" top: "label" transform_param { scale: 2 crop_size: 5 '
+            f'mean_value: 1 mean_value: 2 mean_value: 3 }} image_data_param {{ source: "{tmp_path / "list.txt"}" '
+            'batch_size: 2 } }')
+    (tmp_path / "net.prototxt").write_text(text)
+    net = caffe.Net(str(tmp_path / "net.prototxt"), caffe.TEST)
+    net.forward()
+    pre = data.Preprocess.from_transform_param(io.parse_net_text(text).layer[0], net.blobs["data"].data.shape)
+    x, labels = next(data.open_source(str(tmp_path / "list.txt")).batches(pre, 2))
+    np.testing.assert_allclose(x, net.blobs["data"].data, rtol=0, atol=1e-5)
+    assert list(labels) == [4, 2]

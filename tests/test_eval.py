@@ -6,11 +6,10 @@ import json
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
 from deeprebirth import data, evaluate as ev, io
-from deeprebirth.cli import main
+from test_slim_cli import error_line, run  # the CLI helpers of the slim tests
 
 NET = """name: "argmax"
 layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 1 dim: 2 dim: 3 } } }
@@ -28,16 +27,6 @@ def _labels() -> list[int]:
     # 3 right at top-1, one 3rd-best (a top-5 hit only), two the worst class (missed by both)
     return [int(order[0][0]), int(order[1][0]), int(order[2][0]), int(order[3][2]), int(order[4][5]), int(order[5][5])]
 
-
-def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-
-
-def error_line(result) -> str:
-    assert result.exit_code == 1, result.output
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("rebirth: error: "), result.output
-    return lines[0]
 
 
 @pytest.fixture
@@ -112,6 +101,19 @@ def test_model_directory_and_preprocessing_flags(caffe, setup):
     res = run("eval", model_dir, "--data", d / "list.txt", "--scale", "-1", "--json")
     out = json.loads(res.output)   # negated scores: the darkest pixel wins, so the two 'worst' labels hit
     assert out["top1"] == pytest.approx(2 / 6) and out["preprocess"]["scale"] == -1
+    relearned = d / "relearned"   # a relearn output: weights + relearn.json naming the slim directory
+    relearned.mkdir()
+    (relearned / "weights.caffemodel").write_bytes((d / "net.caffemodel").read_bytes())
+    (relearned / "relearn.json").write_text(json.dumps({"slim_dir": str(model_dir)}))
+    assert json.loads(run("eval", relearned, "--data", d / "list.txt", "--json").output)["top1"] == pytest.approx(3 / 6)
+    # the same from a train_val's TEST data layer
+    (d / "tv.prototxt").write_text(
+        'layer { name: "d" type: "ImageData" top: "data" top: "label" include { phase: TRAIN } '
+        'transform_param { scale: 1 } image_data_param { source: "a" is_color: false } }\n'
+        'layer { name: "d" type: "ImageData" top: "data" top: "label" include { phase: TEST } '
+        'transform_param { scale: -1 } image_data_param { source: "b" is_color: false } }\n')
+    res = run("eval", model_dir, "--data", d / "list.txt", "--train-val", d / "tv.prototxt", "--json")
+    assert json.loads(res.output)["top1"] == pytest.approx(2 / 6)
 
 
 def test_errors(caffe, setup):

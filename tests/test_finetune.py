@@ -7,13 +7,12 @@ import json
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
 from deeprebirth import io
-from deeprebirth.cli import main
 from deeprebirth.engine import pycaffe
 from deeprebirth.graph import Graph
+from test_slim_cli import error_line, run  # the CLI helpers of the slim tests
 
 DEPLOY = """name: "tiny"
 layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 12 dim: 12 } } }
@@ -36,16 +35,6 @@ layer { name: "loss" type: "SoftmaxWithLoss" bottom: "fc" bottom: "label" top: "
 layer { name: "accuracy" type: "Accuracy" bottom: "fc" bottom: "label" top: "accuracy" include { phase: TEST } }
 """
 
-
-def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-
-
-def error_line(result) -> str:
-    assert result.exit_code == 1, result.output
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("rebirth: error: "), result.output
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -91,8 +80,10 @@ def test_finetune_lowers_the_loss_and_learns(slimmed, tmp_path):
             "finetune_iter_40.caffemodel"} <= names
     assert json.loads((out / "finetune.json").read_text())["history"] == hist
     # the written model evaluates to the last validation's top-1
-    res = run("eval", out, "--data", d / "val", "--json")
-    assert json.loads(res.output)["top1"] == pytest.approx(hist[-1]["val_top1"])
+    # (preprocessed as the slim train_val's TEST layer says, found through finetune.json)
+    res = json.loads(run("eval", out, "--data", d / "val", "--json").output)
+    assert res["top1"] == pytest.approx(hist[-1]["val_top1"]) and res["preprocess"]["scale"] == pytest.approx(1 / 256)
+    assert res["preprocess_from"] == str(d / "slim" / "train_val.prototxt")
 
 
 def test_resume_continues_the_iteration_count(slimmed, tmp_path):
@@ -116,6 +107,12 @@ def test_resume_continues_the_iteration_count(slimmed, tmp_path):
     assert got["conv1"][0].tobytes() == snap["conv1"][0].tobytes()
     init = io.weights_of(io.read_weights(d / "slim" / "init.caffemodel"))
     assert got["conv1"][0].tobytes() != init["conv1"][0].tobytes()
+    # a file that is not a snapshot, or one whose weights went missing: one line, before Caffe sees it
+    line = error_line(run("finetune", d / "slim", "--train", d / "train", "--resume", d / "tiny.prototxt", "-o", out))
+    assert "tiny.prototxt: not a Caffe .solverstate snapshot" in line
+    (out / "finetune_iter_3.caffemodel").unlink()
+    line = error_line(run("finetune", d / "slim", "--train", d / "train", "--resume", state, "-o", out))
+    assert "finetune_iter_3.caffemodel are missing" in line
 
 
 def test_distill_without_labels(slimmed, tmp_path):

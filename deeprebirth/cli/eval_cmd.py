@@ -19,7 +19,8 @@ from . import main, output_json
 @click.option("--teacher", metavar="MODEL", help="A reference model: report top-1 agreement and mean KL(teacher || model).")
 @click.option("--teacher-weights", type=click.Path(dir_okay=False), help="The teacher's .caffemodel.")
 @click.option("--train-val", "train_val", type=click.Path(dir_okay=False),
-              help="Take preprocessing from this train_val's TEST data layer (transform_param).")
+              help="Take preprocessing from this train_val's TEST data layer (transform_param); default for a "
+                   "slim/finetune/relearn directory MODEL: its slim net's train_val.prototxt.")
 @click.option("--mean", metavar="VALUES|FILE", help="Mean to subtract: 'b,g,r', one value, a .binaryproto, or 'none'.")
 @click.option("--scale", type=float, help="Multiply pixels by this after the mean (Caffe's transform_param.scale).")
 @click.option("--batch", "-b", type=click.IntRange(min=1), default=50, show_default=True, help="Images per forward pass.")
@@ -33,12 +34,14 @@ def eval_command(model, weights, source_spec, teacher, teacher_weights, train_va
         raise click.UsageError("--teacher-weights needs --teacher")
     source = data.open_source(source_spec, limit=limit)
     student = ev.Runner.build(ev.load(model, weights))
+    train_val = train_val or ev.default_train_val(model)
     pre = ev.preprocess_for(student.input_shape, train_val, mean=mean, scale=scale)
     tutor = ev.Runner.build(ev.load(teacher, teacher_weights, "--teacher")) if teacher else None
     if not source.has_labels and tutor is None:
         data.require_labels(source, "eval without --teacher")
     result = ev.run_evaluation(student, source, pre, batch=batch, teacher=tutor,
                                progress=sys.stderr.isatty())
+    result["preprocess_from"] = train_val or "defaults"
     if as_json:
         output_json(result)
     else:
