@@ -98,10 +98,12 @@ def generated_data_layers(inputs, data_layer: str = "ImageData", batch: int = RE
             tp = layer.transform_param
             tp.mirror = train
             ip = layer.image_data_param
-            if h == w:
+            if h == w and c == 3 and h >= 128:
+                # The BVLC ImageNet recipe: resize to 256 (8/7 of the input above 256), crop.
                 tp.crop_size = h
                 ip.new_height = ip.new_width = 256 if h <= 256 else int(round(h * 8 / 7))
             else:
+                # Small or gray inputs (MNIST-like): resize to the input, no crop.
                 ip.new_height, ip.new_width = h, w
             if c == 3:
                 tp.mean_value.extend(IMAGENET_MEAN_BGR)

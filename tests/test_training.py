@@ -80,7 +80,9 @@ def test_generated_train_val_reads_list_files_and_adds_the_loss():
                                                                               (pb.TEST, "val.txt")]
     for d in data:
         assert list(d.top) == ["data", "label"] and d.image_data_param.batch_size == 32
-        assert d.transform_param.crop_size == 32 and d.image_data_param.new_height == 256
+        # A small input is a plain resize (no 256-pixel ImageNet crop of a 32x32 net's images).
+        assert d.transform_param.crop_size == 0 and d.image_data_param.new_height == 32
+        assert d.image_data_param.new_width == 32
         assert list(d.transform_param.mean_value) == [104, 117, 123]
     assert data[0].transform_param.mirror and data[0].image_data_param.shuffle
     layers = by_name(net)
@@ -88,9 +90,17 @@ def test_generated_train_val_reads_list_files_and_adds_the_loss():
     assert layers["loss"].type == "SoftmaxWithLoss" and list(layers["loss"].bottom) == ["fc", "label"]
     assert layers["accuracy"].type == "Accuracy" and layers["accuracy"].include[0].phase == pb.TEST
     assert layers["accuracy_top5"].accuracy_param.top_k == 5
-    # Shapes are consistent (Graph reads ImageData's crop size).
+    # Shapes are consistent (Graph reads ImageData's resize).
     g = Graph(io.filter_phase(net, pb.TRAIN))
     assert g.shapes["fc"] == (32, 10)
+
+
+def test_generated_imagedata_keeps_the_imagenet_recipe_for_large_colour_inputs():
+    layers = training.generated_data_layers([("data", (1, 3, 224, 224))])
+    assert all(d.transform_param.crop_size == 224 and d.image_data_param.new_height == 256 for d in layers)
+    gray = training.generated_data_layers([("data", (1, 1, 64, 64))])
+    assert all(d.transform_param.crop_size == 0 and d.image_data_param.new_height == 64 and
+               not d.image_data_param.is_color for d in gray)
 
 
 def test_lr_mults_new_layers_ten_times_faster():
