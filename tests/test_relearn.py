@@ -6,12 +6,11 @@ import json
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 from deeprebirth import io, relearn as rl
-from deeprebirth.cli import main
 from deeprebirth.engine import pycaffe
 from deeprebirth.graph import Graph
+from test_slim_cli import error_line, run  # the CLI helpers of the slim tests
 
 # conv -> ReLU -> a 1x1/2 pooling (pure subsampling): streamline makes one stride-2 convolution that
 # computes exactly the same function, so least squares must find it. (15x15: with an even size,
@@ -51,17 +50,6 @@ layer { name: "gap" type: "Pooling" bottom: "i/output" top: "gap" pooling_param 
 layer { name: "fc" type: "InnerProduct" bottom: "gap" top: "fc" inner_product_param { num_output: 5 } }
 layer { name: "prob" type: "Softmax" bottom: "fc" top: "prob" }
 """
-
-
-def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-
-
-def error_line(result) -> str:
-    assert result.exit_code == 1, result.output
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("rebirth: error: "), result.output
-    return lines[0]
 
 
 def write_model(tmp_path, text, name, seed=0):
