@@ -43,8 +43,11 @@ def check_inference_net(net: "pb.NetParameter", source: str) -> None:
     if net.HasField("state") and net.state.phase == pb.TRAIN:
         raise RebirthError(f"{source}: the net is in the TRAIN phase (state {{ phase: TRAIN }}), where "
                            "BatchNorm uses each batch's statistics; fold-bn needs the deploy (TEST) net")
-    if io.phases_used(net):
-        ruled = next(layer.name for layer in net.layer if len(layer.include) or len(layer.exclude))
+    # A deploy net may keep TEST-only layers (SSD deploy files mark DetectionOutput so); a rule
+    # that names the TRAIN phase makes it a train/test net.
+    if pb.TRAIN in io.phases_used(net):
+        ruled = next(layer.name for layer in net.layer
+                     if any(r.HasField("phase") and r.phase == pb.TRAIN for r in [*layer.include, *layer.exclude]))
         raise RebirthError(f"{source}: is a train/test net (layer '{ruled}' has include/exclude phase "
                            "rules); fold-bn needs the deploy prototxt")
     for layer in net.layer:

@@ -3,15 +3,28 @@ the library; RebirthError becomes a one-line message on stderr and exit code 1 (
 from __future__ import annotations
 
 import sys
+import warnings
 
 import click
 
 from .. import __version__
-from ..errors import RebirthError
+from ..errors import RebirthError, RebirthWarning
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    if issubclass(category, RebirthWarning):
+        click.echo(f"rebirth: warning: {message}", err=True)
+    else:
+        _default_showwarning(message, category, filename, lineno, file, line)
+
+
+_default_showwarning = warnings.showwarning
 
 
 class RebirthGroup(click.Group):
     def invoke(self, ctx):
+        warnings.showwarning = _show_warning
+        warnings.simplefilter("default", RebirthWarning)  # each distinct message once
         try:
             return super().invoke(ctx)
         except RebirthError as exc:
