@@ -59,9 +59,10 @@ def check_inference_net(net: "pb.NetParameter", source: str) -> None:
                                    "fold-bn needs the deploy net")
 
 
-def load(model: str | os.PathLike, weights: str | os.PathLike) -> Model:
-    """A deploy prototxt (or built-in name) and its caffemodel, refusing training nets."""
-    return load_model(model, weights, check=check_inference_net)
+def load(model: str | os.PathLike, weights: str | os.PathLike, allow_missing: bool = False) -> Model:
+    """A deploy prototxt (or built-in name) and its caffemodel, refusing training nets (and a
+    caffemodel without weights for every layer with parameters, unless ``allow_missing``)."""
+    return load_model(model, weights, check=check_inference_net, allow_missing=allow_missing)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -213,27 +214,9 @@ def require(check: Verification, tolerance: float) -> None:
 # Output
 
 
-def write(model: Model, outdir: str | os.PathLike, inputs: Iterable = ()) -> tuple[Path, Path]:
-    """Write ``outdir/deploy.prototxt`` and ``outdir/weights.caffemodel``, both or neither."""
-    out = Path(outdir)
-    if out.exists() and not out.is_dir():
-        raise RebirthError(f"{out}: exists and is not a directory")
-    inputs = [Path(p) for p in inputs if p is not None]
-    paths = (out / OUTPUT_NET, out / OUTPUT_WEIGHTS)
-    for p in paths:
-        for src in inputs:
-            if io.same_file(p, src):
-                raise RebirthError(f"{p}: refusing to overwrite an input file")
-    payloads = (io.net_to_text(model.net), model.with_blobs().SerializeToString())
-    written: list[Path] = []
-    try:
-        for p, data in zip(paths, payloads):
-            existed = p.exists()
-            io.atomic_write(p, data, inputs)
-            if not existed:
-                written.append(p)
-    except OSError as exc:
-        for p in written:
-            p.unlink(missing_ok=True)
-        raise RebirthError(f"{out}: cannot write ({exc.strerror or exc})") from None
-    return paths
+def write(model: Model, outdir: str | os.PathLike, inputs: Iterable = (), force: bool = False) -> tuple[Path, Path]:
+    """Write ``outdir/deploy.prototxt`` and ``outdir/weights.caffemodel``, both or neither, never
+    mixed with an earlier run's files (``io.write_dir``; other files in ``outdir`` need ``force``)."""
+    files = {OUTPUT_NET: io.net_to_text(model.net), OUTPUT_WEIGHTS: model.with_blobs().SerializeToString()}
+    net_path, weights_path = io.write_dir(outdir, files, inputs, force=force, owned=files)
+    return net_path, weights_path

@@ -241,6 +241,8 @@ def _pool(g, layer, bottoms):
     if geo["global"] and (any(geo["pad"]) or any(st != 1 for st in geo["stride"])):
         raise RebirthError(f"layer '{layer.name}' (Pooling): with global_pooling only pad 0 and stride 1 "
                            "are allowed")
+    if any(geo["pad"]) and layer.pooling_param.pool == pb.PoolingParameter.STOCHASTIC:
+        raise RebirthError(f"layer '{layer.name}' (Pooling): padding is implemented only for MAX and AVE pooling")
     if any(pd >= k for pd, k in zip(geo["pad"], geo["kernel"])):
         raise RebirthError(f"layer '{layer.name}' (Pooling): pad {geo['pad']} must be smaller than the "
                            f"kernel {geo['kernel']}")

@@ -7,7 +7,9 @@
 """
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterable
@@ -430,26 +432,138 @@ def same_file(a: Path, b: Path) -> bool:
         return False
 
 
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+def _os_problem(path: Path, exc: OSError) -> RebirthError:
+    """A one-line error for a failed file operation on ``path``."""
+    what = exc.strerror or str(exc)
+    if exc.errno == errno.ENAMETOOLONG:
+        what = "file name too long"
+    return RebirthError(f"{path}: cannot write ({what})")
+
+
+def check_output_path(path: str | os.PathLike, is_dir: bool = False) -> Path:
+    """Refuse, with one line, an output path that cannot be written: one of its parents is a file,
+    the path itself exists as the wrong kind, or a name is too long. Missing parent directories
+    are created (like ``mkdir -p``)."""
+    path = Path(path)
+    parent = path.parent
+    try:
+        for anc in [*reversed(path.parents)]:
+            if anc.exists() and not anc.is_dir():
+                raise RebirthError(f"{path}: '{anc}' is a file, not a directory")
+        for part in (*path.parts[:-1], path.name):
+            if len(os.fsencode(part)) > 255:
+                raise RebirthError(f"{path}: cannot write (file name too long: '{part[:20]}...' has "
+                                   f"{len(os.fsencode(part))} bytes)")
+        parent.mkdir(parents=True, exist_ok=True)
+        max_name = os.pathconf(parent, "PC_NAME_MAX") if hasattr(os, "pathconf") else 255
+        if len(os.fsencode(path.name)) > max_name:
+            raise RebirthError(f"{path}: cannot write (file name too long: {len(os.fsencode(path.name))} "
+                               f"bytes, at most {max_name})")
+        if is_dir and path.exists() and not path.is_dir():
+            raise RebirthError(f"{path}: exists and is not a directory")
+        if not is_dir and path.is_dir():
+            raise RebirthError(f"{path}: is a directory, expected a file name")
+    except OSError as exc:
+        raise _os_problem(path, exc) from None
+    return path
+
+
 def atomic_write(path: str | os.PathLike, data: bytes | str, inputs: Iterable[str | os.PathLike] = ()) -> Path:
-    """Write ``data`` to ``path`` through a temporary file and a rename; never onto an input."""
+    """Write ``data`` to ``path`` through a temporary file and a rename; never onto an input. Every
+    failure (no permission, disk full, a bad path) is a one-line RebirthError and leaves nothing."""
     path = Path(path)
     for src in inputs:
         if src is not None and same_file(path, Path(src)):
             raise RebirthError(f"{path}: refusing to overwrite an input file")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
+    check_output_path(path)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:100]}.", suffix=".tmp", dir=str(path.parent))
         with os.fdopen(fd, "wb") as fh:
             fh.write(data.encode("utf-8") if isinstance(data, str) else data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual permissions of a new file
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions of a new file
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except OSError as exc:
+        raise _os_problem(path, exc) from None
+    finally:
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
-        raise
     return path
+
+
+def write_dir(outdir: str | os.PathLike, files: dict[str, bytes | str], inputs: Iterable = (),
+              force: bool = False, owned: Iterable[str] = ()) -> list[Path]:
+    """Write ``files`` (name -> contents) as the directory ``outdir``, all or nothing.
+
+    Everything is written into a fresh temporary directory next to ``outdir``, which then takes
+    ``outdir``'s place (two renames), so old and new files never mix: an existing ``outdir`` that
+    holds only names of ``files`` or ``owned`` (what an earlier run of the command may have
+    written) is replaced as a whole; one holding other files is refused unless ``force``; one
+    holding an input file is always refused. Any failure leaves ``outdir`` as it was and no
+    temporary directory behind."""
+    out = check_output_path(outdir, is_dir=True)
+    inputs = [Path(p) for p in inputs if p is not None]
+    if out.is_symlink():
+        out = Path(os.path.realpath(out))
+    for name in files:
+        for src in inputs:
+            if same_file(out / name, src):
+                raise RebirthError(f"{out / name}: refusing to overwrite an input file")
+    if out.exists():
+        try:
+            present = sorted(os.listdir(out))
+        except OSError as exc:
+            raise _os_problem(out, exc) from None
+        for src in inputs:
+            try:
+                inside = src.resolve().is_relative_to(out.resolve())
+            except OSError:
+                inside = False
+            if inside:
+                raise RebirthError(f"{out}: holds the input {src}; it would be replaced with the directory: "
+                                   "choose another output directory")
+        others = [n for n in present if n not in files and n not in set(owned)]
+        if others and not force:
+            more = f" and {len(others) - 3} more" if len(others) > 3 else ""
+            raise RebirthError(f"{out}: exists and holds other files ({', '.join(others[:3])}{more}); "
+                               "use --force to replace the whole directory, or choose another")
+    tmp = old = None
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name[:100]}.", suffix=".new", dir=str(out.parent)))
+        for name, data in files.items():
+            with open(tmp / name, "wb") as fh:
+                fh.write(data.encode("utf-8") if isinstance(data, str) else data)
+            os.chmod(tmp / name, 0o666 & ~_umask())
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name[:100]}.", suffix=".old", dir=str(out.parent)))
+            os.rename(out, old / "replaced")
+            try:
+                os.rename(tmp, out)
+            except OSError as exc:
+                try:
+                    os.rename(old / "replaced", out)
+                except OSError:
+                    kept, old = old, None  # never delete the only copy of the earlier output
+                    raise RebirthError(f"{out}: cannot write ({exc.strerror or exc}); its earlier contents "
+                                       f"are in {kept / 'replaced'}") from None
+                raise
+        else:
+            os.rename(tmp, out)
+        tmp = None
+    except OSError as exc:
+        raise _os_problem(out, exc) from None
+    finally:
+        for leftover in (tmp, old):
+            if leftover is not None:
+                shutil.rmtree(leftover, ignore_errors=True)
+    return [out / name for name in files]
 
 
 def net_to_text(net: "pb.NetParameter") -> str:

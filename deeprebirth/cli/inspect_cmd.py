@@ -12,10 +12,13 @@ from . import main, output_json
 @click.argument("model")
 @click.option("--weights", "-w", type=click.Path(dir_okay=False), help="A .caffemodel to check against the net.")
 @click.option("--batch", "-b", type=click.IntRange(min=1), default=None, help="Batch size (default: the net's own).")
+@click.option("--allow-missing", is_flag=True,
+              help="Accept a caffemodel that lacks weights of some layers with parameters (or shares no "
+                   "layer with the net); those layers get fresh weights and are listed.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
-def inspect_command(model, weights, batch, as_json):
+def inspect_command(model, weights, batch, allow_missing, as_json):
     """Show every layer of MODEL with its kind, output shape, parameters, MACs and output size."""
-    m = load_model(model, weights, batch=batch)
+    m = load_model(model, weights, batch=batch, allow_missing=allow_missing)
     info = report.inspect(m, batch=batch)
     if as_json:
         output_json(info)
