@@ -174,10 +174,18 @@ def verify(original: Model, folded: Model, seed: int = 0, blobs: Iterable[str] =
     """Run both nets in pycaffe on the same random inputs (uniform in [-1, 1), from ``seed``) and
     compare every net output and every other blob both nets have (same name and shape: the folded
     net keeps the names downstream layers read, so pre-softmax scores are compared too, where a
-    saturated softmax would hide a difference), plus the named ``blobs``."""
+    saturated softmax would hide a difference), plus the named ``blobs``.
+
+    The nets run in a child process (engine/isolate.py): a Caffe CHECK failure is a RebirthError
+    with Caffe's message, not an abort of this process."""
+    from .engine import isolate  # noqa: PLC0415
 
     _check_runnable(original, "original")
     _check_runnable(folded, "folded")
+    return isolate.call(_verify_here, original, folded, seed, tuple(blobs), what="the verification run")
+
+
+def _verify_here(original: Model, folded: Model, seed: int, blobs: tuple[str, ...]) -> Verification:
     net_a = CaffeNet(original.net, original.weights)
     net_b = CaffeNet(folded.net, folded.weights)
     inputs = net_a.fill_inputs(seed)

@@ -765,6 +765,21 @@ def _dummy(g, layer, bottoms):
 # ----------------------------------------------------------------------------------------------
 
 
+INT_MAX = 2 ** 31 - 1
+
+
+def _check_blob(node: Node, what: str, shape: Shape | None) -> None:
+    """Caffe's Blob::Reshape CHECKs: no negative dimension, at most INT_MAX values."""
+    if shape is None:
+        return
+    if any(d < 0 for d in shape):
+        raise RebirthError(f"layer '{node.name}' ({node.type}): {what} blob would have the negative shape "
+                           f"{list(shape)}")
+    if count(shape) > INT_MAX:
+        raise RebirthError(f"layer '{node.name}' ({node.type}): {what} blob would hold {count(shape)} values "
+                           f"({list(shape)}), more than Caffe's limit of {INT_MAX}")
+
+
 class Graph:
     """The DAG of a (phase-filtered) NetParameter, with shapes and costs.
 
@@ -930,6 +945,10 @@ class Graph:
                         tops = [None] * len(node.tops)
                     tops = list(tops)[:len(node.tops)]
                     tops += [tops[-1] if tops else None] * (len(node.tops) - len(tops))
+            for ref, shape in zip(node.tops, tops):
+                _check_blob(node, ref[0], shape)
+            for shape in node.param_shapes:
+                _check_blob(node, "parameter", shape)
             node.top_shapes = tops
             for ref, shape in zip(node.tops, tops):
                 self.version_shapes[ref] = shape

@@ -45,6 +45,18 @@ class Model:
     # Arrays of the caffemodel's layers that this net lacks (e.g. a train_val's auxiliary heads).
     spare_weights: io.Weights = field(default_factory=dict)
 
+    # Picklable (engine/isolate.py sends models to child processes): the net travels as bytes,
+    # since its class lives in our private descriptor pool.
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["net"] = self.net.SerializeToString()
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        state = dict(state)
+        state["net"] = pb.NetParameter.FromString(state["net"])
+        self.__dict__.update(state)
+
     def graph(self, **kwargs) -> Graph:
         return Graph(self.net, **kwargs)
 
@@ -117,9 +129,9 @@ def load_model(model: str | Path, weights: str | Path | None = None, phase: int 
     net = io.filter_phase(raw, phase)
     net = io.strip_weights(net)
     m = Model(net, None, str(path))
+    graph = Graph(net, batch=batch)  # validates the net (what Caffe CHECKs) before any command runs
     if weights is not None:
         arrays = io.weights_of(io.read_weights(weights))
-        graph = Graph(net, batch=batch)
         known = {n.name for n in graph.nodes}
         m.spare_weights = {k: v for k, v in arrays.items() if k not in known}
         arrays = {k: v for k, v in arrays.items() if k in known}

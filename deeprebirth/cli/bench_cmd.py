@@ -38,9 +38,9 @@ def bench_command(models, weights, device, batch, runs, warmup, layers, as_json,
     if show_progress:
         with click.progressbar(length=len(prepared) * (runs + warmup), label="timing",
                                file=click.get_text_stream("stderr")) as bar:
-            results = bench.run(prepared, dev, runs, warmup, layers, progress=bar.update)
+            results = bench.run_isolated(prepared, dev, runs, warmup, layers, progress=bar.update)
     else:
-        results = bench.run(prepared, dev, runs, warmup, layers)
+        results = bench.run_isolated(prepared, dev, runs, warmup, layers)
     doc = bench.build_json(results, settings)
     if plot:
         inputs = [p.model.source for p in prepared] + list(weights)
