@@ -228,12 +228,16 @@ def _conv(g, layer, bottoms):
     return [out] * len(bottoms), params, macs * len(bottoms)
 
 
+def _need_4d(layer, shape: Shape, what: str = "input") -> None:
+    if len(shape) != 4:
+        raise RebirthError(f"layer '{layer.name}' ({layer.type}): expected a 4-D {what}, got {list(shape)}")
+
+
 @shape_fn("Pooling")
 def _pool(g, layer, bottoms):
     _need_bottoms(layer, bottoms, n=1)
     shape = bottoms[0]
-    if len(shape) != 4:
-        raise RebirthError(f"layer '{layer.name}' (Pooling): expected a 4-D input, got {list(shape)}")
+    _need_4d(layer, shape)
     geo = pool_geometry(layer, shape[2:])
     if any(k <= 0 for k in geo["kernel"]):
         raise RebirthError(f"layer '{layer.name}' (Pooling): kernel size must be given")
@@ -589,8 +593,7 @@ def _prior_box(g, layer, bottoms):
     """Top (1, 2, H * W * priors * 4): the boxes, then their variances."""
     _need_bottoms(layer, bottoms, n=2)
     shape = bottoms[0]
-    if len(shape) != 4:
-        raise RebirthError(f"layer '{layer.name}' (PriorBox): expected a 4-D feature map, got {list(shape)}")
+    _need_4d(layer, shape, "feature map")
     return [(1, 2, shape[2] * shape[3] * _prior_count(layer) * 4)], [], 0
 
 
@@ -638,8 +641,7 @@ def _interp(g, layer, bottoms):
     input shrunk and/or zoomed (``(s - 1) / shrink + 1``, then ``s + (s - 1) * (zoom - 1)``)."""
     _need_bottoms(layer, bottoms, at_least=1)
     shape = bottoms[0]
-    if len(shape) != 4:
-        raise RebirthError(f"layer '{layer.name}' (Interp): expected a 4-D input, got {list(shape)}")
+    _need_4d(layer, shape)
     p = layer.interp_param
     h, w = shape[2] + p.pad_beg + p.pad_end, shape[3] + p.pad_beg + p.pad_end
     if len(bottoms) > 1:

@@ -178,7 +178,8 @@ def slim(model: Model, rules: list[Rule | str] | None = None, only: list[str] | 
     tv, tv_notes = training.build_train_val(
         result.model.net, new_layers, given=train_val, given_source=train_val_source or "<train_val>",
         original_names={layer.name for layer in model.net.layer}, data_layer=data_layer,
-        untrained=[] if have_weights else with_params)
+        untrained=[] if have_weights else [n.name for n in Graph(result.model.net, strict=False).nodes
+                                           if n.param_shapes or n.kind == "tensor"])
     notes += tv_notes
     solver = training.build_solver(test_batch=training.eval_batch_size(tv))
 

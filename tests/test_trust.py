@@ -202,3 +202,27 @@ def test_directory_never_hides_a_builtin(tmp_path, monkeypatch):
     (tmp_path / "mynet").mkdir()
     with pytest.raises(RebirthError, match="mynet: is a directory"):
         model_mod.resolve("mynet")
+
+
+def _train_steps(train_val_path: str, steps: int) -> list[float]:
+    """Losses of ``steps`` SGD steps of a train_val in pycaffe (run in a child process)."""
+    from deeprebirth import proto as pb  # noqa: PLC0415
+    from deeprebirth.engine.pycaffe import make_solver  # noqa: PLC0415
+    net = io.read_net(train_val_path)
+    solver = make_solver(net, pb.SolverParameter(base_lr=0.01, lr_policy="fixed", momentum=0.9, max_iter=100))
+    losses = []
+    for _ in range(steps):
+        solver.step(1)
+        losses.append(float(solver.net.blobs["loss"].data))
+    return losses
+
+
+@pytest.mark.caffe
+def test_train_val_without_weights_trains_in_caffe(caffe, tmp_path):
+    from deeprebirth.engine import isolate  # noqa: PLC0415
+    proto = tmp_path / "net.prototxt"
+    proto.write_text(NO_BN)
+    assert run("slim", proto, "--rules", "streamline", "--data-layer", "dummy", "-o", tmp_path / "out").exit_code == 0
+    losses = isolate.call(_train_steps, str(tmp_path / "out" / "train_val.prototxt"), 3)
+    # all-zero weights would give exactly ln(5) forever (zero logits, zero gradients)
+    assert all(abs(loss - np.log(5)) > 1e-4 for loss in losses), losses
