@@ -133,6 +133,9 @@ def test_unknown_type_inspect_warns_and_succeeds(tmp_path):
     assert result.exit_code == 0, result.output
     assert "rebirth: warning: layer 'odd': unknown layer type 'MyFancyLayer'" in result.output
     assert "Traceback" not in result.output
+    slimmed = run("slim", path, "--data-layer", "dummy", "-o", tmp_path / "out")  # builds many graphs
+    assert slimmed.exit_code == 0, slimmed.output
+    assert slimmed.output.count("rebirth: warning: layer 'odd'") == 1
 
 
 def test_unknown_type_is_never_rewritten_across(tmp_path):

@@ -8,6 +8,7 @@ import warnings
 import click
 
 from .. import __version__
+from .. import errors
 from ..errors import RebirthError, RebirthWarning
 
 
@@ -24,9 +25,10 @@ _default_showwarning = warnings.showwarning
 class RebirthGroup(click.Group):
     def invoke(self, ctx):
         warnings.showwarning = _show_warning
-        warnings.simplefilter("default", RebirthWarning)  # each distinct message once
+        warnings.simplefilter("always", RebirthWarning)
         try:
-            return super().invoke(ctx)
+            with errors.each_warning_once():
+                return super().invoke(ctx)
         except RebirthError as exc:
             click.echo(f"rebirth: error: {exc}", err=True)
             sys.exit(1)
