@@ -843,11 +843,15 @@ class Graph:
                 ref = (b, latest[b])
                 node.bottoms.append(ref)
                 self.consumers[ref].append(node)
-            for t in layer.top:
-                if t in latest and t not in layer.bottom:
+            for j, t in enumerate(layer.top):
+                # Caffe's Net::AppendTop: top j is in place only when bottom j has its name
+                in_place = j < len(layer.bottom) and layer.bottom[j] == t
+                if t in latest and not in_place:
+                    prev = self.producer[(t, latest[t])]
                     raise RebirthError(f"layer '{layer.name}' ({layer.type}): top '{t}' is already produced by "
-                                       f"layer '{self.producer[(t, latest[t])].name if self.producer[(t, latest[t])] else 'input'}'"
-                                       " and this layer is not in place")
+                                       f"{f'layer {prev.name!r}' if prev is not None else 'a net input'}"
+                                       f"{' (this layer)' if prev is node else ''} and is not computed in place "
+                                       f"(in place, top {j} must be bottom {j})")
                 ref = (t, latest.get(t, -1) + 1)
                 latest[t] = ref[1]
                 node.tops.append(ref)

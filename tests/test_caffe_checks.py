@@ -39,6 +39,9 @@ CASES = {
     "lrn even size": ('layer { name: "n" type: "LRN" bottom: "d" top: "n" lrn_param { local_size: 4 } }\n', "must be odd"),
     "concat mismatch": (conv("num_output: 2 kernel_size: 3") +
                         'layer { name: "k" type: "Concat" bottom: "d" bottom: "c" top: "k" }\n', "must agree except on axis"),
+    "top from two sources": (conv("num_output: 4 kernel_size: 1 pad: 0") +
+                             'layer { name: "e" type: "Eltwise" bottom: "c" bottom: "d" top: "d" }\n',
+                             "top 'd' is already produced by layer 'd' .*top 0 must be bottom 0"),
     "huge blob": (conv("num_output: 100000 kernel_size: 1") +
                   'layer { name: "f" type: "InnerProduct" bottom: "c" top: "f" inner_product_param { num_output: 100000 } }\n',
                   "more than Caffe's limit"),
