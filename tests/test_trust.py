@@ -72,7 +72,7 @@ def test_weights_of_another_net_are_an_error(tmp_path, cmd):
 def test_missing_weights_are_an_error_unless_allowed(tmp_path):
     proto, caffemodel = files(tmp_path, drop=["fc", "sc1"])
     line = one_error(run("inspect", proto, "--weights", caffemodel))
-    assert "no weights for 2 layer(s)" in line and "layer 'sc1' (Scale)" in line and "layer 'fc' (InnerProduct)" in line
+    assert "no weights for 2 layers with parameters" in line and "layer 'sc1' (Scale)" in line and "layer 'fc' (InnerProduct)" in line
     result = run("slim", proto, "--weights", caffemodel, "-o", tmp_path / "out", "--allow-missing")
     assert result.exit_code == 0, result.stderr
     assert "rebirth: warning:" in result.stderr and "get fresh weights" in result.stderr and "'fc'" in result.stderr
