@@ -178,6 +178,16 @@ def run(prepared: Sequence[Prepared], device: Device, runs: int = 50, warmup: in
     return results
 
 
+def run_isolated(prepared: Sequence[Prepared], device: Device, runs: int = 50, warmup: int = 5,
+                 layers: bool = False, memory: bool = True, seed: int = 0,
+                 progress: Progress | None = None) -> list[Measurement]:
+    """``run`` in a child process (engine/isolate.py), so that a net Caffe refuses (a CHECK
+    failure) ends in a one-line RebirthError with Caffe's message instead of an abort."""
+    from .engine import isolate  # noqa: PLC0415
+    return isolate.call(run, prepared, device, runs, warmup, layers, memory, seed, what="Caffe (bench)",
+                        progress=progress)
+
+
 # ------------------------------------------------------------------------------------------------
 # Summaries (pure)
 

@@ -43,8 +43,11 @@ def check_inference_net(net: "pb.NetParameter", source: str) -> None:
     if net.HasField("state") and net.state.phase == pb.TRAIN:
         raise RebirthError(f"{source}: the net is in the TRAIN phase (state {{ phase: TRAIN }}), where "
                            "BatchNorm uses each batch's statistics; fold-bn needs the deploy (TEST) net")
-    if io.phases_used(net):
-        ruled = next(layer.name for layer in net.layer if len(layer.include) or len(layer.exclude))
+    # A deploy net may keep TEST-only layers (SSD deploy files mark DetectionOutput so); a rule
+    # that names the TRAIN phase makes it a train/test net.
+    if pb.TRAIN in io.phases_used(net):
+        ruled = next(layer.name for layer in net.layer
+                     if any(r.HasField("phase") and r.phase == pb.TRAIN for r in [*layer.include, *layer.exclude]))
         raise RebirthError(f"{source}: is a train/test net (layer '{ruled}' has include/exclude phase "
                            "rules); fold-bn needs the deploy prototxt")
     for layer in net.layer:
@@ -53,9 +56,10 @@ def check_inference_net(net: "pb.NetParameter", source: str) -> None:
             raise RebirthError(f"{source}: {reason}; fold-bn needs the deploy net")
 
 
-def load(model: str | os.PathLike, weights: str | os.PathLike) -> Model:
-    """A deploy prototxt (or built-in name) and its caffemodel, refusing training nets."""
-    return load_model(model, weights, check=check_inference_net)
+def load(model: str | os.PathLike, weights: str | os.PathLike, allow_missing: bool = False) -> Model:
+    """A deploy prototxt (or built-in name) and its caffemodel, refusing training nets (and a
+    caffemodel without weights for every layer with parameters, unless ``allow_missing``)."""
+    return load_model(model, weights, check=check_inference_net, allow_missing=allow_missing)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -163,10 +167,18 @@ def verify(original: Model, folded: Model, seed: int = 0, blobs: Iterable[str] =
     """Run both nets in pycaffe on the same random inputs (uniform in [-1, 1), from ``seed``) and
     compare every net output and every other blob both nets have (same name and shape: the folded
     net keeps the names downstream layers read, so pre-softmax scores are compared too, where a
-    saturated softmax would hide a difference), plus the named ``blobs``."""
+    saturated softmax would hide a difference), plus the named ``blobs``.
+
+    The nets run in a child process (engine/isolate.py): a Caffe CHECK failure is a RebirthError
+    with Caffe's message, not an abort of this process."""
+    from .engine import isolate  # noqa: PLC0415
 
     _check_runnable(original, "original")
     _check_runnable(folded, "folded")
+    return isolate.call(_verify_here, original, folded, seed, tuple(blobs), what="the verification run")
+
+
+def _verify_here(original: Model, folded: Model, seed: int, blobs: tuple[str, ...]) -> Verification:
     net_a = CaffeNet(original.net, original.weights)
     net_b = CaffeNet(folded.net, folded.weights)
     inputs = net_a.fill_inputs(seed)
@@ -203,29 +215,9 @@ def require(check: Verification, tolerance: float) -> None:
 # Output
 
 
-def write(model: Model, outdir: str | os.PathLike, inputs: Iterable = ()) -> tuple[Path, Path]:
-    """Write ``outdir/deploy.prototxt`` and ``outdir/weights.caffemodel``, each atomically (a
-    temporary file and a rename), never over an input. When the second write fails, the first file
-    is removed if this call created it; a file it replaced is not restored."""
-    out = Path(outdir)
-    if out.exists() and not out.is_dir():
-        raise RebirthError(f"{out}: exists and is not a directory")
-    inputs = [Path(p) for p in inputs if p is not None]
-    paths = (out / OUTPUT_NET, out / OUTPUT_WEIGHTS)
-    for p in paths:
-        for src in inputs:
-            if io.same_file(p, src):
-                raise RebirthError(f"{p}: refusing to overwrite an input file")
-    payloads = (io.net_to_text(model.net), model.with_blobs().SerializeToString())
-    written: list[Path] = []
-    try:
-        for p, data in zip(paths, payloads):
-            existed = p.exists()
-            io.atomic_write(p, data, inputs)
-            if not existed:
-                written.append(p)
-    except OSError as exc:
-        for p in written:
-            p.unlink(missing_ok=True)
-        raise RebirthError(f"{out}: cannot write ({exc.strerror or exc})") from None
-    return paths
+def write(model: Model, outdir: str | os.PathLike, inputs: Iterable = (), force: bool = False) -> tuple[Path, Path]:
+    """Write ``outdir/deploy.prototxt`` and ``outdir/weights.caffemodel``, both or neither, never
+    mixed with an earlier run's files (``io.write_dir``; other files in ``outdir`` need ``force``)."""
+    files = {OUTPUT_NET: io.net_to_text(model.net), OUTPUT_WEIGHTS: model.with_blobs().SerializeToString()}
+    net_path, weights_path = io.write_dir(outdir, files, inputs, force=force, owned=files)
+    return net_path, weights_path

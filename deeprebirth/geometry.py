@@ -48,8 +48,10 @@ def pool_geometry(layer: "pb.LayerParameter", in_hw: Shape | None = None) -> dic
     pad = [p.pad_h, p.pad_w] if (p.HasField("pad_h") or p.HasField("pad_w")) else [p.pad, p.pad]
     stride = [p.stride_h, p.stride_w] if (p.HasField("stride_h") or p.HasField("stride_w")) else [p.stride, p.stride]
     ceil = True
-    if "round_mode" in p.DESCRIPTOR.fields_by_name and p.HasField("round_mode"):
+    if p.HasField("round_mode"):
         ceil = p.round_mode == 0  # CEIL
+    elif p.HasField("ceil_mode"):  # the forks' spelling (BVLC PR #3057)
+        ceil = p.ceil_mode
     return {"kernel": kernel, "pad": pad, "stride": stride, "ceil": ceil, "global": p.global_pooling}
 
 

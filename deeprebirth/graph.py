@@ -14,13 +14,16 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 from . import proto as pb
-from .errors import RebirthError
+from .errors import RebirthError, warn
 from .geometry import canonical_axis, concat_axis, conv_geometry, conv_out, pool_geometry, pool_out  # noqa: F401
 
 BlobRef = tuple[str, int]  # (blob name, version)
 Shape = tuple[int, ...]
 
-TENSOR_TYPES = frozenset({"Convolution", "Deconvolution", "InnerProduct", "Embed"})
+# Depthwise convolution types of the MobileNet forks (yonghenglh6/DepthwiseConvolution,
+# farmingyard/caffe-mobilenet) read convolution_param and are convolutions in every respect here.
+DEPTHWISE_TYPES = frozenset({"DepthwiseConvolution", "ConvolutionDepthwise"})
+TENSOR_TYPES = frozenset({"Convolution", "Deconvolution", "InnerProduct", "Embed"}) | DEPTHWISE_TYPES
 DATA_TYPES = frozenset({"Input", "Data", "ImageData", "MemoryData", "DummyData", "HDF5Data",
                         "WindowData", "AnnotatedData"})
 # Element-wise layers that keep the shape and are commonly run in place.
@@ -119,22 +122,42 @@ def _need_bottoms(layer, bottoms, n: int | None = None, at_least: int = 1):
                            f"got {len(bottoms)}")
 
 
-@shape_fn("Convolution", "Deconvolution")
+def _positive(layer, **values) -> None:
+    """Caffe's CHECK_GT(x, 0) on layer settings, as a one-line error instead of an abort."""
+    for name, value in values.items():
+        bad = [v for v in (value if isinstance(value, (list, tuple)) else [value]) if not v > 0]
+        if bad:
+            raise RebirthError(f"layer '{layer.name}' ({layer.type}): {name} must be positive, got "
+                               f"{bad[0] if not isinstance(value, (list, tuple)) else list(value)}")
+
+
+@shape_fn("Convolution", "Deconvolution", *DEPTHWISE_TYPES)
 def _conv(g, layer, bottoms):
     _need_bottoms(layer, bottoms, at_least=1)
+    if len(layer.top) != len(bottoms):
+        raise RebirthError(f"layer '{layer.name}' ({layer.type}): {len(bottoms)} bottom(s) but "
+                           f"{len(layer.top)} top(s); Caffe needs one top per bottom")
     p = layer.convolution_param
     shape = bottoms[0]
+    if any(b != shape for b in bottoms[1:]):
+        raise RebirthError(f"layer '{layer.name}' ({layer.type}): all bottoms must have the same shape, got "
+                           f"{[list(b) for b in bottoms]}")
     axis = _canon_axis(p.axis, len(shape), layer)
     n_sp = len(shape) - axis - 1
     geo = conv_geometry(layer, n_sp)
-    if any(k <= 0 for k in geo["kernel"]) or len(geo["kernel"]) != n_sp:
-        raise RebirthError(f"layer '{layer.name}' ({layer.type}): kernel size must be given for "
-                           f"{n_sp} spatial axes")
+    if n_sp < 1 or any(k <= 0 for k in geo["kernel"]) or len(geo["kernel"]) != n_sp:
+        raise RebirthError(f"layer '{layer.name}' ({layer.type}): kernel size must be given (positive) for "
+                           f"{max(n_sp, 0)} spatial axes")
+    for what in ("pad", "stride", "dilation"):
+        if len(geo[what]) != n_sp:
+            raise RebirthError(f"layer '{layer.name}' ({layer.type}): {what} must be given once or once per "
+                               f"spatial axis ({n_sp}), got {len(geo[what])} values")
+    _positive(layer, num_output=p.num_output, group=p.group, stride=geo["stride"], dilation=geo["dilation"])
     cin, group, cout = shape[axis], p.group, p.num_output
     if cin % group or cout % group:
         raise RebirthError(f"layer '{layer.name}' ({layer.type}): channels in {cin} and out {cout} "
                            f"must both be divisible by group {group}")
-    if layer.type == "Convolution":
+    if layer.type != "Deconvolution":
         spatial = [conv_out(s, k, pd, st, d) for s, k, pd, st, d in
                    zip(shape[axis + 1:], geo["kernel"], geo["pad"], geo["stride"], geo["dilation"])]
         weight = (cout, cin // group, *geo["kernel"])
@@ -147,22 +170,38 @@ def _conv(g, layer, bottoms):
                            f"for input {list(shape)}")
     out = (*shape[:axis], cout, *spatial)
     params = [weight] + ([(cout,)] if p.bias_term else [])
-    if layer.type == "Convolution":
+    if layer.type != "Deconvolution":
         macs = count(out) * (cin // group) * count(geo["kernel"])
     else:
         macs = count(shape) * (cout // group) * count(geo["kernel"])
     return [out] * len(bottoms), params, macs * len(bottoms)
 
 
+def _need_4d(layer, shape: Shape, what: str = "input") -> None:
+    if len(shape) != 4:
+        raise RebirthError(f"layer '{layer.name}' ({layer.type}): expected a 4-D {what}, got {list(shape)}")
+
+
 @shape_fn("Pooling")
 def _pool(g, layer, bottoms):
     _need_bottoms(layer, bottoms, n=1)
     shape = bottoms[0]
-    if len(shape) != 4:
-        raise RebirthError(f"layer '{layer.name}' (Pooling): expected a 4-D input, got {list(shape)}")
+    _need_4d(layer, shape)
     geo = pool_geometry(layer, shape[2:])
     if any(k <= 0 for k in geo["kernel"]):
         raise RebirthError(f"layer '{layer.name}' (Pooling): kernel size must be given")
+    _positive(layer, stride=geo["stride"])
+    if geo["global"] and (any(geo["pad"]) or any(st != 1 for st in geo["stride"])):
+        raise RebirthError(f"layer '{layer.name}' (Pooling): with global_pooling only pad 0 and stride 1 "
+                           "are allowed")
+    if any(geo["pad"]) and layer.pooling_param.pool == pb.PoolingParameter.STOCHASTIC:
+        raise RebirthError(f"layer '{layer.name}' (Pooling): padding is implemented only for MAX and AVE pooling")
+    if any(pd >= k for pd, k in zip(geo["pad"], geo["kernel"])):
+        raise RebirthError(f"layer '{layer.name}' (Pooling): pad {geo['pad']} must be smaller than the "
+                           f"kernel {geo['kernel']}")
+    if len(layer.top) > (2 if layer.pooling_param.pool == pb.PoolingParameter.MAX else 1):
+        raise RebirthError(f"layer '{layer.name}' (Pooling): too many tops ({len(layer.top)}); only MAX "
+                           "pooling has a second (mask) top")
     hw = [pool_out(s, k, pd, st, geo["ceil"]) for s, k, pd, st in
           zip(shape[2:], geo["kernel"], geo["pad"], geo["stride"])]
     out = (*shape[:2], *hw)
@@ -173,6 +212,8 @@ def _pool(g, layer, bottoms):
 def _lrn(g, layer, bottoms):
     _need_bottoms(layer, bottoms, n=1)
     p = layer.lrn_param
+    if p.local_size % 2 != 1:
+        raise RebirthError(f"layer '{layer.name}' (LRN): local_size must be odd, got {p.local_size}")
     size = p.local_size if p.norm_region == 0 else p.local_size ** 2
     return [bottoms[0]], [], count(bottoms[0]) * size
 
@@ -239,6 +280,7 @@ def _ip(g, layer, bottoms):
     shape = bottoms[0]
     axis = _canon_axis(p.axis, len(shape), layer)
     k, n = count(shape[axis:]), p.num_output
+    _positive(layer, num_output=n)
     weight = (k, n) if p.transpose else (n, k)
     params = [weight] + ([(n,)] if p.bias_term else [])
     return [(*shape[:axis], n)], params, count(shape[:axis]) * k * n
@@ -255,6 +297,12 @@ def _embed(g, layer, bottoms):
 @shape_fn("Eltwise")
 def _eltwise(g, layer, bottoms):
     _need_bottoms(layer, bottoms, at_least=2)
+    p = layer.eltwise_param
+    if len(p.coeff) and len(p.coeff) != len(bottoms):
+        raise RebirthError(f"layer '{layer.name}' (Eltwise): {len(p.coeff)} coefficients for {len(bottoms)} "
+                           "bottoms (give one per bottom, or none)")
+    if len(p.coeff) and p.operation != pb.EltwiseParameter.SUM:
+        raise RebirthError(f"layer '{layer.name}' (Eltwise): coefficients are only for SUM")
     for b in bottoms[1:]:
         if b != bottoms[0]:
             raise RebirthError(f"layer '{layer.name}' (Eltwise): bottoms must have equal shapes, got "
@@ -413,6 +461,181 @@ def _parameter(g, layer, bottoms):
     return [shape], [shape], 0
 
 
+# Fork layers (see proto/caffe.proto's header for which fork each comes from). Shapes follow each
+# fork's Reshape(); settings its LayerSetUp CHECKs are checked here.
+
+
+@shape_fn("ReLU6", "HardSigmoid", "HardSwish")
+def _same_activation(g, layer, bottoms):
+    _need_bottoms(layer, bottoms, n=1)
+    return [bottoms[0]], [], count(bottoms[0])
+
+
+@shape_fn("BN")
+def _bn_fork(g, layer, bottoms):
+    """brocolli-caffe's BN: slope, bias, mean, variance, each of shape (1, C, 1, 1)."""
+    _need_bottoms(layer, bottoms, n=1)
+    shape = bottoms[0]
+    if len(shape) < 2:
+        raise RebirthError(f"layer '{layer.name}' (BN): expected an N x C x ... input, got {list(shape)}")
+    return [shape], [(1, shape[1], 1, 1)] * 4, 2 * count(shape)
+
+
+@shape_fn("Normalize")
+def _normalize(g, layer, bottoms):
+    """SSD's L2 normalisation (across channels, or channels and space), then a learned scale: one
+    value (a 0-d blob, ``channel_shared``) or one per channel."""
+    _need_bottoms(layer, bottoms, n=1)
+    shape = bottoms[0]
+    if len(shape) < 2:
+        raise RebirthError(f"layer '{layer.name}' (Normalize): needs at least a 2-D input, got {list(shape)}")
+    scale: Shape = () if layer.norm_param.channel_shared else (shape[1],)
+    return [shape], [scale], 3 * count(shape)
+
+
+@shape_fn("Permute")
+def _permute(g, layer, bottoms):
+    """SSD's Permute: the axes in ``order``, then the axes it does not name, in their order."""
+    _need_bottoms(layer, bottoms, n=1)
+    shape = bottoms[0]
+    order = list(layer.permute_param.order)
+    if any(o >= len(shape) for o in order):
+        raise RebirthError(f"layer '{layer.name}' (Permute): order {order} names an axis beyond the input's "
+                           f"{len(shape)} axes")
+    if len(set(order)) != len(order):
+        raise RebirthError(f"layer '{layer.name}' (Permute): order {order} repeats an axis")
+    order += [i for i in range(len(shape)) if i not in order]
+    return [tuple(shape[i] for i in order)], [], 0
+
+
+def _prior_count(layer) -> int:
+    """Priors per location, as SSD's PriorBoxLayer::LayerSetUp counts them (aspect ratio 1 always;
+    each new ratio, and with ``flip`` its inverse; one more per max_size)."""
+    p = layer.prior_box_param
+    if not len(p.min_size):
+        raise RebirthError(f"layer '{layer.name}' (PriorBox): min_size must be given")
+    _positive(layer, min_size=list(p.min_size))
+    ratios = [1.0]
+    for ar in p.aspect_ratio:
+        if not any(abs(ar - r) < 1e-6 for r in ratios):
+            ratios.append(ar)
+            if p.flip:
+                ratios.append(1.0 / ar if ar else math.inf)
+    n = len(ratios) * len(p.min_size)
+    if len(p.max_size):
+        if len(p.max_size) != len(p.min_size):
+            raise RebirthError(f"layer '{layer.name}' (PriorBox): {len(p.max_size)} max_size values for "
+                               f"{len(p.min_size)} min_size values")
+        if any(mx <= mn for mx, mn in zip(p.max_size, p.min_size)):
+            raise RebirthError(f"layer '{layer.name}' (PriorBox): max_size must be greater than min_size")
+        n += len(p.max_size)
+    if len(p.variance) > 1 and len(p.variance) != 4:
+        raise RebirthError(f"layer '{layer.name}' (PriorBox): give 1 or 4 variance values, got {len(p.variance)}")
+    _positive(layer, variance=list(p.variance))
+    return n
+
+
+@shape_fn("PriorBox")
+def _prior_box(g, layer, bottoms):
+    """Top (1, 2, H * W * priors * 4): the boxes, then their variances."""
+    _need_bottoms(layer, bottoms, n=2)
+    shape = bottoms[0]
+    _need_4d(layer, shape, "feature map")
+    return [(1, 2, shape[2] * shape[3] * _prior_count(layer) * 4)], [], 0
+
+
+@shape_fn("DetectionOutput")
+def _detection_output(g, layer, bottoms):
+    """Top (1, 1, kept, 7), with kept set to 1 at reshape time (known only after NMS)."""
+    _need_bottoms(layer, bottoms, at_least=3)
+    p = layer.detection_output_param
+    if not p.HasField("num_classes"):
+        raise RebirthError(f"layer '{layer.name}' (DetectionOutput): num_classes must be given")
+    loc, conf, prior = bottoms[:3]
+    if loc[0] != conf[0]:
+        raise RebirthError(f"layer '{layer.name}' (DetectionOutput): location batch {loc[0]} differs from "
+                           f"confidence batch {conf[0]}")
+    if len(prior) < 3 or len(loc) < 2 or len(conf) < 2:
+        raise RebirthError(f"layer '{layer.name}' (DetectionOutput): expected location, confidence and "
+                           "prior blobs")
+    priors = prior[2] // 4
+    loc_classes = 1 if p.share_location else p.num_classes
+    if priors * loc_classes * 4 != loc[1] or priors * p.num_classes != conf[1]:
+        raise RebirthError(f"layer '{layer.name}' (DetectionOutput): {priors} priors do not match "
+                           f"{loc[1]} location and {conf[1]} confidence values for {p.num_classes} classes")
+    return [(1, 1, 1, 7)], [], 0
+
+
+@shape_fn("Upsample")
+def _upsample(g, layer, bottoms):
+    """brocolli-caffe's nearest-neighbour Upsample: the last 2 (dims_num 4) or 1 (dims_num 3) axes
+    times ``scale``."""
+    _need_bottoms(layer, bottoms, n=1)
+    p = layer.upsample_param
+    shape = list(bottoms[0])
+    axes = {4: 2, 3: 1}.get(p.dims_num)
+    if axes is None or len(shape) < axes:
+        raise RebirthError(f"layer '{layer.name}' (Upsample): dims_num must be 3 or 4, got {p.dims_num}")
+    _positive(layer, scale=p.scale)
+    for i in range(len(shape) - axes, len(shape)):
+        shape[i] *= p.scale
+    return [tuple(shape)], [], count(shape)
+
+
+@shape_fn("Interp")
+def _interp(g, layer, bottoms):
+    """DeepLab v2 / PSPNet bilinear Interp: the size of a second bottom, or height/width, or the padded
+    input shrunk and/or zoomed (``(s - 1) / shrink + 1``, then ``s + (s - 1) * (zoom - 1)``)."""
+    _need_bottoms(layer, bottoms, at_least=1)
+    shape = bottoms[0]
+    _need_4d(layer, shape)
+    p = layer.interp_param
+    h, w = shape[2] + p.pad_beg + p.pad_end, shape[3] + p.pad_beg + p.pad_end
+    if len(bottoms) > 1:
+        h, w = bottoms[1][2], bottoms[1][3]
+    elif p.HasField("height") or p.HasField("width"):
+        h, w = p.height, p.width
+    else:
+        shrink, zoom = p.shrink_factor, p.zoom_factor
+        _positive(layer, shrink_factor=shrink, zoom_factor=zoom)
+        if p.HasField("shrink_factor"):
+            h, w = (h - 1) // shrink + 1, (w - 1) // shrink + 1
+        if p.HasField("zoom_factor"):
+            h, w = h + (h - 1) * (zoom - 1), w + (w - 1) * (zoom - 1)
+    _positive(layer, height=h, width=w)
+    out = (*shape[:2], h, w)
+    return [out], [], 4 * count(out)
+
+
+@shape_fn("ShuffleChannel")
+def _shuffle_channel(g, layer, bottoms):
+    """ShuffleNet's channel shuffle: same shape; ``group`` must divide the channels."""
+    _need_bottoms(layer, bottoms, n=1)
+    shape = bottoms[0]
+    group = layer.shuffle_channel_param.group
+    _positive(layer, group=group)
+    if len(shape) < 2 or shape[1] % group:
+        raise RebirthError(f"layer '{layer.name}' (ShuffleChannel): group {group} does not divide the "
+                           f"channels of {list(shape)}")
+    return [shape], [], 0
+
+
+@shape_fn("PixelShuffle")
+def _pixel_shuffle(g, layer, bottoms):
+    """brocolli-caffe's PixelShuffle: (N, C, H, W) -> (N, C / r^2, H r, W r)."""
+    _need_bottoms(layer, bottoms, n=1)
+    shape = list(bottoms[0])
+    r = layer.pixelshuffle_param.upscale_factor
+    _positive(layer, upscale_factor=r)
+    if len(shape) < 3 or shape[-3] % (r * r):
+        raise RebirthError(f"layer '{layer.name}' (PixelShuffle): channels of {list(shape)} are not a "
+                           f"multiple of upscale_factor^2 = {r * r}")
+    shape[-3] //= r * r
+    shape[-2] *= r
+    shape[-1] *= r
+    return [tuple(shape)], [], 0
+
+
 # Data layers: their shapes come from parameters (and a batch override).
 
 
@@ -491,12 +714,32 @@ def _dummy(g, layer, bottoms):
 # ----------------------------------------------------------------------------------------------
 
 
+INT_MAX = 2 ** 31 - 1
+
+
+def _check_blob(node: Node, what: str, shape: Shape | None) -> None:
+    """Caffe's Blob::Reshape CHECKs: no negative dimension, at most INT_MAX values."""
+    if shape is None:
+        return
+    if any(d < 0 for d in shape):
+        raise RebirthError(f"layer '{node.name}' ({node.type}): {what} blob would have the negative shape "
+                           f"{list(shape)}")
+    if count(shape) > INT_MAX:
+        raise RebirthError(f"layer '{node.name}' ({node.type}): {what} blob would hold {count(shape)} values "
+                           f"({list(shape)}), more than Caffe's limit of {INT_MAX}")
+
+
 class Graph:
     """The DAG of a (phase-filtered) NetParameter, with shapes and costs.
 
     ``input_shapes`` overrides the shape of named input/data blobs; ``batch`` replaces the batch
-    dimension of every input. With ``strict=False`` a layer of unknown type (or one whose shape
-    cannot be inferred) gets unknown top shapes instead of raising, and so do its descendants.
+    dimension of every input.
+
+    A layer of a type no shape rule knows is a *barrier*: its tops, and everything computed from
+    them, get unknown shapes (``None``), a RebirthWarning names it once, and rules leave every layer
+    with unknown shapes alone (``unknown_cause`` names the barrier when a shape is needed). With
+    ``strict=False`` a known layer whose shape cannot be inferred is treated the same way instead
+    of raising.
     """
 
     def __init__(self, net: "pb.NetParameter", batch: int | None = None,
@@ -511,6 +754,7 @@ class Graph:
         self.version_shapes: dict[BlobRef, Shape | None] = {}
         self.inputs: list[str] = []
         self.notes: list[str] = []
+        self.barriers: list[Node] = []  # layers of unknown type
         self._overrides = dict(input_shapes or {})
         self._build()
         self._infer_shapes()
@@ -546,11 +790,15 @@ class Graph:
                 ref = (b, latest[b])
                 node.bottoms.append(ref)
                 self.consumers[ref].append(node)
-            for t in layer.top:
-                if t in latest and t not in layer.bottom:
+            for j, t in enumerate(layer.top):
+                # Caffe's Net::AppendTop: top j is in place only when bottom j has its name
+                in_place = j < len(layer.bottom) and layer.bottom[j] == t
+                if t in latest and not in_place:
+                    prev = self.producer[(t, latest[t])]
                     raise RebirthError(f"layer '{layer.name}' ({layer.type}): top '{t}' is already produced by "
-                                       f"layer '{self.producer[(t, latest[t])].name if self.producer[(t, latest[t])] else 'input'}'"
-                                       " and this layer is not in place")
+                                       f"{f'layer {prev.name!r}' if prev is not None else 'a net input'}"
+                                       f"{' (this layer)' if prev is node else ''} and is not computed in place "
+                                       f"(in place, top {j} must be bottom {j})")
                 ref = (t, latest.get(t, -1) + 1)
                 latest[t] = ref[1]
                 node.tops.append(ref)
@@ -634,9 +882,11 @@ class Graph:
             else:
                 fn = SHAPE_FNS.get(node.type)
                 if fn is None:
-                    if self.strict:
-                        raise RebirthError(f"layer '{node.name}': unknown layer type '{node.type}'")
-                    self.notes.append(f"layer '{node.name}': unknown type '{node.type}', shapes below it unknown")
+                    note = (f"layer '{node.name}': unknown layer type '{node.type}': carried through "
+                            "untouched, shapes below it unknown")
+                    self.notes.append(note)
+                    self.barriers.append(node)
+                    warn(note)
                     tops = [None] * len(node.tops)
                 else:
                     try:
@@ -648,6 +898,10 @@ class Graph:
                         tops = [None] * len(node.tops)
                     tops = list(tops)[:len(node.tops)]
                     tops += [tops[-1] if tops else None] * (len(node.tops) - len(tops))
+            for ref, shape in zip(node.tops, tops):
+                _check_blob(node, ref[0], shape)
+            for shape in node.param_shapes:
+                _check_blob(node, "parameter", shape)
             node.top_shapes = tops
             for ref, shape in zip(node.tops, tops):
                 self.version_shapes[ref] = shape
@@ -661,6 +915,33 @@ class Graph:
     def input_blobs(self) -> list[str]:
         """Blobs fed from outside: net-level inputs and the tops of Input layers."""
         return self.inputs + [t[0] for n in self.nodes if n.type == "Input" for t in n.tops]
+
+    def unknown_cause(self, node: Node) -> Node | None:
+        """The nearest layer of unknown type that ``node``'s shapes depend on (None when its shapes
+        are known, or unknown for another reason)."""
+        if node.type not in SHAPE_FNS and node.type not in DATA_TYPES:
+            return node
+        seen, todo = set(), [node]
+        while todo:
+            n = todo.pop()
+            for p in self.predecessors(n):
+                if p.name in seen:
+                    continue
+                seen.add(p.name)
+                if p in self.barriers:
+                    return p
+                if any(s is None for s in p.top_shapes):
+                    todo.append(p)
+        return None
+
+    def require_shapes(self, node: Node, purpose: str) -> None:
+        """Raise, naming the layer of unknown type behind it, when ``node``'s shapes are unknown."""
+        if node.top_shapes and all(s is not None for s in node.top_shapes):
+            return
+        cause = self.unknown_cause(node)
+        why = (f"it depends on layer '{cause.name}' of unknown type '{cause.type}'" if cause is not None
+               else "they cannot be inferred")
+        raise RebirthError(f"layer '{node.name}' ({node.type}): {purpose} needs its output shape, but {why}")
 
     # -- navigation --------------------------------------------------------------------------
     def node(self, name: str) -> Node:

@@ -49,7 +49,7 @@ def run(model: Model, rules: list[Rule], only: set[str] | None = None, max_steps
                 if key in seen or (only is not None and m.name not in only):
                     continue
                 seen.add(key)
-                note = rule.refusal(graph, m, model)
+                note = _unknown_shapes(graph, m.layers) or rule.refusal(graph, m, model)
                 result.candidates.append(Candidate(rule.name, m.name, list(m.layers), note))
                 if note:
                     result.skips.append(Skip(rule.name, m.name, note))
@@ -69,3 +69,17 @@ def run(model: Model, rules: list[Rule], only: set[str] | None = None, max_steps
             result.changes.append(change)
             steps += 1
     return result
+
+
+def _unknown_shapes(graph: Graph, layers) -> str | None:
+    """Layers of unknown type are barriers: a match touching a layer whose shapes are unknown is
+    left alone, naming the layer of unknown type behind it."""
+    for name in layers:
+        node = graph.by_name.get(name)
+        if node is None or all(s is not None for s in node.top_shapes):
+            continue
+        cause = graph.unknown_cause(node)
+        if cause is None:
+            return f"the output shape of layer '{name}' cannot be inferred"
+        return f"the output shape of layer '{name}' depends on layer '{cause.name}' of unknown type '{cause.type}'"
+    return None

@@ -156,7 +156,9 @@ def slim(model: Model, rules: list[Rule | str] | None = None, only: list[str] | 
 
     tv, tv_notes = training.build_train_val(
         result.model.net, new_layers, given=train_val, given_source=train_val_source or "<train_val>",
-        original_names={layer.name for layer in model.net.layer}, data_layer=data_layer)
+        original_names={layer.name for layer in model.net.layer}, data_layer=data_layer,
+        untrained=[] if have_weights else [n.name for n in Graph(result.model.net, strict=False).nodes
+                                           if n.param_shapes or n.kind == "tensor"])
     notes += tv_notes
     solver = training.build_solver(test_batch=training.eval_batch_size(tv))
 
@@ -251,22 +253,10 @@ def _weights_net(out: SlimOutput) -> "pb.NetParameter":
     return io.with_weights(net, out.weights)
 
 
-def write(out: SlimOutput, outdir: str | os.PathLike) -> list[Path]:
-    """Write every file into ``outdir``: all checked first (never onto an input), then each atomically
-    (a temporary file and a rename); a failure part-way leaves the files already written."""
-    outdir = Path(outdir)
-    if outdir.exists() and not outdir.is_dir():
-        raise RebirthError(f"{outdir}: exists and is not a directory")
-    files = render(out)
-    for name in files:
-        path = outdir / name
-        for src in out.inputs:
-            if io.same_file(path, Path(src)):
-                raise RebirthError(f"{path}: refusing to overwrite an input file")
-    written = []
-    for name, data in files.items():
-        written.append(io.atomic_write(outdir / name, data, out.inputs))
-    return written
+def write(out: SlimOutput, outdir: str | os.PathLike, force: bool = False) -> list[Path]:
+    """Write every file into ``outdir``, all or nothing (``io.write_dir``: never onto an input,
+    never mixed with an earlier run's files; a directory holding other files needs ``force``)."""
+    return io.write_dir(outdir, render(out), out.inputs, force=force, owned=FILES)
 
 
 # ----------------------------------------------------------------------------------------------

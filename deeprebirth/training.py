@@ -24,7 +24,7 @@ from typing import Iterable
 from . import io
 from . import proto as pb
 from .errors import RebirthError
-from .graph import DATA_TYPES, Graph
+from .graph import DATA_TYPES, DEPTHWISE_TYPES, Graph
 from .rules.base import unique_name
 
 NEW_LR_MULT = 10.0
@@ -177,6 +177,34 @@ def set_lr_mults(net: "pb.NetParameter", param_counts: dict[str, int], new_layer
                 p.bias_filler.value = 0.0
 
 
+def add_fillers(net: "pb.NetParameter", layers: Iterable[str]) -> list[str]:
+    """Give the named convolution / inner-product layers the fillers a from-scratch training run
+    needs where they have none (a deploy prototxt usually has none, and Caffe's default filler is
+    constant 0, which never trains): msra for convolutions, Xavier for inner products, constant 0
+    biases. Returns the layers changed."""
+    wanted, changed = set(layers), []
+    for layer in net.layer:
+        if layer.name not in wanted:
+            continue
+        if layer.type == "InnerProduct":
+            p, kind = layer.inner_product_param, "xavier"
+        elif layer.type in ("Convolution", "Deconvolution") or layer.type in DEPTHWISE_TYPES:
+            p, kind = layer.convolution_param, "msra"
+        else:
+            continue
+        touched = False
+        if not p.HasField("weight_filler"):
+            p.weight_filler.type = kind
+            touched = True
+        if p.bias_term and not p.HasField("bias_filler"):
+            p.bias_filler.type = "constant"
+            p.bias_filler.value = 0.0
+            touched = True
+        if touched:
+            changed.append(layer.name)
+    return changed
+
+
 # ----------------------------------------------------------------------------------------------
 # train_val
 
@@ -184,11 +212,12 @@ def set_lr_mults(net: "pb.NetParameter", param_counts: dict[str, int], new_layer
 def build_train_val(deploy: "pb.NetParameter", new_layers: Iterable[str] = (),
                     given: "pb.NetParameter | None" = None, given_source: str = "<train_val>",
                     original_names: Iterable[str] = (), data_layer: str = "ImageData",
-                    batch: int = RECIPE["batch"]) -> tuple["pb.NetParameter", list[str]]:
+                    batch: int = RECIPE["batch"], untrained: Iterable[str] = ()) -> tuple["pb.NetParameter", list[str]]:
     """The fine-tuning net for ``deploy`` (see the module doc) and notes on what was left out.
 
     ``original_names``: the layers of the deploy net before slimming; a given train_val's layers of
     those names are the body (replaced by the slim one), the rest are training-only layers.
+    ``untrained``: kept layers without trained weights; they get fillers (``add_fillers``).
     """
     inputs = deploy_inputs(deploy)
     layers = body(deploy)
@@ -233,6 +262,10 @@ def build_train_val(deploy: "pb.NetParameter", new_layers: Iterable[str] = (),
     _drop_unread_softmax(net, body_names)
     param_counts = {n.name: len(n.param_shapes) for n in Graph(deploy, strict=False).nodes}
     set_lr_mults(net, param_counts, new_layers)
+    filled = add_fillers(net, set(untrained) - set(new_layers))
+    if filled:
+        notes.append(f"{len(filled)} layer(s) without trained weights start from fillers in train_val "
+                     "(msra for convolutions, Xavier for inner products, zero biases)")
     return net, notes
 
 

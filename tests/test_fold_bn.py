@@ -375,7 +375,10 @@ def test_training_nets_are_refused():
     with pytest.raises(RebirthError, match="train/test net"):
         fold.check_inference_net(io.parse_net_text(
             SIMPLE + 'layer { name: "acc" type: "Accuracy" bottom: "c" bottom: "c" top: "a" '
-                     'include { phase: TEST } }\n'), "t.prototxt")
+                     'include { phase: TRAIN } }\n'), "t.prototxt")
+    # TEST-only layers alone are fine: SSD deploy files mark DetectionOutput so.
+    fold.check_inference_net(io.parse_net_text(
+        SIMPLE + 'layer { name: "r" type: "ReLU" bottom: "c" top: "r" include { phase: TEST } }\n'), "t.prototxt")
     text = data() + conv("conv", "data", "c") + bn("bn", "c", "c", "batch_norm_param { use_global_stats: false }")
     with pytest.raises(RebirthError, match="layer 'bn' .*use_global_stats: false"):
         fold.fold_bn(model_of(text))

@@ -192,13 +192,17 @@ def test_missing_bottom_is_an_error():
         Graph(net_of('layer { name: "r" type: "ReLU" bottom: "nothing" top: "r" }'))
 
 
-def test_unknown_type_names_layer_and_type():
+def test_unknown_type_is_a_barrier_with_a_warning():
     net = net_of('layer { name: "mystery" type: "FancyNewLayer" bottom: "data" top: "m" }\n'
                  'layer { name: "r" type: "ReLU" bottom: "m" top: "r" }')
-    with pytest.raises(RebirthError, match="layer 'mystery': unknown layer type 'FancyNewLayer'"):
-        Graph(net)
-    loose = Graph(net, strict=False)  # rules pass unknown layers through
-    assert loose.shapes["r"] is None and loose.notes
+    from deeprebirth.errors import RebirthWarning
+    with pytest.warns(RebirthWarning, match="layer 'mystery': unknown layer type 'FancyNewLayer'"):
+        g = Graph(net)
+    assert g.shapes["r"] is None and [n.name for n in g.barriers] == ["mystery"]
+    assert g.unknown_cause(g.node("r")).name == "mystery"
+    with pytest.raises(RebirthError, match="layer 'r' \\(ReLU\\): fusing needs its output shape, but it "
+                                           "depends on layer 'mystery' of unknown type 'FancyNewLayer'"):
+        g.require_shapes(g.node("r"), "fusing")
 
 
 def test_cycle_is_detected():

@@ -1,14 +1,19 @@
-"""``proto/caffe.proto`` is BVLC Caffe master's schema (wire and text format), nothing more.
+"""``proto/caffe.proto`` is BVLC Caffe master's schema (wire and text format) plus the well-known
+fork extensions (SSD-Caffe, brocolli-caffe -- the engine --, ShuffleNet, DeepLab/PSPNet Interp,
+pooling ``ceil_mode``), each with its upstream field number where BVLC leaves it free.
 
 Two kinds of checks:
 
-* Without Caffe: the schema holds exactly the BVLC message set, a handful of well-known upstream
-  facts hold (field numbers, defaults, enum values), and the public reference prototxts parse.
+* Without Caffe: the schema holds exactly the BVLC message set plus the listed fork messages, a
+  handful of well-known upstream facts hold (field numbers, defaults, enum values), and the public
+  reference prototxts parse.
 * With pycaffe (``caffe`` fixture): our descriptor is walked side by side with the engine's
   (``caffe.proto.caffe_pb2.DESCRIPTOR``; the engine is brocolli-caffe, an SSD-Caffe derivative).
   Every message, nested message/enum, field (by number: name, type, label, default, ``packed``,
   referenced type) and enum value must agree, except for the deviations listed below as data.
-  An unlisted difference fails, and so does a listed deviation that is no longer there.
+  An unlisted difference fails, and so does a listed deviation that is no longer there. Since
+  everything the engine has beyond BVLC is in our schema too, the remaining deviations are the
+  few places where a fork reused a BVLC number, and what we have that the engine lacks.
 """
 from __future__ import annotations
 
@@ -54,8 +59,9 @@ BVLC_TOP_LEVEL_ENUMS = frozenset({"Phase"})
 # Names are relative to package ``caffe``; nested types are dotted ("PoolingParameter.RoundMode").
 # ---------------------------------------------------------------------------------------------
 
-# Messages only the engine has (SSD-Caffe detection/augmentation, brocolli's extra layers).
-ENGINE_EXTRA_MESSAGES = frozenset({
+# Fork messages in our schema that the engine has too (SSD-Caffe detection/augmentation,
+# brocolli's extra layers): identical definitions, checked against the engine.
+FORK_MESSAGES = frozenset({
     # SSD: annotated data, sampling, augmentation
     "LabelMapItem", "LabelMap", "Sampler", "SampleConstraint", "BatchSampler", "EmitConstraint",
     "NormalizedBBox", "Annotation", "AnnotationGroup", "AnnotatedDatum",
@@ -71,6 +77,12 @@ ENGINE_EXTRA_MESSAGES = frozenset({
     "MaxUnPoolParameter", "PixelShuffleParameter",
 })
 
+# Fork messages in our schema from forks other than the engine's.
+OTHER_FORK_MESSAGES = frozenset({"ShuffleChannelParameter", "InterpParameter"})
+
+# Messages only the engine has: none any more (the schema accepts every engine extension).
+ENGINE_EXTRA_MESSAGES: frozenset[str] = frozenset()
+
 # BVLC master messages the engine predates or dropped.
 BVLC_MESSAGES_MISSING_IN_ENGINE = frozenset({"SwishParameter", "ClipParameter"})
 
@@ -81,8 +93,8 @@ BVLC_ENUMS_MISSING_IN_ENGINE = frozenset({"PoolingParameter.RoundMode"})
 # Shared enums whose value sets differ: {enum: {"extra": {name: number}, "missing": {...}}}.
 ENGINE_CHANGED_ENUM_VALUES: dict[str, dict[str, dict[str, int]]] = {}
 
-# Fields (by name) with a field number that BVLC master leaves unused in that message.
-ENGINE_EXTRA_FIELDS = {
+# Fork fields in our shared messages, with the engine's numbers (BVLC leaves them unused).
+FORK_FIELDS = {
     "LayerParameter": {
         # SSD-Caffe
         "annotated_data_param", "multibox_loss_param", "permute_param", "prior_box_param",
@@ -100,10 +112,15 @@ ENGINE_EXTRA_FIELDS = {
     "ConvolutionParameter": {"width_group", "height_group"},
 }
 
-# BVLC master fields (by name) whose number the engine leaves unused.
+# Fields (by name) only the engine has: none any more.
+ENGINE_EXTRA_FIELDS: dict[str, set[str]] = {}
+
+# Fields (by name) of ours whose number the engine leaves unused: BVLC master fields the engine
+# lacks, and fork fields of other forks (or moved off a number BVLC uses: ceil_mode 13 -> 1013).
 BVLC_FIELDS_MISSING_IN_ENGINE = {
-    "LayerParameter": {"swish_param", "clip_param"},
+    "LayerParameter": {"swish_param", "clip_param", "shuffle_channel_param", "interp_param"},
     "InfogainLossParameter": {"axis"},
+    "PoolingParameter": {"ceil_mode"},
 }
 
 # Same number on both sides, different definition: {message: {bvlc field name: {attribute:
@@ -252,7 +269,7 @@ def schema_differences(ours, engine) -> dict:
 
 EXPECTED_ENGINE_DIFFERENCES = {
     "extra_messages": set(ENGINE_EXTRA_MESSAGES),
-    "missing_messages": set(BVLC_MESSAGES_MISSING_IN_ENGINE),
+    "missing_messages": set(BVLC_MESSAGES_MISSING_IN_ENGINE | OTHER_FORK_MESSAGES),
     "extra_enums": set(ENGINE_EXTRA_ENUMS),
     "missing_enums": set(BVLC_ENUMS_MISSING_IN_ENGINE),
     "extra_fields": {k: set(v) for k, v in ENGINE_EXTRA_FIELDS.items()},
@@ -305,9 +322,11 @@ def test_deviation_lists_are_consistent():
     """The listed deviations refer to things that exist (or not) in *our* schema as claimed."""
     ours = {m: pb.FILE.message_types_by_name[m] for m in pb.FILE.message_types_by_name}
     assert not ENGINE_EXTRA_MESSAGES & set(ours)
-    assert BVLC_MESSAGES_MISSING_IN_ENGINE <= set(ours)
+    assert BVLC_MESSAGES_MISSING_IN_ENGINE | FORK_MESSAGES | OTHER_FORK_MESSAGES <= set(ours)
     for msg, names in ENGINE_EXTRA_FIELDS.items():
         assert not names & set(ours[msg].fields_by_name), msg
+    for msg, names in FORK_FIELDS.items():
+        assert names <= set(ours[msg].fields_by_name), msg
     for table in (BVLC_FIELDS_MISSING_IN_ENGINE, ENGINE_CHANGED_FIELDS):
         for msg, names in table.items():
             assert set(names) <= set(ours[msg].fields_by_name), msg
@@ -356,13 +375,13 @@ def test_walker_reports_every_kind_of_difference():
 # Tests that need no Caffe
 # ---------------------------------------------------------------------------------------------
 
-def test_schema_is_exactly_the_bvlc_message_set():
+def test_schema_is_exactly_the_bvlc_and_fork_message_set():
     assert pb.FILE.package == "caffe"
     file_proto = descriptor_pb2.FileDescriptorProto()
     pb.FILE.CopyToProto(file_proto)
     assert file_proto.syntax in ("", "proto2")  # protoc leaves it unset for proto2
     assert not file_proto.HasField("edition")
-    assert set(pb.FILE.message_types_by_name) == BVLC_MESSAGES
+    assert set(pb.FILE.message_types_by_name) == BVLC_MESSAGES | FORK_MESSAGES | OTHER_FORK_MESSAGES
     assert set(pb.FILE.enum_types_by_name) == BVLC_TOP_LEVEL_ENUMS
     assert not pb.FILE.extensions_by_name
     assert not pb.FILE.services_by_name
@@ -389,6 +408,19 @@ def _field(message: str, field: str):
     ("V1LayerParameter", "layer", 1),
     ("V1LayerParameter", "param", 1001),
     ("V0LayerParameter", "hdf5_output_param", 1001),
+    # fork extensions at their upstream numbers
+    ("LayerParameter", "annotated_data_param", 200),   # SSD-Caffe
+    ("LayerParameter", "permute_param", 202),
+    ("LayerParameter", "prior_box_param", 203),
+    ("LayerParameter", "detection_output_param", 204),
+    ("LayerParameter", "norm_param", 206),
+    ("LayerParameter", "upsample_param", 500),         # brocolli-caffe
+    ("LayerParameter", "relu6_param", 503),
+    ("LayerParameter", "shuffle_channel_param", 164),  # ShuffleNet
+    ("LayerParameter", "interp_param", 2143),          # DeepLab/PSPNet 143 is BVLC's input_param
+    ("PoolingParameter", "ceil_mode", 1013),           # PR #3057's 13 is BVLC's round_mode
+    ("TransformationParameter", "crop_h", 11),
+    ("ConvolutionParameter", "width_group", 51),
 ])
 def test_field_numbers(message, field, number):
     assert _field(message, field).number == number

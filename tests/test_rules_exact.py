@@ -155,8 +155,9 @@ def test_push_guard_not_channel_axis():
 
 
 def test_push_guard_memory():
-    # a padded 1x1 pooling makes each blob larger: pushing it would add memory
-    net = branches_then_pool("MAX", 1, 1, 1)
+    # a padded 2x2 pooling with stride 1 makes each blob larger: pushing it would add memory
+    # (Caffe refuses a pad as large as the kernel, so 1x1 with pad 1 is not a net)
+    net = branches_then_pool("MAX", 2, 1, 1)
     g = Graph(net)
     assert g.shapes["pool"][2] > g.shapes["cat"][2]
     result = pipeline.run(Model(net), [push_pool_concat.RULE])

@@ -3,17 +3,32 @@ the library; RebirthError becomes a one-line message on stderr and exit code 1 (
 from __future__ import annotations
 
 import sys
+import warnings
 
 import click
 
 from .. import __version__
-from ..errors import RebirthError
+from .. import errors
+from ..errors import RebirthError, RebirthWarning
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    if issubclass(category, RebirthWarning):
+        click.echo(f"rebirth: warning: {message}", err=True)
+    else:
+        _default_showwarning(message, category, filename, lineno, file, line)
+
+
+_default_showwarning = warnings.showwarning
 
 
 class RebirthGroup(click.Group):
     def invoke(self, ctx):
+        warnings.showwarning = _show_warning
+        warnings.simplefilter("always", RebirthWarning)
         try:
-            return super().invoke(ctx)
+            with errors.each_warning_once():
+                return super().invoke(ctx)
         except RebirthError as exc:
             click.echo(f"rebirth: error: {exc}", err=True)
             sys.exit(1)

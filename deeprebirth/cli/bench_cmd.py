@@ -12,7 +12,7 @@ from . import main, output_json
 
 @main.command("bench")
 @click.argument("models", nargs=-1, required=True, metavar="MODEL [MODEL ...]")
-@click.option("--weights", "-w", multiple=True, type=click.Path(dir_okay=False),
+@click.option("--weights", "-w", multiple=True, type=str,
               help="A .caffemodel; give it once per MODEL, in order (default: random weights).")
 @click.option("--device", "-d", default="cpu", show_default=True, help="Where to run: cpu (adb comes later).")
 @click.option("--batch", "-b", type=click.IntRange(min=1), default=1, show_default=True,
@@ -23,7 +23,7 @@ from . import main, output_json
               help="Untimed passes per model first.")
 @click.option("--layers", is_flag=True, help="Also time every layer: by type, non-tensor share, top layers.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
-@click.option("--plot", type=click.Path(dir_okay=False), default=None,
+@click.option("--plot", type=str, default=None,
               help="Write a bar chart of per-layer time to this .png (implies --layers).")
 def bench_command(models, weights, device, batch, runs, warmup, layers, as_json, plot):
     """Time MODEL forward passes on random input: best and median run, ratios to the first MODEL
@@ -38,9 +38,9 @@ def bench_command(models, weights, device, batch, runs, warmup, layers, as_json,
     if show_progress:
         with click.progressbar(length=len(prepared) * (runs + warmup), label="timing",
                                file=click.get_text_stream("stderr")) as bar:
-            results = bench.run(prepared, dev, runs, warmup, layers, progress=bar.update)
+            results = bench.run_isolated(prepared, dev, runs, warmup, layers, progress=bar.update)
     else:
-        results = bench.run(prepared, dev, runs, warmup, layers)
+        results = bench.run_isolated(prepared, dev, runs, warmup, layers)
     doc = bench.build_json(results, settings)
     if plot:
         inputs = [p.model.source for p in prepared] + list(weights)

@@ -9,8 +9,8 @@ from . import main
 
 @main.command("fold-bn")
 @click.argument("model")
-@click.argument("weights", type=click.Path(dir_okay=False))
-@click.option("--output", "-o", "outdir", required=True, type=click.Path(file_okay=False),
+@click.argument("weights", type=str)
+@click.option("--output", "-o", "outdir", required=True, type=str,
               help=f"Directory for {fold.OUTPUT_NET} and {fold.OUTPUT_WEIGHTS} (created if needed).")
 @click.option("--verify", "do_verify", is_flag=True,
               help="Run the original and folded nets in pycaffe on the same random inputs and fail "
@@ -18,7 +18,11 @@ from . import main
 @click.option("--tolerance", type=click.FloatRange(min=0), default=1e-5, show_default=True,
               help=f"Largest relative output difference --verify accepts: {fold.RELATIVE}.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the --verify inputs.")
-def fold_bn_command(model, weights, outdir, do_verify, tolerance, seed):
+@click.option("--allow-missing", is_flag=True,
+              help="Accept a caffemodel that lacks weights of some layers with parameters (or shares no "
+                   "layer with the net); those layers get fresh weights and are listed.")
+@click.option("--force", is_flag=True, help="Replace OUTDIR when it already holds files (all of them).")
+def fold_bn_command(model, weights, outdir, do_verify, tolerance, seed, allow_missing, force):
     """Fold BatchNorm, Scale and Bias layers of MODEL into the Convolution, Deconvolution or
     InnerProduct before them (paper Lemma 2); a chain with no such layer before it becomes one Scale.
     The result computes the same function with fewer layers.
@@ -26,7 +30,7 @@ def fold_bn_command(model, weights, outdir, do_verify, tolerance, seed):
     MODEL is a deploy .prototxt or a built-in name; WEIGHTS its .caffemodel. Writes
     OUTDIR/deploy.prototxt and OUTDIR/weights.caffemodel.
     """
-    original = fold.load(model, weights)
+    original = fold.load(model, weights, allow_missing=allow_missing)
     result = fold.fold_bn(original)
     for line in fold.summary(original, result):
         click.echo(line)
@@ -35,5 +39,5 @@ def fold_bn_command(model, weights, outdir, do_verify, tolerance, seed):
         click.echo(check.format(tolerance))
         fold.require(check, tolerance)
     net_path, weights_path = fold.write(result.model, outdir,
-                                        inputs=[original.source, original.weights_source])
+                                        inputs=[original.source, original.weights_source], force=force)
     click.echo(f"wrote {net_path} and {weights_path}")

@@ -15,12 +15,15 @@ from . import main, output_json
 @click.option("--rules", "rule_names", metavar="LIST",
               help="List the candidates of these rules, comma-separated (default: those `slim` runs).")
 @click.option("--keep-pooling", is_flag=True, help="The candidates of `slim --keep-pooling`.")
+@click.option("--allow-missing", is_flag=True,
+              help="Accept a caffemodel that lacks weights of some layers with parameters (or shares no "
+                   "layer with the net); those layers get fresh weights and are listed.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
-def inspect_command(model, weights, batch, rule_names, keep_pooling, as_json):
+def inspect_command(model, weights, batch, rule_names, keep_pooling, allow_missing, as_json):
     """Show every layer of MODEL with its kind, output shape, parameters, MACs and output size, and
     the slimming candidates: every match the rules report while slimming (what `slim --only`
     accepts), each with its rule and, when a guard leaves it alone, why."""
-    m = load_model(model, weights, batch=batch)
+    m = load_model(model, weights, batch=batch, allow_missing=allow_missing)
     names = None if rule_names is None else rule_names.split(",")
     info = report.inspect(m, batch=batch, rules=names, keep_pooling=keep_pooling)
     if as_json:

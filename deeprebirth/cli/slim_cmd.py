@@ -18,9 +18,9 @@ def _names(value: str | None) -> list[str] | None:
 
 @main.command("slim")
 @click.argument("model")
-@click.option("--weights", "-w", type=click.Path(dir_okay=False),
+@click.option("--weights", "-w", type=str,
               help="Trained .caffemodel: OUTDIR/init.caffemodel gets its weights for every unchanged layer.")
-@click.option("--train-val", "train_val", type=click.Path(dir_okay=False),
+@click.option("--train-val", "train_val", type=str,
               help="The model's train_val.prototxt: its data and loss layers frame the slim body "
                    "(default: ImageData layers reading train.txt/val.txt, and a softmax loss).")
 @click.option("--only", metavar="NAMES",
@@ -40,16 +40,20 @@ def _names(value: str | None) -> list[str] | None:
 @click.option("--output", "-o", "outdir", required=True, type=click.Path(),
               help="Directory for deploy.prototxt, train_val.prototxt, solver.prototxt, init.caffemodel, "
                    "report.json.")
+@click.option("--allow-missing", is_flag=True,
+              help="Accept a caffemodel that lacks weights of some layers with parameters (or shares no "
+                   "layer with the net); those layers get fresh weights and are listed.")
+@click.option("--force", is_flag=True, help="Replace OUTDIR when it already holds files (all of them).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a summary.")
 def slim_command(model, weights, train_val, only, rule_names, keep_pooling, data_layer, tucker, ranks, ratio,
-                 outdir, as_json):
+                 outdir, allow_missing, force, as_json):
     """Slim MODEL: merge non-tensor layers into tensor layers (DeepRebirth streamline and branch
     slimming, and the exact folds), bottom to top.
 
     Rewritten layers that change the output are regenerated: Xavier-initialised in init.caffemodel
     and given a 10x learning rate in train_val.prototxt, to be fine-tuned with solver.prototxt.
     """
-    m = load_model(model, weights)
+    m = load_model(model, weights, allow_missing=allow_missing)
     given = io.read_net(train_val) if train_val else None
     if tucker:
         if only is not None:
@@ -68,7 +72,7 @@ def slim_command(model, weights, train_val, only, rule_names, keep_pooling, data
                             data_layer=data_layer,
                             inputs=[str(resolve(model)), weights, train_val])
         summarize = slim_api.summary
-    written = slim_api.write(out, outdir)
+    written = slim_api.write(out, outdir, force=force)
     if as_json:
         output_json(out.report())
     else:
