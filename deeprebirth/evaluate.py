@@ -13,6 +13,8 @@ Softmax) when the net has them, so no probability is clipped.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import json
 import os
 import time
@@ -232,7 +234,8 @@ def evaluate(net, weights, source: data.Source, pre: data.Preprocess, batch: int
 
 def run_evaluation(student: Runner, source: data.Source, pre: data.Preprocess, batch: int = 50,
                    teacher: Runner | None = None, limit: int | None = None, progress: bool = True,
-                   teacher_pre: data.Preprocess | None = None, desc: str = "eval") -> dict:
+                   teacher_pre: data.Preprocess | None = None, desc: str = "eval",
+                   tick: Callable[[int], object] | None = None) -> dict:
     """:func:`evaluate` on nets already built (finetune validates with this)."""
     _check_fits(student, pre)
     if teacher is not None:
@@ -255,6 +258,8 @@ def run_evaluation(student: Runner, source: data.Source, pre: data.Preprocess, b
                     raise RebirthError(f"the teacher has {t_scores.shape[1]} outputs, the model {scores.shape[1]}")
             meter.add(scores, logp, labels, t_scores, t_logp)
             bar.update(len(x))
+            if tick is not None:
+                tick(len(x))
     finally:
         bar.close()
     out = {"model": student.model.source, "weights": student.model.weights_source, "data": source.name,
@@ -350,3 +355,20 @@ def format_report(result: dict) -> str:
 
 def to_json(result: dict) -> str:
     return json.dumps(result, indent=2)
+
+
+def evaluate_command(model, weights, source_spec: str, teacher=None, teacher_weights=None, train_val=None,
+                     mean=None, scale=None, batch: int = 50, limit: int | None = None,
+                     progress: Callable[[int], object] | None = None) -> dict:
+    """What `rebirth eval` does, as one call that `engine.isolate.call` runs in a child process (so a
+    Caffe CHECK failure is a one-line error): ``progress(n)`` after every batch of n images."""
+    source = data.open_source(source_spec, limit=limit)
+    student = Runner.build(load(model, weights))
+    train_val = train_val or default_train_val(model)
+    pre = preprocess_for(student.input_shape, train_val, mean=mean, scale=scale)
+    tutor = Runner.build(load(teacher, teacher_weights, "--teacher")) if teacher else None
+    if not source.has_labels and tutor is None:
+        data.require_labels(source, "eval without --teacher")
+    result = run_evaluation(student, source, pre, batch=batch, teacher=tutor, progress=False, tick=progress)
+    result["preprocess_from"] = train_val or "defaults"
+    return result

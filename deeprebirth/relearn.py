@@ -763,3 +763,22 @@ def summary(doc: dict) -> list[str]:
     if doc.get("files"):
         lines.append("wrote " + ", ".join(doc["files"]))
     return lines
+
+
+def selected_units(plan: dict, only: list[str] | None) -> list[dict]:
+    """The plan's units that ``only`` selects (all without it)."""
+    return [u for u in plan["units"] if only is None or u["name"] in only
+            or any(part in only for part in u["name"].split("+"))]
+
+
+def relearn_command(slim_dir, source_spec, outdir=None, weights=None, teacher=None, teacher_weights=None,
+                    train_val=None, options: Options | None = None,
+                    progress: Callable[[int], object] | None = None) -> dict:
+    """What `rebirth relearn` does, as one call that `engine.isolate.call` runs in a child process
+    (so a Caffe CHECK failure is a one-line error): ``progress(1)`` after every SGD iteration."""
+    tick = None
+    if progress is not None:
+        def tick(done_units, n_units, name, it, iters):
+            if iters:
+                progress(1)
+    return relearn_dir(slim_dir, source_spec, outdir, weights, teacher, teacher_weights, train_val, options, tick)

@@ -6,6 +6,8 @@ import sys
 import click
 
 from .. import data, evaluate as ev
+from ..engine import isolate
+from ..progress import progress_bar
 from . import main, output_json
 
 
@@ -32,16 +34,10 @@ def eval_command(model, weights, source_spec, teacher, teacher_weights, train_va
     agreement with the teacher and mean KL(teacher || model) (labels not needed)."""
     if teacher_weights and not teacher:
         raise click.UsageError("--teacher-weights needs --teacher")
-    source = data.open_source(source_spec, limit=limit)
-    student = ev.Runner.build(ev.load(model, weights))
-    train_val = train_val or ev.default_train_val(model)
-    pre = ev.preprocess_for(student.input_shape, train_val, mean=mean, scale=scale)
-    tutor = ev.Runner.build(ev.load(teacher, teacher_weights, "--teacher")) if teacher else None
-    if not source.has_labels and tutor is None:
-        data.require_labels(source, "eval without --teacher")
-    result = ev.run_evaluation(student, source, pre, batch=batch, teacher=tutor,
-                               progress=sys.stderr.isatty())
-    result["preprocess_from"] = train_val or "defaults"
+    source = data.open_source(source_spec, limit=limit)   # read here too: its errors and its size
+    with progress_bar(len(source), "eval", "img", sys.stderr.isatty()) as bar:
+        result = isolate.call(ev.evaluate_command, model, weights, source_spec, teacher, teacher_weights, train_val,
+                              mean, scale, batch, limit, what="the evaluation", progress=bar)
     if as_json:
         output_json(result)
     else:

@@ -6,25 +6,9 @@ import sys
 import click
 
 from .. import relearn as rl
+from ..engine import isolate
+from ..progress import progress_bar
 from . import main, output_json
-
-
-def _progress_bar(enabled: bool):
-    """A tqdm bar over the SGD iterations of all units (stderr), or None."""
-    if not enabled:
-        return None, lambda: None
-    from tqdm import tqdm  # noqa: PLC0415
-
-    bar = tqdm(total=0, unit="it", file=sys.stderr, leave=False, dynamic_ncols=True)
-
-    def update(done_units, n_units, name, it, iters):
-        if iters:
-            if bar.total != iters:
-                bar.reset(total=iters)
-            bar.set_description(f"unit {done_units + 1}/{n_units} {name}")
-            bar.n = it
-            bar.refresh()
-    return update, bar.close
 
 
 @main.command("relearn")
@@ -68,11 +52,11 @@ def relearn_command(slim_dir, source, outdir, weights, teacher, teacher_weights,
                      input=input_from, least_squares=not no_least_squares, seed=seed,
                      teacher_init=not no_teacher_init,
                      only=[n.strip() for n in only.split(",") if n.strip()] if only else None)
-    update, close = _progress_bar(sys.stderr.isatty() and not as_json)
-    try:
-        doc = rl.relearn_dir(slim_dir, source, outdir, weights, teacher, teacher_weights, train_val, opt, update)
-    finally:
-        close()
+    plan = rl.load_plan(slim_dir)    # read here too: its errors, and the length of the progress bar
+    total = len(rl.selected_units(plan, opt.only)) * opt.iters
+    with progress_bar(total, "relearn", "it", sys.stderr.isatty() and not as_json and total > 0) as bar:
+        doc = isolate.call(rl.relearn_command, slim_dir, source, outdir, weights, teacher, teacher_weights,
+                           train_val, opt, what="relearn", progress=bar)
     if as_json:
         output_json(doc)
     else:
