@@ -337,6 +337,55 @@ def stage_steps(work: Path, args) -> list[dict]:
     return rows
 
 
+def stage_tucker(work: Path, args) -> dict | None:
+    """Slim-Tucker: the last step's fine-tuned slim net decomposed (`rebirth tucker --ratio 0.5`),
+    re-learned against the slim net, fine-tuned as one step, evaluated and timed against the teacher."""
+    from deeprebirth import finetune as ft, relearn as rl, data  # noqa: PLC0415
+
+    out = work / "tucker"
+    done = out / "tucker.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    last = work / "steps" / f"{len(STEPS)}_{STEPS[-1][0]}"
+    if not (last / "step.json").exists():
+        return None
+    t0 = time.time()
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    tv_path = work / "teacher" / "train_val.prototxt"
+    cmd = [sys.executable, "-m", "deeprebirth.cli", "tucker", str(last / "slim" / "deploy.prototxt"),
+           str(last / "b" / "weights.caffemodel"), "--ratio", "0.5", "--train-val", str(last / "slim" / "train_val.prototxt"),
+           "-o", str(out / "slim"), "--json"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"rebirth tucker failed: {proc.stderr.strip()}")
+    slim_dir = out / "slim"
+    row = {"step": "T", "slim": "Slim-Tucker (ratio 0.5)", "layers": len(io.read_net(slim_dir / "deploy.prototxt").layer),
+           "memory_bytes": Graph(io.read_net(slim_dir / "deploy.prototxt"), strict=False).memory_bytes}
+    row["before_relearn"] = evaluate_net(slim_dir / "deploy.prototxt", slim_dir / "init.caffemodel", work, tv_path,
+                                         args.eval_images)
+    train_lmdb = str(work / "fmnist_train_lmdb")
+    opt = rl.Options(train_images=args.relearn_images, heldout_images=200, iters=args.relearn_iters, batch=32,
+                     base_lr=args.relearn_lr, seed=99)
+    doc = rl.relearn_dir(slim_dir, train_lmdb, out / "relearn", options=opt)
+    row["relearn_a"] = [{"unit": u["name"], "error": u["error"], "kept": u["kept"]} for u in doc["units"]]
+    row["relearn_only"] = evaluate_net(slim_dir / "deploy.prototxt", out / "relearn" / "weights.caffemodel", work,
+                                       tv_path, args.eval_images)
+    ft.finetune(slim_dir, data.open_source(train_lmdb), None, iters=args.finetune_iters, base_lr=args.finetune_lr,
+                stepsize=max(1, int(args.finetune_iters * 0.7)), test_interval=0, snapshot=0,
+                weights=str(out / "relearn" / "weights.caffemodel"), outdir=out / "finetune", seed=99, progress=False)
+    row["relearn_finetune"] = evaluate_net(slim_dir / "deploy.prototxt", out / "finetune" / "weights.caffemodel",
+                                           work, tv_path, args.eval_images)
+    row.update(latency(TEACHER, work / "teacher" / "teacher.caffemodel", slim_dir / "deploy.prototxt",
+                       out / "finetune" / "weights.caffemodel", args.bench_runs))
+    row["params"] = Graph(io.read_net(slim_dir / "deploy.prototxt"), strict=False).totals()["params"]
+    row["seconds"] = round(time.time() - t0, 1)
+    done.write_text(json.dumps(row, indent=2))
+    log(f"Slim-Tucker: relearn only top-1 {row['relearn_only']['top1']:.4f}; relearn+finetune top-1 "
+        f"{row['relearn_finetune']['top1']:.4f}; {row['best_ratio']:.2f}x faster (best); {row['seconds']} s")
+    return row
+
+
 def table(rows: list[dict], teacher: dict) -> str:
     lines = ["| step | slim layer(s) | top-1, relearn only | top-5, relearn only | top-1, relearn + fine-tune | "
              "top-5, relearn + fine-tune | speed-up (best / median) | blob memory | layers |",
@@ -370,6 +419,8 @@ def main(argv=None) -> int:
     ap.add_argument("--finetune-iters", type=int, default=300, help="fine-tuning iterations per step (batch 64)")
     ap.add_argument("--finetune-lr", type=float, default=0.001, help="base_lr of the fine-tuning (x10 on new layers)")
     ap.add_argument("--bench-runs", type=int, default=100, help="timed runs of each net per step")
+    ap.add_argument("--no-tucker", dest="tucker", action="store_false",
+                    help="skip the Slim-Tucker row after the last step")
     ap.add_argument("--steps", type=int, default=len(STEPS), help="run only the first N steps")
     ap.add_argument("--eval-images", type=int, default=None, help="evaluate on the first N test images (default: all)")
     args = ap.parse_args(argv)
@@ -382,6 +433,10 @@ def main(argv=None) -> int:
     if args.stage == "teacher":
         return 0
     rows = stage_steps(args.work, args)
+    if args.tucker and args.steps == len(STEPS):
+        t_row = stage_tucker(args.work, args)
+        if t_row:
+            rows.append(t_row)
     md = table(rows, t)
     (args.work / "table3.md").write_text(md)
     (args.work / "table3.json").write_text(json.dumps({"teacher": t, "rows": rows, "args": {
