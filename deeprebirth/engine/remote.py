@@ -388,8 +388,6 @@ class ProgramDevice(Device):
     def __init__(self, transport: Transport, threads: int | None = None, cpu_mask: str | None = None,
                  cooldown: float = 0.0):
         self.transport = transport
-        self.name = transport.name if not isinstance(transport, AdbTransport) or not transport.serial \
-            else f"adb:{transport.serial}"
         self.threads = threads
         if cpu_mask is not None and not re.fullmatch(r"(0x)?[0-9a-fA-F]+", cpu_mask):
             raise RebirthError(f"--cpu-mask {cpu_mask}: expected a hexadecimal CPU mask such as f0")
@@ -397,6 +395,11 @@ class ProgramDevice(Device):
         self.cooldown = cooldown
         self.info: dict = {}
         self.warning = transport.warning
+
+    @property
+    def name(self) -> str:
+        serial = getattr(self.transport, "serial", None)
+        return f"adb:{serial}" if serial else self.transport.name
 
     @property
     def description(self) -> str:
