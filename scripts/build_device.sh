@@ -80,6 +80,27 @@ while [ $# -gt 0 ]; do
 done
 [ -n "$MODE" ] || { echo "give one of --ndk DIR, --cross TRIPLE, --host" >&2; usage 1 >&2; }
 
+# Host tools (installed with apt-get when missing and run as root on Debian/Ubuntu).
+ensure_tools() {
+  local missing=() p
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
+    log "apt-get install ${missing[*]}"
+    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  else
+    log "missing host packages (install them first): ${missing[*]}"
+  fi
+}
+if command -v dpkg-query >/dev/null; then
+  TOOLS="cmake make bison xz-utils"
+  [ "$MODE" = cross ] && TOOLS="$TOOLS g++-$CROSS"
+  [ "$MODE" = host ] && TOOLS="$TOOLS g++"
+  ensure_tools $TOOLS
+fi
+
 # ---------------------------------------------------------------------------------------------
 # The toolchain: compilers for make-based builds, a CMake toolchain, OpenBLAS and Boost settings.
 HOST_CC=${HOST_CC:-gcc}
@@ -281,14 +302,14 @@ do_openblas() {
 
 do_gflags() {
   local src; src=$(unpack gflags)
-  mkdir -p "$BUILD/gflags" && cd "$BUILD/gflags"
-  cmake "$src" "${CMAKE_COMMON[@]}" -DBUILD_gflags_LIB=ON -DBUILD_gflags_nothreads_LIB=ON -DGFLAGS_NAMESPACE=google
+  rm -rf "$BUILD/gflags" && mkdir -p "$BUILD/gflags" && cd "$BUILD/gflags"
+  cmake "$src" "${CMAKE_COMMON[@]}" -DBUILD_gflags_LIB=ON -DBUILD_gflags_nothreads_LIB=ON
   cmake --build . -j "$JOBS" && cmake --install .
 }
 
 do_glog() {
   local src; src=$(unpack glog)
-  mkdir -p "$BUILD/glog" && cd "$BUILD/glog"
+  rm -rf "$BUILD/glog" && mkdir -p "$BUILD/glog" && cd "$BUILD/glog"
   cmake "$src" "${CMAKE_COMMON[@]}" -DWITH_GFLAGS=ON -Dgflags_DIR="$PREFIX/lib/cmake/gflags" -DGFLAGS_NOTHREADS=OFF \
     -DWITH_UNWIND=OFF -DWITH_GTEST=OFF -DWITH_PKGCONFIG=OFF
   cmake --build . -j "$JOBS" && cmake --install .
@@ -296,7 +317,7 @@ do_glog() {
 
 do_protobuf() {
   local src; src=$(unpack protobuf)
-  mkdir -p "$BUILD/protobuf" && cd "$BUILD/protobuf"
+  rm -rf "$BUILD/protobuf" && mkdir -p "$BUILD/protobuf" && cd "$BUILD/protobuf"
   cmake "$src/cmake" "${CMAKE_COMMON[@]}" -Dprotobuf_BUILD_TESTS=OFF -Dprotobuf_BUILD_PROTOC_BINARIES=OFF \
     -Dprotobuf_BUILD_SHARED_LIBS=OFF -Dprotobuf_WITH_ZLIB=OFF
   cmake --build . -j "$JOBS" && cmake --install .
@@ -305,6 +326,10 @@ do_protobuf() {
 do_boost() {
   local src; src=$(unpack boost)
   cd "$src"
+  # Debian's +ds tarball drops the generated grammar of b2's engine; Debian regenerates it so.
+  if [ ! -f tools/build/src/engine/jamgram.cpp ]; then
+    (cd tools/build && bison -y -d -o src/engine/jamgram.cpp src/engine/jamgram.y)
+  fi
   [ -x b2 ] || ./bootstrap.sh --with-toolset=gcc --with-libraries=system,thread,filesystem,regex,date_time
   local jam="$BUILD/boost-user-config.jam"
   case "$MODE" in
@@ -325,7 +350,8 @@ do_caffe_program() {
   local src; src=$(unpack caffe)
   # The sdist ships caffe.pb.h/.cc made by another protoc: regenerate them with ours.
   rm -f "$src/include/caffe/proto/caffe.pb.h" "$src/src/caffe/proto/caffe.pb.cc"
-  rm -rf "$BUILD/rebirth-time" && mkdir -p "$BUILD/rebirth-time" && cd "$BUILD/rebirth-time"
+  # Kept between builds: a change to device/ recompiles only the program, not Caffe.
+  mkdir -p "$BUILD/rebirth-time" && cd "$BUILD/rebirth-time"
   cmake "$ROOT/device" "${CMAKE_COMMON[@]}" -DCAFFE_SOURCE_DIR="$src" -DDEPS_PREFIX="$PREFIX" \
     -DPROTOC="$PROTOC" -DREBIRTH_STATIC="$LINK_STATIC"
   cmake --build . -j "$JOBS"
