@@ -26,7 +26,7 @@ from deeprebirth.engine.devices import get_device
 from deeprebirth.errors import RebirthError
 
 from conftest import IN_CI, ROOT
-from test_bench import TINY
+from test_bench import TINY, FakeDevice
 
 STAND_IN = Path(__file__).resolve().parent / "stand_in"
 
@@ -148,7 +148,7 @@ def test_adb_abi_without_a_build_says_which_build(fake_phone, monkeypatch):
     assert "scripts/build_device.sh --ndk NDK_DIR --abi armeabi-v7a" in res.output
     monkeypatch.setenv("FAKE_ADB_ABI", "mips")
     res = bench_cli(fake_phone["proto"], "--device", "adb", "--runs", "1")
-    assert res.exit_code == 1 and "ABI mips, for which there is no build" in res.output
+    assert res.exit_code == 1 and "there is no build for mips" in res.output
     # A build in the cache is found by ABI.
     built = fake_phone["tmp"] / "cache" / "device-android-arm64-v8a-api24" / "bin" / "rebirth-time"
     built.parent.mkdir(parents=True)
@@ -197,6 +197,31 @@ def test_qemu_warns_that_its_timings_are_not_real(fake_phone, monkeypatch):
     assert res.exit_code == 0, res.output
     assert "say nothing about real hardware" in res.stderr
     assert "warning: qemu-aarch64 emulates" in res.stdout
+
+
+def test_ssh_runs_in_a_temporary_directory_and_removes_it(fake_phone, monkeypatch):
+    monkeypatch.setenv("FAKE_SSH_LOG", str(fake_phone["tmp"] / "ssh.log"))
+    res = bench_cli(fake_phone["proto"], "--device", "ssh://pi@board:2222", "--runs", "2", "--json")
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["device"] == "ssh" and doc["device_info"]["arch"] == "aarch64"
+    log = (fake_phone["tmp"] / "ssh.log").read_text().splitlines()
+    scp = [line for line in log if line.startswith("scp ")]
+    assert len(scp) == 2 and all(" pi@board:/tmp/rebirth." in line for line in scp)
+    workdir = scp[0].split(":", 1)[1].rsplit("/", 1)[0]
+    assert log[-1] == f"ssh pi@board rm -rf {workdir}" and not os.path.exists(workdir)
+    monkeypatch.delenv(remote.BINARY_ENV)
+    monkeypatch.setenv("FAKE_SSH_ARCH", "armv7l")
+    res = bench_cli(fake_phone["proto"], "--device", "ssh://board", "--runs", "1")
+    assert res.exit_code == 1 and "scripts/build_device.sh --cross arm-linux-gnueabihf" in res.output
+
+
+def test_cooldown_rests_before_every_turn_but_the_first(monkeypatch):
+    dev, rests = FakeDevice(), []
+    monkeypatch.setattr(bench.time, "sleep", lambda s: rests.append((s, list(dev.log))))
+    bench.measure([(x, dev.open(x)) for x in "AB"], runs=1, warmup=1, cooldown=2.5)
+    assert dev.log == list("ABAB")
+    assert rests == [(2.5, ["A"]), (2.5, ["A", "B"]), (2.5, ["A", "B", "A"])]
 
 
 # ------------------------------------------------------------------------------------------------

@@ -220,6 +220,21 @@ ARCH_TARGETS = {
 }
 
 
+def _binary_for(table: dict, key: str, what: str) -> Path:
+    """The program for a device whose ABI or architecture is ``key`` (``table``: key -> (cache
+    targets, build command)); the override when set; a one-line error naming the build to run."""
+    override = _override()
+    if override:
+        return override
+    if key not in table:
+        raise RebirthError(f"{what}: there is no build for {key} (known: {', '.join(table)})")
+    targets, hint = table[key]
+    p = built_binary(targets)
+    if p is None:
+        raise RebirthError(f"no {PROGRAM} built for {what}: run {hint}")
+    return p
+
+
 class AdbTransport(ShellTransport):
     name = "adb"
     workdir = ADB_DIR
@@ -284,17 +299,7 @@ class AdbTransport(ShellTransport):
         return res.stdout.strip() if res.returncode == 0 else ""
 
     def binary(self, info: dict) -> Path:
-        override = _override()
-        if override:
-            return override
-        targets, hint = ABI_TARGETS.get(info["abi"], ([], ""))
-        p = built_binary(targets)
-        if p is None:
-            if not hint:
-                raise RebirthError(f"device {self.serial} has ABI {info['abi']}, for which there is no build "
-                                   f"(known: {', '.join(ABI_TARGETS)})")
-            raise RebirthError(f"no {PROGRAM} built for ABI {info['abi']} of device {self.serial}: run {hint}")
-        return p
+        return _binary_for(ABI_TARGETS, info["abi"], f"ABI {info['abi']} of device {self.serial}")
 
     def start(self) -> None:
         res = self.shell(f"rm -rf {ADB_DIR} && mkdir -p {ADB_DIR}")
@@ -338,15 +343,7 @@ class SshTransport(ShellTransport):
         return {"transport": "ssh", "host": self.dest, "arch": res.stdout.strip()}
 
     def binary(self, info: dict) -> Path:
-        override = _override()
-        if override:
-            return override
-        targets, hint = ARCH_TARGETS.get(info["arch"], ([], ""))
-        p = built_binary(targets)
-        if p is None:
-            raise RebirthError(f"no {PROGRAM} built for {info['arch']} ({self.dest}): run "
-                               f"{hint or 'scripts/build_device.sh --cross <its triple>'}")
-        return p
+        return _binary_for(ARCH_TARGETS, info["arch"], f"{info['arch']} ({self.dest})")
 
     def start(self) -> None:
         res = self.shell("mktemp -d /tmp/rebirth.XXXXXX")
