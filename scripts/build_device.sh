@@ -303,7 +303,8 @@ do_openblas() {
 do_gflags() {
   local src; src=$(unpack gflags)
   rm -rf "$BUILD/gflags" && mkdir -p "$BUILD/gflags" && cd "$BUILD/gflags"
-  cmake "$src" "${CMAKE_COMMON[@]}" -DBUILD_gflags_LIB=ON -DBUILD_gflags_nothreads_LIB=ON
+  cmake "$src" "${CMAKE_COMMON[@]}" -DBUILD_gflags_LIB=ON -DBUILD_gflags_nothreads_LIB=ON \
+    -DREGISTER_BUILD_DIR=OFF -DREGISTER_INSTALL_PREFIX=OFF
   cmake --build . -j "$JOBS" && cmake --install .
 }
 
