@@ -37,7 +37,7 @@ device-check: package
 	rm -rf $(DEVICE_CHECK_DIR)/slim
 	$(PY) -c 'from deeprebirth.cli import main; main()' slim googlenet -o $(DEVICE_CHECK_DIR)/slim
 	$(PY) -c 'from deeprebirth.cli import main; main()' bench googlenet $(DEVICE_CHECK_DIR)/slim/deploy.prototxt \
-	  --device qemu-aarch64 --layers --runs $${RUNS:-3} --warmup 1
+	  --device qemu-aarch64 --layers --runs $${RUNS:-1} --warmup 0
 
 models: package
 	$(PY) scripts/gen_models.py models
