@@ -94,12 +94,6 @@ ensure_tools() {
     log "missing host packages (install them first): ${missing[*]}"
   fi
 }
-if command -v dpkg-query >/dev/null; then
-  TOOLS="cmake make bison xz-utils"
-  [ "$MODE" = cross ] && TOOLS="$TOOLS g++-$CROSS"
-  [ "$MODE" = host ] && TOOLS="$TOOLS g++"
-  ensure_tools $TOOLS
-fi
 
 # ---------------------------------------------------------------------------------------------
 # The toolchain: compilers for make-based builds, a CMake toolchain, OpenBLAS and Boost settings.
@@ -127,12 +121,13 @@ case "$MODE" in
   cross)
     TARGET="$CROSS"
     CC="$CROSS-gcc"; CXX="$CROSS-g++"; AR="$CROSS-ar"; RANLIB="$CROSS-ranlib"
-    command -v "$CXX" >/dev/null || die "$CXX not found (Debian: apt-get install g++-$CROSS)"
     case "$CROSS" in
       aarch64-*) BLAS_TARGET=ARMV8; BLAS_EXTRA="BINARY=64"; B2_ARCH="architecture=arm address-model=64"; PROC=aarch64 ;;
       arm-*|armv7*) BLAS_TARGET=ARMV7; BLAS_EXTRA="BINARY=32"; B2_ARCH="architecture=arm address-model=32"; PROC=arm ;;
       *) die "--cross $CROSS: only aarch64-* and arm-* triples are known" ;;
     esac
+    command -v "$CXX" >/dev/null || ensure_tools "g++-$CROSS"
+    command -v "$CXX" >/dev/null || die "$CXX not found (Debian: apt-get install g++-$CROSS)"
     B2_TOOLSET=gcc; B2_OS=linux; LINK_STATIC=ON
     ;;
   host)
@@ -141,6 +136,12 @@ case "$MODE" in
     BLAS_TARGET=""; BLAS_EXTRA=""; B2_ARCH=""; B2_TOOLSET=gcc; B2_OS=linux; LINK_STATIC=ON
     ;;
 esac
+
+if command -v dpkg-query >/dev/null; then
+  TOOLS="cmake make bison xz-utils"
+  [ "$MODE" = host ] && TOOLS="$TOOLS g++"
+  ensure_tools $TOOLS
+fi
 
 OUT="$CACHE_ROOT/device-$TARGET"
 [ "$CLEAN" = 1 ] && { log "removing $OUT"; rm -rf "$OUT"; }

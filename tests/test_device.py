@@ -285,3 +285,21 @@ def test_host_program_errors(host_program, tmp_path):
     assert proc.returncode != 0 and "NoSuchLayer" in proc.stderr and proc.stdout == ""
     proc = subprocess.run([str(host_program), str(bad), "--runs", "0"], capture_output=True, text=True)
     assert proc.returncode == 2 and "--runs expects an integer >= 1" in proc.stderr
+
+
+# ------------------------------------------------------------------------------------------------
+# The build script's checks (nothing is built)
+
+
+@pytest.mark.parametrize("args, expected", [
+    ([], "give one of --ndk DIR, --cross TRIPLE, --host"),
+    (["--ndk", "{tmp}"], "is not an Android NDK (no build/cmake/android.toolchain.cmake)"),
+    (["--cross", "mips-linux-gnu"], "only aarch64-* and arm-* triples are known"),
+    (["--host", "--frobnicate"], "unknown option: --frobnicate"),
+])
+def test_build_device_script_rejects_bad_arguments(tmp_path, args, expected):
+    args = [a.format(tmp=tmp_path) for a in args]
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "build_device.sh"), *args], capture_output=True,
+                          text=True, env={**os.environ, "DEEPREBIRTH_CACHE": str(tmp_path / "cache")})
+    assert proc.returncode == 1 and expected in proc.stderr
+    assert not (tmp_path / "cache").exists()  # nothing was fetched or built
