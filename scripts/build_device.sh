@@ -301,28 +301,30 @@ do_openblas() {
   make "${args[@]}" install
 }
 
+# Configure, build and install a CMake project: `cmake_project NAME SOURCE_DIR [cmake args]`.
+cmake_project() {
+  local name=$1 src=$2; shift 2
+  rm -rf "$BUILD/$name" && mkdir -p "$BUILD/$name" && cd "$BUILD/$name"
+  cmake "$src" "${CMAKE_COMMON[@]}" "$@"
+  cmake --build . -j "$JOBS" && cmake --install .
+}
+
 do_gflags() {
   local src; src=$(unpack gflags)
-  rm -rf "$BUILD/gflags" && mkdir -p "$BUILD/gflags" && cd "$BUILD/gflags"
-  cmake "$src" "${CMAKE_COMMON[@]}" -DBUILD_gflags_LIB=ON -DBUILD_gflags_nothreads_LIB=ON \
+  cmake_project gflags "$src" -DBUILD_gflags_LIB=ON -DBUILD_gflags_nothreads_LIB=ON \
     -DREGISTER_BUILD_DIR=OFF -DREGISTER_INSTALL_PREFIX=OFF
-  cmake --build . -j "$JOBS" && cmake --install .
 }
 
 do_glog() {
   local src; src=$(unpack glog)
-  rm -rf "$BUILD/glog" && mkdir -p "$BUILD/glog" && cd "$BUILD/glog"
-  cmake "$src" "${CMAKE_COMMON[@]}" -DWITH_GFLAGS=ON -Dgflags_DIR="$PREFIX/lib/cmake/gflags" -DGFLAGS_NOTHREADS=OFF \
+  cmake_project glog "$src" -DWITH_GFLAGS=ON -Dgflags_DIR="$PREFIX/lib/cmake/gflags" -DGFLAGS_NOTHREADS=OFF \
     -DWITH_UNWIND=OFF -DWITH_GTEST=OFF -DWITH_PKGCONFIG=OFF
-  cmake --build . -j "$JOBS" && cmake --install .
 }
 
 do_protobuf() {
   local src; src=$(unpack protobuf)
-  rm -rf "$BUILD/protobuf" && mkdir -p "$BUILD/protobuf" && cd "$BUILD/protobuf"
-  cmake "$src/cmake" "${CMAKE_COMMON[@]}" -Dprotobuf_BUILD_TESTS=OFF -Dprotobuf_BUILD_PROTOC_BINARIES=OFF \
+  cmake_project protobuf "$src/cmake" -Dprotobuf_BUILD_TESTS=OFF -Dprotobuf_BUILD_PROTOC_BINARIES=OFF \
     -Dprotobuf_BUILD_SHARED_LIBS=OFF -Dprotobuf_WITH_ZLIB=OFF
-  cmake --build . -j "$JOBS" && cmake --install .
 }
 
 do_boost() {
