@@ -4,9 +4,9 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 
-.PHONY: install venv package caffe proto models test clean
+.PHONY: install venv package caffe proto models test clean rebirth-time device-check
 
-install: venv package caffe proto
+install: venv package caffe proto rebirth-time
 
 venv: $(PY)
 $(PY):
@@ -21,6 +21,23 @@ caffe: package
 
 proto: package
 	$(PY) -c 'from deeprebirth import proto; proto.compile_descriptor(); print("compiled", proto.DESCRIPTOR_FILE)'
+
+# The timing program (device/) built against the engine's Caffe, for `bench --device host` and
+# the tests (about 20 s; rebuilt only when device/ changes).
+rebirth-time: caffe
+	JOBS=$${JOBS:-$$(nproc)} scripts/build_rebirth_time.sh $(PY)
+
+# Cross-build rebirth-time from source for aarch64 and run it under qemu-user on a slimmed
+# GoogLeNet: too slow for every CI run (see README: On-device timing).
+DEVICE_CHECK_DIR ?= build/device-check
+device-check: package
+	command -v aarch64-linux-gnu-g++ >/dev/null && command -v qemu-aarch64 >/dev/null || \
+	  { apt-get update -qq && apt-get install -y -qq g++-aarch64-linux-gnu qemu-user; }
+	JOBS=$${JOBS:-$$(nproc)} scripts/build_device.sh --cross aarch64-linux-gnu
+	rm -rf $(DEVICE_CHECK_DIR)/slim
+	$(PY) -c 'from deeprebirth.cli import main; main()' slim googlenet -o $(DEVICE_CHECK_DIR)/slim
+	$(PY) -c 'from deeprebirth.cli import main; main()' bench googlenet $(DEVICE_CHECK_DIR)/slim/deploy.prototxt \
+	  --device qemu-aarch64 --layers --runs $${RUNS:-1} --warmup 0
 
 models: package
 	$(PY) scripts/gen_models.py models

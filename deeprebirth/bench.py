@@ -20,6 +20,7 @@ from __future__ import annotations
 import gc
 import io as _io
 import statistics
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -81,6 +82,7 @@ class Prepared:
     label: str
     model: Model
     weights: str  # the caffemodel path, or how the random weights were made
+    weights_file: str | None = None  # the --weights file, when one was given
 
 
 def prepare(specs: Sequence[str], weights: Sequence[str] = (), batch: int | None = 1,
@@ -106,7 +108,7 @@ def prepare(specs: Sequence[str], weights: Sequence[str] = (), batch: int | None
             how = f"random (seed {seed})"
         else:
             how = str(w)
-        out.append(Prepared(label, m, how))
+        out.append(Prepared(label, m, how, str(w) if w else None))
     return out
 
 
@@ -129,10 +131,11 @@ class Measurement:
 
 
 def measure(sessions: Sequence[tuple[str, Session]], runs: int = 50, warmup: int = 5,
-            layers: bool = False, progress: Progress | None = None) -> list[Measurement]:
+            layers: bool = False, progress: Progress | None = None, cooldown: float = 0.0) -> list[Measurement]:
     """Time ``runs`` forward passes of every session, interleaved (A B C A B C ...), after
     ``warmup`` untimed rounds. With ``layers``, each model's turn in a round is a whole pass
-    followed by a pass of per-layer calls. ``progress(1)`` is called after each model's turn."""
+    followed by a pass of per-layer calls. ``progress(1)`` is called after each model's turn;
+    ``cooldown`` seconds of sleep come before every turn but the first."""
     if runs < 1:
         raise RebirthError(f"--runs must be at least 1, not {runs}")
     if warmup < 0:
@@ -143,7 +146,9 @@ def measure(sessions: Sequence[tuple[str, Session]], runs: int = 50, warmup: int
     gc.disable()  # no collector pauses inside a timed pass
     try:
         for r in range(warmup + runs):
-            for (_, session), rec in zip(sessions, out):
+            for k, ((_, session), rec) in enumerate(zip(sessions, out)):
+                if cooldown > 0 and (r or k):
+                    time.sleep(cooldown)
                 t = session.time_forward()
                 per_layer = session.time_layers() if layers else None
                 if r >= warmup:
@@ -160,14 +165,20 @@ def measure(sessions: Sequence[tuple[str, Session]], runs: int = 50, warmup: int
 
 def run(prepared: Sequence[Prepared], device: Device, runs: int = 50, warmup: int = 5,
         layers: bool = False, memory: bool = True, seed: int = 0,
-        progress: Progress | None = None) -> list[Measurement]:
+        progress: Progress | None = None, cooldown: float = 0.0) -> list[Measurement]:
     """Open every model on ``device``, time them interleaved, then measure their memory (after
-    the timing, so that memory probes never run alongside a timed pass)."""
+    the timing, so that memory probes never run alongside a timed pass). Devices that run the
+    timing program (engine/remote.py) measure everything in one go, in the same way."""
+    if hasattr(device, "measure_models"):
+        runs_ = device.measure_models([p.model for p in prepared], [p.weights_file for p in prepared],
+                                      runs, warmup, layers, seed=seed, progress=progress)
+        return [Measurement(p.label, r.layer_names, r.layer_types, r.forward_s, r.layers_s, p.model.source,
+                            p.weights, r.memory if memory else None) for p, r in zip(prepared, runs_)]
     sessions: list[tuple[str, Session]] = []
     try:
         for p in prepared:
             sessions.append((p.label, device.open(p.model, seed=seed)))
-        results = measure(sessions, runs, warmup, layers, progress)
+        results = measure(sessions, runs, warmup, layers, progress, cooldown)
         for p, (_, session), rec in zip(prepared, sessions, results):
             rec.source, rec.weights = p.model.source, p.weights
             if memory:
@@ -180,12 +191,16 @@ def run(prepared: Sequence[Prepared], device: Device, runs: int = 50, warmup: in
 
 def run_isolated(prepared: Sequence[Prepared], device: Device, runs: int = 50, warmup: int = 5,
                  layers: bool = False, memory: bool = True, seed: int = 0,
-                 progress: Progress | None = None) -> list[Measurement]:
+                 progress: Progress | None = None, cooldown: float = 0.0) -> list[Measurement]:
     """``run`` in a child process (engine/isolate.py), so that a net Caffe refuses (a CHECK
-    failure) ends in a one-line RebirthError with Caffe's message instead of an abort."""
+    failure) ends in a one-line RebirthError with Caffe's message instead of an abort. A device
+    that runs the rebirth-time program is a process of its own already: it runs here (and keeps
+    what it learns of the device for the report)."""
+    if hasattr(device, "measure_models"):
+        return run(prepared, device, runs, warmup, layers, memory, seed, progress, cooldown=cooldown)
     from .engine import isolate  # noqa: PLC0415
     return isolate.call(run, prepared, device, runs, warmup, layers, memory, seed, what="Caffe (bench)",
-                        progress=progress)
+                        progress=progress, cooldown=cooldown)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -372,6 +387,8 @@ def format_report(doc: dict, top: int = TOP_LAYERS) -> str:
     lines = []
     if "device" in doc:
         lines.append(f"device: {doc['device']} ({doc.get('device_description', '')})")
+        if doc.get("device_warning"):
+            lines.append(f"warning: {doc['device_warning']}")
         lines.append(f"batch {doc.get('batch')}, {doc.get('runs')} timed runs after {doc.get('warmup')} "
                      f"warm-up per model" + (", interleaved across models" if len(models) > 1 else "")
                      + "; best = fastest run (the paper's figure), median of the runs")

@@ -14,33 +14,49 @@ from . import main, output_json
 @click.argument("models", nargs=-1, required=True, metavar="MODEL [MODEL ...]")
 @click.option("--weights", "-w", multiple=True, type=str,
               help="A .caffemodel; give it once per MODEL, in order (default: random weights).")
-@click.option("--device", "-d", default="cpu", show_default=True, help="Where to run: cpu (adb comes later).")
+@click.option("--device", "-d", default="cpu", show_default=True,
+              help="Where to run: cpu (pycaffe here), host (rebirth-time here), adb[:SERIAL] (an Android phone), "
+                   "ssh://[user@]host (a Linux board), qemu-aarch64 (the ARM build emulated here).")
 @click.option("--batch", "-b", type=click.IntRange(min=1), default=1, show_default=True,
               help="Batch size of the random input.")
 @click.option("--runs", "-n", type=click.IntRange(min=1), default=50, show_default=True,
               help="Timed forward passes per model.")
 @click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True,
               help="Untimed passes per model first.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="BLAS threads of rebirth-time (devices other than cpu; default: the BLAS's own).")
+@click.option("--cpu-mask", default=None, metavar="HEX",
+              help="Pin rebirth-time to these CPUs with taskset, e.g. f0 for a phone's big cores.")
+@click.option("--cooldown", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Seconds of rest before each model's turn (lets a phone's CPU cool down).")
 @click.option("--layers", is_flag=True, help="Also time every layer: by type, non-tensor share, top layers.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
 @click.option("--plot", type=str, default=None,
               help="Write a bar chart of per-layer time to this .png (implies --layers).")
-def bench_command(models, weights, device, batch, runs, warmup, layers, as_json, plot):
+def bench_command(models, weights, device, batch, runs, warmup, threads, cpu_mask, cooldown, layers, as_json, plot):
     """Time MODEL forward passes on random input: best and median run, ratios to the first MODEL
     (runs of several models are interleaved), memory, and with --layers the time of every layer
     and the share of non-tensor layers (the paper's Table 2 and Figure 2)."""
-    dev = get_device(device)
+    dev = get_device(device, threads, cpu_mask, cooldown)
     prepared = bench.prepare(list(models), list(weights), batch)
     layers = layers or plot is not None
-    settings = {"device": dev.name, "device_description": dev.description, "batch": batch, "runs": runs,
-                "warmup": warmup, "layers_timed": layers}
+    warning = getattr(dev, "warning", None)
+    if warning:
+        click.echo(f"rebirth: warning: {warning}", err=True)
     show_progress = not as_json and sys.stdout.isatty()
     if show_progress:
         with click.progressbar(length=len(prepared) * (runs + warmup), label="timing",
                                file=click.get_text_stream("stderr")) as bar:
-            results = bench.run_isolated(prepared, dev, runs, warmup, layers, progress=bar.update)
+            results = bench.run_isolated(prepared, dev, runs, warmup, layers, progress=bar.update, cooldown=cooldown)
     else:
-        results = bench.run_isolated(prepared, dev, runs, warmup, layers)
+        results = bench.run_isolated(prepared, dev, runs, warmup, layers, cooldown=cooldown)
+    # After the run: a device that runs rebirth-time knows what it ran on only once connected.
+    settings = {"device": dev.name, "device_description": dev.description, "batch": batch, "runs": runs,
+                "warmup": warmup, "layers_timed": layers, "cooldown_s": cooldown}
+    if getattr(dev, "info", None):
+        settings["device_info"] = dev.info
+    if warning:
+        settings["device_warning"] = warning
     doc = bench.build_json(results, settings)
     if plot:
         inputs = [p.model.source for p in prepared] + list(weights)

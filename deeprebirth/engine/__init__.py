@@ -1,1 +1,2 @@
-"""Engines that run nets: pycaffe on this machine now; an Android device (adb) later."""
+"""Engines that run nets: pycaffe on this machine (cpu.py); the timing program rebirth-time on this
+machine, a phone (adb), a board (ssh) or under qemu (remote.py)."""
