@@ -32,7 +32,6 @@ from .rules.tucker import TuckerChange, TuckerRule
 class TuckerOutput(slim_api.SlimOutput):
     rule: TuckerRule | None = None
     teacher: dict | None = None          # {"deploy": path, "weights": path}
-    units: list | None = None            # the relearn units
 
     @property
     def layers(self) -> list[dict]:
@@ -48,8 +47,7 @@ class TuckerOutput(slim_api.SlimOutput):
             "initialised_from_decomposition": [n for d in self.layers for n in d["new_layers"]],
             "layers": self.layers,
         }
-        out["relearn"] = {"teacher": self.teacher, "units": self.units}
-        return out
+        return out   # its "relearn" section (slim's) has the teacher and one unit per decomposed layer
 
 
 def _rule(ranks, ratio, only=None) -> TuckerRule:
@@ -115,30 +113,7 @@ def _decompose(model: Model, rules: list, rule: TuckerRule, only, **slim_kwargs)
     result.rule, result.only = rule, only
     result.teacher = {"deploy": os.path.abspath(model.source),
                       "weights": os.path.abspath(model.weights_source) if model.weights_source else None}
-    result.units = _units(model.net, out.deploy, changes, out.notes)
     return result
-
-
-def _units(teacher: "pb.NetParameter", student: "pb.NetParameter", changes: list[TuckerChange],
-           notes: list[str]) -> list[dict]:
-    """One substructure per decomposed layer, from its bottom to its top blob; kept only where
-    both blobs exist with the same shapes in the teacher (after slimming they may not)."""
-    t_shapes = Graph(teacher, strict=False).shapes
-    s_shapes = Graph(student, strict=False).shapes
-    units, dropped = [], []
-    for c in changes:
-        d = c.details
-        ok = all(t_shapes.get(b) is not None and t_shapes.get(b) == s_shapes.get(b) for b in (d["input"], d["output"]))
-        if ok:
-            units.append({"name": d["layer"], "input": d["input"], "output": d["output"],
-                          "teacher_output": d["output"], "layers": list(d["new_layers"])})
-        else:
-            dropped.append(d["layer"])
-    if dropped:
-        more = f" and {len(dropped) - 6} more" if len(dropped) > 6 else ""
-        notes.append(f"{len(dropped)} decomposed layer(s) have no substructure in report['relearn'] (their blobs "
-                     f"differ from the teacher's after slimming): {', '.join(dropped[:6])}{more}")
-    return units
 
 
 def _output_errors(rule: TuckerRule, changes: list[TuckerChange], weights, notes: list[str]) -> None:

@@ -171,8 +171,10 @@ def test_cli_writes_files_that_load_and_train_in_caffe(tmp_path, files, caffe, m
     assert [d["layer"] for d in report["tucker"]["layers"]] == ["c1", "c2", "fc"]
     relearn = report["relearn"]
     assert relearn["teacher"] == {"deploy": str(model), "weights": str(weights)}
-    assert relearn["units"][0] == {"name": "c1", "input": "data", "output": "c1", "teacher_output": "c1",
-                                   "layers": ["c1_in", "c1_core", "c1_out"]}
+    # the unit planner of `rebirth relearn`: one unit per decomposed layer, its original top the target
+    unit = relearn["units"][0]
+    assert relearn["version"] == 2 and unit["name"] == "c1" and unit["inputs"] == ["data"]
+    assert unit["outputs"] == unit["targets"] == ["c1"] and set(unit["new"]) == {"c1_in", "c1_core", "c1_out"}
     # init.caffemodel starts from the decomposition; the new layers learn at 10x.
     init = io.weights_of(io.read_weights(out / "init.caffemodel"))
     w = reconstruct(init["c1_core"][0].astype(np.float64), init["c1_out"][0][:, :, 0, 0],
