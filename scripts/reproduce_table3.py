@@ -371,8 +371,8 @@ def stage_tucker(work: Path, args) -> dict | None:
     row["relearn_a"] = [{"unit": u["name"], "error": u["error"], "kept": u["kept"]} for u in doc["units"]]
     row["relearn_only"] = evaluate_net(slim_dir / "deploy.prototxt", out / "relearn" / "weights.caffemodel", work,
                                        tv_path, args.eval_images)
-    ft.finetune(slim_dir, data.open_source(train_lmdb), None, iters=args.finetune_iters, base_lr=args.finetune_lr,
-                stepsize=max(1, int(args.finetune_iters * 0.7)), test_interval=0, snapshot=0,
+    ft.finetune(slim_dir, data.open_source(train_lmdb), None, iters=args.tucker_iters, base_lr=args.tucker_lr,
+                stepsize=max(1, int(args.tucker_iters * 0.6)), test_interval=0, snapshot=0,
                 weights=str(out / "relearn" / "weights.caffemodel"), outdir=out / "finetune", seed=99, progress=False)
     row["relearn_finetune"] = evaluate_net(slim_dir / "deploy.prototxt", out / "finetune" / "weights.caffemodel",
                                            work, tv_path, args.eval_images)
@@ -452,6 +452,9 @@ def main(argv=None) -> int:
     ap.add_argument("--bench-runs", type=int, default=100, help="timed runs of each net per step")
     ap.add_argument("--final-iters", type=int, default=2000,
                     help="fine-tune the last step's net this much longer for an extra row (0: skip)")
+    ap.add_argument("--tucker-iters", type=int, default=2000, help="fine-tuning iterations of Slim-Tucker")
+    ap.add_argument("--tucker-lr", type=float, default=0.0001,
+                    help="its base_lr (x10 on the decomposed layers; 0.001 diverges: three layers per convolution)")
     ap.add_argument("--no-tucker", dest="tucker", action="store_false",
                     help="skip the Slim-Tucker row after the last step")
     ap.add_argument("--steps", type=int, default=len(STEPS), help="run only the first N steps")
