@@ -381,6 +381,7 @@ class Options:
     input: str = "student"          # or "teacher"
     least_squares: bool = True
     teacher_init: bool = True
+    max_weight_scale: float | None = 10.0   # least-squares weights at most this x the starting ones' (None: off)
     ls_rows: int = 40_000
     seed: int = 0
     only: list[str] | None = None
@@ -528,7 +529,20 @@ def relearn(student_net: "pb.NetParameter", weights: io.Weights, teacher_net: "p
                     continue
                 rows_a = a.reshape(-1, a.shape[-1])
                 rows_y = y.reshape(-1, n_out).astype(np.float64)
-                w, b = solve_linear(rows_a, rows_y, relu=through_relu)
+                # An ill-conditioned input (e.g. a Tucker core's few, correlated channels) lets least
+                # squares fit with huge weights that then blow up fine-tuning: raise the ridge until
+                # the weights stay within max_weight_scale x the scale of the layer's starting weights.
+                scale = max(float(np.max(np.abs(weights[name][0]))), 1e-3) \
+                    if name in weights and opt.max_weight_scale else None
+                ridge = 1e-9
+                while True:
+                    w, b = solve_linear(rows_a, rows_y, relu=through_relu, ridge=ridge)
+                    if scale is None or np.max(np.abs(w)) <= opt.max_weight_scale * scale or ridge >= 1e-1:
+                        break
+                    ridge *= 100
+                if ridge > 1e-9:
+                    res.notes.append(f"'{name}': least squares with ridge {ridge:g} (weights kept to the scale "
+                                     "of the starting ones)")
                 if res.init.get(name) == "teacher" and len(weights[name]) in (1, 2):
                     # Keep the teacher's own filters when they already fit better (an exact change).
                     tw = weights[name][0].reshape(n_out, -1).T.astype(np.float64)

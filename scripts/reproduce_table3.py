@@ -312,7 +312,8 @@ def stage_steps(work: Path, args) -> list[dict]:
                 row["before_relearn"] = evaluate_net(slim_dir / "deploy.prototxt", start, work, tv_path,
                                                      args.eval_images)
             opt = rl.Options(train_images=args.relearn_images, heldout_images=200, iters=args.relearn_iters,
-                             batch=32, base_lr=args.relearn_lr, only=mine, seed=k)
+                             batch=32, base_lr=args.relearn_lr, only=mine, seed=k,
+                             max_weight_scale=args.relearn_max_scale or None)
             doc = rl.relearn_dir(slim_dir, train_lmdb, cdir / "relearn", weights=start, options=opt)
             final = cdir / "relearn" / "weights.caffemodel"
             row[f"relearn_{chain}"] = [{"unit": u["name"], "error": u["error"], "kept": u["kept"]} for u in doc["units"]]
@@ -447,6 +448,9 @@ def main(argv=None) -> int:
     ap.add_argument("--relearn-images", type=int, default=1000, help="training images per relearned unit")
     ap.add_argument("--relearn-iters", type=int, default=200, help="SGD iterations per relearned unit")
     ap.add_argument("--relearn-lr", type=float, default=0.01)
+    ap.add_argument("--relearn-max-scale", type=float, default=0.0,
+                    help="relearn's --max-weight-scale for the steps (0: off, as the README's table was measured; "
+                         "Slim-Tucker always uses 10, without which its fine-tuning diverges)")
     ap.add_argument("--finetune-iters", type=int, default=300, help="fine-tuning iterations per step (batch 64)")
     ap.add_argument("--finetune-lr", type=float, default=0.001, help="base_lr of the fine-tuning (x10 on new layers)")
     ap.add_argument("--bench-runs", type=int, default=100, help="timed runs of each net per step")

@@ -39,18 +39,22 @@ from . import main, output_json
 @click.option("--no-least-squares", is_flag=True, help="Skip the teacher and least-squares initialisation.")
 @click.option("--no-teacher-init", is_flag=True,
               help="Do not start new layers from the teacher's (or its largest) filters; least squares alone.")
+@click.option("--max-weight-scale", type=click.FloatRange(min=0), default=rl.Options.max_weight_scale,
+              show_default=True, help="Raise the least-squares ridge until no weight exceeds this many times the "
+                                      "layer's largest starting weight (0: no limit). Huge weights fit the sampled "
+                                      "rows of an ill-conditioned input and make fine-tuning diverge.")
 @click.option("--only", metavar="UNITS", help="Re-learn only these units, comma-separated (names from report.json).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print relearn.json's content instead of a summary.")
 def relearn_command(slim_dir, source, outdir, weights, teacher, teacher_weights, train_val, count, heldout, iters,
-                    batch, base_lr, input_from, no_least_squares, no_teacher_init, only, seed, as_json):
+                    batch, base_lr, input_from, no_least_squares, no_teacher_init, max_weight_scale, only, seed, as_json):
     """Re-learn the regenerated layers of SLIM_DIR (a `rebirth slim` output) bottom to top, each unit
     against the teacher's feature map at its output (the paper's Eq. 5): teacher/least-squares
     initialisation, then SGD in Caffe. No labels are used. Writes OUTDIR/weights.caffemodel and
     OUTDIR/relearn.json."""
     opt = rl.Options(train_images=count, heldout_images=heldout, iters=iters, batch=batch, base_lr=base_lr,
                      input=input_from, least_squares=not no_least_squares, seed=seed,
-                     teacher_init=not no_teacher_init,
+                     teacher_init=not no_teacher_init, max_weight_scale=max_weight_scale or None,
                      only=[n.strip() for n in only.split(",") if n.strip()] if only else None)
     plan = rl.load_plan(slim_dir)    # read here too: its errors, and the length of the progress bar
     total = len(rl.selected_units(plan, opt.only)) * opt.iters
