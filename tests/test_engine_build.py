@@ -36,6 +36,18 @@ def images(n=4, h=6, w=5, seed=0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, size=(n, h, w, 3), dtype=np.uint8)
 
 
+def image_list(folder: Path, pics: np.ndarray, labels) -> Path:
+    """PNG files of ``pics`` and a Caffe list file 'name label' naming them."""
+    from PIL import Image
+
+    lines = []
+    for i, (im, label) in enumerate(zip(pics, labels)):
+        Image.fromarray(im).save(folder / f"p{i}.png")
+        lines.append(f"p{i}.png {label}")
+    (folder / "list.txt").write_text("\n".join(lines) + "\n")
+    return folder / "list.txt"
+
+
 def test_data_layer_reads_an_lmdb(caffe, tmp_path):
     import lmdb
 
@@ -56,14 +68,8 @@ def test_data_layer_reads_an_lmdb(caffe, tmp_path):
 
 
 def test_imagedata_layer_reads_a_list_of_images(caffe, tmp_path):
-    from PIL import Image
-
     pics = images(3, 7, 9, seed=1)
-    lines = []
-    for i, im in enumerate(pics):
-        Image.fromarray(im).save(tmp_path / f"{i}.png")
-        lines.append(f"{i}.png {i}")
-    (tmp_path / "list.txt").write_text("\n".join(lines) + "\n")
+    image_list(tmp_path, pics, range(3))
     net = net_with(f'''layer {{ name: "data" type: "ImageData" top: "data" top: "label"
       image_data_param {{ source: "{tmp_path / 'list.txt'}" root_folder: "{tmp_path}/" batch_size: 3 }} }}''', tmp_path)
     blobs = forward(net)
@@ -103,16 +109,10 @@ layer { name: "pool" type: "Pooling" bottom: "conv" top: "pool" pooling_param { 
 
 
 def test_convert_imageset_writes_an_lmdb_our_sources_read(caffe, tmp_path):
-    from PIL import Image
-
     from deeprebirth import data
 
     pics = images(3, 8, 8, seed=3)
-    lines = []
-    for i, im in enumerate(pics):
-        Image.fromarray(im).save(tmp_path / f"p{i}.png")
-        lines.append(f"p{i}.png {i % 2}")
-    (tmp_path / "list.txt").write_text("\n".join(lines) + "\n")
+    image_list(tmp_path, pics, [0, 1, 0])
     tool = BIN / "convert_imageset"
     assert tool.exists() and shutil.which(str(tool))
     proc = subprocess.run([str(tool), f"{tmp_path}/", str(tmp_path / "list.txt"), str(tmp_path / "db")],
