@@ -110,7 +110,9 @@ def test_push_pool_is_exact(caffe, method, k, stride, pad, extra):
     if k == 0:
         layer(text, "pool").pooling_param.ClearField("kernel_size")
     model = model_of(text)
-    result = pipeline.run(model, [push_pool_concat.RULE])
+    # A global pooling is pushed only when asked (streamline keeps it: several would remain).
+    rule = push_pool_concat.RULE.with_options(push_global=True) if extra else push_pool_concat.RULE
+    result = pipeline.run(model, [rule])
     out = result.model
     (change,) = result.changes
     assert change.exact and change.removed == ["pool"] and change.modified == ["cat"]
@@ -127,6 +129,13 @@ def test_push_pool_is_exact(caffe, method, k, stride, pad, extra):
     assert g1.memory_bytes <= g0.memory_bytes
     assert out.weights == model.weights
     assert_same_outputs(model, out, blobs=("pool",), tol=1e-6)
+
+
+def test_push_guard_global_pooling_by_default():
+    model = model_of(branches_then_pool("AVE", 1, 1, 0, " global_pooling: true"))
+    layer(model.net, "pool").pooling_param.ClearField("kernel_size")
+    result = pipeline.run(model, [push_pool_concat.RULE])
+    assert not result.changes and "a global pooling" in result.skips[0].reason
 
 
 def test_push_guard_concat_read_elsewhere():

@@ -32,6 +32,11 @@ class PushPoolConcat(Rule):
     default = True
     order = 20
 
+    def __init__(self, push_global: bool = False):
+        # A global pooling is exact to push too, but streamline keeps global poolings, so in the
+        # branches it would stay as several poolings: only pushed when asked.
+        self.push_global = push_global
+
     def match(self, graph: Graph) -> list[Match]:
         out = []
         for node in graph.nodes:
@@ -60,6 +65,10 @@ class PushPoolConcat(Rule):
                     f"'{readers[0]}'; it must stay")
         if len(pool.tops) != 1 or len(concat.tops) != 1:
             return f"'{pool.name}': pooling or Concat with several tops"
+        if pool.layer.pooling_param.global_pooling and not self.push_global:
+            # streamline keeps global poolings: pushed into the branches, one pooling would only
+            # become several (and the branches' convolutions could no longer be fitted linearly).
+            return f"'{pool.name}': a global pooling, which no rule absorbs in the branches; it stays after the Concat"
         growth = memory_growth(graph, model, lambda net: self._edit(net, graph, pool, concat))
         if growth > 0:
             return (f"'{pool.name}': pushing it into the branches of '{concat.name}' would grow blob "
