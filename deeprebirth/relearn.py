@@ -643,23 +643,16 @@ def load_plan(slim_dir: str | os.PathLike) -> dict:
 
 
 def preprocess_for(slim_dir: Path, deploy: "pb.NetParameter", train_val: str | os.PathLike | None = None):
-    """The net input's preprocessing: from a train_val's data layer (the given one, else
-    SLIM_DIR/train_val.prototxt) when it has a ``transform_param``, else the usual defaults."""
-    from . import data  # noqa: PLC0415
+    """The net input's preprocessing, as `rebirth eval` takes it: from a train_val's TEST data layer
+    (the given one, else SLIM_DIR's) when it has a ``transform_param``, else the usual defaults."""
+    from . import evaluate  # noqa: PLC0415
     from .training import deploy_inputs  # noqa: PLC0415
 
     inputs = deploy_inputs(deploy)
     if len(inputs) != 1 or inputs[0][1] is None:
         raise RebirthError(f"{slim_dir}/deploy.prototxt: relearn needs a net with one image input "
                            f"(it has {len(inputs)})")
-    shape = inputs[0][1]
-    path = Path(train_val) if train_val else slim_dir / "train_val.prototxt"
-    if path.is_file():
-        tv = io.filter_phase(io.read_net(path), pb.TEST)
-        for layer in tv.layer:
-            if layer.type in ("Data", "ImageData", "WindowData") and layer.HasField("transform_param"):
-                return data.Preprocess.from_transform_param(layer, shape, base_dir=path.parent)
-    return data.Preprocess.defaults(shape)
+    return evaluate.preprocess_for(inputs[0][1], train_val or evaluate.default_train_val(slim_dir))
 
 
 def load_images(source, pre, count: int, heldout: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -24,7 +24,6 @@ The result is WORK/table3.json and WORK/table3.md (the table the README shows).
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import re
@@ -41,11 +40,11 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 
 from deeprebirth import io, training  # noqa: E402
+from deeprebirth.slim import caffe_tool  # noqa: E402
 from deeprebirth import proto as pb  # noqa: E402
 from deeprebirth.errors import RebirthError  # noqa: E402
 from deeprebirth.graph import Graph  # noqa: E402
 
-FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 TEACHER = ROOT / "models" / "fmnist_googlenet.prototxt"
 SIZE = 64
 MEAN = 73.0            # Fashion-MNIST's mean gray level (0..255), after resizing too
@@ -74,20 +73,12 @@ def log(msg: str) -> None:
 # 1. data
 
 
-def read_idx(path: Path) -> np.ndarray:
-    """An idx file (the MNIST format: magic, dims, big-endian uint8 data), gzip-compressed."""
-    with gzip.open(path, "rb") as fh:
-        raw = fh.read()
-    ndim = raw[3]
-    dims = [int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
-    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
-
-
 def fmnist(split: str) -> tuple[np.ndarray, np.ndarray]:
-    prefix = "train" if split == "train" else "t10k"
-    images = read_idx(FMNIST_DIR / f"{prefix}-images-idx3-ubyte.gz")
-    labels = read_idx(FMNIST_DIR / f"{prefix}-labels-idx1-ubyte.gz")
-    return images, labels.astype(np.int64)
+    """Fashion-MNIST's images (N x 28 x 28 uint8) and labels, read by the SOURCE reader."""
+    from deeprebirth.data import FashionMnist  # noqa: PLC0415
+
+    source = FashionMnist(split)
+    return source.images, source.labels(range(len(source)))
 
 
 def resized(images: np.ndarray, size: int = SIZE) -> np.ndarray:
@@ -190,7 +181,7 @@ def stage_teacher(work: Path, iters: int, batch: int, given: Path | None = None)
     (out / "solver.prototxt").write_text(training.render_solver(solver, ["Fashion-MNIST teacher"]))
     (out / "snap").mkdir(exist_ok=True)
     states = sorted((out / "snap").glob("teacher_iter_*.solverstate"), key=lambda p: int(re.findall(r"\d+", p.name)[-1]))
-    cmd = [str(caffe_tool()), "train", "-solver", "solver.prototxt"]
+    cmd = [caffe_tool(), "train", "-solver", "solver.prototxt"]
     if states:
         cmd += ["-snapshot", str(states[-1].relative_to(out))]
     log(f"training the teacher: {' '.join(cmd)} (in {out}; log in {out}/train.log)")
@@ -439,11 +430,6 @@ def table(rows: list[dict], teacher: dict) -> str:
                      f"{100 * b['top1']:.2f}% | {100 * b['top5']:.2f}% | {speed} | "
                      f"{r['memory_bytes'] / 1024:.0f} KB | {r['layers']} |")
     return "\n".join(lines) + "\n"
-
-
-def caffe_tool() -> Path:
-    here = Path(sys.executable).parent / "caffe"
-    return here if here.exists() else Path(shutil.which("caffe") or "caffe")
 
 
 def main(argv=None) -> int:
