@@ -20,7 +20,7 @@ caffe: package
 	JOBS=$${JOBS:-$$(nproc)} scripts/install_caffe.sh $(PY)
 
 proto: package
-	$(PY) -c 'from deeprebirth import proto; proto.compile_descriptor(); print("compiled", proto.DESCRIPTOR_FILE)'
+	$(PY) -c 'from deeprebirth.caffe import proto; proto.compile_descriptor(); print("compiled", proto.DESCRIPTOR_FILE)'
 
 # The timing program (device/) built against the engine's Caffe, for `bench --device host` and
 # the tests (about 20 s; rebuilt only when device/ changes).
@@ -46,4 +46,4 @@ test:
 	$(PY) -m pytest -q tests
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info deeprebirth/proto/caffe.desc
+	rm -rf $(VENV) build dist *.egg-info deeprebirth/caffe/proto/caffe.desc

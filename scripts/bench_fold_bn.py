@@ -22,18 +22,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from deeprebirth import fold, io  # noqa: E402
-from deeprebirth.engine.pycaffe import CaffeNet, random_weights  # noqa: E402
+from deeprebirth.transforms import fold
+from deeprebirth.caffe import netio  # noqa: E402
+from deeprebirth.runtime.pycaffe import CaffeNet, random_weights  # noqa: E402
 from deeprebirth.errors import RebirthError  # noqa: E402
-from deeprebirth.graph import Graph  # noqa: E402
-from deeprebirth.model import Model, resolve  # noqa: E402
+from deeprebirth.graph.dag import Graph  # noqa: E402
+from deeprebirth.caffe.model import Model, resolve  # noqa: E402
 
 
 def build(model: str, weights: str | None, seed: int) -> Model:
     if weights:
         return fold.load(model, weights)
     path = resolve(model)
-    net = io.strip_weights(io.filter_phase(io.read_net(path)))
+    net = netio.strip_weights(netio.filter_phase(netio.read_net(path)))
     return Model(net, random_weights(Graph(net), seed), str(path), f"random weights (seed {seed})")
 
 

@@ -16,13 +16,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from deeprebirth import io  # noqa: E402
-from deeprebirth.graph import Graph  # noqa: E402
-from deeprebirth.model import resolve  # noqa: E402
+from deeprebirth.caffe import netio  # noqa: E402
+from deeprebirth.graph.dag import Graph  # noqa: E402
+from deeprebirth.caffe.model import resolve  # noqa: E402
 
 
 def main(target_mb: float = 100.0) -> None:
-    net = io.read_net(resolve("alexnet"))
+    net = netio.read_net(resolve("alexnet"))
     graph = Graph(net)
     rng = np.random.default_rng(0)
     weights, total = {}, 0
@@ -34,13 +34,13 @@ def main(target_mb: float = 100.0) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "w.caffemodel"
         t0 = time.perf_counter()
-        io.write_weights(io.with_weights(net, weights), path)
+        netio.write_weights(netio.with_weights(net, weights), path)
         t_write = time.perf_counter() - t0
         size = path.stat().st_size
         best = float("inf")
         for _ in range(3):
             t0 = time.perf_counter()
-            arrays = io.weights_of(io.read_weights(path))
+            arrays = netio.weights_of(netio.read_weights(path))
             best = min(best, time.perf_counter() - t0)
         assert all(np.array_equal(arrays[k][i], weights[k][i]) for k in weights for i in range(len(weights[k])))
     print(f"caffemodel {size / 1e6:.1f} MB: load into numpy {best:.3f} s (best of 3), write {t_write:.3f} s")

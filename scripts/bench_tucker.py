@@ -6,7 +6,7 @@ GoogLeNet-Slim-Tucker, SqueezeNet v1.0 and v1.1, side by side in one process.
 
 Every net runs at batch 1 on random input with random weights of realistic statistics
 (engine.pycaffe.random_weights; the decomposed nets start from the decomposition of those). The
-forward passes are interleaved (deeprebirth.bench.run: A B C ... A B C ..., each model's turn a
+forward passes are interleaved (deeprebirth.runtime.bench.run: A B C ... A B C ..., each model's turn a
 whole pass then a pass of per-layer calls), so load changes on the shared machine hit every model
 alike. Reported per model: best and median latency and their ratios to GoogLeNet (Table 5), the
 per-layer-group breakdown of GoogLeNet's variants (Table 4: conv1, conv2, inception_3a ... loss3,
@@ -31,14 +31,15 @@ os.environ.setdefault("GLOG_minloglevel", "2")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from deeprebirth import bench, io  # noqa: E402
-from deeprebirth import slim as slim_api  # noqa: E402
-from deeprebirth import tucker as tucker_api  # noqa: E402
-from deeprebirth.engine.cpu import CpuDevice  # noqa: E402
-from deeprebirth.engine.pycaffe import random_weights  # noqa: E402
-from deeprebirth.graph import Graph  # noqa: E402
-from deeprebirth.model import Model, load_model  # noqa: E402
-from deeprebirth.rules.tucker import parse_ranks  # noqa: E402
+from deeprebirth.runtime import bench
+from deeprebirth.caffe import netio  # noqa: E402
+from deeprebirth.transforms import slim as slim_api  # noqa: E402
+from deeprebirth.transforms import tucker as tucker_api  # noqa: E402
+from deeprebirth.runtime.devices.cpu import CpuDevice  # noqa: E402
+from deeprebirth.runtime.pycaffe import random_weights  # noqa: E402
+from deeprebirth.graph.dag import Graph  # noqa: E402
+from deeprebirth.caffe.model import Model, load_model  # noqa: E402
+from deeprebirth.transforms.rules.tucker import parse_ranks  # noqa: E402
 
 MB = 1024 * 1024
 GROUPS = ["conv1", "conv2", "inception_3a", "inception_3b", "inception_4a", "inception_4b", "inception_4c",
@@ -85,7 +86,7 @@ def variants(ranks, ratio: float | None) -> list[tuple[str, Model]]:
 def file_bytes(model: Model) -> int:
     """Size of the deploy weights as a .caffemodel (the paper's storage)."""
     names = {layer.name for layer in model.net.layer}
-    return len(io.with_weights(model.net, {k: v for k, v in model.weights.items() if k in names}).SerializeToString())
+    return len(netio.with_weights(model.net, {k: v for k, v in model.weights.items() if k in names}).SerializeToString())
 
 
 def main(argv=None) -> int:

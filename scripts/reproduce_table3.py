@@ -39,11 +39,12 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from deeprebirth import io, training  # noqa: E402
-from deeprebirth.slim import caffe_tool  # noqa: E402
-from deeprebirth import proto as pb  # noqa: E402
+from deeprebirth.caffe import netio
+from deeprebirth.transforms import trainfiles  # noqa: E402
+from deeprebirth.transforms.slim import caffe_tool  # noqa: E402
+from deeprebirth.caffe import proto as pb  # noqa: E402
 from deeprebirth.errors import RebirthError  # noqa: E402
-from deeprebirth.graph import Graph  # noqa: E402
+from deeprebirth.graph.dag import Graph  # noqa: E402
 
 TEACHER = ROOT / "models" / "fmnist_googlenet.prototxt"
 SIZE = 64
@@ -75,7 +76,7 @@ def log(msg: str) -> None:
 
 def fmnist(split: str) -> tuple[np.ndarray, np.ndarray]:
     """Fashion-MNIST's images (N x 28 x 28 uint8) and labels, read by the SOURCE reader."""
-    from deeprebirth.data import FashionMnist  # noqa: PLC0415
+    from deeprebirth.learning.sources import FashionMnist  # noqa: PLC0415
 
     source = FashionMnist(split)
     return source.images, source.labels(range(len(source)))
@@ -134,11 +135,11 @@ def data_layer(source: Path, phase: int, batch: int) -> "pb.LayerParameter":
 
 
 def teacher_train_val(work: Path, batch: int) -> "pb.NetParameter":
-    deploy = io.read_net(TEACHER)
+    deploy = netio.read_net(TEACHER)
     net = pb.NetParameter(name=deploy.name)
     net.layer.append(data_layer(work / "fmnist_train_lmdb", pb.TRAIN, batch))
     net.layer.append(data_layer(work / "fmnist_test_lmdb", pb.TEST, 100))
-    for layer in training.body(deploy):
+    for layer in trainfiles.body(deploy):
         if layer.type == "Softmax":
             continue
         new = net.layer.add()
@@ -153,7 +154,7 @@ def teacher_train_val(work: Path, batch: int) -> "pb.NetParameter":
             p.bias_filler.type = "constant"
             new.param.add(lr_mult=1, decay_mult=1)
             new.param.add(lr_mult=2, decay_mult=0)
-    net.layer.extend(training.loss_layers("loss3/classifier", "label", {layer.name for layer in net.layer}, 10))
+    net.layer.extend(trainfiles.loss_layers("loss3/classifier", "label", {layer.name for layer in net.layer}, 10))
     return net
 
 
@@ -164,13 +165,13 @@ def stage_teacher(work: Path, iters: int, batch: int, given: Path | None = None)
         return json.loads(result_file.read_text())
     out.mkdir(parents=True, exist_ok=True)
     tv = teacher_train_val(work, batch)
-    (out / "train_val.prototxt").write_text(training.render_net(tv, ["Fashion-MNIST teacher (scripts/reproduce_table3.py)"]))
+    (out / "train_val.prototxt").write_text(trainfiles.render_net(tv, ["Fashion-MNIST teacher (scripts/reproduce_table3.py)"]))
     if given is not None:
         shutil.copyfile(given, out / "teacher.caffemodel")
         res = {"given": str(given)}
         result_file.write_text(json.dumps(res, indent=2))
         return res
-    solver = training.build_solver(
+    solver = trainfiles.build_solver(
         net_file="train_val.prototxt", test_batch=100, val_images=10_000, test_interval=iters,
         snapshot=500, snapshot_prefix="snap/teacher", base_lr=0.01, lr_policy="multistep",
         weight_decay=5e-4, max_iter=iters, display=50, average_loss=50)
@@ -178,7 +179,7 @@ def stage_teacher(work: Path, iters: int, batch: int, given: Path | None = None)
     solver.stepvalue.extend([int(iters * 0.6), int(iters * 0.85)])
     solver.test_initialization = False
     solver.random_seed = 1
-    (out / "solver.prototxt").write_text(training.render_solver(solver, ["Fashion-MNIST teacher"]))
+    (out / "solver.prototxt").write_text(trainfiles.render_solver(solver, ["Fashion-MNIST teacher"]))
     (out / "snap").mkdir(exist_ok=True)
     states = sorted((out / "snap").glob("teacher_iter_*.solverstate"), key=lambda p: int(re.findall(r"\d+", p.name)[-1]))
     cmd = [caffe_tool(), "train", "-solver", "solver.prototxt"]
@@ -219,8 +220,9 @@ def teacher_eval(work: Path, limit: int | None) -> dict:
 
 
 def evaluate_net(deploy, weights, work: Path, train_val, limit: int | None = None) -> dict:
-    from deeprebirth import data, evaluate as ev  # noqa: PLC0415
-    from deeprebirth.model import load_model  # noqa: PLC0415
+    from deeprebirth.learning import sources as data
+    from deeprebirth.learning import evaluate as ev  # noqa: PLC0415
+    from deeprebirth.caffe.model import load_model  # noqa: PLC0415
 
     model = load_model(deploy, weights)
     runner = ev.Runner.build(model)
@@ -234,23 +236,23 @@ def combined_start(init: Path, previous: Path | None, out: Path, changed: set[st
     """init.caffemodel of this step's slim net, with every layer the previous step's weights have in
     the same shapes taken from there (what that step learned), except the layers this step rewrote
     (``changed``: a folded or regenerated layer keeps its new weights); written to ``out``."""
-    net = io.read_weights(init)
+    net = netio.read_weights(init)
     if previous is not None:
-        prev = io.weights_of(io.read_weights(previous))
-        arrays = io.weights_of(net)
+        prev = netio.weights_of(netio.read_weights(previous))
+        arrays = netio.weights_of(net)
         for name, arrs in arrays.items():
             theirs = None if name in changed else prev.get(name)
             if theirs is not None and [a.shape for a in theirs] == [a.shape for a in arrs]:
                 arrays[name] = theirs
-        net = io.with_weights(io.strip_weights(net), arrays)
-    io.write_weights(net, out)
+        net = netio.with_weights(netio.strip_weights(net), arrays)
+    netio.write_weights(net, out)
     return out
 
 
 def latency(teacher: Path, teacher_w: Path, slim: Path, slim_w: Path, runs: int) -> dict:
-    """Teacher and slim net at batch 1, interleaved in one process (deeprebirth.bench)."""
-    from deeprebirth import bench  # noqa: PLC0415
-    from deeprebirth.engine.devices import get_device  # noqa: PLC0415
+    """Teacher and slim net at batch 1, interleaved in one process (deeprebirth.runtime.bench)."""
+    from deeprebirth.runtime import bench  # noqa: PLC0415
+    from deeprebirth.runtime.devices import get_device  # noqa: PLC0415
 
     prepared = bench.prepare([str(teacher), str(slim)], [str(teacher_w), str(slim_w)], batch=1)
     doc = bench.build_json(bench.run(prepared, get_device("cpu"), runs=runs, warmup=5, layers=False, memory=False))
@@ -261,15 +263,18 @@ def latency(teacher: Path, teacher_w: Path, slim: Path, slim_w: Path, runs: int)
 
 
 def stage_steps(work: Path, args) -> list[dict]:
-    from deeprebirth import finetune as ft, relearn as rl, slim as slim_api, data  # noqa: PLC0415
-    from deeprebirth.model import load_model  # noqa: PLC0415
+    from deeprebirth.learning import finetune as ft
+    from deeprebirth.learning import relearn as rl
+    from deeprebirth.transforms import slim as slim_api
+    from deeprebirth.learning import sources as data  # noqa: PLC0415
+    from deeprebirth.caffe.model import load_model  # noqa: PLC0415
 
     teacher_w = work / "teacher" / "teacher.caffemodel"
     tv_path = work / "teacher" / "train_val.prototxt"
     t_eval = teacher_eval(work, args.eval_images)
     rows = [{"step": 0, "slim": "N/A", "relearn_only": t_eval, "relearn_finetune": t_eval, "speedup": 1.0,
-             "memory_bytes": Graph(io.read_net(TEACHER), strict=False).memory_bytes,
-             "layers": len(io.read_net(TEACHER).layer)}]
+             "memory_bytes": Graph(netio.read_net(TEACHER), strict=False).memory_bytes,
+             "layers": len(netio.read_net(TEACHER).layer)}]
     log(f"step 0 (teacher): top-1 {t_eval['top1']:.4f}, top-5 {t_eval['top5']:.4f}")
     only: list[str] = []
     prev = {"a": None, "b": None}
@@ -287,7 +292,7 @@ def stage_steps(work: Path, args) -> list[dict]:
         shutil.rmtree(step_dir, ignore_errors=True)
         step_dir.mkdir(parents=True)
         model = load_model(TEACHER, teacher_w)
-        out = slim_api.slim(model, only=list(only), train_val=io.read_net(tv_path), train_val_source=str(tv_path))
+        out = slim_api.slim(model, only=list(only), train_val=netio.read_net(tv_path), train_val_source=str(tv_path))
         slim_dir = step_dir / "slim"
         slim_api.write(out, slim_dir)
         changed = {n for c in out.result.changes if c.substructure in names
@@ -333,7 +338,9 @@ def stage_steps(work: Path, args) -> list[dict]:
 def stage_tucker(work: Path, args) -> dict | None:
     """Slim-Tucker: the last step's fine-tuned slim net decomposed (`rebirth tucker --ratio 0.5`),
     re-learned against the slim net, fine-tuned as one step, evaluated and timed against the teacher."""
-    from deeprebirth import finetune as ft, relearn as rl, data  # noqa: PLC0415
+    from deeprebirth.learning import finetune as ft
+    from deeprebirth.learning import relearn as rl
+    from deeprebirth.learning import sources as data  # noqa: PLC0415
 
     out = work / "tucker"
     done = out / "tucker.json"
@@ -353,8 +360,8 @@ def stage_tucker(work: Path, args) -> dict | None:
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             raise SystemExit(f"rebirth tucker failed: {proc.stderr.strip()}")
-    row = {"step": "T", "slim": "Slim-Tucker (ratio 0.5)", "layers": len(io.read_net(slim_dir / "deploy.prototxt").layer),
-           "memory_bytes": Graph(io.read_net(slim_dir / "deploy.prototxt"), strict=False).memory_bytes}
+    row = {"step": "T", "slim": "Slim-Tucker (ratio 0.5)", "layers": len(netio.read_net(slim_dir / "deploy.prototxt").layer),
+           "memory_bytes": Graph(netio.read_net(slim_dir / "deploy.prototxt"), strict=False).memory_bytes}
     row["before_relearn"] = evaluate_net(slim_dir / "deploy.prototxt", slim_dir / "init.caffemodel", work, tv_path,
                                          args.eval_images)
     train_lmdb = str(work / "fmnist_train_lmdb")
@@ -380,7 +387,7 @@ def stage_tucker(work: Path, args) -> dict | None:
         row["relearn_finetune"] = row["relearn_only"]
     row.update(latency(TEACHER, work / "teacher" / "teacher.caffemodel", slim_dir / "deploy.prototxt",
                        final, args.bench_runs))
-    row["params"] = Graph(io.read_net(slim_dir / "deploy.prototxt"), strict=False).totals()["params"]
+    row["params"] = Graph(netio.read_net(slim_dir / "deploy.prototxt"), strict=False).totals()["params"]
     row["seconds"] = round(time.time() - t0, 1)
     done.write_text(json.dumps(row, indent=2))
     log(f"Slim-Tucker: relearn only top-1 {row['relearn_only']['top1']:.4f}; relearn+finetune top-1 "
@@ -391,7 +398,8 @@ def stage_tucker(work: Path, args) -> dict | None:
 def stage_final(work: Path, args) -> dict | None:
     """The last step's relearn + fine-tune net fine-tuned longer (``--final-iters``): how close a
     longer schedule (the paper fine-tunes each step for ~90,000 iterations) comes to the teacher."""
-    from deeprebirth import finetune as ft, data  # noqa: PLC0415
+    from deeprebirth.learning import finetune as ft
+    from deeprebirth.learning import sources as data  # noqa: PLC0415
 
     out = work / "final"
     done = out / "final.json"

@@ -40,12 +40,12 @@ from pathlib import Path
 os.environ.setdefault("GLOG_minloglevel", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from deeprebirth import bench  # noqa: E402
-from deeprebirth import proto as pb  # noqa: E402
-from deeprebirth.engine.cpu import CpuDevice  # noqa: E402
-from deeprebirth.engine.pycaffe import random_weights  # noqa: E402
-from deeprebirth.graph import DATA_TYPES, Graph, kind_of  # noqa: E402
-from deeprebirth.model import Model  # noqa: E402
+from deeprebirth.runtime import bench  # noqa: E402
+from deeprebirth.caffe import proto as pb  # noqa: E402
+from deeprebirth.runtime.devices.cpu import CpuDevice  # noqa: E402
+from deeprebirth.runtime.pycaffe import random_weights  # noqa: E402
+from deeprebirth.graph.dag import DATA_TYPES, Graph, kind_of  # noqa: E402
+from deeprebirth.caffe.model import Model  # noqa: E402
 
 # Table 2 of the paper: % of forward time in non-tensor layers.
 PAPER = {  # model: (Intel x86, Arm, Titan X)

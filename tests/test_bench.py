@@ -10,10 +10,11 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from deeprebirth import bench, io
+from deeprebirth.runtime import bench
+from deeprebirth.caffe import netio
 from deeprebirth.cli import main
-from deeprebirth.engine.base import Device, Memory, Session
-from deeprebirth.engine.devices import get_device
+from deeprebirth.runtime.devices.base import Device, Memory, Session
+from deeprebirth.runtime.devices import get_device
 from deeprebirth.errors import RebirthError
 
 # A blob ("pool") feeding two layers makes Caffe insert a Split layer of its own.
@@ -143,9 +144,9 @@ def test_text_report_mentions_everything():
 
 
 def test_set_batch_rewrites_every_input_form():
-    net = io.parse_net_text('input: "a" input_shape { dim: 10 dim: 3 dim: 4 dim: 4 }\n'
+    net = netio.parse_net_text('input: "a" input_shape { dim: 10 dim: 3 dim: 4 dim: 4 }\n'
                             'layer { name: "in" type: "Input" top: "b" input_param { shape { dim: 10 dim: 2 } } }')
-    legacy = io.parse_net_text('input: "a" input_dim: 10 input_dim: 3 input_dim: 4 input_dim: 4')
+    legacy = netio.parse_net_text('input: "a" input_dim: 10 input_dim: 3 input_dim: 4 input_dim: 4')
     out = bench.set_batch(net, 1)
     assert list(out.input_shape[0].dim) == [1, 3, 4, 4]
     assert list(out.layer[0].input_param.shape[0].dim) == [1, 2]
@@ -155,7 +156,7 @@ def test_set_batch_rewrites_every_input_form():
 
 
 def test_dataset_nets_and_labels():
-    data = io.parse_net_text('layer { name: "d" type: "Data" top: "data" data_param { batch_size: 1 } }')
+    data = netio.parse_net_text('layer { name: "d" type: "Data" top: "data" data_param { batch_size: 1 } }')
     with pytest.raises(RebirthError, match="'d' is a Data layer"):
         bench.check_runnable(data, "x.prototxt")
     assert bench.labels(["a", "b", "a", "a"]) == ["a", "b", "a #2", "a #3"]
@@ -259,11 +260,11 @@ def test_devices():
 
 
 def test_cpu_session_layers_include_caffe_splits(tmp_path, caffe):
-    from deeprebirth.engine.pycaffe import random_weights
-    from deeprebirth.graph import Graph
-    from deeprebirth.model import Model
+    from deeprebirth.runtime.pycaffe import random_weights
+    from deeprebirth.graph.dag import Graph
+    from deeprebirth.caffe.model import Model
 
-    net = io.parse_net_text(TINY)
+    net = netio.parse_net_text(TINY)
     with get_device("cpu").open(Model(net, random_weights(Graph(net)))) as s:
         assert "Split" in s.layer_types and len(s.layer_names) == len(net.layer) + 1
         times = s.time_layers()

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from deeprebirth import io
-from deeprebirth.engine import isolate
+from deeprebirth.caffe import netio
+from deeprebirth.runtime import isolate
 from deeprebirth.errors import RebirthError
-from deeprebirth.graph import Graph
+from deeprebirth.graph.dag import Graph
 
 HEAD = 'layer { name: "d" type: "Input" top: "d" input_param { shape { dim: 1 dim: 4 dim: 6 dim: 6 } } }\n'
 
@@ -52,12 +52,12 @@ CASES = {
 def test_graph_refuses_what_caffe_checks(case):
     text, expect = CASES[case]
     with pytest.raises(RebirthError, match=expect):
-        Graph(io.parse_net_text(HEAD + text))
+        Graph(netio.parse_net_text(HEAD + text))
 
 
 def _build(text: str) -> str:
-    from deeprebirth.engine.pycaffe import CaffeNet  # noqa: PLC0415
-    CaffeNet(io.parse_net_text(text))
+    from deeprebirth.runtime.pycaffe import CaffeNet  # noqa: PLC0415
+    CaffeNet(netio.parse_net_text(text))
     return "built"
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from deeprebirth import io
+from deeprebirth.caffe import netio
 from deeprebirth.cli import main
 
 SMALL = """name: "small"
@@ -77,9 +77,9 @@ def test_inspect_with_matching_weights(tmp_path, caffe):
 def test_weights_shape_mismatch_names_layer_and_both_shapes(tmp_path):
     proto = tmp_path / "small.prototxt"
     proto.write_text(SMALL)
-    other = io.parse_net_text(SMALL.replace("num_output: 4", "num_output: 6"))
+    other = netio.parse_net_text(SMALL.replace("num_output: 4", "num_output: 6"))
     weights = {"conv": [np.zeros((6, 3, 3, 3), np.float32), np.zeros(6, np.float32)]}
-    io.write_weights(io.with_weights(other, weights), tmp_path / "w.caffemodel")
+    netio.write_weights(netio.with_weights(other, weights), tmp_path / "w.caffemodel")
     line = _error_line(run("inspect", proto, "--weights", tmp_path / "w.caffemodel"))
     assert "layer 'conv'" in line and "[6, 3, 3, 3]" in line and "[4, 3, 3, 3]" in line
 

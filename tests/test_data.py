@@ -1,4 +1,4 @@
-"""Image sources and preprocessing (deeprebirth.data): every SOURCE kind, labels, Caffe's
+"""Image sources and preprocessing (deeprebirth.learning.sources): every SOURCE kind, labels, Caffe's
 DataTransformer arithmetic against hand-computed values, and the one-line errors."""
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from deeprebirth import data, io
-from deeprebirth import proto as pb
+from deeprebirth.learning import sources as data
+from deeprebirth.caffe import netio
+from deeprebirth.caffe import proto as pb
 from deeprebirth.errors import RebirthError
 
 
@@ -246,7 +247,7 @@ def test_defaults():
 
 
 def _data_layer(text: str) -> "pb.LayerParameter":
-    net = io.parse_net_text(text)
+    net = netio.parse_net_text(text)
     return net.layer[0]
 
 
@@ -258,7 +259,7 @@ def test_from_transform_param(tmp_path):
     assert (p.scale, p.crop, p.mirror, p.resize) == (0.5, 4, True, (6, 8))
     np.testing.assert_array_equal(p.mean, [1, 2, 3])
     mean = np.arange(1 * 1 * 6 * 6, dtype=np.float32).reshape(1, 1, 6, 6)
-    io.atomic_write(tmp_path / "mean.binaryproto", io.array_to_blob(mean).SerializeToString())
+    netio.atomic_write(tmp_path / "mean.binaryproto", netio.array_to_blob(mean).SerializeToString())
     layer = _data_layer('layer { name: "d" type: "Data" top: "data" '
                         'transform_param { crop_size: 4 mean_file: "mean.binaryproto" } data_param { source: "db" } }')
     p = data.Preprocess.from_transform_param(layer, (1, 1, 4, 4), base_dir=tmp_path)
@@ -274,7 +275,7 @@ def test_from_transform_param(tmp_path):
 
 def test_preprocess_errors(tmp_path):
     mean = np.zeros((1, 3, 5, 5), dtype=np.float32)
-    io.atomic_write(tmp_path / "mean.binaryproto", io.array_to_blob(mean).SerializeToString())
+    netio.atomic_write(tmp_path / "mean.binaryproto", netio.array_to_blob(mean).SerializeToString())
     layer = _data_layer('layer { name: "d" type: "Data" top: "data" '
                         f'transform_param {{ mean_file: "{tmp_path / "mean.binaryproto"}" }} }}')
     with pytest.raises(RebirthError, match=r"layer 'd': the mean image is 5x5 but the net input is 7x7"):
@@ -314,7 +315,7 @@ def test_matches_caffes_data_layer_on_an_lmdb(caffe, tmp_path):
     images = [rgb(20 + i, 7, 8) for i in range(3)]
     _write_lmdb(tmp_path / "db", {f"{i:08d}".encode(): _datum(img, i) for i, img in enumerate(images)})
     mean = np.random.default_rng(1).uniform(0, 255, size=(1, 3, 7, 8)).astype(np.float32)
-    io.atomic_write(tmp_path / "mean.binaryproto", io.array_to_blob(mean).SerializeToString())
+    netio.atomic_write(tmp_path / "mean.binaryproto", netio.array_to_blob(mean).SerializeToString())
     # (Caffe shares one reader thread per layer name + source between live nets: distinct names)
     for k, transform in enumerate(("scale: 0.5 crop_size: 5 mean_value: 10 mean_value: 20 mean_value: 30",
                                    f'scale: 0.25 crop_size: 4 mean_file: "{tmp_path / "mean.binaryproto"}"')):
@@ -323,7 +324,7 @@ def test_matches_caffes_data_layer_on_an_lmdb(caffe, tmp_path):
         (tmp_path / "net.prototxt").write_text(text)
         net = caffe.Net(str(tmp_path / "net.prototxt"), caffe.TEST)
         net.forward()
-        layer = io.parse_net_text(text).layer[0]
+        layer = netio.parse_net_text(text).layer[0]
         pre = data.Preprocess.from_transform_param(layer, net.blobs["data"].data.shape)
         src = data.open_source(str(tmp_path / "db"))
         x, labels = next(src.batches(pre, 3))
@@ -344,7 +345,7 @@ def test_matches_caffes_image_data_layer(caffe, tmp_path):
     (tmp_path / "net.prototxt").write_text(text)
     net = caffe.Net(str(tmp_path / "net.prototxt"), caffe.TEST)
     net.forward()
-    pre = data.Preprocess.from_transform_param(io.parse_net_text(text).layer[0], net.blobs["data"].data.shape)
+    pre = data.Preprocess.from_transform_param(netio.parse_net_text(text).layer[0], net.blobs["data"].data.shape)
     x, labels = next(data.open_source(str(tmp_path / "list.txt")).batches(pre, 2))
     np.testing.assert_allclose(x, net.blobs["data"].data, rtol=0, atol=1e-5)
     assert list(labels) == [4, 2]

@@ -19,10 +19,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from deeprebirth import bench, io
+from deeprebirth.runtime import bench
+from deeprebirth.caffe import netio
 from deeprebirth.cli import main
-from deeprebirth.engine import remote
-from deeprebirth.engine.devices import get_device
+from deeprebirth.runtime.devices import remote
+from deeprebirth.runtime.devices import get_device
 from deeprebirth.errors import RebirthError
 
 from conftest import IN_CI, ROOT
@@ -104,12 +105,12 @@ def test_adb_pushes_runs_reads_back_and_cleans_up(fake_phone):
 
 def test_adb_report_and_weights(fake_phone, monkeypatch):
     p = fake_phone["proto"]
-    from deeprebirth.engine.pycaffe import random_weights
-    from deeprebirth.graph import Graph
+    from deeprebirth.runtime.pycaffe import random_weights
+    from deeprebirth.graph.dag import Graph
 
-    net = io.parse_net_text(TINY)
+    net = netio.parse_net_text(TINY)
     w = fake_phone["tmp"] / "tiny.caffemodel"
-    w.write_bytes(io.with_weights(net, random_weights(Graph(net))).SerializeToString())
+    w.write_bytes(netio.with_weights(net, random_weights(Graph(net))).SerializeToString())
     monkeypatch.setenv("FAKE_ADB_DEVICES", "AAA:device,BBB:device")
     res = bench_cli(p, "--device", "adb:BBB", "-w", w, "--runs", "2", "--layers")
     assert res.exit_code == 0, res.output
@@ -245,7 +246,7 @@ def host_program(caffe):
 
 @pytest.mark.parametrize("name", ["googlenet", "alexnet", "resnet50"])
 def test_host_program_agrees_with_cpu_device(host_program, name, monkeypatch):
-    from deeprebirth.engine.cpu import CpuSession
+    from deeprebirth.runtime.devices.cpu import CpuSession
 
     monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")
     (prep,) = bench.prepare([name], batch=1)

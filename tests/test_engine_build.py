@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deeprebirth import io
-from deeprebirth import proto as pb
-from deeprebirth.engine import pycaffe
+from deeprebirth.caffe import netio
+from deeprebirth.caffe import proto as pb
+from deeprebirth.runtime import pycaffe
 
 pytestmark = pytest.mark.caffe
 BIN = Path(sys.executable).parent
@@ -23,7 +23,7 @@ BIN = Path(sys.executable).parent
 def net_with(layer_text: str, tmp_path: Path) -> "pb.NetParameter":
     path = tmp_path / "net.prototxt"
     path.write_text(f'name: "reader"\n{layer_text}\n')
-    return io.read_net(path)
+    return netio.read_net(path)
 
 
 def forward(net: "pb.NetParameter") -> dict[str, np.ndarray]:
@@ -109,7 +109,7 @@ layer { name: "pool" type: "Pooling" bottom: "conv" top: "pool" pooling_param { 
 
 
 def test_convert_imageset_writes_an_lmdb_our_sources_read(caffe, tmp_path):
-    from deeprebirth import data
+    from deeprebirth.learning import sources as data
 
     pics = images(3, 8, 8, seed=3)
     image_list(tmp_path, pics, [0, 1, 0])

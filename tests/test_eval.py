@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from deeprebirth import data, evaluate as ev, io
+from deeprebirth.learning import sources as data
+from deeprebirth.learning import evaluate as ev
+from deeprebirth.caffe import netio
 from test_slim_cli import error_line, run  # the CLI helpers of the slim tests
 
 NET = """name: "argmax"
@@ -31,12 +33,12 @@ def _labels() -> list[int]:
 
 @pytest.fixture
 def setup(tmp_path):
-    net = io.parse_net_text(NET)
+    net = netio.parse_net_text(NET)
     (tmp_path / "net.prototxt").write_text(NET)
-    io.write_weights(io.with_weights(net, {"ip": [np.eye(6, dtype=np.float32), np.zeros(6, np.float32)]}),
+    netio.write_weights(netio.with_weights(net, {"ip": [np.eye(6, dtype=np.float32), np.zeros(6, np.float32)]}),
                      tmp_path / "net.caffemodel")
     swap = np.eye(6, dtype=np.float32)[[1, 0, 2, 3, 4, 5]] * 2.0   # teacher: classes 0 and 1 swapped, logits x2
-    io.write_weights(io.with_weights(net, {"ip": [swap, np.zeros(6, np.float32)]}), tmp_path / "teacher.caffemodel")
+    netio.write_weights(netio.with_weights(net, {"ip": [swap, np.zeros(6, np.float32)]}), tmp_path / "teacher.caffemodel")
     lines = []
     for i, (img, label) in enumerate(zip(IMAGES, _labels())):
         Image.fromarray(img).save(tmp_path / f"im{i}.png")

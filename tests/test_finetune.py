@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from deeprebirth import io
-from deeprebirth.engine import pycaffe
-from deeprebirth.graph import Graph
+from deeprebirth.caffe import netio
+from deeprebirth.runtime import pycaffe
+from deeprebirth.graph.dag import Graph
 from test_slim_cli import error_line, run  # the CLI helpers of the slim tests
 
 DEPLOY = """name: "tiny"
@@ -43,8 +43,8 @@ def slimmed(tmp_path_factory, caffe):
     d = tmp_path_factory.mktemp("ft")
     (d / "tiny.prototxt").write_text(DEPLOY)
     (d / "tv.prototxt").write_text(TRAIN_VAL)
-    net = io.parse_net_text(DEPLOY)
-    io.write_weights(io.with_weights(net, pycaffe.random_weights(Graph(net), seed=1)), d / "tiny.caffemodel")
+    net = netio.parse_net_text(DEPLOY)
+    netio.write_weights(netio.with_weights(net, pycaffe.random_weights(Graph(net), seed=1)), d / "tiny.caffemodel")
     res = run("slim", d / "tiny.prototxt", "-w", d / "tiny.caffemodel", "--train-val", d / "tv.prototxt",
               "-o", d / "slim")
     assert res.exit_code == 0, res.output
@@ -102,10 +102,10 @@ def test_resume_continues_the_iteration_count(slimmed, tmp_path):
     # same state with no further steps gives the snapshot's weights back
     same = run("finetune", d / "slim", "--train", d / "train", "--iters", 3, "--resume", state, "-o", tmp_path / "r")
     assert same.exit_code == 0, same.output
-    got = io.weights_of(io.read_weights(tmp_path / "r" / "weights.caffemodel"))
-    snap = io.weights_of(io.read_weights(out / "finetune_iter_3.caffemodel"))
+    got = netio.weights_of(netio.read_weights(tmp_path / "r" / "weights.caffemodel"))
+    snap = netio.weights_of(netio.read_weights(out / "finetune_iter_3.caffemodel"))
     assert got["conv1"][0].tobytes() == snap["conv1"][0].tobytes()
-    init = io.weights_of(io.read_weights(d / "slim" / "init.caffemodel"))
+    init = netio.weights_of(netio.read_weights(d / "slim" / "init.caffemodel"))
     assert got["conv1"][0].tobytes() != init["conv1"][0].tobytes()
     # a file that is not a snapshot, or one whose weights went missing: one line, before Caffe sees it
     line = error_line(run("finetune", d / "slim", "--train", d / "train", "--resume", d / "tiny.prototxt", "-o", out))

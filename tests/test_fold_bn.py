@@ -11,12 +11,13 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from deeprebirth import fold, io
+from deeprebirth.transforms import fold
+from deeprebirth.caffe import netio
 from deeprebirth.cli import main
-from deeprebirth.engine.pycaffe import random_weights
+from deeprebirth.runtime.pycaffe import random_weights
 from deeprebirth.errors import RebirthError
-from deeprebirth.graph import Graph
-from deeprebirth.model import Model, load_model
+from deeprebirth.graph.dag import Graph
+from deeprebirth.caffe.model import Model, load_model
 
 TOL = 1e-5
 NORMS = {"BatchNorm", "Scale", "Bias"}
@@ -46,7 +47,7 @@ def relu(name, bottom, top) -> str:
 
 
 def model_of(text: str, seed: int = 0) -> Model:
-    net = io.parse_net_text(text, "test.prototxt")
+    net = netio.parse_net_text(text, "test.prototxt")
     return Model(net, random_weights(Graph(net), seed), "test.prototxt", "test.caffemodel")
 
 
@@ -82,7 +83,7 @@ def assert_untouched_identical(original: Model, result) -> None:
 
 @pytest.fixture(scope="module")
 def resnet(caffe, shared_models):
-    net = io.strip_weights(io.read_net(shared_models / "resnet50/deploy.prototxt"))
+    net = netio.strip_weights(netio.read_net(shared_models / "resnet50/deploy.prototxt"))
     original = Model(net, random_weights(Graph(net), seed=0), "resnet50", "random")
     return original, fold.fold_bn(original)
 
@@ -371,13 +372,13 @@ def test_mismatched_weights():
 
 def test_training_nets_are_refused():
     with pytest.raises(RebirthError, match="TRAIN phase"):
-        fold.check_inference_net(io.parse_net_text("state { phase: TRAIN }\n" + SIMPLE), "t.prototxt")
+        fold.check_inference_net(netio.parse_net_text("state { phase: TRAIN }\n" + SIMPLE), "t.prototxt")
     with pytest.raises(RebirthError, match="train/test net"):
-        fold.check_inference_net(io.parse_net_text(
+        fold.check_inference_net(netio.parse_net_text(
             SIMPLE + 'layer { name: "acc" type: "Accuracy" bottom: "c" bottom: "c" top: "a" '
                      'include { phase: TRAIN } }\n'), "t.prototxt")
     # TEST-only layers alone are fine: SSD deploy files mark DetectionOutput so.
-    fold.check_inference_net(io.parse_net_text(
+    fold.check_inference_net(netio.parse_net_text(
         SIMPLE + 'layer { name: "r" type: "ReLU" bottom: "c" top: "r" include { phase: TEST } }\n'), "t.prototxt")
     text = data() + conv("conv", "data", "c") + bn("bn", "c", "c", "batch_norm_param { use_global_stats: false }")
     with pytest.raises(RebirthError, match="layer 'bn' .*use_global_stats: false"):
@@ -396,7 +397,7 @@ def write_inputs(tmp_path, text, weights_text=None, edit=None):
     if edit:
         edit(src.weights)
     caffemodel = tmp_path / "in.caffemodel"
-    io.write_weights(io.with_weights(src.net, src.weights), caffemodel)
+    netio.write_weights(netio.with_weights(src.net, src.weights), caffemodel)
     return proto, caffemodel
 
 

@@ -11,12 +11,14 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from deeprebirth import fold, io, pipeline
-from deeprebirth import proto as pb
+from deeprebirth.transforms import fold
+from deeprebirth.caffe import netio
+from deeprebirth.transforms import runner
+from deeprebirth.caffe import proto as pb
 from deeprebirth.cli import main
 from deeprebirth.errors import RebirthError, RebirthWarning
-from deeprebirth.graph import Graph
-from deeprebirth.model import load_model
+from deeprebirth.graph.dag import Graph
+from deeprebirth.caffe.model import load_model
 
 DATA = Path(__file__).resolve().parent / "data"
 DENSENET = DATA / "fork_densenet.prototxt"
@@ -26,18 +28,18 @@ HEAD = 'layer { name: "data" type: "Input" top: "data" input_param { shape { dim
 
 
 def graph_of(text: str, **kw) -> Graph:
-    return Graph(io.parse_net_text(HEAD + text), **kw)
+    return Graph(netio.parse_net_text(HEAD + text), **kw)
 
 
 def deploy(path: Path) -> "pb.NetParameter":
-    return io.filter_phase(io.read_net(path), pb.TEST)
+    return netio.filter_phase(netio.read_net(path), pb.TEST)
 
 
 def weights_file(path: Path, tmp_path: Path, seed: int = 1) -> Path:
-    from deeprebirth.engine.pycaffe import random_weights  # noqa: PLC0415
+    from deeprebirth.runtime.pycaffe import random_weights  # noqa: PLC0415
     net = deploy(path)
     out = tmp_path / f"{path.stem}.caffemodel"
-    io.write_weights(io.with_weights(net, random_weights(Graph(net), seed=seed)), out)
+    netio.write_weights(netio.with_weights(net, random_weights(Graph(net), seed=seed)), out)
     return out
 
 
@@ -109,7 +111,7 @@ def test_unknown_field_names_field_line_and_column(tmp_path):
     path = tmp_path / "net.prototxt"
     path.write_text(HEAD + 'layer {\n  name: "r" type: "ReLU" bottom: "data" top: "r"\n  relu_param { slope: 1 }\n}\n')
     with pytest.raises(RebirthError, match=r"net.prototxt:4:16: .*no field named \"slope\""):
-        io.read_net(path)
+        netio.read_net(path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -139,7 +141,7 @@ def test_unknown_type_inspect_warns_and_succeeds(tmp_path):
 
 
 def test_unknown_type_is_never_rewritten_across(tmp_path):
-    from deeprebirth import slim  # noqa: PLC0415
+    from deeprebirth.transforms import slim  # noqa: PLC0415
     with pytest.warns(RebirthWarning):
         model = load_model(_write(tmp_path, UNKNOWN))
         out = slim.slim(model, ["streamline"], data_layer="dummy")
@@ -176,7 +178,7 @@ layers { layer { name: "prob" type: "softmax" } bottom: "fc" top: "prob" }
 
 def test_v0_net_is_upgraded_like_caffe():
     with pytest.warns(RebirthWarning, match="'norm1' \\(lrn\\): field 'num_output' does not apply"):
-        net = io.parse_net_text(V0, "v0.prototxt")
+        net = netio.parse_net_text(V0, "v0.prototxt")
     layers = {layer.name: layer for layer in net.layer}
     assert list(layers) == ["conv1", "relu1", "pool1", "norm1", "fc", "prob"]  # padding folded away
     conv = layers["conv1"]
@@ -192,9 +194,9 @@ def test_v0_net_is_upgraded_like_caffe():
 
 def test_v0_unknown_type_and_bad_padding():
     with pytest.raises(RebirthError, match="unknown legacy type 'warp'"):
-        io.parse_net_text(V0.replace('type: "relu"', 'type: "warp"'))
+        netio.parse_net_text(V0.replace('type: "relu"', 'type: "warp"'))
     with pytest.raises(RebirthError, match="padding layer 'pad1' must feed one conv or pool"):
-        io.parse_net_text(V0.replace('type: "conv"', 'type: "relu"'))
+        netio.parse_net_text(V0.replace('type: "conv"', 'type: "relu"'))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -216,7 +218,7 @@ def test_slim_and_inspect_cli_on_densenet(tmp_path):
     weights = weights_file(DENSENET, tmp_path)
     result = run("slim", DENSENET, "--weights", weights, "-o", tmp_path / "out")
     assert result.exit_code == 0, result.output
-    slim_net = io.read_net(tmp_path / "out" / "deploy.prototxt")
+    slim_net = netio.read_net(tmp_path / "out" / "deploy.prototxt")
     assert any(layer.pooling_param.HasField("ceil_mode") for layer in slim_net.layer if layer.type == "Pooling")
     assert run("inspect", DENSENET, "--weights", weights).exit_code == 0
     assert run("inspect", SSD).exit_code == 0
@@ -229,7 +231,7 @@ def test_slim_and_inspect_cli_on_densenet(tmp_path):
 @pytest.mark.caffe
 @pytest.mark.parametrize("path", [DENSENET, SSD], ids=["densenet", "mobilenet_ssd"])
 def test_shapes_and_memory_equal_pycaffe(caffe, path):
-    from deeprebirth.engine.pycaffe import CaffeNet  # noqa: PLC0415
+    from deeprebirth.runtime.pycaffe import CaffeNet  # noqa: PLC0415
     net = deploy(path)
     graph = Graph(net)
     cnet = CaffeNet(net)

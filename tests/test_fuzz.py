@@ -33,9 +33,9 @@ from pathlib import Path
 
 import pytest
 
-from deeprebirth import io
-from deeprebirth import proto as pb
-from deeprebirth.graph import Graph
+from deeprebirth.caffe import netio
+from deeprebirth.caffe import proto as pb
+from deeprebirth.graph.dag import Graph
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data"
@@ -95,9 +95,9 @@ SMALL_NETS = ("small", "densenet", "ssd", "v0")
 
 
 def caffemodel_bytes(text: str, seed: int = 0) -> bytes:
-    from deeprebirth.engine.pycaffe import random_weights  # noqa: PLC0415
-    net = io.filter_phase(io.parse_net_text(text), pb.TEST)
-    return io.with_weights(net, random_weights(Graph(net, strict=False), seed=seed)).SerializeToString()
+    from deeprebirth.runtime.pycaffe import random_weights  # noqa: PLC0415
+    net = netio.filter_phase(netio.parse_net_text(text), pb.TEST)
+    return netio.with_weights(net, random_weights(Graph(net, strict=False), seed=seed)).SerializeToString()
 
 
 # ---------------------------------------------------------------------------------------------

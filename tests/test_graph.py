@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import pytest
 
-from deeprebirth import io
+from deeprebirth.caffe import netio
 from deeprebirth.errors import RebirthError
-from deeprebirth.graph import Graph, conv_out, pool_out
-from deeprebirth.rules import branch, streamline
+from deeprebirth.graph.dag import Graph, conv_out, pool_out
+from deeprebirth.transforms.rules import branch
+from deeprebirth.transforms.rules import streamline
 
 INPUT = 'layer {{ name: "data" type: "Input" top: "data" input_param {{ shape {{ {dims} }} }} }}\n'
 
@@ -17,7 +18,7 @@ def _dims(*d):
 
 def net_of(text: str, *dims):
     head = INPUT.format(dims=_dims(*(dims or (2, 3, 17, 17))))
-    return io.parse_net_text(head + text)
+    return netio.parse_net_text(head + text)
 
 
 # Small nets in the style of public Model Zoo nets, each exercising many layer types and
@@ -103,7 +104,7 @@ layer { name: "silence" type: "Silence" bottom: "f2" }
 
 @pytest.mark.parametrize("name", sorted(ZOO))
 def test_shapes_and_memory_match_pycaffe(name, caffe):
-    from deeprebirth.engine.pycaffe import CaffeNet
+    from deeprebirth.runtime.pycaffe import CaffeNet
     net = net_of(ZOO[name])
     graph = Graph(net)
     cnet = CaffeNet(net)
@@ -120,8 +121,8 @@ def test_shapes_and_memory_match_pycaffe(name, caffe):
                                        ("bvlc_alexnet/deploy.prototxt", 1),
                                        ("resnet50/deploy.prototxt", 3)])
 def test_reference_nets_match_pycaffe(rel, batch, shared_models, caffe):
-    from deeprebirth.engine.pycaffe import CaffeNet
-    net = io.read_net(shared_models / rel)
+    from deeprebirth.runtime.pycaffe import CaffeNet
+    net = netio.read_net(shared_models / rel)
     graph = Graph(net, batch=batch)
     cnet = CaffeNet(net)
     cnet.fill_inputs(batch=batch)
@@ -177,7 +178,7 @@ def test_candidates():
 
 
 def test_googlenet_candidates(shared_models):
-    g = Graph(io.read_net(shared_models / "bvlc_googlenet" / "deploy.prototxt"))
+    g = Graph(netio.read_net(shared_models / "bvlc_googlenet" / "deploy.prototxt"))
     names = [c["head"] for c in streamline.streamline_chains(g)] + [c["name"] for c in branch.branch_groups(g)]
     assert names[:2] == ["conv1/7x7_s2", "conv2/3x3"]
     assert [n for n in names if n.startswith("inception")] == [
@@ -228,14 +229,14 @@ def test_shape_errors_name_the_layer():
 
 
 def test_batch_override(shared_models):
-    net = io.read_net(shared_models / "bvlc_googlenet" / "deploy.prototxt")
+    net = netio.read_net(shared_models / "bvlc_googlenet" / "deploy.prototxt")
     g1, g10 = Graph(net, batch=1), Graph(net)
     assert g1.shapes["prob"] == (1, 1000) and g10.shapes["prob"] == (10, 1000)
     assert g10.memory_bytes == 10 * g1.memory_bytes
 
 
 def test_floor_round_mode_matches_engine(caffe):
-    from deeprebirth.engine.pycaffe import CaffeNet
+    from deeprebirth.runtime.pycaffe import CaffeNet
     net = net_of('layer { name: "p" type: "Pooling" bottom: "data" top: "p" '
                  'pooling_param { pool: MAX kernel_size: 3 stride: 2 round_mode: FLOOR } }\n'
                  'layer { name: "q" type: "Pooling" bottom: "data" top: "q" '

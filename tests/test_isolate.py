@@ -7,9 +7,9 @@ import time
 import pytest
 from click.testing import CliRunner
 
-from deeprebirth import io
+from deeprebirth.caffe import netio
 from deeprebirth.cli import main
-from deeprebirth.engine import isolate
+from deeprebirth.runtime import isolate
 from deeprebirth.errors import RebirthError
 
 NET = ('layer { name: "d" type: "Input" top: "d" input_param { shape { dim: 1 dim: 3 dim: 4 dim: 4 } } }\n'
@@ -44,8 +44,8 @@ def count_to(n, progress):
 
 
 def build_in_caffe(text):
-    from deeprebirth.engine.pycaffe import CaffeNet  # noqa: PLC0415
-    CaffeNet(io.parse_net_text(text)).forward()
+    from deeprebirth.runtime.pycaffe import CaffeNet  # noqa: PLC0415
+    CaffeNet(netio.parse_net_text(text)).forward()
     return "ran"
 
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from google.protobuf import text_format
 
-from deeprebirth import proto as pb
-from deeprebirth.model import BUILTIN
+from deeprebirth.caffe import proto as pb
+from deeprebirth.caffe.model import BUILTIN
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS_DIR = ROOT / "models"
@@ -189,7 +189,7 @@ def test_check_mode(tmp_path):
     assert proc.returncode == 1 and "alexnet.prototxt" in proc.stderr
 
 
-# ---------------------------------------------------------------- shapes (deeprebirth.graph)
+# ---------------------------------------------------------------- shapes (deeprebirth.graph.dag)
 
 # Expected output blob shapes at the upstream deploy batch sizes (a self-contained anchor).
 FINAL_SHAPES = {
@@ -201,7 +201,7 @@ FINAL_SHAPES = {
 
 @pytest.mark.parametrize("name", REFERENCES)
 def test_blob_shapes_match_public(shared_models, name):
-    from deeprebirth.graph import Graph
+    from deeprebirth.graph.dag import Graph
 
     mine = Graph(ours(name)).shapes
     ref = Graph(public(shared_models, name)).shapes

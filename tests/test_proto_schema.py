@@ -24,7 +24,7 @@ import pytest
 from google.protobuf import descriptor_pb2, text_format
 from google.protobuf.descriptor import FieldDescriptor
 
-from deeprebirth import proto as pb
+from deeprebirth.caffe import proto as pb
 
 # ---------------------------------------------------------------------------------------------
 # What our schema must contain: BVLC master's top-level messages (and its one top-level enum).

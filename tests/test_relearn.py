@@ -7,9 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from deeprebirth import io, relearn as rl
-from deeprebirth.engine import pycaffe
-from deeprebirth.graph import Graph
+from deeprebirth.caffe import netio
+from deeprebirth.learning import relearn as rl
+from deeprebirth.runtime import pycaffe
+from deeprebirth.graph.dag import Graph
 from test_slim_cli import error_line, run  # the CLI helpers of the slim tests
 
 # conv -> ReLU -> a 1x1/2 pooling (pure subsampling): streamline makes one stride-2 convolution that
@@ -55,10 +56,10 @@ layer { name: "prob" type: "Softmax" bottom: "fc" top: "prob" }
 def write_model(tmp_path, text, name, seed=0):
     proto = tmp_path / f"{name}.prototxt"
     proto.write_text(text)
-    net = io.read_net(proto)
+    net = netio.read_net(proto)
     weights = pycaffe.random_weights(Graph(net), seed=seed)
     w = tmp_path / f"{name}.caffemodel"
-    io.write_weights(io.with_weights(net, weights), w)
+    netio.write_weights(netio.with_weights(net, weights), w)
     return proto, w
 
 
@@ -167,9 +168,9 @@ def test_least_squares_recovers_exact_change(caffe, tmp_path):
     assert unit["init"] == {"conv1": "least-squares"}
     assert xavier > 0.1 and unit["error"]["least_squares"]["rel"] < 1e-8
     # And the whole slim net now computes what the teacher computes (to 1e-4 relative).
-    teacher = pycaffe.CaffeNet(io.read_net(proto), io.weights_of(io.read_weights(w)))
-    net = io.read_net(slim / "deploy.prototxt")
-    student = pycaffe.CaffeNet(net, io.weights_of(io.read_weights(tmp_path / "rl" / "weights.caffemodel")))
+    teacher = pycaffe.CaffeNet(netio.read_net(proto), netio.weights_of(netio.read_weights(w)))
+    net = netio.read_net(slim / "deploy.prototxt")
+    student = pycaffe.CaffeNet(net, netio.weights_of(netio.read_weights(tmp_path / "rl" / "weights.caffemodel")))
     x = np.random.default_rng(0).uniform(0, 1, size=(4, 3, 15, 15)).astype(np.float32)
     teacher.fill_inputs(inputs={"data": x})
     student.fill_inputs(inputs={"data": x})
@@ -197,8 +198,8 @@ def test_relearn_lowers_every_unit_error(caffe, tmp_path):
     # Written next to the slim net (the default OUTDIR), and it loads into the slim deploy net.
     rl_json = json.loads((slim / "relearn.json").read_text())
     assert rl_json["units"] == doc["units"]
-    weights = io.weights_of(io.read_weights(slim / "weights.caffemodel"))
-    pycaffe.CaffeNet(io.read_net(slim / "deploy.prototxt"), weights)
+    weights = netio.weights_of(netio.read_weights(slim / "weights.caffemodel"))
+    pycaffe.CaffeNet(netio.read_net(slim / "deploy.prototxt"), weights)
     # Teacher inputs: also runs (the option exists for comparison).
     res = run("relearn", slim, "--images", images, "--count", 16, "--heldout", 4, "--iters", 0, "--input",
               "teacher", "--only", "i", "-o", tmp_path / "t", "--json")

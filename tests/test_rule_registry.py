@@ -8,16 +8,19 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from deeprebirth import pipeline, report, rules, slim
+from deeprebirth.transforms import runner
+from deeprebirth.transforms import candidates
+from deeprebirth.transforms import rules
+from deeprebirth.transforms import slim
 from deeprebirth.cli import main
 from deeprebirth.errors import RebirthError
-from deeprebirth.graph import Graph
-from deeprebirth.model import load_model
-from deeprebirth.rules.base import Change, Match, Rule
+from deeprebirth.graph.dag import Graph
+from deeprebirth.caffe.model import load_model
+from deeprebirth.transforms.rules.base import Change, Match, Rule
 
 TOY = '''"""A rule of one's own: in-place Dropout layers go (Dropout is the identity at inference)."""
-from deeprebirth.edit import remove_layers
-from deeprebirth.rules.base import Change, Match, Rule
+from deeprebirth.transforms.edit import remove_layers
+from deeprebirth.transforms.rules.base import Change, Match, Rule
 
 
 class DropDropout(Rule):
@@ -199,10 +202,10 @@ class _Rename(Rule):
 
 def test_types_skip_and_max_steps_is_reported():
     model = load_model("alexnet")
-    result = pipeline.run(model, [_Never(), _Rename()], max_steps=3)
+    result = runner.run(model, [_Never(), _Rename()], max_steps=3)
     assert len(result.changes) == 3
     assert len(result.notes) == 1 and "max_steps" in result.notes[0] and "rename" in result.notes[0]
-    assert not pipeline.run(model, [_Never()]).notes
+    assert not runner.run(model, [_Never()]).notes
 
 
 def test_a_rule_that_needs_weights_refuses_with_a_note(tmp_path):
@@ -227,7 +230,7 @@ def test_every_candidate_is_an_only_name_that_slims_itself(net, weights):
     model = load_model(net)
     if weights:
         model = _fake_weights(model)
-    info = report.candidates(model)
+    info = candidates.candidates(model)
     chosen = slim.select_rules(None, have_weights=weights)
     assert [r["name"] for r in info["rules"]] == [r.name for r in chosen]
     cands = info["candidates"]
@@ -239,7 +242,7 @@ def test_every_candidate_is_an_only_name_that_slims_itself(net, weights):
     for name in names:
         assert name in valid
         mine = [c for c in cands if c["name"] == name]
-        result = pipeline.run(model, chosen, only={name})
+        result = runner.run(model, chosen, only={name})
         if all(c["refused"] for c in mine):
             assert not result.changes and {s.reason for s in result.skips} <= {c["refused"] for c in mine}
             continue

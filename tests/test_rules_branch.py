@@ -5,13 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from deeprebirth import io, pipeline
-from deeprebirth import proto as pb
-from deeprebirth.engine import pycaffe
-from deeprebirth.graph import Graph
-from deeprebirth.model import Model
-from deeprebirth.rules import branch, get
-from deeprebirth.rules.branch import BranchRule, find_blocks
+from deeprebirth.caffe import netio
+from deeprebirth.transforms import runner
+from deeprebirth.caffe import proto as pb
+from deeprebirth.runtime import pycaffe
+from deeprebirth.graph.dag import Graph
+from deeprebirth.caffe.model import Model
+from deeprebirth.transforms.rules import get
+from deeprebirth.transforms.rules import branch
+from deeprebirth.transforms.rules.branch import BranchRule, find_blocks
 
 GOOGLENET_BLOCKS = ["inception_3a", "inception_3b", "inception_4a", "inception_4b", "inception_4c",
                     "inception_4d", "inception_4e", "inception_5a", "inception_5b"]
@@ -59,7 +61,7 @@ def inception(p, bottom, c1=8, c3r=6, c3=10, c5r=4, c5=6, cp=5, pool_k=3, order=
 def net_of(body: str, dims=(1, 8, 12, 12)):
     shape = " ".join(f"dim: {d}" for d in dims)
     head = f'name: "t" layer {{ name: "data" type: "Input" top: "data" input_param {{ shape {{ {shape} }} }} }}\n'
-    return io.parse_net_text(head + body)
+    return netio.parse_net_text(head + body)
 
 
 def stem_block_head(**kw):
@@ -89,7 +91,7 @@ def concat_channels(net, name, batch=None):
 
 
 def googlenet(shared_models):
-    net = io.filter_phase(io.read_net(shared_models / "bvlc_googlenet" / "deploy.prototxt"), pb.TEST)
+    net = netio.filter_phase(netio.read_net(shared_models / "bvlc_googlenet" / "deploy.prototxt"), pb.TEST)
     return Model(net)
 
 
@@ -105,7 +107,7 @@ def test_rule_is_registered():
 def test_inception_block_is_slimmed_to_two_tensor_branches():
     model = with_weights(stem_block_head())
     before = Graph(model.net)
-    result = pipeline.run(model, [branch.RULE])
+    result = runner.run(model, [branch.RULE])
     out = result.model
     assert [c.substructure for c in result.changes] == ["inc"] and not result.skips
     change = result.changes[0]
@@ -144,7 +146,7 @@ def test_inception_block_is_slimmed_to_two_tensor_branches():
 
 def test_slimmed_net_runs_in_caffe(caffe):
     model = with_weights(stem_block_head())
-    out = pipeline.run(model, [branch.RULE]).model
+    out = runner.run(model, [branch.RULE]).model
     net = pycaffe.CaffeNet(out.net, out.weights)
     net.fill_inputs(0)
     res = net.forward()
@@ -153,33 +155,33 @@ def test_slimmed_net_runs_in_caffe(caffe):
 
 
 def test_rule_is_idempotent():
-    out = pipeline.run(Model(stem_block_head()), [branch.RULE]).model
-    again = pipeline.run(out, [branch.RULE])
+    out = runner.run(Model(stem_block_head()), [branch.RULE]).model
+    again = runner.run(out, [branch.RULE])
     assert not again.changes and not again.skips   # a slimmed block is not even matched
     assert again.model.net == out.net
 
 
 def test_without_weights():
-    out = pipeline.run(Model(stem_block_head()), [branch.RULE]).model
+    out = runner.run(Model(stem_block_head()), [branch.RULE]).model
     assert out.weights is None and num_output(out.net, "inc/3x3") == 18
 
 
 @pytest.mark.parametrize("ratio,want", [(0.25, 2), (1.0, 6), (0.01, 1)])
 def test_reduce_ratio_is_an_option(ratio, want):
-    out = pipeline.run(Model(stem_block_head(c3r=6)), [BranchRule(reduce_ratio=ratio)]).model
+    out = runner.run(Model(stem_block_head(c3r=6)), [BranchRule(reduce_ratio=ratio)]).model
     assert num_output(out.net, "inc/3x3_reduce") == want
     assert num_output(out.net, "inc/5x5_reduce") == 4
 
 
 def test_reduce_all_shrinks_every_reducer():
-    result = pipeline.run(Model(stem_block_head(c3r=6, c5r=4)), [BranchRule(reduce_all=True)])
+    result = runner.run(Model(stem_block_head(c3r=6, c5r=4)), [BranchRule(reduce_all=True)])
     assert num_output(result.model.net, "inc/3x3_reduce") == 3
     assert num_output(result.model.net, "inc/5x5_reduce") == 2
     assert "inc/5x5_reduce" in result.changes[0].regenerated
 
 
 def test_bad_ratio_is_a_note():
-    result = pipeline.run(Model(stem_block_head()), [BranchRule(reduce_ratio=1.5)])
+    result = runner.run(Model(stem_block_head()), [BranchRule(reduce_ratio=1.5)])
     assert not result.changes and "reduce_ratio" in result.skips[0].reason
 
 
@@ -187,7 +189,7 @@ def test_absorbed_channels_stay_where_they_were():
     """Pooling branch first: it goes to the nearest branch that can take it (3x3), before that
     branch's own channels, and so does the 1x1 branch between them."""
     net = stem_block_head(order=("pool", "1x1", "3x3", "5x5"))
-    result = pipeline.run(Model(net), [branch.RULE])
+    result = runner.run(Model(net), [branch.RULE])
     out = result.model.net
     assert list(layer(out, "inc/output").bottom) == ["inc/3x3", "inc/5x5"]
     assert num_output(out, "inc/3x3") == 5 + 8 + 10 and num_output(out, "inc/5x5") == 6
@@ -198,7 +200,7 @@ def test_absorbed_channels_stay_where_they_were():
 def test_non_adjacent_absorption_is_reported():
     # a 5x5 pooling: only the 5x5 branch can take it, and the 3x3 branch sits between them
     net = stem_block_head(order=("pool", "3x3", "5x5"), pool_k=5)
-    result = pipeline.run(Model(net), [branch.RULE])
+    result = runner.run(Model(net), [branch.RULE])
     out = result.model.net
     assert num_output(out, "inc/5x5") == 6 + 5 and num_output(out, "inc/3x3") == 10
     assert list(layer(out, "inc/output").bottom) == ["inc/5x5", "inc/3x3"]
@@ -211,14 +213,14 @@ def test_single_branch_collapse_when_allowed():
     body = conv("stem", "data", 12, 3, 1) + relu("stem_relu", "stem") + text + conv("after", "inc/output", 7)
     net = net_of(body)
     # default: at least two branches stay (the paper's 4 -> 2); the 1x1 branch is kept
-    result = pipeline.run(Model(net), [branch.RULE])
+    result = runner.run(Model(net), [branch.RULE])
     out = result.model.net
     assert list(layer(out, "inc/output").bottom) == ["inc/1x1", "inc/3x3"]
     assert num_output(out, "inc/3x3") == 10 + 5
     assert any("fewer than 2 branches" in n for n in result.changes[0].notes)
     # min_branches=1: one branch left, the Concat (a copy) goes, the 3x3 conv writes its top
     model = with_weights(net)
-    result = pipeline.run(model, [BranchRule(min_branches=1)])
+    result = runner.run(model, [BranchRule(min_branches=1)])
     out = result.model
     assert "inc/output" not in [lr.name for lr in out.net.layer]
     assert list(layer(out.net, "inc/3x3").top) == ["inc/output"]
@@ -238,7 +240,7 @@ def test_pooling_read_outside_the_block_is_not_absorbed():
     body += conv("side", "inc/pool", 3)   # the pooling's output is also read elsewhere
     net = net_of(body)
     assert not [g for g in branch.branch_groups(Graph(net)) if g["concat"] == "inc/output"]
-    result = pipeline.run(with_weights(net), [branch.RULE])
+    result = runner.run(with_weights(net), [branch.RULE])
     out = result.model.net
     change = result.changes[0]
     assert change.substructure == "inc"
@@ -250,7 +252,7 @@ def test_pooling_read_outside_the_block_is_not_absorbed():
     assert list(layer(out, "inc/output").bottom) == ["inc/3x3", "inc/5x5", "inc/pool_proj"]
     assert concat_channels(out, "inc/output") == 29
     # a second run finds nothing more to do, and says why
-    again = pipeline.run(result.model, [branch.RULE])
+    again = runner.run(result.model, [branch.RULE])
     assert not again.changes and "also read by 'side'" in again.skips[0].reason
 
 
@@ -265,7 +267,7 @@ def test_pooling_shared_by_two_branches_is_not_absorbed():
     (block,) = find_blocks(Graph(net))
     assert [b.kind for b in block.branches] == ["1x1", "tensor", "tensor", "pool", "pool"]
     assert [b.pinned is not None for b in block.branches] == [False, False, False, True, True]
-    result = pipeline.run(Model(net), [branch.RULE])
+    result = runner.run(Model(net), [branch.RULE])
     out = result.model.net
     assert "inc/pool" not in result.changes[0].removed
     for name in ("inc/pool", "inc/pool_proj", "inc/pool_proj2"):
@@ -278,7 +280,7 @@ def test_kernels_that_do_not_allow_absorption_leave_the_block_alone():
     # a 5x5 pooling, but the largest convolution is 3x3
     text, _ = inception("inc", "stem", order=("1x1", "3x3", "pool"), pool_k=5)
     net = net_of(conv("stem", "data", 12, 3, 1) + text + conv("after", "inc/output", 7))
-    result = pipeline.run(Model(net), [branch.RULE])
+    result = runner.run(Model(net), [branch.RULE])
     assert not result.changes and result.model.net == net
     (skip,) = result.skips
     assert skip.rule == "branch" and skip.substructure == "inc"
@@ -289,7 +291,7 @@ def test_two_branch_units_are_left_alone():
     """SqueezeNet's fire module (1x1 and 3x3 expand): slimming would leave one branch."""
     body = (conv("squeeze", "data", 4) + relu("squeeze_relu", "squeeze") + conv("e1", "squeeze", 8)
             + conv("e3", "squeeze", 8, 3, 1) + concat("fire", ["e1", "e3"]))
-    result = pipeline.run(Model(net_of(body)), [branch.RULE])
+    result = runner.run(Model(net_of(body)), [branch.RULE])
     assert not result.changes and "fewer than 2 branches" in result.skips[0].reason
 
 
@@ -308,7 +310,7 @@ def test_channel_axis_only():
     text = text.replace('top: "inc/output" }', 'top: "inc/output" concat_param { axis: 2 } }')
     net = net_of(conv("stem", "data", 12, 3, 1) + text)
     assert Graph(net).shapes["inc/output"] == (1, 6, 48, 12)
-    result = pipeline.run(Model(net), [branch.RULE])
+    result = runner.run(Model(net), [branch.RULE])
     assert not result.changes and "channel axis" in result.skips[0].reason
 
 
@@ -323,7 +325,7 @@ def _conv_outputs(net):
 def test_googlenet_all_nine_blocks_slimmed(shared_models):
     model = googlenet(shared_models)
     orig = _conv_outputs(model.net)
-    result = pipeline.run(model, [branch.RULE])
+    result = runner.run(model, [branch.RULE])
     out = result.model.net
     assert [c.substructure for c in result.changes] == GOOGLENET_BLOCKS
     assert not result.skips
@@ -355,7 +357,7 @@ def test_googlenet_after_pushing_poolings(shared_models):
     end in per-branch poolings, and are still slimmed the same way."""
     model = googlenet(shared_models)
     rules = get(["push_pool_concat", "branch"])
-    result = pipeline.run(model, rules)
+    result = runner.run(model, rules)
     slimmed = [c for c in result.changes if c.rule == "branch"]
     assert len(slimmed) == 9 and not result.skips
     new, orig = _conv_outputs(result.model.net), _conv_outputs(model.net)
@@ -371,7 +373,7 @@ def test_googlenet_slimmed_runs_in_caffe(caffe, shared_models):
     model = googlenet(shared_models)
     model.net.layer[0].input_param.shape[0].dim[0] = 1
     model.weights = pycaffe.random_weights(Graph(model.net), 0)
-    out = pipeline.run(model, [branch.RULE]).model
+    out = runner.run(model, [branch.RULE]).model
     net = pycaffe.CaffeNet(out.net, out.weights)
     net.fill_inputs(0)
     prob = net.forward()["prob"]

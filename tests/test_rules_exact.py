@@ -5,13 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from deeprebirth import io, pipeline
-from deeprebirth import proto as pb
-from deeprebirth.engine import pycaffe
-from deeprebirth.graph import Graph
-from deeprebirth.model import Model
-from deeprebirth.rules import branch, get, merge_parallel, push_pool_concat
-from deeprebirth.rules.merge_parallel import MergeParallel, joined_name
+from deeprebirth.caffe import netio
+from deeprebirth.transforms import runner
+from deeprebirth.caffe import proto as pb
+from deeprebirth.runtime import pycaffe
+from deeprebirth.graph.dag import Graph
+from deeprebirth.caffe.model import Model
+from deeprebirth.transforms.rules import get
+from deeprebirth.transforms.rules import branch
+from deeprebirth.transforms.rules import merge_parallel
+from deeprebirth.transforms.rules import push_pool_concat
+from deeprebirth.transforms.rules.merge_parallel import MergeParallel, joined_name
 
 GOOGLENET_MEMORY_B1 = 27_342_336
 
@@ -41,7 +45,7 @@ def concat(name, bottoms, top=None, axis=None):
 def net_of(body: str, dims=(2, 6, 13, 13)):
     shape = " ".join(f"dim: {d}" for d in dims)
     head = f'name: "t" layer {{ name: "data" type: "Input" top: "data" input_param {{ shape {{ {shape} }} }} }}\n'
-    return io.parse_net_text(head + body)
+    return netio.parse_net_text(head + body)
 
 
 def model_of(net, seed=0):
@@ -74,7 +78,7 @@ def assert_same_outputs(before: Model, after: Model, blobs=(), tol=1e-5):
 
 
 def googlenet(shared_models, batch=1, weights=False):
-    net = io.filter_phase(io.read_net(shared_models / "bvlc_googlenet" / "deploy.prototxt"), pb.TEST)
+    net = netio.filter_phase(netio.read_net(shared_models / "bvlc_googlenet" / "deploy.prototxt"), pb.TEST)
     net.layer[0].input_param.shape[0].dim[0] = batch
     return model_of(net) if weights else Model(net)
 
@@ -112,7 +116,7 @@ def test_push_pool_is_exact(caffe, method, k, stride, pad, extra):
     model = model_of(text)
     # A global pooling is pushed only when asked (streamline keeps it: several would remain).
     rule = push_pool_concat.RULE.with_options(push_global=True) if extra else push_pool_concat.RULE
-    result = pipeline.run(model, [rule])
+    result = runner.run(model, [rule])
     out = result.model
     (change,) = result.changes
     assert change.exact and change.removed == ["pool"] and change.modified == ["cat"]
@@ -134,22 +138,22 @@ def test_push_pool_is_exact(caffe, method, k, stride, pad, extra):
 def test_push_guard_global_pooling_by_default():
     model = model_of(branches_then_pool("AVE", 1, 1, 0, " global_pooling: true"))
     layer(model.net, "pool").pooling_param.ClearField("kernel_size")
-    result = pipeline.run(model, [push_pool_concat.RULE])
+    result = runner.run(model, [push_pool_concat.RULE])
     assert not result.changes and "a global pooling" in result.skips[0].reason
 
 
 def test_push_guard_concat_read_elsewhere():
     net = branches_then_pool()
-    net.layer.append(layer(io.parse_net_text(conv("side", "cat", 2)), "side"))
-    result = pipeline.run(Model(net), [push_pool_concat.RULE])
+    net.layer.append(layer(netio.parse_net_text(conv("side", "cat", 2)), "side"))
+    result = runner.run(Model(net), [push_pool_concat.RULE])
     assert not result.changes and not result.skips   # not even a match: the Concat must stay
     assert result.model.net == net
 
 
 def test_push_guard_two_poolings():
     net = branches_then_pool()
-    net.layer.append(layer(io.parse_net_text(pool("pool_b", "cat", 2, 2, method="AVE")), "pool_b"))
-    result = pipeline.run(Model(net), [push_pool_concat.RULE])
+    net.layer.append(layer(netio.parse_net_text(pool("pool_b", "cat", 2, 2, method="AVE")), "pool_b"))
+    result = runner.run(Model(net), [push_pool_concat.RULE])
     assert not result.changes and result.model.net == net
     assert {s.substructure for s in result.skips} == {"pool", "pool_b"}
     assert all("also read by" in s.reason for s in result.skips)
@@ -159,7 +163,7 @@ def test_push_guard_not_channel_axis():
     net = branches_then_pool(axis=3)
     for name, n in (("b1", 4), ("b2", 4), ("b3", 4)):
         layer(net, name).convolution_param.num_output = n
-    result = pipeline.run(Model(net), [push_pool_concat.RULE])
+    result = runner.run(Model(net), [push_pool_concat.RULE])
     assert not result.changes and "channel axis" in result.skips[0].reason
 
 
@@ -169,13 +173,13 @@ def test_push_guard_memory():
     net = branches_then_pool("MAX", 2, 1, 1)
     g = Graph(net)
     assert g.shapes["pool"][2] > g.shapes["cat"][2]
-    result = pipeline.run(Model(net), [push_pool_concat.RULE])
+    result = runner.run(Model(net), [push_pool_concat.RULE])
     assert not result.changes and "grow blob memory" in result.skips[0].reason
 
 
 def test_push_googlenet_memory(shared_models):
     model = googlenet(shared_models)
-    result = pipeline.run(model, [push_pool_concat.RULE])
+    result = runner.run(model, [push_pool_concat.RULE])
     assert [c.substructure for c in result.changes] == ["pool3/3x3_s2", "pool4/3x3_s2", "pool5/7x7_s1"]
     assert not result.skips   # inception blocks read their input Concat: no match, no noise
     g0, g1 = Graph(model.net, batch=1), Graph(result.model.net, batch=1)
@@ -193,7 +197,7 @@ def test_push_googlenet_memory(shared_models):
 
 def test_push_googlenet_is_exact(caffe, shared_models):
     model = googlenet(shared_models, weights=True)
-    out = pipeline.run(model, [push_pool_concat.RULE]).model
+    out = runner.run(model, [push_pool_concat.RULE]).model
     assert_same_outputs(model, out, blobs=("pool3/3x3_s2", "pool4/3x3_s2", "pool5/7x7_s1", "loss3/classifier"))
 
 
@@ -227,7 +231,7 @@ def parallel_into_concat(extra_input=True):
 
 def test_merge_into_concat_is_exact(caffe):
     model = model_of(parallel_into_concat())
-    result = pipeline.run(model, [merge_parallel.RULE])
+    result = runner.run(model, [merge_parallel.RULE])
     out = result.model
     (change,) = result.changes
     assert change.exact and change.substructure == "blk" and not result.skips
@@ -250,7 +254,7 @@ def test_merge_into_concat_is_exact(caffe):
 
 def test_merge_whole_concat_drops_it(caffe):
     model = model_of(parallel_into_concat(extra_input=False))
-    result = pipeline.run(model, [merge_parallel.RULE])
+    result = runner.run(model, [merge_parallel.RULE])
     out = result.model
     assert "blk/out" not in names(out.net) and "blk/out" in result.changes[0].removed
     assert list(layer(out.net, "blk/a+b+c").top) == ["blk/out"]
@@ -272,7 +276,7 @@ def parallel_elsewhere(slope_c=None, bias_c=True):
 
 def test_merge_needing_a_slice_is_left_alone_by_default():
     net = parallel_elsewhere()
-    result = pipeline.run(model_of(net), [merge_parallel.RULE])
+    result = runner.run(model_of(net), [merge_parallel.RULE])
     assert not result.changes and result.model.net == net
     (skip,) = result.skips
     assert "Slice" in skip.reason and "grow by" in skip.reason and "left alone" in skip.reason
@@ -280,7 +284,7 @@ def test_merge_needing_a_slice_is_left_alone_by_default():
 
 def test_merge_with_slice_is_exact(caffe):
     model = model_of(parallel_elsewhere())
-    result = pipeline.run(model, [MergeParallel(allow_memory_growth=True)])
+    result = runner.run(model, [MergeParallel(allow_memory_growth=True)])
     out = result.model
     (change,) = result.changes
     sl = next(lr for lr in out.net.layer if lr.type == "Slice")
@@ -319,7 +323,7 @@ def test_merge_skips_convs_whose_pre_activation_is_read():
 
 def test_merge_googlenet_leaves_memory_alone(shared_models):
     model = googlenet(shared_models)
-    result = pipeline.run(model, [merge_parallel.RULE])
+    result = runner.run(model, [merge_parallel.RULE])
     assert not result.changes
     assert [s.substructure for s in result.skips] == [
         "inception_3a", "inception_3b", "inception_4a", "inception_4b", "inception_4c", "inception_4d",
@@ -327,6 +331,6 @@ def test_merge_googlenet_leaves_memory_alone(shared_models):
     assert all("Slice" in s.reason for s in result.skips)
     assert Graph(result.model.net, batch=1).memory_bytes == GOOGLENET_MEMORY_B1
     # after branch slimming there is nothing new either
-    slim = pipeline.run(model, get(["branch", "merge_parallel"]))
+    slim = runner.run(model, get(["branch", "merge_parallel"]))
     assert not [c for c in slim.changes if c.rule == "merge_parallel"]
     assert Graph(slim.model.net, batch=1).memory_bytes == 22_980_160

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from deeprebirth import io
+from deeprebirth.caffe import netio
 from deeprebirth.cli import main
-from deeprebirth.engine import pycaffe
-from deeprebirth.graph import Graph, conv_geometry
+from deeprebirth.runtime import pycaffe
+from deeprebirth.graph.dag import Graph, conv_geometry
 
 STEM = """name: "stem"
 layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 64 dim: 64 } } }
@@ -61,10 +61,10 @@ def stem(tmp_path):
 
 @pytest.fixture
 def stem_weights(tmp_path, stem):
-    net = io.read_net(stem)
+    net = netio.read_net(stem)
     weights = pycaffe.random_weights(Graph(net), seed=5)
     path = tmp_path / "stem.caffemodel"
-    io.write_weights(io.with_weights(net, weights), path)
+    netio.write_weights(netio.with_weights(net, weights), path)
     return path, weights
 
 
@@ -89,9 +89,9 @@ def test_writes_every_file_and_a_report(tmp_path, stem):
     for word in ("conv1", "conv2", "streamline", "pool1/norm1", "stride 2 -> 4", "blob memory", "deploy.prototxt"):
         assert word in text
     # The deploy net is a valid slim net with the same output.
-    slim = io.read_net(out / "deploy.prototxt")
+    slim = netio.read_net(out / "deploy.prototxt")
     assert [layer.type for layer in slim.layer].count("Pooling") == 0
-    assert Graph(slim).shapes["prob"] == Graph(io.read_net(stem)).shapes["prob"]
+    assert Graph(slim).shapes["prob"] == Graph(netio.read_net(stem)).shapes["prob"]
     assert "init.caffemodel" not in {p.name for p in out.iterdir()}
 
 
@@ -100,7 +100,7 @@ def test_weights_give_init_caffemodel_bit_for_bit(tmp_path, stem, stem_weights, 
     out = tmp_path / "out"
     res = run("slim", stem, "--weights", wpath, "-o", out)
     assert res.exit_code == 0, res.output
-    init = io.weights_of(io.read_weights(out / "init.caffemodel"))
+    init = netio.weights_of(netio.read_weights(out / "init.caffemodel"))
     assert init["fc"][0].tobytes() == weights["fc"][0].tobytes()
     assert init["fc"][1].tobytes() == weights["fc"][1].tobytes()
     for name in ("conv1/7x7_s2", "conv2/3x3"):
@@ -116,15 +116,15 @@ def test_only_slims_the_named_units_step_by_step(tmp_path, stem, stem_weights):
     assert run("slim", stem, "-w", wpath, "--only", "conv1", "-o", step1).exit_code == 0
     report = json.loads((step1 / "report.json").read_text())
     assert [c["substructure"] for c in report["changes"]] == ["conv1"] and report["only"] == ["conv1"]
-    g = Graph(io.read_net(step1 / "deploy.prototxt"))
+    g = Graph(netio.read_net(step1 / "deploy.prototxt"))
     assert conv_geometry(g.node("conv2/3x3").layer)["stride"] == [1, 1]
     # Step 2 starts from step 1's (fine-tuned) output.
     res = run("slim", step1 / "deploy.prototxt", "-w", step1 / "init.caffemodel", "--only", "conv2", "-o", step2)
     assert res.exit_code == 0, res.output
     report = json.loads((step2 / "report.json").read_text())
     assert [c["substructure"] for c in report["changes"]] == ["conv2"]
-    a = io.weights_of(io.read_weights(step1 / "init.caffemodel"))
-    b = io.weights_of(io.read_weights(step2 / "init.caffemodel"))
+    a = netio.weights_of(netio.read_weights(step1 / "init.caffemodel"))
+    b = netio.weights_of(netio.read_weights(step2 / "init.caffemodel"))
     assert a["conv1/7x7_s2"][0].tobytes() == b["conv1/7x7_s2"][0].tobytes()
 
 
@@ -195,7 +195,7 @@ def test_keep_pooling_reproduces_alexnet_table_7_style(tmp_path, stem):
 def test_given_train_val_and_dummy_data(tmp_path, stem):
     out = tmp_path / "d"
     assert run("slim", stem, "--data-layer", "dummy", "-o", out).exit_code == 0
-    tv = io.read_net(out / "train_val.prototxt")
+    tv = netio.read_net(out / "train_val.prototxt")
     assert [layer.type for layer in tv.layer[:2]] == ["DummyData", "DummyData"]
     line = error_line(run("slim", stem, "--train-val", tmp_path / "missing.prototxt", "-o", tmp_path / "m"))
     assert "missing.prototxt: no such file" in line

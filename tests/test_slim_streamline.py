@@ -6,13 +6,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from deeprebirth import io, pipeline
-from deeprebirth.engine import pycaffe
-from deeprebirth.graph import Graph, conv_geometry, conv_out, pool_out
-from deeprebirth.model import Model, load_model
-from deeprebirth.rules import available, get
-from deeprebirth.rules.pool_into_conv import PoolIntoConvRule
-from deeprebirth.rules.streamline import StreamlineRule, choose_pad, unit_names
+from deeprebirth.caffe import netio
+from deeprebirth.transforms import runner
+from deeprebirth.runtime import pycaffe
+from deeprebirth.graph.dag import Graph, conv_geometry, conv_out, pool_out
+from deeprebirth.caffe.model import Model, load_model
+from deeprebirth.transforms.rules import available, get
+from deeprebirth.transforms.rules.pool_into_conv import PoolIntoConvRule
+from deeprebirth.transforms.rules.streamline import StreamlineRule, choose_pad, unit_names
 
 STREAMLINE = StreamlineRule()
 POOL_INTO_CONV = PoolIntoConvRule()
@@ -61,15 +62,15 @@ def layer(name, kind, bottoms, top=None, extra=""):
 
 
 def model_of(text: str, weights: bool = False) -> Model:
-    net = io.parse_net_text(text, "<test>")
+    net = netio.parse_net_text(text, "<test>")
     m = Model(net, source="<test>")
     if weights:
         m.weights = pycaffe.random_weights(Graph(net), seed=3)
     return m
 
 
-def run(m: Model, *rules, only=None) -> pipeline.Result:
-    return pipeline.run(m, list(rules) or [STREAMLINE], only=only)
+def run(m: Model, *rules, only=None) -> runner.Result:
+    return runner.run(m, list(rules) or [STREAMLINE], only=only)
 
 
 def types(net) -> list[str]:
@@ -374,7 +375,7 @@ def test_resnet50_conv1(shared_models, caffe):
     if "fold_bn" not in available():
         pytest.skip("rule fold_bn not available")
     m.weights = pycaffe.random_weights(Graph(m.net), seed=0)
-    res = pipeline.run(m, get(["fold_bn", "streamline"]))
+    res = runner.run(m, get(["fold_bn", "streamline"]))
     slim = [c for c in res.changes if c.rule == "streamline"]
     assert [(c.substructure, c.removed, c.regenerated) for c in slim] == [("conv1", ["pool1"], ["conv1"])]
     g = Graph(res.model.net)

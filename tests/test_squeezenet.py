@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from deeprebirth.graph import Graph
-from deeprebirth.model import load_model
+from deeprebirth.graph.dag import Graph
+from deeprebirth.caffe.model import load_model
 
 
 @pytest.mark.parametrize("name, params, gmacs, conv1, pools", [

@@ -1,4 +1,4 @@
-"""Fine-tuning files (deeprebirth/training.py, slim.write): train_val.prototxt, solver.prototxt and
+"""Fine-tuning files (deeprebirth/trainfiles.py, slim.write): train_val.prototxt, solver.prototxt and
 init.caffemodel, checked in real Caffe: the solver loads, the initial weights load, two SGD steps run."""
 from __future__ import annotations
 
@@ -7,14 +7,16 @@ import math
 import numpy as np
 import pytest
 
-from deeprebirth import io, slim, training
-from deeprebirth import proto as pb
-from deeprebirth.engine import pycaffe
+from deeprebirth.caffe import netio
+from deeprebirth.transforms import slim
+from deeprebirth.transforms import trainfiles
+from deeprebirth.caffe import proto as pb
+from deeprebirth.runtime import pycaffe
 from deeprebirth.errors import RebirthError
-from deeprebirth.graph import Graph
-from deeprebirth.model import Model
-from deeprebirth.rules import get
-from deeprebirth.rules.base import Rule
+from deeprebirth.graph.dag import Graph
+from deeprebirth.caffe.model import Model
+from deeprebirth.transforms.rules import get
+from deeprebirth.transforms.rules.base import Rule
 
 DEPLOY = """name: "tiny"
 layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 3 dim: 32 dim: 32 } } }
@@ -53,7 +55,7 @@ TRAIN_VAL = 'name: "tiny"\n' + DATA + BODY + TRAIN_ONLY
 
 
 def model(weights: bool = True) -> Model:
-    net = io.parse_net_text(DEPLOY, "deploy.prototxt")
+    net = netio.parse_net_text(DEPLOY, "deploy.prototxt")
     m = Model(net, source="deploy.prototxt")
     if weights:
         m.weights = pycaffe.random_weights(Graph(net), seed=7)
@@ -91,14 +93,14 @@ def test_generated_train_val_reads_list_files_and_adds_the_loss():
     assert layers["accuracy"].type == "Accuracy" and layers["accuracy"].include[0].phase == pb.TEST
     assert layers["accuracy_top5"].accuracy_param.top_k == 5
     # Shapes are consistent (Graph reads ImageData's resize).
-    g = Graph(io.filter_phase(net, pb.TRAIN))
+    g = Graph(netio.filter_phase(net, pb.TRAIN))
     assert g.shapes["fc"] == (32, 10)
 
 
 def test_generated_imagedata_keeps_the_imagenet_recipe_for_large_colour_inputs():
-    layers = training.generated_data_layers([("data", (1, 3, 224, 224))])
+    layers = trainfiles.generated_data_layers([("data", (1, 3, 224, 224))])
     assert all(d.transform_param.crop_size == 224 and d.image_data_param.new_height == 256 for d in layers)
-    gray = training.generated_data_layers([("data", (1, 1, 64, 64))])
+    gray = trainfiles.generated_data_layers([("data", (1, 1, 64, 64))])
     assert all(d.transform_param.crop_size == 0 and d.image_data_param.new_height == 64 and
                not d.image_data_param.is_color for d in gray)
 
@@ -118,13 +120,13 @@ def test_lr_mults_new_layers_ten_times_faster():
 
 
 def test_set_lr_mults_leaves_batchnorm_and_frozen_layers():
-    net = io.parse_net_text("""
+    net = netio.parse_net_text("""
 layer { name: "bn" type: "BatchNorm" bottom: "x" top: "x" }
 layer { name: "frozen" type: "Convolution" bottom: "x" top: "f" param { lr_mult: 0 } param { lr_mult: 0 } }
 layer { name: "sc" type: "Scale" bottom: "x" top: "x" param { lr_mult: 1 } param { lr_mult: 1 } param { lr_mult: 1 } }
 layer { name: "nobias" type: "Convolution" bottom: "x" top: "n" }
 """)
-    training.set_lr_mults(net, {"bn": 3, "frozen": 2, "sc": 2, "nobias": 1}, new_layers={"nobias"})
+    trainfiles.set_lr_mults(net, {"bn": 3, "frozen": 2, "sc": 2, "nobias": 1}, new_layers={"nobias"})
     layers = by_name(net)
     assert not layers["bn"].param
     assert [p.lr_mult for p in layers["frozen"].param] == [0, 0]
@@ -133,35 +135,35 @@ layer { name: "nobias" type: "Convolution" bottom: "x" top: "n" }
 
 
 def test_solver_follows_the_paper():
-    s = training.build_solver(test_batch=50)
+    s = trainfiles.build_solver(test_batch=50)
     assert s.net == "train_val.prototxt"
     assert (s.base_lr, s.lr_policy, s.stepsize, s.gamma, s.momentum, s.max_iter, s.type) == (
         pytest.approx(0.001), "step", 40000, pytest.approx(0.1), pytest.approx(0.9), 90000, "SGD")
     assert s.weight_decay == pytest.approx(0.0002)
     assert s.solver_mode == pb.SolverParameter.CPU and s.snapshot and s.snapshot_prefix
     assert list(s.test_iter) == [1000] and s.test_interval and not s.test_initialization
-    text = training.render_solver(s, ["hello"])
+    text = trainfiles.render_solver(s, ["hello"])
     assert text.startswith("# hello\n")
 
 
 def test_generated_train_val_errors():
-    two = io.parse_net_text('input: "a" input_shape { dim: 1 dim: 3 dim: 8 dim: 8 } '
+    two = netio.parse_net_text('input: "a" input_shape { dim: 1 dim: 3 dim: 8 dim: 8 } '
                             'input: "b" input_shape { dim: 1 dim: 3 dim: 8 dim: 8 } '
                             'layer { name: "s" type: "Eltwise" bottom: "a" bottom: "b" top: "s" } '
                             'layer { name: "fc" type: "InnerProduct" bottom: "s" top: "fc" '
                             'inner_product_param { num_output: 2 } }')
     with pytest.raises(RebirthError, match="2 inputs"):
-        training.build_train_val(two)
-    no_ip = io.parse_net_text('input: "a" input_shape { dim: 1 dim: 3 dim: 8 dim: 8 } '
+        trainfiles.build_train_val(two)
+    no_ip = netio.parse_net_text('input: "a" input_shape { dim: 1 dim: 3 dim: 8 dim: 8 } '
                               'layer { name: "c" type: "Convolution" bottom: "a" top: "c" '
                               'convolution_param { num_output: 2 kernel_size: 1 } }')
     with pytest.raises(RebirthError, match="InnerProduct"):
-        training.build_train_val(no_ip)
+        trainfiles.build_train_val(no_ip)
     with pytest.raises(RebirthError, match="has no data layers"):
-        training.build_train_val(model().net, given=io.parse_net_text(BODY), given_source="tv.prototxt")
-    other = io.parse_net_text(DATA.replace('top: "data"', 'top: "image"'))
+        trainfiles.build_train_val(model().net, given=netio.parse_net_text(BODY), given_source="tv.prototxt")
+    other = netio.parse_net_text(DATA.replace('top: "data"', 'top: "image"'))
     with pytest.raises(RebirthError, match="reads input 'data'"):
-        training.build_train_val(model().net, given=other, given_source="tv.prototxt")
+        trainfiles.build_train_val(model().net, given=other, given_source="tv.prototxt")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -199,8 +201,8 @@ def test_generated_dummy_train_val_trains_and_init_weights_load(caffe, tmp_path,
 
 def test_given_train_val_frames_the_slim_body(caffe, tmp_path, monkeypatch):
     m = model()
-    given = io.parse_net_text(TRAIN_VAL, "train_val.prototxt")
-    train_only = pycaffe.random_weights(Graph(io.filter_phase(given, pb.TRAIN)), seed=9)
+    given = netio.parse_net_text(TRAIN_VAL, "train_val.prototxt")
+    train_only = pycaffe.random_weights(Graph(netio.filter_phase(given, pb.TRAIN)), seed=9)
     extra = {k: v for k, v in train_only.items() if k.startswith("aux")}
     m.spare_weights = extra  # what load_model keeps of a caffemodel's layers the deploy net lacks
     out = slimmed(m, train_val=given, train_val_source="train_val.prototxt")
@@ -228,7 +230,7 @@ def test_given_train_val_frames_the_slim_body(caffe, tmp_path, monkeypatch):
 
 def test_train_only_weights_that_no_longer_fit_are_left_to_fillers():
     m = model()
-    given = io.parse_net_text(TRAIN_VAL, "train_val.prototxt")
+    given = netio.parse_net_text(TRAIN_VAL, "train_val.prototxt")
     extra = {"aux2/fc": [np.zeros((10, 7), np.float32), np.zeros(10, np.float32)]}
     m.spare_weights = extra
     out = slimmed(m, train_val=given)
@@ -241,14 +243,14 @@ class _AddExactScale(Rule):
     name = "add_scale"
 
     def match(self, graph):
-        from deeprebirth.rules.base import Match
+        from deeprebirth.transforms.rules.base import Match
         return [] if "extra_scale" in graph.by_name else [Match(self.name, "conv2", ["conv2"])]
 
     def guards(self, graph, match, model):
         return None
 
     def rewrite(self, model, graph, match):
-        from deeprebirth.rules.base import Change
+        from deeprebirth.transforms.rules.base import Change
         index = [layer.name for layer in model.net.layer].index("conv2")
         layer = pb.LayerParameter(name="extra_scale", type="Scale", bottom=["conv2"], top=["conv2"])
         layer.scale_param.bias_term = True
@@ -258,7 +260,7 @@ class _AddExactScale(Rule):
 
 
 def test_layers_added_by_an_exact_rewrite_keep_their_weights_and_rate():
-    from deeprebirth.rules.streamline import RULE
+    from deeprebirth.transforms.rules.streamline import RULE
     out = slim.slim(model(), [_AddExactScale(), RULE])
     assert out.new_layers == ["conv1"]
     assert out.weights["extra_scale"][0].tolist() == [2] * 8

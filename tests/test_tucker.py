@@ -9,14 +9,16 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from deeprebirth import io, pipeline, vbmf
-from deeprebirth import tucker as tucker_api
+from deeprebirth.caffe import netio
+from deeprebirth.transforms import runner
+from deeprebirth.transforms import vbmf
+from deeprebirth.transforms import tucker as tucker_api
 from deeprebirth.cli import main
-from deeprebirth.engine import pycaffe
+from deeprebirth.runtime import pycaffe
 from deeprebirth.errors import RebirthError
-from deeprebirth.graph import Graph
-from deeprebirth.model import Model
-from deeprebirth.rules.tucker import TuckerRule, ratio_ranks, reconstruct, tucker2
+from deeprebirth.graph.dag import Graph
+from deeprebirth.caffe.model import Model
+from deeprebirth.transforms.rules.tucker import TuckerRule, ratio_ranks, reconstruct, tucker2
 from tests.test_slim_cli import STEM, error_line
 
 NET = """name: "small"
@@ -40,7 +42,7 @@ layer { name: "fc" type: "InnerProduct" bottom: "g" top: "fc" inner_product_para
 
 
 def net_of(text):
-    return io.parse_net_text(text)
+    return netio.parse_net_text(text)
 
 
 def random_model(text=NET, seed=3):
@@ -116,7 +118,7 @@ def test_vbmf_ranks_of_known_low_rank_layers_and_skip_notes():
 def test_full_rank_output_is_unchanged_in_caffe(caffe):
     m = random_model()
     rule = TuckerRule(ranks=(6, 6), require_saving=False, absorb_full=False)
-    res = pipeline.run(m, [rule])
+    res = runner.run(m, [rule])
     assert [c.substructure for c in res.changes] == ["c1", "c2", "fc"]
     new = Graph(res.model.net)
     assert [n.type for n in new.nodes].count("Convolution") == 5   # 3 (Tucker-2) + 2 (SVD)
@@ -155,7 +157,7 @@ def files(tmp_path):
     model = tmp_path / "lowrank.prototxt"
     model.write_text(LOW_RANK)
     weights = tmp_path / "lowrank.caffemodel"
-    io.write_weights(io.with_weights(m.net, m.weights), weights)
+    netio.write_weights(netio.with_weights(m.net, m.weights), weights)
     return model, weights
 
 
@@ -176,14 +178,14 @@ def test_cli_writes_files_that_load_and_train_in_caffe(tmp_path, files, caffe, m
     assert relearn["version"] == 2 and unit["name"] == "c1" and unit["inputs"] == ["data"]
     assert unit["outputs"] == unit["targets"] == ["c1"] and set(unit["new"]) == {"c1_in", "c1_core", "c1_out"}
     # init.caffemodel starts from the decomposition; the new layers learn at 10x.
-    init = io.weights_of(io.read_weights(out / "init.caffemodel"))
+    init = netio.weights_of(netio.read_weights(out / "init.caffemodel"))
     w = reconstruct(init["c1_core"][0].astype(np.float64), init["c1_out"][0][:, :, 0, 0],
                     init["c1_in"][0][:, :, 0, 0].T)
-    orig = io.weights_of(io.read_weights(weights))
+    orig = netio.weights_of(netio.read_weights(weights))
     assert np.linalg.norm(w - orig["c1"][0]) / np.linalg.norm(orig["c1"][0]) < 0.01
     assert init["c1_out"][1].tobytes() == orig["c1"][1].tobytes()
     assert init["g"][0].tobytes() == orig["g"][0].tobytes()
-    tv = {layer.name: layer for layer in io.read_net(out / "train_val.prototxt").layer}
+    tv = {layer.name: layer for layer in netio.read_net(out / "train_val.prototxt").layer}
     assert [p.lr_mult for p in tv["c1_out"].param] == [10, 20] and [p.lr_mult for p in tv["g"].param] == [1, 2]
     monkeypatch.chdir(out)
     solver = caffe.get_solver("solver.prototxt")
@@ -236,13 +238,13 @@ def test_no_weights_and_nothing_to_decompose(tmp_path, files):
     pool.write_text('layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 8 dim: 8 } } }\n'
                     'layer { name: "p" type: "Pooling" bottom: "data" top: "p" pooling_param { pool: MAX kernel_size: 2 } }\n')
     empty = tmp_path / "empty.caffemodel"
-    io.write_weights(io.read_net(pool), empty)
+    netio.write_weights(netio.read_net(pool), empty)
     assert "no decomposable layer" in error_line(run("tucker", pool, empty, "-o", out))
     tiny = tmp_path / "tiny.prototxt"
     tiny.write_text(NET.replace("dim: 6 dim: 12", "dim: 3 dim: 12").replace("num_output: 6", "num_output: 3"))
     tm = random_model(tiny.read_text())
     tw = tmp_path / "tiny.caffemodel"
-    io.write_weights(io.with_weights(tm.net, tm.weights), tw)
+    netio.write_weights(netio.with_weights(tm.net, tm.weights), tw)
     line = error_line(run("tucker", tiny, tw, "-o", out))
     assert "nothing to decompose" in line and "nothing written" in line
     assert not out.exists()
@@ -253,9 +255,9 @@ def test_no_weights_and_nothing_to_decompose(tmp_path, files):
 def test_slim_tucker_in_one_go(tmp_path):
     model = tmp_path / "stem.prototxt"
     model.write_text(STEM)
-    net = io.read_net(model)
+    net = netio.read_net(model)
     weights = tmp_path / "stem.caffemodel"
-    io.write_weights(io.with_weights(net, pycaffe.random_weights(Graph(net), seed=2)), weights)
+    netio.write_weights(netio.with_weights(net, pycaffe.random_weights(Graph(net), seed=2)), weights)
     res = run("slim", model, "--weights", weights, "--tucker", "--ratio", "0.5", "-o", tmp_path / "st", "--json")
     assert res.exit_code == 0, res.output
     report = json.loads(res.output)

@@ -7,9 +7,9 @@ import warnings
 
 import click
 
-from .. import __version__
-from .. import errors
-from ..errors import RebirthError, RebirthWarning
+from deeprebirth import __version__
+from deeprebirth import errors
+from deeprebirth.errors import RebirthError, RebirthWarning
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):

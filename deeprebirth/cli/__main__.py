@@ -1,5 +1,5 @@
 """``python -m deeprebirth.cli``: the `rebirth` command."""
-from . import main
+from deeprebirth.cli import main
 
 if __name__ == "__main__":  # a spawned child (engine/isolate.py) imports this as __mp_main__
     main(prog_name="rebirth")

@@ -5,9 +5,9 @@ import sys
 
 import click
 
-from .. import bench
-from ..engine.devices import get_device
-from . import main, output_json
+from deeprebirth.runtime import bench
+from deeprebirth.runtime.devices import get_device
+from deeprebirth.cli import main, output_json
 
 
 @main.command("bench")

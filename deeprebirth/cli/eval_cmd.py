@@ -5,10 +5,11 @@ import sys
 
 import click
 
-from .. import data, evaluate as ev
-from ..engine import isolate
-from ..progress import progress_bar
-from . import main, output_json
+from deeprebirth.learning import sources as data
+from deeprebirth.learning import evaluate as ev
+from deeprebirth.runtime import isolate
+from deeprebirth.cli.progress import progress_bar
+from deeprebirth.cli import main, output_json
 
 
 @main.command("eval")

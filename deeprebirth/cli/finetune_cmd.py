@@ -5,8 +5,9 @@ import sys
 
 import click
 
-from .. import data, finetune as ft
-from . import main, output_json
+from deeprebirth.learning import sources as data
+from deeprebirth.learning import finetune as ft
+from deeprebirth.cli import main, output_json
 
 
 @main.command("finetune")

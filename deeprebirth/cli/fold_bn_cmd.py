@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import click
 
-from .. import fold
-from . import main
+from deeprebirth.transforms import fold
+from deeprebirth.cli import main
 
 
 @main.command("fold-bn")

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import click
 
-from .. import report
-from ..model import load_model
-from . import main, output_json
+from deeprebirth.transforms import candidates
+from deeprebirth.caffe.model import load_model
+from deeprebirth.cli import main, output_json
 
 
 @main.command("inspect")
@@ -25,8 +25,8 @@ def inspect_command(model, weights, batch, rule_names, keep_pooling, allow_missi
     accepts), each with its rule and, when a guard leaves it alone, why."""
     m = load_model(model, weights, batch=batch, allow_missing=allow_missing)
     names = None if rule_names is None else rule_names.split(",")
-    info = report.inspect(m, batch=batch, rules=names, keep_pooling=keep_pooling)
+    info = candidates.inspect(m, batch=batch, rules=names, keep_pooling=keep_pooling)
     if as_json:
         output_json(info)
     else:
-        click.echo(report.format_inspect(info))
+        click.echo(candidates.format_inspect(info))

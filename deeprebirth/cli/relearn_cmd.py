@@ -5,10 +5,10 @@ import sys
 
 import click
 
-from .. import relearn as rl
-from ..engine import isolate
-from ..progress import progress_bar
-from . import main, output_json
+from deeprebirth.learning import relearn as rl
+from deeprebirth.runtime import isolate
+from deeprebirth.cli.progress import progress_bar
+from deeprebirth.cli import main, output_json
 
 
 @main.command("relearn")

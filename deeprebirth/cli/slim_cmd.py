@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import click
 
-from .. import io
-from .. import slim as slim_api
-from .. import tucker as tucker_api
-from ..errors import RebirthError
-from ..model import load_model, resolve
-from ..rules.tucker import parse_ranks
-from . import main, output_json
+from deeprebirth.caffe import netio
+from deeprebirth.transforms import slim as slim_api
+from deeprebirth.transforms import tucker as tucker_api
+from deeprebirth.errors import RebirthError
+from deeprebirth.caffe.model import load_model, resolve
+from deeprebirth.transforms.rules.tucker import parse_ranks
+from deeprebirth.cli import main, output_json
 
 
 def _names(value: str | None) -> list[str] | None:
@@ -54,7 +54,7 @@ def slim_command(model, weights, train_val, only, rule_names, keep_pooling, data
     and given a 10x learning rate in train_val.prototxt, to be fine-tuned with solver.prototxt.
     """
     m = load_model(model, weights, allow_missing=allow_missing)
-    given = io.read_net(train_val) if train_val else None
+    given = netio.read_net(train_val) if train_val else None
     if tucker:
         if only is not None:
             raise RebirthError("--tucker decomposes the whole slim net: slim with --only first, then run "

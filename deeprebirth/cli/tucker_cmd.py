@@ -5,12 +5,12 @@ import sys
 
 import click
 
-from .. import io
-from .. import slim as slim_api
-from .. import tucker as tucker_api
-from ..model import load_model, resolve
-from ..rules.tucker import parse_ranks
-from . import main, output_json
+from deeprebirth.caffe import netio
+from deeprebirth.transforms import slim as slim_api
+from deeprebirth.transforms import tucker as tucker_api
+from deeprebirth.caffe.model import load_model, resolve
+from deeprebirth.transforms.rules.tucker import parse_ranks
+from deeprebirth.cli import main, output_json
 
 
 @main.command("tucker")
@@ -40,7 +40,7 @@ def tucker_command(model, weights, ranks, ratio, only, train_val, data_layer, ou
     """
     fixed = parse_ranks(None if ratio is not None and ranks == "vbmf" else ranks)
     m = load_model(model, weights)
-    given = io.read_net(train_val) if train_val else None
+    given = netio.read_net(train_val) if train_val else None
     names = None if only is None else only.split(",")
     kwargs = dict(train_val=given, train_val_source=train_val, data_layer=data_layer,
                   inputs=[str(resolve(model)), weights, train_val])

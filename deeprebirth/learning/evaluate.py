@@ -1,0 +1,375 @@
+"""`rebirth eval` as a library: accuracy of a net on a SOURCE, and its agreement with a teacher.
+
+    pre = data.Preprocess.defaults(input_shape)
+    result = evaluate("slim/deploy.prototxt", "slim/weights.caffemodel", data.open_source("fashion-mnist:test"),
+                      pre, teacher="teacher.prototxt", teacher_weights="teacher.caffemodel")
+
+Nets run in pycaffe. The scores are the net's last output blob: a Softmax output (probabilities)
+or logits rank the classes the same, so top-k is read from either. With labels: top-1 and top-k
+(k = 5, or the number of classes when fewer). With a teacher: top-1 agreement (the two nets'
+argmax equal) and the mean over images of KL(teacher || model) = sum_c p_t(c) (log p_t(c) - log p(c))
+on softmax probabilities, in nats; log-probabilities come from the logits (the bottom of an output
+Softmax) when the net has them, so no probability is clipped.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from deeprebirth.learning import sources as data
+from deeprebirth.caffe import netio
+from deeprebirth.caffe import proto as pb
+from deeprebirth.runtime import pycaffe
+from deeprebirth.errors import RebirthError
+from deeprebirth.graph.dag import DATA_TYPES
+from deeprebirth.caffe.model import Model, load_model
+
+TOP_K = 5
+
+
+# ----------------------------------------------------------------------------------------------
+# Models
+
+
+def resolve_model(spec: str | os.PathLike, weights: str | os.PathLike | None = None) -> tuple[str, str | None]:
+    """MODEL as given on the command line -> (deploy prototxt or built-in name, weights or None).
+    A directory (a `rebirth slim`/`tucker`/`finetune`/`relearn` output) stands for its deploy.prototxt
+    (a relearn directory: its slim directory's) and, unless ``weights`` is given, its
+    weights.caffemodel, else its init.caffemodel."""
+    p = Path(spec)
+    if p.is_dir():
+        deploy = p / "deploy.prototxt"
+        if not deploy.exists() and (p / "relearn.json").exists():   # a `rebirth relearn -o` directory
+            try:
+                deploy = Path(json.loads((p / "relearn.json").read_text())["slim_dir"]) / "deploy.prototxt"
+            except (ValueError, KeyError, TypeError):
+                pass
+        if not deploy.exists():
+            raise RebirthError(f"{p}: the directory holds no deploy.prototxt")
+        if weights is None:
+            for name in ("weights.caffemodel", "init.caffemodel"):
+                if (p / name).exists():
+                    weights = p / name
+                    break
+        return str(deploy), (str(weights) if weights is not None else None)
+    return str(spec), (str(weights) if weights is not None else None)
+
+
+def default_train_val(spec: str | os.PathLike) -> str | None:
+    """The train_val whose TEST data layer gives a directory MODEL's preprocessing: its own
+    train_val.prototxt (a slim or tucker output), else that of the slim directory its
+    finetune.json or relearn.json names; None for a prototxt MODEL."""
+    p = Path(spec)
+    if not p.is_dir():
+        return None
+    if (p / "train_val.prototxt").exists():
+        return _with_test_data(p / "train_val.prototxt")
+    for record in ("finetune.json", "relearn.json"):
+        try:
+            slim_dir = Path(json.loads((p / record).read_text())["slim_dir"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if (slim_dir / "train_val.prototxt").exists():
+            return _with_test_data(slim_dir / "train_val.prototxt")
+    return None
+
+
+def _with_test_data(path: Path) -> str | None:
+    try:
+        return str(path) if data_layer(netio.read_net(path), pb.TEST) is not None else None
+    except RebirthError:
+        return None
+
+
+def load(spec, weights=None, what: str = "MODEL") -> Model:
+    """A deploy model with weights, ready to run (see resolve_model)."""
+    if isinstance(spec, Model):
+        return spec
+    deploy, weights = resolve_model(spec, weights)
+    if weights is None:
+        raise RebirthError(f"{spec}: {what} needs weights (--weights, or a directory holding weights.caffemodel)")
+    m = load_model(deploy, weights, check=lambda net, src: pycaffe.check_runnable(net, src, "eval"))
+    return m
+
+
+@dataclass
+class Runner:
+    """A deploy net in pycaffe, fed batches through its single image input."""
+
+    model: Model
+    caffe_net: pycaffe.CaffeNet
+    input: str
+    output: str
+    logits: str | None   # the output Softmax's bottom, when the output is a Softmax of another blob
+
+    @classmethod
+    def build(cls, model: Model) -> "Runner":
+        net = pycaffe.CaffeNet(model.net, model.weights)
+        inputs = net.input_names
+        if len(inputs) != 1:
+            raise RebirthError(f"{model.source}: the net has {len(inputs)} inputs ({', '.join(inputs)}); "
+                               "evaluation feeds one image input")
+        output = list(net.net.outputs)[-1]
+        logits = None
+        for layer in model.net.layer:
+            if output in layer.top and layer.type == "Softmax" and layer.bottom[0] != output:
+                logits = layer.bottom[0]
+        return cls(model, net, inputs[0], output, logits)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.caffe_net.net.blobs[self.input].data.shape)
+
+    def run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, log-probabilities), both N x K."""
+        self.caffe_net.fill_inputs(inputs={self.input: x})
+        self.caffe_net.net.forward()
+        blobs = self.caffe_net.net.blobs
+        scores = blobs[self.output].data.reshape(len(x), -1).copy()
+        if self.logits is not None:
+            logp = log_softmax(blobs[self.logits].data.reshape(len(x), -1))
+        elif self.is_softmax_output():
+            logp = np.log(np.maximum(scores.astype(np.float64), np.finfo(np.float64).tiny))
+        else:
+            logp = log_softmax(scores)
+        return scores, logp
+
+    def logits_of(self, x: np.ndarray) -> np.ndarray:
+        """The net's logits for ``x`` (N x K): the output Softmax's input, else the output itself
+        when it is not a Softmax, else log-probabilities (logits up to a constant per image)."""
+        scores, logp = self.run(x)
+        if self.logits is not None:
+            return self.caffe_net.net.blobs[self.logits].data.reshape(len(x), -1).copy()
+        return logp.astype(np.float32) if self.is_softmax_output() else scores
+
+    def is_softmax_output(self) -> bool:
+        return any(self.output in layer.top and layer.type == "Softmax" for layer in self.model.net.layer)
+
+
+def log_softmax(z: np.ndarray) -> np.ndarray:
+    z = np.asarray(z, dtype=np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+
+def topk_hits(scores: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+    """Per image: is the label among the k highest scores (ties broken as Caffe's Accuracy layer
+    does not matter here: scores are floats of trained nets)."""
+    k = min(k, scores.shape[1])
+    top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    return (top == labels[:, None]).any(axis=1)
+
+
+def _check_labels(labels: np.ndarray, classes: int, source: data.Source) -> None:
+    bad = labels[(labels < 0) | (labels >= classes)]
+    if bad.size:
+        raise RebirthError(f"{source.name}: label {int(bad[0])} but the net has {classes} outputs (classes)")
+
+
+# ----------------------------------------------------------------------------------------------
+# Evaluation
+
+
+class Meter:
+    """Running sums of the evaluation metrics."""
+
+    def __init__(self):
+        self.n = 0
+        self.top1 = self.topk = 0
+        self.t_top1 = self.t_topk = 0
+        self.agree = 0
+        self.kl = 0.0
+        self.k = TOP_K
+
+    def add(self, scores, logp, labels=None, t_scores=None, t_logp=None):
+        self.n += len(scores)
+        self.k = min(TOP_K, scores.shape[1])
+        if labels is not None:
+            self.top1 += int((scores.argmax(axis=1) == labels).sum())
+            self.topk += int(topk_hits(scores, labels, TOP_K).sum())
+            if t_scores is not None:
+                self.t_top1 += int((t_scores.argmax(axis=1) == labels).sum())
+                self.t_topk += int(topk_hits(t_scores, labels, TOP_K).sum())
+        if t_scores is not None:
+            self.agree += int((scores.argmax(axis=1) == t_scores.argmax(axis=1)).sum())
+            self.kl += float((np.exp(t_logp) * (t_logp - logp)).sum())
+
+    def result(self, labels: bool, teacher: bool) -> dict:
+        """"top5" counts the label among the ``top_k`` = min(5, classes) highest scores."""
+        out = {"images": self.n, "top_k": self.k}
+        if labels:
+            out["top1"] = self.top1 / self.n
+            out["top5"] = self.topk / self.n
+        if teacher:
+            if labels:
+                out["teacher_top1"] = self.t_top1 / self.n
+                out["teacher_top5"] = self.t_topk / self.n
+            out["agreement"] = self.agree / self.n
+            out["kl"] = self.kl / self.n
+        return out
+
+
+def evaluate(net, weights, source: data.Source, pre: data.Preprocess, batch: int = 50, teacher=None,
+             teacher_weights=None, limit: int | None = None, progress: bool = True,
+             teacher_pre: data.Preprocess | None = None) -> dict:
+    """Top-1/top-5 (with labels) and teacher agreement/KL (with a teacher) of ``net`` on ``source``.
+
+    ``net``/``teacher``: a deploy prototxt path, built-in name, model directory or a loaded
+    :class:`Model`; ``weights``: a .caffemodel path (or None for a Model or directory). Images are
+    preprocessed by ``pre`` (and ``teacher_pre`` for the teacher, default the same)."""
+    if not source.has_labels and teacher is None:
+        raise RebirthError(f"{source.name}: the images have no labels; give a teacher (--teacher, "
+                           "--teacher-weights) to measure agreement instead")
+    student = Runner.build(load(net, weights))
+    tutor = Runner.build(load(teacher, teacher_weights, "--teacher")) if teacher is not None else None
+    return run_evaluation(student, source, pre, batch=batch, teacher=tutor, limit=limit, progress=progress,
+                          teacher_pre=teacher_pre)
+
+
+def run_evaluation(student: Runner, source: data.Source, pre: data.Preprocess, batch: int = 50,
+                   teacher: Runner | None = None, limit: int | None = None, progress: bool = True,
+                   teacher_pre: data.Preprocess | None = None, desc: str = "eval",
+                   tick: Callable[[int], object] | None = None) -> dict:
+    """:func:`evaluate` on nets already built (finetune validates with this)."""
+    _check_fits(student, pre)
+    if teacher is not None:
+        _check_fits(teacher, teacher_pre or pre)
+    n = len(source) if limit is None else min(limit, len(source))
+    meter = Meter()
+    started = time.perf_counter()
+    bar = _bar(n, desc, progress)
+    try:
+        for x, labels in source.batches(pre, batch, limit=n):
+            scores, logp = student.run(x)
+            if labels is not None:
+                _check_labels(labels, scores.shape[1], source)
+            t_scores = t_logp = None
+            if teacher is not None:
+                tx = x if teacher_pre is None else teacher_pre.apply(
+                    [source.image(i) for i in range(meter.n, meter.n + len(x))])
+                t_scores, t_logp = teacher.run(tx)
+                if t_scores.shape[1] != scores.shape[1]:
+                    raise RebirthError(f"the teacher has {t_scores.shape[1]} outputs, the model {scores.shape[1]}")
+            meter.add(scores, logp, labels, t_scores, t_logp)
+            bar.update(len(x))
+            if tick is not None:
+                tick(len(x))
+    finally:
+        bar.close()
+    out = {"model": student.model.source, "weights": student.model.weights_source, "data": source.name,
+           "output": student.output, "preprocess": pre.describe(), "batch": batch}
+    if teacher is not None:
+        out["teacher"] = {"model": teacher.model.source, "weights": teacher.model.weights_source}
+    out.update(meter.result(source.has_labels, teacher is not None))
+    out["seconds"] = round(time.perf_counter() - started, 3)
+    return out
+
+
+def _check_fits(runner: Runner, pre: data.Preprocess) -> None:
+    _, c, h, w = runner.input_shape
+    if (pre.channels, *pre.out_size) != (c, h, w):
+        raise RebirthError(f"{runner.model.source}: input '{runner.input}' takes {c}x{h}x{w} images, the "
+                           f"preprocessing makes {pre.channels}x{pre.out_size[0]}x{pre.out_size[1]}")
+
+
+def _bar(total: int, desc: str, enabled: bool, unit: str = "img"):
+    from tqdm import tqdm  # noqa: PLC0415
+    return tqdm(total=total, desc=desc, unit=unit, disable=not enabled, leave=False, dynamic_ncols=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# Preprocessing from a train_val or flags
+
+
+def data_layer(train_val: "pb.NetParameter", phase: int, source: str = "<train_val>") -> "pb.LayerParameter | None":
+    """The first data layer (not Input) of ``train_val`` in ``phase``, or None."""
+    for layer in netio.filter_phase(train_val, phase).layer:
+        if layer.type in DATA_TYPES and layer.type != "Input":
+            return layer
+    return None
+
+
+def preprocess_for(input_shape, train_val: str | os.PathLike | None = None, phase: int = pb.TEST,
+                   mean: str | None = None, scale: float | None = None) -> data.Preprocess:
+    """The preprocessing for a net input: from ``train_val``'s data layer in ``phase`` when given
+    (its transform_param), else :meth:`Preprocess.defaults`; ``mean`` ("104,117,123", one value,
+    a .binaryproto file, or "none") and ``scale`` override either."""
+    pre = None
+    if train_val is not None:
+        tv = netio.read_net(train_val)
+        layer = data_layer(tv, phase)
+        if layer is None:
+            raise RebirthError(f"{train_val}: has no data layer in the {'TRAIN' if phase == pb.TRAIN else 'TEST'} phase to take "
+                               "transform_param from")
+        pre = data.Preprocess.from_transform_param(layer, input_shape, base_dir=Path(train_val).parent) \
+            if _has_transform(layer) else None
+    if pre is None:
+        pre = data.Preprocess.defaults(input_shape)
+    if mean is not None or scale is not None:
+        fields = dict(pre.__dict__)
+        if mean is not None:
+            fields["mean"] = parse_mean(mean)
+            if isinstance(fields["mean"], np.ndarray) and fields["mean"].ndim == 3 and not fields["crop"]:
+                fields["resize"] = None
+        if scale is not None:
+            fields["scale"] = float(scale)
+        pre = data.Preprocess(**fields)
+    return pre
+
+
+def _has_transform(layer: "pb.LayerParameter") -> bool:
+    return layer.HasField("transform_param") or layer.HasField("image_data_param") or layer.HasField("data_param")
+
+
+def parse_mean(text: str):
+    """--mean: "none", comma-separated values, or a .binaryproto mean file."""
+    if text.strip().lower() == "none":
+        return None
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        pass
+    if not Path(text).exists():
+        raise RebirthError(f"--mean {text}: expected 'none', comma-separated values or a .binaryproto file")
+    return data.read_mean_file(text)
+
+
+def format_report(result: dict) -> str:
+    lines = [f"{result['model']} ({result['weights']}) on {result['data']}: {result['images']} images"]
+    if "preprocess_from" in result:
+        lines.append(f"  preprocessing from {result['preprocess_from']}")
+    for key in ("top1", "top5", "teacher_top1", "teacher_top5", "agreement"):
+        if key in result:
+            lines.append(f"  {key:<13} {100 * result[key]:.2f} %")
+    if "kl" in result:
+        lines.append(f"  {'kl':<13} {result['kl']:.5f} nats (mean KL(teacher || model))")
+    lines.append(f"  ({result['seconds']:.1f} s)")
+    return "\n".join(lines)
+
+
+def to_json(result: dict) -> str:
+    return json.dumps(result, indent=2)
+
+
+def evaluate_command(model, weights, source_spec: str, teacher=None, teacher_weights=None, train_val=None,
+                     mean=None, scale=None, batch: int = 50, limit: int | None = None,
+                     progress: Callable[[int], object] | None = None) -> dict:
+    """What `rebirth eval` does, as one call that `engine.isolate.call` runs in a child process (so a
+    Caffe CHECK failure is a one-line error): ``progress(n)`` after every batch of n images."""
+    source = data.open_source(source_spec, limit=limit)
+    student = Runner.build(load(model, weights))
+    train_val = train_val or default_train_val(model)
+    pre = preprocess_for(student.input_shape, train_val, mean=mean, scale=scale)
+    tutor = Runner.build(load(teacher, teacher_weights, "--teacher")) if teacher else None
+    if not source.has_labels and tutor is None:
+        data.require_labels(source, "eval without --teacher")
+    result = run_evaluation(student, source, pre, batch=batch, teacher=tutor, progress=False, tick=progress)
+    result["preprocess_from"] = train_val or "defaults"
+    return result

@@ -1,0 +1,473 @@
+"""`rebirth finetune` as a library: train a `rebirth slim` output in Caffe, fed from any SOURCE.
+
+    result = finetune("slim/", train=data.open_source("fashion-mnist:train"),
+                      val=data.open_source("fashion-mnist:test[:1000]"), iters=2000, outdir="slim/finetune")
+
+What runs is Caffe's own solver (pycaffe ``caffe.get_solver`` + ``solver.step``) on the slim
+directory's ``solver.prototxt`` and ``train_val.prototxt`` (TRAIN phase). The train_val's data
+layer is replaced by an ``Input`` layer with the same tops and shapes (batch size from the data
+layer, or ``batch``), and before each step its blobs are set from ``Source.batches(...,
+train=True, shuffle=True, loop=True)`` preprocessed as that layer's ``transform_param`` says; so
+every SOURCE kind trains the same way, whatever data layer the train_val names.
+
+Labels: the train_val's own losses (SoftmaxWithLoss ...) read the source's labels.
+
+Distillation (``distill=True``, for images without labels): the whole slim net learns to
+reproduce the teacher's logits. The train_val's losses and accuracies (and what reads the label)
+are removed, and one ``EuclideanLoss`` compares the student's logits (the input of its output
+Softmax, else its last InnerProduct) with the teacher's, computed in pycaffe on the very same
+(augmented) batch: loss = 1/(2N) sum_n ||z_student(n) - z_teacher(n)||^2. Logits rather than
+SoftmaxWithLoss on the teacher's argmax because they carry the teacher's whole ranking of the
+classes (which top-5 and KL measure), not just its top-1, and need no temperature (regressing
+logits is the T -> infinity limit of soft-target distillation). The teacher is the original model
+named in SLIM_DIR/report.json (``relearn.teacher``, else ``model`` and ``weights``).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from google.protobuf import text_format
+
+from deeprebirth import __version__
+from deeprebirth.learning import sources as data
+from deeprebirth.learning import evaluate as ev
+from deeprebirth.caffe import netio
+from deeprebirth.transforms import trainfiles
+from deeprebirth.caffe import proto as pb
+from deeprebirth.runtime import pycaffe
+from deeprebirth.errors import RebirthError
+from deeprebirth.graph.dag import DATA_TYPES, Graph
+from deeprebirth.caffe.model import load_model
+
+REQUIRED = ("report.json", "deploy.prototxt", "train_val.prototxt", "solver.prototxt")
+SNAPSHOT_PREFIX = "finetune"
+TEACHER_LOGITS = "teacher_logits"
+DISTILL_LOSS = "distill_loss"
+# Batch-size fields of the data layers Caffe knows.
+_BATCH_FIELDS = ("image_data_param", "data_param", "hdf5_data_param", "memory_data_param", "window_data_param")
+
+
+# ----------------------------------------------------------------------------------------------
+# The slim directory
+
+
+@dataclass
+class SlimDir:
+    path: Path
+    report: dict
+    deploy: "pb.NetParameter"
+    train_val: "pb.NetParameter"
+    solver: "pb.SolverParameter"
+
+    @property
+    def init_weights(self) -> Path | None:
+        p = self.path / "init.caffemodel"
+        return p if p.exists() else None
+
+    def teacher(self) -> tuple[str, str]:
+        """(deploy prototxt, weights) of the model this slim net came from."""
+        relearn = self.report.get("relearn") or {}
+        t = relearn.get("teacher") if isinstance(relearn, dict) else None
+        if isinstance(t, dict) and t.get("deploy") and t.get("weights"):
+            deploy, weights = t["deploy"], t["weights"]
+        else:
+            deploy, weights = self.report.get("model"), self.report.get("weights")
+        if not deploy or not weights:
+            raise RebirthError(f"{self.path / 'report.json'}: names no teacher weights (slim ran without "
+                               "--weights); distillation needs the trained original model")
+        return self._locate(deploy), self._locate(weights)
+
+    def _locate(self, p: str) -> str:
+        if Path(p).exists() or Path(p).is_absolute():
+            return p
+        beside = self.path / p
+        return str(beside) if beside.exists() else p
+
+
+def read_slim_dir(path: str | os.PathLike) -> SlimDir:
+    """A `rebirth slim` output directory: report.json, deploy, train_val and solver files."""
+    p = Path(path)
+    if not p.is_dir():
+        raise RebirthError(f"{p}: {'no such directory' if not p.exists() else 'not a directory'} "
+                           "(expected a `rebirth slim` output directory)")
+    if not (p / "report.json").exists():
+        raise RebirthError(f"{p}: no report.json, so not a `rebirth slim` output directory (run `rebirth slim MODEL "
+                           "-o DIR` first)")
+    try:
+        report = json.loads((p / "report.json").read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RebirthError(f"{p / 'report.json'}: not JSON ({exc})") from None
+    tool = report.get("tool") if isinstance(report, dict) else None
+    if not isinstance(tool, str) or not tool.startswith("rebirth ") or "changes" not in report:
+        raise RebirthError(f"{p / 'report.json'}: not a report of `rebirth slim` (written by "
+                           f"{tool or 'an unknown tool'}); re-run `rebirth slim` with rebirth {__version__}")
+    missing = [f for f in REQUIRED if not (p / f).exists()]
+    if missing:
+        raise RebirthError(f"{p}: {', '.join(missing)} missing (re-run `rebirth slim` with rebirth {__version__})")
+    solver = pb.SolverParameter()
+    try:
+        text_format.Parse((p / "solver.prototxt").read_text(), solver)
+    except text_format.ParseError as exc:
+        raise RebirthError(f"{p / 'solver.prototxt'}: {exc}") from None
+    return SlimDir(p, report, netio.read_net(p / "deploy.prototxt"), netio.read_net(p / "train_val.prototxt"), solver)
+
+
+# ----------------------------------------------------------------------------------------------
+# The train net
+
+
+@dataclass
+class TrainNet:
+    net: "pb.NetParameter"       # TRAIN phase, data layer replaced by Input
+    image: str                   # blob fed with images
+    label: str | None            # blob fed with labels (None when distilling)
+    batch: int
+    pre: data.Preprocess
+    classes: int
+    logits: str                  # the student's logits blob
+    losses: dict[str, float]     # loss top -> loss weight
+
+
+def _data_batch(layer: "pb.LayerParameter") -> int | None:
+    for field in _BATCH_FIELDS:
+        if layer.HasField(field) and getattr(layer, field).batch_size:
+            return int(getattr(layer, field).batch_size)
+    if layer.HasField("dummy_data_param") and len(layer.dummy_data_param.shape):
+        return int(layer.dummy_data_param.shape[0].dim[0])
+    return None
+
+
+def _is_loss(layer: "pb.LayerParameter") -> bool:
+    return layer.type.endswith("Loss") or (len(layer.loss_weight) and any(w != 0 for w in layer.loss_weight))
+
+
+def build_train_net(sd: SlimDir, batch: int | None = None, distill: bool = False) -> TrainNet:
+    src = str(sd.path / "train_val.prototxt")
+    tv = netio.filter_phase(sd.train_val, pb.TRAIN)
+    readers = [layer for layer in tv.layer if layer.type in DATA_TYPES and layer.type != "Input"]
+    if len(readers) != 1:
+        raise RebirthError(f"{src}: expected one data layer in the TRAIN phase, found {len(readers)}")
+    reader = readers[0]
+    inputs = dict(trainfiles.deploy_inputs(sd.deploy))
+    image = reader.top[0]
+    if image not in inputs or inputs[image] is None or len(inputs[image]) != 4:
+        raise RebirthError(f"{src}: data layer '{reader.name}' makes '{image}', which is not the deploy net's "
+                           "N x C x H x W input")
+    label = reader.top[1] if len(reader.top) > 1 else None
+    if len(reader.top) > 2:
+        raise RebirthError(f"{src}: data layer '{reader.name}' has {len(reader.top)} tops; expected image and label")
+    batch = batch or _data_batch(reader) or trainfiles.RECIPE["batch"]
+    iter_size = max(1, sd.solver.iter_size)
+    batch *= iter_size  # one step = iter_size batches of equal weight = one batch that much larger
+    _, c, h, w = inputs[image]
+    has_transform = any(reader.HasField(f) for f in ("transform_param", "image_data_param", "data_param"))
+    pre = (data.Preprocess.from_transform_param(reader, (batch, c, h, w), base_dir=sd.path) if has_transform
+           else data.Preprocess.defaults((batch, c, h, w)))
+    logits = trainfiles.logits_blob(sd.deploy)
+    shapes = Graph(sd.deploy, strict=False).shapes
+    logit_shape = shapes.get(logits)
+    if not logit_shape:
+        raise RebirthError(f"{sd.path / 'deploy.prototxt'}: cannot infer the shape of the logits '{logits}'")
+    classes = int(np.prod(logit_shape[1:]))
+
+    net = pb.NetParameter()
+    net.CopyFrom(tv)
+    del net.layer[:]
+    feed = pb.LayerParameter(name=reader.name, type="Input")
+    feed.top.append(image)
+    feed.input_param.shape.add(dim=[batch, c, h, w])
+    if label is not None and not distill:
+        feed.top.append(label)
+        feed.input_param.shape.add(dim=[batch])
+    kept = [layer for layer in tv.layer if layer is not reader]
+    if distill:
+        dropped = {label} if label else set()
+        body = []
+        for layer in kept:
+            if _is_loss(layer) or layer.type == "Accuracy" or any(b in dropped for b in layer.bottom):
+                dropped.update(t for t in layer.top if t not in layer.bottom)
+                continue
+            body.append(layer)
+        kept = body
+    net.layer.append(feed)
+    if distill:
+        t = pb.LayerParameter(name=TEACHER_LOGITS, type="Input")
+        t.top.append(TEACHER_LOGITS)
+        t.input_param.shape.add(dim=[batch, *logit_shape[1:]])
+        net.layer.append(t)
+    net.layer.extend(kept)
+    if distill:
+        loss = net.layer.add(name=DISTILL_LOSS, type="EuclideanLoss")
+        loss.bottom.extend([logits, TEACHER_LOGITS])
+        loss.top.append(DISTILL_LOSS)
+    losses = {}
+    for layer in net.layer:
+        if _is_loss(layer):
+            for i, top in enumerate(layer.top):
+                weight = layer.loss_weight[i] if i < len(layer.loss_weight) else (1.0 if i == 0 else 0.0)
+                if weight:
+                    losses[top] = float(weight)
+    if not losses:
+        raise RebirthError(f"{src}: has no loss layer in the TRAIN phase to train with")
+    return TrainNet(net, image, None if distill else label, batch, pre, classes, logits, losses)
+
+
+def _check_solverstate(path: Path, sd: SlimDir) -> None:
+    """What Caffe's solver.restore would abort on, as one-line errors: not a SolverState, its
+    weights file (learned_net) missing or not fitting the slim net."""
+    raw = netio._read_bytes(path)
+    state = pb.SolverState()
+    try:
+        state.ParseFromString(raw)
+    except Exception:  # noqa: BLE001 -- protobuf's DecodeError
+        state = None
+    if state is None or not state.learned_net or not state.HasField("iter"):
+        raise RebirthError(f"{path}: not a Caffe .solverstate snapshot")
+    learned = Path(state.learned_net)
+    if not learned.is_absolute():
+        learned = path.parent / learned
+    if not learned.is_file():
+        raise RebirthError(f"{path}: its weights {state.learned_net} are missing")
+    load_model(sd.path / "deploy.prototxt", learned)
+
+
+def make_solver_param(sd: SlimDir, outdir: Path, iters: int | None = None, base_lr: float | None = None,
+                      stepsize: int | None = None) -> "pb.SolverParameter":
+    s = pb.SolverParameter()
+    s.CopyFrom(sd.solver)
+    if iters is not None:
+        s.max_iter = iters
+    if base_lr is not None:
+        s.base_lr = base_lr
+    if stepsize is not None:
+        s.stepsize = stepsize
+    for field in ("test_iter", "test_net", "test_net_param", "test_state"):
+        s.ClearField(field)
+    s.test_interval = 0          # validation runs here, on --val, with the deploy net
+    s.test_initialization = False
+    s.snapshot = 0               # snapshots are taken here (solver.snapshot())
+    s.snapshot_prefix = str((outdir / SNAPSHOT_PREFIX).resolve())
+    s.display = 0
+    s.iter_size = 1              # folded into the batch (build_train_net)
+    return s
+
+
+# ----------------------------------------------------------------------------------------------
+# Training
+
+
+def finetune(slim_dir, train: data.Source, val: data.Source | None = None, *, iters: int | None = None,
+             batch: int | None = None, base_lr: float | None = None, stepsize: int | None = None,
+             test_interval: int | None = None, snapshot: int | None = None, resume: str | None = None,
+             weights: str | None = None, outdir: str | os.PathLike | None = None, distill: bool = False,
+             val_limit: int | None = None, val_batch: int = 50, seed: int = 0, progress: bool = True,
+             log=None) -> dict:
+    """Fine-tune ``slim_dir`` on ``train`` (see the module doc); returns what finetune.json holds."""
+    sd = read_slim_dir(slim_dir) if not isinstance(slim_dir, SlimDir) else slim_dir
+    outdir = Path(outdir) if outdir is not None else sd.path / "finetune"
+    if outdir.exists() and not outdir.is_dir():
+        raise RebirthError(f"{outdir}: exists and is not a directory")
+    if not distill:
+        data.require_labels(train, "finetune without --distill")
+    tn = build_train_net(sd, batch, distill)
+    start_weights = None
+    if resume is not None:
+        _check_solverstate(Path(resume), sd)
+    elif weights is not None:
+        if not Path(weights).is_file():
+            raise RebirthError(f"{weights}: no such file")
+        start_weights = str(weights)
+    elif sd.init_weights is not None:
+        start_weights = str(sd.init_weights)
+    notes = []
+    if start_weights is None and resume is None:
+        notes.append(f"{sd.path} has no init.caffemodel (slim ran without --weights) and no --weights was "
+                     "given: training starts from the train_val's fillers")
+    # Check that the starting weights fit the slim net before Caffe sees them (it aborts on a mismatch).
+    if start_weights:
+        load_model(sd.path / "deploy.prototxt", start_weights)
+    teacher = None
+    if distill or (val is not None and not val.has_labels):
+        t_deploy, t_weights = sd.teacher()
+        teacher = ev.Runner.build(ev.load(t_deploy, t_weights, "the teacher"))
+        _, c, h, w = teacher.input_shape
+        if (c, h, w) != (tn.pre.channels, *tn.pre.out_size):
+            raise RebirthError(f"the teacher {t_deploy} takes {c}x{h}x{w} images, the slim net "
+                               f"{tn.pre.channels}x{tn.pre.out_size[0]}x{tn.pre.out_size[1]}")
+    val_runner = val_pre = None
+    if val is not None:
+        val_runner = ev.Runner.build(load_model(sd.path / "deploy.prototxt"))
+        layer = ev.data_layer(sd.train_val, pb.TEST)
+        val_pre = (data.Preprocess.from_transform_param(layer, val_runner.input_shape, base_dir=sd.path)
+                   if layer is not None and ev._has_transform(layer) else data.Preprocess.defaults(val_runner.input_shape))
+        ev._check_fits(val_runner, val_pre)
+        if val_runner.caffe_net.net.blobs[val_runner.output].data.reshape(
+                val_runner.input_shape[0], -1).shape[1] != tn.classes:
+            raise RebirthError(f"{sd.path / 'deploy.prototxt'}: the output has a different size from the logits")
+
+    outdir.mkdir(parents=True, exist_ok=True)
+    if log is not None:
+        for note in notes:
+            log(f"note: {note}")
+    sparam = make_solver_param(sd, outdir, iters, base_lr, stepsize)
+    solver = pycaffe.make_solver(tn.net, sparam, outdir)
+    if resume is not None:
+        solver.restore(str(resume))
+    elif start_weights:
+        solver.net.copy_from(start_weights)
+    start = int(solver.iter)
+    max_iter = int(sparam.max_iter)
+    interval = test_interval if test_interval is not None else int(sd.solver.test_interval or 0)
+    snap_every = snapshot if snapshot is not None else int(sd.solver.snapshot or 0)
+    history = _previous_history(outdir, start) if resume is not None else []
+    snapshots: list[str] = []
+    net = solver.net
+    gen = train.batches(tn.pre, tn.batch, train=True, shuffle=True, loop=True, seed=seed + start)
+    started = time.perf_counter()
+    losses: list[float] = []
+
+    def record(it: int) -> dict:
+        entry = {"iteration": it, "loss": (float(np.mean(losses)) if losses else None),
+                 "lr": _lr(sparam, it), "seconds": round(time.perf_counter() - started, 2)}
+        losses.clear()
+        if val is not None:
+            val_runner.caffe_net.set_weights({k: [b.data for b in v] for k, v in net.params.items()
+                                              if k in val_runner.caffe_net.net.params})
+            res = ev.run_evaluation(val_runner, val, val_pre, batch=val_batch, teacher=teacher, limit=val_limit,
+                                    progress=False)
+            for key in ("top1", "top5", "agreement", "kl"):
+                if key in res:
+                    entry[f"val_{key}"] = res[key]
+        history.append(entry)
+        if log is not None:
+            log(_entry_line(entry))
+        return entry
+
+    bar = ev._bar(max_iter - start, "finetune", progress, unit="it")
+    try:
+        if val is not None and start < max_iter and not any(h["iteration"] == start for h in history):
+            record(start)
+        for it in range(start, max_iter):
+            x, y = next(gen)
+            net.blobs[tn.image].data[...] = x
+            if tn.label is not None:
+                bad = y[(y < 0) | (y >= tn.classes)]
+                if bad.size:
+                    raise RebirthError(f"{train.name}: label {int(bad[0])} but the net has {tn.classes} classes")
+                net.blobs[tn.label].data[...] = y
+            if teacher is not None and distill:
+                net.blobs[TEACHER_LOGITS].data[...] = teacher.logits_of(x).reshape(
+                    net.blobs[TEACHER_LOGITS].data.shape)
+            solver.step(1)
+            loss = sum(w * float(net.blobs[t].data.sum()) for t, w in tn.losses.items())
+            if not math.isfinite(loss):
+                raise RebirthError(f"the loss diverged at iteration {it + 1} ({loss}); lower --base-lr")
+            losses.append(loss)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+            done = it + 1
+            if interval and done % interval == 0 and done < max_iter:
+                record(done)
+            if snap_every and done % snap_every == 0 and done < max_iter:
+                solver.snapshot()
+                snapshots.append(_snapshot_name(outdir, done))
+    finally:
+        bar.close()
+    if losses or not history or history[-1]["iteration"] != max_iter:
+        record(max_iter)
+    if start < max_iter or not (outdir / f"{SNAPSHOT_PREFIX}_iter_{max_iter}.solverstate").exists():
+        solver.snapshot()
+        snapshots.append(_snapshot_name(outdir, max_iter))
+    final = {name: [b.data.copy() for b in blobs] for name, blobs in net.params.items()}
+    deploy_names = {layer.name for layer in sd.deploy.layer}
+    weights_net = netio.with_weights(sd.deploy, {k: v for k, v in final.items() if k in deploy_names})
+    inputs = [p for p in (start_weights, resume) if p]
+    netio.write_weights(weights_net, outdir / "weights.caffemodel", inputs)
+    if not netio.same_file(outdir / "deploy.prototxt", sd.path / "deploy.prototxt"):
+        netio.atomic_write(outdir / "deploy.prototxt", (sd.path / "deploy.prototxt").read_text())
+    result = {
+        "tool": f"rebirth {__version__}",
+        "slim_dir": os.path.abspath(sd.path),
+        "outdir": str(outdir),
+        "mode": "distill" if distill else "labels",
+        "loss": (f"EuclideanLoss between the slim net's logits '{tn.logits}' and the teacher's" if distill
+                 else ", ".join(f"{t} (weight {w:g})" for t, w in tn.losses.items())),
+        "teacher": ({"model": teacher.model.source, "weights": teacher.model.weights_source}
+                    if teacher is not None else None),
+        "train": train.name, "val": val.name if val is not None else None,
+        "start_weights": start_weights, "resumed_from": str(resume) if resume else None,
+        "start_iteration": start, "iterations": max_iter, "batch": tn.batch,
+        "base_lr": sparam.base_lr, "lr_policy": sparam.lr_policy, "stepsize": sparam.stepsize,
+        "preprocess": tn.pre.describe(),
+        "history": history,
+        "snapshots": snapshots,
+        "weights": str(outdir / "weights.caffemodel"),
+        "seconds": round(time.perf_counter() - started, 2),
+        "notes": notes,
+    }
+    netio.atomic_write(outdir / "finetune.json", json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def _snapshot_name(outdir: Path, it: int) -> str:
+    return str(outdir / f"{SNAPSHOT_PREFIX}_iter_{it}.solverstate")
+
+
+def _previous_history(outdir: Path, start: int) -> list[dict]:
+    try:
+        old = json.loads((outdir / "finetune.json").read_text())
+        return [h for h in old.get("history", []) if h.get("iteration", 0) <= start]
+    except (OSError, ValueError, AttributeError):
+        return []
+
+
+def _lr(s: "pb.SolverParameter", it: int) -> float:
+    """Caffe's learning rate at iteration ``it`` for the common policies (for the history only)."""
+    if s.lr_policy == "step" and s.stepsize:
+        return s.base_lr * s.gamma ** (it // s.stepsize)
+    if s.lr_policy == "multistep":
+        return s.base_lr * s.gamma ** sum(1 for v in s.stepvalue if it >= v)
+    if s.lr_policy == "inv":
+        return s.base_lr * (1 + s.gamma * it) ** (-s.power)
+    if s.lr_policy == "poly" and s.max_iter:
+        return s.base_lr * (1 - it / s.max_iter) ** s.power
+    if s.lr_policy == "exp":
+        return s.base_lr * s.gamma ** it
+    return s.base_lr
+
+
+def _entry_line(e: dict) -> str:
+    parts = [f"iter {e['iteration']}"]
+    if e.get("loss") is not None:
+        parts.append(f"loss {e['loss']:.4f}")
+    for key in ("val_top1", "val_top5", "val_agreement"):
+        if key in e:
+            parts.append(f"{key} {100 * e[key]:.2f} %")
+    if "val_kl" in e:
+        parts.append(f"val_kl {e['val_kl']:.4f}")
+    return ", ".join(parts)
+
+
+def format_report(result: dict) -> str:
+    lines = [f"fine-tuned {result['slim_dir']} on {result['train']} ({result['mode']}): iterations "
+             f"{result['start_iteration']} -> {result['iterations']}, batch {result['batch']}, "
+             f"{result['seconds']:.0f} s"]
+    lines += ["  " + _entry_line(e) for e in result["history"]]
+    lines += [f"note: {note}" for note in result.get("notes", [])]
+    lines.append(f"weights: {result['weights']}")
+    if result["snapshots"]:
+        lines.append(f"resume with: rebirth finetune {result['slim_dir']} --train {result['train']} "
+                     f"--resume {result['snapshots'][-1]} -o {result['outdir']} --iters N")
+    return "\n".join(lines)
+
+
+def stderr_log(line: str) -> None:
+    from tqdm import tqdm  # noqa: PLC0415
+    tqdm.write(line, file=sys.stderr)

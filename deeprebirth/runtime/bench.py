@@ -1,0 +1,494 @@
+"""`rebirth bench`: latency, per-layer time and memory of Caffe nets, measured as the paper does.
+
+* Latency: each run is one forward pass on random input; the report gives the best run (the
+  paper's figure) and the median. Several models are run interleaved in one process
+  (A B C A B C ...), so that the ratios to the first model compare runs made side by side.
+* Per-layer time (``layers=True``): in every run each model also makes one pass of per-layer
+  forward calls, each timed on its own; a layer's time is its median over the runs. Layers are
+  grouped by type and kind, and the non-tensor share of latency is the paper's Eq. 1:
+  sum of the non-tensor layers' time / sum of all layers' time. The sum of the layers is checked
+  against the whole forward pass (``LAYER_SUM_MARGIN``).
+* Memory: blob bytes from shapes and from the net, and the resident memory the net costs
+  (measured by the device; see engine/cpu.py for the method).
+
+Measuring (``measure``) is the only part that reads a clock; everything after it (summaries,
+grouping, ratios, the JSON document, the text report and the plot) is a pure function of the
+recorded timings, so it is tested with made-up numbers.
+"""
+from __future__ import annotations
+
+import gc
+import io as _io
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+from deeprebirth.caffe import netio
+from deeprebirth.caffe import proto as pb
+from deeprebirth.runtime.devices.base import Device, Memory, Session
+from deeprebirth.runtime.pycaffe import check_runnable
+from deeprebirth.errors import RebirthError
+from deeprebirth.graph.dag import Graph, kind_of
+from deeprebirth.caffe.model import Model, load_model
+
+#: The sum of per-layer times may differ from a whole forward pass by this much (percent) before
+#: the report flags it: per-layer calls add one Python call and one clock read per layer.
+LAYER_SUM_MARGIN = 5.0
+TOP_LAYERS = 10
+MB = 1024 * 1024
+TENSOR_COLOR = "black"        # Figure 2 of the paper: tensor layers black,
+NON_TENSOR_COLOR = "tab:red"  # non-tensor layers red
+Progress = Callable[[int], None]
+
+
+# ------------------------------------------------------------------------------------------------
+# Preparing the models
+
+
+def set_batch(net: "pb.NetParameter", batch: int | None) -> "pb.NetParameter":
+    """A copy of ``net`` whose inputs (``input_shape``/``input_dim`` and Input layers) have batch
+    size ``batch``; the net itself when ``batch`` is None. Done on the prototxt rather than by
+    reshaping the built net, because Caffe never shrinks a blob's allocation."""
+    if batch is None:
+        return net
+    out = pb.NetParameter()
+    out.CopyFrom(net)
+    for shape in out.input_shape:
+        if len(shape.dim):
+            shape.dim[0] = batch
+    for i in range(0, len(out.input_dim), 4):
+        out.input_dim[i] = batch
+    for layer in out.layer:
+        if layer.type == "Input":
+            for shape in layer.input_param.shape:
+                if len(shape.dim):
+                    shape.dim[0] = batch
+    return out
+
+
+def labels(specs: Sequence[str]) -> list[str]:
+    """Report names for the MODEL arguments: as given, with ' #2', ' #3' on repeats."""
+    out, seen = [], {}
+    for spec in specs:
+        seen[spec] = seen.get(spec, 0) + 1
+        out.append(spec if seen[spec] == 1 else f"{spec} #{seen[spec]}")
+    return out
+
+
+@dataclass
+class Prepared:
+    label: str
+    model: Model
+    weights: str  # the caffemodel path, or how the random weights were made
+    weights_file: str | None = None  # the --weights file, when one was given
+
+
+def prepare(specs: Sequence[str], weights: Sequence[str] = (), batch: int | None = 1,
+            seed: int = 0) -> list[Prepared]:
+    """Load every MODEL (path or built-in name) at ``batch``, with its --weights (one per model, in
+    order) or random weights (engine.pycaffe.random_weights)."""
+    from deeprebirth.runtime.pycaffe import random_weights  # noqa: PLC0415  (numpy only; pycaffe stays unloaded)
+
+    if not specs:
+        raise RebirthError("bench needs at least one MODEL")
+    if weights and len(weights) != len(specs):
+        raise RebirthError(f"--weights was given {len(weights)} time(s) for {len(specs)} model(s): "
+                           "give it once per model, in the order of the models, or not at all")
+    if batch is not None and batch < 1:
+        raise RebirthError(f"--batch must be at least 1, not {batch}")
+    out = []
+    for label, spec, w in zip(labels(specs), specs, list(weights) or [None] * len(specs)):
+        m = load_model(spec, w, batch=batch)
+        check_runnable(m.net, m.source)
+        m.net = set_batch(m.net, batch)
+        if m.weights is None:
+            m.weights = random_weights(Graph(m.net, strict=False), seed=seed)
+            how = f"random (seed {seed})"
+        else:
+            how = str(w)
+        out.append(Prepared(label, m, how, str(w) if w else None))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Measuring
+
+
+@dataclass
+class Measurement:
+    """Raw timings of one model, in seconds: one entry per run (warm-up runs are not kept)."""
+
+    label: str
+    layer_names: list[str]
+    layer_types: list[str]
+    forward_s: list[float] = field(default_factory=list)
+    layers_s: list[list[float]] = field(default_factory=list)  # [run][layer]; empty without layers
+    source: str = ""
+    weights: str = ""
+    memory: Memory | None = None
+
+
+def measure(sessions: Sequence[tuple[str, Session]], runs: int = 50, warmup: int = 5,
+            layers: bool = False, progress: Progress | None = None, cooldown: float = 0.0) -> list[Measurement]:
+    """Time ``runs`` forward passes of every session, interleaved (A B C A B C ...), after
+    ``warmup`` untimed rounds. With ``layers``, each model's turn in a round is a whole pass
+    followed by a pass of per-layer calls. ``progress(1)`` is called after each model's turn;
+    ``cooldown`` seconds of sleep come before every turn but the first."""
+    if runs < 1:
+        raise RebirthError(f"--runs must be at least 1, not {runs}")
+    if warmup < 0:
+        raise RebirthError(f"--warmup must be at least 0, not {warmup}")
+    out = [Measurement(label, list(s.layer_names), list(s.layer_types)) for label, s in sessions]
+    gc_was_enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()  # no collector pauses inside a timed pass
+    try:
+        for r in range(warmup + runs):
+            for k, ((_, session), rec) in enumerate(zip(sessions, out)):
+                if cooldown > 0 and (r or k):
+                    time.sleep(cooldown)
+                t = session.time_forward()
+                per_layer = session.time_layers() if layers else None
+                if r >= warmup:
+                    rec.forward_s.append(t)
+                    if per_layer is not None:
+                        rec.layers_s.append(per_layer)
+                if progress is not None:
+                    progress(1)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return out
+
+
+def run(prepared: Sequence[Prepared], device: Device, runs: int = 50, warmup: int = 5,
+        layers: bool = False, memory: bool = True, seed: int = 0,
+        progress: Progress | None = None, cooldown: float = 0.0) -> list[Measurement]:
+    """Open every model on ``device``, time them interleaved, then measure their memory (after
+    the timing, so that memory probes never run alongside a timed pass). Devices that run the
+    timing program (engine/remote.py) measure everything in one go, in the same way."""
+    if hasattr(device, "measure_models"):
+        runs_ = device.measure_models([p.model for p in prepared], [p.weights_file for p in prepared],
+                                      runs, warmup, layers, seed=seed, progress=progress)
+        return [Measurement(p.label, r.layer_names, r.layer_types, r.forward_s, r.layers_s, p.model.source,
+                            p.weights, r.memory if memory else None) for p, r in zip(prepared, runs_)]
+    sessions: list[tuple[str, Session]] = []
+    try:
+        for p in prepared:
+            sessions.append((p.label, device.open(p.model, seed=seed)))
+        results = measure(sessions, runs, warmup, layers, progress, cooldown)
+        for p, (_, session), rec in zip(prepared, sessions, results):
+            rec.source, rec.weights = p.model.source, p.weights
+            if memory:
+                rec.memory = session.memory()
+    finally:
+        for _, session in sessions:
+            session.close()
+    return results
+
+
+def run_isolated(prepared: Sequence[Prepared], device: Device, runs: int = 50, warmup: int = 5,
+                 layers: bool = False, memory: bool = True, seed: int = 0,
+                 progress: Progress | None = None, cooldown: float = 0.0) -> list[Measurement]:
+    """``run`` in a child process (engine/isolate.py), so that a net Caffe refuses (a CHECK
+    failure) ends in a one-line RebirthError with Caffe's message instead of an abort. A device
+    that runs the rebirth-time program is a process of its own already: it runs here (and keeps
+    what it learns of the device for the report)."""
+    if hasattr(device, "measure_models"):
+        return run(prepared, device, runs, warmup, layers, memory, seed, progress, cooldown=cooldown)
+    from deeprebirth.runtime import isolate  # noqa: PLC0415
+    return isolate.call(run, prepared, device, runs, warmup, layers, memory, seed, what="Caffe (bench)",
+                        progress=progress, cooldown=cooldown)
+
+
+# ------------------------------------------------------------------------------------------------
+# Summaries (pure)
+
+
+def _ms(seconds: float) -> float:
+    return seconds * 1000.0
+
+
+def layer_table(names: Sequence[str], types: Sequence[str], layers_s: Sequence[Sequence[float]]) -> list[dict]:
+    """One row per layer: median (``ms``) and minimum (``min_ms``) over the runs, and its share of
+    the sum of the medians (``percent``)."""
+    if not layers_s:
+        return []
+    for run_times in layers_s:
+        if len(run_times) != len(names):
+            raise ValueError(f"a run has {len(run_times)} layer times for {len(names)} layers")
+    columns = list(zip(*layers_s))
+    rows = [{"name": n, "type": t, "kind": kind_of(t), "ms": _ms(statistics.median(c)), "min_ms": _ms(min(c))}
+            for n, t, c in zip(names, types, columns)]
+    total = sum(r["ms"] for r in rows)
+    for r in rows:
+        r["percent"] = 100.0 * r["ms"] / total if total > 0 else 0.0
+    return rows
+
+
+def group_by_type(layers: Sequence[dict]) -> list[dict]:
+    """Layer time summed per type, largest first: ``{type, kind, count, ms, percent}``."""
+    groups: dict[str, dict] = {}
+    for r in layers:
+        g = groups.setdefault(r["type"], {"type": r["type"], "kind": r["kind"], "count": 0, "ms": 0.0})
+        g["count"] += 1
+        g["ms"] += r["ms"]
+    total = sum(r["ms"] for r in layers)
+    out = sorted(groups.values(), key=lambda g: (-g["ms"], g["type"]))
+    for g in out:
+        g["percent"] = 100.0 * g["ms"] / total if total > 0 else 0.0
+    return out
+
+
+def group_by_kind(layers: Sequence[dict]) -> dict[str, float]:
+    """``{"tensor": ms, "non-tensor": ms}``."""
+    out = {"tensor": 0.0, "non-tensor": 0.0}
+    for r in layers:
+        out[r["kind"]] = out.get(r["kind"], 0.0) + r["ms"]
+    return out
+
+
+def non_tensor_percent(layers: Sequence[dict]) -> float | None:
+    """The paper's Eq. 1: time in non-tensor layers / time over the entire network (the sum of
+    all layers), in percent; None without layer times."""
+    kinds = group_by_kind(layers)
+    total = sum(kinds.values())
+    if not layers or total <= 0:
+        return None
+    return 100.0 * kinds["non-tensor"] / total
+
+
+def non_tensor_percent_runs(types: Sequence[str], layers_s: Sequence[Sequence[float]]) -> list[float]:
+    """Eq. 1 within each run (one value per run): how much the share varies from run to run."""
+    nt = [kind_of(t) == "non-tensor" for t in types]
+    out = []
+    for run_times in layers_s:
+        total = sum(run_times)
+        if total > 0:
+            out.append(100.0 * sum(t for t, n in zip(run_times, nt) if n) / total)
+    return out
+
+
+def quartiles(values: Sequence[float]) -> list[float] | None:
+    """[first quartile, third quartile] (None without values)."""
+    if not values:
+        return None
+    if len(values) == 1:
+        return [values[0], values[0]]
+    q = statistics.quantiles(values, n=4, method="inclusive")
+    return [q[0], q[2]]
+
+
+def top_layers(layers: Sequence[dict], n: int = TOP_LAYERS) -> list[dict]:
+    return sorted(layers, key=lambda r: -r["ms"])[:n]
+
+
+def agreement(forward_s: Sequence[float], layers_s: Sequence[Sequence[float]],
+              margin_percent: float = LAYER_SUM_MARGIN) -> dict | None:
+    """How well the per-layer calls add up to a whole forward pass. Both are measured in every
+    run, one right after the other; ``diff_percent`` is the median over runs of
+    (layer sum - whole pass) / whole pass, a side-by-side comparison that load changes between
+    runs do not disturb. ``layer_sum_ms`` and ``forward_ms`` are the medians of each."""
+    if not layers_s or not forward_s:
+        return None
+    sums = [sum(run_times) for run_times in layers_s]
+    paired = [100.0 * (s - f) / f for s, f in zip(sums, forward_s) if f > 0]
+    layer_sum, forward = _ms(statistics.median(sums)), _ms(statistics.median(forward_s))
+    pct = statistics.median(paired) if paired else 0.0
+    return {"layer_sum_ms": layer_sum, "forward_ms": forward, "diff_ms": layer_sum - forward,
+            "diff_percent": pct, "margin_percent": margin_percent, "within_margin": abs(pct) <= margin_percent}
+
+
+def summarize(m: Measurement) -> dict:
+    """The JSON entry of one model."""
+    if not m.forward_s:
+        raise ValueError(f"{m.label}: no timed runs")
+    rows = layer_table(m.layer_names, m.layer_types, m.layers_s)
+    kinds = group_by_kind(rows) if rows else None
+    mem = m.memory
+    return {
+        "model": m.label,
+        "source": m.source,
+        "weights": m.weights,
+        "runs": len(m.forward_s),
+        "best_ms": _ms(min(m.forward_s)),
+        "median_ms": _ms(statistics.median(m.forward_s)),
+        "runs_ms": [_ms(t) for t in m.forward_s],
+        "non_tensor_percent": non_tensor_percent(rows),
+        "non_tensor_percent_iqr": quartiles(non_tensor_percent_runs(m.layer_types, m.layers_s)),
+        "tensor_ms": kinds["tensor"] if kinds else None,
+        "non_tensor_ms": kinds["non-tensor"] if kinds else None,
+        "layer_sum": agreement(m.forward_s, m.layers_s),
+        "memory_bytes": mem.blob_bytes if mem else None,
+        "allocated_bytes": mem.allocated_bytes if mem else None,
+        "peak_rss_bytes": mem.peak_rss_bytes if mem else None,
+        "process_peak_rss_bytes": mem.process_peak_rss_bytes if mem else None,
+        "memory_method": mem.method if mem else None,
+        "by_type": group_by_type(rows),
+        "layers": rows,
+    }
+
+
+def ratios(models: Sequence[dict]) -> dict:
+    """Times relative to the first model: ``best`` (best/best), ``median`` (median/median) and
+    ``paired_median`` (median over runs of run_i / run_i of the first model: the side-by-side
+    ratio of interleaved runs, the least sensitive to a machine whose load changes).
+    Below 1 means faster than the first model; ``speedup`` is 1 / ``best``."""
+    if not models:
+        return {"reference": None, "models": {}}
+    ref = models[0]
+    out = {}
+    for m in models:
+        paired = [a / b for a, b in zip(m["runs_ms"], ref["runs_ms"]) if b > 0]
+        best = m["best_ms"] / ref["best_ms"] if ref["best_ms"] > 0 else None
+        out[m["model"]] = {
+            "best": best,
+            "median": m["median_ms"] / ref["median_ms"] if ref["median_ms"] > 0 else None,
+            "paired_median": statistics.median(paired) if paired else None,
+            "speedup": (1.0 / best) if best else None,
+        }
+    return {"reference": ref["model"], "models": out}
+
+
+def build_json(measurements: Sequence[Measurement], settings: dict | None = None) -> dict:
+    """The whole `bench --json` document: ``settings`` (device, batch, runs, ...), ``models`` and
+    ``ratios``."""
+    models = [summarize(m) for m in measurements]
+    return {**(settings or {}), "models": models, "ratios": ratios(models)}
+
+
+# ------------------------------------------------------------------------------------------------
+# Text report (pure)
+
+
+def _mb(n: int | None) -> str:
+    return "-" if n is None else f"{n / MB:.1f}"
+
+
+def _num(x: float | None, fmt: str) -> str:
+    return "-" if x is None else format(x, fmt)
+
+
+def _table(rows: list[tuple], right: set[int], indent: str = "") -> list[str]:
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    lines = []
+    for k, r in enumerate(rows):
+        cells = [str(c).rjust(w) if i in right else str(c).ljust(w) for i, (c, w) in enumerate(zip(r, widths))]
+        lines.append((indent + "  ".join(cells)).rstrip())
+        if k == 0:
+            lines.append(indent + "-" * (len(lines[-1]) - len(indent)))
+    return lines
+
+
+def format_report(doc: dict, top: int = TOP_LAYERS) -> str:
+    models = doc["models"]
+    lines = []
+    if "device" in doc:
+        lines.append(f"device: {doc['device']} ({doc.get('device_description', '')})")
+        if doc.get("device_warning"):
+            lines.append(f"warning: {doc['device_warning']}")
+        lines.append(f"batch {doc.get('batch')}, {doc.get('runs')} timed runs after {doc.get('warmup')} "
+                     f"warm-up per model" + (", interleaved across models" if len(models) > 1 else "")
+                     + "; best = fastest run (the paper's figure), median of the runs")
+        lines.append("")
+    ref = doc["ratios"]["reference"]
+    head = ("model", "best ms", "median ms", f"x {ref} (best)", "x (median)", "x (paired)",
+            "non-tensor %", "blob MB", "alloc MB", "peak RSS MB")
+    rows = [head]
+    for m in models:
+        r = doc["ratios"]["models"][m["model"]]
+        rows.append((m["model"], f"{m['best_ms']:.2f}", f"{m['median_ms']:.2f}", _num(r["best"], ".2f"),
+                     _num(r["median"], ".2f"), _num(r["paired_median"], ".2f"),
+                     _num(m["non_tensor_percent"], ".1f"), _mb(m["memory_bytes"]), _mb(m["allocated_bytes"]),
+                     _mb(m["peak_rss_bytes"])))
+    lines += _table(rows, right=set(range(1, len(head))))
+    if len(models) > 1:
+        lines.append("")
+        for m in models[1:]:
+            r = doc["ratios"]["models"][m["model"]]
+            if r["best"]:
+                faster = f"{1 / r['best']:.2f}x faster" if r["best"] < 1 else f"{r['best']:.2f}x slower"
+                lines.append(f"{m['model']} vs {ref}: best {r['best']:.3f}, median {_num(r['median'], '.3f')}, "
+                             f"paired runs {_num(r['paired_median'], '.3f')} ({faster})")
+    for m in models:
+        if not m["layers"]:
+            continue
+        lines += ["", f"{m['model']}: per-layer forward time (median of {m['runs']} runs per layer)"]
+        rows = [("type", "kind", "layers", "ms", "%")]
+        rows += [(g["type"], g["kind"], g["count"], f"{g['ms']:.3f}", f"{g['percent']:.1f}") for g in m["by_type"]]
+        lines += _table(rows, right={2, 3, 4}, indent="  ")
+        iqr = m.get("non_tensor_percent_iqr")
+        spread = f"; {iqr[0]:.1f}-{iqr[1]:.1f} % in the middle half of the runs" if iqr else ""
+        lines.append(f"  non-tensor share of latency (Eq. 1): {m['non_tensor_percent']:.1f} % "
+                     f"({m['non_tensor_ms']:.2f} of {m['non_tensor_ms'] + m['tensor_ms']:.2f} ms of per-layer medians{spread})")
+        a = m["layer_sum"]
+        verdict = "within" if a["within_margin"] else "OUTSIDE"
+        lines.append(f"  sum of layers {a['layer_sum_ms']:.2f} ms vs whole forward pass {a['forward_ms']:.2f} ms "
+                     f"(medians; {a['diff_ms']:+.2f} ms); run by run: {a['diff_percent']:+.1f} % (median), "
+                     f"{verdict} the ±{a['margin_percent']:.0f} % margin")
+        lines.append(f"  top {min(top, len(m['layers']))} layers:")
+        rows = [("layer", "type", "kind", "ms", "%")]
+        rows += [(r["name"], r["type"], r["kind"], f"{r['ms']:.3f}", f"{r['percent']:.1f}")
+                 for r in top_layers(m["layers"], top)]
+        lines += _table(rows, right={3, 4}, indent="    ")
+    methods = {m["memory_method"] for m in models if m.get("memory_method")}
+    if methods:
+        lines += ["", "blob MB: blob memory from shapes (as `inspect`); alloc MB: distinct buffers of the "
+                  "built net; peak RSS MB: " + "; ".join(sorted(methods))]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------
+# Plot (pure: a matplotlib Figure from the JSON document's models)
+
+
+def make_figure(models: Sequence[dict]):
+    """Figure 2 of the paper: one panel per model, one bar per layer (its median forward time),
+    tensor layers in black and non-tensor layers in red."""
+    from matplotlib.figure import Figure  # noqa: PLC0415  (no pyplot: no global state, no GUI)
+    from matplotlib.patches import Patch  # noqa: PLC0415
+
+    models = [m for m in models if m["layers"]]
+    if not models:
+        raise RebirthError("the plot needs per-layer times (run with --layers)")
+    most = max(len(m["layers"]) for m in models)
+    fig = Figure(figsize=(max(8.0, 0.07 * most), 3.2 * len(models)), layout="constrained")
+    axes = fig.subplots(len(models), 1, squeeze=False)[:, 0]
+    for ax, m in zip(axes, models):
+        rows = m["layers"]
+        for kind, color in (("tensor", TENSOR_COLOR), ("non-tensor", NON_TENSOR_COLOR)):
+            xs = [i for i, r in enumerate(rows) if r["kind"] == kind]
+            if xs:
+                ax.bar(xs, [rows[i]["ms"] for i in xs], width=0.8, color=color, label=kind)
+        ax.set_xlim(-1, len(rows))
+        ax.set_xticks(range(len(rows)))
+        ax.set_xticklabels([r["name"] for r in rows], rotation=90, fontsize=max(3, min(7, 700 // max(1, len(rows)))))
+        ax.set_ylabel("ms (median)")
+        share = m.get("non_tensor_percent")
+        title = f"{m['model']}: best {m['best_ms']:.2f} ms"
+        if share is not None:
+            title += f", non-tensor layers {share:.1f} % of layer time"
+        ax.set_title(title, fontsize=10)
+        ax.legend(handles=[Patch(color=TENSOR_COLOR, label="tensor"),
+                           Patch(color=NON_TENSOR_COLOR, label="non-tensor")], fontsize=8, loc="upper right")
+    return fig
+
+
+def plot_png(models: Sequence[dict], dpi: int = 120) -> bytes:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: PLC0415
+
+    fig = make_figure(models)
+    FigureCanvasAgg(fig)
+    buf = _io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    return buf.getvalue()
+
+
+def save_plot(models: Sequence[dict], path: str | Path, inputs: Sequence[str] = ()) -> Path:
+    """Write the per-layer bar chart to ``path`` (a .png), atomically, never over an input file."""
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise RebirthError(f"{path}: --plot writes a PNG image; give a file name ending in .png")
+    return netio.atomic_write(path, plot_png(models), inputs)

@@ -1,0 +1,155 @@
+"""Run Caffe work in a child process, so that a Caffe CHECK failure becomes a one-line error.
+
+Caffe reports a violated precondition (``CHECK_GT(num_output_, 0)``, an unknown layer type, a
+shape mismatch ...) by logging a FATAL glog line and calling ``abort()``: the whole process dies
+with SIGABRT, and the user sees a core dump instead of ``rebirth: error: ...``. Everything that
+runs a net in pycaffe (bench, fold-bn --verify, and relearn / eval) therefore goes through
+``call``::
+
+    from deeprebirth.runtime import isolate
+    result = isolate.call(verify_nets, original, folded, seed=0)          # module-level function
+    result = isolate.call(train, solver, progress=bar.update)             # progress(n) is forwarded
+
+``fn`` runs in a process started with multiprocessing's ``spawn`` method (a fresh interpreter: no
+state copied from the parent, no fork of a threaded process). Its return value comes back
+(pickled); a RebirthError it raises is raised again here with the same message; if the child dies
+(a signal, or an exit without a result) a RebirthError carries Caffe's own reason: the last glog
+FATAL line ("Check failed: ...") the child wrote to its stderr, which is captured in a temporary
+file. Arguments and results must be picklable (``model.Model`` is: its net travels as bytes).
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import re
+import signal
+import sys
+import tempfile
+import traceback
+from typing import Any, Callable
+
+from deeprebirth.errors import RebirthError
+
+# glog: "F[yyyy]mmdd hh:mm:ss.uuuuuu tid file.cpp:123] Check failed: ..." (F = FATAL; E = ERROR).
+_GLOG = re.compile(r"^([FE])\d{4,8} [\d:.]+\s+\d+ ([^\]]+)\] (.*)$")
+_STDERR_TAIL = 64 * 1024
+
+
+def _child(conn, stderr_path: str, fn: Callable, args: tuple, kwargs: dict, with_progress: bool) -> None:
+    """Entry point of the child: stderr to the capture file, run ``fn``, send back one message."""
+    fd = os.open(stderr_path, os.O_WRONLY | os.O_APPEND)
+    os.dup2(fd, 2)
+    os.close(fd)
+    sys.stderr = os.fdopen(2, "w", buffering=1, closefd=False)
+    os.environ.setdefault("GLOG_minloglevel", "2")
+    try:
+        if with_progress:
+            kwargs = dict(kwargs, progress=lambda n=1: conn.send(("progress", n)))
+        result = fn(*args, **kwargs)
+        conn.send(("ok", result))
+    except RebirthError as exc:
+        conn.send(("error", str(exc)))
+    except BaseException as exc:  # noqa: BLE001 - reported in the parent as one line
+        tb = traceback.extract_tb(exc.__traceback__)
+        where = f" at {os.path.basename(tb[-1].filename)}:{tb[-1].lineno}" if tb else ""
+        conn.send(("crash", f"{type(exc).__name__}: {exc}{where}"))
+    finally:
+        conn.close()
+
+
+def caffe_reason(stderr_text: str) -> str | None:
+    """The last glog FATAL line's message (``file.cpp:123] Check failed: ...``), else the last
+    ERROR line's, else None."""
+    fatal = error = parse_error = None
+    for line in stderr_text.splitlines():
+        if "[libprotobuf ERROR" in line and "]" in line:  # why Caffe could not read the prototxt
+            parse_error = line.split("]", 1)[1].strip()
+        m = _GLOG.match(line.strip())
+        if m:
+            message = re.sub(r" \(known types: [^)]*\)", "", m.group(3).strip())  # the registry's long list
+            text = f"{message} ({m.group(2).strip()})"
+            if m.group(1) == "F":
+                fatal = text
+            else:
+                error = text
+    if fatal and parse_error and "Failed to parse" in fatal:
+        fatal = f"{fatal}: {parse_error}"
+    return fatal or error
+
+
+def _tail(path: str) -> str:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - _STDERR_TAIL))
+            return fh.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is None:
+        return "did not finish"
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code} without a result"
+
+
+def call(fn: Callable, *args, what: str = "Caffe", timeout: float | None = None,
+         progress: Callable[[int], Any] | None = None, **kwargs) -> Any:
+    """``fn(*args, **kwargs)`` in a spawned child process; its result, or a RebirthError.
+
+    ``what`` names the work in messages ("Caffe", "the verification run", ...). ``timeout``
+    (seconds) kills the child when it runs longer. With ``progress``, ``fn`` gets a
+    ``progress=`` callable whose calls reach ``progress`` here."""
+    ctx = mp.get_context("spawn")
+    fd, stderr_path = tempfile.mkstemp(prefix="deeprebirth-child-", suffix=".stderr")
+    os.close(fd)
+    parent, child = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_child, args=(child, stderr_path, fn, args, kwargs, progress is not None),
+                       daemon=True)
+    try:
+        proc.start()
+        child.close()
+        outcome = None
+        while outcome is None:
+            if not parent.poll(timeout if timeout is not None else None):
+                if timeout is not None:
+                    proc.kill()
+                    proc.join()
+                    raise RebirthError(f"{what} did not finish within {timeout:g} s; stopped")
+            try:
+                kind, value = parent.recv()
+            except (EOFError, OSError):
+                break  # the child died without a word
+            if kind == "progress":
+                progress(value)
+            else:
+                outcome = (kind, value)
+        proc.join()
+        if outcome is not None and outcome[0] == "ok":
+            return outcome[1]
+        if outcome is not None and outcome[0] == "error":
+            raise RebirthError(outcome[1])
+        reason = caffe_reason(_tail(stderr_path))
+        if outcome is not None:  # a Python exception in the child: a bug, reported in one line
+            raise RebirthError(f"{what} failed: {outcome[1]}" + (f" (Caffe: {reason})" if reason else ""))
+        if reason:
+            raise RebirthError(f"{what} aborted: {reason}")
+        raise RebirthError(f"{what} {_describe_exit(proc.exitcode)} (no Caffe message)")
+    except KeyboardInterrupt:
+        proc.kill()
+        raise
+    finally:
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+        parent.close()
+        try:
+            os.unlink(stderr_path)
+        except OSError:
+            pass

@@ -1,0 +1,345 @@
+"""`rebirth slim` as a library: run the rules, build the slim deploy net, its fine-tuning files and
+initial weights, a report; write them (every file checked first, then each written atomically).
+
+    out = slim(load_model("googlenet", "bvlc_googlenet.caffemodel"), only=["conv1"])
+    write(out, "slim/")   # deploy.prototxt train_val.prototxt solver.prototxt init.caffemodel report.json
+
+Every rule that declares ``default`` runs, in the order the rules declare (``rules.select``);
+``only`` restricts the rewrites to the named substructures (``Match.name``: ``conv1``,
+``inception_3a`` ..., the candidates `rebirth inspect` lists), so the paper's bottom-to-top
+procedure (Table 3) is one run per step, each fine-tuned before the next.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from deeprebirth.transforms.candidates import human
+from deeprebirth import __version__
+from deeprebirth.caffe import netio
+from deeprebirth.transforms import runner
+from deeprebirth.learning import relearn
+from deeprebirth.transforms import rules as rule_registry
+from deeprebirth.transforms import trainfiles
+from deeprebirth.transforms import weights as weight_ops
+from deeprebirth.caffe import proto as pb
+from deeprebirth.errors import RebirthError
+from deeprebirth.graph.dag import Graph
+from deeprebirth.caffe.model import Model
+from deeprebirth.transforms.rules.base import Rule
+
+FILES = ("deploy.prototxt", "train_val.prototxt", "solver.prototxt", "init.caffemodel", "report.json")
+DATA_LAYERS = {"image": "ImageData", "dummy": "DummyData", "ImageData": "ImageData", "DummyData": "DummyData"}
+
+
+@dataclass
+class SlimOutput:
+    model: Model                       # the input
+    result: runner.Result            # the slim model, changes and skips
+    rules: list[str]
+    only: list[str] | None
+    new_layers: list[str]              # regenerated or added: Xavier weights, lr_mult 10
+    train_val: "pb.NetParameter"
+    solver: "pb.SolverParameter"
+    weights: dict | None               # init weights of the train net (slim deploy + training-only)
+    notes: list[str] = field(default_factory=list)
+    inputs: list[str] = field(default_factory=list)
+
+    @property
+    def deploy(self) -> "pb.NetParameter":
+        return self.result.model.net
+
+    @property
+    def skips(self) -> list:
+        """Matches left alone, without the repeats of what a rewrite of the same substructure
+        already notes (AlexNet's conv1: LRN pruned, then its pooling alone is left, for the reason
+        the rewrite gave)."""
+        noted = {(c.rule, c.substructure, n) for c in self.result.changes for n in c.notes}
+        return [s for s in self.result.skips if (s.rule, s.substructure, s.reason) not in noted]
+
+    def costs(self) -> tuple[dict, dict]:
+        before = runner.costs(Graph(self.model.net, strict=False))
+        after = runner.costs(Graph(self.deploy, strict=False))
+        return before, after
+
+    def report(self) -> dict:
+        before, after = self.costs()
+        return {
+            "tool": f"rebirth {__version__}",
+            "model": self.model.source,
+            "weights": self.model.weights_source,
+            "rules": self.rules,
+            "only": self.only,
+            "batch": _batch(self.model.net),
+            "before": before,
+            "after": after,
+            "changes": [c.as_dict() for c in self.result.changes],
+            "skips": [asdict(s) for s in self.skips],
+            "regenerated": self.new_layers,
+            "notes": self.notes,
+            "relearn": relearn.plan_report(self.model.source, self.model.weights_source, self.model.net,
+                                           self.deploy, self.new_layers, self.result.changes),
+            "files": [f for f in FILES if f != "init.caffemodel" or self.weights is not None],
+        }
+
+
+def _batch(net: "pb.NetParameter") -> int | None:
+    shapes = [s for _, s in trainfiles.deploy_inputs(net) if s]
+    return int(shapes[0][0]) if shapes else None
+
+
+# ----------------------------------------------------------------------------------------------
+# Rules
+
+
+def select_rules(names: list[str] | None = None, keep_pooling: bool = False,
+                 have_weights: bool = True) -> list[Rule]:
+    """Rule instances in run order: the default ones, or the ``names`` given (``rules.select``).
+    ``keep_pooling``: no pooling is removed (streamline only prunes LRN/Dropout, the rules that only
+    remove poolings are left out) -- the paper's AlexNet experiment (Table 7).
+    ``have_weights=False`` leaves out, by default, the rules that need trained weights (fold_bn)."""
+    return rule_registry.select(names, keep_pooling, have_weights)[0]
+
+
+def substructures(model: Model, rules: list[Rule]) -> list[str]:
+    """Every substructure name the rules find when slimming everything (the valid --only names):
+    the names of ``runner.run``'s candidates, which `rebirth inspect` lists."""
+    return list(dict.fromkeys(c.name for c in runner.run(model, rules).candidates))
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def slim(model: Model, rules: list[Rule | str] | None = None, only: list[str] | None = None,
+         train_val: "pb.NetParameter | None" = None, train_val_source: str | None = None,
+         data_layer: str = "ImageData",
+         inputs: list[str] | None = None, keep_pooling: bool = False) -> SlimOutput:
+    """Slim ``model`` and build everything `rebirth slim` writes.
+
+    ``rules``: Rule instances, or rule names (see ``select_rules``, with ``keep_pooling``); by
+    default every rule that declares ``default`` (without weights, those that need them are left
+    out, with a note).
+    Training-only layers of a given train_val (auxiliary classifiers) start from their trained values
+    when the --weights file has them (``model.spare_weights``).
+    """
+    notes: list[str] = []
+    have_weights = model.weights is not None
+    if rules is None or all(isinstance(r, str) for r in rules):
+        rules, left_out = rule_registry.select(None if rules is None else list(rules), keep_pooling,
+                                               have_weights)
+        notes += left_out
+    elif keep_pooling:
+        raise RebirthError("keep_pooling applies to rule names, not to Rule instances")
+    if not rules:
+        raise RebirthError("no rules to run")
+    data_layer = DATA_LAYERS.get(data_layer, data_layer)
+    only_set = None
+    if only is not None:
+        only = list(dict.fromkeys(n.strip() for n in only if n.strip()))
+        if not only:
+            raise RebirthError("--only: no substructure named")
+        valid = substructures(model, rules)
+        unknown = [n for n in only if n not in valid]
+        if unknown:
+            listing = ", ".join(valid) if valid else "none: nothing to slim"
+            raise RebirthError(f"{model.source}: no substructure named '{unknown[0]}' "
+                               f"(substructures: {listing})")
+        only_set = set(only)
+    result = runner.run(model, rules, only=only_set)
+    notes += result.notes
+    if not result.changes:
+        raise RebirthError(_nothing_to_slim(model, result, only))
+
+    # New layers: regenerated ones, and layers added by a rewrite that is not exact (or that left
+    # them without weights); an exact rewrite's added layers carry exact weights and stay at 1x.
+    have = result.model.weights
+    added = {n for c in result.changes for n in c.added
+             if not c.exact or (have is not None and n not in have)}
+    with_params = {n.name for n in Graph(result.model.net, strict=False).nodes if n.param_shapes}
+    new_layers = sorted((result.regenerated | added) & with_params)
+
+    tv, tv_notes = trainfiles.build_train_val(
+        result.model.net, new_layers, given=train_val, given_source=train_val_source or "<train_val>",
+        original_names={layer.name for layer in model.net.layer}, data_layer=data_layer,
+        untrained=[] if have_weights else [n.name for n in Graph(result.model.net, strict=False).nodes
+                                           if n.param_shapes or n.kind == "tensor"])
+    notes += tv_notes
+    solver = trainfiles.build_solver(test_batch=trainfiles.eval_batch_size(tv))
+
+    init = None
+    if result.model.weights is not None:
+        graph = Graph(result.model.net, strict=False)
+        missing = [n.name for n in graph.nodes if n.param_shapes and n.name not in result.model.weights
+                   and n.name not in new_layers]
+        if missing:
+            notes.append(f"layers without trained weights, initialised like new ones: {', '.join(missing)}")
+        init = weight_ops.transplant(result.model.weights, graph, set(new_layers))
+        init.update(_training_only_weights(tv, result.model.net, model.spare_weights, notes))
+    return SlimOutput(model, result, [r.name for r in rules], only, new_layers, tv, solver, init,
+                      notes, [p for p in (inputs or []) if p])
+
+
+def _nothing_to_slim(model: Model, result: runner.Result, only) -> str:
+    scope = f" among {', '.join(only)}" if only else ""
+    msg = f"{model.source}: nothing to slim{scope}"
+    if result.skips:
+        s = result.skips[0]
+        more = f" (and {len(result.skips) - 1} more)" if len(result.skips) > 1 else ""
+        msg += f"; left alone: {s.substructure}: {s.reason}{more}"
+    return msg + "; nothing written"
+
+
+def _training_only_weights(train_val: "pb.NetParameter", deploy: "pb.NetParameter",
+                           arrays: netio.Weights, notes: list[str]) -> netio.Weights:
+    """Trained weights for the train net's layers that the deploy net lacks, where shapes agree."""
+    deploy_names = {layer.name for layer in deploy.layer}
+    extra = [layer.name for layer in train_val.layer if layer.name not in deploy_names and layer.name in arrays]
+    if not extra:
+        return {}
+    shapes = dict(trainfiles.deploy_inputs(deploy))
+    graph = Graph(netio.filter_phase(train_val, pb.TRAIN), input_shapes={k: v for k, v in shapes.items() if v},
+                  strict=False)
+    out = {}
+    for name in extra:
+        node = graph.by_name.get(name)
+        if node is None or not node.param_shapes:
+            continue
+        got = arrays[name]
+        if [tuple(a.shape) for a in got] == [tuple(s) for s in node.param_shapes]:
+            out[name] = got
+        else:
+            notes.append(f"'{name}': its trained weights do not fit the slim net's shapes; Caffe initialises "
+                         "it from its fillers")
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Writing
+
+
+def render(out: SlimOutput) -> dict[str, bytes | str]:
+    """File name -> contents, everything `write` puts in OUTDIR."""
+    src = out.model.source
+    head = [f"Slimmed by rebirth {__version__} (DeepRebirth) from {src}", f"rules: {', '.join(out.rules)}"]
+    if out.only:
+        head.append(f"only: {', '.join(out.only)}")
+    files: dict[str, bytes | str] = {
+        "deploy.prototxt": trainfiles.render_net(out.deploy, head),
+        "train_val.prototxt": trainfiles.render_net(out.train_val, head + [
+            "Fine-tuning net: new (regenerated) layers learn at 10x (lr_mult 10/20), the others at 1/2.",
+            *(["Fill train.txt and val.txt with 'image-path label' lines (paths relative to the directory",
+               "Caffe runs in), or replace the data layers with your own."]
+              if any(layer.type == "ImageData" for layer in out.train_val.layer) else []),
+        ]),
+        "solver.prototxt": trainfiles.render_solver(out.solver, [
+            "DeepRebirth fine-tuning schedule (AAAI-18): SGD, batch 32, base_lr 0.001 (x10 on new layers),",
+            "step 40000 x 0.1, momentum 0.9, ~90000 iterations. Paths are relative: run Caffe here, e.g.",
+            "  caffe train -solver solver.prototxt" + (" -weights init.caffemodel" if out.weights else ""),
+            "test_iter covers the 50000 ILSVRC-2012 validation images; adjust it to your val.txt.",
+        ]),
+    }
+    if out.weights is not None:
+        files["init.caffemodel"] = _weights_net(out).SerializeToString()
+    files["report.json"] = json.dumps(out.report(), indent=2) + "\n"
+    return files
+
+
+def _weights_net(out: SlimOutput) -> "pb.NetParameter":
+    """What init.caffemodel holds: the slim deploy's layers, then the training-only layers that
+    have weights, each with its blobs (Caffe copies them into a net by layer name)."""
+    net = pb.NetParameter()
+    net.CopyFrom(out.deploy)
+    names = {layer.name for layer in net.layer}
+    for layer in out.train_val.layer:
+        if layer.name in out.weights and layer.name not in names:
+            names.add(layer.name)
+            net.layer.add().CopyFrom(layer)
+    return netio.with_weights(net, out.weights)
+
+
+def write(out: SlimOutput, outdir: str | os.PathLike, force: bool = False) -> list[Path]:
+    """Write every file into ``outdir``, all or nothing (``netio.write_dir``: never onto an input,
+    never mixed with an earlier run's files; a directory holding other files needs ``force``)."""
+    return netio.write_dir(outdir, render(out), out.inputs, force=force, owned=FILES)
+
+
+# ----------------------------------------------------------------------------------------------
+# Summary
+
+
+def _ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}x" if b else "-"
+
+
+def summary(out: SlimOutput, written: list[Path] | None = None) -> str:
+    before, after = out.costs()
+    lines = [f"slimmed {out.model.source} (rules: {', '.join(out.rules)}"
+             + (f"; only: {', '.join(out.only)}" if out.only else "") + ")"]
+    width = max(len(c.substructure) for c in out.result.changes)
+    for c in out.result.changes:
+        what = []
+        if c.removed:
+            what.append("removed " + ", ".join(c.removed))
+        if c.regenerated:
+            what.append("regenerated " + ", ".join(c.regenerated))
+        if c.modified:
+            what.append("recomputed " + ", ".join(c.modified))
+        if c.added:
+            what.append("added " + ", ".join(c.added))
+        tag = "exact" if c.exact else "re-learn"
+        lines.append(f"  {c.substructure.ljust(width)}  {c.rule:<16} {tag:<8} {'; '.join(what)}")
+        for note in c.notes:
+            lines.append(f"  {''.ljust(width)}  {'':<16} {'':<8}   {note}")
+    mb = 1024 * 1024
+    batch = _batch(out.deploy)
+    lines += [
+        f"layers {before['layers']} -> {after['layers']}; params {human(before['params'])} -> "
+        f"{human(after['params'])}; MACs {human(before['macs'])} -> {human(after['macs'])} "
+        f"({_ratio(before['macs'], after['macs'])} fewer)",
+        f"blob memory{f' at batch {batch}' if batch else ''}: {before['memory_bytes'] / mb:.1f} MB -> "
+        f"{after['memory_bytes'] / mb:.1f} MB ({_ratio(before['memory_bytes'], after['memory_bytes'])} less)",
+    ]
+    if out.new_layers:
+        lines.append(f"new layers (Xavier init, lr_mult 10): {', '.join(out.new_layers)}")
+    return "\n".join(lines + summary_tail(out, written))
+
+
+def summary_tail(out: SlimOutput, written: list[Path] | None = None) -> list[str]:
+    """The end of a summary: what was left alone, notes, the files written and how to fine-tune."""
+    lines = []
+    skips = out.skips
+    if skips:
+        lines.append(f"left alone ({len(skips)}):")
+        for s in skips[:8]:
+            lines.append(f"  {s.substructure} ({s.rule}): {s.reason}")
+        if len(skips) > 8:
+            lines.append(f"  ... {len(skips) - 8} more in report.json")
+    for note in out.notes:
+        lines.append(f"note: {note}")
+    if written:
+        lines.append("wrote " + ", ".join(str(p) for p in written))
+        where = written[0].parent
+        if out.new_layers and out.weights is not None:
+            lines.append(f"re-learn (no labels): rebirth relearn {where} --images SOURCE")
+            lines.append(f"fine-tune (labels):   rebirth finetune {where} --train SOURCE --weights "
+                         f"{where / 'weights.caffemodel'}")
+        else:
+            lines.append(f"fine-tune: rebirth finetune {where} --train SOURCE")
+        lines.append(f"  or with Caffe itself: cd {where} && {caffe_tool()} train -solver solver.prototxt"
+                     + (" -weights init.caffemodel" if out.weights is not None else "")
+                     + (" (fill train.txt and val.txt first)" if any(
+                         layer.type == "ImageData" for layer in out.train_val.layer) else ""))
+    return lines
+
+
+def caffe_tool() -> str:
+    """The `caffe` tool `make install` puts beside the interpreter (bare `caffe` if it is elsewhere)."""
+    import shutil  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    beside = Path(sys.executable).parent / "caffe"
+    if beside.exists():
+        return str(beside)
+    return shutil.which("caffe") or "caffe"
