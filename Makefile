@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 
-.PHONY: install venv package caffe proto models test clean rebirth-time device-check
+.PHONY: install venv package caffe proto models test test-fast clean rebirth-time device-check
 
 install: venv package caffe proto rebirth-time
 
@@ -44,6 +44,10 @@ models: package
 
 test:
 	$(PY) -m pytest -q tests
+
+# Everything but the tests marked slow (the fuzz run, the Table 3 pipeline, ...): under a minute.
+test-fast:
+	$(PY) -m pytest -q -m "not slow" tests
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info deeprebirth/caffe/proto/caffe.desc

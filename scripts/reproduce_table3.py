@@ -39,9 +39,10 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
+from deeprebirth.learning import preprocess
 from deeprebirth.caffe import netio
 from deeprebirth.transforms import trainfiles  # noqa: E402
-from deeprebirth.transforms.slim import caffe_tool  # noqa: E402
+from deeprebirth.runtime.pycaffe import caffe_tool  # noqa: E402
 from deeprebirth.caffe import proto as pb  # noqa: E402
 from deeprebirth.errors import RebirthError  # noqa: E402
 from deeprebirth.graph.dag import Graph  # noqa: E402
@@ -226,9 +227,9 @@ def evaluate_net(deploy, weights, work: Path, train_val, limit: int | None = Non
 
     model = load_model(deploy, weights)
     runner = ev.Runner.build(model)
-    pre = ev.preprocess_for(runner.input_shape, train_val)
+    pre = preprocess.preprocess_for(runner.input_shape, train_val)
     source = data.open_source(str(work / "fmnist_test_lmdb"))
-    res = ev.run_evaluation(runner, source, pre, batch=100, progress=False, limit=limit)
+    res = ev.run_evaluation(runner, source, pre, batch=100, progress=None, limit=limit)
     return {"top1": res["top1"], "top5": res["top5"], "n": res["images"]}
 
 
@@ -318,7 +319,7 @@ def stage_steps(work: Path, args) -> list[dict]:
                 res = ft.finetune(slim_dir, data.open_source(train_lmdb), None, iters=args.finetune_iters,
                                   base_lr=args.finetune_lr, stepsize=max(1, int(args.finetune_iters * 0.7)),
                                   test_interval=0, snapshot=0, weights=str(final), outdir=cdir / "finetune",
-                                  seed=k, progress=False)
+                                  seed=k, progress=None)
                 final = cdir / "finetune" / "weights.caffemodel"
                 row["finetune"] = {"iters": args.finetune_iters, "seconds": res.get("seconds")}
             shutil.copyfile(final, cdir / "weights.caffemodel")
@@ -378,7 +379,7 @@ def stage_tucker(work: Path, args) -> dict | None:
     try:
         ft.finetune(slim_dir, data.open_source(train_lmdb), None, iters=args.tucker_iters, base_lr=args.tucker_lr,
                     stepsize=max(1, int(args.tucker_iters * 0.6)), test_interval=0, snapshot=0,
-                    weights=str(final), outdir=out / "finetune", seed=99, progress=False)
+                    weights=str(final), outdir=out / "finetune", seed=99, progress=None)
         final = out / "finetune" / "weights.caffemodel"
         row["relearn_finetune"] = evaluate_net(slim_dir / "deploy.prototxt", final, work, tv_path, args.eval_images)
         row["finetune"] = {"iters": args.tucker_iters, "base_lr": args.tucker_lr}
@@ -414,7 +415,7 @@ def stage_final(work: Path, args) -> dict | None:
     step = json.loads((last / "step.json").read_text())
     ft.finetune(last / "slim", data.open_source(str(work / "fmnist_train_lmdb")), None, iters=args.final_iters,
                 base_lr=args.finetune_lr, stepsize=max(1, int(args.final_iters * 0.6)), test_interval=0, snapshot=0,
-                weights=str(last / "b" / "weights.caffemodel"), outdir=out / "finetune", seed=123, progress=False)
+                weights=str(last / "b" / "weights.caffemodel"), outdir=out / "finetune", seed=123, progress=None)
     tv_path = work / "teacher" / "train_val.prototxt"
     row = {key: step[key] for key in ("layers", "memory_bytes", "best_ratio", "median_ratio", "paired_ratio")}
     row.update({"step": f"{len(STEPS)}+", "slim": f"{STEPS[-1][0]}, then {args.final_iters} more fine-tuning iterations",

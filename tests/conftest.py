@@ -1,4 +1,4 @@
-"""Shared fixtures.
+"""Shared fixtures (functions and constants the tests share are in helpers.py).
 
 ``caffe``: the pycaffe module. Without it a test is skipped, except when CI=true, where a missing
 pycaffe is a failure (CI must exercise the real engine).
@@ -11,9 +11,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED_MODELS = Path(os.environ.get("DEEPREBIRTH_SHARED_MODELS", ROOT.parent / "shared" / "models"))
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+from helpers import IN_CI, SHARED_MODELS
 
 
 def _need(what: str, why: str):

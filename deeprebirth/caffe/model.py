@@ -120,7 +120,7 @@ def load_model(model: str | Path, weights: str | Path | None = None, phase: int 
     """Load a prototxt (or built-in name) and optional caffemodel, filtered to ``phase``.
     ``check`` sees the net as read, before phase filtering, and may raise RebirthError.
     The caffemodel must have weights for every layer with parameters (``check_coverage``); with
-    ``allow_missing`` the missing ones get fresh weights (``weights.fresh``) and are listed in
+    ``allow_missing`` the missing ones get fresh weights (``fillers.fresh``) and are listed in
     ``extras["fresh_weights"]``."""
     path = resolve(model)
     raw = netio.read_net(path)
@@ -138,7 +138,7 @@ def load_model(model: str | Path, weights: str | Path | None = None, phase: int 
         check_weights(graph, arrays, str(weights))
         missing = check_coverage(graph, arrays, str(path), str(weights), allow_missing)
         if missing:
-            from deeprebirth.transforms.weights import fresh  # noqa: PLC0415
+            from deeprebirth.caffe.fillers import fresh  # noqa: PLC0415
             rng = np.random.default_rng(0)
             for name in missing:
                 node = graph.by_name[name]

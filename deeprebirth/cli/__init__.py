@@ -39,7 +39,8 @@ class RebirthGroup(click.Group):
 def main():
     """DeepRebirth: make trained Caffe models run faster by slimming non-tensor layers.
 
-    MODEL is a .prototxt path or a built-in name: googlenet, alexnet, resnet50.
+    MODEL is a .prototxt path or a built-in name: googlenet, alexnet, resnet50, squeezenet,
+    squeezenet11, fmnist_googlenet.
     """
 
 

@@ -5,6 +5,7 @@ import sys
 
 import click
 
+from deeprebirth.cli import reports
 from deeprebirth.runtime import bench
 from deeprebirth.runtime.devices import get_device
 from deeprebirth.cli import main, output_json
@@ -64,6 +65,6 @@ def bench_command(models, weights, device, batch, runs, warmup, threads, cpu_mas
     if as_json:
         output_json(doc)
     else:
-        click.echo(bench.format_report(doc))
+        click.echo(reports.bench_text(doc))
         if plot:
             click.echo(f"\nplot: {plot}")

@@ -5,6 +5,7 @@ import sys
 
 import click
 
+from deeprebirth.cli import reports
 from deeprebirth.learning import sources as data
 from deeprebirth.learning import evaluate as ev
 from deeprebirth.runtime import isolate
@@ -42,4 +43,4 @@ def eval_command(model, weights, source_spec, teacher, teacher_weights, train_va
     if as_json:
         output_json(result)
     else:
-        click.echo(ev.format_report(result))
+        click.echo(reports.eval_text(result))

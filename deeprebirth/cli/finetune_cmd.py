@@ -5,9 +5,12 @@ import sys
 
 import click
 
+from deeprebirth.cli import reports
+from deeprebirth.caffe import folders
 from deeprebirth.learning import sources as data
 from deeprebirth.learning import finetune as ft
 from deeprebirth.cli import main, output_json
+from deeprebirth.cli.progress import progress_bar
 
 
 @main.command("finetune")
@@ -42,17 +45,24 @@ def finetune_command(slim_dir, train_spec, val_spec, iters, batch, base_lr, step
     Writes OUTDIR/weights.caffemodel, OUTDIR/deploy.prototxt and OUTDIR/finetune.json."""
     if resume and weights:
         raise click.UsageError("--resume and --weights exclude each other (a snapshot holds its own weights)")
-    sd = ft.read_slim_dir(slim_dir)
+    sd = folders.read_slim_dir(slim_dir)
     train = data.open_source(train_spec)
     if not distill:
         data.require_labels(train, "finetune without --distill")
     val = data.open_source(val_spec) if val_spec else None
     tty = sys.stderr.isatty()
-    result = ft.finetune(sd, train, val, iters=iters, batch=batch, base_lr=base_lr, stepsize=stepsize,
-                         test_interval=test_interval, snapshot=snapshot, resume=resume, weights=weights,
-                         outdir=outdir, distill=distill, val_limit=val_limit, seed=seed, progress=tty,
-                         log=ft.stderr_log if tty and not as_json else None)
+    total = iters or int(sd.solver.max_iter) or None
+    with progress_bar(total, "finetune", "it", tty) as bar:
+        result = ft.finetune(sd, train, val, iters=iters, batch=batch, base_lr=base_lr, stepsize=stepsize,
+                             test_interval=test_interval, snapshot=snapshot, resume=resume, weights=weights,
+                             outdir=outdir, distill=distill, val_limit=val_limit, seed=seed, progress=bar,
+                             log=_log if tty and not as_json else None)
     if as_json:
         output_json(result)
     else:
-        click.echo(ft.format_report(result))
+        click.echo(reports.finetune_text(result))
+
+
+def _log(item) -> None:
+    """A line above the progress bar: a note (text) or a validation record (a history entry)."""
+    reports.stderr_line(item if isinstance(item, str) else reports.finetune_entry_line(item))

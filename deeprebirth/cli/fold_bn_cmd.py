@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import click
 
+from deeprebirth.cli import reports
 from deeprebirth.transforms import fold
+from deeprebirth.runtime import verify
 from deeprebirth.cli import main
 
 
@@ -32,12 +34,12 @@ def fold_bn_command(model, weights, outdir, do_verify, tolerance, seed, allow_mi
     """
     original = fold.load(model, weights, allow_missing=allow_missing)
     result = fold.fold_bn(original)
-    for line in fold.summary(original, result):
+    for line in reports.fold_summary(original, result):
         click.echo(line)
     if do_verify:
-        check = fold.verify(original, result.model, seed=seed)
+        check = verify.compare(original, result.model, seed=seed)
         click.echo(check.format(tolerance))
-        fold.require(check, tolerance)
+        verify.require(check, tolerance)
     net_path, weights_path = fold.write(result.model, outdir,
                                         inputs=[original.source, original.weights_source], force=force)
     click.echo(f"wrote {net_path} and {weights_path}")

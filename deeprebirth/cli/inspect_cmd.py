@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import click
 
+from deeprebirth.cli import reports
 from deeprebirth.transforms import candidates
 from deeprebirth.caffe.model import load_model
 from deeprebirth.cli import main, output_json
@@ -29,4 +30,4 @@ def inspect_command(model, weights, batch, rule_names, keep_pooling, allow_missi
     if as_json:
         output_json(info)
     else:
-        click.echo(candidates.format_inspect(info))
+        click.echo(reports.inspect_text(info))

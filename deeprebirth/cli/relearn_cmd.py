@@ -5,6 +5,9 @@ import sys
 
 import click
 
+from deeprebirth.cli import reports
+from deeprebirth.transforms import relearn_plan
+from deeprebirth.caffe import folders
 from deeprebirth.learning import relearn as rl
 from deeprebirth.runtime import isolate
 from deeprebirth.cli.progress import progress_bar
@@ -56,12 +59,12 @@ def relearn_command(slim_dir, source, outdir, weights, teacher, teacher_weights,
                      input=input_from, least_squares=not no_least_squares, seed=seed,
                      teacher_init=not no_teacher_init, max_weight_scale=max_weight_scale or None,
                      only=[n.strip() for n in only.split(",") if n.strip()] if only else None)
-    plan = rl.load_plan(slim_dir)    # read here too: its errors, and the length of the progress bar
-    total = len(rl.selected_units(plan, opt.only)) * opt.iters
+    plan = folders.relearn_plan(slim_dir)    # read here too: its errors, and the length of the progress bar
+    total = len(relearn_plan.selected_units(plan["units"], opt.only)) * opt.iters
     with progress_bar(total, "relearn", "it", sys.stderr.isatty() and not as_json and total > 0) as bar:
         doc = isolate.call(rl.relearn_command, slim_dir, source, outdir, weights, teacher, teacher_weights,
                            train_val, opt, what="relearn", progress=bar)
     if as_json:
         output_json(doc)
     else:
-        click.echo("\n".join(rl.summary(doc)))
+        click.echo("\n".join(reports.relearn_summary(doc)))

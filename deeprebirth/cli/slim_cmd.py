@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import click
 
+from deeprebirth.cli import reports
 from deeprebirth.caffe import netio
 from deeprebirth.transforms import slim as slim_api
 from deeprebirth.transforms import tucker as tucker_api
@@ -10,6 +11,7 @@ from deeprebirth.errors import RebirthError
 from deeprebirth.caffe.model import load_model, resolve
 from deeprebirth.transforms.rules.tucker import parse_ranks
 from deeprebirth.cli import main, output_json
+from deeprebirth.runtime import verify
 
 
 def _names(value: str | None) -> list[str] | None:
@@ -60,10 +62,11 @@ def slim_command(model, weights, train_val, only, rule_names, keep_pooling, data
             raise RebirthError("--tucker decomposes the whole slim net: slim with --only first, then run "
                                "`rebirth tucker` on its output")
         fixed = parse_ranks(None if ratio is not None and ranks == "vbmf" else ranks)
-        out = tucker_api.slim_tucker(m, _names(rule_names), keep_pooling, fixed, ratio, train_val=given,
+        out = tucker_api.slim_tucker(m, _names(rule_names), keep_pooling, fixed, ratio, measure=verify.output_errors,
+                                     train_val=given,
                                      train_val_source=train_val, data_layer=data_layer,
                                      inputs=[str(resolve(model)), weights, train_val])
-        summarize = tucker_api.summary
+        summarize = reports.tucker_summary
     else:
         if ranks != "vbmf" or ratio is not None:
             raise RebirthError("--ranks and --ratio apply with --tucker")
@@ -71,7 +74,7 @@ def slim_command(model, weights, train_val, only, rule_names, keep_pooling, data
                             train_val=given, train_val_source=train_val,
                             data_layer=data_layer,
                             inputs=[str(resolve(model)), weights, train_val])
-        summarize = slim_api.summary
+        summarize = reports.slim_summary
     written = slim_api.write(out, outdir, force=force)
     if as_json:
         output_json(out.report())

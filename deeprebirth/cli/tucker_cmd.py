@@ -5,12 +5,15 @@ import sys
 
 import click
 
+from deeprebirth.cli import reports
 from deeprebirth.caffe import netio
 from deeprebirth.transforms import slim as slim_api
 from deeprebirth.transforms import tucker as tucker_api
 from deeprebirth.caffe.model import load_model, resolve
 from deeprebirth.transforms.rules.tucker import parse_ranks
 from deeprebirth.cli import main, output_json
+from deeprebirth.cli.progress import progress_bar
+from deeprebirth.runtime import verify
 
 
 @main.command("tucker")
@@ -44,14 +47,10 @@ def tucker_command(model, weights, ranks, ratio, only, train_val, data_layer, ou
     names = None if only is None else only.split(",")
     kwargs = dict(train_val=given, train_val_source=train_val, data_layer=data_layer,
                   inputs=[str(resolve(model)), weights, train_val])
-    if sys.stderr.isatty():
-        with click.progressbar(length=len(tucker_api.candidates(m, names)), label="decomposing",
-                               file=click.get_text_stream("stderr")) as bar:
-            out = tucker_api.tucker(m, fixed, ratio, only=names, progress=bar.update, **kwargs)
-    else:
-        out = tucker_api.tucker(m, fixed, ratio, only=names, **kwargs)
+    with progress_bar(len(tucker_api.candidates(m, names)), "decomposing", "layer", sys.stderr.isatty()) as bar:
+        out = tucker_api.tucker(m, fixed, ratio, only=names, progress=bar, measure=verify.output_errors, **kwargs)
     written = slim_api.write(out, outdir)
     if as_json:
         output_json(out.report())
     else:
-        click.echo(tucker_api.summary(out, written))
+        click.echo(reports.tucker_summary(out, written))

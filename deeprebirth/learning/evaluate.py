@@ -1,6 +1,6 @@
 """`rebirth eval` as a library: accuracy of a net on a SOURCE, and its agreement with a teacher.
 
-    pre = data.Preprocess.defaults(input_shape)
+    pre = preprocess.Preprocess.defaults(input_shape)
     result = evaluate("slim/deploy.prototxt", "slim/weights.caffemodel", data.open_source("fashion-mnist:test"),
                       pre, teacher="teacher.prototxt", teacher_weights="teacher.caffemodel")
 
@@ -15,20 +15,16 @@ from __future__ import annotations
 
 from typing import Callable
 
-import json
-import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
+from deeprebirth.learning import preprocess
 from deeprebirth.learning import sources as data
-from deeprebirth.caffe import netio
-from deeprebirth.caffe import proto as pb
+from deeprebirth.caffe import folders
 from deeprebirth.runtime import pycaffe
 from deeprebirth.errors import RebirthError
-from deeprebirth.graph.dag import DATA_TYPES
 from deeprebirth.caffe.model import Model, load_model
 
 TOP_K = 5
@@ -38,61 +34,11 @@ TOP_K = 5
 # Models
 
 
-def resolve_model(spec: str | os.PathLike, weights: str | os.PathLike | None = None) -> tuple[str, str | None]:
-    """MODEL as given on the command line -> (deploy prototxt or built-in name, weights or None).
-    A directory (a `rebirth slim`/`tucker`/`finetune`/`relearn` output) stands for its deploy.prototxt
-    (a relearn directory: its slim directory's) and, unless ``weights`` is given, its
-    weights.caffemodel, else its init.caffemodel."""
-    p = Path(spec)
-    if p.is_dir():
-        deploy = p / "deploy.prototxt"
-        if not deploy.exists() and (p / "relearn.json").exists():   # a `rebirth relearn -o` directory
-            try:
-                deploy = Path(json.loads((p / "relearn.json").read_text())["slim_dir"]) / "deploy.prototxt"
-            except (ValueError, KeyError, TypeError):
-                pass
-        if not deploy.exists():
-            raise RebirthError(f"{p}: the directory holds no deploy.prototxt")
-        if weights is None:
-            for name in ("weights.caffemodel", "init.caffemodel"):
-                if (p / name).exists():
-                    weights = p / name
-                    break
-        return str(deploy), (str(weights) if weights is not None else None)
-    return str(spec), (str(weights) if weights is not None else None)
-
-
-def default_train_val(spec: str | os.PathLike) -> str | None:
-    """The train_val whose TEST data layer gives a directory MODEL's preprocessing: its own
-    train_val.prototxt (a slim or tucker output), else that of the slim directory its
-    finetune.json or relearn.json names; None for a prototxt MODEL."""
-    p = Path(spec)
-    if not p.is_dir():
-        return None
-    if (p / "train_val.prototxt").exists():
-        return _with_test_data(p / "train_val.prototxt")
-    for record in ("finetune.json", "relearn.json"):
-        try:
-            slim_dir = Path(json.loads((p / record).read_text())["slim_dir"])
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-        if (slim_dir / "train_val.prototxt").exists():
-            return _with_test_data(slim_dir / "train_val.prototxt")
-    return None
-
-
-def _with_test_data(path: Path) -> str | None:
-    try:
-        return str(path) if data_layer(netio.read_net(path), pb.TEST) is not None else None
-    except RebirthError:
-        return None
-
-
 def load(spec, weights=None, what: str = "MODEL") -> Model:
-    """A deploy model with weights, ready to run (see resolve_model)."""
+    """A deploy model with weights, ready to run (see folders.model_files)."""
     if isinstance(spec, Model):
         return spec
-    deploy, weights = resolve_model(spec, weights)
+    deploy, weights = folders.model_files(spec, weights)
     if weights is None:
         raise RebirthError(f"{spec}: {what} needs weights (--weights, or a directory holding weights.caffemodel)")
     m = load_model(deploy, weights, check=lambda net, src: pycaffe.check_runnable(net, src, "eval"))
@@ -216,9 +162,9 @@ class Meter:
         return out
 
 
-def evaluate(net, weights, source: data.Source, pre: data.Preprocess, batch: int = 50, teacher=None,
-             teacher_weights=None, limit: int | None = None, progress: bool = True,
-             teacher_pre: data.Preprocess | None = None) -> dict:
+def evaluate(net, weights, source: data.Source, pre: preprocess.Preprocess, batch: int = 50, teacher=None,
+             teacher_weights=None, limit: int | None = None, progress: Callable[[int], object] | None = None,
+             teacher_pre: preprocess.Preprocess | None = None) -> dict:
     """Top-1/top-5 (with labels) and teacher agreement/KL (with a teacher) of ``net`` on ``source``.
 
     ``net``/``teacher``: a deploy prototxt path, built-in name, model directory or a loaded
@@ -233,36 +179,31 @@ def evaluate(net, weights, source: data.Source, pre: data.Preprocess, batch: int
                           teacher_pre=teacher_pre)
 
 
-def run_evaluation(student: Runner, source: data.Source, pre: data.Preprocess, batch: int = 50,
-                   teacher: Runner | None = None, limit: int | None = None, progress: bool = True,
-                   teacher_pre: data.Preprocess | None = None, desc: str = "eval",
-                   tick: Callable[[int], object] | None = None) -> dict:
+def run_evaluation(student: Runner, source: data.Source, pre: preprocess.Preprocess, batch: int = 50,
+                   teacher: Runner | None = None, limit: int | None = None,
+                   teacher_pre: preprocess.Preprocess | None = None,
+                   progress: Callable[[int], object] | None = None) -> dict:
     """:func:`evaluate` on nets already built (finetune validates with this)."""
-    _check_fits(student, pre)
+    check_fits(student, pre)
     if teacher is not None:
-        _check_fits(teacher, teacher_pre or pre)
+        check_fits(teacher, teacher_pre or pre)
     n = len(source) if limit is None else min(limit, len(source))
     meter = Meter()
     started = time.perf_counter()
-    bar = _bar(n, desc, progress)
-    try:
-        for x, labels in source.batches(pre, batch, limit=n):
-            scores, logp = student.run(x)
-            if labels is not None:
-                _check_labels(labels, scores.shape[1], source)
-            t_scores = t_logp = None
-            if teacher is not None:
-                tx = x if teacher_pre is None else teacher_pre.apply(
-                    [source.image(i) for i in range(meter.n, meter.n + len(x))])
-                t_scores, t_logp = teacher.run(tx)
-                if t_scores.shape[1] != scores.shape[1]:
-                    raise RebirthError(f"the teacher has {t_scores.shape[1]} outputs, the model {scores.shape[1]}")
-            meter.add(scores, logp, labels, t_scores, t_logp)
-            bar.update(len(x))
-            if tick is not None:
-                tick(len(x))
-    finally:
-        bar.close()
+    for x, labels in source.batches(pre, batch, limit=n):
+        scores, logp = student.run(x)
+        if labels is not None:
+            _check_labels(labels, scores.shape[1], source)
+        t_scores = t_logp = None
+        if teacher is not None:
+            tx = x if teacher_pre is None else teacher_pre.apply(
+                [source.image(i) for i in range(meter.n, meter.n + len(x))])
+            t_scores, t_logp = teacher.run(tx)
+            if t_scores.shape[1] != scores.shape[1]:
+                raise RebirthError(f"the teacher has {t_scores.shape[1]} outputs, the model {scores.shape[1]}")
+        meter.add(scores, logp, labels, t_scores, t_logp)
+        if progress:
+            progress(len(x))
     out = {"model": student.model.source, "weights": student.model.weights_source, "data": source.name,
            "output": student.output, "preprocess": pre.describe(), "batch": batch}
     if teacher is not None:
@@ -272,90 +213,11 @@ def run_evaluation(student: Runner, source: data.Source, pre: data.Preprocess, b
     return out
 
 
-def _check_fits(runner: Runner, pre: data.Preprocess) -> None:
+def check_fits(runner: Runner, pre: preprocess.Preprocess) -> None:
     _, c, h, w = runner.input_shape
     if (pre.channels, *pre.out_size) != (c, h, w):
         raise RebirthError(f"{runner.model.source}: input '{runner.input}' takes {c}x{h}x{w} images, the "
                            f"preprocessing makes {pre.channels}x{pre.out_size[0]}x{pre.out_size[1]}")
-
-
-def _bar(total: int, desc: str, enabled: bool, unit: str = "img"):
-    from tqdm import tqdm  # noqa: PLC0415
-    return tqdm(total=total, desc=desc, unit=unit, disable=not enabled, leave=False, dynamic_ncols=True)
-
-
-# ----------------------------------------------------------------------------------------------
-# Preprocessing from a train_val or flags
-
-
-def data_layer(train_val: "pb.NetParameter", phase: int, source: str = "<train_val>") -> "pb.LayerParameter | None":
-    """The first data layer (not Input) of ``train_val`` in ``phase``, or None."""
-    for layer in netio.filter_phase(train_val, phase).layer:
-        if layer.type in DATA_TYPES and layer.type != "Input":
-            return layer
-    return None
-
-
-def preprocess_for(input_shape, train_val: str | os.PathLike | None = None, phase: int = pb.TEST,
-                   mean: str | None = None, scale: float | None = None) -> data.Preprocess:
-    """The preprocessing for a net input: from ``train_val``'s data layer in ``phase`` when given
-    (its transform_param), else :meth:`Preprocess.defaults`; ``mean`` ("104,117,123", one value,
-    a .binaryproto file, or "none") and ``scale`` override either."""
-    pre = None
-    if train_val is not None:
-        tv = netio.read_net(train_val)
-        layer = data_layer(tv, phase)
-        if layer is None:
-            raise RebirthError(f"{train_val}: has no data layer in the {'TRAIN' if phase == pb.TRAIN else 'TEST'} phase to take "
-                               "transform_param from")
-        pre = data.Preprocess.from_transform_param(layer, input_shape, base_dir=Path(train_val).parent) \
-            if _has_transform(layer) else None
-    if pre is None:
-        pre = data.Preprocess.defaults(input_shape)
-    if mean is not None or scale is not None:
-        fields = dict(pre.__dict__)
-        if mean is not None:
-            fields["mean"] = parse_mean(mean)
-            if isinstance(fields["mean"], np.ndarray) and fields["mean"].ndim == 3 and not fields["crop"]:
-                fields["resize"] = None
-        if scale is not None:
-            fields["scale"] = float(scale)
-        pre = data.Preprocess(**fields)
-    return pre
-
-
-def _has_transform(layer: "pb.LayerParameter") -> bool:
-    return layer.HasField("transform_param") or layer.HasField("image_data_param") or layer.HasField("data_param")
-
-
-def parse_mean(text: str):
-    """--mean: "none", comma-separated values, or a .binaryproto mean file."""
-    if text.strip().lower() == "none":
-        return None
-    try:
-        return tuple(float(v) for v in text.split(","))
-    except ValueError:
-        pass
-    if not Path(text).exists():
-        raise RebirthError(f"--mean {text}: expected 'none', comma-separated values or a .binaryproto file")
-    return data.read_mean_file(text)
-
-
-def format_report(result: dict) -> str:
-    lines = [f"{result['model']} ({result['weights']}) on {result['data']}: {result['images']} images"]
-    if "preprocess_from" in result:
-        lines.append(f"  preprocessing from {result['preprocess_from']}")
-    for key in ("top1", "top5", "teacher_top1", "teacher_top5", "agreement"):
-        if key in result:
-            lines.append(f"  {key:<13} {100 * result[key]:.2f} %")
-    if "kl" in result:
-        lines.append(f"  {'kl':<13} {result['kl']:.5f} nats (mean KL(teacher || model))")
-    lines.append(f"  ({result['seconds']:.1f} s)")
-    return "\n".join(lines)
-
-
-def to_json(result: dict) -> str:
-    return json.dumps(result, indent=2)
 
 
 def evaluate_command(model, weights, source_spec: str, teacher=None, teacher_weights=None, train_val=None,
@@ -365,11 +227,11 @@ def evaluate_command(model, weights, source_spec: str, teacher=None, teacher_wei
     Caffe CHECK failure is a one-line error): ``progress(n)`` after every batch of n images."""
     source = data.open_source(source_spec, limit=limit)
     student = Runner.build(load(model, weights))
-    train_val = train_val or default_train_val(model)
-    pre = preprocess_for(student.input_shape, train_val, mean=mean, scale=scale)
+    train_val = train_val or preprocess.default_train_val(model)
+    pre = preprocess.preprocess_for(student.input_shape, train_val, mean=mean, scale=scale)
     tutor = Runner.build(load(teacher, teacher_weights, "--teacher")) if teacher else None
     if not source.has_labels and tutor is None:
         data.require_labels(source, "eval without --teacher")
-    result = run_evaluation(student, source, pre, batch=batch, teacher=tutor, progress=False, tick=progress)
+    result = run_evaluation(student, source, pre, batch=batch, teacher=tutor, progress=progress)
     result["preprocess_from"] = train_val or "defaults"
     return result

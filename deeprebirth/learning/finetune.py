@@ -27,18 +27,19 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 import time
 from dataclasses import dataclass
+from typing import Callable
 from pathlib import Path
 
 import numpy as np
-from google.protobuf import text_format
 
 from deeprebirth import __version__
 from deeprebirth.learning import sources as data
 from deeprebirth.learning import evaluate as ev
 from deeprebirth.caffe import netio
+from deeprebirth.caffe.folders import SlimDir, read_slim_dir
+from deeprebirth.learning import preprocess
 from deeprebirth.transforms import trainfiles
 from deeprebirth.caffe import proto as pb
 from deeprebirth.runtime import pycaffe
@@ -46,77 +47,11 @@ from deeprebirth.errors import RebirthError
 from deeprebirth.graph.dag import DATA_TYPES, Graph
 from deeprebirth.caffe.model import load_model
 
-REQUIRED = ("report.json", "deploy.prototxt", "train_val.prototxt", "solver.prototxt")
 SNAPSHOT_PREFIX = "finetune"
 TEACHER_LOGITS = "teacher_logits"
 DISTILL_LOSS = "distill_loss"
 # Batch-size fields of the data layers Caffe knows.
 _BATCH_FIELDS = ("image_data_param", "data_param", "hdf5_data_param", "memory_data_param", "window_data_param")
-
-
-# ----------------------------------------------------------------------------------------------
-# The slim directory
-
-
-@dataclass
-class SlimDir:
-    path: Path
-    report: dict
-    deploy: "pb.NetParameter"
-    train_val: "pb.NetParameter"
-    solver: "pb.SolverParameter"
-
-    @property
-    def init_weights(self) -> Path | None:
-        p = self.path / "init.caffemodel"
-        return p if p.exists() else None
-
-    def teacher(self) -> tuple[str, str]:
-        """(deploy prototxt, weights) of the model this slim net came from."""
-        relearn = self.report.get("relearn") or {}
-        t = relearn.get("teacher") if isinstance(relearn, dict) else None
-        if isinstance(t, dict) and t.get("deploy") and t.get("weights"):
-            deploy, weights = t["deploy"], t["weights"]
-        else:
-            deploy, weights = self.report.get("model"), self.report.get("weights")
-        if not deploy or not weights:
-            raise RebirthError(f"{self.path / 'report.json'}: names no teacher weights (slim ran without "
-                               "--weights); distillation needs the trained original model")
-        return self._locate(deploy), self._locate(weights)
-
-    def _locate(self, p: str) -> str:
-        if Path(p).exists() or Path(p).is_absolute():
-            return p
-        beside = self.path / p
-        return str(beside) if beside.exists() else p
-
-
-def read_slim_dir(path: str | os.PathLike) -> SlimDir:
-    """A `rebirth slim` output directory: report.json, deploy, train_val and solver files."""
-    p = Path(path)
-    if not p.is_dir():
-        raise RebirthError(f"{p}: {'no such directory' if not p.exists() else 'not a directory'} "
-                           "(expected a `rebirth slim` output directory)")
-    if not (p / "report.json").exists():
-        raise RebirthError(f"{p}: no report.json, so not a `rebirth slim` output directory (run `rebirth slim MODEL "
-                           "-o DIR` first)")
-    try:
-        report = json.loads((p / "report.json").read_text())
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise RebirthError(f"{p / 'report.json'}: not JSON ({exc})") from None
-    tool = report.get("tool") if isinstance(report, dict) else None
-    if not isinstance(tool, str) or not tool.startswith("rebirth ") or "changes" not in report:
-        raise RebirthError(f"{p / 'report.json'}: not a report of `rebirth slim` (written by "
-                           f"{tool or 'an unknown tool'}); re-run `rebirth slim` with rebirth {__version__}")
-    missing = [f for f in REQUIRED if not (p / f).exists()]
-    if missing:
-        raise RebirthError(f"{p}: {', '.join(missing)} missing (re-run `rebirth slim` with rebirth {__version__})")
-    solver = pb.SolverParameter()
-    try:
-        text_format.Parse((p / "solver.prototxt").read_text(), solver)
-    except text_format.ParseError as exc:
-        raise RebirthError(f"{p / 'solver.prototxt'}: {exc}") from None
-    return SlimDir(p, report, netio.read_net(p / "deploy.prototxt"), netio.read_net(p / "train_val.prototxt"), solver)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -129,7 +64,7 @@ class TrainNet:
     image: str                   # blob fed with images
     label: str | None            # blob fed with labels (None when distilling)
     batch: int
-    pre: data.Preprocess
+    pre: preprocess.Preprocess
     classes: int
     logits: str                  # the student's logits blob
     losses: dict[str, float]     # loss top -> loss weight
@@ -167,9 +102,7 @@ def build_train_net(sd: SlimDir, batch: int | None = None, distill: bool = False
     iter_size = max(1, sd.solver.iter_size)
     batch *= iter_size  # one step = iter_size batches of equal weight = one batch that much larger
     _, c, h, w = inputs[image]
-    has_transform = any(reader.HasField(f) for f in ("transform_param", "image_data_param", "data_param"))
-    pre = (data.Preprocess.from_transform_param(reader, (batch, c, h, w), base_dir=sd.path) if has_transform
-           else data.Preprocess.defaults((batch, c, h, w)))
+    pre = preprocess.from_layer(reader, (batch, c, h, w), base_dir=sd.path, default=True)
     logits = trainfiles.logits_blob(sd.deploy)
     shapes = Graph(sd.deploy, strict=False).shapes
     logit_shape = shapes.get(logits)
@@ -263,13 +196,58 @@ def make_solver_param(sd: SlimDir, outdir: Path, iters: int | None = None, base_
 # Training
 
 
+@dataclass
+class _Setup:
+    """Everything a fine-tuning run needs, read and checked before Caffe trains."""
+    sd: SlimDir
+    outdir: Path
+    tn: TrainNet
+    start_weights: str | None
+    resume: str | None
+    teacher: "ev.Runner | None"
+    val_runner: "ev.Runner | None"
+    val_pre: "preprocess.Preprocess | None"
+    notes: list[str]
+
+
 def finetune(slim_dir, train: data.Source, val: data.Source | None = None, *, iters: int | None = None,
              batch: int | None = None, base_lr: float | None = None, stepsize: int | None = None,
              test_interval: int | None = None, snapshot: int | None = None, resume: str | None = None,
              weights: str | None = None, outdir: str | os.PathLike | None = None, distill: bool = False,
-             val_limit: int | None = None, val_batch: int = 50, seed: int = 0, progress: bool = True,
-             log=None) -> dict:
-    """Fine-tune ``slim_dir`` on ``train`` (see the module doc); returns what finetune.json holds."""
+             val_limit: int | None = None, val_batch: int = 50, seed: int = 0,
+             progress: Callable[[int], object] | None = None, log=None) -> dict:
+    """Fine-tune ``slim_dir`` on ``train`` (see the module doc); returns what finetune.json holds.
+    ``progress(n)`` is called after every n iterations, ``log(line)`` with every validation."""
+    st = _setup(slim_dir, train, val, batch, resume, weights, outdir, distill)
+    st.outdir.mkdir(parents=True, exist_ok=True)
+    if log is not None:
+        for note in st.notes:
+            log(f"note: {note}")
+    sparam = make_solver_param(st.sd, st.outdir, iters, base_lr, stepsize)
+    solver = pycaffe.make_solver(st.tn.net, sparam, st.outdir)
+    if resume is not None:
+        solver.restore(str(resume))
+    elif st.start_weights:
+        solver.net.copy_from(st.start_weights)
+    start = int(solver.iter)
+    interval = test_interval if test_interval is not None else int(st.sd.solver.test_interval or 0)
+    snap_every = snapshot if snapshot is not None else int(st.sd.solver.snapshot or 0)
+    history = _previous_history(st.outdir, start) if resume is not None else []
+    started = time.perf_counter()
+    validate = _Validator(st, val, val_limit, val_batch, sparam, history, started, log)
+    snapshots = _train(st, solver, train, sparam, validate, interval, snap_every, seed, progress)
+    max_iter = int(sparam.max_iter)
+    if validate.losses or not history or history[-1]["iteration"] != max_iter:
+        validate(max_iter)
+    if start < max_iter or not (st.outdir / f"{SNAPSHOT_PREFIX}_iter_{max_iter}.solverstate").exists():
+        solver.snapshot()
+        snapshots.append(_snapshot_name(st.outdir, max_iter))
+    result = _record(st, train, val, distill, sparam, start, history, snapshots, started)
+    _write_outputs(st, solver, result)
+    return result
+
+
+def _setup(slim_dir, train, val, batch, resume, weights, outdir, distill) -> _Setup:
     sd = read_slim_dir(slim_dir) if not isinstance(slim_dir, SlimDir) else slim_dir
     outdir = Path(outdir) if outdir is not None else sd.path / "finetune"
     if outdir.exists() and not outdir.is_dir():
@@ -304,116 +282,115 @@ def finetune(slim_dir, train: data.Source, val: data.Source | None = None, *, it
     val_runner = val_pre = None
     if val is not None:
         val_runner = ev.Runner.build(load_model(sd.path / "deploy.prototxt"))
-        layer = ev.data_layer(sd.train_val, pb.TEST)
-        val_pre = (data.Preprocess.from_transform_param(layer, val_runner.input_shape, base_dir=sd.path)
-                   if layer is not None and ev._has_transform(layer) else data.Preprocess.defaults(val_runner.input_shape))
-        ev._check_fits(val_runner, val_pre)
+        val_pre = preprocess.from_layer(preprocess.data_layer(sd.train_val, pb.TEST), val_runner.input_shape,
+                                        base_dir=sd.path, default=True)
+        ev.check_fits(val_runner, val_pre)
         if val_runner.caffe_net.net.blobs[val_runner.output].data.reshape(
                 val_runner.input_shape[0], -1).shape[1] != tn.classes:
             raise RebirthError(f"{sd.path / 'deploy.prototxt'}: the output has a different size from the logits")
+    return _Setup(sd, outdir, tn, start_weights, resume, teacher, val_runner, val_pre, notes)
 
-    outdir.mkdir(parents=True, exist_ok=True)
-    if log is not None:
-        for note in notes:
-            log(f"note: {note}")
-    sparam = make_solver_param(sd, outdir, iters, base_lr, stepsize)
-    solver = pycaffe.make_solver(tn.net, sparam, outdir)
-    if resume is not None:
-        solver.restore(str(resume))
-    elif start_weights:
-        solver.net.copy_from(start_weights)
-    start = int(solver.iter)
-    max_iter = int(sparam.max_iter)
-    interval = test_interval if test_interval is not None else int(sd.solver.test_interval or 0)
-    snap_every = snapshot if snapshot is not None else int(sd.solver.snapshot or 0)
-    history = _previous_history(outdir, start) if resume is not None else []
-    snapshots: list[str] = []
-    net = solver.net
-    gen = train.batches(tn.pre, tn.batch, train=True, shuffle=True, loop=True, seed=seed + start)
-    started = time.perf_counter()
-    losses: list[float] = []
 
-    def record(it: int) -> dict:
-        entry = {"iteration": it, "loss": (float(np.mean(losses)) if losses else None),
-                 "lr": _lr(sparam, it), "seconds": round(time.perf_counter() - started, 2)}
-        losses.clear()
-        if val is not None:
-            val_runner.caffe_net.set_weights({k: [b.data for b in v] for k, v in net.params.items()
-                                              if k in val_runner.caffe_net.net.params})
-            res = ev.run_evaluation(val_runner, val, val_pre, batch=val_batch, teacher=teacher, limit=val_limit,
-                                    progress=False)
+class _Validator:
+    """Closes one record of the history: mean loss since the last, learning rate, and the
+    validation metrics of the weights the solver holds now."""
+
+    def __init__(self, st: _Setup, val, val_limit, val_batch, sparam, history: list[dict], started: float, log):
+        self.st, self.val, self.val_limit, self.val_batch = st, val, val_limit, val_batch
+        self.sparam, self.history, self.started, self.log = sparam, history, started, log
+        self.losses: list[float] = []
+        self.net = None
+
+    def __call__(self, it: int) -> dict:
+        entry = {"iteration": it, "loss": (float(np.mean(self.losses)) if self.losses else None),
+                 "lr": _lr(self.sparam, it), "seconds": round(time.perf_counter() - self.started, 2)}
+        self.losses.clear()
+        if self.val is not None:
+            runner = self.st.val_runner
+            runner.caffe_net.set_weights({k: [b.data for b in v] for k, v in self.net.params.items()
+                                          if k in runner.caffe_net.net.params})
+            res = ev.run_evaluation(runner, self.val, self.st.val_pre, batch=self.val_batch, teacher=self.st.teacher,
+                                    limit=self.val_limit)
             for key in ("top1", "top5", "agreement", "kl"):
                 if key in res:
                     entry[f"val_{key}"] = res[key]
-        history.append(entry)
-        if log is not None:
-            log(_entry_line(entry))
+        self.history.append(entry)
+        if self.log is not None:
+            self.log(entry)
         return entry
 
-    bar = ev._bar(max_iter - start, "finetune", progress, unit="it")
-    try:
-        if val is not None and start < max_iter and not any(h["iteration"] == start for h in history):
-            record(start)
-        for it in range(start, max_iter):
-            x, y = next(gen)
-            net.blobs[tn.image].data[...] = x
-            if tn.label is not None:
-                bad = y[(y < 0) | (y >= tn.classes)]
-                if bad.size:
-                    raise RebirthError(f"{train.name}: label {int(bad[0])} but the net has {tn.classes} classes")
-                net.blobs[tn.label].data[...] = y
-            if teacher is not None and distill:
-                net.blobs[TEACHER_LOGITS].data[...] = teacher.logits_of(x).reshape(
-                    net.blobs[TEACHER_LOGITS].data.shape)
-            solver.step(1)
-            loss = sum(w * float(net.blobs[t].data.sum()) for t, w in tn.losses.items())
-            if not math.isfinite(loss):
-                raise RebirthError(f"the loss diverged at iteration {it + 1} ({loss}); lower --base-lr")
-            losses.append(loss)
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
-            done = it + 1
-            if interval and done % interval == 0 and done < max_iter:
-                record(done)
-            if snap_every and done % snap_every == 0 and done < max_iter:
-                solver.snapshot()
-                snapshots.append(_snapshot_name(outdir, done))
-    finally:
-        bar.close()
-    if losses or not history or history[-1]["iteration"] != max_iter:
-        record(max_iter)
-    if start < max_iter or not (outdir / f"{SNAPSHOT_PREFIX}_iter_{max_iter}.solverstate").exists():
-        solver.snapshot()
-        snapshots.append(_snapshot_name(outdir, max_iter))
-    final = {name: [b.data.copy() for b in blobs] for name, blobs in net.params.items()}
-    deploy_names = {layer.name for layer in sd.deploy.layer}
-    weights_net = netio.with_weights(sd.deploy, {k: v for k, v in final.items() if k in deploy_names})
-    inputs = [p for p in (start_weights, resume) if p]
-    netio.write_weights(weights_net, outdir / "weights.caffemodel", inputs)
-    if not netio.same_file(outdir / "deploy.prototxt", sd.path / "deploy.prototxt"):
-        netio.atomic_write(outdir / "deploy.prototxt", (sd.path / "deploy.prototxt").read_text())
-    result = {
+
+def _train(st: _Setup, solver, train: data.Source, sparam, validate: _Validator, interval: int, snap_every: int,
+           seed: int, progress) -> list[str]:
+    """Caffe's solver, one step at a time, its input blobs set from ``train``; the snapshots taken."""
+    tn, net = st.tn, solver.net
+    validate.net = net
+    start, max_iter = int(solver.iter), int(sparam.max_iter)
+    gen = train.batches(tn.pre, tn.batch, train=True, shuffle=True, loop=True, seed=seed + start)
+    snapshots: list[str] = []
+    if validate.val is not None and start < max_iter and not any(h["iteration"] == start for h in validate.history):
+        validate(start)
+    for it in range(start, max_iter):
+        x, y = next(gen)
+        net.blobs[tn.image].data[...] = x
+        if tn.label is not None:
+            bad = y[(y < 0) | (y >= tn.classes)]
+            if bad.size:
+                raise RebirthError(f"{train.name}: label {int(bad[0])} but the net has {tn.classes} classes")
+            net.blobs[tn.label].data[...] = y
+        if st.teacher is not None and TEACHER_LOGITS in net.blobs:
+            net.blobs[TEACHER_LOGITS].data[...] = st.teacher.logits_of(x).reshape(net.blobs[TEACHER_LOGITS].data.shape)
+        solver.step(1)
+        loss = sum(w * float(net.blobs[t].data.sum()) for t, w in tn.losses.items())
+        if not math.isfinite(loss):
+            raise RebirthError(f"the loss diverged at iteration {it + 1} ({loss}); lower --base-lr")
+        validate.losses.append(loss)
+        if progress:
+            progress(1)
+        done = it + 1
+        if interval and done % interval == 0 and done < max_iter:
+            validate(done)
+        if snap_every and done % snap_every == 0 and done < max_iter:
+            solver.snapshot()
+            snapshots.append(_snapshot_name(st.outdir, done))
+    return snapshots
+
+
+def _record(st: _Setup, train, val, distill, sparam, start, history, snapshots, started) -> dict:
+    """What finetune.json holds."""
+    tn, teacher = st.tn, st.teacher
+    return {
         "tool": f"rebirth {__version__}",
-        "slim_dir": os.path.abspath(sd.path),
-        "outdir": str(outdir),
+        "slim_dir": os.path.abspath(st.sd.path),
+        "outdir": str(st.outdir),
         "mode": "distill" if distill else "labels",
         "loss": (f"EuclideanLoss between the slim net's logits '{tn.logits}' and the teacher's" if distill
                  else ", ".join(f"{t} (weight {w:g})" for t, w in tn.losses.items())),
         "teacher": ({"model": teacher.model.source, "weights": teacher.model.weights_source}
                     if teacher is not None else None),
         "train": train.name, "val": val.name if val is not None else None,
-        "start_weights": start_weights, "resumed_from": str(resume) if resume else None,
-        "start_iteration": start, "iterations": max_iter, "batch": tn.batch,
+        "start_weights": st.start_weights, "resumed_from": str(st.resume) if st.resume else None,
+        "start_iteration": start, "iterations": int(sparam.max_iter), "batch": tn.batch,
         "base_lr": sparam.base_lr, "lr_policy": sparam.lr_policy, "stepsize": sparam.stepsize,
         "preprocess": tn.pre.describe(),
         "history": history,
         "snapshots": snapshots,
-        "weights": str(outdir / "weights.caffemodel"),
+        "weights": str(st.outdir / "weights.caffemodel"),
         "seconds": round(time.perf_counter() - started, 2),
-        "notes": notes,
+        "notes": st.notes,
     }
-    netio.atomic_write(outdir / "finetune.json", json.dumps(result, indent=2) + "\n")
-    return result
+
+
+def _write_outputs(st: _Setup, solver, result: dict) -> None:
+    """OUTDIR/weights.caffemodel (the deploy net's layers), deploy.prototxt and finetune.json."""
+    final = {name: [b.data.copy() for b in blobs] for name, blobs in solver.net.params.items()}
+    deploy_names = {layer.name for layer in st.sd.deploy.layer}
+    weights_net = netio.with_weights(st.sd.deploy, {k: v for k, v in final.items() if k in deploy_names})
+    inputs = [p for p in (st.start_weights, st.resume) if p]
+    netio.write_weights(weights_net, st.outdir / "weights.caffemodel", inputs)
+    if not netio.same_file(st.outdir / "deploy.prototxt", st.sd.path / "deploy.prototxt"):
+        netio.atomic_write(st.outdir / "deploy.prototxt", (st.sd.path / "deploy.prototxt").read_text())
+    netio.atomic_write(st.outdir / "finetune.json", json.dumps(result, indent=2) + "\n")
 
 
 def _snapshot_name(outdir: Path, it: int) -> str:
@@ -443,31 +420,3 @@ def _lr(s: "pb.SolverParameter", it: int) -> float:
     return s.base_lr
 
 
-def _entry_line(e: dict) -> str:
-    parts = [f"iter {e['iteration']}"]
-    if e.get("loss") is not None:
-        parts.append(f"loss {e['loss']:.4f}")
-    for key in ("val_top1", "val_top5", "val_agreement"):
-        if key in e:
-            parts.append(f"{key} {100 * e[key]:.2f} %")
-    if "val_kl" in e:
-        parts.append(f"val_kl {e['val_kl']:.4f}")
-    return ", ".join(parts)
-
-
-def format_report(result: dict) -> str:
-    lines = [f"fine-tuned {result['slim_dir']} on {result['train']} ({result['mode']}): iterations "
-             f"{result['start_iteration']} -> {result['iterations']}, batch {result['batch']}, "
-             f"{result['seconds']:.0f} s"]
-    lines += ["  " + _entry_line(e) for e in result["history"]]
-    lines += [f"note: {note}" for note in result.get("notes", [])]
-    lines.append(f"weights: {result['weights']}")
-    if result["snapshots"]:
-        lines.append(f"resume with: rebirth finetune {result['slim_dir']} --train {result['train']} "
-                     f"--resume {result['snapshots'][-1]} -o {result['outdir']} --iters N")
-    return "\n".join(lines)
-
-
-def stderr_log(line: str) -> None:
-    from tqdm import tqdm  # noqa: PLC0415
-    tqdm.write(line, file=sys.stderr)

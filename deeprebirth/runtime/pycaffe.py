@@ -120,6 +120,19 @@ class CaffeNet:
             self.net.blobs[name].data[...] = arr
         return used
 
+    def forward_all(self, feeds: dict[str, np.ndarray], blobs: list[str], batch: int) -> dict[str, np.ndarray]:
+        """Run the net over arrays of any length in batches of ``batch`` (the last may be short):
+        ``feeds`` (input blob -> N x ...) in, a copy of each of ``blobs`` (N x ...) out. The one
+        batching loop over pycaffe (like pycaffe's own ``Net.forward_all``, for several inputs)."""
+        n = len(next(iter(feeds.values())))
+        out: dict[str, list[np.ndarray]] = {b: [] for b in blobs}
+        for i in range(0, n, batch):
+            self.fill_inputs(inputs={k: v[i:i + batch] for k, v in feeds.items()})
+            self.net.forward()
+            for b in blobs:
+                out[b].append(self.net.blobs[b].data.copy())
+        return {b: np.concatenate(v) for b, v in out.items()}
+
     def forward(self) -> dict[str, np.ndarray]:
         out = self.net.forward()
         return {k: v.copy() for k, v in out.items()}
@@ -220,3 +233,15 @@ def make_solver(net: "pb.NetParameter", solver: "pb.SolverParameter", workdir: s
                     os.unlink(os.path.join(where, name))
                 except OSError:
                     pass
+
+
+def caffe_tool() -> str:
+    """The `caffe` tool `make install` puts beside the interpreter (bare `caffe` if it is elsewhere)."""
+    import shutil  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+    from pathlib import Path  # noqa: PLC0415
+
+    beside = Path(sys.executable).parent / "caffe"
+    if beside.exists():
+        return str(beside)
+    return shutil.which("caffe") or "caffe"

@@ -16,14 +16,13 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from deeprebirth.transforms.candidates import human
+from deeprebirth.transforms import relearn_plan
 from deeprebirth import __version__
 from deeprebirth.caffe import netio
 from deeprebirth.transforms import runner
-from deeprebirth.learning import relearn
 from deeprebirth.transforms import rules as rule_registry
 from deeprebirth.transforms import trainfiles
-from deeprebirth.transforms import weights as weight_ops
+from deeprebirth.caffe import fillers as weight_ops
 from deeprebirth.caffe import proto as pb
 from deeprebirth.errors import RebirthError
 from deeprebirth.graph.dag import Graph
@@ -72,20 +71,20 @@ class SlimOutput:
             "weights": self.model.weights_source,
             "rules": self.rules,
             "only": self.only,
-            "batch": _batch(self.model.net),
+            "batch": input_batch(self.model.net),
             "before": before,
             "after": after,
             "changes": [c.as_dict() for c in self.result.changes],
             "skips": [asdict(s) for s in self.skips],
             "regenerated": self.new_layers,
             "notes": self.notes,
-            "relearn": relearn.plan_report(self.model.source, self.model.weights_source, self.model.net,
+            "relearn": relearn_plan.plan_report(self.model.source, self.model.weights_source, self.model.net,
                                            self.deploy, self.new_layers, self.result.changes),
             "files": [f for f in FILES if f != "init.caffemodel" or self.weights is not None],
         }
 
 
-def _batch(net: "pb.NetParameter") -> int | None:
+def input_batch(net: "pb.NetParameter") -> int | None:
     shapes = [s for _, s in trainfiles.deploy_inputs(net) if s]
     return int(shapes[0][0]) if shapes else None
 
@@ -267,79 +266,3 @@ def write(out: SlimOutput, outdir: str | os.PathLike, force: bool = False) -> li
 
 # ----------------------------------------------------------------------------------------------
 # Summary
-
-
-def _ratio(a: float, b: float) -> str:
-    return f"{a / b:.2f}x" if b else "-"
-
-
-def summary(out: SlimOutput, written: list[Path] | None = None) -> str:
-    before, after = out.costs()
-    lines = [f"slimmed {out.model.source} (rules: {', '.join(out.rules)}"
-             + (f"; only: {', '.join(out.only)}" if out.only else "") + ")"]
-    width = max(len(c.substructure) for c in out.result.changes)
-    for c in out.result.changes:
-        what = []
-        if c.removed:
-            what.append("removed " + ", ".join(c.removed))
-        if c.regenerated:
-            what.append("regenerated " + ", ".join(c.regenerated))
-        if c.modified:
-            what.append("recomputed " + ", ".join(c.modified))
-        if c.added:
-            what.append("added " + ", ".join(c.added))
-        tag = "exact" if c.exact else "re-learn"
-        lines.append(f"  {c.substructure.ljust(width)}  {c.rule:<16} {tag:<8} {'; '.join(what)}")
-        for note in c.notes:
-            lines.append(f"  {''.ljust(width)}  {'':<16} {'':<8}   {note}")
-    mb = 1024 * 1024
-    batch = _batch(out.deploy)
-    lines += [
-        f"layers {before['layers']} -> {after['layers']}; params {human(before['params'])} -> "
-        f"{human(after['params'])}; MACs {human(before['macs'])} -> {human(after['macs'])} "
-        f"({_ratio(before['macs'], after['macs'])} fewer)",
-        f"blob memory{f' at batch {batch}' if batch else ''}: {before['memory_bytes'] / mb:.1f} MB -> "
-        f"{after['memory_bytes'] / mb:.1f} MB ({_ratio(before['memory_bytes'], after['memory_bytes'])} less)",
-    ]
-    if out.new_layers:
-        lines.append(f"new layers (Xavier init, lr_mult 10): {', '.join(out.new_layers)}")
-    return "\n".join(lines + summary_tail(out, written))
-
-
-def summary_tail(out: SlimOutput, written: list[Path] | None = None) -> list[str]:
-    """The end of a summary: what was left alone, notes, the files written and how to fine-tune."""
-    lines = []
-    skips = out.skips
-    if skips:
-        lines.append(f"left alone ({len(skips)}):")
-        for s in skips[:8]:
-            lines.append(f"  {s.substructure} ({s.rule}): {s.reason}")
-        if len(skips) > 8:
-            lines.append(f"  ... {len(skips) - 8} more in report.json")
-    for note in out.notes:
-        lines.append(f"note: {note}")
-    if written:
-        lines.append("wrote " + ", ".join(str(p) for p in written))
-        where = written[0].parent
-        if out.new_layers and out.weights is not None:
-            lines.append(f"re-learn (no labels): rebirth relearn {where} --images SOURCE")
-            lines.append(f"fine-tune (labels):   rebirth finetune {where} --train SOURCE --weights "
-                         f"{where / 'weights.caffemodel'}")
-        else:
-            lines.append(f"fine-tune: rebirth finetune {where} --train SOURCE")
-        lines.append(f"  or with Caffe itself: cd {where} && {caffe_tool()} train -solver solver.prototxt"
-                     + (" -weights init.caffemodel" if out.weights is not None else "")
-                     + (" (fill train.txt and val.txt first)" if any(
-                         layer.type == "ImageData" for layer in out.train_val.layer) else ""))
-    return lines
-
-
-def caffe_tool() -> str:
-    """The `caffe` tool `make install` puts beside the interpreter (bare `caffe` if it is elsewhere)."""
-    import shutil  # noqa: PLC0415
-    import sys  # noqa: PLC0415
-
-    beside = Path(sys.executable).parent / "caffe"
-    if beside.exists():
-        return str(beside)
-    return shutil.which("caffe") or "caffe"

@@ -17,14 +17,12 @@ import os
 from dataclasses import dataclass, fields
 from typing import Callable
 
-import numpy as np
 
 from deeprebirth.caffe import proto as pb
 from deeprebirth.transforms import slim as slim_api
 from deeprebirth.errors import RebirthError
 from deeprebirth.graph.dag import Graph
 from deeprebirth.caffe.model import Model
-from deeprebirth.transforms.candidates import human
 from deeprebirth.transforms.rules.tucker import TuckerChange, TuckerRule
 
 
@@ -56,10 +54,12 @@ def _rule(ranks, ratio, only=None) -> TuckerRule:
 
 def tucker(model: Model, ranks: tuple[int, int] | None = None, ratio: float | None = None,
            only: list[str] | None = None, progress: Callable[[int], None] | None = None,
-           **slim_kwargs) -> TuckerOutput:
+           measure: Callable | None = None, **slim_kwargs) -> TuckerOutput:
     """Decompose ``model``'s convolutions and InnerProducts (all, or the layers named in ``only``).
     ``progress(1)`` is called after each candidate layer is planned (``len(candidates(...))``
-    calls). ``slim_kwargs`` go to slim.slim (train_val, train_val_source, data_layer, inputs)."""
+    calls). ``measure`` runs the check nets (``check_nets``) and returns each layer's output error
+    (runtime.verify.output_errors does so in pycaffe). ``slim_kwargs`` go to slim.slim (train_val,
+    train_val_source, data_layer, inputs)."""
     rule = _rule(ranks, ratio)
     rule.progress = progress
     if model.weights is None:
@@ -77,7 +77,7 @@ def tucker(model: Model, ranks: tuple[int, int] | None = None, ratio: float | No
             listing = ", ".join(names[:12]) + (f" ... ({len(names)} in all)" if len(names) > 12 else "")
             raise RebirthError(f"{model.source}: no decomposable layer named '{unknown[0]}' (layers: {listing})")
         rule.only = set(only)
-    return _decompose(model, [rule], rule, only, **slim_kwargs)
+    return _decompose(model, [rule], rule, only, measure, **slim_kwargs)
 
 
 def candidates(model: Model, only: list[str] | None = None) -> list[str]:
@@ -87,16 +87,17 @@ def candidates(model: Model, only: list[str] | None = None) -> list[str]:
 
 
 def slim_tucker(model: Model, rule_names: list[str] | None = None, keep_pooling: bool = False,
-                ranks: tuple[int, int] | None = None, ratio: float | None = None, **slim_kwargs) -> TuckerOutput:
+                ranks: tuple[int, int] | None = None, ratio: float | None = None, measure: Callable | None = None,
+                **slim_kwargs) -> TuckerOutput:
     """Slim-Tucker in one go: the slim rules, then the decomposition of the slim net's layers."""
     rule = _rule(ranks, ratio)
     if model.weights is None:
         raise RebirthError(f"{model.source}: --tucker needs --weights: the decomposition starts from trained weights")
     rules = slim_api.select_rules(rule_names, keep_pooling, True) + [rule]
-    return _decompose(model, rules, rule, None, **slim_kwargs)
+    return _decompose(model, rules, rule, None, measure, **slim_kwargs)
 
 
-def _decompose(model: Model, rules: list, rule: TuckerRule, only, **slim_kwargs) -> TuckerOutput:
+def _decompose(model: Model, rules: list, rule: TuckerRule, only, measure=None, **slim_kwargs) -> TuckerOutput:
     try:
         out = slim_api.slim(model, rules, **slim_kwargs)
     except RebirthError as exc:
@@ -108,7 +109,7 @@ def _decompose(model: Model, rules: list, rule: TuckerRule, only, **slim_kwargs)
     for c in changes:
         for name in c.added:
             out.weights[name] = new[name]
-    _output_errors(rule, changes, new, out.notes)
+    _output_errors(rule, changes, new, out.notes, measure)
     result = TuckerOutput(**{f.name: getattr(out, f.name) for f in fields(slim_api.SlimOutput)})
     result.rule, result.only = rule, only
     result.teacher = {"deploy": os.path.abspath(model.source),
@@ -116,15 +117,11 @@ def _decompose(model: Model, rules: list, rule: TuckerRule, only, **slim_kwargs)
     return result
 
 
-def _output_errors(rule: TuckerRule, changes: list[TuckerChange], weights, notes: list[str]) -> None:
-    """Relative error ||y' - y|| / ||y|| of each decomposed layer's output against the original
-    layer's, on uniform random input in [-1, 1], run in pycaffe (batch 1)."""
-    try:
-        from deeprebirth.runtime.pycaffe import CaffeNet, import_caffe  # noqa: PLC0415
-        import_caffe()
-    except RebirthError:
-        notes.append("pycaffe is not available: output errors not measured")
-        return
+def check_nets(rule: TuckerRule, changes: list[TuckerChange], weights) -> list[tuple[dict, "pb.NetParameter", dict]]:
+    """Per decomposed layer, a small net that computes the original layer (top ``reference``) and
+    its decomposition (top ``approximation``) from one input ``x``, with the weights of both:
+    what an engine runs to measure the decomposition's output error (runtime.verify.output_errors)."""
+    out = []
     for c in changes:
         d = c.details
         layer, arrays, in_shape, new_layers = rule.originals[d["layer"]]
@@ -143,37 +140,22 @@ def _output_errors(rule: TuckerRule, changes: list[TuckerChange], weights, notes
             lp.CopyFrom(new_layer)
             lp.bottom[0] = chain.get(lp.bottom[0], lp.bottom[0])
             lp.top[0] = chain.get(lp.top[0], lp.top[0])
-        engine = CaffeNet(net, {layer.name: arrays, **{n: weights[n] for n in d["new_layers"]}})
-        engine.fill_inputs(seed=0)
-        y = engine.forward()
-        a, b = y["reference"], y["approximation"]
-        norm = float(np.linalg.norm(a))
-        d["output_error"] = float(np.linalg.norm(b - a)) / norm if norm else 0.0
+        out.append((d, net, {layer.name: arrays, **{n: weights[n] for n in d["new_layers"]}}))
+    return out
 
 
-def summary(out: TuckerOutput, written=None) -> str:
-    before, after = out.costs()
-    lines = [f"decomposed {out.model.source} (rules: {', '.join(out.rules)})"]
-    slimmed = [c for c in out.result.changes if not isinstance(c, TuckerChange)]
-    if slimmed:
-        units = list(dict.fromkeys(c.substructure for c in slimmed))
-        lines.append(f"  slimmed ({len(slimmed)} rewrites): {', '.join(units)}")
-    width = max(len(d["layer"]) for d in out.layers)
-    lines.append(f"  {'layer'.ljust(width)}  method   {'ranks':<10} {'w.err':>6} {'out.err':>7}  "
-                 f"{'params':>17}  {'MACs per image':>17}")
-    for d in out.layers:
-        ranks = ",".join(str(v) for v in d["ranks"].values())
-        oe = "-" if d["output_error"] is None else f"{d['output_error']:.3f}"
-        params = f"{human(d['params']['before'])} -> {human(d['params']['after'])}"
-        macs = f"{human(d['macs']['before'])} -> {human(d['macs']['after'])}"
-        lines.append(f"  {d['layer'].ljust(width)}  {d['method']:<8} {ranks:<10} {d['weight_error']:>6.3f} {oe:>7}  "
-                     f"{params:>17}  {macs:>17}")
-    lines.append(f"params {human(before['params'])} -> {human(after['params'])}; MACs {human(before['macs'])} -> "
-                 f"{human(after['macs'])}; layers {before['layers']} -> {after['layers']}")
-    fell = [d["layer"] for d in out.layers if d["rank_source"].startswith("vbmf 0")]
-    if fell:
-        lines.append(f"VBMF found rank 0 (no component above the noise: untrained or random weights?) and fell back "
-                     f"to the ranks keeping half the weights for {len(fell)} layer(s): {', '.join(fell[:6])}"
-                     + (" ..." if len(fell) > 6 else ""))
-    lines.append(f"new layers, initialised from the decomposition, lr_mult 10: {', '.join(out.new_layers)}")
-    return "\n".join(lines + slim_api.summary_tail(out, written))
+def _output_errors(rule: TuckerRule, changes: list[TuckerChange], weights, notes: list[str], measure) -> None:
+    """Relative error ||y' - y|| / ||y|| of each decomposed layer's output against the original
+    layer's, measured by ``measure`` (an engine; None: not measured)."""
+    if measure is None:
+        notes.append("output errors not measured (no engine given)")
+        return
+    checks = check_nets(rule, changes, weights)
+    errors = measure([(net, w) for _, net, w in checks])
+    if errors is None:
+        notes.append("pycaffe is not available: output errors not measured")
+        return
+    for (d, _, _), err in zip(checks, errors):
+        d["output_error"] = err
+
+

@@ -6,8 +6,9 @@
 * ``time_layers()``: one forward pass made of per-layer forward calls, each timed on its own,
 * ``memory()``: what the net's blobs take and what running it costs in resident memory.
 
-``cpu`` (local pycaffe, engine/cpu.py) is the only device today; ``adb`` (an Android phone running
-a Caffe binary) will time on the device itself and only has to implement the same methods.
+``cpu`` is pycaffe in this process (cpu.py); ``host``, ``adb[:SERIAL]``, ``ssh://...`` and
+``qemu-aarch64`` run the timing program rebirth-time there and parse its JSON (remote.py). A new
+device implements these methods and adds its name to ``devices.get_device``.
 """
 from __future__ import annotations
 

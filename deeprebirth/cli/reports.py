@@ -1,0 +1,325 @@
+"""Every report a person reads: the text each command prints, built from the dicts and results
+the library returns (the library itself prints nothing). One section per command."""
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from pathlib import Path
+
+from deeprebirth.caffe.model import Model
+from deeprebirth.transforms import runner
+from deeprebirth.transforms.rules.tucker import TuckerChange
+from deeprebirth.runtime.bench import top_layers
+from deeprebirth.runtime.pycaffe import caffe_tool
+from deeprebirth.transforms.slim import SlimOutput, input_batch
+from deeprebirth.transforms.tucker import TuckerOutput
+
+MB = 1024 * 1024
+TOP_LAYERS = 10
+
+
+def _fmt_shape(shapes: dict) -> str:
+    return " ".join("x".join(str(d) for d in s) if s is not None else "?" for s in shapes.values()) or "-"
+
+
+def human(n: float) -> str:
+    """1234567 -> '1.23M'."""
+    for unit, div in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= div:
+            return f"{n / div:.2f}{unit}"
+    return str(int(n))
+
+
+def inspect_text(info: dict) -> str:
+    rows = [("layer", "type", "kind", "output", "params", "MACs", "out MB")]
+    for layer in info["layers"]:
+        rows.append((layer["name"], layer["type"], layer["kind"], _fmt_shape(layer["top_shapes"]),
+                     human(layer["params"]), human(layer["macs"]), f"{layer['output_bytes'] / MB:.2f}"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = [f"{info['name'] or info['model']}  ({info['model']})"]
+    for i, r in enumerate(rows):
+        lines.append("  ".join(c.ljust(w) if j < 3 else c.rjust(w) if j > 3 else c.ljust(w)
+                               for j, (c, w) in enumerate(zip(r, widths))).rstrip())
+        if i == 0:
+            lines.append("-" * len(lines[-1]))
+    t = info["totals"]
+    lines += [
+        "",
+        f"layers: {t['layers']} ({t['tensor_layers']} tensor, {t['non_tensor_layers']} non-tensor)",
+        f"params: {human(t['params'])}   MACs: {human(t['macs'])}   "
+        f"non-tensor share of MACs: {t['non_tensor_mac_percent']:.2f}%",
+        f"runtime blob memory: {info['memory_bytes'] / MB:.2f} MB ({info['memory_bytes']} bytes)",
+    ]
+    cands = info["candidates"]
+    if cands:
+        refused = sum(1 for c in cands if c["refused"])
+        lines += ["", f"slimming candidates ({len(cands)}, {refused} left alone; slim --only NAME):"]
+        width = max(len(c["rule"]) for c in cands)
+        for c in cands:
+            layers = c["layers"]
+            shown = " + ".join(layers) if len(layers) <= 5 else \
+                f"{len(layers)} layers, {layers[0]} ... {layers[-1]}"
+            lines.append(f"  {c['rule'].ljust(width)}  {c['name']}: {shown}")
+            if c["refused"]:
+                lines.append(f"  {''.ljust(width)}    left alone: {c['refused']}")
+    else:
+        lines.append("slimming candidates: none")
+    for note in info["candidate_notes"]:
+        lines.append(f"note: {note}")
+    return "\n".join(lines)
+
+
+def _ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}x" if b else "-"
+
+
+def slim_summary(out: SlimOutput, written: list[Path] | None = None) -> str:
+    before, after = out.costs()
+    lines = [f"slimmed {out.model.source} (rules: {', '.join(out.rules)}"
+             + (f"; only: {', '.join(out.only)}" if out.only else "") + ")"]
+    width = max(len(c.substructure) for c in out.result.changes)
+    for c in out.result.changes:
+        what = []
+        if c.removed:
+            what.append("removed " + ", ".join(c.removed))
+        if c.regenerated:
+            what.append("regenerated " + ", ".join(c.regenerated))
+        if c.modified:
+            what.append("recomputed " + ", ".join(c.modified))
+        if c.added:
+            what.append("added " + ", ".join(c.added))
+        tag = "exact" if c.exact else "re-learn"
+        lines.append(f"  {c.substructure.ljust(width)}  {c.rule:<16} {tag:<8} {'; '.join(what)}")
+        for note in c.notes:
+            lines.append(f"  {''.ljust(width)}  {'':<16} {'':<8}   {note}")
+    mb = 1024 * 1024
+    batch = input_batch(out.deploy)
+    lines += [
+        f"layers {before['layers']} -> {after['layers']}; params {human(before['params'])} -> "
+        f"{human(after['params'])}; MACs {human(before['macs'])} -> {human(after['macs'])} "
+        f"({_ratio(before['macs'], after['macs'])} fewer)",
+        f"blob memory{f' at batch {batch}' if batch else ''}: {before['memory_bytes'] / mb:.1f} MB -> "
+        f"{after['memory_bytes'] / mb:.1f} MB ({_ratio(before['memory_bytes'], after['memory_bytes'])} less)",
+    ]
+    if out.new_layers:
+        lines.append(f"new layers (Xavier init, lr_mult 10): {', '.join(out.new_layers)}")
+    return "\n".join(lines + slim_summary_tail(out, written))
+
+
+def slim_summary_tail(out: SlimOutput, written: list[Path] | None = None) -> list[str]:
+    """The end of a summary: what was left alone, notes, the files written and how to fine-tune."""
+    lines = []
+    skips = out.skips
+    if skips:
+        lines.append(f"left alone ({len(skips)}):")
+        for s in skips[:8]:
+            lines.append(f"  {s.substructure} ({s.rule}): {s.reason}")
+        if len(skips) > 8:
+            lines.append(f"  ... {len(skips) - 8} more in report.json")
+    for note in out.notes:
+        lines.append(f"note: {note}")
+    if written:
+        lines.append("wrote " + ", ".join(str(p) for p in written))
+        where = written[0].parent
+        if out.new_layers and out.weights is not None:
+            lines.append(f"re-learn (no labels): rebirth relearn {where} --images SOURCE")
+            lines.append(f"fine-tune (labels):   rebirth finetune {where} --train SOURCE --weights "
+                         f"{where / 'weights.caffemodel'}")
+        else:
+            lines.append(f"fine-tune: rebirth finetune {where} --train SOURCE")
+        lines.append(f"  or with Caffe itself: cd {where} && {caffe_tool()} train -solver solver.prototxt"
+                     + (" -weights init.caffemodel" if out.weights is not None else "")
+                     + (" (fill train.txt and val.txt first)" if any(
+                         layer.type == "ImageData" for layer in out.train_val.layer) else ""))
+    return lines
+
+
+def tucker_summary(out: TuckerOutput, written=None) -> str:
+    before, after = out.costs()
+    lines = [f"decomposed {out.model.source} (rules: {', '.join(out.rules)})"]
+    slimmed = [c for c in out.result.changes if not isinstance(c, TuckerChange)]
+    if slimmed:
+        units = list(dict.fromkeys(c.substructure for c in slimmed))
+        lines.append(f"  slimmed ({len(slimmed)} rewrites): {', '.join(units)}")
+    width = max(len(d["layer"]) for d in out.layers)
+    lines.append(f"  {'layer'.ljust(width)}  method   {'ranks':<10} {'w.err':>6} {'out.err':>7}  "
+                 f"{'params':>17}  {'MACs per image':>17}")
+    for d in out.layers:
+        ranks = ",".join(str(v) for v in d["ranks"].values())
+        oe = "-" if d["output_error"] is None else f"{d['output_error']:.3f}"
+        params = f"{human(d['params']['before'])} -> {human(d['params']['after'])}"
+        macs = f"{human(d['macs']['before'])} -> {human(d['macs']['after'])}"
+        lines.append(f"  {d['layer'].ljust(width)}  {d['method']:<8} {ranks:<10} {d['weight_error']:>6.3f} {oe:>7}  "
+                     f"{params:>17}  {macs:>17}")
+    lines.append(f"params {human(before['params'])} -> {human(after['params'])}; MACs {human(before['macs'])} -> "
+                 f"{human(after['macs'])}; layers {before['layers']} -> {after['layers']}")
+    fell = [d["layer"] for d in out.layers if d["rank_source"].startswith("vbmf 0")]
+    if fell:
+        lines.append(f"VBMF found rank 0 (no component above the noise: untrained or random weights?) and fell back "
+                     f"to the ranks keeping half the weights for {len(fell)} layer(s): {', '.join(fell[:6])}"
+                     + (" ..." if len(fell) > 6 else ""))
+    lines.append(f"new layers, initialised from the decomposition, lr_mult 10: {', '.join(out.new_layers)}")
+    return "\n".join(lines + slim_summary_tail(out, written))
+
+
+def fold_summary(original: Model, result: runner.Result) -> list[str]:
+    """Human lines: one per folded chain and per chain left alone, then the layer count."""
+    types = {layer.name: layer.type for layer in original.net.layer}
+    removed = Counter(types[n] for c in result.changes for n in c.removed)
+    folds = sum(1 for c in result.changes if c.removed and c.substructure in types
+                and types[c.substructure] not in ("BatchNorm", "Scale", "Bias"))
+    lines = []
+    if not result.changes:
+        lines.append("nothing to fold: no BatchNorm, Scale or Bias layer follows a tensor layer")
+    for c in result.changes:
+        lines.append("  " + "; ".join(c.notes))
+    for s in result.skips:
+        lines.append(f"  left alone ({s.substructure}): {s.reason}")
+    n_before, n_after = len(original.net.layer), len(result.model.net.layer)
+    gone = ", ".join(f"{k} {t}" for t, k in sorted(removed.items())) or "none"
+    head = (f"{folds} chain(s) folded into tensor layers, {len(result.changes) - folds} replaced by one "
+            f"Scale, {len(result.skips)} left alone")
+    return [head, *lines, f"layers: {n_before} -> {n_after} (removed: {gone})",
+            *(f"note: {n}" for n in result.notes)]
+
+
+def eval_text(result: dict) -> str:
+    lines = [f"{result['model']} ({result['weights']}) on {result['data']}: {result['images']} images"]
+    if "preprocess_from" in result:
+        lines.append(f"  preprocessing from {result['preprocess_from']}")
+    for key in ("top1", "top5", "teacher_top1", "teacher_top5", "agreement"):
+        if key in result:
+            lines.append(f"  {key:<13} {100 * result[key]:.2f} %")
+    if "kl" in result:
+        lines.append(f"  {'kl':<13} {result['kl']:.5f} nats (mean KL(teacher || model))")
+    lines.append(f"  ({result['seconds']:.1f} s)")
+    return "\n".join(lines)
+
+
+def finetune_entry_line(e: dict) -> str:
+    parts = [f"iter {e['iteration']}"]
+    if e.get("loss") is not None:
+        parts.append(f"loss {e['loss']:.4f}")
+    for key in ("val_top1", "val_top5", "val_agreement"):
+        if key in e:
+            parts.append(f"{key} {100 * e[key]:.2f} %")
+    if "val_kl" in e:
+        parts.append(f"val_kl {e['val_kl']:.4f}")
+    return ", ".join(parts)
+
+
+def finetune_text(result: dict) -> str:
+    lines = [f"fine-tuned {result['slim_dir']} on {result['train']} ({result['mode']}): iterations "
+             f"{result['start_iteration']} -> {result['iterations']}, batch {result['batch']}, "
+             f"{result['seconds']:.0f} s"]
+    lines += ["  " + finetune_entry_line(e) for e in result["history"]]
+    lines += [f"note: {note}" for note in result.get("notes", [])]
+    lines.append(f"weights: {result['weights']}")
+    if result["snapshots"]:
+        lines.append(f"resume with: rebirth finetune {result['slim_dir']} --train {result['train']} "
+                     f"--resume {result['snapshots'][-1]} -o {result['outdir']} --iters N")
+    return "\n".join(lines)
+
+
+def stderr_line(line: str) -> None:
+    from tqdm import tqdm  # noqa: PLC0415
+    tqdm.write(line, file=sys.stderr)
+
+
+def relearn_summary(doc: dict) -> list[str]:
+    lines = [f"re-learned {len(doc['units'])} unit(s) of {doc['slim_dir']} against {doc['teacher']['deploy']} "
+             f"on {doc['train_images']} images of {doc['source']} ({doc['heldout_images']} held out), "
+             f"{doc['seconds']} s"]
+    rows = [("unit", "initial", "least sq.", "SGD", "kept", "iters", "s")]
+    for u in doc["units"]:
+        e = u["error"]
+        f = lambda k: f"{e[k]['rel']:.4f}" if k in e else "-"  # noqa: E731
+        rows.append((u["name"], f("initial"), f("least_squares"), f("sgd"), u["kept"], str(u["iterations"]),
+                     str(u["seconds"].get("total", ""))))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines.append("relative error of each unit's output on the held-out images (sum (y-t)^2 / sum t^2):")
+    for r in rows:
+        lines.append("  " + "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
+    for u in doc["units"]:
+        for note in u["notes"]:
+            lines.append(f"  note: {u['name']}: {note}")
+    if doc.get("files"):
+        lines.append("wrote " + ", ".join(doc["files"]))
+    return lines
+
+
+def _mb(n: int | None) -> str:
+    return "-" if n is None else f"{n / MB:.1f}"
+
+
+def _num(x: float | None, fmt: str) -> str:
+    return "-" if x is None else format(x, fmt)
+
+
+def _table(rows: list[tuple], right: set[int], indent: str = "") -> list[str]:
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    lines = []
+    for k, r in enumerate(rows):
+        cells = [str(c).rjust(w) if i in right else str(c).ljust(w) for i, (c, w) in enumerate(zip(r, widths))]
+        lines.append((indent + "  ".join(cells)).rstrip())
+        if k == 0:
+            lines.append(indent + "-" * (len(lines[-1]) - len(indent)))
+    return lines
+
+
+def bench_text(doc: dict, top: int = TOP_LAYERS) -> str:
+    models = doc["models"]
+    lines = []
+    if "device" in doc:
+        lines.append(f"device: {doc['device']} ({doc.get('device_description', '')})")
+        if doc.get("device_warning"):
+            lines.append(f"warning: {doc['device_warning']}")
+        lines.append(f"batch {doc.get('batch')}, {doc.get('runs')} timed runs after {doc.get('warmup')} "
+                     f"warm-up per model" + (", interleaved across models" if len(models) > 1 else "")
+                     + "; best = fastest run (the paper's figure), median of the runs")
+        lines.append("")
+    ref = doc["ratios"]["reference"]
+    head = ("model", "best ms", "median ms", f"x {ref} (best)", "x (median)", "x (paired)",
+            "non-tensor %", "blob MB", "alloc MB", "peak RSS MB")
+    rows = [head]
+    for m in models:
+        r = doc["ratios"]["models"][m["model"]]
+        rows.append((m["model"], f"{m['best_ms']:.2f}", f"{m['median_ms']:.2f}", _num(r["best"], ".2f"),
+                     _num(r["median"], ".2f"), _num(r["paired_median"], ".2f"),
+                     _num(m["non_tensor_percent"], ".1f"), _mb(m["memory_bytes"]), _mb(m["allocated_bytes"]),
+                     _mb(m["peak_rss_bytes"])))
+    lines += _table(rows, right=set(range(1, len(head))))
+    if len(models) > 1:
+        lines.append("")
+        for m in models[1:]:
+            r = doc["ratios"]["models"][m["model"]]
+            if r["best"]:
+                faster = f"{1 / r['best']:.2f}x faster" if r["best"] < 1 else f"{r['best']:.2f}x slower"
+                lines.append(f"{m['model']} vs {ref}: best {r['best']:.3f}, median {_num(r['median'], '.3f')}, "
+                             f"paired runs {_num(r['paired_median'], '.3f')} ({faster})")
+    for m in models:
+        if not m["layers"]:
+            continue
+        lines += ["", f"{m['model']}: per-layer forward time (median of {m['runs']} runs per layer)"]
+        rows = [("type", "kind", "layers", "ms", "%")]
+        rows += [(g["type"], g["kind"], g["count"], f"{g['ms']:.3f}", f"{g['percent']:.1f}") for g in m["by_type"]]
+        lines += _table(rows, right={2, 3, 4}, indent="  ")
+        iqr = m.get("non_tensor_percent_iqr")
+        spread = f"; {iqr[0]:.1f}-{iqr[1]:.1f} % in the middle half of the runs" if iqr else ""
+        lines.append(f"  non-tensor share of latency (Eq. 1): {m['non_tensor_percent']:.1f} % "
+                     f"({m['non_tensor_ms']:.2f} of {m['non_tensor_ms'] + m['tensor_ms']:.2f} ms of per-layer medians{spread})")
+        a = m["layer_sum"]
+        verdict = "within" if a["within_margin"] else "OUTSIDE"
+        lines.append(f"  sum of layers {a['layer_sum_ms']:.2f} ms vs whole forward pass {a['forward_ms']:.2f} ms "
+                     f"(medians; {a['diff_ms']:+.2f} ms); run by run: {a['diff_percent']:+.1f} % (median), "
+                     f"{verdict} the ±{a['margin_percent']:.0f} % margin")
+        lines.append(f"  top {min(top, len(m['layers']))} layers:")
+        rows = [("layer", "type", "kind", "ms", "%")]
+        rows += [(r["name"], r["type"], r["kind"], f"{r['ms']:.3f}", f"{r['percent']:.1f}")
+                 for r in top_layers(m["layers"], top)]
+        lines += _table(rows, right={3, 4}, indent="    ")
+    methods = {m["memory_method"] for m in models if m.get("memory_method")}
+    if methods:
+        lines += ["", "blob MB: blob memory from shapes (as `inspect`); alloc MB: distinct buffers of the "
+                  "built net; peak RSS MB: " + "; ".join(sorted(methods))]
+    return "\n".join(lines)

@@ -1,0 +1,379 @@
+"""A deterministic fuzz test: mutated prototxts and caffemodels through every command.
+
+Sources: small nets of our own (a classic conv/BN/pool/fc net, the DenseNet-style and
+MobileNet-SSD-style fork nets in tests/data, a legacy V0 net), the built-in models and the public
+reference prototxts in ../shared/models; caffemodels with random weights for the small nets.
+Mutations (seeded, so every run makes the same cases): deleted, duplicated and swapped lines;
+numbers set to 0, -1, huge, NaN; unknown and wrong layer types; unknown fields; broken bottoms and
+tops and cycles; truncated text; truncated, bit-flipped, empty caffemodels, weights of another net,
+a prototxt given as weights; bad output paths (a file, a file as parent, a name too long, a
+directory holding other files, the input's own directory).
+
+Every case runs one command -- inspect, slim, fold-bn (sometimes with --verify) or bench with
+--runs 1 -- in its own process (tests/cli/fuzz_driver.py) and must end in exit 0, or exit 1 with
+exactly one `rebirth: error: ...` line on stderr (other stderr lines may only be
+`rebirth: warning: ...`): no traceback, no signal, no hang (a timeout), no partial output (the
+output directory is complete, or as it was), and its inputs unchanged.
+
+``REBIRTH_FUZZ_CASES`` sets the number of cases (default 200); ``REBIRTH_FUZZ_SEED`` the seed.
+The counts per command and outcome class are printed (``pytest -s``) and written to
+``fuzz_report.json`` in the test's temporary directory.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import re
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from deeprebirth.caffe import netio
+from deeprebirth.caffe import proto as pb
+from deeprebirth.graph.dag import Graph
+from helpers import DATA, ROOT
+
+DRIVER = Path(__file__).resolve().parent / "fuzz_driver.py"
+N_CASES = int(os.environ.get("REBIRTH_FUZZ_CASES", "200"))
+SEED = int(os.environ.get("REBIRTH_FUZZ_SEED", "20180202"))
+
+SMALL = """name: "small"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 16 dim: 16 } } }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+  convolution_param { num_output: 8 kernel_size: 3 pad: 1 stride: 1 } }
+layer { name: "bn1" type: "BatchNorm" bottom: "conv1" top: "conv1" }
+layer { name: "scale1" type: "Scale" bottom: "conv1" top: "conv1" scale_param { bias_term: true } }
+layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }
+layer { name: "pool1" type: "Pooling" bottom: "conv1" top: "pool1" pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
+layer { name: "conv2" type: "Convolution" bottom: "pool1" top: "conv2"
+  convolution_param { num_output: 8 kernel_size: 1 } }
+layer { name: "conv3" type: "Convolution" bottom: "pool1" top: "conv3"
+  convolution_param { num_output: 8 kernel_size: 3 pad: 1 } }
+layer { name: "sum" type: "Eltwise" bottom: "conv2" bottom: "conv3" top: "sum" }
+layer { name: "cat" type: "Concat" bottom: "sum" bottom: "conv2" top: "cat" }
+layer { name: "drop" type: "Dropout" bottom: "cat" top: "cat" dropout_param { dropout_ratio: 0.5 } }
+layer { name: "fc" type: "InnerProduct" bottom: "cat" top: "fc" inner_product_param { num_output: 10 } }
+layer { name: "prob" type: "Softmax" bottom: "fc" top: "prob" }
+"""
+V0 = """name: "v0"
+input: "data"
+input_dim: 1 input_dim: 3 input_dim: 16 input_dim: 16
+layers { layer { name: "pad1" type: "padding" pad: 1 } bottom: "data" top: "pad1" }
+layers { layer { name: "conv1" type: "conv" num_output: 4 kernelsize: 3 } bottom: "pad1" top: "conv1" }
+layers { layer { name: "relu1" type: "relu" } bottom: "conv1" top: "conv1" }
+layers { layer { name: "pool1" type: "pool" pool: MAX kernelsize: 2 stride: 2 } bottom: "conv1" top: "pool1" }
+layers { layer { name: "fc" type: "innerproduct" num_output: 5 } bottom: "pool1" top: "fc" }
+layers { layer { name: "prob" type: "softmax" } bottom: "fc" top: "prob" }
+"""
+TYPES = ["Convolution", "Pooling", "ReLU", "InnerProduct", "Concat", "Eltwise", "BatchNorm", "Scale",
+         "Softmax", "Flatten", "Permute", "PriorBox", "Reshape", "Split", "Slice", "Input", "Data",
+         "Deconvolution", "LRN", "Dropout", "ShuffleChannel", "Upsample"]
+COMMANDS = {"inspect": 0.38, "slim": 0.29, "fold-bn": 0.25, "bench": 0.08}  # bench: a child + a probe
+TIMEOUT = {"inspect": 60, "slim": 90, "fold-bn": 90, "bench": 120}
+
+
+def sources(shared: Path | None) -> dict[str, str]:
+    out = {"small": SMALL, "v0": V0,
+           "densenet": (DATA / "fork_densenet.prototxt").read_text(),
+           "ssd": (DATA / "fork_mobilenet_ssd.prototxt").read_text(),
+           "alexnet": (ROOT / "models" / "alexnet.prototxt").read_text()}
+    if shared is not None:
+        for rel in ("bvlc_googlenet/deploy.prototxt", "bvlc_alexnet/train_val.prototxt", "resnet50/deploy.prototxt"):
+            if (shared / rel).exists():
+                out["shared:" + rel.split("/")[0] + "/" + Path(rel).stem] = (shared / rel).read_text()
+    return out
+
+
+# Nets small enough to run, fold and slim quickly; the big ones are only inspected.
+SMALL_NETS = ("small", "densenet", "ssd", "v0")
+
+
+def caffemodel_bytes(text: str, seed: int = 0) -> bytes:
+    from deeprebirth.runtime.pycaffe import random_weights  # noqa: PLC0415
+    net = netio.filter_phase(netio.parse_net_text(text), pb.TEST)
+    return netio.with_weights(net, random_weights(Graph(net, strict=False), seed=seed)).SerializeToString()
+
+
+# ---------------------------------------------------------------------------------------------
+# Mutations
+
+
+NUMBER = re.compile(r"(?<=: )-?\d+(\.\d+)?(e-?\d+)?\b")
+
+
+def mutate_text(text: str, rng: random.Random) -> tuple[str, str]:
+    lines = text.splitlines()
+    kind = rng.choice(["delete", "duplicate", "swap", "number", "number", "type_unknown", "type_wrong",
+                       "field", "bottom", "cycle", "top_clash", "truncate", "none"])
+    if kind == "delete" and len(lines) > 1:
+        del lines[rng.randrange(len(lines))]
+    elif kind == "duplicate":
+        i = rng.randrange(len(lines))
+        lines.insert(i, lines[i])
+    elif kind == "swap" and len(lines) > 1:
+        i, j = rng.sample(range(len(lines)), 2)
+        lines[i], lines[j] = lines[j], lines[i]
+    elif kind == "number":
+        spots = [(i, m) for i, line in enumerate(lines) for m in NUMBER.finditer(line)]
+        if spots:
+            i, m = rng.choice(spots)
+            new = rng.choice(["0", "-1", "99999999999", "2147483648", "65536", "nan", "1e30", "3"])
+            lines[i] = lines[i][:m.start()] + new + lines[i][m.end():]
+    elif kind in ("type_unknown", "type_wrong"):
+        spots = [i for i, line in enumerate(lines) if 'type: "' in line]
+        if spots:
+            i = rng.choice(spots)
+            new = "FuzzNoSuchLayer" if kind == "type_unknown" else rng.choice(TYPES)
+            lines[i] = re.sub(r'type: "[^"]*"', f'type: "{new}"', lines[i], count=1)
+    elif kind == "field":
+        i = rng.randrange(len(lines))
+        lines[i] = lines[i].replace("{", "{ fuzz_field: 1", 1) if "{" in lines[i] else lines[i] + " fuzz_field: 1"
+    elif kind in ("bottom", "cycle", "top_clash"):
+        refs = [(i, m) for i, line in enumerate(lines) for m in re.finditer(r'(bottom|top): "([^"]*)"', line)]
+        names = sorted({m.group(2) for _, m in refs})
+        if refs:
+            i, m = rng.choice([r for r in refs if r[1].group(1) == ("top" if kind == "top_clash" else "bottom")]
+                              or refs)
+            if kind == "bottom":
+                new = rng.choice(["fuzz_missing", *names])
+            else:  # a name produced later (a cycle or a use before definition) / a second producer
+                later = [mm.group(2) for j, mm in refs if j > i] or names
+                new = rng.choice(later)
+            lines[i] = lines[i][:m.start(2)] + new + lines[i][m.end(2):]
+    elif kind == "truncate":
+        cut = rng.randrange(len(text))
+        return text[:cut], kind
+    return "\n".join(lines) + "\n", kind
+
+
+def mutate_weights(good: bytes, other: bytes, text: str, rng: random.Random) -> tuple[bytes, str]:
+    kind = rng.choice(["good", "good", "good", "good", "truncate", "bitflip", "other", "empty", "text"])
+    if kind == "truncate":
+        return good[:rng.randrange(1, len(good))], kind
+    if kind == "bitflip":
+        data = bytearray(good)
+        for _ in range(rng.randint(1, 8)):
+            i = rng.randrange(len(data))
+            data[i] ^= 1 << rng.randrange(8)
+        return bytes(data), kind
+    if kind == "other":
+        return other, kind
+    if kind == "empty":
+        return b"", kind
+    if kind == "text":
+        return text.encode(), kind
+    return good, kind
+
+
+def output_spot(case_dir: Path, rng: random.Random) -> tuple[Path, str]:
+    kind = rng.choice(["new", "new", "new", "rerun", "file", "file_parent", "too_long", "others", "input_dir"])
+    out = case_dir / "out"
+    if kind == "rerun":
+        out.mkdir()
+        (out / "deploy.prototxt").write_text("stale\n")
+        (out / "init.caffemodel").write_bytes(b"stale")
+    elif kind == "file":
+        out.write_text("a file\n")
+    elif kind == "file_parent":
+        (case_dir / "afile").write_text("a file\n")
+        out = case_dir / "afile" / "out"
+    elif kind == "too_long":
+        out = case_dir / ("o" * 300)
+    elif kind == "others":
+        out.mkdir()
+        (out / "mine.txt").write_text("keep me\n")
+    elif kind == "input_dir":
+        out = case_dir
+    return out, kind
+
+
+# ---------------------------------------------------------------------------------------------
+# Cases
+
+
+def make_cases(root: Path, n: int, seed: int, shared: Path | None) -> list[dict]:
+    rng = random.Random(seed)
+    srcs = sources(shared)
+    weights = {name: caffemodel_bytes(srcs[name], seed=i) for i, name in enumerate(SMALL_NETS)}
+    cases = []
+    for i in range(n):
+        cmd = rng.choices(list(COMMANDS), weights=list(COMMANDS.values()))[0]
+        name = rng.choice(list(srcs)) if cmd == "inspect" else rng.choice(SMALL_NETS)
+        # inspect sees mostly broken nets; the writing commands also need enough runs that succeed
+        text, tmut = mutate_text(srcs[name], rng) if rng.random() < (0.8 if cmd == "inspect" else 0.55) \
+            else (srcs[name], "none")
+        d = root / f"case{i:04d}"
+        d.mkdir()
+        net = d / "net.prototxt"
+        net.write_text(text)
+        wmut, w = "none", None
+        if name in weights and (cmd in ("fold-bn",) or rng.random() < 0.5):
+            other = weights[rng.choice([k for k in weights if k != name])]
+            data, wmut = mutate_weights(weights[name], other, text, rng)
+            w = d / "net.caffemodel"
+            w.write_bytes(data)
+        args: list[str] = []
+        omut, out = "none", None
+        if cmd == "inspect":
+            args = ["inspect", str(net)] + (["--weights", str(w)] if w else []) + (["--json"] if rng.random() < 0.3 else [])
+        elif cmd == "slim":
+            out, omut = output_spot(d, rng)
+            args = ["slim", str(net), "-o", str(out)] + (["-w", str(w)] if w else [])
+            args += rng.choice([[], [], ["--rules", "streamline"], ["--data-layer", "dummy"], ["--keep-pooling"],
+                                ["--only", "conv1"], ["--allow-missing"]])
+        elif cmd == "fold-bn":
+            out, omut = output_spot(d, rng)
+            if w is None:
+                w = d / "net.caffemodel"
+                w.write_bytes(weights[name])
+            args = ["fold-bn", str(net), str(w), "-o", str(out)] + (["--verify"] if rng.random() < 0.15 else [])
+        else:
+            args = ["bench", str(net), "--runs", "1", "--warmup", "0", "--json"] + (["-w", str(w)] if w else [])
+        cases.append({"id": f"case{i:04d}", "cmd": cmd, "source": name, "args": args,
+                      "mutations": {"prototxt": tmut, "weights": wmut, "output": omut},
+                      "out": str(out) if out else None, "dir": str(d), "timeout": TIMEOUT[cmd]})
+    return cases
+
+
+def snapshot(path: Path) -> dict[str, str]:
+    """Relative path -> sha256 of every file below ``path`` (or of ``path`` itself)."""
+    try:
+        path.lstat()
+    except OSError:  # missing, or a name too long to exist
+        return {}
+    if path.is_file():
+        return {".": hashlib.sha256(path.read_bytes()).hexdigest()}
+    if not path.is_dir():
+        return {}
+    return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def outcome_class(result: dict) -> str:
+    if result["exit"] == 0:
+        return "ok"
+    line = next((x for x in result["stderr"].splitlines() if x.startswith("rebirth: error:")), "")
+    for cls, pattern in (("caffe aborted", r"aborted: |killed by"), ("prototxt parse", r":\d+:\d+: "),
+                         ("weights", r"caffemodel|weight|blob"), ("output path", r"cannot write|not a directory|"
+                                                                   r"holds|refusing|file name|is a file"),
+                         ("cycle/order", r"cycle|later layer"), ("bottom/top", r"bottom|top"),
+                         ("layer settings", r"layer '"), ):
+        if re.search(pattern, line):
+            return cls
+    return "other"
+
+
+def check_case(case: dict, result: dict, before: dict) -> list[str]:
+    problems = []
+    err, out = result["stderr"], result["stdout"]
+    if result["timed_out"]:
+        problems.append(f"hung (killed after {case['timeout']} s)")
+    if result["signal"] is not None:
+        problems.append(f"died of signal {result['signal']}")
+    if "Traceback" in err or "Traceback" in out:
+        problems.append("traceback: " + err.strip().splitlines()[-1][:200] if err.strip() else "traceback")
+    lines = [x for x in err.strip().splitlines() if x]
+    errors = [x for x in lines if x.startswith("rebirth: error: ")]
+    others = [x for x in lines if not x.startswith(("rebirth: error: ", "rebirth: warning: "))]
+    if result["exit"] == 0:
+        if errors:
+            problems.append("exit 0 with an error line")
+    elif result["exit"] == 1:
+        if len(errors) != 1 or others:
+            problems.append(f"exit 1 without exactly one error line: {lines[:3]}")
+    elif result["signal"] is None:
+        problems.append(f"exit code {result['exit']}: {lines[:2]}")
+    # inputs unchanged
+    for name, digest in before["inputs"].items():
+        now = snapshot(Path(case["dir"]) / name)
+        if now != digest:
+            problems.append(f"input {name} changed")
+    # no partial output
+    if case["out"]:
+        outp = Path(case["out"])
+        leftovers = [p.name for p in outp.parent.glob(f".{outp.name[:100]}.*")] if outp.parent.is_dir() else []
+        if leftovers:
+            problems.append(f"temporary files left: {leftovers}")
+        if result["exit"] != 0 and case["mutations"]["output"] != "input_dir" and snapshot(outp) != before["out"]:
+            problems.append("failed but the output changed")
+        if result["exit"] == 0:
+            want = {"slim": {"deploy.prototxt", "train_val.prototxt", "solver.prototxt", "report.json"},
+                    "fold-bn": {"deploy.prototxt", "weights.caffemodel"}}[case["cmd"]]
+            got = set(snapshot(outp))
+            if not want <= got or (got - want - {"init.caffemodel"}):
+                problems.append(f"output has {sorted(got)}")
+    return problems
+
+
+@pytest.mark.slow
+def test_fuzz_every_command(tmp_path, request):
+    shared = ROOT.parent / "shared" / "models"
+    cases = make_cases(tmp_path, N_CASES, SEED, shared if shared.is_dir() else None)
+    before = {}
+    for case in cases:
+        d = Path(case["dir"])
+        inputs = {p.name: snapshot(p) for p in d.iterdir() if p.name in ("net.prototxt", "net.caffemodel")}
+        before[case["id"]] = {"inputs": inputs, "out": snapshot(Path(case["out"])) if case["out"] else {}}
+    cases_file, results_file = tmp_path / "cases.json", tmp_path / "results.json"
+    cases_file.write_text(json.dumps(cases))
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", GLOG_minloglevel="2")
+    subprocess.run([sys.executable, str(DRIVER), str(cases_file), str(results_file), "2"], check=True, env=env,
+                   timeout=60 + 2 * sum(c["timeout"] for c in cases))
+    results = {r["id"]: r for r in json.loads(results_file.read_text())}
+    assert set(results) == {c["id"] for c in cases}
+
+    failures, table, examples = [], Counter(), {}
+    for case in cases:
+        result = results[case["id"]]
+        cls = outcome_class(result)
+        table[(case["cmd"], cls)] += 1
+        if cls != "ok":
+            examples.setdefault(cls, next((x for x in result["stderr"].splitlines()
+                                           if x.startswith("rebirth: error:")), "")[:300])
+        for problem in check_case(case, result, before[case["id"]]):
+            failures.append(f"{case['id']} {case['cmd']} {case['source']} {case['mutations']}: {problem}\n"
+                            f"    args: {' '.join(case['args'])}")
+    report = {"cases": len(cases), "seed": SEED,
+              "per_command": dict(Counter(c["cmd"] for c in cases)),
+              "outcomes": {f"{cmd}: {cls}": n for (cmd, cls), n in sorted(table.items())},
+              "seconds": round(sum(r["seconds"] for r in results.values()), 1),
+              "failures": len(failures), "examples": examples}
+    (tmp_path / "fuzz_report.json").write_text(json.dumps(report, indent=2))
+    print("\nfuzz:", json.dumps(report, indent=2))
+    assert not failures, f"{len(failures)} of {len(cases)} cases failed:\n" + "\n".join(failures[:15])
+
+
+def test_mutations_are_deterministic(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    ca, cb = make_cases(a, 12, 7, None), make_cases(b, 12, 7, None)
+    assert [(c["cmd"], c["mutations"]) for c in ca] == [(c["cmd"], c["mutations"]) for c in cb]
+    assert [(Path(c["dir"]) / "net.prototxt").read_text() for c in ca] == \
+        [(Path(c["dir"]) / "net.prototxt").read_text() for c in cb]
+
+
+@pytest.mark.slow
+def test_forked_cases_match_a_fresh_interpreter(tmp_path):
+    """The driver's forked cases behave as `python -m deeprebirth.cli` does (exit code, stderr)."""
+    cases = [c for c in make_cases(tmp_path, 16, SEED + 1, None) if c["cmd"] != "bench"][:4]
+    for c in cases:  # run each twice: output paths must start out the same
+        c["args2"] = [a.replace(c["dir"], c["dir"] + "_copy") for a in c["args"]]
+        import shutil  # noqa: PLC0415
+        shutil.copytree(c["dir"], c["dir"] + "_copy", symlinks=True)
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", GLOG_minloglevel="2")
+    (tmp_path / "cases.json").write_text(json.dumps(cases))
+    subprocess.run([sys.executable, str(DRIVER), str(tmp_path / "cases.json"), str(tmp_path / "r.json"), "1"],
+                   check=True, env=env, timeout=600)
+    forked = {r["id"]: r for r in json.loads((tmp_path / "r.json").read_text())}
+    for c in cases:
+        fresh = subprocess.run([sys.executable, "-m", "deeprebirth.cli", *c["args2"]], env=env,
+                               capture_output=True, text=True, timeout=300)
+        assert fresh.returncode == forked[c["id"]]["exit"], (c["args"], fresh.stderr)
+        assert fresh.stderr.replace("_copy", "") == forked[c["id"]]["stderr"], c["args"]
