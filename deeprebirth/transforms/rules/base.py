@@ -134,6 +134,13 @@ class Rule:
         return {p.name: getattr(self, p.name, p.default) for p in params
                 if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
 
+    def __eq__(self, other) -> bool:
+        """Rules hold no run state: two are equal when they are of one class with the same options."""
+        return type(self) is type(other) and self.options() == other.options()
+
+    def __hash__(self) -> int:
+        return hash((type(self), self.name))
+
     def fresh(self) -> "Rule":
         """A new instance with the same options (what the registry hands out for each run)."""
         return type(self)(**self.options())
