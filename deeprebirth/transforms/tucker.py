@@ -56,8 +56,8 @@ def tucker(model: Model, ranks: tuple[int, int] | None = None, ratio: float | No
            only: list[str] | None = None, progress: Callable[[int], None] | None = None,
            measure: Callable | None = None, **slim_kwargs) -> TuckerOutput:
     """Decompose ``model``'s convolutions and InnerProducts (all, or the layers named in ``only``).
-    ``progress(1)`` is called after each candidate layer is planned (``len(candidates(...))``
-    calls). ``measure`` runs the check nets (``check_nets``) and returns each layer's output error
+    ``progress(1)`` is called after each candidate layer is decided, planned or refused
+    (``len(candidates(...))`` calls, by the runner). ``measure`` runs the check nets (``check_nets``) and returns each layer's output error
     (runtime.verify.output_errors does so in pycaffe). ``slim_kwargs`` go to slim.slim (train_val,
     train_val_source, data_layer, inputs)."""
     rule = _rule(ranks, ratio)
