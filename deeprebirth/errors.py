@@ -1,11 +1,11 @@
 """What users see: RebirthError (a one-line message the CLI prints as ``rebirth: error: ...`` with
-exit code 1, no traceback) and RebirthWarning (``rebirth: warning: ...`` on stderr, once per message)."""
-import contextlib
-import warnings
+exit code 1, no traceback) and RebirthWarning (``rebirth: warning: ...`` on stderr).
 
-# Messages already issued, when deduplicating (the CLI turns it on per command: graphs are built
-# many times, and each should not repeat its warnings); None: every call warns.
-_warned: set[str] | None = None
+Warnings about a net (a layer of unknown type) are not issued as they are found: they are carried
+on what was computed (``Graph.warnings``, ``Model.warnings``, ``runner.Result.warnings``) and the
+cli prints them, each once. ``warn`` is for what is found once per command (a legacy field dropped
+while reading a V0 net, weights missing from a caffemodel)."""
+import warnings
 
 
 class RebirthError(Exception):
@@ -17,20 +17,5 @@ class RebirthWarning(UserWarning):
 
 
 def warn(message: str) -> None:
-    """Issue ``message`` as a RebirthWarning (once per command under the CLI)."""
-    if _warned is not None:
-        if message in _warned:
-            return
-        _warned.add(message)
+    """Issue ``message`` as a RebirthWarning (the cli prints it as ``rebirth: warning: ...``)."""
     warnings.warn(message, RebirthWarning, stacklevel=2)
-
-
-@contextlib.contextmanager
-def each_warning_once():
-    """Inside, each distinct warning is issued once (the CLI wraps every command in this)."""
-    global _warned
-    saved, _warned = _warned, set()
-    try:
-        yield
-    finally:
-        _warned = saved

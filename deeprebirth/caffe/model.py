@@ -43,6 +43,8 @@ class Model:
     extras: dict = field(default_factory=dict)
     # Arrays of the caffemodel's layers that this net lacks (e.g. a train_val's auxiliary heads).
     spare_weights: netio.Weights = field(default_factory=dict)
+    # What the user should be told about the net as loaded (layers of unknown type: Graph.warnings).
+    warnings: list[str] = field(default_factory=list)
 
     # Picklable (engine/isolate.py sends models to child processes): the net travels as bytes,
     # since its class lives in our private descriptor pool.
@@ -64,7 +66,7 @@ class Model:
         net.CopyFrom(self.net)
         weights = None if self.weights is None else {k: list(v) for k, v in self.weights.items()}
         return Model(net, weights, self.source, self.weights_source, copy.deepcopy(self.extras),
-                     dict(self.spare_weights))
+                     dict(self.spare_weights), list(self.warnings))
 
     def with_blobs(self) -> "pb.NetParameter":
         """The net with weights embedded (what a .caffemodel holds)."""
@@ -130,6 +132,7 @@ def load_model(model: str | Path, weights: str | Path | None = None, phase: int 
     net = netio.strip_weights(net)
     m = Model(net, None, str(path))
     graph = Graph(net, batch=batch)  # validates the net (what Caffe CHECKs) before any command runs
+    m.warnings = list(graph.warnings)
     if weights is not None:
         arrays = netio.weights_of(netio.read_weights(weights))
         known = {n.name for n in graph.nodes}

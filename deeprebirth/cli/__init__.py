@@ -8,7 +8,6 @@ import warnings
 import click
 
 from deeprebirth import __version__
-from deeprebirth import errors
 from deeprebirth.errors import RebirthError, RebirthWarning
 
 
@@ -27,8 +26,7 @@ class RebirthGroup(click.Group):
         warnings.showwarning = _show_warning
         warnings.simplefilter("always", RebirthWarning)
         try:
-            with errors.each_warning_once():
-                return super().invoke(ctx)
+            return super().invoke(ctx)
         except RebirthError as exc:
             click.echo(f"rebirth: error: {exc}", err=True)
             sys.exit(1)
@@ -42,6 +40,16 @@ def main():
     MODEL is a .prototxt path or a built-in name: googlenet, alexnet, resnet50, squeezenet,
     squeezenet11, fmnist_googlenet.
     """
+
+
+def show_warnings(*lists: list[str]) -> None:
+    """Print the warnings carried on results (``Model.warnings``, ``Result.warnings``), each once."""
+    shown: set[str] = set()
+    for messages in lists:
+        for message in messages:
+            if message not in shown:
+                shown.add(message)
+                click.echo(f"rebirth: warning: {message}", err=True)
 
 
 def output_json(obj) -> None:

@@ -8,7 +8,7 @@ import click
 from deeprebirth.cli import reports
 from deeprebirth.runtime import bench
 from deeprebirth.runtime.devices import get_device
-from deeprebirth.cli import main, output_json
+from deeprebirth.cli import main, output_json, show_warnings
 
 
 @main.command("bench")
@@ -40,6 +40,7 @@ def bench_command(models, weights, device, batch, runs, warmup, threads, cpu_mas
     and the share of non-tensor layers (the paper's Table 2 and Figure 2)."""
     dev = get_device(device, threads, cpu_mask, cooldown)
     prepared = bench.prepare(list(models), list(weights), batch)
+    show_warnings(*(p.model.warnings for p in prepared))
     layers = layers or plot is not None
     warning = getattr(dev, "warning", None)
     if warning:

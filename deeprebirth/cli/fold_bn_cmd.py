@@ -6,7 +6,7 @@ import click
 from deeprebirth.cli import reports
 from deeprebirth.transforms import fold
 from deeprebirth.runtime import verify
-from deeprebirth.cli import main
+from deeprebirth.cli import main, show_warnings
 
 
 @main.command("fold-bn")
@@ -33,7 +33,9 @@ def fold_bn_command(model, weights, outdir, do_verify, tolerance, seed, allow_mi
     OUTDIR/deploy.prototxt and OUTDIR/weights.caffemodel.
     """
     original = fold.load(model, weights, allow_missing=allow_missing)
+    show_warnings(original.warnings)
     result = fold.fold_bn(original)
+    show_warnings([w for w in result.warnings if w not in original.warnings])
     for line in reports.fold_summary(original, result):
         click.echo(line)
     if do_verify:

@@ -6,7 +6,7 @@ import click
 from deeprebirth.cli import reports
 from deeprebirth.transforms import candidates
 from deeprebirth.caffe.model import load_model
-from deeprebirth.cli import main, output_json
+from deeprebirth.cli import main, output_json, show_warnings
 
 
 @main.command("inspect")
@@ -25,6 +25,7 @@ def inspect_command(model, weights, batch, rule_names, keep_pooling, allow_missi
     the slimming candidates: every match the rules report while slimming (what `slim --only`
     accepts), each with its rule and, when a guard leaves it alone, why."""
     m = load_model(model, weights, batch=batch, allow_missing=allow_missing)
+    show_warnings(m.warnings)
     names = None if rule_names is None else rule_names.split(",")
     info = candidates.inspect(m, batch=batch, rules=names, keep_pooling=keep_pooling)
     if as_json:

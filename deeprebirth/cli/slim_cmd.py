@@ -10,7 +10,7 @@ from deeprebirth.transforms import tucker as tucker_api
 from deeprebirth.errors import RebirthError
 from deeprebirth.caffe.model import load_model, resolve
 from deeprebirth.transforms.rules.tucker import parse_ranks
-from deeprebirth.cli import main, output_json
+from deeprebirth.cli import main, output_json, show_warnings
 from deeprebirth.runtime import verify
 
 
@@ -56,6 +56,7 @@ def slim_command(model, weights, train_val, only, rule_names, keep_pooling, data
     and given a 10x learning rate in train_val.prototxt, to be fine-tuned with solver.prototxt.
     """
     m = load_model(model, weights, allow_missing=allow_missing)
+    show_warnings(m.warnings)
     given = netio.read_net(train_val) if train_val else None
     if tucker:
         if only is not None:
@@ -75,6 +76,7 @@ def slim_command(model, weights, train_val, only, rule_names, keep_pooling, data
                             data_layer=data_layer,
                             inputs=[str(resolve(model)), weights, train_val])
         summarize = reports.slim_summary
+    show_warnings([w for w in out.result.warnings if w not in m.warnings])
     written = slim_api.write(out, outdir, force=force)
     if as_json:
         output_json(out.report())

@@ -11,7 +11,7 @@ from deeprebirth.transforms import slim as slim_api
 from deeprebirth.transforms import tucker as tucker_api
 from deeprebirth.caffe.model import load_model, resolve
 from deeprebirth.transforms.rules.tucker import parse_ranks
-from deeprebirth.cli import main, output_json
+from deeprebirth.cli import main, output_json, show_warnings
 from deeprebirth.cli.progress import progress_bar
 from deeprebirth.runtime import verify
 
@@ -43,12 +43,14 @@ def tucker_command(model, weights, ranks, ratio, only, train_val, data_layer, ou
     """
     fixed = parse_ranks(None if ratio is not None and ranks == "vbmf" else ranks)
     m = load_model(model, weights)
+    show_warnings(m.warnings)
     given = netio.read_net(train_val) if train_val else None
     names = None if only is None else only.split(",")
     kwargs = dict(train_val=given, train_val_source=train_val, data_layer=data_layer,
                   inputs=[str(resolve(model)), weights, train_val])
     with progress_bar(len(tucker_api.candidates(m, names)), "decomposing", "layer", sys.stderr.isatty()) as bar:
         out = tucker_api.tucker(m, fixed, ratio, only=names, progress=bar, measure=verify.output_errors, **kwargs)
+    show_warnings([w for w in out.result.warnings if w not in m.warnings])
     written = slim_api.write(out, outdir)
     if as_json:
         output_json(out.report())

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 from deeprebirth.caffe import proto as pb
-from deeprebirth.errors import RebirthError, warn
+from deeprebirth.errors import RebirthError
 from deeprebirth.graph.geometry import canonical_axis, concat_axis, conv_geometry, conv_out, pool_geometry, pool_out  # noqa: F401
 
 BlobRef = tuple[str, int]  # (blob name, version)
@@ -736,7 +736,7 @@ class Graph:
     dimension of every input.
 
     A layer of a type no shape rule knows is a *barrier*: its tops, and everything computed from
-    them, get unknown shapes (``None``), a RebirthWarning names it once, and rules leave every layer
+    them, get unknown shapes (``None``), a note in ``warnings`` names it, and rules leave every layer
     with unknown shapes alone (``unknown_cause`` names the barrier when a shape is needed). With
     ``strict=False`` a known layer whose shape cannot be inferred is treated the same way instead
     of raising.
@@ -755,6 +755,7 @@ class Graph:
         self.inputs: list[str] = []
         self.notes: list[str] = []
         self.barriers: list[Node] = []  # layers of unknown type
+        self.warnings: list[str] = []   # what the user should be told (the cli prints them)
         self._overrides = dict(input_shapes or {})
         self._build()
         self._infer_shapes()
@@ -886,7 +887,7 @@ class Graph:
                             "untouched, shapes below it unknown")
                     self.notes.append(note)
                     self.barriers.append(node)
-                    warn(note)
+                    self.warnings.append(note)
                     tops = [None] * len(node.tops)
                 else:
                     try:

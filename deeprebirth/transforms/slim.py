@@ -15,6 +15,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from deeprebirth.transforms import relearn_plan
 from deeprebirth import __version__
@@ -59,8 +60,9 @@ class SlimOutput:
         return [s for s in self.result.skips if (s.rule, s.substructure, s.reason) not in noted]
 
     def costs(self) -> tuple[dict, dict]:
-        before = runner.costs(Graph(self.model.net, strict=False))
-        after = runner.costs(Graph(self.deploy, strict=False))
+        changes = self.result.changes   # the run measured both ends already
+        before = dict(changes[0].before) if changes else runner.costs(Graph(self.model.net, strict=False))
+        after = dict(changes[-1].after) if changes else runner.costs(Graph(self.deploy, strict=False))
         return before, after
 
     def report(self) -> dict:
@@ -114,7 +116,8 @@ def substructures(model: Model, rules: list[Rule]) -> list[str]:
 def slim(model: Model, rules: list[Rule | str] | None = None, only: list[str] | None = None,
          train_val: "pb.NetParameter | None" = None, train_val_source: str | None = None,
          data_layer: str = "ImageData",
-         inputs: list[str] | None = None, keep_pooling: bool = False) -> SlimOutput:
+         inputs: list[str] | None = None, keep_pooling: bool = False,
+         progress: Callable[[int], None] | None = None) -> SlimOutput:
     """Slim ``model`` and build everything `rebirth slim` writes.
 
     ``rules``: Rule instances, or rule names (see ``select_rules``, with ``keep_pooling``); by
@@ -122,6 +125,11 @@ def slim(model: Model, rules: list[Rule | str] | None = None, only: list[str] | 
     out, with a note).
     Training-only layers of a given train_val (auxiliary classifiers) start from their trained values
     when the --weights file has them (``model.spare_weights``).
+    ``progress(1)`` is called after each match is decided (``runner.run``).
+
+    The rules run once, also with ``only``: the names in ``only`` are checked against the matches
+    of that run (``Result.matched``); only when one is missing there does a second, full run tell
+    whether it is a name the rules report at all (``substructures``), for the error's listing.
     """
     notes: list[str] = []
     have_weights = model.weights is not None
@@ -139,14 +147,10 @@ def slim(model: Model, rules: list[Rule | str] | None = None, only: list[str] | 
         only = list(dict.fromkeys(n.strip() for n in only if n.strip()))
         if not only:
             raise RebirthError("--only: no substructure named")
-        valid = substructures(model, rules)
-        unknown = [n for n in only if n not in valid]
-        if unknown:
-            listing = ", ".join(valid) if valid else "none: nothing to slim"
-            raise RebirthError(f"{model.source}: no substructure named '{unknown[0]}' "
-                               f"(substructures: {listing})")
         only_set = set(only)
-    result = runner.run(model, rules, only=only_set)
+    result = runner.run(model, rules, only=only_set, progress=progress)
+    if only is not None and not only_set <= set(result.matched):
+        _check_only(model, rules, only)
     notes += result.notes
     if not result.changes:
         raise RebirthError(_nothing_to_slim(model, result, only))
@@ -156,20 +160,19 @@ def slim(model: Model, rules: list[Rule | str] | None = None, only: list[str] | 
     have = result.model.weights
     added = {n for c in result.changes for n in c.added
              if not c.exact or (have is not None and n not in have)}
-    with_params = {n.name for n in Graph(result.model.net, strict=False).nodes if n.param_shapes}
+    graph = result.graph   # the slim net's
+    with_params = {n.name for n in graph.nodes if n.param_shapes}
     new_layers = sorted((result.regenerated | added) & with_params)
 
     tv, tv_notes = trainfiles.build_train_val(
         result.model.net, new_layers, given=train_val, given_source=train_val_source or "<train_val>",
         original_names={layer.name for layer in model.net.layer}, data_layer=data_layer,
-        untrained=[] if have_weights else [n.name for n in Graph(result.model.net, strict=False).nodes
-                                           if n.param_shapes or n.kind == "tensor"])
+        untrained=[] if have_weights else [n.name for n in graph.nodes if n.param_shapes or n.kind == "tensor"])
     notes += tv_notes
     solver = trainfiles.build_solver(test_batch=trainfiles.eval_batch_size(tv))
 
     init = None
     if result.model.weights is not None:
-        graph = Graph(result.model.net, strict=False)
         missing = [n.name for n in graph.nodes if n.param_shapes and n.name not in result.model.weights
                    and n.name not in new_layers]
         if missing:
@@ -178,6 +181,16 @@ def slim(model: Model, rules: list[Rule | str] | None = None, only: list[str] | 
         init.update(_training_only_weights(tv, result.model.net, model.spare_weights, notes))
     return SlimOutput(model, result, [r.name for r in rules], only, new_layers, tv, solver, init,
                       notes, [p for p in (inputs or []) if p])
+
+
+def _check_only(model: Model, rules: list[Rule], only: list[str]) -> None:
+    """An error naming the first of ``only`` that no rule reports when slimming everything."""
+    valid = substructures(model, rules)
+    unknown = [n for n in only if n not in valid]
+    if unknown:
+        listing = ", ".join(valid) if valid else "none: nothing to slim"
+        raise RebirthError(f"{model.source}: no substructure named '{unknown[0]}' "
+                           f"(substructures: {listing})")
 
 
 def _nothing_to_slim(model: Model, result: runner.Result, only) -> str:

@@ -56,12 +56,11 @@ def tucker(model: Model, ranks: tuple[int, int] | None = None, ratio: float | No
            only: list[str] | None = None, progress: Callable[[int], None] | None = None,
            measure: Callable | None = None, **slim_kwargs) -> TuckerOutput:
     """Decompose ``model``'s convolutions and InnerProducts (all, or the layers named in ``only``).
-    ``progress(1)`` is called after each candidate layer is planned (``len(candidates(...))``
-    calls). ``measure`` runs the check nets (``check_nets``) and returns each layer's output error
+    ``progress(1)`` is called after each candidate layer is decided, planned or refused
+    (``len(candidates(...))`` calls, by the runner). ``measure`` runs the check nets (``check_nets``) and returns each layer's output error
     (runtime.verify.output_errors does so in pycaffe). ``slim_kwargs`` go to slim.slim (train_val,
     train_val_source, data_layer, inputs)."""
     rule = _rule(ranks, ratio)
-    rule.progress = progress
     if model.weights is None:
         raise RebirthError(f"{model.source}: no weights: the decomposition starts from the trained weights")
     names = candidates(model)
@@ -76,8 +75,8 @@ def tucker(model: Model, ranks: tuple[int, int] | None = None, ratio: float | No
         if unknown:
             listing = ", ".join(names[:12]) + (f" ... ({len(names)} in all)" if len(names) > 12 else "")
             raise RebirthError(f"{model.source}: no decomposable layer named '{unknown[0]}' (layers: {listing})")
-        rule.only = set(only)
-    return _decompose(model, [rule], rule, only, measure, **slim_kwargs)
+        rule = rule.with_options(only=set(only))
+    return _decompose(model, [rule], rule, only, measure, progress=progress, **slim_kwargs)
 
 
 def candidates(model: Model, only: list[str] | None = None) -> list[str]:
@@ -98,6 +97,8 @@ def slim_tucker(model: Model, rule_names: list[str] | None = None, keep_pooling:
 
 
 def _decompose(model: Model, rules: list, rule: TuckerRule, only, measure=None, **slim_kwargs) -> TuckerOutput:
+    """Run ``rules`` through slim.slim (``slim_kwargs`` include ``progress``), then measure the
+    output errors of the decomposed layers."""
     try:
         out = slim_api.slim(model, rules, **slim_kwargs)
     except RebirthError as exc:
@@ -109,7 +110,7 @@ def _decompose(model: Model, rules: list, rule: TuckerRule, only, measure=None, 
     for c in changes:
         for name in c.added:
             out.weights[name] = new[name]
-    _output_errors(rule, changes, new, out.notes, measure)
+    _output_errors(changes, new, out.notes, measure)
     result = TuckerOutput(**{f.name: getattr(out, f.name) for f in fields(slim_api.SlimOutput)})
     result.rule, result.only = rule, only
     result.teacher = {"deploy": os.path.abspath(model.source),
@@ -117,14 +118,14 @@ def _decompose(model: Model, rules: list, rule: TuckerRule, only, measure=None, 
     return result
 
 
-def check_nets(rule: TuckerRule, changes: list[TuckerChange], weights) -> list[tuple[dict, "pb.NetParameter", dict]]:
+def check_nets(changes: list[TuckerChange], weights) -> list[tuple[dict, "pb.NetParameter", dict]]:
     """Per decomposed layer, a small net that computes the original layer (top ``reference``) and
     its decomposition (top ``approximation``) from one input ``x``, with the weights of both:
     what an engine runs to measure the decomposition's output error (runtime.verify.output_errors)."""
     out = []
     for c in changes:
         d = c.details
-        layer, arrays, in_shape, new_layers = rule.originals[d["layer"]]
+        layer, arrays, in_shape, new_layers = c.check
         net = pb.NetParameter(name="tucker-check")
         data = net.layer.add(name="tucker_check_input", type="Input", top=["x"])
         data.input_param.shape.add().dim.extend([1, *in_shape[1:]])
@@ -144,13 +145,13 @@ def check_nets(rule: TuckerRule, changes: list[TuckerChange], weights) -> list[t
     return out
 
 
-def _output_errors(rule: TuckerRule, changes: list[TuckerChange], weights, notes: list[str], measure) -> None:
+def _output_errors(changes: list[TuckerChange], weights, notes: list[str], measure) -> None:
     """Relative error ||y' - y|| / ||y|| of each decomposed layer's output against the original
     layer's, measured by ``measure`` (an engine; None: not measured)."""
     if measure is None:
         notes.append("output errors not measured (no engine given)")
         return
-    checks = check_nets(rule, changes, weights)
+    checks = check_nets(changes, weights)
     errors = measure([(net, w) for _, net, w in checks])
     if errors is None:
         notes.append("pycaffe is not available: output errors not measured")

@@ -26,7 +26,9 @@ from deeprebirth.transforms.rules.base import Candidate, Change, Match, Rule, Sk
 
 PATH_ENV = "REBIRTH_RULES_PATH"
 
-_found: dict[str, dict[str, Rule]] = {}   # REBIRTH_RULES_PATH value -> name -> rule, in run order
+# REBIRTH_RULES_PATH value -> name -> the module's RULE, in run order: the rule modules are imported
+# once; what ``get`` and ``select`` hand out are fresh objects made from these (``Rule.fresh``).
+_found: dict[str, dict[str, Rule]] = {}
 
 
 def _rule_files() -> list[tuple[str, Path]]:
@@ -69,7 +71,8 @@ def _load(module: str, path: Path) -> Rule:
 
 
 def discover(refresh: bool = False) -> dict[str, Rule]:
-    """Rule name -> rule, every rule found, in run order."""
+    """Rule name -> the module's ``RULE``, every rule found, in run order (declarations to read;
+    to run rules, take fresh ones from ``get`` or ``select``)."""
     key = os.environ.get(PATH_ENV, "")
     if refresh or key not in _found:
         rules: dict[str, Rule] = {}
@@ -112,19 +115,19 @@ def available() -> list[str]:
 
 
 def get(names) -> list[Rule]:
-    """Rule instances by name, in the order given."""
+    """Fresh rule instances by name, in the order given."""
     found = discover()
     rules = []
     for name in names:
         if name not in found:
             raise RebirthError(f"unknown rule '{name}' (rules: {', '.join(found)})")
-        rules.append(found[name])
+        rules.append(found[name].fresh())
     return rules
 
 
 def select(names: list[str] | None = None, keep_pooling: bool = False,
            have_weights: bool = True) -> tuple[list[Rule], list[str]]:
-    """The rules a slim run applies, in run order, and notes about rules left out.
+    """The rules a slim run applies (fresh instances), in run order, and notes about rules left out.
 
     ``names`` None: every rule that declares ``default``, except, without weights, those that need
     them. ``keep_pooling``: no pooling is absorbed into a convolution -- rules that do run with
@@ -132,7 +135,7 @@ def select(names: list[str] | None = None, keep_pooling: bool = False,
     found = discover()
     notes: list[str] = []
     if names is None:
-        chosen = [r for r in found.values() if r.default]
+        chosen = [r.fresh() for r in found.values() if r.default]
         if not have_weights:
             left_out = [r.name for r in chosen if r.needs_weights]
             if left_out:

@@ -20,8 +20,16 @@ it. Everything else about the rule is declared on its class:
 ``needs_weights``      every match is refused (with a note) when the model has no weights
 ``absorbs_pooling``    it removes poolings by folding them into a convolution; ``--keep-pooling``
                        runs it with ``keep_pooling_options`` or, when that is None, leaves it out
+``rematches_added``    False: the layers its own rewrites added are not matched again in the
+                       same run (a decomposition is not decomposed again)
 options                the keyword arguments of its ``__init__`` (``Rule.options()``)
 =====================  ==========================================================================
+
+A rule object holds its declarations and options, never the state of a run: the runner
+(``transforms/runner.py``) keeps that, the registry hands out a fresh object per call
+(``Rule.fresh``), and one object run twice gives the same results twice. What a guard works out
+for its rewrite travels on the ``Match`` (``match.data``); what a rewrite wants to hand on after
+the run travels on its ``Change``.
 
 A match is refused in one way only: ``guards`` returns a note (``Rule.refusal`` adds the
 ``needs_weights`` check). ``rewrite`` is called only for matches no guard refused. Errors in the
@@ -95,6 +103,7 @@ class Rule:
     needs_weights: bool = False            # computes new weights from the trained ones
     absorbs_pooling: bool = False          # removes poolings into a convolution's stride
     keep_pooling_options: dict | None = None   # options that make it keep every pooling
+    rematches_added: bool = True           # may match layers its own rewrites added in the same run
 
     # -- what a rule implements ------------------------------------------------------------
     def match(self, graph: Graph) -> list[Match]:
@@ -125,6 +134,17 @@ class Rule:
         return {p.name: getattr(self, p.name, p.default) for p in params
                 if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
 
+    def __eq__(self, other) -> bool:
+        """Rules hold no run state: two are equal when they are of one class with the same options."""
+        return type(self) is type(other) and self.options() == other.options()
+
+    def __hash__(self) -> int:
+        return hash((type(self), self.name))
+
+    def fresh(self) -> "Rule":
+        """A new instance with the same options (what the registry hands out for each run)."""
+        return type(self)(**self.options())
+
     def with_options(self, **changes) -> "Rule":
         """A new instance of the rule with some options changed."""
         have = self.options()
@@ -138,7 +158,8 @@ class Rule:
         """Everything the rule declares about itself (for reports and `inspect --json`)."""
         return {"name": self.name, "exact": self.exact, "default": self.default, "order": self.order,
                 "after": list(self.after), "needs_weights": self.needs_weights,
-                "absorbs_pooling": self.absorbs_pooling, "types": sorted(self.types),
+                "absorbs_pooling": self.absorbs_pooling, "rematches_added": self.rematches_added,
+                "types": sorted(self.types),
                 "options": {k: _plain(v) for k, v in self.options().items()}}
 
 

@@ -82,7 +82,7 @@ def is_target(graph: Graph, node: Node) -> bool:
     return canonical_axis(p.axis, len(shape) if shape else None) == 1
 
 
-class Block:
+class ChainEnd:
     """Why a chain stops before a normalisation layer: ``readers`` (the blob before it has other
     readers) or ``unfoldable`` (the layer is not a learned per-channel map)."""
 
@@ -90,7 +90,7 @@ class Block:
         self.kind, self.reason, self.node = kind, reason, node
 
 
-def _next_link(graph: Graph, ref: BlobRef) -> tuple[Node | None, Block | None]:
+def _next_link(graph: Graph, ref: BlobRef) -> tuple[Node | None, ChainEnd | None]:
     """The normalisation layer that extends a chain from ``ref`` (as its only reader), or why none can.
     (None, None) when no normalisation layer reads ``ref``."""
     users = graph.consumers_of(ref)
@@ -100,23 +100,23 @@ def _next_link(graph: Graph, ref: BlobRef) -> tuple[Node | None, Block | None]:
     if len(norms) == 1:
         reason = unfoldable_reason(graph, norms[0])
         if reason:
-            return None, Block("unfoldable", reason, norms[0])
+            return None, ChainEnd("unfoldable", reason, norms[0])
     if len(users) > 1:
         listed = ", ".join(f"'{u.name}'" for u in users if u is not norms[0])
-        return None, Block("readers", f"blob '{ref[0]}' is also read by {listed}, so '{norms[0].name}' "
+        return None, ChainEnd("readers", f"blob '{ref[0]}' is also read by {listed}, so '{norms[0].name}' "
                                       f"({norms[0].type}) cannot be folded into the layer before it", norms[0])
     return norms[0], None
 
 
-def _chain_from(graph: Graph, ref: BlobRef, first: Node | None = None) -> tuple[list[Node], Block | None]:
+def _chain_from(graph: Graph, ref: BlobRef, first: Node | None = None) -> tuple[list[Node], ChainEnd | None]:
     """The longest chain of foldable normalisation layers, each the only reader of the one before."""
     chain: list[Node] = [first] if first is not None else []
     if first is not None:
         ref = first.tops[0]
     while True:
-        nxt, block = _next_link(graph, ref)
+        nxt, end = _next_link(graph, ref)
         if nxt is None:
-            return chain, block
+            return chain, end
         chain.append(nxt)
         ref = nxt.tops[0]
 
@@ -277,29 +277,29 @@ class FoldBN(Rule):
             if node.type in TARGET_TYPES:
                 if not is_target(graph, node):
                     continue
-                chain, block = _chain_from(graph, node.tops[0])
+                chain, end = _chain_from(graph, node.tops[0])
                 if chain:
                     claimed.update(n.name for n in chain)
                     out.append(Match(self.name, node.name, [node.name] + [n.name for n in chain],
                                      {"kind": FOLD, "target": node.name, "chain": [n.name for n in chain]}))
-                if block and block.kind == "readers" and not chain:
+                if end and end.kind == "readers" and not chain:
                     # Named after the tensor layer alone: the note is reported once, even after
                     # the chain behind it has become a single Scale.
-                    out.append(Match(self.name, node.name, [node.name], {"kind": SKIP, "note": block.reason}))
+                    out.append(Match(self.name, node.name, [node.name], {"kind": SKIP, "note": end.reason}))
                 # A reader further down the chain is reported once the prefix is folded (as above).
             elif node.type in NORM_TYPES:
                 if unfoldable_reason(graph, node):
                     continue
-                chain, block = _chain_from(graph, node.bottoms[0], first=node)
+                chain, end = _chain_from(graph, node.bottoms[0], first=node)
                 claimed.update(n.name for n in chain)
                 if any(n.type == "BatchNorm" for n in chain) or len(chain) > 1:
                     out.append(Match(self.name, node.name, [n.name for n in chain],
                                      {"kind": SCALE, "chain": [n.name for n in chain]}))
             else:
                 continue
-            if block and block.kind == "unfoldable":
-                out.append(Match(self.name, block.node.name, [block.node.name],
-                                 {"kind": SKIP, "note": block.reason}))
+            if end and end.kind == "unfoldable":
+                out.append(Match(self.name, end.node.name, [end.node.name],
+                                 {"kind": SKIP, "note": end.reason}))
         return out
 
     def guards(self, graph: Graph, match: Match, model: Model) -> str | None:

@@ -35,7 +35,8 @@ from deeprebirth.transforms.rules.base import Change, Match, Rule
 
 
 @dataclass
-class Unit:
+class ConvArm:
+    """A convolution with the in-place activations after it: one of the parallel arms merged."""
     conv: Node
     acts: list[Node]
     out: tuple[str, int]      # the blob version the rest of the net reads
@@ -54,7 +55,7 @@ def _signature(layer: "pb.LayerParameter") -> bytes:
     return c.SerializeToString(deterministic=True)
 
 
-def _unit(graph: Graph, conv: Node) -> tuple[Unit, tuple] | None:
+def _arm(graph: Graph, conv: Node) -> tuple[ConvArm, tuple] | None:
     """The convolution with its in-place activations, and the key that must match to merge."""
     p = conv.layer.convolution_param
     if len(conv.bottoms) != 1 or len(conv.tops) != 1 or conv.in_place or p.group != 1:
@@ -75,20 +76,20 @@ def _unit(graph: Graph, conv: Node) -> tuple[Unit, tuple] | None:
     geo = conv_geometry(conv.layer, len(shape) - axis - 1)
     key = (conv.bottoms[0], axis, tuple(map(tuple, (geo["kernel"], geo["pad"], geo["stride"], geo["dilation"]))),
            bool(p.bias_term), tuple(_signature(a.layer) for a in acts))
-    return Unit(conv, acts, refs[-1]), key
+    return ConvArm(conv, acts, refs[-1]), key
 
 
-def _concat_slot(graph: Graph, unit: Unit) -> tuple[Node, int] | None:
-    """(Concat, position) when the unit's output is read only by one channel-axis Concat."""
-    users = graph.consumers_of(unit.out)
+def _concat_slot(graph: Graph, arm: ConvArm) -> tuple[Node, int] | None:
+    """(Concat, position) when the arm's output is read only by one channel-axis Concat."""
+    users = graph.consumers_of(arm.out)
     if len(users) != 1 or users[0].type != "Concat":
         return None
     c = users[0]
     axis = concat_axis(c.layer)
-    shape = graph.version_shapes.get(unit.out)
+    shape = graph.version_shapes.get(arm.out)
     if shape is None or canonical_axis(axis, len(shape)) != 1:
         return None
-    slots = [i for i, b in enumerate(c.bottoms) if b == unit.out]
+    slots = [i for i, b in enumerate(c.bottoms) if b == arm.out]
     return (c, slots[0]) if len(slots) == 1 else None
 
 
@@ -104,29 +105,29 @@ class MergeParallel(Rule):
 
     # -- match -------------------------------------------------------------------------------
     def match(self, graph: Graph) -> list[Match]:
-        groups: dict[tuple, list[Unit]] = {}
+        groups: dict[tuple, list[ConvArm]] = {}
         for node in graph.nodes:
             if node.type == "Convolution":
-                got = _unit(graph, node)
+                got = _arm(graph, node)
                 if got is not None:
                     groups.setdefault(got[1], []).append(got[0])
         out = []
-        for units in groups.values():
-            if len(units) < 2:
+        for arms in groups.values():
+            if len(arms) < 2:
                 continue
-            runs = self._runs(graph, units)
+            runs = self._runs(graph, arms)
             in_runs = {u.conv.name for run, _ in runs for u in run}
-            rest = [u for u in units if u.conv.name not in in_runs]
+            rest = [u for u in arms if u.conv.name not in in_runs]
             for run, concat in runs:
                 out.append(self._match(run, "concat", concat.name))
             if len(rest) >= 2:
                 out.append(self._match(rest, "slice", None))
         return out
 
-    def _runs(self, graph: Graph, units: list[Unit]) -> list[tuple[list[Unit], Node]]:
-        """Maximal runs (>= 2) of units feeding one Concat at consecutive positions."""
-        by_concat: dict[str, list[tuple[int, Unit, Node]]] = {}
-        for u in units:
+    def _runs(self, graph: Graph, arms: list[ConvArm]) -> list[tuple[list[ConvArm], Node]]:
+        """Maximal runs (>= 2) of arms feeding one Concat at consecutive positions."""
+        by_concat: dict[str, list[tuple[int, ConvArm, Node]]] = {}
+        for u in arms:
             slot = _concat_slot(graph, u)
             if slot is not None:
                 by_concat.setdefault(slot[0].name, []).append((slot[1], u, slot[0]))
@@ -144,31 +145,31 @@ class MergeParallel(Rule):
                     run = [item]
         return runs
 
-    def _match(self, units: list[Unit], mode: str, concat: str | None) -> Match:
-        names = [u.conv.name for u in units]
-        layers = [n for u in units for n in u.names] + ([concat] if concat else [])
-        return Match(self.name, group_name(names, units[0].conv.bottoms[0][0]), layers,
+    def _match(self, arms: list[ConvArm], mode: str, concat: str | None) -> Match:
+        names = [u.conv.name for u in arms]
+        layers = [n for u in arms for n in u.names] + ([concat] if concat else [])
+        return Match(self.name, group_name(names, arms[0].conv.bottoms[0][0]), layers,
                      {"mode": mode, "convs": names, "concat": concat})
 
-    def _units(self, graph: Graph, match: Match) -> list[Unit] | None:
-        units = []
+    def _arms(self, graph: Graph, match: Match) -> list[ConvArm] | None:
+        arms = []
         for name in match.data["convs"]:
-            got = _unit(graph, graph.node(name)) if name in graph.by_name else None
+            got = _arm(graph, graph.node(name)) if name in graph.by_name else None
             if got is None:
                 return None
-            units.append(got[0])
-        return units
+            arms.append(got[0])
+        return arms
 
     # -- guards ------------------------------------------------------------------------------
     def guards(self, graph: Graph, match: Match, model: Model) -> str | None:
-        units = self._units(graph, match)
-        if units is None:
+        arms = self._arms(graph, match)
+        if arms is None:
             return f"{match.name}: the convolutions {match.data['convs']} can no longer be merged"
         if model.weights is not None:
-            missing = [u.conv.name for u in units if u.conv.name not in model.weights]
+            missing = [u.conv.name for u in arms if u.conv.name not in model.weights]
             if missing:
                 return f"{match.name}: no weights for '{missing[0]}'"
-        growth = memory_growth(graph, model, lambda net: self._edit(net, graph, units, match))
+        growth = memory_growth(graph, model, lambda net: self._edit(net, graph, arms, match))
         if growth > 0 and not self.allow_memory_growth:
             return (f"{match.name}: merging {', '.join(repr(n) for n in match.data['convs'])} needs a Slice "
                     f"whose tops are copies: blob memory would grow by {growth} bytes "
@@ -176,15 +177,15 @@ class MergeParallel(Rule):
         return None
 
     # -- rewrite -----------------------------------------------------------------------------
-    def _edit(self, net: "pb.NetParameter", graph: Graph, units: list[Unit], match: Match) -> dict:
+    def _edit(self, net: "pb.NetParameter", graph: Graph, arms: list[ConvArm], match: Match) -> dict:
         mode = match.data["mode"]
         layers = {layer.name: layer for layer in net.layer}
         taken = set(layers) | set(graph.shapes)
-        first = units[0].conv.layer
-        name = unique_name(joined_name([u.conv.name for u in units]), taken)
+        first = arms[0].conv.layer
+        name = unique_name(joined_name([u.conv.name for u in arms]), taken)
         blob = name
         concat = layers[match.data["concat"]] if mode == "concat" else None
-        collapse = concat is not None and len(concat.bottom) == len(units)
+        collapse = concat is not None and len(concat.bottom) == len(arms)
         if collapse:
             blob = concat.top[0]
 
@@ -195,13 +196,13 @@ class MergeParallel(Rule):
         del conv.top[:]
         conv.bottom.append(first.bottom[0])
         conv.top.append(blob)
-        counts = [u.conv.top_shapes[0][1] for u in units]
+        counts = [u.conv.top_shapes[0][1] for u in arms]
         conv.convolution_param.num_output = sum(counts)
         new = [conv]
-        for j in range(len(units[0].acts)):
+        for j in range(len(arms[0].acts)):
             act = pb.LayerParameter()
-            act.CopyFrom(layers[units[0].acts[j].name])
-            act.name = unique_name(joined_name([u.acts[j].name for u in units]), taken)
+            act.CopyFrom(layers[arms[0].acts[j].name])
+            act.name = unique_name(joined_name([u.acts[j].name for u in arms]), taken)
             del act.bottom[:]
             del act.top[:]
             act.bottom.append(blob)
@@ -210,15 +211,15 @@ class MergeParallel(Rule):
         if mode == "slice":
             sl = pb.LayerParameter(name=unique_name(f"{name}/slice", taken), type="Slice")
             sl.bottom.append(blob)
-            sl.top.extend(u.out[0] for u in units)
+            sl.top.extend(u.out[0] for u in arms)
             sl.slice_param.axis = 1
             sl.slice_param.slice_point.extend(int(x) for x in np.cumsum(counts)[:-1])
             new.append(sl)
 
-        gone = {n for u in units for n in u.names}
+        gone = {n for u in arms for n in u.names}
         if collapse:
             gone.add(concat.name)
-        start = min(u.conv.index for u in units)
+        start = min(u.conv.index for u in arms)
         out = []
         for i, layer in enumerate(net.layer):
             if i == start:
@@ -226,10 +227,10 @@ class MergeParallel(Rule):
             if layer.name in gone:
                 continue
             if concat is not None and not collapse and layer.name == concat.name:
-                outs = [u.out[0] for u in units]
+                outs = [u.out[0] for u in arms]
                 at = list(layer.bottom).index(outs[0])
                 bottoms = list(layer.bottom)
-                bottoms[at:at + len(units)] = [blob]
+                bottoms[at:at + len(arms)] = [blob]
                 del layer.bottom[:]
                 layer.bottom.extend(bottoms)
             out.append(layer)
@@ -238,19 +239,19 @@ class MergeParallel(Rule):
         return {"name": name, "layers": [layer.name for layer in new], "counts": counts, "collapse": collapse}
 
     def rewrite(self, model: Model, graph: Graph, match: Match) -> Change:
-        units = self._units(graph, match)
+        arms = self._arms(graph, match)
         before_mem, before_layers = graph.memory_bytes, len(graph.nodes)
-        info = self._edit(model.net, graph, units, match)
-        removed = [n for u in units for n in u.names] + ([match.data["concat"]] if info["collapse"] else [])
+        info = self._edit(model.net, graph, arms, match)
+        removed = [n for u in arms for n in u.names] + ([match.data["concat"]] if info["collapse"] else [])
         if model.weights is not None:
-            arrays = [model.weights.pop(u.conv.name) for u in units]
+            arrays = [model.weights.pop(u.conv.name) for u in arms]
             model.weights[info["name"]] = [np.concatenate([a[k] for a in arrays], axis=0)
                                            for k in range(len(arrays[0]))]
         after = Graph(model.net, batch=graph.batch, strict=False)
         delta = after.memory_bytes - before_mem
         how = {"concat": f"writing straight into Concat '{match.data['concat']}'",
                "slice": "followed by a Slice restoring the original tops"}[match.data["mode"]]
-        notes = [f"{len(units)} convolutions ({'+'.join(map(str, info['counts']))} outputs) merged into "
+        notes = [f"{len(arms)} convolutions ({'+'.join(map(str, info['counts']))} outputs) merged into "
                  f"'{info['name']}' {how}; layers {before_layers} -> {len(after.nodes)}, blob memory "
                  + (f"{delta:+d} bytes" if delta else "unchanged")]
         if info["collapse"]:

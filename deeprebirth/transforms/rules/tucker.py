@@ -50,11 +50,15 @@ Guards: a grouped (or depthwise) convolution is left alone (its kernel is block-
 channels; the decomposition would mix the groups); so is a layer whose decomposition would not
 reduce its multiply-accumulates, or whose ranks are its full sizes.
 
-An instance remembers the layers it made (never decomposed again in the same run) and the layers it
-replaced (to measure output errors afterwards): use one instance per run.
+The rule keeps no state: the ranks are searched once per layer, by the guard (whose notes are
+the refusals above), and the plan travels to the rewrite on the match (``match.data["plan"]``);
+the layers of a decomposition are not decomposed again in the same run (``rematches_added =
+False``: the runner remembers what each rule added); each change carries the layer it replaced
+(``TuckerChange.check``), from which the output error is measured afterwards.
 """
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field
 
@@ -75,8 +79,15 @@ GEOMETRY_FIELDS = ("kernel_size", "kernel_h", "kernel_w", "stride", "stride_h", 
 
 @dataclass
 class TuckerChange(Change):
-    """A Change with the per-layer numbers: method, ranks, weight error, params and MACs."""
+    """A Change with the per-layer numbers: method, ranks, weight error, params and MACs, and
+    ``check``: the replaced layer (a copy), its arrays, its input shape and copies of the new
+    layers, to measure the output error afterwards (not part of the report)."""
     details: dict = field(default_factory=dict)
+    check: tuple | None = field(default=None, repr=False)
+
+    def as_dict(self) -> dict:
+        out = {f: getattr(self, f) for f in self.__dataclass_fields__ if f != "check"}
+        return copy.deepcopy(out)
 
 
 @dataclass
@@ -191,6 +202,7 @@ class TuckerRule(Rule):
     exact = False
     needs_weights = True
     default = False            # not one of slim's default rules
+    rematches_added = False    # a decomposition's layers are not decomposed again
 
     def __init__(self, ranks: tuple[int, int] | None = None, ratio: float | None = None,
                  only: set[str] | None = None, require_saving: bool = True, absorb_full: bool = True):
@@ -204,11 +216,6 @@ class TuckerRule(Rule):
         self.only = set(only) if only is not None else None
         self.require_saving = require_saving
         self.absorb_full = absorb_full
-        self.made: set[str] = set()   # layers this instance created (never decomposed again)
-        self.progress = None          # called with 1 after each layer is planned (a progress bar)
-        # name -> (original LayerParameter, its arrays, input shape, new LayerParameters): to
-        # measure the output error afterwards
-        self.originals: dict[str, tuple] = {}
 
     # -- matching ---------------------------------------------------------------------------
     def match(self, graph: Graph) -> list[Match]:
@@ -216,18 +223,19 @@ class TuckerRule(Rule):
         for node in graph.nodes:
             if node.type not in self.types or not node.param_shapes:
                 continue
-            if node.name in self.made:
-                continue  # a layer of a decomposition made by this instance
             if self.only is not None and node.name not in self.only:
                 continue
             out.append(Match(self.name, node.name, [node.name]))
         return out
 
     def guards(self, graph: Graph, match: Match, model: Model) -> str | None:
+        """The rank search, once: a note when the layer is left alone, else the plan goes on the
+        match for ``rewrite``."""
         plan = self.plan(graph, match, model)
-        if self.progress is not None:
-            self.progress(1)
-        return plan if isinstance(plan, str) else None
+        if isinstance(plan, str):
+            return plan
+        match.data["plan"] = plan
+        return None
 
     # -- planning ---------------------------------------------------------------------------
     def plan(self, graph: Graph, match: Match, model: Model) -> Plan | str:
@@ -344,7 +352,7 @@ class TuckerRule(Rule):
 
     # -- rewriting --------------------------------------------------------------------------
     def rewrite(self, model: Model, graph: Graph, match: Match) -> Change:
-        plan = self.plan(graph, match, model)
+        plan = match.data.get("plan") or self.plan(graph, match, model)   # planned by the guard
         if isinstance(plan, str):
             raise ValueError(plan)
         node = plan.node
@@ -383,15 +391,12 @@ class TuckerRule(Rule):
         del model.net.layer[index]
         for i, layer in enumerate(layers):
             model.net.layer.insert(index + i, layer)
-        copy = pb.LayerParameter()
-        copy.CopyFrom(node.layer)
-        self.originals[node.name] = (copy, list(old), graph.version_shapes[node.bottoms[0]],
-                                     [_copy(layer) for layer in layers])
+        check = (_copy(node.layer), list(old), graph.version_shapes[node.bottoms[0]],
+                 [_copy(layer) for layer in layers])
         del model.weights[node.name]
         for layer, arrays in zip(layers, blobs):
             model.weights[layer.name] = [a.reshape(s) for a, s in zip(arrays, _shapes(layer, arrays))]
         new = [layer.name for layer in layers]
-        self.made.update(new)
         details = {
             "layer": node.name, "type": node.type, "method": plan.method, "ranks": plan.ranks,
             "rank_source": plan.source, "weight_error": relative_error(plan.W, approx),
@@ -405,7 +410,7 @@ class TuckerRule(Rule):
                         + ", ".join(f"{k}={v}" for k, v in plan.ranks.items())
                         + f", weight error {details['weight_error']:.3g})")
         return TuckerChange(self.name, match.name, removed=[node.name], added=new, exact=False,
-                            notes=notes, details=details)
+                            notes=notes, details=details, check=check)
 
     def _layers(self, model: Model, graph: Graph, node: Node, plan: Plan, roles: list[str],
                 sizes: list[int], has_bias: bool) -> list["pb.LayerParameter"]:
