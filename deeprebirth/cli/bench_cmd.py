@@ -8,7 +8,7 @@ import click
 from deeprebirth.cli import reports
 from deeprebirth.runtime import bench
 from deeprebirth.runtime.devices import get_device
-from deeprebirth.cli import main, output_json
+from deeprebirth.cli import FILE, main, output_json
 
 
 @main.command("bench")

@@ -10,19 +10,19 @@ from deeprebirth.learning import sources as data
 from deeprebirth.learning import evaluate as ev
 from deeprebirth.runtime import isolate
 from deeprebirth.cli.progress import progress_bar
-from deeprebirth.cli import main, output_json
+from deeprebirth.cli import FILE, main, output_json
 
 
 @main.command("eval")
 @click.argument("model")
-@click.option("--weights", "-w", type=click.Path(dir_okay=False),
+@click.option("--weights", "-w", type=FILE,
               help="The model's .caffemodel (default for a directory MODEL: its weights.caffemodel, else init.caffemodel).")
 @click.option("--data", "source_spec", required=True, metavar="SOURCE",
               help="Images: a folder, a list file ('path [label]'), an LMDB, or fashion-mnist[:train|:test]; "
                    "a [start:stop] suffix takes a subset.")
 @click.option("--teacher", metavar="MODEL", help="A reference model: report top-1 agreement and mean KL(teacher || model).")
-@click.option("--teacher-weights", type=click.Path(dir_okay=False), help="The teacher's .caffemodel.")
-@click.option("--train-val", "train_val", type=click.Path(dir_okay=False),
+@click.option("--teacher-weights", type=FILE, help="The teacher's .caffemodel.")
+@click.option("--train-val", "train_val", type=FILE,
               help="Take preprocessing from this train_val's TEST data layer (transform_param); default for a "
                    "slim/finetune/relearn directory MODEL: its slim net's train_val.prototxt.")
 @click.option("--mean", metavar="VALUES|FILE", help="Mean to subtract: 'b,g,r', one value, a .binaryproto, or 'none'.")

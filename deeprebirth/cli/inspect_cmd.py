@@ -6,12 +6,12 @@ import click
 from deeprebirth.cli import reports
 from deeprebirth.transforms import candidates
 from deeprebirth.caffe.model import load_model
-from deeprebirth.cli import main, output_json
+from deeprebirth.cli import FILE, main, output_json
 
 
 @main.command("inspect")
 @click.argument("model")
-@click.option("--weights", "-w", type=click.Path(dir_okay=False), help="A .caffemodel to check against the net.")
+@click.option("--weights", "-w", type=FILE, help="A .caffemodel to check against the net.")
 @click.option("--batch", "-b", type=click.IntRange(min=1), default=None, help="Batch size (default: the net's own).")
 @click.option("--rules", "rule_names", metavar="LIST",
               help="List the candidates of these rules, comma-separated (default: those `slim` runs).")

@@ -2,6 +2,7 @@
 the library returns (the library itself prints nothing). One section per command."""
 from __future__ import annotations
 
+import shlex
 import sys
 from collections import Counter
 from pathlib import Path
@@ -183,6 +184,22 @@ def fold_summary(original: Model, result: runner.Result) -> list[str]:
             *(f"note: {n}" for n in result.notes)]
 
 
+def fold_json(original: Model, result: runner.Result, check, tolerance: float, written) -> dict:
+    """`fold-bn --json`: what was folded, left alone and removed, the check, the files."""
+    doc = {
+        "model": str(original.source), "weights": str(original.weights_source),
+        "changes": [{"substructure": c.substructure, "removed": list(c.removed), "modified": list(c.modified),
+                     "notes": list(c.notes)} for c in result.changes],
+        "left_alone": [{"substructure": s.substructure, "reason": s.reason} for s in result.skips],
+        "layers": {"before": len(original.net.layer), "after": len(result.model.net.layer)},
+        "notes": list(result.notes), "files": [str(p) for p in written],
+    }
+    if check is not None:
+        doc["verify"] = {"seed": check.seed, "max_rel": check.max_rel, "max_abs": check.max_abs,
+                         "tolerance": tolerance, "passed": check.passed(tolerance)}
+    return doc
+
+
 def eval_text(result: dict) -> str:
     lines = [f"{result['model']} ({result['weights']}) on {result['data']}: {result['images']} images"]
     if "preprocess_from" in result:
@@ -215,9 +232,16 @@ def finetune_text(result: dict) -> str:
     lines += ["  " + finetune_entry_line(e) for e in result["history"]]
     lines += [f"note: {note}" for note in result.get("notes", [])]
     lines.append(f"weights: {result['weights']}")
+    stopped = result.get("interrupted")
+    if stopped:
+        lines.append(f"stopped by {stopped['signal']} at iteration {stopped['iteration']}: weights, finetune.json "
+                     "and a snapshot written")
     if result["snapshots"]:
-        lines.append(f"resume with: rebirth finetune {result['slim_dir']} --train {result['train']} "
-                     f"--resume {result['snapshots'][-1]} -o {result['outdir']} --iters N")
+        val = f" --val {shlex.quote(result['val'])}" if result.get("val") else ""
+        target = f" --iters {result['iterations']}" if stopped else " --iters N"
+        lines.append(f"resume with: rebirth finetune {shlex.quote(result['slim_dir'])} --train "
+                     f"{shlex.quote(result['train'])}{val} --resume {shlex.quote(result['snapshots'][-1])} "
+                     f"-o {shlex.quote(result['outdir'])}{target}")
     return "\n".join(lines)
 
 
