@@ -200,10 +200,25 @@ def fold_json(original: Model, result: runner.Result, check, tolerance: float, w
     return doc
 
 
+def _preprocess_line(pre: dict | None) -> str:
+    if not pre:
+        return "?"
+    mean = pre.get("mean")
+    mean = "none" if mean is None else (mean if isinstance(mean, str) else ",".join(f"{v:g}" for v in mean))
+    parts = [f"{pre['channels']}x{pre['height']}x{pre['width']}", f"mean {mean}", f"scale {pre['scale']:g}"]
+    if pre.get("crop"):
+        parts.append(f"crop {pre['crop']}")
+    if pre.get("resize"):
+        parts.append(f"resize {'x'.join(map(str, pre['resize']))}")
+    return ", ".join(parts)
+
+
 def eval_text(result: dict) -> str:
     lines = [f"{result['model']} ({result['weights']}) on {result['data']}: {result['images']} images"]
     if "preprocess_from" in result:
-        lines.append(f"  preprocessing from {result['preprocess_from']}")
+        lines.append(f"  preprocessing: {_preprocess_line(result.get('preprocess'))}, from "
+                     + ("the ImageNet defaults (give --train-val for the net's own)"
+                        if result["preprocess_from"] == "defaults" else result["preprocess_from"]))
     for key in ("top1", "top5", "teacher_top1", "teacher_top5", "agreement"):
         if key in result:
             lines.append(f"  {key:<13} {100 * result[key]:.2f} %")
