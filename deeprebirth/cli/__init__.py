@@ -40,6 +40,9 @@ class RebirthGroup(click.Group):
         except RebirthError as exc:
             click.echo(f"rebirth: error: {exc}", err=True)
             sys.exit(1)
+        except OSError as exc:  # a path the system refuses (too long, no permission ...): one line too
+            click.echo(f"rebirth: error: {errors.os_error_line(exc)}", err=True)
+            sys.exit(1)
 
 
 class _PathKind(click.ParamType):

@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import sys
 
+from pathlib import Path
+
 import click
 
 from deeprebirth.cli import reports
+from deeprebirth.caffe import folders
 from deeprebirth.runtime import bench
 from deeprebirth.runtime.devices import get_device
 from deeprebirth.cli import FILE, main, output_json
@@ -39,7 +42,8 @@ def bench_command(models, weights, device, batch, runs, warmup, threads, cpu_mas
     (runs of several models are interleaved), memory, and with --layers the time of every layer
     and the share of non-tensor layers (the paper's Table 2 and Figure 2)."""
     dev = get_device(device, threads, cpu_mask, cooldown)
-    prepared = bench.prepare(list(models), list(weights), batch)
+    models = [folders.model_files(m)[0] if Path(m).is_dir() else m for m in models]  # a folder: its deploy net
+    prepared = bench.prepare(models, list(weights), batch)
     layers = layers or plot is not None
     warning = getattr(dev, "warning", None)
     if warning:

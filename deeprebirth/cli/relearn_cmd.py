@@ -6,6 +6,7 @@ import sys
 import click
 
 from deeprebirth.cli import reports
+from deeprebirth.errors import RebirthError
 from deeprebirth.transforms import relearn_plan
 from deeprebirth.caffe import folders
 from deeprebirth.learning import relearn as rl
@@ -60,6 +61,12 @@ def relearn_command(slim_dir, source, outdir, weights, teacher, teacher_weights,
     against the teacher's feature map at its output (the paper's Eq. 5): teacher/least-squares
     initialisation, then SGD in Caffe. No labels are used. Writes OUTDIR/weights.caffemodel and
     OUTDIR/relearn.json."""
+    if batch > count:
+        source_of = click.get_current_context().get_parameter_source("batch")
+        if source_of is not None and source_of.name != "DEFAULT":
+            raise RebirthError(f"--batch {batch} is more than --count {count} training images: give --batch {count} "
+                               "or less")
+        batch = count   # the default batch does not fit: one batch of all the images
     opt = rl.Options(train_images=count, heldout_images=heldout, iters=iters, batch=batch, base_lr=base_lr,
                      input=input_from, least_squares=not no_least_squares, seed=seed,
                      teacher_init=not no_teacher_init, max_weight_scale=max_weight_scale or None,

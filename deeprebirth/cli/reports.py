@@ -128,11 +128,32 @@ def slim_summary_tail(out: SlimOutput, written: list[Path] | None = None) -> lis
                          f"{where / 'weights.caffemodel'}")
         else:
             lines.append(f"fine-tune: rebirth finetune {where} --train SOURCE")
-        lines.append(f"  or with Caffe itself: cd {where} && {caffe_tool()} train -solver solver.prototxt"
-                     + (" -weights init.caffemodel" if out.weights is not None else "")
-                     + (" (fill train.txt and val.txt first)" if any(
-                         layer.type == "ImageData" for layer in out.train_val.layer) else ""))
+        hint = caffe_train_hint(out.train_val, where, out.weights is not None)
+        if hint:
+            lines.append(hint)
     return lines
+
+
+def caffe_train_hint(train_val, where: Path, with_weights: bool) -> str | None:
+    """The `caffe train` line for an output folder, only when it can work: every data layer's
+    source exists (or the layers are synthetic), or the missing ones are ImageData lists the
+    user is told to write; None when a database the train_val names is not there."""
+    command = (f"cd {shlex.quote(str(where))} && {caffe_tool()} train -solver solver.prototxt"
+               + (" -weights init.caffemodel" if with_weights else ""))
+    missing, lists = [], []
+    for layer in train_val.layer:
+        source = (layer.data_param.source if layer.type == "Data" else
+                  layer.image_data_param.source if layer.type == "ImageData" else None)
+        if source and not (Path(where) / source).exists() and not Path(source).is_absolute():
+            (lists if layer.type == "ImageData" else missing).append(source)
+        elif source and Path(source).is_absolute() and not Path(source).exists():
+            (lists if layer.type == "ImageData" else missing).append(source)
+    if missing:
+        return None
+    if lists:
+        return (f"  or with Caffe itself, after writing {' and '.join(dict.fromkeys(lists))} ('image-path label' "
+                f"lines) in {where}: {command}")
+    return f"  or with Caffe itself: {command}"
 
 
 def tucker_summary(out: TuckerOutput, written=None) -> str:

@@ -30,7 +30,7 @@ import tempfile
 import traceback
 from typing import Any, Callable
 
-from deeprebirth.errors import RebirthError
+from deeprebirth.errors import RebirthError, os_error_line
 
 # glog: "F[yyyy]mmdd hh:mm:ss.uuuuuu tid file.cpp:123] Check failed: ..." (F = FATAL; E = ERROR).
 _GLOG = re.compile(r"^([FE])\d{4,8} [\d:.]+\s+\d+ ([^\]]+)\] (.*)$")
@@ -56,6 +56,9 @@ def _child(conn, workdir: str, fn: Callable, args: tuple, kwargs: dict, with_pro
     except RebirthError as exc:
         conn.send(("error", str(exc)))
     except BaseException as exc:  # noqa: BLE001 - reported in the parent as one line
+        if isinstance(exc, OSError) and exc.filename is not None:  # a path the system refused
+            conn.send(("error", os_error_line(exc)))
+            return
         tb = traceback.extract_tb(exc.__traceback__)
         where = f" at {os.path.basename(tb[-1].filename)}:{tb[-1].lineno}" if tb else ""
         conn.send(("crash", f"{type(exc).__name__}: {exc}{where}"))
