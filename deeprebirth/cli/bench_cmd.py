@@ -1,7 +1,6 @@
 """`rebirth bench`: latency (best and median run), per-layer time and memory of one or more nets."""
 from __future__ import annotations
 
-import sys
 
 from pathlib import Path
 
@@ -12,6 +11,7 @@ from deeprebirth.caffe import folders
 from deeprebirth.runtime import bench
 from deeprebirth.runtime.devices import get_device
 from deeprebirth.cli import FILE, main, output_json
+from deeprebirth.cli.progress import progress_bar
 
 
 @main.command("bench")
@@ -48,13 +48,8 @@ def bench_command(models, weights, device, batch, runs, warmup, threads, cpu_mas
     warning = getattr(dev, "warning", None)
     if warning:
         click.echo(f"rebirth: warning: {warning}", err=True)
-    show_progress = not as_json and sys.stdout.isatty()
-    if show_progress:
-        with click.progressbar(length=len(prepared) * (runs + warmup), label="timing",
-                               file=click.get_text_stream("stderr")) as bar:
-            results = bench.run_isolated(prepared, dev, runs, warmup, layers, progress=bar.update, cooldown=cooldown)
-    else:
-        results = bench.run_isolated(prepared, dev, runs, warmup, layers, cooldown=cooldown)
+    with progress_bar(len(prepared) * (runs + warmup), "timing", "run") as bar:
+        results = bench.run_isolated(prepared, dev, runs, warmup, layers, progress=bar, cooldown=cooldown)
     # After the run: a device that runs rebirth-time knows what it ran on only once connected.
     settings = {"device": dev.name, "device_description": dev.description, "batch": batch, "runs": runs,
                 "warmup": warmup, "layers_timed": layers, "cooldown_s": cooldown}

@@ -1,7 +1,6 @@
 """`rebirth eval`: top-1/top-5 of a model on a SOURCE, and its agreement with a teacher."""
 from __future__ import annotations
 
-import sys
 
 import click
 
@@ -37,7 +36,7 @@ def eval_command(model, weights, source_spec, teacher, teacher_weights, train_va
     if teacher_weights and not teacher:
         raise click.UsageError("--teacher-weights needs --teacher")
     source = data.open_source(source_spec, limit=limit)   # read here too: its errors and its size
-    with progress_bar(len(source), "eval", "img", sys.stderr.isatty()) as bar:
+    with progress_bar(len(source), "eval", "img") as bar:
         result = isolate.call(ev.evaluate_command, model, weights, source_spec, teacher, teacher_weights, train_val,
                               mean, scale, batch, limit, what="the evaluation", progress=bar)
     if as_json:

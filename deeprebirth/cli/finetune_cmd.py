@@ -56,7 +56,7 @@ def finetune_command(slim_dir, train_spec, val_spec, iters, batch, base_lr, step
     val = data.open_source(val_spec) if val_spec else None
     tty = sys.stderr.isatty()
     total = iters or int(sd.solver.max_iter) or None
-    with progress_bar(total, "finetune", "it", tty) as bar:
+    with progress_bar(total, "finetune", "it") as bar:
         result = ft.finetune(sd, train, val, iters=iters, batch=batch, base_lr=base_lr, stepsize=stepsize,
                              test_interval=test_interval, snapshot=snapshot, resume=resume, weights=weights,
                              outdir=outdir, distill=distill, val_limit=val_limit, seed=seed, progress=bar, force=force,

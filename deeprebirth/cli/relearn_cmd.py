@@ -1,7 +1,6 @@
 """`rebirth relearn`: re-learn a slim net's regenerated layers against the teacher's feature maps."""
 from __future__ import annotations
 
-import sys
 
 import click
 
@@ -72,8 +71,8 @@ def relearn_command(slim_dir, source, outdir, weights, teacher, teacher_weights,
                      teacher_init=not no_teacher_init, max_weight_scale=max_weight_scale or None,
                      only=[n.strip() for n in only.split(",") if n.strip()] if only else None)
     plan = folders.relearn_plan(slim_dir)    # read here too: its errors, and the length of the progress bar
-    total = len(relearn_plan.selected_units(plan["units"], opt.only)) * opt.iters
-    with progress_bar(total, "relearn", "it", sys.stderr.isatty() and not as_json and total > 0) as bar:
+    total = len(relearn_plan.selected_units(plan["units"], opt.only)) * (opt.iters + 1)   # + one per unit's end
+    with progress_bar(total, "relearn", "step") as bar:
         doc = isolate.call(rl.relearn_command, slim_dir, source, outdir, weights, teacher, teacher_weights,
                            train_val, opt, what="relearn", progress=bar, force=force)
     if as_json:

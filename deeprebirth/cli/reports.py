@@ -2,6 +2,7 @@
 the library returns (the library itself prints nothing). One section per command."""
 from __future__ import annotations
 
+import re
 import shlex
 import sys
 from collections import Counter
@@ -286,6 +287,25 @@ def stderr_line(line: str) -> None:
     tqdm.write(line, file=sys.stderr)
 
 
+def grouped_notes(notes: list[tuple[str, str]], show: int = 4) -> list[str]:
+    """Notes (unit, text), the ones that say the same thing (the same words once quoted names and
+    numbers are set aside) as one line: the first one, and how many units and which have it."""
+    groups: dict[str, list[tuple[str, str]]] = {}
+    for unit, text in notes:
+        key = re.sub(r"'[^']*'", "'*'", re.sub(r"\d+(\.\d+)?(e-?\d+)?", "#", text))
+        groups.setdefault(key, []).append((unit, text))
+    lines = []
+    for members in groups.values():
+        unit, text = members[0]
+        if len(members) == 1:
+            lines.append(f"  note: {unit}: {text}")
+            continue
+        names = [u for u, _ in members]
+        more = f" and {len(names) - show} more" if len(names) > show else ""
+        lines.append(f"  note ({len(members)} units: {', '.join(names[:show])}{more}; e.g. {unit}): {text}")
+    return lines
+
+
 def relearn_summary(doc: dict) -> list[str]:
     lines = [f"re-learned {len(doc['units'])} unit(s) of {doc['slim_dir']} against {doc['teacher']['deploy']} "
              f"on {doc['train_images']} images of {doc['source']} ({doc['heldout_images']} held out), "
@@ -300,9 +320,7 @@ def relearn_summary(doc: dict) -> list[str]:
     lines.append("relative error of each unit's output on the held-out images (sum (y-t)^2 / sum t^2):")
     for r in rows:
         lines.append("  " + "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
-    for u in doc["units"]:
-        for note in u["notes"]:
-            lines.append(f"  note: {u['name']}: {note}")
+    lines += grouped_notes([(u["name"], note) for u in doc["units"] for note in u["notes"]])
     if doc.get("files"):
         lines.append("wrote " + ", ".join(doc["files"]))
     return lines

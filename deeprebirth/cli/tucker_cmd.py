@@ -1,7 +1,6 @@
 """`rebirth tucker`: Tucker-2 / SVD decomposition of a model's tensor layers, written like `slim`."""
 from __future__ import annotations
 
-import sys
 
 import click
 
@@ -52,7 +51,7 @@ def tucker_command(model, weights, ranks, ratio, only, train_val, data_layer, ou
     names = None if only is None else only.split(",")
     kwargs = dict(train_val=given, train_val_source=train_val, data_layer=data_layer,
                   inputs=[str(resolve(model)), weights, train_val])
-    with progress_bar(len(tucker_api.candidates(m, names)), "decomposing", "layer", sys.stderr.isatty()) as bar:
+    with progress_bar(len(tucker_api.candidates(m, names)), "decomposing", "layer") as bar:
         out = tucker_api.tucker(m, fixed, ratio, only=names, progress=bar, measure=verify.output_errors, **kwargs)
     written = slim_api.write(out, outdir, force=force)
     if as_json:

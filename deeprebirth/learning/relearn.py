@@ -553,9 +553,10 @@ def relearn_command(slim_dir, source_spec, outdir=None, weights=None, teacher=No
                     train_val=None, options: Options | None = None,
                     progress: Callable[[int], object] | None = None, force: bool = False) -> dict:
     """What `rebirth relearn` does, as one call that `engine.isolate.call` runs in a child process
-    (so a Caffe CHECK failure is a one-line error): ``progress(1)`` after every SGD iteration."""
+    (so a Caffe CHECK failure is a one-line error): ``progress(1)`` after every SGD iteration and
+    after every unit (so a run with --iters 0 shows progress too)."""
     def tick(done_units, n_units, name, it, iters):
-        if iters and progress is not None:
+        if progress is not None:   # one per SGD iteration, and one per finished unit
             progress(1)
     return relearn_dir(slim_dir, source_spec, outdir, weights, teacher, teacher_weights, train_val, options, tick,
                        force=force)
