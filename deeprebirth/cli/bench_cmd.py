@@ -9,6 +9,7 @@ import click
 from deeprebirth.cli import reports
 from deeprebirth.caffe import folders
 from deeprebirth.runtime import bench
+from deeprebirth.runtime import plot as plot_mod
 from deeprebirth.runtime.devices import get_device
 from deeprebirth.cli import FILE, main, output_json
 from deeprebirth.cli.progress import progress_bar
@@ -36,14 +37,20 @@ from deeprebirth.cli.progress import progress_bar
 @click.option("--layers", is_flag=True, help="Also time every layer: by type, non-tensor share, top layers.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
 @click.option("--plot", type=str, default=None,
-              help="Write a bar chart of per-layer time to this .png (implies --layers).")
+              help="Write a bar chart to this .png: time per block (conv1, inception_3a, res2a, ...), tensor and "
+                   "non-tensor layers stacked, the models side by side (implies --layers).")
 def bench_command(models, weights, device, batch, runs, warmup, threads, cpu_mask, cooldown, layers, as_json, plot):
     """Time MODEL forward passes on random input: best and median run, ratios to the first MODEL
     (runs of several models are interleaved), memory, and with --layers the time of every layer
     and the share of non-tensor layers (the paper's Table 2 and Figure 2)."""
+    if plot:
+        plot_mod.check_path(plot)    # a wrong name is refused before any timing
     dev = get_device(device, threads, cpu_mask, cooldown)
-    models = [folders.model_files(m)[0] if Path(m).is_dir() else m for m in models]  # a folder: its deploy net
-    prepared = bench.prepare(models, list(weights), batch)
+    specs = [folders.model_files(m)[0] if Path(m).is_dir() else m for m in models]  # a folder: its deploy net
+    prepared = bench.prepare(specs, list(weights), batch)
+    for p, label in zip(prepared, bench.labels([m.rstrip("/") for m in models])):
+        p.label = label                                 # reported by the name given
+
     layers = layers or plot is not None
     warning = getattr(dev, "warning", None)
     if warning:
@@ -60,7 +67,7 @@ def bench_command(models, weights, device, batch, runs, warmup, threads, cpu_mas
     doc = bench.build_json(results, settings)
     if plot:
         inputs = [p.model.source for p in prepared] + list(weights)
-        bench.save_plot(doc["models"], plot, inputs=inputs)
+        plot_mod.save_plot(doc["models"], plot, inputs=inputs)
     if as_json:
         output_json(doc)
     else:

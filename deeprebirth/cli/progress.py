@@ -10,7 +10,9 @@ import time
 from contextlib import contextmanager
 
 LINE_EVERY_PERCENT = 5
-"""Without a terminal: a line each time the work passes another multiple of this."""
+"""Without a terminal: a line each time the work passes another multiple of this ..."""
+MIN_GAP_SECONDS = 5.0
+"""... and at least this long after the previous line (the last, 100 %, always shows)."""
 QUIET_SECONDS = 3.0
 """Without a terminal: no line before the work has taken this long (short steps stay silent)."""
 UNKNOWN_TOTAL_SECONDS = 30.0
@@ -36,7 +38,8 @@ class LineProgress:
             return
         if self.total:
             step = int(100 * min(self.done, self.total) / self.total) // LINE_EVERY_PERCENT
-            if step <= self.last_step:
+            finished = self.done >= self.total
+            if step <= self.last_step or (not finished and self.last_step and now - self.last_time < MIN_GAP_SECONDS):
                 return
             self.last_step = step
             text = f"{100 * min(self.done, self.total) // self.total}% ({self.done}/{self.total} {self.unit}, "

@@ -12,6 +12,7 @@ from deeprebirth.caffe.model import Model
 from deeprebirth.transforms import runner
 from deeprebirth.transforms.rules.tucker import TuckerChange
 from deeprebirth.runtime.bench import top_layers
+from deeprebirth.runtime.plot import speed_words
 from deeprebirth.runtime.pycaffe import caffe_tool
 from deeprebirth.transforms.slim import SlimOutput, input_batch
 from deeprebirth.transforms.tucker import TuckerOutput
@@ -345,6 +346,13 @@ def _table(rows: list[tuple], right: set[int], indent: str = "") -> list[str]:
     return lines
 
 
+def _share(m: dict) -> float | None:
+    """The non-tensor share a report prints: the median of the runs' own shares (the number its
+    quartiles describe), else Eq. 1 on the per-layer medians."""
+    median_run = m.get("non_tensor_percent_median_run")
+    return median_run if median_run is not None else m.get("non_tensor_percent")
+
+
 def bench_text(doc: dict, top: int = TOP_LAYERS) -> str:
     models = doc["models"]
     lines = []
@@ -357,14 +365,14 @@ def bench_text(doc: dict, top: int = TOP_LAYERS) -> str:
                      + "; best = fastest run (the paper's figure), median of the runs")
         lines.append("")
     ref = doc["ratios"]["reference"]
-    head = ("model", "best ms", "median ms", f"x {ref} (best)", "x (median)", "x (paired)",
+    head = ("model", "best ms", "median ms", f"vs {ref} (best)", "(median)", "(paired runs)",
             "non-tensor %", "blob MB", "alloc MB", "peak RSS MB")
     rows = [head]
     for m in models:
         r = doc["ratios"]["models"][m["model"]]
-        rows.append((m["model"], f"{m['best_ms']:.2f}", f"{m['median_ms']:.2f}", _num(r["best"], ".2f"),
-                     _num(r["median"], ".2f"), _num(r["paired_median"], ".2f"),
-                     _num(m["non_tensor_percent"], ".1f"), _mb(m["memory_bytes"]), _mb(m["allocated_bytes"]),
+        rows.append((m["model"], f"{m['best_ms']:.2f}", f"{m['median_ms']:.2f}", speed_words(r["best"]),
+                     speed_words(r["median"]), speed_words(r["paired_median"]),
+                     _num(_share(m), ".1f"), _mb(m["memory_bytes"]), _mb(m["allocated_bytes"]),
                      _mb(m["peak_rss_bytes"])))
     lines += _table(rows, right=set(range(1, len(head))))
     if len(models) > 1:
@@ -372,9 +380,9 @@ def bench_text(doc: dict, top: int = TOP_LAYERS) -> str:
         for m in models[1:]:
             r = doc["ratios"]["models"][m["model"]]
             if r["best"]:
-                faster = f"{1 / r['best']:.2f}x faster" if r["best"] < 1 else f"{r['best']:.2f}x slower"
-                lines.append(f"{m['model']} vs {ref}: best {r['best']:.3f}, median {_num(r['median'], '.3f')}, "
-                             f"paired runs {_num(r['paired_median'], '.3f')} ({faster})")
+                lines.append(f"{m['model']} vs {ref}: {speed_words(r['best'])} (best runs), "
+                             f"{speed_words(r['median'])} (medians), {speed_words(r['paired_median'])} "
+                             "(median of run-by-run ratios)")
     for m in models:
         if not m["layers"]:
             continue
@@ -383,9 +391,9 @@ def bench_text(doc: dict, top: int = TOP_LAYERS) -> str:
         rows += [(g["type"], g["kind"], g["count"], f"{g['ms']:.3f}", f"{g['percent']:.1f}") for g in m["by_type"]]
         lines += _table(rows, right={2, 3, 4}, indent="  ")
         iqr = m.get("non_tensor_percent_iqr")
-        spread = f"; {iqr[0]:.1f}-{iqr[1]:.1f} % in the middle half of the runs" if iqr else ""
-        lines.append(f"  non-tensor share of latency (Eq. 1): {m['non_tensor_percent']:.1f} % "
-                     f"({m['non_tensor_ms']:.2f} of {m['non_tensor_ms'] + m['tensor_ms']:.2f} ms of per-layer medians{spread})")
+        spread = f", {iqr[0]:.1f}-{iqr[1]:.1f} % in the middle half of the runs" if iqr else ""
+        lines.append(f"  non-tensor share of latency (Eq. 1): {_share(m):.1f} % (median over the runs{spread}; "
+                     f"per-layer medians: {m['non_tensor_ms']:.2f} of {m['non_tensor_ms'] + m['tensor_ms']:.2f} ms)")
         a = m["layer_sum"]
         verdict = "within" if a["within_margin"] else "OUTSIDE"
         lines.append(f"  sum of layers {a['layer_sum_ms']:.2f} ms vs whole forward pass {a['forward_ms']:.2f} ms "

@@ -23,11 +23,23 @@ def test_lines_every_few_percent_after_a_quiet_start():
     assert out.getvalue() == ""
     clock.now = pr.QUIET_SECONDS + 1
     for _ in range(150):
+        clock.now += pr.MIN_GAP_SECONDS
         p(1)
     lines = out.getvalue().splitlines()
-    assert lines[0] == "rebirth: relearn 25% (51/200 step, 4 s)"
-    assert lines[-1] == "rebirth: relearn 100% (200/200 step, 4 s)"
+    assert lines[0] == "rebirth: relearn 25% (51/200 step, 9 s)"
+    assert lines[-1] == "rebirth: relearn 100% (200/200 step, 754 s)"
     assert len(lines) == (100 - 25) // pr.LINE_EVERY_PERCENT + 1
+
+
+def test_lines_are_spaced_in_time():
+    clock, out = Clock(), io.StringIO()
+    p = pr.LineProgress(20, "timing", "run", stream=out, clock=clock)
+    clock.now = pr.QUIET_SECONDS + 1
+    for _ in range(20):        # every run passes a 5 % step, all within one second: first and last only
+        clock.now += 0.05
+        p(1)
+    assert [line.split(" (")[0] for line in out.getvalue().splitlines()] == ["rebirth: timing 5%",
+                                                                            "rebirth: timing 100%"]
 
 
 def test_unknown_total_prints_every_so_often():
