@@ -16,6 +16,19 @@ class RebirthWarning(UserWarning):
     """Something the user should know that does not stop the command (an unknown layer type, ...)."""
 
 
+def os_error_line(exc: OSError) -> str:
+    """An OSError on a path as the one line a user sees: the path (shortened when huge) and what
+    the system said ("file name too long", "Permission denied", ...)."""
+    import errno  # noqa: PLC0415
+    what = "file name too long" if exc.errno == errno.ENAMETOOLONG else (exc.strerror or str(exc))
+    if exc.filename is None:
+        return what
+    name = str(exc.filename)
+    if len(name) > 120:
+        name = f"{name[:60]}...{name[-40:]}"
+    return f"{name}: {what}"
+
+
 def warn(message: str) -> None:
     """Issue ``message`` as a RebirthWarning (the cli prints it as ``rebirth: warning: ...``)."""
     warnings.warn(message, RebirthWarning, stacklevel=2)

@@ -18,7 +18,7 @@ from pathlib import Path
 from google.protobuf import text_format
 
 from deeprebirth import __version__
-from deeprebirth.caffe import netio
+from deeprebirth.caffe import builtin, netio
 from deeprebirth.caffe import proto as pb
 from deeprebirth.errors import RebirthError
 
@@ -123,8 +123,12 @@ def model_files(spec: str | os.PathLike, weights: str | os.PathLike | None = Non
     """MODEL as given on the command line -> (deploy prototxt or built-in name, weights or None).
     A directory (a `rebirth slim`/`tucker`/`finetune`/`relearn` output) stands for its deploy.prototxt
     (a relearn or finetune folder without one: its slim folder's) and, unless ``weights`` is given,
-    its weights.caffemodel, else its init.caffemodel."""
+    its weights.caffemodel, else its init.caffemodel. A built-in name comes with the weights shipped
+    for it (``builtin.weights``), if any."""
     p = Path(spec)
+    if str(spec) in builtin.NAMES and not p.is_file():  # a built-in brings the weights we ship with it
+        shipped = builtin.weights(str(spec)) if weights is None else weights
+        return str(spec), (str(shipped) if shipped is not None else None)
     if not p.is_dir():
         return str(spec), (str(weights) if weights is not None else None)
     deploy = p / "deploy.prototxt"

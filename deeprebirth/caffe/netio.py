@@ -497,42 +497,89 @@ def atomic_write(path: str | os.PathLike, data: bytes | str, inputs: Iterable[st
     return path
 
 
-def write_dir(outdir: str | os.PathLike, files: dict[str, bytes | str], inputs: Iterable = (),
-              force: bool = False, owned: Iterable[str] = ()) -> list[Path]:
-    """Write ``files`` (name -> contents) as the directory ``outdir``, all or nothing.
+MARKER = ".rebirth"
+"""The file that makes a folder ours: JSON with the commands that wrote into it and the files they wrote.
+A folder without it, or holding a name it does not list, belongs to the user."""
 
-    Everything is written into a fresh temporary directory next to ``outdir``, which then takes
-    ``outdir``'s place (two renames), so old and new files never mix: an existing ``outdir`` that
-    holds only names of ``files`` or ``owned`` (what an earlier run of the command may have
-    written) is replaced as a whole; one holding other files is refused unless ``force``; one
-    holding an input file is always refused. Any failure leaves ``outdir`` as it was and no
-    temporary directory behind."""
-    out = check_output_path(outdir, is_dir=True)
-    inputs = [Path(p) for p in inputs if p is not None]
-    if out.is_symlink():
-        out = Path(os.path.realpath(out))
+
+
+def read_marker(folder: Path) -> dict | None:
+    """The marker of ``folder`` (``{"commands": [...], "files": [...]}``), or None when it has none
+    or it cannot be read as ours."""
+    import json  # noqa: PLC0415
+    try:
+        doc = json.loads((folder / MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(doc, dict) or not isinstance(doc.get("files"), list):
+        return None
+    return doc
+
+
+def _marker_text(previous: dict | None, names: Iterable[str]) -> str:
+    import json  # noqa: PLC0415
+    commands = list((previous or {}).get("commands", []))[-20:] + [os.environ.get("REBIRTH_COMMAND", "rebirth")]
+    files = sorted(set((previous or {}).get("files", [])) | set(names))
+    return json.dumps({"made_by": "rebirth", "commands": commands, "files": files}, indent=2) + "\n"
+
+
+def foreign_entries(folder: Path, names: Iterable[str]) -> list[str]:
+    """What in the existing ``folder`` is not ours to touch when writing ``names`` into it:
+    everything when it has no marker, else every entry the marker does not list, and every one of
+    ``names`` that is there as a directory (a file would have to replace it)."""
+    try:
+        present = sorted(os.listdir(folder))
+    except OSError as exc:
+        raise _os_problem(folder, exc) from None
+    marker = read_marker(folder)
+    listed = set(marker["files"]) if marker is not None else set()
+    dirs = {n for n in names if (folder / n).is_dir()}
+    return [f"{n}/" if n in dirs else n for n in present
+            if n != MARKER and (n not in listed or n in dirs)]
+
+
+def _refuse_foreign(out: Path, foreign: list[str], what: str) -> None:
+    more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+    raise RebirthError(f"{out}: holds files rebirth did not write ({', '.join(foreign[:3])}{more}); "
+                       f"choose another output directory, or add --force to {what}")
+
+
+def _check_inputs_outside(out: Path, files: Iterable[str], inputs: list[Path]) -> None:
     for name in files:
         for src in inputs:
             if same_file(out / name, src):
                 raise RebirthError(f"{out / name}: refusing to overwrite an input file")
-    if out.exists():
+    if not out.exists():
+        return
+    for src in inputs:
         try:
-            present = sorted(os.listdir(out))
-        except OSError as exc:
-            raise _os_problem(out, exc) from None
-        for src in inputs:
-            try:
-                inside = src.resolve().is_relative_to(out.resolve())
-            except OSError:
-                inside = False
-            if inside:
-                raise RebirthError(f"{out}: holds the input {src}; it would be replaced with the directory: "
-                                   "choose another output directory")
-        others = [n for n in present if n not in files and n not in set(owned)]
-        if others and not force:
-            more = f" and {len(others) - 3} more" if len(others) > 3 else ""
-            raise RebirthError(f"{out}: exists and holds other files ({', '.join(others[:3])}{more}); "
-                               "use --force to replace the whole directory, or choose another")
+            inside = src.resolve().is_relative_to(out.resolve())
+        except OSError:
+            inside = False
+        if inside:
+            raise RebirthError(f"{out}: holds the input {src}; it would be replaced with the directory: "
+                               "choose another output directory")
+
+
+def write_dir(outdir: str | os.PathLike, files: dict[str, bytes | str], inputs: Iterable = (),
+              force: bool = False) -> list[Path]:
+    """Write ``files`` (name -> contents) and the marker as the directory ``outdir``, all or nothing.
+
+    Everything is written into a fresh temporary directory next to ``outdir``, which then takes
+    ``outdir``'s place (two renames), so old and new files never mix. An existing ``outdir`` is
+    replaced only when it is ours (``foreign_entries``: its marker lists everything in it, and
+    none of ``files`` is there as a directory) or ``force`` is given; one holding an input file is
+    always refused. Any failure leaves ``outdir`` as it was and no temporary directory behind."""
+    out = check_output_path(outdir, is_dir=True)
+    inputs = [Path(p) for p in inputs if p is not None]
+    if out.is_symlink():
+        out = Path(os.path.realpath(out))
+    _check_inputs_outside(out, files, inputs)
+    if out.exists() and not force:
+        foreign = foreign_entries(out, files)
+        if foreign:
+            _refuse_foreign(out, foreign, "replace the whole directory")
+    files = {**files, MARKER: _marker_text(None, files)}
     tmp = old = None
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name[:100]}.", suffix=".new", dir=str(out.parent)))
@@ -563,7 +610,44 @@ def write_dir(outdir: str | os.PathLike, files: dict[str, bytes | str], inputs: 
         for leftover in (tmp, old):
             if leftover is not None:
                 shutil.rmtree(leftover, ignore_errors=True)
-    return [out / name for name in files]
+    return [out / name for name in files if name != MARKER]
+
+
+def claim_dir(outdir: str | os.PathLike, names: Iterable[str], inputs: Iterable = (), force: bool = False) -> Path:
+    """Make ``outdir`` ready for a command that adds ``names`` to it (relearn, finetune), before any
+    work: a missing or empty folder is created and marked; an existing one must be ours
+    (``foreign_entries``) unless ``force``, which lets the command write its own names beside the
+    user's files (never removing any). A directory where a file would go is refused even then."""
+    out = check_output_path(outdir, is_dir=True)
+    names = list(names)
+    _check_inputs_outside_files(out, names, [Path(p) for p in inputs if p is not None])
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _os_problem(out, exc) from None
+    foreign = foreign_entries(out, names)
+    dirs = [n for n in foreign if n.endswith("/")]
+    if dirs:
+        raise RebirthError(f"{out / dirs[0].rstrip('/')}: is a directory where a file would be written; "
+                           "choose another output directory")
+    if foreign and not force:
+        _refuse_foreign(out, foreign, "write beside them")
+    if read_marker(out) is None:
+        record_files(out, [])
+    return out
+
+
+def _check_inputs_outside_files(out: Path, names: list[str], inputs: list[Path]) -> None:
+    for name in names:
+        for src in inputs:
+            if same_file(out / name, src):
+                raise RebirthError(f"{out / name}: refusing to overwrite an input file (give -o)")
+
+
+def record_files(folder: str | os.PathLike, names: Iterable[str]) -> None:
+    """Add ``names`` (and this command) to ``folder``'s marker, creating it when missing."""
+    folder = Path(folder)
+    atomic_write(folder / MARKER, _marker_text(read_marker(folder), names))
 
 
 def net_to_text(net: "pb.NetParameter") -> str:

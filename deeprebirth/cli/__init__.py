@@ -8,6 +8,7 @@ import warnings
 import click
 
 from deeprebirth import __version__
+from deeprebirth import errors
 from deeprebirth.errors import RebirthError, RebirthWarning
 
 
@@ -22,7 +23,15 @@ _default_showwarning = warnings.showwarning
 
 
 class RebirthGroup(click.Group):
+    def parse_args(self, ctx, args):
+        ctx.meta["rebirth_argv"] = list(args)
+        return super().parse_args(ctx, args)
+
     def invoke(self, ctx):
+        import os  # noqa: PLC0415
+        import shlex  # noqa: PLC0415
+        # What output folders' markers record (caffe/netio.py; children inherit it).
+        os.environ["REBIRTH_COMMAND"] = shlex.join(["rebirth", *ctx.meta.get("rebirth_argv", [])])
         warnings.showwarning = _show_warning
         warnings.simplefilter("always", RebirthWarning)
         try:
@@ -30,6 +39,39 @@ class RebirthGroup(click.Group):
         except RebirthError as exc:
             click.echo(f"rebirth: error: {exc}", err=True)
             sys.exit(1)
+        except OSError as exc:  # a path the system refuses (too long, no permission ...): one line too
+            click.echo(f"rebirth: error: {errors.os_error_line(exc)}", err=True)
+            sys.exit(1)
+
+
+class _PathKind(click.ParamType):
+    """A path argument checked for its kind only (a file where a directory is expected, or the
+    reverse, is one `rebirth: error:` line naming the option; whether it exists is the command's
+    business, so the message can say what the file is for)."""
+
+    def __init__(self, directory: bool):
+        self.directory = directory
+        self.name = "DIR" if directory else "FILE"
+
+    def convert(self, value, param, ctx):
+        import os  # noqa: PLC0415
+        what = max(param.opts, key=len) if param is not None and param.opts else "argument"
+        if param is not None and param.param_type_name == "argument":
+            what = param.human_readable_name
+        try:
+            isdir = os.path.isdir(value)
+            exists = os.path.exists(value)
+        except (OSError, ValueError):
+            return value
+        if self.directory and exists and not isdir:
+            raise RebirthError(f"{value}: is a file; {what} takes a directory")
+        if not self.directory and isdir:
+            raise RebirthError(f"{value}: is a directory; {what} takes a file")
+        return value
+
+
+FILE = _PathKind(directory=False)
+DIR = _PathKind(directory=True)
 
 
 @click.group(cls=RebirthGroup, context_settings={"help_option_names": ["-h", "--help"]})

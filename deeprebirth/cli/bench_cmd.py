@@ -1,14 +1,18 @@
 """`rebirth bench`: latency (best and median run), per-layer time and memory of one or more nets."""
 from __future__ import annotations
 
-import sys
+
+from pathlib import Path
 
 import click
 
 from deeprebirth.cli import reports
+from deeprebirth.caffe import folders
 from deeprebirth.runtime import bench
+from deeprebirth.runtime import plot as plot_mod
 from deeprebirth.runtime.devices import get_device
 from deeprebirth.cli import main, output_json, show_warnings
+from deeprebirth.cli.progress import progress_bar
 
 
 @main.command("bench")
@@ -33,25 +37,27 @@ from deeprebirth.cli import main, output_json, show_warnings
 @click.option("--layers", is_flag=True, help="Also time every layer: by type, non-tensor share, top layers.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
 @click.option("--plot", type=str, default=None,
-              help="Write a bar chart of per-layer time to this .png (implies --layers).")
+              help="Write a bar chart to this .png: time per block (conv1, inception_3a, res2a, ...), tensor and "
+                   "non-tensor layers stacked, the models side by side (implies --layers).")
 def bench_command(models, weights, device, batch, runs, warmup, threads, cpu_mask, cooldown, layers, as_json, plot):
     """Time MODEL forward passes on random input: best and median run, ratios to the first MODEL
     (runs of several models are interleaved), memory, and with --layers the time of every layer
     and the share of non-tensor layers (the paper's Table 2 and Figure 2)."""
+    if plot:
+        plot_mod.check_path(plot)    # a wrong name is refused before any timing
     dev = get_device(device, threads, cpu_mask, cooldown)
-    prepared = bench.prepare(list(models), list(weights), batch)
+    specs = [folders.model_files(m)[0] if Path(m).is_dir() else m for m in models]  # a folder: its deploy net
+    prepared = bench.prepare(specs, list(weights), batch)
+    for p, label in zip(prepared, bench.labels([m.rstrip("/") for m in models])):
+        p.label = label                                 # reported by the name given
+
     show_warnings(*(p.model.warnings for p in prepared))
     layers = layers or plot is not None
     warning = getattr(dev, "warning", None)
     if warning:
         click.echo(f"rebirth: warning: {warning}", err=True)
-    show_progress = not as_json and sys.stdout.isatty()
-    if show_progress:
-        with click.progressbar(length=len(prepared) * (runs + warmup), label="timing",
-                               file=click.get_text_stream("stderr")) as bar:
-            results = bench.run_isolated(prepared, dev, runs, warmup, layers, progress=bar.update, cooldown=cooldown)
-    else:
-        results = bench.run_isolated(prepared, dev, runs, warmup, layers, cooldown=cooldown)
+    with progress_bar(len(prepared) * (runs + warmup), "timing", "run") as bar:
+        results = bench.run_isolated(prepared, dev, runs, warmup, layers, progress=bar, cooldown=cooldown)
     # After the run: a device that runs rebirth-time knows what it ran on only once connected.
     settings = {"device": dev.name, "device_description": dev.description, "batch": batch, "runs": runs,
                 "warmup": warmup, "layers_timed": layers, "cooldown_s": cooldown}
@@ -62,7 +68,7 @@ def bench_command(models, weights, device, batch, runs, warmup, threads, cpu_mas
     doc = bench.build_json(results, settings)
     if plot:
         inputs = [p.model.source for p in prepared] + list(weights)
-        bench.save_plot(doc["models"], plot, inputs=inputs)
+        plot_mod.save_plot(doc["models"], plot, inputs=inputs)
     if as_json:
         output_json(doc)
     else:

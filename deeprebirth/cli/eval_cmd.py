@@ -1,7 +1,6 @@
 """`rebirth eval`: top-1/top-5 of a model on a SOURCE, and its agreement with a teacher."""
 from __future__ import annotations
 
-import sys
 
 import click
 
@@ -10,19 +9,19 @@ from deeprebirth.learning import sources as data
 from deeprebirth.learning import evaluate as ev
 from deeprebirth.runtime import isolate
 from deeprebirth.cli.progress import progress_bar
-from deeprebirth.cli import main, output_json
+from deeprebirth.cli import FILE, main, output_json
 
 
 @main.command("eval")
 @click.argument("model")
-@click.option("--weights", "-w", type=click.Path(dir_okay=False),
+@click.option("--weights", "-w", type=FILE,
               help="The model's .caffemodel (default for a directory MODEL: its weights.caffemodel, else init.caffemodel).")
 @click.option("--data", "source_spec", required=True, metavar="SOURCE",
               help="Images: a folder, a list file ('path [label]'), an LMDB, or fashion-mnist[:train|:test]; "
                    "a [start:stop] suffix takes a subset.")
 @click.option("--teacher", metavar="MODEL", help="A reference model: report top-1 agreement and mean KL(teacher || model).")
-@click.option("--teacher-weights", type=click.Path(dir_okay=False), help="The teacher's .caffemodel.")
-@click.option("--train-val", "train_val", type=click.Path(dir_okay=False),
+@click.option("--teacher-weights", type=FILE, help="The teacher's .caffemodel.")
+@click.option("--train-val", "train_val", type=FILE,
               help="Take preprocessing from this train_val's TEST data layer (transform_param); default for a "
                    "slim/finetune/relearn directory MODEL: its slim net's train_val.prototxt.")
 @click.option("--mean", metavar="VALUES|FILE", help="Mean to subtract: 'b,g,r', one value, a .binaryproto, or 'none'.")
@@ -37,7 +36,7 @@ def eval_command(model, weights, source_spec, teacher, teacher_weights, train_va
     if teacher_weights and not teacher:
         raise click.UsageError("--teacher-weights needs --teacher")
     source = data.open_source(source_spec, limit=limit)   # read here too: its errors and its size
-    with progress_bar(len(source), "eval", "img", sys.stderr.isatty()) as bar:
+    with progress_bar(len(source), "eval", "img") as bar:
         result = isolate.call(ev.evaluate_command, model, weights, source_spec, teacher, teacher_weights, train_val,
                               mean, scale, batch, limit, what="the evaluation", progress=bar)
     if as_json:

@@ -9,12 +9,12 @@ from deeprebirth.cli import reports
 from deeprebirth.caffe import folders
 from deeprebirth.learning import sources as data
 from deeprebirth.learning import finetune as ft
-from deeprebirth.cli import main, output_json
+from deeprebirth.cli import FILE, DIR, main, output_json
 from deeprebirth.cli.progress import progress_bar
 
 
 @main.command("finetune")
-@click.argument("slim_dir", type=click.Path(file_okay=False))
+@click.argument("slim_dir", type=DIR)
 @click.option("--train", "train_spec", required=True, metavar="SOURCE",
               help="Training images: a folder, a list file, an LMDB, or fashion-mnist[:train|:test] (subset: [a:b]).")
 @click.option("--val", "val_spec", metavar="SOURCE", help="Validation images: top-1/top-5 (or teacher agreement "
@@ -27,22 +27,26 @@ from deeprebirth.cli.progress import progress_bar
 @click.option("--val-limit", type=click.IntRange(min=1), help="Validate on the first N --val images only.")
 @click.option("--snapshot", type=click.IntRange(min=0),
               help="Snapshot every N iterations into OUTDIR (default: the solver's; one is always taken at the end).")
-@click.option("--resume", type=click.Path(dir_okay=False), metavar="SNAPSHOT.solverstate",
+@click.option("--resume", type=FILE, metavar="SNAPSHOT.solverstate",
               help="Continue from a snapshot (its iteration count and momentum).")
-@click.option("--weights", "-w", type=click.Path(dir_okay=False),
+@click.option("--weights", "-w", type=FILE,
               help="Start from these weights (default: SLIM_DIR/init.caffemodel), e.g. a relearn output.")
 @click.option("--distill", is_flag=True,
               help="Train against the teacher's logits (EuclideanLoss) instead of labels; the teacher is the "
                    "original model named in SLIM_DIR/report.json.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the image order and augmentation.")
-@click.option("--output", "-o", "outdir", type=click.Path(file_okay=False),
+@click.option("--output", "-o", "outdir", type=DIR,
               help="Where weights.caffemodel, deploy.prototxt, finetune.json and snapshots go (default: SLIM_DIR/finetune).")
+@click.option("--force", is_flag=True,
+              help="Write into OUTDIR although it holds files rebirth did not write (they are kept; same-named "
+                   "files are replaced).")
 @click.option("--json", "as_json", is_flag=True, help="Print finetune.json's content instead of a summary.")
 def finetune_command(slim_dir, train_spec, val_spec, iters, batch, base_lr, stepsize, test_interval, val_limit,
-                     snapshot, resume, weights, distill, seed, outdir, as_json):
+                     snapshot, resume, weights, distill, seed, outdir, force, as_json):
     """Fine-tune SLIM_DIR (a `rebirth slim` output) in Caffe with its solver.prototxt and
     train_val.prototxt, feeding the train_val's data layer from SOURCE with its transform_param.
-    Writes OUTDIR/weights.caffemodel, OUTDIR/deploy.prototxt and OUTDIR/finetune.json."""
+    Writes OUTDIR/weights.caffemodel, OUTDIR/deploy.prototxt and OUTDIR/finetune.json. Ctrl-C (SIGINT)
+    or SIGTERM stops after the current iteration and writes them, with a snapshot to resume from."""
     if resume and weights:
         raise click.UsageError("--resume and --weights exclude each other (a snapshot holds its own weights)")
     sd = folders.read_slim_dir(slim_dir)
@@ -52,10 +56,10 @@ def finetune_command(slim_dir, train_spec, val_spec, iters, batch, base_lr, step
     val = data.open_source(val_spec) if val_spec else None
     tty = sys.stderr.isatty()
     total = iters or int(sd.solver.max_iter) or None
-    with progress_bar(total, "finetune", "it", tty) as bar:
+    with progress_bar(total, "finetune", "it") as bar:
         result = ft.finetune(sd, train, val, iters=iters, batch=batch, base_lr=base_lr, stepsize=stepsize,
                              test_interval=test_interval, snapshot=snapshot, resume=resume, weights=weights,
-                             outdir=outdir, distill=distill, val_limit=val_limit, seed=seed, progress=bar,
+                             outdir=outdir, distill=distill, val_limit=val_limit, seed=seed, progress=bar, force=force,
                              log=_log if tty and not as_json else None)
     if as_json:
         output_json(result)

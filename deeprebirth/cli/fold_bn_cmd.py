@@ -6,12 +6,12 @@ import click
 from deeprebirth.cli import reports
 from deeprebirth.transforms import fold
 from deeprebirth.runtime import verify
-from deeprebirth.cli import main, show_warnings
+from deeprebirth.cli import FILE, main, output_json, show_warnings
 
 
 @main.command("fold-bn")
 @click.argument("model")
-@click.argument("weights", type=str)
+@click.argument("weights", type=FILE)
 @click.option("--output", "-o", "outdir", required=True, type=str,
               help=f"Directory for {fold.OUTPUT_NET} and {fold.OUTPUT_WEIGHTS} (created if needed).")
 @click.option("--verify", "do_verify", is_flag=True,
@@ -23,8 +23,10 @@ from deeprebirth.cli import main, show_warnings
 @click.option("--allow-missing", is_flag=True,
               help="Accept a caffemodel that lacks weights of some layers with parameters (or shares no "
                    "layer with the net); those layers get fresh weights and are listed.")
-@click.option("--force", is_flag=True, help="Replace OUTDIR when it already holds files (all of them).")
-def fold_bn_command(model, weights, outdir, do_verify, tolerance, seed, allow_missing, force):
+@click.option("--force", is_flag=True,
+              help="Replace OUTDIR although it holds files rebirth did not write (all of them are removed).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a summary.")
+def fold_bn_command(model, weights, outdir, do_verify, tolerance, seed, allow_missing, force, as_json):
     """Fold BatchNorm, Scale and Bias layers of MODEL into the Convolution, Deconvolution or
     InnerProduct before them (paper Lemma 2); a chain with no such layer before it becomes one Scale.
     The result computes the same function with fewer layers.
@@ -36,12 +38,15 @@ def fold_bn_command(model, weights, outdir, do_verify, tolerance, seed, allow_mi
     show_warnings(original.warnings)
     result = fold.fold_bn(original)
     show_warnings([w for w in result.warnings if w not in original.warnings])
+    check = verify.compare(original, result.model, seed=seed) if do_verify else None
+    if check is not None:
+        verify.require(check, tolerance)
+    written = fold.write(result.model, outdir, inputs=[original.source, original.weights_source], force=force)
+    if as_json:
+        output_json(reports.fold_json(original, result, check, tolerance, written))
+        return
     for line in reports.fold_summary(original, result):
         click.echo(line)
-    if do_verify:
-        check = verify.compare(original, result.model, seed=seed)
+    if check is not None:
         click.echo(check.format(tolerance))
-        verify.require(check, tolerance)
-    net_path, weights_path = fold.write(result.model, outdir,
-                                        inputs=[original.source, original.weights_source], force=force)
-    click.echo(f"wrote {net_path} and {weights_path}")
+    click.echo(f"wrote {written[0]} and {written[1]}")

@@ -2,6 +2,8 @@
 the library returns (the library itself prints nothing). One section per command."""
 from __future__ import annotations
 
+import re
+import shlex
 import sys
 from collections import Counter
 from pathlib import Path
@@ -10,6 +12,7 @@ from deeprebirth.caffe.model import Model
 from deeprebirth.transforms import runner
 from deeprebirth.transforms.rules.tucker import TuckerChange
 from deeprebirth.runtime.bench import top_layers
+from deeprebirth.runtime.plot import speed_words
 from deeprebirth.runtime.pycaffe import caffe_tool
 from deeprebirth.transforms.slim import SlimOutput, input_batch
 from deeprebirth.transforms.tucker import TuckerOutput
@@ -127,11 +130,32 @@ def slim_summary_tail(out: SlimOutput, written: list[Path] | None = None) -> lis
                          f"{where / 'weights.caffemodel'}")
         else:
             lines.append(f"fine-tune: rebirth finetune {where} --train SOURCE")
-        lines.append(f"  or with Caffe itself: cd {where} && {caffe_tool()} train -solver solver.prototxt"
-                     + (" -weights init.caffemodel" if out.weights is not None else "")
-                     + (" (fill train.txt and val.txt first)" if any(
-                         layer.type == "ImageData" for layer in out.train_val.layer) else ""))
+        hint = caffe_train_hint(out.train_val, where, out.weights is not None)
+        if hint:
+            lines.append(hint)
     return lines
+
+
+def caffe_train_hint(train_val, where: Path, with_weights: bool) -> str | None:
+    """The `caffe train` line for an output folder, only when it can work: every data layer's
+    source exists (or the layers are synthetic), or the missing ones are ImageData lists the
+    user is told to write; None when a database the train_val names is not there."""
+    command = (f"cd {shlex.quote(str(where))} && {caffe_tool()} train -solver solver.prototxt"
+               + (" -weights init.caffemodel" if with_weights else ""))
+    missing, lists = [], []
+    for layer in train_val.layer:
+        source = (layer.data_param.source if layer.type == "Data" else
+                  layer.image_data_param.source if layer.type == "ImageData" else None)
+        if source and not (Path(where) / source).exists() and not Path(source).is_absolute():
+            (lists if layer.type == "ImageData" else missing).append(source)
+        elif source and Path(source).is_absolute() and not Path(source).exists():
+            (lists if layer.type == "ImageData" else missing).append(source)
+    if missing:
+        return None
+    if lists:
+        return (f"  or with Caffe itself, after writing {' and '.join(dict.fromkeys(lists))} ('image-path label' "
+                f"lines) in {where}: {command}")
+    return f"  or with Caffe itself: {command}"
 
 
 def tucker_summary(out: TuckerOutput, written=None) -> str:
@@ -183,10 +207,41 @@ def fold_summary(original: Model, result: runner.Result) -> list[str]:
             *(f"note: {n}" for n in result.notes)]
 
 
+def fold_json(original: Model, result: runner.Result, check, tolerance: float, written) -> dict:
+    """`fold-bn --json`: what was folded, left alone and removed, the check, the files."""
+    doc = {
+        "model": str(original.source), "weights": str(original.weights_source),
+        "changes": [{"substructure": c.substructure, "removed": list(c.removed), "modified": list(c.modified),
+                     "notes": list(c.notes)} for c in result.changes],
+        "left_alone": [{"substructure": s.substructure, "reason": s.reason} for s in result.skips],
+        "layers": {"before": len(original.net.layer), "after": len(result.model.net.layer)},
+        "notes": list(result.notes), "files": [str(p) for p in written],
+    }
+    if check is not None:
+        doc["verify"] = {"seed": check.seed, "max_rel": check.max_rel, "max_abs": check.max_abs,
+                         "tolerance": tolerance, "passed": check.passed(tolerance)}
+    return doc
+
+
+def _preprocess_line(pre: dict | None) -> str:
+    if not pre:
+        return "?"
+    mean = pre.get("mean")
+    mean = "none" if mean is None else (mean if isinstance(mean, str) else ",".join(f"{v:g}" for v in mean))
+    parts = [f"{pre['channels']}x{pre['height']}x{pre['width']}", f"mean {mean}", f"scale {pre['scale']:g}"]
+    if pre.get("crop"):
+        parts.append(f"crop {pre['crop']}")
+    if pre.get("resize"):
+        parts.append(f"resize {'x'.join(map(str, pre['resize']))}")
+    return ", ".join(parts)
+
+
 def eval_text(result: dict) -> str:
     lines = [f"{result['model']} ({result['weights']}) on {result['data']}: {result['images']} images"]
     if "preprocess_from" in result:
-        lines.append(f"  preprocessing from {result['preprocess_from']}")
+        lines.append(f"  preprocessing: {_preprocess_line(result.get('preprocess'))}, from "
+                     + ("the ImageNet defaults (give --train-val for the net's own)"
+                        if result["preprocess_from"] == "defaults" else result["preprocess_from"]))
     for key in ("top1", "top5", "teacher_top1", "teacher_top5", "agreement"):
         if key in result:
             lines.append(f"  {key:<13} {100 * result[key]:.2f} %")
@@ -215,15 +270,41 @@ def finetune_text(result: dict) -> str:
     lines += ["  " + finetune_entry_line(e) for e in result["history"]]
     lines += [f"note: {note}" for note in result.get("notes", [])]
     lines.append(f"weights: {result['weights']}")
+    stopped = result.get("interrupted")
+    if stopped:
+        lines.append(f"stopped by {stopped['signal']} at iteration {stopped['iteration']}: weights, finetune.json "
+                     "and a snapshot written")
     if result["snapshots"]:
-        lines.append(f"resume with: rebirth finetune {result['slim_dir']} --train {result['train']} "
-                     f"--resume {result['snapshots'][-1]} -o {result['outdir']} --iters N")
+        val = f" --val {shlex.quote(result['val'])}" if result.get("val") else ""
+        target = f" --iters {result['iterations']}" if stopped else " --iters N"
+        lines.append(f"resume with: rebirth finetune {shlex.quote(result['slim_dir'])} --train "
+                     f"{shlex.quote(result['train'])}{val} --resume {shlex.quote(result['snapshots'][-1])} "
+                     f"-o {shlex.quote(result['outdir'])}{target}")
     return "\n".join(lines)
 
 
 def stderr_line(line: str) -> None:
     from tqdm import tqdm  # noqa: PLC0415
     tqdm.write(line, file=sys.stderr)
+
+
+def grouped_notes(notes: list[tuple[str, str]], show: int = 4) -> list[str]:
+    """Notes (unit, text), the ones that say the same thing (the same words once quoted names and
+    numbers are set aside) as one line: the first one, and how many units and which have it."""
+    groups: dict[str, list[tuple[str, str]]] = {}
+    for unit, text in notes:
+        key = re.sub(r"'[^']*'", "'*'", re.sub(r"\d+(\.\d+)?(e-?\d+)?", "#", text))
+        groups.setdefault(key, []).append((unit, text))
+    lines = []
+    for members in groups.values():
+        unit, text = members[0]
+        if len(members) == 1:
+            lines.append(f"  note: {unit}: {text}")
+            continue
+        names = [u for u, _ in members]
+        more = f" and {len(names) - show} more" if len(names) > show else ""
+        lines.append(f"  note ({len(members)} units: {', '.join(names[:show])}{more}; e.g. {unit}): {text}")
+    return lines
 
 
 def relearn_summary(doc: dict) -> list[str]:
@@ -240,9 +321,7 @@ def relearn_summary(doc: dict) -> list[str]:
     lines.append("relative error of each unit's output on the held-out images (sum (y-t)^2 / sum t^2):")
     for r in rows:
         lines.append("  " + "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
-    for u in doc["units"]:
-        for note in u["notes"]:
-            lines.append(f"  note: {u['name']}: {note}")
+    lines += grouped_notes([(u["name"], note) for u in doc["units"] for note in u["notes"]])
     if doc.get("files"):
         lines.append("wrote " + ", ".join(doc["files"]))
     return lines
@@ -267,6 +346,13 @@ def _table(rows: list[tuple], right: set[int], indent: str = "") -> list[str]:
     return lines
 
 
+def _share(m: dict) -> float | None:
+    """The non-tensor share a report prints: the median of the runs' own shares (the number its
+    quartiles describe), else Eq. 1 on the per-layer medians."""
+    median_run = m.get("non_tensor_percent_median_run")
+    return median_run if median_run is not None else m.get("non_tensor_percent")
+
+
 def bench_text(doc: dict, top: int = TOP_LAYERS) -> str:
     models = doc["models"]
     lines = []
@@ -279,14 +365,14 @@ def bench_text(doc: dict, top: int = TOP_LAYERS) -> str:
                      + "; best = fastest run (the paper's figure), median of the runs")
         lines.append("")
     ref = doc["ratios"]["reference"]
-    head = ("model", "best ms", "median ms", f"x {ref} (best)", "x (median)", "x (paired)",
+    head = ("model", "best ms", "median ms", f"vs {ref} (best)", "(median)", "(paired runs)",
             "non-tensor %", "blob MB", "alloc MB", "peak RSS MB")
     rows = [head]
     for m in models:
         r = doc["ratios"]["models"][m["model"]]
-        rows.append((m["model"], f"{m['best_ms']:.2f}", f"{m['median_ms']:.2f}", _num(r["best"], ".2f"),
-                     _num(r["median"], ".2f"), _num(r["paired_median"], ".2f"),
-                     _num(m["non_tensor_percent"], ".1f"), _mb(m["memory_bytes"]), _mb(m["allocated_bytes"]),
+        rows.append((m["model"], f"{m['best_ms']:.2f}", f"{m['median_ms']:.2f}", speed_words(r["best"]),
+                     speed_words(r["median"]), speed_words(r["paired_median"]),
+                     _num(_share(m), ".1f"), _mb(m["memory_bytes"]), _mb(m["allocated_bytes"]),
                      _mb(m["peak_rss_bytes"])))
     lines += _table(rows, right=set(range(1, len(head))))
     if len(models) > 1:
@@ -294,9 +380,9 @@ def bench_text(doc: dict, top: int = TOP_LAYERS) -> str:
         for m in models[1:]:
             r = doc["ratios"]["models"][m["model"]]
             if r["best"]:
-                faster = f"{1 / r['best']:.2f}x faster" if r["best"] < 1 else f"{r['best']:.2f}x slower"
-                lines.append(f"{m['model']} vs {ref}: best {r['best']:.3f}, median {_num(r['median'], '.3f')}, "
-                             f"paired runs {_num(r['paired_median'], '.3f')} ({faster})")
+                lines.append(f"{m['model']} vs {ref}: {speed_words(r['best'])} (best runs), "
+                             f"{speed_words(r['median'])} (medians), {speed_words(r['paired_median'])} "
+                             "(median of run-by-run ratios)")
     for m in models:
         if not m["layers"]:
             continue
@@ -305,9 +391,9 @@ def bench_text(doc: dict, top: int = TOP_LAYERS) -> str:
         rows += [(g["type"], g["kind"], g["count"], f"{g['ms']:.3f}", f"{g['percent']:.1f}") for g in m["by_type"]]
         lines += _table(rows, right={2, 3, 4}, indent="  ")
         iqr = m.get("non_tensor_percent_iqr")
-        spread = f"; {iqr[0]:.1f}-{iqr[1]:.1f} % in the middle half of the runs" if iqr else ""
-        lines.append(f"  non-tensor share of latency (Eq. 1): {m['non_tensor_percent']:.1f} % "
-                     f"({m['non_tensor_ms']:.2f} of {m['non_tensor_ms'] + m['tensor_ms']:.2f} ms of per-layer medians{spread})")
+        spread = f", {iqr[0]:.1f}-{iqr[1]:.1f} % in the middle half of the runs" if iqr else ""
+        lines.append(f"  non-tensor share of latency (Eq. 1): {_share(m):.1f} % (median over the runs{spread}; "
+                     f"per-layer medians: {m['non_tensor_ms']:.2f} of {m['non_tensor_ms'] + m['tensor_ms']:.2f} ms)")
         a = m["layer_sum"]
         verdict = "within" if a["within_margin"] else "OUTSIDE"
         lines.append(f"  sum of layers {a['layer_sum_ms']:.2f} ms vs whole forward pass {a['forward_ms']:.2f} ms "

@@ -10,7 +10,7 @@ from deeprebirth.transforms import tucker as tucker_api
 from deeprebirth.errors import RebirthError
 from deeprebirth.caffe.model import load_model, resolve
 from deeprebirth.transforms.rules.tucker import parse_ranks
-from deeprebirth.cli import main, output_json, show_warnings
+from deeprebirth.cli import FILE, main, output_json, show_warnings
 from deeprebirth.runtime import verify
 
 
@@ -20,9 +20,9 @@ def _names(value: str | None) -> list[str] | None:
 
 @main.command("slim")
 @click.argument("model")
-@click.option("--weights", "-w", type=str,
+@click.option("--weights", "-w", type=FILE,
               help="Trained .caffemodel: OUTDIR/init.caffemodel gets its weights for every unchanged layer.")
-@click.option("--train-val", "train_val", type=str,
+@click.option("--train-val", "train_val", type=FILE,
               help="The model's train_val.prototxt: its data and loss layers frame the slim body "
                    "(default: ImageData layers reading train.txt/val.txt, and a softmax loss).")
 @click.option("--only", metavar="NAMES",
@@ -45,7 +45,8 @@ def _names(value: str | None) -> list[str] | None:
 @click.option("--allow-missing", is_flag=True,
               help="Accept a caffemodel that lacks weights of some layers with parameters (or shares no "
                    "layer with the net); those layers get fresh weights and are listed.")
-@click.option("--force", is_flag=True, help="Replace OUTDIR when it already holds files (all of them).")
+@click.option("--force", is_flag=True,
+              help="Replace OUTDIR although it holds files rebirth did not write (all of them are removed).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a summary.")
 def slim_command(model, weights, train_val, only, rule_names, keep_pooling, data_layer, tucker, ranks, ratio,
                  outdir, allow_missing, force, as_json):

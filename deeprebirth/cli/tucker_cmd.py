@@ -1,7 +1,6 @@
 """`rebirth tucker`: Tucker-2 / SVD decomposition of a model's tensor layers, written like `slim`."""
 from __future__ import annotations
 
-import sys
 
 import click
 
@@ -11,29 +10,34 @@ from deeprebirth.transforms import slim as slim_api
 from deeprebirth.transforms import tucker as tucker_api
 from deeprebirth.caffe.model import load_model, resolve
 from deeprebirth.transforms.rules.tucker import parse_ranks
-from deeprebirth.cli import main, output_json, show_warnings
+from deeprebirth.cli import FILE, main, output_json, show_warnings
 from deeprebirth.cli.progress import progress_bar
 from deeprebirth.runtime import verify
 
 
 @main.command("tucker")
 @click.argument("model")
-@click.argument("weights", type=click.Path(dir_okay=False))
+@click.argument("weights", type=FILE)
 @click.option("--ranks", default="vbmf", show_default=True, metavar="vbmf|R|R3,R4",
               help="Ranks: empirical VBMF per layer, or fixed (R3 input-side, R4 output-side; one value R for "
                    "the SVD of 1x1 convolutions and InnerProducts).")
 @click.option("--ratio", type=float, default=None, metavar="F",
               help="Instead of --ranks: keep at most this fraction of each layer's weights (the paper: 0.5).")
 @click.option("--only", metavar="NAMES", help="Decompose only these layers, comma-separated.")
-@click.option("--train-val", "train_val", type=click.Path(dir_okay=False),
+@click.option("--train-val", "train_val", type=FILE,
               help="The model's train_val.prototxt, to frame the new body (as for `slim`).")
 @click.option("--data-layer", type=click.Choice(["image", "dummy"]), default="image", show_default=True,
               help="Data layers of a generated train_val: ImageData list files, or synthetic DummyData.")
 @click.option("--output", "-o", "outdir", required=True, type=click.Path(),
               help="Directory for deploy.prototxt, train_val.prototxt, solver.prototxt, init.caffemodel, "
                    "report.json.")
+@click.option("--allow-missing", is_flag=True,
+              help="Accept a caffemodel that lacks weights of some layers with parameters; those layers get "
+                   "fresh weights and are listed.")
+@click.option("--force", is_flag=True,
+              help="Replace OUTDIR although it holds files rebirth did not write (all of them are removed).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a summary.")
-def tucker_command(model, weights, ranks, ratio, only, train_val, data_layer, outdir, as_json):
+def tucker_command(model, weights, ranks, ratio, only, train_val, data_layer, outdir, allow_missing, force, as_json):
     """Decompose MODEL's convolutions (Tucker-2: 1x1, KxK core, 1x1) and 1x1 convolutions /
     InnerProducts (truncated SVD) from WEIGHTS (Kim et al. 2015; the paper's GoogLeNet-Tucker, and
     Slim-Tucker when MODEL is a slim net).
@@ -42,16 +46,16 @@ def tucker_command(model, weights, ranks, ratio, only, train_val, data_layer, ou
     train_val.prototxt; report.json gives ranks, errors, params and MACs per layer.
     """
     fixed = parse_ranks(None if ratio is not None and ranks == "vbmf" else ranks)
-    m = load_model(model, weights)
+    m = load_model(model, weights, allow_missing=allow_missing)
     show_warnings(m.warnings)
     given = netio.read_net(train_val) if train_val else None
     names = None if only is None else only.split(",")
     kwargs = dict(train_val=given, train_val_source=train_val, data_layer=data_layer,
                   inputs=[str(resolve(model)), weights, train_val])
-    with progress_bar(len(tucker_api.candidates(m, names)), "decomposing", "layer", sys.stderr.isatty()) as bar:
+    with progress_bar(len(tucker_api.candidates(m, names)), "decomposing", "layer") as bar:
         out = tucker_api.tucker(m, fixed, ratio, only=names, progress=bar, measure=verify.output_errors, **kwargs)
     show_warnings([w for w in out.result.warnings if w not in m.warnings])
-    written = slim_api.write(out, outdir)
+    written = slim_api.write(out, outdir, force=force)
     if as_json:
         output_json(out.report())
     else:

@@ -666,7 +666,7 @@ def _data(g, layer, bottoms):
     crop = layer.transform_param.crop_size
     if not crop:
         raise RebirthError(f"layer '{layer.name}' ({layer.type}): its image size comes from the database; "
-                           "set transform_param.crop_size or pass the input shape")
+                           "give the deploy prototxt (its Input layer has the shape), or set transform_param.crop_size")
     return _image_tops(g, layer, layer.data_param.batch_size, 3, crop, crop)
 
 
@@ -681,7 +681,8 @@ def _image_data(g, layer, bottoms):
         h, w = p.new_height, p.new_width
     else:
         raise RebirthError(f"layer '{layer.name}' (ImageData): its image size comes from the files; "
-                           "set new_height/new_width or crop_size, or pass the input shape")
+                           "give the deploy prototxt (its Input layer has the shape), or set new_height/new_width "
+                           "or crop_size")
     return _image_tops(g, layer, p.batch_size, c, h, w)
 
 

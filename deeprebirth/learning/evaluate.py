@@ -233,5 +233,6 @@ def evaluate_command(model, weights, source_spec: str, teacher=None, teacher_wei
     if not source.has_labels and tutor is None:
         data.require_labels(source, "eval without --teacher")
     result = run_evaluation(student, source, pre, batch=batch, teacher=tutor, progress=progress)
-    result["preprocess_from"] = train_val or "defaults"
+    result["preprocess_from"] = str(train_val) if train_val else "defaults"
+    result["preprocess"] = pre.describe()
     return result

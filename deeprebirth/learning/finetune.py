@@ -27,6 +27,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -48,6 +50,7 @@ from deeprebirth.graph.dag import DATA_TYPES, Graph
 from deeprebirth.caffe.model import load_model
 
 SNAPSHOT_PREFIX = "finetune"
+OUTPUT_FILES = ("weights.caffemodel", "deploy.prototxt", "finetune.json")
 TEACHER_LOGITS = "teacher_logits"
 DISTILL_LOSS = "distill_loss"
 # Batch-size fields of the data layers Caffe knows.
@@ -215,11 +218,11 @@ def finetune(slim_dir, train: data.Source, val: data.Source | None = None, *, it
              test_interval: int | None = None, snapshot: int | None = None, resume: str | None = None,
              weights: str | None = None, outdir: str | os.PathLike | None = None, distill: bool = False,
              val_limit: int | None = None, val_batch: int = 50, seed: int = 0,
-             progress: Callable[[int], object] | None = None, log=None) -> dict:
+             progress: Callable[[int], object] | None = None, log=None, force: bool = False) -> dict:
     """Fine-tune ``slim_dir`` on ``train`` (see the module doc); returns what finetune.json holds.
     ``progress(n)`` is called after every n iterations, ``log(line)`` with every validation."""
     st = _setup(slim_dir, train, val, batch, resume, weights, outdir, distill)
-    st.outdir.mkdir(parents=True, exist_ok=True)
+    netio.claim_dir(st.outdir, OUTPUT_FILES, [p for p in (st.start_weights, st.resume) if p], force)
     if log is not None:
         for note in st.notes:
             log(f"note: {note}")
@@ -235,16 +238,48 @@ def finetune(slim_dir, train: data.Source, val: data.Source | None = None, *, it
     history = _previous_history(st.outdir, start) if resume is not None else []
     started = time.perf_counter()
     validate = _Validator(st, val, val_limit, val_batch, sparam, history, started, log)
-    snapshots = _train(st, solver, train, sparam, validate, interval, snap_every, seed, progress)
-    max_iter = int(sparam.max_iter)
-    if validate.losses or not history or history[-1]["iteration"] != max_iter:
+    with _Interrupt() as stop:
+        snapshots = _train(st, solver, train, sparam, validate, interval, snap_every, seed, progress, stop)
+    max_iter = int(solver.iter) if stop.signal else int(sparam.max_iter)
+    if not stop.signal and (validate.losses or not history or history[-1]["iteration"] != max_iter):
         validate(max_iter)
     if start < max_iter or not (st.outdir / f"{SNAPSHOT_PREFIX}_iter_{max_iter}.solverstate").exists():
         solver.snapshot()
         snapshots.append(_snapshot_name(st.outdir, max_iter))
     result = _record(st, train, val, distill, sparam, start, history, snapshots, started)
+    if stop.signal:
+        result["interrupted"] = {"signal": stop.signal, "iteration": max_iter}
     _write_outputs(st, solver, result)
+    netio.record_files(st.outdir, [*OUTPUT_FILES, *(Path(p).name for p in snapshots),
+                                   *(Path(p).name.replace(".solverstate", ".caffemodel") for p in snapshots)])
     return result
+
+
+class _Interrupt:
+    """SIGINT/SIGTERM during training set ``signal`` (its name) instead of killing the run; the
+    loop stops after the current iteration, and the run is snapshotted and written as if it had
+    ended there (Caffe's own `caffe train` snapshots on SIGINT likewise). A second signal acts
+    as usual. Outside the main thread (where handlers cannot be set) nothing changes."""
+
+    def __init__(self):
+        self.signal: str | None = None
+        self._old: dict = {}
+
+    def _handle(self, signum, frame):
+        self.signal = signal.Signals(signum).name
+        for sig, old in self._old.items():  # a second Ctrl-C stops at once
+            signal.signal(sig, old)
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        return False
 
 
 def _setup(slim_dir, train, val, batch, resume, weights, outdir, distill) -> _Setup:
@@ -321,7 +356,7 @@ class _Validator:
 
 
 def _train(st: _Setup, solver, train: data.Source, sparam, validate: _Validator, interval: int, snap_every: int,
-           seed: int, progress) -> list[str]:
+           seed: int, progress, stop: "_Interrupt | None" = None) -> list[str]:
     """Caffe's solver, one step at a time, its input blobs set from ``train``; the snapshots taken."""
     tn, net = st.tn, solver.net
     validate.net = net
@@ -331,6 +366,8 @@ def _train(st: _Setup, solver, train: data.Source, sparam, validate: _Validator,
     if validate.val is not None and start < max_iter and not any(h["iteration"] == start for h in validate.history):
         validate(start)
     for it in range(start, max_iter):
+        if stop is not None and stop.signal:
+            break
         x, y = next(gen)
         net.blobs[tn.image].data[...] = x
         if tn.label is not None:

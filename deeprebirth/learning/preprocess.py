@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from deeprebirth.caffe import folders, netio
+from deeprebirth.caffe import builtin, folders, netio
 from deeprebirth.caffe import proto as pb
 from deeprebirth.errors import RebirthError
 from deeprebirth.graph.dag import DATA_TYPES
@@ -373,8 +373,12 @@ def parse_mean(text: str):
 def default_train_val(spec: str | os.PathLike) -> str | None:
     """The train_val whose TEST data layer gives a directory MODEL's preprocessing: its own
     train_val.prototxt (a slim or tucker output), else that of the slim directory its
-    finetune.json or relearn.json names; None for a prototxt MODEL."""
+    finetune.json or relearn.json names; for a built-in name the train_val shipped with it
+    (``builtin.train_val``); None for a prototxt MODEL."""
     p = Path(spec)
+    if str(spec) in builtin.NAMES and not p.is_file():
+        shipped = builtin.train_val(str(spec))
+        return _with_test_data(shipped) if shipped is not None else None
     if not p.is_dir():
         return None
     if (p / "train_val.prototxt").exists():

@@ -65,6 +65,9 @@ from deeprebirth.caffe import proto as pb
 from deeprebirth.errors import RebirthError
 from deeprebirth.graph.dag import Graph, conv_geometry
 
+OUTPUT_FILES = ("weights.caffemodel", "relearn.json")
+"""What relearn writes into its output folder (besides the marker)."""
+
 LS_TYPES = ("Convolution",)
 
 # ----------------------------------------------------------------------------------------------
@@ -471,7 +474,7 @@ def load_images(source, pre, count: int, heldout: int, seed: int = 0) -> tuple[n
 def relearn_dir(slim_dir: str | os.PathLike, source_spec: str, outdir: str | os.PathLike | None = None,
                 weights: str | os.PathLike | None = None, teacher: str | os.PathLike | None = None,
                 teacher_weights: str | os.PathLike | None = None, train_val: str | os.PathLike | None = None,
-                options: Options | None = None, progress: Callable | None = None) -> dict:
+                options: Options | None = None, progress: Callable | None = None, force: bool = False) -> dict:
     """`rebirth relearn` as a library call: everything read and checked first, then re-learned, then
     OUTDIR/weights.caffemodel and OUTDIR/relearn.json written (atomically, never over an input)."""
     from deeprebirth.learning import sources as data  # noqa: PLC0415
@@ -515,15 +518,11 @@ def relearn_dir(slim_dir: str | os.PathLike, source_spec: str, outdir: str | os.
             raise RebirthError(f"--only: no unit named '{unknown[0]}' (units: {', '.join(u.name for u in units)})")
     if not units:
         raise RebirthError(f"{slim_dir}: the slim net has no regenerated layers: nothing to re-learn")
+    inputs = [deploy_path, start, t_deploy, t_weights]
+    out = netio.claim_dir(Path(outdir) if outdir else slim_dir, OUTPUT_FILES, inputs, force)
     pre = preprocess_for(slim_dir, deploy, train_val)
     source = data.open_source(source_spec)
     train, held = load_images(source, pre, opt.train_images, opt.heldout_images, opt.seed)
-    out = Path(outdir) if outdir else slim_dir
-    inputs = [deploy_path, start, t_deploy, t_weights]
-    for name in ("weights.caffemodel", "relearn.json"):
-        for src in inputs:
-            if netio.same_file(out / name, Path(src)):
-                raise RebirthError(f"{out / name}: refusing to overwrite an input file (give -o)")
     t0 = time.perf_counter()
     new_weights, results = relearn(deploy, arrays, teacher_model.net, teacher_model.weights, units,
                                    train, held, opt, progress)
@@ -543,19 +542,21 @@ def relearn_dir(slim_dir: str | os.PathLike, source_spec: str, outdir: str | os.
             extra.ClearField("blobs")
     merged = dict(new_weights)
     merged.update(spare)
-    out.mkdir(parents=True, exist_ok=True)
     w_path = netio.write_weights(netio.with_weights(full, merged), out / "weights.caffemodel", inputs)
     j_path = netio.atomic_write(out / "relearn.json", json.dumps(doc, indent=2) + "\n", inputs)
+    netio.record_files(out, OUTPUT_FILES)
     doc["files"] = [str(w_path), str(j_path)]
     return doc
 
 
 def relearn_command(slim_dir, source_spec, outdir=None, weights=None, teacher=None, teacher_weights=None,
                     train_val=None, options: Options | None = None,
-                    progress: Callable[[int], object] | None = None) -> dict:
+                    progress: Callable[[int], object] | None = None, force: bool = False) -> dict:
     """What `rebirth relearn` does, as one call that `engine.isolate.call` runs in a child process
-    (so a Caffe CHECK failure is a one-line error): ``progress(1)`` after every SGD iteration."""
+    (so a Caffe CHECK failure is a one-line error): ``progress(1)`` after every SGD iteration and
+    after every unit (so a run with --iters 0 shows progress too)."""
     def tick(done_units, n_units, name, it, iters):
-        if iters and progress is not None:
+        if progress is not None:   # one per SGD iteration, and one per finished unit
             progress(1)
-    return relearn_dir(slim_dir, source_spec, outdir, weights, teacher, teacher_weights, train_val, options, tick)
+    return relearn_dir(slim_dir, source_spec, outdir, weights, teacher, teacher_weights, train_val, options, tick,
+                       force=force)

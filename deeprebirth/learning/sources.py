@@ -365,13 +365,24 @@ class Subset(Source):
 _SLICE = re.compile(r"^(.*)\[(-?\d*):(-?\d*)(?::(-?\d*))?\]$")
 
 
+def _exists(spec: str) -> bool:
+    try:
+        return Path(spec).exists()
+    except (OSError, ValueError):
+        return False
+
+
 def open_source(spec: str, *, limit: int | None = None) -> Source:
     """Open a SOURCE: an image folder, a list file, an LMDB, or ``fashion-mnist[:train|:test]``,
     optionally with a ``[start:stop:step]`` subset suffix; ``limit`` keeps the first N images."""
     spec = str(spec)
     base_spec, sl = spec, None
     m = _SLICE.match(spec)
-    if m and not Path(spec).exists():
+    if not m and spec.endswith("]") and "[" in spec and not _exists(spec):
+        suffix = spec[spec.rindex("["):]
+        raise RebirthError(f"{spec}: the subset suffix {suffix} is not [start:stop] or [start:stop:step] with "
+                           "whole numbers (e.g. fashion-mnist:test[:300])")
+    if m and not _exists(spec):
         base_spec = m.group(1)
         sl = slice(*(int(g) if g else None for g in m.groups()[1:]))
     source = _open_base(base_spec)

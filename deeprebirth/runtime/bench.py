@@ -18,14 +18,11 @@ recorded timings, so it is tested with made-up numbers.
 from __future__ import annotations
 
 import gc
-import io as _io
 import statistics
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Sequence
 
-from deeprebirth.caffe import netio
 from deeprebirth.caffe import proto as pb
 from deeprebirth.runtime.devices.base import Device, Memory, Session
 from deeprebirth.runtime.pycaffe import check_runnable
@@ -38,8 +35,6 @@ from deeprebirth.caffe.model import Model, load_model
 LAYER_SUM_MARGIN = 5.0
 TOP_LAYERS = 10
 MB = 1024 * 1024
-TENSOR_COLOR = "black"        # Figure 2 of the paper: tensor layers black,
-NON_TENSOR_COLOR = "tab:red"  # non-tensor layers red
 Progress = Callable[[int], None]
 
 
@@ -307,6 +302,7 @@ def summarize(m: Measurement) -> dict:
         raise ValueError(f"{m.label}: no timed runs")
     rows = layer_table(m.layer_names, m.layer_types, m.layers_s)
     kinds = group_by_kind(rows) if rows else None
+    shares = non_tensor_percent_runs(m.layer_types, m.layers_s)
     mem = m.memory
     return {
         "model": m.label,
@@ -317,7 +313,8 @@ def summarize(m: Measurement) -> dict:
         "median_ms": _ms(statistics.median(m.forward_s)),
         "runs_ms": [_ms(t) for t in m.forward_s],
         "non_tensor_percent": non_tensor_percent(rows),
-        "non_tensor_percent_iqr": quartiles(non_tensor_percent_runs(m.layer_types, m.layers_s)),
+        "non_tensor_percent_iqr": quartiles(shares),
+        "non_tensor_percent_median_run": statistics.median(shares) if shares else None,
         "tensor_ms": kinds["tensor"] if kinds else None,
         "non_tensor_ms": kinds["non-tensor"] if kinds else None,
         "layer_sum": agreement(m.forward_s, m.layers_s),
@@ -359,59 +356,4 @@ def build_json(measurements: Sequence[Measurement], settings: dict | None = None
     return {**(settings or {}), "models": models, "ratios": ratios(models)}
 
 
-# ------------------------------------------------------------------------------------------------
-# Text report (pure)
-
-
-# ------------------------------------------------------------------------------------------------
-# Plot (pure: a matplotlib Figure from the JSON document's models)
-
-
-def make_figure(models: Sequence[dict]):
-    """Figure 2 of the paper: one panel per model, one bar per layer (its median forward time),
-    tensor layers in black and non-tensor layers in red."""
-    from matplotlib.figure import Figure  # noqa: PLC0415  (no pyplot: no global state, no GUI)
-    from matplotlib.patches import Patch  # noqa: PLC0415
-
-    models = [m for m in models if m["layers"]]
-    if not models:
-        raise RebirthError("the plot needs per-layer times (run with --layers)")
-    most = max(len(m["layers"]) for m in models)
-    fig = Figure(figsize=(max(8.0, 0.07 * most), 3.2 * len(models)), layout="constrained")
-    axes = fig.subplots(len(models), 1, squeeze=False)[:, 0]
-    for ax, m in zip(axes, models):
-        rows = m["layers"]
-        for kind, color in (("tensor", TENSOR_COLOR), ("non-tensor", NON_TENSOR_COLOR)):
-            xs = [i for i, r in enumerate(rows) if r["kind"] == kind]
-            if xs:
-                ax.bar(xs, [rows[i]["ms"] for i in xs], width=0.8, color=color, label=kind)
-        ax.set_xlim(-1, len(rows))
-        ax.set_xticks(range(len(rows)))
-        ax.set_xticklabels([r["name"] for r in rows], rotation=90, fontsize=max(3, min(7, 700 // max(1, len(rows)))))
-        ax.set_ylabel("ms (median)")
-        share = m.get("non_tensor_percent")
-        title = f"{m['model']}: best {m['best_ms']:.2f} ms"
-        if share is not None:
-            title += f", non-tensor layers {share:.1f} % of layer time"
-        ax.set_title(title, fontsize=10)
-        ax.legend(handles=[Patch(color=TENSOR_COLOR, label="tensor"),
-                           Patch(color=NON_TENSOR_COLOR, label="non-tensor")], fontsize=8, loc="upper right")
-    return fig
-
-
-def plot_png(models: Sequence[dict], dpi: int = 120) -> bytes:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: PLC0415
-
-    fig = make_figure(models)
-    FigureCanvasAgg(fig)
-    buf = _io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi)
-    return buf.getvalue()
-
-
-def save_plot(models: Sequence[dict], path: str | Path, inputs: Sequence[str] = ()) -> Path:
-    """Write the per-layer bar chart to ``path`` (a .png), atomically, never over an input file."""
-    path = Path(path)
-    if path.suffix.lower() != ".png":
-        raise RebirthError(f"{path}: --plot writes a PNG image; give a file name ending in .png")
-    return netio.atomic_write(path, plot_png(models), inputs)
+# The plot is in runtime/plot.py.

@@ -14,30 +14,36 @@ runs a net in pycaffe (bench, fold-bn --verify, and relearn / eval) therefore go
 state copied from the parent, no fork of a threaded process). Its return value comes back
 (pickled); a RebirthError it raises is raised again here with the same message; if the child dies
 (a signal, or an exit without a result) a RebirthError carries Caffe's own reason: the last glog
-FATAL line ("Check failed: ...") the child wrote to its stderr, which is captured in a temporary
-file. Arguments and results must be picklable (``model.Model`` is: its net travels as bytes).
+FATAL line ("Check failed: ...") the child wrote to its stderr, which is captured in a file of a
+temporary directory the parent makes and removes; the child's own temporary files (pycaffe's
+prototxt copies) go there too, so an abort leaves none behind. Arguments and results must be picklable (``model.Model`` is: its net travels as bytes).
 """
 from __future__ import annotations
 
 import multiprocessing as mp
 import os
 import re
+import shutil
 import signal
 import sys
 import tempfile
 import traceback
 from typing import Any, Callable
 
-from deeprebirth.errors import RebirthError
+from deeprebirth.errors import RebirthError, os_error_line
 
 # glog: "F[yyyy]mmdd hh:mm:ss.uuuuuu tid file.cpp:123] Check failed: ..." (F = FATAL; E = ERROR).
 _GLOG = re.compile(r"^([FE])\d{4,8} [\d:.]+\s+\d+ ([^\]]+)\] (.*)$")
 _STDERR_TAIL = 64 * 1024
+STDERR_NAME = "child.stderr"
 
 
-def _child(conn, stderr_path: str, fn: Callable, args: tuple, kwargs: dict, with_progress: bool) -> None:
-    """Entry point of the child: stderr to the capture file, run ``fn``, send back one message."""
-    fd = os.open(stderr_path, os.O_WRONLY | os.O_APPEND)
+def _child(conn, workdir: str, fn: Callable, args: tuple, kwargs: dict, with_progress: bool) -> None:
+    """Entry point of the child: stderr to the capture file, temporary files into ``workdir``
+    (which the parent removes, also when Caffe aborts the child), run ``fn``, send back one message."""
+    tempfile.tempdir = workdir
+    os.environ["TMPDIR"] = workdir
+    fd = os.open(os.path.join(workdir, STDERR_NAME), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     os.dup2(fd, 2)
     os.close(fd)
     sys.stderr = os.fdopen(2, "w", buffering=1, closefd=False)
@@ -50,6 +56,9 @@ def _child(conn, stderr_path: str, fn: Callable, args: tuple, kwargs: dict, with
     except RebirthError as exc:
         conn.send(("error", str(exc)))
     except BaseException as exc:  # noqa: BLE001 - reported in the parent as one line
+        if isinstance(exc, OSError) and exc.filename is not None:  # a path the system refused
+            conn.send(("error", os_error_line(exc)))
+            return
         tb = traceback.extract_tb(exc.__traceback__)
         where = f" at {os.path.basename(tb[-1].filename)}:{tb[-1].lineno}" if tb else ""
         conn.send(("crash", f"{type(exc).__name__}: {exc}{where}"))
@@ -107,10 +116,11 @@ def call(fn: Callable, *args, what: str = "Caffe", timeout: float | None = None,
     (seconds) kills the child when it runs longer. With ``progress``, ``fn`` gets a
     ``progress=`` callable whose calls reach ``progress`` here."""
     ctx = mp.get_context("spawn")
-    fd, stderr_path = tempfile.mkstemp(prefix="deeprebirth-child-", suffix=".stderr")
-    os.close(fd)
+    workdir = tempfile.mkdtemp(prefix="deeprebirth-child-")
+    stderr_path = os.path.join(workdir, STDERR_NAME)
+    open(stderr_path, "wb").close()
     parent, child = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(child, stderr_path, fn, args, kwargs, progress is not None),
+    proc = ctx.Process(target=_child, args=(child, workdir, fn, args, kwargs, progress is not None),
                        daemon=True)
     try:
         proc.start()
@@ -149,7 +159,4 @@ def call(fn: Callable, *args, what: str = "Caffe", timeout: float | None = None,
             proc.kill()
             proc.join()
         parent.close()
-        try:
-            os.unlink(stderr_path)
-        except OSError:
-            pass
+        shutil.rmtree(workdir, ignore_errors=True)

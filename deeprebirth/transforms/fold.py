@@ -16,6 +16,8 @@ import os
 from pathlib import Path
 from typing import Iterable
 
+import numpy as np
+
 from deeprebirth.caffe import netio
 from deeprebirth.transforms import runner
 from deeprebirth.transforms import rules
@@ -74,7 +76,14 @@ def fold_bn(model: Model, only: Iterable[str] | None = None) -> runner.Result:
     check_inference_net(model.net, model.source)
     model = model.copy()
     check_weights(Graph(model.net), model.weights, model.weights_source or model.source)
-    return runner.run(model, rules.get(["fold_bn"]), only=set(only) if only is not None else None)
+    with np.errstate(all="ignore"):  # overflow is reported below, as one error
+        result = runner.run(model, rules.get(["fold_bn"]), only=set(only) if only is not None else None)
+    for name, arrays in result.model.weights.items():
+        if any(not np.isfinite(a).all() for a in arrays):
+            raise RebirthError(f"{model.weights_source or model.source}: folding gives non-finite weights in layer "
+                               f"'{name}' (the BatchNorm statistics or scales are out of float32 range: a "
+                               "variance near zero or huge values); nothing written")
+    return result
 
 
 # ----------------------------------------------------------------------------------------------
@@ -85,5 +94,5 @@ def write(model: Model, outdir: str | os.PathLike, inputs: Iterable = (), force:
     """Write ``outdir/deploy.prototxt`` and ``outdir/weights.caffemodel``, both or neither, never
     mixed with an earlier run's files (``netio.write_dir``; other files in ``outdir`` need ``force``)."""
     files = {OUTPUT_NET: netio.net_to_text(model.net), OUTPUT_WEIGHTS: model.with_blobs().SerializeToString()}
-    net_path, weights_path = netio.write_dir(outdir, files, inputs, force=force, owned=files)
+    net_path, weights_path = netio.write_dir(outdir, files, inputs, force=force)
     return net_path, weights_path

@@ -273,8 +273,8 @@ def _weights_net(out: SlimOutput) -> "pb.NetParameter":
 
 def write(out: SlimOutput, outdir: str | os.PathLike, force: bool = False) -> list[Path]:
     """Write every file into ``outdir``, all or nothing (``netio.write_dir``: never onto an input,
-    never mixed with an earlier run's files; a directory holding other files needs ``force``)."""
-    return netio.write_dir(outdir, render(out), out.inputs, force=force, owned=FILES)
+    never mixed with an earlier run's files; a directory rebirth did not make needs ``force``)."""
+    return netio.write_dir(outdir, render(out), out.inputs, force=force)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -135,3 +135,25 @@ def test_errors(caffe, setup):
     line = error_line(run("eval", d / "net.prototxt", "--weights", d / "net.caffemodel", "--data", d / "list.txt",
                           "--mean", "1,2,3"))
     assert "3 mean values for a 1-channel" in line
+
+
+@pytest.mark.caffe
+def test_a_builtin_brings_its_weights_and_preprocessing(caffe):
+    """`eval fmnist_googlenet --data ...` alone uses the shipped weights and the shipped train_val's
+    preprocessing: the same numbers, to the digit, as naming both, and says which it used."""
+    from deeprebirth.caffe import builtin  # noqa: PLC0415
+    if not (data.FASHION_MNIST_DIR / "t10k-images-idx3-ubyte.gz").exists():
+        pytest.skip("Debian's dataset-fashion-mnist is not installed (make install)")
+    if builtin.weights("fmnist_googlenet") is None:
+        pytest.skip("models/fmnist_googlenet.caffemodel is not built")
+    spec = "fashion-mnist:test[:40]"
+    alone = run("eval", "fmnist_googlenet", "--data", spec, "--json")
+    assert alone.exit_code == 0, alone.stderr
+    named = run("eval", "fmnist_googlenet", "--data", spec, "--json", "--weights", builtin.weights("fmnist_googlenet"),
+                "--train-val", builtin.train_val("fmnist_googlenet"))
+    a, b = json.loads(alone.stdout), json.loads(named.stdout)
+    assert (a["top1"], a["top5"], a["preprocess"]) == (b["top1"], b["top5"], b["preprocess"])
+    assert a["preprocess_from"] == str(builtin.train_val("fmnist_googlenet"))
+    assert a["preprocess"]["channels"] == 1 and a["preprocess"]["scale"] != 1
+    text = run("eval", "fmnist_googlenet", "--data", "fashion-mnist:test[:10]").stdout
+    assert f"from {builtin.train_val('fmnist_googlenet')}" in text

@@ -11,11 +11,12 @@ import pytest
 
 from deeprebirth.cli import reports
 from deeprebirth.runtime import bench
+from deeprebirth.runtime import plot
 from deeprebirth.caffe import netio
 from deeprebirth.runtime.devices.base import Memory
 from deeprebirth.runtime.devices import get_device
 from deeprebirth.errors import RebirthError
-from helpers import TINY, FakeDevice, run
+from helpers import TINY, FakeDevice, error_line, run
 
 MODEL_KEYS = {"model", "best_ms", "median_ms", "non_tensor_percent", "memory_bytes", "peak_rss_bytes", "layers"}
 LAYER_KEYS = {"name", "type", "kind", "ms"}
@@ -156,28 +157,54 @@ def test_dataset_nets_and_labels():
 # Plot
 
 
-def _bars(fig):
-    return [p for ax in fig.axes for p in ax.patches]
+def _rows(names, kinds):
+    return [{"name": n, "type": "Convolution" if k == "tensor" else "ReLU", "kind": k, "ms": 1.0}
+            for n, k in zip(names, kinds)]
+
+
+def test_blocks_follow_table_4():
+    """GoogLeNet by its '/' prefixes (pooling and LRN after conv1 belong to conv1), AlexNet and
+    ResNet by their tensor layers; Input layers are not a block."""
+    google = _rows(["conv1/7x7_s2", "conv1/relu_7x7", "pool1/3x3_s2", "pool1/norm1", "conv2/3x3_reduce",
+                    "conv2/3x3", "pool2/3x3_s2", "inception_3a/1x1", "inception_3a/relu_1x1", "inception_3a/pool",
+                    "inception_3a/output", "pool5/7x7_s1", "loss3/classifier"],
+                   ["tensor", "non", "non", "non", "tensor", "tensor", "non", "tensor", "non", "non", "non", "non",
+                    "tensor"])
+    got = {b["block"]: (b["tensor_ms"], b["non_tensor_ms"]) for b in plot.blocks(google)}
+    assert got == {"conv1": (1, 3), "conv2": (2, 1), "inception_3a": (1, 4), "loss3": (1, 0)}
+    alex = _rows(["conv1", "relu1", "norm1", "pool1", "conv2", "relu2", "fc6", "drop6", "prob"],
+                 ["tensor", "non", "non", "non", "tensor", "non", "tensor", "non", "non"])
+    assert [b["block"] for b in plot.blocks(alex)] == ["conv1", "conv2", "fc6"]
+    res = _rows(["conv1", "bn_conv1", "pool1", "res2a_branch1", "bn2a_branch1", "res2a_branch2a", "res2a",
+                 "res2a_relu", "res2b_branch2a", "fc1000"],
+                ["tensor", "non", "non", "tensor", "non", "tensor", "non", "non", "tensor", "tensor"])
+    assert [(b["block"], b["layers"]) for b in plot.blocks(res)] == [("conv1", 3), ("res2a", 5), ("res2b", 1),
+                                                                     ("fc1000", 1)]
+    assert plot.blocks([{"name": "data", "type": "Input", "kind": "non-tensor", "ms": 0.0}]) == []
+
+
+def test_speed_is_worded_one_way():
+    assert plot.speed_words(0.5) == "2.00x faster"
+    assert plot.speed_words(2.0) == "2.00x slower"
+    assert plot.speed_words(1.0) == "1.00x (same)"
 
 
 @pytest.mark.slow
-def test_plot_is_a_png_with_one_bar_per_layer(tmp_path):
-    from matplotlib.colors import to_rgba
+def test_plot_is_a_png_with_stacked_blocks_side_by_side(tmp_path):
     from matplotlib.image import imread
 
     doc = bench.build_json([fake("a"), fake("b", scale=2.0)])
-    fig = bench.make_figure(doc["models"])
-    assert len(fig.axes) == 2  # one panel per model
-    bars = _bars(fig)
-    assert len(bars) == 2 * len(NAMES)
-    n_tensor = sum(t in ("Convolution", "InnerProduct") for t in TYPES)
-    assert sum(b.get_facecolor() == to_rgba(bench.TENSOR_COLOR) for b in bars) == 2 * n_tensor
-    assert sum(b.get_facecolor() == to_rgba(bench.NON_TENSOR_COLOR) for b in bars) == 2 * (len(NAMES) - n_tensor)
-    # each panel: bar heights are the layers' median ms, at the layers' positions
-    heights = sorted((b.get_x() + b.get_width() / 2, b.get_height()) for b in fig.axes[0].patches)
-    assert [h for _, h in heights] == pytest.approx([r["ms"] for r in doc["models"][0]["layers"]])
+    fig = plot.make_figure(doc["models"])
+    assert len(fig.axes) == 1  # one scale for all models
+    n_blocks = len(plot.blocks(doc["models"][0]["layers"]))
+    bars = fig.axes[0].patches
+    assert len(bars) == 2 * 2 * n_blocks        # two models, tensor + non-tensor per block
+    total = sum(b.get_height() for b in bars)
+    assert total == pytest.approx(sum(r["ms"] for m in doc["models"] for r in m["layers"] if r["type"] != "Input"))
+    assert "2.00x slower than a" in fig.axes[0].get_title(loc="left")
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["conv1", "fc"]
 
-    path = bench.save_plot(doc["models"], tmp_path / "layers.png")
+    path = plot.save_plot(doc["models"], tmp_path / "layers.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     image = imread(path)
     assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
@@ -186,9 +213,14 @@ def test_plot_is_a_png_with_one_bar_per_layer(tmp_path):
 def test_plot_needs_layer_times_and_a_png_name(tmp_path):
     doc = bench.build_json([fake(layers=False)])
     with pytest.raises(RebirthError, match="--layers"):
-        bench.make_figure(doc["models"])
+        plot.make_figure(doc["models"])
     with pytest.raises(RebirthError, match=r"\.png"):
-        bench.save_plot(bench.build_json([fake()])["models"], tmp_path / "layers.jpg")
+        plot.save_plot(bench.build_json([fake()])["models"], tmp_path / "layers.jpg")
+
+
+def test_bench_refuses_a_plot_name_before_timing(tmp_path):
+    line = error_line(run("bench", "googlenet", "--runs", "1000", "--plot", tmp_path / "x.jpg"))
+    assert "x.jpg: --plot writes a PNG image" in line
 
 
 # ------------------------------------------------------------------------------------------------
@@ -246,7 +278,8 @@ def test_cli_bench_json(tmp_path, caffe):
     png = tmp_path / "fig.png"
     res = run("bench", proto, proto, "--runs", "2", "--warmup", "0", "--batch", "2", "--json", "--plot", png)
     assert res.exit_code == 0, res.output
-    assert res.stderr == ""  # no progress bar when stdout is not a terminal
+    # stderr is not a terminal: progress, if any (the timing took over 3 s), is lines, never a bar
+    assert all(line.startswith("rebirth: timing ") for line in res.stderr.splitlines())
     doc = json.loads(res.stdout)
     assert doc["device"] == "cpu" and doc["batch"] == 2 and doc["layers_timed"] is True  # --plot implies --layers
     assert [m["model"] for m in doc["models"]] == [str(proto), f"{proto} #2"]

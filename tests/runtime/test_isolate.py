@@ -98,3 +98,23 @@ def test_bench_of_a_net_caffe_refuses_is_one_line(caffe, tmp_path):
     line = error_line(run("bench", path, "--runs", "1", "--warmup", "0"))
     assert line.startswith("rebirth: error: Caffe (bench) aborted: ")
     assert "Unknown layer type: ShuffleChannel" in line and "known types" not in line
+
+
+def temp_file_then_abort():
+    import tempfile  # noqa: PLC0415
+    fd, _ = tempfile.mkstemp(prefix="deeprebirth-", suffix=".prototxt")
+    os.close(fd)
+    os.abort()
+
+
+@pytest.mark.caffe
+def test_an_aborted_child_leaves_no_temporary_file(caffe):
+    """The child's temporary files (pycaffe's prototxt copy, the stderr capture) live in a folder
+    the parent removes, also when Caffe aborts the child half-way."""
+    import tempfile  # noqa: PLC0415
+    before = sorted(os.listdir(tempfile.gettempdir()))
+    with pytest.raises(RebirthError, match="SIGABRT"):
+        isolate.call(temp_file_then_abort, what="the job")
+    with pytest.raises(RebirthError, match="Check failed"):
+        isolate.call(build_in_caffe, NET.replace("num_output: 2", "num_output: 0"))
+    assert sorted(os.listdir(tempfile.gettempdir())) == before

@@ -396,7 +396,7 @@ def test_cli_writes_folded_net_and_verifies(caffe, tmp_path):
     assert res.exit_code == 0, res.output
     assert "bn (BatchNorm), sc (Scale) folded into conv (Convolution)" in res.stdout
     assert "layers: 5 -> 3 (removed: 1 BatchNorm, 1 Scale)" in res.stdout and "ok" in res.stdout
-    assert sorted(p.name for p in out.iterdir()) == ["deploy.prototxt", "weights.caffemodel"]
+    assert sorted(p.name for p in out.iterdir() if p.name != ".rebirth") == ["deploy.prototxt", "weights.caffemodel"]
     folded = load_model(out / "deploy.prototxt", out / "weights.caffemodel")
     assert types(folded.net) == ["Input", "Convolution", "ReLU"]
     expected = fold.fold_bn(load_model(proto, caffemodel)).model.weights["conv"]

@@ -111,7 +111,8 @@ class StreamlineRule(Rule):
         folded = [n for n in chain if n.type in FOLDED]
         if folded:
             return (f"{folded[0].type} '{folded[0].name}' sits between '{head.name}' and the layers to slim: "
-                    "it must be folded into the tensor layer first (rule fold_bn, with --weights)")
+                    f"it must be folded into '{head.name}' first (rule fold_bn): slim with --weights and "
+                    f"--only {','.join(dict.fromkeys([head.name, match.name]))}")
         pools = [n for n in chain if n.type == POOL]
         notes: list[str] = []
         geometry = None

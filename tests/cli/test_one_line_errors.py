@@ -1,0 +1,100 @@
+"""Issue 17's cases: each is one `rebirth: error:` line naming the file and what was expected, or
+now works (an output folder as MODEL for inspect/bench, fold-bn --json)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from deeprebirth.caffe import netio
+from helpers import error_line, run, write_random_weights
+
+NET = """name: "small"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 12 dim: 12 } } }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1" convolution_param { num_output: 4 kernel_size: 3 } }
+layer { name: "bn1" type: "BatchNorm" bottom: "conv1" top: "conv1" }
+layer { name: "sc1" type: "Scale" bottom: "conv1" top: "conv1" scale_param { bias_term: true } }
+layer { name: "fc" type: "InnerProduct" bottom: "conv1" top: "fc" inner_product_param { num_output: 5 } }
+"""
+LONG = "x" * 300
+
+
+@pytest.fixture
+def small(tmp_path):
+    proto = tmp_path / "net.prototxt"
+    proto.write_text(NET)
+    weights = tmp_path / "net.caffemodel"
+    write_random_weights(netio.parse_net_text(NET), weights, seed=0)
+    return proto, weights
+
+
+@pytest.mark.parametrize("args", [
+    ("inspect", LONG + ".prototxt"), ("slim", LONG, "-o", "out"), ("bench", LONG),
+    ("eval", LONG, "--data", "fashion-mnist:test[:3]"), ("fold-bn", LONG, "w", "-o", "out"),
+    ("relearn", LONG, "--images", "x"), ("finetune", LONG, "--train", "x"), ("tucker", LONG, "w", "-o", "out"),
+])
+def test_an_over_long_path_is_one_line(tmp_path, monkeypatch, args):
+    monkeypatch.chdir(tmp_path)
+    line = error_line(run(*args))
+    assert "file name too long" in line or "no such file" in line
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", ["inspect", "slim", "eval", "tucker"])
+def test_a_directory_as_weights_is_one_line(tmp_path, small, command):
+    proto, _ = small
+    extra = {"inspect": [], "slim": ["-o", tmp_path / "o"], "eval": ["--data", "x"], "tucker": []}[command]
+    args = [command, proto, tmp_path, "-o", tmp_path / "o"] if command == "tucker" else \
+        [command, proto, "--weights", tmp_path, *extra]
+    line = error_line(run(*args))
+    assert f"{tmp_path}: is a directory" in line and "takes a file" in line
+
+
+def test_a_subset_suffix_that_is_not_numbers(tmp_path, small):
+    proto, weights = small
+    line = error_line(run("eval", proto, "-w", weights, "--data", "fashion-mnist:test[:abc]"))
+    assert "[:abc]" in line and "start:stop" in line
+
+
+def test_relearn_batch_larger_than_count_given_explicitly(tmp_path):
+    line = error_line(run("relearn", tmp_path, "--images", "x", "--count", "20", "--batch", "32"))
+    assert "--batch 32 is more than --count 20" in line
+
+
+def test_fold_bn_json_and_files_before_words(tmp_path, small):
+    proto, weights = small
+    res = run("fold-bn", proto, weights, "-o", tmp_path / "o", "--json")
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["layers"] == {"before": 5, "after": 3}
+    assert [c["substructure"] for c in doc["changes"]] == ["conv1"]
+    assert sorted(doc["files"]) == sorted(str(tmp_path / "o" / n) for n in ("deploy.prototxt", "weights.caffemodel"))
+    (tmp_path / "p").write_text("a file where the folder would go")
+    res = run("fold-bn", proto, weights, "-o", tmp_path / "p")
+    assert "folded" not in res.output                                      # no success words before failing
+    error_line(res)
+
+
+def test_fold_bn_refuses_overflowing_statistics(tmp_path, small):
+    proto, _ = small
+    arrays = write_random_weights(netio.parse_net_text(NET), tmp_path / "ok.caffemodel", seed=0)
+    arrays["bn1"][1][:] = 0.0          # variance 0 ...
+    arrays["bn1"][2][:] = 1e-30        # ... and a moving-average factor that overflows 1/sqrt(var/f + eps)
+    arrays["sc1"][0][:] = 3e38
+    bad = tmp_path / "bad.caffemodel"
+    netio.write_weights(netio.with_weights(netio.parse_net_text(NET), arrays), bad)
+    line = error_line(run("fold-bn", proto, bad, "-o", tmp_path / "o"))
+    assert "non-finite weights in layer" in line and "nothing written" in line
+    assert not (tmp_path / "o").exists()
+
+
+def test_inspect_and_bench_take_an_output_folder(tmp_path, small, caffe):
+    proto, weights = small
+    assert run("fold-bn", proto, weights, "-o", tmp_path / "o").exit_code == 0
+    res = run("inspect", tmp_path / "o", "--json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["layers"][-1]["name"] == "fc"
+    res = run("bench", tmp_path / "o", "--runs", "1", "--warmup", "0", "--json")
+    assert res.exit_code == 0, res.output
+    assert np.isfinite(json.loads(res.stdout)["models"][0]["best_ms"])

@@ -1,0 +1,106 @@
+"""An output folder is ours only if we made it: the marker (`.rebirth`) lists what rebirth wrote,
+and anything else in the folder -- a user's file, one that merely has one of our names, or a
+directory where a file would go -- needs --force, for every command that writes."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from deeprebirth.caffe import netio
+from deeprebirth.errors import RebirthError
+from helpers import error_line, run, write_random_weights
+
+NET = """name: "small"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 12 dim: 12 } } }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1" convolution_param { num_output: 4 kernel_size: 3 } }
+layer { name: "bn1" type: "BatchNorm" bottom: "conv1" top: "conv1" }
+layer { name: "sc1" type: "Scale" bottom: "conv1" top: "conv1" scale_param { bias_term: true } }
+layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }
+layer { name: "fc" type: "InnerProduct" bottom: "conv1" top: "fc" inner_product_param { num_output: 5 } }
+"""
+
+
+@pytest.fixture
+def small(tmp_path):
+    proto = tmp_path / "net.prototxt"
+    proto.write_text(NET)
+    weights = tmp_path / "net.caffemodel"
+    write_random_weights(netio.parse_net_text(NET), weights, seed=0)
+    return proto, weights
+
+
+def _commands(proto, weights, out):
+    return {
+        "slim": ("slim", proto, "-w", weights, "-o", out),
+        "fold-bn": ("fold-bn", proto, weights, "-o", out),
+        "tucker": ("tucker", proto, weights, "-o", out, "--data-layer", "dummy"),
+    }
+
+
+@pytest.mark.parametrize("command", ["slim", "fold-bn", "tucker"])
+def test_a_users_file_with_one_of_our_names_needs_force(tmp_path, small, command):
+    proto, weights = small
+    out = tmp_path / "out"
+    out.mkdir()
+    name = {"slim": "init.caffemodel", "fold-bn": "weights.caffemodel", "tucker": "report.json"}[command]
+    (out / name).write_text("mine")
+    line = error_line(run(*_commands(proto, weights, out)[command]))
+    assert "rebirth did not write" in line and name in line and "--force" in line
+    assert (out / name).read_text() == "mine" and [p.name for p in out.iterdir()] == [name]
+    assert run(*_commands(proto, weights, out)[command], "--force").exit_code == 0
+    marker = json.loads((out / netio.MARKER).read_text())
+    assert (out / name).read_bytes() != b"mine"
+    assert sorted(marker["files"]) == sorted(p.name for p in out.iterdir() if p.name != netio.MARKER)
+    assert marker["commands"][-1].startswith(f"rebirth {command} ")
+
+
+@pytest.mark.parametrize("command", ["slim", "fold-bn"])
+def test_a_directory_where_a_file_goes_is_never_emptied_silently(tmp_path, small, command):
+    proto, weights = small
+    out = tmp_path / "out"
+    assert run(*_commands(proto, weights, out)[command]).exit_code == 0   # ours: marker written
+    name = {"slim": "init.caffemodel", "fold-bn": "weights.caffemodel"}[command]
+    (out / name).unlink()
+    (out / name).mkdir()
+    (out / name / "keep.txt").write_text("mine")
+    line = error_line(run(*_commands(proto, weights, out)[command]))
+    assert f"{name}/" in line and "--force" in line
+    assert (out / name / "keep.txt").read_text() == "mine"
+
+
+def test_our_own_folder_is_replaced_without_force(tmp_path, small):
+    proto, weights = small
+    out = tmp_path / "out"
+    assert run("slim", proto, "-w", weights, "-o", out).exit_code == 0
+    (out / "report.json").unlink()                                        # a file of ours gone: still ours
+    assert run("slim", proto, "-w", weights, "-o", out).exit_code == 0
+    assert json.loads((out / netio.MARKER).read_text())["files"] == sorted(
+        p.name for p in out.iterdir() if p.name != netio.MARKER)
+    (out / "notes.txt").write_text("mine")                                # now it holds a user's file
+    assert "notes.txt" in error_line(run("slim", proto, "-w", weights, "-o", out))
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_claim_dir_for_commands_that_add_files(tmp_path):
+    """relearn and finetune add their files: into a new folder, or one that is ours (their
+    default is SLIM_DIR itself, which slim marked); a user's folder needs force, which keeps
+    the user's files; a directory where a file would go is refused even then."""
+    fresh = netio.claim_dir(tmp_path / "new", ["weights.caffemodel"])
+    assert json.loads((fresh / netio.MARKER).read_text())["files"] == []
+    netio.record_files(fresh, ["weights.caffemodel"])
+    (fresh / "weights.caffemodel").write_text("ours")
+    netio.claim_dir(fresh, ["weights.caffemodel"])                       # ours: fine
+    users = tmp_path / "users"
+    users.mkdir()
+    (users / "notes.txt").write_text("mine")
+    with pytest.raises(RebirthError, match=r"notes\.txt.*--force"):
+        netio.claim_dir(users, ["weights.caffemodel"])
+    assert not (users / netio.MARKER).exists()
+    netio.claim_dir(users, ["weights.caffemodel"], force=True)
+    assert (users / "notes.txt").read_text() == "mine"
+    (users / "relearn.json").mkdir()
+    with pytest.raises(RebirthError, match="is a directory where a file would be written"):
+        netio.claim_dir(users, ["relearn.json"], force=True)
+    with pytest.raises(RebirthError, match="input"):
+        netio.claim_dir(fresh, ["weights.caffemodel"], inputs=[fresh / "weights.caffemodel"])

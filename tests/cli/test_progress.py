@@ -1,0 +1,66 @@
+"""cli/progress.py without a terminal: a line every few percent once a step takes a few seconds;
+and summaries that group repeated notes."""
+from __future__ import annotations
+
+import io
+
+from deeprebirth.cli import progress as pr
+from deeprebirth.cli.reports import grouped_notes
+
+
+class Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_lines_every_few_percent_after_a_quiet_start():
+    clock, out = Clock(), io.StringIO()
+    p = pr.LineProgress(200, "relearn", "step", stream=out, clock=clock)
+    p(50)                                  # 25 % within the quiet seconds: nothing
+    assert out.getvalue() == ""
+    clock.now = pr.QUIET_SECONDS + 1
+    for _ in range(150):
+        clock.now += pr.MIN_GAP_SECONDS
+        p(1)
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "rebirth: relearn 25% (51/200 step, 9 s)"
+    assert lines[-1] == "rebirth: relearn 100% (200/200 step, 754 s)"
+    assert len(lines) == (100 - 25) // pr.LINE_EVERY_PERCENT + 1
+
+
+def test_lines_are_spaced_in_time():
+    clock, out = Clock(), io.StringIO()
+    p = pr.LineProgress(20, "timing", "run", stream=out, clock=clock)
+    clock.now = pr.QUIET_SECONDS + 1
+    for _ in range(20):        # every run passes a 5 % step, all within one second: first and last only
+        clock.now += 0.05
+        p(1)
+    assert [line.split(" (")[0] for line in out.getvalue().splitlines()] == ["rebirth: timing 5%",
+                                                                            "rebirth: timing 100%"]
+
+
+def test_unknown_total_prints_every_so_often():
+    clock, out = Clock(), io.StringIO()
+    p = pr.LineProgress(None, "finetune", "it", stream=out, clock=clock)
+    for t in range(0, 100):
+        clock.now = float(t)
+        p(1)
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 3 and lines[0] == "rebirth: finetune 31 it so far (30 s)"
+
+
+def test_progress_bar_without_a_terminal_is_lines(capsys):
+    with pr.progress_bar(10, "eval", "img") as update:
+        assert isinstance(update, pr.LineProgress)
+
+
+def test_repeated_notes_are_grouped():
+    notes = [(f"u{i}", f"'c{i}': least squares with ridge {10.0 ** -i:g} (weights kept)") for i in range(30)]
+    notes.append(("u7", "fed the teacher's blob"))
+    lines = grouped_notes(notes)
+    assert len(lines) == 2
+    assert lines[0].startswith("  note (30 units: u0, u1, u2, u3 and 26 more; e.g. u0): ")
+    assert lines[1] == "  note: u7: fed the teacher's blob"
