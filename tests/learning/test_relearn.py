@@ -242,3 +242,22 @@ def test_errors_without_caffe(tmp_path):
     no_weights = tmp_path / "slim_nw"
     assert run("slim", proto, "-o", no_weights, "--data-layer", "dummy").exit_code == 0
     assert "--teacher-weights" in error_line(run("relearn", no_weights, "--images", empty))
+
+
+def test_relearn_sgd_too_high_rate_is_caught(caffe, tmp_path):
+    """A learning rate that blows SGD up: the unit's SGD restarts at lower rates or gives up, the
+    summary says so, and no NaN reaches the written weights."""
+    proto, w = write_model(tmp_path, SMALL, "small", seed=4)
+    slim = tmp_path / "slim"
+    assert run("slim", proto, "--weights", w, "-o", slim, "--data-layer", "dummy").exit_code == 0
+    images = image_folder(tmp_path, n=24, size=32)
+    res = run("relearn", slim, "--images", images, "--count", 16, "--heldout", 8, "--iters", 20,
+              "--batch", 8, "--lr", 1e7, "--no-least-squares", "--only", "conv1")
+    assert res.exit_code == 0, res.output
+    assert "SGD diverged at lr 1e+07" in res.output
+    doc = json.loads((slim / "relearn.json").read_text())
+    unit = doc["units"][0]
+    assert any("diverged" in n for n in unit["notes"])
+    assert unit["kept"] != "sgd" or np.isfinite(unit["error"]["sgd"]["rel"])
+    weights = netio.weights_of(netio.read_weights(slim / "weights.caffemodel"))
+    assert all(np.isfinite(a).all() for arrays in weights.values() for a in arrays)
