@@ -462,9 +462,9 @@ def _sgd_at(run: _Run, unit: Unit, weights: netio.Weights, d: _UnitData, tick: C
     order = rng.permutation(n)
     pos, first = 0, None
     for it in range(opt.iters):
-        if pos + opt.batch > n:
+        if pos + opt.batch > n and pos > 0:
             order, pos = rng.permutation(n), 0
-        idx = order[pos:pos + opt.batch]
+        idx = np.take(order, np.arange(pos, pos + opt.batch), mode="wrap")   # wraps when n < batch
         pos += opt.batch
         for b in unit.inputs:
             solver.net.blobs[b].data[...] = d.train_in[b][idx]

@@ -242,3 +242,22 @@ layer { name: "loss" type: "SoftmaxWithLoss" bottom: "fc" bottom: "label" top: "
     losses = [h["loss"] for h in hist if h["loss"] is not None]
     assert all(np.isfinite(losses)) and losses[-1] < losses[0], losses
     assert not any("diverged" in n for n in json.loads(res.output)["notes"])
+
+
+def test_recover_from_images_without_labels(slimmed, tmp_path):
+    """`rebirth recover`: relearn then distil, on a folder of images without class folders."""
+    d = slimmed
+    out = tmp_path / "rec"
+    res = run("recover", d / "slim", "--images", d / "plain", "--val", d / "plain", "--iters", 20,
+              "--relearn-iters", 10, "--count", 16, "-o", out, "--json")
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.output)
+    assert doc["labels_read"] is False and doc["finetune"]["mode"] == "distill"
+    assert doc["relearn"]["units"] and (out / "relearn" / "weights.caffemodel").exists()
+    assert doc["finetune"]["start_weights"] == str(out / "relearn" / "weights.caffemodel")
+    hist = doc["finetune"]["history"]
+    assert "val_agreement" in hist[0] and doc["finetune"]["best"]["val_agreement"] >= hist[0]["val_agreement"]
+    assert {"weights.caffemodel", "deploy.prototxt", "finetune.json", "recover.json"} <= {p.name for p in out.iterdir()}
+    # images without labels and no teacher agreement needed: the written net evaluates
+    got = json.loads(run("eval", out, "--data", d / "val", "--json").output)
+    assert 0 <= got["top1"] <= 1
