@@ -43,7 +43,7 @@ from deeprebirth.learning import preprocess
 from deeprebirth.transforms import trainfiles
 from deeprebirth.caffe import proto as pb
 from deeprebirth.runtime import pycaffe
-from deeprebirth.errors import RebirthError
+from deeprebirth.errors import Diverged, RebirthError
 from deeprebirth.graph.dag import DATA_TYPES, Graph
 from deeprebirth.caffe.model import load_model
 
@@ -207,12 +207,6 @@ WARMUP_FRACTION = 0.2
 WARMUP_MAX = 100
 # Caffe's clip_gradients (the L2 norm of all parameter gradients together) when the solver sets none.
 CLIP_GRADIENTS = 10.0
-
-
-class Diverged(Exception):
-    def __init__(self, it: int, loss: float):
-        super().__init__(it, loss)
-        self.it, self.loss = it, loss
 
 
 def _trained_start(st: _Setup) -> bool:

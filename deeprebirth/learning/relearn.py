@@ -63,7 +63,7 @@ from deeprebirth.learning.lstsq import patches, prune_filters, r_squared, relati
 from deeprebirth.transforms import trainfiles
 from deeprebirth.transforms.relearn_plan import Unit, selected_units
 from deeprebirth.caffe import proto as pb
-from deeprebirth.errors import RebirthError
+from deeprebirth.errors import Diverged, RebirthError
 from deeprebirth.graph.dag import Graph, conv_geometry
 
 LS_TYPES = ("Convolution",)
@@ -415,12 +415,6 @@ DIVERGENCE_FACTOR = 10.0
 SGD_ATTEMPTS = 4
 
 
-class _Diverged(Exception):
-    def __init__(self, it: int, loss: float):
-        super().__init__(it, loss)
-        self.it, self.loss = it, loss
-
-
 def _sgd(run: _Run, unit: Unit, weights: netio.Weights, d: _UnitData, tick: Callable,
          res: UnitResult | None = None) -> netio.Weights | None:
     """SGD in Caffe on the unit as a net of its own (module doc, step 4); the new layers' weights,
@@ -431,7 +425,7 @@ def _sgd(run: _Run, unit: Unit, weights: netio.Weights, d: _UnitData, tick: Call
     for _ in range(SGD_ATTEMPTS):
         try:
             return _sgd_at(run, unit, weights, d, tick, lr)
-        except _Diverged as bad:
+        except Diverged as bad:
             what = f"SGD diverged at lr {lr:g} (iteration {bad.it}, loss {bad.loss:.4g})"
             lr /= 10
             if res is not None:
@@ -474,12 +468,12 @@ def _sgd_at(run: _Run, unit: Unit, weights: netio.Weights, d: _UnitData, tick: C
         loss = sum(float(solver.net.blobs[f"loss:{o}"].data.sum()) * scale[o] for o in unit.outputs)
         first = loss if first is None else first
         if not math.isfinite(loss) or loss > DIVERGENCE_FACTOR * max(first, 1e-12):
-            raise _Diverged(it + 1, loss)
+            raise Diverged(it + 1, loss)
         tick(it + 1, opt.iters)
     learned = {name: [b.data.copy() for b in solver.net.params[name]] for name in unit.new
                if name in solver.net.params}
     if not all(np.isfinite(a).all() for arrays in learned.values() for a in arrays):
-        raise _Diverged(opt.iters, float("nan"))
+        raise Diverged(opt.iters, float("nan"))
     return learned
 
 
