@@ -12,6 +12,15 @@ class RebirthError(Exception):
     """A problem with the user's input (file, layer, what was expected)."""
 
 
+class Diverged(Exception):
+    """Training's loss stopped being finite or grew out of bounds at iteration ``it`` (internal:
+    relearn and finetune catch it and try a lower rate)."""
+
+    def __init__(self, it: int, loss: float):
+        super().__init__(it, loss)
+        self.it, self.loss = it, loss
+
+
 class RebirthWarning(UserWarning):
     """Something the user should know that does not stop the command (an unknown layer type, ...)."""
 

@@ -336,14 +336,106 @@ def stage_steps(work: Path, args) -> list[dict]:
     return rows
 
 
-def stage_tucker(work: Path, args) -> dict | None:
-    """Slim-Tucker: the last step's fine-tuned slim net decomposed (`rebirth tucker --ratio 0.5`),
-    re-learned against the slim net, fine-tuned as one step, evaluated and timed against the teacher."""
+def stage_labelfree(work: Path, args) -> dict | None:
+    """The label-free chain finished as `rebirth recover` does: the last step's relearn-only net
+    distilled against the teacher's logits (``finetune --distill``, no label read) for
+    ``--distill-iters``; the best weights on the last 2,000 *training* images (held out of it) (agreement with the
+    teacher, no labels) are kept."""
+    from deeprebirth.learning import finetune as ft
+    from deeprebirth.learning import sources as data  # noqa: PLC0415
+
+    out = work / "labelfree"
+    done = out / "labelfree.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    last = work / "steps" / f"{len(STEPS)}_{STEPS[-1][0]}"
+    if not (last / "step.json").exists() or not args.distill_iters:
+        return None
+    t0 = time.time()
+    step = json.loads((last / "step.json").read_text())
+    lmdb = str(work / "fmnist_train_lmdb")
+    held = len(data.open_source(lmdb)) - min(2000, len(data.open_source(lmdb)) // 10)
+    res = ft.finetune(last / "slim", data.open_source(f"{lmdb}[:{held}]"),
+                      data.open_source(f"{lmdb}[{held}:]"), iters=args.distill_iters,
+                      test_interval=max(1, args.distill_iters // 5), snapshot=0, distill=True,
+                      weights=str(last / "a" / "weights.caffemodel"), outdir=out / "distill", seed=7, progress=None)
+    tv_path = work / "teacher" / "train_val.prototxt"
+    row = {key: step[key] for key in ("layers", "memory_bytes", "best_ratio", "median_ratio", "paired_ratio")}
+    row.update({"step": f"{len(STEPS)}L", "slim": f"{STEPS[-1][0]}, label-free: relearn, then {args.distill_iters} "
+                "distillation iterations", "relearn_only": step["relearn_only"], "best": res.get("best")})
+    row["relearn_finetune"] = evaluate_net(last / "slim" / "deploy.prototxt", out / "distill" / "weights.caffemodel",
+                                           work, tv_path, args.eval_images)
+    row["seconds"] = round(time.time() - t0, 1)
+    out.mkdir(parents=True, exist_ok=True)
+    done.write_text(json.dumps(row, indent=2))
+    log(f"label-free: relearn only {row['relearn_only']['top1']:.4f} -> distilled {row['relearn_finetune']['top1']:.4f}; "
+        f"{row['seconds']} s")
+    return row
+
+
+def stage_bn_teacher(work: Path, args) -> dict | None:
+    """The BatchNorm teacher's slim row: `rebirth slim` (BatchNorm folded, conv1 + pool1 merged),
+    relearn, a default `finetune` with labels, top-1 and speed against that teacher."""
     from deeprebirth.learning import finetune as ft
     from deeprebirth.learning import relearn as rl
     from deeprebirth.learning import sources as data  # noqa: PLC0415
 
-    out = work / "tucker"
+    if not args.bn_teacher:
+        return None
+    deploy, weights, tv = (Path(p) for p in args.bn_teacher)
+    out = work / "bn_teacher"
+    done = out / "bn.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    t0 = time.time()
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    proc = subprocess.run([sys.executable, "-m", "deeprebirth.cli", "slim", str(deploy), "-w", str(weights),
+                           "--train-val", str(tv), "-o", str(out / "slim")], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"rebirth slim of the BN teacher failed: {proc.stderr.strip()}")
+    train_lmdb = str(work / "fmnist_train_lmdb")
+    rl.relearn_dir(out / "slim", train_lmdb, out / "relearn", options=rl.Options(
+        train_images=args.relearn_images, iters=args.relearn_iters, seed=5))
+    res = ft.finetune(out / "slim", data.open_source(train_lmdb), None, iters=args.bn_finetune_iters,
+                      test_interval=0, snapshot=0, weights=str(out / "relearn" / "weights.caffemodel"),
+                      outdir=out / "finetune", seed=5, progress=None)
+    row = {"step": "BN", "slim": f"BN teacher {deploy.name}: slim, relearn, {args.bn_finetune_iters} default "
+           "fine-tuning iterations", "teacher": evaluate_net(deploy, weights, work, tv, args.eval_images),
+           "relearn_only": evaluate_net(out / "slim" / "deploy.prototxt", out / "relearn" / "weights.caffemodel",
+                                        work, tv, args.eval_images),
+           "relearn_finetune": evaluate_net(out / "slim" / "deploy.prototxt", out / "finetune" / "weights.caffemodel",
+                                            work, tv, args.eval_images),
+           "finetune_notes": res.get("notes"), "layers": len(netio.read_net(out / "slim" / "deploy.prototxt").layer),
+           "memory_bytes": Graph(netio.read_net(out / "slim" / "deploy.prototxt"), strict=False).memory_bytes}
+    row.update(latency(deploy, weights, out / "slim" / "deploy.prototxt", out / "finetune" / "weights.caffemodel",
+                       args.bench_runs))
+    row["seconds"] = round(time.time() - t0, 1)
+    done.write_text(json.dumps(row, indent=2))
+    log(f"BN teacher: {row['teacher']['top1']:.4f}; slim relearned {row['relearn_only']['top1']:.4f}, fine-tuned "
+        f"{row['relearn_finetune']['top1']:.4f}; {row['best_ratio']:.2f}x; {row['seconds']} s")
+    return row
+
+
+def stage_tucker(work: Path, args) -> list[dict]:
+    """Slim-Tucker at each of ``--tucker-ratios`` (a speed/accuracy curve): one row per ratio."""
+    rows = []
+    for ratio in args.tucker_ratios:
+        row = tucker_row(work, args, ratio)
+        if row:
+            rows.append(row)
+    return rows
+
+
+def tucker_row(work: Path, args, ratio: float) -> dict | None:
+    """Slim-Tucker: the slim net's best weights (the longer fine-tune's, else the last step's)
+    decomposed (`rebirth tucker --ratio R`; balanced factors), re-learned against the slim net,
+    fine-tuned at finetune's defaults, evaluated and timed against the teacher."""
+    from deeprebirth.learning import finetune as ft
+    from deeprebirth.learning import relearn as rl
+    from deeprebirth.learning import sources as data  # noqa: PLC0415
+
+    out = work / f"tucker_{ratio:g}"
     done = out / "tucker.json"
     if done.exists():
         return json.loads(done.read_text())
@@ -353,15 +445,17 @@ def stage_tucker(work: Path, args) -> dict | None:
     t0 = time.time()
     out.mkdir(parents=True, exist_ok=True)
     tv_path = work / "teacher" / "train_val.prototxt"
+    source_w = work / "final" / "finetune" / "weights.caffemodel"
+    source_w = source_w if source_w.exists() else last / "b" / "weights.caffemodel"
     cmd = [sys.executable, "-m", "deeprebirth.cli", "tucker", str(last / "slim" / "deploy.prototxt"),
-           str(last / "b" / "weights.caffemodel"), "--ratio", "0.5", "--train-val", str(last / "slim" / "train_val.prototxt"),
+           str(source_w), "--ratio", str(ratio), "--train-val", str(last / "slim" / "train_val.prototxt"),
            "-o", str(out / "slim"), "--json"]
     slim_dir = out / "slim"
     if not (slim_dir / "report.json").exists():
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             raise SystemExit(f"rebirth tucker failed: {proc.stderr.strip()}")
-    row = {"step": "T", "slim": "Slim-Tucker (ratio 0.5)", "layers": len(netio.read_net(slim_dir / "deploy.prototxt").layer),
+    row = {"step": "T", "slim": f"Slim-Tucker (ratio {ratio:g})", "layers": len(netio.read_net(slim_dir / "deploy.prototxt").layer),
            "memory_bytes": Graph(netio.read_net(slim_dir / "deploy.prototxt"), strict=False).memory_bytes}
     row["before_relearn"] = evaluate_net(slim_dir / "deploy.prototxt", slim_dir / "init.caffemodel", work, tv_path,
                                          args.eval_images)
@@ -378,11 +472,11 @@ def stage_tucker(work: Path, args) -> dict | None:
     final = out / "relearn" / "weights.caffemodel"
     try:
         ft.finetune(slim_dir, data.open_source(train_lmdb), None, iters=args.tucker_iters, base_lr=args.tucker_lr,
-                    stepsize=max(1, int(args.tucker_iters * 0.6)), test_interval=0, snapshot=0,
+                    test_interval=0, snapshot=0,
                     weights=str(final), outdir=out / "finetune", seed=99, progress=None)
         final = out / "finetune" / "weights.caffemodel"
         row["relearn_finetune"] = evaluate_net(slim_dir / "deploy.prototxt", final, work, tv_path, args.eval_images)
-        row["finetune"] = {"iters": args.tucker_iters, "base_lr": args.tucker_lr}
+        row["finetune"] = {"iters": args.tucker_iters, "base_lr": args.tucker_lr or "solver default"}
     except RebirthError as exc:   # reported in the row, the relearned net is timed instead
         row["finetune_error"] = str(exc)
         row["relearn_finetune"] = row["relearn_only"]
@@ -441,6 +535,17 @@ def table(rows: list[dict], teacher: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def bn_table(rows: list[dict]) -> str:
+    bn = [r for r in rows if r.get("step") == "BN"]
+    if not bn:
+        return ""
+    r = bn[0]
+    return ("\n| BatchNorm teacher | top-1 teacher | top-1 relearn only | top-1 relearn + fine-tune | speed-up (best / "
+            "median) |\n|---|---:|---:|---:|---:|\n"
+            f"| {r['slim']} | {100 * r['teacher']['top1']:.2f}% | {100 * r['relearn_only']['top1']:.2f}% | "
+            f"{100 * r['relearn_finetune']['top1']:.2f}% | {r['best_ratio']:.2f}x / {r['median_ratio']:.2f}x |\n")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", type=Path, default=ROOT / "out" / "table3")
@@ -462,9 +567,17 @@ def main(argv=None) -> int:
     ap.add_argument("--final-iters", type=int, default=2000,
                     help="fine-tune the last step's net this much longer for an extra row (0: skip)")
     ap.add_argument("--tucker-iters", type=int, default=2000, help="fine-tuning iterations of Slim-Tucker")
-    ap.add_argument("--tucker-lr", type=float, default=0.00001,
-                    help="its base_lr (x10 on the decomposed layers; 1e-3 and 1e-4 diverge: the decomposition leaves "
-                         "the scale in the cores, up to 140)")
+    ap.add_argument("--tucker-lr", type=float, default=None,
+                    help="its base_lr (default: the solver's, with finetune's safe defaults)")
+    ap.add_argument("--tucker-ratios", type=lambda t: [float(x) for x in t.split(",")], default=[0.5, 0.65, 0.8],
+                    help="Slim-Tucker weight budgets, comma-separated: one row each (a speed/accuracy curve)")
+    ap.add_argument("--distill-iters", type=int, default=2000,
+                    help="distillation iterations that finish the label-free chain (0: skip)")
+    ap.add_argument("--bn-teacher", nargs=3, metavar=("DEPLOY", "WEIGHTS", "TRAIN_VAL"),
+                    help="also slim, relearn and fine-tune this BatchNorm teacher (one row)")
+    ap.add_argument("--bn-finetune-iters", type=int, default=1000)
+    ap.add_argument("--time-budget", type=float, default=None,
+                    help="minutes; the optional stages (final, label-free, Tucker, BN) are skipped once it is spent")
     ap.add_argument("--no-tucker", dest="tucker", action="store_false",
                     help="skip the Slim-Tucker row after the last step")
     ap.add_argument("--steps", type=int, default=len(STEPS), help="run only the first N steps")
@@ -478,16 +591,16 @@ def main(argv=None) -> int:
     log(f"teacher: {t}")
     if args.stage == "teacher":
         return 0
+    started = time.time()
     rows = stage_steps(args.work, args)
-    if args.steps == len(STEPS):
-        final = stage_final(args.work, args)
-        if final:
-            rows.append(final)
-    if args.tucker and args.steps == len(STEPS):
-        t_row = stage_tucker(args.work, args)
-        if t_row:
-            rows.append(t_row)
-    md = table(rows, t)
+    extra = [stage_final, stage_labelfree] + ([stage_tucker] if args.tucker else []) + [stage_bn_teacher]
+    for stage in extra if args.steps == len(STEPS) else [stage_bn_teacher]:
+        if args.time_budget is not None and time.time() - started > 60 * args.time_budget:
+            log(f"time budget of {args.time_budget:g} min spent: {stage.__name__} skipped")
+            continue
+        got = stage(args.work, args)
+        rows += got if isinstance(got, list) else [got] if got else []
+    md = table([r for r in rows if r.get("step") != "BN"], t) + bn_table(rows)
     (args.work / "table3.md").write_text(md)
     (args.work / "table3.json").write_text(json.dumps({"teacher": t, "rows": rows, "args": {
         k: str(v) for k, v in vars(args).items()}}, indent=2))

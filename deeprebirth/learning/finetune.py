@@ -45,7 +45,7 @@ from deeprebirth.learning import preprocess
 from deeprebirth.transforms import trainfiles
 from deeprebirth.caffe import proto as pb
 from deeprebirth.runtime import pycaffe
-from deeprebirth.errors import RebirthError
+from deeprebirth.errors import Diverged, RebirthError
 from deeprebirth.graph.dag import DATA_TYPES, Graph
 from deeprebirth.caffe.model import load_model
 
@@ -196,6 +196,95 @@ def make_solver_param(sd: SlimDir, outdir: Path, iters: int | None = None, base_
 
 
 # ----------------------------------------------------------------------------------------------
+# Safe defaults: what keeps a short fine-tune from wrecking re-learned weights (README, "Fine-tuning")
+
+# A run whose loss stops being finite, or whose mean over the last DIVERGENCE_WINDOW iterations
+# exceeds DIVERGENCE_FACTOR x its loss at the starting weights, starts again from its starting weights
+# at a tenth of the rate; after DIVERGENCE_ATTEMPTS rates it stops with a one-line error.
+DIVERGENCE_FACTOR = 10.0
+DIVERGENCE_WINDOW = 5
+DIVERGENCE_ATTEMPTS = 4
+# Linear warm-up: the first WARMUP_FRACTION of the iterations (at most WARMUP_MAX) ramp the rate
+# from 1/W to 1 (W = warm-up length) when training starts from trained or re-learned weights.
+WARMUP_FRACTION = 0.2
+WARMUP_MAX = 100
+# Caffe's clip_gradients (the L2 norm of all parameter gradients together) when the solver sets none.
+CLIP_GRADIENTS = 10.0
+
+
+def _trained_start(st: _Setup) -> bool:
+    """Whether the regenerated layers start from learned values (a relearn output, a snapshot, a
+    Tucker decomposition) rather than the fillers' random ones in SLIM_DIR/init.caffemodel."""
+    if st.resume is not None or "tucker" in st.sd.report:
+        return True
+    return st.start_weights is not None and (st.sd.init_weights is None or
+                                            not netio.same_file(Path(st.start_weights), Path(st.sd.init_weights)))
+
+
+def safe_defaults(st: _Setup, sparam: "pb.SolverParameter", seed: int, base_lr_given: bool = False) -> None:
+    """The solver and train-net settings that make ``finetune`` safe with no tuning flag:
+
+    * ``random_seed`` = ``seed`` (Caffe's fillers and Dropout masks; the batch order is seeded too),
+      so two runs with one seed give the same losses;
+    * from trained or re-learned weights, the regenerated layers learn at lr_mult 1/2 (weights/
+      biases) like the others instead of the train_val's 10/20 (the paper's 10x is for Xavier-random
+      layers over 90,000 iterations), and the rate warms up linearly over the first iterations;
+    * ``clip_gradients`` CLIP_GRADIENTS unless the solver sets one: a BatchNorm-folded net's first
+      gradients can be orders of magnitude larger than its trained scale allows.
+    """
+    sparam.random_seed = int(seed)
+    if sparam.clip_gradients < 0:
+        sparam.clip_gradients = CLIP_GRADIENTS
+    if not _trained_start(st):
+        return
+    lowered = []
+    for layer in st.tn.net.layer:
+        for i, spec in enumerate(layer.param):
+            cap = 1.0 if i == 0 else 2.0
+            if spec.HasField("lr_mult") and spec.lr_mult > cap:
+                spec.lr_mult = cap
+                lowered.append(layer.name)
+    if lowered:
+        st.new_lr_mult = 1.0
+        st.notes.append(f"{len(set(lowered))} regenerated layer(s) learn at lr_mult 1 (not the train_val's "
+                        "10x): training starts from learned weights")
+    st.warmup = min(WARMUP_MAX, max(1, int(round(WARMUP_FRACTION * sparam.max_iter))))
+
+
+def _warmup_factor(st: _Setup, it: int) -> float:
+    return 1.0 if it >= st.warmup else (it + 1) / (st.warmup + 1)
+
+
+def _start_solver(st: _Setup, sparam, resume):
+    solver = pycaffe.make_solver(st.tn.net, sparam, st.outdir)
+    if resume is not None:
+        solver.restore(str(resume))
+    elif st.start_weights:
+        solver.net.copy_from(st.start_weights)
+    return solver
+
+
+def _restart_note(st: _Setup, sparam, bad: Diverged, log) -> None:
+    note = (f"the loss diverged at iteration {bad.it} ({bad.loss:.4g}) at base_lr {sparam.base_lr:g}; "
+            f"started again at base_lr {sparam.base_lr / 10:g}")
+    sparam.base_lr /= 10
+    st.notes.append(note)
+    if log is not None:
+        log(f"note: {note}")
+
+
+def _check_divergence(losses: list[float], it: int) -> None:
+    loss = losses[-1]
+    if not math.isfinite(loss):
+        raise Diverged(it, loss)
+    w = DIVERGENCE_WINDOW
+    if len(losses) > w:   # losses[0] is the loss at the starting weights (the first step's forward)
+        recent = float(np.mean(losses[-w:]))
+        if recent > DIVERGENCE_FACTOR * max(losses[0], 1e-12):
+            raise Diverged(it, recent)
+
+
+# ----------------------------------------------------------------------------------------------
 # Training
 
 
@@ -211,6 +300,8 @@ class _Setup:
     val_runner: "ev.Runner | None"
     val_pre: "preprocess.Preprocess | None"
     notes: list[str]
+    warmup: int = 0                      # iterations of linear warm-up (safe_defaults)
+    new_lr_mult: float | None = None     # the regenerated layers' lr_mult when lowered (safe_defaults)
 
 
 def finetune(slim_dir, train: data.Source, val: data.Source | None = None, *, iters: int | None = None,
@@ -227,19 +318,26 @@ def finetune(slim_dir, train: data.Source, val: data.Source | None = None, *, it
         for note in st.notes:
             log(f"note: {note}")
     sparam = make_solver_param(st.sd, st.outdir, iters, base_lr, stepsize)
-    solver = pycaffe.make_solver(st.tn.net, sparam, st.outdir)
-    if resume is not None:
-        solver.restore(str(resume))
-    elif st.start_weights:
-        solver.net.copy_from(st.start_weights)
-    start = int(solver.iter)
+    safe_defaults(st, sparam, seed, base_lr_given=base_lr is not None)
     interval = test_interval if test_interval is not None else int(st.sd.solver.test_interval or 0)
     snap_every = snapshot if snapshot is not None else int(st.sd.solver.snapshot or 0)
-    history = _previous_history(st.outdir, start) if resume is not None else []
     started = time.perf_counter()
-    validate = _Validator(st, val, val_limit, val_batch, sparam, history, started, log)
+    first_lr = sparam.base_lr
     with _Interrupt() as stop:
-        snapshots = _train(st, solver, train, sparam, validate, interval, snap_every, seed, progress, stop)
+        for attempt in range(DIVERGENCE_ATTEMPTS):
+            solver = _start_solver(st, sparam, resume)
+            start = int(solver.iter)
+            history = _previous_history(st.outdir, start) if resume is not None else []
+            validate = _Validator(st, val, val_limit, val_batch, sparam, history, started, log)
+            try:
+                snapshots = _train(st, solver, train, sparam, validate, interval, snap_every, seed, progress, stop)
+                break
+            except Diverged as bad:
+                if attempt == DIVERGENCE_ATTEMPTS - 1:
+                    raise RebirthError(f"the loss diverged at base_lr {first_lr:g} and at {DIVERGENCE_ATTEMPTS - 1} "
+                                       f"lower rates (last: iteration {bad.it}, loss {bad.loss:.4g} at base_lr "
+                                       f"{sparam.base_lr:g}); lower --base-lr") from None
+                _restart_note(st, sparam, bad, log)
     max_iter = int(solver.iter) if stop.signal else int(sparam.max_iter)
     if not stop.signal and (validate.losses or not history or history[-1]["iteration"] != max_iter):
         validate(max_iter)
@@ -249,7 +347,8 @@ def finetune(slim_dir, train: data.Source, val: data.Source | None = None, *, it
     result = _record(st, train, val, distill, sparam, start, history, snapshots, started)
     if stop.signal:
         result["interrupted"] = {"signal": stop.signal, "iteration": max_iter}
-    _write_outputs(st, solver, result)
+    result["best"] = validate.best_record(max_iter, st.notes)
+    _write_outputs(st, solver, result, validate.best_weights(max_iter))
     netio.record_files(st.outdir, [*OUTPUT_FILES, *(Path(p).name for p in snapshots),
                                    *(Path(p).name.replace(".solverstate", ".caffemodel") for p in snapshots)])
     return result
@@ -335,6 +434,7 @@ class _Validator:
         self.sparam, self.history, self.started, self.log = sparam, history, started, log
         self.losses: list[float] = []
         self.net = None
+        self.best: tuple[float, int, dict] | None = None   # (score, iteration, deploy weights)
 
     def __call__(self, it: int) -> dict:
         entry = {"iteration": it, "loss": (float(np.mean(self.losses)) if self.losses else None),
@@ -349,10 +449,48 @@ class _Validator:
             for key in ("top1", "top5", "agreement", "kl"):
                 if key in res:
                     entry[f"val_{key}"] = res[key]
+            self._keep_if_best(entry, runner)
         self.history.append(entry)
         if self.log is not None:
             self.log(entry)
         return entry
+
+
+    def _keep_if_best(self, entry: dict, runner) -> None:
+        """Remember the validated weights with the best score (top-1, else agreement, then -KL);
+        the earliest wins a tie, so weights that only match the start are not preferred to it."""
+        score = _score(entry)
+        if score is not None and (self.best is None or score > self.best[0]):
+            self.best = (score, entry["iteration"], {k: [b.data.copy() for b in v]
+                                                     for k, v in runner.caffe_net.net.params.items()})
+
+    def best_weights(self, final: int) -> dict | None:
+        """The best validated weights when they are not the final ones."""
+        return self.best[2] if self.best is not None and self.best[1] != final else None
+
+    def best_record(self, final: int, notes: list[str]) -> dict | None:
+        if self.best is None:
+            return None
+        entry = next(h for h in self.history if h["iteration"] == self.best[1])
+        if self.best[1] != final:
+            notes.append(f"weights.caffemodel holds iteration {self.best[1]}'s weights, the best on the "
+                         f"validation images ({_score_text(entry)}); the last iteration's are in the "
+                         "final snapshot")
+        return {"iteration": self.best[1], **{k: v for k, v in entry.items() if k.startswith("val_")}}
+
+
+def _score(entry: dict) -> tuple | None:
+    if "val_top1" in entry:
+        return (entry["val_top1"], entry.get("val_top5", 0.0))
+    if "val_agreement" in entry:
+        return (entry["val_agreement"], -entry.get("val_kl", 0.0))
+    return None
+
+
+def _score_text(entry: dict) -> str:
+    if "val_top1" in entry:
+        return f"top-1 {100 * entry['val_top1']:.2f} %"
+    return f"agreement {100 * entry['val_agreement']:.2f} %, KL {entry.get('val_kl', 0.0):.4f}"
 
 
 def _train(st: _Setup, solver, train: data.Source, sparam, validate: _Validator, interval: int, snap_every: int,
@@ -363,6 +501,7 @@ def _train(st: _Setup, solver, train: data.Source, sparam, validate: _Validator,
     start, max_iter = int(solver.iter), int(sparam.max_iter)
     gen = train.batches(tn.pre, tn.batch, train=True, shuffle=True, loop=True, seed=seed + start)
     snapshots: list[str] = []
+    run_losses: list[float] = []
     if validate.val is not None and start < max_iter and not any(h["iteration"] == start for h in validate.history):
         validate(start)
     for it in range(start, max_iter):
@@ -377,10 +516,13 @@ def _train(st: _Setup, solver, train: data.Source, sparam, validate: _Validator,
             net.blobs[tn.label].data[...] = y
         if st.teacher is not None and TEACHER_LOGITS in net.blobs:
             net.blobs[TEACHER_LOGITS].data[...] = st.teacher.logits_of(x).reshape(net.blobs[TEACHER_LOGITS].data.shape)
+        factor = _warmup_factor(st, it)
+        for t, w in tn.losses.items():   # Caffe reads a loss top's weight from its diff: scales the step
+            net.blobs[t].diff[...] = w * factor
         solver.step(1)
         loss = sum(w * float(net.blobs[t].data.sum()) for t, w in tn.losses.items())
-        if not math.isfinite(loss):
-            raise RebirthError(f"the loss diverged at iteration {it + 1} ({loss}); lower --base-lr")
+        run_losses.append(loss)
+        _check_divergence(run_losses, it + 1)
         validate.losses.append(loss)
         if progress:
             progress(1)
@@ -415,12 +557,17 @@ def _record(st: _Setup, train, val, distill, sparam, start, history, snapshots, 
         "weights": str(st.outdir / "weights.caffemodel"),
         "seconds": round(time.perf_counter() - started, 2),
         "notes": st.notes,
+        "clip_gradients": sparam.clip_gradients, "random_seed": int(sparam.random_seed),
+        "warmup": st.warmup, "new_layers_lr_mult": st.new_lr_mult,
     }
 
 
-def _write_outputs(st: _Setup, solver, result: dict) -> None:
-    """OUTDIR/weights.caffemodel (the deploy net's layers), deploy.prototxt and finetune.json."""
+def _write_outputs(st: _Setup, solver, result: dict, best: dict | None = None) -> None:
+    """OUTDIR/weights.caffemodel (the deploy net's layers: ``best`` when given, else the solver's
+    last), deploy.prototxt and finetune.json."""
     final = {name: [b.data.copy() for b in blobs] for name, blobs in solver.net.params.items()}
+    if best is not None:
+        final.update(best)
     deploy_names = {layer.name for layer in st.sd.deploy.layer}
     weights_net = netio.with_weights(st.sd.deploy, {k: v for k, v in final.items() if k in deploy_names})
     inputs = [p for p in (st.start_weights, st.resume) if p]

@@ -48,6 +48,7 @@ SGD, with iterations and seconds.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -62,7 +63,7 @@ from deeprebirth.learning.lstsq import patches, prune_filters, r_squared, relati
 from deeprebirth.transforms import trainfiles
 from deeprebirth.transforms.relearn_plan import Unit, selected_units
 from deeprebirth.caffe import proto as pb
-from deeprebirth.errors import RebirthError
+from deeprebirth.errors import Diverged, RebirthError
 from deeprebirth.graph.dag import Graph, conv_geometry
 
 OUTPUT_FILES = ("weights.caffemodel", "relearn.json")
@@ -289,12 +290,13 @@ def _relearn_unit(run: _Run, unit: Unit, weights: netio.Weights, tick: Callable)
 
     t2 = time.perf_counter()
     if opt.iters > 0:
-        learned = _sgd(run, unit, weights, d, tick)
-        runner.set_weights(learned)
-        res.error["sgd"] = _errors(runner.run(d.held_in, unit.outputs), d.held_t)
-        res.iterations = opt.iters
-        if res.error["sgd"]["rel"] <= best[1]:
-            best = ("sgd", res.error["sgd"]["rel"], learned)
+        learned = _sgd(run, unit, weights, d, tick, res)
+        if learned is not None:
+            runner.set_weights(learned)
+            res.error["sgd"] = _errors(runner.run(d.held_in, unit.outputs), d.held_t)
+            res.iterations = opt.iters
+            if res.error["sgd"]["rel"] <= best[1]:
+                best = ("sgd", res.error["sgd"]["rel"], learned)
     res.seconds["sgd"] = round(time.perf_counter() - t2, 2)
     res.kept = best[0]
     if best[2] is not None:
@@ -410,15 +412,40 @@ def _bounded_fit(rows_a, rows_y, relu: bool, start, max_scale, name: str, res: U
     return w, b
 
 
-def _sgd(run: _Run, unit: Unit, weights: netio.Weights, d: _UnitData, tick: Callable) -> netio.Weights:
-    """SGD in Caffe on the unit as a net of its own (module doc, step 4); the new layers' weights."""
+# SGD is restarted at a tenth of the rate (from the unit's starting weights) when its loss stops
+# being finite or grows past this many times its first value; after this many rates it gives up.
+DIVERGENCE_FACTOR = 10.0
+SGD_ATTEMPTS = 4
+
+
+def _sgd(run: _Run, unit: Unit, weights: netio.Weights, d: _UnitData, tick: Callable,
+         res: UnitResult | None = None) -> netio.Weights | None:
+    """SGD in Caffe on the unit as a net of its own (module doc, step 4); the new layers' weights,
+    or None when SGD diverged at every rate tried. A diverging run (loss not finite, or above
+    DIVERGENCE_FACTOR x its first value) starts again from ``weights`` at a tenth of the rate;
+    each restart is noted in ``res.notes``."""
+    lr = run.opt.base_lr
+    for _ in range(SGD_ATTEMPTS):
+        try:
+            return _sgd_at(run, unit, weights, d, tick, lr)
+        except Diverged as bad:
+            what = f"SGD diverged at lr {lr:g} (iteration {bad.it}, loss {bad.loss:.4g})"
+            lr /= 10
+            if res is not None:
+                res.notes.append(f"{what}; restarted at lr {lr:g}" if _ < SGD_ATTEMPTS - 1 else
+                                 f"{what}; gave up after {SGD_ATTEMPTS} rates, SGD weights not kept")
+    return None
+
+
+def _sgd_at(run: _Run, unit: Unit, weights: netio.Weights, d: _UnitData, tick: Callable,
+            lr: float) -> netio.Weights:
     from deeprebirth.runtime.pycaffe import make_solver  # noqa: PLC0415
     opt = run.opt
     scale = {o: 1.0 / (float(np.prod(run.shapes[o][1:])) * max(float(np.mean(np.square(d.train_t[o]))), 1e-12))
              for o in unit.outputs}
     train = unit_net(run.student_net, unit, run.shapes, opt.batch, train=True, loss_weights=scale,
                      param_counts=run.param_counts)
-    sp = pb.SolverParameter(base_lr=opt.base_lr, lr_policy="step", gamma=0.1,
+    sp = pb.SolverParameter(base_lr=lr, lr_policy="step", gamma=0.1,
                             stepsize=max(1, int(opt.iters * 0.7)), momentum=opt.momentum,
                             weight_decay=0.0, max_iter=opt.iters, display=0, type="SGD",
                             random_seed=opt.seed)
@@ -428,20 +455,29 @@ def _sgd(run: _Run, unit: Unit, weights: netio.Weights, d: _UnitData, tick: Call
             for blob, arr in zip(solver.net.params[lname], arrays):
                 blob.data[...] = arr.reshape(blob.data.shape)
     n = len(run.train_images)
-    order = run.rng.permutation(n)
-    pos = 0
+    rng = np.random.default_rng(opt.seed)      # the same batches at every rate tried
+    order = rng.permutation(n)
+    pos, first = 0, None
     for it in range(opt.iters):
-        if pos + opt.batch > n:
-            order, pos = run.rng.permutation(n), 0
-        idx = order[pos:pos + opt.batch]
+        if pos + opt.batch > n and pos > 0:
+            order, pos = rng.permutation(n), 0
+        idx = np.take(order, np.arange(pos, pos + opt.batch), mode="wrap")   # wraps when n < batch
         pos += opt.batch
         for b in unit.inputs:
             solver.net.blobs[b].data[...] = d.train_in[b][idx]
         for o in unit.outputs:
             solver.net.blobs[f"target:{o}"].data[...] = d.train_t[o][idx]
         solver.step(1)
+        loss = sum(float(solver.net.blobs[f"loss:{o}"].data.sum()) * scale[o] for o in unit.outputs)
+        first = loss if first is None else first
+        if not math.isfinite(loss) or loss > DIVERGENCE_FACTOR * max(first, 1e-12):
+            raise Diverged(it + 1, loss)
         tick(it + 1, opt.iters)
-    return {name: [b.data.copy() for b in solver.net.params[name]] for name in unit.new if name in solver.net.params}
+    learned = {name: [b.data.copy() for b in solver.net.params[name]] for name in unit.new
+               if name in solver.net.params}
+    if not all(np.isfinite(a).all() for arrays in learned.values() for a in arrays):
+        raise Diverged(opt.iters, float("nan"))
+    return learned
 
 
 # ----------------------------------------------------------------------------------------------

@@ -67,7 +67,7 @@ def test_finetune_lowers_the_loss_and_learns(slimmed, tmp_path):
     res = run("finetune", d / "slim", "--train", d / "train", "--val", d / "val", "--iters", 40, "--base-lr", 0.01,
               "--test-interval", 10, "--snapshot", 20, "-o", out, "--json")
     assert res.exit_code == 0, res.output
-    doc = json.loads(res.output)
+    doc = json.loads(res.stdout)
     hist = doc["history"]
     assert [h["iteration"] for h in hist] == [0, 10, 20, 30, 40]
     assert hist[-1]["loss"] < 0.7 * hist[1]["loss"]
@@ -79,7 +79,7 @@ def test_finetune_lowers_the_loss_and_learns(slimmed, tmp_path):
     assert json.loads((out / "finetune.json").read_text())["history"] == hist
     # the written model evaluates to the last validation's top-1
     # (preprocessed as the slim train_val's TEST layer says, found through finetune.json)
-    res = json.loads(run("eval", out, "--data", d / "val", "--json").output)
+    res = json.loads(run("eval", out, "--data", d / "val", "--json").stdout)
     assert res["top1"] == pytest.approx(hist[-1]["val_top1"]) and res["preprocess"]["scale"] == pytest.approx(1 / 256)
     assert res["preprocess_from"] == str(d / "slim" / "train_val.prototxt")
 
@@ -93,7 +93,7 @@ def test_resume_continues_the_iteration_count(slimmed, tmp_path):
     assert state.exists()
     res = run("finetune", d / "slim", "--train", d / "train", "--iters", 9, "--resume", state, "-o", out, "--json")
     assert res.exit_code == 0, res.output
-    doc = json.loads(res.output)
+    doc = json.loads(res.stdout)
     assert doc["start_iteration"] == 3 and doc["iterations"] == 9 and doc["history"][-1]["iteration"] == 9
     assert (out / "finetune_iter_9.solverstate").exists()
     # the restored weights are the snapshot's, not init.caffemodel's: a resumed run from the
@@ -119,7 +119,7 @@ def test_distill_without_labels(slimmed, tmp_path):
     res = run("finetune", d / "slim", "--train", d / "plain", "--val", d / "plain", "--distill", "--iters", 30,
               "--base-lr", 0.01, "--test-interval", 15, "-o", out, "--json")
     assert res.exit_code == 0, res.output
-    doc = json.loads(res.output)
+    doc = json.loads(res.stdout)
     assert doc["mode"] == "distill" and "EuclideanLoss" in doc["loss"]
     assert doc["teacher"]["weights"].endswith("tiny.caffemodel")
     hist = doc["history"]
@@ -146,3 +146,118 @@ def test_missing_labels_and_bad_slim_dirs(slimmed, tmp_path):
     (other / "solver.prototxt").unlink()
     assert "solver.prototxt missing" in error_line(run("finetune", other, "--train", d / "train", "-o", out))
     assert not out.exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# Safe defaults: divergence caught, seeds reproducible, best weights kept, BatchNorm-folded nets
+
+
+def test_too_high_rate_is_caught_and_lowered(slimmed, tmp_path):
+    d = slimmed
+    out = tmp_path / "out"
+    res = run("finetune", d / "slim", "--train", d / "train", "--iters", 12, "--base-lr", 100, "-o", out, "--json")
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert any("diverged" in n and "started again at base_lr" in n for n in doc["notes"]), doc["notes"]
+    assert doc["base_lr"] < 100
+    assert all(np.isfinite(h["loss"]) for h in doc["history"] if h["loss"] is not None)
+    weights = netio.weights_of(netio.read_weights(out / "weights.caffemodel"))
+    assert all(np.isfinite(a).all() for arrays in weights.values() for a in arrays)
+    # a rate no restart can rescue: one line, no traceback
+    line = error_line(run("finetune", d / "slim", "--train", d / "train", "--iters", 12, "--base-lr", 1e30,
+                          "-o", tmp_path / "o2"))
+    assert "the loss diverged at base_lr 1e+30 and at 3 lower rates" in line and "lower --base-lr" in line
+
+
+def test_one_seed_gives_the_same_losses(slimmed, tmp_path):
+    d = slimmed
+    losses = []
+    for k, seed in enumerate((5, 5, 6)):
+        res = run("finetune", d / "slim", "--train", d / "train", "--iters", 8, "--test-interval", 2, "--seed", seed,
+                  "-o", tmp_path / f"o{k}", "--json")
+        assert res.exit_code == 0, res.output
+        losses.append([h["loss"] for h in json.loads(res.stdout)["history"]])
+    assert losses[0] == losses[1]
+    assert losses[0] != losses[2]
+
+
+def test_default_finetune_of_trained_weights_keeps_the_best(slimmed, tmp_path):
+    """From learned weights, a default fine-tune does not end below its start on --val: the
+    regenerated layers learn at 1x with a warm-up, and the best validated weights are written."""
+    d = slimmed
+    pre = tmp_path / "pre"
+    assert run("finetune", d / "slim", "--train", d / "train", "--iters", 30, "--base-lr", 0.01, "-o", pre).exit_code == 0
+    out = tmp_path / "out"
+    res = run("finetune", d / "slim", "--train", d / "train", "--val", d / "val", "--weights", pre / "weights.caffemodel",
+              "--iters", 20, "--test-interval", 5, "-o", out, "--json")
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["new_layers_lr_mult"] == 1.0 and doc["warmup"] == 4 and doc["random_seed"] == 0
+    start = doc["history"][0]["val_top1"]
+    best = doc["best"]
+    assert best["val_top1"] == max(h["val_top1"] for h in doc["history"]) >= start
+    got = json.loads(run("eval", out, "--data", d / "val", "--json").stdout)["top1"]
+    assert got == pytest.approx(best["val_top1"]) and got >= start
+
+
+BN_DEPLOY = """name: "tinybn"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 12 dim: 12 } } }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1" convolution_param { num_output: 6 kernel_size: 3 pad: 1 } }
+layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }
+layer { name: "pool1" type: "Pooling" bottom: "conv1" top: "pool1" pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
+layer { name: "conv2" type: "Convolution" bottom: "pool1" top: "conv2" convolution_param { num_output: 6 kernel_size: 3 pad: 1 bias_term: false } }
+layer { name: "bn2" type: "BatchNorm" bottom: "conv2" top: "conv2" }
+layer { name: "scale2" type: "Scale" bottom: "conv2" top: "conv2" scale_param { bias_term: true } }
+layer { name: "relu2" type: "ReLU" bottom: "conv2" top: "conv2" }
+layer { name: "fc" type: "InnerProduct" bottom: "conv2" top: "fc" inner_product_param { num_output: 3 } }
+layer { name: "prob" type: "Softmax" bottom: "fc" top: "prob" }
+"""
+
+
+def test_batchnorm_folded_net_finetunes_at_the_defaults(slimmed, tmp_path, caffe):
+    """A BatchNorm whose running variance is tiny (as a trained one's often is) folds into weights
+    many times larger than the rest; 20 default iterations from the folded weights stay finite and
+    the loss falls."""
+    d = slimmed
+    deploy = netio.parse_net_text(BN_DEPLOY)
+    (tmp_path / "bn.prototxt").write_text(BN_DEPLOY)
+    tv = TRAIN_VAL.replace('name: "tiny"', 'name: "tinybn"').split('layer { name: "conv1"')[0] + "\n".join(
+        line for line in BN_DEPLOY.splitlines()[2:-1]) + """
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "fc" bottom: "label" top: "loss" }
+"""
+    (tmp_path / "bn_tv.prototxt").write_text(tv)
+    weights = write_random_weights(deploy, tmp_path / "bn.caffemodel", seed=2)
+    weights["bn2"] = [np.zeros(6, np.float32), np.full(6, 1e-4, np.float32), np.ones(1, np.float32)]
+    netio.write_weights(netio.with_weights(deploy, weights), tmp_path / "bn.caffemodel")
+    slim = tmp_path / "slim"
+    res = run("slim", tmp_path / "bn.prototxt", "-w", tmp_path / "bn.caffemodel", "--train-val", tmp_path / "bn_tv.prototxt",
+              "-o", slim)
+    assert res.exit_code == 0, res.output
+    folded = netio.weights_of(netio.read_weights(slim / "init.caffemodel"))["conv2"][0]
+    assert np.abs(folded).max() > 20 * np.abs(weights["conv2"][0]).max()
+    res = run("finetune", slim, "--train", d / "train", "--iters", 20, "--test-interval", 5,
+              "--weights", slim / "init.caffemodel", "-o", tmp_path / "out", "--json")
+    assert res.exit_code == 0, res.output
+    hist = json.loads(res.stdout)["history"]
+    losses = [h["loss"] for h in hist if h["loss"] is not None]
+    assert all(np.isfinite(losses)) and losses[-1] < losses[0], losses
+    assert not any("diverged" in n for n in json.loads(res.stdout)["notes"])
+
+
+def test_recover_from_images_without_labels(slimmed, tmp_path):
+    """`rebirth recover`: relearn then distil, on a folder of images without class folders."""
+    d = slimmed
+    out = tmp_path / "rec"
+    res = run("recover", d / "slim", "--images", d / "plain", "--val", d / "plain", "--iters", 20,
+              "--relearn-iters", 10, "--count", 16, "-o", out, "--json")
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["labels_read"] is False and doc["finetune"]["mode"] == "distill"
+    assert doc["relearn"]["units"] and (out / "relearn" / "weights.caffemodel").exists()
+    assert doc["finetune"]["start_weights"] == str(out / "relearn" / "weights.caffemodel")
+    hist = doc["finetune"]["history"]
+    assert "val_agreement" in hist[0] and doc["finetune"]["best"]["val_agreement"] >= hist[0]["val_agreement"]
+    assert {"weights.caffemodel", "deploy.prototxt", "finetune.json", "recover.json"} <= {p.name for p in out.iterdir()}
+    # images without labels and no teacher agreement needed: the written net evaluates
+    got = json.loads(run("eval", out, "--data", d / "val", "--json").stdout)
+    assert 0 <= got["top1"] <= 1

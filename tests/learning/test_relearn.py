@@ -158,11 +158,11 @@ def test_least_squares_recovers_exact_change(caffe, tmp_path):
     res = run("relearn", slim, "--images", images, "--count", 24, "--heldout", 6, "--iters", 0,
               "--no-least-squares", "-o", tmp_path / "xavier", "--json")
     assert res.exit_code == 0, res.output
-    xavier = json.loads(res.output)["units"][0]["error"]["least_squares"]["rel"]
+    xavier = json.loads(res.stdout)["units"][0]["error"]["least_squares"]["rel"]
     res = run("relearn", slim, "--images", images, "--count", 24, "--heldout", 6, "--iters", 0,
               "--no-teacher-init", "-o", tmp_path / "rl", "--json")
     assert res.exit_code == 0, res.output
-    doc = json.loads(res.output)
+    doc = json.loads(res.stdout)
     unit = doc["units"][0]
     assert unit["init"] == {"conv1": "least-squares"}
     assert xavier > 0.1 and unit["error"]["least_squares"]["rel"] < 1e-8
@@ -188,7 +188,7 @@ def test_relearn_lowers_every_unit_error(caffe, tmp_path):
     res = run("relearn", slim, "--images", images, "--count", 32, "--heldout", 8, "--iters", 30,
               "--batch", 8, "--json")
     assert res.exit_code == 0, res.output
-    doc = json.loads(res.output)
+    doc = json.loads(res.stdout)
     assert [u["name"] for u in doc["units"]] == ["conv1", "i"]
     for unit in doc["units"]:
         e = unit["error"]
@@ -204,7 +204,7 @@ def test_relearn_lowers_every_unit_error(caffe, tmp_path):
     res = run("relearn", slim, "--images", images, "--count", 16, "--heldout", 4, "--iters", 0, "--input",
               "teacher", "--only", "i", "-o", tmp_path / "t", "--json")
     assert res.exit_code == 0, res.output
-    assert [u["name"] for u in json.loads(res.output)["units"]] == ["i"]
+    assert [u["name"] for u in json.loads(res.stdout)["units"]] == ["i"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -242,3 +242,22 @@ def test_errors_without_caffe(tmp_path):
     no_weights = tmp_path / "slim_nw"
     assert run("slim", proto, "-o", no_weights, "--data-layer", "dummy").exit_code == 0
     assert "--teacher-weights" in error_line(run("relearn", no_weights, "--images", empty))
+
+
+def test_relearn_sgd_too_high_rate_is_caught(caffe, tmp_path):
+    """A learning rate that blows SGD up: the unit's SGD restarts at lower rates or gives up, the
+    summary says so, and no NaN reaches the written weights."""
+    proto, w = write_model(tmp_path, SMALL, "small", seed=4)
+    slim = tmp_path / "slim"
+    assert run("slim", proto, "--weights", w, "-o", slim, "--data-layer", "dummy").exit_code == 0
+    images = image_folder(tmp_path, n=24, size=32)
+    res = run("relearn", slim, "--images", images, "--count", 16, "--heldout", 8, "--iters", 20,
+              "--batch", 8, "--lr", 1e7, "--no-least-squares", "--only", "conv1")
+    assert res.exit_code == 0, res.output
+    assert "SGD diverged at lr 1e+07" in res.output
+    doc = json.loads((slim / "relearn.json").read_text())
+    unit = doc["units"][0]
+    assert any("diverged" in n for n in unit["notes"])
+    assert unit["kept"] != "sgd" or np.isfinite(unit["error"]["sgd"]["rel"])
+    weights = netio.weights_of(netio.read_weights(slim / "weights.caffemodel"))
+    assert all(np.isfinite(a).all() for arrays in weights.values() for a in arrays)

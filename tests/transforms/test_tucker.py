@@ -199,7 +199,7 @@ def test_cli_json_and_only(tmp_path, files):
     model, weights = files
     res = run("tucker", model, weights, "-o", tmp_path / "o", "--only", "fc", "--ranks", "3", "--json")
     assert res.exit_code == 0, res.output
-    report = json.loads(res.output)
+    report = json.loads(res.stdout)
     assert [(d["layer"], d["ranks"], d["rank_source"]) for d in report["tucker"]["layers"]] == [
         ("fc", {"r": 3}, "fixed")]
     assert report["tucker"]["fixed_ranks"] == [3, 3]
@@ -257,7 +257,7 @@ def test_slim_tucker_in_one_go(tmp_path):
     write_random_weights(netio.read_net(model), weights, seed=2)
     res = run("slim", model, "--weights", weights, "--tucker", "--ratio", "0.5", "-o", tmp_path / "st", "--json")
     assert res.exit_code == 0, res.output
-    report = json.loads(res.output)
+    report = json.loads(res.stdout)
     rules = [c["rule"] for c in report["changes"]]
     assert "streamline" in rules and rules[-1] == "tucker"
     assert report["after"]["params"] < report["before"]["params"] / 1.5
@@ -265,3 +265,17 @@ def test_slim_tucker_in_one_go(tmp_path):
     assert "--weights" in error_line(run("slim", model, "--tucker", "-o", tmp_path / "x"))
     assert "--tucker" in error_line(run("slim", model, "--ratio", "0.5", "-o", tmp_path / "x"))
     assert not (tmp_path / "x").exists()
+
+
+def test_balance_splits_the_norm_and_keeps_the_product():
+    from deeprebirth.transforms.rules.tucker import balance, reconstruct, tucker2
+    rng = np.random.default_rng(3)
+    W = 50 * rng.standard_normal((12, 10, 3, 3))
+    core, U, V = tucker2(W, 6, 5)
+    assert np.abs(core).max() > 20 * max(np.abs(U).max(), np.abs(V).max())
+    c2, U2, V2 = balance(core, U, V)
+    norms = [np.linalg.norm(a) for a in (c2, U2, V2)]
+    assert max(norms) == pytest.approx(min(norms), rel=1e-6)
+    np.testing.assert_allclose(reconstruct(c2, U2, V2), reconstruct(core, U, V), rtol=1e-5, atol=1e-5)
+    c3, U3, V3 = balance(core, U, None)    # Tucker-1: core and one factor
+    assert V3 is None and np.linalg.norm(c3) == pytest.approx(np.linalg.norm(U3))

@@ -18,6 +18,9 @@ convolution is linear in its kernel, the layer becomes three convolutions:
 2. ``<name>_core``: KhxKw, R3 -> R4, weights C, the original stride, pad and dilation, no bias;
 3. ``<name>_out``: 1x1, R4 -> T, weights U, the original bias; it writes the original top blob.
 
+The layers are then balanced (``balance``): U and V are scaled up and C down so that the three
+weight tensors have equal Frobenius norms (the product is unchanged).
+
 U and V are found by higher-order orthogonal iteration (HOOI): start from the leading left
 singular vectors of the mode-1 unfolding (T x S Kh Kw) and of the mode-2 unfolding (S x T Kh Kw)
 (the HOSVD), then alternately recompute each from the unfolding of W projected on the other
@@ -141,6 +144,24 @@ def reconstruct(core: np.ndarray, U: np.ndarray, V: np.ndarray) -> np.ndarray:
     """core x_1 U x_2 V: back to a T x S x Kh x Kw kernel."""
     k = core.transpose(2, 3, 0, 1)       # Kh x Kw x R4 x R3
     return (U @ k @ V.T).transpose(2, 3, 0, 1)
+
+
+def balance(core: np.ndarray, U: np.ndarray | None, V: np.ndarray | None):
+    """The same product with the norm split evenly between the layers: the factors (orthonormal,
+    Frobenius norm sqrt(R)) are scaled by a, the core by 1/a^k (k factors), with a chosen so that
+    every layer's Frobenius norm is the k+1-th root of their product. HOOI leaves all the scale in
+    the core (weights up to ~100 next to factors of at most 1): gradients then differ by orders of
+    magnitude between the layers and one learning rate cannot suit all three."""
+    factors = [f for f in (U, V) if f is not None]
+    norm = float(np.linalg.norm(core))
+    if not factors or norm == 0:
+        return core, U, V
+    fnorms = [float(np.linalg.norm(f)) for f in factors]          # sqrt(R) each
+    target = (norm * float(np.prod(fnorms))) ** (1.0 / (len(factors) + 1))
+    a = [target / n for n in fnorms]
+    core = core / float(np.prod(a))
+    scaled = iter(f * k for f, k in zip(factors, a))
+    return core, (next(scaled) if U is not None else None), (next(scaled) if V is not None else None)
 
 
 def svd_factors(W: np.ndarray, r: int) -> tuple[np.ndarray, np.ndarray]:
@@ -374,6 +395,7 @@ class TuckerRule(Rule):
                 core = reconstruct(core, np.eye(core.shape[0]), V)
             if not dec_out:
                 core = reconstruct(core, U, np.eye(core.shape[1]))
+            core, U, V = balance(core, U if dec_out else None, V if dec_in else None)
             blobs, sizes, roles = [], [], []
             if dec_in:
                 blobs.append([V.T.astype(np.float32)])

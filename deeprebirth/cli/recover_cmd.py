@@ -1,0 +1,53 @@
+"""`rebirth recover`: label-free recovery of a slim net (relearn, then distil against the teacher)."""
+from __future__ import annotations
+
+import sys
+
+import click
+
+from deeprebirth.caffe import folders
+from deeprebirth.cli import main, output_json, reports
+from deeprebirth.cli.progress import progress_bar
+from deeprebirth.learning import recover as rc
+from deeprebirth.learning import relearn as rl
+from deeprebirth.runtime import isolate
+from deeprebirth.transforms import relearn_plan
+
+
+@main.command("recover")
+@click.argument("slim_dir", type=click.Path(file_okay=False))
+@click.option("--images", required=True, metavar="SOURCE",
+              help="Images, no labels needed (a folder, a list file, an LMDB, fashion-mnist[:train|:test]).")
+@click.option("--val", metavar="SOURCE", help="Held-out images: agreement with the teacher and KL; the best "
+                                              "weights on them are kept.")
+@click.option("--iters", type=click.IntRange(min=1), default=rc.DISTILL_ITERS, show_default=True,
+              help="Distillation iterations after re-learning.")
+@click.option("--relearn-iters", type=click.IntRange(min=0), default=rl.Options.iters, show_default=True,
+              help="SGD iterations per re-learned unit.")
+@click.option("--count", type=click.IntRange(min=1), default=rl.Options.train_images, show_default=True,
+              help="Images per re-learned unit.")
+@click.option("--batch", "-b", type=click.IntRange(min=1), help="Distillation batch (default: the train_val's).")
+@click.option("--base-lr", type=click.FloatRange(min=0, min_open=True), help="Distillation base_lr (default: the solver's).")
+@click.option("--val-limit", type=click.IntRange(min=1), help="Validate on the first N --val images only.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--output", "-o", "outdir", type=click.Path(file_okay=False),
+              help="Where the recovered weights go (default: SLIM_DIR/recovered).")
+@click.option("--json", "as_json", is_flag=True, help="Print recover.json's content instead of a summary.")
+def recover_command(slim_dir, images, val, iters, relearn_iters, count, batch, base_lr, val_limit, seed, outdir,
+                    as_json):
+    """Take SLIM_DIR (a `rebirth slim` output) from its init weights to recovered weights from images
+    alone: re-learn every regenerated unit against the teacher, then distil the whole net against
+    the teacher's logits. No label is read. Writes OUTDIR/weights.caffemodel, deploy.prototxt,
+    finetune.json, recover.json and OUTDIR/relearn/."""
+    plan = folders.relearn_plan(slim_dir)
+    opt = rl.Options(train_images=count, iters=relearn_iters, seed=seed)
+    total = len(relearn_plan.selected_units(plan["units"], None)) * relearn_iters + iters
+    with progress_bar(total, "recover", "it", sys.stderr.isatty() and not as_json) as bar:
+        doc = isolate.call(rc.recover, slim_dir, images, val, outdir, what="recover", progress=bar,
+                           relearn_options=opt, iters=iters, batch=batch, base_lr=base_lr, val_limit=val_limit,
+                           seed=seed)
+    if as_json:
+        output_json(doc)
+    else:
+        click.echo("\n".join(reports.relearn_summary(doc["relearn"])))
+        click.echo(reports.finetune_text(doc["finetune"]))
