@@ -28,11 +28,11 @@ def export_command(model, weights, fmt, outdir, do_verify, tolerance, seed, forc
     """Export MODEL (a deploy .prototxt, a built-in name, or a slim/tucker/relearn/finetune output
     folder) for another engine, at batch 1, all files or none."""
     fmt = fmt.lower()
-    netio.check_output_path(outdir, is_dir=True)   # a bad OUTDIR fails before any work
+    netio.check_writable_dir(outdir)   # a bad OUTDIR fails before any work
     m = export.load(model, weights, seed=seed)
+    files = export.export_isolated(m, fmt, batch=1)
     if "random_weights" in m.extras:
         reports.stderr_line(reports.export_random_weights_note(m))
-    files = export.export_isolated(m, fmt, batch=1)
     check = None
     if do_verify:
         check = verify.compare_export(m, fmt, files, seed=seed)
