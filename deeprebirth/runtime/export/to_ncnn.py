@@ -11,11 +11,15 @@ Parameters are ``id=value`` (floats always written with an exponent, arrays as `
 In ``model.bin`` the weights of Convolution/InnerProduct-like layers start with a 4-byte zero tag
 (raw float32, ncnn's ``ModelBin::load(n, 0)``); every other array is raw float32 (``load(n, 1)``).
 
-Pooling: Caffe rounds up and drops a last window that starts in the padding; ncnn's ``pad_mode=0``
-("full padding") rounds up without that rule, and excludes the added tail from an average's divisor
-exactly as Caffe divides by the window clipped to ``[-pad, H + pad)``. A pooling where Caffe's rule
-drops a window is written with ``pad_mode=1`` and explicit pads that give Caffe's size (max pooling;
-an average pooling there is refused, ncnn would divide differently). Floor rounding is ``pad_mode=1``.
+Pooling: Caffe rounds up and drops a last window that starts in the padding. Written as ncnn's
+``pad_mode=1`` (valid, rounding down) with explicit pads ``[pad, pad + extra]`` that give exactly
+Caffe's output size (to_onnx.pool_pads), so ncnn never makes a window Caffe would not. Average:
+Caffe divides by the window clipped to ``[-pad, H + pad)``: ncnn's ``avgpool_count_include_pad=1``
+when no window reaches past ``H + pad`` (the divisor is the whole kernel in both), ``=0`` when there
+is no padding (the divisor is the window's part inside the input in both); the remaining case (a
+padded average pooling whose last window reaches past the padding) is refused. ncnn's own
+``pad_mode=0`` ("full padding", Caffe's ceil) was measured wrong here on the DenseNet-style test
+net's 2x2/2 average pooling of a 9x9 blob (with count_include_pad=1: 0.5 relative), so it is not used.
 BatchNorm: mean = blob0 / s, var = blob1 / s (s = the moving-average factor blob2), slope 1, bias 0.
 """
 from __future__ import annotations
@@ -25,7 +29,8 @@ import numpy as np
 from deeprebirth.caffe.model import Model
 from deeprebirth.errors import RebirthError
 from deeprebirth.graph.dag import Graph, Node
-from deeprebirth.graph.geometry import canonical_axis, concat_axis, conv_geometry, pool_geometry, pool_out
+from deeprebirth.graph.geometry import canonical_axis, concat_axis, conv_geometry, pool_geometry
+from deeprebirth.runtime.export.to_onnx import pool_pads
 
 MAGIC = 7767517
 PARAM, BIN = "model.param", "model.bin"
@@ -119,22 +124,18 @@ def _pool(w: _Writer, node: Node, ins, outs) -> None:
         w.layer("Pooling", node.name, ins, outs, {0: kind, 4: 1})
         return
     (kh, kw), (ph, pw), (sh, sw) = geo["kernel"], geo["pad"], geo["stride"]
-    params = {0: kind, 1: kw, 11: kh, 2: sw, 12: sh, 3: pw, 13: ph, 14: pw, 15: ph, 6: 1}
-    if not geo["ceil"]:
-        params[5] = 1
-    else:
-        clipped = []
-        for size, k, pad, s in ((shape[2], kh, ph, sh), (shape[3], kw, pw, sw)):
-            out = pool_out(size, k, pad, s, True)
-            full = -(-(size + 2 * pad - k) // s) + 1
-            clipped.append((out, (out - 1) * s + k - size - pad) if out != full else None)
-        if any(clipped):
-            if kind == 1:
-                raise w.refuse(node, "an average pooling whose last window Caffe drops (it starts in the padding)")
-            ends = [c[1] if c else pad for c, pad in zip(clipped, (ph, pw))]
-            params.update({5: 1, 14: max(0, ends[1]), 15: max(0, ends[0])})
-        else:
-            params[5] = 0
+    ends = []
+    for size, k, pad, s in ((shape[2], kh, ph, sh), (shape[3], kw, pw, sw)):
+        out, end = pool_pads(size, k, pad, s, geo["ceil"])
+        ends.append((end, (out - 1) * s + k > size + pad))  # (bottom/right pad, a window reaches past H + pad)
+    include_pad = 1
+    if kind == 1 and (ends[0][1] or ends[1][1]):
+        if ph or pw:
+            raise w.refuse(node, "an average pooling with padding whose last window reaches past the padding "
+                                 "(Caffe counts the padding but not the rest in its divisor)")
+        include_pad = 0  # no padding: Caffe divides by the window's part inside the input
+    params = {0: kind, 1: kw, 11: kh, 2: sw, 12: sh, 3: pw, 13: ph, 14: ends[1][0], 15: ends[0][0], 5: 1,
+              6: include_pad}
     w.layer("Pooling", node.name, ins, outs, params)
 
 

@@ -13,9 +13,11 @@ Caffe's semantics, carried over exactly (each checked against pycaffe by ``expor
   pooling with ``ceil_mode=0`` and explicit pads ``[pad, pad + extra]`` where ``extra`` makes ONNX's
   floor division give exactly Caffe's output size, so no extra window can appear.
   Average pooling: Caffe divides each window's sum by the window clipped to the *padded* input
-  ``[-pad, H + pad)`` (padding inside ``pad`` counts, the extra ceil region does not). ONNX
-  ``count_include_pad=1`` divides by the whole kernel; where the two differ (only windows reaching
-  beyond ``H + pad``) a constant ``Mul`` by ``kernel_area / caffe_area`` per output position follows.
+  ``[-pad, H + pad)`` (padding inside ``pad`` counts, the extra ceil region does not). A padded
+  average pooling is written as a zero ``Pad`` and an ``AveragePool`` without pads (dividing by the
+  whole kernel in every engine: ``count_include_pad`` with asymmetric pads is where converters
+  disagree), and where Caffe's divisor differs (only windows reaching beyond ``H + pad``) a
+  constant ``Mul`` by ``kernel_area / caffe_area`` per output position follows.
   Global pooling is ``GlobalMaxPool`` / ``GlobalAveragePool``.
 * **InnerProduct** flattens axes ``axis..`` (``Flatten(axis)``), computes ``x W^T + b`` (``Gemm``,
   ``transB=1``; Caffe's ``transpose: true`` stores W as K x N: ``transB=0``) and, for ``axis != 1``,
@@ -123,7 +125,7 @@ def _conv(b: _Builder, node: Node, ins, outs) -> None:
           dilations=geo["dilation"], group=group)
 
 
-def _pool_pads(size: int, kernel: int, pad: int, stride: int, ceil: bool) -> tuple[int, int]:
+def pool_pads(size: int, kernel: int, pad: int, stride: int, ceil: bool) -> tuple[int, int]:
     """(Caffe's output size, the bottom/right pad that makes ONNX's floor give it)."""
     out = pool_out(size, kernel, pad, stride, ceil)
     end = (out - 1) * stride + kernel - size - pad
@@ -154,7 +156,7 @@ def _pool(b: _Builder, node: Node, ins, outs) -> None:
     dims = []
     for size, k, pad, s in zip(shape[2:], geo["kernel"], geo["pad"], geo["stride"]):
         try:
-            dims.append(_pool_pads(size, k, pad, s, geo["ceil"]))
+            dims.append(pool_pads(size, k, pad, s, geo["ceil"]))
         except ValueError:
             raise RebirthError(f"layer '{node.name}' (Pooling): its window geometry (kernel {k}, pad {pad}, stride {s} "
                                f"on {size}) has no ONNX equivalent") from None
@@ -163,15 +165,24 @@ def _pool(b: _Builder, node: Node, ins, outs) -> None:
     if not avg:
         b.add("MaxPool", ins, outs, node.name, **attrs)
         return
+    if not any(pads):
+        b.add("AveragePool", ins, outs, node.name, **attrs)
+        return
+    # Padding made explicit (a zero Pad, then a pooling without pads): every engine then divides
+    # by the whole kernel (engines differ on count_include_pad with asymmetric pads: MNN's
+    # converter ignores it); a constant Mul turns that into Caffe's divisor where they differ.
     area = np.outer(*[_caffe_area(size, k, pad, s, out) for size, k, pad, s, (out, _)
                       in zip(shape[2:], geo["kernel"], geo["pad"], geo["stride"], dims)])
     ratio = (geo["kernel"][0] * geo["kernel"][1]) / area
+    padded, pooled = b.temp(node.name, "padded"), b.temp(node.name, "sum")
+    onnx_pads = [0, 0, pads[0], pads[1], 0, 0, pads[2], pads[3]]
+    b.add("Pad", [ins[0], b.const(node.name, "pads", np.asarray(onnx_pads, np.int64))], [padded], node.name)
+    attrs["pads"] = [0, 0, 0, 0]
     if np.all(ratio == 1):
-        b.add("AveragePool", ins, outs, node.name, count_include_pad=1, **attrs)
+        b.add("AveragePool", [padded], outs, node.name, **attrs)
         return
-    tmp = b.temp(node.name, "sum")
-    b.add("AveragePool", ins, [tmp], node.name, count_include_pad=1, **attrs)
-    b.add("Mul", [tmp, b.const(node.name, "area", ratio.astype(np.float32)[None, None])], outs, node.name)
+    b.add("AveragePool", [padded], [pooled], node.name, **attrs)
+    b.add("Mul", [pooled, b.const(node.name, "area", ratio.astype(np.float32)[None, None])], outs, node.name)
 
 
 def _lrn(b: _Builder, node: Node, ins, outs) -> None:
