@@ -127,7 +127,7 @@ def _pool(w: _Writer, node: Node, ins, outs) -> None:
     ends = []
     for size, k, pad, s in ((shape[2], kh, ph, sh), (shape[3], kw, pw, sw)):
         out, end = pool_pads(size, k, pad, s, geo["ceil"])
-        ends.append((end, (out - 1) * s + k > size + pad))  # (bottom/right pad, a window reaches past H + pad)
+        ends.append((end, (out - 1) * s - pad + k > size + pad))  # (bottom/right pad, a window reaches past H + pad)
     include_pad = 1
     if kind == 1 and (ends[0][1] or ends[1][1]):
         if ph or pw:
