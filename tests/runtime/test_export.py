@@ -171,23 +171,27 @@ BUILTINS = ("alexnet", "googlenet", "resnet50", "squeezenet", "squeezenet11")
 
 @pytest.fixture(scope="module")
 def variant_dirs(tmp_path_factory):
-    """name -> {"plain": MODEL, "slim": DIR, "slim-tucker": DIR}, with random weights as a caffemodel."""
+    """name -> {"plain": (MODEL, WEIGHTS), "slim": (DIR, None), "slim-tucker": (DIR, None)}, made on
+    first use, with random weights written as a caffemodel."""
     from deeprebirth.caffe import netio  # noqa: PLC0415
     from deeprebirth.caffe.model import load_model  # noqa: PLC0415
     from deeprebirth.runtime.pycaffe import random_weights  # noqa: PLC0415
     root = tmp_path_factory.mktemp("variants")
-    out = {}
-    for name in BUILTINS:
-        m = load_model(name)
-        weights = root / f"{name}.caffemodel"
-        netio.write_weights(netio.with_weights(m.net, random_weights(m.graph(), seed=0)), weights)
-        out[name] = {"plain": (name, weights)}
-        for kind, extra in (("slim", []), ("slim-tucker", ["--tucker"])):
-            d = root / f"{name}-{kind}"
-            r = run("slim", name, "-w", weights, "-o", d, *extra, catch_exceptions=True)
-            assert r.exit_code == 0, r.output
-            out[name][kind] = (d, None)
-    return out
+    made = {}
+
+    def get(name: str) -> dict:
+        if name not in made:
+            m = load_model(name)
+            weights = root / f"{name}.caffemodel"
+            netio.write_weights(netio.with_weights(m.net, random_weights(m.graph(), seed=0)), weights)
+            made[name] = {"plain": (name, weights)}
+            for kind, extra in (("slim", []), ("slim-tucker", ["--tucker"])):
+                d = root / f"{name}-{kind}"
+                r = run("slim", name, "-w", weights, "-o", d, *extra, catch_exceptions=True)
+                assert r.exit_code == 0, r.output
+                made[name][kind] = (d, None)
+        return made[name]
+    return get
 
 
 @pytest.mark.slow
@@ -195,7 +199,7 @@ def variant_dirs(tmp_path_factory):
 @pytest.mark.parametrize("kind", ["plain", "slim", "slim-tucker"])
 @pytest.mark.parametrize("name", BUILTINS)
 def test_builtin_export_verify(variant_dirs, tmp_path, name, kind, fmt):
-    model, weights = variant_dirs[name][kind]
+    model, weights = variant_dirs(name)[kind]
     args = ["export", model, "--to", fmt, "-o", tmp_path / "out", "--verify"]
     if weights is not None:
         args += ["--weights", weights]
