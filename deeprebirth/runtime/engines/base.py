@@ -64,8 +64,9 @@ class EngineSession(Session):
 class EngineDevice(Device):
     """`bench --engine X`: every model exported to X and opened in X, in this process."""
 
-    #: format of runtime.export that the engine loads
+    #: format of runtime.export that the engine loads, and the Runner class that loads it
     fmt = "?"
+    runner_class: type = Runner
 
     def __init__(self, threads: int | None = None):
         self.threads = threads
@@ -75,6 +76,6 @@ class EngineDevice(Device):
         files = export.export(model, self.fmt, batch=None)
         return EngineSession(model, self.load(files), seed)
 
-    @abstractmethod
     def load(self, files: dict[str, bytes]) -> Runner:
         """The exported files loaded in this engine."""
+        return self.runner_class(files, self.threads)

@@ -77,11 +77,9 @@ class MnnRunner(Runner):
 class MnnDevice(EngineDevice):
     name = "mnn"
     fmt = "mnn"
+    runner_class = MnnRunner
 
     @property
     def description(self) -> str:
         return (f"MNN {getattr(import_mnn(), 'version', lambda: '?')()} (Python Interpreter API), CPU, float32, "
                 f"Winograd off, threads: {self.threads or 1}; times from time.perf_counter around input copy + runSession")
-
-    def load(self, files: dict[str, bytes]) -> Runner:
-        return MnnRunner(files, self.threads)

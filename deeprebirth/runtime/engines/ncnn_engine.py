@@ -68,12 +68,10 @@ class NcnnRunner(Runner):
 class NcnnDevice(EngineDevice):
     name = "ncnn"
     fmt = "ncnn"
+    runner_class = NcnnRunner
 
     @property
     def description(self) -> str:
         ncnn = import_ncnn()
         return (f"ncnn {getattr(ncnn, '__version__', '?')} (Python binding), float32, threads: {self.threads or 1}; "
                 "times from time.perf_counter around one extractor's input + extract")
-
-    def load(self, files: dict[str, bytes]) -> Runner:
-        return NcnnRunner(files, self.threads)

@@ -45,12 +45,10 @@ class OrtRunner(Runner):
 class OrtDevice(EngineDevice):
     name = "onnxruntime"
     fmt = "onnx"
+    runner_class = OrtRunner
 
     @property
     def description(self) -> str:
         ort = import_ort()
         return (f"ONNX Runtime {ort.__version__}, CPU execution provider, intra-op threads: "
                 f"{self.threads or 'default'}; times from time.perf_counter around InferenceSession.run")
-
-    def load(self, files: dict[str, bytes]) -> Runner:
-        return OrtRunner(files, self.threads)

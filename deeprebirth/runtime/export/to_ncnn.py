@@ -28,6 +28,7 @@ import numpy as np
 
 from deeprebirth.caffe.model import Model
 from deeprebirth.errors import RebirthError
+from deeprebirth.runtime.export import common
 from deeprebirth.graph.dag import Graph, Node
 from deeprebirth.graph.geometry import canonical_axis, concat_axis, conv_geometry, pool_geometry
 from deeprebirth.runtime.export.to_onnx import pool_pads
@@ -52,14 +53,10 @@ class _Writer:
         self.lines: list[str] = []
         self.blobs: list[np.ndarray | bytes] = []
         self.names: set[str] = set()
-        self.last = {}
-        for node in graph.nodes:
-            for name, v in node.tops:
-                self.last[name] = max(v, self.last.get(name, 0))
+        self.names_of = common.Names(graph)
 
     def tensor(self, ref) -> str:
-        name, v = ref
-        return name if v == self.last.get(name, 0) else f"{name}#{v}"
+        return self.names_of(ref)
 
     def layer(self, kind: str, name: str, ins, outs, params: dict | None = None) -> None:
         parts = [kind, name.replace(" ", "_"), str(len(ins)), str(len(outs)), *ins, *outs]
@@ -69,11 +66,7 @@ class _Writer:
         self.names.update(outs)
 
     def weight(self, node: Node, i: int) -> np.ndarray:
-        arrays = self.weights.get(node.name)
-        if arrays is None or len(arrays) <= i:
-            raise RebirthError(f"layer '{node.name}' ({node.type}) has no weights; export needs every layer's "
-                               "weights (--weights)")
-        return np.asarray(arrays[i], dtype=np.float32)
+        return common.weight(self.weights, node, i)
 
     def data(self, arr: np.ndarray, tagged: bool = False) -> None:
         if tagged:
@@ -253,10 +246,6 @@ WRITERS = {
 }
 
 
-def unsupported(graph: Graph) -> list[Node]:
-    return [n for n in graph.nodes if n.type not in WRITERS and n.type not in SKIP_TYPES | {"Input", "Split"}]
-
-
 def _consumers(graph: Graph) -> dict:
     uses: dict = {}
     for node in graph.topological_order():
@@ -272,11 +261,7 @@ def to_ncnn(model: Model, batch: int | None = 1) -> dict[str, bytes]:
     if batch not in (None, 1):
         raise RebirthError(f"ncnn runs one image at a time: export at batch 1, not {batch}")
     graph = Graph(model.net, batch=1)
-    bad = unsupported(graph)
-    if bad:
-        n = bad[0]
-        raise RebirthError(f"{model.source}: layer '{n.name}': type '{n.type}' has no ncnn translation "
-                           f"(supported: {', '.join(sorted(WRITERS))})")
+    common.require_supported(model, graph, WRITERS, SKIP_TYPES | {"Input", "Split"}, "ncnn")
     w = _Writer(model, graph)
     uses = _consumers(graph)
     # Which name each consumer reads: a blob read by k > 1 layers goes through a Split into k copies.

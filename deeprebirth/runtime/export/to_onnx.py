@@ -41,6 +41,7 @@ import numpy as np
 
 from deeprebirth.caffe.model import Model
 from deeprebirth.errors import RebirthError
+from deeprebirth.runtime.export import common
 from deeprebirth.graph.dag import Graph, Node
 from deeprebirth.graph.geometry import canonical_axis, concat_axis, conv_geometry, pool_geometry, pool_out
 
@@ -67,16 +68,12 @@ class _Builder:
         self.model, self.graph = model, graph
         self.weights = model.weights or {}
         self.nodes, self.inits = [], []
-        self.last_version = {}
-        for node in graph.nodes:
-            for name, v in node.tops:
-                self.last_version[name] = max(v, self.last_version.get(name, 0))
+        self.names_of = common.Names(graph)
         self._tmp = 0
 
     # -- names ---------------------------------------------------------------------------------
     def tensor(self, ref) -> str:
-        name, v = ref
-        return name if v == self.last_version.get(name, 0) else f"{name}#{v}"
+        return self.names_of(ref)
 
     def temp(self, layer: str, what: str) -> str:
         self._tmp += 1
@@ -97,11 +94,7 @@ class _Builder:
         self.nodes.append(self.helper.make_node(op, list(inputs), list(outputs), name=name, **attrs))
 
     def blob(self, node: Node, i: int) -> np.ndarray:
-        arrays = self.weights.get(node.name)
-        if arrays is None or len(arrays) <= i:
-            raise RebirthError(f"layer '{node.name}' ({node.type}) has no weights; export needs every layer's weights "
-                               "(--weights)")
-        return np.asarray(arrays[i], dtype=np.float32)
+        return common.weight(self.weights, node, i)
 
     def shape(self, ref) -> tuple[int, ...]:
         return tuple(self.graph.version_shapes[ref])
@@ -401,11 +394,6 @@ WRITERS = {
 }
 
 
-def unsupported(graph: Graph) -> list[Node]:
-    """The layers of ``graph`` that have no ONNX translation here (besides Input/Silence)."""
-    return [n for n in graph.nodes if n.type not in WRITERS and n.type not in SKIP_TYPES]
-
-
 def caffe_outputs(graph: Graph) -> list[tuple[str, int]]:
     """The blobs no layer reads (Caffe's net outputs), in the order their producers run."""
     consumed = {ref for node in graph.nodes for ref in node.bottoms}
@@ -424,11 +412,7 @@ def to_onnx(model: Model, batch: int | None = 1, extra_outputs: bool = False):
     checked by ``onnx.checker`` and with shapes inferred. With ``extra_outputs`` every other tensor
     that carries a Caffe blob's final value is a graph output too (for ``export --verify``)."""
     graph = Graph(model.net, batch=batch)
-    bad = unsupported(graph)
-    if bad:
-        n = bad[0]
-        raise RebirthError(f"{model.source}: layer '{n.name}': type '{n.type}' has no ONNX translation "
-                           f"(supported: {', '.join(sorted(WRITERS))})")
+    common.require_supported(model, graph, WRITERS, SKIP_TYPES, "ONNX")
     b = _Builder(model, graph)
     helper, TP = b.helper, b.onnx.TensorProto
     inputs = []
