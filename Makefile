@@ -14,7 +14,7 @@ $(PY):
 	$(PIP) install -q --upgrade pip
 
 package: venv
-	$(PIP) install -q -e '.[test,caffe]'
+	$(PIP) install -q -e '.[test,caffe,runtimes]'
 
 caffe: package
 	JOBS=$${JOBS:-$$(nproc)} scripts/install_caffe.sh $(PY)

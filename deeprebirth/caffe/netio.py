@@ -474,6 +474,18 @@ def check_output_path(path: str | os.PathLike, is_dir: bool = False) -> Path:
     return path
 
 
+def check_writable_dir(path: str | os.PathLike) -> Path:
+    """``check_output_path`` for a directory, plus a probe: a temporary directory is made (and
+    removed) beside it, so that a parent without write permission (or on a read-only or pseudo
+    file system) is a one-line error before any work, not after it."""
+    out = check_output_path(path, is_dir=True)
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=f".{out.name[:100]}.", suffix=".probe", dir=str(out.parent)))
+    except OSError as exc:
+        raise _os_problem(out, exc) from None
+    return out
+
+
 def atomic_write(path: str | os.PathLike, data: bytes | str, inputs: Iterable[str | os.PathLike] = ()) -> Path:
     """Write ``data`` to ``path`` through a temporary file and a rename; never onto an input. Every
     failure (no permission, disk full, a bad path) is a one-line RebirthError and leaves nothing."""

@@ -9,8 +9,10 @@ import click
 from deeprebirth.cli import reports
 from deeprebirth.caffe import folders
 from deeprebirth.runtime import bench
+from deeprebirth.runtime import engines
 from deeprebirth.runtime import plot as plot_mod
 from deeprebirth.runtime.devices import get_device
+from deeprebirth.errors import RebirthError
 from deeprebirth.cli import main, output_json, show_warnings
 from deeprebirth.cli.progress import progress_bar
 
@@ -22,6 +24,10 @@ from deeprebirth.cli.progress import progress_bar
 @click.option("--device", "-d", default="cpu", show_default=True,
               help="Where to run: cpu (pycaffe here), host (rebirth-time here), adb[:SERIAL] (an Android phone), "
                    "ssh://[user@]host (a Linux board), qemu-aarch64 (the ARM build emulated here).")
+@click.option("--engine", "-e", default="caffe", show_default=True,
+              type=click.Choice(sorted(engines.ENGINES), case_sensitive=False),
+              help="What runs the nets on --device cpu: caffe (pycaffe), or each MODEL exported (rebirth export) and "
+                   "run by onnxruntime, ncnn or mnn in this process; those time whole passes only (no --layers).")
 @click.option("--batch", "-b", type=click.IntRange(min=1), default=1, show_default=True,
               help="Batch size of the random input.")
 @click.option("--runs", "-n", type=click.IntRange(min=1), default=50, show_default=True,
@@ -29,7 +35,8 @@ from deeprebirth.cli.progress import progress_bar
 @click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True,
               help="Untimed passes per model first.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="BLAS threads of rebirth-time (devices other than cpu; default: the BLAS's own).")
+              help="Threads: of the --engine (onnxruntime default: its own; ncnn, mnn default: 1), or BLAS threads of "
+                   "rebirth-time (devices other than cpu; default: the BLAS's own).")
 @click.option("--cpu-mask", default=None, metavar="HEX",
               help="Pin rebirth-time to these CPUs with taskset, e.g. f0 for a phone's big cores.")
 @click.option("--cooldown", type=click.FloatRange(min=0), default=0.0, show_default=True,
@@ -39,13 +46,13 @@ from deeprebirth.cli.progress import progress_bar
 @click.option("--plot", type=str, default=None,
               help="Write a bar chart to this .png: time per block (conv1, inception_3a, res2a, ...), tensor and "
                    "non-tensor layers stacked, the models side by side (implies --layers).")
-def bench_command(models, weights, device, batch, runs, warmup, threads, cpu_mask, cooldown, layers, as_json, plot):
+def bench_command(models, weights, device, engine, batch, runs, warmup, threads, cpu_mask, cooldown, layers, as_json, plot):
     """Time MODEL forward passes on random input: best and median run, ratios to the first MODEL
     (runs of several models are interleaved), memory, and with --layers the time of every layer
     and the share of non-tensor layers (the paper's Table 2 and Figure 2)."""
     if plot:
         plot_mod.check_path(plot)    # a wrong name is refused before any timing
-    dev = get_device(device, threads, cpu_mask, cooldown)
+    dev = _device(device, engine.lower(), threads, cpu_mask, cooldown, batch, layers or plot is not None)
     specs = [folders.model_files(m)[0] if Path(m).is_dir() else m for m in models]  # a folder: its deploy net
     prepared = bench.prepare(specs, list(weights), batch)
     for p, label in zip(prepared, bench.labels([m.rstrip("/") for m in models])):
@@ -59,7 +66,7 @@ def bench_command(models, weights, device, batch, runs, warmup, threads, cpu_mas
     with progress_bar(len(prepared) * (runs + warmup), "timing", "run") as bar:
         results = bench.run_isolated(prepared, dev, runs, warmup, layers, progress=bar, cooldown=cooldown)
     # After the run: a device that runs rebirth-time knows what it ran on only once connected.
-    settings = {"device": dev.name, "device_description": dev.description, "batch": batch, "runs": runs,
+    settings = {"device": dev.name, "engine": engine.lower(), "device_description": dev.description, "batch": batch, "runs": runs,
                 "warmup": warmup, "layers_timed": layers, "cooldown_s": cooldown}
     if getattr(dev, "info", None):
         settings["device_info"] = dev.info
@@ -75,3 +82,19 @@ def bench_command(models, weights, device, batch, runs, warmup, threads, cpu_mas
         click.echo(reports.bench_text(doc))
         if plot:
             click.echo(f"\nplot: {plot}")
+
+
+def _device(device: str, engine: str, threads, cpu_mask, cooldown, batch: int, layers: bool):
+    if engine == "caffe":
+        return get_device(device, threads, cpu_mask, cooldown)
+    if device.strip().lower() != "cpu":
+        raise RebirthError(f"--engine {engine} runs on this machine (--device cpu); other devices run Caffe's "
+                           "rebirth-time")
+    if layers:
+        raise RebirthError(f"--engine {engine} times whole passes only (no per-layer times): leave out --layers "
+                           "and --plot, or use --engine caffe")
+    if cpu_mask:
+        raise RebirthError("--cpu-mask applies to devices that run rebirth-time; use taskset with --engine")
+    if engine == "ncnn" and batch != 1:
+        raise RebirthError(f"ncnn runs one image at a time: --batch 1, not {batch}")
+    return engines.get_device(engine, threads)

@@ -409,3 +409,18 @@ def bench_text(doc: dict, top: int = TOP_LAYERS) -> str:
         lines += ["", "blob MB: blob memory from shapes (as `inspect`); alloc MB: distinct buffers of the "
                   "built net; peak RSS MB: " + "; ".join(sorted(methods))]
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------
+# export
+
+
+def export_random_weights_note(model: Model) -> str:
+    return (f"rebirth: warning: {model.source}: no weights given; exporting random weights (seed "
+            f"{model.extras.get('random_weights', 0)}), good for timing and checking, not for predictions")
+
+
+def export_summary(model: Model, fmt: str, written: list[Path]) -> str:
+    layers = len(model.net.layer)
+    sizes = ", ".join(f"{p} ({p.stat().st_size / MB:.1f} MB)" for p in written)
+    return f"exported {model.source} ({layers} layers) as {fmt}: wrote {sizes}"

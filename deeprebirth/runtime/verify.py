@@ -142,3 +142,53 @@ def output_errors(checks) -> list[float] | None:
         norm = float(np.linalg.norm(a))
         out.append(float(np.linalg.norm(b - a)) / norm if norm else 0.0)
     return out
+
+
+# ------------------------------------------------------------------------------------------------
+# An exported net (runtime/export) in its engine against the Caffe net in pycaffe
+
+
+def compare_export(model: Model, fmt: str, files: dict[str, bytes], seed: int = 0) -> Verification:
+    """Run ``files`` (``model`` exported as ``fmt``) in its engine and ``model`` in pycaffe on the
+    same random inputs (uniform in [-1, 1), from ``seed``, at the exported batch) and compare every
+    net output, and every intermediate blob the engine can show: for ONNX a second export whose
+    graph outputs every tensor named after a Caffe blob, for ncnn every blob of the param file;
+    MNN shows its outputs only. Both run in one child process (runtime/isolate.py)."""
+    from deeprebirth.runtime import isolate  # noqa: PLC0415
+
+    _check_runnable(model, "exported")
+    return isolate.call(_compare_export_here, model, fmt, files, seed, what=f"the {fmt} verification run")
+
+
+def _compare_export_here(model: Model, fmt: str, files: dict[str, bytes], seed: int) -> Verification:
+    from deeprebirth.runtime import engines  # noqa: PLC0415
+    from deeprebirth.runtime.engines.base import random_feeds  # noqa: PLC0415
+
+    graph = Graph(model.net, batch=1)
+    feeds = random_feeds(graph, seed)
+    ref = CaffeNet(model.net, model.weights)
+    ref.fill_inputs(inputs=feeds)
+    outputs = ref.forward()
+    if fmt == "onnx":
+        from deeprebirth.runtime.export import to_onnx  # noqa: PLC0415
+        files = {"model.onnx": to_onnx.to_onnx(model, 1, extra_outputs=True).SerializeToString()}
+    inner = [n for n in ref.net.blobs.keys() if n not in feeds and n not in outputs and n not in ref.auto_split_tops]
+    runner = engines.load(fmt, files, threads=1, keep=tuple(inner) if fmt == "mnn" else ())
+    if fmt == "onnx":
+        inner = [n for n in inner if n in set(runner.all_outputs)]
+    names = list(outputs) + inner
+    missing = [n for n in outputs if fmt != "ncnn" and n not in runner.outputs]
+    if missing:
+        raise RebirthError(f"the {fmt} model lost the output blob '{missing[0]}'")
+    got = runner.run(feeds, names)
+    result = Verification(seed)
+    for name in names:
+        if name not in got:
+            continue  # MNN fused it away
+        a = ref.net.blobs[name].data
+        b = got[name]
+        if b.size != a.size:
+            raise RebirthError(f"blob '{name}': {b.size} values in the {fmt} model, {a.size} in Caffe")
+        result.blobs.append(_diff(name, a, b.reshape(a.shape)))
+    runner.close()
+    return result
