@@ -38,5 +38,5 @@ def export_command(model, weights, fmt, outdir, do_verify, tolerance, seed, forc
         check = verify.compare_export(m, fmt, files, seed=seed)
         click.echo(check.format(tolerance))
         verify.require(check, tolerance)
-    written = netio.write_dir(outdir, files, inputs=[m.source, m.weights_source], force=force, owned=export.ALL_FILES)
+    written = netio.write_dir(outdir, files, inputs=[m.source, m.weights_source], force=force)
     click.echo(reports.export_summary(m, fmt, written))

@@ -131,7 +131,7 @@ def test_cli_export_verify_writes_all_files(tmp_path):
         r = run("export", src, "--to", fmt, "-o", out, "--verify")
         assert r.exit_code == 0, r.output
         assert "<= tolerance 0.0001: ok" in r.output
-        assert sorted(os.listdir(out)) == names
+        assert sorted(os.listdir(out)) == sorted([".rebirth", *names])   # our marker beside the files
 
 
 DATA_INPUT = 'layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 9 dim: 9 } } }\n'
