@@ -38,9 +38,10 @@ _STDERR_TAIL = 64 * 1024
 STDERR_NAME = "child.stderr"
 
 
-def _child(conn, workdir: str, fn: Callable, args: tuple, kwargs: dict, with_progress: bool) -> None:
+def _child(conn, workdir: str, with_progress: bool) -> None:
     """Entry point of the child: stderr to the capture file, temporary files into ``workdir``
-    (which the parent removes, also when Caffe aborts the child), run ``fn``, send back one message."""
+    (which the parent removes, also when Caffe aborts the child), read the work (``fn``, its
+    arguments) from ``conn``, run it, send back one message."""
     tempfile.tempdir = workdir
     os.environ["TMPDIR"] = workdir
     fd = os.open(os.path.join(workdir, STDERR_NAME), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
@@ -49,6 +50,7 @@ def _child(conn, workdir: str, fn: Callable, args: tuple, kwargs: dict, with_pro
     sys.stderr = os.fdopen(2, "w", buffering=1, closefd=False)
     os.environ.setdefault("GLOG_minloglevel", "2")
     try:
+        fn, args, kwargs = conn.recv()
         if with_progress:
             kwargs = dict(kwargs, progress=lambda n=1: conn.send(("progress", n)))
         result = fn(*args, **kwargs)
@@ -119,12 +121,19 @@ def call(fn: Callable, *args, what: str = "Caffe", timeout: float | None = None,
     workdir = tempfile.mkdtemp(prefix="deeprebirth-child-")
     stderr_path = os.path.join(workdir, STDERR_NAME)
     open(stderr_path, "wb").close()
-    parent, child = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(child, workdir, fn, args, kwargs, progress is not None),
-                       daemon=True)
+    # The work goes down the pipe after the start, not as the process's arguments: spawn writes
+    # those while it still holds the read end itself, so a child that dies early would leave that
+    # write (of a model's weights, megabytes) blocked for ever. Through the pipe, whose other end
+    # only the child holds, a dead child is a broken pipe.
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=_child, args=(child, workdir, progress is not None), daemon=True)
     try:
         proc.start()
         child.close()
+        try:
+            parent.send((fn, args, kwargs))
+        except OSError:
+            pass    # the child died before reading its work: reported below from its exit
         outcome = None
         while outcome is None:
             if not parent.poll(timeout if timeout is not None else None):
