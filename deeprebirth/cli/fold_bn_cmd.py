@@ -4,6 +4,7 @@ from __future__ import annotations
 import click
 
 from deeprebirth.cli import reports
+from deeprebirth.caffe import netio
 from deeprebirth.transforms import fold
 from deeprebirth.runtime import verify
 from deeprebirth.cli import FILE, main, output_json
@@ -34,6 +35,7 @@ def fold_bn_command(model, weights, outdir, do_verify, tolerance, seed, allow_mi
     MODEL is a deploy .prototxt or a built-in name; WEIGHTS its .caffemodel. Writes
     OUTDIR/deploy.prototxt and OUTDIR/weights.caffemodel.
     """
+    netio.check_dir_is_ours(outdir, force)   # before any work; written at the end
     original = fold.load(model, weights, allow_missing=allow_missing)
     result = fold.fold_bn(original)
     check = verify.compare(original, result.model, seed=seed) if do_verify else None

@@ -14,8 +14,13 @@ import sys
 import pytest
 
 from deeprebirth.caffe import netio
-from helpers import ROOT, error_line, run, write_random_weights
-from learning.test_finetune import DEPLOY, TRAIN_VAL, slimmed  # noqa: F401  (the fixture)
+from helpers import FT_DEPLOY as DEPLOY, FT_TRAIN_VAL as TRAIN_VAL, ROOT, error_line, make_slimmed, run, \
+    write_random_weights
+
+
+@pytest.fixture(scope="module")
+def slimmed(tmp_path_factory, caffe):
+    return make_slimmed(tmp_path_factory.mktemp("hints"))
 
 
 def hints(text: str) -> list[list[str]]:
@@ -96,7 +101,7 @@ def test_a_train_val_as_model_is_told_what_works(tmp_path):
 
 
 @pytest.mark.slow
-def test_slim_hints_relearn_and_finetune_run_when_pasted(slimmed, tmp_path):  # noqa: F811
+def test_slim_hints_relearn_and_finetune_run_when_pasted(slimmed, tmp_path):
     d = slimmed
     out = tmp_path / "slim"
     report = run("slim", d / "tiny.prototxt", "-w", d / "tiny.caffemodel", "--train-val", d / "tv.prototxt", "-o", out)
@@ -113,7 +118,7 @@ def test_slim_hints_relearn_and_finetune_run_when_pasted(slimmed, tmp_path):  # 
 
 
 @pytest.mark.slow
-def test_ctrl_c_during_finetune_writes_and_the_resume_hint_runs(slimmed, tmp_path):  # noqa: F811
+def test_ctrl_c_during_finetune_writes_and_the_resume_hint_runs(slimmed, tmp_path):
     """SIGINT to a running `rebirth finetune`: it stops after the iteration, writes weights,
     finetune.json and a snapshot, and prints the resume line (with --val), which then runs."""
     d = slimmed
