@@ -33,7 +33,7 @@ def test_inspect_builtin_models_json():
     for name, prob in (("googlenet", [10, 1000]), ("alexnet", [10, 1000]), ("resnet50", [1, 1000])):
         res = run("inspect", name, "--json")
         assert res.exit_code == 0, res.output
-        info = json.loads(res.output)
+        info = json.loads(res.stdout)
         layer = info["layers"][-1]
         assert layer["name"] == "prob" and layer["top_shapes"] == {"prob": prob}
         for entry in info["layers"]:
@@ -44,8 +44,8 @@ def test_inspect_builtin_models_json():
 
 @pytest.mark.slow
 def test_inspect_batch_and_table():
-    one = json.loads(run("inspect", "googlenet", "--batch", "1", "--json").output)
-    ten = json.loads(run("inspect", "googlenet", "--json").output)
+    one = json.loads(run("inspect", "googlenet", "--batch", "1", "--json").stdout)
+    ten = json.loads(run("inspect", "googlenet", "--json").stdout)
     assert ten["memory_bytes"] == 10 * one["memory_bytes"]
     table = run("inspect", "googlenet", "--batch", "1")
     assert table.exit_code == 0
@@ -60,7 +60,7 @@ def test_inspect_with_matching_weights(tmp_path, caffe):
     net.save(str(tmp_path / "small.caffemodel"))
     res = run("inspect", proto, "--weights", tmp_path / "small.caffemodel", "--json")
     assert res.exit_code == 0, res.output
-    assert json.loads(res.output)["weights"].endswith("small.caffemodel")
+    assert json.loads(res.stdout)["weights"].endswith("small.caffemodel")
 
 
 def test_weights_shape_mismatch_names_layer_and_both_shapes(tmp_path):

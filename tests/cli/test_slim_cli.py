@@ -143,7 +143,7 @@ def test_rules_option(tmp_path, stem):
     assert "unknown rule 'bogus'" in line and "streamline" in line
     res = run("slim", stem, "--rules", "streamline", "-o", tmp_path / "a", "--json")
     assert res.exit_code == 0, res.output
-    report = json.loads(res.output)
+    report = json.loads(res.stdout)
     assert report["rules"] == ["streamline"]
     assert {c["rule"] for c in report["changes"]} == {"streamline"}
 
@@ -151,7 +151,7 @@ def test_rules_option(tmp_path, stem):
 def test_keep_pooling_reproduces_alexnet_table_7_style(tmp_path, stem):
     res = run("slim", stem, "--keep-pooling", "-o", tmp_path / "k", "--json")
     assert res.exit_code == 0, res.output
-    report = json.loads(res.output)
+    report = json.loads(res.stdout)
     assert [(c["substructure"], c["removed"], c["regenerated"]) for c in report["changes"]] == [
         ("conv1", ["pool1/norm1"], []), ("conv2", ["conv2/norm2"], [])]
     assert "pool_into_conv" not in report["rules"]
@@ -171,7 +171,7 @@ def test_given_train_val_and_dummy_data(tmp_path, stem):
 def test_builtin_googlenet_only_conv1_and_conv2(tmp_path):
     res = run("slim", "googlenet", "--only", "conv1,conv2", "-o", tmp_path / "g", "--json")
     assert res.exit_code == 0, res.output
-    report = json.loads(res.output)
+    report = json.loads(res.stdout)
     assert [c["substructure"] for c in report["changes"]] == ["conv1", "conv2"]
     assert report["changes"][0]["removed"] == ["pool1/3x3_s2", "pool1/norm1"]
     assert report["changes"][1]["removed"] == ["conv2/norm2", "pool2/3x3_s2"]

@@ -69,7 +69,7 @@ def test_exact_top1_top5(caffe, setup):
     res = run("eval", d / "net.prototxt", "--weights", d / "net.caffemodel", "--data", d / "list.txt",
               "--batch", 4, "--json")
     assert res.exit_code == 0, res.output
-    out = json.loads(res.output)
+    out = json.loads(res.stdout)
     assert out["images"] == 6 and out["top1"] == pytest.approx(3 / 6) and out["top5"] == pytest.approx(4 / 6)
     assert out["output"] == "prob" and "agreement" not in out
 
@@ -81,14 +81,14 @@ def test_teacher_agreement_and_kl(caffe, setup):
     labels = np.array(_labels())
     res = run("eval", d / "net.prototxt", "--weights", d / "net.caffemodel", "--data", d / "list.txt",
               "--teacher", d / "net.prototxt", "--teacher-weights", d / "teacher.caffemodel", "--json")
-    out = json.loads(res.output)
+    out = json.loads(res.stdout)
     assert 0 < agree < 1 and kl > 0.01
     assert out["agreement"] == pytest.approx(agree) and out["kl"] == pytest.approx(kl, rel=1e-4)
     assert out["teacher_top1"] == pytest.approx((zt.argmax(1) == labels).mean())
     # without labels: agreement and KL only
     res = run("eval", d / "net.prototxt", "--weights", d / "net.caffemodel", "--data", d / "plain",
               "--teacher", d / "net.prototxt", "--teacher-weights", d / "teacher.caffemodel", "--json")
-    out = json.loads(res.output)
+    out = json.loads(res.stdout)
     assert "top1" not in out and out["agreement"] == pytest.approx(agree)
     # the teacher against itself: full agreement, zero KL (library call)
     same = ev.evaluate(str(d / "net.prototxt"), str(d / "net.caffemodel"), data.open_source(str(d / "plain")),
@@ -105,13 +105,13 @@ def test_model_directory_and_preprocessing_flags(caffe, setup):
     (model_dir / "deploy.prototxt").write_text(NET)
     (model_dir / "weights.caffemodel").write_bytes((d / "net.caffemodel").read_bytes())
     res = run("eval", model_dir, "--data", d / "list.txt", "--scale", "-1", "--json")
-    out = json.loads(res.output)   # negated scores: the darkest pixel wins, so the two 'worst' labels hit
+    out = json.loads(res.stdout)   # negated scores: the darkest pixel wins, so the two 'worst' labels hit
     assert out["top1"] == pytest.approx(2 / 6) and out["preprocess"]["scale"] == -1
     relearned = d / "relearned"   # a relearn output: weights + relearn.json naming the slim directory
     relearned.mkdir()
     (relearned / "weights.caffemodel").write_bytes((d / "net.caffemodel").read_bytes())
     (relearned / "relearn.json").write_text(json.dumps({"slim_dir": str(model_dir)}))
-    assert json.loads(run("eval", relearned, "--data", d / "list.txt", "--json").output)["top1"] == pytest.approx(3 / 6)
+    assert json.loads(run("eval", relearned, "--data", d / "list.txt", "--json").stdout)["top1"] == pytest.approx(3 / 6)
     # the same from a train_val's TEST data layer
     (d / "tv.prototxt").write_text(
         'layer { name: "d" type: "ImageData" top: "data" top: "label" include { phase: TRAIN } '
@@ -119,7 +119,7 @@ def test_model_directory_and_preprocessing_flags(caffe, setup):
         'layer { name: "d" type: "ImageData" top: "data" top: "label" include { phase: TEST } '
         'transform_param { scale: -1 } image_data_param { source: "b" is_color: false } }\n')
     res = run("eval", model_dir, "--data", d / "list.txt", "--train-val", d / "tv.prototxt", "--json")
-    assert json.loads(res.output)["top1"] == pytest.approx(2 / 6)
+    assert json.loads(res.stdout)["top1"] == pytest.approx(2 / 6)
 
 
 @pytest.mark.slow

@@ -23,7 +23,7 @@ def test_finetune_lowers_the_loss_and_learns(slimmed, tmp_path):
     res = run("finetune", d / "slim", "--train", d / "train", "--val", d / "val", "--iters", 40, "--base-lr", 0.01,
               "--test-interval", 10, "--snapshot", 20, "-o", out, "--json")
     assert res.exit_code == 0, res.output
-    doc = json.loads(res.output)
+    doc = json.loads(res.stdout)
     hist = doc["history"]
     assert [h["iteration"] for h in hist] == [0, 10, 20, 30, 40]
     assert hist[-1]["loss"] < 0.7 * hist[1]["loss"]
@@ -35,7 +35,7 @@ def test_finetune_lowers_the_loss_and_learns(slimmed, tmp_path):
     assert json.loads((out / "finetune.json").read_text())["history"] == hist
     # the written model evaluates to the last validation's top-1
     # (preprocessed as the slim train_val's TEST layer says, found through finetune.json)
-    res = json.loads(run("eval", out, "--data", d / "val", "--json").output)
+    res = json.loads(run("eval", out, "--data", d / "val", "--json").stdout)
     assert res["top1"] == pytest.approx(hist[-1]["val_top1"]) and res["preprocess"]["scale"] == pytest.approx(1 / 256)
     assert res["preprocess_from"] == str(d / "slim" / "train_val.prototxt")
 
@@ -49,7 +49,7 @@ def test_resume_continues_the_iteration_count(slimmed, tmp_path):
     assert state.exists()
     res = run("finetune", d / "slim", "--train", d / "train", "--iters", 9, "--resume", state, "-o", out, "--json")
     assert res.exit_code == 0, res.output
-    doc = json.loads(res.output)
+    doc = json.loads(res.stdout)
     assert doc["start_iteration"] == 3 and doc["iterations"] == 9 and doc["history"][-1]["iteration"] == 9
     assert (out / "finetune_iter_9.solverstate").exists()
     # the restored weights are the snapshot's, not init.caffemodel's: a resumed run from the
@@ -75,7 +75,7 @@ def test_distill_without_labels(slimmed, tmp_path):
     res = run("finetune", d / "slim", "--train", d / "plain", "--val", d / "plain", "--distill", "--iters", 30,
               "--base-lr", 0.01, "--test-interval", 15, "-o", out, "--json")
     assert res.exit_code == 0, res.output
-    doc = json.loads(res.output)
+    doc = json.loads(res.stdout)
     assert doc["mode"] == "distill" and "EuclideanLoss" in doc["loss"]
     assert doc["teacher"]["weights"].endswith("tiny.caffemodel")
     hist = doc["history"]

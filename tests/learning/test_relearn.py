@@ -158,11 +158,11 @@ def test_least_squares_recovers_exact_change(caffe, tmp_path):
     res = run("relearn", slim, "--images", images, "--count", 24, "--heldout", 6, "--iters", 0,
               "--no-least-squares", "-o", tmp_path / "xavier", "--json")
     assert res.exit_code == 0, res.output
-    xavier = json.loads(res.output)["units"][0]["error"]["least_squares"]["rel"]
+    xavier = json.loads(res.stdout)["units"][0]["error"]["least_squares"]["rel"]
     res = run("relearn", slim, "--images", images, "--count", 24, "--heldout", 6, "--iters", 0,
               "--no-teacher-init", "-o", tmp_path / "rl", "--json")
     assert res.exit_code == 0, res.output
-    doc = json.loads(res.output)
+    doc = json.loads(res.stdout)
     unit = doc["units"][0]
     assert unit["init"] == {"conv1": "least-squares"}
     assert xavier > 0.1 and unit["error"]["least_squares"]["rel"] < 1e-8
@@ -188,7 +188,7 @@ def test_relearn_lowers_every_unit_error(caffe, tmp_path):
     res = run("relearn", slim, "--images", images, "--count", 32, "--heldout", 8, "--iters", 30,
               "--batch", 8, "--json")
     assert res.exit_code == 0, res.output
-    doc = json.loads(res.output)
+    doc = json.loads(res.stdout)
     assert [u["name"] for u in doc["units"]] == ["conv1", "i"]
     for unit in doc["units"]:
         e = unit["error"]
@@ -204,7 +204,7 @@ def test_relearn_lowers_every_unit_error(caffe, tmp_path):
     res = run("relearn", slim, "--images", images, "--count", 16, "--heldout", 4, "--iters", 0, "--input",
               "teacher", "--only", "i", "-o", tmp_path / "t", "--json")
     assert res.exit_code == 0, res.output
-    assert [u["name"] for u in json.loads(res.output)["units"]] == ["i"]
+    assert [u["name"] for u in json.loads(res.stdout)["units"]] == ["i"]
 
 
 # ----------------------------------------------------------------------------------------------

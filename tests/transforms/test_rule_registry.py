@@ -72,7 +72,7 @@ def test_a_rule_from_one_file_runs_in_slim_and_inspect(tmp_path, rule_dir):
     assert "drop_dropout" in rules.available()
     assert "drop_dropout" not in [r.name for r in slim.select_rules()]   # declared nothing: opt-in
 
-    info = json.loads(run("inspect", net, "--rules", "drop_dropout", "--json").output)
+    info = json.loads(run("inspect", net, "--rules", "drop_dropout", "--json").stdout)
     assert [(c["rule"], c["name"], c["refused"]) for c in info["candidates"]] == [
         ("drop_dropout", "drop1", None), ("drop_dropout", "drop2", "'drop2' is not in place")]
     assert info["rules"][0]["name"] == "drop_dropout" and info["rules"][0]["default"] is False
@@ -81,7 +81,7 @@ def test_a_rule_from_one_file_runs_in_slim_and_inspect(tmp_path, rule_dir):
 
     res = run("slim", net, "--rules", "drop_dropout", "-o", tmp_path / "out", "--json")
     assert res.exit_code == 0, res.output
-    doc = json.loads(res.output)
+    doc = json.loads(res.stdout)
     assert doc["rules"] == ["drop_dropout"]
     assert [(c["rule"], c["removed"]) for c in doc["changes"]] == [("drop_dropout", ["drop1"])]
     assert [s["substructure"] for s in doc["skips"]] == ["drop2"]
@@ -245,8 +245,8 @@ def test_every_candidate_is_an_only_name_that_slims_itself(net, weights):
 @pytest.mark.parametrize("net,name", [("googlenet", "conv1"), ("alexnet", "pool1"), ("resnet50", "pool1")])
 @pytest.mark.slow
 def test_inspect_names_through_the_cli(tmp_path, net, name):
-    info = json.loads(run("inspect", net, "--json").output)
+    info = json.loads(run("inspect", net, "--json").stdout)
     assert name in [c["name"] for c in info["candidates"]]
     res = run("slim", net, "--only", name, "-o", tmp_path / "out", "--json")
     assert res.exit_code == 0, res.output
-    assert {c["substructure"] for c in json.loads(res.output)["changes"]} == {name}
+    assert {c["substructure"] for c in json.loads(res.stdout)["changes"]} == {name}

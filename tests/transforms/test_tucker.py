@@ -199,7 +199,7 @@ def test_cli_json_and_only(tmp_path, files):
     model, weights = files
     res = run("tucker", model, weights, "-o", tmp_path / "o", "--only", "fc", "--ranks", "3", "--json")
     assert res.exit_code == 0, res.output
-    report = json.loads(res.output)
+    report = json.loads(res.stdout)
     assert [(d["layer"], d["ranks"], d["rank_source"]) for d in report["tucker"]["layers"]] == [
         ("fc", {"r": 3}, "fixed")]
     assert report["tucker"]["fixed_ranks"] == [3, 3]
@@ -257,7 +257,7 @@ def test_slim_tucker_in_one_go(tmp_path):
     write_random_weights(netio.read_net(model), weights, seed=2)
     res = run("slim", model, "--weights", weights, "--tucker", "--ratio", "0.5", "-o", tmp_path / "st", "--json")
     assert res.exit_code == 0, res.output
-    report = json.loads(res.output)
+    report = json.loads(res.stdout)
     rules = [c["rule"] for c in report["changes"]]
     assert "streamline" in rules and rules[-1] == "tucker"
     assert report["after"]["params"] < report["before"]["params"] / 1.5
