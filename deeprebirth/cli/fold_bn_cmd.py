@@ -40,6 +40,8 @@ def fold_bn_command(model, weights, outdir, do_verify, tolerance, seed, allow_mi
     result = fold.fold_bn(original)
     check = verify.compare(original, result.model, seed=seed) if do_verify else None
     if check is not None:
+        if not as_json and not check.passed(tolerance):
+            click.echo(check.format(tolerance))   # what failed, before the error line
         verify.require(check, tolerance)
     written = fold.write(result.model, outdir, inputs=[original.source, original.weights_source], force=force)
     if as_json:
