@@ -6,11 +6,14 @@ sub-folder, imports these as ``from helpers import ...``; no test imports anothe
 """
 from __future__ import annotations
 
+import re
+
 import os
 from pathlib import Path
 
 import numpy as np
 from click.testing import CliRunner
+from PIL import Image
 
 from deeprebirth.caffe import netio
 from deeprebirth.caffe import proto as pb
@@ -41,6 +44,10 @@ def run(*args, catch_exceptions: bool = False):
     return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=catch_exceptions)
 
 
+PROGRESS_LINE = re.compile(r"^rebirth: [a-z-]+ (\d+% \(|\d+ \S+ so far \()")
+"""cli/progress.py's lines without a terminal (a slow machine shows them): not part of a message."""
+
+
 def error_line(result, code: int | None = 1, stream: str = "output", prefix: str | None = "rebirth: error: ") -> str:
     """The one line a failed command printed: exit code ``code`` (None: any but 0), exactly one
     line on ``stream`` ("output": stdout and stderr as a user sees them, or "stderr"), starting
@@ -50,7 +57,7 @@ def error_line(result, code: int | None = 1, stream: str = "output", prefix: str
     else:
         assert result.exit_code == code, result.output
     text = getattr(result, stream)
-    lines = text.strip().splitlines()
+    lines = [x for x in text.strip().splitlines() if not PROGRESS_LINE.match(x)]
     assert len(lines) == 1, text
     if prefix is not None:
         assert lines[0].startswith(prefix), text
@@ -263,3 +270,78 @@ class FakeDevice(Device):
 
     def open(self, model, seed=0):
         return FakeSession(model, self.log)
+
+
+# ----------------------------------------------------------------------------------------------
+# Small nets several test modules use
+
+BN_NET = """name: "small"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 12 dim: 12 } } }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1" convolution_param { num_output: 4 kernel_size: 3 } }
+layer { name: "bn1" type: "BatchNorm" bottom: "conv1" top: "conv1" }
+layer { name: "sc1" type: "Scale" bottom: "conv1" top: "conv1" scale_param { bias_term: true } }
+layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }
+layer { name: "pool1" type: "Pooling" bottom: "conv1" top: "pool1" pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
+layer { name: "fc" type: "InnerProduct" bottom: "pool1" top: "fc" inner_product_param { num_output: 5 } }
+layer { name: "prob" type: "Softmax" bottom: "fc" top: "prob" }
+"""
+
+
+def bn_files(tmp_path: Path, text: str = BN_NET, weights_of: str | None = None, drop=()) -> tuple[Path, Path]:
+    """``text`` as tmp_path/net.prototxt and random weights (of ``weights_of``, less ``drop``) as
+    tmp_path/net.caffemodel."""
+    proto = tmp_path / "net.prototxt"
+    proto.write_text(text)
+    caffemodel = tmp_path / "net.caffemodel"
+    write_random_weights(netio.parse_net_text(weights_of or text), caffemodel, seed=0, drop=drop)
+    return proto, caffemodel
+
+
+# A tiny net, its train_val, and a `rebirth slim` output of it with image folders (finetune, hints)
+FT_DEPLOY = """name: "tiny"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 12 dim: 12 } } }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1" convolution_param { num_output: 4 kernel_size: 3 pad: 1 } }
+layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }
+layer { name: "pool1" type: "Pooling" bottom: "conv1" top: "pool1" pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
+layer { name: "fc" type: "InnerProduct" bottom: "pool1" top: "fc" inner_product_param { num_output: 3 } }
+layer { name: "prob" type: "Softmax" bottom: "fc" top: "prob" }
+"""
+FT_TRAIN_VAL = """name: "tiny"
+layer { name: "data" type: "ImageData" top: "data" top: "label" include { phase: TRAIN }
+        transform_param { scale: 0.00390625 mirror: true } image_data_param { source: "train.txt" batch_size: 6 } }
+layer { name: "data" type: "ImageData" top: "data" top: "label" include { phase: TEST }
+        transform_param { scale: 0.00390625 } image_data_param { source: "val.txt" batch_size: 6 } }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1" convolution_param { num_output: 4 kernel_size: 3 pad: 1 } }
+layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }
+layer { name: "pool1" type: "Pooling" bottom: "conv1" top: "pool1" pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
+layer { name: "fc" type: "InnerProduct" bottom: "pool1" top: "fc" inner_product_param { num_output: 3 } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "fc" bottom: "label" top: "loss" }
+layer { name: "accuracy" type: "Accuracy" bottom: "fc" bottom: "label" top: "accuracy" include { phase: TEST } }
+"""
+
+
+def make_slimmed(d: Path) -> Path:
+    """In ``d``: tiny.prototxt/.caffemodel, tv.prototxt, its slim output ``slim`` (conv1 + pool1
+    -> a stride-2 conv1, regenerated), labelled ``train``/``val`` folders (class = the dominant
+    colour channel) and an unlabelled ``plain`` folder."""
+    (d / "tiny.prototxt").write_text(FT_DEPLOY)
+    (d / "tv.prototxt").write_text(FT_TRAIN_VAL)
+    write_random_weights(netio.parse_net_text(FT_DEPLOY), d / "tiny.caffemodel", seed=1)
+    res = run("slim", d / "tiny.prototxt", "-w", d / "tiny.caffemodel", "--train-val", d / "tv.prototxt",
+              "-o", d / "slim")
+    assert res.exit_code == 0, res.output
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 8), ("val", 4)):
+        for cls in range(3):   # class = the dominant colour channel
+            for i in range(n):
+                img = rng.integers(0, 80, size=(12, 12, 3), dtype=np.uint8)
+                img[:, :, cls] += 150
+                folder = d / split / f"c{cls}"
+                folder.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(img).save(folder / f"{i}.png")
+                if split == "train":
+                    (d / "plain").mkdir(exist_ok=True)
+                    Image.fromarray(img).save(d / "plain" / f"{cls}_{i}.png")
+    return d
+
+

@@ -573,6 +573,25 @@ def _check_inputs_outside(out: Path, files: Iterable[str], inputs: list[Path]) -
                                "choose another output directory")
 
 
+def check_dir_is_ours(outdir: str | os.PathLike, force: bool = False) -> None:
+    """Before any work: refuse an existing ``outdir`` that holds anything rebirth did not write
+    (``foreign_entries``) unless ``force``, and a path that cannot be a folder. ``write_dir`` and
+    ``claim_dir`` check again when they write."""
+    out = Path(outdir)
+    try:
+        exists = out.is_dir()
+    except OSError:
+        exists = False
+    if not exists:
+        if out.parent.is_dir():
+            check_output_path(out, is_dir=True)   # a file there, a name too long ...
+        return
+    if not force:
+        foreign = foreign_entries(out, [])
+        if foreign:
+            _refuse_foreign(out, foreign, "replace the whole directory")
+
+
 def write_dir(outdir: str | os.PathLike, files: dict[str, bytes | str], inputs: Iterable = (),
               force: bool = False) -> list[Path]:
     """Write ``files`` (name -> contents) and the marker as the directory ``outdir``, all or nothing.

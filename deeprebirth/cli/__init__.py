@@ -22,6 +22,25 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 _default_showwarning = warnings.showwarning
 
 
+INTERRUPTED = 130
+"""Exit status after Ctrl-C or SIGTERM (128 + SIGINT, as shells report it)."""
+
+
+def _terminate_like_interrupt():
+    """SIGTERM unwinds like Ctrl-C (KeyboardInterrupt), so that every ``finally`` removes its
+    temporary files instead of the process vanishing (only where a handler can be set). Returns
+    the previous handler, or None."""
+    import signal  # noqa: PLC0415
+    import threading  # noqa: PLC0415
+
+    def _raise(signum, frame):
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        return signal.signal(signal.SIGTERM, _raise)
+    return None
+
+
 class RebirthGroup(click.Group):
     def parse_args(self, ctx, args):
         ctx.meta["rebirth_argv"] = list(args)
@@ -34,14 +53,22 @@ class RebirthGroup(click.Group):
         os.environ["REBIRTH_COMMAND"] = shlex.join(["rebirth", *ctx.meta.get("rebirth_argv", [])])
         warnings.showwarning = _show_warning
         warnings.simplefilter("always", RebirthWarning)
+        previous = _terminate_like_interrupt()
         try:
             return super().invoke(ctx)
+        except KeyboardInterrupt:   # Ctrl-C or SIGTERM: every finally has run, temporary files are gone
+            click.echo("rebirth: error: interrupted (outputs are complete or as they were)", err=True)
+            sys.exit(INTERRUPTED)
         except RebirthError as exc:
             click.echo(f"rebirth: error: {exc}", err=True)
             sys.exit(1)
         except OSError as exc:  # a path the system refuses (too long, no permission ...): one line too
             click.echo(f"rebirth: error: {errors.os_error_line(exc)}", err=True)
             sys.exit(1)
+        finally:
+            if previous is not None:
+                import signal  # noqa: PLC0415
+                signal.signal(signal.SIGTERM, previous)
 
 
 class _PathKind(click.ParamType):

@@ -15,7 +15,8 @@ from deeprebirth.cli import FILE, main, output_json
 @main.command("eval")
 @click.argument("model")
 @click.option("--weights", "-w", type=FILE,
-              help="The model's .caffemodel (default for a directory MODEL: its weights.caffemodel, else init.caffemodel).")
+              help="The model's .caffemodel (default for a directory MODEL: its weights.caffemodel, else init.caffemodel; "
+                   "for a built-in name: the weights shipped with it, if any).")
 @click.option("--data", "source_spec", required=True, metavar="SOURCE",
               help="Images: a folder, a list file ('path [label]'), an LMDB, or fashion-mnist[:train|:test]; "
                    "a [start:stop] suffix takes a subset.")
@@ -23,7 +24,8 @@ from deeprebirth.cli import FILE, main, output_json
 @click.option("--teacher-weights", type=FILE, help="The teacher's .caffemodel.")
 @click.option("--train-val", "train_val", type=FILE,
               help="Take preprocessing from this train_val's TEST data layer (transform_param); default for a "
-                   "slim/finetune/relearn directory MODEL: its slim net's train_val.prototxt.")
+                   "slim/finetune/relearn directory MODEL: its slim net's train_val.prototxt; for a built-in name: the "
+                   "train_val shipped with it, if any).")
 @click.option("--mean", metavar="VALUES|FILE", help="Mean to subtract: 'b,g,r', one value, a .binaryproto, or 'none'.")
 @click.option("--scale", type=float, help="Multiply pixels by this after the mean (Caffe's transform_param.scale).")
 @click.option("--batch", "-b", type=click.IntRange(min=1), default=50, show_default=True, help="Images per forward pass.")

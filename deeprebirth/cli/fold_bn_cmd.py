@@ -4,6 +4,7 @@ from __future__ import annotations
 import click
 
 from deeprebirth.cli import reports
+from deeprebirth.caffe import netio
 from deeprebirth.transforms import fold
 from deeprebirth.runtime import verify
 from deeprebirth.cli import FILE, main, output_json, show_warnings
@@ -34,12 +35,15 @@ def fold_bn_command(model, weights, outdir, do_verify, tolerance, seed, allow_mi
     MODEL is a deploy .prototxt or a built-in name; WEIGHTS its .caffemodel. Writes
     OUTDIR/deploy.prototxt and OUTDIR/weights.caffemodel.
     """
+    netio.check_dir_is_ours(outdir, force)   # before any work; written at the end
     original = fold.load(model, weights, allow_missing=allow_missing)
     show_warnings(original.warnings)
     result = fold.fold_bn(original)
     show_warnings([w for w in result.warnings if w not in original.warnings])
     check = verify.compare(original, result.model, seed=seed) if do_verify else None
     if check is not None:
+        if not as_json and not check.passed(tolerance):
+            click.echo(check.format(tolerance))   # what failed, before the error line
         verify.require(check, tolerance)
     written = fold.write(result.model, outdir, inputs=[original.source, original.weights_source], force=force)
     if as_json:

@@ -1,6 +1,7 @@
-"""The one progress mechanism: a bar on stderr (tqdm) when stderr is a terminal, otherwise a line
-every few percent (``rebirth: relearn 35% (700/2000 it, 42 s)``) once the work has taken a few
-seconds, so a log file shows that a long step is moving without filling up with short ones.
+"""The one progress mechanism: a bar on stderr (tqdm) when stderr is a terminal, otherwise lines
+(``rebirth: relearn 35% (700/2000 it, 42 s)``): the first once the work has taken a few seconds,
+then one every few percent, and one at least every 30 s, so a log file shows that a long step is
+moving without filling up with short ones.
 The context manager yields a callable ``update(n)``, which is what ``runtime.isolate.call
 (progress=...)`` and the library functions' ``progress`` arguments want."""
 from __future__ import annotations
@@ -16,7 +17,7 @@ MIN_GAP_SECONDS = 5.0
 QUIET_SECONDS = 3.0
 """Without a terminal: no line before the work has taken this long (short steps stay silent)."""
 UNKNOWN_TOTAL_SECONDS = 30.0
-"""Without a terminal and without a known total: a line this often."""
+"""Without a terminal: a line at least this often (the only lines when the total is unknown)."""
 
 
 class LineProgress:
@@ -30,6 +31,7 @@ class LineProgress:
         self.done = 0
         self.last_step = 0          # the last multiple of LINE_EVERY_PERCENT printed
         self.last_time = self.start
+        self.printed = False
 
     def __call__(self, n: int = 1) -> None:
         self.done += n
@@ -39,15 +41,19 @@ class LineProgress:
         if self.total:
             step = int(100 * min(self.done, self.total) / self.total) // LINE_EVERY_PERCENT
             finished = self.done >= self.total
-            if step <= self.last_step or (not finished and self.last_step and now - self.last_time < MIN_GAP_SECONDS):
+            first = not self.printed
+            heartbeat = now - self.last_time >= UNKNOWN_TOTAL_SECONDS
+            if not (first or heartbeat) and (step <= self.last_step or (
+                    not finished and now - self.last_time < MIN_GAP_SECONDS)):
                 return
-            self.last_step = step
+            self.last_step = max(step, self.last_step)
             text = f"{100 * min(self.done, self.total) // self.total}% ({self.done}/{self.total} {self.unit}, "
         else:
             if now - self.last_time < UNKNOWN_TOTAL_SECONDS:
                 return
             text = f"{self.done} {self.unit} so far ("
         self.last_time = now
+        self.printed = True
         self.stream.write(f"rebirth: {self.desc} {text}{now - self.start:.0f} s)\n")
         self.stream.flush()
 

@@ -126,7 +126,7 @@ def slim_summary_tail(out: SlimOutput, written: list[Path] | None = None) -> lis
         where = written[0].parent
         if out.new_layers and out.weights is not None:
             lines.append(f"re-learn (no labels): rebirth relearn {where} --images SOURCE")
-            lines.append(f"fine-tune (labels):   rebirth finetune {where} --train SOURCE --weights "
+            lines.append(f"then fine-tune (labels): rebirth finetune {where} --train SOURCE --weights "
                          f"{where / 'weights.caffemodel'}")
         else:
             lines.append(f"fine-tune: rebirth finetune {where} --train SOURCE")

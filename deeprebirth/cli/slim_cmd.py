@@ -56,6 +56,7 @@ def slim_command(model, weights, train_val, only, rule_names, keep_pooling, data
     Rewritten layers that change the output are regenerated: Xavier-initialised in init.caffemodel
     and given a 10x learning rate in train_val.prototxt, to be fine-tuned with solver.prototxt.
     """
+    netio.check_dir_is_ours(outdir, force)   # before any work; written at the end
     m = load_model(model, weights, allow_missing=allow_missing)
     show_warnings(m.warnings)
     given = netio.read_net(train_val) if train_val else None

@@ -45,6 +45,7 @@ def tucker_command(model, weights, ranks, ratio, only, train_val, data_layer, ou
     The new layers start from the decomposition (init.caffemodel) and learn at 10x in
     train_val.prototxt; report.json gives ranks, errors, params and MACs per layer.
     """
+    netio.check_dir_is_ours(outdir, force)   # before any work; written at the end
     fixed = parse_ranks(None if ratio is not None and ranks == "vbmf" else ranks)
     m = load_model(model, weights, allow_missing=allow_missing)
     show_warnings(m.warnings)

@@ -47,6 +47,8 @@ SGD, with iterations and seconds.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import math
 import os
@@ -559,6 +561,8 @@ def relearn_dir(slim_dir: str | os.PathLike, source_spec: str, outdir: str | os.
     pre = preprocess_for(slim_dir, deploy, train_val)
     source = data.open_source(source_spec)
     train, held = load_images(source, pre, opt.train_images, opt.heldout_images, opt.seed)
+    if 0 < len(train) < opt.batch:   # fewer images than a batch (a small SOURCE or --count): one batch of all
+        opt = dataclasses.replace(opt, batch=len(train))
     t0 = time.perf_counter()
     new_weights, results = relearn(deploy, arrays, teacher_model.net, teacher_model.weights, units,
                                    train, held, opt, progress)

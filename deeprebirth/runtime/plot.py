@@ -83,6 +83,15 @@ def _merged_order(per_model: Sequence[Sequence[str]]) -> list[str]:
     return order
 
 
+def short_name(label: str) -> str:
+    """A model's label as the chart shows it: a path's last part (a folder's name for its
+    deploy.prototxt), so that long paths do not crowd the title and legend out."""
+    parts = [p for p in label.replace("\\", "/").split("/") if p]
+    if len(parts) > 1 and parts[-1] == "deploy.prototxt":
+        return parts[-2]
+    return parts[-1] if parts else label
+
+
 def speed_words(ratio: float | None) -> str:
     """A time ratio (this / reference) as the one wording used everywhere: "N.NNx faster",
     "N.NNx slower" or "same speed"."""
@@ -113,12 +122,12 @@ def make_figure(models: Sequence[dict]):
         xs = [k + (i - (n - 1) / 2) * width for k in range(len(order))]
         tensor = [g[b]["tensor_ms"] if b in g else 0.0 for b in order]
         other = [g[b]["non_tensor_ms"] if b in g else 0.0 for b in order]
-        ax.bar(xs, tensor, width=width * 0.95, color=color, label=f"{m['model']}: tensor layers")
+        ax.bar(xs, tensor, width=width * 0.95, color=color, label=f"{short_name(m['model'])}: tensor layers")
         ax.bar(xs, other, width=width * 0.95, bottom=tensor, color=color, alpha=0.35, hatch="///",
-               edgecolor=color, linewidth=0, label=f"{m['model']}: non-tensor layers")
-        handles += [Patch(color=color, label=f"{m['model']}: tensor layers"),
+               edgecolor=color, linewidth=0, label=f"{short_name(m['model'])}: non-tensor layers")
+        handles += [Patch(color=color, label=f"{short_name(m['model'])}: tensor layers"),
                     Patch(facecolor=color, alpha=0.35, hatch="///", edgecolor=color,
-                          label=f"{m['model']}: non-tensor layers")]
+                          label=f"{short_name(m['model'])}: non-tensor layers")]
     ax.set_xticks(range(len(order)))
     ax.set_xticklabels(order, rotation=45 if len(order) > 8 else 0, ha="right" if len(order) > 8 else "center",
                        fontsize=10)
@@ -137,11 +146,11 @@ def _title(models: Sequence[dict]) -> str:
     parts = []
     for m in models:
         share = m.get("non_tensor_percent_median_run", m.get("non_tensor_percent"))
-        text = f"{m['model']}: {m['median_ms']:.1f} ms median forward pass"
+        text = f"{short_name(m['model'])}: {m['median_ms']:.1f} ms median forward pass"
         if share is not None:
             text += f", {share:.0f} % in non-tensor layers"
         if m is not ref and ref["median_ms"] > 0:
-            text += f" ({speed_words(m['median_ms'] / ref['median_ms'])} than {ref['model']})"
+            text += f" ({speed_words(m['median_ms'] / ref['median_ms'])} than {short_name(ref['model'])})"
         parts.append(text)
     return "Time per block (sum of per-layer medians)\n" + "\n".join(parts)
 

@@ -2,7 +2,8 @@
 
     python tests/cli/fuzz_driver.py CASES.json RESULTS.json [PARALLEL]
 
-CASES.json is a list of {"id", "args", "timeout"}. This driver imports the package once and then
+CASES.json is a list of {"id", "args", "timeout"} (and optionally "interrupt": send SIGINT, or
+the signal named by "interrupt_signal", this many seconds after the start). This driver imports the package once and then
 forks one child per case (a fresh process with the package already loaded: ~10 ms instead of a
 ~0.7 s interpreter start), whose stdout and stderr go to files. The child runs the CLI exactly as
 the `rebirth` script does: click's standalone mode, and an exception that escapes prints Python's
@@ -63,6 +64,9 @@ def main() -> None:
         if pid == 0:
             now = time.monotonic()
             for p, (case, start, _, _) in list(running.items()):
+                if case.get("interrupt") is not None and now - start > case["interrupt"] and not case.get("sent"):
+                    case["sent"] = True
+                    os.kill(p, getattr(signal, case.get("interrupt_signal", "SIGINT")))
                 if now - start > case["timeout"] and not case.get("killed"):
                     case["killed"] = True
                     os.kill(p, signal.SIGKILL)
@@ -80,6 +84,7 @@ def main() -> None:
             "exit": os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,
             "signal": os.WTERMSIG(status) if os.WIFSIGNALED(status) else None,
             "timed_out": bool(case.get("killed")),
+            "interrupted": bool(case.get("sent")),
             "seconds": time.monotonic() - start,
             "stdout": stdout[-4000:],
             "stderr": stderr[-4000:],

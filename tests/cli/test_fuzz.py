@@ -7,7 +7,10 @@ Mutations (seeded, so every run makes the same cases): deleted, duplicated and s
 numbers set to 0, -1, huge, NaN; unknown and wrong layer types; unknown fields; broken bottoms and
 tops and cycles; truncated text; truncated, bit-flipped, empty caffemodels, weights of another net,
 a prototxt given as weights; bad output paths (a file, a file as parent, a name too long, a
-directory holding other files, the input's own directory).
+directory holding other files, a user's file with one of our names, a directory where a file would
+go, the input's own directory; sometimes with --force); input paths far too long or naming a
+directory; and Ctrl-C (SIGINT) or SIGTERM sent while a command runs, after which it must exit
+130 with one `rebirth: error: interrupted ...` line and leave outputs complete or as they were.
 
 Every case runs one command -- inspect, slim, fold-bn (sometimes with --verify) or bench with
 --runs 1 -- in its own process (tests/cli/fuzz_driver.py) and must end in exit 0, or exit 1 with
@@ -170,13 +173,20 @@ def mutate_weights(good: bytes, other: bytes, text: str, rng: random.Random) -> 
     return good, kind
 
 
-def output_spot(case_dir: Path, rng: random.Random) -> tuple[Path, str]:
-    kind = rng.choice(["new", "new", "new", "rerun", "file", "file_parent", "too_long", "others", "input_dir"])
+FOREIGN = ("others", "same_name", "dir_for_file")
+"""Output folders holding something rebirth did not write: refused unless --force."""
+
+
+def output_spot(case_dir: Path, cmd: str, rng: random.Random) -> tuple[Path, str]:
+    kind = rng.choice(["new", "new", "new", "rerun", "file", "file_parent", "too_long", "others", "input_dir",
+                       "same_name", "dir_for_file"])
     out = case_dir / "out"
-    if kind == "rerun":
+    ours = "init.caffemodel" if cmd == "slim" else "weights.caffemodel"
+    if kind == "rerun":     # an earlier run's output, with its marker: ours to replace
         out.mkdir()
         (out / "deploy.prototxt").write_text("stale\n")
         (out / "init.caffemodel").write_bytes(b"stale")
+        (out / netio.MARKER).write_text(json.dumps({"files": ["deploy.prototxt", "init.caffemodel"]}))
     elif kind == "file":
         out.write_text("a file\n")
     elif kind == "file_parent":
@@ -187,9 +197,30 @@ def output_spot(case_dir: Path, rng: random.Random) -> tuple[Path, str]:
     elif kind == "others":
         out.mkdir()
         (out / "mine.txt").write_text("keep me\n")
+    elif kind == "same_name":   # the user's own file that merely has one of our names
+        out.mkdir()
+        (out / ours).write_bytes(b"the user's own weights")
+    elif kind == "dir_for_file":  # a directory (holding a file) where we would write a file
+        out.mkdir()
+        (out / ours).mkdir()
+        (out / ours / "keep.txt").write_text("keep me\n")
     elif kind == "input_dir":
         out = case_dir
     return out, kind
+
+
+def input_spot(d: Path, path: Path | None, rng: random.Random) -> tuple[Path | None, str]:
+    """Now and then an input path that cannot be one: far too long, or a directory."""
+    if path is None:
+        return None, "none"
+    kind = rng.choice(["none"] * 14 + ["too_long", "directory"])
+    if kind == "too_long":
+        return d / ("n" * 300 + path.suffix), kind
+    if kind == "directory":
+        (d / "adir").mkdir(exist_ok=True)
+        (d / "adir" / "x.txt").write_text("x\n")
+        return d / "adir", kind
+    return path, kind
 
 
 # ---------------------------------------------------------------------------------------------
@@ -217,26 +248,35 @@ def make_cases(root: Path, n: int, seed: int, shared: Path | None) -> list[dict]
             data, wmut = mutate_weights(weights[name], other, text, rng)
             w = d / "net.caffemodel"
             w.write_bytes(data)
+        net_arg, nmut = input_spot(d, net, rng)
+        w, wpath_mut = input_spot(d, w, rng) if w is not None else (None, "none")
         args: list[str] = []
         omut, out = "none", None
         if cmd == "inspect":
-            args = ["inspect", str(net)] + (["--weights", str(w)] if w else []) + (["--json"] if rng.random() < 0.3 else [])
+            args = ["inspect", str(net_arg)] + (["--weights", str(w)] if w else []) + (["--json"] if rng.random() < 0.3 else [])
         elif cmd == "slim":
-            out, omut = output_spot(d, rng)
-            args = ["slim", str(net), "-o", str(out)] + (["-w", str(w)] if w else [])
+            out, omut = output_spot(d, cmd, rng)
+            args = ["slim", str(net_arg), "-o", str(out)] + (["-w", str(w)] if w else [])
             args += rng.choice([[], [], ["--rules", "streamline"], ["--data-layer", "dummy"], ["--keep-pooling"],
                                 ["--only", "conv1"], ["--allow-missing"]])
         elif cmd == "fold-bn":
-            out, omut = output_spot(d, rng)
+            out, omut = output_spot(d, cmd, rng)
             if w is None:
                 w = d / "net.caffemodel"
                 w.write_bytes(weights[name])
-            args = ["fold-bn", str(net), str(w), "-o", str(out)] + (["--verify"] if rng.random() < 0.15 else [])
+            args = ["fold-bn", str(net_arg), str(w), "-o", str(out)] + (["--verify"] if rng.random() < 0.15 else [])
         else:
-            args = ["bench", str(net), "--runs", "1", "--warmup", "0", "--json"] + (["-w", str(w)] if w else [])
-        cases.append({"id": f"case{i:04d}", "cmd": cmd, "source": name, "args": args,
-                      "mutations": {"prototxt": tmut, "weights": wmut, "output": omut},
-                      "out": str(out) if out else None, "dir": str(d), "timeout": TIMEOUT[cmd]})
+            args = ["bench", str(net_arg), "--runs", "1", "--warmup", "0", "--json"] + (["-w", str(w)] if w else [])
+        if out is not None and rng.random() < 0.15:
+            args.append("--force")
+        case = {"id": f"case{i:04d}", "cmd": cmd, "source": name, "args": args,
+                "mutations": {"prototxt": tmut, "weights": wmut, "output": omut, "paths": f"{nmut}/{wpath_mut}"},
+                "out": str(out) if out else None, "dir": str(d), "timeout": TIMEOUT[cmd]}
+        if rng.random() < 0.06:   # Ctrl-C (or SIGTERM) while it runs
+            case["interrupt"] = rng.choice([0.05, 0.3, 0.8, 1.5])
+            case["interrupt_signal"] = rng.choice(["SIGINT", "SIGINT", "SIGTERM"])
+            case["mutations"]["signal"] = case["interrupt_signal"]
+        cases.append(case)
     return cases
 
 
@@ -257,6 +297,8 @@ def snapshot(path: Path) -> dict[str, str]:
 def outcome_class(result: dict) -> str:
     if result["exit"] == 0:
         return "ok"
+    if result.get("interrupted"):
+        return "interrupted"
     line = next((x for x in result["stderr"].splitlines() if x.startswith("rebirth: error:")), "")
     for cls, pattern in (("caffe aborted", r"aborted: |killed by"), ("prototxt parse", r":\d+:\d+: "),
                          ("weights", r"caffemodel|weight|blob"), ("output path", r"cannot write|not a directory|"
@@ -279,10 +321,18 @@ def check_case(case: dict, result: dict, before: dict) -> list[str]:
         problems.append("traceback: " + err.strip().splitlines()[-1][:200] if err.strip() else "traceback")
     lines = [x for x in err.strip().splitlines() if x]
     errors = [x for x in lines if x.startswith("rebirth: error: ")]
-    others = [x for x in lines if not x.startswith(("rebirth: error: ", "rebirth: warning: "))]
+    others = [x for x in lines if not x.startswith(("rebirth: error: ", "rebirth: warning: ", "rebirth: timing "))]
+    interrupted = result.get("interrupted")
     if result["exit"] == 0:
         if errors:
             problems.append("exit 0 with an error line")
+    elif interrupted and result["exit"] == 130:   # Ctrl-C / SIGTERM: one line too
+        if len(errors) != 1 or others or "interrupted" not in errors[0]:
+            problems.append(f"interrupted without exactly one error line: {lines[:3]}")
+    elif interrupted and result["exit"] == 1 and lines == ["Aborted!"]:
+        pass   # Ctrl-C while click was still reading the arguments: click's own one line
+    elif interrupted and result["signal"] is not None and result["exit"] is None:
+        problems.append(f"interrupted and died of signal {result['signal']} (no cleanup)")
     elif result["exit"] == 1:
         if len(errors) != 1 or others:
             problems.append(f"exit 1 without exactly one error line: {lines[:3]}")
@@ -301,12 +351,16 @@ def check_case(case: dict, result: dict, before: dict) -> list[str]:
             problems.append(f"temporary files left: {leftovers}")
         if result["exit"] != 0 and case["mutations"]["output"] != "input_dir" and snapshot(outp) != before["out"]:
             problems.append("failed but the output changed")
+        if result["exit"] == 0 and case["mutations"]["output"] in FOREIGN and "--force" not in case["args"]:
+            problems.append("replaced a folder holding files rebirth did not write, without --force")
         if result["exit"] == 0:
             want = {"slim": {"deploy.prototxt", "train_val.prototxt", "solver.prototxt", "report.json"},
                     "fold-bn": {"deploy.prototxt", "weights.caffemodel"}}[case["cmd"]]
             got = set(snapshot(outp))
-            if not want <= got or (got - want - {"init.caffemodel"}):
+            if not want <= got or (got - want - {"init.caffemodel", netio.MARKER}):
                 problems.append(f"output has {sorted(got)}")
+            elif netio.MARKER not in got:
+                problems.append("output without its marker")
     return problems
 
 

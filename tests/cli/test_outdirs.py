@@ -9,25 +9,13 @@ import pytest
 
 from deeprebirth.caffe import netio
 from deeprebirth.errors import RebirthError
-from helpers import error_line, run, write_random_weights
+from helpers import BN_NET as NET, bn_files as files, error_line, run, write_random_weights
 
-NET = """name: "small"
-layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 12 dim: 12 } } }
-layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1" convolution_param { num_output: 4 kernel_size: 3 } }
-layer { name: "bn1" type: "BatchNorm" bottom: "conv1" top: "conv1" }
-layer { name: "sc1" type: "Scale" bottom: "conv1" top: "conv1" scale_param { bias_term: true } }
-layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }
-layer { name: "fc" type: "InnerProduct" bottom: "conv1" top: "fc" inner_product_param { num_output: 5 } }
-"""
 
 
 @pytest.fixture
 def small(tmp_path):
-    proto = tmp_path / "net.prototxt"
-    proto.write_text(NET)
-    weights = tmp_path / "net.caffemodel"
-    write_random_weights(netio.parse_net_text(NET), weights, seed=0)
-    return proto, weights
+    return files(tmp_path)     # the small conv/BatchNorm/Scale/ReLU/pool/fc net of test_trust
 
 
 def _commands(proto, weights, out):

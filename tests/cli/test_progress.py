@@ -22,13 +22,26 @@ def test_lines_every_few_percent_after_a_quiet_start():
     p(50)                                  # 25 % within the quiet seconds: nothing
     assert out.getvalue() == ""
     clock.now = pr.QUIET_SECONDS + 1
-    for _ in range(150):
+    p(1)                                   # the first line once the quiet seconds are over
+    for _ in range(149):
         clock.now += pr.MIN_GAP_SECONDS
         p(1)
     lines = out.getvalue().splitlines()
-    assert lines[0] == "rebirth: relearn 25% (51/200 step, 9 s)"
-    assert lines[-1] == "rebirth: relearn 100% (200/200 step, 754 s)"
-    assert len(lines) == (100 - 25) // pr.LINE_EVERY_PERCENT + 1
+    assert lines[0] == "rebirth: relearn 25% (51/200 step, 4 s)"
+    assert lines[1] == "rebirth: relearn 28% (57/200 step, 34 s)"   # 30 s on: a line even between steps
+    assert lines[2] == "rebirth: relearn 30% (60/200 step, 49 s)"   # the next 5 % step
+    assert lines[-1] == "rebirth: relearn 100% (200/200 step, 749 s)"
+
+
+def test_a_huge_total_still_shows_it_is_moving():
+    clock, out = Clock(), io.StringIO()
+    p = pr.LineProgress(10_000_000, "finetune", "it", stream=out, clock=clock)
+    for t in range(100):
+        clock.now = float(t)
+        p(1)
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "rebirth: finetune 0% (4/10000000 it, 3 s)"
+    assert len(lines) == 4                 # then every 30 s: at 33, 63 and 93 s
 
 
 def test_lines_are_spaced_in_time():

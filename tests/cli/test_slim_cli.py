@@ -115,19 +115,20 @@ def test_outputs_never_overwrite_inputs(tmp_path, stem, stem_weights):
     out.mkdir()
     model = out / "deploy.prototxt"
     model.write_text(STEM)
-    line = error_line(run("slim", model, "-o", out))
+    assert "rebirth did not write" in error_line(run("slim", model, "-o", out))   # not ours, and ...
+    line = error_line(run("slim", model, "-o", out, "--force"))                  # ... even --force never
     assert "refusing to overwrite an input" in line
     assert model.read_text() == STEM and {p.name for p in out.iterdir() if p.name != ".rebirth"} == {"deploy.prototxt"}
     # The same for weights and a given train_val.
     wpath, _ = stem_weights
     moved = out / "init.caffemodel"
     moved.write_bytes(wpath.read_bytes())
-    line = error_line(run("slim", stem, "-w", moved, "-o", out))
+    line = error_line(run("slim", stem, "-w", moved, "-o", out, "--force"))
     assert "init.caffemodel" in line and moved.read_bytes() == wpath.read_bytes()
     tv = out / "train_val.prototxt"
     tv.write_text('layer { name: "data" type: "DummyData" top: "data" top: "label" '
                   'dummy_data_param { shape { dim: 1 dim: 3 dim: 64 dim: 64 } shape { dim: 1 } } }')
-    assert "train_val.prototxt" in error_line(run("slim", stem, "--train-val", tv, "-o", out))
+    assert "train_val.prototxt" in error_line(run("slim", stem, "--train-val", tv, "-o", out, "--force"))
     assert {p.name for p in out.iterdir() if p.name != ".rebirth"} == {"deploy.prototxt", "init.caffemodel", "train_val.prototxt"}
 
 

@@ -15,25 +15,8 @@ from deeprebirth.errors import RebirthError
 from deeprebirth.graph.dag import Graph
 from helpers import error_line, run, write_random_weights
 
-NET = """name: "small"
-layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 12 dim: 12 } } }
-layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1" convolution_param { num_output: 4 kernel_size: 3 } }
-layer { name: "bn1" type: "BatchNorm" bottom: "conv1" top: "conv1" }
-layer { name: "sc1" type: "Scale" bottom: "conv1" top: "conv1" scale_param { bias_term: true } }
-layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }
-layer { name: "pool1" type: "Pooling" bottom: "conv1" top: "pool1" pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
-layer { name: "fc" type: "InnerProduct" bottom: "pool1" top: "fc" inner_product_param { num_output: 5 } }
-layer { name: "prob" type: "Softmax" bottom: "fc" top: "prob" }
-"""
+from helpers import BN_NET as NET, bn_files as files  # noqa: E402
 OTHER = NET.replace('"conv1"', '"c1"').replace('"fc"', '"fc9"').replace('"bn1"', '"b1"').replace('"sc1"', '"s1"')
-
-
-def files(tmp_path: Path, text: str = NET, weights_of: str | None = None, drop=()) -> tuple[Path, Path]:
-    proto = tmp_path / "net.prototxt"
-    proto.write_text(text)
-    caffemodel = tmp_path / "net.caffemodel"
-    write_random_weights(netio.parse_net_text(weights_of or text), caffemodel, seed=0, drop=drop)
-    return proto, caffemodel
 
 
 # ---------------------------------------------------------------------------------------------

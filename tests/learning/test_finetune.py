@@ -5,59 +5,15 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from deeprebirth.caffe import netio
-from helpers import error_line, run, write_random_weights
-
-DEPLOY = """name: "tiny"
-layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 12 dim: 12 } } }
-layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1" convolution_param { num_output: 4 kernel_size: 3 pad: 1 } }
-layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }
-layer { name: "pool1" type: "Pooling" bottom: "conv1" top: "pool1" pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
-layer { name: "fc" type: "InnerProduct" bottom: "pool1" top: "fc" inner_product_param { num_output: 3 } }
-layer { name: "prob" type: "Softmax" bottom: "fc" top: "prob" }
-"""
-TRAIN_VAL = """name: "tiny"
-layer { name: "data" type: "ImageData" top: "data" top: "label" include { phase: TRAIN }
-        transform_param { scale: 0.00390625 mirror: true } image_data_param { source: "train.txt" batch_size: 6 } }
-layer { name: "data" type: "ImageData" top: "data" top: "label" include { phase: TEST }
-        transform_param { scale: 0.00390625 } image_data_param { source: "val.txt" batch_size: 6 } }
-layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1" convolution_param { num_output: 4 kernel_size: 3 pad: 1 } }
-layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }
-layer { name: "pool1" type: "Pooling" bottom: "conv1" top: "pool1" pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
-layer { name: "fc" type: "InnerProduct" bottom: "pool1" top: "fc" inner_product_param { num_output: 3 } }
-layer { name: "loss" type: "SoftmaxWithLoss" bottom: "fc" bottom: "label" top: "loss" }
-layer { name: "accuracy" type: "Accuracy" bottom: "fc" bottom: "label" top: "accuracy" include { phase: TEST } }
-"""
-
-
+from helpers import error_line, make_slimmed, run
 
 @pytest.fixture(scope="module")
 def slimmed(tmp_path_factory, caffe):
     """A slim dir (conv1 + pool1 -> a stride-2 conv1, regenerated), labelled and unlabelled folders."""
-    d = tmp_path_factory.mktemp("ft")
-    (d / "tiny.prototxt").write_text(DEPLOY)
-    (d / "tv.prototxt").write_text(TRAIN_VAL)
-    write_random_weights(netio.parse_net_text(DEPLOY), d / "tiny.caffemodel", seed=1)
-    res = run("slim", d / "tiny.prototxt", "-w", d / "tiny.caffemodel", "--train-val", d / "tv.prototxt",
-              "-o", d / "slim")
-    assert res.exit_code == 0, res.output
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 8), ("val", 4)):
-        for cls in range(3):   # class = the dominant colour channel
-            for i in range(n):
-                img = rng.integers(0, 80, size=(12, 12, 3), dtype=np.uint8)
-                img[:, :, cls] += 150
-                folder = d / split / f"c{cls}"
-                folder.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(img).save(folder / f"{i}.png")
-                if split == "train":
-                    (d / "plain").mkdir(exist_ok=True)
-                    Image.fromarray(img).save(d / "plain" / f"{cls}_{i}.png")
-    return d
+    return make_slimmed(tmp_path_factory.mktemp("ft"))
 
 
 @pytest.mark.slow

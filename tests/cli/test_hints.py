@@ -1,0 +1,151 @@
+"""Every hint the CLI prints is pasted and run: it names a command and options that exist, and it
+works for the net at hand (SOURCE replaced by an image folder; a fine-tuning run is cut to a few
+iterations with --iters, the only thing added)."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from deeprebirth.caffe import netio
+from helpers import FT_DEPLOY as DEPLOY, FT_TRAIN_VAL as TRAIN_VAL, ROOT, error_line, make_slimmed, run, \
+    write_random_weights
+
+
+@pytest.fixture(scope="module")
+def slimmed(tmp_path_factory, caffe):
+    return make_slimmed(tmp_path_factory.mktemp("hints"))
+
+
+def hints(text: str) -> list[list[str]]:
+    """The `rebirth ...` commands in a report, as argument lists (without the program name)."""
+    out = []
+    for line in text.splitlines():
+        m = re.search(r"\brebirth ((?:inspect|slim|fold-bn|tucker|relearn|finetune|eval|bench)\b.*)$", line)
+        if m:
+            out.append(shlex.split(m.group(1)))
+    return out
+
+
+def test_every_option_a_hint_names_exists(tmp_path):
+    """Hints from reports and errors, checked against the commands' real options."""
+    from deeprebirth.cli import main  # noqa: PLC0415
+    proto = tmp_path / "net.prototxt"
+    proto.write_text(DEPLOY)
+    write_random_weights(netio.parse_net_text(DEPLOY), tmp_path / "w.caffemodel", seed=0)
+    report = run("slim", proto, "-w", tmp_path / "w.caffemodel", "-o", tmp_path / "s")
+    found = hints(report.output)
+    assert [h[0] for h in found] == ["relearn", "finetune"]
+    for h in found:
+        cmd = main.commands[h[0]]
+        known = {o for p in cmd.params for o in p.opts}
+        used = [a for a in h if a.startswith("--")]
+        assert set(used) <= known, (h, set(used) - known)
+
+
+def test_the_streamline_hint_runs(tmp_path):
+    """A BatchNorm between a convolution and its pooling (names in GoogLeNet's style, so the
+    streamline unit 'c1' and the convolution 'c1/3x3' differ): the note names the --only that works."""
+    text = DEPLOY.replace('"conv1"', '"c1/3x3"').replace(
+        'layer { name: "relu1"', 'layer { name: "c1/bn" type: "BatchNorm" bottom: "c1/3x3" top: "c1/3x3" }\n'
+        'layer { name: "c1/scale" type: "Scale" bottom: "c1/3x3" top: "c1/3x3" scale_param { bias_term: true } }\n'
+        'layer { name: "relu1"').replace('"relu1" type: "ReLU" bottom: "conv1" top: "conv1"',
+                                         '"relu1" type: "ReLU" bottom: "c1/3x3" top: "c1/3x3"')
+    text = text.replace('bottom: "conv1" top: "pool1"', 'bottom: "c1/3x3" top: "pool1"')
+    proto = tmp_path / "bn.prototxt"
+    proto.write_text(text)
+    write_random_weights(netio.parse_net_text(text), tmp_path / "bn.caffemodel", seed=0)
+    units = [c["name"] for c in json.loads(run("inspect", proto, "--json").stdout)["candidates"]
+             if c["rule"] == "streamline"]
+    assert units == ["c1"]
+    first = run("slim", proto, "-w", tmp_path / "bn.caffemodel", "--only", "c1", "-o", tmp_path / "a")
+    only = re.search(r"--only (\S+)\)?", first.output)
+    assert only and only.group(1).rstrip(");") == "c1/3x3,c1", first.output
+    again = run("slim", proto, "-w", tmp_path / "bn.caffemodel", "--only", "c1/3x3,c1", "-o", tmp_path / "b")
+    assert again.exit_code == 0, again.output
+    rules = {c["rule"] for c in json.loads((tmp_path / "b" / "report.json").read_text())["changes"]}
+    assert rules == {"fold_bn", "streamline"}
+
+
+def test_the_tucker_hints_name_its_options(tmp_path):
+    proto = tmp_path / "net.prototxt"
+    proto.write_text(DEPLOY)
+    write_random_weights(netio.parse_net_text(DEPLOY), tmp_path / "w.caffemodel", seed=0, drop=("fc",))
+    line = error_line(run("tucker", proto, tmp_path / "w.caffemodel", "-o", tmp_path / "t", "--data-layer", "dummy"))
+    assert "--allow-missing" in line
+    assert run("tucker", proto, tmp_path / "w.caffemodel", "-o", tmp_path / "t", "--data-layer", "dummy",
+               "--allow-missing").exit_code == 0
+    (tmp_path / "u").mkdir()
+    (tmp_path / "u" / "notes.txt").write_text("mine")
+    res = run("tucker", proto, tmp_path / "w.caffemodel", "-o", tmp_path / "u", "--data-layer", "dummy",
+              "--allow-missing")
+    assert res.exit_code == 1 and "--force" in res.stderr.splitlines()[-1]
+    assert run("tucker", proto, tmp_path / "w.caffemodel", "-o", tmp_path / "u", "--data-layer", "dummy",
+               "--allow-missing", "--force").exit_code == 0
+
+
+def test_a_train_val_as_model_is_told_what_works(tmp_path):
+    tv = tmp_path / "tv.prototxt"
+    tv.write_text(TRAIN_VAL.replace('transform_param { scale: 0.00390625 mirror: true } ', ''))
+    line = error_line(run("inspect", tv))
+    assert "give the deploy prototxt" in line
+    deploy = tmp_path / "deploy.prototxt"
+    deploy.write_text(DEPLOY)
+    assert run("inspect", deploy).exit_code == 0
+
+
+@pytest.mark.slow
+def test_slim_hints_relearn_and_finetune_run_when_pasted(slimmed, tmp_path):
+    d = slimmed
+    out = tmp_path / "slim"
+    report = run("slim", d / "tiny.prototxt", "-w", d / "tiny.caffemodel", "--train-val", d / "tv.prototxt", "-o", out)
+    assert report.exit_code == 0, report.output
+    relearn, finetune = hints(report.output)
+    relearn = [str(d / "plain") if a == "SOURCE" else a for a in relearn]
+    res = run(*relearn)
+    assert res.exit_code == 0, res.output
+    finetune = [str(d / "train") if a == "SOURCE" else a for a in finetune] + ["--iters", "2"]
+    res = run(*finetune)
+    assert res.exit_code == 0, res.output
+    caffe_line = next(x for x in report.output.splitlines() if "caffe train" in x)
+    assert "after writing train.txt and val.txt" in caffe_line   # the data it needs is named
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_finetune_writes_and_the_resume_hint_runs(slimmed, tmp_path):
+    """SIGINT to a running `rebirth finetune`: it stops after the iteration, writes weights,
+    finetune.json and a snapshot, and prints the resume line (with --val), which then runs."""
+    d = slimmed
+    out = tmp_path / "ft"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), GLOG_minloglevel="2")
+    proc = subprocess.Popen([sys.executable, "-m", "deeprebirth.cli", "finetune", str(d / "slim"), "--train",
+                             str(d / "train"), "--val", str(d / "val"), "--iters", "10000000", "-o", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        for line in proc.stderr:       # the first progress line: training is under way
+            if line.startswith("rebirth: finetune "):
+                break
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, stderr
+    assert "stopped by SIGINT at iteration" in stdout
+    doc = json.loads((out / "finetune.json").read_text())
+    stopped = doc["interrupted"]["iteration"]
+    assert doc["interrupted"]["signal"] == "SIGINT" and 0 < stopped < 10000000
+    assert (out / "weights.caffemodel").is_file()
+    assert (out / f"finetune_iter_{stopped}.solverstate").is_file()
+    resume = hints(next(x for x in stdout.splitlines() if x.startswith("resume with:")))[0]
+    assert "--val" in resume and "--resume" in resume
+    resume[resume.index("--iters") + 1] = str(stopped + 2)     # the target: two more iterations
+    res = run(*resume, "--json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["start_iteration"] == stopped
