@@ -46,6 +46,10 @@ def recover(slim_dir: str | os.PathLike, images: str, val: str | None = None,
     train = data.open_source(images)
     val_source = data.open_source(val) if val else None
     out = Path(outdir) if outdir is not None else sd.path / "recovered"
+    # OUTDIR is ours before any work, with its relearn/ sub-folder listed in the marker, so the
+    # distillation step that writes beside it finds nothing foreign there.
+    netio.claim_dir(out, ["relearn", "recover.json", *ft.OUTPUT_FILES], [sd.path / "deploy.prototxt"])
+    netio.record_files(out, ["relearn", "recover.json"])
     relearned = rl.relearn_dir(sd.path, images, out / "relearn", options=relearn_options,
                                progress=_unit_ticks(progress))
     interval = test_interval if test_interval is not None else max(1, iters // 5)

@@ -9,7 +9,7 @@ import pytest
 
 from deeprebirth.caffe import netio
 from deeprebirth.errors import RebirthError
-from helpers import BN_NET as NET, bn_files as files, error_line, run, write_random_weights
+from helpers import bn_files as files, error_line, run
 
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +12,7 @@ from deeprebirth.caffe import netio
 from deeprebirth.caffe import model as model_mod
 from deeprebirth.errors import RebirthError
 from deeprebirth.graph.dag import Graph
-from helpers import error_line, run, write_random_weights
+from helpers import error_line, run
 
 from helpers import BN_NET as NET, bn_files as files  # noqa: E402
 OTHER = NET.replace('"conv1"', '"c1"').replace('"fc"', '"fc9"').replace('"bn1"', '"b1"').replace('"sc1"', '"s1"')

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from deeprebirth.caffe import netio
-from helpers import error_line, make_slimmed, run
+from helpers import FT_TRAIN_VAL as TRAIN_VAL
+from helpers import error_line, make_slimmed, run, write_random_weights
 
 @pytest.fixture(scope="module")
 def slimmed(tmp_path_factory, caffe):
