@@ -335,3 +335,27 @@ def test_matches_caffes_image_data_layer(caffe, tmp_path):
     x, labels = next(data.open_source(str(tmp_path / "list.txt")).batches(pre, 2))
     np.testing.assert_allclose(x, net.blobs["data"].data, rtol=0, atol=1e-5)
     assert list(labels) == [4, 2]
+
+
+def test_a_new_source_is_one_class():
+    """Adding an image source is a Source subclass (README, "Where to add things"): __len__, image
+    and label are all the batching, preprocessing and training code needs."""
+    class Checkerboards(data.Source):
+        name = "checkerboards"
+        has_labels = True
+
+        def __len__(self):
+            return 6
+
+        def image(self, i):
+            board = (np.indices((8, 8)).sum(axis=0) + i) % 2 * 255
+            return board.astype(np.uint8)[:, :, None]
+
+        def label(self, i):
+            return i % 2
+
+    pre = preprocess.Preprocess.defaults((1, 1, 8, 8))
+    batches = list(Checkerboards().batches(pre, 4))
+    assert [x.shape for x, _ in batches] == [(4, 1, 8, 8), (2, 1, 8, 8)]
+    assert batches[0][1].tolist() == [0, 1, 0, 1]
+    assert batches[0][0][0, 0, 0, 0] == 0 and batches[0][0][1, 0, 0, 0] == pytest.approx(255 / 256)
