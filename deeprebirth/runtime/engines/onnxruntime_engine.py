@@ -14,10 +14,25 @@ FILE = "model.onnx"
 
 
 def import_ort():
-    try:
-        import onnxruntime  # noqa: PLC0415
-    except ImportError:
-        raise RebirthError("this needs ONNX Runtime (make install, or pip install onnxruntime)") from None
+    """ONNX Runtime, imported so that it leaves nothing behind: at import it writes a ``.ses`` file
+    (a session id) into the temporary folder, so the import sees a folder of ours, removed after."""
+    import os  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+    import tempfile  # noqa: PLC0415
+    if "onnxruntime" in sys.modules:
+        return sys.modules["onnxruntime"]
+    previous = os.environ.get("TMPDIR")
+    with tempfile.TemporaryDirectory(prefix="deeprebirth-ort-") as tmp:
+        os.environ["TMPDIR"] = tmp
+        try:
+            import onnxruntime  # noqa: PLC0415
+        except ImportError:
+            raise RebirthError("this needs ONNX Runtime (make install, or pip install onnxruntime)") from None
+        finally:
+            if previous is None:
+                os.environ.pop("TMPDIR", None)
+            else:
+                os.environ["TMPDIR"] = previous
     return onnxruntime
 
 
