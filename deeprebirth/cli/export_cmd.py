@@ -29,6 +29,7 @@ def export_command(model, weights, fmt, outdir, do_verify, tolerance, seed, forc
     folder) for another engine, at batch 1, all files or none."""
     fmt = fmt.lower()
     netio.check_writable_dir(outdir)   # a bad OUTDIR fails before any work
+    netio.check_dir_is_ours(outdir, force)   # and so does one holding the user's files
     m = export.load(model, weights, seed=seed)
     files = export.export_isolated(m, fmt, batch=1)
     if "random_weights" in m.extras:

@@ -217,3 +217,14 @@ def test_fork_nets(tmp_path, fmt):
     # MobileNet-SSD's Normalize/PriorBox/DetectionOutput exist in none of the three: a one-line refusal
     r = run("export", DATA / "fork_mobilenet_ssd.prototxt", "--to", fmt, "-o", tmp_path / "s", catch_exceptions=True)
     assert "layer 'conv2_norm'" in error_line(r, stream="stderr")
+
+
+def test_cli_export_refuses_a_folder_of_the_users_before_any_work(tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    r = run("export", "squeezenet11", "--to", "onnx", "-o", out, catch_exceptions=True)
+    line = error_line(r, stream="stderr")
+    assert "notes.txt" in line and "--force" in line
+    assert "random weights" not in r.stderr          # refused before exporting anything
+    assert sorted(os.listdir(out)) == ["notes.txt"] and (out / "notes.txt").read_text() == "mine"
