@@ -456,6 +456,15 @@ def install(name: str, final: Path, res: dict, force: bool) -> None:
 # the log
 
 
+def shown_eval_cmd(r: dict, name: str) -> str:
+    """The result's eval command as anyone can rerun it: on the shipped weights when they were
+    installed (the snapshot under WORK is not in the repository)."""
+    cmd = r["eval_cmd"].replace(str(ROOT) + "/", "")
+    if r.get("installed", True):
+        cmd = re.sub(r"--weights \S+", f"--weights models/fmnist_{name}.caffemodel", cmd)
+    return cmd
+
+
 def write_log(work: Path) -> None:
     lines = ["# The Fashion-MNIST teachers",
              "",
@@ -491,7 +500,7 @@ def write_log(work: Path) -> None:
                   f"{r['eval_images']:,} test images:",
                   "",
                   "  ```sh",
-                  "  " + r["eval_cmd"].replace(str(ROOT) + "/", ""),
+                  "  " + shown_eval_cmd(r, name),
                   "  ```",
                   ""]
         if "previous_top1" in r:
