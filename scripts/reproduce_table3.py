@@ -418,16 +418,18 @@ def stage_bn_teacher(work: Path, args) -> dict | None:
 
 
 def stage_tucker(work: Path, args) -> list[dict]:
-    """Slim-Tucker at each of ``--tucker-ratios`` (a speed/accuracy curve): one row per ratio."""
+    """Slim-Tucker at each of ``--tucker-macs`` (MAC budgets) or else ``--tucker-ratios`` (a
+    speed/accuracy curve): one row per budget."""
     rows = []
-    for ratio in args.tucker_ratios:
-        row = tucker_row(work, args, ratio)
+    budgets = [("macs", m) for m in args.tucker_macs] if args.tucker_macs else [("ratio", r) for r in args.tucker_ratios]
+    for kind, value in budgets:
+        row = tucker_row(work, args, value, kind)
         if row:
             rows.append(row)
     return rows
 
 
-def tucker_row(work: Path, args, ratio: float) -> dict | None:
+def tucker_row(work: Path, args, ratio: float, kind: str = "ratio") -> dict | None:
     """Slim-Tucker: the slim net's best weights (the longer fine-tune's, else the last step's)
     decomposed (`rebirth tucker --ratio R`; balanced factors), re-learned against the slim net,
     fine-tuned at finetune's defaults, evaluated and timed against the teacher."""
@@ -435,7 +437,7 @@ def tucker_row(work: Path, args, ratio: float) -> dict | None:
     from deeprebirth.learning import relearn as rl
     from deeprebirth.learning import sources as data  # noqa: PLC0415
 
-    out = work / f"tucker_{ratio:g}"
+    out = work / (f"tucker_{ratio:g}" if kind == "ratio" else f"tucker_macs_{ratio:g}")
     done = out / "tucker.json"
     if done.exists():
         return json.loads(done.read_text())
@@ -448,14 +450,15 @@ def tucker_row(work: Path, args, ratio: float) -> dict | None:
     source_w = work / "final" / "finetune" / "weights.caffemodel"
     source_w = source_w if source_w.exists() else last / "b" / "weights.caffemodel"
     cmd = [sys.executable, "-m", "deeprebirth.cli", "tucker", str(last / "slim" / "deploy.prototxt"),
-           str(source_w), "--ratio", str(ratio), "--train-val", str(last / "slim" / "train_val.prototxt"),
+           str(source_w), f"--{kind}", str(ratio), "--train-val", str(last / "slim" / "train_val.prototxt"),
            "-o", str(out / "slim"), "--json"]
     slim_dir = out / "slim"
     if not (slim_dir / "report.json").exists():
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             raise SystemExit(f"rebirth tucker failed: {proc.stderr.strip()}")
-    row = {"step": "T", "slim": f"Slim-Tucker (ratio {ratio:g})", "layers": len(netio.read_net(slim_dir / "deploy.prototxt").layer),
+    label = f"ratio {ratio:g}" if kind == "ratio" else f"MAC budget {ratio:g}"
+    row = {"step": "T", "slim": f"Slim-Tucker ({label})", "layers": len(netio.read_net(slim_dir / "deploy.prototxt").layer),
            "memory_bytes": Graph(netio.read_net(slim_dir / "deploy.prototxt"), strict=False).memory_bytes}
     row["before_relearn"] = evaluate_net(slim_dir / "deploy.prototxt", slim_dir / "init.caffemodel", work, tv_path,
                                          args.eval_images)
@@ -571,6 +574,8 @@ def main(argv=None) -> int:
                     help="its base_lr (default: the solver's, with finetune's safe defaults)")
     ap.add_argument("--tucker-ratios", type=lambda t: [float(x) for x in t.split(",")], default=[0.5, 0.65, 0.8],
                     help="Slim-Tucker weight budgets, comma-separated: one row each (a speed/accuracy curve)")
+    ap.add_argument("--tucker-macs", type=lambda t: [float(x) for x in t.split(",")], default=None,
+                    help="instead of --tucker-ratios: `rebirth tucker --macs` budgets, comma-separated, one row each")
     ap.add_argument("--distill-iters", type=int, default=2000,
                     help="distillation iterations that finish the label-free chain (0: skip)")
     ap.add_argument("--bn-teacher", nargs=3, metavar=("DEPLOY", "WEIGHTS", "TRAIN_VAL"),

@@ -23,6 +23,10 @@ from deeprebirth.runtime import verify
                    "the SVD of 1x1 convolutions and InnerProducts).")
 @click.option("--ratio", type=float, default=None, metavar="F",
               help="Instead of --ranks: keep at most this fraction of each layer's weights (the paper: 0.5).")
+@click.option("--macs", type=float, default=None, metavar="F",
+              help="Instead of --ranks or --ratio: the layers together keep at most this fraction of their "
+                   "multiply-accumulates, each layer's ranks chosen by weight error per MAC saved (narrow layers "
+                   "are spared).")
 @click.option("--only", metavar="NAMES", help="Decompose only these layers, comma-separated.")
 @click.option("--train-val", "train_val", type=FILE,
               help="The model's train_val.prototxt, to frame the new body (as for `slim`).")
@@ -37,7 +41,7 @@ from deeprebirth.runtime import verify
 @click.option("--force", is_flag=True,
               help="Replace OUTDIR although it holds files rebirth did not write (all of them are removed).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a summary.")
-def tucker_command(model, weights, ranks, ratio, only, train_val, data_layer, outdir, allow_missing, force, as_json):
+def tucker_command(model, weights, ranks, ratio, macs, only, train_val, data_layer, outdir, allow_missing, force, as_json):
     """Decompose MODEL's convolutions (Tucker-2: 1x1, KxK core, 1x1) and 1x1 convolutions /
     InnerProducts (truncated SVD) from WEIGHTS (Kim et al. 2015; the paper's GoogLeNet-Tucker, and
     Slim-Tucker when MODEL is a slim net).
@@ -46,7 +50,7 @@ def tucker_command(model, weights, ranks, ratio, only, train_val, data_layer, ou
     train_val.prototxt; report.json gives ranks, errors, params and MACs per layer.
     """
     netio.check_dir_is_ours(outdir, force)   # before any work; written at the end
-    fixed = parse_ranks(None if ratio is not None and ranks == "vbmf" else ranks)
+    fixed = parse_ranks(None if (ratio is not None or macs is not None) and ranks == "vbmf" else ranks)
     m = load_model(model, weights, allow_missing=allow_missing)
     show_warnings(m.warnings)
     given = netio.read_net(train_val) if train_val else None
@@ -54,7 +58,8 @@ def tucker_command(model, weights, ranks, ratio, only, train_val, data_layer, ou
     kwargs = dict(train_val=given, train_val_source=train_val, data_layer=data_layer,
                   inputs=[str(resolve(model)), weights, train_val])
     with progress_bar(len(tucker_api.candidates(m, names)), "decomposing", "layer") as bar:
-        out = tucker_api.tucker(m, fixed, ratio, only=names, progress=bar, measure=verify.output_errors, **kwargs)
+        out = tucker_api.tucker(m, fixed, ratio, only=names, progress=bar, measure=verify.output_errors,
+                               macs=macs, **kwargs)
     show_warnings([w for w in out.result.warnings if w not in m.warnings])
     written = slim_api.write(out, outdir, force=force)
     if as_json:

@@ -19,6 +19,7 @@ from typing import Callable
 
 
 from deeprebirth.caffe import proto as pb
+from deeprebirth.transforms import rank_budget
 from deeprebirth.transforms import slim as slim_api
 from deeprebirth.errors import RebirthError
 from deeprebirth.graph.dag import Graph
@@ -30,6 +31,7 @@ from deeprebirth.transforms.rules.tucker import TuckerChange, TuckerRule
 class TuckerOutput(slim_api.SlimOutput):
     rule: TuckerRule | None = None
     teacher: dict | None = None          # {"deploy": path, "weights": path}
+    macs_fraction: float | None = None   # --macs: the budget the ranks were allocated under
 
     @property
     def layers(self) -> list[dict]:
@@ -39,9 +41,11 @@ class TuckerOutput(slim_api.SlimOutput):
         out = super().report()
         rule = self.rule
         out["tucker"] = {
-            "ranks": "fixed" if rule.ranks else ("ratio" if rule.ratio else "vbmf"),
+            "ranks": "fixed" if rule.ranks else ("ratio" if rule.ratio else
+                                                 ("budget" if rule.layer_ranks is not None else "vbmf")),
             "fixed_ranks": list(rule.ranks) if rule.ranks else None,
             "ratio": rule.ratio,
+            "macs_fraction": self.macs_fraction,
             "initialised_from_decomposition": [n for d in self.layers for n in d["new_layers"]],
             "layers": self.layers,
         }
@@ -54,12 +58,15 @@ def _rule(ranks, ratio, only=None) -> TuckerRule:
 
 def tucker(model: Model, ranks: tuple[int, int] | None = None, ratio: float | None = None,
            only: list[str] | None = None, progress: Callable[[int], None] | None = None,
-           measure: Callable | None = None, **slim_kwargs) -> TuckerOutput:
+           measure: Callable | None = None, macs: float | None = None, **slim_kwargs) -> TuckerOutput:
     """Decompose ``model``'s convolutions and InnerProducts (all, or the layers named in ``only``).
     ``progress(1)`` is called after each candidate layer is decided, planned or refused
     (``len(candidates(...))`` calls, by the runner). ``measure`` runs the check nets (``check_nets``) and returns each layer's output error
-    (runtime.verify.output_errors does so in pycaffe). ``slim_kwargs`` go to slim.slim (train_val,
-    train_val_source, data_layer, inputs)."""
+    (runtime.verify.output_errors does so in pycaffe). ``macs`` F: instead of ranks or a ratio, the
+    layers share one budget of F times their MACs (rank_budget.py). ``slim_kwargs`` go to
+    slim.slim (train_val, train_val_source, data_layer, inputs)."""
+    if macs is not None and (ranks is not None or ratio is not None):
+        raise RebirthError("give fixed ranks or a ratio or a MAC budget (--macs), not two of them")
     rule = _rule(ranks, ratio)
     if model.weights is None:
         raise RebirthError(f"{model.source}: no weights: the decomposition starts from the trained weights")
@@ -76,7 +83,11 @@ def tucker(model: Model, ranks: tuple[int, int] | None = None, ratio: float | No
             listing = ", ".join(names[:12]) + (f" ... ({len(names)} in all)" if len(names) > 12 else "")
             raise RebirthError(f"{model.source}: no decomposable layer named '{unknown[0]}' (layers: {listing})")
         rule = rule.with_options(only=set(only))
-    return _decompose(model, [rule], rule, only, measure, progress=progress, **slim_kwargs)
+    if macs is not None:
+        rule = rule.with_options(layer_ranks=rank_budget.budget_ranks(model, macs, only))
+    out = _decompose(model, [rule], rule, only, measure, progress=progress, **slim_kwargs)
+    out.macs_fraction = macs
+    return out
 
 
 def candidates(model: Model, only: list[str] | None = None) -> list[str]:

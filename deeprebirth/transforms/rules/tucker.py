@@ -210,6 +210,44 @@ def svd_ratio_rank(S: int, T: int, ratio: float) -> int:
     return max(1, math.floor(ratio * S * T / (S + T)))
 
 
+@dataclass
+class Geometry:
+    """What a decomposition of one layer works on: its kernel as ``method`` sees it (T x S x Kh x
+    Kw for tucker2, T x S for svd; float64) and the spatial positions of its input and output."""
+    method: str
+    W: np.ndarray
+    in_hw: int
+    out_hw: int
+
+
+def layer_geometry(graph: Graph, node: Node, model: Model) -> Geometry | str:
+    """The layer's kernel and positions, or why it cannot be decomposed (a plain reason)."""
+    arrays = (model.weights or {}).get(node.name)
+    if arrays is None:
+        raise RebirthError(f"{model.weights_source or model.source}: no weights for layer '{node.name}': "
+                           "the decomposition starts from the trained weights")
+    in_shape = graph.version_shapes.get(node.bottoms[0])
+    out_shape = node.top_shapes[0] if node.top_shapes else None
+    if in_shape is None or out_shape is None:
+        return f"the shapes around '{node.name}' are unknown"
+    W = np.asarray(arrays[0], dtype=np.float64)
+    if node.type == "InnerProduct":
+        p = node.layer.inner_product_param
+        W = W.T if p.transpose else W
+        return Geometry("svd", W.reshape(p.num_output, -1), 1, 1)
+    p = node.layer.convolution_param
+    if len(in_shape) != 4 or W.ndim != 4 or p.axis not in (1, -3):
+        return f"'{node.name}' is not a 2-D convolution over NCHW"
+    if p.group > 1:
+        kind = "a depthwise" if p.group == in_shape[1] else f"a grouped (group {p.group})"
+        return (f"'{node.name}' is {kind} convolution: its kernel is block-diagonal over channels and "
+                "the decomposition would mix the groups; left alone")
+    out_hw = out_shape[2] * out_shape[3]
+    if W.shape[2] * W.shape[3] == 1:
+        return Geometry("svd", W.reshape(W.shape[0], W.shape[1]), out_hw, out_hw)
+    return Geometry("tucker2", W, in_shape[2] * in_shape[3], out_hw)
+
+
 # ----------------------------------------------------------------------------------------------
 
 
@@ -226,14 +264,16 @@ class TuckerRule(Rule):
     rematches_added = False    # a decomposition's layers are not decomposed again
 
     def __init__(self, ranks: tuple[int, int] | None = None, ratio: float | None = None,
-                 only: set[str] | None = None, require_saving: bool = True, absorb_full: bool = True):
-        if ranks is not None and ratio is not None:
-            raise RebirthError("give fixed ranks or a ratio, not both")
+                 only: set[str] | None = None, require_saving: bool = True, absorb_full: bool = True,
+                 layer_ranks: dict[str, dict] | None = None):
+        if sum(x is not None for x in (ranks, ratio, layer_ranks)) > 1:
+            raise RebirthError("give fixed ranks or a ratio or a MAC budget, not two of them")
         if ratio is not None and not 0 < ratio <= 1:
             raise RebirthError(f"--ratio must be in (0, 1], not {ratio}")
         if ranks is not None and (len(ranks) != 2 or min(ranks) < 1):
             raise RebirthError(f"ranks must be two positive integers R3,R4, not {ranks}")
         self.ranks, self.ratio = ranks, ratio
+        self.layer_ranks = dict(layer_ranks) if layer_ranks is not None else None
         self.only = set(only) if only is not None else None
         self.require_saving = require_saving
         self.absorb_full = absorb_full
@@ -261,37 +301,33 @@ class TuckerRule(Rule):
     # -- planning ---------------------------------------------------------------------------
     def plan(self, graph: Graph, match: Match, model: Model) -> Plan | str:
         node = graph.node(match.name)
-        arrays = (model.weights or {}).get(node.name)
-        if arrays is None:
-            raise RebirthError(f"{model.weights_source or model.source}: no weights for layer '{node.name}': "
-                               "the decomposition starts from the trained weights")
-        in_shape = graph.version_shapes.get(node.bottoms[0])
-        out_shape = node.top_shapes[0] if node.top_shapes else None
-        if in_shape is None or out_shape is None:
-            return f"the shapes around '{node.name}' are unknown"
-        W = np.asarray(arrays[0], dtype=np.float64)
-        if node.type == "InnerProduct":
-            p = node.layer.inner_product_param
-            W = W.T if p.transpose else W
-            W = W.reshape(p.num_output, -1)
-            return self._plan_svd(node, W, in_hw=1, out_hw=1)
-        p = node.layer.convolution_param
-        if len(in_shape) != 4 or W.ndim != 4 or p.axis not in (1, -3):
-            return f"'{node.name}' is not a 2-D convolution over NCHW"
-        if p.group > 1:
-            kind = "a depthwise" if p.group == in_shape[1] else f"a grouped (group {p.group})"
-            return (f"'{node.name}' is {kind} convolution: its kernel is block-diagonal over channels and "
-                    "the decomposition would mix the groups; left alone")
-        out_hw = out_shape[2] * out_shape[3]
-        if W.shape[2] * W.shape[3] == 1:
-            return self._plan_svd(node, W.reshape(W.shape[0], W.shape[1]), in_hw=out_hw, out_hw=out_hw)
-        return self._plan_tucker(node, W, in_shape[2] * in_shape[3], out_hw)
+        geo = layer_geometry(graph, node, model)
+        if isinstance(geo, str):
+            return geo
+        if geo.method == "svd":
+            return self._plan_svd(node, geo.W, in_hw=geo.in_hw, out_hw=geo.out_hw)
+        return self._plan_tucker(node, geo.W, geo.in_hw, geo.out_hw)
+
+    def _budgeted(self, node: Node) -> dict | str | None:
+        """The ranks ``layer_ranks`` gives ``node``, a refusal when it leaves the layer out, or
+        None when the rule has no per-layer ranks."""
+        if self.layer_ranks is None:
+            return None
+        if node.name not in self.layer_ranks:
+            return (f"'{node.name}': spared by the MAC budget (decomposing it adds more weight error per "
+                    "multiply-accumulate saved than the layers chosen); left alone")
+        return self.layer_ranks[node.name]
 
     def _plan_svd(self, node: Node, W: np.ndarray, in_hw: int, out_hw: int) -> Plan | str:
         T, S = W.shape
         notes: list[str] = []
         full = min(S, T)
-        if self.ranks is not None:
+        budget = self._budgeted(node)
+        if isinstance(budget, str):
+            return budget
+        if budget is not None:
+            r, source = int(budget["r"]), "budget"
+        elif self.ranks is not None:
             if self.ranks[0] != self.ranks[1]:
                 raise RebirthError(f"layer '{node.name}' ({node.type}, {T}x{S}) is decomposed by SVD, into one "
                                    f"rank: give one value (--ranks R), not {self.ranks[0]},{self.ranks[1]}")
@@ -319,7 +355,12 @@ class TuckerRule(Rule):
         T, S = W.shape[:2]
         K = W.shape[2] * W.shape[3]
         notes: list[str] = []
-        if self.ranks is not None:
+        budget = self._budgeted(node)
+        if isinstance(budget, str):
+            return budget
+        if budget is not None:
+            R3, R4, source = int(budget["R3"]), int(budget["R4"]), "budget"
+        elif self.ranks is not None:
             R3, R4 = self.ranks
             source = "fixed"
             if R3 > S or R4 > T:

@@ -1,0 +1,99 @@
+"""`rebirth tucker --macs F` (transforms/rank_budget.py): one MAC budget shared by the layers, ranks
+chosen by weight error per MAC saved; low-rank layers give their MACs first and narrow or
+full-rank ones are spared; the budget holds; the CLI writes the ranks it chose."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from deeprebirth.errors import RebirthError
+from deeprebirth.transforms import rank_budget as rb
+from deeprebirth.transforms import tucker as tucker_api
+from helpers import error_line, run as rebirth
+from test_tucker import LOW_RANK, low_rank_model, random_model
+
+def test_svd_errors_are_the_tail_energy():
+    rng = np.random.default_rng(0)
+    W = rng.normal(size=(12, 8))
+    opt = rb.svd_options("x", rb.Geometry("svd", W, 5, 5))
+    s2 = np.linalg.svd(W, compute_uv=False) ** 2
+    assert [r["r"] for r in opt.ranks] == [1, 2, 3, 4]       # r (12 + 8) < 12 * 8 up to r = 4
+    assert opt.errors[1] == pytest.approx(s2[2:].sum() / s2.sum())
+    assert list(opt.macs) == [5 * r * 20 for r in (1, 2, 3, 4)] and opt.macs0 == 5 * 96
+
+
+def test_tucker_error_bounds_the_decomposition():
+    """The spectra's estimate is the truncated-HOSVD error, which HOOI (the rule) never exceeds."""
+    from deeprebirth.transforms.rules.tucker import reconstruct, relative_error, tucker2
+    rng = np.random.default_rng(1)
+    W = rng.normal(size=(16, 12, 3, 3))
+    opt = rb.tucker_options("x", rb.Geometry("tucker2", W, 64, 64))
+    for ranks, err in list(zip(opt.ranks, opt.errors))[::4]:
+        core, U, V = tucker2(W, ranks["R3"], ranks["R4"])
+        assert relative_error(W, reconstruct(core, U, V)) ** 2 <= err + 1e-9
+
+
+def _options(name, spectrum, width, hw=10):
+    """A layer of ``width`` x ``width`` weights with the given singular values."""
+    rng = np.random.default_rng(len(name))
+    P = np.linalg.qr(rng.normal(size=(width, width)))[0]
+    Q = np.linalg.qr(rng.normal(size=(width, width)))[0]
+    s = np.zeros(width)
+    s[:len(spectrum)] = spectrum
+    return rb.svd_options(name, rb.Geometry("svd", (P * s) @ Q.T, hw, hw))
+
+
+def test_budget_takes_macs_where_they_cost_least_error():
+    low = _options("low_rank", [10, 5, 1e-3, 1e-3], 64)                # nearly rank 2: cheap to cut
+    flat = _options("flat", np.ones(64), 64)                            # every direction matters
+    narrow = _options("narrow", np.ones(8), 8)                          # few MACs to give anyway
+    got = rb.allocate([low, flat, narrow], 0.75)
+    assert set(got) == {"low_rank"} and 2 <= got["low_rank"]["r"] <= 4 and got["low_rank"]["predicted_error"] < 1e-3
+    total0 = low.macs0 + flat.macs0 + narrow.macs0
+    after = sum(o.macs0 for o in (flat, narrow)) + 10 * got["low_rank"]["r"] * 128
+    assert after <= 0.75 * total0
+    # a tighter budget must cut into the flat layer too, but still not the narrow one first
+    tight = rb.allocate([low, flat, narrow], 0.4)
+    assert "flat" in tight and tight["low_rank"]["r"] <= 2
+    kept = sum(o.macs0 if o.name not in tight else 10 * tight[o.name]["r"] * 2 * (64 if o.name != "narrow" else 8)
+               for o in (low, flat, narrow))
+    assert kept <= 0.4 * total0
+
+
+def test_budget_of_one_decomposes_nothing_and_bad_fractions_are_refused():
+    low = _options("low_rank", [10, 5], 32)
+    assert rb.allocate([low], 1.0) == {}
+    for bad in (0, -0.1, 1.5):
+        with pytest.raises(RebirthError, match="--macs must be in"):
+            rb.allocate([low], bad)
+
+
+def test_tucker_with_a_budget_spares_layers_and_reports_it():
+    m = low_rank_model()
+    out = tucker_api.tucker(m, macs=0.6, data_layer="DummyData")
+    layers = {d["layer"]: d for d in out.layers}
+    assert layers and all(d["rank_source"] == "budget" for d in layers.values())
+    # the low-rank layers give their MACs at (almost) no error
+    assert max(d["weight_error"] for d in layers.values()) < 0.05
+    assert out.report()["tucker"]["ranks"] == "budget" and out.report()["tucker"]["macs_fraction"] == 0.6
+    before = sum(d["macs"]["before"] for d in layers.values())
+    assert sum(d["macs"]["after"] for d in layers.values()) < before
+    with pytest.raises(RebirthError, match="not two of them"):
+        tucker_api.tucker(m, ratio=0.5, macs=0.5, data_layer="DummyData")
+
+
+def test_cli_macs_budget(tmp_path):
+    m = random_model(LOW_RANK)
+    (tmp_path / "m.prototxt").write_text(LOW_RANK)
+    from deeprebirth.caffe import netio
+    netio.write_weights(netio.with_weights(m.net, low_rank_model().weights), tmp_path / "m.caffemodel")
+    res = rebirth("tucker", tmp_path / "m.prototxt", tmp_path / "m.caffemodel", "--macs", 0.5, "--data-layer", "dummy",
+                  "-o", tmp_path / "o", "--json")
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["tucker"]["ranks"] == "budget" and doc["tucker"]["layers"]
+    line = error_line(rebirth("tucker", tmp_path / "m.prototxt", tmp_path / "m.caffemodel", "--macs", 0.5,
+                              "--ratio", 0.5, "-o", tmp_path / "o2"))
+    assert "not two of them" in line and not (tmp_path / "o2").exists()
