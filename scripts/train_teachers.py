@@ -488,6 +488,7 @@ def write_log(work: Path) -> None:
                   f"BatchNorm/Scale), base_lr {r['base_lr']}: sigmoid warm-up over {r['warmup']} iterations, "
                   f"then poly (power 1) to 0 at iteration {r['iters']}",
                   f"* iterations: {r['iters']} of batch {r['batch']} ({r['epochs']} epochs)",
+                  *([f"* history: {r['note']}"] if r.get("note") else []),
                   f"* augmentation: {r['augmentation']}",
                   f"* wall time of `caffe train`: {h} h {m:02d} min ({len(r['segments'])} run(s), "
                   f"OpenBLAS threads: {r['segments'][-1].get('threads') or 'default'}; other jobs shared the cores)",
