@@ -401,8 +401,6 @@ class ProgramDevice(Device):
     """A device that runs whole benchmarks at once in ``rebirth-time`` (``bench.run`` calls
     ``measure_models`` instead of opening sessions)."""
 
-    engine = "caffe"
-
     def __init__(self, transport: Transport, threads: int | None = None, cpu_mask: str | None = None,
                  cooldown: float = 0.0):
         self.transport = transport
@@ -503,8 +501,6 @@ class NcnnProgramDevice(ProgramDevice):
     """``bench --engine ncnn --device ...``: every model exported to ncnn (runtime/export, as
     ``export --to ncnn`` writes it) and timed by rebirth-time-ncnn on the device. Whole passes
     only, batch 1, ncnn threads ``--threads`` (default 1, as engines/ncnn_engine.py)."""
-
-    engine = "ncnn"
 
     @property
     def description(self) -> str:
