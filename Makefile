@@ -39,7 +39,7 @@ device-check: package
 	$(PY) -c 'from deeprebirth.cli import main; main()' bench googlenet $(DEVICE_CHECK_DIR)/slim/deploy.prototxt \
 	  --device qemu-aarch64 --layers --runs $${RUNS:-1} --warmup 0
 
-# The same for ncnn: cross-build rebirth-time-ncnn (ncnn from its PyPI sdist, static; about 20 min on
+# The same for ncnn: cross-build rebirth-time-ncnn (ncnn from its PyPI sdist, static; about 8 min on
 # 2 busy cores, JOBS=1) and time a slimmed GoogLeNet with it under qemu-user (README: On-device timing).
 DEVICE_NCNN_DIR ?= build/device-ncnn
 device-ncnn: package

@@ -11,8 +11,8 @@
 # With --engine ncnn it builds `rebirth-time-ncnn` (device/ncnn_time.cpp) instead: ncnn as a static
 # library (from the PyPI sdist of the ncnn version the Python binding has: no Vulkan, tools,
 # examples, benchmark or Python; OpenMP linked statically; float32 kernels only: no int8, bf16 or
-# Armv8.2+ fp16 variants, no runtime CPU dispatch; only the layers runtime/export/to_ncnn.py writes
-# and the ones they create internally), and the program linked against it. Same targets, same cache.
+# Armv8.2+ fp16 variants, no runtime CPU dispatch; all of ncnn's layers), and the program linked
+# against it. Same targets, same cache.
 #
 # Other options:
 #   --engine E      caffe (default: rebirth-time) or ncnn (rebirth-time-ncnn)
@@ -383,24 +383,12 @@ do_caffe_program() {
   mv "$OUT/bin/rebirth-time.tmp" "$OUT/bin/rebirth-time"
 }
 
-# ncnn's layers kept in the library: every type runtime/export/to_ncnn.py writes, and the ones
-# those create inside ncnn (Gemm, Padding, Flatten, Packing, Cast, Crop, Interp, the fused
-# activations, Convolution1D, the int8 (de)quantizers named by net.cpp); every other layer is off.
-NCNN_LAYERS="AbsVal BatchNorm Bias BNLL Clip Concat Convolution ConvolutionDepthWise Deconvolution
-  DeconvolutionDepthWise Dropout Eltwise ELU InnerProduct Input LRN Pooling Power PReLU ReLU Reshape Scale
-  Sigmoid Slice Softmax Split TanH Gemm Padding Flatten Packing Cast Crop Interp HardSwish Mish Swish
-  HardSigmoid Convolution1D Quantize Dequantize Requantize"
-
 do_ncnn() {
   local src; src=$(unpack ncnn)
-  local off=() name
-  for name in $(sed -n 's/^ncnn_add_layer(\([A-Za-z0-9_]*\).*/\1/p' "$src/src/CMakeLists.txt"); do
-    [[ " $(echo $NCNN_LAYERS) " == *" $name "* ]] || off+=(-DWITH_LAYER_"$name"=OFF)
-  done
   # float32 only, one code path per target (the timing program turns fp16/bf16 off, like engines/ncnn_engine.py)
   local isa=(-DNCNN_RUNTIME_CPU=OFF -DNCNN_INT8=OFF -DNCNN_BF16=OFF -DNCNN_ARM82=OFF -DNCNN_ARM84BF16=OFF
              -DNCNN_ARM84I8MM=OFF -DNCNN_ARM86SVE=OFF -DNCNN_AVX=OFF)
-  cmake_project ncnn "$src" "${off[@]}" "${isa[@]}" -DNCNN_VERSION="${NCNN_VERSION##*.}" \
+  cmake_project ncnn "$src" "${isa[@]}" -DNCNN_VERSION="${NCNN_VERSION##*.}" \
     -DNCNN_VULKAN=OFF -DNCNN_BUILD_TOOLS=OFF -DNCNN_BUILD_EXAMPLES=OFF -DNCNN_BUILD_BENCHMARK=OFF \
     -DNCNN_BUILD_TESTS=OFF -DNCNN_PYTHON=OFF -DNCNN_SHARED_LIB=OFF -DNCNN_OPENMP=ON -DNCNN_SIMPLEOCV=OFF \
     -DNCNN_PIXEL_ROTATE=OFF -DNCNN_PIXEL_AFFINE=OFF -DNCNN_PIXEL_DRAWING=OFF -DNCNN_C_API=OFF

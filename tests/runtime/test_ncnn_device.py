@@ -194,7 +194,7 @@ def ncnn_host_program():
     path = remote.built_binary([f"host-{os.uname().machine}"], remote.NCNN_PROGRAM)
     if path is None:
         msg = ("rebirth-time-ncnn has no host build in the cache: run scripts/build_device.sh --host --engine ncnn "
-               "(about 15 min on 2 cores)")
+               "(about 6 min on 2 busy cores)")
         if IN_CI:
             pytest.fail(msg)
         pytest.skip(msg)
