@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 
-.PHONY: install venv package caffe proto models test test-fast clean rebirth-time device-check
+.PHONY: install venv package caffe proto models test test-fast clean rebirth-time device-check device-ncnn
 
 install: venv package caffe proto rebirth-time
 
@@ -38,6 +38,18 @@ device-check: package
 	$(PY) -c 'from deeprebirth.cli import main; main()' slim googlenet -o $(DEVICE_CHECK_DIR)/slim
 	$(PY) -c 'from deeprebirth.cli import main; main()' bench googlenet $(DEVICE_CHECK_DIR)/slim/deploy.prototxt \
 	  --device qemu-aarch64 --layers --runs $${RUNS:-1} --warmup 0
+
+# The same for ncnn: cross-build rebirth-time-ncnn (ncnn from its PyPI sdist, static; about 8 min on
+# 2 busy cores, JOBS=1) and time a slimmed GoogLeNet with it under qemu-user (README: On-device timing).
+DEVICE_NCNN_DIR ?= build/device-ncnn
+device-ncnn: package
+	command -v aarch64-linux-gnu-g++ >/dev/null && command -v qemu-aarch64 >/dev/null || \
+	  { apt-get update -qq && apt-get install -y -qq g++-aarch64-linux-gnu qemu-user; }
+	JOBS=$${JOBS:-$$(nproc)} scripts/build_device.sh --cross aarch64-linux-gnu --engine ncnn
+	rm -rf $(DEVICE_NCNN_DIR)/slim
+	$(PY) -c 'from deeprebirth.cli import main; main()' slim googlenet -o $(DEVICE_NCNN_DIR)/slim
+	$(PY) -c 'from deeprebirth.cli import main; main()' bench googlenet $(DEVICE_NCNN_DIR)/slim \
+	  --device qemu-aarch64 --engine ncnn --runs $${RUNS:-3} --warmup 1
 
 models: package
 	$(PY) scripts/gen_models.py models

@@ -8,7 +8,14 @@
 #   scripts/build_device.sh --cross aarch64-linux-gnu                           Debian cross compiler
 #   scripts/build_device.sh --host                                               this machine
 #
+# With --engine ncnn it builds `rebirth-time-ncnn` (device/ncnn_time.cpp) instead: ncnn as a static
+# library (from the PyPI sdist of the ncnn version the Python binding has: no Vulkan, tools,
+# examples, benchmark or Python; OpenMP linked statically; float32 kernels only: no int8, bf16 or
+# Armv8.2+ fp16 variants, no runtime CPU dispatch; all of ncnn's layers), and the program linked
+# against it. Same targets, same cache.
+#
 # Other options:
+#   --engine E      caffe (default: rebirth-time) or ncnn (rebirth-time-ncnn)
 #   --sources DIR   release tarballs (or Debian .orig tarballs) to build from; each is checked
 #                   against the sha256 sums pinned below. Without it the script uses Debian's
 #                   `apt-get source --download-only` (adds a deb-src entry when run as root), and
@@ -16,7 +23,7 @@
 #   --jobs N        parallel compile jobs (default: nproc)
 #   --clean         forget this target's cached build first
 #
-# Output: ~/.cache/deeprebirth/device-<target>/bin/rebirth-time (DEEPREBIRTH_CACHE moves the
+# Output: ~/.cache/deeprebirth/device-<target>/bin/rebirth-time[-ncnn] (DEEPREBIRTH_CACHE moves the
 # cache root). Every stage leaves a stamp there, so an interrupted build resumes where it stopped
 # and a finished one only re-links the timing program when device/ changed. Stage times are
 # appended to device-<target>/build-times.txt.
@@ -55,15 +62,21 @@ protobuf protobuf_3.21.12.orig.tar.gz 930c2c3b5ecc6c9c12615cf5ad93f1cd6e12d0aba8
 boost boost_1_74_0.tar.bz2 83bfc1507731a0906e387fc28b7ef5417d591429e51e788417fe9ff025e116b1 https://boostorg.jfrog.io/artifactory/main/release/1.74.0/source/boost_1_74_0.tar.bz2
 boost boost1.74_1.74.0+ds1.orig.tar.xz 192f5df504d282cb81288f88232d8af45b64a9ab531e1c7cf8ae955f16f6bb28 -
 caffe brocolli-caffe-9.0.2.tar.gz c6410cc60bdd6db685d441b66be7df05410f8850ac88d6b75d48ef9b2315c08a -
+ncnn ncnn-1.0.20261020.tar.gz ad8cdd63e9755cfa8e23b9b6d9ce46156077d80298a89e7c3ba325ffccfca200 https://files.pythonhosted.org/packages/b7/50/32b5172afe7d3e0dce410b7d8f4a5b7b84b942a0d69affbaedf669de52bc/ncnn-1.0.20261020.tar.gz
 EOF
+# ncnn: the version of the Python binding (`import ncnn; ncnn.__version__`), so that --device cpu
+# and the devices run the same ncnn. Its sdist's setup.py names itself after today's date, so
+# `pip download ncnn==VERSION` rejects it ("inconsistent version"); the script asks pip for the
+# sdist by its PyPI URL instead and checks the sha256.
+NCNN_VERSION=1.0.20261020
 # Debian source package of each component (apt-get source --download-only NAME).
 declare -A DEBIAN_SRC=([openblas]=openblas [gflags]=gflags [glog]=google-glog [protobuf]=protobuf [boost]=boost1.74)
 
 log() { echo "[build_device] $*" >&2; }
 die() { echo "[build_device] error: $*" >&2; exit 1; }
-usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 
-MODE="" NDK="" ABI=arm64-v8a API=24 CROSS="" SOURCES="" CLEAN=0
+MODE="" NDK="" ABI=arm64-v8a API=24 CROSS="" SOURCES="" CLEAN=0 ENGINE=caffe
 while [ $# -gt 0 ]; do
   case "$1" in
     --ndk) MODE=ndk; NDK=${2:?--ndk needs a directory}; shift 2 ;;
@@ -73,12 +86,14 @@ while [ $# -gt 0 ]; do
     --host) MODE=host; shift ;;
     --sources) SOURCES=$(cd "${2:?}" && pwd); shift 2 ;;
     --jobs) JOBS=${2:?}; shift 2 ;;
+    --engine) ENGINE=${2:?--engine needs caffe or ncnn}; shift 2 ;;
     --clean) CLEAN=1; shift ;;
     -h|--help) usage 0 ;;
     *) echo "unknown option: $1" >&2; usage 1 >&2 ;;
   esac
 done
 [ -n "$MODE" ] || { echo "give one of --ndk DIR, --cross TRIPLE, --host" >&2; usage 1 >&2; }
+case "$ENGINE" in caffe|ncnn) ;; *) echo "--engine $ENGINE: expected caffe or ncnn" >&2; usage 1 >&2 ;; esac
 
 # Host tools (installed with apt-get when missing and run as root on Debian/Ubuntu).
 ensure_tools() {
@@ -222,11 +237,15 @@ tarball() {
     done
   done <<< "$PINS"
   [ -n "$SOURCES" ] && log "$comp: not in $SOURCES; trying other ways"
+  local py=${PYTHON:-$ROOT/.venv/bin/python}
+  [ -x "$py" ] || py=python3
   if [ "$comp" = caffe ]; then
-    local py=${PYTHON:-$ROOT/.venv/bin/python}
-    [ -x "$py" ] || py=python3
     "$py" -m pip download -q --no-deps --no-binary :all: -d "$SRCDIR" "brocolli-caffe==$CAFFE_VERSION" >&2 \
       || die "cannot fetch the brocolli-caffe $CAFFE_VERSION sdist (pip download)"
+  elif [ "$comp" = ncnn ]; then
+    url=$(awk '$1 == "ncnn" {print $4}' <<< "$PINS")
+    "$py" -m pip download -q --no-deps -d "$SRCDIR" "ncnn @ $url" >&2 \
+      || die "cannot fetch the ncnn $NCNN_VERSION sdist (pip download ncnn @ $url)"
   elif command -v apt-get >/dev/null && ensure_deb_src; then
     mkdir -p "$SRCDIR/apt"
     (cd "$SRCDIR/apt" && apt-get source --download-only "${DEBIAN_SRC[$comp]}" >&2) || log "apt-get source ${DEBIAN_SRC[$comp]} failed"
@@ -236,7 +255,7 @@ tarball() {
     for f in "$SRCDIR/$name" "$SRCDIR/apt/$name"; do
       if [ -f "$f" ]; then sha_ok "$f" "$sum" || die "$f: sha256 does not match the pinned $sum"; echo "$f"; return 0; fi
     done
-    if [ "$url" != - ] && command -v curl >/dev/null; then
+    if [ "$url" != - ] && [ "$comp" != ncnn ] && command -v curl >/dev/null; then
       log "downloading $url"
       if curl -fsSL --retry 2 -o "$SRCDIR/$name.part" "$url"; then
         sha_ok "$SRCDIR/$name.part" "$sum" || die "$url: sha256 does not match the pinned $sum"
@@ -364,15 +383,45 @@ do_caffe_program() {
   mv "$OUT/bin/rebirth-time.tmp" "$OUT/bin/rebirth-time"
 }
 
+do_ncnn() {
+  local src; src=$(unpack ncnn)
+  # float32 only, one code path per target (the timing program turns fp16/bf16 off, like engines/ncnn_engine.py)
+  local isa=(-DNCNN_RUNTIME_CPU=OFF -DNCNN_INT8=OFF -DNCNN_BF16=OFF -DNCNN_ARM82=OFF -DNCNN_ARM84BF16=OFF
+             -DNCNN_ARM84I8MM=OFF -DNCNN_ARM86SVE=OFF -DNCNN_AVX=OFF)
+  cmake_project ncnn "$src" "${isa[@]}" -DNCNN_VERSION="${NCNN_VERSION##*.}" \
+    -DNCNN_VULKAN=OFF -DNCNN_BUILD_TOOLS=OFF -DNCNN_BUILD_EXAMPLES=OFF -DNCNN_BUILD_BENCHMARK=OFF \
+    -DNCNN_BUILD_TESTS=OFF -DNCNN_PYTHON=OFF -DNCNN_SHARED_LIB=OFF -DNCNN_OPENMP=ON -DNCNN_SIMPLEOCV=OFF \
+    -DNCNN_PIXEL_ROTATE=OFF -DNCNN_PIXEL_AFFINE=OFF -DNCNN_PIXEL_DRAWING=OFF -DNCNN_C_API=OFF
+}
+
+do_ncnn_program() {
+  mkdir -p "$BUILD/rebirth-time-ncnn" && cd "$BUILD/rebirth-time-ncnn"
+  cmake "$ROOT/device" "${CMAKE_COMMON[@]}" -DREBIRTH_NCNN_DIR="$PREFIX/lib/cmake/ncnn" \
+    -DREBIRTH_STATIC="$LINK_STATIC"
+  cmake --build . -j "$JOBS" --target rebirth-time-ncnn
+  cp rebirth-time-ncnn "$OUT/bin/rebirth-time-ncnn.tmp"
+  "${STRIP:-true}" "$OUT/bin/rebirth-time-ncnn.tmp" 2>/dev/null || true
+  mv "$OUT/bin/rebirth-time-ncnn.tmp" "$OUT/bin/rebirth-time-ncnn"
+}
+
 case "$MODE" in
   ndk) STRIP="$TCBIN/llvm-strip" ;;
   cross) STRIP="$CROSS-strip" ;;
   host) STRIP=strip ;;
 esac
 
-log "target $TARGET -> $OUT ($JOBS jobs)"
-echo "--- $(date -u +%FT%TZ) build_device.sh $MODE $TARGET" >> "$TIMES"
+log "target $TARGET, engine $ENGINE -> $OUT ($JOBS jobs)"
+echo "--- $(date -u +%FT%TZ) build_device.sh $MODE $TARGET --engine $ENGINE" >> "$TIMES"
 T_ALL=$SECONDS
+if [ "$ENGINE" = ncnn ]; then
+  stage "ncnn-$NCNN_VERSION" do_ncnn
+  HASH=$(cat "$ROOT"/device/CMakeLists.txt "$ROOT"/device/ncnn_time.cpp | sha256sum | cut -c1-16)
+  stage "rebirth-time-ncnn-$HASH" do_ncnn_program
+  log "all stages took $((SECONDS - T_ALL)) s in this run; times per stage: $TIMES"
+  file "$OUT/bin/rebirth-time-ncnn" >&2 2>/dev/null || true
+  echo "$OUT/bin/rebirth-time-ncnn"
+  exit 0
+fi
 PROTOC=$(build_protoc)
 log "host protoc: $PROTOC ($("$PROTOC" --version))"
 stage openblas do_openblas
@@ -381,7 +430,7 @@ stage glog do_glog
 stage protobuf do_protobuf
 stage boost do_boost
 # The timing program is rebuilt whenever device/ changes (its sources' hash is the stamp's name).
-HASH=$(cat "$ROOT"/device/CMakeLists.txt "$ROOT"/device/*.cpp "$ROOT"/device/hdf5_stub/* | sha256sum | cut -c1-16)
+HASH=$(cat "$ROOT"/device/CMakeLists.txt "$ROOT"/device/rebirth_time.cpp "$ROOT"/device/hdf5_stub/* | sha256sum | cut -c1-16)
 stage "rebirth-time-$HASH" do_caffe_program
 log "all stages took $((SECONDS - T_ALL)) s in this run; times per stage: $TIMES"
 file "$OUT/bin/rebirth-time" >&2 2>/dev/null || true

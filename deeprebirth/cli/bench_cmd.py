@@ -26,8 +26,9 @@ from deeprebirth.cli.progress import progress_bar
                    "ssh://[user@]host (a Linux board), qemu-aarch64 (the ARM build emulated here).")
 @click.option("--engine", "-e", default="caffe", show_default=True,
               type=click.Choice(sorted(engines.ENGINES), case_sensitive=False),
-              help="What runs the nets on --device cpu: caffe (pycaffe), or each MODEL exported (rebirth export) and "
-                   "run by onnxruntime, ncnn or mnn in this process; those time whole passes only (no --layers).")
+              help="What runs the nets: caffe (pycaffe, or rebirth-time on other devices), or each MODEL exported "
+                   "(rebirth export) and run by onnxruntime, ncnn or mnn in this process (--device cpu); ncnn also on "
+                   "the other devices, in rebirth-time-ncnn. Those time whole passes only (no --layers).")
 @click.option("--batch", "-b", type=click.IntRange(min=1), default=1, show_default=True,
               help="Batch size of the random input.")
 @click.option("--runs", "-n", type=click.IntRange(min=1), default=50, show_default=True,
@@ -35,8 +36,8 @@ from deeprebirth.cli.progress import progress_bar
 @click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True,
               help="Untimed passes per model first.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="Threads: of the --engine (onnxruntime default: its own; ncnn, mnn default: 1), or BLAS threads of "
-                   "rebirth-time (devices other than cpu; default: the BLAS's own).")
+              help="Threads: of the --engine (onnxruntime default: its own; ncnn, mnn default: 1, also in "
+                   "rebirth-time-ncnn), or BLAS threads of rebirth-time (devices other than cpu; default: the BLAS's own).")
 @click.option("--cpu-mask", default=None, metavar="HEX",
               help="Pin rebirth-time to these CPUs with taskset, e.g. f0 for a phone's big cores.")
 @click.option("--cooldown", type=click.FloatRange(min=0), default=0.0, show_default=True,
@@ -87,14 +88,15 @@ def bench_command(models, weights, device, engine, batch, runs, warmup, threads,
 def _device(device: str, engine: str, threads, cpu_mask, cooldown, batch: int, layers: bool):
     if engine == "caffe":
         return get_device(device, threads, cpu_mask, cooldown)
-    if device.strip().lower() != "cpu":
+    on_cpu = device.strip().lower() == "cpu"
+    if not on_cpu and engine != "ncnn":
         raise RebirthError(f"--engine {engine} runs on this machine (--device cpu); other devices run Caffe's "
-                           "rebirth-time")
+                           "rebirth-time, or ncnn's rebirth-time-ncnn with --engine ncnn")
     if layers:
         raise RebirthError(f"--engine {engine} times whole passes only (no per-layer times): leave out --layers "
                            "and --plot, or use --engine caffe")
-    if cpu_mask:
-        raise RebirthError("--cpu-mask applies to devices that run rebirth-time; use taskset with --engine")
+    if cpu_mask and on_cpu:
+        raise RebirthError("--cpu-mask applies to devices that run a timing program; use taskset with --engine")
     if engine == "ncnn" and batch != 1:
         raise RebirthError(f"ncnn runs one image at a time: --batch 1, not {batch}")
-    return engines.get_device(engine, threads)
+    return engines.get_device(engine, threads) if on_cpu else get_device(device, threads, cpu_mask, cooldown, engine)

@@ -12,13 +12,16 @@ DEVICES = {
     "ssh://[user@]host": "a Linux board (e.g. a Raspberry Pi) over ssh, running a cross-built rebirth-time",
     "qemu-aarch64": "the cross-built aarch64 rebirth-time under qemu-user here (checks the build; not real timings)",
 }
+#: With --engine ncnn, every device but cpu runs rebirth-time-ncnn (scripts/build_device.sh --engine ncnn).
 
 
 def get_device(name: str, threads: int | None = None, cpu_mask: str | None = None,
-               cooldown: float = 0.0) -> Device:
+               cooldown: float = 0.0, engine: str = "caffe") -> Device:
     """The Device called ``name``; a RebirthError for unknown names. ``threads`` (BLAS threads),
     ``cpu_mask`` (taskset) and ``cooldown`` (seconds between models' turns) apply to the devices
-    that run the timing program; the cpu device takes ``cooldown`` in bench.measure."""
+    that run the timing program; the cpu device takes ``cooldown`` in bench.measure. ``engine``
+    ncnn: those devices run rebirth-time-ncnn on the ncnn export (``threads``: ncnn's threads;
+    ncnn on --device cpu is engines.get_device("ncnn"))."""
     key = (name or "").strip()
     if key.lower() == "cpu":
         if threads or cpu_mask:
@@ -28,7 +31,7 @@ def get_device(name: str, threads: int | None = None, cpu_mask: str | None = Non
         return CpuDevice()
     from deeprebirth.runtime.devices.remote import make_device  # noqa: PLC0415
 
-    dev = make_device(key, threads, cpu_mask, cooldown)
+    dev = make_device(key, threads, cpu_mask, cooldown, engine)
     if dev is not None:
         return dev
     known = ", ".join(DEVICES)

@@ -1,6 +1,7 @@
-"""Devices that time nets with the timing program ``rebirth-time`` (device/rebirth_time.cpp):
-a phone over adb, an ARM board over ssh, the cross-built program under qemu-user, or the host
-build on this machine.
+"""Devices that time nets with a timing program: ``rebirth-time`` (device/rebirth_time.cpp,
+Caffe) or, for ``bench --engine ncnn``, ``rebirth-time-ncnn`` (device/ncnn_time.cpp, ncnn): on a
+phone over adb, an ARM board over ssh, the cross-built program under qemu-user, or the host build
+on this machine.
 
 One runner serves them all. It writes each model's prototxt (in the engine's dialect, at the
 bench's batch size), hands the program, the prototxts and any --weights to the device through
@@ -8,11 +9,13 @@ a ``Transport``, runs all models in one process of the program (which interleave
 run, as the CPU device does), reads its JSON back and cleans up. The program measures what
 engine/cpu.py measures (whole-pass and per-layer times, distinct blob buffers, peak resident
 memory growth of creating and running each net), so `bench` builds the same report from it.
+``NcnnProgramDevice`` does the same with each model exported to ncnn (runtime/export) and
+rebirth-time-ncnn, which prints the same JSON without per-layer times or blob buffers.
 
 Which program runs where: ``DEEPREBIRTH_DEVICE_BINARY`` names one explicitly; otherwise the
 build that matches the device, from scripts/build_device.sh's cache
-(``~/.cache/deeprebirth/device-<target>/bin/rebirth-time``) or, for ``host``, the engine's cache
-(scripts/build_rebirth_time.sh).
+(``~/.cache/deeprebirth/device-<target>/bin/rebirth-time[-ncnn]``) or, for ``host`` and Caffe,
+the engine's cache (scripts/build_rebirth_time.sh).
 """
 from __future__ import annotations
 
@@ -38,6 +41,7 @@ from deeprebirth.runtime.devices.base import Device, Memory, Session
 from deeprebirth.runtime.pycaffe import engine_text
 
 PROGRAM = "rebirth-time"
+NCNN_PROGRAM = "rebirth-time-ncnn"
 ADB_DIR = "/data/local/tmp/rebirth"
 BINARY_ENV = "DEEPREBIRTH_DEVICE_BINARY"
 STDERR_LINES = 5
@@ -67,14 +71,22 @@ def host_binary() -> Path | None:
     return None
 
 
-def built_binary(targets: Sequence[str]) -> Path | None:
-    """The first built program among cache targets (glob patterns under device-<target>)."""
+def built_binary(targets: Sequence[str], program: str = PROGRAM) -> Path | None:
+    """The first built ``program`` among cache targets (glob patterns under device-<target>)."""
     for target in targets:
         for d in sorted(glob.glob(str(cache_root() / f"device-{target}"))):
-            p = Path(d) / "bin" / PROGRAM
+            p = Path(d) / "bin" / program
             if p.is_file():
                 return p
     return None
+
+
+def build_hint(hint: str, program: str) -> str:
+    """The build command ``hint`` (of rebirth-time) for ``program``."""
+    if program != NCNN_PROGRAM or "build_device.sh" not in hint:
+        return hint
+    return hint.replace(" (or make device-check)", " (or make device-ncnn)").replace(
+        "build_device.sh", "build_device.sh --engine ncnn", 1)
 
 
 def _tail(text: str, n: int = STDERR_LINES) -> str:
@@ -98,6 +110,8 @@ class Transport(ABC):
 
     name = "?"
     warning: str | None = None
+    #: the timing program's file name (rebirth-time, or rebirth-time-ncnn for --engine ncnn)
+    program = PROGRAM
 
     @abstractmethod
     def connect(self) -> dict:
@@ -117,7 +131,7 @@ class Transport(ABC):
 
     @abstractmethod
     def run(self, args: Sequence[str], cpu_mask: str | None) -> RunResult:
-        """Run ``./rebirth-time args...`` in the working directory."""
+        """Run ``./PROGRAM args...`` in the working directory."""
 
     @abstractmethod
     def finish(self) -> None:
@@ -152,9 +166,14 @@ class LocalTransport(Transport):
         return {"transport": self.name, "arch": os.uname().machine if not self.wrapper else self.wrapper[0]}
 
     def binary(self, info: dict) -> Path:
-        p = _override() or (host_binary() if self.name == "host" else built_binary(self.targets))
+        p = _override()
+        if p is None and self.name == "host" and self.program == PROGRAM:
+            p = host_binary()
+        elif p is None:
+            p = built_binary(self.targets, self.program)
         if p is None:
-            raise RebirthError(f"no {PROGRAM} built for --device {self.name}: run {self.build_hint}")
+            raise RebirthError(f"no {self.program} built for --device {self.name}: "
+                               f"run {build_hint(self.build_hint, self.program)}")
         return p
 
     def start(self) -> None:
@@ -162,11 +181,11 @@ class LocalTransport(Transport):
 
     def put(self, local: Path, name: str) -> None:
         shutil.copyfile(local, self.dir / name)
-        if name == PROGRAM:
+        if name == self.program:
             os.chmod(self.dir / name, 0o755)
 
     def run(self, args: Sequence[str], cpu_mask: str | None) -> RunResult:
-        argv = (["taskset", cpu_mask] if cpu_mask else []) + self.wrapper + [f"./{PROGRAM}", *args]
+        argv = (["taskset", cpu_mask] if cpu_mask else []) + self.wrapper + [f"./{self.program}", *args]
         proc = subprocess.run(argv, cwd=self.dir, capture_output=True, text=True)
         return RunResult(proc.returncode, proc.stdout, proc.stderr)
 
@@ -191,7 +210,7 @@ class ShellTransport(Transport):
         d = shlex.quote(self.workdir)
         pin = f"taskset {shlex.quote(cpu_mask)} " if cpu_mask else ""
         cmd = " ".join(shlex.quote(a) for a in args)
-        res = self.shell(f"cd {d} && {pin}./{PROGRAM} {cmd} > out.json 2> err.txt; echo rebirth-rc=$?")
+        res = self.shell(f"cd {d} && {pin}./{self.program} {cmd} > out.json 2> err.txt; echo rebirth-rc=$?")
         m = re.search(r"rebirth-rc=(\d+)", res.stdout)
         if res.returncode != 0 or m is None:
             return RunResult(res.returncode or 1, "", res.stderr or res.stdout)
@@ -220,8 +239,8 @@ ARCH_TARGETS = {
 }
 
 
-def _binary_for(table: dict, key: str, what: str) -> Path:
-    """The program for a device whose ABI or architecture is ``key`` (``table``: key -> (cache
+def _binary_for(table: dict, key: str, what: str, program: str = PROGRAM) -> Path:
+    """``program`` for a device whose ABI or architecture is ``key`` (``table``: key -> (cache
     targets, build command)); the override when set; a one-line error naming the build to run."""
     override = _override()
     if override:
@@ -229,9 +248,9 @@ def _binary_for(table: dict, key: str, what: str) -> Path:
     if key not in table:
         raise RebirthError(f"{what}: there is no build for {key} (known: {', '.join(table)})")
     targets, hint = table[key]
-    p = built_binary(targets)
+    p = built_binary(targets, program)
     if p is None:
-        raise RebirthError(f"no {PROGRAM} built for {what}: run {hint}")
+        raise RebirthError(f"no {program} built for {what}: run {build_hint(hint, program)}")
     return p
 
 
@@ -299,7 +318,7 @@ class AdbTransport(ShellTransport):
         return res.stdout.strip() if res.returncode == 0 else ""
 
     def binary(self, info: dict) -> Path:
-        return _binary_for(ABI_TARGETS, info["abi"], f"ABI {info['abi']} of device {self.serial}")
+        return _binary_for(ABI_TARGETS, info["abi"], f"ABI {info['abi']} of device {self.serial}", self.program)
 
     def start(self) -> None:
         res = self.shell(f"rm -rf {ADB_DIR} && mkdir -p {ADB_DIR}")
@@ -310,7 +329,7 @@ class AdbTransport(ShellTransport):
         res = self._adb("push", str(local), f"{ADB_DIR}/{name}")
         if res.returncode != 0:
             raise RebirthError(f"adb push {local} failed: {_tail(res.stderr or res.stdout, 1)}")
-        if name == PROGRAM:
+        if name == self.program:
             self.shell(f"chmod 755 {ADB_DIR}/{name}")
 
 
@@ -343,7 +362,7 @@ class SshTransport(ShellTransport):
         return {"transport": "ssh", "host": self.dest, "arch": res.stdout.strip()}
 
     def binary(self, info: dict) -> Path:
-        return _binary_for(ARCH_TARGETS, info["arch"], f"{info['arch']} ({self.dest})")
+        return _binary_for(ARCH_TARGETS, info["arch"], f"{info['arch']} ({self.dest})", self.program)
 
     def start(self) -> None:
         res = self.shell("mktemp -d /tmp/rebirth.XXXXXX")
@@ -394,74 +413,75 @@ class ProgramDevice(Device):
         self.warning = transport.warning
 
     @property
+    def program(self) -> str:
+        return self.transport.program
+
+    @property
     def name(self) -> str:
         serial = getattr(self.transport, "serial", None)
         return f"adb:{serial}" if serial else self.transport.name
 
+    def where(self) -> str:
+        """The device, in words, for the report."""
+        i = self.info
+        return {"adb": lambda: f"Android {i.get('android', '?')} phone {i.get('model', '?')} ({i.get('abi')}) over adb",
+                "ssh": lambda: f"{i.get('host')} ({i.get('arch')}) over ssh",
+                "qemu-aarch64": lambda: "the aarch64 build under qemu-user on this machine (emulated: not real timings)",
+                "host": lambda: f"this machine ({i.get('arch')}), the host build"}.get(self.transport.name, lambda: "?")()
+
     @property
     def description(self) -> str:
-        i = self.info
-        where = {"adb": lambda: f"Android {i.get('android', '?')} phone {i.get('model', '?')} ({i.get('abi')}) over adb",
-                 "ssh": lambda: f"{i.get('host')} ({i.get('arch')}) over ssh",
-                 "qemu-aarch64": lambda: "the aarch64 build under qemu-user on this machine (emulated: not real timings)",
-                 "host": lambda: f"this machine ({i.get('arch')}), the host build"}.get(self.transport.name, lambda: "?")()
-        threads = i.get("blas_threads") or "default"
+        threads = self.info.get("blas_threads") or "default"
         extra = f", cpu mask {self.cpu_mask}" if self.cpu_mask else ""
-        return (f"{PROGRAM} (Caffe CPU, C++) on {where}; BLAS threads: {threads}{extra}; "
+        return (f"{PROGRAM} (Caffe CPU, C++) on {self.where()}; BLAS threads: {threads}{extra}; "
                 "times from std::chrono::steady_clock around Net::ForwardFromTo")
 
     def open(self, model: Model, seed: int = 0) -> Session:
-        raise RebirthError(f"--device {self.name} times whole benchmarks in {PROGRAM}; use bench.run")
+        raise RebirthError(f"--device {self.name} times whole benchmarks in {self.program}; use bench.run")
+
+    def check(self, weight_files: Sequence[str | None], layers: bool) -> None:
+        """Refuse what this program cannot do, before connecting to the device."""
+        if weight_files and any(weight_files) and not all(weight_files):
+            raise RebirthError(f"--device {self.name} needs --weights for every model or for none")
+
+    def inputs(self, models: Sequence[Model], weight_files: Sequence[str | None], tmp: Path, runs: int,
+               warmup: int, layers: bool, seed: int) -> tuple[list[tuple[Path, str]], list[str]]:
+        """The files to put next to the program (local path, name there) and its arguments."""
+        files: list[tuple[Path, str]] = []
+        for k, m in enumerate(models):
+            path = tmp / f"model{k}.prototxt"
+            path.write_text(engine_text(netio.strip_weights(m.net)))
+            files.append((path, path.name))
+        for k, w in enumerate(weight_files or []):
+            if w:
+                files.append((Path(w), f"model{k}.caffemodel"))
+        weights = [f"model{k}.caffemodel" for k, w in enumerate(weight_files or []) if w]
+        return files, caffe_args([name for _, name in files[:len(models)]], weights, runs, warmup, seed, layers,
+                                 self.threads, self.cooldown)
 
     def measure_models(self, models: Sequence[Model], weight_files: Sequence[str | None], runs: int, warmup: int,
                        layers: bool, seed: int = 0, progress: Callable[[int], None] | None = None) -> list[DeviceRun]:
         """Run every model in one process of the program on the device; one DeviceRun per model."""
-        if weight_files and any(weight_files) and not all(weight_files):
-            raise RebirthError(f"--device {self.name} needs --weights for every model or for none")
+        self.check(weight_files, layers)
         self.info = dict(self.transport.connect())
         program = self.transport.binary(self.info)
         self.info["binary"] = str(program)
-        args: list[str] = []
         with tempfile.TemporaryDirectory(prefix="rebirth-bench-") as tmp:
-            files: list[tuple[Path, str]] = [(program, PROGRAM)]
-            for k, m in enumerate(models):
-                path = Path(tmp) / f"model{k}.prototxt"
-                path.write_text(engine_text(netio.strip_weights(m.net)))
-                files.append((path, path.name))
-                args.append(path.name)
-            for k, w in enumerate(weight_files or []):
-                if w:
-                    files.append((Path(w), f"model{k}.caffemodel"))
-                    args += ["--weights", f"model{k}.caffemodel"]
-            args += ["--runs", str(runs), "--warmup", str(warmup), "--seed", str(seed)]
-            if layers:
-                args.append("--layers")
-            if self.threads:
-                args += ["--threads", str(self.threads)]
-            if self.cooldown:
-                args += ["--cooldown", str(self.cooldown)]
+            files, args = self.inputs(models, weight_files, Path(tmp), runs, warmup, layers, seed)
             self.transport.start()
             try:
-                for local, name in files:
+                for local, name in [(program, self.program), *files]:
                     self.transport.put(local, name)
                 res = self.transport.run(args, self.cpu_mask)
             finally:
                 self.transport.finish()
-        if res.returncode != 0:
-            raise RebirthError(f"{PROGRAM} failed on --device {self.name} (exit {res.returncode}): {_tail(res.stderr)}")
-        try:
-            doc = json.loads(res.stdout)
-            entries = doc["models"]
-        except (ValueError, KeyError, TypeError):
-            raise RebirthError(f"{PROGRAM} on --device {self.name} printed no JSON document: "
-                               f"{_tail(res.stdout or res.stderr, 2)}") from None
-        if len(entries) != len(models):
-            raise RebirthError(f"{PROGRAM} reported {len(entries)} models for {len(models)}")
+        doc = parse_output(res, len(models), self.program, self.name)
         self.info["blas_threads"] = doc.get("blas_threads")
         self.info["hardware_threads"] = doc.get("hardware_threads")
+        self.info.update({k: doc[k] for k in ("threads", "ncnn_version") if k in doc})
         if progress is not None:
             progress(len(models) * (runs + warmup))
-        return [self._run_of(m, e) for m, e in zip(models, entries)]
+        return [self._run_of(m, e) for m, e in zip(models, doc["models"])]
 
     @staticmethod
     def _run_of(model: Model, e: dict) -> DeviceRun:
@@ -477,14 +497,99 @@ class ProgramDevice(Device):
                          dict(e.get("blob_shapes", {})), e)
 
 
+class NcnnProgramDevice(ProgramDevice):
+    """``bench --engine ncnn --device ...``: every model exported to ncnn (runtime/export, as
+    ``export --to ncnn`` writes it) and timed by rebirth-time-ncnn on the device. Whole passes
+    only, batch 1, ncnn threads ``--threads`` (default 1, as engines/ncnn_engine.py)."""
+
+    @property
+    def description(self) -> str:
+        i = self.info
+        extra = f", cpu mask {self.cpu_mask}" if self.cpu_mask else ""
+        return (f"{NCNN_PROGRAM} (ncnn {i.get('ncnn_version') or '?'}, C++, float32) on {self.where()}; "
+                f"threads: {i.get('threads') or self.threads or 1}{extra}; "
+                "times from std::chrono::steady_clock around one extractor's input + extract")
+
+    def check(self, weight_files: Sequence[str | None], layers: bool) -> None:
+        if layers:
+            raise RebirthError(f"{NCNN_PROGRAM} times whole passes only (no per-layer times): leave out --layers "
+                               "and --plot, or use --engine caffe")
+
+    def inputs(self, models: Sequence[Model], weight_files: Sequence[str | None], tmp: Path, runs: int,
+               warmup: int, layers: bool, seed: int) -> tuple[list[tuple[Path, str]], list[str]]:
+        from deeprebirth.runtime import export  # noqa: PLC0415
+
+        files: list[tuple[Path, str]] = []
+        for k, m in enumerate(models):
+            for name, data in export.export(m, "ncnn", batch=None).items():
+                path = tmp / f"model{k}{Path(name).suffix}"   # model.param -> model0.param, model.bin -> model0.bin
+                path.write_bytes(data)
+                files.append((path, path.name))
+        params = [name for _, name in files if name.endswith(".param")]
+        return files, ncnn_args(params, runs, warmup, seed, self.threads, self.cooldown)
+
+
+# ------------------------------------------------------------------------------------------------
+# The programs' command lines and output (pure)
+
+
+def caffe_args(prototxts: Sequence[str], weights: Sequence[str], runs: int, warmup: int, seed: int,
+               layers: bool = False, threads: int | None = None, cooldown: float = 0.0) -> list[str]:
+    """rebirth-time's arguments (after the program's name)."""
+    args = list(prototxts)
+    for w in weights:
+        args += ["--weights", w]
+    args += ["--runs", str(runs), "--warmup", str(warmup), "--seed", str(seed)]
+    if layers:
+        args.append("--layers")
+    if threads:
+        args += ["--threads", str(threads)]
+    if cooldown:
+        args += ["--cooldown", str(cooldown)]
+    return args
+
+
+def ncnn_args(params: Sequence[str], runs: int, warmup: int, seed: int, threads: int | None = None,
+              cooldown: float = 0.0) -> list[str]:
+    """rebirth-time-ncnn's arguments: the param files (each with its .bin beside it), runs,
+    warm-up, seed, threads (ncnn's: 1 unless given) and the cool-down."""
+    args = list(params) + ["--runs", str(runs), "--warmup", str(warmup), "--seed", str(seed),
+                           "--threads", str(threads or 1)]
+    if cooldown:
+        args += ["--cooldown", str(cooldown)]
+    return args
+
+
+def parse_output(res: RunResult, count: int, program: str, device: str) -> dict:
+    """The JSON document a timing program printed for ``count`` models; a one-line error when it
+    failed, printed no document or reported another number of models."""
+    if res.returncode != 0:
+        raise RebirthError(f"{program} failed on --device {device} (exit {res.returncode}): {_tail(res.stderr)}")
+    try:
+        doc = json.loads(res.stdout)
+        entries = doc["models"]
+        if not all(isinstance(e.get(k), list) for e in entries for k in ("layer_names", "layer_types", "runs_ms")):
+            raise ValueError("a model without layer_names, layer_types or runs_ms")
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise RebirthError(f"{program} on --device {device} printed no JSON document: "
+                           f"{_tail(res.stdout or res.stderr, 2)}") from None
+    if len(entries) != count:
+        raise RebirthError(f"{program} reported {len(entries)} models for {count}")
+    return doc
+
+
 def make_device(spec: str, threads: int | None = None, cpu_mask: str | None = None,
-                cooldown: float = 0.0) -> ProgramDevice | None:
-    """The program-running device named ``spec`` (host, qemu-aarch64, adb[:SERIAL], ssh://...);
-    None when ``spec`` names none of them."""
+                cooldown: float = 0.0, engine: str = "caffe") -> ProgramDevice | None:
+    """The program-running device named ``spec`` (host, qemu-aarch64, adb[:SERIAL], ssh://...),
+    running rebirth-time (``engine`` caffe) or rebirth-time-ncnn (``engine`` ncnn); None when
+    ``spec`` names none of them."""
     key = spec.strip()
     low = key.lower()
     if low == "host":
-        t: Transport = LocalTransport("host", build_hint="scripts/build_rebirth_time.sh (part of make install)")
+        t: Transport = LocalTransport("host", build_hint="scripts/build_rebirth_time.sh (part of make install)",
+                                      targets=[f"host-{os.uname().machine}"])
+        if engine == "ncnn":
+            t.build_hint = "scripts/build_device.sh --host"
     elif low == "qemu-aarch64":
         t = LocalTransport("qemu-aarch64", wrapper=["qemu-aarch64"], targets=["aarch64-linux-gnu"],
                            build_hint="scripts/build_device.sh --cross aarch64-linux-gnu (or make device-check)",
@@ -495,4 +600,7 @@ def make_device(spec: str, threads: int | None = None, cpu_mask: str | None = No
         t = SshTransport(key)
     else:
         return None
+    if engine == "ncnn":
+        t.program = NCNN_PROGRAM
+        return NcnnProgramDevice(t, threads, cpu_mask, cooldown)
     return ProgramDevice(t, threads, cpu_mask, cooldown)
