@@ -62,12 +62,12 @@ protobuf protobuf_3.21.12.orig.tar.gz 930c2c3b5ecc6c9c12615cf5ad93f1cd6e12d0aba8
 boost boost_1_74_0.tar.bz2 83bfc1507731a0906e387fc28b7ef5417d591429e51e788417fe9ff025e116b1 https://boostorg.jfrog.io/artifactory/main/release/1.74.0/source/boost_1_74_0.tar.bz2
 boost boost1.74_1.74.0+ds1.orig.tar.xz 192f5df504d282cb81288f88232d8af45b64a9ab531e1c7cf8ae955f16f6bb28 -
 caffe brocolli-caffe-9.0.2.tar.gz c6410cc60bdd6db685d441b66be7df05410f8850ac88d6b75d48ef9b2315c08a -
-ncnn ncnn-1.0.20261020.tar.gz ad8cdd63e9755cfa8e23b9b6d9ce46156077d80298a89e7c3ba325ffccfca200 https://files.pythonhosted.org/packages/b7/50/32b5172afe7d3e0dce410b7d8f4a5b7b84b942a0d69affbaedf669de52bc/ncnn-1.0.20261020.tar.gz
+ncnn ncnn-1.0.20261020.tar.gz ad8cdd63e9755cfa8e23b9b6d9ce46156077d80298a89e7c3ba325ffccfca200 -
 EOF
 # ncnn: the version of the Python binding (`import ncnn; ncnn.__version__`), so that --device cpu
 # and the devices run the same ncnn. Its sdist's setup.py names itself after today's date, so
-# `pip download ncnn==VERSION` rejects it ("inconsistent version"); the script asks pip for the
-# sdist by its PyPI URL instead and checks the sha256.
+# `pip download ncnn==VERSION` rejects it ("inconsistent version"); scripts/fetch_sdist.py takes the
+# file from the simple page of the index pip uses instead, and the sha256 is checked.
 NCNN_VERSION=1.0.20261020
 # Debian source package of each component (apt-get source --download-only NAME).
 declare -A DEBIAN_SRC=([openblas]=openblas [gflags]=gflags [glog]=google-glog [protobuf]=protobuf [boost]=boost1.74)
@@ -243,9 +243,8 @@ tarball() {
     "$py" -m pip download -q --no-deps --no-binary :all: -d "$SRCDIR" "brocolli-caffe==$CAFFE_VERSION" >&2 \
       || die "cannot fetch the brocolli-caffe $CAFFE_VERSION sdist (pip download)"
   elif [ "$comp" = ncnn ]; then
-    url=$(awk '$1 == "ncnn" {print $4}' <<< "$PINS")
-    "$py" -m pip download -q --no-deps -d "$SRCDIR" "ncnn @ $url" >&2 \
-      || die "cannot fetch the ncnn $NCNN_VERSION sdist (pip download ncnn @ $url)"
+    "$py" "$ROOT/scripts/fetch_sdist.py" ncnn "$NCNN_VERSION" "$SRCDIR" >&2 \
+      || die "cannot fetch the ncnn $NCNN_VERSION sdist (scripts/fetch_sdist.py ncnn $NCNN_VERSION $SRCDIR)"
   elif command -v apt-get >/dev/null && ensure_deb_src; then
     mkdir -p "$SRCDIR/apt"
     (cd "$SRCDIR/apt" && apt-get source --download-only "${DEBIAN_SRC[$comp]}" >&2) || log "apt-get source ${DEBIAN_SRC[$comp]} failed"
