@@ -525,6 +525,95 @@ def stage_final(work: Path, args) -> dict | None:
     return row
 
 
+# ----------------------------------------------------------------------------------------------
+# shipping the table's nets (models/fmnist_*_slim*/)
+
+MODELS = ROOT / "models"
+
+
+def shipped_train_val(slim_train_val: Path, data_from: Path) -> str:
+    """The slim net's train_val with the data layers of the shipped teacher train_val (whose
+    sources are relative and whose TEST layer is the preprocessing `rebirth eval` reads), in place
+    of this run's layers (sources under WORK)."""
+    body = [layer for layer in netio.read_net(slim_train_val).layer if layer.type != "Data"]
+    data = [layer for layer in netio.read_net(data_from).layer if layer.type == "Data"]
+    net = pb.NetParameter(name=netio.read_net(slim_train_val).name)
+    net.layer.extend(data + body)
+    return trainfiles.render_net(net, [f"{slim_train_val.parent.name}: the slim body, data layers of {data_from.name} "
+                                        "(scripts/reproduce_table3.py --ship)"])
+
+
+def ship_folder(name: str, deploy: Path, weights: Path, train_val_text: str, row: dict, how: str) -> Path:
+    """models/NAME/ with deploy.prototxt, weights.caffemodel, train_val.prototxt and README.md,
+    written in a temporary folder and renamed over the previous one (ours: it has README.md
+    naming this script)."""
+    dest = MODELS / name
+    readme = dest / "README.md"
+    if dest.exists() and not (readme.exists() and "reproduce_table3.py" in readme.read_text(errors="replace")):
+        raise SystemExit(f"{dest} exists and was not written by this script: left alone")
+    tmp = MODELS / f".{name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    shutil.copyfile(deploy, tmp / "deploy.prototxt")
+    shutil.copyfile(weights, tmp / "weights.caffemodel")
+    (tmp / "train_val.prototxt").write_text(train_val_text)
+    top = row["relearn_finetune"]
+    (tmp / "README.md").write_text(
+        f"# {name}\n\n{how}\n\nMade by `scripts/reproduce_table3.py` (row {row['step']}: {row['slim']}).\n\n"
+        f"* top-1 {100 * top['top1']:.2f} %, top-5 {100 * top['top5']:.2f} % on the {top['n']:,} Fashion-MNIST test images\n"
+        + (f"* {row['best_ratio']:.2f}x faster than its teacher at batch 1 (best; {row['median_ratio']:.2f}x median), "
+           "measured side by side in pycaffe\n" if "best_ratio" in row else "")
+        + f"\nCheck it:\n\n```sh\n.venv/bin/rebirth eval models/{name} --data fashion-mnist:test --json\n"
+        f".venv/bin/rebirth bench {row.get('teacher_name', 'fmnist_googlenet')} models/{name}\n```\n")
+    old = MODELS / f".{name}.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if dest.exists():
+        os.replace(dest, old)
+    os.replace(tmp, dest)
+    shutil.rmtree(old, ignore_errors=True)
+    log(f"shipped {dest}")
+    return dest
+
+
+def ship(work: Path, rows: list[dict], tucker_dir: str | None) -> None:
+    """The table's final nets as models/ folders: Slim (labels; row 9+, else 9), label-free (9L),
+    Slim-Tucker (``tucker_dir``, e.g. tucker_macs_0.5) and the BN teacher's slim net."""
+    last = work / "steps" / f"{len(STEPS)}_{STEPS[-1][0]}"
+    tv = MODELS / "fmnist_googlenet_train_val.prototxt"
+    by_step = {str(r["step"]): r for r in rows}
+    final = work / "final" / "finetune" / "weights.caffemodel"
+    slim_row = by_step.get(f"{len(STEPS)}+") if final.exists() else by_step.get(str(len(STEPS)))
+    if slim_row:
+        ship_folder("fmnist_googlenet_slim", last / "slim" / "deploy.prototxt",
+                    final if final.exists() else last / "b" / "weights.caffemodel",
+                    shipped_train_val(last / "slim" / "train_val.prototxt", tv), slim_row,
+                    "GoogLeNet-Slim of the Fashion-MNIST teacher (`models/fmnist_googlenet.*`), recovered with labels: "
+                    "relearn of each unit, then fine-tuning.")
+    if f"{len(STEPS)}L" in by_step:
+        ship_folder("fmnist_googlenet_slim_labelfree", last / "slim" / "deploy.prototxt",
+                    work / "labelfree" / "distill" / "weights.caffemodel",
+                    shipped_train_val(last / "slim" / "train_val.prototxt", tv), by_step[f"{len(STEPS)}L"],
+                    "GoogLeNet-Slim recovered without reading a label: relearn of each unit against the teacher's "
+                    "feature maps, then distillation of the whole net against the teacher's logits.")
+    if tucker_dir:
+        t = work / tucker_dir
+        row = json.loads((t / "tucker.json").read_text())
+        weights = t / "finetune" / "weights.caffemodel"
+        ship_folder("fmnist_googlenet_slim_tucker", t / "slim" / "deploy.prototxt",
+                    weights if weights.exists() else t / "relearn" / "weights.caffemodel",
+                    shipped_train_val(t / "slim" / "train_val.prototxt", tv), row,
+                    "GoogLeNet-Slim-Tucker: the Slim net's layers decomposed (`rebirth tucker`), relearned against "
+                    "the Slim net, then fine-tuned with labels.")
+    bn = work / "bn_teacher"
+    if (bn / "bn.json").exists():
+        row = dict(json.loads((bn / "bn.json").read_text()), teacher_name="fmnist_resnet")
+        ship_folder("fmnist_resnet_slim", bn / "slim" / "deploy.prototxt", bn / "finetune" / "weights.caffemodel",
+                    shipped_train_val(bn / "slim" / "train_val.prototxt", MODELS / "fmnist_resnet_train_val.prototxt"),
+                    row, "The BatchNorm ResNet teacher (`models/fmnist_resnet.*`) slimmed: its BatchNorm/Scale folded "
+                    "into the convolutions, conv1 + pool1 merged and relearned, then fine-tuned with labels at the "
+                    "defaults.")
+
+
 def table(rows: list[dict], teacher: dict) -> str:
     lines = ["| step | slim layer(s) | top-1, relearn only | top-5, relearn only | top-1, relearn + fine-tune | "
              "top-5, relearn + fine-tune | speed-up (best / median) | blob memory | layers |",
@@ -586,6 +675,9 @@ def main(argv=None) -> int:
     ap.add_argument("--no-tucker", dest="tucker", action="store_false",
                     help="skip the Slim-Tucker row after the last step")
     ap.add_argument("--steps", type=int, default=len(STEPS), help="run only the first N steps")
+    ap.add_argument("--ship", action="store_true",
+                    help="copy the final nets into models/fmnist_googlenet_slim*/ and models/fmnist_resnet_slim/")
+    ap.add_argument("--ship-tucker", metavar="DIR", help="with --ship: the Slim-Tucker row to ship (e.g. tucker_macs_0.5)")
     ap.add_argument("--eval-images", type=int, default=None, help="evaluate on the first N test images (default: all)")
     args = ap.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
@@ -610,6 +702,8 @@ def main(argv=None) -> int:
     (args.work / "table3.json").write_text(json.dumps({"teacher": t, "rows": rows, "args": {
         k: str(v) for k, v in vars(args).items()}}, indent=2))
     print(md)
+    if args.ship:
+        ship(args.work, rows, args.ship_tucker)
     return 0
 
 
