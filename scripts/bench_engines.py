@@ -23,21 +23,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from bench_tucker import variants  # noqa: E402
+from bench_tucker import engine_block, variants  # noqa: E402
 from deeprebirth.runtime import bench, engines  # noqa: E402
 from deeprebirth.runtime.devices.cpu import CpuDevice  # noqa: E402
 
 NETS = ("GoogLeNet", "GoogLeNet-Slim", "GoogLeNet-Slim-Tucker")
 TARGET_SLIM = 2.5
-
-
-def block(device, prepared, runs: int, warmup: int) -> list[dict]:
-    results = bench.run(prepared, device, runs, warmup, memory=False)  # in this process: a script, no abort to catch
-    models = [bench.summarize(m) for m in results]
-    base = models[0]
-    return [{"net": m["model"], "best_ms": m["best_ms"], "median_ms": m["median_ms"],
-             "speedup_best": base["best_ms"] / m["best_ms"], "speedup_median": base["median_ms"] / m["median_ms"]}
-            for m in models]
 
 
 def main(argv=None) -> int:
@@ -55,20 +46,26 @@ def main(argv=None) -> int:
         counts = [None] if engine == "caffe" else [int(t) for t in args.threads.split(",")]
         for threads in counts:
             device = CpuDevice() if engine == "caffe" else engines.get_device(engine, threads)
-            rows = block(device, prepared, args.runs, args.warmup)
+            rows = engine_block(device, prepared, args.runs, args.warmup)
             out.append({"engine": engine, "threads": threads or "BLAS default", "nets": rows})
             if not args.json:
                 print(f"\n{engine}, threads: {threads or 'BLAS default'}  ({args.runs} runs, interleaved)")
                 for r in rows:
-                    print(f"  {r['net']:<24} best {r['best_ms']:8.2f} ms  median {r['median_ms']:8.2f} ms  "
-                          f"speed-up {r['speedup_best']:5.2f}x (best) {r['speedup_median']:5.2f}x (median)")
+                    if r["best_ms"] is None:
+                        print(f"  {r['model']:<24} not run: {r['note']}")
+                        continue
+                    speed = (f"{r['speedup_best']:5.2f}x (best) {r['speedup_median']:5.2f}x (median)"
+                             if r["speedup_best"] is not None else "-")
+                    print(f"  {r['model']:<24} best {r['best_ms']:8.2f} ms  median {r['median_ms']:8.2f} ms  "
+                          f"speed-up {speed}")
                 sys.stdout.flush()
     if args.json:
         print(json.dumps(out, indent=2))
     else:
         print("\nSlim speed-up (best) per engine/threads (target >= %.1fx):" % TARGET_SLIM)
         for b in out:
-            print(f"  {b['engine']:<12} {str(b['threads']):<13} {b['nets'][1]['speedup_best']:.2f}x")
+            slim = b["nets"][1]["speedup_best"]
+            print(f"  {b['engine']:<12} {str(b['threads']):<13} " + (f"{slim:.2f}x" if slim is not None else "-"))
     return 0
 
 

@@ -160,21 +160,34 @@ def measure(sessions: Sequence[tuple[str, Session]], runs: int = 50, warmup: int
 
 def run(prepared: Sequence[Prepared], device: Device, runs: int = 50, warmup: int = 5,
         layers: bool = False, memory: bool = True, seed: int = 0,
-        progress: Progress | None = None, cooldown: float = 0.0) -> list[Measurement]:
+        progress: Progress | None = None, cooldown: float = 0.0,
+        refused: dict[str, str] | None = None) -> list[Measurement]:
     """Open every model on ``device``, time them interleaved, then measure their memory (after
     the timing, so that memory probes never run alongside a timed pass). Devices that run the
-    timing program (engine/remote.py) measure everything in one go, in the same way."""
+    timing program (engine/remote.py) measure everything in one go, in the same way.
+
+    ``refused``: a dict to collect the models ``device`` cannot open (an engine's export refusing
+    a layer, say) as ``{label: one-line reason}``; those are left out of the result (the others
+    are timed as usual) instead of raising. Without it (the default), the first refusal raises."""
     if hasattr(device, "measure_models"):
         runs_ = device.measure_models([p.model for p in prepared], [p.weights_file for p in prepared],
                                       runs, warmup, layers, seed=seed, progress=progress)
         return [Measurement(p.label, r.layer_names, r.layer_types, r.forward_s, r.layers_s, p.model.source,
                             p.weights, r.memory if memory else None) for p, r in zip(prepared, runs_)]
     sessions: list[tuple[str, Session]] = []
+    opened: list[Prepared] = []
     try:
         for p in prepared:
-            sessions.append((p.label, device.open(p.model, seed=seed)))
-        results = measure(sessions, runs, warmup, layers, progress, cooldown)
-        for p, (_, session), rec in zip(prepared, sessions, results):
+            try:
+                sessions.append((p.label, device.open(p.model, seed=seed)))
+            except Exception as e:  # noqa: BLE001  (reported, when asked to, instead of ending the run)
+                if refused is None:
+                    raise
+                refused[p.label] = refusal(e)
+                continue
+            opened.append(p)
+        results = measure(sessions, runs, warmup, layers, progress, cooldown) if sessions else []
+        for p, (_, session), rec in zip(opened, sessions, results):
             rec.source, rec.weights = p.model.source, p.weights
             if memory:
                 rec.memory = session.memory()
@@ -182,6 +195,13 @@ def run(prepared: Sequence[Prepared], device: Device, runs: int = 50, warmup: in
         for _, session in sessions:
             session.close()
     return results
+
+
+def refusal(e: BaseException) -> str:
+    """One line saying why a model could not be opened: a RebirthError's message as it is, any
+    other error with its type (it is most likely a bug of ours, not the engine's refusal)."""
+    text = " ".join(str(e).split()) or "no message"
+    return text if isinstance(e, RebirthError) else f"{type(e).__name__}: {text}"
 
 
 def run_isolated(prepared: Sequence[Prepared], device: Device, runs: int = 50, warmup: int = 5,

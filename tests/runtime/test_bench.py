@@ -16,7 +16,7 @@ from deeprebirth.caffe import netio
 from deeprebirth.runtime.devices.base import Memory
 from deeprebirth.runtime.devices import get_device
 from deeprebirth.errors import RebirthError
-from helpers import TINY, FakeDevice, error_line, run
+from helpers import TINY, FakeDevice, FakeSession, error_line, run
 
 MODEL_KEYS = {"model", "best_ms", "median_ms", "non_tensor_percent", "memory_bytes", "peak_rss_bytes", "layers"}
 LAYER_KEYS = {"name", "type", "kind", "ms"}
@@ -301,3 +301,25 @@ def test_cli_bench_errors(tmp_path):
     assert res.exit_code == 1 and "unknown device 'tpu'" in res.output and "Traceback" not in res.output
     res = run("bench", "googlenet", "alexnet", "-w", tmp_path / "x.caffemodel")
     assert res.exit_code == 1 and "once per model" in res.output
+
+
+class RefusingDevice(FakeDevice):
+    """Opens every model but "B", which its export refuses (as an engine refuses a layer)."""
+
+    def open(self, model, seed=0):
+        if model.name == "B":
+            raise RebirthError("layer 'pool' (Pooling): refused by this engine")
+        return FakeSession(model.name, self.log)
+
+
+def test_run_reports_a_model_the_device_refuses_when_asked():
+    from types import SimpleNamespace
+    prepared = [bench.Prepared(x, SimpleNamespace(name=x, source=f"{x}.prototxt"), "random (seed 0)") for x in "ABC"]
+    dev = RefusingDevice()
+    refused = {}
+    out = bench.run(prepared, dev, runs=2, warmup=0, memory=False, refused=refused)
+    assert [m.label for m in out] == ["A", "C"] and dev.log == list("AC" * 2)
+    assert refused == {"B": "layer 'pool' (Pooling): refused by this engine"}
+    with pytest.raises(RebirthError, match="refused by this engine"):
+        bench.run(prepared, dev, runs=1, warmup=0)  # without ``refused``: the first refusal raises
+    assert bench.refusal(ValueError("bad\n  graph")) == "ValueError: bad graph"
