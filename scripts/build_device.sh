@@ -368,12 +368,24 @@ do_boost() {
     --build-dir="$BUILD/boost-build" --prefix="$PREFIX" --layout=system install
 }
 
+# The timing programs' build directories are kept between builds; one configured from another
+# checkout of the project (another clone or git worktree sharing this cache) is started afresh, as
+# CMake refuses a cache made for another source directory.
+program_build_dir() {
+  local dir="$BUILD/$1"
+  if [ -f "$dir/CMakeCache.txt" ] && ! grep -qxF "CMAKE_HOME_DIRECTORY:INTERNAL=$ROOT/device" "$dir/CMakeCache.txt"; then
+    log "$dir was configured from another checkout: starting it afresh"
+    rm -rf "$dir"
+  fi
+  mkdir -p "$dir"
+}
+
 do_caffe_program() {
   local src; src=$(unpack caffe)
   # The sdist ships caffe.pb.h/.cc made by another protoc: regenerate them with ours.
   rm -f "$src/include/caffe/proto/caffe.pb.h" "$src/src/caffe/proto/caffe.pb.cc"
   # Kept between builds: a change to device/ recompiles only the program, not Caffe.
-  mkdir -p "$BUILD/rebirth-time" && cd "$BUILD/rebirth-time"
+  program_build_dir rebirth-time && cd "$BUILD/rebirth-time"
   cmake "$ROOT/device" "${CMAKE_COMMON[@]}" -DCAFFE_SOURCE_DIR="$src" -DDEPS_PREFIX="$PREFIX" \
     -DPROTOC="$PROTOC" -DREBIRTH_STATIC="$LINK_STATIC"
   cmake --build . -j "$JOBS"
@@ -394,7 +406,7 @@ do_ncnn() {
 }
 
 do_ncnn_program() {
-  mkdir -p "$BUILD/rebirth-time-ncnn" && cd "$BUILD/rebirth-time-ncnn"
+  program_build_dir rebirth-time-ncnn && cd "$BUILD/rebirth-time-ncnn"
   cmake "$ROOT/device" "${CMAKE_COMMON[@]}" -DREBIRTH_NCNN_DIR="$PREFIX/lib/cmake/ncnn" \
     -DREBIRTH_STATIC="$LINK_STATIC"
   cmake --build . -j "$JOBS" --target rebirth-time-ncnn
