@@ -17,27 +17,24 @@
 //  * timing: warm-up rounds, then timed rounds; in every round each model in turn makes one whole
 //    pass: an Extractor is created, given the inputs and asked for every output of the net. Several
 //    models are interleaved run by run. The clock is std::chrono::steady_clock. No per-layer times.
-#include <sys/resource.h>
-#include <unistd.h>
-
 #include <algorithm>
-#include <chrono>
-#include <cstdio>
 #include <cstdlib>
-#include <cstring>
 #include <fstream>
 #include <random>
 #include <sstream>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "layer.h"  // ncnn's headers (its CMake config puts include/ncnn on the path)
 #include "net.h"
 #include "platform.h"
+#include "timing_common.h"  // beside this file: the command line, memory, clock and JSON helpers
 
 using std::string;
 using std::vector;
+using timing::List;
+using timing::Num;
+using timing::Quote;
 
 namespace {
 
@@ -47,25 +44,13 @@ const char kUsage[] =
     "Times forward passes of ncnn nets (MODEL.param with MODEL.bin beside it) on random input and\n"
     "prints JSON on stdout.\n";
 
-struct Options {
-  vector<string> models;
-  int runs = 50, warmup = 5, threads = 1;
-  unsigned seed = 0;
-  double cooldown = 0;
+const char kProgram[] = "rebirth-time-ncnn";
+
+struct Options : timing::Options {
+  Options() { threads = 1; }  // ncnn: one thread unless --threads says
 };
 
-[[noreturn]] void Fail(const string& why) {
-  std::fprintf(stderr, "rebirth-time-ncnn: error: %s\n", why.c_str());
-  std::exit(2);
-}
-
-int ParseInt(const string& flag, const string& text, int lowest) {
-  char* end = nullptr;
-  long v = std::strtol(text.c_str(), &end, 10);
-  if (text.empty() || *end != '\0' || v < lowest || v > 1000000000L)
-    Fail(flag + " expects an integer >= " + std::to_string(lowest) + ", not '" + text + "'");
-  return static_cast<int>(v);
-}
+[[noreturn]] void Fail(const string& why) { timing::Fail(kProgram, why); }
 
 string BinOf(const string& param) {
   const string ext = ".param";
@@ -76,35 +61,10 @@ string BinOf(const string& param) {
 
 Options ParseArgs(int argc, char** argv) {
   Options o;
-  for (int i = 1; i < argc; ++i) {
-    string a = argv[i];
-    auto value = [&](const string& flag) -> string {
-      if (i + 1 >= argc) Fail(flag + " needs a value");
-      return argv[++i];
-    };
-    if (a == "-h" || a == "--help") {
-      std::fputs(kUsage, stdout);
-      std::exit(0);
-    } else if (a == "--runs" || a == "-n") {
-      o.runs = ParseInt(a, value(a), 1);
-    } else if (a == "--warmup") {
-      o.warmup = ParseInt(a, value(a), 0);
-    } else if (a == "--threads") {
-      o.threads = ParseInt(a, value(a), 1);
-    } else if (a == "--seed") {
-      o.seed = static_cast<unsigned>(ParseInt(a, value(a), 0));
-    } else if (a == "--cooldown") {
-      string v = value(a);
-      char* end = nullptr;
-      o.cooldown = std::strtod(v.c_str(), &end);
-      if (v.empty() || *end != '\0' || !(o.cooldown >= 0)) Fail("--cooldown expects seconds >= 0, not '" + v + "'");
-    } else if (a == "--layers") {
-      Fail("--layers: ncnn gives no per-layer times here (whole passes only)");
-    } else if (a.size() > 1 && a[0] == '-') {
-      Fail("unknown option " + a + "\n" + kUsage);
-    } else {
-      o.models.push_back(a);
-    }
+  timing::Args args(kProgram, kUsage, argc, argv);
+  while (args.Next()) {
+    if (args.Is("--layers")) args.Fail("--layers: ncnn gives no per-layer times here (whole passes only)");
+    timing::ReadCommon(&args, &o);
   }
   if (o.models.empty()) Fail(string("no MODEL.param given\n") + kUsage);
   for (const string& f : o.models) {
@@ -112,33 +72,6 @@ Options ParseArgs(int argc, char** argv) {
     if (!std::ifstream(BinOf(f)).good()) Fail(BinOf(f) + ": cannot read this file (the weights of " + f + ")");
   }
   return o;
-}
-
-// ---- memory (as rebirth-time measures it) ---------------------------------------------------
-
-long long RssBytes() {
-  std::ifstream in("/proc/self/statm");
-  long long size = 0, resident = 0;
-  if (!(in >> size >> resident)) return -1;
-  return resident * sysconf(_SC_PAGESIZE);
-}
-
-long long PeakRssBytes() {
-  std::ifstream in("/proc/self/status");
-  string line;
-  while (std::getline(in, line))
-    if (line.compare(0, 6, "VmHWM:") == 0) return std::atoll(line.c_str() + 6) * 1024LL;
-  struct rusage ru;  // no /proc: the process's peak so far (kilobytes on Linux)
-  if (getrusage(RUSAGE_SELF, &ru) == 0) return static_cast<long long>(ru.ru_maxrss) * 1024LL;
-  return -1;
-}
-
-bool ResetPeak() {
-  std::ofstream out("/proc/self/clear_refs");
-  if (!out) return false;
-  out << "5";
-  out.flush();
-  return static_cast<bool>(out);
 }
 
 // ---- the param file's inputs ------------------------------------------------------------------
@@ -191,46 +124,6 @@ ncnn::Mat RandomMat(const InputSpec& s, std::mt19937* rng) {
   return m;
 }
 
-// ---- JSON ------------------------------------------------------------------------------------
-
-string Quote(const string& s) {
-  string out = "\"";
-  for (unsigned char c : s) {
-    if (c == '"' || c == '\\') {
-      out += '\\';
-      out += static_cast<char>(c);
-    } else if (c < 0x20) {
-      char buf[8];
-      std::snprintf(buf, sizeof buf, "\\u%04x", c);
-      out += buf;
-    } else {
-      out += static_cast<char>(c);
-    }
-  }
-  return out + "\"";
-}
-
-string Num(double v) {
-  char buf[40];
-  std::snprintf(buf, sizeof buf, "%.9g", v);
-  return buf;
-}
-
-string NumOrNull(long long v) { return v < 0 ? "null" : std::to_string(v); }
-
-template <typename T, typename F>
-string List(const vector<T>& items, F f) {
-  string out = "[";
-  for (size_t i = 0; i < items.size(); ++i) out += (i ? ", " : "") + f(items[i]);
-  return out + "]";
-}
-
-double Median(vector<double> v) {
-  std::sort(v.begin(), v.end());
-  size_t n = v.size();
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
 // ---- one model -----------------------------------------------------------------------------
 
 struct Model {
@@ -239,8 +132,7 @@ struct Model {
   vector<InputSpec> inputs;
   vector<ncnn::Mat> mats;
   vector<string> outputs;
-  long long baseline_rss = -1, peak_rss = -1, rss_after = -1, process_peak = -1;
-  bool peak_reset = false;
+  timing::Memory memory;
   vector<double> forward_ms;
 };
 
@@ -258,8 +150,7 @@ void Forward(const Model& m) {
 
 void Open(Model* m, const Options& o, std::mt19937* rng) {
   m->inputs = ReadInputs(m->path);
-  m->peak_reset = ResetPeak();
-  m->baseline_rss = RssBytes();
+  m->memory.Start();
   m->net = new ncnn::Net();
   ncnn::Option& opt = m->net->opt;
   opt.num_threads = o.threads;
@@ -273,12 +164,7 @@ void Open(Model* m, const Options& o, std::mt19937* rng) {
   for (const InputSpec& s : m->inputs) m->mats.push_back(RandomMat(s, rng));
   Forward(*m);
   Forward(*m);
-  m->process_peak = PeakRssBytes();
-  m->rss_after = RssBytes();
-  if (m->peak_reset && m->process_peak >= 0 && m->baseline_rss >= 0)
-    m->peak_rss = std::max(0LL, m->process_peak - m->baseline_rss);
-  else if (m->rss_after >= 0 && m->baseline_rss >= 0)
-    m->peak_rss = std::max(0LL, m->rss_after - m->baseline_rss);
+  m->memory.Stop();
 }
 
 string ModelJson(const Model& m) {
@@ -300,17 +186,13 @@ string ModelJson(const Model& m) {
     shape.push_back(s.w);
     js << (i ? ", " : "") << Quote(s.blob) << ": " << List(shape, [](int d) { return std::to_string(d); });
   }
-  js << "}, \"runs\": " << m.forward_ms.size() << ", \"best_ms\": "
-     << Num(*std::min_element(m.forward_ms.begin(), m.forward_ms.end())) << ", \"median_ms\": "
-     << Num(Median(m.forward_ms)) << ", \"runs_ms\": " << List(m.forward_ms, Num)
-     << ", \"layers\": [], \"layers_runs_ms\": [], \"allocated_bytes\": null"
-     << ", \"peak_rss_bytes\": " << NumOrNull(m.peak_rss) << ", \"process_peak_rss_bytes\": " << NumOrNull(m.process_peak)
-     << ", \"baseline_rss_bytes\": " << NumOrNull(m.baseline_rss) << ", \"rss_after_bytes\": " << NumOrNull(m.rss_after)
-     << ", \"peak_reset\": " << (m.peak_reset ? "true" : "false") << ", \"memory_method\": "
-     << Quote(m.peak_reset ? "peak RSS growth (VmHWM after a /proc/self/clear_refs reset, minus the RSS before the "
-                             "net was loaded) while loading the net and running 2 passes, in rebirth-time-ncnn"
-                           : "RSS growth (/proc/self/statm after loading the net and running 2 passes, minus "
-                             "before), in rebirth-time-ncnn; the peak mark could not be reset here")
+  js << "}, " << timing::TimesJson(m.forward_ms)
+     << ", \"layers\": [], \"layers_runs_ms\": [], \"allocated_bytes\": null, "
+     << timing::MemoryJson(m.memory,
+                           "peak RSS growth (VmHWM after a /proc/self/clear_refs reset, minus the RSS before the "
+                           "net was loaded) while loading the net and running 2 passes, in rebirth-time-ncnn",
+                           "RSS growth (/proc/self/statm after loading the net and running 2 passes, minus "
+                           "before), in rebirth-time-ncnn; the peak mark could not be reset here")
      << "}";
   return js.str();
 }
@@ -326,29 +208,19 @@ int main(int argc, char** argv) {
     Open(&models[k], o, &rng);
   }
 
-  using Clock = std::chrono::steady_clock;
-  for (int r = 0; r < o.warmup + o.runs; ++r) {
-    for (size_t k = 0; k < models.size(); ++k) {
-      if ((r > 0 || k > 0) && o.cooldown > 0)
-        std::this_thread::sleep_for(std::chrono::duration<double>(o.cooldown));
-      auto t0 = Clock::now();
-      Forward(models[k]);
-      auto t1 = Clock::now();
-      if (r >= o.warmup) models[k].forward_ms.push_back(std::chrono::duration<double, std::milli>(t1 - t0).count());
-    }
-  }
+  timing::Rounds(o, models.size(), [&](size_t k, bool timed) {
+    const double ms = timing::TimeMs([&] { Forward(models[k]); });
+    if (timed) models[k].forward_ms.push_back(ms);
+  });
 
-  std::ostringstream js;
-  js << "{\"program\": \"rebirth-time-ncnn\", \"format\": 1, \"engine\": \"ncnn\", \"ncnn_version\": "
-     << Quote(NCNN_VERSION_STRING) << ", \"clock\": \"std::chrono::steady_clock\", \"runs\": " << o.runs
-     << ", \"warmup\": " << o.warmup << ", \"layers_timed\": false, \"seed\": " << o.seed << ", \"batch\": 1"
-     << ", \"threads\": " << o.threads << ", \"blas_threads\": null"
-     << ", \"hardware_threads\": " << std::thread::hardware_concurrency() << ", \"cooldown_s\": " << Num(o.cooldown)
-     << ", \"models\": [";
-  for (size_t k = 0; k < models.size(); ++k) js << (k ? ", " : "") << ModelJson(models[k]);
-  js << "]}\n";
-  std::fputs(js.str().c_str(), stdout);
-  std::fflush(stdout);
+  std::ostringstream head;
+  head << "\"program\": \"rebirth-time-ncnn\", \"format\": 1, \"engine\": \"ncnn\", \"ncnn_version\": "
+       << Quote(NCNN_VERSION_STRING) << ", \"clock\": " << Quote(timing::kClockName) << ", \"runs\": " << o.runs
+       << ", \"warmup\": " << o.warmup << ", \"layers_timed\": false, \"seed\": " << o.seed << ", \"batch\": 1"
+       << ", \"threads\": " << o.threads << ", \"blas_threads\": null";
+  vector<string> docs;
+  for (const Model& m : models) docs.push_back(ModelJson(m));
+  timing::PrintDocument(head.str(), o, docs);
   for (Model& m : models) delete m.net;
   return 0;
 }

@@ -426,7 +426,7 @@ echo "--- $(date -u +%FT%TZ) build_device.sh $MODE $TARGET --engine $ENGINE" >> 
 T_ALL=$SECONDS
 if [ "$ENGINE" = ncnn ]; then
   stage "ncnn-$NCNN_VERSION" do_ncnn
-  HASH=$(cat "$ROOT"/device/CMakeLists.txt "$ROOT"/device/ncnn_time.cpp | sha256sum | cut -c1-16)
+  HASH=$(cat "$ROOT"/device/CMakeLists.txt "$ROOT"/device/ncnn_time.cpp "$ROOT"/device/timing_common.h | sha256sum | cut -c1-16)
   stage "rebirth-time-ncnn-$HASH" do_ncnn_program
   log "all stages took $((SECONDS - T_ALL)) s in this run; times per stage: $TIMES"
   file "$OUT/bin/rebirth-time-ncnn" >&2 2>/dev/null || true
@@ -441,7 +441,8 @@ stage glog do_glog
 stage protobuf do_protobuf
 stage boost do_boost
 # The timing program is rebuilt whenever device/ changes (its sources' hash is the stamp's name).
-HASH=$(cat "$ROOT"/device/CMakeLists.txt "$ROOT"/device/rebirth_time.cpp "$ROOT"/device/hdf5_stub/* | sha256sum | cut -c1-16)
+HASH=$(cat "$ROOT"/device/CMakeLists.txt "$ROOT"/device/rebirth_time.cpp "$ROOT"/device/timing_common.h \
+  "$ROOT"/device/hdf5_stub/* | sha256sum | cut -c1-16)
 stage "rebirth-time-$HASH" do_caffe_program
 log "all stages took $((SECONDS - T_ALL)) s in this run; times per stage: $TIMES"
 file "$OUT/bin/rebirth-time" >&2 2>/dev/null || true

@@ -19,7 +19,8 @@ DEST=$(dirname "$(head -1 "$SITE/deeprebirth_caffe.pth")")
 [ -f "$DEST/lib/libcaffe.a" ] && [ -f "$DEST/include/CXXFLAGS" ] || {
   log "$DEST has no lib/libcaffe.a or include/CXXFLAGS (rebuild the engine: make caffe)"; exit 1; }
 
-HASH=$(cat "$ROOT"/device/CMakeLists.txt "$ROOT"/device/rebirth_time.cpp "$DEST/include/CXXFLAGS" | sha256sum | cut -c1-16)
+HASH=$(cat "$ROOT"/device/CMakeLists.txt "$ROOT"/device/rebirth_time.cpp "$ROOT"/device/timing_common.h \
+  "$DEST/include/CXXFLAGS" | sha256sum | cut -c1-16)
 if [ -x "$DEST/bin/rebirth-time" ] && [ "$(cat "$DEST/bin/.rebirth-time.hash" 2>/dev/null)" = "$HASH" ]; then
   log "rebirth-time is up to date: $DEST/bin/rebirth-time"
   exit 0
