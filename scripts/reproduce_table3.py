@@ -599,6 +599,12 @@ def ship(work: Path, rows: list[dict], tucker_dir: str | None) -> None:
         t = work / tucker_dir
         row = json.loads((t / "tucker.json").read_text())
         weights = t / "finetune" / "weights.caffemodel"
+        longer = t / "finetune_long" / "weights.caffemodel"    # a longer `rebirth finetune` of it, if run
+        if longer.exists():
+            weights = longer
+            row["relearn_finetune"] = evaluate_net(t / "slim" / "deploy.prototxt", longer, work,
+                                                   work / "teacher" / "train_val.prototxt")
+            row["slim"] += ", fine-tuned longer (finetune_long/)"
         ship_folder("fmnist_googlenet_slim_tucker", t / "slim" / "deploy.prototxt",
                     weights if weights.exists() else t / "relearn" / "weights.caffemodel",
                     shipped_train_val(t / "slim" / "train_val.prototxt", tv), row,
