@@ -564,7 +564,9 @@ def ship_folder(name: str, deploy: Path, weights: Path, train_val_text: str, row
         + (f"* {row['best_ratio']:.2f}x faster than its teacher at batch 1 (best; {row['median_ratio']:.2f}x median), "
            "measured side by side in pycaffe\n" if "best_ratio" in row else "")
         + f"\nCheck it:\n\n```sh\n.venv/bin/rebirth eval models/{name} --data fashion-mnist:test --json\n"
-        f".venv/bin/rebirth bench {row.get('teacher_name', 'fmnist_googlenet')} models/{name}\n```\n")
+        f".venv/bin/rebirth bench {row.get('bench_teacher', 'fmnist_googlenet')} models/{name}"
+        + (f" -w {row['bench_teacher_weights']} -w models/{name}/weights.caffemodel" if "bench_teacher_weights" in row else "")
+        + "\n```\n")
     old = MODELS / f".{name}.old"
     shutil.rmtree(old, ignore_errors=True)
     if dest.exists():
@@ -612,7 +614,8 @@ def ship(work: Path, rows: list[dict], tucker_dir: str | None) -> None:
                     "the Slim net, then fine-tuned with labels.")
     bn = work / "bn_teacher"
     if (bn / "bn.json").exists():
-        row = dict(json.loads((bn / "bn.json").read_text()), teacher_name="fmnist_resnet")
+        row = dict(json.loads((bn / "bn.json").read_text()), bench_teacher="models/fmnist_resnet.prototxt",
+                   bench_teacher_weights="models/fmnist_resnet.caffemodel")
         ship_folder("fmnist_resnet_slim", bn / "slim" / "deploy.prototxt", bn / "finetune" / "weights.caffemodel",
                     shipped_train_val(bn / "slim" / "train_val.prototxt", MODELS / "fmnist_resnet_train_val.prototxt"),
                     row, "The BatchNorm ResNet teacher (`models/fmnist_resnet.*`) slimmed: its BatchNorm/Scale folded "
