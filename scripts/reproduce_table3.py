@@ -140,22 +140,8 @@ def teacher_train_val(work: Path, batch: int) -> "pb.NetParameter":
     net = pb.NetParameter(name=deploy.name)
     net.layer.append(data_layer(work / "fmnist_train_lmdb", pb.TRAIN, batch))
     net.layer.append(data_layer(work / "fmnist_test_lmdb", pb.TEST, 100))
-    for layer in trainfiles.body(deploy):
-        if layer.type == "Softmax":
-            continue
-        new = net.layer.add()
-        new.CopyFrom(layer)
-        if layer.type == "BatchNorm":
-            new.batch_norm_param.ClearField("use_global_stats")   # batch statistics when training
-            for _ in range(3):
-                new.param.add(lr_mult=0, decay_mult=0)
-        if layer.type in ("Convolution", "InnerProduct"):
-            p = new.convolution_param if layer.type == "Convolution" else new.inner_product_param
-            p.weight_filler.type = "msra" if layer.type == "Convolution" else "xavier"
-            p.bias_filler.type = "constant"
-            new.param.add(lr_mult=1, decay_mult=1)
-            new.param.add(lr_mult=2, decay_mult=0)
-    net.layer.extend(trainfiles.loss_layers("loss3/classifier", "label", {layer.name for layer in net.layer}, 10))
+    net.layer.extend(trainfiles.scratch_body(deploy))
+    net.layer.extend(trainfiles.loss_layers(trainfiles.logits_blob(deploy), "label", {layer.name for layer in net.layer}, 10))
     return net
 
 

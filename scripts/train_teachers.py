@@ -175,8 +175,8 @@ TEACHERS = {
 def train_val(deploy_path: Path, data_dir: str, batch: int) -> "pb.NetParameter":
     """The deploy net between Data layers over the two LMDBs (``data_dir``/NAME; the preprocessing
     described in the module docstring) and SoftmaxWithLoss + top-1/top-5 Accuracy (TEST).
-    Convolutions get MSRA fillers, InnerProducts Xavier; weights lr 1 / decay 1, biases 2 / 0;
-    BatchNorm uses batch statistics (its three blobs are not learned); Scale lr 1, decay 0."""
+    The body is ``trainfiles.scratch_body`` (fillers, lr/decay multipliers, BatchNorm on batch
+    statistics)."""
     deploy = netio.read_net(deploy_path)
     net = pb.NetParameter(name=deploy.name)
     for source, phase, b in ((TRAIN_LMDB, pb.TRAIN, batch), (TEST_LMDB, pb.TEST, TEST_BATCH)):
@@ -184,25 +184,7 @@ def train_val(deploy_path: Path, data_dir: str, batch: int) -> "pb.NetParameter"
         layer.transform_param.crop_size = SIZE
         net.layer.append(layer)
     logits = trainfiles.logits_blob(deploy)
-    for layer in trainfiles.body(deploy):
-        if layer.type == "Softmax" and layer.bottom[0] == logits:
-            continue
-        new = net.layer.add()
-        new.CopyFrom(layer)
-        if layer.type == "BatchNorm":
-            new.batch_norm_param.ClearField("use_global_stats")   # batch statistics when training
-            for _ in range(3):
-                new.param.add(lr_mult=0, decay_mult=0)
-        elif layer.type == "Scale":
-            for _ in range(2 if layer.scale_param.bias_term else 1):
-                new.param.add(lr_mult=1, decay_mult=0)
-        elif layer.type in ("Convolution", "InnerProduct"):
-            p = new.convolution_param if layer.type == "Convolution" else new.inner_product_param
-            p.weight_filler.type = "msra" if layer.type == "Convolution" else "xavier"
-            new.param.add(lr_mult=1, decay_mult=1)
-            if p.bias_term:
-                p.bias_filler.type = "constant"
-                new.param.add(lr_mult=2, decay_mult=0)
+    net.layer.extend(trainfiles.scratch_body(deploy))
     net.layer.extend(trainfiles.loss_layers(logits, "label", {layer.name for layer in net.layer}, CLASSES))
     return net
 

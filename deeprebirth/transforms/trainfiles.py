@@ -57,6 +57,37 @@ def body(deploy: "pb.NetParameter") -> list["pb.LayerParameter"]:
     return [layer for layer in deploy.layer if layer.type != "Input"]
 
 
+def scratch_body(deploy: "pb.NetParameter") -> list["pb.LayerParameter"]:
+    """The deploy body (no Input layers, no Softmax on the logits) as a net trained from scratch
+    wants it: Convolutions get MSRA fillers and InnerProducts Xavier, weights lr_mult 1 / decay 1,
+    biases (when the layer has them) a constant filler and 2 / 0; BatchNorm uses batch statistics
+    while training (``use_global_stats`` cleared: Caffe then picks by phase) and its three blobs are
+    not learned (0 / 0); Scale learns without weight decay (1 / 0)."""
+    logits = logits_blob(deploy)
+    out = []
+    for layer in body(deploy):
+        if layer.type == "Softmax" and layer.bottom[0] == logits:
+            continue
+        new = pb.LayerParameter()
+        new.CopyFrom(layer)
+        if layer.type == "BatchNorm":
+            new.batch_norm_param.ClearField("use_global_stats")
+            for _ in range(3):
+                new.param.add(lr_mult=0, decay_mult=0)
+        elif layer.type == "Scale":
+            for _ in range(2 if layer.scale_param.bias_term else 1):
+                new.param.add(lr_mult=1, decay_mult=0)
+        elif layer.type in ("Convolution", "InnerProduct"):
+            p = new.convolution_param if layer.type == "Convolution" else new.inner_product_param
+            p.weight_filler.type = "msra" if layer.type == "Convolution" else "xavier"
+            new.param.add(lr_mult=1, decay_mult=1)
+            if p.bias_term:
+                p.bias_filler.type = "constant"
+                new.param.add(lr_mult=2, decay_mult=0)
+        out.append(new)
+    return out
+
+
 def logits_blob(deploy: "pb.NetParameter") -> str:
     """What the loss reads: the bottom of the output Softmax, else the last InnerProduct's top."""
     g = Graph(deploy, strict=False)

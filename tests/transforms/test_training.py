@@ -262,3 +262,26 @@ def test_layers_added_by_an_exact_rewrite_keep_their_weights_and_rate():
     assert out.new_layers == ["conv1"]
     assert out.weights["extra_scale"][0].tolist() == [2] * 8
     assert [p.lr_mult for p in by_name(out.train_val)["extra_scale"].param] == [1, 2]
+
+
+def test_scratch_body_sets_fillers_and_multipliers():
+    """trainfiles.scratch_body: what train_teachers.py and reproduce_table3.py train from scratch."""
+    from deeprebirth.caffe import netio as _netio
+    from deeprebirth.transforms import trainfiles as _tf
+    deploy = _netio.parse_net_text("""name: "s"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 1 dim: 8 dim: 8 } } }
+layer { name: "c" type: "Convolution" bottom: "data" top: "c" convolution_param { num_output: 4 kernel_size: 3 bias_term: false } }
+layer { name: "bn" type: "BatchNorm" bottom: "c" top: "c" batch_norm_param { use_global_stats: true } }
+layer { name: "sc" type: "Scale" bottom: "c" top: "c" scale_param { bias_term: true } }
+layer { name: "fc" type: "InnerProduct" bottom: "c" top: "fc" inner_product_param { num_output: 3 } }
+layer { name: "prob" type: "Softmax" bottom: "fc" top: "prob" }
+""")
+    layers = {layer.name: layer for layer in _tf.scratch_body(deploy)}
+    assert list(layers) == ["c", "bn", "sc", "fc"]
+    c, bn, sc, fc = layers["c"], layers["bn"], layers["sc"], layers["fc"]
+    assert c.convolution_param.weight_filler.type == "msra" and [(p.lr_mult, p.decay_mult) for p in c.param] == [(1, 1)]
+    assert not bn.batch_norm_param.HasField("use_global_stats") and [p.lr_mult for p in bn.param] == [0, 0, 0]
+    assert [(p.lr_mult, p.decay_mult) for p in sc.param] == [(1, 0), (1, 0)]
+    assert fc.inner_product_param.weight_filler.type == "xavier" and fc.inner_product_param.bias_filler.type == "constant"
+    assert [(p.lr_mult, p.decay_mult) for p in fc.param] == [(1, 1), (2, 0)]
+    assert not deploy.layer[2].param   # the deploy is not changed
