@@ -314,8 +314,7 @@ class TuckerRule(Rule):
         if self.layer_ranks is None:
             return None
         if node.name not in self.layer_ranks:
-            return (f"'{node.name}': spared by the MAC budget (decomposing it adds more weight error per "
-                    "multiply-accumulate saved than the layers chosen); left alone")
+            return "spared by the MAC budget (other layers give up MACs for less weight error); left alone"
         return self.layer_ranks[node.name]
 
     def _plan_svd(self, node: Node, W: np.ndarray, in_hw: int, out_hw: int) -> Plan | str:
