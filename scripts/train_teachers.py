@@ -383,6 +383,7 @@ def recalibrate_bn(out: Path, name: str, final: Path, batches: int) -> Path:
             del new.include[:]
             new.include.add(phase=pb.TEST)
             new.data_param.batch_size = TEST_BATCH
+            new.data_param.source = str((out / layer.data_param.source).resolve())   # relative to WORK/NAME
             new.transform_param.mirror = False
         elif layer.type == "BatchNorm":
             new.batch_norm_param.use_global_stats = False
@@ -391,27 +392,22 @@ def recalibrate_bn(out: Path, name: str, final: Path, batches: int) -> Path:
     proto.write_text(trainfiles.render_net(net, [f"{name}: recompute BatchNorm statistics (train_teachers.py)"]))
     dest = final.with_name(final.stem + "_bnstats.caffemodel")
     log(f"{name}: recomputing the BatchNorm statistics over {batches} x {TEST_BATCH} training images")
-    cwd = os.getcwd()
-    os.chdir(out)                                 # the LMDB sources are relative to it
-    try:
-        caffe.set_mode_cpu()
-        cnet = caffe.Net(str(proto), str(final), caffe.TEST)
-        bns = [n for n, lay in zip(cnet._layer_names, cnet.layers) if lay.type == "BatchNorm"]
-        for n in bns:
-            for blob in cnet.params[n]:
-                blob.data[...] = 0
-        for _ in range(batches):
-            cnet.forward()
-        for n in bns:
-            count = float(cnet.params[n][2].data.ravel()[0])
-            cnet.params[n][0].data[...] /= count
-            cnet.params[n][1].data[...] /= count
-            cnet.params[n][2].data[...] = 1
-        tmp = dest.with_name(dest.name + ".tmp")
-        cnet.save(str(tmp))
-        os.replace(tmp, dest)
-    finally:
-        os.chdir(cwd)
+    caffe.set_mode_cpu()
+    cnet = caffe.Net(str(proto), str(final), caffe.TEST)
+    bns = [n for n, lay in zip(cnet._layer_names, cnet.layers) if lay.type == "BatchNorm"]
+    for n in bns:
+        for blob in cnet.params[n]:
+            blob.data[...] = 0
+    for _ in range(batches):
+        cnet.forward()
+    for n in bns:
+        count = float(cnet.params[n][2].data.ravel()[0])
+        cnet.params[n][0].data[...] /= count
+        cnet.params[n][1].data[...] /= count
+        cnet.params[n][2].data[...] = 1
+    tmp = dest.with_name(dest.name + ".tmp")
+    cnet.save(str(tmp))
+    os.replace(tmp, dest)
     return dest
 
 
