@@ -312,6 +312,8 @@ def finetune(slim_dir, train: data.Source, val: data.Source | None = None, *, it
              progress: Callable[[int], object] | None = None, log=None, force: bool = False) -> dict:
     """Fine-tune ``slim_dir`` on ``train`` (see the module doc); returns what finetune.json holds.
     ``progress(n)`` is called after every n iterations, ``log(line)`` with every validation."""
+    if distill:   # label-free: the labels of a labelled source are hidden, also from the validation
+        train, val = data.unlabelled(train), data.unlabelled(val)
     st = _setup(slim_dir, train, val, batch, resume, weights, outdir, distill)
     netio.claim_dir(st.outdir, OUTPUT_FILES, [p for p in (st.start_weights, st.resume) if p], force)
     if log is not None:

@@ -362,6 +362,30 @@ class Subset(Source):
         return self.base.labels([self.indices[int(i)] for i in indices])
 
 
+class Unlabelled(Source):
+    """Another source's images with its labels hidden: what a label-free step (distillation,
+    ``recover``) trains and validates on, so no label reaches it even when the source has them."""
+
+    def __init__(self, base: Source):
+        self.base = base
+        self.name = base.name
+        self.has_labels = False
+        self.classes = None
+
+    def __len__(self):
+        return len(self.base)
+
+    def image(self, i):
+        return self.base.image(i)
+
+
+def unlabelled(source: Source | None) -> Source | None:
+    """``source`` without its labels (None stays None)."""
+    if source is None or not source.has_labels:
+        return source
+    return Unlabelled(source)
+
+
 _SLICE = re.compile(r"^(.*)\[(-?\d*):(-?\d*)(?::(-?\d*))?\]$")
 
 

@@ -85,6 +85,18 @@ def test_distill_without_labels(slimmed, tmp_path):
     assert hist[-1]["val_kl"] < hist[0]["val_kl"] and "val_top1" not in hist[-1]
 
 
+def test_distill_reads_no_label_even_from_labelled_images(slimmed, tmp_path):
+    """Labelled training and validation images: distillation hides their labels, so the kept
+    weights are chosen by agreement with the teacher, never by top-1."""
+    d = slimmed
+    res = run("finetune", d / "slim", "--train", d / "train", "--val", d / "val", "--distill", "--iters", 10,
+              "--test-interval", 5, "-o", tmp_path / "out", "--json")
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert all("val_top1" not in h and "val_agreement" in h for h in doc["history"])
+    assert "val_top1" not in doc["best"] and "val_agreement" in doc["best"]
+
+
 def test_missing_labels_and_bad_slim_dirs(slimmed, tmp_path):
     d = slimmed
     out = tmp_path / "out"
