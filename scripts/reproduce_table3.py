@@ -305,7 +305,7 @@ def stage_steps(work: Path, args) -> list[dict]:
                 res = ft.finetune(slim_dir, data.open_source(train_lmdb), None, iters=args.finetune_iters,
                                   base_lr=args.finetune_lr, stepsize=max(1, int(args.finetune_iters * 0.7)),
                                   test_interval=0, snapshot=0, weights=str(final), outdir=cdir / "finetune",
-                                  seed=k, progress=None)
+                                  seed=k, progress=None, schedule="solver")
                 final = cdir / "finetune" / "weights.caffemodel"
                 row["finetune"] = {"iters": args.finetune_iters, "seconds": res.get("seconds")}
             shutil.copyfile(final, cdir / "weights.caffemodel")
@@ -320,6 +320,19 @@ def stage_steps(work: Path, args) -> list[dict]:
         log(f"step {k} ({label}): relearn only top-1 {row['relearn_only']['top1']:.4f}; relearn+finetune top-1 "
             f"{row['relearn_finetune']['top1']:.4f}; {row['best_ratio']:.2f}x faster (best); {row['seconds']} s")
     return rows
+
+
+def finished_run(outdir: Path, iters: int, weights: Path, distill: bool = False) -> dict | None:
+    """A fine-tuning already finished in ``outdir`` with these iterations from these weights, in this
+    mode (its finetune.json), so a stage interrupted after its training does not train again."""
+    doc = outdir / "finetune.json"
+    if not doc.exists():
+        return None
+    got = json.loads(doc.read_text())
+    same = got.get("iterations") == iters and "interrupted" not in got and \
+        got.get("mode") == ("distill" if distill else "labels") and \
+        Path(got.get("start_weights") or "").resolve() == Path(weights).resolve()
+    return got if same else None
 
 
 def stage_labelfree(work: Path, args) -> dict | None:
@@ -341,10 +354,10 @@ def stage_labelfree(work: Path, args) -> dict | None:
     step = json.loads((last / "step.json").read_text())
     lmdb = str(work / "fmnist_train_lmdb")
     held = len(data.open_source(lmdb)) - min(2000, len(data.open_source(lmdb)) // 10)
-    res = ft.finetune(last / "slim", data.open_source(f"{lmdb}[:{held}]"),
-                      data.open_source(f"{lmdb}[{held}:]"), iters=args.distill_iters,
-                      test_interval=max(1, args.distill_iters // 5), snapshot=0, distill=True,
-                      weights=str(last / "a" / "weights.caffemodel"), outdir=out / "distill", seed=7, progress=None)
+    res = finished_run(out / "distill", args.distill_iters, last / "a" / "weights.caffemodel", True) or ft.finetune(
+        last / "slim", data.open_source(f"{lmdb}[:{held}]"), data.open_source(f"{lmdb}[{held}:]"),
+        iters=args.distill_iters, test_interval=max(1, args.distill_iters // 5), snapshot=0, distill=True,
+        weights=str(last / "a" / "weights.caffemodel"), outdir=out / "distill", progress=None)
     tv_path = work / "teacher" / "train_val.prototxt"
     row = {key: step[key] for key in ("layers", "memory_bytes", "best_ratio", "median_ratio", "paired_ratio")}
     row.update({"step": f"{len(STEPS)}L", "slim": f"{STEPS[-1][0]}, label-free: relearn, then {args.distill_iters} "
@@ -444,6 +457,7 @@ def tucker_row(work: Path, args, ratio: float, kind: str = "ratio") -> dict | No
         if proc.returncode != 0:
             raise SystemExit(f"rebirth tucker failed: {proc.stderr.strip()}")
     label = f"ratio {ratio:g}" if kind == "ratio" else f"MAC budget {ratio:g}"
+    label += ", distilled against Slim" if args.tucker_distill else ""
     row = {"step": "T", "slim": f"Slim-Tucker ({label})", "layers": len(netio.read_net(slim_dir / "deploy.prototxt").layer),
            "memory_bytes": Graph(netio.read_net(slim_dir / "deploy.prototxt"), strict=False).memory_bytes}
     row["before_relearn"] = evaluate_net(slim_dir / "deploy.prototxt", slim_dir / "init.caffemodel", work, tv_path,
@@ -460,12 +474,14 @@ def tucker_row(work: Path, args, ratio: float, kind: str = "ratio") -> dict | No
                                        tv_path, args.eval_images)
     final = out / "relearn" / "weights.caffemodel"
     try:
-        ft.finetune(slim_dir, data.open_source(train_lmdb), None, iters=args.tucker_iters, base_lr=args.tucker_lr,
-                    test_interval=0, snapshot=0,
-                    weights=str(final), outdir=out / "finetune", seed=99, progress=None)
+        if not finished_run(out / "finetune", args.tucker_iters, final, args.tucker_distill):
+            ft.finetune(slim_dir, data.open_source(train_lmdb), None, iters=args.tucker_iters,
+                        base_lr=args.tucker_lr, test_interval=0, snapshot=0, distill=args.tucker_distill,
+                        weights=str(final), outdir=out / "finetune", seed=99, progress=None)
         final = out / "finetune" / "weights.caffemodel"
         row["relearn_finetune"] = evaluate_net(slim_dir / "deploy.prototxt", final, work, tv_path, args.eval_images)
-        row["finetune"] = {"iters": args.tucker_iters, "base_lr": args.tucker_lr or "solver default"}
+        row["finetune"] = {"iters": args.tucker_iters, "base_lr": args.tucker_lr or "finetune's default",
+                           "mode": "distilled against the Slim net" if args.tucker_distill else "labels"}
     except RebirthError as exc:   # reported in the row, the relearned net is timed instead
         row["finetune_error"] = str(exc)
         row["relearn_finetune"] = row["relearn_only"]
@@ -480,8 +496,9 @@ def tucker_row(work: Path, args, ratio: float, kind: str = "ratio") -> dict | No
 
 
 def stage_final(work: Path, args) -> dict | None:
-    """The last step's relearn + fine-tune net fine-tuned longer (``--final-iters``): how close a
-    longer schedule (the paper fine-tunes each step for ~90,000 iterations) comes to the teacher."""
+    """The last step's relearn + fine-tune net fine-tuned longer (``--final-iters``, finetune's
+    default schedule: every layer from 0.01, annealed to 0): how close a longer schedule (the paper
+    fine-tunes each step for ~90,000 iterations) comes to the teacher."""
     from deeprebirth.learning import finetune as ft
     from deeprebirth.learning import sources as data  # noqa: PLC0415
 
@@ -493,12 +510,13 @@ def stage_final(work: Path, args) -> dict | None:
     if not (last / "step.json").exists() or not args.final_iters:
         return None
     t0 = time.time()
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
     step = json.loads((last / "step.json").read_text())
-    ft.finetune(last / "slim", data.open_source(str(work / "fmnist_train_lmdb")), None, iters=args.final_iters,
-                base_lr=args.finetune_lr, stepsize=max(1, int(args.final_iters * 0.6)), test_interval=0, snapshot=0,
-                weights=str(last / "b" / "weights.caffemodel"), outdir=out / "finetune", seed=123, progress=None)
+    if not finished_run(out / "finetune", args.final_iters, last / "b" / "weights.caffemodel"):
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True)
+        ft.finetune(last / "slim", data.open_source(str(work / "fmnist_train_lmdb")), None, iters=args.final_iters,
+                    test_interval=0, snapshot=0, weights=str(last / "b" / "weights.caffemodel"),
+                    outdir=out / "finetune", progress=None)
     tv_path = work / "teacher" / "train_val.prototxt"
     row = {key: step[key] for key in ("layers", "memory_bytes", "best_ratio", "median_ratio", "paired_ratio")}
     row.update({"step": f"{len(STEPS)}+", "slim": f"{STEPS[-1][0]}, then {args.final_iters} more fine-tuning iterations",
@@ -655,7 +673,9 @@ def main(argv=None) -> int:
                     help="fine-tune the last step's net this much longer for an extra row (0: skip)")
     ap.add_argument("--tucker-iters", type=int, default=2000, help="fine-tuning iterations of Slim-Tucker")
     ap.add_argument("--tucker-lr", type=float, default=None,
-                    help="its base_lr (default: the solver's, with finetune's safe defaults)")
+                    help="its base_lr (default: finetune's default schedule)")
+    ap.add_argument("--tucker-distill", action="store_true",
+                    help="fine-tune Slim-Tucker against the Slim net's logits (finetune --distill) instead of labels")
     ap.add_argument("--tucker-ratios", type=lambda t: [float(x) for x in t.split(",")], default=[0.5, 0.65, 0.8],
                     help="Slim-Tucker weight budgets, comma-separated: one row each (a speed/accuracy curve)")
     ap.add_argument("--tucker-macs", type=lambda t: [float(x) for x in t.split(",")], default=None,

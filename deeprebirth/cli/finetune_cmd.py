@@ -22,7 +22,11 @@ from deeprebirth.cli.progress import progress_bar
 @click.option("--iters", type=click.IntRange(min=1), help="Train to this iteration (default: the solver's max_iter).")
 @click.option("--batch", "-b", type=click.IntRange(min=1), help="Batch size (default: the train_val data layer's).")
 @click.option("--base-lr", type=click.FloatRange(min=0, min_open=True), help="Override the solver's base_lr.")
-@click.option("--stepsize", type=click.IntRange(min=1), help="Override the solver's stepsize.")
+@click.option("--stepsize", type=click.IntRange(min=1), help="Override the solver's stepsize (with --schedule solver).")
+@click.option("--schedule", type=click.Choice(ft.SCHEDULES), default="anneal", show_default=True,
+              help="anneal: the rate falls linearly to 0 at the last iteration, and from learned weights every "
+                   "layer starts at the regenerated layers' rate (0.01 for the paper's solver); solver: "
+                   "solver.prototxt's lr_policy and base_lr as written.")
 @click.option("--test-interval", type=click.IntRange(min=0), help="Validate every N iterations (default: the solver's).")
 @click.option("--val-limit", type=click.IntRange(min=1), help="Validate on the first N --val images only.")
 @click.option("--snapshot", type=click.IntRange(min=0),
@@ -42,7 +46,7 @@ from deeprebirth.cli.progress import progress_bar
                    "files are replaced).")
 @click.option("--json", "as_json", is_flag=True, help="Print finetune.json's content instead of a summary.")
 def finetune_command(slim_dir, train_spec, val_spec, iters, batch, base_lr, stepsize, test_interval, val_limit,
-                     snapshot, resume, weights, distill, seed, outdir, force, as_json):
+                     snapshot, resume, weights, distill, seed, outdir, force, as_json, schedule):
     """Fine-tune SLIM_DIR (a `rebirth slim` output) in Caffe with its solver.prototxt and
     train_val.prototxt, feeding the train_val's data layer from SOURCE with its transform_param.
     Writes OUTDIR/weights.caffemodel, OUTDIR/deploy.prototxt and OUTDIR/finetune.json. Ctrl-C (SIGINT)
@@ -60,6 +64,7 @@ def finetune_command(slim_dir, train_spec, val_spec, iters, batch, base_lr, step
         result = ft.finetune(sd, train, val, iters=iters, batch=batch, base_lr=base_lr, stepsize=stepsize,
                              test_interval=test_interval, snapshot=snapshot, resume=resume, weights=weights,
                              outdir=outdir, distill=distill, val_limit=val_limit, seed=seed, progress=bar, force=force,
+                             schedule=schedule,
                              log=_log if tty and not as_json else None)
     if as_json:
         output_json(result)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from deeprebirth.caffe import netio
+from deeprebirth.caffe.folders import read_slim_dir
 from helpers import FT_TRAIN_VAL as TRAIN_VAL
 from helpers import error_line, make_slimmed, run, write_random_weights
 
@@ -170,6 +171,30 @@ def test_default_finetune_of_trained_weights_keeps_the_best(slimmed, tmp_path):
     assert got == pytest.approx(best["val_top1"]) and got >= start
 
 
+def test_default_schedule_anneals_and_solver_schedule_is_kept(slimmed, tmp_path):
+    """From learned weights the default schedule starts every layer at the regenerated layers'
+    rate (base_lr x their lr_mult 10) and falls linearly to 0 at the last iteration;
+    --schedule solver keeps solver.prototxt's policy and rate; --stepsize needs it."""
+    d = slimmed
+    pre = tmp_path / "pre"
+    assert run("finetune", d / "slim", "--train", d / "train", "--iters", 4, "-o", pre).exit_code == 0
+    solver_lr = read_slim_dir(d / "slim").solver.base_lr
+    res = run("finetune", d / "slim", "--train", d / "train", "--weights", pre / "weights.caffemodel", "--iters", 8,
+              "--test-interval", 4, "-o", tmp_path / "a", "--json")
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["schedule"] == "anneal" and doc["lr_policy"] == "poly"
+    assert doc["base_lr"] == pytest.approx(10 * solver_lr)
+    assert [h["lr"] for h in doc["history"]] == pytest.approx([5 * solver_lr, 0.0])
+    res = run("finetune", d / "slim", "--train", d / "train", "--weights", pre / "weights.caffemodel", "--iters", 8,
+              "--schedule", "solver", "--stepsize", 4, "-o", tmp_path / "s", "--json")
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["schedule"] == "solver" and doc["lr_policy"] == "step" and doc["base_lr"] == pytest.approx(solver_lr)
+    line = error_line(run("finetune", d / "slim", "--train", d / "train", "--stepsize", 4, "-o", tmp_path / "x"))
+    assert "--schedule solver" in line and not (tmp_path / "x").exists()
+
+
 BN_DEPLOY = """name: "tinybn"
 layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 12 dim: 12 } } }
 layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1" convolution_param { num_output: 6 kernel_size: 3 pad: 1 } }
@@ -186,8 +211,8 @@ layer { name: "prob" type: "Softmax" bottom: "fc" top: "prob" }
 
 def test_batchnorm_folded_net_finetunes_at_the_defaults(slimmed, tmp_path, caffe):
     """A BatchNorm whose running variance is tiny (as a trained one's often is) folds into weights
-    many times larger than the rest; 20 default iterations from the folded weights stay finite and
-    the loss falls."""
+    many times larger than the rest; 40 default iterations from the folded weights stay finite and
+    the loss falls (its first iterations swing: 12 images, batch 6, folded weights 20x the rest)."""
     d = slimmed
     deploy = netio.parse_net_text(BN_DEPLOY)
     (tmp_path / "bn.prototxt").write_text(BN_DEPLOY)
@@ -205,7 +230,7 @@ layer { name: "loss" type: "SoftmaxWithLoss" bottom: "fc" bottom: "label" top: "
     assert res.exit_code == 0, res.output
     folded = netio.weights_of(netio.read_weights(slim / "init.caffemodel"))["conv2"][0]
     assert np.abs(folded).max() > 20 * np.abs(weights["conv2"][0]).max()
-    res = run("finetune", slim, "--train", d / "train", "--iters", 20, "--test-interval", 5,
+    res = run("finetune", slim, "--train", d / "train", "--iters", 40, "--test-interval", 10,
               "--weights", slim / "init.caffemodel", "-o", tmp_path / "out", "--json")
     assert res.exit_code == 0, res.output
     hist = json.loads(res.stdout)["history"]
