@@ -38,6 +38,8 @@ from deeprebirth.cli.progress import progress_bar
 @click.option("--distill", is_flag=True,
               help="Train against the teacher's logits (EuclideanLoss) instead of labels; the teacher is the "
                    "original model named in SLIM_DIR/report.json.")
+@click.option("--with-labels", is_flag=True,
+              help="With --distill: keep the train_val's label loss too (the two losses are summed).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the image order and augmentation.")
 @click.option("--output", "-o", "outdir", type=DIR,
               help="Where weights.caffemodel, deploy.prototxt, finetune.json and snapshots go (default: SLIM_DIR/finetune).")
@@ -46,7 +48,7 @@ from deeprebirth.cli.progress import progress_bar
                    "files are replaced).")
 @click.option("--json", "as_json", is_flag=True, help="Print finetune.json's content instead of a summary.")
 def finetune_command(slim_dir, train_spec, val_spec, iters, batch, base_lr, stepsize, test_interval, val_limit,
-                     snapshot, resume, weights, distill, seed, outdir, force, as_json, schedule):
+                     snapshot, resume, weights, distill, seed, outdir, force, as_json, schedule, with_labels):
     """Fine-tune SLIM_DIR (a `rebirth slim` output) in Caffe with its solver.prototxt and
     train_val.prototxt, feeding the train_val's data layer from SOURCE with its transform_param.
     Writes OUTDIR/weights.caffemodel, OUTDIR/deploy.prototxt and OUTDIR/finetune.json. Ctrl-C (SIGINT)
@@ -55,8 +57,8 @@ def finetune_command(slim_dir, train_spec, val_spec, iters, batch, base_lr, step
         raise click.UsageError("--resume and --weights exclude each other (a snapshot holds its own weights)")
     sd = folders.read_slim_dir(slim_dir)
     train = data.open_source(train_spec)
-    if not distill:
-        data.require_labels(train, "finetune without --distill")
+    if not distill or with_labels:
+        data.require_labels(train, "--with-labels" if distill else "finetune without --distill")
     val = data.open_source(val_spec) if val_spec else None
     tty = sys.stderr.isatty()
     total = iters or int(sd.solver.max_iter) or None
@@ -64,7 +66,7 @@ def finetune_command(slim_dir, train_spec, val_spec, iters, batch, base_lr, step
         result = ft.finetune(sd, train, val, iters=iters, batch=batch, base_lr=base_lr, stepsize=stepsize,
                              test_interval=test_interval, snapshot=snapshot, resume=resume, weights=weights,
                              outdir=outdir, distill=distill, val_limit=val_limit, seed=seed, progress=bar, force=force,
-                             schedule=schedule,
+                             schedule=schedule, with_labels=with_labels,
                              log=_log if tty and not as_json else None)
     if as_json:
         output_json(result)

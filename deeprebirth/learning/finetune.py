@@ -86,7 +86,9 @@ def _is_loss(layer: "pb.LayerParameter") -> bool:
     return layer.type.endswith("Loss") or (len(layer.loss_weight) and any(w != 0 for w in layer.loss_weight))
 
 
-def build_train_net(sd: SlimDir, batch: int | None = None, distill: bool = False) -> TrainNet:
+def build_train_net(sd: SlimDir, batch: int | None = None, distill: bool = False, labels: bool = False) -> TrainNet:
+    """The TRAIN net fed from pycaffe (module doc); with ``distill`` the EuclideanLoss against the
+    teacher's logits replaces the train_val's losses, or with ``labels`` too is added to them."""
     src = str(sd.path / "train_val.prototxt")
     tv = netio.filter_phase(sd.train_val, pb.TRAIN)
     readers = [layer for layer in tv.layer if layer.type in DATA_TYPES and layer.type != "Input"]
@@ -119,11 +121,12 @@ def build_train_net(sd: SlimDir, batch: int | None = None, distill: bool = False
     feed = pb.LayerParameter(name=reader.name, type="Input")
     feed.top.append(image)
     feed.input_param.shape.add(dim=[batch, c, h, w])
-    if label is not None and not distill:
+    keep_labels = label is not None and (labels or not distill)
+    if keep_labels:
         feed.top.append(label)
         feed.input_param.shape.add(dim=[batch])
     kept = [layer for layer in tv.layer if layer is not reader]
-    if distill:
+    if distill and not keep_labels:
         dropped = {label} if label else set()
         body = []
         for layer in kept:
@@ -152,7 +155,7 @@ def build_train_net(sd: SlimDir, batch: int | None = None, distill: bool = False
                     losses[top] = float(weight)
     if not losses:
         raise RebirthError(f"{src}: has no loss layer in the TRAIN phase to train with")
-    return TrainNet(net, image, None if distill else label, batch, pre, classes, logits, losses)
+    return TrainNet(net, image, label if keep_labels else None, batch, pre, classes, logits, losses)
 
 
 def _check_solverstate(path: Path, sd: SlimDir) -> None:
@@ -334,16 +337,18 @@ def finetune(slim_dir, train: data.Source, val: data.Source | None = None, *, it
              weights: str | None = None, outdir: str | os.PathLike | None = None, distill: bool = False,
              val_limit: int | None = None, val_batch: int = 50, seed: int = 0,
              progress: Callable[[int], object] | None = None, log=None, force: bool = False,
-             schedule: str = "anneal") -> dict:
+             schedule: str = "anneal", with_labels: bool = False) -> dict:
     """Fine-tune ``slim_dir`` on ``train`` (see the module doc); returns what finetune.json holds.
     ``progress(n)`` is called after every n iterations, ``log(line)`` with every validation."""
     if schedule not in SCHEDULES:
         raise RebirthError(f"schedule {schedule!r}: expected one of {', '.join(SCHEDULES)}")
     if stepsize is not None and schedule != "solver":
         raise RebirthError("--stepsize sets the solver's step policy: add --schedule solver")
-    if distill:   # label-free: the labels of a labelled source are hidden, also from the validation
+    if with_labels and not distill:
+        raise RebirthError("--with-labels adds the label loss to --distill's: it needs --distill")
+    if distill and not with_labels:   # label-free: a labelled source's labels are hidden, also from --val
         train, val = data.unlabelled(train), data.unlabelled(val)
-    st = _setup(slim_dir, train, val, batch, resume, weights, outdir, distill)
+    st = _setup(slim_dir, train, val, batch, resume, weights, outdir, distill, with_labels)
     netio.claim_dir(st.outdir, OUTPUT_FILES, [p for p in (st.start_weights, st.resume) if p], force)
     if log is not None:
         for note in st.notes:
@@ -375,7 +380,7 @@ def finetune(slim_dir, train: data.Source, val: data.Source | None = None, *, it
     if start < max_iter or not (st.outdir / f"{SNAPSHOT_PREFIX}_iter_{max_iter}.solverstate").exists():
         solver.snapshot()
         snapshots.append(_snapshot_name(st.outdir, max_iter))
-    result = _record(st, train, val, distill, sparam, start, history, snapshots, started)
+    result = _record(st, train, val, distill, sparam, start, history, snapshots, started, with_labels)
     if stop.signal:
         result["interrupted"] = {"signal": stop.signal, "iteration": max_iter}
     result["best"] = validate.best_record(max_iter, st.notes)
@@ -412,14 +417,14 @@ class _Interrupt:
         return False
 
 
-def _setup(slim_dir, train, val, batch, resume, weights, outdir, distill) -> _Setup:
+def _setup(slim_dir, train, val, batch, resume, weights, outdir, distill, with_labels=False) -> _Setup:
     sd = read_slim_dir(slim_dir) if not isinstance(slim_dir, SlimDir) else slim_dir
     outdir = Path(outdir) if outdir is not None else sd.path / "finetune"
     if outdir.exists() and not outdir.is_dir():
         raise RebirthError(f"{outdir}: exists and is not a directory")
-    if not distill:
-        data.require_labels(train, "finetune without --distill")
-    tn = build_train_net(sd, batch, distill)
+    if not distill or with_labels:
+        data.require_labels(train, "--with-labels" if distill else "finetune without --distill")
+    tn = build_train_net(sd, batch, distill, with_labels)
     start_weights = None
     if resume is not None:
         _check_solverstate(Path(resume), sd)
@@ -566,16 +571,16 @@ def _train(st: _Setup, solver, train: data.Source, sparam, validate: _Validator,
     return snapshots
 
 
-def _record(st: _Setup, train, val, distill, sparam, start, history, snapshots, started) -> dict:
+def _record(st: _Setup, train, val, distill, sparam, start, history, snapshots, started, with_labels=False) -> dict:
     """What finetune.json holds."""
     tn, teacher = st.tn, st.teacher
     return {
         "tool": f"rebirth {__version__}",
         "slim_dir": os.path.abspath(st.sd.path),
         "outdir": str(st.outdir),
-        "mode": "distill" if distill else "labels",
-        "loss": (f"EuclideanLoss between the slim net's logits '{tn.logits}' and the teacher's" if distill
-                 else ", ".join(f"{t} (weight {w:g})" for t, w in tn.losses.items())),
+        "mode": ("distill+labels" if with_labels else "distill") if distill else "labels",
+        "loss": (f"EuclideanLoss between the slim net's logits '{tn.logits}' and the teacher's"
+                 if distill and not with_labels else ", ".join(f"{t} (weight {w:g})" for t, w in tn.losses.items())),
         "teacher": ({"model": teacher.model.source, "weights": teacher.model.weights_source}
                     if teacher is not None else None),
         "train": train.name, "val": val.name if val is not None else None,

@@ -86,6 +86,22 @@ def test_distill_without_labels(slimmed, tmp_path):
     assert hist[-1]["val_kl"] < hist[0]["val_kl"] and "val_top1" not in hist[-1]
 
 
+def test_distill_with_labels_sums_both_losses(slimmed, tmp_path):
+    d = slimmed
+    res = run("finetune", d / "slim", "--train", d / "train", "--val", d / "val", "--distill", "--with-labels",
+              "--iters", 10, "--test-interval", 5, "-o", tmp_path / "out", "--json")
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["mode"] == "distill+labels" and "distill_loss" in doc["loss"] and "loss (weight 1)" in doc["loss"]
+    assert all("val_top1" in h for h in doc["history"]) and np.isfinite(doc["history"][-1]["loss"])
+    # labels are needed, and --with-labels alone means nothing: one line each, nothing written
+    line = error_line(run("finetune", d / "slim", "--train", d / "plain", "--distill", "--with-labels",
+                          "-o", tmp_path / "x"))
+    assert "no labels, but --with-labels needs them" in line
+    line = error_line(run("finetune", d / "slim", "--train", d / "train", "--with-labels", "-o", tmp_path / "x"))
+    assert "it needs --distill" in line and not (tmp_path / "x").exists()
+
+
 def test_distill_reads_no_label_even_from_labelled_images(slimmed, tmp_path):
     """Labelled training and validation images: distillation hides their labels, so the kept
     weights are chosen by agreement with the teacher, never by top-1."""
