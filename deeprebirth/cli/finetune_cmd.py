@@ -62,6 +62,8 @@ def finetune_command(slim_dir, train_spec, val_spec, iters, batch, base_lr, step
     val = data.open_source(val_spec) if val_spec else None
     tty = sys.stderr.isatty()
     total = iters or int(sd.solver.max_iter) or None
+    if total and resume:   # the bar counts the iterations this run trains
+        total = max(1, total - ft.snapshot_iteration(resume))
     with progress_bar(total, "finetune", "it") as bar:
         result = ft.finetune(sd, train, val, iters=iters, batch=batch, base_lr=base_lr, stepsize=stepsize,
                              test_interval=test_interval, snapshot=snapshot, resume=resume, weights=weights,

@@ -158,9 +158,7 @@ def build_train_net(sd: SlimDir, batch: int | None = None, distill: bool = False
     return TrainNet(net, image, label if keep_labels else None, batch, pre, classes, logits, losses)
 
 
-def _check_solverstate(path: Path, sd: SlimDir) -> None:
-    """What Caffe's solver.restore would abort on, as one-line errors: not a SolverState, its
-    weights file (learned_net) missing or not fitting the slim net."""
+def _read_solverstate(path: Path) -> "pb.SolverState":
     raw = netio._read_bytes(path)
     state = pb.SolverState()
     try:
@@ -169,6 +167,18 @@ def _check_solverstate(path: Path, sd: SlimDir) -> None:
         state = None
     if state is None or not state.learned_net or not state.HasField("iter"):
         raise RebirthError(f"{path}: not a Caffe .solverstate snapshot")
+    return state
+
+
+def snapshot_iteration(path: str | os.PathLike) -> int:
+    """The iteration a .solverstate snapshot was taken at (a one-line error if it is not one)."""
+    return int(_read_solverstate(Path(path)).iter)
+
+
+def _check_solverstate(path: Path, sd: SlimDir) -> None:
+    """What Caffe's solver.restore would abort on, as one-line errors: not a SolverState, its
+    weights file (learned_net) missing or not fitting the slim net."""
+    state = _read_solverstate(path)
     learned = Path(state.learned_net)
     if not learned.is_absolute():
         learned = path.parent / learned

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from deeprebirth.caffe import netio
+from deeprebirth.cli import progress
 from deeprebirth.caffe.folders import read_slim_dir
 from helpers import FT_TRAIN_VAL as TRAIN_VAL
 from helpers import error_line, make_slimmed, run, write_random_weights
@@ -43,17 +44,19 @@ def test_finetune_lowers_the_loss_and_learns(slimmed, tmp_path):
     assert res["preprocess_from"] == str(d / "slim" / "train_val.prototxt")
 
 
-def test_resume_continues_the_iteration_count(slimmed, tmp_path):
+def test_resume_continues_the_iteration_count(slimmed, tmp_path, monkeypatch):
     d = slimmed
     out = tmp_path / "out"
     assert run("finetune", d / "slim", "--train", d / "train", "--iters", 6, "--snapshot", 3, "-o", out,
                "--json").exit_code == 0
     state = out / "finetune_iter_3.solverstate"
     assert state.exists()
+    monkeypatch.setattr(progress, "QUIET_SECONDS", -1.0)   # progress lines for short work too
     res = run("finetune", d / "slim", "--train", d / "train", "--iters", 9, "--resume", state, "-o", out, "--json")
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
     assert doc["start_iteration"] == 3 and doc["iterations"] == 9 and doc["history"][-1]["iteration"] == 9
+    assert "finetune 100% (6/6 it" in res.stderr    # the bar counts the iterations this run trains
     assert (out / "finetune_iter_9.solverstate").exists()
     # the restored weights are the snapshot's, not init.caffemodel's: a resumed run from the
     # same state with no further steps gives the snapshot's weights back
