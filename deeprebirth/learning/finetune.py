@@ -365,6 +365,9 @@ def finetune(slim_dir, train: data.Source, val: data.Source | None = None, *, it
             log(f"note: {note}")
     sparam = make_solver_param(st.sd, st.outdir, iters, base_lr, stepsize)
     safe_defaults(st, sparam, seed, base_lr_given=base_lr is not None, schedule=schedule)
+    if val is None and _trained_start(st):
+        st.notes.append("without --val, weights.caffemodel holds the last iteration's weights: a run's first "
+                        "hundred iterations can cost points it wins back later, so pass --val to keep the best")
     interval = test_interval if test_interval is not None else int(st.sd.solver.test_interval or 0)
     snap_every = snapshot if snapshot is not None else int(st.sd.solver.snapshot or 0)
     started = time.perf_counter()
