@@ -589,6 +589,12 @@ def ship(work: Path, rows: list[dict], tucker_dir: str | None) -> None:
     by_step = {str(r["step"]): r for r in rows}
     final = work / "final" / "finetune" / "weights.caffemodel"
     slim_row = by_step.get(f"{len(STEPS)}+") if final.exists() else by_step.get(str(len(STEPS)))
+    longer = work / "final" / "finetune_long" / "weights.caffemodel"    # a longer `rebirth finetune`, if run
+    if slim_row and longer.exists():
+        final, slim_row = longer, dict(slim_row)
+        slim_row["relearn_finetune"] = evaluate_net(last / "slim" / "deploy.prototxt", longer, work,
+                                                    work / "teacher" / "train_val.prototxt")
+        slim_row["slim"] = f"{STEPS[-1][0]}, then a longer fine-tuning (final/finetune_long/)"
     if slim_row:
         ship_folder("fmnist_googlenet_slim", last / "slim" / "deploy.prototxt",
                     final if final.exists() else last / "b" / "weights.caffemodel",
@@ -596,9 +602,15 @@ def ship(work: Path, rows: list[dict], tucker_dir: str | None) -> None:
                     "GoogLeNet-Slim of the Fashion-MNIST teacher (`models/fmnist_googlenet.*`), recovered with labels: "
                     "relearn of each unit, then fine-tuning.")
     if f"{len(STEPS)}L" in by_step:
-        ship_folder("fmnist_googlenet_slim_labelfree", last / "slim" / "deploy.prototxt",
-                    work / "labelfree" / "distill" / "weights.caffemodel",
-                    shipped_train_val(last / "slim" / "train_val.prototxt", tv), by_step[f"{len(STEPS)}L"],
+        row, weights = dict(by_step[f"{len(STEPS)}L"]), work / "labelfree" / "distill" / "weights.caffemodel"
+        longer = work / "labelfree" / "distill_long" / "weights.caffemodel"   # a resumed, longer distillation
+        if longer.exists():
+            weights = longer
+            row["relearn_finetune"] = evaluate_net(last / "slim" / "deploy.prototxt", longer, work,
+                                                   work / "teacher" / "train_val.prototxt")
+            row["slim"] += ", distilled longer (distill_long/)"
+        ship_folder("fmnist_googlenet_slim_labelfree", last / "slim" / "deploy.prototxt", weights,
+                    shipped_train_val(last / "slim" / "train_val.prototxt", tv), row,
                     "GoogLeNet-Slim recovered without reading a label: relearn of each unit against the teacher's "
                     "feature maps, then distillation of the whole net against the teacher's logits.")
     if tucker_dir:
