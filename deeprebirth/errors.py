@@ -16,9 +16,9 @@ class Diverged(Exception):
     """Training's loss stopped being finite or grew out of bounds at iteration ``it`` (internal:
     relearn and finetune catch it and try a lower rate)."""
 
-    def __init__(self, it: int, loss: float):
+    def __init__(self, it: int, loss: float, collapsed: bool = False):
         super().__init__(it, loss)
-        self.it, self.loss = it, loss
+        self.it, self.loss, self.collapsed = it, loss, collapsed
 
 
 class RebirthWarning(UserWarning):
