@@ -217,14 +217,15 @@ def make_solver_param(sd: SlimDir, outdir: Path, iters: int | None = None, base_
 DIVERGENCE_FACTOR = 10.0
 DIVERGENCE_WINDOW = 5
 DIVERGENCE_ATTEMPTS = 4
-# A run whose logits stop depending on the image (the same output for every image of the batch,
-# e.g. every ReLU before the classifier dead) for COLLAPSE_WINDOW iterations in a row, when they
-# did at the start, has collapsed: its loss stays finite (ln(classes) with labels) and no later
-# step revives it. It is handled as a divergence. Measured: a Slim-Tucker net at base_lr 0.01 for
-# 20,000 iterations collapsed to 10 % within its first 4,000, while the same start at 10,000
-# iterations reached 85.47 % (README, "Fine-tuning").
+# A run whose logits stop telling the classes apart (for every image of the batch they lie within
+# COLLAPSE_SPREAD of each other: a softmax within about 5 % of uniform) for COLLAPSE_WINDOW
+# iterations in a row, when they did at the start, has collapsed: e.g. every ReLU before the
+# classifier is dead, its loss stays finite (ln(classes) with labels) and no later step revives it.
+# It is handled as a divergence. Measured: a Slim-Tucker net at base_lr 0.01 for 20,000 iterations
+# collapsed to 10 % within its first 4,000 (logits within 0.01 of each other, the same for every
+# image), while the same start over 10,000 iterations reached 85.47 % (README, "Fine-tuning").
 COLLAPSE_WINDOW = 50
-COLLAPSE_SPREAD = 1e-6
+COLLAPSE_SPREAD = 0.05
 # Linear warm-up: the first WARMUP_FRACTION of the iterations (at most WARMUP_MAX) ramp the rate
 # from 1/W to 1 (W = warm-up length) when training starts from trained or re-learned weights.
 WARMUP_FRACTION = 0.2
@@ -309,7 +310,7 @@ def _start_solver(st: _Setup, sparam, resume):
 
 
 def _restart_note(st: _Setup, sparam, bad: Diverged, log) -> None:
-    what = (f"the net collapsed at iteration {bad.it} (the same output for every image for "
+    what = (f"the net collapsed at iteration {bad.it} (a uniform output for every image for "
             f"{COLLAPSE_WINDOW} iterations; loss {bad.loss:.4g})" if bad.collapsed
             else f"the loss diverged at iteration {bad.it} ({bad.loss:.4g})")
     note = f"{what} at base_lr {sparam.base_lr:g}; started again at base_lr {sparam.base_lr / 10:g}"
@@ -320,15 +321,15 @@ def _restart_note(st: _Setup, sparam, bad: Diverged, log) -> None:
 
 
 def logit_spread(logits: np.ndarray) -> float:
-    """How much the logits vary over the batch, relative to their size (0: one output for every image)."""
+    """The largest gap between an image's logits, over the batch (about 0: a uniform softmax for
+    every image; Dropout in the TRAIN net does not lift a dead net's logits above it)."""
     z = np.asarray(logits, dtype=np.float64).reshape(len(logits), -1)
-    if len(z) < 2:
-        return 1.0
-    return float(np.ptp(z, axis=0).max() / max(1.0, float(np.abs(z).max())))
+    return float(np.ptp(z, axis=1).max()) if z.shape[1] > 1 else 1.0
 
 
 def collapsed(spreads: list[float]) -> bool:
-    """Whether the logits varied at the start and have not for the last COLLAPSE_WINDOW iterations."""
+    """Whether the logits told the classes apart at the start and have not for the last
+    COLLAPSE_WINDOW iterations."""
     return (len(spreads) > COLLAPSE_WINDOW and spreads[0] > COLLAPSE_SPREAD
             and max(spreads[-COLLAPSE_WINDOW:]) <= COLLAPSE_SPREAD)
 
@@ -407,7 +408,7 @@ def finetune(slim_dir, train: data.Source, val: data.Source | None = None, *, it
                 break
             except Diverged as bad:
                 if attempt == DIVERGENCE_ATTEMPTS - 1:
-                    how = "collapsed (one output for every image)" if bad.collapsed else "diverged"
+                    how = "collapsed (a uniform output for every image)" if bad.collapsed else "diverged"
                     raise RebirthError(f"the loss diverged at base_lr {first_lr:g} and at {DIVERGENCE_ATTEMPTS - 1} "
                                        f"lower rates (last: {how} at iteration {bad.it}, loss {bad.loss:.4g} at "
                                        f"base_lr {sparam.base_lr:g}); lower --base-lr") from None
