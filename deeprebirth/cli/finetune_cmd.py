@@ -57,8 +57,6 @@ def finetune_command(slim_dir, train_spec, val_spec, iters, batch, base_lr, step
         raise click.UsageError("--resume and --weights exclude each other (a snapshot holds its own weights)")
     sd = folders.read_slim_dir(slim_dir)
     train = data.open_source(train_spec)
-    if not distill or with_labels:
-        data.require_labels(train, "--with-labels" if distill else "finetune without --distill")
     val = data.open_source(val_spec) if val_spec else None
     tty = sys.stderr.isatty()
     total = iters or int(sd.solver.max_iter) or None
