@@ -16,9 +16,9 @@ class Diverged(Exception):
     """Training's loss stopped being finite or grew out of bounds at iteration ``it`` (internal:
     relearn and finetune catch it and try a lower rate)."""
 
-    def __init__(self, it: int, loss: float, collapsed: bool = False):
+    def __init__(self, it: int, loss: float, collapsed: bool = False, why: str | None = None):
         super().__init__(it, loss)
-        self.it, self.loss, self.collapsed = it, loss, collapsed
+        self.it, self.loss, self.collapsed, self.why = it, loss, collapsed, why
 
 
 class RebirthWarning(UserWarning):

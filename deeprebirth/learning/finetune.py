@@ -226,6 +226,13 @@ DIVERGENCE_ATTEMPTS = 4
 # image), while the same start over 10,000 iterations reached 85.47 % (README, "Fine-tuning").
 COLLAPSE_WINDOW = 50
 COLLAPSE_SPREAD = 0.05
+# That check fires late when the logits die slowly: on the run above the gap between them was 48.6
+# at the start, 1.0 by iteration 100 and 0.10 only by 2,700. Validation sees it first (10.35 %
+# top-1 at the first validation, iteration 4,000): a validation score (top-1, or agreement with
+# the teacher when distilling) that falls back to within CHANCE_MARGIN of the way from the best
+# so far to chance (1/classes), from a best at least a quarter of the way from chance to 100 %, is
+# handled as a collapse too.
+CHANCE_MARGIN = 0.1
 # Linear warm-up: the first WARMUP_FRACTION of the iterations (at most WARMUP_MAX) ramp the rate
 # from 1/W to 1 (W = warm-up length) when training starts from trained or re-learned weights.
 WARMUP_FRACTION = 0.2
@@ -310,7 +317,8 @@ def _start_solver(st: _Setup, sparam, resume):
 
 
 def _restart_note(st: _Setup, sparam, bad: Diverged, log) -> None:
-    what = (f"the net collapsed at iteration {bad.it} (a uniform output for every image for "
+    what = (f"the net collapsed at iteration {bad.it} ({bad.why})" if bad.why
+            else f"the net collapsed at iteration {bad.it} (a uniform output for every image for "
             f"{COLLAPSE_WINDOW} iterations; loss {bad.loss:.4g})" if bad.collapsed
             else f"the loss diverged at iteration {bad.it} ({bad.loss:.4g})")
     note = f"{what} at base_lr {sparam.base_lr:g}; started again at base_lr {sparam.base_lr / 10:g}"
@@ -332,6 +340,16 @@ def collapsed(spreads: list[float]) -> bool:
     COLLAPSE_WINDOW iterations."""
     return (len(spreads) > COLLAPSE_WINDOW and spreads[0] > COLLAPSE_SPREAD
             and max(spreads[-COLLAPSE_WINDOW:]) <= COLLAPSE_SPREAD)
+
+
+def back_to_chance(scores: list[float], classes: int) -> bool:
+    """Whether the last validation score (top-1 or agreement, in [0, 1]) is back at chance after
+    the run was clearly above it: last <= chance + CHANCE_MARGIN * (best - chance), from a best
+    >= chance + (1 - chance) / 4."""
+    if len(scores) < 2 or classes < 2:
+        return False
+    chance, best = 1.0 / classes, max(scores[:-1])
+    return best >= chance + (1 - chance) / 4 and scores[-1] <= chance + CHANCE_MARGIN * (best - chance)
 
 
 def _check_divergence(losses: list[float], it: int) -> None:
@@ -405,17 +423,18 @@ def finetune(slim_dir, train: data.Source, val: data.Source | None = None, *, it
             validate = _Validator(st, val, val_limit, val_batch, sparam, history, started, log)
             try:
                 snapshots = _train(st, solver, train, sparam, validate, interval, snap_every, seed, progress, stop)
+                max_iter = int(solver.iter) if stop.signal else int(sparam.max_iter)
+                if not stop.signal and (validate.losses or not history or history[-1]["iteration"] != max_iter):
+                    validate(max_iter)     # may find the run back at chance (a collapse): in the try
                 break
             except Diverged as bad:
                 if attempt == DIVERGENCE_ATTEMPTS - 1:
-                    how = "collapsed (a uniform output for every image)" if bad.collapsed else "diverged"
+                    how = (f"collapsed ({bad.why})" if bad.why else
+                           "collapsed (a uniform output for every image)" if bad.collapsed else "diverged")
                     raise RebirthError(f"the loss diverged at base_lr {first_lr:g} and at {DIVERGENCE_ATTEMPTS - 1} "
                                        f"lower rates (last: {how} at iteration {bad.it}, loss {bad.loss:.4g} at "
                                        f"base_lr {sparam.base_lr:g}); lower --base-lr") from None
                 _restart_note(st, sparam, bad, log)
-    max_iter = int(solver.iter) if stop.signal else int(sparam.max_iter)
-    if not stop.signal and (validate.losses or not history or history[-1]["iteration"] != max_iter):
-        validate(max_iter)
     if start < max_iter or not (st.outdir / f"{SNAPSHOT_PREFIX}_iter_{max_iter}.solverstate").exists():
         solver.snapshot()
         snapshots.append(_snapshot_name(st.outdir, max_iter))
@@ -508,6 +527,7 @@ class _Validator:
         self.st, self.val, self.val_limit, self.val_batch = st, val, val_limit, val_batch
         self.sparam, self.history, self.started, self.log = sparam, history, started, log
         self.losses: list[float] = []
+        self.scores: list[float] = []    # this attempt's validation scores (back_to_chance)
         self.net = None
         self.best: tuple[float, int, dict] | None = None   # (score, iteration, deploy weights)
 
@@ -528,7 +548,21 @@ class _Validator:
         self.history.append(entry)
         if self.log is not None:
             self.log(entry)
+        self._check_chance(entry)
         return entry
+
+    def _check_chance(self, entry: dict) -> None:
+        """Diverged(collapsed) when this run's validation score is back at chance (back_to_chance)."""
+        key = "val_top1" if "val_top1" in entry else "val_agreement" if "val_agreement" in entry else None
+        if key is None:
+            return
+        self.scores.append(entry[key])
+        if back_to_chance(self.scores, self.st.tn.classes):
+            what = "top-1" if key == "val_top1" else "agreement with the teacher"
+            raise Diverged(entry["iteration"], entry["loss"] if entry["loss"] is not None else float("nan"),
+                           collapsed=True,
+                           why=f"validation {what} {100 * entry[key]:.2f} %, back at chance "
+                               f"({100 / self.st.tn.classes:.0f} %) from {100 * max(self.scores[:-1]):.2f} %")
 
 
     def _keep_if_best(self, entry: dict, runner) -> None:

@@ -301,3 +301,27 @@ def test_collapsed_run_restarts_at_a_lower_rate(slimmed, tmp_path, monkeypatch):
     monkeypatch.setattr(ft, "collapsed", lambda spreads: len(spreads) > 3)
     line = error_line(run("finetune", d / "slim", "--train", d / "train", "--iters", 8, "-o", tmp_path / "o"))
     assert "collapsed (a uniform output for every image) at iteration 4" in line and "lower --base-lr" in line
+
+
+def test_back_to_chance_needs_a_run_that_was_clearly_above_it():
+    """The validation check of a collapse: measured, a Slim-Tucker run went from 38.4 % top-1 to
+    10.35 % (10 classes) at its first validation."""
+    from deeprebirth.learning import finetune as ft
+    assert ft.back_to_chance([0.384, 0.1035], 10)
+    assert not ft.back_to_chance([0.384], 10)                    # one score: nothing to compare
+    assert not ft.back_to_chance([0.817, 0.6675], 10)            # a short run's dip (README): no collapse
+    assert not ft.back_to_chance([0.15, 0.10], 10)               # never clearly above chance
+    assert ft.back_to_chance([0.9, 0.52], 2) and not ft.back_to_chance([0.9, 0.6], 2)
+
+
+def test_a_validation_back_at_chance_restarts_at_a_lower_rate(slimmed, tmp_path, monkeypatch):
+    """Wired into validation, also the last one: with a check that always fires, each rate is tried
+    once and the run stops with one line that gives the validation score."""
+    from deeprebirth.learning import finetune as ft
+    d = slimmed
+    monkeypatch.setattr(ft, "back_to_chance", lambda scores, classes: len(scores) > 1)
+    res = run("finetune", d / "slim", "--train", d / "train", "--val", d / "val", "--iters", 4, "-o", tmp_path / "o")
+    line = error_line(res)
+    assert "collapsed (validation top-1" in line and "back at chance" in line and "at iteration 4" in line
+    assert f"at {ft.DIVERGENCE_ATTEMPTS - 1} lower rates" in line and "at base_lr 1e-06" in line
+    assert not (tmp_path / "o" / "weights.caffemodel").exists()
