@@ -547,10 +547,27 @@ def shipped_train_val(slim_train_val: Path, data_from: Path) -> str:
                                         "(scripts/reproduce_table3.py --ship)"])
 
 
-def ship_folder(name: str, deploy: Path, weights: Path, train_val_text: str, row: dict, how: str) -> Path:
+def fold_head(deploy: Path, weights: Path, train_val_text: str) -> dict[str, bytes | str] | None:
+    """The exact rule pool_into_fc on a finished net (the table's steps slim with --only, which
+    leaves pool5 alone): its deploy.prototxt, init.caffemodel and train_val.prototxt, or None when
+    the rule does not apply."""
+    from deeprebirth.caffe.model import load_model  # noqa: PLC0415
+    from deeprebirth.transforms import slim as slim_api  # noqa: PLC0415
+
+    try:
+        out = slim_api.slim(load_model(deploy, weights), rules=["pool_into_fc"],
+                            train_val=netio.parse_net_text(train_val_text, "train_val.prototxt"))
+    except RebirthError:     # nothing to fold (no global pooling, or a guard refused it)
+        return None
+    return slim_api.render(out)
+
+
+def ship_folder(name: str, deploy: Path, weights: Path, train_val_text: str, row: dict, how: str,
+                bench: tuple[Path, Path, int] | None = None) -> Path:
     """models/NAME/ with deploy.prototxt, weights.caffemodel, train_val.prototxt and README.md,
     written in a temporary folder and renamed over the previous one (ours: it has README.md
-    naming this script)."""
+    naming this script). The global pooling is folded into the classifier first (``fold_head``,
+    exact); ``bench`` (teacher deploy, teacher weights, runs) times the shipped net against it."""
     dest = MODELS / name
     readme = dest / "README.md"
     if dest.exists() and not (readme.exists() and "reproduce_table3.py" in readme.read_text(errors="replace")):
@@ -558,9 +575,20 @@ def ship_folder(name: str, deploy: Path, weights: Path, train_val_text: str, row
     tmp = MODELS / f".{name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    shutil.copyfile(deploy, tmp / "deploy.prototxt")
-    shutil.copyfile(weights, tmp / "weights.caffemodel")
-    (tmp / "train_val.prototxt").write_text(train_val_text)
+    folded = fold_head(deploy, weights, train_val_text)
+    if folded is None:
+        shutil.copyfile(deploy, tmp / "deploy.prototxt")
+        shutil.copyfile(weights, tmp / "weights.caffemodel")
+        (tmp / "train_val.prototxt").write_text(train_val_text)
+    else:
+        for src, dst in (("deploy.prototxt", "deploy.prototxt"), ("init.caffemodel", "weights.caffemodel"),
+                         ("train_val.prototxt", "train_val.prototxt")):
+            content = folded[src]
+            (tmp / dst).write_bytes(content if isinstance(content, bytes) else content.encode())
+        how += (" Its global average pooling is folded into the classifier (rule `pool_into_fc`, exact: the "
+                "accuracy below is unchanged by it).")
+    if bench is not None:
+        row = dict(row, **latency(bench[0], bench[1], tmp / "deploy.prototxt", tmp / "weights.caffemodel", bench[2]))
     top = row["relearn_finetune"]
     (tmp / "README.md").write_text(
         f"# {name}\n\n{how}\n\nMade by `scripts/reproduce_table3.py` (row {row['step']}: {row['slim']}).\n\n"
@@ -581,9 +609,11 @@ def ship_folder(name: str, deploy: Path, weights: Path, train_val_text: str, row
     return dest
 
 
-def ship(work: Path, rows: list[dict], tucker_dir: str | None) -> None:
+def ship(work: Path, rows: list[dict], tucker_dir: str | None, runs: int = 50) -> None:
     """The table's final nets as models/ folders: Slim (labels; row 9+, else 9), label-free (9L),
-    Slim-Tucker (``tucker_dir``, e.g. tucker_macs_0.5) and the BN teacher's slim net."""
+    Slim-Tucker (``tucker_dir``, e.g. tucker_macs_0.5) and the BN teacher's slim net, each timed
+    against its teacher as shipped (``runs`` interleaved runs)."""
+    bench = (TEACHER, work / "teacher" / "teacher.caffemodel", runs)
     last = work / "steps" / f"{len(STEPS)}_{STEPS[-1][0]}"
     tv = MODELS / "fmnist_googlenet_train_val.prototxt"
     by_step = {str(r["step"]): r for r in rows}
@@ -600,7 +630,7 @@ def ship(work: Path, rows: list[dict], tucker_dir: str | None) -> None:
                     final if final.exists() else last / "b" / "weights.caffemodel",
                     shipped_train_val(last / "slim" / "train_val.prototxt", tv), slim_row,
                     "GoogLeNet-Slim of the Fashion-MNIST teacher (`models/fmnist_googlenet.*`), recovered with labels: "
-                    "relearn of each unit, then fine-tuning.")
+                    "relearn of each unit, then fine-tuning.", bench)
     if f"{len(STEPS)}L" in by_step:
         row, weights = dict(by_step[f"{len(STEPS)}L"]), work / "labelfree" / "distill" / "weights.caffemodel"
         longer = work / "labelfree" / "distill_long" / "weights.caffemodel"   # a resumed, longer distillation
@@ -612,7 +642,7 @@ def ship(work: Path, rows: list[dict], tucker_dir: str | None) -> None:
         ship_folder("fmnist_googlenet_slim_labelfree", last / "slim" / "deploy.prototxt", weights,
                     shipped_train_val(last / "slim" / "train_val.prototxt", tv), row,
                     "GoogLeNet-Slim recovered without reading a label: relearn of each unit against the teacher's "
-                    "feature maps, then distillation of the whole net against the teacher's logits.")
+                    "feature maps, then distillation of the whole net against the teacher's logits.", bench)
     if tucker_dir:
         t = work / tucker_dir
         row = json.loads((t / "tucker.json").read_text())
@@ -627,7 +657,7 @@ def ship(work: Path, rows: list[dict], tucker_dir: str | None) -> None:
                     weights if weights.exists() else t / "relearn" / "weights.caffemodel",
                     shipped_train_val(t / "slim" / "train_val.prototxt", tv), row,
                     "GoogLeNet-Slim-Tucker: the Slim net's layers decomposed (`rebirth tucker`), relearned against "
-                    "the Slim net, then fine-tuned with labels.")
+                    "the Slim net, then fine-tuned with labels.", bench)
     bn = work / "bn_teacher"
     if (bn / "bn.json").exists():
         row = dict(json.loads((bn / "bn.json").read_text()), bench_teacher="models/fmnist_resnet.prototxt",
@@ -636,7 +666,7 @@ def ship(work: Path, rows: list[dict], tucker_dir: str | None) -> None:
                     shipped_train_val(bn / "slim" / "train_val.prototxt", MODELS / "fmnist_resnet_train_val.prototxt"),
                     row, "The BatchNorm ResNet teacher (`models/fmnist_resnet.*`) slimmed: its BatchNorm/Scale folded "
                     "into the convolutions, conv1 + pool1 merged and relearned, then fine-tuned with labels at the "
-                    "defaults.")
+                    "defaults.", (MODELS / "fmnist_resnet.prototxt", MODELS / "fmnist_resnet.caffemodel", runs))
 
 
 def table(rows: list[dict], teacher: dict) -> str:
@@ -730,7 +760,7 @@ def main(argv=None) -> int:
         k: str(v) for k, v in vars(args).items()}}, indent=2))
     print(md)
     if args.ship:
-        ship(args.work, rows, args.ship_tucker)
+        ship(args.work, rows, args.ship_tucker, args.bench_runs)
     return 0
 
 
