@@ -609,6 +609,16 @@ def ship_folder(name: str, deploy: Path, weights: Path, train_val_text: str, row
     return dest
 
 
+def prefer_longer(row: dict, weights: Path, longer: Path, deploy: Path, work: Path, what: str) -> tuple[dict, Path]:
+    """``longer``'s weights and a copy of ``row`` evaluated on them when a longer run was made
+    (a `rebirth finetune` into ``longer``'s folder, named in the row by ``what``); else as given."""
+    if not longer.exists():
+        return row, weights
+    row = dict(row, slim=f"{row['slim']}, {what} ({longer.parent.name}/)")
+    row["relearn_finetune"] = evaluate_net(deploy, longer, work, work / "teacher" / "train_val.prototxt")
+    return row, longer
+
+
 def ship(work: Path, rows: list[dict], tucker_dir: str | None, runs: int = 50) -> None:
     """The table's final nets as models/ folders: Slim (labels; row 9+, else 9), label-free (9L),
     Slim-Tucker (``tucker_dir``, e.g. tucker_macs_0.5) and the BN teacher's slim net, each timed
@@ -619,40 +629,28 @@ def ship(work: Path, rows: list[dict], tucker_dir: str | None, runs: int = 50) -
     by_step = {str(r["step"]): r for r in rows}
     final = work / "final" / "finetune" / "weights.caffemodel"
     slim_row = by_step.get(f"{len(STEPS)}+") if final.exists() else by_step.get(str(len(STEPS)))
-    longer = work / "final" / "finetune_long" / "weights.caffemodel"    # a longer `rebirth finetune`, if run
-    if slim_row and longer.exists():
-        final, slim_row = longer, dict(slim_row)
-        slim_row["relearn_finetune"] = evaluate_net(last / "slim" / "deploy.prototxt", longer, work,
-                                                    work / "teacher" / "train_val.prototxt")
-        slim_row["slim"] = f"{STEPS[-1][0]}, then a longer fine-tuning (final/finetune_long/)"
     if slim_row:
+        slim_row, final = prefer_longer(slim_row, final,
+                                        work / "final" / "finetune_long" / "weights.caffemodel",
+                                        last / "slim" / "deploy.prototxt", work, "then a longer fine-tuning")
         ship_folder("fmnist_googlenet_slim", last / "slim" / "deploy.prototxt",
                     final if final.exists() else last / "b" / "weights.caffemodel",
                     shipped_train_val(last / "slim" / "train_val.prototxt", tv), slim_row,
                     "GoogLeNet-Slim of the Fashion-MNIST teacher (`models/fmnist_googlenet.*`), recovered with labels: "
                     "relearn of each unit, then fine-tuning.", bench)
     if f"{len(STEPS)}L" in by_step:
-        row, weights = dict(by_step[f"{len(STEPS)}L"]), work / "labelfree" / "distill" / "weights.caffemodel"
-        longer = work / "labelfree" / "distill_long" / "weights.caffemodel"   # a resumed, longer distillation
-        if longer.exists():
-            weights = longer
-            row["relearn_finetune"] = evaluate_net(last / "slim" / "deploy.prototxt", longer, work,
-                                                   work / "teacher" / "train_val.prototxt")
-            row["slim"] += ", distilled longer (distill_long/)"
+        row, weights = prefer_longer(by_step[f"{len(STEPS)}L"], work / "labelfree" / "distill" / "weights.caffemodel",
+                                     work / "labelfree" / "distill_long" / "weights.caffemodel",
+                                     last / "slim" / "deploy.prototxt", work, "distilled longer")
         ship_folder("fmnist_googlenet_slim_labelfree", last / "slim" / "deploy.prototxt", weights,
                     shipped_train_val(last / "slim" / "train_val.prototxt", tv), row,
                     "GoogLeNet-Slim recovered without reading a label: relearn of each unit against the teacher's "
                     "feature maps, then distillation of the whole net against the teacher's logits.", bench)
     if tucker_dir:
         t = work / tucker_dir
-        row = json.loads((t / "tucker.json").read_text())
-        weights = t / "finetune" / "weights.caffemodel"
-        longer = t / "finetune_long" / "weights.caffemodel"    # a longer `rebirth finetune` of it, if run
-        if longer.exists():
-            weights = longer
-            row["relearn_finetune"] = evaluate_net(t / "slim" / "deploy.prototxt", longer, work,
-                                                   work / "teacher" / "train_val.prototxt")
-            row["slim"] += ", fine-tuned longer (finetune_long/)"
+        row, weights = prefer_longer(json.loads((t / "tucker.json").read_text()), t / "finetune" / "weights.caffemodel",
+                                     t / "finetune_long" / "weights.caffemodel", t / "slim" / "deploy.prototxt",
+                                     work, "fine-tuned longer")
         ship_folder("fmnist_googlenet_slim_tucker", t / "slim" / "deploy.prototxt",
                     weights if weights.exists() else t / "relearn" / "weights.caffemodel",
                     shipped_train_val(t / "slim" / "train_val.prototxt", tv), row,
