@@ -335,6 +335,16 @@ def finished_run(outdir: Path, iters: int, weights: Path, distill: bool = False)
     return got if same else None
 
 
+def held_out_split(lmdb: str) -> tuple[str, str]:
+    """The training LMDB as (training part, held-out part): the last 2,000 images (a tenth of a
+    smaller LMDB) are held out, for keeping the best weights of a fine-tuning."""
+    from deeprebirth.learning import sources as data  # noqa: PLC0415
+
+    n = len(data.open_source(lmdb))
+    held = n - min(2000, n // 10)
+    return f"{lmdb}[:{held}]", f"{lmdb}[{held}:]"
+
+
 def stage_labelfree(work: Path, args) -> dict | None:
     """The label-free chain finished as `rebirth recover` does: the last step's relearn-only net
     distilled against the teacher's logits (``finetune --distill``, no label read) for
@@ -352,10 +362,9 @@ def stage_labelfree(work: Path, args) -> dict | None:
         return None
     t0 = time.time()
     step = json.loads((last / "step.json").read_text())
-    lmdb = str(work / "fmnist_train_lmdb")
-    held = len(data.open_source(lmdb)) - min(2000, len(data.open_source(lmdb)) // 10)
+    train, held = held_out_split(str(work / "fmnist_train_lmdb"))
     res = finished_run(out / "distill", args.distill_iters, last / "a" / "weights.caffemodel", True) or ft.finetune(
-        last / "slim", data.open_source(f"{lmdb}[:{held}]"), data.open_source(f"{lmdb}[{held}:]"),
+        last / "slim", data.open_source(train), data.open_source(held),
         iters=args.distill_iters, test_interval=max(1, args.distill_iters // 5), snapshot=0, distill=True,
         weights=str(last / "a" / "weights.caffemodel"), outdir=out / "distill", progress=None)
     tv_path = work / "teacher" / "train_val.prototxt"
@@ -429,14 +438,17 @@ def stage_tucker(work: Path, args) -> list[dict]:
 
 
 def tucker_row(work: Path, args, ratio: float, kind: str = "ratio") -> dict | None:
-    """Slim-Tucker: the slim net's best weights (the longer fine-tune's, else the last step's)
-    decomposed (`rebirth tucker --ratio R`; balanced factors), re-learned against the slim net,
-    fine-tuned at finetune's defaults, evaluated and timed against the teacher."""
+    """Slim-Tucker: the Slim net's best weights (the longest fine-tune's: final/finetune_long,
+    else final/finetune, else the last step's), its global pooling folded into the classifier
+    (`rebirth slim --rules pool_into_fc`, exact), decomposed (`rebirth tucker --macs` or
+    `--ratio`), re-learned against the Slim net at relearn's defaults, fine-tuned at finetune's
+    defaults, evaluated and timed against the teacher. (Rows before the fold, from row 9+'s
+    weights, are in tucker_macs_*/ and tucker_*/ of the earlier work folders.)"""
     from deeprebirth.learning import finetune as ft
     from deeprebirth.learning import relearn as rl
     from deeprebirth.learning import sources as data  # noqa: PLC0415
 
-    out = work / (f"tucker_{ratio:g}" if kind == "ratio" else f"tucker_macs_{ratio:g}")
+    out = work / (f"slim_tucker_{ratio:g}" if kind == "ratio" else f"slim_tucker_macs_{ratio:g}")
     done = out / "tucker.json"
     if done.exists():
         return json.loads(done.read_text())
@@ -446,38 +458,41 @@ def tucker_row(work: Path, args, ratio: float, kind: str = "ratio") -> dict | No
     t0 = time.time()
     out.mkdir(parents=True, exist_ok=True)
     tv_path = work / "teacher" / "train_val.prototxt"
-    source_w = work / "final" / "finetune" / "weights.caffemodel"
-    source_w = source_w if source_w.exists() else last / "b" / "weights.caffemodel"
-    cmd = [sys.executable, "-m", "deeprebirth.cli", "tucker", str(last / "slim" / "deploy.prototxt"),
-           str(source_w), f"--{kind}", str(ratio), "--train-val", str(last / "slim" / "train_val.prototxt"),
-           "-o", str(out / "slim"), "--json"]
-    slim_dir = out / "slim"
-    if not (slim_dir / "report.json").exists():
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise SystemExit(f"rebirth tucker failed: {proc.stderr.strip()}")
+    candidates = [work / "final" / "finetune_long", work / "final" / "finetune", last / "b"]
+    source_w = next(c / "weights.caffemodel" for c in candidates if (c / "weights.caffemodel").exists())
+    folded, slim_dir = out / "folded", out / "slim"
+    steps = [(folded, ["slim", str(last / "slim" / "deploy.prototxt"), "-w", str(source_w), "--train-val",
+                       str(last / "slim" / "train_val.prototxt"), "--rules", "pool_into_fc", "-o", str(folded)]),
+             (slim_dir, ["tucker", str(folded / "deploy.prototxt"), str(folded / "init.caffemodel"), f"--{kind}",
+                         str(ratio), "--train-val", str(folded / "train_val.prototxt"), "-o", str(slim_dir)])]
+    for where, cmd in steps:
+        if not (where / "report.json").exists():
+            proc = subprocess.run([sys.executable, "-m", "deeprebirth.cli", *cmd, "--json"], capture_output=True,
+                                  text=True)
+            if proc.returncode != 0:
+                raise SystemExit(f"rebirth {cmd[0]} failed: {proc.stderr.strip()}")
     label = f"ratio {ratio:g}" if kind == "ratio" else f"MAC budget {ratio:g}"
+    label += f" of {source_w.parent.name}'s Slim net, pool5 folded"
     label += ", distilled against Slim" if args.tucker_distill else ""
     row = {"step": "T", "slim": f"Slim-Tucker ({label})", "layers": len(netio.read_net(slim_dir / "deploy.prototxt").layer),
            "memory_bytes": Graph(netio.read_net(slim_dir / "deploy.prototxt"), strict=False).memory_bytes}
     row["before_relearn"] = evaluate_net(slim_dir / "deploy.prototxt", slim_dir / "init.caffemodel", work, tv_path,
                                          args.eval_images)
-    train_lmdb = str(work / "fmnist_train_lmdb")
-    opt = rl.Options(train_images=args.relearn_images, heldout_images=200, iters=args.relearn_iters, batch=32,
-                     base_lr=args.relearn_lr, seed=99)
+    train, held = held_out_split(str(work / "fmnist_train_lmdb"))
     if (out / "relearn" / "relearn.json").exists():
         doc = json.loads((out / "relearn" / "relearn.json").read_text())
-    else:
-        doc = rl.relearn_dir(slim_dir, train_lmdb, out / "relearn", options=opt)
+    else:        # relearn's defaults (`rebirth relearn SLIM --images "$L[:58000]"`)
+        doc = rl.relearn_dir(slim_dir, train, out / "relearn", options=rl.Options())
     row["relearn_a"] = [{"unit": u["name"], "error": u["error"], "kept": u["kept"]} for u in doc["units"]]
     row["relearn_only"] = evaluate_net(slim_dir / "deploy.prototxt", out / "relearn" / "weights.caffemodel", work,
                                        tv_path, args.eval_images)
     final = out / "relearn" / "weights.caffemodel"
     try:
         if not finished_run(out / "finetune", args.tucker_iters, final, args.tucker_distill):
-            ft.finetune(slim_dir, data.open_source(train_lmdb), None, iters=args.tucker_iters,
-                        base_lr=args.tucker_lr, test_interval=0, snapshot=0, distill=args.tucker_distill,
-                        weights=str(final), outdir=out / "finetune", seed=99, progress=None)
+            ft.finetune(slim_dir, data.open_source(train), data.open_source(held),
+                        iters=args.tucker_iters, base_lr=args.tucker_lr, test_interval=max(args.tucker_iters // 10, 1),
+                        snapshot=0, distill=args.tucker_distill, weights=str(final), outdir=out / "finetune",
+                        progress=None)
         final = out / "finetune" / "weights.caffemodel"
         row["relearn_finetune"] = evaluate_net(slim_dir / "deploy.prototxt", final, work, tv_path, args.eval_images)
         row["finetune"] = {"iters": args.tucker_iters, "base_lr": args.tucker_lr or "finetune's default",
