@@ -569,8 +569,10 @@ def fold_head(deploy: Path, weights: Path, train_val_text: str) -> dict[str, byt
     from deeprebirth.caffe.model import load_model  # noqa: PLC0415
     from deeprebirth.transforms import slim as slim_api  # noqa: PLC0415
 
+    model = load_model(deploy, weights)
+    model.source = "the table's net (scripts/reproduce_table3.py)"   # no path of the run in a shipped file
     try:
-        out = slim_api.slim(load_model(deploy, weights), rules=["pool_into_fc"],
+        out = slim_api.slim(model, rules=["pool_into_fc"],
                             train_val=netio.parse_net_text(train_val_text, "train_val.prototxt"))
     except RebirthError:     # nothing to fold (no global pooling, or a guard refused it)
         return None
@@ -629,7 +631,11 @@ def prefer_longer(row: dict, weights: Path, longer: Path, deploy: Path, work: Pa
     (a `rebirth finetune` into ``longer``'s folder, named in the row by ``what``); else as given."""
     if not longer.exists():
         return row, weights
-    row = dict(row, slim=f"{row['slim']}, {what} ({longer.parent.name}/)")
+    run = json.loads((longer.parent / "finetune.json").read_text())
+    how = (f"resumed at iteration {run['start_iteration']:,} to {run['iterations']:,}" if run.get("resumed_from")
+           else f"{run['iterations']:,} iterations from {Path(run.get('start_weights') or 'init').parent.name}/")
+    row = dict(row, slim=f"{row['slim']}; shipped: {what} ({longer.parent.name}/: {how}, base_lr {run['base_lr']:.2g}, "
+                         f"{run.get('schedule', 'anneal')})")
     row["relearn_finetune"] = evaluate_net(deploy, longer, work, work / "teacher" / "train_val.prototxt")
     return row, longer
 
@@ -647,7 +653,7 @@ def ship(work: Path, rows: list[dict], tucker_dir: str | None, runs: int = 50) -
     if slim_row:
         slim_row, final = prefer_longer(slim_row, final,
                                         work / "final" / "finetune_long" / "weights.caffemodel",
-                                        last / "slim" / "deploy.prototxt", work, "then a longer fine-tuning")
+                                        last / "slim" / "deploy.prototxt", work, "a longer fine-tuning")
         ship_folder("fmnist_googlenet_slim", last / "slim" / "deploy.prototxt",
                     final if final.exists() else last / "b" / "weights.caffemodel",
                     shipped_train_val(last / "slim" / "train_val.prototxt", tv), slim_row,
@@ -656,7 +662,7 @@ def ship(work: Path, rows: list[dict], tucker_dir: str | None, runs: int = 50) -
     if f"{len(STEPS)}L" in by_step:
         row, weights = prefer_longer(by_step[f"{len(STEPS)}L"], work / "labelfree" / "distill" / "weights.caffemodel",
                                      work / "labelfree" / "distill_long" / "weights.caffemodel",
-                                     last / "slim" / "deploy.prototxt", work, "distilled longer")
+                                     last / "slim" / "deploy.prototxt", work, "a longer distillation")
         ship_folder("fmnist_googlenet_slim_labelfree", last / "slim" / "deploy.prototxt", weights,
                     shipped_train_val(last / "slim" / "train_val.prototxt", tv), row,
                     "GoogLeNet-Slim recovered without reading a label: relearn of each unit against the teacher's "
@@ -665,12 +671,13 @@ def ship(work: Path, rows: list[dict], tucker_dir: str | None, runs: int = 50) -
         t = work / tucker_dir
         row, weights = prefer_longer(json.loads((t / "tucker.json").read_text()), t / "finetune" / "weights.caffemodel",
                                      t / "finetune_long" / "weights.caffemodel", t / "slim" / "deploy.prototxt",
-                                     work, "fine-tuned longer")
+                                     work, "a longer fine-tuning")
         ship_folder("fmnist_googlenet_slim_tucker", t / "slim" / "deploy.prototxt",
                     weights if weights.exists() else t / "relearn" / "weights.caffemodel",
                     shipped_train_val(t / "slim" / "train_val.prototxt", tv), row,
-                    "GoogLeNet-Slim-Tucker: the Slim net's layers decomposed (`rebirth tucker`), relearned against "
-                    "the Slim net, then fine-tuned with labels.", bench)
+                    "GoogLeNet-Slim-Tucker: the Slim net, its global average pooling folded into the classifier (rule "
+                    "`pool_into_fc`, exact), decomposed (`rebirth tucker`), relearned against that Slim net, then "
+                    "fine-tuned with labels.", bench)
     bn = work / "bn_teacher"
     if (bn / "bn.json").exists():
         row = dict(json.loads((bn / "bn.json").read_text()), bench_teacher="models/fmnist_resnet.prototxt",

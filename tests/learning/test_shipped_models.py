@@ -38,3 +38,12 @@ def test_shipped_net_classifies_as_its_readme_says(name, caffe):
     doc = json.loads(res.stdout)
     assert doc["preprocess_from"] == str(d / "train_val.prototxt")
     assert abs(doc["top1"] - claimed) < 0.03, (doc["top1"], claimed)
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_net_has_its_global_pooling_folded(name):
+    """--ship folds pool5 into the classifier (pool_into_fc, exact): no Pooling is left before it."""
+    from deeprebirth.caffe import netio
+    net = netio.read_net(MODELS / name / "deploy.prototxt")
+    assert not [lr.name for lr in net.layer if lr.type == "Pooling" and lr.pooling_param.global_pooling]
+    assert "pool_into_fc" in (MODELS / name / "README.md").read_text()
