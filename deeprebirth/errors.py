@@ -13,12 +13,13 @@ class RebirthError(Exception):
 
 
 class Diverged(Exception):
-    """Training's loss stopped being finite or grew out of bounds at iteration ``it`` (internal:
-    relearn and finetune catch it and try a lower rate)."""
+    """Training's loss stopped being finite or grew out of bounds at iteration ``it``, or (with
+    ``collapse``, what was seen) the net collapsed (internal: relearn and finetune catch it and try
+    a lower rate)."""
 
-    def __init__(self, it: int, loss: float, collapsed: bool = False, why: str | None = None):
+    def __init__(self, it: int, loss: float, collapse: str | None = None):
         super().__init__(it, loss)
-        self.it, self.loss, self.collapsed, self.why = it, loss, collapsed, why
+        self.it, self.loss, self.collapse = it, loss, collapse
 
 
 class RebirthWarning(UserWarning):

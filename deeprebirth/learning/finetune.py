@@ -317,9 +317,7 @@ def _start_solver(st: _Setup, sparam, resume):
 
 
 def _restart_note(st: _Setup, sparam, bad: Diverged, log) -> None:
-    what = (f"the net collapsed at iteration {bad.it} ({bad.why})" if bad.why
-            else f"the net collapsed at iteration {bad.it} (a uniform output for every image for "
-            f"{COLLAPSE_WINDOW} iterations; loss {bad.loss:.4g})" if bad.collapsed
+    what = (f"the net collapsed at iteration {bad.it} ({bad.collapse}; loss {bad.loss:.4g})" if bad.collapse
             else f"the loss diverged at iteration {bad.it} ({bad.loss:.4g})")
     note = f"{what} at base_lr {sparam.base_lr:g}; started again at base_lr {sparam.base_lr / 10:g}"
     sparam.base_lr /= 10
@@ -429,8 +427,7 @@ def finetune(slim_dir, train: data.Source, val: data.Source | None = None, *, it
                 break
             except Diverged as bad:
                 if attempt == DIVERGENCE_ATTEMPTS - 1:
-                    how = (f"collapsed ({bad.why})" if bad.why else
-                           "collapsed (a uniform output for every image)" if bad.collapsed else "diverged")
+                    how = f"collapsed ({bad.collapse})" if bad.collapse else "diverged"
                     raise RebirthError(f"the loss diverged at base_lr {first_lr:g} and at {DIVERGENCE_ATTEMPTS - 1} "
                                        f"lower rates (last: {how} at iteration {bad.it}, loss {bad.loss:.4g} at "
                                        f"base_lr {sparam.base_lr:g}); lower --base-lr") from None
@@ -552,7 +549,7 @@ class _Validator:
         return entry
 
     def _check_chance(self, entry: dict) -> None:
-        """Diverged(collapsed) when this run's validation score is back at chance (back_to_chance)."""
+        """Diverged(collapse=...) when this run's validation score is back at chance (back_to_chance)."""
         key = "val_top1" if "val_top1" in entry else "val_agreement" if "val_agreement" in entry else None
         if key is None:
             return
@@ -560,9 +557,8 @@ class _Validator:
         if back_to_chance(self.scores, self.st.tn.classes):
             what = "top-1" if key == "val_top1" else "agreement with the teacher"
             raise Diverged(entry["iteration"], entry["loss"] if entry["loss"] is not None else float("nan"),
-                           collapsed=True,
-                           why=f"validation {what} {100 * entry[key]:.2f} %, back at chance "
-                               f"({100 / self.st.tn.classes:.0f} %) from {100 * max(self.scores[:-1]):.2f} %")
+                           collapse=f"validation {what} {100 * entry[key]:.2f} %, back at chance "
+                                    f"({100 / self.st.tn.classes:.0f} %) from {100 * max(self.scores[:-1]):.2f} %")
 
 
     def _keep_if_best(self, entry: dict, runner) -> None:
@@ -635,7 +631,7 @@ def _train(st: _Setup, solver, train: data.Source, sparam, validate: _Validator,
         _check_divergence(run_losses, it + 1)
         spreads.append(logit_spread(net.blobs[tn.logits].data))
         if collapsed(spreads):
-            raise Diverged(it + 1, loss, collapsed=True)
+            raise Diverged(it + 1, loss, collapse="a uniform output for every image")   # for COLLAPSE_WINDOW its
         validate.losses.append(loss)
         if progress:
             progress(1)

@@ -33,7 +33,7 @@ import numpy as np
 
 from deeprebirth.caffe.model import Model
 from deeprebirth.errors import RebirthError
-from deeprebirth.graph.dag import Graph, Node
+from deeprebirth.graph.dag import Graph
 from deeprebirth.graph.geometry import canonical_axis, pool_geometry
 from deeprebirth.transforms.edit import remove_layers
 from deeprebirth.transforms.rules.base import Change, Match, Rule
