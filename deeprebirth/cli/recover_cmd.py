@@ -1,7 +1,6 @@
 """`rebirth recover`: label-free recovery of a slim net (relearn, then distil against the teacher)."""
 from __future__ import annotations
 
-import sys
 
 import click
 
@@ -42,7 +41,7 @@ def recover_command(slim_dir, images, val, iters, relearn_iters, count, batch, b
     plan = folders.relearn_plan(slim_dir)
     opt = rl.Options(train_images=count, iters=relearn_iters, seed=seed)
     total = len(relearn_plan.selected_units(plan["units"], None)) * relearn_iters + iters
-    with progress_bar(total, "recover", "it", sys.stderr.isatty() and not as_json) as bar:
+    with progress_bar(total, "recover", "it") as bar:
         doc = isolate.call(rc.recover, slim_dir, images, val, outdir, what="recover", progress=bar,
                            relearn_options=opt, iters=iters, batch=batch, base_lr=base_lr, val_limit=val_limit,
                            seed=seed)

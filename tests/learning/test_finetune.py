@@ -258,14 +258,17 @@ layer { name: "loss" type: "SoftmaxWithLoss" bottom: "fc" bottom: "label" top: "
     assert not any("diverged" in n for n in json.loads(res.stdout)["notes"])
 
 
-def test_recover_from_images_without_labels(slimmed, tmp_path):
-    """`rebirth recover`: relearn then distil, on a folder of images without class folders."""
+def test_recover_from_images_without_labels(slimmed, tmp_path, monkeypatch):
+    """`rebirth recover`: relearn then distil, on a folder of images without class folders; its
+    progress reaches stderr also when that is not a terminal (a log file), beside --json."""
     d = slimmed
     out = tmp_path / "rec"
+    monkeypatch.setattr(progress, "QUIET_SECONDS", -1.0)   # progress lines for short work too
     res = run("recover", d / "slim", "--images", d / "plain", "--val", d / "plain", "--iters", 20,
               "--relearn-iters", 10, "--count", 16, "-o", out, "--json")
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
+    assert "rebirth: recover 100% (" in res.stderr
     assert doc["labels_read"] is False and doc["finetune"]["mode"] == "distill"
     assert doc["relearn"]["units"] and (out / "relearn" / "weights.caffemodel").exists()
     assert doc["finetune"]["start_weights"] == str(out / "relearn" / "weights.caffemodel")
