@@ -429,7 +429,9 @@ def stage_tucker(work: Path, args) -> list[dict]:
     """Slim-Tucker at each of ``--tucker-macs`` (MAC budgets) or else ``--tucker-ratios`` (a
     speed/accuracy curve): one row per budget."""
     rows = []
-    budgets = [("macs", m) for m in args.tucker_macs] if args.tucker_macs else [("ratio", r) for r in args.tucker_ratios]
+    budgets = ([("time", t) for t in args.tucker_time] if args.tucker_time else
+               [("macs", m) for m in args.tucker_macs] if args.tucker_macs else
+               [("ratio", r) for r in args.tucker_ratios])
     for kind, value in budgets:
         row = tucker_row(work, args, value, kind)
         if row:
@@ -440,7 +442,7 @@ def stage_tucker(work: Path, args) -> list[dict]:
 def tucker_row(work: Path, args, ratio: float, kind: str = "ratio") -> dict | None:
     """Slim-Tucker: the Slim net's best weights (the longest fine-tune's: final/finetune_long,
     else final/finetune, else the last step's), its global pooling folded into the classifier
-    (`rebirth slim --rules pool_into_fc`, exact), decomposed (`rebirth tucker --macs` or
+    (`rebirth slim --rules pool_into_fc`, exact), decomposed (`rebirth tucker --time`, `--macs` or
     `--ratio`), re-learned against the Slim net at relearn's defaults, fine-tuned at finetune's
     defaults, evaluated and timed against the teacher. (Rows before the fold, from row 9+'s
     weights, are in tucker_macs_*/ and tucker_*/ of the earlier work folders.)"""
@@ -448,7 +450,7 @@ def tucker_row(work: Path, args, ratio: float, kind: str = "ratio") -> dict | No
     from deeprebirth.learning import relearn as rl
     from deeprebirth.learning import sources as data  # noqa: PLC0415
 
-    out = work / (f"slim_tucker_{ratio:g}" if kind == "ratio" else f"slim_tucker_macs_{ratio:g}")
+    out = work / (f"slim_tucker_{ratio:g}" if kind == "ratio" else f"slim_tucker_{kind}_{ratio:g}")
     done = out / "tucker.json"
     if done.exists():
         return json.loads(done.read_text())
@@ -471,7 +473,7 @@ def tucker_row(work: Path, args, ratio: float, kind: str = "ratio") -> dict | No
                                   text=True)
             if proc.returncode != 0:
                 raise SystemExit(f"rebirth {cmd[0]} failed: {proc.stderr.strip()}")
-    label = f"ratio {ratio:g}" if kind == "ratio" else f"MAC budget {ratio:g}"
+    label = {"ratio": "ratio", "macs": "MAC budget", "time": "time budget"}[kind] + f" {ratio:g}"
     label += f" of {source_w.parent.name}'s Slim net, pool5 folded"
     label += ", distilled against Slim" if args.tucker_distill else ""
     row = {"step": "T", "slim": f"Slim-Tucker ({label})", "layers": len(netio.read_net(slim_dir / "deploy.prototxt").layer),
@@ -746,6 +748,8 @@ def main(argv=None) -> int:
                     help="Slim-Tucker weight budgets, comma-separated: one row each (a speed/accuracy curve)")
     ap.add_argument("--tucker-macs", type=lambda t: [float(x) for x in t.split(",")], default=None,
                     help="instead of --tucker-ratios: `rebirth tucker --macs` budgets, comma-separated, one row each")
+    ap.add_argument("--tucker-time", type=lambda t: [float(x) for x in t.split(",")], default=None,
+                    help="instead of --tucker-ratios or --tucker-macs: `rebirth tucker --time` budgets, comma-separated")
     ap.add_argument("--distill-iters", type=int, default=2000,
                     help="distillation iterations that finish the label-free chain (0: skip)")
     ap.add_argument("--bn-teacher", nargs=3, metavar=("DEPLOY", "WEIGHTS", "TRAIN_VAL"),

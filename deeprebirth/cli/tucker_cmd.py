@@ -7,6 +7,7 @@ import click
 from deeprebirth.cli import reports
 from deeprebirth.caffe import netio
 from deeprebirth.transforms import slim as slim_api
+from deeprebirth.transforms import rank_budget
 from deeprebirth.transforms import tucker as tucker_api
 from deeprebirth.caffe.model import load_model, resolve
 from deeprebirth.transforms.rules.tucker import parse_ranks
@@ -27,6 +28,13 @@ from deeprebirth.runtime import verify
               help="Instead of --ranks or --ratio: the layers together keep at most this fraction of their "
                    "multiply-accumulates, each layer's ranks chosen by weight error per MAC saved (narrow layers "
                    "are spared).")
+@click.option("--time", "time_budget", type=float, default=None, metavar="F",
+              help="Instead of --ranks, --ratio or --macs: the layers together keep at most this fraction of their "
+                   "predicted time (MACs plus --layer-cost a layer), ranks chosen by weight error per time saved; "
+                   "a layer is decomposed only where that is predicted faster.")
+@click.option("--layer-cost", type=click.IntRange(min=0), default=rank_budget.LAYER_COST, show_default=True,
+              metavar="MACS", help="With --time: one layer's fixed cost, in MACs (measured in Caffe on a CPU: "
+                                   "20,000-50,000; see README, \"What MACs miss on a small net\").")
 @click.option("--only", metavar="NAMES", help="Decompose only these layers, comma-separated.")
 @click.option("--train-val", "train_val", type=FILE,
               help="The model's train_val.prototxt, to frame the new body (as for `slim`).")
@@ -41,7 +49,7 @@ from deeprebirth.runtime import verify
 @click.option("--force", is_flag=True,
               help="Replace OUTDIR although it holds files rebirth did not write (all of them are removed).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a summary.")
-def tucker_command(model, weights, ranks, ratio, macs, only, train_val, data_layer, outdir, allow_missing, force, as_json):
+def tucker_command(model, weights, ranks, ratio, macs, time_budget, layer_cost, only, train_val, data_layer, outdir, allow_missing, force, as_json):
     """Decompose MODEL's convolutions (Tucker-2: 1x1, KxK core, 1x1) and 1x1 convolutions /
     InnerProducts (truncated SVD) from WEIGHTS (Kim et al. 2015; the paper's GoogLeNet-Tucker, and
     Slim-Tucker when MODEL is a slim net).
@@ -50,7 +58,8 @@ def tucker_command(model, weights, ranks, ratio, macs, only, train_val, data_lay
     train_val.prototxt; report.json gives ranks, errors, params and MACs per layer.
     """
     netio.check_dir_is_ours(outdir, force)   # before any work; written at the end
-    fixed = parse_ranks(None if (ratio is not None or macs is not None) and ranks == "vbmf" else ranks)
+    budgets = (ratio, macs, time_budget)
+    fixed = parse_ranks(None if any(b is not None for b in budgets) and ranks == "vbmf" else ranks)
     m = load_model(model, weights, allow_missing=allow_missing)
     show_warnings(m.warnings)
     given = netio.read_net(train_val) if train_val else None
@@ -59,7 +68,7 @@ def tucker_command(model, weights, ranks, ratio, macs, only, train_val, data_lay
                   inputs=[str(resolve(model)), weights, train_val])
     with progress_bar(len(tucker_api.candidates(m, names)), "decomposing", "layer") as bar:
         out = tucker_api.tucker(m, fixed, ratio, only=names, progress=bar, measure=verify.output_errors,
-                               macs=macs, **kwargs)
+                               macs=macs, time=time_budget, layer_cost=layer_cost, **kwargs)
     show_warnings([w for w in out.result.warnings if w not in m.warnings])
     written = slim_api.write(out, outdir, force=force)
     if as_json:

@@ -1,4 +1,5 @@
-"""Tucker ranks under one MAC budget for the whole net (``rebirth tucker --macs F``).
+"""Tucker ranks under one budget for the whole net: of MACs (``rebirth tucker --macs F``) or of
+predicted time (``--time F``).
 
 ``--ratio F`` keeps the same fraction of every layer's weights, which is harsh on narrow layers: a
 1x1 reducer of 16 filters becomes a rank-7 SVD with most of its weights' energy gone, and saves
@@ -26,6 +27,18 @@ added error per MAC saved, (e(new) - e(now)) / (MACs(now) - MACs(new)), and make
 jump several ranks at once (decomposing a layer at all costs its 1x1 layers first, so the first
 step is never a single rank). Errors are relative, so every layer counts alike whatever its
 scale. Layers the budget never reaches stay whole, and ``TuckerRule`` says so for each.
+
+**Time instead of MACs** (``--time F``). On a small net a layer's fixed cost is not small next to its
+arithmetic: in Caffe on this machine (one BLAS thread, `rebirth bench --layers`), a line fitted to
+the convolutions' times gives 1.8-3.2 µs a layer plus 0.06-0.09 ns a MAC, so one layer costs as
+much as 20,000-50,000 MACs. Decomposing adds layers (Tucker-2: up to two, SVD: one), and the MAC
+budget happily splits a 1x1 reducer into a pair that runs slower. ``--time`` counts each layer as
+``layer_cost`` MACs on top of its own, in the layer's cost and in every candidate's, and runs the
+same greedy on that predicted time: a candidate that is not predicted faster than its layer is no
+candidate at all (narrow layers are spared this way, not by a rule), and the budget F is a fraction
+of the decomposable layers' predicted time. ``LAYER_COST`` is the middle of the measured range;
+``--layer-cost`` sets another (a phone's or a faster engine's fit). The ranks themselves still come
+from the spectra, as above.
 """
 from __future__ import annotations
 
@@ -41,17 +54,23 @@ from deeprebirth.transforms.rules.tucker import Geometry, TuckerRule, layer_geom
 
 
 TIE = 1e-15     # added error per MAC below which two moves count as equally cheap
+LAYER_COST = 30_000   # MACs that one layer's fixed cost is worth, in Caffe here (module docstring)
 
 
 @dataclass
 class Options:
-    """One layer's candidates: ranks (dicts as TuckerRule takes them), their MACs and errors,
-    ordered by rank; ``macs0`` is the layer's own cost."""
+    """One layer's candidates: ranks (dicts as TuckerRule takes them), their MACs, errors and
+    number of layers, ordered by rank; ``macs0`` is the layer's own cost (one layer)."""
     name: str
     macs0: int
     ranks: list[dict]
     macs: np.ndarray
     errors: np.ndarray
+    layers: np.ndarray
+
+    def costs(self, layer_cost: int) -> tuple[int, np.ndarray]:
+        """(the layer's own cost, each candidate's): MACs plus ``layer_cost`` a layer."""
+        return self.macs0 + layer_cost, self.macs + layer_cost * self.layers
 
 
 def _tails(values_sq: np.ndarray) -> np.ndarray:
@@ -74,10 +93,12 @@ def svd_options(name: str, geo: Geometry) -> Options:
     ranks = list(range(1, min(S, T)))
     macs = np.array([geo.out_hw * r * (S + T) for r in ranks], dtype=np.int64)
     errors = np.array([tails[r] / total for r in ranks])
-    return _cheaper(Options(name, geo.out_hw * S * T, [{"r": r} for r in ranks], macs, errors))
+    return _cheaper(Options(name, geo.out_hw * S * T, [{"r": r} for r in ranks], macs, errors, np.full(len(ranks), 2)))
 
 
-def tucker_options(name: str, geo: Geometry) -> Options:
+def tucker_options(name: str, geo: Geometry, one_sided: bool = False) -> Options:
+    """Pairs with R3/S = R4/T; with ``one_sided`` also those that decompose one mode only (R3 = S:
+    no input 1x1, or R4 = T: no output 1x1), which add one layer instead of two (``--time``)."""
     W = geo.W
     T, S = W.shape[:2]
     K = W.shape[2] * W.shape[3]
@@ -91,54 +112,62 @@ def tucker_options(name: str, geo: Geometry) -> Options:
         R3 = (max(1, round(k * S / T)) if dec_out else k) if dec_in else S
         if (R3, R4) != (S, T) and (R3, R4) not in pairs:
             pairs.append((R3, R4))
+    if one_sided:
+        pairs += [(S, r) for r in range(1, T) if dec_out and (S, r) not in pairs]
+        pairs += [(r, T) for r in range(1, S) if dec_in and (r, T) not in pairs]
     macs = np.array([tucker_cost(S, T, K, geo.in_hw, geo.out_hw, R3, R4, R3 < S, R4 < T)[1] for R3, R4 in pairs],
                     dtype=np.int64)
     errors = np.array([(tail_out[R4] + tail_in[R3]) / total for R3, R4 in pairs])
-    return _cheaper(Options(name, geo.out_hw * S * T * K, [{"R3": a, "R4": b} for a, b in pairs], macs, errors))
+    layers = np.array([1 + (R3 < S) + (R4 < T) for R3, R4 in pairs])
+    return _cheaper(Options(name, geo.out_hw * S * T * K, [{"R3": a, "R4": b} for a, b in pairs], macs, errors,
+                            layers))
 
 
 def _cheaper(opt: Options) -> Options:
+    """Only candidates with fewer MACs than the layer (they have more layers, so no other is faster)."""
     keep = opt.macs < opt.macs0
-    return Options(opt.name, opt.macs0, [r for r, k in zip(opt.ranks, keep) if k], opt.macs[keep], opt.errors[keep])
+    return Options(opt.name, opt.macs0, [r for r, k in zip(opt.ranks, keep) if k], opt.macs[keep], opt.errors[keep],
+                   opt.layers[keep])
 
 
-def _best_move(opt: Options, now_macs: int, now_error: float) -> tuple[float, int] | None:
-    """(added error per MAC saved, candidate index) of the best cheaper candidate, or None."""
-    cheaper = np.nonzero(opt.macs < now_macs)[0]
+def _best_move(costs: np.ndarray, errors: np.ndarray, now_cost: int, now_error: float) -> tuple[float, int] | None:
+    """(added error per cost saved, candidate index) of the best cheaper candidate, or None."""
+    cheaper = np.nonzero(costs < now_cost)[0]
     if cheaper.size == 0:
         return None
-    rate = (opt.errors[cheaper] - now_error) / (now_macs - opt.macs[cheaper])
+    rate = (errors[cheaper] - now_error) / (now_cost - costs[cheaper])
     best = float(rate.min())
     ties = np.nonzero(rate <= best + TIE)[0]             # equally cheap: the move that saves most
-    i = int(ties[np.argmin(opt.macs[cheaper][ties])])
+    i = int(ties[np.argmin(costs[cheaper][ties])])
     return float(rate[i]), int(cheaper[i])
 
 
-def allocate(options: list[Options], fraction: float) -> dict[str, dict]:
-    """The ranks of the layers that the budget decomposes (the greedy of the module docstring);
+def allocate(options: list[Options], fraction: float, layer_cost: int = 0, flag: str = "--macs") -> dict[str, dict]:
+    """The ranks of the layers that the budget decomposes (the greedy of the module docstring):
+    a budget of MACs with ``layer_cost`` 0, of predicted time with a layer's cost in MACs;
     pure: no weights are touched."""
     if not 0 < fraction <= 1:
-        raise RebirthError(f"--macs must be in (0, 1], not {fraction}")
-    state = {o.name: (o.macs0, 0.0, None) for o in options}          # macs, error, candidate
-    budget = fraction * sum(o.macs0 for o in options)
-    total = float(sum(o.macs0 for o in options))
+        raise RebirthError(f"{flag} must be in (0, 1], not {fraction}")
+    costs = {o.name: o.costs(layer_cost) for o in options}
+    state = {name: (own, 0.0, None) for name, (own, _) in costs.items()}     # cost, error, candidate
+    total = float(sum(own for own, _ in costs.values()))
+    budget = fraction * total
     by_name = {o.name: o for o in options}
-    moves = {o.name: _best_move(o, o.macs0, 0.0) for o in options}
+    moves = {o.name: _best_move(costs[o.name][1], o.errors, costs[o.name][0], 0.0) for o in options}
     while total > budget:
         live = [(m[0], name) for name, m in moves.items() if m is not None]
         if not live:
             break
         _, name = min(live)
-        opt, (_, index) = by_name[name], moves[name]
-        macs, _, _ = state[name]
-        total -= macs - int(opt.macs[index])
-        state[name] = (int(opt.macs[index]), float(opt.errors[index]), index)
-        moves[name] = _best_move(opt, int(opt.macs[index]), float(opt.errors[index]))
+        opt, (_, index), cand = by_name[name], moves[name], costs[name][1]
+        total -= state[name][0] - int(cand[index])
+        state[name] = (int(cand[index]), float(opt.errors[index]), index)
+        moves[name] = _best_move(cand, opt.errors, int(cand[index]), float(opt.errors[index]))
     return {name: dict(by_name[name].ranks[idx], predicted_error=round(float(np.sqrt(err)), 4))
             for name, (_, err, idx) in state.items() if idx is not None}
 
 
-def layer_options(model: Model, only: list[str] | None = None) -> list[Options]:
+def layer_options(model: Model, only: list[str] | None = None, one_sided: bool = False) -> list[Options]:
     """The candidates of every layer `tucker` may decompose (or of ``only``)."""
     graph = Graph(model.net, strict=False)
     out = []
@@ -148,12 +177,27 @@ def layer_options(model: Model, only: list[str] | None = None) -> list[Options]:
         geo = layer_geometry(graph, graph.node(match.name), model)
         if isinstance(geo, str):
             continue
-        opt = svd_options(match.name, geo) if geo.method == "svd" else tucker_options(match.name, geo)
+        opt = svd_options(match.name, geo) if geo.method == "svd" else tucker_options(match.name, geo, one_sided)
         if opt.ranks:
             out.append(opt)
     return out
 
 
-def budget_ranks(model: Model, fraction: float, only: list[str] | None = None) -> dict[str, dict]:
-    """``allocate`` over ``model``'s decomposable layers: {layer: ranks} for TuckerRule(layer_ranks=...)."""
-    return allocate(layer_options(model, only), fraction)
+def budget_ranks(model: Model, fraction: float, only: list[str] | None = None, layer_cost: int = 0,
+                 flag: str = "--macs") -> dict[str, dict | str]:
+    """``allocate`` over ``model``'s decomposable layers: {layer: ranks, or why it is left whole} for
+    TuckerRule(layer_ranks=...)."""
+    options = layer_options(model, only, one_sided=layer_cost > 0)
+    ranks: dict[str, dict | str] = dict(allocate(options, fraction, layer_cost, flag))
+    what = "time" if layer_cost else "MAC"
+    for opt in options:
+        own, cand = opt.costs(layer_cost)
+        if opt.name in ranks:
+            continue
+        if not (cand < own).any():
+            ranks[opt.name] = (f"no rank of it is predicted faster than the layer (a layer counted as {layer_cost:,} "
+                               "MACs); left alone")
+        else:
+            ranks[opt.name] = (f"spared by the {what} budget (other layers give up {what.replace('MAC', 'MACs')} "
+                               "for less weight error); left alone")
+    return ranks

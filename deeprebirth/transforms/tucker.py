@@ -32,6 +32,8 @@ class TuckerOutput(slim_api.SlimOutput):
     rule: TuckerRule | None = None
     teacher: dict | None = None          # {"deploy": path, "weights": path}
     macs_fraction: float | None = None   # --macs: the budget the ranks were allocated under
+    time_fraction: float | None = None   # --time: the same, of predicted time
+    layer_cost: int | None = None        # --time: one layer's fixed cost in MACs
 
     @property
     def layers(self) -> list[dict]:
@@ -46,6 +48,8 @@ class TuckerOutput(slim_api.SlimOutput):
             "fixed_ranks": list(rule.ranks) if rule.ranks else None,
             "ratio": rule.ratio,
             "macs_fraction": self.macs_fraction,
+            "time_fraction": self.time_fraction,
+            "layer_cost_macs": self.layer_cost,
             "initialised_from_decomposition": [n for d in self.layers for n in d["new_layers"]],
             "layers": self.layers,
         }
@@ -58,15 +62,18 @@ def _rule(ranks, ratio, only=None) -> TuckerRule:
 
 def tucker(model: Model, ranks: tuple[int, int] | None = None, ratio: float | None = None,
            only: list[str] | None = None, progress: Callable[[int], None] | None = None,
-           measure: Callable | None = None, macs: float | None = None, **slim_kwargs) -> TuckerOutput:
+           measure: Callable | None = None, macs: float | None = None, time: float | None = None,
+           layer_cost: int = rank_budget.LAYER_COST, **slim_kwargs) -> TuckerOutput:
     """Decompose ``model``'s convolutions and InnerProducts (all, or the layers named in ``only``).
     ``progress(1)`` is called after each candidate layer is decided, planned or refused
     (``len(candidates(...))`` calls, by the runner). ``measure`` runs the check nets (``check_nets``) and returns each layer's output error
     (runtime.verify.output_errors does so in pycaffe). ``macs`` F: instead of ranks or a ratio, the
-    layers share one budget of F times their MACs (rank_budget.py). ``slim_kwargs`` go to
-    slim.slim (train_val, train_val_source, data_layer, inputs)."""
-    if macs is not None and (ranks is not None or ratio is not None):
-        raise RebirthError("give fixed ranks or a ratio or a MAC budget (--macs), not two of them")
+    layers share one budget of F times their MACs (rank_budget.py); ``time`` F: of their predicted
+    time, each layer counted as ``layer_cost`` MACs more. ``slim_kwargs`` go to slim.slim
+    (train_val, train_val_source, data_layer, inputs)."""
+    if sum(x is not None for x in (ranks or None, ratio, macs, time)) > 1:
+        raise RebirthError("give fixed ranks, a ratio, a MAC budget (--macs) or a time budget (--time), "
+                           "not two of them")
     rule = _rule(ranks, ratio)
     if model.weights is None:
         raise RebirthError(f"{model.source}: no weights: the decomposition starts from the trained weights")
@@ -85,8 +92,11 @@ def tucker(model: Model, ranks: tuple[int, int] | None = None, ratio: float | No
         rule = rule.with_options(only=set(only))
     if macs is not None:
         rule = rule.with_options(layer_ranks=rank_budget.budget_ranks(model, macs, only))
+    if time is not None:
+        rule = rule.with_options(layer_ranks=rank_budget.budget_ranks(model, time, only, layer_cost, "--time"))
     out = _decompose(model, [rule], rule, only, measure, progress=progress, **slim_kwargs)
-    out.macs_fraction = macs
+    out.macs_fraction, out.time_fraction = macs, time
+    out.layer_cost = layer_cost if time is not None else None
     return out
 
 

@@ -97,3 +97,64 @@ def test_cli_macs_budget(tmp_path):
     line = error_line(rebirth("tucker", tmp_path / "m.prototxt", tmp_path / "m.caffemodel", "--macs", 0.5,
                               "--ratio", 0.5, "-o", tmp_path / "o2"))
     assert "not two of them" in line and not (tmp_path / "o2").exists()
+
+
+# --- --time: MACs plus a fixed cost a layer ----------------------------------------------------
+
+def test_a_decomposition_that_adds_more_layer_cost_than_it_saves_is_no_candidate():
+    """A 16 x 16 layer at 10 positions: 2,560 MACs; its SVD at rank 1 costs 320 MACs but two layers.
+    Under a MAC budget it is cut; with a layer worth 30,000 MACs no rank of it is predicted faster."""
+    low = _options("narrow_low_rank", [10, 1e-3], 16)
+    assert rb.allocate([low], 0.5) != {}
+    assert rb.allocate([low], 0.5, layer_cost=30_000, flag="--time") == {}
+    own, cand = low.costs(30_000)
+    assert own == low.macs0 + 30_000 and list(cand) == list(low.macs + 60_000)
+
+
+def test_the_time_budget_holds_and_counts_the_added_layers():
+    big = [_options(f"wide{i}", [10, 5, 1, 0.5, 0.1], 256, hw=50) for i in range(3)]
+    got = rb.allocate(big, 0.5, layer_cost=30_000, flag="--time")
+    own = sum(o.costs(30_000)[0] for o in big)
+    after = sum(o.costs(30_000)[0] if o.name not in got else 50 * got[o.name]["r"] * 512 + 2 * 30_000 for o in big)
+    assert got and after <= 0.5 * own
+    with pytest.raises(RebirthError, match="--time must be in"):
+        rb.allocate(big, 1.5, layer_cost=30_000, flag="--time")
+
+
+def test_one_sided_tucker_candidates_drop_a_layer_and_their_error_is_exact():
+    """R3 = S keeps no input 1x1 (one layer added, not two), and truncating one mode alone loses
+    exactly that mode's tail energy."""
+    from deeprebirth.transforms.rules.tucker import reconstruct, relative_error, tucker2
+    rng = np.random.default_rng(2)
+    W = rng.normal(size=(24, 8, 3, 3))
+    both = rb.tucker_options("x", rb.Geometry("tucker2", W, 64, 64))
+    sided = rb.tucker_options("x", rb.Geometry("tucker2", W, 64, 64), one_sided=True)
+    assert all(n == 3 for n in both.layers) and len(sided.ranks) > len(both.ranks)
+    i = sided.ranks.index({"R3": 8, "R4": 5})
+    assert sided.layers[i] == 2
+    core, U, V = tucker2(W, 8, 5)
+    assert relative_error(W, reconstruct(core, U, V)) ** 2 == pytest.approx(sided.errors[i], rel=1e-6)
+
+
+def test_cli_time_budget_reports_it(tmp_path):
+    m = random_model(LOW_RANK)
+    (tmp_path / "m.prototxt").write_text(LOW_RANK)
+    from deeprebirth.caffe import netio
+    netio.write_weights(netio.with_weights(m.net, low_rank_model().weights), tmp_path / "m.caffemodel")
+    res = rebirth("tucker", tmp_path / "m.prototxt", tmp_path / "m.caffemodel", "--time", 0.6, "--layer-cost", 1000,
+                  "--data-layer", "dummy", "-o", tmp_path / "o", "--json")
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)["tucker"]
+    assert doc["ranks"] == "budget" and doc["time_fraction"] == 0.6 and doc["layer_cost_macs"] == 1000
+    layers = doc["layers"]
+    before = sum(d["macs"]["before"] + 1000 for d in layers)
+    after = sum(d["macs"]["after"] + 1000 * len(d["new_layers"]) for d in layers)
+    assert layers and after < before
+
+
+def test_layers_left_whole_say_why():
+    m = low_rank_model()
+    slow = rb.budget_ranks(m, 0.5, layer_cost=10**9, flag="--time")      # no decomposition is ever faster
+    assert slow and all(isinstance(v, str) and "predicted faster" in v for v in slow.values())
+    with pytest.raises(RebirthError, match="nothing to decompose.*predicted faster"):
+        tucker_api.tucker(m, time=0.5, layer_cost=10**9, data_layer="DummyData")

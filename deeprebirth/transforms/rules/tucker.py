@@ -265,7 +265,7 @@ class TuckerRule(Rule):
 
     def __init__(self, ranks: tuple[int, int] | None = None, ratio: float | None = None,
                  only: set[str] | None = None, require_saving: bool = True, absorb_full: bool = True,
-                 layer_ranks: dict[str, dict] | None = None):
+                 layer_ranks: dict[str, dict | str] | None = None):
         if sum(x is not None for x in (ranks, ratio, layer_ranks)) > 1:
             raise RebirthError("give fixed ranks or a ratio or a MAC budget, not two of them")
         if ratio is not None and not 0 < ratio <= 1:
@@ -314,8 +314,8 @@ class TuckerRule(Rule):
         if self.layer_ranks is None:
             return None
         if node.name not in self.layer_ranks:
-            return "spared by the MAC budget (other layers give up MACs for less weight error); left alone"
-        return self.layer_ranks[node.name]
+            return "spared by the budget (other layers give up more for less weight error); left alone"
+        return self.layer_ranks[node.name]     # its ranks, or why the budget leaves it whole
 
     def _plan_svd(self, node: Node, W: np.ndarray, in_hw: int, out_hw: int) -> Plan | str:
         T, S = W.shape
