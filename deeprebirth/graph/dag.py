@@ -34,6 +34,11 @@ ELEMENTWISE = frozenset({"ReLU", "PReLU", "ELU", "Sigmoid", "TanH", "AbsVal", "P
 # a concatenation equals applying it to each part.
 ACTIVATIONS = frozenset({"ReLU", "ELU", "Sigmoid", "TanH", "AbsVal", "Power", "BNLL", "Exp", "Log",
                          "Threshold", "Clip", "Swish", "Dropout"})
+# A layer's fixed cost in Caffe on a CPU, in multiply-accumulates: a line fitted to the convolutions'
+# times of GoogLeNet-Slim and Slim-Tucker on Fashion-MNIST (`rebirth bench --layers`, one BLAS thread)
+# gives 1.7-3.2 us a layer plus 0.05-0.09 ns a MAC, so one layer is worth 20,000-50,000 MACs.
+# Used to predict whether a rewrite that adds or removes layers is faster (tucker --time, merge_concat_1x1).
+LAYER_COST_MACS = 30_000
 # Layers whose tops share their bottom's memory (Forward calls ShareData): not counted as memory.
 SHARING_TYPES = frozenset({"Split", "Flatten", "Reshape"})
 LOSS_TYPES = frozenset({"SoftmaxWithLoss", "EuclideanLoss", "SigmoidCrossEntropyLoss", "HingeLoss",

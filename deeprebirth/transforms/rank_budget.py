@@ -48,13 +48,13 @@ import numpy as np
 
 from deeprebirth.caffe.model import Model
 from deeprebirth.errors import RebirthError
-from deeprebirth.graph.dag import Graph
+from deeprebirth.graph.dag import LAYER_COST_MACS, Graph
 from deeprebirth.transforms import vbmf
 from deeprebirth.transforms.rules.tucker import Geometry, TuckerRule, layer_geometry, tucker_cost
 
 
 TIE = 1e-15     # added error per MAC below which two moves count as equally cheap
-LAYER_COST = 30_000   # MACs that one layer's fixed cost is worth, in Caffe here (module docstring)
+LAYER_COST = LAYER_COST_MACS   # MACs that one layer's fixed cost is worth, in Caffe here (module docstring)
 
 
 @dataclass

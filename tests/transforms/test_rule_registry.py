@@ -98,7 +98,7 @@ def test_a_rule_can_declare_its_place_in_the_default_run(rule_dir):
     (rule_dir / "drop_dropout.py").write_text(TOY.replace("    exact = True\n", declared + "    after = ('streamline',)\n"))
     names = [r.name for r in rules.discover(refresh=True).values() if r.default]
     assert names == ["fold_bn", "push_pool_concat", "streamline", "drop_dropout", "branch", "merge_parallel",
-                     "pool_into_conv", "pool_into_fc"]   # `after` wins over the order number
+                     "pool_into_conv", "pool_into_fc", "merge_concat_1x1"]   # `after` wins over the order number
     assert [r.name for r in slim.select_rules(["drop_dropout", "streamline"])] == ["streamline", "drop_dropout"]
 
 
@@ -131,7 +131,8 @@ def test_command_modules_are_all_registered():
 
 def test_builtin_rules_declare_the_default_order():
     assert rules.available() == ["fold_bn", "push_pool_concat", "streamline", "branch", "merge_parallel",
-                                 "pool_into_conv", "pool_into_fc", "tucker"]   # tucker: opt-in, the default order number
+                                 "pool_into_conv", "pool_into_fc", "merge_concat_1x1", "tucker"]
+    # tucker: opt-in, the default order number
     found = rules.discover()
     assert found["fold_bn"].needs_weights and not found["streamline"].needs_weights
     assert [n for n, r in found.items() if r.absorbs_pooling] == ["streamline", "pool_into_conv"]
@@ -141,7 +142,8 @@ def test_builtin_rules_declare_the_default_order():
 
 def test_select_without_weights_and_keep_pooling():
     chosen, notes = rules.select(None, keep_pooling=True, have_weights=False)
-    assert [r.name for r in chosen] == ["push_pool_concat", "streamline", "branch", "merge_parallel", "pool_into_fc"]
+    assert [r.name for r in chosen] == ["push_pool_concat", "streamline", "branch", "merge_parallel", "pool_into_fc",
+                                        "merge_concat_1x1"]
     assert chosen[1].options() == {"absorb_pooling": False}
     assert notes == ["no --weights: rule fold_bn (needs the trained weights) did not run"]
     with pytest.raises(RebirthError, match="--keep-pooling contradicts --rules pool_into_conv"):

@@ -46,7 +46,7 @@ class ConvArm:
         return [self.conv.name] + [a.name for a in self.acts]
 
 
-def _signature(layer: "pb.LayerParameter") -> bytes:
+def signature(layer: "pb.LayerParameter") -> bytes:
     """A layer's type and parameters, without its name and blobs."""
     c = pb.LayerParameter()
     c.CopyFrom(layer)
@@ -55,7 +55,7 @@ def _signature(layer: "pb.LayerParameter") -> bytes:
     return c.SerializeToString(deterministic=True)
 
 
-def _arm(graph: Graph, conv: Node) -> tuple[ConvArm, tuple] | None:
+def conv_arm(graph: Graph, conv: Node) -> tuple[ConvArm, tuple] | None:
     """The convolution with its in-place activations, and the key that must match to merge."""
     p = conv.layer.convolution_param
     if len(conv.bottoms) != 1 or len(conv.tops) != 1 or conv.in_place or p.group != 1:
@@ -75,7 +75,7 @@ def _arm(graph: Graph, conv: Node) -> tuple[ConvArm, tuple] | None:
             return None   # a pre-activation value is read elsewhere
     geo = conv_geometry(conv.layer, len(shape) - axis - 1)
     key = (conv.bottoms[0], axis, tuple(map(tuple, (geo["kernel"], geo["pad"], geo["stride"], geo["dilation"]))),
-           bool(p.bias_term), tuple(_signature(a.layer) for a in acts))
+           bool(p.bias_term), tuple(signature(a.layer) for a in acts))
     return ConvArm(conv, acts, refs[-1]), key
 
 
@@ -108,7 +108,7 @@ class MergeParallel(Rule):
         groups: dict[tuple, list[ConvArm]] = {}
         for node in graph.nodes:
             if node.type == "Convolution":
-                got = _arm(graph, node)
+                got = conv_arm(graph, node)
                 if got is not None:
                     groups.setdefault(got[1], []).append(got[0])
         out = []
@@ -154,7 +154,7 @@ class MergeParallel(Rule):
     def _arms(self, graph: Graph, match: Match) -> list[ConvArm] | None:
         arms = []
         for name in match.data["convs"]:
-            got = _arm(graph, graph.node(name)) if name in graph.by_name else None
+            got = conv_arm(graph, graph.node(name)) if name in graph.by_name else None
             if got is None:
                 return None
             arms.append(got[0])
