@@ -564,21 +564,26 @@ def shipped_train_val(slim_train_val: Path, data_from: Path) -> str:
                                         "(scripts/reproduce_table3.py --ship)"])
 
 
-def fold_head(deploy: Path, weights: Path, train_val_text: str) -> dict[str, bytes | str] | None:
-    """The exact rule pool_into_fc on a finished net (the table's steps slim with --only, which
-    leaves pool5 alone): its deploy.prototxt, init.caffemodel and train_val.prototxt, or None when
-    the rule does not apply."""
+SHIP_RULES = {"pool_into_fc": "its global average pooling is folded into the classifier",
+              "merge_concat_1x1": "the 1x1 convolutions that end each inception's branches are merged into one "
+                                  "after its Concat"}
+
+
+def fold_head(deploy: Path, weights: Path, train_val_text: str) -> tuple[dict[str, bytes | str], list[str]] | None:
+    """The exact rules of ``SHIP_RULES`` on a finished net (the table's steps slim with --only, which
+    leaves pool5 alone; a Tucker net ends its branches with 1x1 convolutions): its deploy.prototxt,
+    init.caffemodel and train_val.prototxt, and the rules that changed it; None when none applies."""
     from deeprebirth.caffe.model import load_model  # noqa: PLC0415
     from deeprebirth.transforms import slim as slim_api  # noqa: PLC0415
 
     model = load_model(deploy, weights)
     model.source = "the table's net (scripts/reproduce_table3.py)"   # no path of the run in a shipped file
     try:
-        out = slim_api.slim(model, rules=["pool_into_fc"],
+        out = slim_api.slim(model, rules=list(SHIP_RULES),
                             train_val=netio.parse_net_text(train_val_text, "train_val.prototxt"))
-    except RebirthError:     # nothing to fold (no global pooling, or a guard refused it)
+    except RebirthError:     # nothing to fold (no global pooling, no such Concat, or the guards refused)
         return None
-    return slim_api.render(out)
+    return slim_api.render(out), list(dict.fromkeys(c.rule for c in out.result.changes))
 
 
 def ship_folder(name: str, deploy: Path, weights: Path, train_val_text: str, row: dict, how: str,
@@ -594,20 +599,21 @@ def ship_folder(name: str, deploy: Path, weights: Path, train_val_text: str, row
     tmp = MODELS / f".{name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    folded = fold_head(deploy, weights, train_val_text)
-    if folded is None:      # no path of the run in a shipped file: the header names the table's net
+    got = fold_head(deploy, weights, train_val_text)
+    if got is None:      # no path of the run in a shipped file: the header names the table's net
         header = re.compile(r"^(# Slimmed by .*? from ).*$", re.M)
         (tmp / "deploy.prototxt").write_text(header.sub(r"\1the table's net (scripts/reproduce_table3.py)",
                                                         deploy.read_text()))
         shutil.copyfile(weights, tmp / "weights.caffemodel")
         (tmp / "train_val.prototxt").write_text(train_val_text)
     else:
+        folded, applied = got
         for src, dst in (("deploy.prototxt", "deploy.prototxt"), ("init.caffemodel", "weights.caffemodel"),
                          ("train_val.prototxt", "train_val.prototxt")):
             content = folded[src]
             (tmp / dst).write_bytes(content if isinstance(content, bytes) else content.encode())
-        how += (" Its global average pooling is folded into the classifier (rule `pool_into_fc`, exact: the "
-                "accuracy below is unchanged by it).")
+        done = "; ".join(f"{SHIP_RULES[r]} (rule `{r}`)" for r in applied)
+        how += f" Then {done}: exact rewrites, so the accuracy below is unchanged by them."
     if bench is not None:
         row = dict(row, **latency(bench[0], bench[1], tmp / "deploy.prototxt", tmp / "weights.caffemodel", bench[2]))
     top = row["relearn_finetune"]

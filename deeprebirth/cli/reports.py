@@ -128,6 +128,10 @@ def slim_summary_tail(out: SlimOutput, written: list[Path] | None = None) -> lis
             lines.append(f"re-learn (no labels): rebirth relearn {where} --images SOURCE")
             lines.append(f"then fine-tune (labels): rebirth finetune {where} --train SOURCE --weights "
                          f"{where / 'weights.caffemodel'}")
+        elif out.weights is not None and out.result.changes and all(c.exact for c in out.result.changes):
+            lines.append(f"every rewrite was exact: {where / 'init.caffemodel'} gives the input weights' outputs; "
+                         f"use it as it is: rebirth eval {where} --data SOURCE")
+            lines.append(f"or fine-tune: rebirth finetune {where} --train SOURCE")
         else:
             lines.append(f"fine-tune: rebirth finetune {where} --train SOURCE")
         hint = caffe_train_hint(out.train_val, where, out.weights is not None)

@@ -100,6 +100,26 @@ def test_a_train_val_as_model_is_told_what_works(tmp_path):
     assert run("inspect", deploy).exit_code == 0
 
 
+def test_an_exact_slim_hints_eval_and_it_runs_when_pasted(slimmed, tmp_path):
+    """Only exact rewrites (the tiny net with a global average pooling, folded by pool_into_fc):
+    the report says the weights are ready and names `rebirth eval`, which runs when pasted."""
+    d = slimmed
+    gap = "pooling_param { pool: AVE global_pooling: true }"
+    deploy, tv = tmp_path / "gap.prototxt", tmp_path / "gap_tv.prototxt"
+    deploy.write_text(DEPLOY.replace("pooling_param { pool: MAX kernel_size: 2 stride: 2 }", gap))
+    tv.write_text(TRAIN_VAL.replace("pooling_param { pool: MAX kernel_size: 2 stride: 2 }", gap))
+    write_random_weights(netio.parse_net_text(deploy.read_text()), tmp_path / "gap.caffemodel", seed=2)
+    out = tmp_path / "exact"
+    report = run("slim", deploy, "-w", tmp_path / "gap.caffemodel", "--train-val", tv, "--rules", "pool_into_fc",
+                 "-o", out)
+    assert report.exit_code == 0, report.output
+    assert "every rewrite was exact" in report.output, report.output
+    ev = next(h for h in hints(report.output) if h[0] == "eval")
+    res = run(*[str(d / "val") if a == "SOURCE" else a for a in ev])
+    assert res.exit_code == 0, res.output
+    assert "top1" in res.output
+
+
 @pytest.mark.slow
 def test_slim_hints_relearn_and_finetune_run_when_pasted(slimmed, tmp_path):
     d = slimmed
