@@ -343,7 +343,11 @@ def train(name: str, work: Path, args) -> dict:
            "caffe_tests": tests, "bn_stats": bn_stats, "top1": ev["top1"], "top5": ev["top5"], "eval_images": ev["images"],
            "eval_cmd": shlex.join(eval_cmd), "snapshot": str(final),
            "script_cmd": "nice -n 5 .venv/bin/python scripts/train_teachers.py " + shlex.join(sys.argv[1:])}
-    install(name, final, res, args.force)
+    if args.install:
+        install(name, final, res, args.force)
+    else:
+        res["installed"] = False
+        log(f"{name}: --no-install: {final} stays in {out} (models/ untouched)")
     result_file.write_text(json.dumps(res, indent=2))
     return res
 
@@ -506,6 +510,9 @@ def main(argv=None) -> int:
     ap.add_argument("--stage", choices=["data", "all"], default="all")
     ap.add_argument("--redo", action="store_true", help="train again although a result exists")
     ap.add_argument("--force", action="store_true", help="install the new weights even if not better")
+    ap.add_argument("--no-install", dest="install", action="store_false",
+                    help="train and evaluate only: neither models/fmnist_NAME.caffemodel nor models/TEACHERS.md is "
+                         "written (a candidate teacher, e.g. in a copy of WORK)")
     ap.add_argument("--write-models", action="store_true",
                     help="(re)write models/fmnist_resnet.prototxt and both models/fmnist_*_train_val.prototxt, and exit")
     args = ap.parse_args(argv)
@@ -522,8 +529,9 @@ def main(argv=None) -> int:
     for name in names:
         res = train(name, args.work, args)
         log(f"{name}: top-1 {100 * res['top1']:.2f} %, top-5 {100 * res['top5']:.2f} %")
-        with locked(args.work / ".log.lock"):
-            write_log(args.work)
+        if args.install:
+            with locked(args.work / ".log.lock"):
+                write_log(args.work)
     return 0
 
 
