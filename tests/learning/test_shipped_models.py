@@ -48,3 +48,16 @@ def test_shipped_net_has_its_global_pooling_folded(name):
     net = netio.read_net(MODELS / name / "deploy.prototxt")
     assert not [lr.name for lr in net.layer if lr.type == "Pooling" and lr.pooling_param.global_pooling]
     assert "pool_into_fc" in (MODELS / name / "README.md").read_text()
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_net_has_nothing_left_for_the_exact_ship_rules(name):
+    """--ship runs the exact rules that only pay on a finished net (pool_into_fc, merge_concat_1x1):
+    on a shipped net neither finds anything more to rewrite."""
+    from deeprebirth.caffe import netio
+    from deeprebirth.caffe.model import Model
+    from deeprebirth.transforms import runner
+    from deeprebirth.transforms.rules import get
+    result = runner.run(Model(netio.read_net(MODELS / name / "deploy.prototxt")),
+                        get(["pool_into_fc", "merge_concat_1x1"]))
+    assert not result.changes, [c.substructure for c in result.changes]
