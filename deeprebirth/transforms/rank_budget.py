@@ -30,8 +30,8 @@ scale. Layers the budget never reaches stay whole, and ``TuckerRule`` says so fo
 
 **Time instead of MACs** (``--time F``). On a small net a layer's fixed cost is not small next to its
 arithmetic: in Caffe on this machine (one BLAS thread, `rebirth bench --layers`), a line fitted to
-the convolutions' times gives 1.8-3.2 µs a layer plus 0.06-0.09 ns a MAC, so one layer costs as
-much as 20,000-50,000 MACs. Decomposing adds layers (Tucker-2: up to two, SVD: one), and the MAC
+the convolutions' times gives 1.7-3.2 µs a layer plus 0.05-0.09 ns a MAC, so one layer costs as
+much as 20,000-50,000 MACs (``graph.dag.LAYER_COST_MACS``). Decomposing adds layers (Tucker-2: up to two, SVD: one), and the MAC
 budget happily splits a 1x1 reducer into a pair that runs slower. ``--time`` counts each layer as
 ``layer_cost`` MACs on top of its own, in the layer's cost and in every candidate's, and runs the
 same greedy on that predicted time: a candidate that is not predicted faster than its layer is no
@@ -60,7 +60,8 @@ LAYER_COST = LAYER_COST_MACS   # MACs that one layer's fixed cost is worth, in C
 @dataclass
 class Options:
     """One layer's candidates: ranks (dicts as TuckerRule takes them), their MACs, errors and
-    number of layers, ordered by rank; ``macs0`` is the layer's own cost (one layer)."""
+    number of layers (the two-sided pairs by rank, then any one-sided ones); ``macs0`` is the
+    layer's own cost (one layer)."""
     name: str
     macs0: int
     ranks: list[dict]
