@@ -193,7 +193,14 @@ def tucker_summary(out: TuckerOutput, written=None) -> str:
                      f"to the ranks keeping half the weights for {len(fell)} layer(s): {', '.join(fell[:6])}"
                      + (" ..." if len(fell) > 6 else ""))
     lines.append(f"new layers, initialised from the decomposition, lr_mult 10: {', '.join(out.new_layers)}")
-    return "\n".join(lines + slim_summary_tail(out, written))
+    tail = slim_summary_tail(out, written)
+    if written and out.after_training:
+        where = written[0].parent
+        tail.append(f"once fine-tuned, exact and faster ({', '.join(out.after_training)}): rebirth slim "
+                    f"{where / 'deploy.prototxt'} -w {where / 'finetune' / 'weights.caffemodel'} --train-val "
+                    f"{where / 'train_val.prototxt'} --rules "
+                    f"{','.join(out.after_training)} -o {where.parent / (where.name + '_merged')}")
+    return "\n".join(lines + tail)
 
 
 def fold_summary(original: Model, result: runner.Result) -> list[str]:

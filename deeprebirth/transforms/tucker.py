@@ -14,12 +14,13 @@ from its bottom blob to its top blob.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Callable
 
 
 from deeprebirth.caffe import proto as pb
-from deeprebirth.transforms import rank_budget
+from deeprebirth.transforms import rank_budget, runner
+from deeprebirth.transforms.rules import get as get_rules
 from deeprebirth.transforms import slim as slim_api
 from deeprebirth.errors import RebirthError
 from deeprebirth.graph.dag import Graph
@@ -34,6 +35,7 @@ class TuckerOutput(slim_api.SlimOutput):
     macs_fraction: float | None = None   # --macs: the budget the ranks were allocated under
     time_fraction: float | None = None   # --time: the same, of predicted time
     layer_cost: int | None = None        # --time: one layer's fixed cost in MACs
+    after_training: list[str] = field(default_factory=list)   # exact rules to run once it is trained
 
     @property
     def layers(self) -> list[dict]:
@@ -51,6 +53,7 @@ class TuckerOutput(slim_api.SlimOutput):
             "time_fraction": self.time_fraction,
             "layer_cost_macs": self.layer_cost,
             "initialised_from_decomposition": [n for d in self.layers for n in d["new_layers"]],
+            "after_training": self.after_training,
             "layers": self.layers,
         }
         return out   # its "relearn" section (slim's) has the teacher and one unit per decomposed layer
@@ -136,7 +139,20 @@ def _decompose(model: Model, rules: list, rule: TuckerRule, only, measure=None, 
     result.rule, result.only = rule, only
     result.teacher = {"deploy": os.path.abspath(model.source),
                       "weights": os.path.abspath(model.weights_source) if model.weights_source else None}
+    result.after_training = finishing_rules(out.result.model.net)
     return result
+
+
+# Exact rules that pay only on a trained decomposed net: they merge layers that relearn's units
+# name one by one (a Tucker net's branch-end 1x1 convolutions), so they run after fine-tuning.
+FINISHING = ("merge_concat_1x1",)
+
+
+def finishing_rules(net: "pb.NetParameter") -> list[str]:
+    """The rules of ``FINISHING`` that would rewrite ``net`` (`rebirth slim DEPLOY -w WEIGHTS
+    --rules ...` once the net is trained)."""
+    result = runner.run(Model(net), get_rules(list(FINISHING)))
+    return list(dict.fromkeys(c.rule for c in result.changes))
 
 
 def check_nets(changes: list[TuckerChange], weights) -> list[tuple[dict, "pb.NetParameter", dict]]:

@@ -100,6 +100,38 @@ def test_a_train_val_as_model_is_told_what_works(tmp_path):
     assert run("inspect", deploy).exit_code == 0
 
 
+INCEPTION = """name: "inc"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 8 dim: 8 dim: 8 } } }
+layer { name: "b3" type: "Convolution" bottom: "data" top: "b3" convolution_param { num_output: 24 kernel_size: 3 pad: 1 } }
+layer { name: "r3" type: "ReLU" bottom: "b3" top: "b3" }
+layer { name: "b5" type: "Convolution" bottom: "data" top: "b5" convolution_param { num_output: 16 kernel_size: 5 pad: 2 } }
+layer { name: "r5" type: "ReLU" bottom: "b5" top: "b5" }
+layer { name: "cat" type: "Concat" bottom: "b3" bottom: "b5" top: "cat" }
+layer { name: "fc" type: "InnerProduct" bottom: "cat" top: "fc" inner_product_param { num_output: 3 } }
+"""
+
+
+def test_the_tucker_merge_hint_runs_when_pasted(tmp_path, caffe, monkeypatch):
+    """A Tucker net whose branches end in 1x1 `_out` layers into one Concat: the report names the
+    exact merge to run once fine-tuned; pasted (the fine-tuned weights stood in for by the
+    decomposition's), it merges them."""
+    proto = tmp_path / "inc.prototxt"
+    proto.write_text(INCEPTION)
+    write_random_weights(netio.parse_net_text(INCEPTION), tmp_path / "w.caffemodel", seed=0)
+    monkeypatch.chdir(tmp_path)
+    report = run("tucker", "inc.prototxt", "w.caffemodel", "--ranks", "4,4", "--only", "b3,b5", "--data-layer",
+                 "dummy", "-o", "t")
+    assert report.exit_code == 0, report.output
+    line = next(x for x in report.output.splitlines() if x.startswith("once fine-tuned"))
+    merge = hints(line)[0]
+    (tmp_path / "t" / "finetune").mkdir()
+    (tmp_path / "t" / "finetune" / "weights.caffemodel").write_bytes((tmp_path / "t" / "init.caffemodel").read_bytes())
+    res = run(*merge)
+    assert res.exit_code == 0, res.output
+    layers = [lr.name for lr in netio.read_net(tmp_path / "t_merged" / "deploy.prototxt").layer]
+    assert "b3_out+b5_out" in layers and "b3_out" not in layers
+
+
 def test_an_exact_slim_hints_eval_and_it_runs_when_pasted(slimmed, tmp_path):
     """Only exact rewrites (the tiny net with a global average pooling, folded by pool_into_fc):
     the report says the weights are ready and names `rebirth eval`, which runs when pasted."""
