@@ -181,12 +181,11 @@ def tucker_summary(out: TuckerOutput, written=None) -> str:
                      f"{params:>17}  {macs:>17}")
     lines.append(f"params {human(before['params'])} -> {human(after['params'])}; MACs {human(before['macs'])} -> "
                  f"{human(after['macs'])}; layers {before['layers']} -> {after['layers']}")
-    if out.time_fraction is not None:
-        lc = out.layer_cost
-        was = sum(d["macs"]["before"] + lc for d in out.layers)
-        now = sum(d["macs"]["after"] + lc * len(d["new_layers"]) for d in out.layers)
-        lines.append(f"time budget {out.time_fraction:g} (a layer counted as {human(lc)} MACs): the decomposed layers' "
-                     f"predicted time {human(was)} -> {human(now)} MAC-equivalents")
+    if out.time_fraction is not None and out.budget:
+        was, now = out.budget
+        lines.append(f"time budget {out.time_fraction:g} (a layer counted as {human(out.layer_cost)} MACs): the "
+                     f"decomposable layers' predicted time {human(was)} -> {human(now)} MAC-equivalents "
+                     f"({now / was:.2f} of it)")
     fell = [d["layer"] for d in out.layers if d["rank_source"].startswith("vbmf 0")]
     if fell:
         lines.append(f"VBMF found rank 0 (no component above the noise: untrained or random weights?) and fell back "

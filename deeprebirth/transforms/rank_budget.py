@@ -184,10 +184,26 @@ def layer_options(model: Model, only: list[str] | None = None, one_sided: bool =
     return out
 
 
+def predicted(options: list[Options], ranks: dict[str, dict | str], layer_cost: int) -> tuple[int, int]:
+    """(before, after): the decomposable layers' cost, MACs plus ``layer_cost`` a layer, whole and
+    with ``ranks`` (what the budget was held to)."""
+    before = after = 0
+    for opt in options:
+        own, cand = opt.costs(layer_cost)
+        before += own
+        got = ranks.get(opt.name)
+        if isinstance(got, dict):
+            chosen = {k: v for k, v in got.items() if k != "predicted_error"}
+            after += int(cand[opt.ranks.index(chosen)])
+        else:
+            after += own
+    return before, after
+
+
 def budget_ranks(model: Model, fraction: float, only: list[str] | None = None, layer_cost: int = 0,
-                 flag: str = "--macs") -> dict[str, dict | str]:
+                 flag: str = "--macs") -> tuple[dict[str, dict | str], tuple[int, int]]:
     """``allocate`` over ``model``'s decomposable layers: {layer: ranks, or why it is left whole} for
-    TuckerRule(layer_ranks=...)."""
+    TuckerRule(layer_ranks=...), and the cost ``predicted`` before and after."""
     options = layer_options(model, only, one_sided=layer_cost > 0)
     ranks: dict[str, dict | str] = dict(allocate(options, fraction, layer_cost, flag))
     what = "time" if layer_cost else "MAC"
@@ -201,4 +217,4 @@ def budget_ranks(model: Model, fraction: float, only: list[str] | None = None, l
         else:
             ranks[opt.name] = (f"spared by the {what} budget (other layers give up {what.replace('MAC', 'MACs')} "
                                "for less weight error); left alone")
-    return ranks
+    return ranks, predicted(options, ranks, layer_cost)

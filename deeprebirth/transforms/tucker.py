@@ -36,6 +36,7 @@ class TuckerOutput(slim_api.SlimOutput):
     time_fraction: float | None = None   # --time: the same, of predicted time
     layer_cost: int | None = None        # --time: one layer's fixed cost in MACs
     after_training: list[str] = field(default_factory=list)   # exact rules to run once it is trained
+    budget: tuple[int, int] | None = None   # --macs/--time: the decomposable layers' cost before, after
 
     @property
     def layers(self) -> list[dict]:
@@ -52,6 +53,7 @@ class TuckerOutput(slim_api.SlimOutput):
             "macs_fraction": self.macs_fraction,
             "time_fraction": self.time_fraction,
             "layer_cost_macs": self.layer_cost,
+            "budget_cost": None if self.budget is None else {"before": self.budget[0], "after": self.budget[1]},
             "initialised_from_decomposition": [n for d in self.layers for n in d["new_layers"]],
             "after_training": self.after_training,
             "layers": self.layers,
@@ -93,13 +95,17 @@ def tucker(model: Model, ranks: tuple[int, int] | None = None, ratio: float | No
             listing = ", ".join(names[:12]) + (f" ... ({len(names)} in all)" if len(names) > 12 else "")
             raise RebirthError(f"{model.source}: no decomposable layer named '{unknown[0]}' (layers: {listing})")
         rule = rule.with_options(only=set(only))
+    budget = None
     if macs is not None:
-        rule = rule.with_options(layer_ranks=rank_budget.budget_ranks(model, macs, only))
+        ranks_of, budget = rank_budget.budget_ranks(model, macs, only)
+        rule = rule.with_options(layer_ranks=ranks_of)
     if time is not None:
-        rule = rule.with_options(layer_ranks=rank_budget.budget_ranks(model, time, only, layer_cost, "--time"))
+        ranks_of, budget = rank_budget.budget_ranks(model, time, only, layer_cost, "--time")
+        rule = rule.with_options(layer_ranks=ranks_of)
     out = _decompose(model, [rule], rule, only, measure, progress=progress, **slim_kwargs)
     out.macs_fraction, out.time_fraction = macs, time
     out.layer_cost = layer_cost if time is not None else None
+    out.budget = budget
     return out
 
 

@@ -146,6 +146,7 @@ def test_cli_time_budget_reports_it(tmp_path):
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)["tucker"]
     assert doc["ranks"] == "budget" and doc["time_fraction"] == 0.6 and doc["layer_cost_macs"] == 1000
+    assert doc["budget_cost"]["after"] <= 0.6 * doc["budget_cost"]["before"]
     layers = doc["layers"]
     before = sum(d["macs"]["before"] + 1000 for d in layers)
     after = sum(d["macs"]["after"] + 1000 * len(d["new_layers"]) for d in layers)
@@ -154,7 +155,8 @@ def test_cli_time_budget_reports_it(tmp_path):
 
 def test_layers_left_whole_say_why():
     m = low_rank_model()
-    slow = rb.budget_ranks(m, 0.5, layer_cost=10**9, flag="--time")      # no decomposition is ever faster
+    slow, (before, after) = rb.budget_ranks(m, 0.5, layer_cost=10**9, flag="--time")   # never faster
     assert slow and all(isinstance(v, str) and "predicted faster" in v for v in slow.values())
+    assert before == after > 0
     with pytest.raises(RebirthError, match="nothing to decompose.*predicted faster"):
         tucker_api.tucker(m, time=0.5, layer_cost=10**9, data_layer="DummyData")
