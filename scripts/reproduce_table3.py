@@ -502,14 +502,51 @@ def tucker_row(work: Path, args, ratio: float, kind: str = "ratio") -> dict | No
     except RebirthError as exc:   # reported in the row, the relearned net is timed instead
         row["finetune_error"] = str(exc)
         row["relearn_finetune"] = row["relearn_only"]
-    row.update(latency(TEACHER, work / "teacher" / "teacher.caffemodel", slim_dir / "deploy.prototxt",
+    timed = slim_dir
+    if args.tucker_merge_iters and "finetune_error" not in row:
+        timed, final = tucker_merged(out, slim_dir, final, train, held, args, row)
+    row.update(latency(TEACHER, work / "teacher" / "teacher.caffemodel", timed / "deploy.prototxt",
                        final, args.bench_runs))
-    row["params"] = Graph(netio.read_net(slim_dir / "deploy.prototxt"), strict=False).totals()["params"]
+    row["params"] = Graph(netio.read_net(timed / "deploy.prototxt"), strict=False).totals()["params"]
     row["seconds"] = round(time.time() - t0, 1)
     done.write_text(json.dumps(row, indent=2))
     log(f"Slim-Tucker: relearn only top-1 {row['relearn_only']['top1']:.4f}; relearn+finetune top-1 "
         f"{row['relearn_finetune']['top1']:.4f}; {row['best_ratio']:.2f}x faster (best); {row['seconds']} s")
     return row
+
+
+def tucker_merged(out: Path, slim_dir: Path, weights: Path, train: str, held: str, args, row: dict):
+    """The fine-tuned Tucker net with each inception's branch-end 1x1 convolutions merged into one
+    after its Concat (`rebirth slim --rules merge_concat_1x1`, exact: block-diagonal weights), then
+    fine-tuned ``--tucker-merge-iters`` more at half the Tucker rate (where a run twice as long would
+    be halfway): the zero blocks start learning how the branches mix, at no cost in time.
+    Returns (the merged net's folder, its final weights); ``row`` gets its top-1 before and after."""
+    from deeprebirth.learning import finetune as ft
+    from deeprebirth.learning import sources as data  # noqa: PLC0415
+
+    merged = out / "merged"
+    if not (merged / "report.json").exists():
+        cmd = ["slim", str(slim_dir / "deploy.prototxt"), "-w", str(weights), "--train-val",
+               str(slim_dir / "train_val.prototxt"), "--rules", "merge_concat_1x1", "-o", str(merged), "--json"]
+        proc = subprocess.run([sys.executable, "-m", "deeprebirth.cli", *cmd], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise SystemExit(f"rebirth slim --rules merge_concat_1x1 failed: {proc.stderr.strip()}")
+    tv_path = out.parent / "teacher" / "train_val.prototxt"
+    start = merged / "init.caffemodel"
+    lr = (args.tucker_lr or 0.01) / 2
+    if not finished_run(merged / "finetune", args.tucker_merge_iters, start):
+        ft.finetune(merged, data.open_source(train), data.open_source(held), iters=args.tucker_merge_iters,
+                    base_lr=lr, test_interval=max(args.tucker_merge_iters // 5, 1), snapshot=0, weights=str(start),
+                    outdir=merged / "finetune", progress=None)
+    final = merged / "finetune" / "weights.caffemodel"
+    row["merged"] = {"iters": args.tucker_merge_iters, "base_lr": lr,
+                     "layers": len(netio.read_net(merged / "deploy.prototxt").layer),
+                     "before": row["relearn_finetune"],
+                     "after": evaluate_net(merged / "deploy.prototxt", final, out.parent, tv_path, args.eval_images)}
+    row["relearn_finetune"] = row["merged"]["after"]
+    graph = Graph(netio.read_net(merged / "deploy.prototxt"), strict=False)
+    row["layers"], row["memory_bytes"] = len(graph.nodes), graph.memory_bytes
+    return merged, final
 
 
 def stage_final(work: Path, args) -> dict | None:
@@ -681,15 +718,23 @@ def ship(work: Path, rows: list[dict], tucker_dir: str | None, runs: int = 50) -
                     "feature maps, then distillation of the whole net against the teacher's logits.", bench)
     if tucker_dir:
         t = work / tucker_dir
-        row, weights = prefer_longer(json.loads((t / "tucker.json").read_text()), t / "finetune" / "weights.caffemodel",
-                                     t / "finetune_long" / "weights.caffemodel", t / "slim" / "deploy.prototxt",
-                                     work, "a longer fine-tuning")
-        ship_folder("fmnist_googlenet_slim_tucker", t / "slim" / "deploy.prototxt",
+        row = json.loads((t / "tucker.json").read_text())
+        how = ("GoogLeNet-Slim-Tucker: the Slim net, its global average pooling folded into the classifier (rule "
+               "`pool_into_fc`, exact), decomposed (`rebirth tucker`), relearned against that Slim net, then "
+               "fine-tuned with labels.")
+        if "merged" in row:        # the merged net, fine-tuned further (tucker_merged)
+            net, weights = t / "merged", t / "merged" / "finetune" / "weights.caffemodel"
+            how += (f" Then each inception's branch-end 1x1 convolutions merged into one after its Concat (rule "
+                    f"`merge_concat_1x1`, exact) and the merged net fine-tuned {row['merged']['iters']:,} more "
+                    f"iterations (top-1 {100 * row['merged']['before']['top1']:.2f} % before them).")
+        else:
+            net = t / "slim"
+            row, weights = prefer_longer(row, t / "finetune" / "weights.caffemodel",
+                                         t / "finetune_long" / "weights.caffemodel", net / "deploy.prototxt",
+                                         work, "a longer fine-tuning")
+        ship_folder("fmnist_googlenet_slim_tucker", net / "deploy.prototxt",
                     weights if weights.exists() else t / "relearn" / "weights.caffemodel",
-                    shipped_train_val(t / "slim" / "train_val.prototxt", tv), row,
-                    "GoogLeNet-Slim-Tucker: the Slim net, its global average pooling folded into the classifier (rule "
-                    "`pool_into_fc`, exact), decomposed (`rebirth tucker`), relearned against that Slim net, then "
-                    "fine-tuned with labels.", bench)
+                    shipped_train_val(net / "train_val.prototxt", tv), row, how, bench)
     bn = work / "bn_teacher"
     if (bn / "bn.json").exists():
         row = dict(json.loads((bn / "bn.json").read_text()), bench_teacher="models/fmnist_resnet.prototxt",
@@ -754,6 +799,9 @@ def main(argv=None) -> int:
                     help="Slim-Tucker weight budgets, comma-separated: one row each (a speed/accuracy curve)")
     ap.add_argument("--tucker-macs", type=lambda t: [float(x) for x in t.split(",")], default=None,
                     help="instead of --tucker-ratios: `rebirth tucker --macs` budgets, comma-separated, one row each")
+    ap.add_argument("--tucker-merge-iters", type=int, default=0,
+                    help="then merge each inception's branch-end 1x1s (merge_concat_1x1, exact) and fine-tune the "
+                         "merged net this many more iterations at half --tucker-lr (0: do not)")
     ap.add_argument("--tucker-time", type=lambda t: [float(x) for x in t.split(",")], default=None,
                     help="instead of --tucker-ratios or --tucker-macs: `rebirth tucker --time` budgets, comma-separated")
     ap.add_argument("--distill-iters", type=int, default=2000,
