@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from deeprebirth.cli import reports
+from deeprebirth.errors import RebirthError
 from deeprebirth.caffe import netio
 from deeprebirth.transforms import slim as slim_api
 from deeprebirth.transforms import rank_budget
@@ -58,6 +59,9 @@ def tucker_command(model, weights, ranks, ratio, macs, time_budget, layer_cost, 
     train_val.prototxt; report.json gives ranks, errors, params and MACs per layer.
     """
     netio.check_dir_is_ours(outdir, force)   # before any work; written at the end
+    source_of = click.get_current_context().get_parameter_source("layer_cost")
+    if time_budget is None and source_of is not None and source_of.name != "DEFAULT":
+        raise RebirthError("--layer-cost counts only with --time F (a budget of predicted time); give both")
     budgets = (ratio, macs, time_budget)
     fixed = parse_ranks(None if any(b is not None for b in budgets) and ranks == "vbmf" else ranks)
     m = load_model(model, weights, allow_missing=allow_missing)

@@ -217,6 +217,7 @@ def test_cli_json_and_only(tmp_path, files):
     (["--ratio", "0.5", "--ranks", "3"], ["a ratio", "not two of them"]),
     (["--time", "0.5", "--macs", "0.5"], ["--time", "not two of them"]),
     (["--time", "0"], ["--time", "(0, 1]"]),
+    (["--layer-cost", "1000"], ["--layer-cost", "only with --time"]),
 ])
 def test_bad_options_are_one_line_errors_and_write_nothing(tmp_path, files, args, words):
     model, weights = files
