@@ -1,7 +1,6 @@
 """`rebirth recover`: label-free recovery of a slim net (relearn, then distil against the teacher)."""
 from __future__ import annotations
 
-
 import click
 
 from deeprebirth.caffe import folders

@@ -31,6 +31,7 @@ name and writes ``<its top>/parts``.
 from __future__ import annotations
 
 import numpy as np
+from scipy.linalg import block_diag
 
 from deeprebirth.caffe import proto as pb
 from deeprebirth.caffe.model import Model
@@ -122,14 +123,8 @@ class MergeConcat1x1(Rule):
     @staticmethod
     def block_diagonal(blocks: list[np.ndarray]) -> np.ndarray:
         """diag(W_1, ..., W_k) of 1x1 kernels W_i (T_i x S_i x 1 x 1): (sum T) x (sum S) x 1 x 1."""
-        T = [b.shape[0] for b in blocks]
-        S = [b.shape[1] for b in blocks]
-        out = np.zeros((sum(T), sum(S), 1, 1), dtype=np.float32)
-        t0 = s0 = 0
-        for b in blocks:
-            out[t0:t0 + b.shape[0], s0:s0 + b.shape[1]] = b.reshape(b.shape[0], b.shape[1], 1, 1)
-            t0, s0 = t0 + b.shape[0], s0 + b.shape[1]
-        return out
+        W = block_diag(*(b.reshape(b.shape[0], b.shape[1]) for b in blocks))
+        return W.reshape(*W.shape, 1, 1).astype(np.float32)
 
     def rewrite(self, model: Model, graph: Graph, match: Match) -> Change:
         plan = self.plan(graph, match, model)
