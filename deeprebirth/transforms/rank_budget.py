@@ -147,11 +147,17 @@ def allocate(options: list[Options], fraction: float, layer_cost: int = 0, flag:
     """The ranks of the layers that the budget decomposes (the greedy of the module docstring):
     a budget of MACs with ``layer_cost`` 0, of predicted time with a layer's cost in MACs;
     pure: no weights are touched."""
+    return _greedy(options, fraction, layer_cost, flag)[0]
+
+
+def _greedy(options: list[Options], fraction: float, layer_cost: int, flag: str) \
+        -> tuple[dict[str, dict], tuple[int, int]]:
+    """``allocate``'s ranks, and the layers' cost (MACs plus ``layer_cost`` a layer) before and after."""
     if not 0 < fraction <= 1:
         raise RebirthError(f"{flag} must be in (0, 1], not {fraction}")
     costs = {o.name: o.costs(layer_cost) for o in options}
     state = {name: (own, 0.0, None) for name, (own, _) in costs.items()}     # cost, error, candidate
-    total = float(sum(own for own, _ in costs.values()))
+    before = total = sum(own for own, _ in costs.values())
     budget = fraction * total
     by_name = {o.name: o for o in options}
     moves = {o.name: _best_move(costs[o.name][1], o.errors, costs[o.name][0], 0.0) for o in options}
@@ -164,8 +170,9 @@ def allocate(options: list[Options], fraction: float, layer_cost: int = 0, flag:
         total -= state[name][0] - int(cand[index])
         state[name] = (int(cand[index]), float(opt.errors[index]), index)
         moves[name] = _best_move(cand, opt.errors, int(cand[index]), float(opt.errors[index]))
-    return {name: dict(by_name[name].ranks[idx], predicted_error=round(float(np.sqrt(err)), 4))
-            for name, (_, err, idx) in state.items() if idx is not None}
+    ranks = {name: dict(by_name[name].ranks[idx], predicted_error=round(float(np.sqrt(err)), 4))
+             for name, (_, err, idx) in state.items() if idx is not None}
+    return ranks, (int(before), int(total))
 
 
 def layer_options(model: Model, only: list[str] | None = None, one_sided: bool = False) -> list[Options]:
@@ -184,28 +191,13 @@ def layer_options(model: Model, only: list[str] | None = None, one_sided: bool =
     return out
 
 
-def predicted(options: list[Options], ranks: dict[str, dict | str], layer_cost: int) -> tuple[int, int]:
-    """(before, after): the decomposable layers' cost, MACs plus ``layer_cost`` a layer, whole and
-    with ``ranks`` (what the budget was held to)."""
-    before = after = 0
-    for opt in options:
-        own, cand = opt.costs(layer_cost)
-        before += own
-        got = ranks.get(opt.name)
-        if isinstance(got, dict):
-            chosen = {k: v for k, v in got.items() if k != "predicted_error"}
-            after += int(cand[opt.ranks.index(chosen)])
-        else:
-            after += own
-    return before, after
-
-
 def budget_ranks(model: Model, fraction: float, only: list[str] | None = None, layer_cost: int = 0,
                  flag: str = "--macs") -> tuple[dict[str, dict | str], tuple[int, int]]:
     """``allocate`` over ``model``'s decomposable layers: {layer: ranks, or why it is left whole} for
-    TuckerRule(layer_ranks=...), and the cost ``predicted`` before and after."""
+    TuckerRule(layer_ranks=...), and the layers' cost before and after (MACs plus ``layer_cost`` a layer)."""
     options = layer_options(model, only, one_sided=layer_cost > 0)
-    ranks: dict[str, dict | str] = dict(allocate(options, fraction, layer_cost, flag))
+    chosen, cost = _greedy(options, fraction, layer_cost, flag)
+    ranks: dict[str, dict | str] = dict(chosen)
     what = "time" if layer_cost else "MAC"
     for opt in options:
         own, cand = opt.costs(layer_cost)
@@ -217,4 +209,4 @@ def budget_ranks(model: Model, fraction: float, only: list[str] | None = None, l
         else:
             ranks[opt.name] = (f"spared by the {what} budget (other layers give up {what.replace('MAC', 'MACs')} "
                                "for less weight error); left alone")
-    return ranks, predicted(options, ranks, layer_cost)
+    return ranks, cost
