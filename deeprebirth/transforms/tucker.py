@@ -96,12 +96,10 @@ def tucker(model: Model, ranks: tuple[int, int] | None = None, ratio: float | No
             raise RebirthError(f"{model.source}: no decomposable layer named '{unknown[0]}' (layers: {listing})")
         rule = rule.with_options(only=set(only))
     budget = None
-    if macs is not None:
-        ranks_of, budget = rank_budget.budget_ranks(model, macs, only)
-        rule = rule.with_options(layer_ranks=ranks_of)
-    if time is not None:
-        ranks_of, budget = rank_budget.budget_ranks(model, time, only, layer_cost, "--time")
-        rule = rule.with_options(layer_ranks=ranks_of)
+    for fraction, cost, flag in ((macs, 0, "--macs"), (time, layer_cost, "--time")):
+        if fraction is not None:     # at most one of them (checked above)
+            ranks_of, budget = rank_budget.budget_ranks(model, fraction, only, cost, flag)
+            rule = rule.with_options(layer_ranks=ranks_of)
     out = _decompose(model, [rule], rule, only, measure, progress=progress, **slim_kwargs)
     out.macs_fraction, out.time_fraction = macs, time
     out.layer_cost = layer_cost if time is not None else None
