@@ -468,11 +468,7 @@ def tucker_row(work: Path, args, ratio: float, kind: str = "ratio") -> dict | No
              (slim_dir, ["tucker", str(folded / "deploy.prototxt"), str(folded / "init.caffemodel"), f"--{kind}",
                          str(ratio), "--train-val", str(folded / "train_val.prototxt"), "-o", str(slim_dir)])]
     for where, cmd in steps:
-        if not (where / "report.json").exists():
-            proc = subprocess.run([sys.executable, "-m", "deeprebirth.cli", *cmd, "--json"], capture_output=True,
-                                  text=True)
-            if proc.returncode != 0:
-                raise SystemExit(f"rebirth {cmd[0]} failed: {proc.stderr.strip()}")
+        rebirth_into(where, cmd)
     label = {"ratio": "ratio", "macs": "MAC budget", "time": "time budget"}[kind] + f" {ratio:g}"
     label += f" of {source_w.parent.name}'s Slim net, pool5 folded"
     label += ", distilled against Slim" if args.tucker_distill else ""
@@ -515,6 +511,16 @@ def tucker_row(work: Path, args, ratio: float, kind: str = "ratio") -> dict | No
     return row
 
 
+def rebirth_into(where: Path, cmd: list[str]) -> None:
+    """Run `rebirth CMD --json` (a command that writes ``where``/report.json) unless ``where`` holds
+    its report already."""
+    if (where / "report.json").exists():
+        return
+    proc = subprocess.run([sys.executable, "-m", "deeprebirth.cli", *cmd, "--json"], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"rebirth {cmd[0]} (into {where}) failed: {proc.stderr.strip()}")
+
+
 def tucker_merged(out: Path, slim_dir: Path, weights: Path, train: str, held: str, args, row: dict):
     """The fine-tuned Tucker net with each inception's branch-end 1x1 convolutions merged into one
     after its Concat (`rebirth slim --rules merge_concat_1x1`, exact: block-diagonal weights), then
@@ -525,12 +531,8 @@ def tucker_merged(out: Path, slim_dir: Path, weights: Path, train: str, held: st
     from deeprebirth.learning import sources as data  # noqa: PLC0415
 
     merged = out / "merged"
-    if not (merged / "report.json").exists():
-        cmd = ["slim", str(slim_dir / "deploy.prototxt"), "-w", str(weights), "--train-val",
-               str(slim_dir / "train_val.prototxt"), "--rules", "merge_concat_1x1", "-o", str(merged), "--json"]
-        proc = subprocess.run([sys.executable, "-m", "deeprebirth.cli", *cmd], capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise SystemExit(f"rebirth slim --rules merge_concat_1x1 failed: {proc.stderr.strip()}")
+    rebirth_into(merged, ["slim", str(slim_dir / "deploy.prototxt"), "-w", str(weights), "--train-val",
+                          str(slim_dir / "train_val.prototxt"), "--rules", "merge_concat_1x1", "-o", str(merged)])
     tv_path = out.parent / "teacher" / "train_val.prototxt"
     start = merged / "init.caffemodel"
     lr = (args.tucker_lr or 0.01) / 2
@@ -539,9 +541,7 @@ def tucker_merged(out: Path, slim_dir: Path, weights: Path, train: str, held: st
                     base_lr=lr, test_interval=max(args.tucker_merge_iters // 5, 1), snapshot=0, weights=str(start),
                     outdir=merged / "finetune", progress=None)
     final = merged / "finetune" / "weights.caffemodel"
-    row["merged"] = {"iters": args.tucker_merge_iters, "base_lr": lr,
-                     "layers": len(netio.read_net(merged / "deploy.prototxt").layer),
-                     "before": row["relearn_finetune"],
+    row["merged"] = {"iters": args.tucker_merge_iters, "base_lr": lr, "before": row["relearn_finetune"],
                      "after": evaluate_net(merged / "deploy.prototxt", final, out.parent, tv_path, args.eval_images)}
     row["relearn_finetune"] = row["merged"]["after"]
     graph = Graph(netio.read_net(merged / "deploy.prototxt"), strict=False)
