@@ -93,29 +93,29 @@ class MergeConcat1x1(Rule):
         concat = graph.node(match.data["concat"])
         arms = [self._arm_of(graph, ref, concat) for ref in concat.bottoms]
         if any(a is None for a in arms):
-            return f"{concat.name}: its inputs are no longer all 1x1 convolutions"
+            return "its inputs are no longer all 1x1 convolutions"
         first = arms[0]
         if len({bool(a.conv.layer.convolution_param.bias_term) for a in arms}) > 1:
-            return f"{concat.name}: the convolutions differ in bias_term"
+            return "the convolutions differ in bias_term"
         if len({tuple(signature(x.layer) for x in a.acts) for a in arms}) > 1:
-            return f"{concat.name}: the convolutions are not followed by the same in-place activations"
+            return "the convolutions are not followed by the same in-place activations"
         inputs = [a.conv.bottoms[0] for a in arms]
         if len(set(inputs)) < len(inputs):
-            return f"{concat.name}: two of its convolutions read the same blob (merge_parallel stacks those)"
+            return "two of its convolutions read the same blob (merge_parallel stacks those)"
         shapes = [graph.version_shapes.get(r) for r in inputs]
         if any(s is None or len(s) != 4 for s in shapes) or len({tuple(s[2:]) for s in shapes}) > 1:
-            return f"{concat.name}: the convolutions' inputs are not 4-D maps of one size"
+            return "the convolutions' inputs are not 4-D maps of one size"
         if model.weights is not None:
             missing = [a.conv.name for a in arms if a.conv.name not in model.weights]
             if missing:
-                return f"{concat.name}: no weights for '{missing[0]}'"
+                return f"no weights for '{missing[0]}'"
         S = [int(s[1]) for s in shapes]
         T = [int(a.conv.top_shapes[0][1]) for a in arms]
         hw = count(shapes[0][2:])
         added = hw * (sum(S) * sum(T) - sum(s * t for s, t in zip(S, T)))
         worth = (len(arms) - 1) * (1 + len(first.acts)) * self.layer_cost
         if added > worth:
-            return (f"{concat.name}: the merged 1x1 convolution's zero blocks would add {added:,} MACs, more than "
+            return (f"the merged 1x1 convolution's zero blocks would add {added:,} MACs, more than "
                     f"the {(len(arms) - 1) * (1 + len(first.acts))} layers it removes are worth (about "
                     f"{self.layer_cost:,} MACs a layer); left alone")
         return {"concat": concat, "arms": arms, "inputs": inputs, "S": S, "T": T, "added": added}
