@@ -72,8 +72,14 @@ def inspect_text(info: dict) -> str:
     return "\n".join(lines)
 
 
-def _ratio(a: float, b: float) -> str:
-    return f"{a / b:.2f}x" if b else "-"
+def _change(before: float, after: float, less: str) -> str:
+    """How ``after`` compares with ``before``, as "1.50x fewer" (``less``), "1.08x more" or "the
+    same": never a ratio below 1 with "fewer" (a merge that adds zero blocks adds MACs)."""
+    if not after or not before:
+        return "-"
+    if after > before:
+        return f"{after / before:.2f}x more"
+    return f"{before / after:.2f}x {less}" if after < before else "the same"
 
 
 def slim_summary(out: SlimOutput, written: list[Path] | None = None) -> str:
@@ -100,9 +106,9 @@ def slim_summary(out: SlimOutput, written: list[Path] | None = None) -> str:
     lines += [
         f"layers {before['layers']} -> {after['layers']}; params {human(before['params'])} -> "
         f"{human(after['params'])}; MACs {human(before['macs'])} -> {human(after['macs'])} "
-        f"({_ratio(before['macs'], after['macs'])} fewer)",
+        f"({_change(before['macs'], after['macs'], 'fewer')})",
         f"blob memory{f' at batch {batch}' if batch else ''}: {before['memory_bytes'] / mb:.1f} MB -> "
-        f"{after['memory_bytes'] / mb:.1f} MB ({_ratio(before['memory_bytes'], after['memory_bytes'])} less)",
+        f"{after['memory_bytes'] / mb:.1f} MB ({_change(before['memory_bytes'], after['memory_bytes'], 'less')})",
     ]
     if out.new_layers:
         lines.append(f"new layers (Xavier init, lr_mult 10): {', '.join(out.new_layers)}")

@@ -175,3 +175,13 @@ def test_builtin_googlenet_only_conv1_and_conv2(tmp_path):
     assert [c["substructure"] for c in report["changes"]] == ["conv1", "conv2"]
     assert report["changes"][0]["removed"] == ["pool1/3x3_s2", "pool1/norm1"]
     assert report["changes"][1]["removed"] == ["conv2/norm2", "pool2/3x3_s2"]
+
+
+def test_summary_says_more_when_a_rewrite_adds_macs():
+    """A merge with zero blocks adds MACs: the summary says "more", never "0.93x fewer"."""
+    from deeprebirth.cli.reports import _change
+
+    assert _change(1.14e6, 1.23e6, "fewer") == "1.08x more"
+    assert _change(3.63e6, 1.14e6, "fewer") == "3.18x fewer"
+    assert _change(2.0, 2.0, "less") == "the same"
+    assert _change(0, 5, "less") == "-"
