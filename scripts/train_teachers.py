@@ -465,7 +465,7 @@ def write_log(work: Path) -> None:
         lines += [f"## {name}: `{r['deploy']}` -> `models/fmnist_{name}.caffemodel`", "",
                   f"* command: `{r['script_cmd']}` (it runs `caffe train -solver solver_warmup.prototxt`, "
                   f"then `caffe train -solver solver_main.prototxt -snapshot snap/{name}_iter_"
-                  f"{r['warmup']}.solverstate` in `{work.relative_to(ROOT) if work.is_relative_to(ROOT) else work}/{name}/`)",
+                  f"{r['warmup']}.solverstate` in `{rel(Path(r['segments'][-1]['cwd']))}/`)",
                   f"* schedule: SGD, momentum {r['momentum']}, weight decay {r['weight_decay']} (none on "
                   f"BatchNorm/Scale), base_lr {r['base_lr']}: sigmoid warm-up over {r['warmup']} iterations, "
                   f"then poly (power 1) to 0 at iteration {r['iters']}",
