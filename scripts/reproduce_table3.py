@@ -381,6 +381,46 @@ def stage_labelfree(work: Path, args) -> dict | None:
     return row
 
 
+def stage_recover(work: Path, args) -> dict | None:
+    """Label-free as a user would run it (row 9R): the teacher slimmed in one go at the defaults
+    (`rebirth slim`, every substructure at once, not step by step), then `rebirth recover` with
+    ``--recover-iters`` distillation iterations (relearn of every unit, then distillation against
+    the teacher's logits; no label read; the best weights by agreement with the teacher on the last
+    2,000 training images kept)."""
+    if not args.recover_iters:
+        return None
+    out = work / "recover"
+    done = out / "recover_row.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    t0 = time.time()
+    slim_dir, rec = out / "slim", out / "recovered"
+    rebirth_into(slim_dir, ["slim", str(TEACHER), "-w", str(work / "teacher" / "teacher.caffemodel"), "--train-val",
+                            str(MODELS / "fmnist_googlenet_train_val.prototxt"), "-o", str(slim_dir)])
+    if not (rec / "recover.json").exists():
+        train, held = held_out_split(str(work / "fmnist_train_lmdb"))
+        cmd = [sys.executable, "-m", "deeprebirth.cli", "recover", str(slim_dir), "--images", train, "--val", held,
+               "--iters", str(args.recover_iters), "-o", str(rec), "--json"]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise SystemExit(f"rebirth recover failed: {proc.stderr.strip()}")
+    tv_path = work / "teacher" / "train_val.prototxt"
+    deploy = slim_dir / "deploy.prototxt"
+    graph = Graph(netio.read_net(deploy), strict=False)
+    row = {"step": f"{len(STEPS)}R", "slim": "all substructures at once (`rebirth slim`), label-free: `rebirth "
+           f"recover` (relearn, then {args.recover_iters} distillation iterations)", "layers": len(graph.nodes),
+           "memory_bytes": graph.memory_bytes,
+           "relearn_only": evaluate_net(deploy, rec / "relearn" / "weights.caffemodel", work, tv_path, args.eval_images),
+           "relearn_finetune": evaluate_net(deploy, rec / "weights.caffemodel", work, tv_path, args.eval_images)}
+    row.update(latency(TEACHER, work / "teacher" / "teacher.caffemodel", deploy, rec / "weights.caffemodel",
+                       args.bench_runs))
+    row["seconds"] = round(time.time() - t0, 1)
+    done.write_text(json.dumps(row, indent=2))
+    log(f"label-free (recover): relearn only {row['relearn_only']['top1']:.4f} -> recovered "
+        f"{row['relearn_finetune']['top1']:.4f}; {row['seconds']} s")
+    return row
+
+
 def stage_bn_teacher(work: Path, args) -> dict | None:
     """The BatchNorm teacher's slim row: `rebirth slim` (BatchNorm folded, conv1 + pool1 merged),
     relearn, a default `finetune` with labels, top-1 and speed against that teacher."""
@@ -690,7 +730,7 @@ def prefer_longer(row: dict, weights: Path, longer: Path, deploy: Path, work: Pa
 
 
 def ship(work: Path, rows: list[dict], tucker_dir: str | None, runs: int = 50) -> None:
-    """The table's final nets as models/ folders: Slim (labels; row 9+, else 9), label-free (9L),
+    """The table's final nets as models/ folders: Slim (labels; row 9+, else 9), label-free (9R, else 9L),
     Slim-Tucker (``tucker_dir``, e.g. tucker_macs_0.5) and the BN teacher's slim net, each timed
     against its teacher as shipped (``runs`` interleaved runs)."""
     bench = (TEACHER, work / "teacher" / "teacher.caffemodel", runs)
@@ -708,7 +748,15 @@ def ship(work: Path, rows: list[dict], tucker_dir: str | None, runs: int = 50) -
                     shipped_train_val(last / "slim" / "train_val.prototxt", tv), slim_row,
                     "GoogLeNet-Slim of the Fashion-MNIST teacher (`models/fmnist_googlenet.*`), recovered with labels: "
                     "relearn of each unit, then fine-tuning.", bench)
-    if f"{len(STEPS)}L" in by_step:
+    if f"{len(STEPS)}R" in by_step:     # the label-free command as users run it
+        rec = work / "recover"
+        ship_folder("fmnist_googlenet_slim_labelfree", rec / "slim" / "deploy.prototxt",
+                    rec / "recovered" / "weights.caffemodel",
+                    shipped_train_val(rec / "slim" / "train_val.prototxt", tv), by_step[f"{len(STEPS)}R"],
+                    "GoogLeNet-Slim recovered without reading a label (`rebirth recover`): relearn of each unit "
+                    "against the teacher's feature maps, then distillation of the whole net against the teacher's "
+                    "logits.", bench)
+    elif f"{len(STEPS)}L" in by_step:
         row, weights = prefer_longer(by_step[f"{len(STEPS)}L"], work / "labelfree" / "distill" / "weights.caffemodel",
                                      work / "labelfree" / "distill_long" / "weights.caffemodel",
                                      last / "slim" / "deploy.prototxt", work, "a longer distillation")
@@ -806,6 +854,9 @@ def main(argv=None) -> int:
                     help="instead of --tucker-ratios or --tucker-macs: `rebirth tucker --time` budgets, comma-separated")
     ap.add_argument("--distill-iters", type=int, default=2000,
                     help="distillation iterations that finish the label-free chain (0: skip)")
+    ap.add_argument("--recover-iters", type=int, default=0,
+                    help="also the label-free row as a user runs it: `rebirth slim` of the teacher, then `rebirth "
+                         "recover --iters N` (row 9R; 0: skip)")
     ap.add_argument("--bn-teacher", nargs=3, metavar=("DEPLOY", "WEIGHTS", "TRAIN_VAL"),
                     help="also slim, relearn and fine-tune this BatchNorm teacher (one row)")
     ap.add_argument("--bn-finetune-iters", type=int, default=1000)
@@ -829,7 +880,7 @@ def main(argv=None) -> int:
         return 0
     started = time.time()
     rows = stage_steps(args.work, args)
-    extra = [stage_final, stage_labelfree] + ([stage_tucker] if args.tucker else []) + [stage_bn_teacher]
+    extra = [stage_final, stage_labelfree, stage_recover] + ([stage_tucker] if args.tucker else []) + [stage_bn_teacher]
     for stage in extra if args.steps == len(STEPS) else [stage_bn_teacher]:
         if args.time_budget is not None and time.time() - started > 60 * args.time_budget:
             log(f"time budget of {args.time_budget:g} min spent: {stage.__name__} skipped")
