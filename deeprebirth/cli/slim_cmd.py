@@ -4,7 +4,9 @@ from __future__ import annotations
 import click
 
 from deeprebirth.cli import reports
-from deeprebirth.caffe import netio
+from pathlib import Path
+
+from deeprebirth.caffe import builtin, netio
 from deeprebirth.transforms import slim as slim_api
 from deeprebirth.transforms import tucker as tucker_api
 from deeprebirth.errors import RebirthError
@@ -51,12 +53,21 @@ def _names(value: str | None) -> list[str] | None:
 def slim_command(model, weights, train_val, only, rule_names, keep_pooling, data_layer, tucker, ranks, ratio,
                  outdir, allow_missing, force, as_json):
     """Slim MODEL: merge non-tensor layers into tensor layers (DeepRebirth streamline and branch
-    slimming, and the exact folds), bottom to top.
+    slimming, and the exact folds), bottom to top. A built-in MODEL with weights shipped in models/
+    (fmnist_googlenet) uses them and its shipped train_val unless -w / --train-val are given.
 
     Rewritten layers that change the output are regenerated: Xavier-initialised in init.caffemodel
     and given a 10x learning rate in train_val.prototxt, to be fine-tuned with solver.prototxt.
     """
     netio.check_dir_is_ours(outdir, force)   # before any work; written at the end
+    if model in builtin.NAMES and not Path(model).is_file():   # a built-in brings what we ship with it
+        shipped = [("weights", weights, builtin.weights(model)), ("train_val", train_val, builtin.train_val(model))]
+        used = [(what, str(path)) for what, given, path in shipped if given is None and path is not None]
+        weights = weights or (str(shipped[0][2]) if shipped[0][2] else None)
+        train_val = train_val or (str(shipped[1][2]) if shipped[1][2] else None)
+        if used and not as_json:
+            click.echo(f"rebirth: {model}: using the {' and the '.join(f'{w} shipped with it ({p})' for w, p in used)}",
+                       err=True)
     m = load_model(model, weights, allow_missing=allow_missing)
     show_warnings(m.warnings)
     given = netio.read_net(train_val) if train_val else None

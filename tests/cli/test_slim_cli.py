@@ -185,3 +185,23 @@ def test_summary_says_more_when_a_rewrite_adds_macs():
     assert _change(3.63e6, 1.14e6, "fewer") == "3.18x fewer"
     assert _change(2.0, 2.0, "less") == "the same"
     assert _change(0, 5, "less") == "-"
+
+
+def test_a_builtin_with_shipped_weights_brings_them_and_its_train_val(tmp_path):
+    """`slim fmnist_googlenet -o D` alone slims the trained teacher, framed by its shipped train_val,
+    as `eval fmnist_googlenet` evaluates it: the same files as naming both, and it says which it used."""
+    from deeprebirth.caffe import builtin  # noqa: PLC0415
+
+    if builtin.weights("fmnist_googlenet") is None:
+        pytest.skip("models/fmnist_googlenet.caffemodel is not built")
+    alone = run("slim", "fmnist_googlenet", "-o", tmp_path / "alone")
+    assert alone.exit_code == 0, alone.stderr
+    assert f"using the weights shipped with it ({builtin.weights('fmnist_googlenet')})" in alone.stderr
+    named = run("slim", "fmnist_googlenet", "-w", builtin.weights("fmnist_googlenet"), "--train-val",
+                builtin.train_val("fmnist_googlenet"), "-o", tmp_path / "named")
+    assert named.exit_code == 0 and "shipped with it" not in named.stderr
+    for f in ("init.caffemodel", "train_val.prototxt", "deploy.prototxt"):
+        assert (tmp_path / "alone" / f).read_bytes() == (tmp_path / "named" / f).read_bytes(), f
+    assert "fold_bn (needs the trained weights) did not run" not in alone.output
+    bvlc = run("slim", "googlenet", "-o", tmp_path / "bvlc")     # no weights shipped: nothing said
+    assert bvlc.exit_code == 0 and "shipped with it" not in bvlc.stderr
