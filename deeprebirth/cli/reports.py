@@ -297,12 +297,26 @@ def finetune_text(result: dict) -> str:
         lines.append(f"stopped by {stopped['signal']} at iteration {stopped['iteration']}: weights, finetune.json "
                      "and a snapshot written")
     if result["snapshots"]:
-        val = f" --val {shlex.quote(result['val'])}" if result.get("val") else ""
         target = f" --iters {result['iterations']}" if stopped else " --iters N"
         lines.append(f"resume with: rebirth finetune {shlex.quote(result['slim_dir'])} --train "
-                     f"{shlex.quote(result['train'])}{val} --resume {shlex.quote(result['snapshots'][-1])} "
-                     f"-o {shlex.quote(result['outdir'])}{target}")
+                     f"{shlex.quote(result['train'])}{_run_settings(result)} --resume "
+                     f"{shlex.quote(result['snapshots'][-1])} -o {shlex.quote(result['outdir'])}{target}")
     return "\n".join(lines)
+
+
+def _run_settings(result: dict) -> str:
+    """The options that made a fine-tuning run what it was (a snapshot holds weights and iteration,
+    not these), so that the resume line continues the same run: its validation set, mode, batch,
+    rate and schedule."""
+    parts = [f"--val {shlex.quote(result['val'])}"] if result.get("val") else []
+    if str(result.get("mode", "")).startswith("distill"):
+        parts.append("--distill")
+        if "labels" in str(result["mode"]):
+            parts.append("--with-labels")
+    parts += [f"-b {result['batch']}", f"--base-lr {result['base_lr']:.6g}"]
+    if result.get("schedule") == "solver":
+        parts += ["--schedule solver", f"--stepsize {result['stepsize']}"]
+    return "".join(" " + part for part in parts)
 
 
 def stderr_line(line: str) -> None:

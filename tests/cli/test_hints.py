@@ -201,3 +201,21 @@ def test_ctrl_c_during_finetune_writes_and_the_resume_hint_runs(slimmed, tmp_pat
     res = run(*resume, "--json")
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["start_iteration"] == stopped
+
+
+def test_the_resume_hint_of_a_distillation_resumes_a_distillation(slimmed, tmp_path):
+    """A snapshot holds weights and the iteration, not how the run was set up: the resume line
+    carries the mode, batch and rate, so pasted it continues the same distillation."""
+    d = slimmed
+    out = tmp_path / "kd"
+    first = run("finetune", d / "slim", "--train", d / "plain", "--distill", "--iters", "2", "--snapshot", "2",
+                "--base-lr", "0.003", "-b", "4", "-o", out)
+    assert first.exit_code == 0, first.output
+    resume = hints(next(x for x in first.output.splitlines() if x.startswith("resume with:")))[0]
+    assert "--distill" in resume and resume[resume.index("--base-lr") + 1] == "0.003"
+    resume[resume.index("--iters") + 1] = "3"
+    res = run(*resume, "--json")
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert (doc["mode"], doc["start_iteration"], doc["batch"]) == ("distill", 2, 4)
+    assert abs(doc["base_lr"] - 0.003) < 1e-9
