@@ -755,7 +755,8 @@ def ship(work: Path, rows: list[dict], tucker_dir: str | None, runs: int = 50) -
                     shipped_train_val(rec / "slim" / "train_val.prototxt", tv), by_step[f"{len(STEPS)}R"],
                     "GoogLeNet-Slim recovered without reading a label (`rebirth recover`): relearn of each unit "
                     "against the teacher's feature maps, then distillation of the whole net against the teacher's "
-                    "logits.", bench)
+                    "logits. `rebirth slim`'s default rules have already folded its global average pooling into the "
+                    "classifier (rule `pool_into_fc`, exact).", bench)
     elif f"{len(STEPS)}L" in by_step:
         row, weights = prefer_longer(by_step[f"{len(STEPS)}L"], work / "labelfree" / "distill" / "weights.caffemodel",
                                      work / "labelfree" / "distill_long" / "weights.caffemodel",
