@@ -414,10 +414,15 @@ def stage_recover(work: Path, args) -> dict | None:
            "relearn_finetune": evaluate_net(deploy, rec / "weights.caffemodel", work, tv_path, args.eval_images)}
     row.update(latency(TEACHER, work / "teacher" / "teacher.caffemodel", deploy, rec / "weights.caffemodel",
                        args.bench_runs))
+    return finished(row, done, t0, f"label-free (recover): relearn only {row['relearn_only']['top1']:.4f} -> "
+                    f"recovered {row['relearn_finetune']['top1']:.4f}")
+
+
+def finished(row: dict, done: Path, t0: float, message: str) -> dict:
+    """A stage's row with its wall time, written to ``done`` (what a rerun reuses) and logged."""
     row["seconds"] = round(time.time() - t0, 1)
     done.write_text(json.dumps(row, indent=2))
-    log(f"label-free (recover): relearn only {row['relearn_only']['top1']:.4f} -> recovered "
-        f"{row['relearn_finetune']['top1']:.4f}; {row['seconds']} s")
+    log(f"{message}; {row['seconds']} s")
     return row
 
 
@@ -458,11 +463,9 @@ def stage_bn_teacher(work: Path, args) -> dict | None:
            "memory_bytes": Graph(netio.read_net(out / "slim" / "deploy.prototxt"), strict=False).memory_bytes}
     row.update(latency(deploy, weights, out / "slim" / "deploy.prototxt", out / "finetune" / "weights.caffemodel",
                        args.bench_runs))
-    row["seconds"] = round(time.time() - t0, 1)
-    done.write_text(json.dumps(row, indent=2))
-    log(f"BN teacher: {row['teacher']['top1']:.4f}; slim relearned {row['relearn_only']['top1']:.4f}, fine-tuned "
-        f"{row['relearn_finetune']['top1']:.4f}; {row['best_ratio']:.2f}x; {row['seconds']} s")
-    return row
+    return finished(row, done, t0, f"BN teacher: {row['teacher']['top1']:.4f}; slim relearned "
+                    f"{row['relearn_only']['top1']:.4f}, fine-tuned {row['relearn_finetune']['top1']:.4f}; "
+                    f"{row['best_ratio']:.2f}x")
 
 
 def stage_tucker(work: Path, args) -> list[dict]:
