@@ -65,10 +65,12 @@ def slim_command(model, weights, train_val, only, rule_names, keep_pooling, data
         used = [(what, str(path)) for what, given, path in shipped if given is None and path is not None]
         weights = weights or (str(shipped[0][2]) if shipped[0][2] else None)
         train_val = train_val or (str(shipped[1][2]) if shipped[1][2] else None)
-        if used and not as_json:
-            click.echo(f"rebirth: {model}: using the {' and the '.join(f'{w} shipped with it ({p})' for w, p in used)}",
-                       err=True)
+    else:
+        used = []
     m = load_model(model, weights, allow_missing=allow_missing)
+    if used and not as_json:      # once the model loaded: an error is the only line otherwise
+        click.echo(f"rebirth: {model}: using the {' and the '.join(f'{w} shipped with it ({p})' for w, p in used)}",
+                   err=True)
     show_warnings(m.warnings)
     given = netio.read_net(train_val) if train_val else None
     if tucker:
