@@ -33,3 +33,13 @@ def train_val(name: str) -> Path | None:
     """The train_val a built-in model's preprocessing comes from, if one is shipped."""
     p = models_dir() / f"{name}_train_val.prototxt"
     return p if p.is_file() else None
+
+
+def shipped_for(model: str, given_weights: str | None, given_train_val: str | None) -> dict[str, Path]:
+    """What a MODEL given by built-in name brings with it, for the files not given: its shipped
+    ``weights`` and ``train_val`` (those that exist); empty for a prototxt path or when given."""
+    if model not in NAMES or Path(model).is_file():
+        return {}
+    found = {"weights": None if given_weights else weights(model),
+             "train_val": None if given_train_val else train_val(model)}
+    return {what: path for what, path in found.items() if path is not None}

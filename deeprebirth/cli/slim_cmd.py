@@ -4,8 +4,6 @@ from __future__ import annotations
 import click
 
 from deeprebirth.cli import reports
-from pathlib import Path
-
 from deeprebirth.caffe import builtin, netio
 from deeprebirth.transforms import slim as slim_api
 from deeprebirth.transforms import tucker as tucker_api
@@ -60,16 +58,12 @@ def slim_command(model, weights, train_val, only, rule_names, keep_pooling, data
     and given a 10x learning rate in train_val.prototxt, to be fine-tuned with solver.prototxt.
     """
     netio.check_dir_is_ours(outdir, force)   # before any work; written at the end
-    if model in builtin.NAMES and not Path(model).is_file():   # a built-in brings what we ship with it
-        shipped = [("weights", weights, builtin.weights(model)), ("train_val", train_val, builtin.train_val(model))]
-        used = [(what, str(path)) for what, given, path in shipped if given is None and path is not None]
-        weights = weights or (str(shipped[0][2]) if shipped[0][2] else None)
-        train_val = train_val or (str(shipped[1][2]) if shipped[1][2] else None)
-    else:
-        used = []
+    shipped = builtin.shipped_for(model, weights, train_val)   # a built-in brings what we ship with it
+    weights = weights or (str(shipped["weights"]) if "weights" in shipped else None)
+    train_val = train_val or (str(shipped["train_val"]) if "train_val" in shipped else None)
     m = load_model(model, weights, allow_missing=allow_missing)
-    if used and not as_json:      # once the model loaded: an error is the only line otherwise
-        click.echo(f"rebirth: {model}: using the {' and the '.join(f'{w} shipped with it ({p})' for w, p in used)}",
+    if shipped and not as_json:      # once the model loaded: an error is the only line otherwise
+        click.echo(f"rebirth: {model}: using the {' and the '.join(f'{w} shipped with it ({p})' for w, p in shipped.items())}",
                    err=True)
     show_warnings(m.warnings)
     given = netio.read_net(train_val) if train_val else None
