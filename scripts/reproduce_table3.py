@@ -397,13 +397,9 @@ def stage_recover(work: Path, args) -> dict | None:
     slim_dir, rec = out / "slim", out / "recovered"
     rebirth_into(slim_dir, ["slim", str(TEACHER), "-w", str(work / "teacher" / "teacher.caffemodel"), "--train-val",
                             str(MODELS / "fmnist_googlenet_train_val.prototxt"), "-o", str(slim_dir)])
-    if not (rec / "recover.json").exists():
-        train, held = held_out_split(str(work / "fmnist_train_lmdb"))
-        cmd = [sys.executable, "-m", "deeprebirth.cli", "recover", str(slim_dir), "--images", train, "--val", held,
-               "--iters", str(args.recover_iters), "-o", str(rec), "--json"]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise SystemExit(f"rebirth recover failed: {proc.stderr.strip()}")
+    train, held = held_out_split(str(work / "fmnist_train_lmdb"))
+    rebirth_into(rec, ["recover", str(slim_dir), "--images", train, "--val", held, "--iters", str(args.recover_iters),
+                       "-o", str(rec)], record="recover.json")
     tv_path = work / "teacher" / "train_val.prototxt"
     deploy = slim_dir / "deploy.prototxt"
     graph = Graph(netio.read_net(deploy), strict=False)
@@ -554,10 +550,10 @@ def tucker_row(work: Path, args, ratio: float, kind: str = "ratio") -> dict | No
     return row
 
 
-def rebirth_into(where: Path, cmd: list[str]) -> None:
-    """Run `rebirth CMD --json` (a command that writes ``where``/report.json) unless ``where`` holds
-    its report already."""
-    if (where / "report.json").exists():
+def rebirth_into(where: Path, cmd: list[str], record: str = "report.json") -> None:
+    """Run `rebirth CMD --json` (a command that writes ``where``/``record``) unless ``where`` holds
+    that record already."""
+    if (where / record).exists():
         return
     proc = subprocess.run([sys.executable, "-m", "deeprebirth.cli", *cmd, "--json"], capture_output=True, text=True)
     if proc.returncode != 0:
