@@ -322,15 +322,16 @@ def stage_steps(work: Path, args) -> list[dict]:
     return rows
 
 
-def finished_run(outdir: Path, iters: int, weights: Path, distill: bool = False) -> dict | None:
+def finished_run(outdir: Path, iters: int, weights: Path, distill: bool = False, mode: str | None = None) -> dict | None:
     """A fine-tuning already finished in ``outdir`` with these iterations from these weights, in this
-    mode (its finetune.json), so a stage interrupted after its training does not train again."""
+    mode (its finetune.json: ``mode``, else "distill" or "labels" by ``distill``), so a stage
+    interrupted after its training does not train again."""
     doc = outdir / "finetune.json"
     if not doc.exists():
         return None
     got = json.loads(doc.read_text())
     same = got.get("iterations") == iters and "interrupted" not in got and \
-        got.get("mode") == ("distill" if distill else "labels") and \
+        got.get("mode") == (mode or ("distill" if distill else "labels")) and \
         Path(got.get("start_weights") or "").resolve() == Path(weights).resolve()
     return got if same else None
 
@@ -412,6 +413,40 @@ def stage_recover(work: Path, args) -> dict | None:
                        args.bench_runs))
     return finished(row, done, t0, f"label-free (recover): relearn only {row['relearn_only']['top1']:.4f} -> "
                     f"recovered {row['relearn_finetune']['top1']:.4f}")
+
+
+def stage_labels_distill(work: Path, args) -> dict | None:
+    """The labelled counterpart of row 9R (row 9RL): the same one-go slim net and the same relearned
+    weights (the recover stage's), then ``--labels-distill-iters`` iterations of `rebirth finetune
+    --distill --with-labels` (the teacher's logits and the labels, the two losses summed) at its
+    defaults otherwise; the best weights on the held-out 2,000 training images are kept. Needs the
+    recover stage (its slim net and relearn)."""
+    rec = work / "recover"
+    if not args.labels_distill_iters or not (rec / "recover_row.json").exists():
+        return None
+    out = work / "labels_distill"
+    done = out / "labels_distill_row.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    t0 = time.time()
+    slim_dir, start = rec / "slim", rec / "recovered" / "relearn" / "weights.caffemodel"
+    train, held = held_out_split(str(work / "fmnist_train_lmdb"))
+    rebirth_into(out / "finetune", ["finetune", str(slim_dir), "--weights", str(start), "--distill", "--with-labels",
+                                    "--iters", str(args.labels_distill_iters), "--train", train, "--val", held,
+                                    "-o", str(out / "finetune")], record="finetune.json")
+    if not finished_run(out / "finetune", args.labels_distill_iters, start, mode="distill+labels"):
+        raise SystemExit(f"{out / 'finetune'} holds another or an interrupted run: resume it with `rebirth finetune "
+                         "--resume` (its finetune.json names the snapshots) or remove the folder")
+    deploy, weights = slim_dir / "deploy.prototxt", out / "finetune" / "weights.caffemodel"
+    recovered = json.loads((rec / "recover_row.json").read_text())
+    row = {key: recovered[key] for key in ("layers", "memory_bytes", "relearn_only")}
+    row.update({"step": f"{len(STEPS)}RL", "slim": "all substructures at once (`rebirth slim`), 9R's relearn, then "
+                f"{args.labels_distill_iters} iterations of distillation with labels (`finetune --distill --with-labels`)",
+                "relearn_finetune": evaluate_net(deploy, weights, work, work / "teacher" / "train_val.prototxt",
+                                                 args.eval_images)})
+    row.update(latency(TEACHER, work / "teacher" / "teacher.caffemodel", deploy, weights, args.bench_runs))
+    return finished(row, done, t0, f"distillation with labels: relearn only {row['relearn_only']['top1']:.4f} -> "
+                    f"{row['relearn_finetune']['top1']:.4f}")
 
 
 def finished(row: dict, done: Path, t0: float, message: str) -> dict:
@@ -722,23 +757,37 @@ def prefer_longer(row: dict, weights: Path, longer: Path, deploy: Path, work: Pa
     run = json.loads((longer.parent / "finetune.json").read_text())
     how = (f"resumed at iteration {run['start_iteration']:,} to {run['iterations']:,}" if run.get("resumed_from")
            else f"{run['iterations']:,} iterations from {Path(run.get('start_weights') or 'init').parent.name}/")
-    row = dict(row, slim=f"{row['slim']}; shipped: {what} ({longer.parent.name}/: {how}, base_lr {run['base_lr']:.2g}, "
-                         f"{run.get('schedule', 'anneal')})")
+    mode = {"distill": ", distillation", "distill+labels": ", distillation with labels"}.get(run.get("mode"), "")
+    row = dict(row, slim=f"{row['slim']}; shipped: {what} ({longer.parent.name}/: {how}{mode}, base_lr "
+                         f"{run['base_lr']:.2g}, {run.get('schedule', 'anneal')})")
     row["relearn_finetune"] = evaluate_net(deploy, longer, work, work / "teacher" / "train_val.prototxt")
     return row, longer
 
 
-def ship(work: Path, rows: list[dict], tucker_dir: str | None, runs: int = 50) -> None:
-    """The table's final nets as models/ folders: Slim (labels; row 9+, else 9), label-free (9R, else 9L),
-    Slim-Tucker (``tucker_dir``, e.g. tucker_macs_0.5) and the BN teacher's slim net, each timed
-    against its teacher as shipped (``runs`` interleaved runs)."""
+def ship(work: Path, rows: list[dict], tucker_dir: str | None, runs: int = 50, labels: str = "steps") -> None:
+    """The table's final nets as models/ folders: Slim (labels; ``labels`` "steps": row 9+, else 9;
+    "distill": row 9RL), label-free (9R, else 9L), Slim-Tucker (``tucker_dir``, e.g.
+    tucker_macs_0.5) and the BN teacher's slim net, each timed against its teacher as shipped
+    (``runs`` interleaved runs)."""
     bench = (TEACHER, work / "teacher" / "teacher.caffemodel", runs)
     last = work / "steps" / f"{len(STEPS)}_{STEPS[-1][0]}"
     tv = MODELS / "fmnist_googlenet_train_val.prototxt"
     by_step = {str(r["step"]): r for r in rows}
     final = work / "final" / "finetune" / "weights.caffemodel"
     slim_row = by_step.get(f"{len(STEPS)}+") if final.exists() else by_step.get(str(len(STEPS)))
-    if slim_row:
+    if labels == "distill":
+        if f"{len(STEPS)}RL" not in by_step:
+            raise SystemExit("--ship-labels distill: row 9RL was not run (--recover-iters and --labels-distill-iters)")
+        rec = work / "recover"
+        ship_folder("fmnist_googlenet_slim", rec / "slim" / "deploy.prototxt",
+                    work / "labels_distill" / "finetune" / "weights.caffemodel",
+                    shipped_train_val(rec / "slim" / "train_val.prototxt", tv), by_step[f"{len(STEPS)}RL"],
+                    "GoogLeNet-Slim of the Fashion-MNIST teacher (`models/fmnist_googlenet.*`), recovered with labels: "
+                    "`rebirth slim` at its defaults, relearn of each unit against the teacher's feature maps (as "
+                    "`rebirth recover` does), then `rebirth finetune --distill --with-labels`: the teacher's logits and "
+                    "the labels, the two losses summed. `rebirth slim`'s default rules have already folded its global "
+                    "average pooling into the classifier (rule `pool_into_fc`, exact).", bench)
+    elif slim_row:
         slim_row, final = prefer_longer(slim_row, final,
                                         work / "final" / "finetune_long" / "weights.caffemodel",
                                         last / "slim" / "deploy.prototxt", work, "a longer fine-tuning")
@@ -857,6 +906,9 @@ def main(argv=None) -> int:
     ap.add_argument("--recover-iters", type=int, default=0,
                     help="also the label-free row as a user runs it: `rebirth slim` of the teacher, then `rebirth "
                          "recover --iters N` (row 9R; 0: skip)")
+    ap.add_argument("--labels-distill-iters", type=int, default=0,
+                    help="after the recover stage: its relearned net distilled with labels too, `rebirth finetune "
+                         "--distill --with-labels --iters N` (row 9RL; 0: skip)")
     ap.add_argument("--bn-teacher", nargs=3, metavar=("DEPLOY", "WEIGHTS", "TRAIN_VAL"),
                     help="also slim, relearn and fine-tune this BatchNorm teacher (one row)")
     ap.add_argument("--bn-finetune-iters", type=int, default=1000)
@@ -867,6 +919,8 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=len(STEPS), help="run only the first N steps")
     ap.add_argument("--ship", action="store_true",
                     help="copy the final nets into models/fmnist_googlenet_slim*/ and models/fmnist_resnet_slim/")
+    ap.add_argument("--ship-labels", choices=["steps", "distill"], default="steps",
+                    help="with --ship: the labelled Slim net to ship, the step-by-step chain (row 9+) or row 9RL")
     ap.add_argument("--ship-tucker", metavar="DIR", help="with --ship: the Slim-Tucker row to ship (e.g. tucker_macs_0.5)")
     ap.add_argument("--eval-images", type=int, default=None, help="evaluate on the first N test images (default: all)")
     args = ap.parse_args(argv)
@@ -880,7 +934,7 @@ def main(argv=None) -> int:
         return 0
     started = time.time()
     rows = stage_steps(args.work, args)
-    extra = [stage_final, stage_labelfree, stage_recover] + ([stage_tucker] if args.tucker else []) + [stage_bn_teacher]
+    extra = [stage_final, stage_labelfree, stage_recover, stage_labels_distill] + ([stage_tucker] if args.tucker else []) + [stage_bn_teacher]
     for stage in extra if args.steps == len(STEPS) else [stage_bn_teacher]:
         if args.time_budget is not None and time.time() - started > 60 * args.time_budget:
             log(f"time budget of {args.time_budget:g} min spent: {stage.__name__} skipped")
@@ -893,7 +947,7 @@ def main(argv=None) -> int:
         k: str(v) for k, v in vars(args).items()}}, indent=2))
     print(md)
     if args.ship:
-        ship(args.work, rows, args.ship_tucker, args.bench_runs)
+        ship(args.work, rows, args.ship_tucker, args.bench_runs, args.ship_labels)
     return 0
 
 
