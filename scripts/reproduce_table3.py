@@ -525,26 +525,37 @@ def tucker_row(work: Path, args, ratio: float, kind: str = "ratio") -> dict | No
     from deeprebirth.learning import sources as data  # noqa: PLC0415
 
     out = work / (f"slim_tucker_{ratio:g}" if kind == "ratio" else f"slim_tucker_{kind}_{ratio:g}")
+    out = out.with_name(out.name + ("" if args.tucker_from == "steps" else f"_{args.tucker_from}"))
     done = out / "tucker.json"
     if done.exists():
         return json.loads(done.read_text())
     last = work / "steps" / f"{len(STEPS)}_{STEPS[-1][0]}"
-    if not (last / "step.json").exists():
+    if args.tucker_from == "steps" and not (last / "step.json").exists():
         return None
     t0 = time.time()
     out.mkdir(parents=True, exist_ok=True)
     tv_path = work / "teacher" / "train_val.prototxt"
-    candidates = [work / "final" / "finetune_long", work / "final" / "finetune", last / "b"]
-    source_w = next(c / "weights.caffemodel" for c in candidates if (c / "weights.caffemodel").exists())
-    folded, slim_dir = out / "folded", out / "slim"
-    steps = [(folded, ["slim", str(last / "slim" / "deploy.prototxt"), "-w", str(source_w), "--train-val",
-                       str(last / "slim" / "train_val.prototxt"), "--rules", "pool_into_fc", "-o", str(folded)]),
-             (slim_dir, ["tucker", str(folded / "deploy.prototxt"), str(folded / "init.caffemodel"), f"--{kind}",
-                         str(ratio), "--train-val", str(folded / "train_val.prototxt"), "-o", str(slim_dir)])]
-    for where, cmd in steps:
-        rebirth_into(where, cmd)
+    slim_dir = out / "slim"
+    if args.tucker_from == "steps":
+        candidates = [work / "final" / "finetune_long", work / "final" / "finetune", last / "b"]
+        source_w = next(c / "weights.caffemodel" for c in candidates if (c / "weights.caffemodel").exists())
+        folded = out / "folded"
+        rebirth_into(folded, ["slim", str(last / "slim" / "deploy.prototxt"), "-w", str(source_w), "--train-val",
+                              str(last / "slim" / "train_val.prototxt"), "--rules", "pool_into_fc", "-o", str(folded)])
+        parent = (folded / "deploy.prototxt", folded / "init.caffemodel", folded / "train_val.prototxt")
+        whose = f"{source_w.parent.name}'s Slim net, pool5 folded"
+    else:       # the one-go slim net (its pool5 already folded by `rebirth slim`'s defaults), row 9R's or 9RL's weights
+        source_w = (work / "recover" / "recovered" if args.tucker_from == "recover"
+                    else work / "labels_distill" / "finetune") / "weights.caffemodel"
+        if not source_w.exists():
+            return None
+        rec = work / "recover" / "slim"
+        parent = (rec / "deploy.prototxt", source_w, rec / "train_val.prototxt")
+        whose = f"row {len(STEPS)}{'R' if args.tucker_from == 'recover' else 'RL'}'s Slim net"
+    rebirth_into(slim_dir, ["tucker", str(parent[0]), str(parent[1]), f"--{kind}", str(ratio), "--train-val",
+                            str(parent[2]), "-o", str(slim_dir)])
     label = {"ratio": "ratio", "macs": "MAC budget", "time": "time budget"}[kind] + f" {ratio:g}"
-    label += f" of {source_w.parent.name}'s Slim net, pool5 folded"
+    label += f" of {whose}"
     label += ", distilled against Slim" if args.tucker_distill else ""
     row = {"step": "T", "slim": f"Slim-Tucker ({label})", "layers": len(netio.read_net(slim_dir / "deploy.prototxt").layer),
            "memory_bytes": Graph(netio.read_net(slim_dir / "deploy.prototxt"), strict=False).memory_bytes}
@@ -896,6 +907,9 @@ def main(argv=None) -> int:
                     help="Slim-Tucker weight budgets, comma-separated: one row each (a speed/accuracy curve)")
     ap.add_argument("--tucker-macs", type=lambda t: [float(x) for x in t.split(",")], default=None,
                     help="instead of --tucker-ratios: `rebirth tucker --macs` budgets, comma-separated, one row each")
+    ap.add_argument("--tucker-from", choices=["steps", "recover", "labels_distill"], default="steps",
+                    help="the Slim net Slim-Tucker decomposes: the step-by-step chain's (row 9+), row 9R's or row "
+                         "9RL's (the one-go slim net); the folder gets the name as a suffix unless steps")
     ap.add_argument("--tucker-merge-iters", type=int, default=0,
                     help="then merge each inception's branch-end 1x1s (merge_concat_1x1, exact) and fine-tune the "
                          "merged net this many more iterations at half --tucker-lr (0: do not)")
