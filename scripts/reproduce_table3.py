@@ -421,13 +421,10 @@ def stage_labels_distill(work: Path, args) -> dict | None:
     --distill --with-labels` (the teacher's logits and the labels, the two losses summed) at its
     defaults otherwise; the best weights on the held-out 2,000 training images are kept. Needs the
     recover stage (its slim net and relearn)."""
-    rec = work / "recover"
-    if not args.labels_distill_iters or not (rec / "recover_row.json").exists():
-        return None
-    out = work / "labels_distill"
+    out, rec = work / "labels_distill", work / "recover"
     done = out / "labels_distill_row.json"
-    if done.exists():
-        return json.loads(done.read_text())
+    if done.exists() or not args.labels_distill_iters or not (rec / "recover_row.json").exists():
+        return json.loads(done.read_text()) if done.exists() else None
     t0 = time.time()
     slim_dir, start = rec / "slim", rec / "recovered" / "relearn" / "weights.caffemodel"
     train, held = held_out_split(str(work / "fmnist_train_lmdb"))
