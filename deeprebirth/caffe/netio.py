@@ -648,7 +648,9 @@ def claim_dir(outdir: str | os.PathLike, names: Iterable[str], inputs: Iterable 
     """Make ``outdir`` ready for a command that adds ``names`` to it (relearn, finetune), before any
     work: a missing or empty folder is created and marked; an existing one must be ours
     (``foreign_entries``) unless ``force``, which lets the command write its own names beside the
-    user's files (never removing any). A directory where a file would go is refused even then."""
+    user's files (never removing any). A directory where a file would go is refused even then.
+    A sub-folder with its own marker is another command's output made inside this one (finetune's
+    and recover's default, SLIM_DIR/finetune and SLIM_DIR/recovered): ours, and left as it is."""
     out = check_output_path(outdir, is_dir=True)
     names = list(names)
     _check_inputs_outside_files(out, names, [Path(p) for p in inputs if p is not None])
@@ -661,6 +663,7 @@ def claim_dir(outdir: str | os.PathLike, names: Iterable[str], inputs: Iterable 
     if dirs:
         raise RebirthError(f"{out / dirs[0].rstrip('/')}: is a directory where a file would be written; "
                            "choose another output directory")
+    foreign = [n for n in foreign if read_marker(out / n) is None]
     if foreign and not force:
         _refuse_foreign(out, foreign, "write beside them")
     if read_marker(out) is None:

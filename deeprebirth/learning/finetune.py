@@ -597,9 +597,9 @@ class _Validator:
             key = "val_top1" if "val_top1" in entry else "val_agreement"
             se = lead_within_noise(entry[key], last[key], self.images) if last and key in last else None
             if se is not None:
-                notes.append(f"its lead over the last iteration ({100 * last[key]:.2f} %) is within the "
-                             f"standard error of {self.images:,} validation images ({100 * se:.2f} pt): it may "
-                             "be noise; a larger --val tells the two apart")
+                notes.append(f"the last iteration's {100 * last[key]:.2f} % is within the standard error of "
+                             f"{self.images:,} validation images ({100 * se:.2f} pt) of it: the pick may be noise; "
+                             "a larger --val tells the two apart")
         return {"iteration": self.best[1], **{k: v for k, v in entry.items() if k.startswith("val_")}}
 
 

@@ -92,3 +92,12 @@ def test_claim_dir_for_commands_that_add_files(tmp_path):
         netio.claim_dir(users, ["relearn.json"], force=True)
     with pytest.raises(RebirthError, match="input"):
         netio.claim_dir(fresh, ["weights.caffemodel"], inputs=[fresh / "weights.caffemodel"])
+    # `rebirth finetune SLIM` (default -o SLIM/finetune), then `rebirth relearn SLIM` (default -o SLIM):
+    # the folder finetune made inside is ours, and left as it is; a user's folder there is not
+    inner = netio.claim_dir(fresh / "finetune", ["weights.caffemodel"])
+    (inner / "weights.caffemodel").write_text("tuned")
+    netio.claim_dir(fresh, ["weights.caffemodel"])
+    assert (inner / "weights.caffemodel").read_text() == "tuned"
+    (fresh / "photos").mkdir()
+    with pytest.raises(RebirthError, match=r"photos.*--force"):
+        netio.claim_dir(fresh, ["weights.caffemodel"])
