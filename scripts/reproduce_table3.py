@@ -423,8 +423,10 @@ def stage_labels_distill(work: Path, args) -> dict | None:
     recover stage (its slim net and relearn)."""
     out, rec = work / "labels_distill", work / "recover"
     done = out / "labels_distill_row.json"
-    if done.exists() or not args.labels_distill_iters or not (rec / "recover_row.json").exists():
-        return json.loads(done.read_text()) if done.exists() else None
+    if done.exists():
+        return json.loads(done.read_text())
+    if not args.labels_distill_iters or not (rec / "recover_row.json").exists():
+        return None
     t0 = time.time()
     slim_dir, start = rec / "slim", rec / "recovered" / "relearn" / "weights.caffemodel"
     train, held = held_out_split(str(work / "fmnist_train_lmdb"))
