@@ -28,6 +28,7 @@ import json
 import math
 import os
 import signal
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -175,16 +176,29 @@ def snapshot_iteration(path: str | os.PathLike) -> int:
     return int(_read_solverstate(Path(path)).iter)
 
 
-def _check_solverstate(path: Path, sd: SlimDir) -> None:
+def _check_solverstate(path: Path, sd: SlimDir) -> tuple[Path, str | None]:
     """What Caffe's solver.restore would abort on, as one-line errors: not a SolverState, its
-    weights file (learned_net) missing or not fitting the slim net."""
+    weights file (learned_net) missing or not fitting the slim net. Caffe reads the weights from
+    the absolute path it wrote into the snapshot; when a run's folder was moved, that path is gone
+    but the pair Caffe writes (``X_iter_N.solverstate`` beside ``X_iter_N.caffemodel``) still sits
+    together: then the snapshot is restored from a copy naming the weights beside it.
+    Returns (None, None) when the snapshot restores as it is, else (the corrected snapshot's bytes,
+    a note)."""
     state = _read_solverstate(path)
     learned = Path(state.learned_net)
     if not learned.is_absolute():
         learned = path.parent / learned
-    if not learned.is_file():
-        raise RebirthError(f"{path}: its weights {state.learned_net} are missing")
-    load_model(sd.path / "deploy.prototxt", learned)
+    if learned.is_file():
+        load_model(sd.path / "deploy.prototxt", learned)
+        return None, None
+    beside = path.with_suffix(".caffemodel")
+    if not beside.is_file():
+        raise RebirthError(f"{path}: its weights {state.learned_net} are missing (and there is no {beside.name} "
+                           "beside it)")
+    load_model(sd.path / "deploy.prototxt", beside)
+    state.learned_net = str(beside.resolve())
+    return state.SerializeToString(), (f"the snapshot names its weights at {learned}, which is gone (the folder was moved?): "
+                       f"restored with {beside} beside it")
 
 
 def make_solver_param(sd: SlimDir, outdir: Path, iters: int | None = None, base_lr: float | None = None,
@@ -309,7 +323,15 @@ def _warmup_factor(st: _Setup, it: int) -> float:
 
 def _start_solver(st: _Setup, sparam, resume):
     solver = pycaffe.make_solver(st.tn.net, sparam, st.outdir)
-    if resume is not None:
+    if resume is not None and st.restore is not None:
+        fd, tmp = tempfile.mkstemp(prefix="rebirth-", suffix=".solverstate")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(st.restore)
+            solver.restore(tmp)
+        finally:
+            os.unlink(tmp)
+    elif resume is not None:
         solver.restore(str(resume))
     elif st.start_weights:
         solver.net.copy_from(st.start_weights)
@@ -390,6 +412,7 @@ class _Setup:
     warmup: int = 0                      # iterations of linear warm-up (safe_defaults)
     new_lr_mult: float | None = None     # the regenerated layers' lr_mult when lowered (safe_defaults)
     schedule: str = "anneal"             # "anneal" (poly to 0 over the run) or "solver" (safe_defaults)
+    restore: bytes | None = None         # resume's snapshot naming the weights beside it (_check_solverstate)
 
 
 def finetune(slim_dir, train: data.Source, val: data.Source | None = None, *, iters: int | None = None,
@@ -491,15 +514,16 @@ def _setup(slim_dir, train, val, batch, resume, weights, outdir, distill, with_l
         data.require_labels(train, "--with-labels" if distill else "finetune without --distill")
     tn = build_train_net(sd, batch, distill, with_labels)
     start_weights = None
+    restore = moved = None
     if resume is not None:
-        _check_solverstate(Path(resume), sd)
+        restore, moved = _check_solverstate(Path(resume), sd)
     elif weights is not None:
         if not Path(weights).is_file():
             raise RebirthError(f"{weights}: no such file")
         start_weights = str(weights)
     elif sd.init_weights is not None:
         start_weights = str(sd.init_weights)
-    notes = []
+    notes = [moved] if moved else []
     if start_weights is None and resume is None:
         notes.append(f"{sd.path} has no init.caffemodel (slim ran without --weights) and no --weights was "
                      "given: training starts from the train_val's fillers")
@@ -523,7 +547,7 @@ def _setup(slim_dir, train, val, batch, resume, weights, outdir, distill, with_l
         if val_runner.caffe_net.net.blobs[val_runner.output].data.reshape(
                 val_runner.input_shape[0], -1).shape[1] != tn.classes:
             raise RebirthError(f"{sd.path / 'deploy.prototxt'}: the output has a different size from the logits")
-    return _Setup(sd, outdir, tn, start_weights, resume, teacher, val_runner, val_pre, notes)
+    return _Setup(sd, outdir, tn, start_weights, resume, teacher, val_runner, val_pre, notes, restore=restore)
 
 
 class _Validator:

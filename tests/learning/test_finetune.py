@@ -67,12 +67,27 @@ def test_resume_continues_the_iteration_count(slimmed, tmp_path, monkeypatch):
     assert got["conv1"][0].tobytes() == snap["conv1"][0].tobytes()
     init = netio.weights_of(netio.read_weights(d / "slim" / "init.caffemodel"))
     assert got["conv1"][0].tobytes() != init["conv1"][0].tobytes()
+    # a run folder moved elsewhere: the snapshot still names the old absolute weights path, and the
+    # weights beside it are restored instead (Caffe itself would abort); the user's folder is untouched
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    for name in ("finetune_iter_3.solverstate", "finetune_iter_3.caffemodel"):
+        (moved / name).write_bytes((out / name).read_bytes())
+    (out / "finetune_iter_3.caffemodel").rename(tmp_path / "kept.caffemodel")
+    res = run("finetune", d / "slim", "--train", d / "train", "--iters", 3, "--resume", moved / "finetune_iter_3.solverstate",
+              "-o", tmp_path / "m")
+    assert res.exit_code == 0, res.output
+    assert "which is gone" in res.output and str(moved / "finetune_iter_3.caffemodel") in res.output, res.output
+    again = netio.weights_of(netio.read_weights(tmp_path / "m" / "weights.caffemodel"))
+    assert again["conv1"][0].tobytes() == snap["conv1"][0].tobytes()
+    assert sorted(p.name for p in moved.iterdir()) == ["finetune_iter_3.caffemodel", "finetune_iter_3.solverstate"]
+    (tmp_path / "kept.caffemodel").rename(out / "finetune_iter_3.caffemodel")
     # a file that is not a snapshot, or one whose weights went missing: one line, before Caffe sees it
     line = error_line(run("finetune", d / "slim", "--train", d / "train", "--resume", d / "tiny.prototxt", "-o", out))
     assert "tiny.prototxt: not a Caffe .solverstate snapshot" in line
     (out / "finetune_iter_3.caffemodel").unlink()
     line = error_line(run("finetune", d / "slim", "--train", d / "train", "--resume", state, "-o", out))
-    assert "finetune_iter_3.caffemodel are missing" in line
+    assert "finetune_iter_3.caffemodel are missing (and there is no finetune_iter_3.caffemodel beside it)" in line
 
 
 def test_distill_without_labels(slimmed, tmp_path):
