@@ -448,6 +448,45 @@ def stage_labels_distill(work: Path, args) -> dict | None:
                     f"{row['relearn_finetune']['top1']:.4f}")
 
 
+def stage_labels_distill_more(work: Path, args) -> dict | None:
+    """Row 9RL+: row 9RL's run resumed from its last snapshot (`rebirth finetune --resume`, as the
+    run's own `resume with:` line says) to ``--labels-distill-iters + --labels-distill-more``
+    iterations, into labels_distill/finetune_long: one longer annealed schedule whose rate restarts
+    at the point where the longer schedule would be (Caffe's poly rate is computed from max_iter,
+    so at 20,000 of 40,000 it is base_lr / 2), annealed to 0 again. The best weights on the same
+    held-out images are kept."""
+    out = work / "labels_distill"
+    done = out / "labels_distill_more_row.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    if not args.labels_distill_more or not (out / "labels_distill_row.json").exists():
+        return None
+    t0 = time.time()
+    first, longer = out / "finetune", out / "finetune_long"
+    total = args.labels_distill_iters + args.labels_distill_more
+    state = first / f"finetune_iter_{args.labels_distill_iters}.solverstate"
+    train, held = held_out_split(str(work / "fmnist_train_lmdb"))
+    ran = json.loads((first / "finetune.json").read_text())
+    rebirth_into(longer, ["finetune", str(work / "recover" / "slim"), "--resume", str(state), "--distill",
+                          "--with-labels", "--iters", str(total), "-b", str(ran["batch"]),
+                          "--base-lr", f"{ran['base_lr']:.6g}", "--train", train, "--val", held, "-o", str(longer)],
+                 record="finetune.json")
+    got = json.loads((longer / "finetune.json").read_text())
+    if got.get("iterations") != total or "interrupted" in got:
+        raise SystemExit(f"{longer} holds another or an interrupted run: resume it with `rebirth finetune --resume` "
+                         "or remove the folder")
+    short = json.loads(done.with_name("labels_distill_row.json").read_text())
+    row = {key: short[key] for key in ("layers", "memory_bytes", "relearn_only", "best_ratio", "median_ratio",
+                                       "paired_ratio") if key in short}
+    deploy = work / "recover" / "slim" / "deploy.prototxt"
+    row.update({"step": f"{len(STEPS)}RL+", "slim": f"9RL resumed from its last snapshot to {total} iterations "
+                f"(the rate restarts at {got['base_lr'] * args.labels_distill_more / total:.2g}, annealed to 0)",
+                "best": got.get("best"), "relearn_finetune": evaluate_net(
+                    deploy, longer / "weights.caffemodel", work, work / "teacher" / "train_val.prototxt",
+                    args.eval_images)})
+    return finished(row, done, t0, f"9RL resumed to {total}: {row['relearn_finetune']['top1']:.4f}")
+
+
 def finished(row: dict, done: Path, t0: float, message: str) -> dict:
     """A stage's row with its wall time, written to ``done`` (what a rerun reuses) and logged."""
     row["seconds"] = round(time.time() - t0, 1)
@@ -789,9 +828,12 @@ def ship(work: Path, rows: list[dict], tucker_dir: str | None, runs: int = 50, l
         if f"{len(STEPS)}RL" not in by_step:
             raise SystemExit("--ship-labels distill: row 9RL was not run (--recover-iters and --labels-distill-iters)")
         rec = work / "recover"
-        ship_folder("fmnist_googlenet_slim", rec / "slim" / "deploy.prototxt",
-                    work / "labels_distill" / "finetune" / "weights.caffemodel",
-                    shipped_train_val(rec / "slim" / "train_val.prototxt", tv), by_step[f"{len(STEPS)}RL"],
+        row, weights = by_step[f"{len(STEPS)}RL"], work / "labels_distill" / "finetune" / "weights.caffemodel"
+        if f"{len(STEPS)}RL+" in by_step:      # --labels-distill-more: the resumed, longer run
+            row, weights = prefer_longer(row, weights, work / "labels_distill" / "finetune_long" / "weights.caffemodel",
+                                         rec / "slim" / "deploy.prototxt", work, "a longer distillation")
+        ship_folder("fmnist_googlenet_slim", rec / "slim" / "deploy.prototxt", weights,
+                    shipped_train_val(rec / "slim" / "train_val.prototxt", tv), row,
                     "GoogLeNet-Slim of the Fashion-MNIST teacher (`models/fmnist_googlenet.*`), recovered with labels: "
                     "`rebirth slim` at its defaults, relearn of each unit against the teacher's feature maps (as "
                     "`rebirth recover` does), then `rebirth finetune --distill --with-labels`: the teacher's logits and "
@@ -922,6 +964,9 @@ def main(argv=None) -> int:
     ap.add_argument("--labels-distill-iters", type=int, default=0,
                     help="after the recover stage: its relearned net distilled with labels too, `rebirth finetune "
                          "--distill --with-labels --iters N` (row 9RL; 0: skip)")
+    ap.add_argument("--labels-distill-more", type=int, default=0,
+                    help="row 9RL resumed from its last snapshot for N more iterations on one longer schedule "
+                         "(row 9RL+; with --ship-labels distill, the shipped labelled net; 0: skip)")
     ap.add_argument("--bn-teacher", nargs=3, metavar=("DEPLOY", "WEIGHTS", "TRAIN_VAL"),
                     help="also slim, relearn and fine-tune this BatchNorm teacher (one row)")
     ap.add_argument("--bn-finetune-iters", type=int, default=1000)
@@ -947,7 +992,7 @@ def main(argv=None) -> int:
         return 0
     started = time.time()
     rows = stage_steps(args.work, args)
-    extra = [stage_final, stage_labelfree, stage_recover, stage_labels_distill] + ([stage_tucker] if args.tucker else []) + [stage_bn_teacher]
+    extra = [stage_final, stage_labelfree, stage_recover, stage_labels_distill, stage_labels_distill_more] + ([stage_tucker] if args.tucker else []) + [stage_bn_teacher]
     for stage in extra if args.steps == len(STEPS) else [stage_bn_teacher]:
         if args.time_budget is not None and time.time() - started > 60 * args.time_budget:
             log(f"time budget of {args.time_budget:g} min spent: {stage.__name__} skipped")
