@@ -336,6 +336,27 @@ def finished_run(outdir: Path, iters: int, weights: Path, distill: bool = False,
     return got if same else None
 
 
+def kept_weights(outdir: Path) -> Path:
+    """The weights a finished `rebirth finetune` in ``outdir`` keeps by the current rule
+    (finetune.kept_iteration: the last iteration's when the best on --val leads them by no more
+    than the validation noise and they are not below the start). A run made before that rule
+    holds its best-on-val weights in weights.caffemodel; then the last ones are its final
+    snapshot."""
+    from deeprebirth.learning import finetune as ft
+    from deeprebirth.learning import sources as data  # noqa: PLC0415
+
+    doc = json.loads((outdir / "finetune.json").read_text())
+    best, hist = doc.get("best"), doc.get("history") or []
+    if not best or "highest" in best or not hist:       # no --val, or kept by the current rule already
+        return outdir / "weights.caffemodel"
+    key = "val_top1" if "val_top1" in best else "val_agreement"
+    scores = [(h["iteration"], h[key]) for h in hist if key in h and h["iteration"] >= doc.get("start_iteration", 0)]
+    images = len(data.open_source(doc["val"]))
+    kept = ft.kept_iteration(scores, best["iteration"], hist[-1]["iteration"], images)
+    last = outdir / f"finetune_iter_{hist[-1]['iteration']}.caffemodel"
+    return last if kept != best["iteration"] and last.exists() else outdir / "weights.caffemodel"
+
+
 def held_out_split(lmdb: str) -> tuple[str, str]:
     """The training LMDB as (training part, held-out part): the last 2,000 images (a tenth of a
     smaller LMDB) are held out, for keeping the best weights of a fine-tuning."""
@@ -436,7 +457,7 @@ def stage_labels_distill(work: Path, args) -> dict | None:
     if not finished_run(out / "finetune", args.labels_distill_iters, start, mode="distill+labels"):
         raise SystemExit(f"{out / 'finetune'} holds another or an interrupted run: resume it with `rebirth finetune "
                          "--resume` (its finetune.json names the snapshots) or remove the folder")
-    deploy, weights = slim_dir / "deploy.prototxt", out / "finetune" / "weights.caffemodel"
+    deploy, weights = slim_dir / "deploy.prototxt", kept_weights(out / "finetune")
     recovered = json.loads((rec / "recover_row.json").read_text())
     row = {key: recovered[key] for key in ("layers", "memory_bytes", "relearn_only")}
     row.update({"step": f"{len(STEPS)}RL", "slim": "all substructures at once (`rebirth slim`), 9R's relearn, then "
@@ -482,7 +503,7 @@ def stage_labels_distill_more(work: Path, args) -> dict | None:
     row.update({"step": f"{len(STEPS)}RL+", "slim": f"9RL resumed from its last snapshot to {total} iterations "
                 f"(the rate restarts at {got['base_lr'] * args.labels_distill_more / total:.2g}, annealed to 0)",
                 "best": got.get("best"), "relearn_finetune": evaluate_net(
-                    deploy, longer / "weights.caffemodel", work, work / "teacher" / "train_val.prototxt",
+                    deploy, kept_weights(longer), work, work / "teacher" / "train_val.prototxt",
                     args.eval_images)})
     return finished(row, done, t0, f"9RL resumed to {total}: {row['relearn_finetune']['top1']:.4f}")
 
@@ -828,9 +849,9 @@ def ship(work: Path, rows: list[dict], tucker_dir: str | None, runs: int = 50, l
         if f"{len(STEPS)}RL" not in by_step:
             raise SystemExit("--ship-labels distill: row 9RL was not run (--recover-iters and --labels-distill-iters)")
         rec = work / "recover"
-        row, weights = by_step[f"{len(STEPS)}RL"], work / "labels_distill" / "finetune" / "weights.caffemodel"
+        row, weights = by_step[f"{len(STEPS)}RL"], kept_weights(work / "labels_distill" / "finetune")
         if f"{len(STEPS)}RL+" in by_step:      # --labels-distill-more: the resumed, longer run
-            row, weights = prefer_longer(row, weights, work / "labels_distill" / "finetune_long" / "weights.caffemodel",
+            row, weights = prefer_longer(row, weights, kept_weights(work / "labels_distill" / "finetune_long"),
                                          rec / "slim" / "deploy.prototxt", work, "a longer distillation")
         ship_folder("fmnist_googlenet_slim", rec / "slim" / "deploy.prototxt", weights,
                     shipped_train_val(rec / "slim" / "train_val.prototxt", tv), row,

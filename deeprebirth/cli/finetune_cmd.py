@@ -18,7 +18,9 @@ from deeprebirth.cli.progress import progress_bar
 @click.option("--train", "train_spec", required=True, metavar="SOURCE",
               help="Training images: a folder, a list file, an LMDB, or fashion-mnist[:train|:test] (subset: [a:b]).")
 @click.option("--val", "val_spec", metavar="SOURCE", help="Validation images: top-1/top-5 (or teacher agreement "
-                                                            "without labels) every --test-interval iterations.")
+                                                            "without labels) every --test-interval iterations; the "
+                                                            "best weights on them are kept (the last when the lead "
+                                                            "is within their noise).")
 @click.option("--iters", type=click.IntRange(min=1), help="Train to this iteration (default: the solver's max_iter).")
 @click.option("--batch", "-b", type=click.IntRange(min=1), help="Batch size (default: the train_val data layer's).")
 @click.option("--base-lr", type=click.FloatRange(min=0, min_open=True), help="Override the solver's base_lr.")

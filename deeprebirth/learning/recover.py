@@ -12,7 +12,7 @@ Two steps, neither of which reads a label (a folder of unlabelled images is enou
    weights, against the teacher's logits on the same images (EuclideanLoss), which removes the
    error that accumulated through the net. It runs with finetune's safe defaults (regenerated
    layers at lr_mult 1, warm-up, clipped gradients, a diverging run restarted at a lower rate) and,
-   with ``val``, keeps the weights that agree best with the teacher.
+   with ``val``, keeps the weights that agree best with the teacher (finetune.kept_iteration).
 
 OUTDIR gets ``relearn/`` (relearn's weights.caffemodel and relearn.json), then weights.caffemodel,
 deploy.prototxt and finetune.json from the distillation, and recover.json (both steps' summaries).
@@ -34,7 +34,7 @@ from deeprebirth.learning import sources as data
 # Fashion-MNIST (README, "Label-free recovery"; batch 64, finetune's annealed default rate; teacher
 # 91.84 %): 2,000 reached 88.95 % top-1, 10,000 90.52 % (48 minutes here, two or three jobs on two
 # cores) and 20,000 91.05 % (85 minutes), the only run within 1 pt of the teacher: the default.
-# With --val the best weights are kept; --iters trades accuracy for time.
+# With --val the best validated weights are kept (finetune.kept_iteration); --iters trades accuracy for time.
 DISTILL_ITERS = 20_000
 
 

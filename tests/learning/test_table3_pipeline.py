@@ -48,3 +48,28 @@ def test_two_steps_recover_accuracy(caffe, tmp_path):
     # A fresh conv1 (Xavier) classifies little; relearn restores most of the teacher's accuracy.
     assert rows[1]["before_relearn"]["top1"] < 0.5 < rows[1]["relearn_only"]["top1"]
     assert "| 2 | conv2 |" in (work / "table3.md").read_text()
+
+
+def test_table3_rows_use_the_weights_the_current_rule_keeps(tmp_path):
+    """A run made before kept_iteration holds its best-on-val weights; the script evaluates and
+    ships the ones finetune keeps now: its last snapshot when the lead is within the noise of
+    the --val images, else weights.caffemodel (and always for a run that recorded `highest`)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("reproduce_table3", ROOT / "scripts" / "reproduce_table3.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    run_dir = tmp_path / "ft"
+    run_dir.mkdir()
+    for name in ("weights.caffemodel", "finetune_iter_20.caffemodel"):
+        (run_dir / name).write_bytes(b"")
+    def record(best: float, last: float, **extra) -> Path:
+        hist = [{"iteration": 0, "val_top1": 0.80}, {"iteration": 10, "val_top1": best},
+                {"iteration": 20, "val_top1": last}]
+        doc = {"val": "fashion-mnist:test[:2000]", "start_iteration": 0, "history": hist,
+               "best": {"iteration": 10, "val_top1": best, **extra}}
+        (run_dir / "finetune.json").write_text(json.dumps(doc))
+        return script.kept_weights(run_dir)
+
+    assert record(0.925, 0.920) == run_dir / "finetune_iter_20.caffemodel"     # lead 0.5 pt, SE 0.59 pt
+    assert record(0.925, 0.910) == run_dir / "weights.caffemodel"              # lead 1.5 pt: real
+    assert record(0.925, 0.920, highest={"iteration": 10}) == run_dir / "weights.caffemodel"   # kept by the rule
