@@ -72,7 +72,12 @@ def main(argv=None) -> int:
     folders = list(args.folders)
     if args.under:
         folders += sorted(p.parent for p in args.under.rglob("finetune.json"))
-    rows = [c for c in map(candidate, folders) if c]
+    rows, seen = [], set()
+    for c in filter(None, map(candidate, folders)):    # a copied run folder counts once
+        run = (c["best_iteration"], c["best_val"], c["last_iteration"], c["last_val"])
+        if run not in seen:
+            seen.add(run)
+            rows.append(c)
     print("| run | val | best on val (iteration: val) | last (iteration: val) | test top-1, best | "
           "test top-1, last | last - best |")
     print("|---|---|---|---|---:|---:|---:|")

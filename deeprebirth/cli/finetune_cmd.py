@@ -40,6 +40,11 @@ from deeprebirth.cli.progress import progress_bar
 @click.option("--distill", is_flag=True,
               help="Train against the teacher's logits (EuclideanLoss) instead of labels; the teacher is the "
                    "original model named in SLIM_DIR/report.json.")
+@click.option("--teacher", metavar="MODEL",
+              help="With --distill: learn from this model instead (a deploy prototxt, a built-in name, or a folder "
+                   "holding deploy.prototxt and weights.caffemodel), e.g. the original model for a `tucker` output, "
+                   "whose report names the Slim net it came from.")
+@click.option("--teacher-weights", type=FILE, help="The --teacher's .caffemodel.")
 @click.option("--with-labels", is_flag=True,
               help="With --distill: keep the train_val's label loss too (the two losses are summed).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the image order and augmentation.")
@@ -50,13 +55,16 @@ from deeprebirth.cli.progress import progress_bar
                    "files are replaced).")
 @click.option("--json", "as_json", is_flag=True, help="Print finetune.json's content instead of a summary.")
 def finetune_command(slim_dir, train_spec, val_spec, iters, batch, base_lr, stepsize, test_interval, val_limit,
-                     snapshot, resume, weights, distill, seed, outdir, force, as_json, schedule, with_labels):
+                     snapshot, resume, weights, distill, seed, outdir, force, as_json, schedule, with_labels,
+                     teacher, teacher_weights):
     """Fine-tune SLIM_DIR (a `rebirth slim` output) in Caffe with its solver.prototxt and
     train_val.prototxt, feeding the train_val's data layer from SOURCE with its transform_param.
     Writes OUTDIR/weights.caffemodel, OUTDIR/deploy.prototxt and OUTDIR/finetune.json. Ctrl-C (SIGINT)
     or SIGTERM stops after the current iteration and writes them, with a snapshot to resume from."""
     if resume and weights:
         raise click.UsageError("--resume and --weights exclude each other (a snapshot holds its own weights)")
+    if teacher_weights and not teacher:
+        raise click.UsageError("--teacher-weights needs --teacher")
     sd = folders.read_slim_dir(slim_dir)
     train = data.open_source(train_spec)
     val = data.open_source(val_spec) if val_spec else None
@@ -68,7 +76,8 @@ def finetune_command(slim_dir, train_spec, val_spec, iters, batch, base_lr, step
         result = ft.finetune(sd, train, val, iters=iters, batch=batch, base_lr=base_lr, stepsize=stepsize,
                              test_interval=test_interval, snapshot=snapshot, resume=resume, weights=weights,
                              outdir=outdir, distill=distill, val_limit=val_limit, seed=seed, progress=bar, force=force,
-                             schedule=schedule, with_labels=with_labels,
+                             schedule=schedule, with_labels=with_labels, teacher=teacher,
+                             teacher_weights=teacher_weights,
                              log=_log if tty and not as_json else None)
     if as_json:
         output_json(result)

@@ -20,7 +20,9 @@ Softmax, else its last InnerProduct) with the teacher's, computed in pycaffe on 
 SoftmaxWithLoss on the teacher's argmax because they carry the teacher's whole ranking of the
 classes (which top-5 and KL measure), not just its top-1, and need no temperature (regressing
 logits is the T -> infinity limit of soft-target distillation). The teacher is the original model
-named in SLIM_DIR/report.json (``relearn.teacher``, else ``model`` and ``weights``).
+named in SLIM_DIR/report.json (``relearn.teacher``, else ``model`` and ``weights``), unless
+``teacher`` names another (e.g. the original model for a net made from a slim net: a `tucker`
+output's report names the Slim net it was decomposed from).
 """
 from __future__ import annotations
 
@@ -438,8 +440,9 @@ def finetune(slim_dir, train: data.Source, val: data.Source | None = None, *, it
              weights: str | None = None, outdir: str | os.PathLike | None = None, distill: bool = False,
              val_limit: int | None = None, val_batch: int = 50, seed: int = 0,
              progress: Callable[[int], object] | None = None, log=None, force: bool = False,
-             schedule: str = "anneal", with_labels: bool = False) -> dict:
+             schedule: str = "anneal", with_labels: bool = False, teacher=None, teacher_weights=None) -> dict:
     """Fine-tune ``slim_dir`` on ``train`` (see the module doc); returns what finetune.json holds.
+    ``teacher`` (a model spec, with ``teacher_weights``) replaces the teacher SLIM_DIR names.
     ``progress(n)`` is called after every n iterations, ``log(line)`` with every validation."""
     if schedule not in SCHEDULES:
         raise RebirthError(f"schedule {schedule!r}: expected one of {', '.join(SCHEDULES)}")
@@ -449,7 +452,9 @@ def finetune(slim_dir, train: data.Source, val: data.Source | None = None, *, it
         raise RebirthError("--with-labels adds the label loss to --distill's: it needs --distill")
     if distill and not with_labels:   # label-free: a labelled source's labels are hidden, also from --val
         train, val = data.unlabelled(train), data.unlabelled(val)
-    st = _setup(slim_dir, train, val, batch, resume, weights, outdir, distill, with_labels)
+    if teacher is not None and not distill:
+        raise RebirthError("--teacher names the model --distill learns from: it needs --distill")
+    st = _setup(slim_dir, train, val, batch, resume, weights, outdir, distill, with_labels, teacher, teacher_weights)
     netio.claim_dir(st.outdir, OUTPUT_FILES, [p for p in (st.start_weights, st.resume) if p], force)
     if log is not None:
         for note in st.notes:
@@ -523,7 +528,8 @@ class _Interrupt:
         return False
 
 
-def _setup(slim_dir, train, val, batch, resume, weights, outdir, distill, with_labels=False) -> _Setup:
+def _setup(slim_dir, train, val, batch, resume, weights, outdir, distill, with_labels=False,
+           teacher_spec=None, teacher_weights=None) -> _Setup:
     sd = read_slim_dir(slim_dir) if not isinstance(slim_dir, SlimDir) else slim_dir
     outdir = Path(outdir) if outdir is not None else sd.path / "finetune"
     if outdir.exists() and not outdir.is_dir():
@@ -550,8 +556,8 @@ def _setup(slim_dir, train, val, batch, resume, weights, outdir, distill, with_l
         load_model(sd.path / "deploy.prototxt", start_weights)
     teacher = None
     if distill or (val is not None and not val.has_labels):
-        t_deploy, t_weights = sd.teacher()
-        teacher = ev.Runner.build(ev.load(t_deploy, t_weights, "the teacher"))
+        t_deploy, t_weights = (teacher_spec, teacher_weights) if teacher_spec else sd.teacher()
+        teacher = ev.Runner.build(ev.load(t_deploy, t_weights, "--teacher" if teacher_spec else "the teacher"))
         _, c, h, w = teacher.input_shape
         if (c, h, w) != (tn.pre.channels, *tn.pre.out_size):
             raise RebirthError(f"the teacher {t_deploy} takes {c}x{h}x{w} images, the slim net "

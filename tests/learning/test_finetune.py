@@ -120,6 +120,26 @@ def test_distill_with_labels_sums_both_losses(slimmed, tmp_path):
     assert "it needs --distill" in line and not (tmp_path / "x").exists()
 
 
+def test_distill_from_another_teacher(slimmed, tmp_path):
+    """--teacher replaces the model SLIM_DIR's report names (a tucker output names its Slim net):
+    another set of weights for the same deploy; recorded in finetune.json; checked before training."""
+    d = slimmed
+    from deeprebirth.caffe import netio
+    other = tmp_path / "other.caffemodel"
+    write_random_weights(netio.parse_net_text((d / "tiny.prototxt").read_text()), other, seed=7)
+    res = run("finetune", d / "slim", "--train", d / "plain", "--distill", "--teacher", d / "tiny.prototxt",
+              "--teacher-weights", other, "--iters", 4, "-o", tmp_path / "out", "--json")
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["teacher"]["weights"] == str(other) and np.isfinite(doc["history"][-1]["loss"])
+    line = error_line(run("finetune", d / "slim", "--train", d / "train", "--teacher", d / "tiny.prototxt",
+                          "--teacher-weights", other, "-o", tmp_path / "x"))
+    assert "it needs --distill" in line and not (tmp_path / "x").exists()
+    line = error_line(run("finetune", d / "slim", "--train", d / "plain", "--distill", "--teacher",
+                          d / "tiny.prototxt", "-o", tmp_path / "x"))
+    assert "needs weights" in line and not (tmp_path / "x").exists()
+
+
 def test_distill_reads_no_label_even_from_labelled_images(slimmed, tmp_path):
     """Labelled training and validation images: distillation hides their labels, so the kept
     weights are chosen by agreement with the teacher, never by top-1."""
