@@ -587,7 +587,7 @@ def tucker_row(work: Path, args, ratio: float, kind: str = "ratio") -> dict | No
     out = out.with_name(out.name + ("" if args.tucker_from == "steps" else f"_{args.tucker_from}"))
     done = out / "tucker.json"
     if done.exists():
-        return json.loads(done.read_text())
+        return dict(json.loads(done.read_text()), folder=out.name)
     last = work / "steps" / f"{len(STEPS)}_{STEPS[-1][0]}"
     if args.tucker_from == "steps" and not (last / "step.json").exists():
         return None
@@ -616,7 +616,7 @@ def tucker_row(work: Path, args, ratio: float, kind: str = "ratio") -> dict | No
     label = {"ratio": "ratio", "macs": "MAC budget", "time": "time budget"}[kind] + f" {ratio:g}"
     label += f" of {whose}"
     label += ", distilled against Slim" if args.tucker_distill else ""
-    row = {"step": "T", "slim": f"Slim-Tucker ({label})", "layers": len(netio.read_net(slim_dir / "deploy.prototxt").layer),
+    row = {"step": "T", "folder": out.name, "slim": f"Slim-Tucker ({label})", "layers": len(netio.read_net(slim_dir / "deploy.prototxt").layer),
            "memory_bytes": Graph(netio.read_net(slim_dir / "deploy.prototxt"), strict=False).memory_bytes}
     row["before_relearn"] = evaluate_net(slim_dir / "deploy.prototxt", slim_dir / "init.caffemodel", work, tv_path,
                                          args.eval_images)
@@ -653,6 +653,39 @@ def tucker_row(work: Path, args, ratio: float, kind: str = "ratio") -> dict | No
     log(f"Slim-Tucker: relearn only top-1 {row['relearn_only']['top1']:.4f}; relearn+finetune top-1 "
         f"{row['relearn_finetune']['top1']:.4f}; {row['best_ratio']:.2f}x faster (best); {row['seconds']} s")
     return row
+
+
+def stage_tucker_distill(work: Path, args) -> list[dict]:
+    """Rows T+D: each merged Slim-Tucker net of the Tucker stage (its kept weights) distilled
+    with labels against the original teacher, ``--tucker-distill-more`` iterations of `rebirth
+    finetune --distill --with-labels --teacher` at finetune's defaults (a `tucker` output's report
+    names the Slim net it came from; the teacher is the better model to learn from), into
+    merged/distill. The same net as its T row, so its speed is that row's."""
+    if not args.tucker_distill_more or not args.tucker:
+        return []
+    rows = []
+    for row in stage_tucker(work, args):
+        out = work / row["folder"]
+        merged = out / "merged"
+        done = merged / "distill_row.json"
+        if done.exists():
+            rows.append(json.loads(done.read_text()))
+            continue
+        if "merged" not in row:
+            continue
+        t0 = time.time()
+        train, held = held_out_split(str(work / "fmnist_train_lmdb"))
+        rebirth_into(merged / "distill", ["finetune", str(merged), "--weights", str(kept_weights(merged / "finetune")),
+                                          "--distill", "--with-labels", "--teacher", str(TEACHER), "--teacher-weights",
+                                          str(work / "teacher" / "teacher.caffemodel"), "--iters",
+                                          str(args.tucker_distill_more), "--train", train, "--val", held, "-o",
+                                          str(merged / "distill")], record="finetune.json")
+        got = dict(row, step="T+D", slim=f"{row['slim']}, merged, then {args.tucker_distill_more} iterations of "
+                   "distillation with labels against the teacher")
+        got["relearn_finetune"] = evaluate_net(merged / "deploy.prototxt", kept_weights(merged / "distill"), work,
+                                               work / "teacher" / "train_val.prototxt", args.eval_images)
+        rows.append(finished(got, done, t0, f"Slim-Tucker distilled: {got['relearn_finetune']['top1']:.4f}"))
+    return rows
 
 
 def rebirth_into(where: Path, cmd: list[str], record: str = "report.json") -> None:
@@ -892,11 +925,16 @@ def ship(work: Path, rows: list[dict], tucker_dir: str | None, runs: int = 50, l
         how = ("GoogLeNet-Slim-Tucker: the Slim net, its global average pooling folded into the classifier (rule "
                "`pool_into_fc`, exact), decomposed (`rebirth tucker`), relearned against that Slim net, then "
                "fine-tuned with labels.")
+        distilled = next((r for r in rows if r.get("step") == "T+D" and r.get("folder") == tucker_dir), None)
         if "merged" in row:        # the merged net, fine-tuned further (tucker_merged)
-            net, weights = t / "merged", t / "merged" / "finetune" / "weights.caffemodel"
+            net, weights = t / "merged", kept_weights(t / "merged" / "finetune")
             how += (f" Then each inception's branch-end 1x1 convolutions merged into one after its Concat (rule "
                     f"`merge_concat_1x1`, exact) and the merged net fine-tuned {row['merged']['iters']:,} more "
                     f"iterations (top-1 {100 * row['merged']['before']['top1']:.2f} % before them).")
+            if distilled:          # --tucker-distill-more: then distilled against the teacher
+                how += (f" Then distilled with labels against the teacher (`rebirth finetune --distill --with-labels "
+                        f"--teacher`; top-1 {100 * row['merged']['after']['top1']:.2f} % before).")
+                row, weights = dict(distilled), kept_weights(t / "merged" / "distill")
         else:
             net = t / "slim"
             row, weights = prefer_longer(row, t / "finetune" / "weights.caffemodel",
@@ -963,6 +1001,9 @@ def main(argv=None) -> int:
     ap.add_argument("--tucker-iters", type=int, default=2000, help="fine-tuning iterations of Slim-Tucker")
     ap.add_argument("--tucker-lr", type=float, default=None,
                     help="its base_lr (default: finetune's default schedule)")
+    ap.add_argument("--tucker-distill-more", type=int, default=0,
+                    help="each merged Slim-Tucker net distilled with labels against the teacher N more iterations "
+                         "(rows T+D; with --ship-tucker, the shipped weights; 0: skip)")
     ap.add_argument("--tucker-distill", action="store_true",
                     help="fine-tune Slim-Tucker against the Slim net's logits (finetune --distill) instead of labels")
     ap.add_argument("--tucker-ratios", type=lambda t: [float(x) for x in t.split(",")], default=[0.5, 0.65, 0.8],
@@ -1013,7 +1054,7 @@ def main(argv=None) -> int:
         return 0
     started = time.time()
     rows = stage_steps(args.work, args)
-    extra = [stage_final, stage_labelfree, stage_recover, stage_labels_distill, stage_labels_distill_more] + ([stage_tucker] if args.tucker else []) + [stage_bn_teacher]
+    extra = [stage_final, stage_labelfree, stage_recover, stage_labels_distill, stage_labels_distill_more] + ([stage_tucker, stage_tucker_distill] if args.tucker else []) + [stage_bn_teacher]
     for stage in extra if args.steps == len(STEPS) else [stage_bn_teacher]:
         if args.time_budget is not None and time.time() - started > 60 * args.time_budget:
             log(f"time budget of {args.time_budget:g} min spent: {stage.__name__} skipped")
