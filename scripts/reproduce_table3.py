@@ -1054,7 +1054,8 @@ def main(argv=None) -> int:
         return 0
     started = time.time()
     rows = stage_steps(args.work, args)
-    extra = [stage_final, stage_labelfree, stage_recover, stage_labels_distill, stage_labels_distill_more] + ([stage_tucker, stage_tucker_distill] if args.tucker else []) + [stage_bn_teacher]
+    extra = [stage_final, stage_labelfree, stage_recover, stage_labels_distill, stage_labels_distill_more]
+    extra += ([stage_tucker, stage_tucker_distill] if args.tucker else []) + [stage_bn_teacher]
     for stage in extra if args.steps == len(STEPS) else [stage_bn_teacher]:
         if args.time_budget is not None and time.time() - started > 60 * args.time_budget:
             log(f"time budget of {args.time_budget:g} min spent: {stage.__name__} skipped")

@@ -199,8 +199,8 @@ def _check_solverstate(path: Path, sd: SlimDir) -> tuple[Path, str | None]:
                            "beside it)")
     load_model(sd.path / "deploy.prototxt", beside)
     state.learned_net = str(beside.resolve())
-    return state.SerializeToString(), (f"the snapshot names its weights at {learned}, which is gone (the folder was moved?): "
-                       f"restored with {beside} beside it")
+    note = f"the snapshot names its weights at {learned}, which is gone (the folder was moved?): restored with {beside}"
+    return state.SerializeToString(), note + " beside it"
 
 
 def make_solver_param(sd: SlimDir, outdir: Path, iters: int | None = None, base_lr: float | None = None,
