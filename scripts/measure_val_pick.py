@@ -9,7 +9,8 @@ difference. The folders must keep their finetune.json as that run wrote it: runs
 
     .venv/bin/python scripts/measure_val_pick.py --under out --data out/table3_t40/fmnist_test_lmdb
 
-About 1 min a folder for the Fashion-MNIST GoogLeNet-Slim nets on one core.
+(the README's figures: the eleven such runs of the Table 3 work folders under out/). A copied run
+folder counts once. About 1 min a folder for the Fashion-MNIST GoogLeNet-Slim nets on one core.
 """
 from __future__ import annotations
 
