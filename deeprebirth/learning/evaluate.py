@@ -16,13 +16,14 @@ from __future__ import annotations
 from typing import Callable
 
 import time
+from pathlib import Path
 from dataclasses import dataclass
 
 import numpy as np
 
 from deeprebirth.learning import preprocess
 from deeprebirth.learning import sources as data
-from deeprebirth.caffe import folders
+from deeprebirth.caffe import builtin, folders
 from deeprebirth.runtime import pycaffe
 from deeprebirth.errors import RebirthError
 from deeprebirth.caffe.model import Model, load_model
@@ -39,8 +40,12 @@ def load(spec, weights=None, what: str = "MODEL") -> Model:
     if isinstance(spec, Model):
         return spec
     deploy, weights = folders.model_files(spec, weights)
+    if not Path(deploy).exists() and str(deploy) not in builtin.NAMES:
+        raise RebirthError(f"{spec}: no such file, folder or built-in model ({what}; built-in: "
+                           f"{', '.join(sorted(builtin.NAMES))})")
     if weights is None:
-        raise RebirthError(f"{spec}: {what} needs weights (--weights, or a directory holding weights.caffemodel)")
+        flag = "--teacher-weights" if what == "--teacher" else "--weights"
+        raise RebirthError(f"{spec}: {what} needs weights ({flag}, or a directory holding weights.caffemodel)")
     m = load_model(deploy, weights, check=lambda net, src: pycaffe.check_runnable(net, src, "eval"))
     return m
 

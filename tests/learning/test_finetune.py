@@ -137,7 +137,11 @@ def test_distill_from_another_teacher(slimmed, tmp_path):
     assert "it needs --distill" in line and not (tmp_path / "x").exists()
     line = error_line(run("finetune", d / "slim", "--train", d / "plain", "--distill", "--teacher",
                           d / "tiny.prototxt", "-o", tmp_path / "x"))
-    assert "needs weights" in line and not (tmp_path / "x").exists()
+    assert "--teacher needs weights (--teacher-weights," in line and not (tmp_path / "x").exists()
+    line = error_line(run("finetune", d / "slim", "--train", d / "plain", "--distill", "--teacher", "nosuch",
+                          "-o", tmp_path / "x"))
+    assert "nosuch: no such file, folder or built-in model (--teacher; built-in:" in line
+    assert not (tmp_path / "x").exists()
 
 
 def test_distill_reads_no_label_even_from_labelled_images(slimmed, tmp_path):
