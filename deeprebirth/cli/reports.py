@@ -306,13 +306,18 @@ def finetune_text(result: dict) -> str:
 
 def _run_settings(result: dict) -> str:
     """The options that made a fine-tuning run what it was (a snapshot holds weights and iteration,
-    not these), so that the resume line continues the same run: its validation set, mode, batch,
-    rate and schedule."""
+    not these), so that the resume line continues the same run: its validation set, mode (and a
+    --teacher given), batch, rate and schedule."""
     parts = [f"--val {shlex.quote(result['val'])}"] if result.get("val") else []
     if str(result.get("mode", "")).startswith("distill"):
         parts.append("--distill")
         if "labels" in str(result["mode"]):
             parts.append("--with-labels")
+        given = result.get("teacher_option")
+        if given:
+            parts.append(f"--teacher {shlex.quote(given['model'])}")
+            if given.get("weights"):
+                parts.append(f"--teacher-weights {shlex.quote(given['weights'])}")
     parts += [f"-b {result['batch']}", f"--base-lr {result['base_lr']:.6g}"]
     if result.get("schedule") == "solver":
         parts += ["--schedule solver", f"--stepsize {result['stepsize']}"]

@@ -432,6 +432,7 @@ class _Setup:
     new_lr_mult: float | None = None     # the regenerated layers' lr_mult when lowered (safe_defaults)
     schedule: str = "anneal"             # "anneal" (poly to 0 over the run) or "solver" (safe_defaults)
     restore: bytes | None = None         # resume's snapshot naming the weights beside it (_check_solverstate)
+    teacher_option: dict | None = None   # --teacher/--teacher-weights as given (the resume line repeats them)
 
 
 def finetune(slim_dir, train: data.Source, val: data.Source | None = None, *, iters: int | None = None,
@@ -571,7 +572,10 @@ def _setup(slim_dir, train, val, batch, resume, weights, outdir, distill, with_l
         if val_runner.caffe_net.net.blobs[val_runner.output].data.reshape(
                 val_runner.input_shape[0], -1).shape[1] != tn.classes:
             raise RebirthError(f"{sd.path / 'deploy.prototxt'}: the output has a different size from the logits")
-    return _Setup(sd, outdir, tn, start_weights, resume, teacher, val_runner, val_pre, notes, restore=restore)
+    given = {"model": str(teacher_spec), "weights": str(teacher_weights) if teacher_weights else None} \
+        if teacher_spec else None
+    return _Setup(sd, outdir, tn, start_weights, resume, teacher, val_runner, val_pre, notes, restore=restore,
+                  teacher_option=given)
 
 
 class _Validator:
@@ -739,6 +743,7 @@ def _record(st: _Setup, train, val, distill, sparam, start, history, snapshots, 
                  if distill and not with_labels else ", ".join(f"{t} (weight {w:g})" for t, w in tn.losses.items())),
         "teacher": ({"model": teacher.model.source, "weights": teacher.model.weights_source}
                     if teacher is not None else None),
+        "teacher_option": st.teacher_option,
         "train": train.name, "val": val.name if val is not None else None,
         "start_weights": st.start_weights, "resumed_from": str(st.resume) if st.resume else None,
         "start_iteration": start, "iterations": int(sparam.max_iter), "batch": tn.batch,

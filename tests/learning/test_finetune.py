@@ -4,6 +4,7 @@ bad input with one line and no output."""
 from __future__ import annotations
 
 import json
+import shlex
 
 import numpy as np
 import pytest
@@ -132,6 +133,16 @@ def test_distill_from_another_teacher(slimmed, tmp_path):
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
     assert doc["teacher"]["weights"] == str(other) and np.isfinite(doc["history"][-1]["loss"])
+    assert doc["teacher_option"] == {"model": str(d / "tiny.prototxt"), "weights": str(other)}
+    # the printed resume line repeats --teacher, and pasted it continues the same run
+    res = run("finetune", d / "slim", "--train", d / "plain", "--distill", "--teacher", d / "tiny.prototxt",
+              "--teacher-weights", other, "--iters", 4, "-o", tmp_path / "out2")
+    line = next(x for x in res.stdout.splitlines() if x.startswith("resume with: "))
+    assert f"--teacher {d / 'tiny.prototxt'} --teacher-weights {other}" in line
+    words = shlex.split(line[len("resume with: "):].replace("--iters N", "--iters 6"))
+    again = run(*words[1:], "--json")
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.stdout)["teacher"]["weights"] == str(other)
     line = error_line(run("finetune", d / "slim", "--train", d / "train", "--teacher", d / "tiny.prototxt",
                           "--teacher-weights", other, "-o", tmp_path / "x"))
     assert "it needs --distill" in line and not (tmp_path / "x").exists()
