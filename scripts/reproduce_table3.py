@@ -667,7 +667,9 @@ def stage_tucker_distill(work: Path, args) -> list[dict]:
     for row in stage_tucker(work, args):
         out = work / row["folder"]
         merged = out / "merged"
-        done = merged / "distill_row.json"
+        done = merged / ("distill_long_row.json" if args.tucker_distill_longer else "distill_row.json")
+        if done.name != "distill_row.json" and (merged / "distill_row.json").exists():
+            rows.append(json.loads((merged / "distill_row.json").read_text()))     # its T+D row, for the table
         if done.exists():
             rows.append(json.loads(done.read_text()))
             continue
@@ -682,8 +684,21 @@ def stage_tucker_distill(work: Path, args) -> list[dict]:
                                           str(merged / "distill")], record="finetune.json")
         got = dict(row, step="T+D", slim=f"{row['slim']}, merged, then {args.tucker_distill_more} iterations of "
                    "distillation with labels against the teacher")
-        got["relearn_finetune"] = evaluate_net(merged / "deploy.prototxt", kept_weights(merged / "distill"), work,
+        run = merged / "distill"
+        if args.tucker_distill_longer:     # that run resumed from its last snapshot on one longer schedule
+            total = args.tucker_distill_more + args.tucker_distill_longer
+            ran = json.loads((run / "finetune.json").read_text())
+            rebirth_into(merged / "distill_long", [
+                "finetune", str(merged), "--distill", "--with-labels", "--teacher", str(TEACHER), "--teacher-weights",
+                str(work / "teacher" / "teacher.caffemodel"), "-b", str(ran["batch"]), "--base-lr",
+                f"{ran['base_lr']:.6g}", "--resume", str(run / f"finetune_iter_{args.tucker_distill_more}.solverstate"),
+                "--iters", str(total), "--train", train, "--val", held, "-o", str(merged / "distill_long")],
+                record="finetune.json")
+            run = merged / "distill_long"
+            got.update(step="T+D+", slim=f"{got['slim']}, resumed to {total}")
+        got["relearn_finetune"] = evaluate_net(merged / "deploy.prototxt", kept_weights(run), work,
                                                work / "teacher" / "train_val.prototxt", args.eval_images)
+        got["weights_from"] = run.name
         rows.append(finished(got, done, t0, f"Slim-Tucker distilled: {got['relearn_finetune']['top1']:.4f}"))
     return rows
 
@@ -925,7 +940,7 @@ def ship(work: Path, rows: list[dict], tucker_dir: str | None, runs: int = 50, l
         how = ("GoogLeNet-Slim-Tucker: the Slim net, its global average pooling folded into the classifier (rule "
                "`pool_into_fc`, exact), decomposed (`rebirth tucker`), relearned against that Slim net, then "
                "fine-tuned with labels.")
-        distilled = next((r for r in rows if r.get("step") == "T+D" and r.get("folder") == tucker_dir), None)
+        distilled = next((r for r in rows if r.get("step") in ("T+D", "T+D+") and r.get("folder") == tucker_dir), None)
         if "merged" in row:        # the merged net, fine-tuned further (tucker_merged)
             net, weights = t / "merged", kept_weights(t / "merged" / "finetune")
             how += (f" Then each inception's branch-end 1x1 convolutions merged into one after its Concat (rule "
@@ -934,7 +949,7 @@ def ship(work: Path, rows: list[dict], tucker_dir: str | None, runs: int = 50, l
             if distilled:          # --tucker-distill-more: then distilled against the teacher
                 how += (f" Then distilled with labels against the teacher (`rebirth finetune --distill --with-labels "
                         f"--teacher`; top-1 {100 * row['merged']['after']['top1']:.2f} % before).")
-                row, weights = dict(distilled), kept_weights(t / "merged" / "distill")
+                row, weights = dict(distilled), kept_weights(t / "merged" / distilled.get("weights_from", "distill"))
         else:
             net = t / "slim"
             row, weights = prefer_longer(row, t / "finetune" / "weights.caffemodel",
@@ -1004,6 +1019,9 @@ def main(argv=None) -> int:
     ap.add_argument("--tucker-distill-more", type=int, default=0,
                     help="each merged Slim-Tucker net distilled with labels against the teacher N more iterations "
                          "(rows T+D; with --ship-tucker, the shipped weights; 0: skip)")
+    ap.add_argument("--tucker-distill-longer", type=int, default=0,
+                    help="with --tucker-distill-more: that run resumed from its last snapshot for N more iterations "
+                         "(rows T+D+, shipped with --ship-tucker instead; 0: skip)")
     ap.add_argument("--tucker-distill", action="store_true",
                     help="fine-tune Slim-Tucker against the Slim net's logits (finetune --distill) instead of labels")
     ap.add_argument("--tucker-ratios", type=lambda t: [float(x) for x in t.split(",")], default=[0.5, 0.65, 0.8],
