@@ -477,26 +477,14 @@ def stage_labels_distill_more(work: Path, args) -> dict | None:
     so at 20,000 of 40,000 it is base_lr / 2), annealed to 0 again. The best weights on the same
     held-out images are kept."""
     out = work / "labels_distill"
-    done = out / "labels_distill_more_row.json"
-    if done.exists():
-        return json.loads(done.read_text())
-    if not args.labels_distill_more or not (out / "labels_distill_row.json").exists():
-        return None
+    done, short_done = out / "labels_distill_more_row.json", out / "labels_distill_row.json"
+    if done.exists() or not args.labels_distill_more or not short_done.exists():
+        return json.loads(done.read_text()) if done.exists() else None     # reused, or not asked for / not ready
     t0 = time.time()
-    first, longer = out / "finetune", out / "finetune_long"
-    total = args.labels_distill_iters + args.labels_distill_more
-    state = first / f"finetune_iter_{args.labels_distill_iters}.solverstate"
-    train, held = held_out_split(str(work / "fmnist_train_lmdb"))
-    ran = json.loads((first / "finetune.json").read_text())
-    rebirth_into(longer, ["finetune", str(work / "recover" / "slim"), "--resume", str(state), "--distill",
-                          "--with-labels", "--iters", str(total), "-b", str(ran["batch"]),
-                          "--base-lr", f"{ran['base_lr']:.6g}", "--train", train, "--val", held, "-o", str(longer)],
-                 record="finetune.json")
-    got = json.loads((longer / "finetune.json").read_text())
-    if got.get("iterations") != total or "interrupted" in got:
-        raise SystemExit(f"{longer} holds another or an interrupted run: resume it with `rebirth finetune --resume` "
-                         "or remove the folder")
-    short = json.loads(done.with_name("labels_distill_row.json").read_text())
+    longer, total = out / "finetune_long", args.labels_distill_iters + args.labels_distill_more
+    got = resume_longer(work / "recover" / "slim", out / "finetune", longer, total,
+                        *held_out_split(str(work / "fmnist_train_lmdb")))
+    short = json.loads(short_done.read_text())
     row = {key: short[key] for key in ("layers", "memory_bytes", "relearn_only", "best_ratio", "median_ratio",
                                        "paired_ratio") if key in short}
     deploy = work / "recover" / "slim" / "deploy.prototxt"
@@ -506,6 +494,24 @@ def stage_labels_distill_more(work: Path, args) -> dict | None:
                     deploy, kept_weights(longer), work, work / "teacher" / "train_val.prototxt",
                     args.eval_images)})
     return finished(row, done, t0, f"9RL resumed to {total}: {row['relearn_finetune']['top1']:.4f}")
+
+
+def resume_longer(slim_dir: Path, first: Path, longer: Path, total: int, train: str, held: str,
+                  extra: list[str] = ()) -> dict:
+    """`rebirth finetune --resume` of the finished run in ``first`` from its last snapshot to
+    ``total`` iterations, into ``longer``: what the run's own `resume with:` line says (its mode,
+    batch and rate; ``extra`` options such as --teacher). Returns the longer run's finetune.json."""
+    ran = json.loads((first / "finetune.json").read_text())
+    mode = {"distill": ["--distill"], "distill+labels": ["--distill", "--with-labels"]}.get(ran.get("mode"), [])
+    state = first / f"finetune_iter_{ran['iterations']}.solverstate"
+    rebirth_into(longer, ["finetune", str(slim_dir), "--resume", str(state), *mode, *extra, "-b", str(ran["batch"]),
+                          "--base-lr", f"{ran['base_lr']:.6g}", "--iters", str(total), "--train", train, "--val",
+                          held, "-o", str(longer)], record="finetune.json")
+    got = json.loads((longer / "finetune.json").read_text())
+    if got.get("iterations") != total or "interrupted" in got:
+        raise SystemExit(f"{longer} holds another or an interrupted run: resume it with `rebirth finetune --resume` "
+                         "or remove the folder")
+    return got
 
 
 def finished(row: dict, done: Path, t0: float, message: str) -> dict:
@@ -677,9 +683,9 @@ def stage_tucker_distill(work: Path, args) -> list[dict]:
             continue
         t0 = time.time()
         train, held = held_out_split(str(work / "fmnist_train_lmdb"))
+        teacher = ["--teacher", str(TEACHER), "--teacher-weights", str(work / "teacher" / "teacher.caffemodel")]
         rebirth_into(merged / "distill", ["finetune", str(merged), "--weights", str(kept_weights(merged / "finetune")),
-                                          "--distill", "--with-labels", "--teacher", str(TEACHER), "--teacher-weights",
-                                          str(work / "teacher" / "teacher.caffemodel"), "--iters",
+                                          "--distill", "--with-labels", *teacher, "--iters",
                                           str(args.tucker_distill_more), "--train", train, "--val", held, "-o",
                                           str(merged / "distill")], record="finetune.json")
         got = dict(row, step="T+D", slim=f"{row['slim']}, merged, then {args.tucker_distill_more} iterations of "
@@ -687,13 +693,7 @@ def stage_tucker_distill(work: Path, args) -> list[dict]:
         run = merged / "distill"
         if args.tucker_distill_longer:     # that run resumed from its last snapshot on one longer schedule
             total = args.tucker_distill_more + args.tucker_distill_longer
-            ran = json.loads((run / "finetune.json").read_text())
-            rebirth_into(merged / "distill_long", [
-                "finetune", str(merged), "--distill", "--with-labels", "--teacher", str(TEACHER), "--teacher-weights",
-                str(work / "teacher" / "teacher.caffemodel"), "-b", str(ran["batch"]), "--base-lr",
-                f"{ran['base_lr']:.6g}", "--resume", str(run / f"finetune_iter_{args.tucker_distill_more}.solverstate"),
-                "--iters", str(total), "--train", train, "--val", held, "-o", str(merged / "distill_long")],
-                record="finetune.json")
+            resume_longer(merged, run, merged / "distill_long", total, train, held, teacher)
             run = merged / "distill_long"
             got.update(step="T+D+", slim=f"{got['slim']}, resumed to {total}")
         got["relearn_finetune"] = evaluate_net(merged / "deploy.prototxt", kept_weights(run), work,
@@ -1016,12 +1016,6 @@ def main(argv=None) -> int:
     ap.add_argument("--tucker-iters", type=int, default=2000, help="fine-tuning iterations of Slim-Tucker")
     ap.add_argument("--tucker-lr", type=float, default=None,
                     help="its base_lr (default: finetune's default schedule)")
-    ap.add_argument("--tucker-distill-more", type=int, default=0,
-                    help="each merged Slim-Tucker net distilled with labels against the teacher N more iterations "
-                         "(rows T+D; with --ship-tucker, the shipped weights; 0: skip)")
-    ap.add_argument("--tucker-distill-longer", type=int, default=0,
-                    help="with --tucker-distill-more: that run resumed from its last snapshot for N more iterations "
-                         "(rows T+D+, shipped with --ship-tucker instead; 0: skip)")
     ap.add_argument("--tucker-distill", action="store_true",
                     help="fine-tune Slim-Tucker against the Slim net's logits (finetune --distill) instead of labels")
     ap.add_argument("--tucker-ratios", type=lambda t: [float(x) for x in t.split(",")], default=[0.5, 0.65, 0.8],
@@ -1038,15 +1032,18 @@ def main(argv=None) -> int:
                     help="instead of --tucker-ratios or --tucker-macs: `rebirth tucker --time` budgets, comma-separated")
     ap.add_argument("--distill-iters", type=int, default=2000,
                     help="distillation iterations that finish the label-free chain (0: skip)")
-    ap.add_argument("--recover-iters", type=int, default=0,
-                    help="also the label-free row as a user runs it: `rebirth slim` of the teacher, then `rebirth "
-                         "recover --iters N` (row 9R; 0: skip)")
-    ap.add_argument("--labels-distill-iters", type=int, default=0,
-                    help="after the recover stage: its relearned net distilled with labels too, `rebirth finetune "
-                         "--distill --with-labels --iters N` (row 9RL; 0: skip)")
-    ap.add_argument("--labels-distill-more", type=int, default=0,
-                    help="row 9RL resumed from its last snapshot for N more iterations on one longer schedule "
-                         "(row 9RL+; with --ship-labels distill, the shipped labelled net; 0: skip)")
+    for flag, what in (   # the extra rows' iterations (0: skip the row)
+            ("--recover-iters", "also the label-free row as a user runs it: `rebirth slim` of the teacher, then "
+                                "`rebirth recover --iters N` (row 9R)"),
+            ("--labels-distill-iters", "after the recover stage: its relearned net distilled with labels too, "
+                                       "`rebirth finetune --distill --with-labels --iters N` (row 9RL)"),
+            ("--labels-distill-more", "row 9RL resumed from its last snapshot for N more iterations on one longer "
+                                      "schedule (row 9RL+; with --ship-labels distill, the shipped labelled net)"),
+            ("--tucker-distill-more", "each merged Slim-Tucker net distilled with labels against the teacher N more "
+                                      "iterations (rows T+D; with --ship-tucker, the shipped weights)"),
+            ("--tucker-distill-longer", "with --tucker-distill-more: that run resumed from its last snapshot for N "
+                                        "more iterations (rows T+D+, shipped with --ship-tucker instead)")):
+        ap.add_argument(flag, type=int, default=0, help=f"{what}; 0: skip")
     ap.add_argument("--bn-teacher", nargs=3, metavar=("DEPLOY", "WEIGHTS", "TRAIN_VAL"),
                     help="also slim, relearn and fine-tune this BatchNorm teacher (one row)")
     ap.add_argument("--bn-finetune-iters", type=int, default=1000)
