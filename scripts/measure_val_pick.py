@@ -71,6 +71,9 @@ def main(argv=None) -> int:
     ap.add_argument("--data", required=True, help="a labelled test SOURCE for `rebirth eval`")
     args = ap.parse_args(argv)
     folders = list(args.folders)
+    for folder in folders:
+        if not (folder / "finetune.json").is_file():
+            raise SystemExit(f"{folder}: no finetune.json (not a `rebirth finetune` output)")
     if args.under:
         folders += sorted(p.parent for p in args.under.rglob("finetune.json"))
     rows, seen = [], set()
