@@ -93,7 +93,9 @@ def main(argv=None) -> int:
         print(f"| {c['folder']} | {c['key'][4:]}, {c['images']:,} images | {c['best_iteration']:,}: "
               f"{100 * c['best_val']:.2f} % | {c['last_iteration']:,}: {100 * c['last_val']:.2f} % | "
               f"{100 * b:.2f} % | {100 * last:.2f} % | {100 * (last - b):+.2f} pt |", flush=True)
-    if diffs:
+    if not diffs:
+        print("\nno run whose best on --val led its last within the noise of its validation images")
+    else:
         mean = sum(diffs) / len(diffs)
         sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / max(1, len(diffs) - 1))
         print(f"\n{len(diffs)} runs: the last weights read higher in {sum(d > 0 for d in diffs)}, "
