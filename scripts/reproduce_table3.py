@@ -940,7 +940,8 @@ def ship(work: Path, rows: list[dict], tucker_dir: str | None, runs: int = 50, l
         how = ("GoogLeNet-Slim-Tucker: the Slim net, its global average pooling folded into the classifier (rule "
                "`pool_into_fc`, exact), decomposed (`rebirth tucker`), relearned against that Slim net, then "
                "fine-tuned with labels.")
-        distilled = next((r for r in rows if r.get("step") in ("T+D", "T+D+") and r.get("folder") == tucker_dir), None)
+        distilled = next((r for step in ("T+D+", "T+D") for r in rows          # the longer run, when made
+                          if r.get("step") == step and r.get("folder") == tucker_dir), None)
         if "merged" in row:        # the merged net, fine-tuned further (tucker_merged)
             net, weights = t / "merged", kept_weights(t / "merged" / "finetune")
             how += (f" Then each inception's branch-end 1x1 convolutions merged into one after its Concat (rule "
