@@ -474,8 +474,7 @@ def finetune(slim_dir, train: data.Source, val: data.Source | None = None, *, it
             solver = _start_solver(st, sparam, resume)
             start = int(solver.iter)
             history = _previous_history(st.outdir, start) if resume is not None else []
-            validate = _Validator(st, val, val_limit, val_batch, sparam, history, started, log)
-            validate.first = start
+            validate = _Validator(st, val, val_limit, val_batch, sparam, history, started, log, first=start)
             try:
                 snapshots = _train(st, solver, train, sparam, validate, interval, snap_every, seed, progress, stop)
                 max_iter = int(solver.iter) if stop.signal else int(sparam.max_iter)
@@ -582,7 +581,8 @@ class _Validator:
     """Closes one record of the history: mean loss since the last, learning rate, and the
     validation metrics of the weights the solver holds now."""
 
-    def __init__(self, st: _Setup, val, val_limit, val_batch, sparam, history: list[dict], started: float, log):
+    def __init__(self, st: _Setup, val, val_limit, val_batch, sparam, history: list[dict], started: float, log,
+                 first: int = 0):
         self.st, self.val, self.val_limit, self.val_batch = st, val, val_limit, val_batch
         self.sparam, self.history, self.started, self.log = sparam, history, started, log
         self.losses: list[float] = []
@@ -590,7 +590,7 @@ class _Validator:
         self.net = None
         self.best: tuple[float, int, dict] | None = None   # (score, iteration, deploy weights)
         self.images = 0                  # images of the last validation
-        self.first = 0                   # the iteration this run starts from (set by finetune)
+        self.first = first               # the iteration this run starts from (a resumed run's snapshot)
 
     def __call__(self, it: int) -> dict:
         entry = {"iteration": it, "loss": (float(np.mean(self.losses)) if self.losses else None),
