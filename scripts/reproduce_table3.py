@@ -564,6 +564,25 @@ def stage_bn_teacher(work: Path, args) -> dict | None:
                     f"{row['best_ratio']:.2f}x")
 
 
+class SkipLabels(Exception):
+    """--tucker-iters 0: no fine-tuning with labels before the merge."""
+
+
+def tucker_source(work: Path, source: str) -> tuple[Path | None, str]:
+    """The weights of the one-go Slim net that ``--tucker-from`` SOURCE names ("recover": row 9R's;
+    "labels_distill": row 9RL+'s kept weights when that run was made, else 9RL's) and the row's
+    name; (None, name) when that row was not run."""
+    if source == "recover":
+        w, name = work / "recover" / "recovered" / "weights.caffemodel", f"{len(STEPS)}R"
+    else:
+        run = work / "labels_distill" / "finetune_long"
+        name = f"{len(STEPS)}RL+"
+        if not (run / "finetune.json").exists():
+            run, name = work / "labels_distill" / "finetune", f"{len(STEPS)}RL"
+        w = kept_weights(run) if (run / "finetune.json").exists() else run / "weights.caffemodel"
+    return (w if w.exists() else None), f"row {name}'s Slim net"
+
+
 def stage_tucker(work: Path, args) -> list[dict]:
     """Slim-Tucker at each of ``--tucker-macs`` (MAC budgets) or else ``--tucker-ratios`` (a
     speed/accuracy curve): one row per budget."""
@@ -610,18 +629,17 @@ def tucker_row(work: Path, args, ratio: float, kind: str = "ratio") -> dict | No
         parent = (folded / "deploy.prototxt", folded / "init.caffemodel", folded / "train_val.prototxt")
         whose = f"{source_w.parent.name}'s Slim net, pool5 folded"
     else:       # the one-go slim net (its pool5 already folded by `rebirth slim`'s defaults), row 9R's or 9RL's weights
-        source_w = (work / "recover" / "recovered" if args.tucker_from == "recover"
-                    else work / "labels_distill" / "finetune") / "weights.caffemodel"
-        if not source_w.exists():
+        source_w, whose = tucker_source(work, args.tucker_from)
+        if source_w is None:
             return None
         rec = work / "recover" / "slim"
         parent = (rec / "deploy.prototxt", source_w, rec / "train_val.prototxt")
-        whose = f"row {len(STEPS)}{'R' if args.tucker_from == 'recover' else 'RL'}'s Slim net"
     rebirth_into(slim_dir, ["tucker", str(parent[0]), str(parent[1]), f"--{kind}", str(ratio), "--train-val",
                             str(parent[2]), "-o", str(slim_dir)])
     label = {"ratio": "ratio", "macs": "MAC budget", "time": "time budget"}[kind] + f" {ratio:g}"
     label += f" of {whose}"
     label += ", distilled against Slim" if args.tucker_distill else ""
+    label += "" if args.tucker_iters else ", relearned (no fine-tuning)"
     row = {"step": "T", "folder": out.name, "slim": f"Slim-Tucker ({label})", "layers": len(netio.read_net(slim_dir / "deploy.prototxt").layer),
            "memory_bytes": Graph(netio.read_net(slim_dir / "deploy.prototxt"), strict=False).memory_bytes}
     row["before_relearn"] = evaluate_net(slim_dir / "deploy.prototxt", slim_dir / "init.caffemodel", work, tv_path,
@@ -636,6 +654,8 @@ def tucker_row(work: Path, args, ratio: float, kind: str = "ratio") -> dict | No
                                        tv_path, args.eval_images)
     final = out / "relearn" / "weights.caffemodel"
     try:
+        if not args.tucker_iters:       # straight to the merge (and --tucker-distill-more's distillation)
+            raise SkipLabels
         if not finished_run(out / "finetune", args.tucker_iters, final, args.tucker_distill):
             ft.finetune(slim_dir, data.open_source(train), data.open_source(held),
                         iters=args.tucker_iters, base_lr=args.tucker_lr, test_interval=max(args.tucker_iters // 10, 1),
@@ -645,11 +665,13 @@ def tucker_row(work: Path, args, ratio: float, kind: str = "ratio") -> dict | No
         row["relearn_finetune"] = evaluate_net(slim_dir / "deploy.prototxt", final, work, tv_path, args.eval_images)
         row["finetune"] = {"iters": args.tucker_iters, "base_lr": args.tucker_lr or "finetune's default",
                            "mode": "distilled against the Slim net" if args.tucker_distill else "labels"}
+    except SkipLabels:
+        row["relearn_finetune"] = row["relearn_only"]
     except RebirthError as exc:   # reported in the row, the relearned net is timed instead
         row["finetune_error"] = str(exc)
         row["relearn_finetune"] = row["relearn_only"]
     timed = slim_dir
-    if args.tucker_merge_iters and "finetune_error" not in row:
+    if (args.tucker_merge_iters or args.tucker_distill_more) and "finetune_error" not in row:
         timed, final = tucker_merged(out, slim_dir, final, train, held, args, row)
     row.update(latency(TEACHER, work / "teacher" / "teacher.caffemodel", timed / "deploy.prototxt",
                        final, args.bench_runs))
@@ -684,7 +706,8 @@ def stage_tucker_distill(work: Path, args) -> list[dict]:
         t0 = time.time()
         train, held = held_out_split(str(work / "fmnist_train_lmdb"))
         teacher = ["--teacher", str(TEACHER), "--teacher-weights", str(work / "teacher" / "teacher.caffemodel")]
-        rebirth_into(merged / "distill", ["finetune", str(merged), "--weights", str(kept_weights(merged / "finetune")),
+        start = kept_weights(merged / "finetune") if row["merged"]["iters"] else merged / "init.caffemodel"
+        rebirth_into(merged / "distill", ["finetune", str(merged), "--weights", str(start),
                                           "--distill", "--with-labels", *teacher, "--iters",
                                           str(args.tucker_distill_more), "--train", train, "--val", held, "-o",
                                           str(merged / "distill")], record="finetune.json")
@@ -728,6 +751,11 @@ def tucker_merged(out: Path, slim_dir: Path, weights: Path, train: str, held: st
     tv_path = out.parent / "teacher" / "train_val.prototxt"
     start = merged / "init.caffemodel"
     lr = (args.tucker_lr or 0.01) / 2
+    if not args.tucker_merge_iters:      # merged only: --tucker-distill-more trains it
+        row["merged"] = {"iters": 0, "before": row["relearn_finetune"], "after": row["relearn_finetune"]}
+        graph = Graph(netio.read_net(merged / "deploy.prototxt"), strict=False)
+        row["layers"], row["memory_bytes"] = len(graph.nodes), graph.memory_bytes
+        return merged, start
     if not finished_run(merged / "finetune", args.tucker_merge_iters, start):
         ft.finetune(merged, data.open_source(train), data.open_source(held), iters=args.tucker_merge_iters,
                     base_lr=lr, test_interval=max(args.tucker_merge_iters // 5, 1), snapshot=0, weights=str(start),
@@ -938,15 +966,20 @@ def ship(work: Path, rows: list[dict], tucker_dir: str | None, runs: int = 50, l
         t = work / tucker_dir
         row = json.loads((t / "tucker.json").read_text())
         how = ("GoogLeNet-Slim-Tucker: the Slim net, its global average pooling folded into the classifier (rule "
-               "`pool_into_fc`, exact), decomposed (`rebirth tucker`), relearned against that Slim net, then "
-               "fine-tuned with labels.")
+               "`pool_into_fc`, exact), decomposed (`rebirth tucker`), relearned against that Slim net"
+               + (", then fine-tuned with labels." if "finetune" in row else "."))
         distilled = next((r for step in ("T+D+", "T+D") for r in rows          # the longer run, when made
                           if r.get("step") == step and r.get("folder") == tucker_dir), None)
-        if "merged" in row:        # the merged net, fine-tuned further (tucker_merged)
+        if "merged" in row and row["merged"]["iters"]:     # the merged net, fine-tuned further (tucker_merged)
             net, weights = t / "merged", kept_weights(t / "merged" / "finetune")
             how += (f" Then each inception's branch-end 1x1 convolutions merged into one after its Concat (rule "
                     f"`merge_concat_1x1`, exact) and the merged net fine-tuned {row['merged']['iters']:,} more "
                     f"iterations (top-1 {100 * row['merged']['before']['top1']:.2f} % before them).")
+        elif "merged" in row:      # merged only, then distilled (--tucker-merge-iters 0)
+            net, weights = t / "merged", t / "merged" / "init.caffemodel"
+            how += (" Then each inception's branch-end 1x1 convolutions merged into one after its Concat (rule "
+                    "`merge_concat_1x1`, exact).")
+        if "merged" in row:
             if distilled:          # --tucker-distill-more: then distilled against the teacher
                 how += (f" Then distilled with labels against the teacher (`rebirth finetune --distill --with-labels "
                         f"--teacher`; top-1 {100 * row['merged']['after']['top1']:.2f} % before).")
@@ -1014,7 +1047,8 @@ def main(argv=None) -> int:
     ap.add_argument("--bench-runs", type=int, default=100, help="timed runs of each net per step")
     ap.add_argument("--final-iters", type=int, default=2000,
                     help="fine-tune the last step's net this much longer for an extra row (0: skip)")
-    ap.add_argument("--tucker-iters", type=int, default=2000, help="fine-tuning iterations of Slim-Tucker")
+    ap.add_argument("--tucker-iters", type=int, default=2000, help="fine-tuning iterations of Slim-Tucker "
+                    "with labels after its relearn (0: none, the relearned net goes to the merge)")
     ap.add_argument("--tucker-lr", type=float, default=None,
                     help="its base_lr (default: finetune's default schedule)")
     ap.add_argument("--tucker-distill", action="store_true",
@@ -1025,10 +1059,11 @@ def main(argv=None) -> int:
                     help="instead of --tucker-ratios: `rebirth tucker --macs` budgets, comma-separated, one row each")
     ap.add_argument("--tucker-from", choices=["steps", "recover", "labels_distill"], default="steps",
                     help="the Slim net Slim-Tucker decomposes: the step-by-step chain's (row 9+), row 9R's or row "
-                         "9RL's (the one-go slim net); the folder gets the name as a suffix unless steps")
+                         "9RL+'s (else 9RL's; the one-go slim net); the folder gets the name as a suffix unless steps")
     ap.add_argument("--tucker-merge-iters", type=int, default=0,
                     help="then merge each inception's branch-end 1x1s (merge_concat_1x1, exact) and fine-tune the "
-                         "merged net this many more iterations at half --tucker-lr (0: do not)")
+                         "merged net this many more iterations at half --tucker-lr (0: do not; with --tucker-distill-more the "
+                         "merge is made all the same, and that distillation starts from it)")
     ap.add_argument("--tucker-time", type=lambda t: [float(x) for x in t.split(",")], default=None,
                     help="instead of --tucker-ratios or --tucker-macs: `rebirth tucker --time` budgets, comma-separated")
     ap.add_argument("--distill-iters", type=int, default=2000,

@@ -73,3 +73,36 @@ def test_table3_rows_use_the_weights_the_current_rule_keeps(tmp_path):
     assert record(0.925, 0.920) == run_dir / "finetune_iter_20.caffemodel"     # lead 0.5 pt, SE 0.59 pt
     assert record(0.925, 0.910) == run_dir / "weights.caffemodel"              # lead 1.5 pt: real
     assert record(0.925, 0.920, highest={"iteration": 10}) == run_dir / "weights.caffemodel"   # kept by the rule
+
+
+def test_tucker_source_prefers_the_longer_labelled_run(tmp_path):
+    """`--tucker-from labels_distill` decomposes the shipped labelled Slim net: row 9RL+'s kept
+    weights when that run was made, else 9RL's; `recover`, row 9R's; nothing when the row is missing."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("reproduce_table3", ROOT / "scripts" / "reproduce_table3.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    work = tmp_path
+    assert script.tucker_source(work, "labels_distill")[0] is None
+    assert script.tucker_source(work, "recover")[0] is None
+    first = work / "labels_distill" / "finetune"
+    first.mkdir(parents=True)
+    (first / "weights.caffemodel").write_bytes(b"")
+    (first / "finetune.json").write_text(json.dumps({"best": None}))
+    assert script.tucker_source(work, "labels_distill") == (first / "weights.caffemodel", "row 9RL's Slim net")
+    longer = work / "labels_distill" / "finetune_long"
+    longer.mkdir()
+    for name in ("weights.caffemodel", "finetune_iter_40.caffemodel"):
+        (longer / name).write_bytes(b"")
+    hist = [{"iteration": 20, "val_top1": 0.92}, {"iteration": 30, "val_top1": 0.928},
+            {"iteration": 40, "val_top1": 0.927}]
+    (longer / "finetune.json").write_text(json.dumps({
+        "val": "fashion-mnist:test[:2000]", "start_iteration": 20, "history": hist,
+        "best": {"iteration": 30, "val_top1": 0.928}}))
+    # the best leads the last within the noise of 2,000 images: the last snapshot is the kept one
+    assert script.tucker_source(work, "labels_distill") == (longer / "finetune_iter_40.caffemodel",
+                                                           "row 9RL+'s Slim net")
+    rec = work / "recover" / "recovered"
+    rec.mkdir(parents=True)
+    (rec / "weights.caffemodel").write_bytes(b"")
+    assert script.tucker_source(work, "recover") == (rec / "weights.caffemodel", "row 9R's Slim net")
