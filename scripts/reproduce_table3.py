@@ -349,8 +349,7 @@ def kept_weights(outdir: Path) -> Path:
     best, hist = doc.get("best"), doc.get("history") or []
     if not best or "highest" in best or not hist:       # no --val, or kept by the current rule already
         return outdir / "weights.caffemodel"
-    key = "val_top1" if "val_top1" in best else "val_agreement"
-    scores = [(h["iteration"], h[key]) for h in hist if key in h and h["iteration"] >= doc.get("start_iteration", 0)]
+    scores = ft.validation_scores(hist, doc.get("start_iteration", 0))
     images = len(data.open_source(doc["val"]))
     kept = ft.kept_iteration(scores, best["iteration"], hist[-1]["iteration"], images)
     last = outdir / f"finetune_iter_{hist[-1]['iteration']}.caffemodel"

@@ -35,8 +35,9 @@ TOP_K = 5
 # Models
 
 
-def load(spec, weights=None, what: str = "MODEL") -> Model:
-    """A deploy model with weights, ready to run (see folders.model_files)."""
+def load(spec, weights=None, what: str = "MODEL", weights_flag: str = "--weights") -> Model:
+    """A deploy model with weights, ready to run (see folders.model_files); errors name the model
+    as ``what`` and its weights option as ``weights_flag``."""
     if isinstance(spec, Model):
         return spec
     deploy, weights = folders.model_files(spec, weights)
@@ -44,8 +45,7 @@ def load(spec, weights=None, what: str = "MODEL") -> Model:
         raise RebirthError(f"{spec}: no such file, folder or built-in model ({what}; built-in: "
                            f"{', '.join(sorted(builtin.NAMES))})")
     if weights is None:
-        flag = "--teacher-weights" if what == "--teacher" else "--weights"
-        raise RebirthError(f"{spec}: {what} needs weights ({flag}, or a directory holding weights.caffemodel)")
+        raise RebirthError(f"{spec}: {what} needs weights ({weights_flag}, or a directory holding weights.caffemodel)")
     m = load_model(deploy, weights, check=lambda net, src: pycaffe.check_runnable(net, src, "eval"))
     return m
 
@@ -179,7 +179,8 @@ def evaluate(net, weights, source: data.Source, pre: preprocess.Preprocess, batc
         raise RebirthError(f"{source.name}: the images have no labels; give a teacher (--teacher, "
                            "--teacher-weights) to measure agreement instead")
     student = Runner.build(load(net, weights))
-    tutor = Runner.build(load(teacher, teacher_weights, "--teacher")) if teacher is not None else None
+    tutor = (Runner.build(load(teacher, teacher_weights, "--teacher", "--teacher-weights"))
+             if teacher is not None else None)
     return run_evaluation(student, source, pre, batch=batch, teacher=tutor, limit=limit, progress=progress,
                           teacher_pre=teacher_pre)
 
@@ -234,7 +235,7 @@ def evaluate_command(model, weights, source_spec: str, teacher=None, teacher_wei
     student = Runner.build(load(model, weights))
     train_val = train_val or preprocess.default_train_val(model)
     pre = preprocess.preprocess_for(student.input_shape, train_val, mean=mean, scale=scale)
-    tutor = Runner.build(load(teacher, teacher_weights, "--teacher")) if teacher else None
+    tutor = Runner.build(load(teacher, teacher_weights, "--teacher", "--teacher-weights")) if teacher else None
     if not source.has_labels and tutor is None:
         data.require_labels(source, "eval without --teacher")
     result = run_evaluation(student, source, pre, batch=batch, teacher=tutor, progress=progress)

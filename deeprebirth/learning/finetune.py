@@ -391,6 +391,13 @@ def kept_iteration(scores: list[tuple[int, float]], best: int, final: int, image
     return final if last >= start and lead_within_noise(top, last, images) is not None else best
 
 
+def validation_scores(history: list[dict], first: int = 0) -> list[tuple[int, float]]:
+    """(iteration, score) of a run's validated records from iteration ``first`` on, in order: top-1
+    when the run validated on labels, else agreement with the teacher (label-free --val)."""
+    key = "val_top1" if any("val_top1" in h for h in history) else "val_agreement"
+    return [(h["iteration"], h[key]) for h in history if key in h and h["iteration"] >= first]
+
+
 def back_to_chance(scores: list[float], classes: int) -> bool:
     """Whether the last validation score (top-1 or agreement, in [0, 1]) is back at chance after
     the run was clearly above it: last <= chance + CHANCE_MARGIN * (best - chance), from a best
@@ -557,7 +564,8 @@ def _setup(slim_dir, train, val, batch, resume, weights, outdir, distill, with_l
     teacher = None
     if distill or (val is not None and not val.has_labels):
         t_deploy, t_weights = (teacher_spec, teacher_weights) if teacher_spec else sd.teacher()
-        teacher = ev.Runner.build(ev.load(t_deploy, t_weights, "--teacher" if teacher_spec else "the teacher"))
+        teacher = ev.Runner.build(ev.load(t_deploy, t_weights, "--teacher" if teacher_spec else "the teacher",
+                                           "--teacher-weights"))
         _, c, h, w = teacher.input_shape
         if (c, h, w) != (tn.pre.channels, *tn.pre.out_size):
             raise RebirthError(f"the teacher {t_deploy} takes {c}x{h}x{w} images, the slim net "
@@ -638,9 +646,7 @@ class _Validator:
         """The iteration whose weights weights.caffemodel holds (kept_iteration over this history)."""
         if self.best is None:
             return None
-        key = "val_top1" if "val_top1" in self.history[-1] else "val_agreement"
-        scores = [(h["iteration"], h[key]) for h in self.history if key in h and h["iteration"] >= self.first]
-        return kept_iteration(scores, self.best[1], final, self.images)
+        return kept_iteration(validation_scores(self.history, self.first), self.best[1], final, self.images)
 
     def best_weights(self, final: int) -> dict | None:
         """The best validated weights when they, not the final ones, are kept."""
