@@ -586,14 +586,25 @@ def stage_tucker(work: Path, args) -> list[dict]:
     """Slim-Tucker at each of ``--tucker-macs`` (MAC budgets) or else ``--tucker-ratios`` (a
     speed/accuracy curve): one row per budget."""
     rows = []
-    budgets = ([("time", t) for t in args.tucker_time] if args.tucker_time else
-               [("macs", m) for m in args.tucker_macs] if args.tucker_macs else
-               [("ratio", r) for r in args.tucker_ratios])
-    for kind, value in budgets:
+    for kind, value in tucker_budgets(args):
         row = tucker_row(work, args, value, kind)
         if row:
             rows.append(row)
     return rows
+
+
+def tucker_budgets(args) -> list[tuple[str, float]]:
+    """(kind, value) of each Slim-Tucker row: ``--tucker-time``, else ``--tucker-macs``, else
+    ``--tucker-ratios``."""
+    return ([("time", t) for t in args.tucker_time] if args.tucker_time else
+            [("macs", m) for m in args.tucker_macs] if args.tucker_macs else
+            [("ratio", r) for r in args.tucker_ratios])
+
+
+def tucker_folder(work: Path, args, value: float, kind: str) -> Path:
+    """The work folder of one Slim-Tucker row: slim_tucker_[KIND_]VALUE[_FROM]."""
+    out = work / (f"slim_tucker_{value:g}" if kind == "ratio" else f"slim_tucker_{kind}_{value:g}")
+    return out.with_name(out.name + ("" if args.tucker_from == "steps" else f"_{args.tucker_from}"))
 
 
 def tucker_row(work: Path, args, ratio: float, kind: str = "ratio") -> dict | None:
@@ -607,8 +618,7 @@ def tucker_row(work: Path, args, ratio: float, kind: str = "ratio") -> dict | No
     from deeprebirth.learning import relearn as rl
     from deeprebirth.learning import sources as data  # noqa: PLC0415
 
-    out = work / (f"slim_tucker_{ratio:g}" if kind == "ratio" else f"slim_tucker_{kind}_{ratio:g}")
-    out = out.with_name(out.name + ("" if args.tucker_from == "steps" else f"_{args.tucker_from}"))
+    out = tucker_folder(work, args, ratio, kind)
     done = out / "tucker.json"
     if done.exists():
         return dict(json.loads(done.read_text()), folder=out.name)
@@ -683,7 +693,8 @@ def tucker_row(work: Path, args, ratio: float, kind: str = "ratio") -> dict | No
 
 
 def stage_tucker_distill(work: Path, args) -> list[dict]:
-    """Rows T+D: each merged Slim-Tucker net of the Tucker stage (its kept weights) distilled
+    """Rows T+D: each merged Slim-Tucker net the Tucker stage finished (the weights its merged
+    fine-tune kept; with --tucker-merge-iters 0, the merge of the relearned weights) distilled
     with labels against the original teacher, ``--tucker-distill-more`` iterations of `rebirth
     finetune --distill --with-labels --teacher` at finetune's defaults (a `tucker` output's report
     names the Slim net it came from; the teacher is the better model to learn from), into
@@ -691,7 +702,9 @@ def stage_tucker_distill(work: Path, args) -> list[dict]:
     if not args.tucker_distill_more or not args.tucker:
         return []
     rows = []
-    for row in stage_tucker(work, args):
+    made = [tucker_folder(work, args, value, kind) for kind, value in tucker_budgets(args)]
+    for row in [dict(json.loads((f / "tucker.json").read_text()), folder=f.name)    # the T rows finished
+                for f in made if (f / "tucker.json").exists()]:
         out = work / row["folder"]
         merged = out / "merged"
         done = merged / ("distill_long_row.json" if args.tucker_distill_longer else "distill_row.json")
