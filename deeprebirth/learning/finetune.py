@@ -364,6 +364,21 @@ def collapsed(spreads: list[float]) -> bool:
             and max(spreads[-COLLAPSE_WINDOW:]) <= COLLAPSE_SPREAD)
 
 
+def input_blind(logits: np.ndarray) -> bool:
+    """Whether every image got the same logits (two images or more): no logit differs between
+    images by more than 1e-6 of the logits' size. The net's output then does not depend on its
+    input; e.g. a blob whose ReLUs are dead for every image cuts the path, and no training step
+    reaches the layers below it (their gradient is zero), so training cannot mend it."""
+    z = np.asarray(logits, dtype=np.float64).reshape(len(logits), -1)
+    return len(z) >= 2 and float(np.ptp(z, axis=0).max()) <= 1e-6 * max(float(np.abs(z).max()), 1e-30)
+
+
+def dead_blob(blobs: dict) -> str | None:
+    """The first blob, in the net's order, that is zero for every image (after a forward pass),
+    else None."""
+    return next((name for name, b in blobs.items() if b.data.size and not np.any(b.data)), None)
+
+
 def lead_within_noise(best: float, last: float, images: int) -> float | None:
     """The standard error of an accuracy ``best`` measured on ``images`` images, sqrt(p (1 - p) / n),
     when the best validated weights lead the last ones by no more than it (so the pick may be the
@@ -599,6 +614,7 @@ class _Validator:
         self.best: tuple[float, int, dict] | None = None   # (score, iteration, deploy weights)
         self.images = 0                  # images of the last validation
         self.first = first               # the iteration this run starts from (a resumed run's snapshot)
+        self.first_record = len(history)  # records before it come from the run resumed
 
     def __call__(self, it: int) -> dict:
         entry = {"iteration": it, "loss": (float(np.mean(self.losses)) if self.losses else None),
@@ -608,6 +624,8 @@ class _Validator:
             runner = self.st.val_runner
             runner.caffe_net.set_weights({k: [b.data for b in v] for k, v in self.net.params.items()
                                           if k in runner.caffe_net.net.params})
+            if it == self.first and not self.history[self.first_record:]:
+                self._check_input_blind(runner)
             res = ev.run_evaluation(runner, self.val, self.st.val_pre, batch=self.val_batch, teacher=self.st.teacher,
                                     limit=self.val_limit)
             for key in ("top1", "top5", "agreement", "kl"):
@@ -620,6 +638,18 @@ class _Validator:
             self.log(entry)
         self._check_chance(entry)
         return entry
+
+    def _check_input_blind(self, runner) -> None:
+        """A RebirthError when the start weights give every validation image the same logits
+        (input_blind): the run could not change that, so it does not start."""
+        x, _ = next(self.val.batches(self.st.val_pre, min(16, len(self.val)), limit=16))
+        if input_blind(runner.logits_of(x)):
+            blob = dead_blob(runner.caffe_net.net.blobs)
+            why = (f"blob '{blob}' is zero for every image (dead ReLUs), and no training step reaches the layers "
+                   "below it" if blob else "no training step would change that")
+            raise RebirthError(f"{self.st.start_weights or self.st.sd.init_weights}: the net gives every --val image the same output: {why}. "
+                               "Start from other weights (relearn the units below that blob, or a gentler "
+                               "decomposition)")
 
     def _check_chance(self, entry: dict) -> None:
         """Diverged(collapse=...) when this run's validation score is back at chance (back_to_chance)."""

@@ -410,3 +410,35 @@ def test_a_validation_back_at_chance_restarts_at_a_lower_rate(slimmed, tmp_path,
     assert "collapsed (validation top-1" in line and "back at chance" in line and "at iteration 4" in line
     assert f"at {ft.DIVERGENCE_ATTEMPTS - 1} lower rates" in line and "at base_lr 1e-06" in line
     assert not (tmp_path / "o" / "weights.caffemodel").exists()
+
+
+def test_input_blind_logits_are_told_from_a_confident_net():
+    """Every image given the same logits (a dead layer cuts the path): refused at the start. A net
+    whose logits differ per image, even a little or with one class dominant, is not."""
+    from deeprebirth.learning import finetune as ft
+    same = np.tile(np.array([[1.5, -0.2, 0.3]], np.float32), (8, 1))
+    assert ft.input_blind(same)
+    varied = same.copy()
+    varied[3, 1] += 1e-3
+    assert not ft.input_blind(varied)
+    assert not ft.input_blind(same[:1])                  # one image tells nothing
+    assert ft.input_blind(np.zeros((4, 3)))
+
+
+def test_a_net_dead_for_every_image_is_refused_before_training(slimmed, tmp_path):
+    """Measured: two Slim-Tucker nets (`tucker --time 0.5`) whose relearned reducers were zero for
+    every image trained 32,000 iterations at a constant 9.6 % on --val. Now the run does not start:
+    one line names the dead blob, and nothing is written."""
+    d = slimmed
+    init = netio.read_weights(d / "slim" / "init.caffemodel")
+    weights = netio.weights_of(init)
+    first = next(name for name in weights if len(weights[name]) == 2)     # the first layer with a bias
+    weights[first] = [np.zeros_like(weights[first][0]), np.full_like(weights[first][1], -1.0)]
+    dead = tmp_path / "dead.caffemodel"
+    netio.write_weights(netio.with_weights(init, weights), dead)
+    out = tmp_path / "out"
+    line = error_line(run("finetune", d / "slim", "--train", d / "train", "--val", d / "val", "--weights", dead,
+                          "--iters", 4, "-o", out))
+    assert "the net gives every --val image the same output" in line and "dead ReLUs" in line, line
+    assert f"'{first}'" in line or "is zero for every image" in line
+    assert not (out / "weights.caffemodel").exists() and not (out / "finetune.json").exists()
