@@ -647,7 +647,8 @@ class _Validator:
             blob = dead_blob(runner.caffe_net.net.blobs)
             why = (f"blob '{blob}' is zero for every image (dead ReLUs), and no training step reaches the layers "
                    "below it" if blob else "no training step would change that")
-            raise RebirthError(f"{self.st.start_weights or self.st.sd.init_weights}: the net gives every --val image the same output: {why}. "
+            start = self.st.start_weights or self.st.sd.init_weights
+            raise RebirthError(f"{start}: the net gives every --val image the same output: {why}. "
                                "Start from other weights (relearn the units below that blob, or a gentler "
                                "decomposition)")
 
