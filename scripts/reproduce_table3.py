@@ -563,10 +563,6 @@ def stage_bn_teacher(work: Path, args) -> dict | None:
                     f"{row['best_ratio']:.2f}x")
 
 
-class SkipLabels(Exception):
-    """--tucker-iters 0: no fine-tuning with labels before the merge."""
-
-
 def tucker_source(work: Path, source: str) -> tuple[Path | None, str]:
     """The weights of the one-go Slim net that ``--tucker-from`` SOURCE names ("recover": row 9R's;
     "labels_distill": row 9RL+'s kept weights when that run was made, else 9RL's) and the row's
@@ -662,23 +658,21 @@ def tucker_row(work: Path, args, ratio: float, kind: str = "ratio") -> dict | No
     row["relearn_only"] = evaluate_net(slim_dir / "deploy.prototxt", out / "relearn" / "weights.caffemodel", work,
                                        tv_path, args.eval_images)
     final = out / "relearn" / "weights.caffemodel"
+    row["relearn_finetune"] = row["relearn_only"]     # --tucker-iters 0: straight to the merge
     try:
-        if not args.tucker_iters:       # straight to the merge (and --tucker-distill-more's distillation)
-            raise SkipLabels
-        if not finished_run(out / "finetune", args.tucker_iters, final, args.tucker_distill):
-            ft.finetune(slim_dir, data.open_source(train), data.open_source(held),
-                        iters=args.tucker_iters, base_lr=args.tucker_lr, test_interval=max(args.tucker_iters // 10, 1),
-                        snapshot=0, distill=args.tucker_distill, weights=str(final), outdir=out / "finetune",
-                        progress=None)
-        final = out / "finetune" / "weights.caffemodel"
-        row["relearn_finetune"] = evaluate_net(slim_dir / "deploy.prototxt", final, work, tv_path, args.eval_images)
-        row["finetune"] = {"iters": args.tucker_iters, "base_lr": args.tucker_lr or "finetune's default",
-                           "mode": "distilled against the Slim net" if args.tucker_distill else "labels"}
-    except SkipLabels:
-        row["relearn_finetune"] = row["relearn_only"]
+        if args.tucker_iters:
+            if not finished_run(out / "finetune", args.tucker_iters, final, args.tucker_distill):
+                ft.finetune(slim_dir, data.open_source(train), data.open_source(held),
+                            iters=args.tucker_iters, base_lr=args.tucker_lr,
+                            test_interval=max(args.tucker_iters // 10, 1), snapshot=0, distill=args.tucker_distill,
+                            weights=str(final), outdir=out / "finetune", progress=None)
+            final = out / "finetune" / "weights.caffemodel"
+            row["relearn_finetune"] = evaluate_net(slim_dir / "deploy.prototxt", final, work, tv_path,
+                                                   args.eval_images)
+            row["finetune"] = {"iters": args.tucker_iters, "base_lr": args.tucker_lr or "finetune's default",
+                               "mode": "distilled against the Slim net" if args.tucker_distill else "labels"}
     except RebirthError as exc:   # reported in the row, the relearned net is timed instead
         row["finetune_error"] = str(exc)
-        row["relearn_finetune"] = row["relearn_only"]
     timed = slim_dir
     if (args.tucker_merge_iters or args.tucker_distill_more) and "finetune_error" not in row:
         timed, final = tucker_merged(out, slim_dir, final, train, held, args, row)
