@@ -598,9 +598,21 @@ def tucker_budgets(args) -> list[tuple[str, float]]:
 
 
 def tucker_folder(work: Path, args, value: float, kind: str) -> Path:
-    """The work folder of one Slim-Tucker row: slim_tucker_[KIND_]VALUE[_FROM]."""
+    """The work folder of one Slim-Tucker row: slim_tucker_[KIND_]VALUE[_floorF][_FROM] (``_floorF``
+    for a budget under a rank floor; the rows made before `tucker` had one are --tucker-floor 0)."""
     out = work / (f"slim_tucker_{value:g}" if kind == "ratio" else f"slim_tucker_{kind}_{value:g}")
+    floor = tucker_floor(args, kind)
+    out = out.with_name(out.name + (f"_floor{floor:g}" if floor else ""))
     return out.with_name(out.name + ("" if args.tucker_from == "steps" else f"_{args.tucker_from}"))
+
+
+def tucker_floor(args, kind: str) -> float:
+    """The rank floor of a budget row (`rebirth tucker --rank-floor`): ``--tucker-floor``, else
+    tucker's default; 0 for a ratio row (no budget, no floor)."""
+    if kind == "ratio":
+        return 0.0
+    from deeprebirth.transforms import rank_budget  # noqa: PLC0415
+    return rank_budget.RANK_FLOOR if args.tucker_floor is None else args.tucker_floor
 
 
 def tucker_row(work: Path, args, ratio: float, kind: str = "ratio") -> dict | None:
@@ -639,8 +651,9 @@ def tucker_row(work: Path, args, ratio: float, kind: str = "ratio") -> dict | No
             return None
         rec = work / "recover" / "slim"
         parent = (rec / "deploy.prototxt", source_w, rec / "train_val.prototxt")
-    rebirth_into(slim_dir, ["tucker", str(parent[0]), str(parent[1]), f"--{kind}", str(ratio), "--train-val",
-                            str(parent[2]), "-o", str(slim_dir)])
+    floor = [] if kind == "ratio" else ["--rank-floor", str(tucker_floor(args, kind))]
+    rebirth_into(slim_dir, ["tucker", str(parent[0]), str(parent[1]), f"--{kind}", str(ratio), *floor,
+                            "--train-val", str(parent[2]), "-o", str(slim_dir)])
     label = {"ratio": "ratio", "macs": "MAC budget", "time": "time budget"}[kind] + f" {ratio:g}"
     label += f" of {whose}"
     label += ", distilled against Slim" if args.tucker_distill else ""
@@ -1072,6 +1085,9 @@ def main(argv=None) -> int:
                          "merge is made all the same, and that distillation starts from it)")
     ap.add_argument("--tucker-time", type=lambda t: [float(x) for x in t.split(",")], default=None,
                     help="instead of --tucker-ratios or --tucker-macs: `rebirth tucker --time` budgets, comma-separated")
+    ap.add_argument("--tucker-floor", type=float, default=None, metavar="F",
+                    help="with --tucker-time or --tucker-macs: `rebirth tucker --rank-floor F` (default: tucker's, "
+                         "1/8; the rows measured before the floor existed: 0); the folder gets _floorF unless 0")
     ap.add_argument("--distill-iters", type=int, default=2000,
                     help="distillation iterations that finish the label-free chain (0: skip)")
     for flag, what in (   # the extra rows' iterations (0: skip the row)

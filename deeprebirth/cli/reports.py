@@ -192,6 +192,12 @@ def tucker_summary(out: TuckerOutput, written=None) -> str:
         lines.append(f"time budget {out.time_fraction:g} (a layer counted as {human(out.layer_cost)} MACs): the "
                      f"decomposable layers' predicted time {human(was)} -> {human(now)} MAC-equivalents "
                      f"({now / was:.2f} of it)")
+    asked = out.time_fraction if out.time_fraction is not None else out.macs_fraction
+    if out.rank_floor and out.budget and asked is not None and out.budget[1] > asked * out.budget[0] * (1 + 1e-9):
+        was, now = out.budget
+        lines.append(f"rank floor {out.rank_floor:g}: no rank below max(4, {out.rank_floor:g} of a mode's channels), so "
+                     f"the budget stopped at {now / was:.2f} of the layers' cost, not {asked:g} (--rank-floor 0 goes "
+                     "lower, into ranks a net may not relearn from)")
     fell = [d["layer"] for d in out.layers if d["rank_source"].startswith("vbmf 0")]
     if fell:
         lines.append(f"VBMF found rank 0 (no component above the noise: untrained or random weights?) and fell back "

@@ -36,6 +36,10 @@ from deeprebirth.runtime import verify
 @click.option("--layer-cost", type=click.IntRange(min=0), default=rank_budget.LAYER_COST, show_default=True,
               metavar="MACS", help="With --time: one layer's fixed cost, in MACs (measured in Caffe on a CPU: "
                                    "20,000-50,000; see README, \"What MACs miss on a small net\").")
+@click.option("--rank-floor", type=float, default=None, metavar="F",
+              help=f"With --macs or --time: no kept rank below max({rank_budget.MIN_RANK}, F n) of a mode of n "
+                   f"channels, so no layer is cut to a rank too small to relearn (0: no floor)  "
+                   f"[default: {rank_budget.RANK_FLOOR:g}]")
 @click.option("--only", metavar="NAMES", help="Decompose only these layers, comma-separated.")
 @click.option("--train-val", "train_val", type=FILE,
               help="The model's train_val.prototxt, to frame the new body (as for `slim`).")
@@ -50,7 +54,7 @@ from deeprebirth.runtime import verify
 @click.option("--force", is_flag=True,
               help="Replace OUTDIR although it holds files rebirth did not write (all of them are removed).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a summary.")
-def tucker_command(model, weights, ranks, ratio, macs, time_budget, layer_cost, only, train_val, data_layer, outdir, allow_missing, force, as_json):
+def tucker_command(model, weights, ranks, ratio, macs, time_budget, layer_cost, rank_floor, only, train_val, data_layer, outdir, allow_missing, force, as_json):
     """Decompose MODEL's convolutions (Tucker-2: 1x1, KxK core, 1x1) and 1x1 convolutions /
     InnerProducts (truncated SVD) from WEIGHTS (Kim et al. 2015; the paper's GoogLeNet-Tucker, and
     Slim-Tucker when MODEL is a slim net).
@@ -72,7 +76,8 @@ def tucker_command(model, weights, ranks, ratio, macs, time_budget, layer_cost, 
                   inputs=[str(resolve(model)), weights, train_val])
     with progress_bar(len(tucker_api.candidates(m, names)), "decomposing", "layer") as bar:
         out = tucker_api.tucker(m, fixed, ratio, only=names, progress=bar, measure=verify.output_errors,
-                               macs=macs, time=time_budget, layer_cost=layer_cost, **kwargs)
+                               macs=macs, time=time_budget, layer_cost=layer_cost, rank_floor=rank_floor,
+                               **kwargs)
     show_warnings([w for w in out.result.warnings if w not in m.warnings])
     written = slim_api.write(out, outdir, force=force)
     if as_json:

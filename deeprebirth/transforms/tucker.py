@@ -35,6 +35,7 @@ class TuckerOutput(slim_api.SlimOutput):
     macs_fraction: float | None = None   # --macs: the budget the ranks were allocated under
     time_fraction: float | None = None   # --time: the same, of predicted time
     layer_cost: int | None = None        # --time: one layer's fixed cost in MACs
+    rank_floor: float | None = None      # --macs/--time: no kept rank under this fraction of a mode (0: none)
     after_training: list[str] = field(default_factory=list)   # exact rules to run once it is trained
     budget: tuple[int, int] | None = None   # --macs/--time: the decomposable layers' cost before, after
 
@@ -53,6 +54,7 @@ class TuckerOutput(slim_api.SlimOutput):
             "macs_fraction": self.macs_fraction,
             "time_fraction": self.time_fraction,
             "layer_cost_macs": self.layer_cost,
+            "rank_floor": self.rank_floor,
             "budget_cost": None if self.budget is None else {"before": self.budget[0], "after": self.budget[1]},
             "initialised_from_decomposition": [n for d in self.layers for n in d["new_layers"]],
             "after_training": self.after_training,
@@ -68,17 +70,22 @@ def _rule(ranks, ratio, only=None) -> TuckerRule:
 def tucker(model: Model, ranks: tuple[int, int] | None = None, ratio: float | None = None,
            only: list[str] | None = None, progress: Callable[[int], None] | None = None,
            measure: Callable | None = None, macs: float | None = None, time: float | None = None,
-           layer_cost: int = rank_budget.LAYER_COST, **slim_kwargs) -> TuckerOutput:
+           layer_cost: int = rank_budget.LAYER_COST, rank_floor: float | None = None,
+           **slim_kwargs) -> TuckerOutput:
     """Decompose ``model``'s convolutions and InnerProducts (all, or the layers named in ``only``).
     ``progress(1)`` is called after each candidate layer is decided, planned or refused
     (``len(candidates(...))`` calls, by the runner). ``measure`` runs the check nets (``check_nets``) and returns each layer's output error
     (runtime.verify.output_errors does so in pycaffe). ``macs`` F: instead of ranks or a ratio, the
     layers share one budget of F times their MACs (rank_budget.py); ``time`` F: of their predicted
-    time, each layer counted as ``layer_cost`` MACs more. ``slim_kwargs`` go to slim.slim
+    time, each layer counted as ``layer_cost`` MACs more; with either, no kept rank of a mode of n
+    channels under max(4, ``rank_floor`` n) (default ``rank_budget.RANK_FLOOR``; 0: no floor). ``slim_kwargs`` go to slim.slim
     (train_val, train_val_source, data_layer, inputs)."""
     if sum(x is not None for x in (ranks or None, ratio, macs, time)) > 1:
         raise RebirthError("give fixed ranks, a ratio, a MAC budget (--macs) or a time budget (--time), "
                            "not two of them")
+    if rank_floor is not None and macs is None and time is None:
+        raise RebirthError("--rank-floor counts only with a budget (--macs F or --time F); give both")
+    floor = rank_budget.RANK_FLOOR if rank_floor is None else rank_floor
     rule = _rule(ranks, ratio)
     if model.weights is None:
         raise RebirthError(f"{model.source}: no weights: the decomposition starts from the trained weights")
@@ -98,11 +105,12 @@ def tucker(model: Model, ranks: tuple[int, int] | None = None, ratio: float | No
     budget = None
     for fraction, cost, flag in ((macs, 0, "--macs"), (time, layer_cost, "--time")):
         if fraction is not None:     # at most one of them (checked above)
-            ranks_of, budget = rank_budget.budget_ranks(model, fraction, only, cost, flag)
+            ranks_of, budget = rank_budget.budget_ranks(model, fraction, only, cost, flag, floor)
             rule = rule.with_options(layer_ranks=ranks_of)
     out = _decompose(model, [rule], rule, only, measure, progress=progress, **slim_kwargs)
     out.macs_fraction, out.time_fraction = macs, time
     out.layer_cost = layer_cost if time is not None else None
+    out.rank_floor = floor if budget is not None else None
     out.budget = budget
     return out
 

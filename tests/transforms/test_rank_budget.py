@@ -160,3 +160,55 @@ def test_layers_left_whole_say_why():
     assert before == after > 0
     with pytest.raises(RebirthError, match="nothing to decompose.*predicted faster"):
         tucker_api.tucker(m, time=0.5, layer_cost=10**9, data_layer="DummyData")
+
+
+def test_rank_floor_is_a_fraction_of_the_mode_but_never_below_four():
+    assert [rb.rank_floor(n, 1 / 8) for n in (2, 4, 16, 40, 64, 256)] == [2, 4, 4, 5, 8, 32]
+    assert rb.rank_floor(64, 0) == 0 and rb.rank_floor(64, 0.25) == 16
+
+
+def test_rank_floor_drops_the_candidates_below_it():
+    rng = np.random.default_rng(3)
+    W = rng.normal(size=(64, 48, 3, 3))
+    plain = rb.tucker_options("x", rb.Geometry("tucker2", W, 64, 64), one_sided=True)
+    floored = rb.tucker_options("x", rb.Geometry("tucker2", W, 64, 64), one_sided=True, floor=1 / 8)
+    assert min(r["R4"] for r in plain.ranks) == 1 and min(r["R3"] for r in plain.ranks) == 1
+    assert min(r["R4"] for r in floored.ranks) == 8 and min(r["R3"] for r in floored.ranks) == 6
+    assert all(r in plain.ranks for r in floored.ranks) and len(floored.ranks) < len(plain.ranks)
+    svd = rb.svd_options("y", rb.Geometry("svd", rng.normal(size=(40, 24)), 5, 5), floor=1 / 8)
+    assert svd.ranks[0] == {"r": 4}                     # max(4, 24 // 8 = 3)
+
+
+def test_the_floor_stops_a_tight_budget_and_says_why_a_layer_stays_whole():
+    """Under a budget only rank 1 could meet, the floor keeps every rank >= 4, so the budget is not
+    reached; a layer with no cheaper rank at or above the floor is left whole with that reason."""
+    m = low_rank_model()
+    plain, (before, after) = rb.budget_ranks(m, 0.05, floor=0)
+    floored, (before_f, after_f) = rb.budget_ranks(m, 0.05, floor=1 / 8)
+    assert before == before_f and after_f > after
+    kept = [v for v in floored.values() if isinstance(v, dict)]
+    assert kept and all(min(x for k, x in v.items() if k in ("r", "R3", "R4")) >= 4 for v in kept)
+    assert any(isinstance(v, dict) and min(x for k, x in v.items() if k in ("r", "R3", "R4")) < 4
+               for v in plain.values())
+    whole = rb.budget_ranks(m, 0.05, floor=0.99)[0]
+    assert all(isinstance(whole[n], str) and "rank floor" in whole[n] for n in ("c1", "c2"))
+
+
+def test_cli_rank_floor_needs_a_budget_and_is_reported(tmp_path):
+    m = random_model(LOW_RANK)
+    (tmp_path / "m.prototxt").write_text(LOW_RANK)
+    from deeprebirth.caffe import netio
+    netio.write_weights(netio.with_weights(m.net, low_rank_model().weights), tmp_path / "m.caffemodel")
+    args = [tmp_path / "m.prototxt", tmp_path / "m.caffemodel", "--data-layer", "dummy"]
+    res = rebirth("tucker", *args, "--rank-floor", 0.25, "-o", tmp_path / "a")
+    assert res.exit_code == 1 and "--rank-floor counts only with a budget" in error_line(res)
+    assert not (tmp_path / "a").exists()
+    res = rebirth("tucker", *args, "--macs", 0.05, "-o", tmp_path / "b", "--json")
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)["tucker"]
+    assert doc["rank_floor"] == rb.RANK_FLOOR
+    assert all(min(v for k, v in d["ranks"].items()) >= 4 for d in doc["layers"])
+    res = rebirth("tucker", *args, "--macs", 0.05, "--rank-floor", 0, "-o", tmp_path / "c")
+    assert res.exit_code == 0 and "rank floor" not in res.output
+    res = rebirth("tucker", *args, "--macs", 0.05, "-o", tmp_path / "d")
+    assert "rank floor 0.125" in res.output and "--rank-floor 0 goes lower" in res.output

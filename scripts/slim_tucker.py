@@ -1,0 +1,108 @@
+"""Slim-Tucker from a finished Slim net, by the `rebirth` commands a user runs: the Table 3 row
+Slim-Tucker (README, "Slim-Tucker with a rank floor").
+
+    OPENBLAS_NUM_THREADS=1 .venv/bin/python scripts/slim_tucker.py out/slim_tucker_0.5 --time 0.5
+
+runs, in OUT (each step skipped when its record is there, so a stopped run goes on where it was):
+
+1. ``rebirth tucker SLIM/deploy.prototxt SLIM/weights.caffemodel --time T [--rank-floor F]``
+   (``tucker/``): the Slim net decomposed under a time budget, new layers from the decomposition;
+2. ``rebirth relearn tucker --images TRAIN`` (``relearn/``): each decomposed layer re-learned
+   against the Slim net's feature map at its output, relearn's defaults, no labels;
+3. ``rebirth slim ... --rules merge_concat_1x1`` (``merged/``): each inception's branch-end 1x1
+   convolutions merged into one after its Concat (exact, block-diagonal weights; fewer layers);
+4. ``rebirth finetune merged --distill --with-labels --teacher TEACHER --iters N --val VAL``
+   (``distill/``): the whole net trained against the teacher's logits and the labels, finetune's
+   defaults otherwise (it keeps the best weights on VAL within the validation noise);
+5. ``rebirth eval`` of those weights on the test images (read once, at the end).
+
+OUT/slim_tucker.json gets each step's seconds and the top-1 figures. The Slim net (default
+``models/fmnist_googlenet_slim``, Table 3's labelled Slim row) and the teacher (default
+``models/fmnist_googlenet``) are any pair a user has: a folder with deploy.prototxt,
+weights.caffemodel and train_val.prototxt, and a deploy/weights pair.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def rebirth(cmd: list[str], record: Path | None) -> dict:
+    """`rebirth CMD --json` -> its JSON; skipped (the JSON read back from ``record``) when
+    ``record`` exists. Progress goes to stderr as the command prints it."""
+    if record is not None and record.exists():
+        return json.loads(record.read_text())
+    print("+ rebirth " + " ".join(cmd), file=sys.stderr, flush=True)
+    proc = subprocess.run([sys.executable, "-m", "deeprebirth.cli", *cmd, "--json"], stdout=subprocess.PIPE, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"rebirth {cmd[0]} failed (exit {proc.returncode}); its message is above")
+    return json.loads(proc.stdout)
+
+
+def commands(out: Path, args) -> list[tuple[str, list[str], Path | None]]:
+    """(step, rebirth command, the record that marks it done) of the chain, in order: pure, so the
+    chain is tested without running it."""
+    slim, tk, rel, mer, dis = args.slim, out / "tucker", out / "relearn", out / "merged", out / "distill"
+    floor = [] if args.rank_floor is None else ["--rank-floor", f"{args.rank_floor:g}"]
+    teacher = [str(args.teacher[0]), "--teacher-weights", str(args.teacher[1])]
+    return [
+        ("tucker", ["tucker", str(slim / "deploy.prototxt"), str(slim / "weights.caffemodel"), "--time",
+                    f"{args.time:g}", *floor, "--train-val", str(slim / "train_val.prototxt"), "-o", str(tk)],
+         tk / "report.json"),
+        ("relearn", ["relearn", str(tk), "--images", args.train, "-o", str(rel)], rel / "relearn.json"),
+        ("merge", ["slim", str(tk / "deploy.prototxt"), "-w", str(rel / "weights.caffemodel"), "--train-val",
+                   str(tk / "train_val.prototxt"), "--rules", "merge_concat_1x1", "-o", str(mer)],
+         mer / "report.json"),
+        ("distill", ["finetune", str(mer), "--weights", str(mer / "init.caffemodel"), "--distill", "--with-labels",
+                     "--teacher", *teacher, "--iters", str(args.iters), "--train", args.train, "--val", args.val,
+                     "-o", str(dis)], dis / "finetune.json"),
+        ("test", ["eval", str(mer / "deploy.prototxt"), "-w", str(dis / "weights.caffemodel"), "--train-val",
+                  str(mer / "train_val.prototxt"), "--data", args.test], None),
+    ]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("out", type=Path, help="work folder (made; a stopped run resumes in it)")
+    ap.add_argument("--slim", type=Path, default=ROOT / "models" / "fmnist_googlenet_slim",
+                    help="the Slim net's folder: deploy.prototxt, weights.caffemodel, train_val.prototxt")
+    ap.add_argument("--teacher", nargs=2, type=Path, metavar=("DEPLOY", "WEIGHTS"),
+                    default=[ROOT / "models" / "fmnist_googlenet.prototxt",
+                             ROOT / "models" / "fmnist_googlenet.caffemodel"])
+    ap.add_argument("--time", type=float, default=0.5, help="`rebirth tucker --time` budget")
+    ap.add_argument("--rank-floor", type=float, default=None, help="`rebirth tucker --rank-floor` (default: tucker's)")
+    ap.add_argument("--iters", type=int, default=24000, help="iterations of the distillation with labels")
+    ap.add_argument("--train", default="fashion-mnist:train[:58000]", help="training images (SOURCE)")
+    ap.add_argument("--val", default="fashion-mnist:train[58000:]", help="held-out images that pick the weights")
+    ap.add_argument("--test", default="fashion-mnist:test", help="the images of the final top-1")
+    args = ap.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    done = args.out / "slim_tucker.json"
+    doc = json.loads(done.read_text()) if done.exists() else {"steps": {}}
+    for step, cmd, record in commands(args.out, args):
+        if step in doc["steps"]:
+            continue
+        t0 = time.time()
+        got = rebirth(cmd, record)
+        doc["steps"][step] = {"command": "rebirth " + " ".join(cmd), "seconds": round(time.time() - t0, 1)}
+        if step == "tucker":
+            doc["steps"][step]["budget_cost"] = got["tucker"]["budget_cost"]
+        elif step == "distill":
+            doc["steps"][step]["best"] = got.get("best")
+        elif step == "test":
+            doc["steps"][step].update(top1=got["top1"], top5=got["top5"], images=got["images"])
+        done.write_text(json.dumps(doc, indent=2))
+    test = doc["steps"]["test"]
+    print(f"Slim-Tucker (--time {args.time:g}): top-1 {100 * test['top1']:.2f}% on {test['images']} test images; "
+          f"{done}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
