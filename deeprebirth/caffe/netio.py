@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
@@ -669,6 +670,24 @@ def claim_dir(outdir: str | os.PathLike, names: Iterable[str], inputs: Iterable 
     if read_marker(out) is None:
         record_files(out, [])
     return out
+
+
+@contextlib.contextmanager
+def claimed_dir(outdir: str | os.PathLike, names: Iterable[str], inputs: Iterable = (), force: bool = False):
+    """``claim_dir`` for the body of a command: when the body fails (an error, Ctrl-C) and the
+    folder claim_dir made holds nothing but its marker, the folder is removed again, so a refused
+    run leaves no trace. A folder that existed before, or holds anything else, stays as it is."""
+    existed = Path(outdir).exists()
+    out = claim_dir(outdir, names, inputs, force)
+    try:
+        yield out
+    except BaseException:
+        if not existed:
+            with contextlib.suppress(OSError):
+                if [p.name for p in out.iterdir()] == [MARKER]:
+                    (out / MARKER).unlink()
+                    out.rmdir()
+        raise
 
 
 def _check_inputs_outside_files(out: Path, names: list[str], inputs: list[Path]) -> None:

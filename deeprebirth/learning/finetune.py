@@ -478,49 +478,49 @@ def finetune(slim_dir, train: data.Source, val: data.Source | None = None, *, it
     if teacher is not None and not distill:
         raise RebirthError("--teacher names the model --distill learns from: it needs --distill")
     st = _setup(slim_dir, train, val, batch, resume, weights, outdir, distill, with_labels, teacher, teacher_weights)
-    netio.claim_dir(st.outdir, OUTPUT_FILES, [p for p in (st.start_weights, st.resume) if p], force)
-    if log is not None:
-        for note in st.notes:
-            log(f"note: {note}")
-    sparam = make_solver_param(st.sd, st.outdir, iters, base_lr, stepsize)
-    safe_defaults(st, sparam, seed, base_lr_given=base_lr is not None, schedule=schedule)
-    if val is None and _trained_start(st):
-        st.notes.append("without --val, weights.caffemodel holds the last iteration's weights: a run's first "
-                        "hundred iterations can cost points it wins back later, so pass --val to keep the best")
-    interval = test_interval if test_interval is not None else int(st.sd.solver.test_interval or 0)
-    snap_every = snapshot if snapshot is not None else int(st.sd.solver.snapshot or 0)
-    started = time.perf_counter()
-    first_lr = sparam.base_lr
-    with _Interrupt() as stop:
-        for attempt in range(DIVERGENCE_ATTEMPTS):
-            solver = _start_solver(st, sparam, resume)
-            start = int(solver.iter)
-            history = _previous_history(st.outdir, start) if resume is not None else []
-            validate = _Validator(st, val, val_limit, val_batch, sparam, history, started, log, first=start)
-            try:
-                snapshots = _train(st, solver, train, sparam, validate, interval, snap_every, seed, progress, stop)
-                max_iter = int(solver.iter) if stop.signal else int(sparam.max_iter)
-                if not stop.signal and (validate.losses or not history or history[-1]["iteration"] != max_iter):
-                    validate(max_iter)     # may find the run back at chance (a collapse): in the try
-                break
-            except Diverged as bad:
-                if attempt == DIVERGENCE_ATTEMPTS - 1:
-                    how = f"collapsed ({bad.collapse})" if bad.collapse else "diverged"
-                    raise RebirthError(f"the loss diverged at base_lr {first_lr:g} and at {DIVERGENCE_ATTEMPTS - 1} "
-                                       f"lower rates (last: {how} at iteration {bad.it}, loss {bad.loss:.4g} at "
-                                       f"base_lr {sparam.base_lr:g}); lower --base-lr") from None
-                _restart_note(st, sparam, bad, log)
-    if start < max_iter or not (st.outdir / f"{SNAPSHOT_PREFIX}_iter_{max_iter}.solverstate").exists():
-        solver.snapshot()
-        snapshots.append(_snapshot_name(st.outdir, max_iter))
-    result = _record(st, train, val, distill, sparam, start, history, snapshots, started, with_labels)
-    if stop.signal:
-        result["interrupted"] = {"signal": stop.signal, "iteration": max_iter}
-    result["best"] = validate.best_record(max_iter, st.notes)
-    _write_outputs(st, solver, result, validate.best_weights(max_iter))
-    netio.record_files(st.outdir, [*OUTPUT_FILES, *(Path(p).name for p in snapshots),
-                                   *(Path(p).name.replace(".solverstate", ".caffemodel") for p in snapshots)])
-    return result
+    with netio.claimed_dir(st.outdir, OUTPUT_FILES, [p for p in (st.start_weights, st.resume) if p], force):
+        if log is not None:
+            for note in st.notes:
+                log(f"note: {note}")
+        sparam = make_solver_param(st.sd, st.outdir, iters, base_lr, stepsize)
+        safe_defaults(st, sparam, seed, base_lr_given=base_lr is not None, schedule=schedule)
+        if val is None and _trained_start(st):
+            st.notes.append("without --val, weights.caffemodel holds the last iteration's weights: a run's first "
+                            "hundred iterations can cost points it wins back later, so pass --val to keep the best")
+        interval = test_interval if test_interval is not None else int(st.sd.solver.test_interval or 0)
+        snap_every = snapshot if snapshot is not None else int(st.sd.solver.snapshot or 0)
+        started = time.perf_counter()
+        first_lr = sparam.base_lr
+        with _Interrupt() as stop:
+            for attempt in range(DIVERGENCE_ATTEMPTS):
+                solver = _start_solver(st, sparam, resume)
+                start = int(solver.iter)
+                history = _previous_history(st.outdir, start) if resume is not None else []
+                validate = _Validator(st, val, val_limit, val_batch, sparam, history, started, log, first=start)
+                try:
+                    snapshots = _train(st, solver, train, sparam, validate, interval, snap_every, seed, progress, stop)
+                    max_iter = int(solver.iter) if stop.signal else int(sparam.max_iter)
+                    if not stop.signal and (validate.losses or not history or history[-1]["iteration"] != max_iter):
+                        validate(max_iter)     # may find the run back at chance (a collapse): in the try
+                    break
+                except Diverged as bad:
+                    if attempt == DIVERGENCE_ATTEMPTS - 1:
+                        how = f"collapsed ({bad.collapse})" if bad.collapse else "diverged"
+                        raise RebirthError(f"the loss diverged at base_lr {first_lr:g} and at {DIVERGENCE_ATTEMPTS - 1} "
+                                           f"lower rates (last: {how} at iteration {bad.it}, loss {bad.loss:.4g} at "
+                                           f"base_lr {sparam.base_lr:g}); lower --base-lr") from None
+                    _restart_note(st, sparam, bad, log)
+        if start < max_iter or not (st.outdir / f"{SNAPSHOT_PREFIX}_iter_{max_iter}.solverstate").exists():
+            solver.snapshot()
+            snapshots.append(_snapshot_name(st.outdir, max_iter))
+        result = _record(st, train, val, distill, sparam, start, history, snapshots, started, with_labels)
+        if stop.signal:
+            result["interrupted"] = {"signal": stop.signal, "iteration": max_iter}
+        result["best"] = validate.best_record(max_iter, st.notes)
+        _write_outputs(st, solver, result, validate.best_weights(max_iter))
+        netio.record_files(st.outdir, [*OUTPUT_FILES, *(Path(p).name for p in snapshots),
+                                       *(Path(p).name.replace(".solverstate", ".caffemodel") for p in snapshots)])
+        return result
 
 
 class _Interrupt:

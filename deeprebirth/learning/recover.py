@@ -51,19 +51,19 @@ def recover(slim_dir: str | os.PathLike, images: str, val: str | None = None,
     out = Path(outdir) if outdir is not None else sd.path / "recovered"
     # OUTDIR is ours before any work, with its relearn/ sub-folder listed in the marker, so the
     # distillation step that writes beside it finds nothing foreign there.
-    netio.claim_dir(out, ["relearn", "recover.json", *ft.OUTPUT_FILES], [sd.path / "deploy.prototxt"])
-    netio.record_files(out, ["relearn", "recover.json"])
-    relearned = rl.relearn_dir(sd.path, images, out / "relearn", options=relearn_options,
-                               progress=_unit_ticks(progress))
-    interval = test_interval if test_interval is not None else max(1, iters // 5)
-    tuned = ft.finetune(sd, train, val_source, iters=iters, batch=batch, base_lr=base_lr, test_interval=interval,
-                        weights=str(out / "relearn" / "weights.caffemodel"), outdir=out, distill=True,
-                        val_limit=val_limit, seed=seed, progress=progress, log=log)
-    doc = {"slim_dir": str(sd.path), "images": train.name, "val": val_source.name if val_source else None,
-           "labels_read": False, "relearn": relearned, "finetune": tuned,
-           "weights": str(out / "weights.caffemodel")}
-    netio.atomic_write(out / "recover.json", json.dumps(doc, indent=2) + "\n")
-    return doc
+    with netio.claimed_dir(out, ["relearn", "recover.json", *ft.OUTPUT_FILES], [sd.path / "deploy.prototxt"]):
+        netio.record_files(out, ["relearn", "recover.json"])
+        relearned = rl.relearn_dir(sd.path, images, out / "relearn", options=relearn_options,
+                                   progress=_unit_ticks(progress))
+        interval = test_interval if test_interval is not None else max(1, iters // 5)
+        tuned = ft.finetune(sd, train, val_source, iters=iters, batch=batch, base_lr=base_lr, test_interval=interval,
+                            weights=str(out / "relearn" / "weights.caffemodel"), outdir=out, distill=True,
+                            val_limit=val_limit, seed=seed, progress=progress, log=log)
+        doc = {"slim_dir": str(sd.path), "images": train.name, "val": val_source.name if val_source else None,
+               "labels_read": False, "relearn": relearned, "finetune": tuned,
+               "weights": str(out / "weights.caffemodel")}
+        netio.atomic_write(out / "recover.json", json.dumps(doc, indent=2) + "\n")
+        return doc
 
 
 def _unit_ticks(progress):

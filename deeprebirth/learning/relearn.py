@@ -557,36 +557,36 @@ def relearn_dir(slim_dir: str | os.PathLike, source_spec: str, outdir: str | os.
     if not units:
         raise RebirthError(f"{slim_dir}: the slim net has no regenerated layers: nothing to re-learn")
     inputs = [deploy_path, start, t_deploy, t_weights]
-    out = netio.claim_dir(Path(outdir) if outdir else slim_dir, OUTPUT_FILES, inputs, force)
-    pre = preprocess_for(slim_dir, deploy, train_val)
-    source = data.open_source(source_spec)
-    train, held = load_images(source, pre, opt.train_images, opt.heldout_images, opt.seed)
-    if 0 < len(train) < opt.batch:   # fewer images than a batch (a small SOURCE or --count): one batch of all
-        opt = dataclasses.replace(opt, batch=len(train))
-    t0 = time.perf_counter()
-    new_weights, results = relearn(deploy, arrays, teacher_model.net, teacher_model.weights, units,
-                                   train, held, opt, progress)
-    doc = {
-        "slim_dir": str(slim_dir), "teacher": {"deploy": str(t_deploy), "weights": str(t_weights)},
-        "start_weights": str(start), "source": source.name, "preprocess": pre.describe(),
-        "train_images": len(train), "heldout_images": len(held), "options": {
-            k: v for k, v in opt.__dict__.items()}, "seconds": round(time.perf_counter() - t0, 1),
-        "units": [r.as_dict() for r in results],
-    }
-    full = pb.NetParameter()
-    full.CopyFrom(deploy)
-    for layer in start_net.layer:
-        if layer.name in spare:
-            extra = full.layer.add()
-            extra.CopyFrom(layer)
-            extra.ClearField("blobs")
-    merged = dict(new_weights)
-    merged.update(spare)
-    w_path = netio.write_weights(netio.with_weights(full, merged), out / "weights.caffemodel", inputs)
-    j_path = netio.atomic_write(out / "relearn.json", json.dumps(doc, indent=2) + "\n", inputs)
-    netio.record_files(out, OUTPUT_FILES)
-    doc["files"] = [str(w_path), str(j_path)]
-    return doc
+    with netio.claimed_dir(Path(outdir) if outdir else slim_dir, OUTPUT_FILES, inputs, force) as out:
+        pre = preprocess_for(slim_dir, deploy, train_val)
+        source = data.open_source(source_spec)
+        train, held = load_images(source, pre, opt.train_images, opt.heldout_images, opt.seed)
+        if 0 < len(train) < opt.batch:   # fewer images than a batch (a small SOURCE or --count): one batch of all
+            opt = dataclasses.replace(opt, batch=len(train))
+        t0 = time.perf_counter()
+        new_weights, results = relearn(deploy, arrays, teacher_model.net, teacher_model.weights, units,
+                                       train, held, opt, progress)
+        doc = {
+            "slim_dir": str(slim_dir), "teacher": {"deploy": str(t_deploy), "weights": str(t_weights)},
+            "start_weights": str(start), "source": source.name, "preprocess": pre.describe(),
+            "train_images": len(train), "heldout_images": len(held), "options": {
+                k: v for k, v in opt.__dict__.items()}, "seconds": round(time.perf_counter() - t0, 1),
+            "units": [r.as_dict() for r in results],
+        }
+        full = pb.NetParameter()
+        full.CopyFrom(deploy)
+        for layer in start_net.layer:
+            if layer.name in spare:
+                extra = full.layer.add()
+                extra.CopyFrom(layer)
+                extra.ClearField("blobs")
+        merged = dict(new_weights)
+        merged.update(spare)
+        w_path = netio.write_weights(netio.with_weights(full, merged), out / "weights.caffemodel", inputs)
+        j_path = netio.atomic_write(out / "relearn.json", json.dumps(doc, indent=2) + "\n", inputs)
+        netio.record_files(out, OUTPUT_FILES)
+        doc["files"] = [str(w_path), str(j_path)]
+        return doc
 
 
 def relearn_command(slim_dir, source_spec, outdir=None, weights=None, teacher=None, teacher_weights=None,

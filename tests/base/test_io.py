@@ -203,3 +203,27 @@ def test_text_format_parse_of_every_input_form(tmp_path):
         net = netio.read_net(_write(tmp_path, f"{name}.prototxt", text))
         assert Graph(net).shapes["r"] == (1, 3, 4, 4), name
         assert text_format.MessageToString(net)
+
+
+def test_claimed_dir_removes_the_folder_it_made_when_the_work_fails(tmp_path):
+    from deeprebirth.caffe import netio as nio
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeError):
+        with nio.claimed_dir(out, ["weights.caffemodel"]):
+            assert (out / nio.MARKER).exists()
+            raise RuntimeError("refused")
+    assert not out.exists()
+    with pytest.raises(RuntimeError):          # something written: the folder and its files stay
+        with nio.claimed_dir(out, ["weights.caffemodel"]):
+            (out / "weights.caffemodel").write_bytes(b"x")
+            raise RuntimeError("failed late")
+    assert (out / "weights.caffemodel").exists()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    with pytest.raises(RuntimeError):          # a folder that was there before is left alone
+        with nio.claimed_dir(mine, ["weights.caffemodel"]):
+            raise RuntimeError("refused")
+    assert mine.is_dir()
+    with nio.claimed_dir(tmp_path / "ok", ["weights.caffemodel"]) as got:
+        (got / "weights.caffemodel").write_bytes(b"x")
+    assert (tmp_path / "ok" / "weights.caffemodel").exists()

@@ -441,4 +441,9 @@ def test_a_net_dead_for_every_image_is_refused_before_training(slimmed, tmp_path
                           "--iters", 4, "-o", out))
     assert "the net gives every --val image the same output" in line and "dead ReLUs" in line, line
     assert f"'{first}'" in line or "is zero for every image" in line
-    assert not (out / "weights.caffemodel").exists() and not (out / "finetune.json").exists()
+    assert not out.exists()         # the folder it made for the run is gone again
+    kept = tmp_path / "kept"
+    kept.mkdir()                    # a folder that was there before stays, empty as it was
+    error_line(run("finetune", d / "slim", "--train", d / "train", "--val", d / "val", "--weights", dead,
+                   "--iters", 4, "-o", kept))
+    assert kept.is_dir() and [p.name for p in kept.iterdir()] in ([], [".rebirth"])

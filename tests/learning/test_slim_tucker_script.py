@@ -1,0 +1,68 @@
+"""scripts/slim_tucker.py: the Slim-Tucker chain (tucker -> relearn -> merge -> distil with labels
+-> eval) as the `rebirth` commands a user runs, resumable step by step."""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from deeprebirth.cli import main as cli_main
+from helpers import ROOT
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("slim_tucker", ROOT / "scripts" / "slim_tucker.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_every_command_of_the_chain_is_one_rebirth_accepts(tmp_path):
+    """Each step is a real `rebirth` command line: click parses it (no unknown flag, no missing
+    argument), and each step reads what the one before it writes."""
+    mod = _script()
+    args = argparse.Namespace(slim=ROOT / "models" / "fmnist_googlenet_slim", rank_floor=0.0625, time=0.5,
+                              teacher=[ROOT / "models" / "fmnist_googlenet.prototxt",
+                                       ROOT / "models" / "fmnist_googlenet.caffemodel"],
+                              iters=30, train="fashion-mnist:train[:100]", val="fashion-mnist:train[100:132]",
+                              test="fashion-mnist:test[:50]")
+    steps = mod.commands(tmp_path, args)
+    assert [s for s, _, _ in steps] == ["tucker", "relearn", "merge", "distill", "test"]
+    for step, cmd, _ in steps:
+        sub = cli_main.commands[cmd[0]]
+        sub.make_context(cmd[0], cmd[1:] + ["--json"])          # raises on a flag rebirth does not have
+    tucker, relearn, merge, distill, test = (c for _, c, _ in steps)
+    assert tucker[tucker.index("--rank-floor") + 1] == "0.0625" and tucker[tucker.index("--time") + 1] == "0.5"
+    assert relearn[1] == tucker[tucker.index("-o") + 1]
+    assert merge[merge.index("-w") + 1] == str(tmp_path / "relearn" / "weights.caffemodel")
+    assert distill[1] == merge[merge.index("-o") + 1] and "--with-labels" in distill
+    assert test[test.index("-w") + 1] == str(tmp_path / "distill" / "weights.caffemodel")
+    args.rank_floor = None
+    assert "--rank-floor" not in mod.commands(tmp_path, args)[0][1]      # tucker's own default
+
+
+@pytest.mark.slow
+@pytest.mark.caffe
+def test_the_chain_runs_and_resumes(caffe, tmp_path):
+    """A few images and iterations through the real commands: a top-1 on the test images, every
+    step timed; a second run finds every step done and runs none."""
+    out = tmp_path / "st"
+    cmd = [sys.executable, str(ROOT / "scripts" / "slim_tucker.py"), str(out), "--iters", "4",
+           "--train", "fashion-mnist:train[:300]", "--val", "fashion-mnist:train[300:332]",
+           "--test", "fashion-mnist:test[:64]"]
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads((out / "slim_tucker.json").read_text())
+    steps = doc["steps"]
+    assert list(steps) == ["tucker", "relearn", "merge", "distill", "test"]
+    assert steps["test"]["images"] == 64 and 0.0 <= steps["test"]["top1"] <= 1.0
+    cost = steps["tucker"]["budget_cost"]
+    assert cost["after"] < cost["before"]
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+    assert again.returncode == 0 and "+ rebirth" not in again.stderr
