@@ -369,6 +369,10 @@ def relearn_summary(doc: dict) -> list[str]:
     for r in rows:
         lines.append("  " + "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
     lines += grouped_notes([(u["name"], note) for u in doc["units"] for note in u["notes"]])
+    if doc.get("input_blind"):
+        lines.append(f"warning: the re-learned net gives every held-out image the same output: {doc['input_blind']}; "
+                     "fine-tuning cannot start from it: relearn the units below that blob again (more --iters or "
+                     "--count), or start from a gentler decomposition")
     if doc.get("files"):
         lines.append("wrote " + ", ".join(doc["files"]))
     return lines

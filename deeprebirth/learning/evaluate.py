@@ -104,6 +104,31 @@ class Runner:
         return any(self.output in layer.top and layer.type == "Softmax" for layer in self.model.net.layer)
 
 
+def input_blind(logits: np.ndarray) -> bool:
+    """Whether every image got the same logits (two images or more): no logit differs between
+    images by more than 1e-6 of the logits' size. The net's output then does not depend on its
+    input; e.g. a blob whose ReLUs are dead for every image cuts the path, and no training step
+    reaches the layers below it (their gradient is zero), so training cannot mend it."""
+    z = np.asarray(logits, dtype=np.float64).reshape(len(logits), -1)
+    return len(z) >= 2 and float(np.ptp(z, axis=0).max()) <= 1e-6 * max(float(np.abs(z).max()), 1e-30)
+
+
+def dead_blob(blobs: dict) -> str | None:
+    """The first blob, in the net's order, that is zero for every image (after a forward pass),
+    else None."""
+    return next((name for name, b in blobs.items() if b.data.size and not np.any(b.data)), None)
+
+
+def blind_to_input(runner: "Runner", x: np.ndarray) -> str | None:
+    """None when ``runner``'s net tells the images ``x`` apart; else why not: the first blob that is
+    zero for every image ("blob 'NAME' is zero for every image (dead ReLUs)"), or a plain
+    statement when no blob is all zero."""
+    if not input_blind(runner.logits_of(x)):
+        return None
+    blob = dead_blob(runner.caffe_net.net.blobs)
+    return f"blob '{blob}' is zero for every image (dead ReLUs)" if blob else "its output does not depend on its input"
+
+
 def log_softmax(z: np.ndarray) -> np.ndarray:
     z = np.asarray(z, dtype=np.float64)
     z = z - z.max(axis=1, keepdims=True)

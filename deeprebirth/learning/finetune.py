@@ -42,6 +42,7 @@ import numpy as np
 from deeprebirth import __version__
 from deeprebirth.learning import sources as data
 from deeprebirth.learning import evaluate as ev
+from deeprebirth.learning.evaluate import dead_blob, input_blind  # noqa: F401 (ft.input_blind)
 from deeprebirth.caffe import netio
 from deeprebirth.caffe.folders import SlimDir, read_slim_dir
 from deeprebirth.learning import preprocess
@@ -364,21 +365,6 @@ def collapsed(spreads: list[float]) -> bool:
             and max(spreads[-COLLAPSE_WINDOW:]) <= COLLAPSE_SPREAD)
 
 
-def input_blind(logits: np.ndarray) -> bool:
-    """Whether every image got the same logits (two images or more): no logit differs between
-    images by more than 1e-6 of the logits' size. The net's output then does not depend on its
-    input; e.g. a blob whose ReLUs are dead for every image cuts the path, and no training step
-    reaches the layers below it (their gradient is zero), so training cannot mend it."""
-    z = np.asarray(logits, dtype=np.float64).reshape(len(logits), -1)
-    return len(z) >= 2 and float(np.ptp(z, axis=0).max()) <= 1e-6 * max(float(np.abs(z).max()), 1e-30)
-
-
-def dead_blob(blobs: dict) -> str | None:
-    """The first blob, in the net's order, that is zero for every image (after a forward pass),
-    else None."""
-    return next((name for name, b in blobs.items() if b.data.size and not np.any(b.data)), None)
-
-
 def lead_within_noise(best: float, last: float, images: int) -> float | None:
     """The standard error of an accuracy ``best`` measured on ``images`` images, sqrt(p (1 - p) / n),
     when the best validated weights lead the last ones by no more than it (so the pick may be the
@@ -585,15 +571,14 @@ def _setup(slim_dir, train, val, batch, resume, weights, outdir, distill, with_l
         if (c, h, w) != (tn.pre.channels, *tn.pre.out_size):
             raise RebirthError(f"the teacher {t_deploy} takes {c}x{h}x{w} images, the slim net "
                                f"{tn.pre.channels}x{tn.pre.out_size[0]}x{tn.pre.out_size[1]}")
-    val_runner = val_pre = None
-    if val is not None:
-        val_runner = ev.Runner.build(load_model(sd.path / "deploy.prototxt"))
-        val_pre = preprocess.from_layer(preprocess.data_layer(sd.train_val, pb.TEST), val_runner.input_shape,
-                                        base_dir=sd.path, default=True)
-        ev.check_fits(val_runner, val_pre)
-        if val_runner.caffe_net.net.blobs[val_runner.output].data.reshape(
-                val_runner.input_shape[0], -1).shape[1] != tn.classes:
-            raise RebirthError(f"{sd.path / 'deploy.prototxt'}: the output has a different size from the logits")
+    # the deploy net also without --val: the start is checked on training images then (input_blind)
+    val_runner = ev.Runner.build(load_model(sd.path / "deploy.prototxt"))
+    val_pre = preprocess.from_layer(preprocess.data_layer(sd.train_val, pb.TEST), val_runner.input_shape,
+                                    base_dir=sd.path, default=True)
+    ev.check_fits(val_runner, val_pre)
+    if val_runner.caffe_net.net.blobs[val_runner.output].data.reshape(
+            val_runner.input_shape[0], -1).shape[1] != tn.classes:
+        raise RebirthError(f"{sd.path / 'deploy.prototxt'}: the output has a different size from the logits")
     given = {"model": str(teacher_spec), "weights": str(teacher_weights) if teacher_weights else None} \
         if teacher_spec else None
     return _Setup(sd, outdir, tn, start_weights, resume, teacher, val_runner, val_pre, notes, restore=restore,
@@ -639,16 +624,25 @@ class _Validator:
         self._check_chance(entry)
         return entry
 
-    def _check_input_blind(self, runner) -> None:
-        """A RebirthError when the start weights give every validation image the same logits
-        (input_blind): the run could not change that, so it does not start."""
-        x, _ = next(self.val.batches(self.st.val_pre, min(16, len(self.val)), limit=16))
+    def check_start(self, train: data.Source) -> None:
+        """Without --val: the start weights checked on 16 training images (``_check_input_blind``)."""
+        runner = self.st.val_runner
+        runner.caffe_net.set_weights({k: [b.data for b in v] for k, v in self.net.params.items()
+                                      if k in runner.caffe_net.net.params})
+        self._check_input_blind(runner, train, "training")
+
+    def _check_input_blind(self, runner, source=None, what: str = "--val") -> None:
+        """A RebirthError when the start weights give every image of ``source`` (the first 16 of
+        --val, or of the training images without it) the same logits (input_blind): the run could
+        not change that, so it does not start."""
+        source = self.val if source is None else source
+        x, _ = next(source.batches(self.st.val_pre, min(16, len(source)), limit=16))
         if input_blind(runner.logits_of(x)):
             blob = dead_blob(runner.caffe_net.net.blobs)
             why = (f"blob '{blob}' is zero for every image (dead ReLUs), and no training step reaches the layers "
                    "below it" if blob else "no training step would change that")
             start = self.st.start_weights or self.st.sd.init_weights
-            raise RebirthError(f"{start}: the net gives every --val image the same output: {why}. "
+            raise RebirthError(f"{start}: the net gives every {what} image the same output: {why}. "
                                "Start from other weights (relearn the units below that blob, or a gentler "
                                "decomposition)")
 
@@ -734,6 +728,8 @@ def _train(st: _Setup, solver, train: data.Source, sparam, validate: _Validator,
     spreads: list[float] = []          # logit_spread per iteration (collapse)
     if validate.val is not None and start < max_iter and not any(h["iteration"] == start for h in validate.history):
         validate(start)
+    elif validate.val is None and start < max_iter and not validate.history:   # a fresh run without --val
+        validate.check_start(train)
     for it in range(start, max_iter):
         if stop is not None and stop.signal:
             break

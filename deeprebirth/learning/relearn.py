@@ -573,6 +573,9 @@ def relearn_dir(slim_dir: str | os.PathLike, source_spec: str, outdir: str | os.
                 k: v for k, v in opt.__dict__.items()}, "seconds": round(time.perf_counter() - t0, 1),
             "units": [r.as_dict() for r in results],
         }
+        blind = output_blind(deploy, new_weights, held, deploy_path)
+        if blind:
+            doc["input_blind"] = blind
         full = pb.NetParameter()
         full.CopyFrom(deploy)
         for layer in start_net.layer:
@@ -587,6 +590,18 @@ def relearn_dir(slim_dir: str | os.PathLike, source_spec: str, outdir: str | os.
         netio.record_files(out, OUTPUT_FILES)
         doc["files"] = [str(w_path), str(j_path)]
         return doc
+
+
+def output_blind(deploy: "pb.NetParameter", weights: dict, held: np.ndarray, source) -> str | None:
+    """Why the relearned net gives its first 16 held-out images one and the same output
+    (evaluate.blind_to_input), or None when it tells them apart (or there are fewer than two).
+    Such a net cannot be fine-tuned (finetune refuses it): relearn says so at once."""
+    if len(held) < 2:
+        return None
+    from deeprebirth.caffe.model import Model  # noqa: PLC0415
+    from deeprebirth.learning import evaluate as ev  # noqa: PLC0415
+    runner = ev.Runner.build(Model(deploy, weights, source=str(source)))
+    return ev.blind_to_input(runner, held[:16])
 
 
 def relearn_command(slim_dir, source_spec, outdir=None, weights=None, teacher=None, teacher_weights=None,

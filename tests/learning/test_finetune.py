@@ -447,3 +447,7 @@ def test_a_net_dead_for_every_image_is_refused_before_training(slimmed, tmp_path
     error_line(run("finetune", d / "slim", "--train", d / "train", "--val", d / "val", "--weights", dead,
                    "--iters", 4, "-o", kept))
     assert kept.is_dir() and [p.name for p in kept.iterdir()] in ([], [".rebirth"])
+    line = error_line(run("finetune", d / "slim", "--train", d / "train", "--weights", dead, "--iters", 4,
+                          "-o", tmp_path / "noval"))       # without --val: 16 training images tell
+    assert "the net gives every training image the same output" in line, line
+    assert not (tmp_path / "noval").exists()

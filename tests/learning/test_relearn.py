@@ -207,6 +207,31 @@ def test_relearn_lowers_every_unit_error(caffe, tmp_path):
     assert [u["name"] for u in json.loads(res.stdout)["units"]] == ["i"]
 
 
+def test_a_relearned_net_blind_to_its_input_is_reported(caffe, tmp_path):
+    """Measured: a Slim-Tucker net relearned at `--time 0.5` gave every image the same output, and
+    the fine-tune that followed ran 100 min at chance. relearn now says so in its summary and in
+    relearn.json (the blob that is zero for every image), and a net that tells images apart says
+    nothing."""
+    proto, w = write_model(tmp_path, SMALL, "small", seed=4)
+    slim = tmp_path / "slim"
+    assert run("slim", proto, "--weights", w, "-o", slim, "--data-layer", "dummy").exit_code == 0
+    images = image_folder(tmp_path, n=40, size=32)
+    init = netio.read_weights(slim / "init.caffemodel")
+    arrays = netio.weights_of(init)
+    arrays["conv1"] = [np.zeros_like(arrays["conv1"][0]), np.full_like(arrays["conv1"][1], -1.0)]   # dead ReLUs
+    dead = tmp_path / "dead.caffemodel"
+    netio.write_weights(netio.with_weights(init, arrays), dead)
+    res = run("relearn", slim, "--images", images, "--count", 16, "--heldout", 8, "--iters", 0, "--only", "i",
+              "-w", dead, "-o", tmp_path / "d")
+    assert res.exit_code == 0, res.output
+    assert "warning: the re-learned net gives every held-out image the same output" in res.output
+    assert "blob 'norm1' is zero for every image" in res.output, res.output   # conv1's top in the slim net
+    assert "norm1" in json.loads((tmp_path / "d" / "relearn.json").read_text())["input_blind"]
+    res = run("relearn", slim, "--images", images, "--count", 16, "--heldout", 8, "--iters", 0, "-o", tmp_path / "ok")
+    assert res.exit_code == 0 and "same output" not in res.output
+    assert "input_blind" not in json.loads((tmp_path / "ok" / "relearn.json").read_text())
+
+
 # ----------------------------------------------------------------------------------------------
 # errors
 
