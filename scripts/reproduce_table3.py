@@ -828,7 +828,7 @@ def stage_final(work: Path, args) -> dict | None:
 MODELS = ROOT / "models"
 
 
-def shipped_train_val(slim_train_val: Path, data_from: Path) -> str:
+def shipped_train_val(slim_train_val: Path, data_from: Path, made_by: str = "scripts/reproduce_table3.py") -> str:
     """The slim net's train_val with the data layers of the shipped teacher train_val (whose
     sources are relative and whose TEST layer is the preprocessing `rebirth eval` reads), in place
     of this run's layers (sources under WORK)."""
@@ -837,7 +837,7 @@ def shipped_train_val(slim_train_val: Path, data_from: Path) -> str:
     net = pb.NetParameter(name=netio.read_net(slim_train_val).name)
     net.layer.extend(data + body)
     return trainfiles.render_net(net, [f"{slim_train_val.parent.name}: the slim body, data layers of {data_from.name} "
-                                        "(scripts/reproduce_table3.py --ship)"])
+                                        f"({made_by} --ship)"])
 
 
 SHIP_RULES = {"pool_into_fc": "its global average pooling is folded into the classifier",
@@ -863,14 +863,15 @@ def fold_head(deploy: Path, weights: Path, train_val_text: str) -> tuple[dict[st
 
 
 def ship_folder(name: str, deploy: Path, weights: Path, train_val_text: str, row: dict, how: str,
-                bench: tuple[Path, Path, int] | None = None) -> Path:
+                bench: tuple[Path, Path, int] | None = None, made_by: str = "scripts/reproduce_table3.py") -> Path:
     """models/NAME/ with deploy.prototxt, weights.caffemodel, train_val.prototxt and README.md,
-    written in a temporary folder and renamed over the previous one (ours: it has README.md
-    naming this script). The global pooling is folded into the classifier first (``fold_head``,
+    written in a temporary folder and renamed over the previous one (ours: its README.md says it
+    was made by this script or by ``made_by``, another of ours). The global pooling is folded into the classifier first (``fold_head``,
     exact); ``bench`` (teacher deploy, teacher weights, runs) times the shipped net against it."""
     dest = MODELS / name
     readme = dest / "README.md"
-    if dest.exists() and not (readme.exists() and "reproduce_table3.py" in readme.read_text(errors="replace")):
+    ours = ("Made by `scripts/reproduce_table3.py`", f"Made by `{made_by}`")
+    if dest.exists() and not (readme.exists() and any(m in readme.read_text(errors="replace") for m in ours)):
         raise SystemExit(f"{dest} exists and was not written by this script: left alone")
     tmp = MODELS / f".{name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -894,7 +895,7 @@ def ship_folder(name: str, deploy: Path, weights: Path, train_val_text: str, row
         row = dict(row, **latency(bench[0], bench[1], tmp / "deploy.prototxt", tmp / "weights.caffemodel", bench[2]))
     top = row["relearn_finetune"]
     (tmp / "README.md").write_text(
-        f"# {name}\n\n{how}\n\nMade by `scripts/reproduce_table3.py` (row {row['step']}: {row['slim']}).\n\n"
+        f"# {name}\n\n{how}\n\nMade by `{made_by}` (row {row['step']}: {row['slim']}).\n\n"
         f"* top-1 {100 * top['top1']:.2f} %, top-5 {100 * top['top5']:.2f} % on the {top['n']:,} Fashion-MNIST test images\n"
         + (f"* {row['best_ratio']:.2f}x faster than its teacher at batch 1 (best runs; {row['median_ratio']:.2f}x medians"
            + (f", {row['paired_ratio']:.2f}x the median of run-by-run ratios" if "paired_ratio" in row else "")

@@ -20,6 +20,11 @@ OUT/slim_tucker.json gets each step's seconds and the top-1 figures. The Slim ne
 ``models/fmnist_googlenet_slim``, Table 3's labelled Slim row) and the teacher (default
 ``models/fmnist_googlenet``) are any pair a user has: a folder with deploy.prototxt,
 weights.caffemodel and train_val.prototxt, and a deploy/weights pair.
+
+``--ship`` then writes the result as ``models/fmnist_googlenet_slim_tucker/`` (deploy, weights, the
+train_val with the shipped teacher's data layers, README.md with the test top-1 and a speed-up
+timed against the teacher when it is shipped), through reproduce_table3.py's ``ship_folder``: into
+a temporary folder renamed over the old one, and only over a folder one of our scripts made.
 """
 from __future__ import annotations
 
@@ -67,6 +72,37 @@ def commands(out: Path, args) -> list[tuple[str, list[str], Path | None]]:
     ]
 
 
+def table3_script():
+    """scripts/reproduce_table3.py as a module (its ship_folder and shipped_train_val)."""
+    import importlib.util  # noqa: PLC0415
+    spec = importlib.util.spec_from_file_location("reproduce_table3", ROOT / "scripts" / "reproduce_table3.py")
+    rt = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rt)
+    return rt
+
+
+def ship(out: Path, args, doc: dict, runs: int, rt=None) -> Path:
+    """models/fmnist_googlenet_slim_tucker/ (under ``rt.MODELS``) from OUT's merged net and
+    distilled weights."""
+    rt = rt or table3_script()
+    merged, test = out / "merged", doc["steps"]["test"]
+    floor = json.loads((out / "tucker" / "report.json").read_text())["tucker"]["rank_floor"]
+    row = {"step": args.row, "relearn_finetune": {"top1": test["top1"], "top5": test["top5"], "n": test["images"]},
+           "slim": f"`rebirth tucker --time {args.time:g}` (rank floor {floor:g}) of {args.slim.name}, relearned, "
+                   f"merged, then {args.iters:,} iterations of distillation with labels against the teacher"}
+    how = ("GoogLeNet-Slim-Tucker: the Slim net (its global average pooling already folded into the classifier "
+           "by `rebirth slim`'s default rule `pool_into_fc`, exact), decomposed (`rebirth tucker --time`, with "
+           "a rank floor), relearned against that Slim net (`rebirth relearn`, no labels), each inception's "
+           "branch-end 1x1 convolutions merged into one after its Concat (rule `merge_concat_1x1`, exact), then "
+           "distilled with labels against the teacher (`rebirth finetune --distill --with-labels --teacher`).")
+    made_by = "scripts/slim_tucker.py"
+    return rt.ship_folder("fmnist_googlenet_slim_tucker", merged / "deploy.prototxt",
+                          out / "distill" / "weights.caffemodel",
+                          rt.shipped_train_val(merged / "train_val.prototxt",
+                                               ROOT / "models" / "fmnist_googlenet_train_val.prototxt", made_by),
+                          row, how, (args.teacher[0], args.teacher[1], runs), made_by=made_by)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("out", type=Path, help="work folder (made; a stopped run resumes in it)")
@@ -81,6 +117,11 @@ def main(argv=None) -> int:
     ap.add_argument("--train", default="fashion-mnist:train[:58000]", help="training images (SOURCE)")
     ap.add_argument("--val", default="fashion-mnist:train[58000:]", help="held-out images that pick the weights")
     ap.add_argument("--test", default="fashion-mnist:test", help="the images of the final top-1")
+    ap.add_argument("--ship", action="store_true",
+                    help="then write the result as models/fmnist_googlenet_slim_tucker/ (README: the test top-1, a "
+                         "speed-up timed against the teacher)")
+    ap.add_argument("--row", default="T5", help="with --ship: the row's name in Table 3")
+    ap.add_argument("--bench-runs", type=int, default=100, help="with --ship: interleaved timed runs")
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     done = args.out / "slim_tucker.json"
@@ -92,7 +133,7 @@ def main(argv=None) -> int:
         got = rebirth(cmd, record)
         doc["steps"][step] = {"command": "rebirth " + " ".join(cmd), "seconds": round(time.time() - t0, 1)}
         if step == "tucker":
-            doc["steps"][step]["budget_cost"] = got["tucker"]["budget_cost"]
+            doc["steps"][step].update(budget_cost=got["tucker"]["budget_cost"], rank_floor=got["tucker"]["rank_floor"])
         elif step == "distill":
             doc["steps"][step]["best"] = got.get("best")
         elif step == "test":
@@ -101,6 +142,8 @@ def main(argv=None) -> int:
     test = doc["steps"]["test"]
     print(f"Slim-Tucker (--time {args.time:g}): top-1 {100 * test['top1']:.2f}% on {test['images']} test images; "
           f"{done}")
+    if args.ship:
+        print(f"shipped {ship(args.out, args, doc, args.bench_runs)}")
     return 0
 
 

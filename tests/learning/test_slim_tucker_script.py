@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from deeprebirth.cli import main as cli_main
-from helpers import ROOT
+from helpers import ROOT, run
 
 
 def _script():
@@ -66,3 +66,21 @@ def test_the_chain_runs_and_resumes(caffe, tmp_path):
     assert cost["after"] < cost["before"]
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
     assert again.returncode == 0 and "+ rebirth" not in again.stderr
+    # --ship: a models/ folder with a README the shipped-model tests read (into a scratch models/)
+    mod = _script()
+    rt = mod.table3_script()
+    rt.MODELS = tmp_path / "models"
+    rt.MODELS.mkdir()
+    args = mod.main.__globals__["argparse"].Namespace(
+        row="T5", time=0.5, slim=ROOT / "models" / "fmnist_googlenet_slim", iters=4,
+        teacher=[ROOT / "models" / "fmnist_googlenet.prototxt", ROOT / "models" / "fmnist_googlenet.caffemodel"])
+    shipped = mod.ship(out, args, doc, runs=2, rt=rt)
+    assert {p.name for p in shipped.iterdir()} == {"deploy.prototxt", "weights.caffemodel", "train_val.prototxt",
+                                                   "README.md"}
+    readme = (shipped / "README.md").read_text()
+    assert f"top-1 {100 * steps['test']['top1']:.2f} %" in readme and "pool_into_fc" in readme
+    assert "Made by `scripts/slim_tucker.py`" in readme and "faster than its teacher" in readme
+    assert str(tmp_path) not in (shipped / "train_val.prototxt").read_text()
+    assert str(tmp_path) not in (shipped / "deploy.prototxt").read_text()
+    res = run("eval", shipped, "--data", "fashion-mnist:test[:20]", "--json")     # a MODEL for `rebirth eval`
+    assert res.exit_code == 0 and json.loads(res.stdout)["images"] == 20, res.output
