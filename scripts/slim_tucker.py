@@ -14,7 +14,9 @@ runs, in OUT (each step skipped when its record is there, so a stopped run goes 
 4. ``rebirth finetune merged --distill --with-labels --teacher TEACHER --iters N --val VAL``
    (``distill/``): the whole net trained against the teacher's logits and the labels, finetune's
    defaults otherwise (it keeps the best weights on VAL within the validation noise);
-5. ``rebirth eval`` of those weights on the test images (read once, at the end).
+5. ``rebirth eval`` of those weights on the test images (read once, at the end);
+6. with ``--longer N``, step 4 resumed from its last snapshot to N iterations (``distill_long/``),
+   and its weights read on the test images.
 
 OUT/slim_tucker.json gets each step's seconds and the top-1 figures. The Slim net (default
 ``models/fmnist_googlenet_slim``, Table 3's labelled Slim row) and the teacher (default
@@ -69,6 +71,24 @@ def commands(out: Path, args) -> list[tuple[str, list[str], Path | None]]:
                      "-o", str(dis)], dis / "finetune.json"),
         ("test", ["eval", str(mer / "deploy.prototxt"), "-w", str(dis / "weights.caffemodel"), "--train-val",
                   str(mer / "train_val.prototxt"), "--data", args.test], None),
+    ] + (longer_commands(out, args) if args.longer else [])
+
+
+def longer_commands(out: Path, args) -> list[tuple[str, list[str], Path | None]]:
+    """``--longer N``: the distillation resumed from its last snapshot to N iterations, as the
+    run's own `resume with:` line says (its batch and rate; Caffe's schedule is computed from the
+    new max_iter, so the rate restarts and is annealed to 0 again), into ``distill_long/``; then
+    the test images read again. Batch and rate come from distill/finetune.json once it exists."""
+    mer, dis, lng = out / "merged", out / "distill", out / "distill_long"
+    ran = json.loads((dis / "finetune.json").read_text()) if (dis / "finetune.json").exists() else {}
+    resume = ["-b", str(ran["batch"]), "--base-lr", f"{ran['base_lr']:.6g}"] if ran else []
+    return [
+        ("distill_long", ["finetune", str(mer), "--resume", str(dis / f"finetune_iter_{args.iters}.solverstate"),
+                          "--distill", "--with-labels", "--teacher", str(args.teacher[0]), "--teacher-weights",
+                          str(args.teacher[1]), *resume, "--iters", str(args.longer), "--train", args.train,
+                          "--val", args.val, "-o", str(lng)], lng / "finetune.json"),
+        ("test_long", ["eval", str(mer / "deploy.prototxt"), "-w", str(lng / "weights.caffemodel"), "--train-val",
+                       str(mer / "train_val.prototxt"), "--data", args.test], None),
     ]
 
 
@@ -85,11 +105,13 @@ def ship(out: Path, args, doc: dict, runs: int, rt=None) -> Path:
     """models/fmnist_googlenet_slim_tucker/ (under ``rt.MODELS``) from OUT's merged net and
     distilled weights."""
     rt = rt or table3_script()
-    merged, test = out / "merged", doc["steps"]["test"]
+    last = "test_long" if args.longer else "test"
+    merged, test = out / "merged", doc["steps"][last]
     floor = json.loads((out / "tucker" / "report.json").read_text())["tucker"]["rank_floor"]
     row = {"step": args.row, "relearn_finetune": {"top1": test["top1"], "top5": test["top5"], "n": test["images"]},
            "slim": f"`rebirth tucker --time {args.time:g}` (rank floor {floor:g}) of {args.slim.name}, relearned, "
-                   f"merged, then {args.iters:,} iterations of distillation with labels against the teacher"}
+                   f"merged, then {args.iters:,} iterations of distillation with labels against the teacher"
+                   + (f", resumed to {args.longer:,}" if args.longer else "")}
     how = ("GoogLeNet-Slim-Tucker: the Slim net (its global average pooling already folded into the classifier "
            "by `rebirth slim`'s default rule `pool_into_fc`, exact), decomposed (`rebirth tucker --time`, with "
            "a rank floor), relearned against that Slim net (`rebirth relearn`, no labels), each inception's "
@@ -97,7 +119,7 @@ def ship(out: Path, args, doc: dict, runs: int, rt=None) -> Path:
            "distilled with labels against the teacher (`rebirth finetune --distill --with-labels --teacher`).")
     made_by = "scripts/slim_tucker.py"
     return rt.ship_folder("fmnist_googlenet_slim_tucker", merged / "deploy.prototxt",
-                          out / "distill" / "weights.caffemodel",
+                          out / ("distill_long" if args.longer else "distill") / "weights.caffemodel",
                           rt.shipped_train_val(merged / "train_val.prototxt",
                                                ROOT / "models" / "fmnist_googlenet_train_val.prototxt", made_by),
                           row, how, (args.teacher[0], args.teacher[1], runs), made_by=made_by)
@@ -114,6 +136,8 @@ def main(argv=None) -> int:
     ap.add_argument("--time", type=float, default=0.5, help="`rebirth tucker --time` budget")
     ap.add_argument("--rank-floor", type=float, default=None, help="`rebirth tucker --rank-floor` (default: tucker's)")
     ap.add_argument("--iters", type=int, default=24000, help="iterations of the distillation with labels")
+    ap.add_argument("--longer", type=int, default=0, metavar="N",
+                    help="then resume the distillation from its last snapshot to N iterations (distill_long/)")
     ap.add_argument("--train", default="fashion-mnist:train[:58000]", help="training images (SOURCE)")
     ap.add_argument("--val", default="fashion-mnist:train[58000:]", help="held-out images that pick the weights")
     ap.add_argument("--test", default="fashion-mnist:test", help="the images of the final top-1")
@@ -126,7 +150,8 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     done = args.out / "slim_tucker.json"
     doc = json.loads(done.read_text()) if done.exists() else {"steps": {}}
-    for step, cmd, record in commands(args.out, args):
+    for k in range(len(commands(args.out, args))):
+        step, cmd, record = commands(args.out, args)[k]     # made again: a later step reads an earlier one's record
         if step in doc["steps"]:
             continue
         t0 = time.time()
@@ -134,12 +159,12 @@ def main(argv=None) -> int:
         doc["steps"][step] = {"command": "rebirth " + " ".join(cmd), "seconds": round(time.time() - t0, 1)}
         if step == "tucker":
             doc["steps"][step].update(budget_cost=got["tucker"]["budget_cost"], rank_floor=got["tucker"]["rank_floor"])
-        elif step == "distill":
+        elif step in ("distill", "distill_long"):
             doc["steps"][step]["best"] = got.get("best")
-        elif step == "test":
+        elif step in ("test", "test_long"):
             doc["steps"][step].update(top1=got["top1"], top5=got["top5"], images=got["images"])
         done.write_text(json.dumps(doc, indent=2))
-    test = doc["steps"]["test"]
+    test = doc["steps"]["test_long" if args.longer else "test"]
     print(f"Slim-Tucker (--time {args.time:g}): top-1 {100 * test['top1']:.2f}% on {test['images']} test images; "
           f"{done}")
     if args.ship:

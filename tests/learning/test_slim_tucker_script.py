@@ -30,7 +30,7 @@ def test_every_command_of_the_chain_is_one_rebirth_accepts(tmp_path):
                               teacher=[ROOT / "models" / "fmnist_googlenet.prototxt",
                                        ROOT / "models" / "fmnist_googlenet.caffemodel"],
                               iters=30, train="fashion-mnist:train[:100]", val="fashion-mnist:train[100:132]",
-                              test="fashion-mnist:test[:50]")
+                              test="fashion-mnist:test[:50]", longer=0)
     steps = mod.commands(tmp_path, args)
     assert [s for s, _, _ in steps] == ["tucker", "relearn", "merge", "distill", "test"]
     for step, cmd, _ in steps:
@@ -44,6 +44,16 @@ def test_every_command_of_the_chain_is_one_rebirth_accepts(tmp_path):
     assert test[test.index("-w") + 1] == str(tmp_path / "distill" / "weights.caffemodel")
     args.rank_floor = None
     assert "--rank-floor" not in mod.commands(tmp_path, args)[0][1]      # tucker's own default
+    args.longer = 60          # resumed from the first run's last snapshot, with its batch and rate
+    (tmp_path / "distill").mkdir()
+    (tmp_path / "distill" / "finetune.json").write_text(json.dumps({"batch": 32, "base_lr": 0.01}))
+    steps = mod.commands(tmp_path, args)
+    assert [s for s, _, _ in steps][-2:] == ["distill_long", "test_long"]
+    resume = steps[-2][1]
+    cli_main.commands["finetune"].make_context("finetune", resume[1:] + ["--json"])
+    assert resume[resume.index("--resume") + 1] == str(tmp_path / "distill" / "finetune_iter_30.solverstate")
+    assert resume[resume.index("-b") + 1] == "32" and resume[resume.index("--base-lr") + 1] == "0.01"
+    assert steps[-1][1][steps[-1][1].index("-w") + 1] == str(tmp_path / "distill_long" / "weights.caffemodel")
 
 
 @pytest.mark.slow
@@ -72,7 +82,7 @@ def test_the_chain_runs_and_resumes(caffe, tmp_path):
     rt.MODELS = tmp_path / "models"
     rt.MODELS.mkdir()
     args = mod.main.__globals__["argparse"].Namespace(
-        row="T5", time=0.5, slim=ROOT / "models" / "fmnist_googlenet_slim", iters=4,
+        row="T5", time=0.5, longer=0, slim=ROOT / "models" / "fmnist_googlenet_slim", iters=4,
         teacher=[ROOT / "models" / "fmnist_googlenet.prototxt", ROOT / "models" / "fmnist_googlenet.caffemodel"])
     shipped = mod.ship(out, args, doc, runs=2, rt=rt)
     assert {p.name for p in shipped.iterdir()} == {"deploy.prototxt", "weights.caffemodel", "train_val.prototxt",
