@@ -4,9 +4,9 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 
-.PHONY: install venv package caffe proto models test test-fast clean rebirth-time device-check device-ncnn
+.PHONY: install venv package caffe proto models test test-fast clean rebirth-time ncnn-host device-check device-ncnn
 
-install: venv package caffe proto rebirth-time
+install: venv package caffe proto rebirth-time ncnn-host
 
 venv: $(PY)
 $(PY):
@@ -26,6 +26,11 @@ proto: package
 # the tests (about 20 s; rebuilt only when device/ changes).
 rebirth-time: caffe
 	JOBS=$${JOBS:-$$(nproc)} scripts/build_rebirth_time.sh $(PY)
+
+# rebirth-time-ncnn for this machine (ncnn static from its PyPI sdist: about 6 min on 2 cores, then
+# cached outside the work tree), which the slow tests of tests/runtime/test_ncnn_device.py run.
+ncnn-host: package
+	JOBS=$${JOBS:-$$(nproc)} scripts/build_device.sh --host --engine ncnn
 
 # Cross-build rebirth-time from source for aarch64 and run it under qemu-user on a slimmed
 # GoogLeNet: too slow for every CI run (see README: On-device timing).

@@ -576,20 +576,25 @@ def relearn_dir(slim_dir: str | os.PathLike, source_spec: str, outdir: str | os.
         blind = output_blind(deploy, new_weights, held, deploy_path)
         if blind:
             doc["input_blind"] = blind
-        full = pb.NetParameter()
-        full.CopyFrom(deploy)
-        for layer in start_net.layer:
-            if layer.name in spare:
-                extra = full.layer.add()
-                extra.CopyFrom(layer)
-                extra.ClearField("blobs")
-        merged = dict(new_weights)
-        merged.update(spare)
-        w_path = netio.write_weights(netio.with_weights(full, merged), out / "weights.caffemodel", inputs)
+        w_path = netio.write_weights(with_spare(deploy, new_weights, start_net, spare), out / "weights.caffemodel",
+                                     inputs)
         j_path = netio.atomic_write(out / "relearn.json", json.dumps(doc, indent=2) + "\n", inputs)
         netio.record_files(out, OUTPUT_FILES)
         doc["files"] = [str(w_path), str(j_path)]
         return doc
+
+
+def with_spare(deploy: "pb.NetParameter", weights: dict, start_net: "pb.NetParameter", spare: dict):
+    """The deploy net with ``weights``, plus the layers of the start caffemodel that the deploy
+    net lacks (``spare``: a train_val's auxiliary heads), kept as they were."""
+    full = pb.NetParameter()
+    full.CopyFrom(deploy)
+    for layer in start_net.layer:
+        if layer.name in spare:
+            extra = full.layer.add()
+            extra.CopyFrom(layer)
+            extra.ClearField("blobs")
+    return netio.with_weights(full, {**weights, **spare})
 
 
 def output_blind(deploy: "pb.NetParameter", weights: dict, held: np.ndarray, source) -> str | None:
