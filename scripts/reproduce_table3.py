@@ -879,8 +879,7 @@ def ship_folder(name: str, deploy: Path, weights: Path, train_val_text: str, row
     got = fold_head(deploy, weights, train_val_text)
     if got is None:      # no path of the run in a shipped file: the header names the table's net
         header = re.compile(r"^(# Slimmed by .*? from ).*$", re.M)
-        (tmp / "deploy.prototxt").write_text(header.sub(r"\1the table's net (scripts/reproduce_table3.py)",
-                                                        deploy.read_text()))
+        (tmp / "deploy.prototxt").write_text(header.sub(rf"\1the table's net ({made_by})", deploy.read_text()))
         shutil.copyfile(weights, tmp / "weights.caffemodel")
         (tmp / "train_val.prototxt").write_text(train_val_text)
     else:
