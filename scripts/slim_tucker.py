@@ -147,6 +147,10 @@ def main(argv=None) -> int:
     ap.add_argument("--row", default="T5", help="with --ship: the row's name in Table 3")
     ap.add_argument("--bench-runs", type=int, default=100, help="with --ship: interleaved timed runs")
     args = ap.parse_args(argv)
+    for need in [args.slim / n for n in ("deploy.prototxt", "weights.caffemodel", "train_val.prototxt")] + args.teacher:
+        if not need.is_file():
+            raise SystemExit(f"{need}: no such file (--slim: a folder with deploy.prototxt, weights.caffemodel and "
+                             "train_val.prototxt; --teacher: DEPLOY WEIGHTS)")
     args.out.mkdir(parents=True, exist_ok=True)
     done = args.out / "slim_tucker.json"
     doc = json.loads(done.read_text()) if done.exists() else {"steps": {}}
