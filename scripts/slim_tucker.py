@@ -38,6 +38,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+MADE_BY = "scripts/slim_tucker.py"
+sys.path.insert(0, str(ROOT))
+
+from deeprebirth.caffe import netio  # noqa: E402
 
 
 def rebirth(cmd: list[str], record: Path | None) -> dict:
@@ -92,6 +96,20 @@ def longer_commands(out: Path, args) -> list[tuple[str, list[str], Path | None]]
     ]
 
 
+def read_record(done: Path) -> dict:
+    """OUT/slim_tucker.json as this script left it (the steps done), or a new one; a file of that
+    name that this script did not write stops the run, untouched."""
+    if not done.exists():
+        return {"made_by": MADE_BY, "steps": {}}
+    try:
+        doc = json.loads(done.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        doc = None
+    if not isinstance(doc, dict) or doc.get("made_by") != MADE_BY or not isinstance(doc.get("steps"), dict):
+        raise SystemExit(f"{done}: not written by {MADE_BY}; left alone (choose another OUT folder)")
+    return doc
+
+
 def table3_script():
     """scripts/reproduce_table3.py as a module (its ship_folder and shipped_train_val)."""
     import importlib.util  # noqa: PLC0415
@@ -117,7 +135,7 @@ def ship(out: Path, args, doc: dict, runs: int, rt=None) -> Path:
            "a rank floor), relearned against that Slim net (`rebirth relearn`, no labels), each inception's "
            "branch-end 1x1 convolutions merged into one after its Concat (rule `merge_concat_1x1`, exact), then "
            "distilled with labels against the teacher (`rebirth finetune --distill --with-labels --teacher`).")
-    made_by = "scripts/slim_tucker.py"
+    made_by = MADE_BY
     return rt.ship_folder("fmnist_googlenet_slim_tucker", merged / "deploy.prototxt",
                           out / ("distill_long" if args.longer else "distill") / "weights.caffemodel",
                           rt.shipped_train_val(merged / "train_val.prototxt",
@@ -153,7 +171,7 @@ def main(argv=None) -> int:
                              "train_val.prototxt; --teacher: DEPLOY WEIGHTS)")
     args.out.mkdir(parents=True, exist_ok=True)
     done = args.out / "slim_tucker.json"
-    doc = json.loads(done.read_text()) if done.exists() else {"steps": {}}
+    doc = read_record(done)
     for k in range(len(commands(args.out, args))):
         step, cmd, record = commands(args.out, args)[k]     # made again: a later step reads an earlier one's record
         if step in doc["steps"]:
@@ -167,7 +185,7 @@ def main(argv=None) -> int:
             doc["steps"][step]["best"] = got.get("best")
         elif step in ("test", "test_long"):
             doc["steps"][step].update(top1=got["top1"], top5=got["top5"], images=got["images"])
-        done.write_text(json.dumps(doc, indent=2))
+        netio.atomic_write(done, json.dumps(doc, indent=2) + "\n")
     test = doc["steps"]["test_long" if args.longer else "test"]
     print(f"Slim-Tucker (--time {args.time:g}): top-1 {100 * test['top1']:.2f}% on {test['images']} test images; "
           f"{done}")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from deeprebirth.caffe.model import Model
 from deeprebirth.transforms import runner
+from deeprebirth.transforms.rank_budget import MIN_RANK
 from deeprebirth.transforms.rules.tucker import TuckerChange
 from deeprebirth.runtime.bench import top_layers
 from deeprebirth.runtime.plot import speed_words
@@ -195,7 +196,7 @@ def tucker_summary(out: TuckerOutput, written=None) -> str:
     asked = out.time_fraction if out.time_fraction is not None else out.macs_fraction
     if out.rank_floor and out.budget and asked is not None and out.budget[1] > asked * out.budget[0] * (1 + 1e-9):
         was, now = out.budget
-        lines.append(f"rank floor {out.rank_floor:g}: no rank below max(4, {out.rank_floor:g} of a mode's channels), so "
+        lines.append(f"rank floor {out.rank_floor:g}: no rank below max({MIN_RANK}, {out.rank_floor:g} of a mode's channels), so "
                      f"the budget stopped at {now / was:.2f} of the layers' cost, not {asked:g} (--rank-floor 0 goes "
                      "lower, into ranks a net may not relearn from)")
     fell = [d["layer"] for d in out.layers if d["rank_source"].startswith("vbmf 0")]

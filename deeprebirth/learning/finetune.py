@@ -42,7 +42,6 @@ import numpy as np
 from deeprebirth import __version__
 from deeprebirth.learning import sources as data
 from deeprebirth.learning import evaluate as ev
-from deeprebirth.learning.evaluate import dead_blob, input_blind  # noqa: F401 (ft.input_blind)
 from deeprebirth.caffe import netio
 from deeprebirth.caffe.folders import SlimDir, read_slim_dir
 from deeprebirth.learning import preprocess
@@ -606,9 +605,7 @@ class _Validator:
                  "lr": _lr(self.sparam, it), "seconds": round(time.perf_counter() - self.started, 2)}
         self.losses.clear()
         if self.val is not None:
-            runner = self.st.val_runner
-            runner.caffe_net.set_weights({k: [b.data for b in v] for k, v in self.net.params.items()
-                                          if k in runner.caffe_net.net.params})
+            runner = self._runner_now()
             if it == self.first and not self.history[self.first_record:]:
                 self._check_input_blind(runner)
             res = ev.run_evaluation(runner, self.val, self.st.val_pre, batch=self.val_batch, teacher=self.st.teacher,
@@ -624,27 +621,29 @@ class _Validator:
         self._check_chance(entry)
         return entry
 
-    def check_start(self, train: data.Source) -> None:
-        """Without --val: the start weights checked on 16 training images (``_check_input_blind``)."""
+    def _runner_now(self):
+        """The deploy net (``val_runner``) holding the solver's weights as they are now."""
         runner = self.st.val_runner
         runner.caffe_net.set_weights({k: [b.data for b in v] for k, v in self.net.params.items()
                                       if k in runner.caffe_net.net.params})
-        self._check_input_blind(runner, train, "training")
+        return runner
+
+    def check_start(self, train: data.Source) -> None:
+        """Without --val: the start weights checked on 16 training images (``_check_input_blind``)."""
+        self._check_input_blind(self._runner_now(), train, "training")
 
     def _check_input_blind(self, runner, source=None, what: str = "--val") -> None:
         """A RebirthError when the start weights give every image of ``source`` (the first 16 of
-        --val, or of the training images without it) the same logits (input_blind): the run could
-        not change that, so it does not start."""
+        --val, or of the training images without it) the same logits (evaluate.blind_to_input):
+        the run could not change that, so it does not start."""
         source = self.val if source is None else source
         x, _ = next(source.batches(self.st.val_pre, min(16, len(source)), limit=16))
-        if input_blind(runner.logits_of(x)):
-            blob = dead_blob(runner.caffe_net.net.blobs)
-            why = (f"blob '{blob}' is zero for every image (dead ReLUs), and no training step reaches the layers "
-                   "below it" if blob else "no training step would change that")
+        why = ev.blind_to_input(runner, x)
+        if why:
             start = self.st.start_weights or self.st.sd.init_weights
-            raise RebirthError(f"{start}: the net gives every {what} image the same output: {why}. "
-                               "Start from other weights (relearn the units below that blob, or a gentler "
-                               "decomposition)")
+            raise RebirthError(f"{start}: the net gives every {what} image the same output: {why}, and no training "
+                               "step reaches the layers below it. Start from other weights (relearn the units below "
+                               "that blob, or a gentler decomposition)")
 
     def _check_chance(self, entry: dict) -> None:
         """Diverged(collapse=...) when this run's validation score is back at chance (back_to_chance)."""

@@ -9,6 +9,8 @@ import shlex
 import numpy as np
 import pytest
 
+from deeprebirth.learning import evaluate as ev
+
 from deeprebirth.caffe import netio
 from deeprebirth.cli import progress
 from deeprebirth.caffe.folders import read_slim_dir
@@ -417,12 +419,12 @@ def test_input_blind_logits_are_told_from_a_confident_net():
     whose logits differ per image, even a little or with one class dominant, is not."""
     from deeprebirth.learning import finetune as ft
     same = np.tile(np.array([[1.5, -0.2, 0.3]], np.float32), (8, 1))
-    assert ft.input_blind(same)
+    assert ev.input_blind(same)
     varied = same.copy()
     varied[3, 1] += 1e-3
-    assert not ft.input_blind(varied)
-    assert not ft.input_blind(same[:1])                  # one image tells nothing
-    assert ft.input_blind(np.zeros((4, 3)))
+    assert not ev.input_blind(varied)
+    assert not ev.input_blind(same[:1])                  # one image tells nothing
+    assert ev.input_blind(np.zeros((4, 3)))
 
 
 def test_a_net_dead_for_every_image_is_refused_before_training(slimmed, tmp_path):

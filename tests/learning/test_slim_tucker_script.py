@@ -56,6 +56,20 @@ def test_every_command_of_the_chain_is_one_rebirth_accepts(tmp_path):
     assert steps[-1][1][steps[-1][1].index("-w") + 1] == str(tmp_path / "distill_long" / "weights.caffemodel")
 
 
+def test_a_record_of_the_users_is_left_alone(tmp_path):
+    """OUT/slim_tucker.json that this script did not write: the run stops before any step, and the
+    file is as it was."""
+    mod = _script()
+    mine = tmp_path / "slim_tucker.json"
+    mine.write_text('{"mine": 1}')
+    with pytest.raises(SystemExit, match="not written by scripts/slim_tucker.py; left alone"):
+        mod.main([str(tmp_path)])
+    assert mine.read_text() == '{"mine": 1}' and [p.name for p in tmp_path.iterdir()] == ["slim_tucker.json"]
+    with pytest.raises(SystemExit, match="no such file"):
+        mod.main([str(tmp_path / "new"), "--slim", str(tmp_path / "nothing")])
+    assert not (tmp_path / "new").exists()
+
+
 @pytest.mark.slow
 @pytest.mark.caffe
 def test_the_chain_runs_and_resumes(caffe, tmp_path):
