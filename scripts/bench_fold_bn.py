@@ -27,7 +27,7 @@ from deeprebirth.caffe import netio  # noqa: E402
 from deeprebirth.runtime.pycaffe import CaffeNet, random_weights  # noqa: E402
 from deeprebirth.errors import RebirthError  # noqa: E402
 from deeprebirth.graph.dag import Graph  # noqa: E402
-from deeprebirth.caffe.model import Model, resolve  # noqa: E402
+from deeprebirth.graph.model import Model, resolve  # noqa: E402
 
 
 def build(model: str, weights: str | None, seed: int) -> Model:

@@ -18,7 +18,7 @@ sys.path.insert(0, str(ROOT))
 
 from deeprebirth.caffe import netio  # noqa: E402
 from deeprebirth.graph.dag import Graph  # noqa: E402
-from deeprebirth.caffe.model import resolve  # noqa: E402
+from deeprebirth.graph.model import resolve  # noqa: E402
 
 
 def main(target_mb: float = 100.0) -> None:

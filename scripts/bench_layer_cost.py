@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from deeprebirth.caffe import folders, netio  # noqa: E402
-from deeprebirth.caffe.model import resolve  # noqa: E402
+from deeprebirth.graph.model import resolve  # noqa: E402
 from deeprebirth.graph.dag import Graph  # noqa: E402
 
 TENSOR = ("Convolution", "InnerProduct")

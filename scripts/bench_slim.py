@@ -30,7 +30,7 @@ from deeprebirth.runtime.bench import set_batch  # noqa: E402
 from deeprebirth.transforms import slim as slim_api  # noqa: E402
 from deeprebirth.runtime.pycaffe import CaffeNet, random_weights  # noqa: E402
 from deeprebirth.graph.dag import Graph  # noqa: E402
-from deeprebirth.caffe.model import load_model  # noqa: E402
+from deeprebirth.graph.model import load_model  # noqa: E402
 
 TARGET_SPEEDUP, TARGET_MEMORY = 3.0, 2.5
 

@@ -49,7 +49,7 @@ from deeprebirth.transforms import tucker as tucker_api  # noqa: E402
 from deeprebirth.runtime.devices.cpu import CpuDevice  # noqa: E402
 from deeprebirth.runtime.pycaffe import random_weights  # noqa: E402
 from deeprebirth.graph.dag import Graph  # noqa: E402
-from deeprebirth.caffe.model import Model, load_model  # noqa: E402
+from deeprebirth.graph.model import Model, load_model  # noqa: E402
 from deeprebirth.transforms.rules.tucker import parse_ranks  # noqa: E402
 
 MB = 1024 * 1024

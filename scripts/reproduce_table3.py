@@ -209,7 +209,7 @@ def teacher_eval(work: Path, limit: int | None) -> dict:
 def evaluate_net(deploy, weights, work: Path, train_val, limit: int | None = None) -> dict:
     from deeprebirth.learning import sources as data
     from deeprebirth.learning import evaluate as ev  # noqa: PLC0415
-    from deeprebirth.caffe.model import load_model  # noqa: PLC0415
+    from deeprebirth.graph.model import load_model  # noqa: PLC0415
 
     model = load_model(deploy, weights)
     runner = ev.Runner.build(model)
@@ -254,7 +254,7 @@ def stage_steps(work: Path, args) -> list[dict]:
     from deeprebirth.learning import relearn as rl
     from deeprebirth.transforms import slim as slim_api
     from deeprebirth.learning import sources as data  # noqa: PLC0415
-    from deeprebirth.caffe.model import load_model  # noqa: PLC0415
+    from deeprebirth.graph.model import load_model  # noqa: PLC0415
 
     teacher_w = work / "teacher" / "teacher.caffemodel"
     tv_path = work / "teacher" / "train_val.prototxt"
@@ -849,7 +849,7 @@ def fold_head(deploy: Path, weights: Path, train_val_text: str) -> tuple[dict[st
     """The exact rules of ``SHIP_RULES`` on a finished net (the table's steps slim with --only, which
     leaves pool5 alone; a Tucker net ends its branches with 1x1 convolutions): its deploy.prototxt,
     init.caffemodel and train_val.prototxt, and the rules that changed it; None when none applies."""
-    from deeprebirth.caffe.model import load_model  # noqa: PLC0415
+    from deeprebirth.graph.model import load_model  # noqa: PLC0415
     from deeprebirth.transforms import slim as slim_api  # noqa: PLC0415
 
     model = load_model(deploy, weights)

@@ -41,7 +41,8 @@ ROOT = Path(__file__).resolve().parents[1]
 MADE_BY = "scripts/slim_tucker.py"
 sys.path.insert(0, str(ROOT))
 
-from deeprebirth.caffe import netio  # noqa: E402
+from deeprebirth import outputs  # noqa: E402
+
 
 
 def rebirth(cmd: list[str], record: Path | None) -> dict:
@@ -185,7 +186,7 @@ def main(argv=None) -> int:
             doc["steps"][step]["best"] = got.get("best")
         elif step in ("test", "test_long"):
             doc["steps"][step].update(top1=got["top1"], top5=got["top5"], images=got["images"])
-        netio.atomic_write(done, json.dumps(doc, indent=2) + "\n")
+        outputs.atomic_write(done, json.dumps(doc, indent=2) + "\n")
     test = doc["steps"]["test_long" if args.longer else "test"]
     print(f"Slim-Tucker (--time {args.time:g}): top-1 {100 * test['top1']:.2f}% on {test['images']} test images; "
           f"{done}")

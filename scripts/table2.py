@@ -45,7 +45,7 @@ from deeprebirth.caffe import proto as pb  # noqa: E402
 from deeprebirth.runtime.devices.cpu import CpuDevice  # noqa: E402
 from deeprebirth.runtime.pycaffe import random_weights  # noqa: E402
 from deeprebirth.graph.dag import DATA_TYPES, Graph, kind_of  # noqa: E402
-from deeprebirth.caffe.model import Model  # noqa: E402
+from deeprebirth.graph.model import Model  # noqa: E402
 
 # Table 2 of the paper: % of forward time in non-tensor layers.
 PAPER = {  # model: (Intel x86, Arm, Titan X)

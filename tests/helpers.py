@@ -17,7 +17,7 @@ from PIL import Image
 
 from deeprebirth.caffe import netio
 from deeprebirth.caffe import proto as pb
-from deeprebirth.caffe.model import Model
+from deeprebirth.graph.model import Model
 from deeprebirth.cli import main
 from deeprebirth.graph.dag import Graph
 from deeprebirth.runtime import pycaffe

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import click
 
+from deeprebirth import outputs
 from deeprebirth.cli import main, reports
-from deeprebirth.caffe import netio
 from deeprebirth.runtime import export, verify
 
 
@@ -28,8 +28,8 @@ def export_command(model, weights, fmt, outdir, do_verify, tolerance, seed, forc
     """Export MODEL (a deploy .prototxt, a built-in name, or a slim/tucker/relearn/finetune output
     folder) for another engine, at batch 1, all files or none."""
     fmt = fmt.lower()
-    netio.check_writable_dir(outdir)   # a bad OUTDIR fails before any work
-    netio.check_dir_is_ours(outdir, force)   # and so does one holding the user's files
+    outputs.check_writable_dir(outdir)   # a bad OUTDIR fails before any work
+    outputs.check_dir_is_ours(outdir, force)   # and so does one holding the user's files
     m = export.load(model, weights, seed=seed)
     files = export.export_isolated(m, fmt, batch=1)
     if "random_weights" in m.extras:
@@ -39,5 +39,5 @@ def export_command(model, weights, fmt, outdir, do_verify, tolerance, seed, forc
         check = verify.compare_export(m, fmt, files, seed=seed)
         click.echo(check.format(tolerance))
         verify.require(check, tolerance)
-    written = netio.write_dir(outdir, files, inputs=[m.source, m.weights_source], force=force)
+    written = outputs.write_dir(outdir, files, inputs=[m.source, m.weights_source], force=force)
     click.echo(reports.export_summary(m, fmt, written))

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import click
 
+from deeprebirth import outputs
 from deeprebirth.cli import reports
-from deeprebirth.caffe import netio
 from deeprebirth.transforms import fold
 from deeprebirth.runtime import verify
 from deeprebirth.cli import FILE, main, output_json, show_warnings
@@ -35,7 +35,7 @@ def fold_bn_command(model, weights, outdir, do_verify, tolerance, seed, allow_mi
     MODEL is a deploy .prototxt or a built-in name; WEIGHTS its .caffemodel. Writes
     OUTDIR/deploy.prototxt and OUTDIR/weights.caffemodel.
     """
-    netio.check_dir_is_ours(outdir, force)   # before any work; written at the end
+    outputs.check_dir_is_ours(outdir, force)   # before any work; written at the end
     original = fold.load(model, weights, allow_missing=allow_missing)
     show_warnings(original.warnings)
     result = fold.fold_bn(original)

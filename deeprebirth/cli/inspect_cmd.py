@@ -6,7 +6,7 @@ import click
 from deeprebirth.cli import reports
 from deeprebirth.transforms import candidates
 from deeprebirth.caffe import folders
-from deeprebirth.caffe.model import load_model
+from deeprebirth.graph.model import load_model
 from deeprebirth.cli import FILE, main, output_json, show_warnings
 
 

@@ -8,7 +8,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from deeprebirth.caffe.model import Model
+from deeprebirth.graph.model import Model
 from deeprebirth.transforms import runner
 from deeprebirth.transforms.rank_budget import MIN_RANK
 from deeprebirth.transforms.rules.tucker import TuckerChange

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import click
 
+from deeprebirth import outputs
 from deeprebirth.cli import reports
 from deeprebirth.caffe import builtin, netio
 from deeprebirth.transforms import slim as slim_api
 from deeprebirth.transforms import tucker as tucker_api
 from deeprebirth.errors import RebirthError
-from deeprebirth.caffe.model import load_model, resolve
+from deeprebirth.graph.model import load_model, resolve
 from deeprebirth.transforms.rules.tucker import parse_ranks
 from deeprebirth.cli import FILE, main, output_json, show_warnings
 from deeprebirth.runtime import verify
@@ -57,7 +58,7 @@ def slim_command(model, weights, train_val, only, rule_names, keep_pooling, data
     Rewritten layers that change the output are regenerated: Xavier-initialised in init.caffemodel
     and given a 10x learning rate in train_val.prototxt, to be fine-tuned with solver.prototxt.
     """
-    netio.check_dir_is_ours(outdir, force)   # before any work; written at the end
+    outputs.check_dir_is_ours(outdir, force)   # before any work; written at the end
     shipped = builtin.shipped_for(model, weights, train_val)   # a built-in brings what we ship with it
     weights = weights or (str(shipped["weights"]) if "weights" in shipped else None)
     train_val = train_val or (str(shipped["train_val"]) if "train_val" in shipped else None)

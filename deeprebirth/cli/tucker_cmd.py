@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import click
 
+from deeprebirth import outputs
 from deeprebirth.cli import reports
 from deeprebirth.errors import RebirthError
 from deeprebirth.caffe import netio
 from deeprebirth.transforms import slim as slim_api
 from deeprebirth.transforms import rank_budget
 from deeprebirth.transforms import tucker as tucker_api
-from deeprebirth.caffe.model import load_model, resolve
+from deeprebirth.graph.model import load_model, resolve
 from deeprebirth.transforms.rules.tucker import parse_ranks
 from deeprebirth.cli import FILE, main, output_json, show_warnings
 from deeprebirth.cli.progress import progress_bar
@@ -62,7 +63,7 @@ def tucker_command(model, weights, ranks, ratio, macs, time_budget, layer_cost, 
     The new layers start from the decomposition (init.caffemodel) and learn at 10x in
     train_val.prototxt; report.json gives ranks, errors, params and MACs per layer.
     """
-    netio.check_dir_is_ours(outdir, force)   # before any work; written at the end
+    outputs.check_dir_is_ours(outdir, force)   # before any work; written at the end
     source_of = click.get_current_context().get_parameter_source("layer_cost")
     if time_budget is None and source_of is not None and source_of.name != "DEFAULT":
         raise RebirthError("--layer-cost counts only with --time F (a budget of predicted time); give both")

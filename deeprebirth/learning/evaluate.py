@@ -26,7 +26,7 @@ from deeprebirth.learning import sources as data
 from deeprebirth.caffe import builtin, folders
 from deeprebirth.runtime import pycaffe
 from deeprebirth.errors import RebirthError
-from deeprebirth.caffe.model import Model, load_model
+from deeprebirth.graph.model import Model, load_model
 
 TOP_K = 5
 

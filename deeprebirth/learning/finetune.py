@@ -39,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
+from deeprebirth import outputs
 from deeprebirth import __version__
 from deeprebirth.learning import sources as data
 from deeprebirth.learning import evaluate as ev
@@ -50,7 +51,7 @@ from deeprebirth.caffe import proto as pb
 from deeprebirth.runtime import pycaffe
 from deeprebirth.errors import Diverged, RebirthError
 from deeprebirth.graph.dag import DATA_TYPES, Graph
-from deeprebirth.caffe.model import load_model
+from deeprebirth.graph.model import load_model
 
 SNAPSHOT_PREFIX = "finetune"
 OUTPUT_FILES = ("weights.caffemodel", "deploy.prototxt", "finetune.json")
@@ -263,7 +264,7 @@ def _trained_start(st: _Setup) -> bool:
     if st.resume is not None or "tucker" in st.sd.report:
         return True
     return st.start_weights is not None and (st.sd.init_weights is None or
-                                            not netio.same_file(Path(st.start_weights), Path(st.sd.init_weights)))
+                                            not outputs.same_file(Path(st.start_weights), Path(st.sd.init_weights)))
 
 
 SCHEDULES = ("anneal", "solver")
@@ -463,7 +464,7 @@ def finetune(slim_dir, train: data.Source, val: data.Source | None = None, *, it
     if teacher is not None and not distill:
         raise RebirthError("--teacher names the model --distill learns from: it needs --distill")
     st = _setup(slim_dir, train, val, batch, resume, weights, outdir, distill, with_labels, teacher, teacher_weights)
-    with netio.claimed_dir(st.outdir, OUTPUT_FILES, [p for p in (st.start_weights, st.resume) if p], force):
+    with outputs.claimed_dir(st.outdir, OUTPUT_FILES, [p for p in (st.start_weights, st.resume) if p], force):
         if log is not None:
             for note in st.notes:
                 log(f"note: {note}")
@@ -503,7 +504,7 @@ def finetune(slim_dir, train: data.Source, val: data.Source | None = None, *, it
             result["interrupted"] = {"signal": stop.signal, "iteration": max_iter}
         result["best"] = validate.best_record(max_iter, st.notes)
         _write_outputs(st, solver, result, validate.best_weights(max_iter))
-        netio.record_files(st.outdir, [*OUTPUT_FILES, *(Path(p).name for p in snapshots),
+        outputs.record_files(st.outdir, [*OUTPUT_FILES, *(Path(p).name for p in snapshots),
                                        *(Path(p).name.replace(".solverstate", ".caffemodel") for p in snapshots)])
         return result
 
@@ -801,9 +802,9 @@ def _write_outputs(st: _Setup, solver, result: dict, best: dict | None = None) -
     weights_net = netio.with_weights(st.sd.deploy, {k: v for k, v in final.items() if k in deploy_names})
     inputs = [p for p in (st.start_weights, st.resume) if p]
     netio.write_weights(weights_net, st.outdir / "weights.caffemodel", inputs)
-    if not netio.same_file(st.outdir / "deploy.prototxt", st.sd.path / "deploy.prototxt"):
-        netio.atomic_write(st.outdir / "deploy.prototxt", (st.sd.path / "deploy.prototxt").read_text())
-    netio.atomic_write(st.outdir / "finetune.json", json.dumps(result, indent=2) + "\n")
+    if not outputs.same_file(st.outdir / "deploy.prototxt", st.sd.path / "deploy.prototxt"):
+        outputs.atomic_write(st.outdir / "deploy.prototxt", (st.sd.path / "deploy.prototxt").read_text())
+    outputs.atomic_write(st.outdir / "finetune.json", json.dumps(result, indent=2) + "\n")
 
 
 def _snapshot_name(outdir: Path, it: int) -> str:

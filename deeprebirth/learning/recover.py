@@ -24,7 +24,7 @@ import os
 from pathlib import Path
 from typing import Callable
 
-from deeprebirth.caffe import netio
+from deeprebirth import outputs
 from deeprebirth.caffe.folders import read_slim_dir
 from deeprebirth.learning import finetune as ft
 from deeprebirth.learning import relearn as rl
@@ -51,8 +51,8 @@ def recover(slim_dir: str | os.PathLike, images: str, val: str | None = None,
     out = Path(outdir) if outdir is not None else sd.path / "recovered"
     # OUTDIR is ours before any work, with its relearn/ sub-folder listed in the marker, so the
     # distillation step that writes beside it finds nothing foreign there.
-    with netio.claimed_dir(out, ["relearn", "recover.json", *ft.OUTPUT_FILES], [sd.path / "deploy.prototxt"]):
-        netio.record_files(out, ["relearn", "recover.json"])
+    with outputs.claimed_dir(out, ["relearn", "recover.json", *ft.OUTPUT_FILES], [sd.path / "deploy.prototxt"]):
+        outputs.record_files(out, ["relearn", "recover.json"])
         relearned = rl.relearn_dir(sd.path, images, out / "relearn", options=relearn_options,
                                    progress=_unit_ticks(progress))
         interval = test_interval if test_interval is not None else max(1, iters // 5)
@@ -62,7 +62,7 @@ def recover(slim_dir: str | os.PathLike, images: str, val: str | None = None,
         doc = {"slim_dir": str(sd.path), "images": train.name, "val": val_source.name if val_source else None,
                "labels_read": False, "relearn": relearned, "finetune": tuned,
                "weights": str(out / "weights.caffemodel")}
-        netio.atomic_write(out / "recover.json", json.dumps(doc, indent=2) + "\n")
+        outputs.atomic_write(out / "recover.json", json.dumps(doc, indent=2) + "\n")
         return doc
 
 

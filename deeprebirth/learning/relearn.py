@@ -59,6 +59,7 @@ from typing import Callable
 
 import numpy as np
 
+from deeprebirth import outputs
 from deeprebirth.caffe import folders, netio
 from deeprebirth.learning import preprocess
 from deeprebirth.learning.lstsq import patches, prune_filters, r_squared, relative_error, solve_linear
@@ -532,7 +533,7 @@ def relearn_dir(slim_dir: str | os.PathLike, source_spec: str, outdir: str | os.
     for what, path in (("teacher net", t_deploy), ("teacher weights", t_weights)):
         if not Path(path).is_file():
             raise RebirthError(f"{path}: the {what} is missing")
-    from deeprebirth.caffe.model import load_model  # noqa: PLC0415
+    from deeprebirth.graph.model import load_model  # noqa: PLC0415
     teacher_model = load_model(t_deploy, t_weights)
     start = Path(weights) if weights else slim_dir / "init.caffemodel"
     if not start.is_file():
@@ -540,7 +541,7 @@ def relearn_dir(slim_dir: str | os.PathLike, source_spec: str, outdir: str | os.
     start_net = netio.read_weights(start)
     arrays = netio.weights_of(start_net)
     graph = Graph(deploy, strict=False)
-    from deeprebirth.caffe.model import check_weights  # noqa: PLC0415
+    from deeprebirth.graph.model import check_weights  # noqa: PLC0415
     known = {n.name for n in graph.nodes}
     spare = {k: v for k, v in arrays.items() if k not in known}
     arrays = {k: v for k, v in arrays.items() if k in known}
@@ -557,7 +558,7 @@ def relearn_dir(slim_dir: str | os.PathLike, source_spec: str, outdir: str | os.
     if not units:
         raise RebirthError(f"{slim_dir}: the slim net has no regenerated layers: nothing to re-learn")
     inputs = [deploy_path, start, t_deploy, t_weights]
-    with netio.claimed_dir(Path(outdir) if outdir else slim_dir, OUTPUT_FILES, inputs, force) as out:
+    with outputs.claimed_dir(Path(outdir) if outdir else slim_dir, OUTPUT_FILES, inputs, force) as out:
         pre = preprocess_for(slim_dir, deploy, train_val)
         source = data.open_source(source_spec)
         train, held = load_images(source, pre, opt.train_images, opt.heldout_images, opt.seed)
@@ -578,8 +579,8 @@ def relearn_dir(slim_dir: str | os.PathLike, source_spec: str, outdir: str | os.
             doc["input_blind"] = blind
         w_path = netio.write_weights(with_spare(deploy, new_weights, start_net, spare), out / "weights.caffemodel",
                                      inputs)
-        j_path = netio.atomic_write(out / "relearn.json", json.dumps(doc, indent=2) + "\n", inputs)
-        netio.record_files(out, OUTPUT_FILES)
+        j_path = outputs.atomic_write(out / "relearn.json", json.dumps(doc, indent=2) + "\n", inputs)
+        outputs.record_files(out, OUTPUT_FILES)
         doc["files"] = [str(w_path), str(j_path)]
         return doc
 
@@ -603,7 +604,7 @@ def output_blind(deploy: "pb.NetParameter", weights: dict, held: np.ndarray, sou
     Such a net cannot be fine-tuned (finetune refuses it): relearn says so at once."""
     if len(held) < 2:
         return None
-    from deeprebirth.caffe.model import Model  # noqa: PLC0415
+    from deeprebirth.graph.model import Model  # noqa: PLC0415
     from deeprebirth.learning import evaluate as ev  # noqa: PLC0415
     runner = ev.Runner.build(Model(deploy, weights, source=str(source)))
     return ev.blind_to_input(runner, held[:16])

@@ -28,7 +28,7 @@ from deeprebirth.runtime.devices.base import Device, Memory, Session
 from deeprebirth.runtime.pycaffe import check_runnable
 from deeprebirth.errors import RebirthError
 from deeprebirth.graph.dag import Graph, kind_of
-from deeprebirth.caffe.model import Model, load_model
+from deeprebirth.graph.model import Model, load_model
 
 #: The sum of per-layer times may differ from a whole forward pass by this much (percent) before
 #: the report flags it: per-layer calls add one Python call and one clock read per layer.

@@ -24,7 +24,7 @@ import re
 from pathlib import Path
 from typing import Sequence
 
-from deeprebirth.caffe import netio
+from deeprebirth import outputs
 from deeprebirth.errors import RebirthError
 
 MODEL_COLORS = ("#1f3b73", "#b8860b", "#2e7d32", "#6a1b9a", "#00838f")
@@ -39,7 +39,7 @@ def check_path(path: str | Path) -> Path:
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise RebirthError(f"{path}: --plot writes a PNG image; give a file name ending in .png")
-    return netio.check_output_path(path)
+    return outputs.check_output_path(path)
 
 
 def _first_part(name: str) -> str:
@@ -168,4 +168,4 @@ def plot_png(models: Sequence[dict], dpi: int = 100) -> bytes:
 def save_plot(models: Sequence[dict], path: str | Path, inputs: Sequence[str] = ()) -> Path:
     """Write the chart to ``path`` (a .png), atomically, never over an input file."""
     path = check_path(path)
-    return netio.atomic_write(path, plot_png(models), inputs)
+    return outputs.atomic_write(path, plot_png(models), inputs)

@@ -11,7 +11,7 @@ from typing import Iterable
 
 import numpy as np
 
-from deeprebirth.caffe.model import Model
+from deeprebirth.graph.model import Model
 from deeprebirth.errors import RebirthError
 from deeprebirth.graph.dag import Graph
 from deeprebirth.runtime.pycaffe import CaffeNet, check_runnable  # imports caffe only when a net is built

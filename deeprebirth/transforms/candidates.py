@@ -4,7 +4,7 @@ from __future__ import annotations
 from deeprebirth.transforms import runner
 from deeprebirth.transforms import rules as rule_registry
 from deeprebirth.graph.dag import Graph
-from deeprebirth.caffe.model import Model
+from deeprebirth.graph.model import Model
 
 MB = 1024 * 1024
 

@@ -6,8 +6,8 @@ from typing import Callable, Iterable
 
 from deeprebirth.caffe import proto as pb
 from deeprebirth.graph.dag import Graph, Node
-from deeprebirth.caffe.model import Model
-from deeprebirth.caffe.fillers import init_layer
+from deeprebirth.graph.model import Model
+from deeprebirth.transforms.transplant import init_layer
 
 
 # ----------------------------------------------------------------------------------------------
@@ -27,7 +27,7 @@ def remove_layers(model: Model, names: Iterable[str]) -> None:
 
 
 def regenerate(model: Model, node: Node, seed: int = 0) -> None:
-    """Give a regenerated layer fresh weights (``fillers.init_layer``: Xavier, zero bias, seeded by
+    """Give a regenerated layer fresh weights (``transplant.init_layer``: Xavier, zero bias, seeded by
     ``seed`` and the layer's name) when the model has weights. ``node`` must carry the layer's new
     parameter shapes (a node of a Graph built after the edit, or one whose shapes did not change)."""
     if model.weights is not None and node.param_shapes:

@@ -18,13 +18,14 @@ from typing import Iterable
 
 import numpy as np
 
+from deeprebirth import outputs
 from deeprebirth.caffe import netio
 from deeprebirth.transforms import runner
 from deeprebirth.transforms import rules
 from deeprebirth.caffe import proto as pb
 from deeprebirth.errors import RebirthError
 from deeprebirth.graph.dag import Graph
-from deeprebirth.caffe.model import Model, check_weights, load_model
+from deeprebirth.graph.model import Model, check_weights, load_model
 from deeprebirth.transforms.rules.fold_bn import batch_statistics_reason
 
 OUTPUT_NET = "deploy.prototxt"
@@ -92,7 +93,7 @@ def fold_bn(model: Model, only: Iterable[str] | None = None) -> runner.Result:
 
 def write(model: Model, outdir: str | os.PathLike, inputs: Iterable = (), force: bool = False) -> tuple[Path, Path]:
     """Write ``outdir/deploy.prototxt`` and ``outdir/weights.caffemodel``, both or neither, never
-    mixed with an earlier run's files (``netio.write_dir``; other files in ``outdir`` need ``force``)."""
+    mixed with an earlier run's files (``outputs.write_dir``; other files in ``outdir`` need ``force``)."""
     files = {OUTPUT_NET: netio.net_to_text(model.net), OUTPUT_WEIGHTS: model.with_blobs().SerializeToString()}
-    net_path, weights_path = netio.write_dir(outdir, files, inputs, force=force)
+    net_path, weights_path = outputs.write_dir(outdir, files, inputs, force=force)
     return net_path, weights_path

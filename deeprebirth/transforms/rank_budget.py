@@ -57,7 +57,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from deeprebirth.caffe.model import Model
+from deeprebirth.graph.model import Model
 from deeprebirth.errors import RebirthError
 from deeprebirth.graph.dag import LAYER_COST_MACS, Graph
 from deeprebirth.transforms import vbmf

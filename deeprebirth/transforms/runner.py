@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from deeprebirth.graph.dag import Graph
-from deeprebirth.caffe.model import Model
+from deeprebirth.graph.model import Model
 from deeprebirth.transforms.rules.base import Candidate, Change, Match, Rule, Skip
 
 

@@ -17,17 +17,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from deeprebirth import outputs
 from deeprebirth.transforms import relearn_plan
 from deeprebirth import __version__
 from deeprebirth.caffe import netio
 from deeprebirth.transforms import runner
 from deeprebirth.transforms import rules as rule_registry
 from deeprebirth.transforms import trainfiles
-from deeprebirth.caffe import fillers as weight_ops
+from deeprebirth.transforms import transplant as weight_ops
 from deeprebirth.caffe import proto as pb
 from deeprebirth.errors import RebirthError
 from deeprebirth.graph.dag import Graph
-from deeprebirth.caffe.model import Model
+from deeprebirth.graph.model import Model
 from deeprebirth.transforms.rules.base import Rule
 
 FILES = ("deploy.prototxt", "train_val.prototxt", "solver.prototxt", "init.caffemodel", "report.json")
@@ -272,9 +273,9 @@ def _weights_net(out: SlimOutput) -> "pb.NetParameter":
 
 
 def write(out: SlimOutput, outdir: str | os.PathLike, force: bool = False) -> list[Path]:
-    """Write every file into ``outdir``, all or nothing (``netio.write_dir``: never onto an input,
+    """Write every file into ``outdir``, all or nothing (``outputs.write_dir``: never onto an input,
     never mixed with an earlier run's files; a directory rebirth did not make needs ``force``)."""
-    return netio.write_dir(outdir, render(out), out.inputs, force=force)
+    return outputs.write_dir(outdir, render(out), out.inputs, force=force)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from deeprebirth.transforms.rules import get as get_rules
 from deeprebirth.transforms import slim as slim_api
 from deeprebirth.errors import RebirthError
 from deeprebirth.graph.dag import Graph
-from deeprebirth.caffe.model import Model
+from deeprebirth.graph.model import Model
 from deeprebirth.transforms.rules.tucker import TuckerChange, TuckerRule
 
 

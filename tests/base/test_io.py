@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from google.protobuf import text_format
 
+from deeprebirth import outputs
 from deeprebirth.caffe import netio
 from deeprebirth.caffe import proto as pb
 from deeprebirth.errors import RebirthError
@@ -183,9 +184,9 @@ def test_caffemodel_round_trip_is_byte_identical(tmp_path, caffe, shared_models)
 def test_atomic_write_never_overwrites_an_input(tmp_path):
     src = _write(tmp_path, "in.prototxt", "keep me")
     with pytest.raises(RebirthError, match="refusing to overwrite"):
-        netio.atomic_write(src, "clobber", inputs=[src])
+        outputs.atomic_write(src, "clobber", inputs=[src])
     assert src.read_text() == "keep me"
-    out = netio.atomic_write(tmp_path / "sub" / "out.txt", "hello", inputs=[src])
+    out = outputs.atomic_write(tmp_path / "sub" / "out.txt", "hello", inputs=[src])
     assert out.read_text() == "hello"
     assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == ["out.txt"]  # no temp left
     assert out.stat().st_mode & 0o044 == 0o044  # readable by others, as an ordinary new file
@@ -206,7 +207,7 @@ def test_text_format_parse_of_every_input_form(tmp_path):
 
 
 def test_claimed_dir_removes_the_folder_it_made_when_the_work_fails(tmp_path):
-    from deeprebirth.caffe import netio as nio
+    from deeprebirth import outputs as nio
     out = tmp_path / "run"
     with pytest.raises(RuntimeError):
         with nio.claimed_dir(out, ["weights.caffemodel"]):

@@ -17,7 +17,7 @@ import pytest
 from google.protobuf import text_format
 
 from deeprebirth.caffe import proto as pb
-from deeprebirth.caffe.model import BUILTIN
+from deeprebirth.graph.model import BUILTIN
 from helpers import ROOT
 
 MODELS_DIR = ROOT / "models"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from deeprebirth.graph.dag import Graph
-from deeprebirth.caffe.model import load_model
+from deeprebirth.graph.model import load_model
 
 
 @pytest.mark.parametrize("name, params, gmacs, conv1, pools", [

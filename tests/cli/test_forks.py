@@ -15,7 +15,7 @@ from deeprebirth.caffe import netio
 from deeprebirth.caffe import proto as pb
 from deeprebirth.errors import RebirthError, RebirthWarning
 from deeprebirth.graph.dag import Graph
-from deeprebirth.caffe.model import load_model
+from deeprebirth.graph.model import load_model
 from helpers import DATA, input_layer, run, write_random_weights
 
 DENSENET = DATA / "fork_densenet.prototxt"

@@ -36,6 +36,7 @@ from pathlib import Path
 
 import pytest
 
+from deeprebirth import outputs
 from deeprebirth.caffe import netio
 from deeprebirth.caffe import proto as pb
 from deeprebirth.graph.dag import Graph
@@ -186,7 +187,7 @@ def output_spot(case_dir: Path, cmd: str, rng: random.Random) -> tuple[Path, str
         out.mkdir()
         (out / "deploy.prototxt").write_text("stale\n")
         (out / "init.caffemodel").write_bytes(b"stale")
-        (out / netio.MARKER).write_text(json.dumps({"files": ["deploy.prototxt", "init.caffemodel"]}))
+        (out / outputs.MARKER).write_text(json.dumps({"files": ["deploy.prototxt", "init.caffemodel"]}))
     elif kind == "file":
         out.write_text("a file\n")
     elif kind == "file_parent":
@@ -357,9 +358,9 @@ def check_case(case: dict, result: dict, before: dict) -> list[str]:
             want = {"slim": {"deploy.prototxt", "train_val.prototxt", "solver.prototxt", "report.json"},
                     "fold-bn": {"deploy.prototxt", "weights.caffemodel"}}[case["cmd"]]
             got = set(snapshot(outp))
-            if not want <= got or (got - want - {"init.caffemodel", netio.MARKER}):
+            if not want <= got or (got - want - {"init.caffemodel", outputs.MARKER}):
                 problems.append(f"output has {sorted(got)}")
-            elif netio.MARKER not in got:
+            elif outputs.MARKER not in got:
                 problems.append("output without its marker")
     return problems
 

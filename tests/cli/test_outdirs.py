@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from deeprebirth.caffe import netio
+from deeprebirth import outputs
 from deeprebirth.errors import RebirthError
 from helpers import bn_files as files, error_line, run
 
@@ -37,9 +37,9 @@ def test_a_users_file_with_one_of_our_names_needs_force(tmp_path, small, command
     assert "rebirth did not write" in line and name in line and "--force" in line
     assert (out / name).read_text() == "mine" and [p.name for p in out.iterdir()] == [name]
     assert run(*_commands(proto, weights, out)[command], "--force").exit_code == 0
-    marker = json.loads((out / netio.MARKER).read_text())
+    marker = json.loads((out / outputs.MARKER).read_text())
     assert (out / name).read_bytes() != b"mine"
-    assert sorted(marker["files"]) == sorted(p.name for p in out.iterdir() if p.name != netio.MARKER)
+    assert sorted(marker["files"]) == sorted(p.name for p in out.iterdir() if p.name != outputs.MARKER)
     assert marker["commands"][-1].startswith(f"rebirth {command} ")
 
 
@@ -63,8 +63,8 @@ def test_our_own_folder_is_replaced_without_force(tmp_path, small):
     assert run("slim", proto, "-w", weights, "-o", out).exit_code == 0
     (out / "report.json").unlink()                                        # a file of ours gone: still ours
     assert run("slim", proto, "-w", weights, "-o", out).exit_code == 0
-    assert json.loads((out / netio.MARKER).read_text())["files"] == sorted(
-        p.name for p in out.iterdir() if p.name != netio.MARKER)
+    assert json.loads((out / outputs.MARKER).read_text())["files"] == sorted(
+        p.name for p in out.iterdir() if p.name != outputs.MARKER)
     (out / "notes.txt").write_text("mine")                                # now it holds a user's file
     assert "notes.txt" in error_line(run("slim", proto, "-w", weights, "-o", out))
     assert (out / "notes.txt").read_text() == "mine"
@@ -74,30 +74,30 @@ def test_claim_dir_for_commands_that_add_files(tmp_path):
     """relearn and finetune add their files: into a new folder, or one that is ours (their
     default is SLIM_DIR itself, which slim marked); a user's folder needs force, which keeps
     the user's files; a directory where a file would go is refused even then."""
-    fresh = netio.claim_dir(tmp_path / "new", ["weights.caffemodel"])
-    assert json.loads((fresh / netio.MARKER).read_text())["files"] == []
-    netio.record_files(fresh, ["weights.caffemodel"])
+    fresh = outputs.claim_dir(tmp_path / "new", ["weights.caffemodel"])
+    assert json.loads((fresh / outputs.MARKER).read_text())["files"] == []
+    outputs.record_files(fresh, ["weights.caffemodel"])
     (fresh / "weights.caffemodel").write_text("ours")
-    netio.claim_dir(fresh, ["weights.caffemodel"])                       # ours: fine
+    outputs.claim_dir(fresh, ["weights.caffemodel"])                       # ours: fine
     users = tmp_path / "users"
     users.mkdir()
     (users / "notes.txt").write_text("mine")
     with pytest.raises(RebirthError, match=r"notes\.txt.*--force"):
-        netio.claim_dir(users, ["weights.caffemodel"])
-    assert not (users / netio.MARKER).exists()
-    netio.claim_dir(users, ["weights.caffemodel"], force=True)
+        outputs.claim_dir(users, ["weights.caffemodel"])
+    assert not (users / outputs.MARKER).exists()
+    outputs.claim_dir(users, ["weights.caffemodel"], force=True)
     assert (users / "notes.txt").read_text() == "mine"
     (users / "relearn.json").mkdir()
     with pytest.raises(RebirthError, match="is a directory where a file would be written"):
-        netio.claim_dir(users, ["relearn.json"], force=True)
+        outputs.claim_dir(users, ["relearn.json"], force=True)
     with pytest.raises(RebirthError, match="input"):
-        netio.claim_dir(fresh, ["weights.caffemodel"], inputs=[fresh / "weights.caffemodel"])
+        outputs.claim_dir(fresh, ["weights.caffemodel"], inputs=[fresh / "weights.caffemodel"])
     # `rebirth finetune SLIM` (default -o SLIM/finetune), then `rebirth relearn SLIM` (default -o SLIM):
     # the folder finetune made inside is ours, and left as it is; a user's folder there is not
-    inner = netio.claim_dir(fresh / "finetune", ["weights.caffemodel"])
+    inner = outputs.claim_dir(fresh / "finetune", ["weights.caffemodel"])
     (inner / "weights.caffemodel").write_text("tuned")
-    netio.claim_dir(fresh, ["weights.caffemodel"])
+    outputs.claim_dir(fresh, ["weights.caffemodel"])
     assert (inner / "weights.caffemodel").read_text() == "tuned"
     (fresh / "photos").mkdir()
     with pytest.raises(RebirthError, match=r"photos.*--force"):
-        netio.claim_dir(fresh, ["weights.caffemodel"])
+        outputs.claim_dir(fresh, ["weights.caffemodel"])

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from deeprebirth.caffe import netio
-from deeprebirth.caffe import model as model_mod
+from deeprebirth.graph import model as model_mod
 from deeprebirth.errors import RebirthError
 from deeprebirth.graph.dag import Graph
 from helpers import error_line, run
@@ -63,7 +63,7 @@ def test_slim_without_weights_gives_trainable_fillers(tmp_path):
 
 
 def test_fresh_weights_follow_fillers():
-    from deeprebirth.caffe.fillers import fresh  # noqa: PLC0415
+    from deeprebirth.graph.fillers import fresh  # noqa: PLC0415
     g = Graph(netio.parse_net_text(NET.replace("kernel_size: 3 }", 'kernel_size: 3 weight_filler { type: "constant" value: 0.5 } }')))
     rng = np.random.default_rng(0)
     conv = fresh(g.node("conv1"), rng)

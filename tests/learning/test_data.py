@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from deeprebirth import outputs
 from deeprebirth.learning import preprocess
 from deeprebirth.learning import sources as data
 from deeprebirth.caffe import netio
@@ -245,7 +246,7 @@ def test_from_transform_param(tmp_path):
     assert (p.scale, p.crop, p.mirror, p.resize) == (0.5, 4, True, (6, 8))
     np.testing.assert_array_equal(p.mean, [1, 2, 3])
     mean = np.arange(1 * 1 * 6 * 6, dtype=np.float32).reshape(1, 1, 6, 6)
-    netio.atomic_write(tmp_path / "mean.binaryproto", netio.array_to_blob(mean).SerializeToString())
+    outputs.atomic_write(tmp_path / "mean.binaryproto", netio.array_to_blob(mean).SerializeToString())
     layer = _data_layer('layer { name: "d" type: "Data" top: "data" '
                         'transform_param { crop_size: 4 mean_file: "mean.binaryproto" } data_param { source: "db" } }')
     p = preprocess.Preprocess.from_transform_param(layer, (1, 1, 4, 4), base_dir=tmp_path)
@@ -261,7 +262,7 @@ def test_from_transform_param(tmp_path):
 
 def test_preprocess_errors(tmp_path):
     mean = np.zeros((1, 3, 5, 5), dtype=np.float32)
-    netio.atomic_write(tmp_path / "mean.binaryproto", netio.array_to_blob(mean).SerializeToString())
+    outputs.atomic_write(tmp_path / "mean.binaryproto", netio.array_to_blob(mean).SerializeToString())
     layer = _data_layer('layer { name: "d" type: "Data" top: "data" '
                         f'transform_param {{ mean_file: "{tmp_path / "mean.binaryproto"}" }} }}')
     with pytest.raises(RebirthError, match=r"layer 'd': the mean image is 5x5 but the net input is 7x7"):
@@ -301,7 +302,7 @@ def test_matches_caffes_data_layer_on_an_lmdb(caffe, tmp_path):
     images = [rgb(20 + i, 7, 8) for i in range(3)]
     write_lmdb(tmp_path / "db", {f"{i:08d}".encode(): datum(img, i) for i, img in enumerate(images)})
     mean = np.random.default_rng(1).uniform(0, 255, size=(1, 3, 7, 8)).astype(np.float32)
-    netio.atomic_write(tmp_path / "mean.binaryproto", netio.array_to_blob(mean).SerializeToString())
+    outputs.atomic_write(tmp_path / "mean.binaryproto", netio.array_to_blob(mean).SerializeToString())
     # (Caffe shares one reader thread per layer name + source between live nets: distinct names)
     for k, transform in enumerate(("scale: 0.5 crop_size: 5 mean_value: 10 mean_value: 20 mean_value: 30",
                                    f'scale: 0.25 crop_size: 4 mean_file: "{tmp_path / "mean.binaryproto"}"')):

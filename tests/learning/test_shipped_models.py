@@ -55,7 +55,7 @@ def test_shipped_net_has_nothing_left_for_the_exact_ship_rules(name):
     """--ship runs the exact rules that only pay on a finished net (pool_into_fc, merge_concat_1x1):
     on a shipped net neither finds anything more to rewrite."""
     from deeprebirth.caffe import netio
-    from deeprebirth.caffe.model import Model
+    from deeprebirth.graph.model import Model
     from deeprebirth.transforms import runner
     from deeprebirth.transforms.rules import get
     result = runner.run(Model(netio.read_net(MODELS / name / "deploy.prototxt")),

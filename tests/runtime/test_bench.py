@@ -259,7 +259,7 @@ def test_devices():
 def test_cpu_session_layers_include_caffe_splits(tmp_path, caffe):
     from deeprebirth.runtime.pycaffe import random_weights
     from deeprebirth.graph.dag import Graph
-    from deeprebirth.caffe.model import Model
+    from deeprebirth.graph.model import Model
 
     net = netio.parse_net_text(TINY)
     with get_device("cpu").open(Model(net, random_weights(Graph(net)))) as s:

@@ -174,7 +174,7 @@ def variant_dirs(tmp_path_factory):
     """name -> {"plain": (MODEL, WEIGHTS), "slim": (DIR, None), "slim-tucker": (DIR, None)}, made on
     first use, with random weights written as a caffemodel."""
     from deeprebirth.caffe import netio  # noqa: PLC0415
-    from deeprebirth.caffe.model import load_model  # noqa: PLC0415
+    from deeprebirth.graph.model import load_model  # noqa: PLC0415
     from deeprebirth.runtime.pycaffe import random_weights  # noqa: PLC0415
     root = tmp_path_factory.mktemp("variants")
     made = {}

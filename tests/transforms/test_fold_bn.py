@@ -14,7 +14,7 @@ from deeprebirth.runtime import verify
 from deeprebirth.transforms import fold
 from deeprebirth.caffe import netio
 from deeprebirth.errors import RebirthError
-from deeprebirth.caffe.model import Model, load_model
+from deeprebirth.graph.model import Model, load_model
 from helpers import bn, conv, error_line, get_layer, input_layer, relu, run, scale, types, with_weights
 
 TOL = 1e-5

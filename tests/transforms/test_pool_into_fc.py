@@ -35,7 +35,7 @@ def test_registered_as_a_default_exact_rule():
 
 def test_without_weights_only_the_net_changes():
     model = net_of(head(GLOBAL_AVE), DIMS)
-    from deeprebirth.caffe.model import Model
+    from deeprebirth.graph.model import Model
     result = runner.run(Model(model), [PoolIntoFc()])
     assert [c.rule for c in result.changes] == ["pool_into_fc"] and result.model.weights is None
 

@@ -14,7 +14,7 @@ from deeprebirth.transforms import slim
 from deeprebirth.cli import main
 from deeprebirth.errors import RebirthError
 from deeprebirth.graph.dag import Graph
-from deeprebirth.caffe.model import load_model
+from deeprebirth.graph.model import load_model
 from deeprebirth.transforms.rules.base import Change, Match, Rule
 from helpers import error_line, run
 

@@ -8,7 +8,7 @@ import pytest
 from deeprebirth.transforms import runner
 from deeprebirth.runtime import pycaffe
 from deeprebirth.graph.dag import Graph
-from deeprebirth.caffe.model import Model
+from deeprebirth.graph.model import Model
 from deeprebirth.transforms.rules import get
 from deeprebirth.transforms.rules import branch
 from deeprebirth.transforms.rules.branch import BranchRule, find_blocks

@@ -9,7 +9,7 @@ from deeprebirth.caffe import netio
 from deeprebirth.transforms import runner
 from deeprebirth.runtime import pycaffe
 from deeprebirth.graph.dag import Graph
-from deeprebirth.caffe.model import Model
+from deeprebirth.graph.model import Model
 from deeprebirth.transforms.rules import get
 from deeprebirth.transforms.rules import branch
 from deeprebirth.transforms.rules import merge_parallel

@@ -14,7 +14,7 @@ from deeprebirth.caffe import proto as pb
 from deeprebirth.runtime import pycaffe
 from deeprebirth.errors import RebirthError
 from deeprebirth.graph.dag import Graph
-from deeprebirth.caffe.model import Model
+from deeprebirth.graph.model import Model
 from deeprebirth.transforms.rules import get
 from deeprebirth.transforms.rules.base import Rule
 from helpers import text_model

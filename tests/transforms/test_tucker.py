@@ -16,7 +16,7 @@ from deeprebirth.transforms import tucker as tucker_api
 from deeprebirth.runtime import pycaffe
 from deeprebirth.errors import RebirthError
 from deeprebirth.graph.dag import Graph
-from deeprebirth.caffe.model import Model
+from deeprebirth.graph.model import Model
 from deeprebirth.transforms.rules.tucker import TuckerRule, ratio_ranks, reconstruct, tucker2
 from helpers import STEM, error_line, run as rebirth, with_weights, write_random_weights
 

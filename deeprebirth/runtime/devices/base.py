@@ -16,7 +16,7 @@ import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
-from deeprebirth.caffe.model import Model
+from deeprebirth.graph.model import Model
 
 
 @dataclass

@@ -29,7 +29,7 @@ from deeprebirth.caffe import netio
 from deeprebirth.caffe import proto as pb
 from deeprebirth.errors import RebirthError
 from deeprebirth.graph.dag import Graph
-from deeprebirth.caffe.model import Model
+from deeprebirth.graph.model import Model
 from deeprebirth.runtime.devices.base import Device, Memory, Session
 from deeprebirth.runtime.pycaffe import CaffeNet
 

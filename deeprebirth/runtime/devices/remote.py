@@ -36,7 +36,7 @@ from typing import Callable, Sequence
 from deeprebirth.caffe import netio
 from deeprebirth.errors import RebirthError
 from deeprebirth.graph.dag import Graph
-from deeprebirth.caffe.model import Model
+from deeprebirth.graph.model import Model
 from deeprebirth.runtime.devices.base import Device, Memory, Session
 from deeprebirth.runtime.pycaffe import engine_text
 

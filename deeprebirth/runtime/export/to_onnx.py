@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from deeprebirth.caffe.model import Model
+from deeprebirth.graph.model import Model
 from deeprebirth.errors import RebirthError
 from deeprebirth.runtime.export import common
 from deeprebirth.graph.dag import Graph, Node

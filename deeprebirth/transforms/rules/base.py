@@ -43,7 +43,7 @@ from dataclasses import asdict, dataclass, field
 from deeprebirth.transforms.edit import memory_growth, unique_name  # noqa: F401  (rules written before edit.py import them here)
 from deeprebirth.errors import RebirthError
 from deeprebirth.graph.dag import Graph
-from deeprebirth.caffe.model import Model
+from deeprebirth.graph.model import Model
 
 
 @dataclass

@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from deeprebirth.transforms.edit import group_name, regenerate, remove_layers
 from deeprebirth.graph.geometry import concat_axis, conv_geometry, pool_geometry
 from deeprebirth.graph.dag import ACTIVATIONS, DATA_TYPES, Graph, Node
-from deeprebirth.caffe.model import Model
+from deeprebirth.graph.model import Model
 from deeprebirth.transforms.rules.base import Change, Match, Rule
 
 MAX_CHAIN = 64  # longest branch followed back from a Concat input

@@ -40,7 +40,7 @@ from deeprebirth.transforms.edit import remove_layers
 from deeprebirth.errors import RebirthError
 from deeprebirth.graph.geometry import canonical_axis
 from deeprebirth.graph.dag import BlobRef, Graph, Node
-from deeprebirth.caffe.model import Model
+from deeprebirth.graph.model import Model
 from deeprebirth.transforms.rules.base import Change, Match, Rule
 
 NORM_TYPES = frozenset({"BatchNorm", "Scale", "Bias"})

@@ -34,7 +34,7 @@ import numpy as np
 from scipy.linalg import block_diag
 
 from deeprebirth.caffe import proto as pb
-from deeprebirth.caffe.model import Model
+from deeprebirth.graph.model import Model
 from deeprebirth.graph.dag import LAYER_COST_MACS, Graph, count
 from deeprebirth.graph.geometry import canonical_axis, concat_axis, conv_geometry
 from deeprebirth.transforms.edit import joined_name, remove_layers, unique_name

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from deeprebirth.caffe.model import Model
+from deeprebirth.graph.model import Model
 from deeprebirth.errors import RebirthError
 from deeprebirth.graph.dag import Graph
 from deeprebirth.graph.geometry import canonical_axis, pool_geometry

@@ -21,7 +21,7 @@ from deeprebirth.caffe import proto as pb
 from deeprebirth.transforms.edit import memory_growth, unique_name
 from deeprebirth.graph.geometry import concat_axis
 from deeprebirth.graph.dag import Graph, Node
-from deeprebirth.caffe.model import Model
+from deeprebirth.graph.model import Model
 from deeprebirth.transforms.rules.base import Change, Match, Rule
 
 

@@ -33,7 +33,7 @@ from deeprebirth.transforms.edit import regenerate, remove_layers, unit_names  #
 from deeprebirth.graph.geometry import (choose_pad, conv_geometry, fmt, pool_geometry,  # noqa: F401  (choose_pad: likewise)
                         set_conv_stride_pad, stride_one_too_wide)
 from deeprebirth.graph.dag import ELEMENTWISE, Graph, Node
-from deeprebirth.caffe.model import Model
+from deeprebirth.graph.model import Model
 from deeprebirth.transforms.rules.base import Change, Match, Rule
 
 POOL = "Pooling"

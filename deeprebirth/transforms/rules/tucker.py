@@ -71,7 +71,7 @@ from deeprebirth.caffe import proto as pb
 from deeprebirth.transforms import vbmf
 from deeprebirth.errors import RebirthError
 from deeprebirth.graph.dag import Graph, Node, conv_geometry
-from deeprebirth.caffe.model import Model
+from deeprebirth.graph.model import Model
 from deeprebirth.transforms.rules.base import Change, Match, Rule, unique_name
 
 FALLBACK_RATIO = 0.5

@@ -141,7 +141,7 @@ def load_model(model: str | Path, weights: str | Path | None = None, phase: int 
         check_weights(graph, arrays, str(weights))
         missing = check_coverage(graph, arrays, str(path), str(weights), allow_missing)
         if missing:
-            from deeprebirth.caffe.fillers import fresh  # noqa: PLC0415
+            from deeprebirth.graph.fillers import fresh  # noqa: PLC0415
             rng = np.random.default_rng(0)
             for name in missing:
                 node = graph.by_name[name]

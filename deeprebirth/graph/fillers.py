@@ -1,12 +1,9 @@
-"""Weight operations shared by rules: initialisation of regenerated layers and transplanting."""
+"""Caffe's weight fillers (xavier, msra, constant, gaussian ...) applied to a layer's parameter shapes:
+what Caffe would fill a layer with when a caffemodel lacks it."""
 from __future__ import annotations
-
-import zlib
 
 import numpy as np
 
-from deeprebirth.caffe import netio
-from deeprebirth.graph.dag import Graph, Node
 
 
 def xavier(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
@@ -74,26 +71,4 @@ def fresh(node, rng: np.random.Generator) -> list[np.ndarray]:
             out.append(_filled(p.weight_filler if p is not None else None, shape, rng, default))
         else:
             out.append(_filled(p.bias_filler if p is not None and i == 1 else None, shape, rng, _const(0.0)))
-    return out
-
-
-def init_layer(node: Node, seed: int = 0) -> list[np.ndarray]:
-    """Fresh weights for a regenerated layer: Xavier for >= 2-D blobs, zeros for biases. The
-    generator is seeded by ``seed`` and the layer's name, so a layer gets the same weights whoever
-    initialises it and in whatever order."""
-    rng = np.random.default_rng([seed, zlib.crc32(node.name.encode("utf-8"))])
-    return [xavier(s, rng) if len(s) > 1 else np.zeros(s, dtype=np.float32) for s in node.param_shapes]
-
-
-def transplant(src: netio.Weights, graph: Graph, regenerated: set[str], seed: int = 0) -> netio.Weights:
-    """Weights for ``graph``: every layer not regenerated keeps its arrays from ``src`` (same objects,
-    bit for bit); regenerated layers, and layers ``src`` lacks, are initialised fresh."""
-    out: netio.Weights = {}
-    for node in graph.nodes:
-        if not node.param_shapes:
-            continue
-        if node.name not in regenerated and node.name in src:
-            out[node.name] = src[node.name]
-        else:
-            out[node.name] = init_layer(node, seed)
     return out
