@@ -5,11 +5,33 @@ Warnings about a net (a layer of unknown type) are not issued as they are found:
 on what was computed (``Graph.warnings``, ``Model.warnings``, ``runner.Result.warnings``) and the
 cli prints them, each once. ``warn`` is for what is found once per command (a legacy field dropped
 while reading a V0 net, weights missing from a caffemodel)."""
+import re
 import warnings
+
+OPTION = re.compile(r"\{opt:([a-z_]+)\}")
+"""How library messages name one of the caller's parameters: ``{opt:weights}``. The library never
+spells a command-line flag; the cli renders the placeholder as the running command's flag
+(``--weights``), a library caller sees the parameter's name (``weights``)."""
+
+
+def render(message: str, name_of=lambda param: param) -> str:
+    """``message`` with every ``{opt:NAME}`` replaced by ``name_of(NAME)``."""
+    return OPTION.sub(lambda m: name_of(m.group(1)), message)
 
 
 class RebirthError(Exception):
-    """A problem with the user's input (file, layer, what was expected)."""
+    """A problem with the user's input (file, layer, what was expected). The message may name the
+    caller's parameters as ``{opt:NAME}`` (``render``); ``str()`` gives the parameters' names."""
+
+    @property
+    def template(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+    def render(self, name_of=lambda param: param) -> str:
+        return render(self.template, name_of)
+
+    def __str__(self) -> str:
+        return self.render()
 
 
 class Diverged(Exception):

@@ -14,7 +14,9 @@ from deeprebirth.errors import RebirthError, RebirthWarning
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
     if issubclass(category, RebirthWarning):
-        click.echo(f"rebirth: warning: {message}", err=True)
+        ctx = click.get_current_context(silent=True)
+        text = errors.render(str(message), flag_namer(ctx.command if ctx is not None else None))
+        click.echo(f"rebirth: warning: {text}", err=True)
     else:
         _default_showwarning(message, category, filename, lineno, file, line)
 
@@ -60,7 +62,8 @@ class RebirthGroup(click.Group):
             click.echo("rebirth: error: interrupted (outputs are complete or as they were)", err=True)
             sys.exit(INTERRUPTED)
         except RebirthError as exc:
-            click.echo(f"rebirth: error: {exc}", err=True)
+            sub = self.get_command(ctx, ctx.invoked_subcommand) if ctx.invoked_subcommand else None
+            click.echo(f"rebirth: error: {exc.render(flag_namer(sub))}", err=True)
             sys.exit(1)
         except OSError as exc:  # a path the system refuses (too long, no permission ...): one line too
             click.echo(f"rebirth: error: {errors.os_error_line(exc)}", err=True)
@@ -109,6 +112,18 @@ def main():
     MODEL is a .prototxt path or a built-in name: googlenet, alexnet, resnet50, squeezenet,
     squeezenet11, fmnist_googlenet.
     """
+
+
+def flag_namer(command: click.Command | None):
+    """How ``command`` spells a library parameter (``errors.render``): its longest flag
+    (``weights`` -> ``--weights``), its argument's name, else the parameter as a flag would spell it."""
+    flags = {}
+    for param in getattr(command, "params", []):
+        if param.opts and param.param_type_name == "option":
+            flags[param.name] = max(param.opts, key=len)
+        elif param.name:
+            flags[param.name] = param.human_readable_name
+    return lambda name: flags.get(name, "--" + name.replace("_", "-"))
 
 
 def show_warnings(*lists: list[str]) -> None:
