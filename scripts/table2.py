@@ -44,7 +44,8 @@ from deeprebirth.runtime import bench  # noqa: E402
 from deeprebirth.caffe import proto as pb  # noqa: E402
 from deeprebirth.runtime.devices.cpu import CpuDevice  # noqa: E402
 from deeprebirth.runtime.pycaffe import random_weights  # noqa: E402
-from deeprebirth.graph.dag import DATA_TYPES, Graph, kind_of  # noqa: E402
+from deeprebirth.graph.dag import Graph  # noqa: E402
+from deeprebirth.graph.kinds import DATA_TYPES, kind_of  # noqa: E402
 from deeprebirth.graph.model import Model  # noqa: E402
 
 # Table 2 of the paper: % of forward time in non-tensor layers.

@@ -1,4 +1,5 @@
-"""The base, graph side: the layer DAG with Caffe's shape rules and costs (``dag``) and
-convolution/pooling geometry in Caffe's conventions (``geometry``)."""
-from deeprebirth.graph.dag import (ACTIVATIONS, DATA_TYPES, DEPTHWISE_TYPES, ELEMENTWISE, Graph, Node,  # noqa: F401
-                                   kind_of)
+"""The base, graph side: the layer DAG (``dag``), Caffe's shape rules (``shapes``), the cost model
+(``costs``), the kinds of layer types (``kinds``) and convolution/pooling geometry in Caffe's
+conventions (``geometry``)."""
+from deeprebirth.graph.dag import Graph, Node  # noqa: F401
+from deeprebirth.graph.kinds import ACTIVATIONS, DATA_TYPES, DEPTHWISE_TYPES, ELEMENTWISE, kind_of  # noqa: F401

@@ -1,4 +1,4 @@
-"""Convolution and pooling geometry, shared by shape inference (graph.py) and the rules.
+"""Convolution and pooling geometry, shared by the shape rules (shapes.py) and the rules.
 
 Caffe's conventions: kernel/pad/stride given as ``x_h``/``x_w`` or as a repeated ``x`` (one value
 for every spatial axis, or one per axis); convolutions round their output size down, pooling rounds

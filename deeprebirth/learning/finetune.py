@@ -50,7 +50,8 @@ from deeprebirth.transforms import trainfiles
 from deeprebirth.caffe import proto as pb
 from deeprebirth.runtime import pycaffe
 from deeprebirth.errors import Diverged, RebirthError
-from deeprebirth.graph.dag import DATA_TYPES, Graph
+from deeprebirth.graph.dag import Graph
+from deeprebirth.graph.kinds import DATA_TYPES
 from deeprebirth.graph.model import load_model
 
 SNAPSHOT_PREFIX = "finetune"

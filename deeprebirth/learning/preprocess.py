@@ -18,7 +18,7 @@ import numpy as np
 from deeprebirth.caffe import builtin, folders, netio
 from deeprebirth.caffe import proto as pb
 from deeprebirth.errors import RebirthError
-from deeprebirth.graph.dag import DATA_TYPES
+from deeprebirth.graph.kinds import DATA_TYPES
 
 IMAGENET_MEAN_BGR = (104.0, 117.0, 123.0)
 # Caffe's own MNIST examples (LeNet) scale gray pixels by 1/256 = 0.00390625; the default for 1-channel nets.

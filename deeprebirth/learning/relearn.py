@@ -67,7 +67,8 @@ from deeprebirth.transforms import trainfiles
 from deeprebirth.transforms.relearn_plan import Unit, selected_units
 from deeprebirth.caffe import proto as pb
 from deeprebirth.errors import Diverged, RebirthError
-from deeprebirth.graph.dag import Graph, conv_geometry
+from deeprebirth.graph.dag import Graph
+from deeprebirth.graph.geometry import conv_geometry
 
 OUTPUT_FILES = ("weights.caffemodel", "relearn.json")
 """What relearn writes into its output folder (besides the marker)."""

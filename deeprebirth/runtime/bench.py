@@ -27,7 +27,8 @@ from deeprebirth.caffe import proto as pb
 from deeprebirth.runtime.devices.base import Device, Memory, Session
 from deeprebirth.runtime.pycaffe import check_runnable
 from deeprebirth.errors import RebirthError
-from deeprebirth.graph.dag import Graph, kind_of
+from deeprebirth.graph.dag import Graph
+from deeprebirth.graph.kinds import kind_of
 from deeprebirth.graph.model import Model, load_model
 
 #: The sum of per-layer times may differ from a whole forward pass by this much (percent) before

@@ -10,7 +10,8 @@ import numpy as np
 from deeprebirth.caffe import netio
 from deeprebirth.caffe import proto as pb
 from deeprebirth.errors import RebirthError
-from deeprebirth.graph.dag import DATA_TYPES, Graph
+from deeprebirth.graph.dag import Graph
+from deeprebirth.graph.kinds import DATA_TYPES
 
 _caffe = None
 

@@ -59,7 +59,8 @@ import numpy as np
 
 from deeprebirth.graph.model import Model
 from deeprebirth.errors import RebirthError
-from deeprebirth.graph.dag import LAYER_COST_MACS, Graph
+from deeprebirth.graph.costs import LAYER_COST_MACS
+from deeprebirth.graph.dag import Graph
 from deeprebirth.transforms import vbmf
 from deeprebirth.transforms.rules.tucker import Geometry, TuckerRule, layer_geometry, tucker_cost
 
@@ -168,18 +169,19 @@ def _best_move(costs: np.ndarray, errors: np.ndarray, now_cost: int, now_error: 
     return float(rate[i]), int(cheaper[i])
 
 
-def allocate(options: list[Options], fraction: float, layer_cost: int = 0, flag: str = "--macs") -> dict[str, dict]:
+def allocate(options: list[Options], fraction: float, layer_cost: int = 0, option: str = "macs") -> dict[str, dict]:
     """The ranks of the layers that the budget decomposes (the greedy of the module docstring):
     a budget of MACs with ``layer_cost`` 0, of predicted time with a layer's cost in MACs;
-    pure: no weights are touched."""
-    return _greedy(options, fraction, layer_cost, flag)[0]
+    pure: no weights are touched. ``option``: the caller's parameter that gave ``fraction`` (errors
+    name it)."""
+    return _greedy(options, fraction, layer_cost, option)[0]
 
 
-def _greedy(options: list[Options], fraction: float, layer_cost: int, flag: str) \
+def _greedy(options: list[Options], fraction: float, layer_cost: int, option: str) \
         -> tuple[dict[str, dict], tuple[int, int]]:
     """``allocate``'s ranks, and the layers' cost (MACs plus ``layer_cost`` a layer) before and after."""
     if not 0 < fraction <= 1:
-        raise RebirthError(f"{flag} must be in (0, 1], not {fraction}")
+        raise RebirthError(f"{{opt:{option}}} must be in (0, 1], not {fraction}")
     costs = {o.name: o.costs(layer_cost) for o in options}
     state = {name: (own, 0.0, None) for name, (own, _) in costs.items()}     # cost, error, candidate
     before = total = sum(own for own, _ in costs.values())
@@ -220,14 +222,14 @@ def layer_options(model: Model, only: list[str] | None = None, one_sided: bool =
 
 
 def budget_ranks(model: Model, fraction: float, only: list[str] | None = None, layer_cost: int = 0,
-                 flag: str = "--macs", floor: float = 0.0) -> tuple[dict[str, dict | str], tuple[int, int]]:
+                 option: str = "macs", floor: float = 0.0) -> tuple[dict[str, dict | str], tuple[int, int]]:
     """``allocate`` over ``model``'s decomposable layers: {layer: ranks, or why it is left whole} for
     TuckerRule(layer_ranks=...), and the layers' cost before and after (MACs plus ``layer_cost`` a
     layer); no kept rank under the rank ``floor``."""
     if not 0 <= floor < 1:
-        raise RebirthError(f"--rank-floor must be in [0, 1), not {floor}")
+        raise RebirthError(f"{{opt:rank_floor}} must be in [0, 1), not {floor}")
     options = layer_options(model, only, one_sided=layer_cost > 0, floor=floor)
-    chosen, cost = _greedy(options, fraction, layer_cost, flag)
+    chosen, cost = _greedy(options, fraction, layer_cost, option)
     ranks: dict[str, dict | str] = dict(chosen)
     what = "time" if layer_cost else "MAC"
     for opt in options:
@@ -235,7 +237,7 @@ def budget_ranks(model: Model, fraction: float, only: list[str] | None = None, l
         if opt.name in ranks:
             continue
         if not opt.ranks:
-            ranks[opt.name] = (f"no rank at or above the rank floor (--rank-floor {floor:g}: at least "
+            ranks[opt.name] = (f"no rank at or above the rank floor ({{opt:rank_floor}} {floor:g}: at least "
                                f"{MIN_RANK} and {floor:g} of a mode's channels) is cheaper than the layer; left alone")
         elif not (cand < own).any():
             ranks[opt.name] = (f"no rank of it is predicted faster than the layer (a layer counted as {layer_cost:,} "

@@ -18,7 +18,8 @@ from typing import Iterable
 
 from deeprebirth.caffe import proto as pb
 from deeprebirth.caffe.folders import PLAN_VERSION as REPORT_VERSION
-from deeprebirth.graph.dag import DATA_TYPES, Graph
+from deeprebirth.graph.dag import Graph
+from deeprebirth.graph.kinds import DATA_TYPES
 
 
 @dataclass

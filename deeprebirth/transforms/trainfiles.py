@@ -24,7 +24,8 @@ from typing import Iterable
 from deeprebirth.caffe import netio
 from deeprebirth.caffe import proto as pb
 from deeprebirth.errors import RebirthError
-from deeprebirth.graph.dag import DATA_TYPES, DEPTHWISE_TYPES, Graph
+from deeprebirth.graph.dag import Graph
+from deeprebirth.graph.kinds import DATA_TYPES, DEPTHWISE_TYPES
 from deeprebirth.transforms.rules.base import unique_name
 
 NEW_LR_MULT = 10.0
@@ -98,7 +99,7 @@ def logits_blob(deploy: "pb.NetParameter") -> str:
         if node.type == "InnerProduct":
             return node.tops[0][0]
     raise RebirthError("the net has no InnerProduct (or output Softmax) to attach a loss to; "
-                       "give --train-val with its own loss layers")
+                       "give {opt:train_val} with its own loss layers")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -111,11 +112,11 @@ def generated_data_layers(inputs, data_layer: str = "ImageData", batch: int = RE
     """TRAIN and TEST data layers producing the deploy's single input and ``label``."""
     if len(inputs) != 1:
         raise RebirthError(f"the net has {len(inputs)} inputs ({', '.join(n for n, _ in inputs)}); a data layer "
-                           "can only be generated for a single image input: give --train-val")
+                           "can only be generated for a single image input: give {opt:train_val}")
     blob, shape = inputs[0]
     if shape is None or len(shape) != 4:
         raise RebirthError(f"input '{blob}' has shape {list(shape) if shape else 'unknown'}, expected "
-                           "N x C x H x W images; give --train-val")
+                           "N x C x H x W images; give {opt:train_val}")
     _, c, h, w = shape
     layers = []
     for phase, source, train in ((pb.TRAIN, sources[0], True), (pb.TEST, sources[1], False)):
@@ -125,7 +126,7 @@ def generated_data_layers(inputs, data_layer: str = "ImageData", batch: int = RE
         if data_layer == "ImageData":
             if c not in (1, 3):
                 raise RebirthError(f"input '{blob}' has {c} channels; ImageData reads 1 (gray) or 3 (color): "
-                                   "give --train-val")
+                                   "give {opt:train_val}")
             tp = layer.transform_param
             tp.mirror = train
             ip = layer.image_data_param

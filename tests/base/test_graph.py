@@ -5,7 +5,8 @@ import pytest
 
 from deeprebirth.caffe import netio
 from deeprebirth.errors import RebirthError
-from deeprebirth.graph.dag import Graph, conv_out, pool_out
+from deeprebirth.graph.dag import Graph
+from deeprebirth.graph.geometry import conv_out, pool_out
 from deeprebirth.transforms.rules import branch
 from deeprebirth.transforms.rules import streamline
 from helpers import net_of

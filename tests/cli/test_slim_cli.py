@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from deeprebirth.caffe import netio
-from deeprebirth.graph.dag import Graph, conv_geometry
+from deeprebirth.graph.dag import Graph
+from deeprebirth.graph.geometry import conv_geometry
 from helpers import STEM, error_line, run, write_random_weights
 
 PLAIN = """name: "plain"

@@ -8,7 +8,8 @@ import pytest
 
 from deeprebirth.transforms import runner
 from deeprebirth.runtime import pycaffe
-from deeprebirth.graph.dag import Graph, conv_geometry, conv_out, pool_out
+from deeprebirth.graph.dag import Graph
+from deeprebirth.graph.geometry import conv_geometry, conv_out, pool_out
 from deeprebirth.graph.model import Model, load_model
 from deeprebirth.transforms.rules import available, get
 from deeprebirth.transforms.rules.pool_into_conv import PoolIntoConvRule

@@ -32,7 +32,8 @@ from __future__ import annotations
 from deeprebirth.transforms.edit import regenerate, remove_layers, unit_names  # noqa: F401  (unit_names: tests import it here)
 from deeprebirth.graph.geometry import (choose_pad, conv_geometry, fmt, pool_geometry,  # noqa: F401  (choose_pad: likewise)
                         set_conv_stride_pad, stride_one_too_wide)
-from deeprebirth.graph.dag import ELEMENTWISE, Graph, Node
+from deeprebirth.graph.dag import Graph, Node
+from deeprebirth.graph.kinds import ELEMENTWISE
 from deeprebirth.graph.model import Model
 from deeprebirth.transforms.rules.base import Change, Match, Rule
 
@@ -111,8 +112,8 @@ class StreamlineRule(Rule):
         folded = [n for n in chain if n.type in FOLDED]
         if folded:
             return (f"{folded[0].type} '{folded[0].name}' sits between '{head.name}' and the layers to slim: "
-                    f"it must be folded into '{head.name}' first (rule fold_bn): slim with --weights and "
-                    f"--only {','.join(dict.fromkeys([head.name, match.name]))}")
+                    f"it must be folded into '{head.name}' first (rule fold_bn): slim with {{opt:weights}} and "
+                    f"{{opt:only}} {','.join(dict.fromkeys([head.name, match.name]))}")
         pools = [n for n in chain if n.type == POOL]
         notes: list[str] = []
         geometry = None

@@ -70,7 +70,8 @@ import numpy as np
 from deeprebirth.caffe import proto as pb
 from deeprebirth.transforms import vbmf
 from deeprebirth.errors import RebirthError
-from deeprebirth.graph.dag import Graph, Node, conv_geometry
+from deeprebirth.graph.dag import Graph, Node
+from deeprebirth.graph.geometry import conv_geometry
 from deeprebirth.graph.model import Model
 from deeprebirth.transforms.rules.base import Change, Match, Rule, unique_name
 
@@ -269,7 +270,7 @@ class TuckerRule(Rule):
         if sum(x is not None for x in (ranks, ratio, layer_ranks)) > 1:
             raise RebirthError("give fixed ranks or a ratio or a MAC budget, not two of them")
         if ratio is not None and not 0 < ratio <= 1:
-            raise RebirthError(f"--ratio must be in (0, 1], not {ratio}")
+            raise RebirthError(f"{{opt:ratio}} must be in (0, 1], not {ratio}")
         if ranks is not None and (len(ranks) != 2 or min(ranks) < 1):
             raise RebirthError(f"ranks must be two positive integers R3,R4, not {ranks}")
         self.ranks, self.ratio = ranks, ratio
@@ -329,7 +330,7 @@ class TuckerRule(Rule):
         elif self.ranks is not None:
             if self.ranks[0] != self.ranks[1]:
                 raise RebirthError(f"layer '{node.name}' ({node.type}, {T}x{S}) is decomposed by SVD, into one "
-                                   f"rank: give one value (--ranks R), not {self.ranks[0]},{self.ranks[1]}")
+                                   f"rank: give one value ({{opt:ranks}} R), not {self.ranks[0]},{self.ranks[1]}")
             r, source = self.ranks[0], "fixed"
             if r > full:
                 raise RebirthError(f"layer '{node.name}': rank {r} is larger than the layer allows "
@@ -536,9 +537,9 @@ def parse_ranks(text: str | None) -> tuple[int, int] | None:
     try:
         values = [int(p) for p in parts]
     except ValueError:
-        raise RebirthError(f"--ranks: expected vbmf, R or R3,R4 (positive integers), not '{text}'") from None
+        raise RebirthError(f"{{opt:ranks}}: expected vbmf, R or R3,R4 (positive integers), not '{text}'") from None
     if len(values) not in (1, 2) or min(values) < 1:
-        raise RebirthError(f"--ranks: expected vbmf, R or R3,R4 (positive integers), not '{text}'")
+        raise RebirthError(f"{{opt:ranks}}: expected vbmf, R or R3,R4 (positive integers), not '{text}'")
     return (values[0], values[-1])
 
 
