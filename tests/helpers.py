@@ -17,6 +17,7 @@ from PIL import Image
 
 from deeprebirth.caffe import netio
 from deeprebirth.caffe import proto as pb
+from deeprebirth.caffe.phase import filter_phase
 from deeprebirth.graph.model import Model
 from deeprebirth.cli import main
 from deeprebirth.graph.dag import Graph
@@ -183,7 +184,7 @@ def write_random_weights(net, path: Path, seed: int = 0, drop=()) -> "netio.Weig
 def googlenet(shared_models: Path, batch: int | None = None, weights: bool = False) -> Model:
     """The public BVLC GoogLeNet deploy net (TEST phase), at ``batch`` (None: as published, 10),
     with random weights if ``weights``."""
-    net = netio.filter_phase(netio.read_net(shared_models / "bvlc_googlenet" / "deploy.prototxt"), pb.TEST)
+    net = filter_phase(netio.read_net(shared_models / "bvlc_googlenet" / "deploy.prototxt"), pb.TEST)
     if batch is not None:
         net.layer[0].input_param.shape[0].dim[0] = batch
     return with_weights(net) if weights else Model(net)

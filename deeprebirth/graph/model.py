@@ -14,6 +14,7 @@ import numpy as np
 
 from deeprebirth.caffe import builtin, netio
 from deeprebirth.caffe import proto as pb
+from deeprebirth.caffe.phase import filter_phase
 from deeprebirth.errors import RebirthError, warn
 from deeprebirth.graph.dag import Graph
 
@@ -128,7 +129,7 @@ def load_model(model: str | Path, weights: str | Path | None = None, phase: int 
     raw = netio.read_net(path)
     if check is not None:
         check(raw, str(path))
-    net = netio.filter_phase(raw, phase)
+    net = filter_phase(raw, phase)
     net = netio.strip_weights(net)
     m = Model(net, None, str(path))
     graph = Graph(net, batch=batch)  # validates the net (what Caffe CHECKs) before any command runs

@@ -17,6 +17,7 @@ import numpy as np
 
 from deeprebirth.caffe import builtin, folders, netio
 from deeprebirth.caffe import proto as pb
+from deeprebirth.caffe.phase import filter_phase
 from deeprebirth.errors import RebirthError
 from deeprebirth.graph.kinds import DATA_TYPES
 
@@ -311,7 +312,7 @@ def read_mean_file(path: str | os.PathLike, base_dir: str | os.PathLike | None =
 
 def data_layer(train_val: "pb.NetParameter", phase: int, source: str = "<train_val>") -> "pb.LayerParameter | None":
     """The first data layer (not Input) of ``train_val`` in ``phase``, or None."""
-    for layer in netio.filter_phase(train_val, phase).layer:
+    for layer in filter_phase(train_val, phase).layer:
         if layer.type in DATA_TYPES and layer.type != "Input":
             return layer
     return None

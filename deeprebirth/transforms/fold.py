@@ -23,6 +23,7 @@ from deeprebirth.caffe import netio
 from deeprebirth.transforms import runner
 from deeprebirth.transforms import rules
 from deeprebirth.caffe import proto as pb
+from deeprebirth.caffe.phase import phases_used
 from deeprebirth.errors import RebirthError
 from deeprebirth.graph.dag import Graph
 from deeprebirth.graph.model import Model, check_weights, load_model
@@ -45,7 +46,7 @@ def check_inference_net(net: "pb.NetParameter", source: str) -> None:
                            "BatchNorm uses each batch's statistics; fold-bn needs the deploy (TEST) net")
     # A deploy net may keep TEST-only layers (SSD deploy files mark DetectionOutput so); a rule
     # that names the TRAIN phase makes it a train/test net.
-    if pb.TRAIN in netio.phases_used(net):
+    if pb.TRAIN in phases_used(net):
         ruled = next(layer.name for layer in net.layer
                      if any(r.HasField("phase") and r.phase == pb.TRAIN for r in [*layer.include, *layer.exclude]))
         raise RebirthError(f"{source}: is a train/test net (layer '{ruled}' has include/exclude phase "

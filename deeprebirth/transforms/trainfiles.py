@@ -23,6 +23,7 @@ from typing import Iterable
 
 from deeprebirth.caffe import netio
 from deeprebirth.caffe import proto as pb
+from deeprebirth.caffe.phase import filter_phase
 from deeprebirth.errors import RebirthError
 from deeprebirth.graph.dag import Graph
 from deeprebirth.graph.kinds import DATA_TYPES, DEPTHWISE_TYPES
@@ -322,7 +323,7 @@ def _drop_unread_softmax(net: "pb.NetParameter", body_names: set[str]) -> None:
 
 def eval_batch_size(train_val: "pb.NetParameter", default: int = RECIPE["batch"]) -> int:
     """The batch size of the TEST phase's data (``default`` when it cannot be told)."""
-    test = netio.filter_phase(train_val, pb.TEST)
+    test = filter_phase(train_val, pb.TEST)
     for layer in test.layer:
         if layer.type not in DATA_TYPES:
             continue

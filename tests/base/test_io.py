@@ -8,6 +8,7 @@ from google.protobuf import text_format
 from deeprebirth import outputs
 from deeprebirth.caffe import netio
 from deeprebirth.caffe import proto as pb
+from deeprebirth.caffe.phase import filter_phase, phases_used
 from deeprebirth.errors import RebirthError
 
 V1_NET = """
@@ -66,13 +67,13 @@ def test_v1_upgrade_agrees_with_caffe(tmp_path, caffe):
 
 def test_phase_filtering_follows_netstaterules(tmp_path):
     net = netio.read_net(_write(tmp_path, "phased.prototxt", PHASED))
-    train = netio.filter_phase(net, pb.TRAIN)
-    test = netio.filter_phase(net, pb.TEST)
-    staged = netio.filter_phase(net, pb.TEST, stages=["extra"])
+    train = filter_phase(net, pb.TRAIN)
+    test = filter_phase(net, pb.TEST)
+    staged = filter_phase(net, pb.TEST, stages=["extra"])
     assert [l.name for l in train.layer] == ["train_data", "fc", "loss"]
     assert [l.name for l in test.layer] == ["test_data", "fc", "loss", "acc"]
     assert [l.name for l in staged.layer][-1] == "staged"
-    assert netio.phases_used(net) == {pb.TRAIN, pb.TEST}
+    assert phases_used(net) == {pb.TRAIN, pb.TEST}
 
 
 def test_phase_filtering_agrees_with_caffe(tmp_path, caffe):
@@ -80,7 +81,7 @@ def test_phase_filtering_agrees_with_caffe(tmp_path, caffe):
     net = netio.read_net(path)
     for phase, cphase in ((pb.TRAIN, caffe.TRAIN), (pb.TEST, caffe.TEST)):
         theirs = [n for n in caffe.Net(str(path), cphase)._layer_names]
-        ours = [l.name for l in netio.filter_phase(net, phase).layer]
+        ours = [l.name for l in filter_phase(net, phase).layer]
         assert [n for n in theirs if "split" not in n] == ours
 
 

@@ -13,6 +13,7 @@ import pytest
 from deeprebirth.transforms import fold
 from deeprebirth.caffe import netio
 from deeprebirth.caffe import proto as pb
+from deeprebirth.caffe.phase import filter_phase
 from deeprebirth.errors import RebirthError, RebirthWarning
 from deeprebirth.graph.dag import Graph
 from deeprebirth.graph.model import load_model
@@ -29,7 +30,7 @@ def graph_of(text: str, **kw) -> Graph:
 
 
 def deploy(path: Path) -> "pb.NetParameter":
-    return netio.filter_phase(netio.read_net(path), pb.TEST)
+    return filter_phase(netio.read_net(path), pb.TEST)
 
 
 def weights_file(path: Path, tmp_path: Path, seed: int = 1) -> Path:

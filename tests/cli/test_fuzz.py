@@ -39,6 +39,7 @@ import pytest
 from deeprebirth import outputs
 from deeprebirth.caffe import netio
 from deeprebirth.caffe import proto as pb
+from deeprebirth.caffe.phase import filter_phase
 from deeprebirth.graph.dag import Graph
 from helpers import DATA, ROOT
 
@@ -99,7 +100,7 @@ SMALL_NETS = ("small", "densenet", "ssd", "v0")
 
 def caffemodel_bytes(text: str, seed: int = 0) -> bytes:
     from deeprebirth.runtime.pycaffe import random_weights  # noqa: PLC0415
-    net = netio.filter_phase(netio.parse_net_text(text), pb.TEST)
+    net = filter_phase(netio.parse_net_text(text), pb.TEST)
     return netio.with_weights(net, random_weights(Graph(net, strict=False), seed=seed)).SerializeToString()
 
 

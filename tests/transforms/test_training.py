@@ -11,6 +11,7 @@ from deeprebirth.caffe import netio
 from deeprebirth.transforms import slim
 from deeprebirth.transforms import trainfiles
 from deeprebirth.caffe import proto as pb
+from deeprebirth.caffe.phase import filter_phase
 from deeprebirth.runtime import pycaffe
 from deeprebirth.errors import RebirthError
 from deeprebirth.graph.dag import Graph
@@ -90,7 +91,7 @@ def test_generated_train_val_reads_list_files_and_adds_the_loss():
     assert layers["accuracy"].type == "Accuracy" and layers["accuracy"].include[0].phase == pb.TEST
     assert layers["accuracy_top5"].accuracy_param.top_k == 5
     # Shapes are consistent (Graph reads ImageData's resize).
-    g = Graph(netio.filter_phase(net, pb.TRAIN))
+    g = Graph(filter_phase(net, pb.TRAIN))
     assert g.shapes["fc"] == (32, 10)
 
 
@@ -199,7 +200,7 @@ def test_generated_dummy_train_val_trains_and_init_weights_load(caffe, tmp_path,
 def test_given_train_val_frames_the_slim_body(caffe, tmp_path, monkeypatch):
     m = model()
     given = netio.parse_net_text(TRAIN_VAL, "train_val.prototxt")
-    train_only = pycaffe.random_weights(Graph(netio.filter_phase(given, pb.TRAIN)), seed=9)
+    train_only = pycaffe.random_weights(Graph(filter_phase(given, pb.TRAIN)), seed=9)
     extra = {k: v for k, v in train_only.items() if k.startswith("aux")}
     m.spare_weights = extra  # what load_model keeps of a caffemodel's layers the deploy net lacks
     out = slimmed(m, train_val=given, train_val_source="train_val.prototxt")
