@@ -144,7 +144,7 @@ def foreign_entries(folder: Path, names: Iterable[str]) -> list[str]:
 def _refuse_foreign(out: Path, foreign: list[str], what: str) -> None:
     more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
     raise RebirthError(f"{out}: holds files rebirth did not write ({', '.join(foreign[:3])}{more}); "
-                       f"choose another output directory, or add --force to {what}")
+                       f"choose another output directory, or add {{opt:force}} to {what}")
 
 
 def _check_inputs_outside(out: Path, files: Iterable[str], inputs: list[Path]) -> None:
@@ -284,7 +284,7 @@ def _check_inputs_outside_files(out: Path, names: list[str], inputs: list[Path])
     for name in names:
         for src in inputs:
             if same_file(out / name, src):
-                raise RebirthError(f"{out / name}: refusing to overwrite an input file (give -o)")
+                raise RebirthError(f"{out / name}: refusing to overwrite an input file (give {{opt:outdir}})")
 
 
 def record_files(folder: str | os.PathLike, names: Iterable[str]) -> None:

@@ -126,6 +126,18 @@ def flag_namer(command: click.Command | None):
     return lambda name: flags.get(name, "--" + name.replace("_", "-"))
 
 
+def current_flags():
+    """``flag_namer`` of the command that is running (of none outside a command)."""
+    ctx = click.get_current_context(silent=True)
+    return flag_namer(ctx.command if ctx is not None else None)
+
+
+def echo(text: str = "", err: bool = False) -> None:
+    """``click.echo`` of text that may hold library messages: their ``{opt:NAME}`` become the
+    running command's flags."""
+    click.echo(errors.render(str(text), current_flags()), err=err)
+
+
 def show_warnings(*lists: list[str]) -> None:
     """Print the warnings carried on results (``Model.warnings``, ``Result.warnings``), each once."""
     shown: set[str] = set()
@@ -133,12 +145,12 @@ def show_warnings(*lists: list[str]) -> None:
         for message in messages:
             if message not in shown:
                 shown.add(message)
-                click.echo(f"rebirth: warning: {message}", err=True)
+                echo(f"rebirth: warning: {message}", err=True)
 
 
 def output_json(obj) -> None:
     import json  # noqa: PLC0415
-    click.echo(json.dumps(obj, indent=2))
+    echo(json.dumps(obj, indent=2))
 
 
 def _register() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from deeprebirth import outputs
-from deeprebirth.cli import main, reports
+from deeprebirth.cli import echo, main, reports
 from deeprebirth.runtime import export, verify
 
 
@@ -37,7 +37,7 @@ def export_command(model, weights, fmt, outdir, do_verify, tolerance, seed, forc
     check = None
     if do_verify:
         check = verify.compare_export(m, fmt, files, seed=seed)
-        click.echo(check.format(tolerance))
+        echo(check.format(tolerance))
         verify.require(check, tolerance)
     written = outputs.write_dir(outdir, files, inputs=[m.source, m.weights_source], force=force)
-    click.echo(reports.export_summary(m, fmt, written))
+    echo(reports.export_summary(m, fmt, written))

@@ -7,7 +7,7 @@ from deeprebirth import outputs
 from deeprebirth.cli import reports
 from deeprebirth.transforms import fold
 from deeprebirth.runtime import verify
-from deeprebirth.cli import FILE, main, output_json, show_warnings
+from deeprebirth.cli import FILE, echo, main, output_json, show_warnings
 
 
 @main.command("fold-bn")
@@ -43,14 +43,14 @@ def fold_bn_command(model, weights, outdir, do_verify, tolerance, seed, allow_mi
     check = verify.compare(original, result.model, seed=seed) if do_verify else None
     if check is not None:
         if not as_json and not check.passed(tolerance):
-            click.echo(check.format(tolerance))   # what failed, before the error line
+            echo(check.format(tolerance))   # what failed, before the error line
         verify.require(check, tolerance)
     written = fold.write(result.model, outdir, inputs=[original.source, original.weights_source], force=force)
     if as_json:
         output_json(reports.fold_json(original, result, check, tolerance, written))
         return
     for line in reports.fold_summary(original, result):
-        click.echo(line)
+        echo(line)
     if check is not None:
-        click.echo(check.format(tolerance))
-    click.echo(f"wrote {written[0]} and {written[1]}")
+        echo(check.format(tolerance))
+    echo(f"wrote {written[0]} and {written[1]}")

@@ -7,7 +7,7 @@ from deeprebirth.cli import reports
 from deeprebirth.transforms import candidates
 from deeprebirth.caffe import folders
 from deeprebirth.graph.model import load_model
-from deeprebirth.cli import FILE, main, output_json, show_warnings
+from deeprebirth.cli import FILE, echo, main, output_json, show_warnings
 
 
 @main.command("inspect")
@@ -33,4 +33,4 @@ def inspect_command(model, weights, batch, rule_names, keep_pooling, allow_missi
     if as_json:
         output_json(info)
     else:
-        click.echo(reports.inspect_text(info))
+        echo(reports.inspect_text(info))

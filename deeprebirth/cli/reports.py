@@ -8,6 +8,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from deeprebirth import errors
 from deeprebirth.graph.model import Model
 from deeprebirth.transforms import runner
 from deeprebirth.transforms.rank_budget import MIN_RANK
@@ -333,7 +334,9 @@ def _run_settings(result: dict) -> str:
 
 def stderr_line(line: str) -> None:
     from tqdm import tqdm  # noqa: PLC0415
-    tqdm.write(line, file=sys.stderr)
+
+    from deeprebirth.cli import current_flags  # noqa: PLC0415  (the package imports this module)
+    tqdm.write(errors.render(line, current_flags()), file=sys.stderr)
 
 
 def grouped_notes(notes: list[tuple[str, str]], show: int = 4) -> list[str]:

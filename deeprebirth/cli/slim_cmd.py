@@ -11,7 +11,7 @@ from deeprebirth.transforms import tucker as tucker_api
 from deeprebirth.errors import RebirthError
 from deeprebirth.graph.model import load_model, resolve
 from deeprebirth.transforms.rules.tucker import parse_ranks
-from deeprebirth.cli import FILE, main, output_json, show_warnings
+from deeprebirth.cli import FILE, current_flags, echo, main, output_json, show_warnings
 from deeprebirth.runtime import verify
 
 
@@ -64,7 +64,7 @@ def slim_command(model, weights, train_val, only, rule_names, keep_pooling, data
     train_val = train_val or (str(shipped["train_val"]) if "train_val" in shipped else None)
     m = load_model(model, weights, allow_missing=allow_missing)
     if shipped and not as_json:      # once the model loaded: an error is the only line otherwise
-        click.echo(f"rebirth: {model}: using the {' and the '.join(f'{w} shipped with it ({p})' for w, p in shipped.items())}",
+        echo(f"rebirth: {model}: using the {' and the '.join(f'{w} shipped with it ({p})' for w, p in shipped.items())}",
                    err=True)
     show_warnings(m.warnings)
     given = netio.read_net(train_val) if train_val else None
@@ -87,8 +87,8 @@ def slim_command(model, weights, train_val, only, rule_names, keep_pooling, data
                             inputs=[str(resolve(model)), weights, train_val])
         summarize = reports.slim_summary
     show_warnings([w for w in out.result.warnings if w not in m.warnings])
-    written = slim_api.write(out, outdir, force=force)
+    written = slim_api.write(out, outdir, force=force, name_of=current_flags())
     if as_json:
         output_json(out.report())
     else:
-        click.echo(summarize(out, written))
+        echo(summarize(out, written))

@@ -13,7 +13,7 @@ from deeprebirth.transforms import rank_budget
 from deeprebirth.transforms import tucker as tucker_api
 from deeprebirth.graph.model import load_model, resolve
 from deeprebirth.transforms.rules.tucker import parse_ranks
-from deeprebirth.cli import FILE, main, output_json, show_warnings
+from deeprebirth.cli import FILE, current_flags, echo, main, output_json, show_warnings
 from deeprebirth.cli.progress import progress_bar
 from deeprebirth.runtime import verify
 
@@ -80,8 +80,8 @@ def tucker_command(model, weights, ranks, ratio, macs, time_budget, layer_cost, 
                                macs=macs, time=time_budget, layer_cost=layer_cost, rank_floor=rank_floor,
                                **kwargs)
     show_warnings([w for w in out.result.warnings if w not in m.warnings])
-    written = slim_api.write(out, outdir, force=force)
+    written = slim_api.write(out, outdir, force=force, name_of=current_flags())
     if as_json:
         output_json(out.report())
     else:
-        click.echo(reports.tucker_summary(out, written))
+        echo(reports.tucker_summary(out, written))

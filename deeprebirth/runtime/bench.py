@@ -90,10 +90,10 @@ def prepare(specs: Sequence[str], weights: Sequence[str] = (), batch: int | None
     if not specs:
         raise RebirthError("bench needs at least one MODEL")
     if weights and len(weights) != len(specs):
-        raise RebirthError(f"--weights was given {len(weights)} time(s) for {len(specs)} model(s): "
+        raise RebirthError(f"{{opt:weights}} was given {len(weights)} time(s) for {len(specs)} model(s): "
                            "give it once per model, in the order of the models, or not at all")
     if batch is not None and batch < 1:
-        raise RebirthError(f"--batch must be at least 1, not {batch}")
+        raise RebirthError(f"{{opt:batch}} must be at least 1, not {batch}")
     out = []
     for label, spec, w in zip(labels(specs), specs, list(weights) or [None] * len(specs)):
         m = load_model(spec, w, batch=batch)
@@ -133,9 +133,9 @@ def measure(sessions: Sequence[tuple[str, Session]], runs: int = 50, warmup: int
     followed by a pass of per-layer calls. ``progress(1)`` is called after each model's turn;
     ``cooldown`` seconds of sleep come before every turn but the first."""
     if runs < 1:
-        raise RebirthError(f"--runs must be at least 1, not {runs}")
+        raise RebirthError(f"{{opt:runs}} must be at least 1, not {runs}")
     if warmup < 0:
-        raise RebirthError(f"--warmup must be at least 0, not {warmup}")
+        raise RebirthError(f"{{opt:warmup}} must be at least 0, not {warmup}")
     out = [Measurement(label, list(s.layer_names), list(s.layer_types)) for label, s in sessions]
     gc_was_enabled = gc.isenabled()
     gc.collect()

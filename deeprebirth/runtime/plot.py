@@ -38,7 +38,7 @@ def check_path(path: str | Path) -> Path:
     """Refuse a --plot name that is not a .png, or cannot be written, before any timing."""
     path = Path(path)
     if path.suffix.lower() != ".png":
-        raise RebirthError(f"{path}: --plot writes a PNG image; give a file name ending in .png")
+        raise RebirthError(f"{path}: {{opt:plot}} writes a PNG image; give a file name ending in .png")
     return outputs.check_output_path(path)
 
 
@@ -109,7 +109,7 @@ def make_figure(models: Sequence[dict]):
 
     models = [m for m in models if m["layers"]]
     if not models:
-        raise RebirthError("the plot needs per-layer times (run with --layers)")
+        raise RebirthError("the plot needs per-layer times (run with {opt:layers})")
     grouped = [{b["block"]: b for b in blocks(m["layers"])} for m in models]
     order = _merged_order([list(g) for g in grouped])
     n = len(models)

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from deeprebirth import outputs
+from deeprebirth import errors, outputs
 from deeprebirth.transforms import relearn_plan
 from deeprebirth import __version__
 from deeprebirth.caffe import netio
@@ -26,6 +26,7 @@ from deeprebirth.transforms import rules as rule_registry
 from deeprebirth.transforms import trainfiles
 from deeprebirth.transforms import transplant as weight_ops
 from deeprebirth.caffe import proto as pb
+from deeprebirth.caffe.phase import filter_phase
 from deeprebirth.errors import RebirthError
 from deeprebirth.graph.dag import Graph
 from deeprebirth.graph.model import Model
@@ -125,7 +126,7 @@ def slim(model: Model, rules: list[Rule | str] | None = None, only: list[str] | 
     default every rule that declares ``default`` (without weights, those that need them are left
     out, with a note).
     Training-only layers of a given train_val (auxiliary classifiers) start from their trained values
-    when the --weights file has them (``model.spare_weights``).
+    when the weights file has them (``model.spare_weights``).
     ``progress(1)`` is called after each match is decided (``runner.run``).
 
     The rules run once, also with ``only``: the names in ``only`` are checked against the matches
@@ -147,7 +148,7 @@ def slim(model: Model, rules: list[Rule | str] | None = None, only: list[str] | 
     if only is not None:
         only = list(dict.fromkeys(n.strip() for n in only if n.strip()))
         if not only:
-            raise RebirthError("--only: no substructure named")
+            raise RebirthError("{opt:only}: no substructure named")
         only_set = set(only)
     result = runner.run(model, rules, only=only_set, progress=progress)
     if only is not None and not only_set <= set(result.matched):
@@ -212,7 +213,7 @@ def _training_only_weights(train_val: "pb.NetParameter", deploy: "pb.NetParamete
     if not extra:
         return {}
     shapes = dict(trainfiles.deploy_inputs(deploy))
-    graph = Graph(netio.filter_phase(train_val, pb.TRAIN), input_shapes={k: v for k, v in shapes.items() if v},
+    graph = Graph(filter_phase(train_val, pb.TRAIN), input_shapes={k: v for k, v in shapes.items() if v},
                   strict=False)
     out = {}
     for name in extra:
@@ -232,8 +233,9 @@ def _training_only_weights(train_val: "pb.NetParameter", deploy: "pb.NetParamete
 # Writing
 
 
-def render(out: SlimOutput) -> dict[str, bytes | str]:
-    """File name -> contents, everything `write` puts in OUTDIR."""
+def render(out: SlimOutput, name_of: Callable[[str], str] = str) -> dict[str, bytes | str]:
+    """File name -> contents, everything `write` puts in OUTDIR. The caller's parameters that
+    report.json's notes name (``{opt:NAME}``) are spelled by ``name_of`` (the cli: its flags)."""
     src = out.model.source
     head = [f"Slimmed by rebirth {__version__} (DeepRebirth) from {src}", f"rules: {', '.join(out.rules)}"]
     if out.only:
@@ -255,7 +257,7 @@ def render(out: SlimOutput) -> dict[str, bytes | str]:
     }
     if out.weights is not None:
         files["init.caffemodel"] = _weights_net(out).SerializeToString()
-    files["report.json"] = json.dumps(out.report(), indent=2) + "\n"
+    files["report.json"] = errors.render(json.dumps(out.report(), indent=2), name_of) + "\n"
     return files
 
 
@@ -272,10 +274,12 @@ def _weights_net(out: SlimOutput) -> "pb.NetParameter":
     return netio.with_weights(net, out.weights)
 
 
-def write(out: SlimOutput, outdir: str | os.PathLike, force: bool = False) -> list[Path]:
+def write(out: SlimOutput, outdir: str | os.PathLike, force: bool = False,
+          name_of: Callable[[str], str] = str) -> list[Path]:
     """Write every file into ``outdir``, all or nothing (``outputs.write_dir``: never onto an input,
-    never mixed with an earlier run's files; a directory rebirth did not make needs ``force``)."""
-    return outputs.write_dir(outdir, render(out), out.inputs, force=force)
+    never mixed with an earlier run's files; a directory rebirth did not make needs ``force``).
+    ``name_of``: see ``render``."""
+    return outputs.write_dir(outdir, render(out, name_of), out.inputs, force=force)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -81,10 +81,10 @@ def tucker(model: Model, ranks: tuple[int, int] | None = None, ratio: float | No
     channels under max(4, ``rank_floor`` n) (default ``rank_budget.RANK_FLOOR``; 0: no floor). ``slim_kwargs`` go to slim.slim
     (train_val, train_val_source, data_layer, inputs)."""
     if sum(x is not None for x in (ranks or None, ratio, macs, time)) > 1:
-        raise RebirthError("give fixed ranks, a ratio, a MAC budget (--macs) or a time budget (--time), "
+        raise RebirthError("give fixed ranks, a ratio, a MAC budget ({opt:macs}) or a time budget ({opt:time_budget}), "
                            "not two of them")
     if rank_floor is not None and macs is None and time is None:
-        raise RebirthError("--rank-floor counts only with a budget (--macs F or --time F); give both")
+        raise RebirthError("{opt:rank_floor} counts only with a budget ({opt:macs} F or {opt:time_budget} F); give both")
     floor = rank_budget.RANK_FLOOR if rank_floor is None else rank_floor
     rule = _rule(ranks, ratio)
     if model.weights is None:
@@ -96,16 +96,16 @@ def tucker(model: Model, ranks: tuple[int, int] | None = None, ratio: float | No
     if only is not None:
         only = list(dict.fromkeys(n.strip() for n in only if n.strip()))
         if not only:
-            raise RebirthError("--only: no layer named")
+            raise RebirthError("{opt:only}: no layer named")
         unknown = [n for n in only if n not in names]
         if unknown:
             listing = ", ".join(names[:12]) + (f" ... ({len(names)} in all)" if len(names) > 12 else "")
             raise RebirthError(f"{model.source}: no decomposable layer named '{unknown[0]}' (layers: {listing})")
         rule = rule.with_options(only=set(only))
     budget = None
-    for fraction, cost, flag in ((macs, 0, "--macs"), (time, layer_cost, "--time")):
+    for fraction, cost, option in ((macs, 0, "macs"), (time, layer_cost, "time_budget")):
         if fraction is not None:     # at most one of them (checked above)
-            ranks_of, budget = rank_budget.budget_ranks(model, fraction, only, cost, flag, floor)
+            ranks_of, budget = rank_budget.budget_ranks(model, fraction, only, cost, option, floor)
             rule = rule.with_options(layer_ranks=ranks_of)
     out = _decompose(model, [rule], rule, only, measure, progress=progress, **slim_kwargs)
     out.macs_fraction, out.time_fraction = macs, time
@@ -127,7 +127,8 @@ def slim_tucker(model: Model, rule_names: list[str] | None = None, keep_pooling:
     """Slim-Tucker in one go: the slim rules, then the decomposition of the slim net's layers."""
     rule = _rule(ranks, ratio)
     if model.weights is None:
-        raise RebirthError(f"{model.source}: --tucker needs --weights: the decomposition starts from trained weights")
+        raise RebirthError(f"{model.source}: {{opt:tucker}} needs {{opt:weights}}: the decomposition starts from "
+                           "trained weights")
     rules = slim_api.select_rules(rule_names, keep_pooling, True) + [rule]
     return _decompose(model, rules, rule, None, measure, **slim_kwargs)
 

@@ -82,7 +82,7 @@ def test_claim_dir_for_commands_that_add_files(tmp_path):
     users = tmp_path / "users"
     users.mkdir()
     (users / "notes.txt").write_text("mine")
-    with pytest.raises(RebirthError, match=r"notes\.txt.*--force"):
+    with pytest.raises(RebirthError, match=r"notes\.txt.*add force to"):
         outputs.claim_dir(users, ["weights.caffemodel"])
     assert not (users / outputs.MARKER).exists()
     outputs.claim_dir(users, ["weights.caffemodel"], force=True)
@@ -99,5 +99,5 @@ def test_claim_dir_for_commands_that_add_files(tmp_path):
     outputs.claim_dir(fresh, ["weights.caffemodel"])
     assert (inner / "weights.caffemodel").read_text() == "tuned"
     (fresh / "photos").mkdir()
-    with pytest.raises(RebirthError, match=r"photos.*--force"):
+    with pytest.raises(RebirthError, match=r"photos.*add force to"):
         outputs.claim_dir(fresh, ["weights.caffemodel"])

@@ -168,7 +168,7 @@ def test_device_names_and_options(fake_phone, monkeypatch):
         get_device("ssh://")
     with pytest.raises(RebirthError, match="hexadecimal CPU mask"):
         get_device("adb", cpu_mask="big")
-    with pytest.raises(RebirthError, match="for --device cpu set OPENBLAS_NUM_THREADS"):
+    with pytest.raises(RebirthError, match="for device cpu set OPENBLAS_NUM_THREADS"):
         get_device("cpu", threads=2)
     monkeypatch.delenv(remote.BINARY_ENV)
     res = run("bench", fake_phone["proto"], "--device", "qemu-aarch64", "--runs", "1")

@@ -66,7 +66,7 @@ def test_budget_of_one_decomposes_nothing_and_bad_fractions_are_refused():
     low = _options("low_rank", [10, 5], 32)
     assert rb.allocate([low], 1.0) == {}
     for bad in (0, -0.1, 1.5):
-        with pytest.raises(RebirthError, match="--macs must be in"):
+        with pytest.raises(RebirthError, match="^macs must be in"):
             rb.allocate([low], bad)
 
 
@@ -106,19 +106,19 @@ def test_a_decomposition_that_adds_more_layer_cost_than_it_saves_is_no_candidate
     Under a MAC budget it is cut; with a layer worth 30,000 MACs no rank of it is predicted faster."""
     low = _options("narrow_low_rank", [10, 1e-3], 16)
     assert rb.allocate([low], 0.5) != {}
-    assert rb.allocate([low], 0.5, layer_cost=30_000, flag="--time") == {}
+    assert rb.allocate([low], 0.5, layer_cost=30_000, option="time_budget") == {}
     own, cand = low.costs(30_000)
     assert own == low.macs0 + 30_000 and list(cand) == list(low.macs + 60_000)
 
 
 def test_the_time_budget_holds_and_counts_the_added_layers():
     big = [_options(f"wide{i}", [10, 5, 1, 0.5, 0.1], 256, hw=50) for i in range(3)]
-    got = rb.allocate(big, 0.5, layer_cost=30_000, flag="--time")
+    got = rb.allocate(big, 0.5, layer_cost=30_000, option="time_budget")
     own = sum(o.costs(30_000)[0] for o in big)
     after = sum(o.costs(30_000)[0] if o.name not in got else 50 * got[o.name]["r"] * 512 + 2 * 30_000 for o in big)
     assert got and after <= 0.5 * own
-    with pytest.raises(RebirthError, match="--time must be in"):
-        rb.allocate(big, 1.5, layer_cost=30_000, flag="--time")
+    with pytest.raises(RebirthError, match="^time_budget must be in"):
+        rb.allocate(big, 1.5, layer_cost=30_000, option="time_budget")
 
 
 def test_one_sided_tucker_candidates_drop_a_layer_and_their_error_is_exact():
@@ -155,7 +155,7 @@ def test_cli_time_budget_reports_it(tmp_path):
 
 def test_layers_left_whole_say_why():
     m = low_rank_model()
-    slow, (before, after) = rb.budget_ranks(m, 0.5, layer_cost=10**9, flag="--time")   # never faster
+    slow, (before, after) = rb.budget_ranks(m, 0.5, layer_cost=10**9, option="time_budget")   # never faster
     assert slow and all(isinstance(v, str) and "predicted faster" in v for v in slow.values())
     assert before == after > 0
     with pytest.raises(RebirthError, match="nothing to decompose.*predicted faster"):

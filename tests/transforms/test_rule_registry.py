@@ -12,6 +12,7 @@ from deeprebirth.transforms import candidates
 from deeprebirth.transforms import rules
 from deeprebirth.transforms import slim
 from deeprebirth.cli import main
+from deeprebirth import errors
 from deeprebirth.errors import RebirthError
 from deeprebirth.graph.dag import Graph
 from deeprebirth.graph.model import load_model
@@ -145,8 +146,8 @@ def test_select_without_weights_and_keep_pooling():
     assert [r.name for r in chosen] == ["push_pool_concat", "streamline", "branch", "merge_parallel", "pool_into_fc",
                                         "merge_concat_1x1"]
     assert chosen[1].options() == {"absorb_pooling": False}
-    assert notes == ["no --weights: rule fold_bn (needs the trained weights) did not run"]
-    with pytest.raises(RebirthError, match="--keep-pooling contradicts --rules pool_into_conv"):
+    assert [errors.render(n) for n in notes] == ["no weights: rule fold_bn (needs the trained weights) did not run"]
+    with pytest.raises(RebirthError, match="keep_pooling contradicts rule_names pool_into_conv"):
         rules.select(["pool_into_conv"], keep_pooling=True)
     assert [r.name for r in rules.select(["pool_into_conv", "fold_bn"])[0]] == ["fold_bn", "pool_into_conv"]
     with pytest.raises(RebirthError, match="no option 'bogus'"):

@@ -25,8 +25,8 @@ def get_device(name: str, threads: int | None = None, cpu_mask: str | None = Non
     key = (name or "").strip()
     if key.lower() == "cpu":
         if threads or cpu_mask:
-            raise RebirthError("--threads and --cpu-mask apply to devices that run rebirth-time (host, adb, ssh, "
-                               "qemu-aarch64); for --device cpu set OPENBLAS_NUM_THREADS and use taskset")
+            raise RebirthError("{opt:threads} and {opt:cpu_mask} apply to devices that run rebirth-time (host, adb, "
+                               "ssh, qemu-aarch64); for {opt:device} cpu set OPENBLAS_NUM_THREADS and use taskset")
         from deeprebirth.runtime.devices.cpu import CpuDevice  # noqa: PLC0415
         return CpuDevice()
     from deeprebirth.runtime.devices.remote import make_device  # noqa: PLC0415

@@ -172,7 +172,7 @@ class LocalTransport(Transport):
         elif p is None:
             p = built_binary(self.targets, self.program)
         if p is None:
-            raise RebirthError(f"no {self.program} built for --device {self.name}: "
+            raise RebirthError(f"no {self.program} built for {{opt:device}} {self.name}: "
                                f"run {build_hint(self.build_hint, self.program)}")
         return p
 
@@ -282,7 +282,7 @@ class AdbTransport(ShellTransport):
                 raise RebirthError("adb sees no device: connect a phone with USB debugging on (adb devices lists none)")
             if len(states) > 1:
                 raise RebirthError(f"adb sees {len(states)} devices ({', '.join(states)}): "
-                                   "choose one with --device adb:SERIAL")
+                                   "choose one with {opt:device} adb:SERIAL")
             self.serial = next(iter(states))
         elif self.serial not in states:
             raise RebirthError(f"adb sees no device '{self.serial}' (devices: {', '.join(states) or 'none'})")
@@ -341,7 +341,7 @@ class SshTransport(ShellTransport):
     def __init__(self, spec: str):
         m = re.fullmatch(r"ssh://(?:([^@/:]+)@)?([^@/:]+)(?::(\d+))?/?", spec)
         if not m:
-            raise RebirthError(f"--device {spec}: expected ssh://[user@]host[:port]")
+            raise RebirthError(f"{{opt:device}} {spec}: expected ssh://[user@]host[:port]")
         self.user, self.host, self.port = m.group(1), m.group(2), m.group(3)
         self.dest = f"{self.user}@{self.host}" if self.user else self.host
 
@@ -406,7 +406,7 @@ class ProgramDevice(Device):
         self.transport = transport
         self.threads = threads
         if cpu_mask is not None and not re.fullmatch(r"(0x)?[0-9a-fA-F]+", cpu_mask):
-            raise RebirthError(f"--cpu-mask {cpu_mask}: expected a hexadecimal CPU mask such as f0")
+            raise RebirthError(f"{{opt:cpu_mask}} {cpu_mask}: expected a hexadecimal CPU mask such as f0")
         self.cpu_mask = cpu_mask
         self.cooldown = cooldown
         self.info: dict = {}
@@ -437,12 +437,12 @@ class ProgramDevice(Device):
                 "times from std::chrono::steady_clock around Net::ForwardFromTo")
 
     def open(self, model: Model, seed: int = 0) -> Session:
-        raise RebirthError(f"--device {self.name} times whole benchmarks in {self.program}; use bench.run")
+        raise RebirthError(f"{{opt:device}} {self.name} times whole benchmarks in {self.program}; use bench.run")
 
     def check(self, weight_files: Sequence[str | None], layers: bool) -> None:
         """Refuse what this program cannot do, before connecting to the device."""
         if weight_files and any(weight_files) and not all(weight_files):
-            raise RebirthError(f"--device {self.name} needs --weights for every model or for none")
+            raise RebirthError(f"{{opt:device}} {self.name} needs {{opt:weights}} for every model or for none")
 
     def inputs(self, models: Sequence[Model], weight_files: Sequence[str | None], tmp: Path, runs: int,
                warmup: int, layers: bool, seed: int) -> tuple[list[tuple[Path, str]], list[str]]:
@@ -512,8 +512,8 @@ class NcnnProgramDevice(ProgramDevice):
 
     def check(self, weight_files: Sequence[str | None], layers: bool) -> None:
         if layers:
-            raise RebirthError(f"{NCNN_PROGRAM} times whole passes only (no per-layer times): leave out --layers "
-                               "and --plot, or use --engine caffe")
+            raise RebirthError(f"{NCNN_PROGRAM} times whole passes only (no per-layer times): leave out "
+                               "{opt:layers} and {opt:plot}, or use {opt:engine} caffe")
 
     def inputs(self, models: Sequence[Model], weight_files: Sequence[str | None], tmp: Path, runs: int,
                warmup: int, layers: bool, seed: int) -> tuple[list[tuple[Path, str]], list[str]]:
@@ -564,14 +564,14 @@ def parse_output(res: RunResult, count: int, program: str, device: str) -> dict:
     """The JSON document a timing program printed for ``count`` models; a one-line error when it
     failed, printed no document or reported another number of models."""
     if res.returncode != 0:
-        raise RebirthError(f"{program} failed on --device {device} (exit {res.returncode}): {_tail(res.stderr)}")
+        raise RebirthError(f"{program} failed on {{opt:device}} {device} (exit {res.returncode}): {_tail(res.stderr)}")
     try:
         doc = json.loads(res.stdout)
         entries = doc["models"]
         if not all(isinstance(e.get(k), list) for e in entries for k in ("layer_names", "layer_types", "runs_ms")):
             raise ValueError("a model without layer_names, layer_types or runs_ms")
     except (ValueError, KeyError, TypeError, AttributeError):
-        raise RebirthError(f"{program} on --device {device} printed no JSON document: "
+        raise RebirthError(f"{program} on {{opt:device}} {device} printed no JSON document: "
                            f"{_tail(res.stdout or res.stderr, 2)}") from None
     if len(entries) != count:
         raise RebirthError(f"{program} reported {len(entries)} models for {count}")

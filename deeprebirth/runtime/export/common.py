@@ -29,7 +29,7 @@ def weight(weights: netio.Weights, node: Node, i: int) -> np.ndarray:
     arrays = weights.get(node.name)
     if arrays is None or len(arrays) <= i:
         raise RebirthError(f"layer '{node.name}' ({node.type}) has no weights; export needs every layer's weights "
-                           "(--weights)")
+                           "({opt:weights})")
     return np.asarray(arrays[i], dtype=np.float32)
 
 

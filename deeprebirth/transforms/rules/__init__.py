@@ -139,19 +139,19 @@ def select(names: list[str] | None = None, keep_pooling: bool = False,
         if not have_weights:
             left_out = [r.name for r in chosen if r.needs_weights]
             if left_out:
-                notes.append(f"no --weights: rule {', '.join(left_out)} (needs the trained weights) did not run")
+                notes.append(f"no {{opt:weights}}: rule {', '.join(left_out)} (needs the trained weights) did not run")
             chosen = [r for r in chosen if not r.needs_weights]
         if keep_pooling:
             chosen = [r for r in chosen if not (r.absorbs_pooling and r.keep_pooling_options is None)]
     else:
         names = list(dict.fromkeys(n.strip() for n in names if n.strip()))
         if not names:
-            raise RebirthError("--rules: no rule named (rules: " + ", ".join(found) + ")")
+            raise RebirthError("{opt:rule_names}: no rule named (rules: " + ", ".join(found) + ")")
         chosen = get(names)
         if keep_pooling:
             clash = [r.name for r in chosen if r.absorbs_pooling and r.keep_pooling_options is None]
             if clash:
-                raise RebirthError(f"--keep-pooling contradicts --rules {clash[0]} (it only removes poolings)")
+                raise RebirthError(f"{{opt:keep_pooling}} contradicts {{opt:rule_names}} {clash[0]} (it only removes poolings)")
         chosen = ordered(chosen)
     if keep_pooling:
         chosen = [r.with_options(**r.keep_pooling_options) if r.absorbs_pooling else r for r in chosen]

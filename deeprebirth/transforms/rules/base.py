@@ -125,7 +125,7 @@ class Rule:
     def refusal(self, graph: Graph, match: Match, model: Model) -> str | None:
         """The note that leaves ``match`` alone, or None: the declared needs, then the guards."""
         if self.needs_weights and model.weights is None:
-            return f"rule {self.name} needs the trained weights (give --weights)"
+            return f"rule {self.name} needs the trained weights (give {{opt:weights}})"
         return self.guards(graph, match, model)
 
     def options(self) -> dict:
