@@ -83,7 +83,7 @@ class SlimDir:
             deploy, weights = self.report.get("model"), self.report.get("weights")
         if not deploy or not weights:
             raise RebirthError(f"{self.path / 'report.json'}: names no teacher weights (slim ran without "
-                               "--weights); distillation needs the trained original model")
+                               "{opt:weights}); distillation needs the trained original model")
         return self._locate(deploy), self._locate(weights)
 
     def _locate(self, p: str) -> str:

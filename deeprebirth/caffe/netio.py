@@ -84,7 +84,7 @@ def read_net(path: str | os.PathLike) -> "pb.NetParameter":
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise RebirthError(f"{path}: is a binary file, expected a text prototxt "
-                           "(a .caffemodel goes to --weights)") from None
+                           "(a .caffemodel goes to {opt:weights})") from None
     net = parse_net_text(text, str(path))
     if not len(net.layer) and not len(net.input):
         raise RebirthError(f"{path}: not a Caffe net: it defines no layers and no inputs")

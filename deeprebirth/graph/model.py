@@ -108,10 +108,10 @@ def check_coverage(graph: Graph, arrays: netio.Weights, source: str, weights_sou
         if len(missing) == len(with_params):
             raise RebirthError(f"{weights_source}: shares no layer with parameters with {source} (is it the "
                                f"caffemodel of another net?); the net's layers with parameters: {listing} "
-                               "(--allow-missing gives them all fresh weights)")
+                               "({opt:allow_missing} gives them all fresh weights)")
         what = listing if len(missing) == 1 else f"{len(missing)} layers with parameters: {listing}"
         raise RebirthError(f"{weights_source}: no weights for {what} of {source} "
-                           "(--allow-missing gives them fresh weights)")
+                           "({opt:allow_missing} gives them fresh weights)")
     warn(f"{weights_source}: no weights for {len(missing)} layer(s) of {source}, which get fresh weights "
          f"(fillers): {listing}")
     return missing

@@ -111,8 +111,11 @@ def test_empty_or_binary_file_is_not_a_net(tmp_path):
         netio.read_net(_write(tmp_path, "empty.prototxt", 'name: "nothing"\n'))
     binary = tmp_path / "w.caffemodel"
     binary.write_bytes(bytes(range(256)) * 4)
-    with pytest.raises(RebirthError, match="binary"):
+    with pytest.raises(RebirthError, match="binary") as exc:
         netio.read_net(binary)
+    # a library caller is pointed at the parameter (the cli renders it as the command's flag)
+    assert "goes to weights)" in str(exc.value) and "--" not in str(exc.value)
+    assert "{opt:weights}" in exc.value.template
     with pytest.raises(RebirthError, match="no such file"):
         netio.read_net(tmp_path / "missing.prototxt")
 
