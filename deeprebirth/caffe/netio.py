@@ -19,7 +19,7 @@ from google.protobuf.message import DecodeError
 from deeprebirth import outputs
 from deeprebirth.caffe import proto as pb
 
-# re-exported until learning/finetune.py, learning/trainnet.py and scripts/bench_fold_bn.py import it from phase
+# re-exported while scripts/bench_fold_bn.py (whose body this split leaves alone) calls netio.filter_phase
 from deeprebirth.caffe.phase import filter_phase  # noqa: F401
 from deeprebirth.caffe.upgrade import upgrade
 from deeprebirth.errors import RebirthError
