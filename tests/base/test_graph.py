@@ -238,3 +238,27 @@ def test_floor_round_mode_matches_engine(caffe):
     g = Graph(net)
     assert g.shapes["p"] == (1, 1, 3, 3) and g.shapes["q"] == (1, 1, 4, 4)
     assert CaffeNet(net).blob_shapes() == g.shapes
+
+
+def test_graph_modules_import_each_other_without_a_cycle():
+    """kinds and geometry at the bottom, then shapes, costs, dag, model: no module of graph/ reaches
+    itself through its imports (function-level ones included)."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2] / "deeprebirth" / "graph"
+    uses = {}
+    for path in root.glob("*.py"):
+        names = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("deeprebirth.graph"):
+                names.add(node.module.split(".")[2] if node.module.count(".") >= 2 else None)
+                names.update(a.name for a in node.names if node.module == "deeprebirth.graph")
+        uses[path.stem] = {n for n in names if n and n != path.stem and (root / f"{n}.py").exists()}
+
+    def reaches(start, target, seen=()):
+        return any(n == target or (n not in seen and reaches(n, target, (*seen, n))) for n in uses[start])
+
+    assert uses["dag"] >= {"shapes", "costs", "kinds"}, uses   # the parse sees the imports
+    assert not [m for m in uses if m != "__init__" and reaches(m, m)], uses
+    assert "dag" not in uses["shapes"] and "dag" not in uses["costs"]
