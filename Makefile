@@ -4,7 +4,8 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 
-.PHONY: install venv package caffe proto models test test-fast clean rebirth-time ncnn-host device-check device-ncnn
+.PHONY: install venv package caffe proto models test test-fast clean rebirth-time ncnn-host device-check device-ncnn \
+        results reproduce
 
 install: venv package caffe proto rebirth-time ncnn-host
 
@@ -58,6 +59,27 @@ device-ncnn: package
 
 models: package
 	$(PY) scripts/gen_models.py models
+
+# docs/results/ regenerated cheaply: Table 3's shipped nets measured (scripts/reproduce/table3.py
+# --eval-only: `rebirth eval` of 10,000 test images each, `rebirth bench`) and the speed tables
+# (scripts/reproduce/speed.py: Tables 2 and 4-6 per engine at RUNS timed runs). About 10 min on 2
+# shared cores (table3 about 4 min, speed about 6); the nets speed.py times are made in out/speed.
+results:
+	OPENBLAS_NUM_THREADS=1 $(PY) scripts/reproduce/table3.py --eval-only
+	OPENBLAS_NUM_THREADS=1 $(PY) scripts/reproduce/speed.py --runs $${RUNS:-20}
+
+# The whole reproduction, hours (about 9 h on 2 cores): the teachers trained again (`caffe train`;
+# --no-install: models/ keeps the shipped teachers, which the chains start from), Table 3's chains
+# (rows 9R, 9RL, 9RL+, BN), the Slim-Tucker chain of row T6 from that Slim net, Table 3 again with
+# row T6, and the speed tables at 50 runs. Resumable: rerun it and each finished step is skipped.
+REPRODUCE_DIR ?= out/reproduce
+reproduce:
+	OPENBLAS_NUM_THREADS=1 $(PY) scripts/reproduce/teachers.py --work $(REPRODUCE_DIR)/teachers --no-install
+	OPENBLAS_NUM_THREADS=1 $(PY) scripts/reproduce/table3.py --work $(REPRODUCE_DIR)/table3
+	OPENBLAS_NUM_THREADS=1 $(PY) scripts/reproduce/slim_tucker.py $(REPRODUCE_DIR)/table3/slim_tucker \
+	  --slim $(REPRODUCE_DIR)/table3/slim --time 0.5 --iters 30000 --longer 45000 --row T6
+	OPENBLAS_NUM_THREADS=1 $(PY) scripts/reproduce/table3.py --work $(REPRODUCE_DIR)/table3
+	OPENBLAS_NUM_THREADS=1 $(PY) scripts/reproduce/speed.py --work $(REPRODUCE_DIR)/speed --runs 50
 
 test:
 	$(PY) -m pytest -q tests

@@ -1,108 +1,105 @@
-"""A CI-sized run of scripts/reproduce_table3.py: the trained Fashion-MNIST teacher
-(models/fmnist_googlenet.caffemodel, made by that script's teacher stage), two slimming steps on a
-few hundred images. Re-learning alone (no labels) must bring back the accuracy that the freshly
-initialised regenerated layers lose."""
+"""scripts/reproduce/table3.py: Table 3 on Fashion-MNIST from the `rebirth` commands that made the
+shipped nets (rows 9R, 9RL, 9RL+, BN), measured by `rebirth eval --json` and `rebirth bench --json`.
+The chain is checked command by command without running it; the cheap mode (--eval-only) and a
+CI-sized chain run for real."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+import table3
 
+from deeprebirth.cli import main as cli_main
 from helpers import ROOT
 
-TEACHER_WEIGHTS = ROOT / "models" / "fmnist_googlenet.caffemodel"
-FMNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
+SCRIPT = ROOT / "scripts" / "reproduce" / "table3.py"
+
+
+def chain_args(**kw):
+    args = dict(train_images=None, teacher_weights=table3.TEACHER[1], recover_iters=20000, labels_iters=20000,
+                labels_total=40000, bn_iters=1000)
+    return argparse.Namespace(**{**args, **kw})
+
+
+def test_every_command_of_the_chains_is_one_rebirth_accepts(tmp_path):
+    steps = table3.chain(tmp_path, chain_args())
+    assert [s.name for s in steps] == ["slim", "9R", "9RL", "9RL+", "BN slim", "BN relearn", "BN"]
+    for s in steps:
+        cli_main.commands[s.cmd[0]].make_context(s.cmd[0], s.cmd[1:] + ["--json"])   # raises on a wrong flag
+    by = {s.name: s.cmd for s in steps}
+    lmdb = str(tmp_path / "fmnist_train_lmdb")
+    assert by["9R"][by["9R"].index("--images") + 1] == f"{lmdb}[:58000]"       # the last 2,000 pick the weights
+    assert by["9R"][by["9R"].index("--val") + 1] == f"{lmdb}[58000:]"
+    assert by["9RL"][by["9RL"].index("--weights") + 1] == str(tmp_path / "recover" / "relearn" / "weights.caffemodel")
+    assert "-b" not in by["9RL+"]          # 9RL not run yet: its batch and rate are not known
+    (tmp_path / "labels_distill" / "finetune").mkdir(parents=True)
+    (tmp_path / "labels_distill" / "finetune" / "finetune.json").write_text('{"batch": 64, "base_lr": 0.01}')
+    resume = next(s.cmd for s in table3.chain(tmp_path, chain_args()) if s.name == "9RL+")
+    cli_main.commands["finetune"].make_context("finetune", resume[1:])
+    assert resume[resume.index("--resume") + 1].endswith("labels_distill/finetune/finetune_iter_20000.solverstate")
+    assert resume[resume.index("-b") + 1] == "64" and resume[resume.index("--iters") + 1] == "40000"
+    small = table3.chain(tmp_path, chain_args(train_images=400))
+    assert small[1].cmd[small[1].cmd.index("--images") + 1].endswith("[:360]")     # a tenth held out
+
+
+def test_the_table_names_no_path_of_the_run(tmp_path):
+    rows = table3.shipped_rows()
+    for i, r in enumerate(rows):
+        r.result["eval"] = {"command": "rebirth eval x", "top1": 0.9 - i / 100, "top5": 0.99, "images": 10_000}
+        r.result["speed"] = {"best_ms": 1.0, "median_ms": 1.0 + i, "speedup_best": 1.0 + i, "speedup_median": 2.0,
+                             "speedup_paired": 2.5, "memory_bytes": 1024 * (100 + i)}
+    mach = {"cpu": "a CPU", "cores": 2, "load_average": [1.0, 2.0, 3.0], "openblas_threads": "1",
+            "date": "2026-12-05 00:00 UTC"}
+    table3.write_results(tmp_path, rows, [{"command": "rebirth bench x"}], mach, "the shipped models/ folders",
+                         None, ".venv/bin/python scripts/reproduce/table3.py --eval-only")
+    md = (tmp_path / "table3.md").read_text()
+    assert "| 9RL+ | GoogLeNet-Slim, labels" in md and "| 89.00 % | 99.00 % | 10,000 | 2.00x / 2.00x / 2.50x |" in md
+    assert "| teacher |" in md and "1.00x (teacher)" in md and "load average 1.00 / 2.00 / 3.00" in md
+    assert str(ROOT) not in md and "out/" not in md            # paths of this machine's run: none
+    assert "rebirth recover $WORK/slim --images \"$WORK/fmnist_train_lmdb[:58000]\"" in md
+    assert "scripts/reproduce/slim_tucker.py" in md and "--time 0.5" in md
+    doc = json.loads((tmp_path / "table3.json").read_text())
+    assert [r["row"] for r in doc["rows"]] == ["teacher", "9RL+", "9R", "T6", "BN teacher", "BN"]
+    assert doc["machine"]["cores"] == 2
 
 
 @pytest.mark.slow
 @pytest.mark.caffe
-def test_two_steps_recover_accuracy(caffe, tmp_path):
-    assert TEACHER_WEIGHTS.exists() and FMNIST.exists()
-    work = tmp_path / "work"
-    cmd = [sys.executable, str(ROOT / "scripts" / "reproduce_table3.py"), "--work", str(work),
-           "--teacher-weights", str(TEACHER_WEIGHTS), "--train-images", "400", "--test-images", "300",
-           "--steps", "2", "--relearn-images", "300", "--relearn-iters", "20", "--finetune-iters", "10",
-           "--bench-runs", "3"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1200,
-                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+def test_eval_only_measures_the_shipped_folders(caffe, tmp_path):
+    cmd = [sys.executable, str(SCRIPT), "--eval-only", "--limit", "50", "--bench-runs", "2", "--results",
+           str(tmp_path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ, OPENBLAS_NUM_THREADS="1"))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    doc = json.loads((work / "table3.json").read_text())
-    rows = doc["rows"]
-    assert [r["step"] for r in rows] == [0, 1, 2] and [r["slim"] for r in rows[1:]] == ["conv1", "conv2"]
-    teacher = rows[0]["relearn_only"]["top1"]
-    assert teacher > 0.8  # a trained teacher
-    for row in rows[1:]:
-        before, after = row["before_relearn"]["top1"], row["relearn_only"]["top1"]
-        # the fresh regenerated layers lose accuracy; re-learning (no labels) brings much of it back
-        assert after > before + 0.1, row
-        assert row["relearn_finetune"]["top1"] >= teacher - 0.15, row
-        assert row["layers"] < rows[0]["layers"] and row["memory_bytes"] < rows[0]["memory_bytes"]
-        # every relearned unit reconstructs the teacher better than its starting weights
-        for unit in row["relearn_a"]:
-            e = unit["error"]
-            assert min(e["least_squares"]["rel"], e.get("sgd", {"rel": 1e9})["rel"]) < 0.5 * e["initial"]["rel"]
-    # A fresh conv1 (Xavier) classifies little; relearn restores most of the teacher's accuracy.
-    assert rows[1]["before_relearn"]["top1"] < 0.5 < rows[1]["relearn_only"]["top1"]
-    assert "| 2 | conv2 |" in (work / "table3.md").read_text()
+    doc = json.loads((tmp_path / "table3.json").read_text())
+    assert all(r["eval"]["images"] == 50 and r["eval"]["top1"] > 0.7 for r in doc["rows"])   # trained nets
+    assert all(r["speed"]["speedup_median"] > 1.0 for r in doc["rows"] if not r["row"].endswith("teacher"))
+    assert "rebirth eval models/fmnist_googlenet_slim --data fashion-mnist:test --limit 50 --json" in \
+        (tmp_path / "table3.md").read_text()
 
 
-def test_table3_rows_use_the_weights_the_current_rule_keeps(tmp_path):
-    """A run made before kept_iteration holds its best-on-val weights; the script evaluates and
-    ships the ones finetune keeps now: its last snapshot when the lead is within the noise of
-    the --val images, else weights.caffemodel (and always for a run that recorded `highest`)."""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("reproduce_table3", ROOT / "scripts" / "reproduce_table3.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    run_dir = tmp_path / "ft"
-    run_dir.mkdir()
-    for name in ("weights.caffemodel", "finetune_iter_20.caffemodel"):
-        (run_dir / name).write_bytes(b"")
-    def record(best: float, last: float, **extra) -> Path:
-        hist = [{"iteration": 0, "val_top1": 0.80}, {"iteration": 10, "val_top1": best},
-                {"iteration": 20, "val_top1": last}]
-        doc = {"val": "fashion-mnist:test[:2000]", "start_iteration": 0, "history": hist,
-               "best": {"iteration": 10, "val_top1": best, **extra}}
-        (run_dir / "finetune.json").write_text(json.dumps(doc))
-        return script.kept_weights(run_dir)
-
-    assert record(0.925, 0.920) == run_dir / "finetune_iter_20.caffemodel"     # lead 0.5 pt, SE 0.59 pt
-    assert record(0.925, 0.910) == run_dir / "weights.caffemodel"              # lead 1.5 pt: real
-    assert record(0.925, 0.920, highest={"iteration": 10}) == run_dir / "weights.caffemodel"   # kept by the rule
-
-
-def test_tucker_source_prefers_the_longer_labelled_run(tmp_path):
-    """`--tucker-from labels_distill` decomposes the shipped labelled Slim net: row 9RL+'s kept
-    weights when that run was made, else 9RL's; `recover`, row 9R's; nothing when the row is missing."""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("reproduce_table3", ROOT / "scripts" / "reproduce_table3.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    work = tmp_path
-    assert script.tucker_source(work, "labels_distill")[0] is None
-    assert script.tucker_source(work, "recover")[0] is None
-    first = work / "labels_distill" / "finetune"
-    first.mkdir(parents=True)
-    (first / "weights.caffemodel").write_bytes(b"")
-    (first / "finetune.json").write_text(json.dumps({"best": None}))
-    assert script.tucker_source(work, "labels_distill") == (first / "weights.caffemodel", "row 9RL's Slim net")
-    longer = work / "labels_distill" / "finetune_long"
-    longer.mkdir()
-    for name in ("weights.caffemodel", "finetune_iter_40.caffemodel"):
-        (longer / name).write_bytes(b"")
-    hist = [{"iteration": 20, "val_top1": 0.92}, {"iteration": 30, "val_top1": 0.928},
-            {"iteration": 40, "val_top1": 0.927}]
-    (longer / "finetune.json").write_text(json.dumps({
-        "val": "fashion-mnist:test[:2000]", "start_iteration": 20, "history": hist,
-        "best": {"iteration": 30, "val_top1": 0.928}}))
-    # the best leads the last within the noise of 2,000 images: the last snapshot is the kept one
-    assert script.tucker_source(work, "labels_distill") == (longer / "finetune_iter_40.caffemodel",
-                                                           "row 9RL+'s Slim net")
-    rec = work / "recover" / "recovered"
-    rec.mkdir(parents=True)
-    (rec / "weights.caffemodel").write_bytes(b"")
-    assert script.tucker_source(work, "recover") == (rec / "weights.caffemodel", "row 9R's Slim net")
+@pytest.mark.slow
+@pytest.mark.caffe
+def test_a_small_chain_runs_and_resumes(caffe, tmp_path):
+    """The chains on 400 training images and a few iterations: every row evaluated, every step
+    recorded with its command; a second run finds every step done and runs none."""
+    work, res = tmp_path / "work", tmp_path / "results"
+    cmd = [sys.executable, str(SCRIPT), "--work", str(work), "--results", str(res), "--train-images", "400",
+           "--recover-iters", "4", "--labels-iters", "4", "--labels-total", "8", "--bn-iters", "4",
+           "--limit", "40", "--bench-runs", "2"]
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1500, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads((res / "table3.json").read_text())
+    assert [r["row"] for r in doc["rows"]] == ["teacher", "9R", "9RL", "9RL+", "BN teacher", "BN"]
+    assert list(doc["chain"]) == ["slim", "9R", "9RL", "9RL+", "BN slim", "BN relearn", "BN"]
+    assert all(str(tmp_path) not in s["command"] for s in doc["chain"].values())
+    assert doc["rows"][0]["eval"]["top1"] > 0.7 and all(r["eval"]["images"] == 40 for r in doc["rows"])
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "+ rebirth slim" not in again.stderr and "+ rebirth finetune" not in again.stderr
+    assert (work / "slim" / "weights.caffemodel").exists()       # the folder slim_tucker.py's --slim takes

@@ -1,12 +1,15 @@
 #!/usr/bin/env python
 """Train the two Fashion-MNIST teachers with ``caffe train`` (issue 18, part 1).
 
-    .venv/bin/python scripts/train_teachers.py [--work out/teachers] [--which googlenet|resnet|both]
-                                               [--iters N] [--threads T] [--stage data|train|all]
-    .venv/bin/python scripts/train_teachers.py --write-models    # (re)write the ResNet prototxts
+    .venv/bin/python scripts/reproduce/teachers.py [--work WORK] [--which googlenet|resnet|both]
+                                                   [--iters N] [--threads T] [--stage data|all]
+    .venv/bin/python scripts/reproduce/teachers.py --write-models    # (re)write the ResNet prototxts
+
+Duration: hours (GoogLeNet: about 4 h of `caffe train` on one core for the shipped 40,000
+iterations; ResNet: about 1 h); the data stage alone about a minute.
 
 * ``googlenet``: models/fmnist_googlenet.prototxt (GoogLeNet's shape at a quarter width, the
-  teacher of scripts/reproduce_table3.py), its architecture unchanged.
+  teacher of scripts/reproduce/table3.py), its architecture unchanged.
 * ``resnet``: models/fmnist_resnet.prototxt, a small ResNet built here (``build_fmnist_resnet``,
   written by ``--write-models``), 1x64x64 input like the other: conv1 5x5/2 (32) + BatchNorm +
   Scale + ReLU, max pooling 3x3/2 to 16x16, three stages of basic blocks (two 3x3 convolutions +
@@ -14,8 +17,8 @@
   at 4x4, with 1x1 stride-2 projection shortcuts where the channel count changes; global average
   pooling, a 10-way InnerProduct.
 
-Both read the same data (the ``data`` stage, with scripts/reproduce_table3.py's readers and LMDB
-writer): the 60,000 training images resized to 64x64 (Pillow bilinear) and padded with 4 black
+Both read the same data (the ``data`` stage, with the readers and LMDB writer of the sibling
+module fmnist.py): the 60,000 training images resized to 64x64 (Pillow bilinear) and padded with 4 black
 pixels to 72x72; the 10,000 test images resized to 64x64. Preprocessing (the train_val data
 layers, models/fmnist_*_train_val.prototxt): mean 73, scale 1/255, ``crop_size: 64``; in TRAIN a
 random crop (shifts of up to +-4 pixels) and a random mirror, in TEST the centre crop, which is
@@ -40,8 +43,8 @@ import argparse
 import contextlib
 import datetime
 import fcntl
+import importlib.util
 import json
-import math
 import os
 import re
 import shlex
@@ -52,24 +55,21 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("GLOG_minloglevel", "2")
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
+import fmnist  # the sibling module: Fashion-MNIST readers, LMDB writer, data layer
+from steps import ROOT, rebirth
 
-import numpy as np  # noqa: E402
-
-import gen_models as gm  # noqa: E402  (the prototxt builders)
-import reproduce_table3 as t3  # noqa: E402  (Fashion-MNIST readers, LMDB writer, data layer)
-from deeprebirth.caffe import netio  # noqa: E402
-from deeprebirth.caffe import proto as pb  # noqa: E402
-from deeprebirth.transforms import trainfiles  # noqa: E402
+from deeprebirth import outputs
+from deeprebirth.caffe import netio
+from deeprebirth.caffe import proto as pb
+from deeprebirth.runtime.pycaffe import caffe_tool
+from deeprebirth.transforms import trainfiles
 
 MODELS = ROOT / "models"
-REBIRTH = ROOT / ".venv" / "bin" / "rebirth"
-SIZE = t3.SIZE                      # 64: the net input
+MADE_BY = "scripts/reproduce/teachers.py"
+SIZE = fmnist.SIZE                  # 64: the net input
 PAD = 4                             # training images are stored 72x72; random 64x64 crops shift them
 TRAIN_LMDB = f"fmnist_train_pad{SIZE + 2 * PAD}_lmdb"
-TEST_LMDB = "fmnist_test_lmdb"      # 64x64, as scripts/reproduce_table3.py's data stage writes it
+TEST_LMDB = fmnist.TEST_LMDB        # 64x64
 TEST_BATCH = 100
 TEST_IMAGES = 10_000
 CLASSES = 10
@@ -83,7 +83,16 @@ def log(msg: str) -> None:
 # the ResNet teacher
 
 
-def build_fmnist_resnet(widths=(32, 64, 128), blocks=(2, 1, 1), stem=32, stem_kernel=5, stem_stride=2) -> "pb.NetParameter":
+def gen_models():
+    """scripts/gen_models.py (the product's prototxt builders) as a module, for --write-models."""
+    spec = importlib.util.spec_from_file_location("gen_models", ROOT / "scripts" / "gen_models.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def build_fmnist_resnet(widths=(32, 64, 128), blocks=(2, 1, 1), stem=32, stem_kernel=5,
+                        stem_stride=2) -> "pb.NetParameter":
     """A small ResNet for 1x64x64 Fashion-MNIST images, in the released ResNets' naming
     (conv1/bn_conv1/scale_conv1/conv1_relu, res2a_branch2a, bn2a_branch2a, ..., res3a_branch1):
     conv1 5x5/2 (32) + BN + Scale + ReLU (64 -> 32), pool1 (max 3x3/2: 32 -> 16), stages 2-4 of
@@ -92,6 +101,7 @@ def build_fmnist_resnet(widths=(32, 64, 128), blocks=(2, 1, 1), stem=32, stem_ke
     at 4x4; global average pooling, fc10, softmax. (This size trains at about 0.4 s per iteration
     of 64 on one core, like the GoogLeNet teacher; the same net with conv1 3x3/1 at 64x64 and 16,
     32, 64 channels in 2+2+2 blocks took 0.83-1.1 s.)"""
+    gm = gen_models()
     net = pb.NetParameter(name="FashionResNet")
     x = gm.input_layer(net, "data", (1, 1, SIZE, SIZE))
     x = gm.conv_bn(net, "conv1", x, stem, stem_kernel, stride=stem_stride, pad=stem_kernel // 2, bias_term=None)
@@ -119,9 +129,9 @@ def build_fmnist_resnet(widths=(32, 64, 128), blocks=(2, 1, 1), stem=32, stem_ke
 def write_models() -> None:
     """models/fmnist_resnet.prototxt (deploy) and models/fmnist_resnet_train_val.prototxt."""
     deploy = build_fmnist_resnet()
-    text = ("# Generated by scripts/train_teachers.py --write-models (build_fmnist_resnet): the "
+    text = (f"# Generated by {MADE_BY} --write-models (build_fmnist_resnet): the "
             "Fashion-MNIST ResNet teacher.\n" + netio.net_to_text(deploy))
-    gm.write_atomic(MODELS / "fmnist_resnet.prototxt", text)
+    outputs.atomic_write(MODELS / "fmnist_resnet.prototxt", text)
     write_model_train_val("resnet")
     log("wrote models/fmnist_resnet.prototxt and models/fmnist_resnet_train_val.prototxt")
 
@@ -144,17 +154,7 @@ def locked(path: Path):
 
 def stage_data(work: Path) -> None:
     with locked(work / ".data.lock"):
-        train = work / TRAIN_LMDB
-        if not (train / "data.mdb").exists():
-            images, labels = t3.fmnist("train")
-            padded = np.pad(t3.resized(images), ((0, 0), (PAD, PAD), (PAD, PAD)))
-            log(f"writing {train} ({len(images)} images, {SIZE}x{SIZE} padded to {padded.shape[1]}x{padded.shape[2]})")
-            t3.write_lmdb(train, padded, labels)
-        test = work / TEST_LMDB
-        if not (test / "data.mdb").exists():
-            images, labels = t3.fmnist("test")
-            log(f"writing {test} ({len(images)} images, {SIZE}x{SIZE})")
-            t3.write_lmdb(test, t3.resized(images), labels)
+        fmnist.make_lmdbs(work, pad=PAD, train_name=TRAIN_LMDB)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -180,7 +180,7 @@ def train_val(deploy_path: Path, data_dir: str, batch: int) -> "pb.NetParameter"
     deploy = netio.read_net(deploy_path)
     net = pb.NetParameter(name=deploy.name)
     for source, phase, b in ((TRAIN_LMDB, pb.TRAIN, batch), (TEST_LMDB, pb.TEST, TEST_BATCH)):
-        layer = t3.data_layer(Path(data_dir) / source if data_dir else Path(source), phase, b)
+        layer = fmnist.data_layer(Path(data_dir) / source if data_dir else Path(source), phase, b)
         layer.transform_param.crop_size = SIZE
         net.layer.append(layer)
     logits = trainfiles.logits_blob(deploy)
@@ -195,14 +195,14 @@ def write_model_train_val(name: str) -> None:
     spec = TEACHERS[name]
     tv = train_val(spec["deploy"], "", spec["batch"])
     header = [
-        f"Fashion-MNIST {name} teacher: the train_val scripts/train_teachers.py trains (caffe train) with",
+        f"Fashion-MNIST {name} teacher: the train_val {MADE_BY} trains (caffe train) with",
         f"models/fmnist_{name}.caffemodel as the result. The LMDBs are that script's data stage",
-        "(.venv/bin/python scripts/train_teachers.py --stage data --work out/teachers), paths relative to",
+        f"(.venv/bin/python {MADE_BY} --stage data --work WORK), paths relative to",
         "that folder: training images 64x64 padded to 72x72, test images 64x64.",
         "Its data layers give every rebirth command the preprocessing: mean 73, scale 1/255, crop_size 64",
         "(TRAIN: random crop = shifts of up to 4 pixels, and mirror; TEST: the centre crop = the 64x64 image).",
     ]
-    gm.write_atomic(spec["train_val"], trainfiles.render_net(tv, header))
+    outputs.atomic_write(spec["train_val"], trainfiles.render_net(tv, header))
 
 
 def solvers(name: str, iters: int, base_lr: float, warmup: int, snapshot: int, test_interval: int) -> dict:
@@ -242,10 +242,6 @@ def newest_state(out: Path, name: str) -> Path | None:
     return states[-1] if states else None
 
 
-def caffe_tool() -> str:
-    return t3.caffe_tool()
-
-
 def run_caffe(out: Path, solver_file: str, state: Path | None, threads: int | None) -> dict:
     cmd = [caffe_tool(), "train", "-solver", solver_file]
     if state is not None:
@@ -273,14 +269,10 @@ def run_caffe(out: Path, solver_file: str, state: Path | None, threads: int | No
 
 def evaluate(name: str, weights: Path) -> tuple[dict, list[str]]:
     spec = TEACHERS[name]
-    cmd = [str(REBIRTH), "eval", str(spec["deploy"].relative_to(ROOT)), "--weights", str(weights),
+    cmd = ["eval", str(spec["deploy"].relative_to(ROOT)), "--weights", str(weights),
            "--data", "fashion-mnist:test", "--train-val", str(spec["train_val"].relative_to(ROOT)),
-           "--batch", "100", "--json"]
-    log("evaluating: " + shlex.join(cmd))
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"rebirth eval failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout[proc.stdout.index("{"):]), cmd
+           "--batch", "100"]
+    return rebirth(cmd), [".venv/bin/rebirth", *cmd, "--json"]
 
 
 def caffe_tests(log_text: str) -> list[tuple[int, float, float]]:
@@ -307,7 +299,7 @@ def train(name: str, work: Path, args) -> dict:
     warmup = spec["warmup"] if args.warmup is None else args.warmup
     tv = train_val(spec["deploy"], "..", spec["batch"])
     (out / "train_val.prototxt").write_text(trainfiles.render_net(tv, [
-        f"Fashion-MNIST {name} teacher (scripts/train_teachers.py); LMDBs in {work}"]))
+        f"Fashion-MNIST {name} teacher ({MADE_BY}); LMDBs in {work}"]))
     sv = solvers(name, iters, base_lr, warmup, args.snapshot, args.test_interval)
     for key, s in sv.items():
         if s is not None:
@@ -340,9 +332,10 @@ def train(name: str, work: Path, args) -> dict:
            "momentum": 0.9, "augmentation": f"random {SIZE}x{SIZE} crop of the image padded to "
            f"{SIZE + 2 * PAD}x{SIZE + 2 * PAD} (shifts up to {PAD} px), random mirror",
            "train_seconds": round(sum(s["seconds"] for s in segs), 1), "segments": segs,
-           "caffe_tests": tests, "bn_stats": bn_stats, "top1": ev["top1"], "top5": ev["top5"], "eval_images": ev["images"],
+           "caffe_tests": tests, "bn_stats": bn_stats, "top1": ev["top1"], "top5": ev["top5"],
+           "eval_images": ev["images"],
            "eval_cmd": shlex.join(eval_cmd), "snapshot": str(final),
-           "script_cmd": "nice -n 5 .venv/bin/python scripts/train_teachers.py " + shlex.join(sys.argv[1:])}
+           "script_cmd": f"nice -n 5 .venv/bin/python {MADE_BY} " + shlex.join(sys.argv[1:])}
     if args.install:
         install(name, final, res, args.force)
     else:
@@ -393,7 +386,7 @@ def recalibrate_bn(out: Path, name: str, final: Path, batches: int) -> Path:
             new.batch_norm_param.use_global_stats = False
             new.batch_norm_param.moving_average_fraction = 1.0
     proto = out / "bn_stats.prototxt"
-    proto.write_text(trainfiles.render_net(net, [f"{name}: recompute BatchNorm statistics (train_teachers.py)"]))
+    proto.write_text(trainfiles.render_net(net, [f"{name}: recompute BatchNorm statistics ({MADE_BY})"]))
     dest = final.with_name(final.stem + "_bnstats.caffemodel")
     log(f"{name}: recomputing the BatchNorm statistics over {batches} x {TEST_BATCH} training images")
     caffe.set_mode_cpu()
@@ -450,7 +443,7 @@ def shown_eval_cmd(r: dict, name: str) -> str:
 def write_log(work: Path) -> None:
     lines = ["# The Fashion-MNIST teachers",
              "",
-             "Trained by `scripts/train_teachers.py` (`caffe train`, CPU, on a shared 2-core machine; "
+             f"Trained by `{MADE_BY}` (`caffe train`, CPU, on a shared 2-core machine; "
              "resumable: rerun the same command). Data: Fashion-MNIST's 60,000 training images resized "
              "to 64x64 (bilinear), stored padded to 72x72; evaluated on the 10,000 test images with "
              "`rebirth eval` (28x28 -> 64x64 bilinear, mean 73, scale 1/255: the train_val's TEST layer).",
@@ -490,12 +483,13 @@ def write_log(work: Path) -> None:
             lines.append(f"  (the weights it replaced: {100 * r['previous_top1']:.2f} %; "
                          f"{'replaced' if r.get('installed') else 'NOT replaced: not better'})")
             lines.append("")
-    gm.write_atomic(MODELS / "TEACHERS.md", "\n".join(lines).rstrip() + "\n")
+    outputs.atomic_write(MODELS / "TEACHERS.md", "\n".join(lines).rstrip() + "\n")
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--work", type=Path, default=ROOT / "out" / "teachers")
+    ap.add_argument("--work", type=Path, default=ROOT / "out" / "teachers",
+                    help="work folder: LMDBs, snapshots, logs (default: out/teachers, git-ignored)")
     ap.add_argument("--which", choices=["googlenet", "resnet", "both"], default="both")
     ap.add_argument("--iters", type=int, help="training iterations (default: googlenet "
                     f"{TEACHERS['googlenet']['iters']}, resnet {TEACHERS['resnet']['iters']}); changing it "
@@ -514,7 +508,8 @@ def main(argv=None) -> int:
                     help="train and evaluate only: neither models/fmnist_NAME.caffemodel nor models/TEACHERS.md is "
                          "written (a candidate teacher, e.g. in a copy of WORK)")
     ap.add_argument("--write-models", action="store_true",
-                    help="(re)write models/fmnist_resnet.prototxt and both models/fmnist_*_train_val.prototxt, and exit")
+                    help="(re)write models/fmnist_resnet.prototxt and both models/fmnist_*_train_val.prototxt, "
+                         "and exit")
     args = ap.parse_args(argv)
     if args.write_models:
         write_models()

@@ -1,0 +1,59 @@
+"""scripts/reproduce/steps.py: a `rebirth` command as a step with a done-record, shown as a user
+pastes it."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import steps
+
+from helpers import ROOT
+
+
+def test_commands_are_shown_from_the_root_with_the_work_folder_as_a_variable(tmp_path):
+    work = tmp_path / "w"
+    cmd = ["finetune", str(ROOT / "models" / "x"), "--train", f"{work}/lmdb[:58000]", "-o", str(work / "ft"),
+           "--note", "a b"]
+    assert steps.shown(cmd, work) == ('rebirth finetune models/x --train "$WORK/lmdb[:58000]" -o $WORK/ft '
+                                      "--note 'a b'")
+    assert steps.shown(["x.py", "--eval-only"], None, ".venv/bin/python") == ".venv/bin/python x.py --eval-only"
+
+
+def test_a_chain_runs_each_step_once_and_keeps_what_it_is_asked_to(tmp_path):
+    done = tmp_path / "chain.json"
+    model = str(ROOT / "models" / "googlenet.prototxt")
+    made = [steps.Step("inspect", ["inspect", model, "-b", "1"]),
+            steps.Step("timed", ["inspect", model], always=True)]
+    calls = []
+
+    def keep(name, got):
+        calls.append(name)
+        return {"layers": got["totals"]["layers"]}
+
+    doc = steps.run_chain(lambda: made, done, "me", work=tmp_path, keep=keep)
+    assert calls == ["inspect", "timed"] and doc["steps"]["inspect"]["layers"] == 143
+    assert doc["steps"]["inspect"]["command"] == "rebirth inspect models/googlenet.prototxt -b 1 --json"
+    assert json.loads(done.read_text()) == doc
+    steps.run_chain(lambda: made, done, "me", work=tmp_path, keep=keep)
+    assert calls == ["inspect", "timed", "timed"]          # done once; a measurement every time
+
+
+def test_a_record_it_did_not_write_stops_the_run(tmp_path):
+    mine = tmp_path / "chain.json"
+    mine.write_text('{"made_by": "someone else", "steps": {}}')
+    with pytest.raises(SystemExit, match="not written by me; left alone"):
+        steps.run_chain(lambda: [steps.Step("x", ["inspect", "googlenet"])], mine, "me")
+    assert mine.read_text() == '{"made_by": "someone else", "steps": {}}'
+
+
+def test_a_failing_command_stops_the_chain(tmp_path, capsys):
+    with pytest.raises(SystemExit, match="rebirth inspect failed"):
+        steps.rebirth(["inspect", str(tmp_path / "missing.prototxt")])
+    assert "+ rebirth inspect" in capsys.readouterr().err
+
+
+def test_the_machine_is_described():
+    m = steps.machine()
+    assert m["cpu"] and m["cores"] >= 1 and m["date"].endswith("UTC")
+    line = steps.machine_line(m)
+    assert line.startswith("Machine: ") and "logical cores" in line
