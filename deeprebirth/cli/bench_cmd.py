@@ -9,7 +9,7 @@ import click
 from deeprebirth.cli import reports
 from deeprebirth.caffe import folders
 from deeprebirth.runtime import bench
-from deeprebirth.runtime import engines
+from deeprebirth.runtime import engines, layer_cost
 from deeprebirth.runtime import plot as plot_mod
 from deeprebirth.runtime.devices import get_device
 from deeprebirth.errors import RebirthError
@@ -47,12 +47,18 @@ from deeprebirth.cli.progress import progress_bar
 @click.option("--plot", type=str, default=None,
               help="Write a bar chart to this .png: time per block (conv1, inception_3a, res2a, ...), tensor and "
                    "non-tensor layers stacked, the models side by side (implies --layers).")
-def bench_command(models, weights, device, engine, batch, runs, warmup, threads, cpu_mask, cooldown, layers, as_json, plot):
+@click.option("--fit-layer-cost", "fit_cost", is_flag=True,
+              help="Also fit time = a + b * MACs over the Convolution and InnerProduct layers (their fastest runs) "
+                   "and print a / b: what one layer is worth in MACs here, for `rebirth tucker --layer-cost` "
+                   "(implies --layers).")
+def bench_command(models, weights, device, engine, batch, runs, warmup, threads, cpu_mask, cooldown, layers, as_json, plot,
+                  fit_cost):
     """Time MODEL forward passes on random input: best and median run, ratios to the first MODEL
     (runs of several models are interleaved), memory, and with --layers the time of every layer
     and the share of non-tensor layers (the paper's Table 2 and Figure 2)."""
     if plot:
         plot_mod.check_path(plot)    # a wrong name is refused before any timing
+    layers = layers or fit_cost
     dev = _device(device, engine.lower(), threads, cpu_mask, cooldown, batch, layers or plot is not None)
     specs = [folders.model_files(m)[0] if Path(m).is_dir() else m for m in models]  # a folder: its deploy net
     prepared = bench.prepare(specs, list(weights), batch)
@@ -74,6 +80,10 @@ def bench_command(models, weights, device, engine, batch, runs, warmup, threads,
     if warning:
         settings["device_warning"] = warning
     doc = bench.build_json(results, settings)
+    if fit_cost:
+        timed = {m.label for m in results}
+        doc["layer_cost"] = layer_cost.fit(*layer_cost.points(
+            doc["models"], [p.model.net for p in prepared if p.label in timed]))
     if plot:
         inputs = [p.model.source for p in prepared] + list(weights)
         plot_mod.save_plot(doc["models"], plot, inputs=inputs)
@@ -81,6 +91,8 @@ def bench_command(models, weights, device, engine, batch, runs, warmup, threads,
         output_json(doc)
     else:
         click.echo(reports.bench_text(doc))
+        if fit_cost:
+            click.echo("\n" + layer_cost.describe(doc["layer_cost"]))
         if plot:
             click.echo(f"\nplot: {plot}")
 
