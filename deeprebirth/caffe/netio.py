@@ -18,9 +18,6 @@ from google.protobuf.message import DecodeError
 
 from deeprebirth import outputs
 from deeprebirth.caffe import proto as pb
-
-# re-exported while scripts/bench_fold_bn.py (whose body this split leaves alone) calls netio.filter_phase
-from deeprebirth.caffe.phase import filter_phase  # noqa: F401
 from deeprebirth.caffe.upgrade import upgrade
 from deeprebirth.errors import RebirthError
 
