@@ -10,7 +10,9 @@ the exact commands and:
 
 * Table 2: `rebirth bench googlenet alexnet resnet50 --layers`: the non-tensor share of the
   layers' time (the paper's Eq. 1 over per-layer medians; in brackets the interquartile range of
-  the share within one run) beside the paper's x86 and Arm figures;
+  the share within one run) beside the paper's x86 and Arm figures, and the same share measured by
+  whole passes only (deeprebirth.runtime.kind_share: nets of the tensor layers alone and of the
+  non-tensor layers alone, timed side by side with the model), a check of the per-layer figures;
 * Tables 4-6, one `rebirth bench` of the six nets per engine (Caffe with --layers for Table 4's
   per-block times; onnxruntime, ncnn and MNN time whole passes of each net exported): best and
   median ms, speed-ups against GoogLeNet, and per net its parameters, GMACs and layers (`rebirth
@@ -118,18 +120,36 @@ def x(v, digits: int = 2) -> str:
     return f"{v:.{digits}f}x" if v is not None else "-"
 
 
-def table2_md(doc: dict) -> list[str]:
-    lines = ["| network | paper, x86 CPU | paper, Arm | here: non-tensor share (IQR of runs) | whole pass, median ms "
-             "| layer sum vs whole pass |", "|---|---:|---:|---:|---:|---:|"]
+def table2_md(doc: dict, check: dict | None = None) -> list[str]:
+    """Table 2's rows: the paper's shares, `bench --layers`' and, with ``check`` (network ->
+    kind_share.measure), the whole-pass methods B and C."""
+    def pc(v: dict) -> str:
+        return f"{v['percent']:.1f} % ({v['iqr'][0]:.0f}-{v['iqr'][1]:.0f})"
+    lines = ["| network | paper, x86 CPU | paper, Arm | here: non-tensor share, per layer (IQR of runs) | "
+             "B: 1 - tensor-only / full | C: non-tensor-only / full | whole pass, median ms | layer sum vs whole "
+             "pass |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, m in zip(TABLE2_NETS, doc["models"]):
         paper = PAPER_TABLE2.get(name)
         iqr = m.get("non_tensor_percent_iqr")
         spread = f" ({iqr[0]:.0f}-{iqr[1]:.0f})" if iqr else ""
         agree = m.get("layer_sum") or {}
         diff = f"{agree['diff_percent']:+.1f} %" if agree else "-"
+        c = (check or {}).get(name)
+        b_c = f"{pc(c['B'])} | {pc(c['C'])}" if c else "- | -"
         lines.append(f"| {name} | {paper[0]:.1f} % | {paper[1]:.1f} % | {m['non_tensor_percent']:.1f} %{spread} | "
-                     f"{m['median_ms']:.1f} | {diff} |")
+                     f"{b_c} | {m['median_ms']:.1f} | {diff} |")
     return lines
+
+
+def table2_check(runs: int, warmup: int) -> dict:
+    """Methods B and C of each Table 2 network at batch 1, random weights (in this process, pycaffe)."""
+    from deeprebirth.runtime import bench, kind_share  # noqa: PLC0415
+
+    out = {}
+    for name in TABLE2_NETS:
+        print(f"+ kind_share.measure({name}, runs={runs}, warmup={warmup})", file=sys.stderr, flush=True)
+        out[name] = kind_share.measure(bench.prepare([name], batch=1)[0].model, runs=runs, warmup=warmup)
+    return out
 
 
 def engines_md(blocks: list[tuple[str, list[dict] | str]], static: dict[str, dict],
@@ -223,6 +243,7 @@ def main(argv=None) -> int:
               for net, spec in zip(NETS, net_specs(work))}
     commands["inspect"] = shown(["inspect", "MODEL", "-b", "1", "--json"], work)
     t2 = bench("table2", ["bench", *TABLE2_NETS, "--layers", *timing])
+    check = table2_check(args.runs, args.warmup)
     docs: dict[str, dict | str] = {}
     for e in engines:
         extra = ["--layers"] if e == "caffe" else ["--engine", e, "--threads", str(args.threads)]
@@ -239,6 +260,7 @@ def main(argv=None) -> int:
                        "non_tensor_percent_iqr": m.get("non_tensor_percent_iqr"), "median_ms": m["median_ms"],
                        "paper_x86": PAPER_TABLE2[n][0], "paper_arm": PAPER_TABLE2[n][1]}
                       for n, m in zip(TABLE2_NETS, t2["models"])] if isinstance(t2, dict) else t2,
+           "table2_whole_passes": check,
            "static": static,
            "engines": {e: {"title": engine_title(e, args.threads), "models": dict(zip(NETS, r)) if isinstance(r, list)
                            else None, "error": r if isinstance(r, str) else None,
@@ -262,9 +284,13 @@ def markdown(out: dict, t2, docs: dict, rows: dict, static: dict, caffe) -> str:
              f"interleaved timed runs (+{out['warmup']} warm-up) per net in every bench; absolute times on a shared "
              "machine are noisy, the ratios within one bench are what counts.", "", machine_line(out["machine"]), "",
              "## Table 2: share of forward time in non-tensor layers", ""]
-    lines += table2_md(t2) if isinstance(t2, dict) else [f"Not measured: {t2}"]
-    lines += ["", "The share is the paper's Eq. 1 over the per-layer medians; the last column is how far the sum of "
-              "the per-layer calls is from a whole forward pass (median over runs).", "",
+    lines += table2_md(t2, out["table2_whole_passes"]) if isinstance(t2, dict) else [f"Not measured: {t2}"]
+    lines += ["", "The per-layer share is the paper's Eq. 1 over the per-layer medians (`rebirth bench --layers`). B "
+              "and C check it by whole passes only: the model's tensor layers alone, and its non-tensor layers "
+              "alone, each fed the activations it reads in the model, timed side by side with the model "
+              "(`deeprebirth.runtime.kind_share.measure`, same runs; median over rounds, interquartile range in "
+              "brackets; colder caches bias B low and C high). The last column is how far the sum of the per-layer "
+              "calls is from a whole forward pass (median over runs).", "",
               "## Tables 4-6: GoogLeNet, -Tucker, -Slim, -Slim-Tucker and SqueezeNet, per engine", "",
               f"GoogLeNet's weights are random (seed 0); Tucker keeps {out['tucker_ratio']:g} of each layer's weights "
               f"(`--ratio`). Engines other than Caffe run each net exported by `rebirth export`, "
@@ -296,7 +322,9 @@ def markdown(out: dict, t2, docs: dict, rows: dict, static: dict, caffe) -> str:
               "work folder, where it first writes GoogLeNet's random weights (`googlenet_random.caffemodel`, the "
               "product's `random_weights`, seed 0):", "", "```sh"]
     lines += list(out["built"].values())
-    lines += [c["inspect"] + "      # each of the six nets", c["table2"]]
+    lines += [c["inspect"] + "      # each of the six nets", c["table2"],
+              f"# B and C: deeprebirth.runtime.kind_share.measure(bench.prepare([NET], batch=1)[0].model, "
+              f"runs={out['runs']}, warmup={out['warmup']}) for each NET of Table 2"]
     lines += [c[e] for e in docs] + [c["layer_cost"], "```"]
     return "\n".join(lines) + "\n"
 

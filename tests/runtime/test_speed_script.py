@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 import speed
+from helpers import ROOT
 
 from deeprebirth.cli import main as cli_main
-from helpers import ROOT
 
 
 def bench_doc(ms: dict[str, list[float]], memory: bool = True) -> dict:
@@ -72,8 +72,12 @@ def test_table2_rows_beside_the_paper():
         m.update(non_tensor_percent=share, non_tensor_percent_iqr=[share - 2, share + 2],
                  layer_sum={"diff_percent": 1.25})
     lines = speed.table2_md(doc)
-    assert lines[2] == "| googlenet | 62.0 % | 37.8 % | 57.7 % (56-60) | 55.0 | +1.2 % |"
+    assert lines[2] == "| googlenet | 62.0 % | 37.8 % | 57.7 % (56-60) | - | - | 55.0 | +1.2 % |"
     assert lines[3].startswith("| alexnet | 32.1 % | 25.1 % | 15.6 %")
+    check = {"googlenet": {"B": {"percent": 58.7, "iqr": [57.1, 60.2]}, "C": {"percent": 61.0, "iqr": [60, 62]}}}
+    lines = speed.table2_md(doc, check)
+    assert lines[2] == "| googlenet | 62.0 % | 37.8 % | 57.7 % (56-60) | 58.7 % (57-60) | 61.0 % (60-62) | 55.0 | +1.2 % |"
+    assert lines[3].endswith("| - | - | 21.0 | +1.2 % |")
 
 
 def test_every_command_is_one_rebirth_accepts(tmp_path):
