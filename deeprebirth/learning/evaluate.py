@@ -35,9 +35,9 @@ TOP_K = 5
 # Models
 
 
-def load(spec, weights=None, what: str = "MODEL", weights_flag: str = "--weights") -> Model:
+def load(spec, weights=None, what: str = "MODEL", weights_flag: str = "{opt:weights}") -> Model:
     """A deploy model with weights, ready to run (see folders.model_files); errors name the model
-    as ``what`` and its weights option as ``weights_flag``."""
+    as ``what`` and its weights parameter as ``weights_flag`` (``{opt:NAME}``, errors.render)."""
     if isinstance(spec, Model):
         return spec
     deploy, weights = folders.model_files(spec, weights)
@@ -201,10 +201,10 @@ def evaluate(net, weights, source: data.Source, pre: preprocess.Preprocess, batc
     :class:`Model`; ``weights``: a .caffemodel path (or None for a Model or directory). Images are
     preprocessed by ``pre`` (and ``teacher_pre`` for the teacher, default the same)."""
     if not source.has_labels and teacher is None:
-        raise RebirthError(f"{source.name}: the images have no labels; give a teacher (--teacher, "
-                           "--teacher-weights) to measure agreement instead")
+        raise RebirthError(f"{source.name}: the images have no labels; give a teacher ({{opt:teacher}}, "
+                           "{opt:teacher_weights}) to measure agreement instead")
     student = Runner.build(load(net, weights))
-    tutor = (Runner.build(load(teacher, teacher_weights, "--teacher", "--teacher-weights"))
+    tutor = (Runner.build(load(teacher, teacher_weights, "{opt:teacher}", "{opt:teacher_weights}"))
              if teacher is not None else None)
     return run_evaluation(student, source, pre, batch=batch, teacher=tutor, limit=limit, progress=progress,
                           teacher_pre=teacher_pre)
@@ -260,9 +260,9 @@ def evaluate_command(model, weights, source_spec: str, teacher=None, teacher_wei
     student = Runner.build(load(model, weights))
     train_val = train_val or preprocess.default_train_val(model)
     pre = preprocess.preprocess_for(student.input_shape, train_val, mean=mean, scale=scale)
-    tutor = Runner.build(load(teacher, teacher_weights, "--teacher", "--teacher-weights")) if teacher else None
+    tutor = Runner.build(load(teacher, teacher_weights, "{opt:teacher}", "{opt:teacher_weights}")) if teacher else None
     if not source.has_labels and tutor is None:
-        data.require_labels(source, "eval without --teacher")
+        data.require_labels(source, "eval without {opt:teacher}")
     result = run_evaluation(student, source, pre, batch=batch, teacher=tutor, progress=progress)
     result["preprocess_from"] = str(train_val) if train_val else "defaults"
     result["preprocess"] = pre.describe()

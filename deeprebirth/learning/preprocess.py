@@ -367,7 +367,7 @@ def parse_mean(text: str):
     except ValueError:
         pass
     if not Path(text).exists():
-        raise RebirthError(f"--mean {text}: expected 'none', comma-separated values or a .binaryproto file")
+        raise RebirthError(f"{{opt:mean}} {text}: expected 'none', comma-separated values or a .binaryproto file")
     return read_mean_file(text)
 
 

@@ -416,7 +416,7 @@ def open_source(spec: str, *, limit: int | None = None) -> Source:
             raise RebirthError(f"{spec}: the subset selects no images")
     if limit is not None:
         if limit < 1:
-            raise RebirthError(f"--limit {limit}: must be at least 1")
+            raise RebirthError(f"{{opt:limit}} {limit}: must be at least 1")
         if limit < len(source):
             source = Subset(source, range(limit), source.name)
     return source
