@@ -9,7 +9,7 @@ from deeprebirth.learning import sources as data
 from deeprebirth.learning import evaluate as ev
 from deeprebirth.runtime import isolate
 from deeprebirth.cli.progress import progress_bar
-from deeprebirth.cli import FILE, main, output_json
+from deeprebirth.cli import FILE, echo, main, output_json
 
 
 @main.command("eval")
@@ -44,4 +44,4 @@ def eval_command(model, weights, source_spec, teacher, teacher_weights, train_va
     if as_json:
         output_json(result)
     else:
-        click.echo(reports.eval_text(result))
+        echo(reports.eval_text(result))

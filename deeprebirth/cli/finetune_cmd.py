@@ -1,23 +1,26 @@
 """`rebirth finetune`: train a `rebirth slim` output in Caffe on a SOURCE (labels, or --distill)."""
 from __future__ import annotations
 
+import shlex
 import sys
 
 import click
 
+from deeprebirth import errors
 from deeprebirth.cli import reports
 from deeprebirth.caffe import folders
 from deeprebirth.learning import sources as data
 from deeprebirth.learning import finetune as ft
-from deeprebirth.cli import FILE, DIR, main, output_json
+from deeprebirth.learning import solver as sv
+from deeprebirth.cli import FILE, DIR, INTERRUPTED, current_flags, echo, main, output_json
 from deeprebirth.cli.progress import progress_bar
 
 
 @main.command("finetune")
 @click.argument("slim_dir", type=DIR)
-@click.option("--train", "train_spec", required=True, metavar="SOURCE",
+@click.option("--train", "train", required=True, metavar="SOURCE",
               help="Training images: a folder, a list file, an LMDB, or fashion-mnist[:train|:test] (subset: [a:b]).")
-@click.option("--val", "val_spec", metavar="SOURCE", help="Validation images: top-1/top-5 (or teacher agreement "
+@click.option("--val", "val", metavar="SOURCE", help="Validation images: top-1/top-5 (or teacher agreement "
                                                             "without labels) every --test-interval iterations; the "
                                                             "best weights on them are kept (the last when the lead "
                                                             "is within their noise).")
@@ -25,7 +28,7 @@ from deeprebirth.cli.progress import progress_bar
 @click.option("--batch", "-b", type=click.IntRange(min=1), help="Batch size (default: the train_val data layer's).")
 @click.option("--base-lr", type=click.FloatRange(min=0, min_open=True), help="Override the solver's base_lr.")
 @click.option("--stepsize", type=click.IntRange(min=1), help="Override the solver's stepsize (with --schedule solver).")
-@click.option("--schedule", type=click.Choice(ft.SCHEDULES), default="anneal", show_default=True,
+@click.option("--schedule", type=click.Choice(sv.SCHEDULES), default="anneal", show_default=True,
               help="anneal: the rate falls linearly to 0 at the last iteration, and from learned weights every "
                    "layer starts at the regenerated layers' rate (0.01 for the paper's solver); solver: "
                    "solver.prototxt's lr_policy and base_lr as written.")
@@ -54,37 +57,53 @@ from deeprebirth.cli.progress import progress_bar
               help="Write into OUTDIR although it holds files rebirth did not write (they are kept; same-named "
                    "files are replaced).")
 @click.option("--json", "as_json", is_flag=True, help="Print finetune.json's content instead of a summary.")
-def finetune_command(slim_dir, train_spec, val_spec, iters, batch, base_lr, stepsize, test_interval, val_limit,
+def finetune_command(slim_dir, train, val, iters, batch, base_lr, stepsize, test_interval, val_limit,
                      snapshot, resume, weights, distill, seed, outdir, force, as_json, schedule, with_labels,
                      teacher, teacher_weights):
     """Fine-tune SLIM_DIR (a `rebirth slim` output) in Caffe with its solver.prototxt and
     train_val.prototxt, feeding the train_val's data layer from SOURCE with its transform_param.
     Writes OUTDIR/weights.caffemodel, OUTDIR/deploy.prototxt and OUTDIR/finetune.json. Ctrl-C (SIGINT)
-    or SIGTERM stops after the current iteration and writes them, with a snapshot to resume from."""
+    or SIGTERM stops after the current iteration and writes them, with a snapshot to resume from
+    (exit code 130)."""
     if resume and weights:
         raise click.UsageError("--resume and --weights exclude each other (a snapshot holds its own weights)")
     if teacher_weights and not teacher:
         raise click.UsageError("--teacher-weights needs --teacher")
     sd = folders.read_slim_dir(slim_dir)
-    train = data.open_source(train_spec)
-    val = data.open_source(val_spec) if val_spec else None
-    tty = sys.stderr.isatty()
+    train_source = data.open_source(train)
+    val_source = data.open_source(val) if val else None
+    opt = ft.Options(iters=iters, batch=batch, base_lr=base_lr, stepsize=stepsize, schedule=schedule,
+                     test_interval=test_interval, val_limit=val_limit, snapshot=snapshot, resume=resume,
+                     weights=weights, distill=distill, with_labels=with_labels, teacher=teacher,
+                     teacher_weights=teacher_weights, seed=seed, force=force)
     total = iters or int(sd.solver.max_iter) or None
     if total and resume:   # the bar counts the iterations this run trains
-        total = max(1, total - ft.snapshot_iteration(resume))
+        total = max(1, total - sv.snapshot_iteration(resume))
+    log = _log if sys.stderr.isatty() and not as_json else None
     with progress_bar(total, "finetune", "it") as bar:
-        result = ft.finetune(sd, train, val, iters=iters, batch=batch, base_lr=base_lr, stepsize=stepsize,
-                             test_interval=test_interval, snapshot=snapshot, resume=resume, weights=weights,
-                             outdir=outdir, distill=distill, val_limit=val_limit, seed=seed, progress=bar, force=force,
-                             schedule=schedule, with_labels=with_labels, teacher=teacher,
-                             teacher_weights=teacher_weights,
-                             log=_log if tty and not as_json else None)
+        result = ft.finetune(sd, train_source, val_source, outdir, opt, progress=bar, log=log,
+                             stop=ft.StopOnSignals())
+    stopped = result.get("interrupted")
     if as_json:
         output_json(result)
+    elif stopped:
+        echo(resume_line(result, stopped["target"]))
     else:
-        click.echo(reports.finetune_text(result))
+        echo(reports.finetune_text(result))
+    if stopped:
+        click.echo(f"rebirth: error: interrupted: stopped by {stopped['signal']} at iteration {stopped['iteration']} "
+                   f"of {stopped['target']}; weights.caffemodel, finetune.json and a snapshot written", err=True)
+        sys.exit(INTERRUPTED)
+
+
+def resume_line(result: dict, target: int | str = "N") -> str:
+    """The command that continues the run of ``result`` (finetune.json) from its last snapshot to
+    iteration ``target``, with the settings a snapshot does not hold."""
+    return (f"resume with: rebirth finetune {shlex.quote(result['slim_dir'])} --train {shlex.quote(result['train'])}"
+            f"{reports._run_settings(result)} --resume {shlex.quote(result['snapshots'][-1])} "
+            f"-o {shlex.quote(result['outdir'])} --iters {target}")
 
 
 def _log(item) -> None:
     """A line above the progress bar: a note (text) or a validation record (a history entry)."""
-    reports.stderr_line(item if isinstance(item, str) else reports.finetune_entry_line(item))
+    reports.stderr_line(errors.render(item, current_flags()) if isinstance(item, str) else reports.finetune_entry_line(item))

@@ -4,10 +4,12 @@ from __future__ import annotations
 import click
 
 from deeprebirth.caffe import folders
-from deeprebirth.cli import main, output_json, reports
+from deeprebirth.cli import echo, main, output_json, reports
 from deeprebirth.cli.progress import progress_bar
 from deeprebirth.learning import recover as rc
+from deeprebirth.learning import finetune as ft
 from deeprebirth.learning import relearn as rl
+from deeprebirth.learning import undo
 from deeprebirth.runtime import isolate
 from deeprebirth.transforms import relearn_plan
 
@@ -39,14 +41,16 @@ def recover_command(slim_dir, images, val, iters, relearn_iters, count, batch, b
     the teacher's logits. No label is read. Writes OUTDIR/weights.caffemodel, deploy.prototxt,
     finetune.json, recover.json and OUTDIR/relearn/."""
     plan = folders.relearn_plan(slim_dir)
-    opt = rl.Options(train_images=count, iters=relearn_iters, seed=seed)
+    relearn_opt = rl.Options(train_images=count, iters=relearn_iters, seed=seed)
+    distill_opt = ft.Options(iters=iters, batch=batch, base_lr=base_lr, val_limit=val_limit, seed=seed)
     total = len(relearn_plan.selected_units(plan["units"], None)) * relearn_iters + iters
-    with progress_bar(total, "recover", "it") as bar:
+    # a child killed by Ctrl-C cannot clean up after itself: what it made goes here
+    with undo.removed_if_interrupted(rc.output_dir(slim_dir, outdir), rc.OUTPUT_NAMES), \
+            progress_bar(total, "recover", "it") as bar:
         doc = isolate.call(rc.recover, slim_dir, images, val, outdir, what="recover", progress=bar,
-                           relearn_options=opt, iters=iters, batch=batch, base_lr=base_lr, val_limit=val_limit,
-                           seed=seed)
+                           relearn_options=relearn_opt, options=distill_opt)
     if as_json:
         output_json(doc)
     else:
-        click.echo("\n".join(reports.relearn_summary(doc["relearn"])))
-        click.echo(reports.finetune_text(doc["finetune"]))
+        echo("\n".join(reports.relearn_summary(doc["relearn"])))
+        echo(reports.finetune_text(doc["finetune"]))

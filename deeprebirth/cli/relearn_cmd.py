@@ -9,9 +9,10 @@ from deeprebirth.errors import RebirthError
 from deeprebirth.transforms import relearn_plan
 from deeprebirth.caffe import folders
 from deeprebirth.learning import relearn as rl
+from deeprebirth.learning import undo
 from deeprebirth.runtime import isolate
 from deeprebirth.cli.progress import progress_bar
-from deeprebirth.cli import FILE, DIR, main, output_json
+from deeprebirth.cli import FILE, DIR, echo, main, output_json
 
 
 @main.command("relearn")
@@ -72,10 +73,12 @@ def relearn_command(slim_dir, source, outdir, weights, teacher, teacher_weights,
                      only=[n.strip() for n in only.split(",") if n.strip()] if only else None)
     plan = folders.relearn_plan(slim_dir)    # read here too: its errors, and the length of the progress bar
     total = len(relearn_plan.selected_units(plan["units"], opt.only)) * (opt.iters + 1)   # + one per unit's end
-    with progress_bar(total, "relearn", "step") as bar:
+    # a child killed by Ctrl-C cannot clean up after itself: what it made goes here
+    with undo.removed_if_interrupted(rl.output_dir(slim_dir, outdir), rl.OUTPUT_FILES), \
+            progress_bar(total, "relearn", "step") as bar:
         doc = isolate.call(rl.relearn_command, slim_dir, source, outdir, weights, teacher, teacher_weights,
                            train_val, opt, what="relearn", progress=bar, force=force)
     if as_json:
         output_json(doc)
     else:
-        click.echo("\n".join(reports.relearn_summary(doc)))
+        echo("\n".join(reports.relearn_summary(doc)))

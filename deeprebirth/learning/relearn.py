@@ -61,7 +61,7 @@ import numpy as np
 
 from deeprebirth import outputs
 from deeprebirth.caffe import folders, netio
-from deeprebirth.learning import preprocess
+from deeprebirth.learning import preprocess, undo
 from deeprebirth.learning.lstsq import patches, prune_filters, r_squared, relative_error, solve_linear
 from deeprebirth.transforms import trainfiles
 from deeprebirth.transforms.relearn_plan import Unit, selected_units
@@ -511,12 +511,18 @@ def load_images(source, pre, count: int, heldout: int, seed: int = 0) -> tuple[n
     return images[:count].astype(np.float32), images[count:].astype(np.float32)
 
 
+def output_dir(slim_dir: str | os.PathLike, outdir: str | os.PathLike | None = None) -> Path:
+    """Where relearn writes: ``outdir``, by default SLIM_DIR itself."""
+    return Path(outdir) if outdir else Path(slim_dir)
+
+
 def relearn_dir(slim_dir: str | os.PathLike, source_spec: str, outdir: str | os.PathLike | None = None,
                 weights: str | os.PathLike | None = None, teacher: str | os.PathLike | None = None,
                 teacher_weights: str | os.PathLike | None = None, train_val: str | os.PathLike | None = None,
                 options: Options | None = None, progress: Callable | None = None, force: bool = False) -> dict:
     """`rebirth relearn` as a library call: everything read and checked first, then re-learned, then
-    OUTDIR/weights.caffemodel and OUTDIR/relearn.json written (atomically, never over an input)."""
+    OUTDIR/weights.caffemodel and OUTDIR/relearn.json written (atomically, never over an input).
+    Interrupted (Ctrl-C), it leaves nothing it made (undo.removed_if_interrupted)."""
     from deeprebirth.learning import sources as data  # noqa: PLC0415
 
     opt = options or Options()
@@ -527,10 +533,10 @@ def relearn_dir(slim_dir: str | os.PathLike, source_spec: str, outdir: str | os.
     t_deploy = teacher or plan["teacher"].get("deploy")
     t_weights = teacher_weights or plan["teacher"].get("weights")
     if not t_deploy:
-        raise RebirthError(f"{slim_dir}/report.json names no teacher net: give --teacher")
+        raise RebirthError(f"{slim_dir}/report.json names no teacher net: give {{opt:teacher}}")
     if not t_weights:
-        raise RebirthError(f"{slim_dir}/report.json names no teacher weights (slim ran without --weights): "
-                           "give --teacher-weights")
+        raise RebirthError(f"{slim_dir}/report.json names no teacher weights (slim was given no weights): "
+                           "give {opt:teacher_weights}")
     for what, path in (("teacher net", t_deploy), ("teacher weights", t_weights)):
         if not Path(path).is_file():
             raise RebirthError(f"{path}: the {what} is missing")
@@ -538,7 +544,7 @@ def relearn_dir(slim_dir: str | os.PathLike, source_spec: str, outdir: str | os.
     teacher_model = load_model(t_deploy, t_weights)
     start = Path(weights) if weights else slim_dir / "init.caffemodel"
     if not start.is_file():
-        raise RebirthError(f"{start}: no such weights file (slim ran without --weights: give --weights)")
+        raise RebirthError(f"{start}: no such weights file (slim was given no weights: give {{opt:weights}})")
     start_net = netio.read_weights(start)
     arrays = netio.weights_of(start_net)
     graph = Graph(deploy, strict=False)
@@ -555,11 +561,12 @@ def relearn_dir(slim_dir: str | os.PathLike, source_spec: str, outdir: str | os.
         names = {part for u in units for part in [u.name, *u.name.split("+")]}
         unknown = [n for n in opt.only if n not in names]
         if unknown:
-            raise RebirthError(f"--only: no unit named '{unknown[0]}' (units: {', '.join(u.name for u in units)})")
+            raise RebirthError(f"{{opt:only}}: no unit named '{unknown[0]}' (units: {', '.join(u.name for u in units)})")
     if not units:
         raise RebirthError(f"{slim_dir}: the slim net has no regenerated layers: nothing to re-learn")
     inputs = [deploy_path, start, t_deploy, t_weights]
-    with outputs.claimed_dir(Path(outdir) if outdir else slim_dir, OUTPUT_FILES, inputs, force) as out:
+    out = output_dir(slim_dir, outdir)
+    with undo.removed_if_interrupted(out, OUTPUT_FILES), outputs.claimed_dir(out, OUTPUT_FILES, inputs, force):
         pre = preprocess_for(slim_dir, deploy, train_val)
         source = data.open_source(source_spec)
         train, held = load_images(source, pre, opt.train_images, opt.heldout_images, opt.seed)

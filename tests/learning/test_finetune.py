@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 
 from deeprebirth.learning import evaluate as ev
+from deeprebirth.learning import health
+from deeprebirth.learning import keeping as kp
 
 from deeprebirth.caffe import netio
 from deeprebirth.cli import progress
@@ -338,24 +340,22 @@ def test_collapse_is_told_from_a_net_that_was_uniform_from_the_start():
     """A net whose logits stop telling the classes apart (every ReLU before the classifier dead)
     keeps a finite loss: `collapsed` catches it after COLLAPSE_WINDOW iterations, but only when
     the logits told them apart at the start."""
-    from deeprebirth.learning import finetune as ft
     healthy = np.array([[1.0, 2.0, 0.5], [0.2, 2.5, 1.0]])
     dead = np.array([[0.003, 0.0002, -0.002], [0.0034, 0.0001, -0.0017]])   # as measured, plus Dropout noise
-    assert ft.logit_spread(healthy) == pytest.approx(2.3) and ft.logit_spread(dead) < ft.COLLAPSE_SPREAD
-    n = ft.COLLAPSE_WINDOW
-    run_ = [ft.logit_spread(healthy)] + [ft.logit_spread(dead)] * n
-    assert ft.collapsed(run_)
-    assert not ft.collapsed(run_[:-1])                          # not yet for the whole window
-    assert not ft.collapsed(run_[:-2] + [0.3, 0.0])             # it moved inside the window
-    assert not ft.collapsed([0.0] * (n + 5))                    # uniform from the start: not ours
+    assert health.logit_spread(healthy) == pytest.approx(2.3) and health.logit_spread(dead) < health.COLLAPSE_SPREAD
+    n = health.COLLAPSE_WINDOW
+    run_ = [health.logit_spread(healthy)] + [health.logit_spread(dead)] * n
+    assert health.collapsed(run_)
+    assert not health.collapsed(run_[:-1])                          # not yet for the whole window
+    assert not health.collapsed(run_[:-2] + [0.3, 0.0])             # it moved inside the window
+    assert not health.collapsed([0.0] * (n + 5))                    # uniform from the start: not ours
 
 
 def test_collapsed_run_restarts_at_a_lower_rate(slimmed, tmp_path, monkeypatch):
     """The collapse check is wired into training: with a test every run fails, a run restarts at a
     tenth of the rate, and after the last rate stops with one line that says it collapsed."""
-    from deeprebirth.learning import finetune as ft
     d = slimmed
-    monkeypatch.setattr(ft, "collapsed", lambda spreads: len(spreads) > 3)
+    monkeypatch.setattr(health, "collapsed", lambda spreads: len(spreads) > 3)
     line = error_line(run("finetune", d / "slim", "--train", d / "train", "--iters", 8, "-o", tmp_path / "o"))
     assert "collapsed (a uniform output for every image) at iteration 4" in line and "lower --base-lr" in line
 
@@ -363,33 +363,31 @@ def test_collapsed_run_restarts_at_a_lower_rate(slimmed, tmp_path, monkeypatch):
 def test_back_to_chance_needs_a_run_that_was_clearly_above_it():
     """The validation check of a collapse: measured, a Slim-Tucker run went from 38.4 % top-1 to
     10.35 % (10 classes) at its first validation."""
-    from deeprebirth.learning import finetune as ft
-    assert ft.back_to_chance([0.384, 0.1035], 10)
-    assert not ft.back_to_chance([0.384], 10)                    # one score: nothing to compare
-    assert not ft.back_to_chance([0.817, 0.6675], 10)            # a short run's dip (README): no collapse
-    assert not ft.back_to_chance([0.15, 0.10], 10)               # never clearly above chance
-    assert ft.back_to_chance([0.9, 0.52], 2) and not ft.back_to_chance([0.9, 0.6], 2)
+    assert health.back_to_chance([0.384, 0.1035], 10)
+    assert not health.back_to_chance([0.384], 10)                    # one score: nothing to compare
+    assert not health.back_to_chance([0.817, 0.6675], 10)            # a short run's dip (README): no collapse
+    assert not health.back_to_chance([0.15, 0.10], 10)               # never clearly above chance
+    assert health.back_to_chance([0.9, 0.52], 2) and not health.back_to_chance([0.9, 0.6], 2)
 
 
 def test_a_lead_within_the_validation_noise_keeps_the_last_weights():
     """Measured (Table 3, row 9RL): the best on 2,000 held-out images, 92.55 % at iteration 16,000
     over 92.40 % at the last, read 91.67 % against 92.02 % on the test images; the last weights are
     kept in such a tie, never weights below the start, and a clear lead is still kept."""
-    from deeprebirth.learning import finetune as ft
-    se = ft.lead_within_noise(0.9255, 0.9240, 2000)
+    se = kp.lead_within_noise(0.9255, 0.9240, 2000)
     assert se is not None and abs(se - 0.00587) < 1e-4
-    assert ft.lead_within_noise(0.9255, 0.9240, 200_000) is None      # the same lead on many images is real
-    assert ft.lead_within_noise(0.7700, 0.1870, 2000) is None         # a collapse is never noise
-    assert ft.lead_within_noise(0.5, 0.5, 0) == 0.0                    # no images: no noise to allow
+    assert kp.lead_within_noise(0.9255, 0.9240, 200_000) is None      # the same lead on many images is real
+    assert kp.lead_within_noise(0.7700, 0.1870, 2000) is None         # a collapse is never noise
+    assert kp.lead_within_noise(0.5, 0.5, 0) == 0.0                    # no images: no noise to allow
     row = [(0, 0.7905), (4000, 0.8865), (16000, 0.9255), (20000, 0.9240)]
-    assert ft.kept_iteration(row, 16000, 20000, 2000) == 20000
-    assert ft.kept_iteration(row, 16000, 20000, 200_000) == 16000      # resolved by many images
-    assert ft.kept_iteration([(0, 0.817), (20, 0.6675)], 0, 20, 2000) == 0     # the short run's dip
+    assert kp.kept_iteration(row, 16000, 20000, 2000) == 20000
+    assert kp.kept_iteration(row, 16000, 20000, 200_000) == 16000      # resolved by many images
+    assert kp.kept_iteration([(0, 0.817), (20, 0.6675)], 0, 20, 2000) == 0     # the short run's dip
     # within the noise of the best, but below the start: the start is kept
-    assert ft.kept_iteration([(0, 0.9250), (10, 0.9260), (20, 0.9245)], 10, 20, 2000) == 10
-    assert ft.kept_iteration([(0, 0.90), (10, 0.92)], 10, 20, 2000) == 10      # interrupted: 20 not validated
+    assert kp.kept_iteration([(0, 0.9250), (10, 0.9260), (20, 0.9245)], 10, 20, 2000) == 10
+    assert kp.kept_iteration([(0, 0.90), (10, 0.92)], 10, 20, 2000) == 10      # interrupted: 20 not validated
     # wired into the record of the kept weights and the weights written
-    v = object.__new__(ft._Validator)
+    v = object.__new__(kp.Validator)
     v.history = [{"iteration": 0, "val_top1": 0.7905}, {"iteration": 16000, "val_top1": 0.9255},
                  {"iteration": 20000, "val_top1": 0.9240}]
     v.best, v.images, v.first, notes = (0.9255, 16000, {"w": 1}), 2000, 0, []
@@ -404,20 +402,18 @@ def test_a_lead_within_the_validation_noise_keeps_the_last_weights():
 def test_a_validation_back_at_chance_restarts_at_a_lower_rate(slimmed, tmp_path, monkeypatch):
     """Wired into validation, also the last one: with a check that always fires, each rate is tried
     once and the run stops with one line that gives the validation score."""
-    from deeprebirth.learning import finetune as ft
     d = slimmed
-    monkeypatch.setattr(ft, "back_to_chance", lambda scores, classes: len(scores) > 1)
+    monkeypatch.setattr(health, "back_to_chance", lambda scores, classes: len(scores) > 1)
     res = run("finetune", d / "slim", "--train", d / "train", "--val", d / "val", "--iters", 4, "-o", tmp_path / "o")
     line = error_line(res)
     assert "collapsed (validation top-1" in line and "back at chance" in line and "at iteration 4" in line
-    assert f"at {ft.DIVERGENCE_ATTEMPTS - 1} lower rates" in line and "at base_lr 1e-06" in line
+    assert f"at {health.DIVERGENCE_ATTEMPTS - 1} lower rates" in line and "at base_lr 1e-06" in line
     assert not (tmp_path / "o" / "weights.caffemodel").exists()
 
 
 def test_input_blind_logits_are_told_from_a_confident_net():
     """Every image given the same logits (a dead layer cuts the path): refused at the start. A net
     whose logits differ per image, even a little or with one class dominant, is not."""
-    from deeprebirth.learning import finetune as ft
     same = np.tile(np.array([[1.5, -0.2, 0.3]], np.float32), (8, 1))
     assert ev.input_blind(same)
     varied = same.copy()

@@ -1,0 +1,60 @@
+"""What an interrupted learning command leaves behind: nothing it made.
+
+``outputs.claimed_dir`` removes a folder a failed command made only while it holds nothing but
+its marker, so that a refused run leaves no trace and a run that failed late keeps its finished
+steps (recover's relearn/). Ctrl-C (or SIGTERM, which the cli turns into the same
+KeyboardInterrupt) is the user taking the command back: then everything the command made goes,
+also from a child process that was killed before its own cleanup could run (``runtime.isolate``
+kills it at once), which is why the cli wraps the child in ``removed_if_interrupted`` too."""
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import os
+import shutil
+from pathlib import Path
+from typing import Iterable
+
+from deeprebirth import outputs
+from deeprebirth.errors import RebirthError
+
+
+@contextlib.contextmanager
+def removed_if_interrupted(folder: str | os.PathLike, names: Iterable[str]):
+    """Around a command that makes the output folder ``folder`` or adds ``names`` (file names or
+    patterns, ``finetune_iter_*``) to it: when a KeyboardInterrupt ends the command, the folder is
+    removed when it was not there before; else every entry of it that was not there before and
+    matches ``names`` (or is the temporary file of an atomic write) is removed and its marker is
+    put back as it was. What was there before stays (a file replaced in the meantime stays
+    replaced)."""
+    folder = Path(folder)
+    names = list(names)
+    existed = folder.is_dir()
+    before = set(os.listdir(folder)) if existed else set()
+    marker = folder / outputs.MARKER
+    marker_text = marker.read_bytes() if marker.is_file() else None
+    try:
+        yield
+    except KeyboardInterrupt:
+        if not existed:
+            shutil.rmtree(folder, ignore_errors=True)
+        elif folder.is_dir():
+            _remove_new(folder, before, names)
+            with contextlib.suppress(OSError, RebirthError):
+                if marker_text is None:
+                    marker.unlink(missing_ok=True)
+                elif marker.read_bytes() != marker_text:
+                    outputs.atomic_write(marker, marker_text)
+        raise
+
+
+def _remove_new(folder: Path, before: set[str], names: list[str]) -> None:
+    temporary = [f".{name[:100]}.*.tmp" for name in (*names, outputs.MARKER)]
+    for entry in sorted(set(os.listdir(folder)) - before):
+        if any(fnmatch.fnmatchcase(entry, pattern) for pattern in (*names, *temporary)):
+            path = folder / entry
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    path.unlink()

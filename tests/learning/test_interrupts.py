@@ -1,0 +1,196 @@
+"""Ctrl-C (SIGINT) or SIGTERM during a learning command. `finetune` stops after the iteration,
+writes its work with the iteration it reached, prints the line that resumes it and exits 130;
+`relearn` and `recover` leave no folder they made (not even its marker), and `recover`'s marker
+never lists a recover.json that was not written."""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from deeprebirth import outputs
+from deeprebirth.errors import RebirthError
+from deeprebirth.learning import finetune as ft
+from deeprebirth.learning import health
+from deeprebirth.learning import recover as rc
+from deeprebirth.learning import relearn as rl
+from deeprebirth.runtime import isolate
+from helpers import PROGRESS_LINE, ROOT, make_slimmed, run
+
+
+@pytest.fixture(scope="module")
+def slimmed(tmp_path_factory, caffe):
+    return make_slimmed(tmp_path_factory.mktemp("interrupts"))
+
+
+def lines(text: str) -> list[str]:
+    return [x for x in text.strip().splitlines() if x and not PROGRESS_LINE.match(x)]
+
+
+def sigint_at(monkeypatch, iteration: int) -> None:
+    """SIGINT to this process right after training step ``iteration``, as Ctrl-C would send it."""
+    check = health.check_divergence
+
+    def check_then_interrupt(losses, it):
+        check(losses, it)
+        if it == iteration:
+            os.kill(os.getpid(), signal.SIGINT)
+    monkeypatch.setattr(health, "check_divergence", check_then_interrupt)
+
+
+def test_finetune_stopped_by_sigint_exits_130_with_the_iteration_it_reached(slimmed, tmp_path, monkeypatch):
+    d = slimmed
+    out = tmp_path / "ft"
+    sigint_at(monkeypatch, 3)
+    res = run("finetune", d / "slim", "--train", d / "train", "--val", d / "val", "--iters", 200,
+              "--test-interval", 100, "-o", out)
+    assert res.exit_code == 130, res.output
+    err = lines(res.stderr)
+    assert len(err) == 1 and err[0].startswith("rebirth: error: interrupted"), res.stderr
+    assert "stopped by SIGINT at iteration 3 of 200" in err[0]
+    assert "Traceback" not in res.output
+    printed = lines(res.stdout)
+    assert len(printed) == 1 and printed[0].startswith("resume with: rebirth finetune "), res.stdout
+    doc = json.loads((out / "finetune.json").read_text())
+    assert doc["iterations"] == 3 and doc["start_iteration"] == 0
+    assert doc["interrupted"] == {"signal": "SIGINT", "iteration": 3, "target": 200}
+    assert doc["snapshots"][-1] == str(out / "finetune_iter_3.solverstate")
+    assert (out / "finetune_iter_3.solverstate").is_file() and (out / "weights.caffemodel").is_file()
+    # pasted, the resume line continues the same run to its target (here: two more iterations)
+    words = shlex.split(printed[0][len("resume with: "):])
+    assert words[words.index("--iters") + 1] == "200" and "--val" in words
+    words[words.index("--iters") + 1] = "5"
+    monkeypatch.undo()
+    again = run(*words[1:], "--json")
+    assert again.exit_code == 0, again.output
+    resumed = json.loads(again.stdout)
+    assert (resumed["start_iteration"], resumed["iterations"]) == (3, 5) and "interrupted" not in resumed
+
+
+def test_finetune_stopped_with_json_prints_the_record_and_exits_130(slimmed, tmp_path, monkeypatch):
+    d = slimmed
+    sigint_at(monkeypatch, 2)
+    res = run("finetune", d / "slim", "--train", d / "train", "--iters", 50, "-o", tmp_path / "ft", "--json")
+    assert res.exit_code == 130, res.output
+    assert json.loads(res.stdout)["interrupted"]["iteration"] == 2
+    assert len(lines(res.stderr)) == 1
+
+
+def _interrupt(*args, **kwargs):
+    raise KeyboardInterrupt
+
+
+def test_relearn_interrupted_leaves_no_folder(slimmed, tmp_path, monkeypatch):
+    """In this process: interrupted while it re-learns, or after weights.caffemodel but before
+    relearn.json is written, relearn leaves no folder it made; a folder that was there stays as
+    it was."""
+    d = slimmed
+    opt = rl.Options(iters=1, train_images=8, heldout_images=4)
+    monkeypatch.setattr(rl, "relearn", _interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        rl.relearn_dir(d / "slim", str(d / "plain"), tmp_path / "new", options=opt)
+    assert not (tmp_path / "new").exists()
+    monkeypatch.undo()
+    write = outputs.atomic_write
+
+    def interrupted_write(path, *args, **kwargs):
+        if str(path).endswith("relearn.json"):
+            raise KeyboardInterrupt
+        return write(path, *args, **kwargs)
+    monkeypatch.setattr(outputs, "atomic_write", interrupted_write)
+    with pytest.raises(KeyboardInterrupt):
+        rl.relearn_dir(d / "slim", str(d / "plain"), tmp_path / "late", options=opt)
+    assert not (tmp_path / "late").exists()
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "mine.txt").write_text("the user's")
+    with pytest.raises(KeyboardInterrupt):
+        rl.relearn_dir(d / "slim", str(d / "plain"), kept, options=opt, force=True)
+    assert sorted(p.name for p in kept.iterdir()) == ["mine.txt"]
+
+
+def test_recover_interrupted_leaves_no_folder_and_its_marker_lists_what_was_written(slimmed, tmp_path, monkeypatch):
+    """Interrupted during the distillation, after relearn/ was written: no folder left. Refused
+    there (an error): relearn/ stays, and the marker does not list a recover.json."""
+    d = slimmed
+    kwargs = dict(relearn_options=rl.Options(iters=1, train_images=8, heldout_images=4), options=ft.Options(iters=2))
+    monkeypatch.setattr(ft, "finetune", _interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        rc.recover(d / "slim", str(d / "plain"), outdir=tmp_path / "rec", **kwargs)
+    assert not (tmp_path / "rec").exists()
+
+    def refuse(*args, **kwargs):
+        raise RebirthError("refused")
+    monkeypatch.setattr(ft, "finetune", refuse)
+    with pytest.raises(RebirthError):
+        rc.recover(d / "slim", str(d / "plain"), outdir=tmp_path / "rec", **kwargs)
+    assert (tmp_path / "rec" / "relearn" / "weights.caffemodel").is_file()
+    assert not (tmp_path / "rec" / "recover.json").exists()
+    assert "recover.json" not in outputs.read_marker(tmp_path / "rec")["files"]
+    monkeypatch.undo()
+    doc = rc.recover(d / "slim", str(d / "plain"), outdir=tmp_path / "rec", **kwargs)   # over the refused run's folder
+    assert doc["finetune"]["iterations"] == 2
+    assert {"relearn", "recover.json"} <= set(outputs.read_marker(tmp_path / "rec")["files"])
+
+
+def test_an_interrupted_child_leaves_nothing_it_made(slimmed, tmp_path, monkeypatch):
+    """Ctrl-C kills the child process that runs relearn or recover before it can clean up: the
+    command removes what the child made (a new folder; in one that was there, the new files and
+    temporary files, and the marker as it was)."""
+    d = slimmed
+
+    def killed_child(fn, slim_dir, *args, **kwargs):
+        out = rc.output_dir(slim_dir, args[2]) if fn is rc.recover else rl.output_dir(slim_dir, args[1])
+        outputs.claim_dir(out, [])
+        outputs.record_files(out, ["weights.caffemodel"])
+        (out / "weights.caffemodel").write_text("half")
+        (out / ".relearn.json.x1y2.tmp").write_text("half")
+        if fn is rc.recover:
+            (out / "relearn").mkdir()
+            (out / "finetune_iter_7.solverstate").write_text("half")
+        raise KeyboardInterrupt
+    monkeypatch.setattr(isolate, "call", killed_child)
+    for command, new in (("relearn", "rl"), ("recover", "rc")):
+        args = [command, d / "slim", "--images", d / "plain", "-o", tmp_path / new]
+        res = run(*args)
+        assert res.exit_code == 130 and len(lines(res.stderr)) == 1 and "interrupted" in res.stderr, res.output
+        assert not (tmp_path / new).exists(), command
+    slim = tmp_path / "slim"                      # relearn's default output: SLIM_DIR itself
+    slim.mkdir()
+    for p in (d / "slim").iterdir():
+        (slim / p.name).write_bytes(p.read_bytes())
+    before = {p.name: p.read_bytes() for p in slim.iterdir()}
+    res = run("relearn", slim, "--images", d / "plain")
+    assert res.exit_code == 130, res.output
+    assert {p.name: p.read_bytes() for p in slim.iterdir()} == before
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_recover_leaves_no_folder(slimmed, tmp_path):
+    """A real Ctrl-C: SIGINT to the process group of `rebirth recover` (the command and the child
+    that runs Caffe) once it reports progress. It exits 130 with one line and leaves no folder."""
+    d = slimmed
+    out = tmp_path / "rec"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), GLOG_minloglevel="2")
+    proc = subprocess.Popen([sys.executable, "-m", "deeprebirth.cli", "recover", str(d / "slim"), "--images",
+                             str(d / "plain"), "--relearn-iters", "10000000", "--count", "16", "-o", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
+    try:
+        for line in proc.stderr:       # the first progress line: re-learning is under way
+            if line.startswith("rebirth: recover "):
+                break
+        assert out.is_dir()
+        os.killpg(proc.pid, signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, stderr
+    assert lines(stderr) == ["rebirth: error: interrupted (outputs are complete or as they were)"], stderr
+    assert not out.exists()
