@@ -6,7 +6,6 @@ import json
 
 import pytest
 import steps
-
 from helpers import ROOT
 
 

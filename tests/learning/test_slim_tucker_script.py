@@ -9,10 +9,10 @@ import subprocess
 import sys
 
 import pytest
-
 import slim_tucker as mod
-from deeprebirth.cli import main as cli_main
 from helpers import ROOT, run
+
+from deeprebirth.cli import main as cli_main
 
 SCRIPT = ROOT / "scripts" / "reproduce" / "slim_tucker.py"
 

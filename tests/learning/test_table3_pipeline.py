@@ -12,9 +12,9 @@ import sys
 
 import pytest
 import table3
+from helpers import ROOT
 
 from deeprebirth.cli import main as cli_main
-from helpers import ROOT
 
 SCRIPT = ROOT / "scripts" / "reproduce" / "table3.py"
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from helpers import ROOT, error_line, net_of, run
 
 from deeprebirth.errors import RebirthError
 from deeprebirth.runtime import layer_cost
-from helpers import ROOT, error_line, net_of, run
 
 CONVS = """
 layer { name: "c1" type: "Convolution" bottom: "data" top: "c1" convolution_param { num_output: 8 kernel_size: 3 } }
