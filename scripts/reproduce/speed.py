@@ -225,7 +225,7 @@ def main(argv=None) -> int:
         if e not in ENGINES:
             raise SystemExit(f"--engines: unknown engine '{e}' (of: {', '.join(ENGINES)})")
     work = args.work.resolve()
-    script_cmd = shown([MADE_BY, *(argv if argv is not None else sys.argv[1:])], work, ".venv/bin/python")
+    script_cmd = shown([MADE_BY, *(argv if argv is not None else sys.argv[1:])], work, "python")
     mach = machine()
     random_googlenet(work / "googlenet_random.caffemodel")
     built = run_chain(lambda: build_steps(work, args.ratio), work / "speed_steps.json", MADE_BY, work=work)
@@ -318,9 +318,9 @@ def markdown(out: dict, t2, docs: dict, rows: dict, static: dict, caffe) -> str:
                      "(`rebirth tucker --layer-cost`; its default, `graph.dag.LAYER_COST_MACS`, is 30,000).")
     else:
         lines.append(f"Not measured: {lc}")
-    lines += ["", "## The commands", "", "From the repository's root, `.venv/bin` on PATH; `$WORK` is the script's "
-              "work folder, where it first writes GoogLeNet's random weights (`googlenet_random.caffemodel`, the "
-              "product's `random_weights`, seed 0):", "", "```sh"]
+    lines += ["", "## The commands", "", "From the repository's root, in the project's virtualenv (`make install`); "
+              "`$WORK` is the script's work folder, where it first writes GoogLeNet's random weights "
+              "(`googlenet_random.caffemodel`, the product's `random_weights`, seed 0):", "", "```sh"]
     lines += list(out["built"].values())
     lines += [c["inspect"] + "      # each of the six nets", c["table2"],
               f"# B and C: deeprebirth.runtime.kind_share.measure(bench.prepare([NET], batch=1)[0].model, "

@@ -233,7 +233,8 @@ def markdown(rows: list[Row], benches: list[dict], mach: dict, mode: str, chain_
             f"{s['speedup_best']:.2f}x / {s['speedup_median']:.2f}x / {s['speedup_paired']:.2f}x" if s else "-")
         lines.append(f"| {r.row} | {md_cell(r.what)} | {100 * e['top1']:.2f} % | {100 * e['top5']:.2f} % | "
                      f"{e['images']:,} | {speed} | {s['median_ms']:.2f} | {s['memory_bytes'] / 1024:.0f} KB |")
-    lines += ["", PAPER, "", "The commands (from the repository's root, `.venv/bin` on PATH):", "", "```sh"]
+    lines += ["", PAPER, "", "The commands (from the repository's root, in the project's virtualenv (`make install`), "
+              "whose `python` and `rebirth` they are):", "", "```sh"]
     lines += [r.result["eval"]["command"] for r in rows]
     lines += [b["command"] for b in benches] + ["```"]
     if chain_steps:
@@ -336,7 +337,7 @@ def main(argv=None) -> int:
                     help="then write models/fmnist_googlenet_slim, _slim_labelfree and fmnist_resnet_slim from WORK")
     args = ap.parse_args(argv)
     args.work, args.teacher_weights = args.work.resolve(), args.teacher_weights.resolve()
-    script_cmd = shown([MADE_BY, *(argv if argv is not None else sys.argv[1:])], args.work, ".venv/bin/python")
+    script_cmd = shown([MADE_BY, *(argv if argv is not None else sys.argv[1:])], args.work, "python")
     mach = machine()
     if args.eval_only:
         if args.ship:
