@@ -7,13 +7,12 @@ import sys
 import click
 
 from deeprebirth import errors
-from deeprebirth.cli import reports
 from deeprebirth.caffe import folders
-from deeprebirth.learning import sources as data
+from deeprebirth.cli import DIR, FILE, INTERRUPTED, current_flags, echo, main, output_json, reports
+from deeprebirth.cli.progress import progress_bar
 from deeprebirth.learning import finetune as ft
 from deeprebirth.learning import solver as sv
-from deeprebirth.cli import FILE, DIR, INTERRUPTED, current_flags, echo, main, output_json
-from deeprebirth.cli.progress import progress_bar
+from deeprebirth.learning import sources as data
 
 
 @main.command("finetune")
@@ -32,7 +31,8 @@ from deeprebirth.cli.progress import progress_bar
               help="anneal: the rate falls linearly to 0 at the last iteration, and from learned weights every "
                    "layer starts at the regenerated layers' rate (0.01 for the paper's solver); solver: "
                    "solver.prototxt's lr_policy and base_lr as written.")
-@click.option("--test-interval", type=click.IntRange(min=0), help="Validate every N iterations (default: the solver's).")
+@click.option("--test-interval", type=click.IntRange(min=0),
+              help="Validate every N iterations (default: the solver's).")
 @click.option("--val-limit", type=click.IntRange(min=1), help="Validate on the first N --val images only.")
 @click.option("--snapshot", type=click.IntRange(min=0),
               help="Snapshot every N iterations into OUTDIR (default: the solver's; one is always taken at the end).")
@@ -52,7 +52,8 @@ from deeprebirth.cli.progress import progress_bar
               help="With --distill: keep the train_val's label loss too (the two losses are summed).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the image order and augmentation.")
 @click.option("--output", "-o", "outdir", type=DIR,
-              help="Where weights.caffemodel, deploy.prototxt, finetune.json and snapshots go (default: SLIM_DIR/finetune).")
+              help="Where weights.caffemodel, deploy.prototxt, finetune.json and snapshots go "
+                   "(default: SLIM_DIR/finetune).")
 @click.option("--force", is_flag=True,
               help="Write into OUTDIR although it holds files rebirth did not write (they are kept; same-named "
                    "files are replaced).")
@@ -82,7 +83,7 @@ def finetune_command(slim_dir, train, val, iters, batch, base_lr, stepsize, test
     log = _log if sys.stderr.isatty() and not as_json else None
     with progress_bar(total, "finetune", "it") as bar:
         result = ft.finetune(sd, train_source, val_source, outdir, opt, progress=bar, log=log,
-                             stop=ft.StopOnSignals())
+                             stop=ft.StopOnSignals(), name_of=current_flags())
     stopped = result.get("interrupted")
     if as_json:
         output_json(result)
@@ -106,4 +107,5 @@ def resume_line(result: dict, target: int | str = "N") -> str:
 
 def _log(item) -> None:
     """A line above the progress bar: a note (text) or a validation record (a history entry)."""
-    reports.stderr_line(errors.render(item, current_flags()) if isinstance(item, str) else reports.finetune_entry_line(item))
+    line = errors.render(item, current_flags()) if isinstance(item, str) else reports.finetune_entry_line(item)
+    reports.stderr_line(line)

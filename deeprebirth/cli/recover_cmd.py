@@ -4,10 +4,10 @@ from __future__ import annotations
 import click
 
 from deeprebirth.caffe import folders
-from deeprebirth.cli import echo, main, output_json, reports
+from deeprebirth.cli import current_flags, echo, main, output_json, reports
 from deeprebirth.cli.progress import progress_bar
-from deeprebirth.learning import recover as rc
 from deeprebirth.learning import finetune as ft
+from deeprebirth.learning import recover as rc
 from deeprebirth.learning import relearn as rl
 from deeprebirth.learning import undo
 from deeprebirth.runtime import isolate
@@ -28,7 +28,8 @@ from deeprebirth.transforms import relearn_plan
 @click.option("--count", type=click.IntRange(min=1), default=rl.Options.train_images, show_default=True,
               help="Images per re-learned unit.")
 @click.option("--batch", "-b", type=click.IntRange(min=1), help="Distillation batch (default: the train_val's).")
-@click.option("--base-lr", type=click.FloatRange(min=0, min_open=True), help="Distillation base_lr (default: the solver's).")
+@click.option("--base-lr", type=click.FloatRange(min=0, min_open=True),
+              help="Distillation base_lr (default: the solver's).")
 @click.option("--val-limit", type=click.IntRange(min=1), help="Validate on the first N --val images only.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--output", "-o", "outdir", type=click.Path(file_okay=False),
@@ -48,9 +49,15 @@ def recover_command(slim_dir, images, val, iters, relearn_iters, count, batch, b
     with undo.removed_if_interrupted(rc.output_dir(slim_dir, outdir), rc.OUTPUT_NAMES), \
             progress_bar(total, "recover", "it") as bar:
         doc = isolate.call(rc.recover, slim_dir, images, val, outdir, what="recover", progress=bar,
-                           relearn_options=relearn_opt, options=distill_opt)
+                           relearn_options=relearn_opt, options=distill_opt, flags=_flags())
     if as_json:
         output_json(doc)
     else:
         echo("\n".join(reports.relearn_summary(doc["relearn"])))
         echo(reports.finetune_text(doc["finetune"]))
+
+
+def _flags() -> dict[str, str]:
+    """This command's parameters as it spells them (what recover.json's notes name)."""
+    name_of = current_flags()
+    return {param.name: name_of(param.name) for param in click.get_current_context().command.params}

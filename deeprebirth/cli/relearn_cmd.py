@@ -1,18 +1,16 @@
 """`rebirth relearn`: re-learn a slim net's regenerated layers against the teacher's feature maps."""
 from __future__ import annotations
 
-
 import click
 
-from deeprebirth.cli import reports
-from deeprebirth.errors import RebirthError
-from deeprebirth.transforms import relearn_plan
 from deeprebirth.caffe import folders
+from deeprebirth.cli import DIR, FILE, echo, main, output_json, reports
+from deeprebirth.cli.progress import progress_bar
+from deeprebirth.errors import RebirthError
 from deeprebirth.learning import relearn as rl
 from deeprebirth.learning import undo
 from deeprebirth.runtime import isolate
-from deeprebirth.cli.progress import progress_bar
-from deeprebirth.cli import FILE, DIR, echo, main, output_json
+from deeprebirth.transforms import relearn_plan
 
 
 @main.command("relearn")
@@ -56,7 +54,8 @@ from deeprebirth.cli import FILE, DIR, echo, main, output_json
                    "files are replaced).")
 @click.option("--json", "as_json", is_flag=True, help="Print relearn.json's content instead of a summary.")
 def relearn_command(slim_dir, source, outdir, weights, teacher, teacher_weights, train_val, count, heldout, iters,
-                    batch, base_lr, input_from, no_least_squares, no_teacher_init, max_weight_scale, only, seed, force, as_json):
+                    batch, base_lr, input_from, no_least_squares, no_teacher_init, max_weight_scale, only, seed, force,
+                    as_json):
     """Re-learn the regenerated layers of SLIM_DIR (a `rebirth slim` output) bottom to top, each unit
     against the teacher's feature map at its output (the paper's Eq. 5): teacher/least-squares
     initialisation, then SGD in Caffe. No labels are used. Writes OUTDIR/weights.caffemodel and

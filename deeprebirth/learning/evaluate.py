@@ -13,20 +13,19 @@ Softmax) when the net has them, so no probability is clipped.
 """
 from __future__ import annotations
 
-from typing import Callable
-
 import time
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
-from deeprebirth.learning import preprocess
-from deeprebirth.learning import sources as data
 from deeprebirth.caffe import builtin, folders
-from deeprebirth.runtime import pycaffe
 from deeprebirth.errors import RebirthError
 from deeprebirth.graph.model import Model, load_model
+from deeprebirth.learning import preprocess
+from deeprebirth.learning import sources as data
+from deeprebirth.runtime import pycaffe
 
 TOP_K = 5
 

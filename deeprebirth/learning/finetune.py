@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from deeprebirth import __version__, outputs
+from deeprebirth import __version__, errors, outputs
 from deeprebirth.caffe import netio
 from deeprebirth.caffe import proto as pb
 from deeprebirth.caffe.folders import SlimDir, read_slim_dir
@@ -137,12 +137,14 @@ class _Run:
 
 def finetune(slim_dir, train: data.Source, val: data.Source | None = None, outdir: str | os.PathLike | None = None,
              options: Options | None = None, *, progress: Callable[[int], object] | None = None,
-             log: Callable[[object], object] | None = None, stop: StopOnSignals | None = None) -> dict:
+             log: Callable[[object], object] | None = None, stop: StopOnSignals | None = None,
+             name_of: Callable[[str], str] = str) -> dict:
     """Fine-tune ``slim_dir`` on ``train`` (see the module doc) into ``outdir`` (default
     SLIM_DIR/finetune); returns what finetune.json holds. ``progress(n)`` is called after every n
     iterations, ``log(item)`` with every note (text) and validation record (a history entry);
     ``stop`` (StopOnSignals) lets SIGINT/SIGTERM end the run early with its work written (the
-    result's ``interrupted`` says where)."""
+    result's ``interrupted`` says where). The notes name the caller's parameters as ``{opt:NAME}``;
+    finetune.json spells them by ``name_of`` (the cli: its flags; default: their names)."""
     opt = options or Options()
     _check_options(opt)
     if opt.distill and not opt.with_labels:   # label-free: a labelled source's labels are hidden, also from val
@@ -167,7 +169,7 @@ def finetune(slim_dir, train: data.Source, val: data.Source | None = None, outdi
         best = run.validator.best_record(run.last, st.notes)
         result = _record(st, train, val, sparam, run, started)
         result["best"] = best
-        _write_outputs(st, run.solver, result, run.validator.best_weights(run.last))
+        _write_outputs(st, run.solver, result, run.validator.best_weights(run.last), name_of)
         outputs.record_files(st.outdir, [*OUTPUT_FILES, *(Path(p).name for p in run.snapshots),
                                          *(Path(p).name.replace(".solverstate", ".caffemodel") for p in run.snapshots)])
         return result
@@ -375,7 +377,7 @@ def _record(st: _Setup, train, val, sparam, run: _Run, started: float) -> dict:
     return result
 
 
-def _write_outputs(st: _Setup, solver, result: dict, best: dict | None = None) -> None:
+def _write_outputs(st: _Setup, solver, result: dict, best: dict | None = None, name_of=str) -> None:
     """OUTDIR/weights.caffemodel (the deploy net's layers: ``best`` when given, else the solver's
     last), deploy.prototxt and finetune.json."""
     final = {name: [b.data.copy() for b in blobs] for name, blobs in solver.net.params.items()}
@@ -387,7 +389,7 @@ def _write_outputs(st: _Setup, solver, result: dict, best: dict | None = None) -
     netio.write_weights(weights_net, st.outdir / "weights.caffemodel", inputs)
     if not outputs.same_file(st.outdir / "deploy.prototxt", st.sd.path / "deploy.prototxt"):
         outputs.atomic_write(st.outdir / "deploy.prototxt", (st.sd.path / "deploy.prototxt").read_text())
-    outputs.atomic_write(st.outdir / "finetune.json", json.dumps(result, indent=2) + "\n")
+    outputs.atomic_write(st.outdir / "finetune.json", errors.render(json.dumps(result, indent=2), name_of) + "\n")
 
 
 def _previous_history(outdir: Path, start: int) -> list[dict]:

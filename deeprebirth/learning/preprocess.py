@@ -328,8 +328,8 @@ def preprocess_for(input_shape, train_val: str | os.PathLike | None = None, phas
         tv = netio.read_net(train_val)
         layer = data_layer(tv, phase)
         if layer is None:
-            raise RebirthError(f"{train_val}: has no data layer in the {'TRAIN' if phase == pb.TRAIN else 'TEST'} phase to take "
-                               "transform_param from")
+            which = "TRAIN" if phase == pb.TRAIN else "TEST"
+            raise RebirthError(f"{train_val}: has no data layer in the {which} phase to take transform_param from")
         pre = from_layer(layer, input_shape, base_dir=Path(train_val).parent)
     if pre is None:
         pre = Preprocess.defaults(input_shape)

@@ -25,7 +25,7 @@ import os
 from pathlib import Path
 from typing import Callable
 
-from deeprebirth import outputs
+from deeprebirth import errors, outputs
 from deeprebirth.caffe.folders import read_slim_dir
 from deeprebirth.learning import finetune as ft
 from deeprebirth.learning import relearn as rl
@@ -53,11 +53,14 @@ def output_dir(slim_dir: str | os.PathLike, outdir: str | os.PathLike | None = N
 
 def recover(slim_dir: str | os.PathLike, images: str, val: str | None = None,
             outdir: str | os.PathLike | None = None, *, relearn_options: rl.Options | None = None,
-            options: ft.Options | None = None, progress: Callable[[int], object] | None = None, log=None) -> dict:
+            options: ft.Options | None = None, progress: Callable[[int], object] | None = None, log=None,
+            flags: dict[str, str] | None = None) -> dict:
     """Re-learn, then distil (module doc); returns what recover.json holds. ``options`` are the
     distillation's (finetune.Options; ``distill`` and the start ``weights`` are set here; ``iters``
     defaults to DISTILL_ITERS and ``test_interval`` to a fifth of them). Interrupted (Ctrl-C), it
-    leaves nothing it made (undo.removed_if_interrupted)."""
+    leaves nothing it made (undo.removed_if_interrupted). ``flags``: how the caller spells the
+    parameters the notes name (``{opt:NAME}``) in recover.json and finetune.json (others keep
+    their names)."""
     sd = read_slim_dir(slim_dir)
     sd.teacher()                              # names the teacher, or a one-line error before any work
     train = data.open_source(images)
@@ -76,11 +79,12 @@ def recover(slim_dir: str | os.PathLike, images: str, val: str | None = None,
         relearned = rl.relearn_dir(sd.path, images, out / "relearn", options=relearn_options,
                                    progress=_unit_ticks(progress))
         outputs.record_files(out, ["relearn"])
-        tuned = ft.finetune(sd, train, val_source, out, distill, progress=progress, log=log)
+        name_of = (lambda name: flags.get(name, name)) if flags else str
+        tuned = ft.finetune(sd, train, val_source, out, distill, progress=progress, log=log, name_of=name_of)
         doc = {"slim_dir": str(sd.path), "images": train.name, "val": val_source.name if val_source else None,
                "labels_read": False, "relearn": relearned, "finetune": tuned,
                "weights": str(out / "weights.caffemodel")}
-        outputs.atomic_write(out / "recover.json", json.dumps(doc, indent=2) + "\n")
+        outputs.atomic_write(out / "recover.json", errors.render(json.dumps(doc, indent=2), name_of) + "\n")
         outputs.record_files(out, ["recover.json"])
         return doc
 

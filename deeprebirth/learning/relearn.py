@@ -48,7 +48,6 @@ SGD, with iterations and seconds.
 from __future__ import annotations
 
 import dataclasses
-
 import json
 import math
 import os
@@ -61,14 +60,14 @@ import numpy as np
 
 from deeprebirth import outputs
 from deeprebirth.caffe import folders, netio
-from deeprebirth.learning import preprocess, undo
-from deeprebirth.learning.lstsq import patches, prune_filters, r_squared, relative_error, solve_linear
-from deeprebirth.transforms import trainfiles
-from deeprebirth.transforms.relearn_plan import Unit, selected_units
 from deeprebirth.caffe import proto as pb
 from deeprebirth.errors import Diverged, RebirthError
 from deeprebirth.graph.dag import Graph
 from deeprebirth.graph.geometry import conv_geometry
+from deeprebirth.learning import preprocess, undo
+from deeprebirth.learning.lstsq import patches, prune_filters, r_squared, relative_error, solve_linear
+from deeprebirth.transforms import trainfiles
+from deeprebirth.transforms.relearn_plan import Unit, selected_units
 
 OUTPUT_FILES = ("weights.caffemodel", "relearn.json")
 """What relearn writes into its output folder (besides the marker)."""
@@ -561,7 +560,8 @@ def relearn_dir(slim_dir: str | os.PathLike, source_spec: str, outdir: str | os.
         names = {part for u in units for part in [u.name, *u.name.split("+")]}
         unknown = [n for n in opt.only if n not in names]
         if unknown:
-            raise RebirthError(f"{{opt:only}}: no unit named '{unknown[0]}' (units: {', '.join(u.name for u in units)})")
+            raise RebirthError(f"{{opt:only}}: no unit named '{unknown[0]}' "
+                               f"(units: {', '.join(u.name for u in units)})")
     if not units:
         raise RebirthError(f"{slim_dir}: the slim net has no regenerated layers: nothing to re-learn")
     inputs = [deploy_path, start, t_deploy, t_weights]

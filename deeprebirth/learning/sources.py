@@ -441,7 +441,8 @@ def _open_base(spec: str) -> Source:
     if path.name == "data.mdb" or path.suffix == ".mdb":
         return LmdbSource(path)
     if path.suffix.lower() in IMAGE_EXTENSIONS:
-        raise RebirthError(f"{spec}: a single image; a SOURCE is an image folder, a list file, an LMDB or fashion-mnist")
+        raise RebirthError(f"{spec}: a single image; a SOURCE is an image folder, a list file, an LMDB or "
+                           "fashion-mnist")
     return ListFile(path)
 
 

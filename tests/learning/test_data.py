@@ -7,15 +7,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import datum, write_lmdb
 from PIL import Image
 
 from deeprebirth import outputs
-from deeprebirth.learning import preprocess
-from deeprebirth.learning import sources as data
 from deeprebirth.caffe import netio
 from deeprebirth.caffe import proto as pb
 from deeprebirth.errors import RebirthError
-from helpers import datum, write_lmdb
+from deeprebirth.learning import preprocess
+from deeprebirth.learning import sources as data
 
 
 def rgb(seed: int, h: int = 6, w: int = 5) -> np.ndarray:

@@ -6,13 +6,13 @@ import json
 
 import numpy as np
 import pytest
+from helpers import error_line, run
 from PIL import Image
 
+from deeprebirth.caffe import netio
+from deeprebirth.learning import evaluate as ev
 from deeprebirth.learning import preprocess
 from deeprebirth.learning import sources as data
-from deeprebirth.learning import evaluate as ev
-from deeprebirth.caffe import netio
-from helpers import error_line, run
 
 NET = """name: "argmax"
 layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 1 dim: 2 dim: 3 } } }
@@ -141,7 +141,7 @@ def test_errors(caffe, setup):
 def test_a_builtin_brings_its_weights_and_preprocessing(caffe):
     """`eval fmnist_googlenet --data ...` alone uses the shipped weights and the shipped train_val's
     preprocessing: the same numbers, to the digit, as naming both, and says which it used."""
-    from deeprebirth.caffe import builtin  # noqa: PLC0415
+    from deeprebirth.caffe import builtin
     if not (data.FASHION_MNIST_DIR / "t10k-images-idx3-ubyte.gz").exists():
         pytest.skip("Debian's dataset-fashion-mnist is not installed (make install)")
     if builtin.weights("fmnist_googlenet") is None:

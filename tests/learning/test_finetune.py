@@ -8,16 +8,16 @@ import shlex
 
 import numpy as np
 import pytest
+from helpers import FT_TRAIN_VAL as TRAIN_VAL
+from helpers import error_line, make_slimmed, run, write_random_weights
 
+from deeprebirth.caffe import netio
+from deeprebirth.caffe.folders import read_slim_dir
+from deeprebirth.cli import progress
 from deeprebirth.learning import evaluate as ev
 from deeprebirth.learning import health
 from deeprebirth.learning import keeping as kp
 
-from deeprebirth.caffe import netio
-from deeprebirth.cli import progress
-from deeprebirth.caffe.folders import read_slim_dir
-from helpers import FT_TRAIN_VAL as TRAIN_VAL
-from helpers import error_line, make_slimmed, run, write_random_weights
 
 @pytest.fixture(scope="module")
 def slimmed(tmp_path_factory, caffe):
@@ -449,3 +449,28 @@ def test_a_net_dead_for_every_image_is_refused_before_training(slimmed, tmp_path
                           "-o", tmp_path / "noval"))       # without --val: 16 training images tell
     assert "the net gives every training image the same output" in line, line
     assert not (tmp_path / "noval").exists()
+
+
+def test_messages_name_flags_on_the_command_line_and_parameters_in_the_library(slimmed, tmp_path):
+    """A note or error names the caller's parameter: the command's flag on the command line (in
+    its output and finetune.json), the parameter's name for a library caller."""
+    from deeprebirth.errors import RebirthError
+    from deeprebirth.learning import finetune as ft
+    from deeprebirth.learning import sources as data
+    d = slimmed
+    pre = tmp_path / "pre"
+    assert run("finetune", d / "slim", "--train", d / "train", "--iters", 2, "-o", pre).exit_code == 0
+    res = run("finetune", d / "slim", "--train", d / "train", "--weights", pre / "weights.caffemodel", "--iters", 2,
+              "-o", tmp_path / "cli", "--json")
+    assert res.exit_code == 0, res.output
+    assert any("so pass --val to keep the best" in n for n in json.loads(res.stdout)["notes"])
+    written = (tmp_path / "cli" / "finetune.json").read_text()
+    assert "so pass --val to keep the best" in written and "{opt:" not in written
+    doc = ft.finetune(d / "slim", data.open_source(str(d / "train")), None, tmp_path / "lib",
+                      ft.Options(iters=2, weights=str(pre / "weights.caffemodel")))
+    assert any("so pass {opt:val} to keep the best" in n for n in doc["notes"])
+    assert "so pass val to keep the best" in (tmp_path / "lib" / "finetune.json").read_text()
+    with pytest.raises(RebirthError) as exc:
+        ft.finetune(d / "slim", data.open_source(str(d / "train")), None, tmp_path / "x", ft.Options(stepsize=4))
+    assert str(exc.value) == "stepsize sets the solver's step policy: add schedule solver"
+    assert not (tmp_path / "x").exists()

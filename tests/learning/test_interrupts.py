@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 import pytest
+from helpers import PROGRESS_LINE, ROOT, make_slimmed, run
 
 from deeprebirth import outputs
 from deeprebirth.errors import RebirthError
@@ -20,7 +21,6 @@ from deeprebirth.learning import health
 from deeprebirth.learning import recover as rc
 from deeprebirth.learning import relearn as rl
 from deeprebirth.runtime import isolate
-from helpers import PROGRESS_LINE, ROOT, make_slimmed, run
 
 
 @pytest.fixture(scope="module")

@@ -6,12 +6,12 @@ import json
 
 import numpy as np
 import pytest
-
-from deeprebirth.transforms import relearn_plan
-from deeprebirth.learning import lstsq
-from deeprebirth.caffe import netio
-from deeprebirth.runtime import pycaffe
 from helpers import error_line, run, write_random_weights
+
+from deeprebirth.caffe import netio
+from deeprebirth.learning import lstsq
+from deeprebirth.runtime import pycaffe
+from deeprebirth.transforms import relearn_plan
 
 # conv -> ReLU -> a 1x1/2 pooling (pure subsampling): streamline makes one stride-2 convolution that
 # computes exactly the same function, so least squares must find it. (15x15: with an even size,

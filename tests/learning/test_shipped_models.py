@@ -9,9 +9,9 @@ import re
 from pathlib import Path
 
 import pytest
+from helpers import run
 
 from deeprebirth.learning import sources as data
-from helpers import run
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
 SHIPPED = ["fmnist_googlenet_slim", "fmnist_googlenet_slim_labelfree", "fmnist_googlenet_slim_tucker",
