@@ -1,7 +1,7 @@
 """The paper's Table 3 on Fashion-MNIST: the shipped slim nets' top-1 at their speed, measured.
 
-    .venv/bin/python scripts/reproduce/table3.py --eval-only      # the shipped models/ folders: about 5 min
-    .venv/bin/python scripts/reproduce/table3.py [--work WORK]    # the chains that made them: about 7 h on 2 cores
+    .venv/bin/python scripts/reproduce/table3.py --eval-only      # the shipped models/ folders: about 4 min
+    .venv/bin/python scripts/reproduce/table3.py [--work WORK]    # the chains that made them: about 4-5 h
 
 Writes docs/results/table3.md and table3.json: each row's top-1 and top-5 on the 10,000 test
 images (`rebirth eval --json`), its speed-up against its teacher (one side-by-side `rebirth bench
@@ -266,6 +266,9 @@ def recipe() -> list[str]:
     st = argparse.Namespace(slim=work / "slim", rank_floor=None, time=0.5, iters=30000, longer=45000,
                             teacher=[TEACHER[0], TEACHER[1]], train="fashion-mnist:train[:58000]",
                             val="fashion-mnist:train[58000:]", test=TEST)
+    lines.append("# T6: table3.py has copied 9RL+'s weights (labels_distill/finetune_long/weights.caffemodel) to "
+                 "$WORK/slim/weights.caffemodel; then\npython scripts/reproduce/slim_tucker.py $WORK/slim_tucker "
+                 "--slim $WORK/slim --time 0.5 --iters 30000 --longer 45000 --row T6      # runs:")
     lines += [f"# T6 {s.name}\n" + shown(s.cmd, work) for s in slim_tucker.commands(work / "slim_tucker", st)]
     return lines
 
@@ -320,7 +323,7 @@ def ship(work: Path, rows: list[Row], runs: int, models: Path | None = None) -> 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--eval-only", action="store_true",
-                    help="measure the shipped models/ folders and write the table (about 5 min); no training")
+                    help="measure the shipped models/ folders and write the table (about 4 min); no training")
     ap.add_argument("--work", type=Path, default=ROOT / "out" / "table3",
                     help="work folder of the chains (default: out/table3, git-ignored)")
     ap.add_argument("--results", type=Path, default=RESULTS, help="where table3.md and table3.json go")
