@@ -39,12 +39,48 @@ def _os_problem(path: Path, exc: OSError) -> RebirthError:
     return RebirthError(f"{path}: cannot write ({what})")
 
 
+def _existing_ancestor(path: Path) -> Path:
+    """The nearest directory above ``path`` that exists (``.`` for a relative path without one)."""
+    for anc in path.parents:
+        if anc.is_dir():
+            return anc
+    return Path(".")
+
+
+def make_dirs(path: Path, made: list[Path]) -> None:
+    """``mkdir -p path``, appending every directory it creates to ``made`` (outermost first) as soon
+    as it exists, so that ``remove_made`` can take them away again even after an interruption."""
+    for folder in [*reversed(path.parents), path]:
+        if not folder.is_dir():
+            folder.mkdir()
+            made.append(folder)
+
+
+def remove_made(made: list[Path]) -> None:
+    """Remove the directories ``make_dirs`` created, innermost first, as far as they hold nothing
+    (but their own marker, written by this command): a refused or interrupted command leaves no
+    folder it created. A folder holding anything else stays, and so do those above it. A marker
+    in ``made`` (``claim_dir`` marked a folder that existed) goes while it lists no file."""
+    for folder in reversed(made):
+        try:
+            if folder.name == MARKER:     # put into a folder that was there: goes while it lists nothing
+                if (read_marker(folder.parent) or {}).get("files") == []:
+                    folder.unlink()
+                continue
+            if [p.name for p in folder.iterdir()] == [MARKER]:
+                (folder / MARKER).unlink()
+            folder.rmdir()
+        except OSError:
+            return
+    made.clear()
+
+
 def check_output_path(path: str | os.PathLike, is_dir: bool = False) -> Path:
     """Refuse, with one line, an output path that cannot be written: one of its parents is a file,
-    the path itself exists as the wrong kind, or a name is too long. Missing parent directories
-    are created (like ``mkdir -p``)."""
+    the path itself exists as the wrong kind, or a name is too long. Nothing is created: the
+    writers (``atomic_write``, ``write_dir``, ``claim_dir``) create missing parent directories,
+    and remove them again when the write fails."""
     path = Path(path)
-    parent = path.parent
     try:
         for anc in [*reversed(path.parents)]:
             if anc.exists() and not anc.is_dir():
@@ -53,8 +89,8 @@ def check_output_path(path: str | os.PathLike, is_dir: bool = False) -> Path:
             if len(os.fsencode(part)) > 255:
                 raise RebirthError(f"{path}: cannot write (file name too long: '{part[:20]}...' has "
                                    f"{len(os.fsencode(part))} bytes)")
-        parent.mkdir(parents=True, exist_ok=True)
-        max_name = os.pathconf(parent, "PC_NAME_MAX") if hasattr(os, "pathconf") else 255
+        where = path.parent if path.parent.is_dir() else _existing_ancestor(path)
+        max_name = os.pathconf(where, "PC_NAME_MAX") if hasattr(os, "pathconf") else 255
         if len(os.fsencode(path.name)) > max_name:
             raise RebirthError(f"{path}: cannot write (file name too long: {len(os.fsencode(path.name))} "
                                f"bytes, at most {max_name})")
@@ -69,11 +105,13 @@ def check_output_path(path: str | os.PathLike, is_dir: bool = False) -> Path:
 
 def check_writable_dir(path: str | os.PathLike) -> Path:
     """``check_output_path`` for a directory, plus a probe: a temporary directory is made (and
-    removed) beside it, so that a parent without write permission (or on a read-only or pseudo
-    file system) is a one-line error before any work, not after it."""
+    removed) beside it (or in its nearest existing ancestor, where the first missing parent would
+    be made), so that a parent without write permission (or on a read-only or pseudo file system)
+    is a one-line error before any work, not after it."""
     out = check_output_path(path, is_dir=True)
+    where = out.parent if out.parent.is_dir() else _existing_ancestor(out)
     try:
-        os.rmdir(tempfile.mkdtemp(prefix=f".{out.name[:100]}.", suffix=".probe", dir=str(out.parent)))
+        os.rmdir(tempfile.mkdtemp(prefix=f".{out.name[:100]}.", suffix=".probe", dir=str(where)))
     except OSError as exc:
         raise _os_problem(out, exc) from None
     return out
@@ -87,18 +125,21 @@ def atomic_write(path: str | os.PathLike, data: bytes | str, inputs: Iterable[st
         if src is not None and same_file(path, Path(src)):
             raise RebirthError(f"{path}: refusing to overwrite an input file")
     check_output_path(path)
-    tmp = None
+    tmp, made = None, []
     try:
+        make_dirs(path.parent, made)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:100]}.", suffix=".tmp", dir=str(path.parent))
         with os.fdopen(fd, "wb") as fh:
             fh.write(data.encode("utf-8") if isinstance(data, str) else data)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions of a new file
         os.replace(tmp, path)
+        made = []
     except OSError as exc:
         raise _os_problem(path, exc) from None
     finally:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+        remove_made(made)     # a failed or interrupted write leaves no folder it made
     return path
 
 
@@ -121,7 +162,12 @@ def read_marker(folder: Path) -> dict | None:
 
 
 def _marker_text(previous: dict | None, names: Iterable[str]) -> str:
-    commands = list((previous or {}).get("commands", []))[-20:] + [os.environ.get("REBIRTH_COMMAND", "rebirth")]
+    """The marker: ``previous``'s commands and this one, recorded once (a command that records its
+    files more than once, or a child process of it, is already the last entry), and the files."""
+    commands = [c for c in (previous or {}).get("commands", []) if isinstance(c, str)][-20:]
+    command = os.environ.get("REBIRTH_COMMAND", "rebirth")
+    if not commands or commands[-1] != command:
+        commands.append(command)
     files = sorted(set((previous or {}).get("files", [])) | set(names))
     return json.dumps({"made_by": "rebirth", "commands": commands, "files": files}, indent=2) + "\n"
 
@@ -174,8 +220,7 @@ def check_dir_is_ours(outdir: str | os.PathLike, force: bool = False) -> None:
     except OSError:
         exists = False
     if not exists:
-        if out.parent.is_dir():
-            check_output_path(out, is_dir=True)   # a file there, a name too long ...
+        check_output_path(out, is_dir=True)   # a file there or above it, a name too long ...
         return
     if not force:
         foreign = foreign_entries(out, [])
@@ -203,7 +248,9 @@ def write_dir(outdir: str | os.PathLike, files: dict[str, bytes | str], inputs: 
             _refuse_foreign(out, foreign, "replace the whole directory")
     files = {**files, MARKER: _marker_text(None, files)}
     tmp = old = None
+    made: list[Path] = []
     try:
+        make_dirs(out.parent, made)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name[:100]}.", suffix=".new", dir=str(out.parent)))
         for name, data in files.items():
             with open(tmp / name, "wb") as fh:
@@ -225,13 +272,14 @@ def write_dir(outdir: str | os.PathLike, files: dict[str, bytes | str], inputs: 
                 raise
         else:
             os.rename(tmp, out)
-        tmp = None
+        tmp, made = None, []
     except OSError as exc:
         raise _os_problem(out, exc) from None
     finally:
         for leftover in (tmp, old):
             if leftover is not None:
                 shutil.rmtree(leftover, ignore_errors=True)
+        remove_made(made)
     return [out / name for name in files if name != MARKER]
 
 
@@ -241,12 +289,22 @@ def claim_dir(outdir: str | os.PathLike, names: Iterable[str], inputs: Iterable 
     (``foreign_entries``) unless ``force``, which lets the command write its own names beside the
     user's files (never removing any). A directory where a file would go is refused even then.
     A sub-folder with its own marker is another command's output made inside this one (finetune's
-    and recover's default, SLIM_DIR/finetune and SLIM_DIR/recovered): ours, and left as it is."""
+    and recover's default, SLIM_DIR/finetune and SLIM_DIR/recovered): ours, and left as it is.
+    When the claim itself fails, the folders it made are gone again (``claimed_dir`` also removes
+    them when the command fails)."""
+    made: list[Path] = []
+    try:
+        return _claim(outdir, list(names), inputs, force, made)
+    except BaseException:
+        remove_made(made)
+        raise
+
+
+def _claim(outdir, names: list[str], inputs: Iterable, force: bool, made: list[Path]) -> Path:
     out = check_output_path(outdir, is_dir=True)
-    names = list(names)
     _check_inputs_outside_files(out, names, [Path(p) for p in inputs if p is not None])
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        make_dirs(out, made)
     except OSError as exc:
         raise _os_problem(out, exc) from None
     foreign = foreign_entries(out, names)
@@ -259,24 +317,30 @@ def claim_dir(outdir: str | os.PathLike, names: Iterable[str], inputs: Iterable 
         _refuse_foreign(out, foreign, "write beside them")
     if read_marker(out) is None:
         record_files(out, [])
+        if out not in made:     # an existing folder we marked: the marker goes too on failure
+            made.append(out / MARKER)
     return out
 
 
 @contextlib.contextmanager
 def claimed_dir(outdir: str | os.PathLike, names: Iterable[str], inputs: Iterable = (), force: bool = False):
-    """``claim_dir`` for the body of a command: when the body fails (an error, Ctrl-C) and the
-    folder claim_dir made holds nothing but its marker, the folder is removed again, so a refused
-    run leaves no trace. A folder that existed before, or holds anything else, stays as it is."""
-    existed = Path(outdir).exists()
-    out = claim_dir(outdir, names, inputs, force)
+    """``claim_dir`` for the body of a command: when the body fails, the folders the claim made
+    (the output folder and any missing parent) are removed again as far as they hold nothing but
+    the marker (``remove_made``), so a refused run leaves no trace; one holding anything else
+    stays (a run that failed late keeps its finished steps). Ctrl-C (KeyboardInterrupt) takes the
+    command back: the outermost folder it made goes with everything in it. A folder that existed
+    before stays."""
+    made: list[Path] = []
     try:
-        yield out
+        yield _claim(outdir, list(names), inputs, force, made)
+    except KeyboardInterrupt:
+        folders = [p for p in made if p.name != MARKER]
+        if folders:
+            shutil.rmtree(folders[0], ignore_errors=True)
+        remove_made([p for p in made if p.name == MARKER])
+        raise
     except BaseException:
-        if not existed:
-            with contextlib.suppress(OSError):
-                if [p.name for p in out.iterdir()] == [MARKER]:
-                    (out / MARKER).unlink()
-                    out.rmdir()
+        remove_made(made)
         raise
 
 

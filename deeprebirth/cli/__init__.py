@@ -17,8 +17,18 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
         ctx = click.get_current_context(silent=True)
         text = errors.render(str(message), flag_namer(ctx.command if ctx is not None else None))
         click.echo(f"rebirth: warning: {text}", err=True)
+    elif issubclass(category, RuntimeWarning):   # numpy's overflow, invalid value ...: one line, once
+        if not _numeric_warned:
+            _numeric_warned.append(message)
+            import os  # noqa: PLC0415
+            click.echo(f"rebirth: warning: numbers out of float range in the computation ({message}, at "
+                       f"{os.path.basename(filename)}:{lineno}); results may hold inf or NaN", err=True)
     else:
         _default_showwarning(message, category, filename, lineno, file, line)
+
+
+_numeric_warned: list = []
+"""The numeric warning this command printed (at most one: the first tells what happened)."""
 
 
 _default_showwarning = warnings.showwarning
@@ -43,7 +53,43 @@ def _terminate_like_interrupt():
     return None
 
 
+def _after_the_command(previous_sigterm, leaving: bool) -> None:
+    """Put SIGTERM's handler back; or, when ``leaving`` (the ``rebirth`` program, whose arguments
+    come from sys.argv: the process ends now), ignore SIGINT and SIGTERM: the command is over and
+    its exit status stands, a signal during the interpreter's shutdown neither kills the process
+    nor prints a traceback."""
+    import signal  # noqa: PLC0415
+    import threading  # noqa: PLC0415
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if leaving:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    elif previous_sigterm is not None:
+        signal.signal(signal.SIGTERM, previous_sigterm)
+
+
+def _interrupted():
+    """The one line and exit status of an interrupted command (every ``finally`` has run)."""
+    click.echo("rebirth: error: interrupted (outputs are complete or as they were)", err=True)
+    sys.exit(INTERRUPTED)
+
+
 class RebirthGroup(click.Group):
+    def main(self, args=None, *rest, **kwargs):
+        # SIGTERM is Ctrl-C from the start, while the arguments are read too
+        previous = _terminate_like_interrupt()
+        try:
+            return super().main(args, *rest, **kwargs)
+        finally:
+            _after_the_command(previous, leaving=args is None)
+
+    def make_context(self, *args, **kwargs):
+        try:     # reading the arguments: an interruption here ends like one in a command
+            return super().make_context(*args, **kwargs)
+        except KeyboardInterrupt:
+            _interrupted()
+
     def parse_args(self, ctx, args):
         ctx.meta["rebirth_argv"] = list(args)
         return super().parse_args(ctx, args)
@@ -55,12 +101,12 @@ class RebirthGroup(click.Group):
         os.environ["REBIRTH_COMMAND"] = shlex.join(["rebirth", *ctx.meta.get("rebirth_argv", [])])
         warnings.showwarning = _show_warning
         warnings.simplefilter("always", RebirthWarning)
+        _numeric_warned.clear()
         previous = _terminate_like_interrupt()
         try:
             return super().invoke(ctx)
         except KeyboardInterrupt:   # Ctrl-C or SIGTERM: every finally has run, temporary files are gone
-            click.echo("rebirth: error: interrupted (outputs are complete or as they were)", err=True)
-            sys.exit(INTERRUPTED)
+            _interrupted()
         except RebirthError as exc:
             sub = self.get_command(ctx, ctx.invoked_subcommand) if ctx.invoked_subcommand else None
             click.echo(f"rebirth: error: {exc.render(flag_namer(sub))}", err=True)
@@ -163,4 +209,19 @@ def _register() -> None:
             importlib.import_module(f"{__name__}.{info.name}")
 
 
-_register()
+
+def _load_commands() -> None:
+    """``_register``, interruptible like a command: loading the commands (numpy, protobuf, the
+    rules ...) takes a while, and Ctrl-C or SIGTERM meanwhile ends in the one line too."""
+    previous = _terminate_like_interrupt()
+    try:
+        _register()
+    except KeyboardInterrupt:
+        _interrupted()
+    finally:
+        if previous is not None:
+            import signal  # noqa: PLC0415
+            signal.signal(signal.SIGTERM, previous)
+
+
+_load_commands()

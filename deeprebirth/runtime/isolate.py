@@ -41,7 +41,11 @@ STDERR_NAME = "child.stderr"
 def _child(conn, workdir: str, with_progress: bool) -> None:
     """Entry point of the child: stderr to the capture file, temporary files into ``workdir``
     (which the parent removes, also when Caffe aborts the child), read the work (``fn``, its
-    arguments) from ``conn``, run it, send back one message."""
+    arguments) from ``conn``, run it, send back one message. Ctrl-C is the parent's to handle
+    (it kills the child): the child ignores SIGINT (``_start_deaf_to_ctrl_c``)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):   # blocked while the parent started us (it may be inherited)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
     tempfile.tempdir = workdir
     os.environ["TMPDIR"] = workdir
     fd = os.open(os.path.join(workdir, STDERR_NAME), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
@@ -56,7 +60,7 @@ def _child(conn, workdir: str, with_progress: bool) -> None:
         result = fn(*args, **kwargs)
         conn.send(("ok", result))
     except RebirthError as exc:
-        conn.send(("error", str(exc)))
+        conn.send(("error", exc.template))     # {opt:NAME} left for the parent's caller to render
     except BaseException as exc:  # noqa: BLE001 - reported in the parent as one line
         if isinstance(exc, OSError) and exc.filename is not None:  # a path the system refused
             conn.send(("error", os_error_line(exc)))
@@ -110,6 +114,34 @@ def _describe_exit(code: int | None) -> str:
     return f"exited with code {code} without a result"
 
 
+def _start_deaf_to_ctrl_c(proc) -> None:
+    """Start ``proc`` with SIGINT ignored, so that the child never sees Ctrl-C (a terminal sends
+    it to the whole process group) and prints no traceback of its own: an ignored signal stays
+    ignored across the child's exec and Python keeps it so. The parent handles Ctrl-C (it kills
+    the child); one pressed during these few milliseconds of the start is lost. SIGTERM waits
+    (blocked) until the start is complete, so it never cuts the child's start in half."""
+    import threading  # noqa: PLC0415
+    if threading.current_thread() is not threading.main_thread():
+        proc.start()
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM}) if hasattr(signal, "pthread_sigmask") else None
+    try:
+        proc.start()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if mask is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
+def _interrupted(outcome: tuple | None, exitcode: int | None) -> bool:
+    """The child was stopped from outside (SIGINT or SIGTERM to the process group, which reaches
+    the parent too): the command was interrupted, not failed."""
+    if outcome is not None and outcome[0] == "crash" and str(outcome[1]).startswith("KeyboardInterrupt"):
+        return True
+    return exitcode is not None and -exitcode in (signal.SIGINT, signal.SIGTERM)
+
+
 def call(fn: Callable, *args, what: str = "Caffe", timeout: float | None = None,
          progress: Callable[[int], Any] | None = None, **kwargs) -> Any:
     """``fn(*args, **kwargs)`` in a spawned child process; its result, or a RebirthError.
@@ -128,7 +160,7 @@ def call(fn: Callable, *args, what: str = "Caffe", timeout: float | None = None,
     parent, child = ctx.Pipe()
     proc = ctx.Process(target=_child, args=(child, workdir, progress is not None), daemon=True)
     try:
-        proc.start()
+        _start_deaf_to_ctrl_c(proc)
         child.close()
         try:
             parent.send((fn, args, kwargs))
@@ -154,6 +186,8 @@ def call(fn: Callable, *args, what: str = "Caffe", timeout: float | None = None,
             return outcome[1]
         if outcome is not None and outcome[0] == "error":
             raise RebirthError(outcome[1])
+        if _interrupted(outcome, proc.exitcode):
+            raise KeyboardInterrupt
         reason = caffe_reason(_tail(stderr_path))
         if outcome is not None:  # a Python exception in the child: a bug, reported in one line
             raise RebirthError(f"{what} failed: {outcome[1]}" + (f" (Caffe: {reason})" if reason else ""))
@@ -161,7 +195,8 @@ def call(fn: Callable, *args, what: str = "Caffe", timeout: float | None = None,
             raise RebirthError(f"{what} aborted: {reason}")
         raise RebirthError(f"{what} {_describe_exit(proc.exitcode)} (no Caffe message)")
     except KeyboardInterrupt:
-        proc.kill()
+        if proc.pid is not None:    # started (an interruption may come before)
+            proc.kill()
         raise
     finally:
         if proc.is_alive():

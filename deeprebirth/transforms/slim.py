@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
 from deeprebirth import errors, outputs
 from deeprebirth.transforms import relearn_plan
 from deeprebirth import __version__
@@ -156,6 +158,7 @@ def slim(model: Model, rules: list[Rule | str] | None = None, only: list[str] | 
     notes += result.notes
     if not result.changes:
         raise RebirthError(_nothing_to_slim(model, result, only))
+    _check_finite(model, result.model)
 
     # New layers: regenerated ones, and layers added by a rewrite that is not exact (or that left
     # them without weights); an exact rewrite's added layers carry exact weights and stay at 1x.
@@ -183,6 +186,18 @@ def slim(model: Model, rules: list[Rule | str] | None = None, only: list[str] | 
         init.update(_training_only_weights(tv, result.model.net, model.spare_weights, notes))
     return SlimOutput(model, result, [r.name for r in rules], only, new_layers, tv, solver, init,
                       notes, [p for p in (inputs or []) if p])
+
+
+def _check_finite(model: Model, slimmed: Model) -> None:
+    """Refuse weights a rewrite made non-finite (a BatchNorm folded with a variance near zero or
+    statistics out of float32 range); weights that were so in the caffemodel stay the user's."""
+    before = model.weights or {}
+    for name, arrays in (slimmed.weights or {}).items():
+        if any(not np.isfinite(a).all() for a in arrays) and \
+                all(np.isfinite(a).all() for a in before.get(name, [])):
+            raise RebirthError(f"{model.weights_source or model.source}: slimming gives non-finite weights in "
+                               f"layer '{name}' (the BatchNorm statistics or scales are out of float32 range: a "
+                               "variance near zero or huge values); nothing written")
 
 
 def _check_only(model: Model, rules: list[Rule], only: list[str]) -> None:

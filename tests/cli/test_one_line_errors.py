@@ -3,11 +3,15 @@ now works (an output folder as MODEL for inspect/bench, fold-bn --json)."""
 from __future__ import annotations
 
 import json
+import warnings
+from pathlib import Path
 
+import click
 import numpy as np
 import pytest
 
 from deeprebirth.caffe import netio
+from deeprebirth.cli import main
 from helpers import BN_NET as NET, bn_files as files, error_line, run, write_random_weights
 
 LONG = "x" * 300
@@ -87,3 +91,55 @@ def test_inspect_and_bench_take_an_output_folder(tmp_path, small, caffe):
     res = run("bench", tmp_path / "o", "--runs", "1", "--warmup", "0", "--json")
     assert res.exit_code == 0, res.output
     assert np.isfinite(json.loads(res.stdout)["models"][0]["best_ms"])
+
+
+def _extreme_weights(tmp_path) -> Path:
+    """Weights that overflow float32 when BatchNorm/Scale fold into conv1 (no NaN: a loadable net)."""
+    arrays = write_random_weights(netio.parse_net_text(NET), tmp_path / "ok.caffemodel", seed=0)
+    arrays["sc1"][0][:] = 3e38
+    arrays["conv1"][0][:] = 3e38
+    path = tmp_path / "extreme.caffemodel"
+    netio.write_weights(netio.with_weights(netio.parse_net_text(NET), arrays), path)
+    return path
+
+
+def test_extreme_weights_raise_no_numpy_warning(tmp_path, small):
+    """Folding out of float32 range is refused where weights are written and silent where they are
+    not (inspect lists the fold): numpy's RuntimeWarning never reaches the user."""
+    proto, _ = small
+    extreme = _extreme_weights(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)     # any numpy warning would fail the command
+        res = run("inspect", proto, "-w", extreme)
+        assert res.exit_code == 0 and "Warning" not in res.output, res.output
+        line = error_line(run("fold-bn", proto, extreme, "-o", tmp_path / "o"))
+        assert "non-finite weights in layer 'conv1'" in line
+        line = error_line(run("slim", proto, "-w", extreme, "-o", tmp_path / "s", "--rules", "fold_bn"))
+        assert "non-finite weights in layer 'conv1'" in line and "nothing written" in line
+    assert not (tmp_path / "o").exists() and not (tmp_path / "s").exists()
+
+
+def test_numpy_warnings_become_one_line():
+    @main.command("_probe_numpy", hidden=True)
+    def probe():
+        warnings.simplefilter("always", RuntimeWarning)
+        np.array([1e300]).astype(np.float32)
+        np.array([0.0]) / np.array([0.0])
+        np.array([1e300]).astype(np.float32)
+    try:
+        res = run("_probe_numpy")
+    finally:
+        main.commands.pop("_probe_numpy")
+    assert res.exit_code == 0
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("rebirth: warning: numbers out of float range"), res.output
+    assert "overflow encountered in cast" in lines[0] and "test_one_line_errors.py:" in lines[0]
+
+
+def test_ctrl_c_while_the_arguments_are_read_is_the_one_interrupted_line(monkeypatch):
+    def interrupted(self, ctx, args):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(click.Group, "parse_args", interrupted)
+    res = run("inspect", "googlenet")
+    assert res.exit_code == 130
+    assert res.output.strip().splitlines() == ["rebirth: error: interrupted (outputs are complete or as they were)"]

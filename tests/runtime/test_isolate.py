@@ -118,3 +118,31 @@ def test_an_aborted_child_leaves_no_temporary_file(caffe):
     with pytest.raises(RebirthError, match="Check failed"):
         isolate.call(build_in_caffe, NET.replace("num_output: 2", "num_output: 0"))
     assert sorted(os.listdir(tempfile.gettempdir())) == before
+
+
+def terminate_self():
+    import signal  # noqa: PLC0415
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(60)
+
+
+def sigint_disposition():
+    import signal  # noqa: PLC0415
+    return signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+
+
+def test_a_stopped_child_is_an_interruption_not_a_failure():
+    assert isolate._interrupted(None, -15) and isolate._interrupted(None, -2)
+    assert isolate._interrupted(("crash", "KeyboardInterrupt:  at x.py:3"), 1)
+    assert not isolate._interrupted(None, -6) and not isolate._interrupted(("crash", "KeyError: 'x'"), 1)
+    assert not isolate._interrupted(None, None)
+
+
+@pytest.mark.slow
+def test_ctrl_c_is_the_parent_s_and_a_child_killed_from_outside_is_an_interruption():
+    """Ctrl-C reaches the whole process group: the child ignores it (the parent kills the child),
+    so it prints no traceback of its own; a child ended by SIGTERM from outside makes the command
+    end as interrupted (the cli's exit 130), not as a Caffe failure."""
+    assert isolate.call(sigint_disposition) is True
+    with pytest.raises(KeyboardInterrupt):
+        isolate.call(terminate_self)

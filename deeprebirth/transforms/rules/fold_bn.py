@@ -236,7 +236,8 @@ def fold_into(model: Model, target: Node, a: np.ndarray, b: np.ndarray) -> list[
         w = w * a[None, :]
     else:
         w = w * a[:, None]
-    return [w.astype(np.float32), (a * bias + b).astype(np.float32)]
+    with np.errstate(over="ignore", invalid="ignore"):   # out of float32 range: inf, refused by the callers
+        return [w.astype(np.float32), (a * bias + b).astype(np.float32)]
 
 
 # ----------------------------------------------------------------------------------------------

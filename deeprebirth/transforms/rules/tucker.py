@@ -232,6 +232,10 @@ def layer_geometry(graph: Graph, node: Node, model: Model) -> Geometry | str:
     if in_shape is None or out_shape is None:
         return f"the shapes around '{node.name}' are unknown"
     W = np.asarray(arrays[0], dtype=np.float64)
+    if not np.isfinite(W).all():
+        bad = W.ravel()[np.flatnonzero(~np.isfinite(W.ravel()))[0]]
+        raise RebirthError(f"{model.weights_source or model.source}: layer '{node.name}' ({node.type}): its "
+                           f"weights are not finite ({bad}); they cannot be decomposed")
     if node.type == "InnerProduct":
         p = node.layer.inner_product_param
         W = W.T if p.transpose else W
