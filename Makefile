@@ -62,8 +62,8 @@ models: package
 
 # docs/results/ regenerated cheaply: Table 3's shipped nets measured (scripts/reproduce/table3.py
 # --eval-only: `rebirth eval` of 10,000 test images each, `rebirth bench`) and the speed tables
-# (scripts/reproduce/speed.py: Tables 2 and 4-6 per engine at RUNS timed runs). About 10 min on 2
-# shared cores (table3 about 4 min, speed about 6); the nets speed.py times are made in out/speed.
+# (scripts/reproduce/speed.py: Tables 2 and 4-6 per engine at RUNS timed runs). About 3 min on 2
+# shared cores (table3 about 1 min, speed about 2); the nets speed.py times are made in out/speed.
 results:
 	OPENBLAS_NUM_THREADS=1 $(PY) scripts/reproduce/table3.py --eval-only
 	OPENBLAS_NUM_THREADS=1 $(PY) scripts/reproduce/speed.py --runs $${RUNS:-20}

@@ -4,8 +4,8 @@ per engine, by `rebirth bench --json`.
 
     .venv/bin/python scripts/reproduce/speed.py [--runs 20] [--engines caffe,onnxruntime,ncnn,mnn] [--work WORK]
 
-About 4 minutes at --runs 20 on 2 shared cores (most of it exporting the six nets to each engine
-and timing ResNet-50 layer by layer). Writes docs/results/speed.md and speed.json: the machine,
+About 1.5 minutes at --runs 20 on 2 shared cores (2 minutes the first time, when GoogLeNet's
+variants are made). Writes docs/results/speed.md and speed.json: the machine,
 the exact commands and:
 
 * Table 2: `rebirth bench googlenet alexnet resnet50 --layers`: the non-tensor share of the

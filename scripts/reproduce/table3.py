@@ -1,6 +1,6 @@
 """The paper's Table 3 on Fashion-MNIST: the shipped slim nets' top-1 at their speed, measured.
 
-    .venv/bin/python scripts/reproduce/table3.py --eval-only      # the shipped models/ folders: about 4 min
+    .venv/bin/python scripts/reproduce/table3.py --eval-only      # the shipped models/ folders: 1-2 min
     .venv/bin/python scripts/reproduce/table3.py [--work WORK]    # the chains that made them: about 4-5 h
 
 Writes docs/results/table3.md and table3.json: each row's top-1 and top-5 on the 10,000 test
@@ -323,7 +323,7 @@ def ship(work: Path, rows: list[Row], runs: int, models: Path | None = None) -> 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--eval-only", action="store_true",
-                    help="measure the shipped models/ folders and write the table (about 4 min); no training")
+                    help="measure the shipped models/ folders and write the table (1-2 min); no training")
     ap.add_argument("--work", type=Path, default=ROOT / "out" / "table3",
                     help="work folder of the chains (default: out/table3, git-ignored)")
     ap.add_argument("--results", type=Path, default=RESULTS, help="where table3.md and table3.json go")
