@@ -193,9 +193,9 @@ def _check_options(opt: Options) -> None:
 def _attempts(st: _Setup, train, val, sparam, started: float, progress, log, stop: StopOnSignals | None) -> _Run:
     """The run, from its start weights at one rate after the other (health.DIVERGENCE_ATTEMPTS),
     until one neither diverges nor collapses."""
-    first_lr = sparam.base_lr
+    first_lr, attempts = sparam.base_lr, 0
     with stop if stop is not None else nullcontext():
-        for attempt in range(health.DIVERGENCE_ATTEMPTS):
+        while True:
             solver = sv.start_solver(st.tn.net, sparam, st.outdir, st.opt.resume, st.restore, st.start_weights)
             start = int(solver.iter)
             history = _previous_history(st.outdir, start) if st.opt.resume is not None else []
@@ -208,9 +208,10 @@ def _attempts(st: _Setup, train, val, sparam, started: float, progress, log, sto
                     validate(last)     # may find the run back at chance (a collapse): in the try
                 return _Run(solver, validate, start, last, snapshots, stopped)
             except Diverged as bad:
-                if attempt == health.DIVERGENCE_ATTEMPTS - 1:
+                attempts += 1
+                if attempts == health.DIVERGENCE_ATTEMPTS:
                     how = f"collapsed ({bad.collapse})" if bad.collapse else "diverged"
-                    raise RebirthError(f"the loss diverged at base_lr {first_lr:g} and at {attempt} lower rates "
+                    raise RebirthError(f"the loss diverged at base_lr {first_lr:g} and at {attempts - 1} lower rates "
                                        f"(last: {how} at iteration {bad.it}, loss {bad.loss:.4g} at base_lr "
                                        f"{sparam.base_lr:g}); lower {{opt:base_lr}}") from None
                 note = health.restart_note(bad, sparam.base_lr)
@@ -218,7 +219,6 @@ def _attempts(st: _Setup, train, val, sparam, started: float, progress, log, sto
                 st.notes.append(note)
                 if log is not None:
                     log(f"note: {note}")
-    raise AssertionError("unreachable")
 
 
 def _train(st: _Setup, solver, train: data.Source, sparam, validate: kp.Validator, progress,
