@@ -8,15 +8,18 @@ numbers set to 0, -1, huge, NaN; unknown and wrong layer types; unknown fields; 
 tops and cycles; truncated text; truncated, bit-flipped, empty caffemodels, weights of another net,
 a prototxt given as weights; bad output paths (a file, a file as parent, a name too long, a
 directory holding other files, a user's file with one of our names, a directory where a file would
-go, the input's own directory; sometimes with --force); input paths far too long or naming a
-directory; and Ctrl-C (SIGINT) or SIGTERM sent while a command runs, after which it must exit
-130 with one `rebirth: error: interrupted ...` line and leave outputs complete or as they were.
+go, the input's own directory; sometimes with --force); new output folders, some under parents
+that do not exist either; input paths far too long or naming a directory; and Ctrl-C (SIGINT) or
+SIGTERM sent while a command runs, after which it must exit 130 with one
+`rebirth: error: interrupted ...` line and leave outputs complete or as they were.
 
-Every case runs one command -- inspect, slim, fold-bn (sometimes with --verify) or bench with
---runs 1 -- in its own process (tests/cli/fuzz_driver.py) and must end in exit 0, or exit 1 with
-exactly one `rebirth: error: ...` line on stderr (other stderr lines may only be
-`rebirth: warning: ...`): no traceback, no signal, no hang (a timeout), no partial output (the
-output directory is complete, or as it was), and its inputs unchanged.
+Every case runs one command -- inspect, slim, fold-bn (sometimes with --verify), tucker, export
+--to onnx (sometimes with --verify) or bench with --runs 1 -- in its own process
+(tests/cli/fuzz_driver.py) and must end in exit 0, or exit 1 with exactly one
+`rebirth: error: ...` line on stderr (other stderr lines may only be `rebirth: warning: ...`):
+no traceback, no signal, no hang (a timeout), no partial output (the output directory is
+complete, or as it was; a folder that was not there before a failed run is not there after it,
+nor any parent it would have made), and its inputs unchanged.
 
 ``REBIRTH_FUZZ_CASES`` sets the number of cases (default 200); ``REBIRTH_FUZZ_SEED`` the seed.
 The counts per command and outcome class are printed (``pytest -s``) and written to
@@ -78,8 +81,14 @@ layers { layer { name: "prob" type: "softmax" } bottom: "fc" top: "prob" }
 TYPES = ["Convolution", "Pooling", "ReLU", "InnerProduct", "Concat", "Eltwise", "BatchNorm", "Scale",
          "Softmax", "Flatten", "Permute", "PriorBox", "Reshape", "Split", "Slice", "Input", "Data",
          "Deconvolution", "LRN", "Dropout", "ShuffleChannel", "Upsample"]
-COMMANDS = {"inspect": 0.38, "slim": 0.29, "fold-bn": 0.25, "bench": 0.08}  # bench: a child + a probe
-TIMEOUT = {"inspect": 60, "slim": 90, "fold-bn": 90, "bench": 120}
+COMMANDS = {"inspect": 0.34, "slim": 0.26, "fold-bn": 0.22, "bench": 0.07, "tucker": 0.06, "export": 0.05}
+"""How often each command is drawn (bench: a child and a probe; tucker: pycaffe in the process)."""
+TIMEOUT = {"inspect": 60, "slim": 90, "fold-bn": 90, "bench": 120, "tucker": 120, "export": 90}
+OUTPUTS = {"slim": {"deploy.prototxt", "train_val.prototxt", "solver.prototxt", "report.json"},
+           "fold-bn": {"deploy.prototxt", "weights.caffemodel"},
+           "tucker": {"deploy.prototxt", "train_val.prototxt", "solver.prototxt", "report.json"},
+           "export": {"model.onnx"}}
+"""What a successful run writes (besides the marker and, with weights, slim's and tucker's init.caffemodel)."""
 
 
 def sources(shared: Path | None) -> dict[str, str]:
@@ -180,9 +189,11 @@ FOREIGN = ("others", "same_name", "dir_for_file")
 
 
 def output_spot(case_dir: Path, cmd: str, rng: random.Random) -> tuple[Path, str]:
-    kind = rng.choice(["new", "new", "new", "rerun", "file", "file_parent", "too_long", "others", "input_dir",
-                       "same_name", "dir_for_file"])
+    kind = rng.choice(["new", "new", "new", "new_parents", "new_parents", "rerun", "file", "file_parent",
+                       "too_long", "others", "input_dir", "same_name", "dir_for_file"])
     out = case_dir / "out"
+    if kind == "new_parents":   # a folder (and two parents) that do not exist yet: a failed run makes none
+        out = case_dir / "made" / "by_rebirth" / "out"
     ours = "init.caffemodel" if cmd == "slim" else "weights.caffemodel"
     if kind == "rerun":     # an earlier run's output, with its marker: ours to replace
         out.mkdir()
@@ -229,6 +240,35 @@ def input_spot(d: Path, path: Path | None, rng: random.Random) -> tuple[Path | N
 # Cases
 
 
+def command_args(cmd: str, d: Path, net: Path, w: Path | None, good_weights: bytes | None,
+                 rng: random.Random) -> tuple[list[str], Path | None, str]:
+    """The command line of one case, its output folder (or None) and how that was chosen."""
+    if cmd == "inspect":
+        return ["inspect", str(net)] + (["--weights", str(w)] if w else []) + \
+            (["--json"] if rng.random() < 0.3 else []), None, "none"
+    if cmd == "bench":
+        return ["bench", str(net), "--runs", "1", "--warmup", "0", "--json"] + (["-w", str(w)] if w else []), \
+            None, "none"
+    out, omut = output_spot(d, cmd, rng)
+    if cmd in ("fold-bn", "tucker") and w is None:
+        w = d / "net.caffemodel"
+        w.write_bytes(good_weights)
+    if cmd == "slim":
+        args = ["slim", str(net), "-o", str(out)] + (["-w", str(w)] if w else [])
+        args += rng.choice([[], [], ["--rules", "streamline"], ["--data-layer", "dummy"], ["--keep-pooling"],
+                            ["--only", "conv1"], ["--allow-missing"]])
+    elif cmd == "fold-bn":
+        args = ["fold-bn", str(net), str(w), "-o", str(out)] + (["--verify"] if rng.random() < 0.15 else [])
+    elif cmd == "tucker":
+        args = ["tucker", str(net), str(w), "-o", str(out), "--data-layer", "dummy"]
+        args += rng.choice([[], ["--ratio", "0.5"], ["--ranks", "2,2"], ["--macs", "0.5"], ["--only", "conv1"],
+                            ["--ratio", "0"], ["--rank-floor", "0.5"]])
+    else:
+        args = ["export", str(net), "--to", "onnx", "-o", str(out)] + (["-w", str(w)] if w else [])
+        args += ["--verify"] if rng.random() < 0.2 else []
+    return args, out, omut
+
+
 def make_cases(root: Path, n: int, seed: int, shared: Path | None) -> list[dict]:
     rng = random.Random(seed)
     srcs = sources(shared)
@@ -245,30 +285,14 @@ def make_cases(root: Path, n: int, seed: int, shared: Path | None) -> list[dict]
         net = d / "net.prototxt"
         net.write_text(text)
         wmut, w = "none", None
-        if name in weights and (cmd in ("fold-bn",) or rng.random() < 0.5):
+        if name in weights and (cmd in ("fold-bn", "tucker") or rng.random() < 0.5):
             other = weights[rng.choice([k for k in weights if k != name])]
             data, wmut = mutate_weights(weights[name], other, text, rng)
             w = d / "net.caffemodel"
             w.write_bytes(data)
         net_arg, nmut = input_spot(d, net, rng)
         w, wpath_mut = input_spot(d, w, rng) if w is not None else (None, "none")
-        args: list[str] = []
-        omut, out = "none", None
-        if cmd == "inspect":
-            args = ["inspect", str(net_arg)] + (["--weights", str(w)] if w else []) + (["--json"] if rng.random() < 0.3 else [])
-        elif cmd == "slim":
-            out, omut = output_spot(d, cmd, rng)
-            args = ["slim", str(net_arg), "-o", str(out)] + (["-w", str(w)] if w else [])
-            args += rng.choice([[], [], ["--rules", "streamline"], ["--data-layer", "dummy"], ["--keep-pooling"],
-                                ["--only", "conv1"], ["--allow-missing"]])
-        elif cmd == "fold-bn":
-            out, omut = output_spot(d, cmd, rng)
-            if w is None:
-                w = d / "net.caffemodel"
-                w.write_bytes(weights[name])
-            args = ["fold-bn", str(net_arg), str(w), "-o", str(out)] + (["--verify"] if rng.random() < 0.15 else [])
-        else:
-            args = ["bench", str(net_arg), "--runs", "1", "--warmup", "0", "--json"] + (["-w", str(w)] if w else [])
+        args, out, omut = command_args(cmd, d, net_arg, w, weights[name] if name in weights else None, rng)
         if out is not None and rng.random() < 0.15:
             args.append("--force")
         case = {"id": f"case{i:04d}", "cmd": cmd, "source": name, "args": args,
@@ -294,6 +318,22 @@ def snapshot(path: Path) -> dict[str, str]:
         return {}
     return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:     # a name too long to exist
+        return False
+
+
+def first_missing(path: Path, below: Path) -> Path | None:
+    """The outermost of ``path`` and its parents under ``below`` that does not exist: what a run
+    writing ``path`` would make (and a failed run must take back)."""
+    for p in [*reversed(path.parents), path]:
+        if p != below and p.is_relative_to(below) and not _exists(p):
+            return p
+    return None
 
 
 def outcome_class(result: dict) -> str:
@@ -355,9 +395,11 @@ def check_case(case: dict, result: dict, before: dict) -> list[str]:
             problems.append("failed but the output changed")
         if result["exit"] == 0 and case["mutations"]["output"] in FOREIGN and "--force" not in case["args"]:
             problems.append("replaced a folder holding files rebirth did not write, without --force")
+        made = before.get("missing")
+        if result["exit"] != 0 and made and _exists(Path(made)):
+            problems.append(f"failed but left the folder it made: {Path(made).relative_to(case['dir'])}")
         if result["exit"] == 0:
-            want = {"slim": {"deploy.prototxt", "train_val.prototxt", "solver.prototxt", "report.json"},
-                    "fold-bn": {"deploy.prototxt", "weights.caffemodel"}}[case["cmd"]]
+            want = OUTPUTS[case["cmd"]]
             got = set(snapshot(outp))
             if not want <= got or (got - want - {"init.caffemodel", outputs.MARKER}):
                 problems.append(f"output has {sorted(got)}")
@@ -374,7 +416,10 @@ def test_fuzz_every_command(tmp_path, request):
     for case in cases:
         d = Path(case["dir"])
         inputs = {p.name: snapshot(p) for p in d.iterdir() if p.name in ("net.prototxt", "net.caffemodel")}
-        before[case["id"]] = {"inputs": inputs, "out": snapshot(Path(case["out"])) if case["out"] else {}}
+        out = Path(case["out"]) if case["out"] else None
+        made = first_missing(out, d) if out is not None else None
+        before[case["id"]] = {"inputs": inputs, "out": snapshot(out) if out else {},
+                              "missing": str(made) if made is not None else None}
     cases_file, results_file = tmp_path / "cases.json", tmp_path / "results.json"
     cases_file.write_text(json.dumps(cases))
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
