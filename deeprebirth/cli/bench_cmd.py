@@ -13,7 +13,7 @@ from deeprebirth.runtime import engines, layer_cost
 from deeprebirth.runtime import plot as plot_mod
 from deeprebirth.runtime.devices import get_device
 from deeprebirth.errors import RebirthError
-from deeprebirth.cli import main, output_json, show_warnings
+from deeprebirth.cli import echo, main, output_json, show_warnings
 from deeprebirth.cli.progress import progress_bar
 
 
@@ -69,7 +69,7 @@ def bench_command(models, weights, device, engine, batch, runs, warmup, threads,
     layers = layers or plot is not None
     warning = getattr(dev, "warning", None)
     if warning:
-        click.echo(f"rebirth: warning: {warning}", err=True)
+        echo(f"rebirth: warning: {warning}", err=True)
     with progress_bar(len(prepared) * (runs + warmup), "timing", "run") as bar:
         results = bench.run_isolated(prepared, dev, runs, warmup, layers, progress=bar, cooldown=cooldown)
     # After the run: a device that runs rebirth-time knows what it ran on only once connected.
@@ -90,11 +90,11 @@ def bench_command(models, weights, device, engine, batch, runs, warmup, threads,
     if as_json:
         output_json(doc)
     else:
-        click.echo(reports.bench_text(doc))
+        echo(reports.bench_text(doc))
         if fit_cost:
-            click.echo("\n" + layer_cost.describe(doc["layer_cost"]))
+            echo("\n" + layer_cost.describe(doc["layer_cost"]))
         if plot:
-            click.echo(f"\nplot: {plot}")
+            echo(f"\nplot: {plot}")
 
 
 def _device(device: str, engine: str, threads, cpu_mask, cooldown, batch: int, layers: bool):
