@@ -1,11 +1,11 @@
 """What an interrupted learning command leaves behind: nothing it made.
 
-``outputs.claimed_dir`` removes a folder a failed command made only while it holds nothing but
-its marker, so that a refused run leaves no trace and a run that failed late keeps its finished
-steps (recover's relearn/). Ctrl-C (or SIGTERM, which the cli turns into the same
-KeyboardInterrupt) is the user taking the command back: then everything the command made goes,
-also from a child process that was killed before its own cleanup could run (``runtime.isolate``
-kills it at once), which is why the cli wraps the child in ``removed_if_interrupted`` too."""
+``outputs.claimed_dir`` takes back, on Ctrl-C (or SIGTERM, which the cli turns into the same
+KeyboardInterrupt), the folders its claim made, in the process that claimed them. Two cases are
+left to ``removed_if_interrupted``: a child process that runs the command (``runtime.isolate``)
+is killed at once on Ctrl-C, before any cleanup of its own, so the cli wraps the child in it; and
+in a folder that was there before (relearn's default, SLIM_DIR itself), the files a run had
+already added (weights.caffemodel before relearn.json) go too, and the marker is put back."""
 from __future__ import annotations
 
 import contextlib
