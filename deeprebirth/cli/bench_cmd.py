@@ -92,7 +92,7 @@ def bench_command(models, weights, device, engine, batch, runs, warmup, threads,
     else:
         echo(reports.bench_text(doc))
         if fit_cost:
-            echo("\n" + layer_cost.describe(doc["layer_cost"]))
+            echo("\n" + reports.layer_cost_line(doc["layer_cost"]))
         if plot:
             echo(f"\nplot: {plot}")
 

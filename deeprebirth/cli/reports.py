@@ -382,6 +382,17 @@ def relearn_summary(doc: dict) -> list[str]:
     return lines
 
 
+def layer_cost_line(result: dict) -> str:
+    """The layer-cost fit (runtime/layer_cost.py) as the line `rebirth bench --fit-layer-cost`
+    prints, with the `rebirth tucker` option it is the value of."""
+    cost = result["layer_cost_macs"]
+    worth = (f"one layer costs as much as {cost:,} MACs (`rebirth tucker --layer-cost {cost}`)" if cost is not None
+             else "the times do not grow with the MACs here: no layer cost to give")
+    return (f"layer cost: {result['us_per_layer']:.2f} µs a layer + {result['ns_per_mac']:.4f} ns a MAC over "
+            f"{result['layers']} Convolution/InnerProduct layers (fastest runs; rms {result['rms_us']:.2f} µs): "
+            f"{worth}")
+
+
 def _mb(n: int | None) -> str:
     return "-" if n is None else f"{n / MB:.1f}"
 

@@ -8,7 +8,8 @@ a (µs a layer) and b (ns a MAC); a / b is one layer's fixed cost in MACs, what 
 every layer it predicts. Small nets show a best: their layers are short enough for a to matter.
 
 ``fit`` is pure (tested on made-up points); ``points`` pairs the per-layer rows of a bench JSON
-document with the MACs of the nets that were timed.
+document with the MACs of the nets that were timed. The line bench prints is the cli's
+(``cli.reports.layer_cost_line``).
 """
 from __future__ import annotations
 
@@ -54,13 +55,3 @@ def points(models: Sequence[dict], nets: Sequence) -> tuple[list[int], list[floa
                 macs.append(by_name[row["name"]])
                 seconds.append(row["min_ms"] / 1000.0)
     return macs, seconds
-
-
-def describe(result: dict) -> str:
-    """The fit as the line `rebirth bench --fit-layer-cost` prints."""
-    cost = result["layer_cost_macs"]
-    worth = (f"one layer costs as much as {cost:,} MACs (`rebirth tucker --layer-cost {cost}`)" if cost is not None
-             else "the times do not grow with the MACs here: no layer cost to give")
-    return (f"layer cost: {result['us_per_layer']:.2f} µs a layer + {result['ns_per_mac']:.4f} ns a MAC over "
-            f"{result['layers']} Convolution/InnerProduct layers (fastest runs; rms {result['rms_us']:.2f} µs): "
-            f"{worth}")

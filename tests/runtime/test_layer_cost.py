@@ -9,6 +9,7 @@ import pytest
 from helpers import ROOT, error_line, net_of, run
 
 from deeprebirth.errors import RebirthError
+from deeprebirth.cli import reports
 from deeprebirth.runtime import layer_cost
 
 CONVS = """
@@ -25,12 +26,12 @@ def test_fit_recovers_a_line_and_its_layer_cost():
     got = layer_cost.fit(macs, seconds)
     assert got["us_per_layer"] == pytest.approx(2.0) and got["ns_per_mac"] == pytest.approx(0.05)
     assert got["layer_cost_macs"] == 40_000 and got["layers"] == 4 and got["rms_us"] == pytest.approx(0, abs=1e-6)
-    assert "40,000 MACs" in layer_cost.describe(got) and "--layer-cost 40000" in layer_cost.describe(got)
+    assert "40,000 MACs" in reports.layer_cost_line(got) and "--layer-cost 40000" in reports.layer_cost_line(got)
 
 
 def test_fit_without_a_slope_or_with_too_few_layers():
     flat = layer_cost.fit([1e4, 1e5, 1e6], [3e-6, 2.9e-6, 2.8e-6])       # faster with more MACs: no cost
-    assert flat["layer_cost_macs"] is None and "no layer cost" in layer_cost.describe(flat)
+    assert flat["layer_cost_macs"] is None and "no layer cost" in reports.layer_cost_line(flat)
     with pytest.raises(RebirthError, match="at least two sizes"):
         layer_cost.fit([1e4], [1e-6])
     with pytest.raises(RebirthError, match="of one size"):
