@@ -94,7 +94,7 @@ def test_parse_output_reads_the_document_and_refuses_in_one_line():
     assert remote.parse_output(ok, 2, remote.NCNN_PROGRAM, "qemu-aarch64")["models"][1]["runs_ms"] == [1.5, 1.25]
     cases = [
         (remote.RunResult(2, "", "rebirth-time-ncnn: error: model0.bin: cannot read this file\n"), 1,
-         "rebirth-time-ncnn failed on --device qemu-aarch64 (exit 2): rebirth-time-ncnn: error: model0.bin"),
+         "rebirth-time-ncnn failed on device qemu-aarch64 (exit 2): rebirth-time-ncnn: error: model0.bin"),
         (remote.RunResult(0, "Segmentation fault\n", ""), 1, "printed no JSON document: Segmentation fault"),
         (remote.RunResult(0, json.dumps({"models": [{"layer_names": []}]}), ""), 1, "printed no JSON document"),
         (remote.RunResult(0, json.dumps({"models": ["x"]}), ""), 1, "printed no JSON document"),
