@@ -59,14 +59,9 @@ def make_dirs(path: Path, made: list[Path]) -> None:
 def remove_made(made: list[Path]) -> None:
     """Remove the directories ``make_dirs`` created, innermost first, as far as they hold nothing
     (but their own marker, written by this command): a refused or interrupted command leaves no
-    folder it created. A folder holding anything else stays, and so do those above it. A marker
-    in ``made`` (``claim_dir`` marked a folder that existed) goes while it lists no file."""
+    folder it created. A folder holding anything else stays, and so do those above it."""
     for folder in reversed(made):
         try:
-            if folder.name == MARKER:     # put into a folder that was there: goes while it lists nothing
-                if (read_marker(folder.parent) or {}).get("files") == []:
-                    folder.unlink()
-                continue
             if [p.name for p in folder.iterdir()] == [MARKER]:
                 (folder / MARKER).unlink()
             folder.rmdir()
@@ -293,14 +288,24 @@ def claim_dir(outdir: str | os.PathLike, names: Iterable[str], inputs: Iterable 
     When the claim itself fails, the folders it made are gone again (``claimed_dir`` also removes
     them when the command fails)."""
     made: list[Path] = []
+    marked: list[Path] = []
     try:
-        return _claim(outdir, list(names), inputs, force, made)
+        return _claim(outdir, list(names), inputs, force, made, marked)
     except BaseException:
+        _unmark(marked)
         remove_made(made)
         raise
 
 
-def _claim(outdir, names: list[str], inputs: Iterable, force: bool, made: list[Path]) -> Path:
+def _unmark(marked: list[Path]) -> None:
+    """Remove the markers ``_claim`` put into folders that were there, while they list no file."""
+    for folder in marked:
+        with contextlib.suppress(OSError):
+            if (read_marker(folder) or {}).get("files") == []:
+                (folder / MARKER).unlink()
+
+
+def _claim(outdir, names: list[str], inputs: Iterable, force: bool, made: list[Path], marked: list[Path]) -> Path:
     out = check_output_path(outdir, is_dir=True)
     _check_inputs_outside_files(out, names, [Path(p) for p in inputs if p is not None])
     try:
@@ -317,8 +322,8 @@ def _claim(outdir, names: list[str], inputs: Iterable, force: bool, made: list[P
         _refuse_foreign(out, foreign, "write beside them")
     if read_marker(out) is None:
         record_files(out, [])
-        if out not in made:     # an existing folder we marked: the marker goes too on failure
-            made.append(out / MARKER)
+        if out not in made:     # a folder that was there, marked now: the marker goes on failure
+            marked.append(out)
     return out
 
 
@@ -331,15 +336,16 @@ def claimed_dir(outdir: str | os.PathLike, names: Iterable[str], inputs: Iterabl
     command back: the outermost folder it made goes with everything in it. A folder that existed
     before stays."""
     made: list[Path] = []
+    marked: list[Path] = []
     try:
-        yield _claim(outdir, list(names), inputs, force, made)
+        yield _claim(outdir, list(names), inputs, force, made, marked)
     except KeyboardInterrupt:
-        folders = [p for p in made if p.name != MARKER]
-        if folders:
-            shutil.rmtree(folders[0], ignore_errors=True)
-        remove_made([p for p in made if p.name == MARKER])
+        if made:
+            shutil.rmtree(made[0], ignore_errors=True)
+        _unmark(marked)
         raise
     except BaseException:
+        _unmark(marked)
         remove_made(made)
         raise
 
