@@ -103,3 +103,17 @@ def test_a_small_chain_runs_and_resumes(caffe, tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     assert "+ rebirth slim" not in again.stderr and "+ rebirth finetune" not in again.stderr
     assert (work / "slim" / "weights.caffemodel").exists()       # the folder slim_tucker.py's --slim takes
+    # --ship: the three folders, into a scratch models/ (each timed against its teacher)
+    rows = table3.work_rows(work, chain_args(train_images=400, recover_iters=4, labels_iters=4, labels_total=8,
+                                             bn_iters=4))
+    for r, got in zip(rows, doc["rows"]):
+        r.result = {k: got[k] for k in ("eval", "speed")}
+    models = tmp_path / "models"
+    models.mkdir()
+    made = table3.ship(work, rows, runs=2, models=models)
+    assert [p.name for p in made] == ["fmnist_googlenet_slim", "fmnist_googlenet_slim_labelfree", "fmnist_resnet_slim"]
+    for folder in made:
+        assert {p.name for p in folder.iterdir()} == {"deploy.prototxt", "weights.caffemodel", "train_val.prototxt",
+                                                      "README.md"}
+        assert "Made by `scripts/reproduce/table3.py`" in (folder / "README.md").read_text()
+        assert str(tmp_path) not in (folder / "train_val.prototxt").read_text() + (folder / "deploy.prototxt").read_text()
