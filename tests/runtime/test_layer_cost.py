@@ -8,8 +8,8 @@ import json
 import pytest
 from helpers import ROOT, error_line, net_of, run
 
-from deeprebirth.errors import RebirthError
 from deeprebirth.cli import reports
+from deeprebirth.errors import RebirthError
 from deeprebirth.runtime import layer_cost
 
 CONVS = """
