@@ -311,11 +311,14 @@ def markdown(out: dict, t2, docs: dict, rows: dict, static: dict, caffe) -> str:
     lines += ["", "## One layer's cost in MACs here", ""]
     lc = out["layer_cost"]
     if isinstance(lc, dict):
+        from deeprebirth.graph.dag import LAYER_COST_MACS  # noqa: PLC0415
+
         cost = f"{lc['layer_cost_macs']:,} MACs" if lc["layer_cost_macs"] is not None else "no positive cost"
         lines.append(f"time = {lc['us_per_layer']:.2f} µs a layer + {lc['ns_per_mac']:.4f} ns a MAC over the "
                      f"{lc['layers']} Convolution/InnerProduct layers of the shipped Fashion-MNIST Slim and "
                      f"Slim-Tucker nets (fastest runs; rms {lc['rms_us']:.2f} µs): one layer is worth {cost} "
-                     "(`rebirth tucker --layer-cost`; its default, `graph.dag.LAYER_COST_MACS`, is 30,000).")
+                     "(`rebirth tucker --layer-cost`; its default, `graph.dag.LAYER_COST_MACS`, is "
+                     f"{LAYER_COST_MACS:,}).")
     else:
         lines.append(f"Not measured: {lc}")
     lines += ["", "## The commands", "", "From the repository's root, in the project's virtualenv (`make install`); "
