@@ -17,6 +17,7 @@ from typing import Iterable
 
 from deeprebirth.errors import RebirthError
 
+
 def same_file(a: Path, b: Path) -> bool:
     """True when ``a`` and ``b`` name the same file (after resolving links)."""
     try:

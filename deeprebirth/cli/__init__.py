@@ -7,8 +7,7 @@ import warnings
 
 import click
 
-from deeprebirth import __version__
-from deeprebirth import errors
+from deeprebirth import __version__, errors
 from deeprebirth.errors import RebirthError, RebirthWarning
 
 

@@ -1,20 +1,17 @@
 """`rebirth bench`: latency (best and median run), per-layer time and memory of one or more nets."""
 from __future__ import annotations
 
-
 from pathlib import Path
 
 import click
 
-from deeprebirth.cli import reports
 from deeprebirth.caffe import folders
-from deeprebirth.runtime import bench
-from deeprebirth.runtime import engines, layer_cost
+from deeprebirth.cli import echo, main, output_json, reports, show_warnings
+from deeprebirth.cli.progress import progress_bar
+from deeprebirth.errors import RebirthError
+from deeprebirth.runtime import bench, engines, layer_cost
 from deeprebirth.runtime import plot as plot_mod
 from deeprebirth.runtime.devices import get_device
-from deeprebirth.errors import RebirthError
-from deeprebirth.cli import echo, main, output_json, show_warnings
-from deeprebirth.cli.progress import progress_bar
 
 
 @main.command("bench")
@@ -37,7 +34,8 @@ from deeprebirth.cli.progress import progress_bar
               help="Untimed passes per model first.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="Threads: of the --engine (onnxruntime default: its own; ncnn, mnn default: 1, also in "
-                   "rebirth-time-ncnn), or BLAS threads of rebirth-time (devices other than cpu; default: the BLAS's own).")
+                   "rebirth-time-ncnn), or BLAS threads of rebirth-time (devices other than cpu; default: the "
+                   "BLAS's own).")
 @click.option("--cpu-mask", default=None, metavar="HEX",
               help="Pin rebirth-time to these CPUs with taskset, e.g. f0 for a phone's big cores.")
 @click.option("--cooldown", type=click.FloatRange(min=0), default=0.0, show_default=True,
@@ -51,7 +49,8 @@ from deeprebirth.cli.progress import progress_bar
               help="Also fit time = a + b * MACs over the Convolution and InnerProduct layers (their fastest runs) "
                    "and print a / b: what one layer is worth in MACs here, for `rebirth tucker --layer-cost` "
                    "(implies --layers).")
-def bench_command(models, weights, device, engine, batch, runs, warmup, threads, cpu_mask, cooldown, layers, as_json, plot,
+def bench_command(models, weights, device, engine, batch, runs, warmup, threads, cpu_mask, cooldown, layers, as_json,
+                  plot,
                   fit_cost):
     """Time MODEL forward passes on random input: best and median run, ratios to the first MODEL
     (runs of several models are interleaved), memory, and with --layers the time of every layer
@@ -73,8 +72,8 @@ def bench_command(models, weights, device, engine, batch, runs, warmup, threads,
     with progress_bar(len(prepared) * (runs + warmup), "timing", "run") as bar:
         results = bench.run_isolated(prepared, dev, runs, warmup, layers, progress=bar, cooldown=cooldown)
     # After the run: a device that runs rebirth-time knows what it ran on only once connected.
-    settings = {"device": dev.name, "engine": engine.lower(), "device_description": dev.description, "batch": batch, "runs": runs,
-                "warmup": warmup, "layers_timed": layers, "cooldown_s": cooldown}
+    settings = {"device": dev.name, "engine": engine.lower(), "device_description": dev.description, "batch": batch,
+                "runs": runs, "warmup": warmup, "layers_timed": layers, "cooldown_s": cooldown}
     if getattr(dev, "info", None):
         settings["device_info"] = dev.info
     if warning:

@@ -22,7 +22,8 @@ from deeprebirth.runtime import export, verify
                    "intermediate blob the engine shows.")
 @click.option("--tolerance", type=click.FloatRange(min=0), default=1e-4, show_default=True,
               help="Largest relative difference (max |a-b| / max |a| per blob) --verify accepts.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the --verify inputs (and random weights).")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the --verify inputs (and random weights).")
 @click.option("--force", is_flag=True, help="Replace OUTDIR when it holds other files.")
 def export_command(model, weights, fmt, outdir, do_verify, tolerance, seed, force):
     """Export MODEL (a deploy .prototxt, a built-in name, or a slim/tucker/relearn/finetune output

@@ -4,10 +4,9 @@ from __future__ import annotations
 import click
 
 from deeprebirth import outputs
-from deeprebirth.cli import reports
-from deeprebirth.transforms import fold
+from deeprebirth.cli import FILE, echo, main, output_json, reports, show_warnings
 from deeprebirth.runtime import verify
-from deeprebirth.cli import FILE, echo, main, output_json, show_warnings
+from deeprebirth.transforms import fold
 
 
 @main.command("fold-bn")

@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import click
 
-from deeprebirth.cli import reports
-from deeprebirth.transforms import candidates
 from deeprebirth.caffe import folders
+from deeprebirth.cli import FILE, echo, main, output_json, reports, show_warnings
 from deeprebirth.graph.model import load_model
-from deeprebirth.cli import FILE, echo, main, output_json, show_warnings
+from deeprebirth.transforms import candidates
 
 
 @main.command("inspect")
@@ -22,9 +21,10 @@ from deeprebirth.cli import FILE, echo, main, output_json, show_warnings
                    "layer with the net); those layers get fresh weights and are listed.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 def inspect_command(model, weights, batch, rule_names, keep_pooling, allow_missing, as_json):
-    """Show every layer of MODEL (a .prototxt, a built-in name, or a rebirth output folder) with its kind, output shape, parameters, MACs and output size, and
-    the slimming candidates: every match the rules report while slimming (what `slim --only`
-    accepts), each with its rule and, when a guard leaves it alone, why."""
+    """Show every layer of MODEL (a .prototxt, a built-in name, or a rebirth output folder) with its
+    kind, output shape, parameters, MACs and output size, and the slimming candidates: every match
+    the rules report while slimming (what `slim --only` accepts), each with its rule and, when a
+    guard leaves it alone, why."""
     deploy, _ = folders.model_files(model)   # an output folder stands for its deploy.prototxt
     m = load_model(deploy, weights, batch=batch, allow_missing=allow_missing)
     show_warnings(m.warnings)

@@ -10,12 +10,12 @@ from pathlib import Path
 
 from deeprebirth import errors
 from deeprebirth.graph.model import Model
-from deeprebirth.transforms import runner
-from deeprebirth.transforms.rank_budget import MIN_RANK
-from deeprebirth.transforms.rules.tucker import TuckerChange
 from deeprebirth.runtime.bench import top_layers
 from deeprebirth.runtime.plot import speed_words
 from deeprebirth.runtime.pycaffe import caffe_tool
+from deeprebirth.transforms import runner
+from deeprebirth.transforms.rank_budget import MIN_RANK
+from deeprebirth.transforms.rules.tucker import TuckerChange
 from deeprebirth.transforms.slim import SlimOutput, input_batch
 from deeprebirth.transforms.tucker import TuckerOutput
 
@@ -197,9 +197,9 @@ def tucker_summary(out: TuckerOutput, written=None) -> str:
     asked = out.time_fraction if out.time_fraction is not None else out.macs_fraction
     if out.rank_floor and out.budget and asked is not None and out.budget[1] > asked * out.budget[0] * (1 + 1e-9):
         was, now = out.budget
-        lines.append(f"rank floor {out.rank_floor:g}: no rank below max({MIN_RANK}, {out.rank_floor:g} of a mode's channels), so "
-                     f"the budget stopped at {now / was:.2f} of the layers' cost, not {asked:g} (--rank-floor 0 goes "
-                     "lower, into ranks a net may not relearn from)")
+        lines.append(f"rank floor {out.rank_floor:g}: no rank below max({MIN_RANK}, {out.rank_floor:g} of a mode's "
+                     f"channels), so the budget stopped at {now / was:.2f} of the layers' cost, not {asked:g} "
+                     "(--rank-floor 0 goes lower, into ranks a net may not relearn from)")
     fell = [d["layer"] for d in out.layers if d["rank_source"].startswith("vbmf 0")]
     if fell:
         lines.append(f"VBMF found rank 0 (no component above the noise: untrained or random weights?) and fell back "
@@ -365,7 +365,7 @@ def relearn_summary(doc: dict) -> list[str]:
     rows = [("unit", "initial", "least sq.", "SGD", "kept", "iters", "s")]
     for u in doc["units"]:
         e = u["error"]
-        f = lambda k: f"{e[k]['rel']:.4f}" if k in e else "-"  # noqa: E731
+        f = lambda k, e=e: f"{e[k]['rel']:.4f}" if k in e else "-"  # noqa: E731
         rows.append((u["name"], f("initial"), f("least_squares"), f("sgd"), u["kept"], str(u["iterations"]),
                      str(u["seconds"].get("total", ""))))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]

@@ -4,15 +4,14 @@ from __future__ import annotations
 import click
 
 from deeprebirth import outputs
-from deeprebirth.cli import reports
 from deeprebirth.caffe import builtin, netio
-from deeprebirth.transforms import slim as slim_api
-from deeprebirth.transforms import tucker as tucker_api
+from deeprebirth.cli import FILE, current_flags, echo, main, output_json, reports, show_warnings
 from deeprebirth.errors import RebirthError
 from deeprebirth.graph.model import load_model, resolve
-from deeprebirth.transforms.rules.tucker import parse_ranks
-from deeprebirth.cli import FILE, current_flags, echo, main, output_json, show_warnings
 from deeprebirth.runtime import verify
+from deeprebirth.transforms import slim as slim_api
+from deeprebirth.transforms import tucker as tucker_api
+from deeprebirth.transforms.rules.tucker import parse_ranks
 
 
 def _names(value: str | None) -> list[str] | None:
@@ -29,7 +28,8 @@ def _names(value: str | None) -> list[str] | None:
 @click.option("--only", metavar="NAMES",
               help="Slim only these substructures, comma-separated (e.g. conv1,conv2,inception_3a).")
 @click.option("--rules", "rule_names", metavar="LIST",
-              help="Run only these rules, comma-separated (default: the rules that declare default; `inspect --json` lists them).")
+              help="Run only these rules, comma-separated (default: the rules that declare default; "
+                   "`inspect --json` lists them).")
 @click.option("--keep-pooling", is_flag=True,
               help="Absorb no pooling into a convolution's stride: streamline slimming only prunes LRN/Dropout "
                    "and pool_into_conv does not run (the paper's AlexNet experiment, Table 7).")
@@ -64,7 +64,8 @@ def slim_command(model, weights, train_val, only, rule_names, keep_pooling, data
     train_val = train_val or (str(shipped["train_val"]) if "train_val" in shipped else None)
     m = load_model(model, weights, allow_missing=allow_missing)
     if shipped and not as_json:      # once the model loaded: an error is the only line otherwise
-        echo(f"rebirth: {model}: using the {' and the '.join(f'{w} shipped with it ({p})' for w, p in shipped.items())}",
+        using = " and the ".join(f"{w} shipped with it ({p})" for w, p in shipped.items())
+        echo(f"rebirth: {model}: using the {using}",
                    err=True)
     show_warnings(m.warnings)
     given = netio.read_net(train_val) if train_val else None

@@ -1,21 +1,19 @@
 """`rebirth tucker`: Tucker-2 / SVD decomposition of a model's tensor layers, written like `slim`."""
 from __future__ import annotations
 
-
 import click
 
 from deeprebirth import outputs
-from deeprebirth.cli import reports
-from deeprebirth.errors import RebirthError
 from deeprebirth.caffe import netio
-from deeprebirth.transforms import slim as slim_api
-from deeprebirth.transforms import rank_budget
-from deeprebirth.transforms import tucker as tucker_api
-from deeprebirth.graph.model import load_model, resolve
-from deeprebirth.transforms.rules.tucker import parse_ranks
-from deeprebirth.cli import FILE, current_flags, echo, main, output_json, show_warnings
+from deeprebirth.cli import FILE, current_flags, echo, main, output_json, reports, show_warnings
 from deeprebirth.cli.progress import progress_bar
+from deeprebirth.errors import RebirthError
+from deeprebirth.graph.model import load_model, resolve
 from deeprebirth.runtime import verify
+from deeprebirth.transforms import rank_budget
+from deeprebirth.transforms import slim as slim_api
+from deeprebirth.transforms import tucker as tucker_api
+from deeprebirth.transforms.rules.tucker import parse_ranks
 
 
 @main.command("tucker")
@@ -55,7 +53,8 @@ from deeprebirth.runtime import verify
 @click.option("--force", is_flag=True,
               help="Replace OUTDIR although it holds files rebirth did not write (all of them are removed).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a summary.")
-def tucker_command(model, weights, ranks, ratio, macs, time_budget, layer_cost, rank_floor, only, train_val, data_layer, outdir, allow_missing, force, as_json):
+def tucker_command(model, weights, ranks, ratio, macs, time_budget, layer_cost, rank_floor, only, train_val, data_layer,
+                   outdir, allow_missing, force, as_json):
     """Decompose MODEL's convolutions (Tucker-2: 1x1, KxK core, 1x1) and 1x1 convolutions /
     InnerProducts (truncated SVD) from WEIGHTS (Kim et al. 2015; the paper's GoogLeNet-Tucker, and
     Slim-Tucker when MODEL is a slim net).

@@ -24,12 +24,12 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from deeprebirth.caffe import proto as pb
-from deeprebirth.runtime.devices.base import Device, Memory, Session
-from deeprebirth.runtime.pycaffe import check_runnable
 from deeprebirth.errors import RebirthError
 from deeprebirth.graph.dag import Graph
 from deeprebirth.graph.kinds import kind_of
 from deeprebirth.graph.model import Model, load_model
+from deeprebirth.runtime.devices.base import Device, Memory, Session
+from deeprebirth.runtime.pycaffe import check_runnable
 
 #: The sum of per-layer times may differ from a whole forward pass by this much (percent) before
 #: the report flags it: per-layer calls add one Python call and one clock read per layer.
@@ -181,7 +181,7 @@ def run(prepared: Sequence[Prepared], device: Device, runs: int = 50, warmup: in
         for p in prepared:
             try:
                 sessions.append((p.label, device.open(p.model, seed=seed)))
-            except Exception as e:  # noqa: BLE001  (reported, when asked to, instead of ending the run)
+            except Exception as e:
                 if refused is None:
                     raise
                 refused[p.label] = refusal(e)

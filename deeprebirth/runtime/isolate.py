@@ -16,7 +16,8 @@ state copied from the parent, no fork of a threaded process). Its return value c
 (a signal, or an exit without a result) a RebirthError carries Caffe's own reason: the last glog
 FATAL line ("Check failed: ...") the child wrote to its stderr, which is captured in a file of a
 temporary directory the parent makes and removes; the child's own temporary files (pycaffe's
-prototxt copies) go there too, so an abort leaves none behind. Arguments and results must be picklable (``model.Model`` is: its net travels as bytes).
+prototxt copies) go there too, so an abort leaves none behind. Arguments and results must be
+picklable (``model.Model`` is: its net travels as bytes).
 """
 from __future__ import annotations
 

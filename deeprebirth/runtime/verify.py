@@ -11,11 +11,10 @@ from typing import Iterable
 
 import numpy as np
 
-from deeprebirth.graph.model import Model
 from deeprebirth.errors import RebirthError
 from deeprebirth.graph.dag import Graph
+from deeprebirth.graph.model import Model
 from deeprebirth.runtime.pycaffe import CaffeNet, check_runnable  # imports caffe only when a net is built
-
 
 
 @dataclass

@@ -1,10 +1,10 @@
 """Human and JSON views of a net's structure and costs (used by `inspect`, and by `slim` reports)."""
 from __future__ import annotations
 
-from deeprebirth.transforms import runner
-from deeprebirth.transforms import rules as rule_registry
 from deeprebirth.graph.dag import Graph
 from deeprebirth.graph.model import Model
+from deeprebirth.transforms import rules as rule_registry
+from deeprebirth.transforms import runner
 
 MB = 1024 * 1024
 

@@ -9,7 +9,6 @@ from deeprebirth.graph.dag import Graph, Node
 from deeprebirth.graph.model import Model
 from deeprebirth.transforms.transplant import init_layer
 
-
 # ----------------------------------------------------------------------------------------------
 # Layers and weights
 

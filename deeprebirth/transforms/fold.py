@@ -20,13 +20,12 @@ import numpy as np
 
 from deeprebirth import outputs
 from deeprebirth.caffe import netio
-from deeprebirth.transforms import runner
-from deeprebirth.transforms import rules
 from deeprebirth.caffe import proto as pb
 from deeprebirth.caffe.phase import phases_used
 from deeprebirth.errors import RebirthError
 from deeprebirth.graph.dag import Graph
 from deeprebirth.graph.model import Model, check_weights, load_model
+from deeprebirth.transforms import rules, runner
 from deeprebirth.transforms.rules.fold_bn import batch_statistics_reason
 
 OUTPUT_NET = "deploy.prototxt"

@@ -31,9 +31,10 @@ scale. Layers the budget never reaches stay whole, and ``TuckerRule`` says so fo
 **Time instead of MACs** (``--time F``). On a small net a layer's fixed cost is not small next to its
 arithmetic: in Caffe on this machine (one BLAS thread, `rebirth bench --layers`), a line fitted to
 the convolutions' times gives 1.7-3.2 µs a layer plus 0.05-0.09 ns a MAC, so one layer costs as
-much as 20,000-50,000 MACs (``graph.dag.LAYER_COST_MACS``). Decomposing adds layers (Tucker-2: up to two, SVD: one), and the MAC
-budget happily splits a 1x1 reducer into a pair that runs slower. ``--time`` counts each layer as
-``layer_cost`` MACs on top of its own, in the layer's cost and in every candidate's, and runs the
+much as 20,000-50,000 MACs (``graph.dag.LAYER_COST_MACS``). Decomposing adds layers (Tucker-2: up
+to two, SVD: one), and the MAC budget happily splits a 1x1 reducer into a pair that runs slower.
+``--time`` counts each layer as ``layer_cost`` MACs on top of its own, in the layer's cost and in
+every candidate's, and runs the
 same greedy on that predicted time: a candidate that is not predicted faster than its layer is no
 candidate at all (narrow layers are spared this way, not by a rule), and the budget F is a fraction
 of the decomposable layers' predicted time. ``LAYER_COST`` is the middle of the measured range;
@@ -57,13 +58,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from deeprebirth.graph.model import Model
 from deeprebirth.errors import RebirthError
 from deeprebirth.graph.costs import LAYER_COST_MACS
 from deeprebirth.graph.dag import Graph
+from deeprebirth.graph.model import Model
 from deeprebirth.transforms import vbmf
 from deeprebirth.transforms.rules.tucker import Geometry, TuckerRule, layer_geometry, tucker_cost
-
 
 TIE = 1e-15     # added error per MAC below which two moves count as equally cheap
 LAYER_COST = LAYER_COST_MACS   # MACs that one layer's fixed cost is worth, in Caffe here (module docstring)

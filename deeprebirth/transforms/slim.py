@@ -19,19 +19,16 @@ from typing import Callable
 
 import numpy as np
 
-from deeprebirth import errors, outputs
-from deeprebirth.transforms import relearn_plan
-from deeprebirth import __version__
+from deeprebirth import __version__, errors, outputs
 from deeprebirth.caffe import netio
-from deeprebirth.transforms import runner
-from deeprebirth.transforms import rules as rule_registry
-from deeprebirth.transforms import trainfiles
-from deeprebirth.transforms import transplant as weight_ops
 from deeprebirth.caffe import proto as pb
 from deeprebirth.caffe.phase import filter_phase
 from deeprebirth.errors import RebirthError
 from deeprebirth.graph.dag import Graph
 from deeprebirth.graph.model import Model
+from deeprebirth.transforms import relearn_plan, runner, trainfiles
+from deeprebirth.transforms import rules as rule_registry
+from deeprebirth.transforms import transplant as weight_ops
 from deeprebirth.transforms.rules.base import Rule
 
 FILES = ("deploy.prototxt", "train_val.prototxt", "solver.prototxt", "init.caffemodel", "report.json")

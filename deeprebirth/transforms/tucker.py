@@ -17,14 +17,13 @@ import os
 from dataclasses import dataclass, field, fields
 from typing import Callable
 
-
 from deeprebirth.caffe import proto as pb
-from deeprebirth.transforms import rank_budget, runner
-from deeprebirth.transforms.rules import get as get_rules
-from deeprebirth.transforms import slim as slim_api
 from deeprebirth.errors import RebirthError
 from deeprebirth.graph.dag import Graph
 from deeprebirth.graph.model import Model
+from deeprebirth.transforms import rank_budget, runner
+from deeprebirth.transforms import slim as slim_api
+from deeprebirth.transforms.rules import get as get_rules
 from deeprebirth.transforms.rules.tucker import TuckerChange, TuckerRule
 
 
@@ -74,17 +73,19 @@ def tucker(model: Model, ranks: tuple[int, int] | None = None, ratio: float | No
            **slim_kwargs) -> TuckerOutput:
     """Decompose ``model``'s convolutions and InnerProducts (all, or the layers named in ``only``).
     ``progress(1)`` is called after each candidate layer is decided, planned or refused
-    (``len(candidates(...))`` calls, by the runner). ``measure`` runs the check nets (``check_nets``) and returns each layer's output error
-    (runtime.verify.output_errors does so in pycaffe). ``macs`` F: instead of ranks or a ratio, the
-    layers share one budget of F times their MACs (rank_budget.py); ``time`` F: of their predicted
-    time, each layer counted as ``layer_cost`` MACs more; with either, no kept rank of a mode of n
-    channels under max(4, ``rank_floor`` n) (default ``rank_budget.RANK_FLOOR``; 0: no floor). ``slim_kwargs`` go to slim.slim
-    (train_val, train_val_source, data_layer, inputs)."""
+    (``len(candidates(...))`` calls, by the runner). ``measure`` runs the check nets (``check_nets``)
+    and returns each layer's output error (runtime.verify.output_errors does so in pycaffe).
+    ``macs`` F: instead of ranks or a ratio, the layers share one budget of F times their MACs
+    (rank_budget.py); ``time`` F: of their predicted time, each layer counted as ``layer_cost`` MACs
+    more; with either, no kept rank of a mode of n
+    channels under max(4, ``rank_floor`` n) (default ``rank_budget.RANK_FLOOR``; 0: no floor).
+    ``slim_kwargs`` go to slim.slim (train_val, train_val_source, data_layer, inputs)."""
     if sum(x is not None for x in (ranks or None, ratio, macs, time)) > 1:
         raise RebirthError("give fixed ranks, a ratio, a MAC budget ({opt:macs}) or a time budget ({opt:time_budget}), "
                            "not two of them")
     if rank_floor is not None and macs is None and time is None:
-        raise RebirthError("{opt:rank_floor} counts only with a budget ({opt:macs} F or {opt:time_budget} F); give both")
+        raise RebirthError("{opt:rank_floor} counts only with a budget ({opt:macs} F or {opt:time_budget} F); "
+                           "give both")
     floor = rank_budget.RANK_FLOOR if rank_floor is None else rank_floor
     rule = _rule(ranks, ratio)
     if model.weights is None:

@@ -28,7 +28,7 @@ def _run_child(args: list[str], out_path: str, err_path: str) -> None:
     os.dup2(err, 2)
     code = 1
     try:
-        from deeprebirth.cli import main  # noqa: PLC0415
+        from deeprebirth.cli import main
         main(args=args, prog_name="rebirth", standalone_mode=True)
         code = 0
     except SystemExit as exc:
@@ -47,7 +47,7 @@ def _run_child(args: list[str], out_path: str, err_path: str) -> None:
 def main() -> None:
     cases = json.load(open(sys.argv[1]))
     parallel = int(sys.argv[3]) if len(sys.argv) > 3 else 2
-    import deeprebirth.cli  # noqa: F401,PLC0415  (loaded once, shared by every forked case)
+    import deeprebirth.cli  # noqa: F401  (loaded once, shared by every forked case)
     work = tempfile.mkdtemp(prefix="rebirth-fuzz-")
     results, queue, running = [], list(cases), {}
     while queue or running:

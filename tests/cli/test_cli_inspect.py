@@ -6,10 +6,10 @@ import re
 
 import numpy as np
 import pytest
+from helpers import error_line, run
 
 from deeprebirth.caffe import netio
 from deeprebirth.cli import main
-from helpers import error_line, run
 
 SMALL = """name: "small"
 layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 8 dim: 8 } } }
@@ -24,7 +24,7 @@ def test_help_and_version():
     assert run("--version").output.startswith("rebirth, version")
     top = run("--help")
     assert top.exit_code == 0
-    for name, cmd in main.commands.items():
+    for name in main.commands:
         res = run(name, "--help")
         assert res.exit_code == 0 and "Usage:" in res.output, name
 

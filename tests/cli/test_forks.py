@@ -9,15 +9,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import DATA, input_layer, run, write_random_weights
 
-from deeprebirth.transforms import fold
 from deeprebirth.caffe import netio
 from deeprebirth.caffe import proto as pb
 from deeprebirth.caffe.phase import filter_phase
 from deeprebirth.errors import RebirthError, RebirthWarning
 from deeprebirth.graph.dag import Graph
 from deeprebirth.graph.model import load_model
-from helpers import DATA, input_layer, run, write_random_weights
+from deeprebirth.transforms import fold
 
 DENSENET = DATA / "fork_densenet.prototxt"
 SSD = DATA / "fork_mobilenet_ssd.prototxt"
@@ -133,7 +133,7 @@ def test_unknown_type_inspect_warns_and_succeeds(tmp_path):
 
 
 def test_unknown_type_is_never_rewritten_across(tmp_path):
-    from deeprebirth.transforms import slim  # noqa: PLC0415
+    from deeprebirth.transforms import slim
     model = load_model(_write(tmp_path, UNKNOWN))
     out = slim.slim(model, ["streamline"], data_layer="dummy")
     assert any("unknown layer type 'MyFancyLayer'" in w for w in model.warnings)     # carried, not issued
@@ -224,7 +224,7 @@ def test_slim_and_inspect_cli_on_densenet(tmp_path):
 @pytest.mark.caffe
 @pytest.mark.parametrize("path", [DENSENET, SSD], ids=["densenet", "mobilenet_ssd"])
 def test_shapes_and_memory_equal_pycaffe(caffe, path):
-    from deeprebirth.runtime.pycaffe import CaffeNet  # noqa: PLC0415
+    from deeprebirth.runtime.pycaffe import CaffeNet
     net = deploy(path)
     graph = Graph(net)
     cnet = CaffeNet(net)

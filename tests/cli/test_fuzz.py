@@ -38,13 +38,13 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from helpers import DATA, ROOT
 
 from deeprebirth import outputs
 from deeprebirth.caffe import netio
 from deeprebirth.caffe import proto as pb
 from deeprebirth.caffe.phase import filter_phase
 from deeprebirth.graph.dag import Graph
-from helpers import DATA, ROOT
 
 DRIVER = Path(__file__).resolve().parent / "fuzz_driver.py"
 N_CASES = int(os.environ.get("REBIRTH_FUZZ_CASES", "200"))
@@ -108,7 +108,7 @@ SMALL_NETS = ("small", "densenet", "ssd", "v0")
 
 
 def caffemodel_bytes(text: str, seed: int = 0) -> bytes:
-    from deeprebirth.runtime.pycaffe import random_weights  # noqa: PLC0415
+    from deeprebirth.runtime.pycaffe import random_weights
     net = filter_phase(netio.parse_net_text(text), pb.TEST)
     return netio.with_weights(net, random_weights(Graph(net, strict=False), seed=seed)).SerializeToString()
 
@@ -466,7 +466,7 @@ def test_forked_cases_match_a_fresh_interpreter(tmp_path):
     cases = [c for c in make_cases(tmp_path, 16, SEED + 1, None) if c["cmd"] != "bench"][:4]
     for c in cases:  # run each twice: output paths must start out the same
         c["args2"] = [a.replace(c["dir"], c["dir"] + "_copy") for a in c["args"]]
-        import shutil  # noqa: PLC0415
+        import shutil
         shutil.copytree(c["dir"], c["dir"] + "_copy", symlinks=True)
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", GLOG_minloglevel="2")
     (tmp_path / "cases.json").write_text(json.dumps(cases))

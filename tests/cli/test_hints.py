@@ -12,10 +12,11 @@ import subprocess
 import sys
 
 import pytest
+from helpers import FT_DEPLOY as DEPLOY
+from helpers import FT_TRAIN_VAL as TRAIN_VAL
+from helpers import ROOT, error_line, make_slimmed, run, write_random_weights
 
 from deeprebirth.caffe import netio
-from helpers import FT_DEPLOY as DEPLOY, FT_TRAIN_VAL as TRAIN_VAL, ROOT, error_line, make_slimmed, run, \
-    write_random_weights
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +36,7 @@ def hints(text: str) -> list[list[str]]:
 
 def test_every_option_a_hint_names_exists(tmp_path):
     """Hints from reports and errors, checked against the commands' real options."""
-    from deeprebirth.cli import main  # noqa: PLC0415
+    from deeprebirth.cli import main
     proto = tmp_path / "net.prototxt"
     proto.write_text(DEPLOY)
     write_random_weights(netio.parse_net_text(DEPLOY), tmp_path / "w.caffemodel", seed=0)

@@ -35,7 +35,7 @@ def test_cli_renders_errors_and_warnings_with_the_command_s_flags():
     @main.command("_probe_messages", hidden=True)
     @click.option("-w", "--weights")
     def probe(weights):
-        warnings.warn("no {opt:weights}: random ones", errors.RebirthWarning)
+        warnings.warn("no {opt:weights}: random ones", errors.RebirthWarning, stacklevel=1)
         raise errors.RebirthError("net: needs weights (give {opt:weights})")
     try:
         result = CliRunner().invoke(main, ["_probe_messages"])

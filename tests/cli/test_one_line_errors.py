@@ -9,10 +9,12 @@ from pathlib import Path
 import click
 import numpy as np
 import pytest
+from helpers import BN_NET as NET
+from helpers import bn_files as files
+from helpers import error_line, run, write_random_weights
 
 from deeprebirth.caffe import netio
 from deeprebirth.cli import main
-from helpers import BN_NET as NET, bn_files as files, error_line, run, write_random_weights
 
 LONG = "x" * 300
 

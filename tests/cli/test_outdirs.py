@@ -6,11 +6,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from helpers import bn_files as files
+from helpers import error_line, make_slimmed, run
 
 from deeprebirth import outputs
 from deeprebirth.errors import RebirthError
-from helpers import bn_files as files, error_line, make_slimmed, run
-
 
 
 @pytest.fixture

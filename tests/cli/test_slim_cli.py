@@ -6,11 +6,11 @@ import json
 
 import numpy as np
 import pytest
+from helpers import STEM, error_line, run, write_random_weights
 
 from deeprebirth.caffe import netio
 from deeprebirth.graph.dag import Graph
 from deeprebirth.graph.geometry import conv_geometry
-from helpers import STEM, error_line, run, write_random_weights
 
 PLAIN = """name: "plain"
 layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 8 dim: 8 } } }
@@ -191,7 +191,7 @@ def test_summary_says_more_when_a_rewrite_adds_macs():
 def test_a_builtin_with_shipped_weights_brings_them_and_its_train_val(tmp_path):
     """`slim fmnist_googlenet -o D` alone slims the trained teacher, framed by its shipped train_val,
     as `eval fmnist_googlenet` evaluates it: the same files as naming both, and it says which it used."""
-    from deeprebirth.caffe import builtin  # noqa: PLC0415
+    from deeprebirth.caffe import builtin
 
     if builtin.weights("fmnist_googlenet") is None:
         pytest.skip("models/fmnist_googlenet.caffemodel is not built")

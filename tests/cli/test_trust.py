@@ -7,14 +7,15 @@ import os
 
 import numpy as np
 import pytest
-
-from deeprebirth.caffe import netio
-from deeprebirth.graph import model as model_mod
-from deeprebirth.errors import RebirthError
-from deeprebirth.graph.dag import Graph
+from helpers import BN_NET as NET
+from helpers import bn_files as files
 from helpers import error_line, run
 
-from helpers import BN_NET as NET, bn_files as files  # noqa: E402
+from deeprebirth.caffe import netio
+from deeprebirth.errors import RebirthError
+from deeprebirth.graph import model as model_mod
+from deeprebirth.graph.dag import Graph
+
 OTHER = NET.replace('"conv1"', '"c1"').replace('"fc"', '"fc9"').replace('"bn1"', '"b1"').replace('"sc1"', '"s1"')
 
 
@@ -63,7 +64,7 @@ def test_slim_without_weights_gives_trainable_fillers(tmp_path):
 
 
 def test_fresh_weights_follow_fillers():
-    from deeprebirth.graph.fillers import fresh  # noqa: PLC0415
+    from deeprebirth.graph.fillers import fresh
     g = Graph(netio.parse_net_text(NET.replace("kernel_size: 3 }", 'kernel_size: 3 weight_filler { type: "constant" value: 0.5 } }')))
     rng = np.random.default_rng(0)
     conv = fresh(g.node("conv1"), rng)
@@ -143,7 +144,7 @@ def test_write_failures_leave_nothing(tmp_path, monkeypatch, err):
 
 
 def test_disk_full_while_writing_a_file(tmp_path, monkeypatch):
-    import builtins  # noqa: PLC0415
+    import builtins
     proto, caffemodel = files(tmp_path)
     real_open = builtins.open
 
@@ -171,8 +172,8 @@ def test_directory_never_hides_a_builtin(tmp_path, monkeypatch):
 
 def _train_steps(train_val_path: str, steps: int) -> list[float]:
     """Losses of ``steps`` SGD steps of a train_val in pycaffe (run in a child process)."""
-    from deeprebirth.caffe import proto as pb  # noqa: PLC0415
-    from deeprebirth.runtime.pycaffe import make_solver  # noqa: PLC0415
+    from deeprebirth.caffe import proto as pb
+    from deeprebirth.runtime.pycaffe import make_solver
     net = netio.read_net(train_val_path)
     solver = make_solver(net, pb.SolverParameter(base_lr=0.01, lr_policy="fixed", momentum=0.9, max_iter=100))
     losses = []
@@ -185,7 +186,7 @@ def _train_steps(train_val_path: str, steps: int) -> list[float]:
 @pytest.mark.caffe
 @pytest.mark.slow
 def test_train_val_without_weights_trains_in_caffe(caffe, tmp_path):
-    from deeprebirth.runtime import isolate  # noqa: PLC0415
+    from deeprebirth.runtime import isolate
     proto = tmp_path / "net.prototxt"
     proto.write_text(NO_BN)
     assert run("slim", proto, "--rules", "streamline", "--data-layer", "dummy", "-o", tmp_path / "out").exit_code == 0

@@ -8,15 +8,14 @@ from __future__ import annotations
 import json
 
 import pytest
-
-from deeprebirth.cli import reports
-from deeprebirth.runtime import bench
-from deeprebirth.runtime import plot
-from deeprebirth.caffe import netio
-from deeprebirth.runtime.devices.base import Memory
-from deeprebirth.runtime.devices import get_device
-from deeprebirth.errors import RebirthError
 from helpers import TINY, FakeDevice, FakeSession, error_line, run
+
+from deeprebirth.caffe import netio
+from deeprebirth.cli import reports
+from deeprebirth.errors import RebirthError
+from deeprebirth.runtime import bench, plot
+from deeprebirth.runtime.devices import get_device
+from deeprebirth.runtime.devices.base import Memory
 
 MODEL_KEYS = {"model", "best_ms", "median_ms", "non_tensor_percent", "memory_bytes", "peak_rss_bytes", "layers"}
 LAYER_KEYS = {"name", "type", "kind", "ms"}
@@ -257,9 +256,9 @@ def test_devices():
 
 @pytest.mark.slow
 def test_cpu_session_layers_include_caffe_splits(tmp_path, caffe):
-    from deeprebirth.runtime.pycaffe import random_weights
     from deeprebirth.graph.dag import Graph
     from deeprebirth.graph.model import Model
+    from deeprebirth.runtime.pycaffe import random_weights
 
     net = netio.parse_net_text(TINY)
     with get_device("cpu").open(Model(net, random_weights(Graph(net)))) as s:

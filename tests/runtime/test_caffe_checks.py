@@ -3,12 +3,12 @@ case is confirmed to really abort Caffe (in a child process: engine/isolate.py).
 from __future__ import annotations
 
 import pytest
+from helpers import conv, input_layer
 
 from deeprebirth.caffe import netio
-from deeprebirth.runtime import isolate
 from deeprebirth.errors import RebirthError
 from deeprebirth.graph.dag import Graph
-from helpers import conv, input_layer
+from deeprebirth.runtime import isolate
 
 HEAD = input_layer((1, 4, 6, 6), "d")
 
@@ -52,7 +52,7 @@ def test_graph_refuses_what_caffe_checks(case):
 
 
 def _build(text: str) -> str:
-    from deeprebirth.runtime.pycaffe import CaffeNet  # noqa: PLC0415
+    from deeprebirth.runtime.pycaffe import CaffeNet
     CaffeNet(netio.parse_net_text(text))
     return "built"
 

@@ -16,14 +16,12 @@ import subprocess
 import sys
 
 import pytest
-
-from deeprebirth.runtime import bench
-from deeprebirth.caffe import netio
-from deeprebirth.runtime.devices import remote
-from deeprebirth.runtime.devices import get_device
-from deeprebirth.errors import RebirthError
-
 from helpers import IN_CI, ROOT, STAND_IN, TINY, FakeDevice, run, write_random_weights
+
+from deeprebirth.caffe import netio
+from deeprebirth.errors import RebirthError
+from deeprebirth.runtime import bench
+from deeprebirth.runtime.devices import get_device, remote
 
 # A stand-in for rebirth-time: answers with the program's JSON for the layers of each prototxt,
 # records its arguments, and fails like a Caffe CHECK when FAKE_PROGRAM_FAIL is set.

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import datum, write_lmdb
 
 from deeprebirth.caffe import netio
 from deeprebirth.caffe import proto as pb
 from deeprebirth.runtime import pycaffe
-from helpers import datum, write_lmdb
 
 pytestmark = pytest.mark.caffe
 BIN = Path(sys.executable).parent

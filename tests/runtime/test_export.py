@@ -10,9 +10,24 @@ import subprocess
 import sys
 
 import pytest
+from helpers import (
+    DATA,
+    bn,
+    concat,
+    conv,
+    dropout,
+    error_line,
+    ip,
+    layer,
+    lrn,
+    net_of,
+    pool,
+    relu,
+    run,
+    scale,
+    with_weights,
+)
 
-from helpers import (DATA, bn, concat, conv, dropout, error_line, ip, layer, lrn, net_of, pool, relu, run, scale,
-                     with_weights)
 from deeprebirth.runtime import export, verify
 
 pytestmark = pytest.mark.caffe
@@ -99,7 +114,7 @@ def test_many_layer_types_ncnn_mnn(caffe, fmt):
 
 
 def test_onnx_names_checks_and_opset(caffe):
-    import onnx  # noqa: PLC0415
+    import onnx
     m = pool_net(8, relu("r", "c") + pool("p", "c", k=3, stride=2))
     proto = onnx.load_from_string(export.export(m, "onnx")["model.onnx"])
     onnx.checker.check_model(proto)
@@ -173,9 +188,9 @@ BUILTINS = ("alexnet", "googlenet", "resnet50", "squeezenet", "squeezenet11")
 def variant_dirs(tmp_path_factory):
     """name -> {"plain": (MODEL, WEIGHTS), "slim": (DIR, None), "slim-tucker": (DIR, None)}, made on
     first use, with random weights written as a caffemodel."""
-    from deeprebirth.caffe import netio  # noqa: PLC0415
-    from deeprebirth.graph.model import load_model  # noqa: PLC0415
-    from deeprebirth.runtime.pycaffe import random_weights  # noqa: PLC0415
+    from deeprebirth.caffe import netio
+    from deeprebirth.graph.model import load_model
+    from deeprebirth.runtime.pycaffe import random_weights
     root = tmp_path_factory.mktemp("variants")
     made = {}
 

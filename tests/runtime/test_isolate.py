@@ -5,11 +5,11 @@ import os
 import time
 
 import pytest
+from helpers import error_line, run
 
 from deeprebirth.caffe import netio
-from deeprebirth.runtime import isolate
 from deeprebirth.errors import RebirthError
-from helpers import error_line, run
+from deeprebirth.runtime import isolate
 
 NET = ('layer { name: "d" type: "Input" top: "d" input_param { shape { dim: 1 dim: 3 dim: 4 dim: 4 } } }\n'
        'layer { name: "c" type: "Convolution" bottom: "d" top: "c" convolution_param { num_output: 2 kernel_size: 1 } }\n')
@@ -43,7 +43,7 @@ def count_to(n, progress):
 
 
 def build_in_caffe(text):
-    from deeprebirth.runtime.pycaffe import CaffeNet  # noqa: PLC0415
+    from deeprebirth.runtime.pycaffe import CaffeNet
     CaffeNet(netio.parse_net_text(text)).forward()
     return "ran"
 
@@ -101,7 +101,7 @@ def test_bench_of_a_net_caffe_refuses_is_one_line(caffe, tmp_path):
 
 
 def temp_file_then_abort():
-    import tempfile  # noqa: PLC0415
+    import tempfile
     fd, _ = tempfile.mkstemp(prefix="deeprebirth-", suffix=".prototxt")
     os.close(fd)
     os.abort()
@@ -111,7 +111,7 @@ def temp_file_then_abort():
 def test_an_aborted_child_leaves_no_temporary_file(caffe):
     """The child's temporary files (pycaffe's prototxt copy, the stderr capture) live in a folder
     the parent removes, also when Caffe aborts the child half-way."""
-    import tempfile  # noqa: PLC0415
+    import tempfile
     before = sorted(os.listdir(tempfile.gettempdir()))
     with pytest.raises(RebirthError, match="SIGABRT"):
         isolate.call(temp_file_then_abort, what="the job")
@@ -121,13 +121,13 @@ def test_an_aborted_child_leaves_no_temporary_file(caffe):
 
 
 def terminate_self():
-    import signal  # noqa: PLC0415
+    import signal
     os.kill(os.getpid(), signal.SIGTERM)
     time.sleep(60)
 
 
 def sigint_disposition():
-    import signal  # noqa: PLC0415
+    import signal
     return signal.getsignal(signal.SIGINT) == signal.SIG_IGN
 
 

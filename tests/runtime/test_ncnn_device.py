@@ -15,12 +15,11 @@ import subprocess
 import sys
 
 import pytest
+from helpers import IN_CI, ROOT, STAND_IN, TINY, error_line, run
 
 from deeprebirth.errors import RebirthError
 from deeprebirth.runtime import bench
 from deeprebirth.runtime.devices import get_device, remote
-
-from helpers import IN_CI, ROOT, STAND_IN, TINY, error_line, run
 
 # A stand-in for rebirth-time-ncnn: checks that every MODEL.param has its MODEL.bin beside it and
 # starts like an ncnn param file, records its arguments and prints the program's JSON.

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import bn, conv, error_line, get_layer, input_layer, relu, run, scale, types, with_weights
 
-from deeprebirth.runtime import verify
-from deeprebirth.transforms import fold
 from deeprebirth.caffe import netio
 from deeprebirth.errors import RebirthError
 from deeprebirth.graph.model import Model, load_model
-from helpers import bn, conv, error_line, get_layer, input_layer, relu, run, scale, types, with_weights
+from deeprebirth.runtime import verify
+from deeprebirth.transforms import fold
 
 TOL = 1e-5
 NORMS = {"BatchNorm", "Scale", "Bias"}

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import concat, conv, get_layer, googlenet, names, net_of, relu, with_weights
+from test_rules_exact import assert_same_outputs
 
 from deeprebirth.transforms import runner
 from deeprebirth.transforms.rules import get
 from deeprebirth.transforms.rules.merge_concat_1x1 import MergeConcat1x1
-from helpers import concat, conv, get_layer, googlenet, names, net_of, relu, with_weights
-from test_rules_exact import assert_same_outputs
 
 DIMS = (2, 3, 8, 8)
 

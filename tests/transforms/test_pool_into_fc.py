@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import conv, dropout, get_layer, googlenet, ip, names, net_of, pool, relu, with_weights
+from test_rules_exact import assert_same_outputs
 
 from deeprebirth.transforms import runner
 from deeprebirth.transforms.rules import get
 from deeprebirth.transforms.rules.pool_into_fc import PoolIntoFc
-from helpers import conv, dropout, get_layer, googlenet, ip, names, net_of, pool, relu, with_weights
-from test_rules_exact import assert_same_outputs
 
 DIMS = (2, 3, 9, 9)
 

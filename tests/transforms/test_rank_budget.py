@@ -7,12 +7,14 @@ import json
 
 import numpy as np
 import pytest
+from helpers import error_line
+from helpers import run as rebirth
+from test_tucker import LOW_RANK, low_rank_model, random_model
 
 from deeprebirth.errors import RebirthError
 from deeprebirth.transforms import rank_budget as rb
 from deeprebirth.transforms import tucker as tucker_api
-from helpers import error_line, run as rebirth
-from test_tucker import LOW_RANK, low_rank_model, random_model
+
 
 def test_svd_errors_are_the_tail_energy():
     rng = np.random.default_rng(0)

@@ -6,18 +6,15 @@ import json
 
 import numpy as np
 import pytest
+from helpers import error_line, run
 
-from deeprebirth.transforms import runner
-from deeprebirth.transforms import candidates
-from deeprebirth.transforms import rules
-from deeprebirth.transforms import slim
-from deeprebirth.cli import main
 from deeprebirth import errors
+from deeprebirth.cli import main
 from deeprebirth.errors import RebirthError
 from deeprebirth.graph.dag import Graph
 from deeprebirth.graph.model import load_model
+from deeprebirth.transforms import candidates, rules, runner, slim
 from deeprebirth.transforms.rules.base import Change, Match, Rule
-from helpers import error_line, run
 
 TOY = '''"""A rule of one's own: in-place Dropout layers go (Dropout is the identity at inference)."""
 from deeprebirth.transforms.edit import remove_layers

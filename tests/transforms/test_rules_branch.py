@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import GOOGLENET_MEMORY_B1, concat, conv, get_layer, googlenet, net_of, pool, relu, with_weights
 
-from deeprebirth.transforms import runner
-from deeprebirth.runtime import pycaffe
 from deeprebirth.graph.dag import Graph
 from deeprebirth.graph.model import Model
-from deeprebirth.transforms.rules import get
-from deeprebirth.transforms.rules import branch
+from deeprebirth.runtime import pycaffe
+from deeprebirth.transforms import runner
+from deeprebirth.transforms.rules import branch, get
 from deeprebirth.transforms.rules.branch import BranchRule, find_blocks
-from helpers import GOOGLENET_MEMORY_B1, concat, conv, get_layer, googlenet, net_of, pool, relu, with_weights
 
 GOOGLENET_BLOCKS = ["inception_3a", "inception_3b", "inception_4a", "inception_4b", "inception_4c",
                     "inception_4d", "inception_4e", "inception_5a", "inception_5b"]

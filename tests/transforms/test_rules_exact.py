@@ -4,19 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import GOOGLENET_MEMORY_B1, concat, conv, get_layer, googlenet, names, net_of, pool, relu, with_weights
 
 from deeprebirth.caffe import netio
-from deeprebirth.transforms import runner
-from deeprebirth.runtime import pycaffe
 from deeprebirth.graph.dag import Graph
 from deeprebirth.graph.model import Model
-from deeprebirth.transforms.rules import get
-from deeprebirth.transforms.rules import branch
-from deeprebirth.transforms.rules import merge_parallel
-from deeprebirth.transforms.rules import push_pool_concat
+from deeprebirth.runtime import pycaffe
+from deeprebirth.transforms import runner
+from deeprebirth.transforms.rules import branch, get, merge_parallel, push_pool_concat
 from deeprebirth.transforms.rules.merge_parallel import MergeParallel, joined_name
-from helpers import (GOOGLENET_MEMORY_B1, concat, conv, get_layer, googlenet, names, net_of, pool, relu,
-                     with_weights)
 
 DIMS = (2, 6, 13, 13)   # the input of the small nets
 

@@ -8,13 +8,13 @@ import json
 
 import numpy as np
 import pytest
+from helpers import STEM, text_model
 
 from deeprebirth.caffe import netio
 from deeprebirth.errors import RebirthError
 from deeprebirth.transforms import rules, runner, slim
 from deeprebirth.transforms import tucker as tucker_api
 from deeprebirth.transforms.rules.tucker import TuckerRule
-from helpers import STEM, text_model
 
 # Two convolutions and an InnerProduct with enough channels for VBMF, plus a pooling and an LRN
 # for the slim rules.

@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import conv, dropout, input_layer, ip, layer, lrn, pool, relu, text_model, types
 
-from deeprebirth.transforms import runner
-from deeprebirth.runtime import pycaffe
 from deeprebirth.graph.dag import Graph
 from deeprebirth.graph.geometry import conv_geometry, conv_out, pool_out
 from deeprebirth.graph.model import Model, load_model
+from deeprebirth.runtime import pycaffe
+from deeprebirth.transforms import runner
 from deeprebirth.transforms.rules import available, get
 from deeprebirth.transforms.rules.pool_into_conv import PoolIntoConvRule
 from deeprebirth.transforms.rules.streamline import StreamlineRule, choose_pad, unit_names
-from helpers import conv, dropout, input_layer, ip, layer, lrn, pool, relu, text_model, types
 
 STREAMLINE = StreamlineRule()
 POOL_INTO_CONV = PoolIntoConvRule()

@@ -6,19 +6,18 @@ import math
 
 import numpy as np
 import pytest
+from helpers import text_model
 
 from deeprebirth.caffe import netio
-from deeprebirth.transforms import slim
-from deeprebirth.transforms import trainfiles
 from deeprebirth.caffe import proto as pb
 from deeprebirth.caffe.phase import filter_phase
-from deeprebirth.runtime import pycaffe
 from deeprebirth.errors import RebirthError
 from deeprebirth.graph.dag import Graph
 from deeprebirth.graph.model import Model
+from deeprebirth.runtime import pycaffe
+from deeprebirth.transforms import slim, trainfiles
 from deeprebirth.transforms.rules import get
 from deeprebirth.transforms.rules.base import Rule
-from helpers import text_model
 
 DEPLOY = """name: "tiny"
 layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 3 dim: 32 dim: 32 } } }

@@ -7,18 +7,17 @@ import json
 
 import numpy as np
 import pytest
+from helpers import STEM, error_line, with_weights, write_random_weights
+from helpers import run as rebirth
 
-from deeprebirth.runtime import verify
 from deeprebirth.caffe import netio
-from deeprebirth.transforms import runner
-from deeprebirth.transforms import vbmf
-from deeprebirth.transforms import tucker as tucker_api
-from deeprebirth.runtime import pycaffe
 from deeprebirth.errors import RebirthError
 from deeprebirth.graph.dag import Graph
 from deeprebirth.graph.model import Model
+from deeprebirth.runtime import pycaffe, verify
+from deeprebirth.transforms import runner, vbmf
+from deeprebirth.transforms import tucker as tucker_api
 from deeprebirth.transforms.rules.tucker import TuckerRule, ratio_ranks, reconstruct, tucker2
-from helpers import STEM, error_line, run as rebirth, with_weights, write_random_weights
 
 NET = """name: "small"
 layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 6 dim: 12 dim: 12 } } }

@@ -68,7 +68,7 @@ class Session(ABC):
             out[i] = clock() - start
         return out
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - a default that does nothing, not an abstract method
         """Release the net (nothing to do by default)."""
 
     def __enter__(self) -> "Session":

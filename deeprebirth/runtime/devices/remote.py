@@ -226,7 +226,8 @@ class ShellTransport(Transport):
 #: Android ABIs to the build targets that run on them, best first (the static Linux build of
 #: the same architecture runs on Android too, but has not been tried on a phone).
 ABI_TARGETS = {
-    "arm64-v8a": (["android-arm64-v8a-api*", "aarch64-linux-gnu"], "scripts/build_device.sh --ndk NDK_DIR --abi arm64-v8a"),
+    "arm64-v8a": (["android-arm64-v8a-api*", "aarch64-linux-gnu"],
+                  "scripts/build_device.sh --ndk NDK_DIR --abi arm64-v8a"),
     "armeabi-v7a": (["android-armeabi-v7a-api*", "arm-linux-gnueabihf"],
                     "scripts/build_device.sh --ndk NDK_DIR --abi armeabi-v7a"),
 }
@@ -424,10 +425,13 @@ class ProgramDevice(Device):
     def where(self) -> str:
         """The device, in words, for the report."""
         i = self.info
-        return {"adb": lambda: f"Android {i.get('android', '?')} phone {i.get('model', '?')} ({i.get('abi')}) over adb",
-                "ssh": lambda: f"{i.get('host')} ({i.get('arch')}) over ssh",
-                "qemu-aarch64": lambda: "the aarch64 build under qemu-user on this machine (emulated: not real timings)",
-                "host": lambda: f"this machine ({i.get('arch')}), the host build"}.get(self.transport.name, lambda: "?")()
+        words = {"adb": lambda: f"Android {i.get('android', '?')} phone {i.get('model', '?')} ({i.get('abi')}) "
+                                "over adb",
+                 "ssh": lambda: f"{i.get('host')} ({i.get('arch')}) over ssh",
+                 "qemu-aarch64": lambda: "the aarch64 build under qemu-user on this machine (emulated: not real "
+                                         "timings)",
+                 "host": lambda: f"this machine ({i.get('arch')}), the host build"}
+        return words.get(self.transport.name, lambda: "?")()
 
     @property
     def description(self) -> str:

@@ -10,9 +10,9 @@ from abc import ABC, abstractmethod
 
 import numpy as np
 
-from deeprebirth.graph.model import Model
 from deeprebirth.errors import RebirthError
 from deeprebirth.graph.dag import Graph
+from deeprebirth.graph.model import Model
 from deeprebirth.runtime.devices.base import Device, Memory, Session
 
 
@@ -27,7 +27,7 @@ class Runner(ABC):
         """One forward pass on ``feeds`` (input blob -> array with the batch axis): the ``names``
         (default: the outputs) as arrays with the batch axis."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - a default that does nothing, not an abstract method
         """Release the engine's objects."""
 
 

@@ -60,7 +60,7 @@ class MnnRunner(Runner):
             try:
                 with self.quiet():
                     t = self.interp.getSessionOutput(self.session, name)
-            except Exception:  # noqa: BLE001  (MNN's binding raises a bare Exception)
+            except Exception:
                 if name in self.outputs:
                     raise
                 continue  # an intermediate blob MNN fused away
@@ -82,4 +82,5 @@ class MnnDevice(EngineDevice):
     @property
     def description(self) -> str:
         return (f"MNN {getattr(import_mnn(), 'version', lambda: '?')()} (Python Interpreter API), CPU, float32, "
-                f"Winograd off, threads: {self.threads or 1}; times from time.perf_counter around input copy + runSession")
+                f"Winograd off, threads: {self.threads or 1}; times from time.perf_counter around input copy + "
+                "runSession")

@@ -8,8 +8,8 @@ The MNN conversion runs native code that may abort: callers run it through runti
 """
 from __future__ import annotations
 
-from deeprebirth.graph.model import Model
 from deeprebirth.errors import RebirthError
+from deeprebirth.graph.model import Model
 
 FORMATS = {
     "onnx": "ONNX (opset 13), for ONNX Runtime and every ONNX consumer: model.onnx",
@@ -49,8 +49,8 @@ def load(spec: str, weights: str | None = None, seed: int = 0) -> Model:
     layer gets random weights (runtime.pycaffe.random_weights, from ``seed``), recorded in
     ``extras["random_weights"]``."""
     from deeprebirth.caffe.folders import model_files  # noqa: PLC0415
-    from deeprebirth.graph.model import load_model  # noqa: PLC0415
     from deeprebirth.graph.dag import Graph  # noqa: PLC0415
+    from deeprebirth.graph.model import load_model  # noqa: PLC0415
     from deeprebirth.runtime.pycaffe import random_weights  # noqa: PLC0415 (numpy only)
 
     deploy, weights = model_files(spec, weights)

@@ -26,11 +26,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from deeprebirth.graph.model import Model
 from deeprebirth.errors import RebirthError
-from deeprebirth.runtime.export import common
 from deeprebirth.graph.dag import Graph, Node
 from deeprebirth.graph.geometry import canonical_axis, concat_axis, conv_geometry, pool_geometry
+from deeprebirth.graph.model import Model
+from deeprebirth.runtime.export import common
 from deeprebirth.runtime.export.to_onnx import pool_pads
 
 MAGIC = 7767517
@@ -77,7 +77,8 @@ class _Writer:
         return tuple(self.graph.version_shapes[ref])
 
     def refuse(self, node: Node, why: str):
-        return RebirthError(f"{self.model.source}: layer '{node.name}' ({node.type}): {why}; ncnn cannot run it as Caffe does")
+        return RebirthError(f"{self.model.source}: layer '{node.name}' ({node.type}): {why}; ncnn cannot run it as "
+                            "Caffe does")
 
 
 def _conv(w: _Writer, node: Node, ins, outs) -> None:

@@ -39,11 +39,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from deeprebirth.graph.model import Model
 from deeprebirth.errors import RebirthError
-from deeprebirth.runtime.export import common
 from deeprebirth.graph.dag import Graph, Node
 from deeprebirth.graph.geometry import canonical_axis, concat_axis, conv_geometry, pool_geometry, pool_out
+from deeprebirth.graph.model import Model
+from deeprebirth.runtime.export import common
 
 OPSET = 13
 IR_VERSION = 7  # ONNX 1.8's IR, which opset 13 came with: readable by every runtime here
@@ -108,7 +108,8 @@ def _conv(b: _Builder, node: Node, ins, outs) -> None:
     p = node.layer.convolution_param
     geo = conv_geometry(node.layer)
     w = b.blob(node, 0)
-    group = p.group if node.type not in ("DepthwiseConvolution", "ConvolutionDepthwise") else b.shape(node.bottoms[0])[1]
+    depthwise = node.type in ("DepthwiseConvolution", "ConvolutionDepthwise")
+    group = b.shape(node.bottoms[0])[1] if depthwise else p.group
     op = "ConvTranspose" if node.type == "Deconvolution" else "Conv"
     k = list(w.shape[2:])
     inputs = [ins[0], b.const(node.name, "w", w)]
@@ -224,7 +225,8 @@ def _bn(b: _Builder, node: Node, ins, outs) -> None:
     c = mean.size
     b.add("BatchNormalization", [ins[0], b.const(node.name, "gamma", np.ones(c, np.float32)),
                                  b.const(node.name, "beta", np.zeros(c, np.float32)),
-                                 b.const(node.name, "mean", mean.reshape(-1)), b.const(node.name, "var", var.reshape(-1))],
+                                 b.const(node.name, "mean", mean.reshape(-1)),
+                                 b.const(node.name, "var", var.reshape(-1))],
           outs, node.name, epsilon=p.eps)
 
 
@@ -244,8 +246,8 @@ def _scale_like(b: _Builder, node: Node, ins, outs, param) -> tuple[str, int, in
         return name, axis, len(other)
     num_axes = param.num_axes if param.num_axes >= 0 else len(shape) - axis
     w = b.blob(node, 0)
-    return b.const(node.name, "w", w.reshape(_broadcast_shape(shape[axis:axis + num_axes], axis, num_axes, len(shape)))), \
-        axis, num_axes
+    broadcast = _broadcast_shape(shape[axis:axis + num_axes], axis, num_axes, len(shape))
+    return b.const(node.name, "w", w.reshape(broadcast)), axis, num_axes
 
 
 def _scale(b: _Builder, node: Node, ins, outs) -> None:

@@ -151,7 +151,8 @@ def select(names: list[str] | None = None, keep_pooling: bool = False,
         if keep_pooling:
             clash = [r.name for r in chosen if r.absorbs_pooling and r.keep_pooling_options is None]
             if clash:
-                raise RebirthError(f"{{opt:keep_pooling}} contradicts {{opt:rule_names}} {clash[0]} (it only removes poolings)")
+                raise RebirthError(f"{{opt:keep_pooling}} contradicts {{opt:rule_names}} {clash[0]} "
+                                   "(it only removes poolings)")
         chosen = ordered(chosen)
     if keep_pooling:
         chosen = [r.with_options(**r.keep_pooling_options) if r.absorbs_pooling else r for r in chosen]

@@ -40,10 +40,10 @@ from __future__ import annotations
 import inspect
 from dataclasses import asdict, dataclass, field
 
-from deeprebirth.transforms.edit import memory_growth, unique_name  # noqa: F401  (rules written before edit.py import them here)
 from deeprebirth.errors import RebirthError
 from deeprebirth.graph.dag import Graph
 from deeprebirth.graph.model import Model
+from deeprebirth.transforms.edit import memory_growth, unique_name  # noqa: F401  (rules written before edit.py import them here)
 
 
 @dataclass

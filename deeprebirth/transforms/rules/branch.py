@@ -40,11 +40,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from deeprebirth.transforms.edit import group_name, regenerate, remove_layers
-from deeprebirth.graph.geometry import concat_axis, conv_geometry, pool_geometry
 from deeprebirth.graph.dag import Graph, Node
+from deeprebirth.graph.geometry import concat_axis, conv_geometry, pool_geometry
 from deeprebirth.graph.kinds import ACTIVATIONS, DATA_TYPES
 from deeprebirth.graph.model import Model
+from deeprebirth.transforms.edit import group_name, regenerate, remove_layers
 from deeprebirth.transforms.rules.base import Change, Match, Rule
 
 MAX_CHAIN = 64  # longest branch followed back from a Concat input

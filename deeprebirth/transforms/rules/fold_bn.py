@@ -36,11 +36,11 @@ from __future__ import annotations
 import numpy as np
 
 from deeprebirth.caffe import proto as pb
-from deeprebirth.transforms.edit import remove_layers
 from deeprebirth.errors import RebirthError
-from deeprebirth.graph.geometry import canonical_axis
 from deeprebirth.graph.dag import BlobRef, Graph, Node
+from deeprebirth.graph.geometry import canonical_axis
 from deeprebirth.graph.model import Model
+from deeprebirth.transforms.edit import remove_layers
 from deeprebirth.transforms.rules.base import Change, Match, Rule
 
 NORM_TYPES = frozenset({"BatchNorm", "Scale", "Bias"})

@@ -34,11 +34,11 @@ import numpy as np
 from scipy.linalg import block_diag
 
 from deeprebirth.caffe import proto as pb
-from deeprebirth.graph.model import Model
 from deeprebirth.graph.costs import LAYER_COST_MACS
 from deeprebirth.graph.dag import Graph
-from deeprebirth.graph.shapes import count
 from deeprebirth.graph.geometry import canonical_axis, concat_axis, conv_geometry
+from deeprebirth.graph.model import Model
+from deeprebirth.graph.shapes import count
 from deeprebirth.transforms.edit import joined_name, remove_layers, unique_name
 from deeprebirth.transforms.rules.base import Change, Match, Rule
 from deeprebirth.transforms.rules.merge_parallel import conv_arm, signature

@@ -27,11 +27,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from deeprebirth.caffe import proto as pb
-from deeprebirth.transforms.edit import group_name, joined_name, memory_growth, unique_name
-from deeprebirth.graph.geometry import canonical_axis, concat_axis, conv_geometry
 from deeprebirth.graph.dag import Graph, Node
+from deeprebirth.graph.geometry import canonical_axis, concat_axis, conv_geometry
 from deeprebirth.graph.kinds import ACTIVATIONS
 from deeprebirth.graph.model import Model
+from deeprebirth.transforms.edit import group_name, joined_name, memory_growth, unique_name
 from deeprebirth.transforms.rules.base import Change, Match, Rule
 
 

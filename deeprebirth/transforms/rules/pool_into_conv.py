@@ -19,10 +19,17 @@ Substructures are named after the pooling: the part of its name before the first
 """
 from __future__ import annotations
 
-from deeprebirth.transforms.edit import regenerate, remove_layers, unit_names
-from deeprebirth.graph.geometry import choose_pad, conv_geometry, fmt, pool_geometry, set_conv_stride_pad, stride_one_too_wide
 from deeprebirth.graph.dag import Graph, Node
+from deeprebirth.graph.geometry import (
+    choose_pad,
+    conv_geometry,
+    fmt,
+    pool_geometry,
+    set_conv_stride_pad,
+    stride_one_too_wide,
+)
 from deeprebirth.graph.model import Model
+from deeprebirth.transforms.edit import regenerate, remove_layers, unit_names
 from deeprebirth.transforms.rules.base import Change, Match, Rule
 
 

@@ -31,10 +31,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from deeprebirth.graph.model import Model
 from deeprebirth.errors import RebirthError
 from deeprebirth.graph.dag import Graph
 from deeprebirth.graph.geometry import canonical_axis, pool_geometry
+from deeprebirth.graph.model import Model
 from deeprebirth.transforms.edit import remove_layers
 from deeprebirth.transforms.rules.base import Change, Match, Rule
 

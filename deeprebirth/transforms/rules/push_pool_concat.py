@@ -18,10 +18,10 @@ pooling has one top, and the rewrite does not grow ``Graph.memory_bytes``.
 from __future__ import annotations
 
 from deeprebirth.caffe import proto as pb
-from deeprebirth.transforms.edit import memory_growth, unique_name
-from deeprebirth.graph.geometry import concat_axis
 from deeprebirth.graph.dag import Graph, Node
+from deeprebirth.graph.geometry import concat_axis
 from deeprebirth.graph.model import Model
+from deeprebirth.transforms.edit import memory_growth, unique_name
 from deeprebirth.transforms.rules.base import Change, Match, Rule
 
 
@@ -80,7 +80,7 @@ class PushPoolConcat(Rule):
         taken = {layer.name for layer in net.layer} | set(graph.shapes)
         layers = list(net.layer)
         new_pools = []
-        for i, b in enumerate(concat.layer.bottom):
+        for b in concat.layer.bottom:
             name = unique_name(f"{b}/{pool.name}", taken)   # keeps the block's name prefix
             layer = pb.LayerParameter()
             layer.CopyFrom(pool.layer)

@@ -29,12 +29,18 @@ Substructures are named after the head layer: the part of its name before the fi
 """
 from __future__ import annotations
 
-from deeprebirth.transforms.edit import regenerate, remove_layers, unit_names  # noqa: F401  (unit_names: tests import it here)
-from deeprebirth.graph.geometry import (choose_pad, conv_geometry, fmt, pool_geometry,  # noqa: F401  (choose_pad: likewise)
-                        set_conv_stride_pad, stride_one_too_wide)
 from deeprebirth.graph.dag import Graph, Node
+from deeprebirth.graph.geometry import (
+    choose_pad,
+    conv_geometry,
+    fmt,
+    pool_geometry,
+    set_conv_stride_pad,
+    stride_one_too_wide,
+)
 from deeprebirth.graph.kinds import ELEMENTWISE
 from deeprebirth.graph.model import Model
+from deeprebirth.transforms.edit import regenerate, remove_layers, unit_names
 from deeprebirth.transforms.rules.base import Change, Match, Rule
 
 POOL = "Pooling"

@@ -68,11 +68,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from deeprebirth.caffe import proto as pb
-from deeprebirth.transforms import vbmf
 from deeprebirth.errors import RebirthError
 from deeprebirth.graph.dag import Graph, Node
-from deeprebirth.graph.geometry import conv_geometry
 from deeprebirth.graph.model import Model
+from deeprebirth.transforms import vbmf
 from deeprebirth.transforms.rules.base import Change, Match, Rule, unique_name
 
 FALLBACK_RATIO = 0.5
