@@ -3,7 +3,9 @@
     python tests/cli/fuzz_driver.py CASES.json RESULTS.json [PARALLEL]
 
 CASES.json is a list of {"id", "args", "timeout"} (and optionally "interrupt": send SIGINT, or
-the signal named by "interrupt_signal", this many seconds after the start). This driver imports the package once and then
+the signal named by "interrupt_signal", this many seconds after the start; to the case's whole
+process group, as a terminal's Ctrl-C does, with "interrupt_group"). Each case is a process group of
+its own (its Caffe children with it). This driver imports the package once and then
 forks one child per case (a fresh process with the package already loaded: ~10 ms instead of a
 ~0.7 s interpreter start), whose stdout and stderr go to files. The child runs the CLI exactly as
 the `rebirth` script does: click's standalone mode, and an exception that escapes prints Python's
@@ -22,6 +24,7 @@ import traceback
 
 
 def _run_child(args: list[str], out_path: str, err_path: str) -> None:
+    os.setpgid(0, 0)     # a group of its own: a signal to the group reaches it and its children only
     out = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     err = os.open(err_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     os.dup2(out, 1)
@@ -44,6 +47,16 @@ def _run_child(args: list[str], out_path: str, err_path: str) -> None:
             os._exit(code)
 
 
+def _signal(pid: int, sig: int, group: bool = False) -> None:
+    try:
+        if group:
+            os.killpg(pid, sig)
+        else:
+            os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
 def main() -> None:
     cases = json.load(open(sys.argv[1]))
     parallel = int(sys.argv[3]) if len(sys.argv) > 3 else 2
@@ -59,6 +72,10 @@ def main() -> None:
             pid = os.fork()
             if pid == 0:
                 _run_child(case["args"], out, err)
+            try:
+                os.setpgid(pid, pid)    # also here, so that no signal can come before the child's own call
+            except OSError:
+                pass
             running[pid] = (case, time.monotonic(), out, err)
         pid, status = os.waitpid(-1, os.WNOHANG)
         if pid == 0:
@@ -66,10 +83,10 @@ def main() -> None:
             for p, (case, start, _, _) in list(running.items()):
                 if case.get("interrupt") is not None and now - start > case["interrupt"] and not case.get("sent"):
                     case["sent"] = True
-                    os.kill(p, getattr(signal, case.get("interrupt_signal", "SIGINT")))
+                    _signal(p, getattr(signal, case.get("interrupt_signal", "SIGINT")), case.get("interrupt_group"))
                 if now - start > case["timeout"] and not case.get("killed"):
                     case["killed"] = True
-                    os.kill(p, signal.SIGKILL)
+                    _signal(p, signal.SIGKILL, group=True)
             time.sleep(0.005)
             continue
         case, start, out, err = running.pop(pid)
