@@ -20,7 +20,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
         if not _numeric_warned:
             _numeric_warned.append(message)
             import os  # noqa: PLC0415
-            click.echo(f"rebirth: warning: numbers out of float range in the computation ({message}, at "
+            click.echo(f"rebirth: warning: a numeric problem in the computation ({message}, at "
                        f"{os.path.basename(filename)}:{lineno}); results may hold inf or NaN", err=True)
     else:
         _default_showwarning(message, category, filename, lineno, file, line)

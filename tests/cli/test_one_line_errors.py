@@ -134,7 +134,7 @@ def test_numpy_warnings_become_one_line():
         main.commands.pop("_probe_numpy")
     assert res.exit_code == 0
     lines = res.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("rebirth: warning: numbers out of float range"), res.output
+    assert len(lines) == 1 and lines[0].startswith("rebirth: warning: a numeric problem in the computation"), res.output
     assert "overflow encountered in cast" in lines[0] and "test_one_line_errors.py:" in lines[0]
 
 
