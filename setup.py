@@ -23,7 +23,7 @@ class BuildWithData(build_py):
                 shutil.copy2(f, builtin / f.name)
         proto_dir = pkg / "proto"
         shutil.copy2(ROOT / "proto" / "caffe.proto", proto_dir / "caffe.proto")
-        from grpc_tools import protoc
+        from grpc_tools import protoc  # noqa: PLC0415  (a build requirement, not a runtime one)
         rc = protoc.main(["protoc", f"-I{ROOT / 'proto'}", f"--descriptor_set_out={proto_dir / 'caffe.desc'}",
                           "caffe.proto"])
         if rc != 0:

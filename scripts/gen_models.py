@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Generate the built-in deploy prototxts: models/{googlenet,alexnet,resnet50,fmnist_googlenet,squeezenet,squeezenet11}.prototxt.
+"""Generate the built-in deploy prototxts:
+models/{googlenet,alexnet,resnet50,fmnist_googlenet,squeezenet,squeezenet11}.prototxt.
 
 Usage::
 

@@ -17,7 +17,6 @@ import tempfile
 from pathlib import Path
 
 import pytest
-
 from helpers import IN_CI, SHARED_MODELS
 
 
@@ -31,8 +30,8 @@ def _need(what: str, why: str):
 def caffe():
     os.environ.setdefault("GLOG_minloglevel", "2")
     try:
-        import caffe as _caffe  # noqa: PLC0415
-    except Exception as exc:  # ImportError, or a broken build
+        import caffe as _caffe
+    except Exception as exc:  # noqa: BLE001  (ImportError, or a broken build)
         _need("pycaffe", f"import caffe failed ({exc}); run `make caffe`")
     _caffe.set_mode_cpu()
     return _caffe

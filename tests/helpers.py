@@ -6,9 +6,8 @@ sub-folder, imports these as ``from helpers import ...``; no test imports anothe
 """
 from __future__ import annotations
 
-import re
-
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -18,9 +17,9 @@ from PIL import Image
 from deeprebirth.caffe import netio
 from deeprebirth.caffe import proto as pb
 from deeprebirth.caffe.phase import filter_phase
-from deeprebirth.graph.model import Model
 from deeprebirth.cli import main
 from deeprebirth.graph.dag import Graph
+from deeprebirth.graph.model import Model
 from deeprebirth.runtime import pycaffe
 from deeprebirth.runtime.devices.base import Device, Memory, Session
 
@@ -227,7 +226,7 @@ layer { name: "prob" type: "Softmax" bottom: "cat" top: "prob" }
 
 
 def write_lmdb(path: Path, records: dict[bytes, bytes]) -> None:
-    import lmdb  # noqa: PLC0415
+    import lmdb
     env = lmdb.open(str(path), map_size=1 << 24)
     with env.begin(write=True) as txn:
         for k, v in records.items():

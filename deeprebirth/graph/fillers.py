@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 
 
-
 def xavier(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
     """Caffe's "xavier" filler (variance_norm FAN_IN): uniform in [-a, a], a = sqrt(3 / fan_in),
     with fan_in = count / shape[0]."""

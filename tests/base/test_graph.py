@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import pytest
+from helpers import net_of
 
 from deeprebirth.caffe import netio
 from deeprebirth.errors import RebirthError
 from deeprebirth.graph.dag import Graph
 from deeprebirth.graph.geometry import conv_out, pool_out
-from deeprebirth.transforms.rules import branch
-from deeprebirth.transforms.rules import streamline
-from helpers import net_of
+from deeprebirth.transforms.rules import branch, streamline
 
 DIMS = (2, 3, 17, 17)   # the input of the small nets
 

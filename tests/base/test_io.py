@@ -47,7 +47,7 @@ def _write(tmp_path, name, text):
 def test_v1_layers_are_upgraded(tmp_path):
     net = netio.read_net(_write(tmp_path, "v1.prototxt", V1_NET))
     assert len(net.layers) == 0
-    assert [l.type for l in net.layer] == ["Convolution", "ReLU", "Pooling", "InnerProduct", "Softmax"]
+    assert [layer.type for layer in net.layer] == ["Convolution", "ReLU", "Pooling", "InnerProduct", "Softmax"]
     conv = net.layer[0]
     assert [p.lr_mult for p in conv.param] == [1, 2]
     assert [p.decay_mult for p in conv.param] == [1, 0]
@@ -58,8 +58,8 @@ def test_v1_upgrade_agrees_with_caffe(tmp_path, caffe):
     """Caffe upgrades the V1 file itself; our upgraded net must build the same blobs."""
     path = _write(tmp_path, "v1.prototxt", V1_NET)
     theirs = caffe.Net(str(path), caffe.TEST)
-    from deeprebirth.runtime.pycaffe import CaffeNet
     from deeprebirth.graph.dag import Graph
+    from deeprebirth.runtime.pycaffe import CaffeNet
     ours = netio.read_net(path)
     assert Graph(ours).shapes == {k: tuple(v.data.shape) for k, v in theirs.blobs.items()}
     assert CaffeNet(ours).blob_shapes() == Graph(ours).shapes
@@ -70,9 +70,9 @@ def test_phase_filtering_follows_netstaterules(tmp_path):
     train = filter_phase(net, pb.TRAIN)
     test = filter_phase(net, pb.TEST)
     staged = filter_phase(net, pb.TEST, stages=["extra"])
-    assert [l.name for l in train.layer] == ["train_data", "fc", "loss"]
-    assert [l.name for l in test.layer] == ["test_data", "fc", "loss", "acc"]
-    assert [l.name for l in staged.layer][-1] == "staged"
+    assert [layer.name for layer in train.layer] == ["train_data", "fc", "loss"]
+    assert [layer.name for layer in test.layer] == ["test_data", "fc", "loss", "acc"]
+    assert [layer.name for layer in staged.layer][-1] == "staged"
     assert phases_used(net) == {pb.TRAIN, pb.TEST}
 
 
@@ -81,7 +81,7 @@ def test_phase_filtering_agrees_with_caffe(tmp_path, caffe):
     net = netio.read_net(path)
     for phase, cphase in ((pb.TRAIN, caffe.TRAIN), (pb.TEST, caffe.TEST)):
         theirs = [n for n in caffe.Net(str(path), cphase)._layer_names]
-        ours = [l.name for l in filter_phase(net, phase).layer]
+        ours = [layer.name for layer in filter_phase(net, phase).layer]
         assert [n for n in theirs if "split" not in n] == ours
 
 

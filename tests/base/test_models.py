@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 from google.protobuf import text_format
+from helpers import ROOT
 
 from deeprebirth.caffe import proto as pb
 from deeprebirth.graph.model import BUILTIN
-from helpers import ROOT
 
 MODELS_DIR = ROOT / "models"
 GENERATOR = ROOT / "scripts" / "gen_models.py"
@@ -65,7 +65,7 @@ def normalized(layer):
 
 
 def signature(net):
-    return [(l.name, l.type, tuple(l.bottom), tuple(l.top)) for l in net.layer]
+    return [(layer.name, layer.type, tuple(layer.bottom), tuple(layer.top)) for layer in net.layer]
 
 
 def net_inputs(net):
@@ -142,11 +142,11 @@ def test_normalization_only_clears_non_computational_fields():
 ])
 def test_architecture_counts(name, n_conv, n_fc, n_layers):
     net = ours(name)
-    types = [l.type for l in net.layer]
+    types = [layer.type for layer in net.layer]
     assert types.count("Convolution") == n_conv
     assert types.count("InnerProduct") == n_fc
     assert len(net.layer) == n_layers
-    assert len({l.name for l in net.layer}) == len(net.layer)  # unique layer names
+    assert len({layer.name for layer in net.layer}) == len(net.layer)  # unique layer names
     assert types[-1] == "Softmax" and net.layer[-1].top[:] == ["prob"]
 
 

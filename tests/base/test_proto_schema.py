@@ -310,7 +310,7 @@ def _mismatch_report(actual: dict, expected: dict) -> list[str]:
 
 @pytest.mark.caffe
 def test_engine_schema_differs_from_ours_only_as_listed(caffe):
-    from caffe.proto import caffe_pb2  # noqa: PLC0415
+    from caffe.proto import caffe_pb2
 
     assert caffe_pb2.DESCRIPTOR.package == pb.FILE.package == "caffe"
     actual = schema_differences(pb.FILE, caffe_pb2.DESCRIPTOR)
@@ -340,7 +340,7 @@ def test_walker_reports_every_kind_of_difference():
     empty = schema_differences(pb.FILE, pb.FILE)
     assert not any(empty.values())
 
-    from google.protobuf import descriptor_pool  # noqa: PLC0415
+    from google.protobuf import descriptor_pool
 
     proto = descriptor_pb2.FileDescriptorProto()
     pb.FILE.CopyToProto(proto)

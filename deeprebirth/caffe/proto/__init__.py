@@ -28,7 +28,7 @@ DESCRIPTOR_FILE = _HERE / "caffe.desc"
 
 def compile_descriptor(proto_file: Path = PROTO_FILE, out: Path = DESCRIPTOR_FILE) -> Path:
     """Compile ``proto_file`` to a binary FileDescriptorSet at ``out`` (atomically)."""
-    from grpc_tools import protoc  # only needed when (re)compiling
+    from grpc_tools import protoc  # noqa: PLC0415  (only needed when (re)compiling)
 
     fd, tmp = tempfile.mkstemp(prefix=".caffe.desc.", dir=str(out.parent))
     os.close(fd)
