@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 
-.PHONY: install venv package caffe proto models test test-fast clean rebirth-time ncnn-host device-check device-ncnn \
+.PHONY: install venv package caffe proto models lint test test-fast clean rebirth-time ncnn-host device-check device-ncnn \
         results reproduce
 
 install: venv package caffe proto rebirth-time ncnn-host
@@ -81,7 +81,11 @@ reproduce:
 	OPENBLAS_NUM_THREADS=1 $(PY) scripts/reproduce/table3.py --work $(REPRODUCE_DIR)/table3
 	OPENBLAS_NUM_THREADS=1 $(PY) scripts/reproduce/speed.py --work $(REPRODUCE_DIR)/speed --runs 50
 
-test:
+# The linter (ruff; its settings are in pyproject.toml). `make test` runs it first.
+lint:
+	$(PY) -m ruff check .
+
+test: lint
 	$(PY) -m pytest -q tests
 
 # Everything but the tests marked slow (the fuzz run, the Table 3 pipeline, ...): under a minute.
