@@ -45,8 +45,6 @@ def _child(conn, workdir: str, with_progress: bool) -> None:
     arguments) from ``conn``, run it, send back one message. Ctrl-C is the parent's to handle
     (it kills the child): the child ignores SIGINT (``_start_deaf_to_ctrl_c``)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if hasattr(signal, "pthread_sigmask"):   # blocked while the parent started us (it may be inherited)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
     tempfile.tempdir = workdir
     os.environ["TMPDIR"] = workdir
     fd = os.open(os.path.join(workdir, STDERR_NAME), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
@@ -119,20 +117,28 @@ def _start_deaf_to_ctrl_c(proc) -> None:
     """Start ``proc`` with SIGINT ignored, so that the child never sees Ctrl-C (a terminal sends
     it to the whole process group) and prints no traceback of its own: an ignored signal stays
     ignored across the child's exec and Python keeps it so. The parent handles Ctrl-C (it kills
-    the child); one pressed during these few milliseconds of the start is lost. SIGTERM waits
-    (blocked) until the start is complete, so it never cuts the child's start in half."""
+    the child); one pressed during these few milliseconds of the start is lost. SIGTERM (and a
+    Ctrl-C that came just before) waits until the start is complete: raised inside the start, it
+    would leave a child running that nothing knows of. Then it is a KeyboardInterrupt."""
     import threading  # noqa: PLC0415
     if threading.current_thread() is not threading.main_thread():
         proc.start()
         return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM}) if hasattr(signal, "pthread_sigmask") else None
+    deferred: list[int] = []
+
+    def defer(signum, frame):
+        deferred.append(signum)
+
+    old_int = signal.signal(signal.SIGINT, defer)   # a signal that came already is handled here
+    old_term = signal.signal(signal.SIGTERM, defer)
     try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         proc.start()
     finally:
-        signal.signal(signal.SIGINT, previous)
-        if mask is not None:
-            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        signal.signal(signal.SIGINT, old_int)
+        signal.signal(signal.SIGTERM, old_term)
+    if deferred:
+        raise KeyboardInterrupt
 
 
 def _interrupted(outcome: tuple | None, exitcode: int | None) -> bool:
@@ -152,15 +158,16 @@ def call(fn: Callable, *args, what: str = "Caffe", timeout: float | None = None,
     ``progress=`` callable whose calls reach ``progress`` here."""
     ctx = mp.get_context("spawn")
     workdir = tempfile.mkdtemp(prefix="deeprebirth-child-")
-    stderr_path = os.path.join(workdir, STDERR_NAME)
-    open(stderr_path, "wb").close()
-    # The work goes down the pipe after the start, not as the process's arguments: spawn writes
-    # those while it still holds the read end itself, so a child that dies early would leave that
-    # write (of a model's weights, megabytes) blocked for ever. Through the pipe, whose other end
-    # only the child holds, a dead child is a broken pipe.
-    parent, child = ctx.Pipe()
-    proc = ctx.Process(target=_child, args=(child, workdir, progress is not None), daemon=True)
+    parent = proc = None
     try:
+        stderr_path = os.path.join(workdir, STDERR_NAME)
+        open(stderr_path, "wb").close()
+        # The work goes down the pipe after the start, not as the process's arguments: spawn writes
+        # those while it still holds the read end itself, so a child that dies early would leave
+        # that write (of a model's weights, megabytes) blocked for ever. Through the pipe, whose
+        # other end only the child holds, a dead child is a broken pipe.
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(target=_child, args=(child, workdir, progress is not None), daemon=True)
         _start_deaf_to_ctrl_c(proc)
         child.close()
         try:
@@ -196,12 +203,13 @@ def call(fn: Callable, *args, what: str = "Caffe", timeout: float | None = None,
             raise RebirthError(f"{what} aborted: {reason}")
         raise RebirthError(f"{what} {_describe_exit(proc.exitcode)} (no Caffe message)")
     except KeyboardInterrupt:
-        if proc.pid is not None:    # started (an interruption may come before)
+        if proc is not None and proc.pid is not None:    # started (an interruption may come before)
             proc.kill()
         raise
     finally:
-        if proc.is_alive():
+        if proc is not None and proc.is_alive():
             proc.kill()
             proc.join()
-        parent.close()
+        if parent is not None:
+            parent.close()
         shutil.rmtree(workdir, ignore_errors=True)

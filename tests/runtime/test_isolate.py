@@ -146,3 +146,30 @@ def test_ctrl_c_is_the_parent_s_and_a_child_killed_from_outside_is_an_interrupti
     assert isolate.call(sigint_disposition) is True
     with pytest.raises(KeyboardInterrupt):
         isolate.call(terminate_self)
+
+
+def test_a_signal_during_the_start_waits_until_the_child_is_known():
+    """SIGTERM (the cli raises KeyboardInterrupt for it) arriving while the child starts is raised
+    once the start is complete, so the child is known and killed, never left running; the child
+    starts with SIGINT ignored."""
+    import signal
+
+    def like_the_cli(signum, frame):
+        raise KeyboardInterrupt
+
+    seen = []
+
+    class Starting:
+        def start(self):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.01)                    # the handler would run here, in the middle
+            seen.append(signal.getsignal(signal.SIGINT))
+
+    previous = signal.signal(signal.SIGTERM, like_the_cli)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            isolate._start_deaf_to_ctrl_c(Starting())
+        assert signal.getsignal(signal.SIGTERM) is like_the_cli
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert seen == [signal.SIG_IGN]
