@@ -277,6 +277,9 @@ def eval_text(result: dict) -> str:
             lines.append(f"  {key:<13} {100 * result[key]:.2f} %")
     if "kl" in result:
         lines.append(f"  {'kl':<13} {result['kl']:.5f} nats (mean KL(teacher || model))")
+    if result.get("rel_error") is not None:
+        lines.append(f"  {'rel_error':<13} {result['rel_error']:.4f} (||model - teacher|| / ||teacher|| of the "
+                     "output, pooled over the images)")
     lines.append(f"  ({result['seconds']:.1f} s)")
     return "\n".join(lines)
 
@@ -305,11 +308,16 @@ def finetune_text(result: dict) -> str:
         lines.append(f"stopped by {stopped['signal']} at iteration {stopped['iteration']}: weights, finetune.json "
                      "and a snapshot written")
     if result["snapshots"]:
-        target = f" --iters {result['iterations']}" if stopped else " --iters N"
-        lines.append(f"resume with: rebirth finetune {shlex.quote(result['slim_dir'])} --train "
-                     f"{shlex.quote(result['train'])}{_run_settings(result)} --resume "
-                     f"{shlex.quote(result['snapshots'][-1])} -o {shlex.quote(result['outdir'])}{target}")
+        lines.append(resume_line(result, stopped["target"] if stopped else "N"))
     return "\n".join(lines)
+
+
+def resume_line(result: dict, target: int | str = "N") -> str:
+    """The command that continues the run of ``result`` (finetune.json) from its last snapshot to
+    iteration ``target``, with the settings a snapshot does not hold."""
+    return (f"resume with: rebirth finetune {shlex.quote(result['slim_dir'])} --train {shlex.quote(result['train'])}"
+            f"{_run_settings(result)} --resume {shlex.quote(result['snapshots'][-1])} "
+            f"-o {shlex.quote(result['outdir'])} --iters {target}")
 
 
 def _run_settings(result: dict) -> str:
