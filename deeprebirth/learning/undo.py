@@ -23,13 +23,15 @@ from deeprebirth.errors import RebirthError
 def removed_if_interrupted(folder: str | os.PathLike, names: Iterable[str]):
     """Around a command that makes the output folder ``folder`` or adds ``names`` (file names or
     patterns, ``finetune_iter_*``) to it: when a KeyboardInterrupt ends the command, the folder is
-    removed when it was not there before; else every entry of it that was not there before and
-    matches ``names`` (or is the temporary file of an atomic write) is removed and its marker is
-    put back as it was. What was there before stays (a file replaced in the meantime stays
-    replaced)."""
+    removed when it was not there before (with the parents the command made for it); else every
+    entry of it that was not there before and matches ``names`` (or is the temporary file of an
+    atomic write) is removed and its marker is put back as it was. What was there before stays (a
+    file replaced in the meantime stays replaced)."""
     folder = Path(folder)
     names = list(names)
     existed = folder.is_dir()
+    # the outermost folder that is not there yet: `-o new/sub` makes new/ too, and it goes as well
+    made = next((p for p in [*reversed(folder.parents), folder] if not p.exists()), None)
     before = set(os.listdir(folder)) if existed else set()
     marker = folder / outputs.MARKER
     marker_text = marker.read_bytes() if marker.is_file() else None
@@ -37,7 +39,7 @@ def removed_if_interrupted(folder: str | os.PathLike, names: Iterable[str]):
         yield
     except KeyboardInterrupt:
         if not existed:
-            shutil.rmtree(folder, ignore_errors=True)
+            shutil.rmtree(made if made is not None else folder, ignore_errors=True)
         elif folder.is_dir():
             _remove_new(folder, before, names)
             with contextlib.suppress(OSError, RebirthError):
