@@ -28,7 +28,7 @@ Input batch sizes follow the upstream deploy files (10 for GoogLeNet and AlexNet
 ResNet-50, which also uses the net-level ``input:`` form instead of an ``Input`` layer).
 
 * fmnist_googlenet: ours, GoogLeNet's shape at a quarter of its width for Fashion-MNIST (see
-  ``build_fmnist_googlenet``), the teacher of scripts/reproduce_table3.py.
+  ``build_fmnist_googlenet``), the teacher of scripts/reproduce/table3.py.
 """
 from __future__ import annotations
 
@@ -222,7 +222,7 @@ def build_googlenet():
 # --------------------------------------------------------------------------- Fashion-MNIST GoogLeNet
 
 # GoogLeNet's channel counts divided by 4 (rounded down, at least 4): the teacher of the Table 3
-# reproduction on Fashion-MNIST (scripts/reproduce_table3.py), small enough to train on 2 CPU cores.
+# reproduction on Fashion-MNIST (scripts/reproduce/table3.py), small enough to train on 2 CPU cores.
 FMNIST_WIDTH_DIVISOR = 4
 FMNIST_INPUT = 64      # Fashion-MNIST's 28x28 images are resized to 64x64 (Pillow, bilinear)
 FMNIST_CLASSES = 10

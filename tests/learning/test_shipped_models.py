@@ -1,4 +1,4 @@
-"""The nets of the README's Table 3 shipped in models/ (scripts/reproduce_table3.py --ship): each
+"""The nets of the README's Table 3 shipped in models/ (scripts/reproduce/table3.py --ship): each
 folder is a MODEL for `rebirth eval` and `rebirth bench` (deploy, weights, the train_val whose TEST
 layer is the preprocessing), and classifies as its README says (checked on the first 1,000 test
 images, within 3 points: the README's number is over all 10,000)."""

@@ -265,7 +265,7 @@ def test_layers_added_by_an_exact_rewrite_keep_their_weights_and_rate():
 
 
 def test_scratch_body_sets_fillers_and_multipliers():
-    """trainfiles.scratch_body: what train_teachers.py and reproduce_table3.py train from scratch."""
+    """trainfiles.scratch_body: what scripts/reproduce/teachers.py trains from scratch."""
     from deeprebirth.caffe import netio as _netio
     from deeprebirth.transforms import trainfiles as _tf
     deploy = _netio.parse_net_text("""name: "s"
