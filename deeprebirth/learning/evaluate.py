@@ -9,7 +9,10 @@ or logits rank the classes the same, so top-k is read from either. With labels: 
 (k = 5, or the number of classes when fewer). With a teacher: top-1 agreement (the two nets'
 argmax equal) and the mean over images of KL(teacher || model) = sum_c p_t(c) (log p_t(c) - log p(c))
 on softmax probabilities, in nats; log-probabilities come from the logits (the bottom of an output
-Softmax) when the net has them, so no probability is clipped.
+Softmax) when the net has them, so no probability is clipped. Also with a teacher: the relative
+output error ||model - teacher|| / ||teacher|| over the output blob, pooled over the images
+(``relative_error``), and a warning when the teacher gives every image the same class
+(``one_class_warning``: agreement with it then tells nothing).
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from typing import Callable
 
 import numpy as np
 
+from deeprebirth import errors
 from deeprebirth.caffe import builtin, folders
 from deeprebirth.errors import RebirthError
 from deeprebirth.graph.model import Model, load_model
@@ -162,6 +166,8 @@ class Meter:
         self.agree = 0
         self.kl = 0.0
         self.k = TOP_K
+        self.diff2 = self.ref2 = 0.0     # sums of squares: model - teacher, and teacher (relative_error)
+        self.t_counts = np.zeros(0, dtype=np.int64)   # images per teacher top-1 class
 
     def add(self, scores, logp, labels=None, t_scores=None, t_logp=None):
         self.n += len(scores)
@@ -175,6 +181,13 @@ class Meter:
         if t_scores is not None:
             self.agree += int((scores.argmax(axis=1) == t_scores.argmax(axis=1)).sum())
             self.kl += float((np.exp(t_logp) * (t_logp - logp)).sum())
+            diff = np.asarray(scores, dtype=np.float64) - np.asarray(t_scores, dtype=np.float64)
+            self.diff2 += float((diff * diff).sum())
+            self.ref2 += float(np.square(np.asarray(t_scores, dtype=np.float64)).sum())
+            counts = np.bincount(t_scores.argmax(axis=1), minlength=t_scores.shape[1])
+            if len(self.t_counts) < len(counts):
+                self.t_counts = np.pad(self.t_counts, (0, len(counts) - len(self.t_counts)))
+            self.t_counts[:len(counts)] += counts
 
     def result(self, labels: bool, teacher: bool) -> dict:
         """"top5" counts the label among the ``top_k`` = min(5, classes) highest scores."""
@@ -188,7 +201,45 @@ class Meter:
                 out["teacher_top5"] = self.t_topk / self.n
             out["agreement"] = self.agree / self.n
             out["kl"] = self.kl / self.n
+            out["rel_error"] = pooled_relative_error(self.diff2, self.ref2)
+            out["teacher_classes"] = int(np.count_nonzero(self.t_counts))
+            one = one_class_warning(self.t_counts)
+            out["warnings"] = [one] if one else []
         return out
+
+
+def pooled_relative_error(diff2: float, ref2: float) -> float | None:
+    """sqrt(``diff2`` / ``ref2``), the sums of squares of (model - teacher) and of the teacher;
+    None when the teacher's outputs are all zero (nothing to be relative to)."""
+    if ref2 > 0:
+        return float(np.sqrt(diff2 / ref2))
+    return 0.0 if diff2 == 0 else None
+
+
+def relative_error(scores: np.ndarray, t_scores: np.ndarray) -> float | None:
+    """The relative output error of a model against its teacher, pooled over the images:
+    ||S - T|| / ||T|| with S, T the two nets' output blobs (N x K, one row per image) and ||.||
+    the Frobenius norm over all images at once, i.e. sqrt(sum_i ||s_i - t_i||^2 / sum_i ||t_i||^2),
+    not a mean of per-image ratios (an image whose teacher output is near zero would dominate
+    that). 0 for identical outputs; None when the teacher's outputs are all zero. ``eval
+    --teacher`` reports it as ``rel_error``, accumulated batch by batch (Meter)."""
+    s = np.asarray(scores, dtype=np.float64)
+    t = np.asarray(t_scores, dtype=np.float64)
+    return pooled_relative_error(float(np.square(s - t).sum()), float(np.square(t).sum()))
+
+
+def one_class_warning(counts: np.ndarray) -> str | None:
+    """A warning when the teacher gave every image (two or more) the same top-1 class, from its
+    images per class ``counts``: agreement with such a teacher (and KL, top-1 against it) tells
+    nothing about the model beyond that one class; None otherwise."""
+    counts = np.asarray(counts)
+    n = int(counts.sum())
+    if n < 2 or np.count_nonzero(counts) != 1:
+        return None
+    cls = int(np.flatnonzero(counts)[0])
+    return (f"the teacher gives class {cls} to every one of the {n:,} images: agreement with it proves nothing "
+            "about the model (evaluate on images of more than one class, or check the teacher's weights and "
+            "preprocessing)")
 
 
 def evaluate(net, weights, source: data.Source, pre: preprocess.Preprocess, batch: int = 50, teacher=None,
@@ -205,8 +256,11 @@ def evaluate(net, weights, source: data.Source, pre: preprocess.Preprocess, batc
     student = Runner.build(load(net, weights))
     tutor = (Runner.build(load(teacher, teacher_weights, "{opt:teacher}", "{opt:teacher_weights}"))
              if teacher is not None else None)
-    return run_evaluation(student, source, pre, batch=batch, teacher=tutor, limit=limit, progress=progress,
-                          teacher_pre=teacher_pre)
+    result = run_evaluation(student, source, pre, batch=batch, teacher=tutor, limit=limit, progress=progress,
+                            teacher_pre=teacher_pre)
+    for message in result.get("warnings", []):
+        errors.warn(message)
+    return result
 
 
 def run_evaluation(student: Runner, source: data.Source, pre: preprocess.Preprocess, batch: int = 50,
@@ -254,7 +308,9 @@ def evaluate_command(model, weights, source_spec: str, teacher=None, teacher_wei
                      mean=None, scale=None, batch: int = 50, limit: int | None = None,
                      progress: Callable[[int], object] | None = None) -> dict:
     """What `rebirth eval` does, as one call that `engine.isolate.call` runs in a child process (so a
-    Caffe CHECK failure is a one-line error): ``progress(n)`` after every batch of n images."""
+    Caffe CHECK failure is a one-line error): ``progress(n)`` after every batch of n images. The
+    result's ``warnings`` are not issued here (the child's would not reach the user): the caller
+    issues them (errors.warn)."""
     source = data.open_source(source_spec, limit=limit)
     student = Runner.build(load(model, weights))
     train_val = train_val or preprocess.default_train_val(model)
