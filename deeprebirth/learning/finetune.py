@@ -66,6 +66,7 @@ class Options:
     teacher: str | None = None           # with distill: this model instead of the one SLIM_DIR names
     teacher_weights: str | None = None   # the teacher's .caffemodel
     seed: int = 0                        # Caffe's random_seed, the image order and augmentation
+    holdout: bool = True                 # without val: validate on images held out of train (sources.hold_out)
     force: bool = False                  # write beside files in the output folder rebirth did not write
 
 
@@ -112,6 +113,7 @@ class _Setup:
     val_pre: "preprocess.Preprocess"
     notes: list[str]
     restore: bytes | None = None         # the resumed snapshot naming the weights beside it (check_solverstate)
+    heldout: bool = False                # the validation images are held out of the training source
     safe: sv.SafeSettings = field(default_factory=sv.SafeSettings)
 
     @property
@@ -121,7 +123,8 @@ class _Setup:
     def validation(self, val: "data.Source | None") -> kp.Validation:
         start = self.start_weights or self.opt.resume or self.sd.init_weights
         return kp.Validation(self.val_runner, self.val_pre, val, self.teacher, self.tn.classes, start,
-                             self.opt.val_limit, self.opt.val_batch)
+                             self.opt.val_limit, self.opt.val_batch,
+                             val_what="held-out" if self.heldout else "{opt:val}")
 
 
 @dataclass
@@ -147,9 +150,13 @@ def finetune(slim_dir, train: data.Source, val: data.Source | None = None, outdi
     finetune.json spells them by ``name_of`` (the cli: its flags; default: their names)."""
     opt = options or Options()
     _check_options(opt)
+    given = train
+    train, val, heldout, split_note = _hold_out(train, opt) if val is None else (train, val, None, None)
     if opt.distill and not opt.with_labels:   # label-free: a labelled source's labels are hidden, also from val
         train, val = data.unlabelled(train), data.unlabelled(val)
     st = _setup(slim_dir, train, val, outdir, opt)
+    st.notes += [split_note] if split_note else []
+    st.heldout = heldout is not None
     with outputs.claimed_dir(st.outdir, OUTPUT_FILES, [p for p in (st.start_weights, opt.resume) if p], opt.force):
         if log is not None:
             for note in st.notes:
@@ -169,10 +176,33 @@ def finetune(slim_dir, train: data.Source, val: data.Source | None = None, outdi
         best = run.validator.best_record(run.last, st.notes)
         result = _record(st, train, val, sparam, run, started)
         result["best"] = best
+        result["heldout"] = heldout
+        if heldout is not None:   # what a resume or a second run is given: they split it alike
+            result["train"], result["val"] = given.name, None
         _write_outputs(st, run.solver, result, run.validator.best_weights(run.last), name_of)
         outputs.record_files(st.outdir, [*OUTPUT_FILES, *(Path(p).name for p in run.snapshots),
                                          *(Path(p).name.replace(".solverstate", ".caffemodel") for p in run.snapshots)])
         return result
+
+
+def _hold_out(train: data.Source, opt: Options) -> tuple[data.Source, data.Source | None, dict | None, str | None]:
+    """Without validation images: (training images, held-out images, their record for
+    finetune.json, a note), the held-out images the last of ``train`` (sources.hold_out), validated
+    on as ``val`` would be; a source too small to split is trained on whole (no held-out images,
+    a note says so)."""
+    if not opt.holdout:
+        return train, None, None, None
+    part, held = data.hold_out(train)
+    if held is None:
+        return train, None, None, (f"{len(train):,} training images are too few to hold some out for validation "
+                                   f"(a split takes {data.HOLDOUT_MIN * data.HOLDOUT_SHARE:,} or more): all are "
+                                   "trained on and none validated on")
+    record = {"source": held.name, "images": len(held), "train": part.name, "train_images": len(part),
+              "of": train.name}
+    note = (f"without {{opt:val}}, the last {len(held):,} of the {len(train):,} training images are held out and "
+            f"validated on as {{opt:val}} would be (the best weights are kept, never below the start): "
+            f"{held.name}; training reads {part.name}")
+    return part, held, record, note
 
 
 def _check_options(opt: Options) -> None:

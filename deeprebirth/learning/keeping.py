@@ -77,6 +77,7 @@ class Validation:
     start: str | None                    # the start weights (named when they are blind to the input)
     limit: int | None = None
     batch: int = 50
+    val_what: str = "{opt:val}"          # what the validation images are called in messages ("held-out")
 
 
 class Validator:
@@ -101,7 +102,7 @@ class Validator:
         if self.val is not None:
             runner = self._runner_now()
             if it == self.first and not self.history[self.first_record:]:
-                self._check_input_blind(runner, self.val, "{opt:val}")
+                self._check_input_blind(runner, self.val, self.check.val_what)
             c = self.check
             res = ev.run_evaluation(runner, self.val, c.pre, batch=c.batch, teacher=c.teacher, limit=c.limit)
             for key in ("top1", "top5", "agreement", "kl"):

@@ -11,8 +11,9 @@ Two steps, neither of which reads a label (a folder of unlabelled images is enou
 2. ``finetune`` with ``distill`` (deeprebirth.learning.finetune): the whole net, from the re-learned
    weights, against the teacher's logits on the same images (EuclideanLoss), which removes the
    error that accumulated through the net. It runs with finetune's safe defaults (regenerated
-   layers at lr_mult 1, warm-up, clipped gradients, a diverging run restarted at a lower rate) and,
-   with ``val``, keeps the weights that agree best with the teacher (keeping.kept_iteration).
+   layers at lr_mult 1, warm-up, clipped gradients, a diverging run restarted at a lower rate) and
+   keeps the weights that agree best with the teacher (keeping.kept_iteration) on ``val``, or
+   without it on the last images of ``images``, held out of both steps (sources.hold_out).
 
 OUTDIR gets ``relearn/`` (relearn's weights.caffemodel and relearn.json), then weights.caffemodel,
 deploy.prototxt and finetune.json from the distillation, and recover.json (both steps' summaries).
@@ -76,17 +77,25 @@ def recover(slim_dir: str | os.PathLike, images: str, val: str | None = None,
     # recover.json once that is written (the distillation's claim finds relearn/ by its own marker).
     with undo.removed_if_interrupted(out, OUTPUT_NAMES), \
             outputs.claimed_dir(out, ["recover.json", *ft.OUTPUT_FILES], [sd.path / "deploy.prototxt"]):
-        relearned = rl.relearn_dir(sd.path, images, out / "relearn", options=relearn_options,
-                                   progress=_unit_ticks(progress))
+        relearned = rl.relearn_dir(sd.path, _relearn_images(images, train, val_source, distill), out / "relearn",
+                                   options=relearn_options, progress=_unit_ticks(progress))
         outputs.record_files(out, ["relearn"])
         name_of = (lambda name: flags.get(name, name)) if flags else str
         tuned = ft.finetune(sd, train, val_source, out, distill, progress=progress, log=log, name_of=name_of)
         doc = {"slim_dir": str(sd.path), "images": train.name, "val": val_source.name if val_source else None,
-               "labels_read": False, "relearn": relearned, "finetune": tuned,
+               "heldout": tuned.get("heldout"), "labels_read": False, "relearn": relearned, "finetune": tuned,
                "weights": str(out / "weights.caffemodel")}
         outputs.atomic_write(out / "recover.json", errors.render(json.dumps(doc, indent=2), name_of) + "\n")
         outputs.record_files(out, ["recover.json"])
         return doc
+
+
+def _relearn_images(images: str, train: data.Source, val: data.Source | None, distill: ft.Options) -> str:
+    """The SOURCE relearn reads: ``images`` (opened: ``train``), without the images the distillation holds out for
+    validation when no ``val`` is given (finetune splits ``train`` the same way, sources.hold_out),
+    so neither step learns from the images the kept weights are chosen on."""
+    part, held = data.hold_out(train) if val is None and distill.holdout else (train, None)
+    return part.name if held is not None else images
 
 
 def _unit_ticks(progress):

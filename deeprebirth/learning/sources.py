@@ -386,6 +386,62 @@ def unlabelled(source: Source | None) -> Source | None:
     return Unlabelled(source)
 
 
+# ============================================================================================
+# A validation slice held out of a training source
+
+HOLDOUT_MAX = 2000       # held-out images at most (Table 3's validation set)
+HOLDOUT_FRACTION = 10    # a tenth of the source ...
+HOLDOUT_MIN = 300        # ... but no fewer than this (the standard error of 80 % on 300 images is 2.3 pt)
+HOLDOUT_SHARE = 4        # and never more than a quarter of it: a source under 1,200 images is not split
+
+
+def holdout_size(n: int) -> int:
+    """How many of ``n`` training images to hold out for validation: min(HOLDOUT_MAX, n / 10), at
+    least HOLDOUT_MIN; 0 (no split) when that would take more than a quarter of them."""
+    held = min(HOLDOUT_MAX, max(n // HOLDOUT_FRACTION, HOLDOUT_MIN))
+    return held if held * HOLDOUT_SHARE <= n else 0
+
+
+def subset_spec(source: Source, positions: range) -> str | None:
+    """The SOURCE string that opens the images at ``positions`` of ``source`` (its root's name with
+    a ``[start:stop]`` suffix, slices of slices composed), or None when ``source`` is not one that
+    ``open_source`` makes (a caller's own Source class, a subset by a list of indices)."""
+    while True:
+        if isinstance(source, Unlabelled):
+            source = source.base
+        elif isinstance(source, Subset) and isinstance(source.indices, range):
+            positions = source.indices[positions.start:positions.stop:positions.step]
+            source = source.base
+        elif isinstance(source, (ImageFolder, ListFile, LmdbSource, FashionMnist)):
+            step = f":{positions.step}" if positions.step != 1 else ""
+            return f"{source.name}[{positions.start}:{positions.stop}{step}]"
+        else:
+            return None
+
+
+def _positions(source: Source, positions: range, what: str) -> Subset:
+    spec = subset_spec(source, positions)
+    if isinstance(source, Subset) and isinstance(source.indices, range):   # one level, not a chain
+        return Subset(source.base, source.indices[positions.start:positions.stop], spec or f"{source.name} ({what})")
+    return Subset(source, positions, spec or f"{source.name} ({what})")
+
+
+def hold_out(source: Source) -> tuple[Source, Source | None]:
+    """``source`` split into (training images, held-out images): the last ``holdout_size`` images
+    are held out, always the same ones (the source's own order, no shuffle), so a resumed run and a
+    second command split alike. Each part is named by the SOURCE that opens it, when there is one
+    (``fashion-mnist:train[:5000]`` -> ``fashion-mnist:train[0:4500]`` and
+    ``fashion-mnist:train[4500:5000]``), so the held-out part can be given as a validation source
+    by hand. A source too small to split comes back whole, with None."""
+    n = len(source)
+    held = holdout_size(n)
+    if not held:
+        return source, None
+    cut = n - held
+    return (_positions(source, range(cut), f"its first {cut:,} images"),
+            _positions(source, range(cut, n), f"its last {held:,} images"))
+
+
 _SLICE = re.compile(r"^(.*)\[(-?\d*):(-?\d*)(?::(-?\d*))?\]$")
 
 
