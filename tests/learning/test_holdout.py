@@ -204,3 +204,21 @@ def test_eval_teacher_reports_the_relative_error_and_warns_of_a_one_class_teache
               "--teacher-weights", d / "tiny.caffemodel", *common[:-1])
     assert res.exit_code == 0, res.output
     assert "rel_error     0.0000 (||model - teacher|| / ||teacher||" in res.stdout
+
+
+@pytest.mark.caffe
+@pytest.mark.slow
+def test_recover_without_val_holds_the_images_out_of_both_steps(slimmed, tmp_path):
+    d = slimmed
+    out = tmp_path / "rec"
+    res = run("recover", d / "slim", "--images", d / "big.txt", "--iters", 4, "--relearn-iters", 2, "--count", 16,
+              "-o", out, "--json")
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    held = f"{d / 'big.txt'}[900:1200]"
+    assert doc["val"] is None and doc["heldout"]["source"] == held and doc["finetune"]["heldout"] == doc["heldout"]
+    assert doc["relearn"]["source"] == f"{d / 'big.txt'}[0:900]"      # relearn never sees the held-out images
+    hist = doc["finetune"]["history"]
+    assert "val_agreement" in hist[0] and "val_top1" not in hist[0]   # label-free, also on held-out images
+    assert doc["finetune"]["best"]["val_agreement"] >= hist[0]["val_agreement"]
+    assert held in json.loads((out / "recover.json").read_text())["heldout"]["source"]
