@@ -187,7 +187,7 @@ def finetune(slim_dir, train: data.Source, val: data.Source | None = None, outdi
 
 def _hold_out(train: data.Source, opt: Options) -> tuple[data.Source, data.Source | None, dict | None, str | None]:
     """Without validation images: (training images, held-out images, their record for
-    finetune.json, a note), the held-out images the last of ``train`` (sources.hold_out), validated
+    finetune.json, a note), the held-out images spread over ``train`` (sources.hold_out), validated
     on as ``val`` would be; a source too small to split is trained on whole (no held-out images,
     a note says so)."""
     if not opt.holdout:
@@ -199,9 +199,9 @@ def _hold_out(train: data.Source, opt: Options) -> tuple[data.Source, data.Sourc
                                    "trained on and none validated on")
     record = {"source": held.name, "images": len(held), "train": part.name, "train_images": len(part),
               "of": train.name}
-    note = (f"without {{opt:val}}, the last {len(held):,} of the {len(train):,} training images are held out and "
-            f"validated on as {{opt:val}} would be (the best weights are kept, never below the start): "
-            f"{held.name}; training reads {part.name}")
+    note = (f"without {{opt:val}}, {len(held):,} of the {len(train):,} training images (every "
+            f"{len(train) // len(held)}th) are held out and validated on as {{opt:val}} would be (the best weights "
+            f"are kept, never below the start): {held.name}; training reads the other {len(part):,}")
     return part, held, record, note
 
 

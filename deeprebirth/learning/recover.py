@@ -90,12 +90,13 @@ def recover(slim_dir: str | os.PathLike, images: str, val: str | None = None,
         return doc
 
 
-def _relearn_images(images: str, train: data.Source, val: data.Source | None, distill: ft.Options) -> str:
-    """The SOURCE relearn reads: ``images`` (opened: ``train``), without the images the distillation holds out for
-    validation when no ``val`` is given (finetune splits ``train`` the same way, sources.hold_out),
-    so neither step learns from the images the kept weights are chosen on."""
+def _relearn_images(images: str, train: data.Source, val: data.Source | None,
+                    distill: ft.Options) -> "str | data.Source":
+    """What relearn reads: ``images`` (opened: ``train``), without the images the distillation
+    holds out for validation when no ``val`` is given (finetune splits ``train`` the same way,
+    sources.hold_out), so neither step learns from the images the kept weights are chosen on."""
     part, held = data.hold_out(train) if val is None and distill.holdout else (train, None)
-    return part.name if held is not None else images
+    return part if held is not None else images
 
 
 def _unit_ticks(progress):

@@ -54,7 +54,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
@@ -68,6 +68,9 @@ from deeprebirth.learning import preprocess, undo
 from deeprebirth.learning.lstsq import patches, prune_filters, r_squared, relative_error, solve_linear
 from deeprebirth.transforms import trainfiles
 from deeprebirth.transforms.relearn_plan import Unit, selected_units
+
+if TYPE_CHECKING:
+    from deeprebirth.learning import sources
 
 OUTPUT_FILES = ("weights.caffemodel", "relearn.json")
 """What relearn writes into its output folder (besides the marker)."""
@@ -515,13 +518,15 @@ def output_dir(slim_dir: str | os.PathLike, outdir: str | os.PathLike | None = N
     return Path(outdir) if outdir else Path(slim_dir)
 
 
-def relearn_dir(slim_dir: str | os.PathLike, source_spec: str, outdir: str | os.PathLike | None = None,
-                weights: str | os.PathLike | None = None, teacher: str | os.PathLike | None = None,
+def relearn_dir(slim_dir: str | os.PathLike, source_spec: "str | sources.Source",
+                outdir: str | os.PathLike | None = None, weights: str | os.PathLike | None = None,
+                teacher: str | os.PathLike | None = None,
                 teacher_weights: str | os.PathLike | None = None, train_val: str | os.PathLike | None = None,
                 options: Options | None = None, progress: Callable | None = None, force: bool = False) -> dict:
     """`rebirth relearn` as a library call: everything read and checked first, then re-learned, then
     OUTDIR/weights.caffemodel and OUTDIR/relearn.json written (atomically, never over an input).
-    Interrupted (Ctrl-C), it leaves nothing it made (undo.removed_if_interrupted)."""
+    Interrupted (Ctrl-C), it leaves nothing it made (undo.removed_if_interrupted). ``source_spec``:
+    a SOURCE, or a Source already opened (recover's images without those it holds out)."""
     from deeprebirth.learning import sources as data  # noqa: PLC0415
 
     opt = options or Options()
@@ -568,7 +573,7 @@ def relearn_dir(slim_dir: str | os.PathLike, source_spec: str, outdir: str | os.
     out = output_dir(slim_dir, outdir)
     with undo.removed_if_interrupted(out, OUTPUT_FILES), outputs.claimed_dir(out, OUTPUT_FILES, inputs, force):
         pre = preprocess_for(slim_dir, deploy, train_val)
-        source = data.open_source(source_spec)
+        source = source_spec if isinstance(source_spec, data.Source) else data.open_source(source_spec)
         train, held = load_images(source, pre, opt.train_images, opt.heldout_images, opt.seed)
         if 0 < len(train) < opt.batch:   # fewer images than a batch (a small SOURCE or --count): one batch of all
             opt = dataclasses.replace(opt, batch=len(train))

@@ -422,24 +422,28 @@ def subset_spec(source: Source, positions: range) -> str | None:
 def _positions(source: Source, positions: range, what: str) -> Subset:
     spec = subset_spec(source, positions)
     if isinstance(source, Subset) and isinstance(source.indices, range):   # one level, not a chain
-        return Subset(source.base, source.indices[positions.start:positions.stop], spec or f"{source.name} ({what})")
+        positions = source.indices[positions.start:positions.stop:positions.step]
+        return Subset(source.base, positions, spec or f"{source.name} ({what})")
     return Subset(source, positions, spec or f"{source.name} ({what})")
 
 
 def hold_out(source: Source) -> tuple[Source, Source | None]:
-    """``source`` split into (training images, held-out images): the last ``holdout_size`` images
-    are held out, always the same ones (the source's own order, no shuffle), so a resumed run and a
-    second command split alike. Each part is named by the SOURCE that opens it, when there is one
-    (``fashion-mnist:train[:5000]`` -> ``fashion-mnist:train[0:4500]`` and
-    ``fashion-mnist:train[4500:5000]``), so the held-out part can be given as a validation source
-    by hand. A source too small to split comes back whole, with None."""
+    """``source`` split into (training images, held-out images): ``holdout_size`` images held out,
+    every k-th one (k = len // held) from the k-th on, so they spread over the whole source (a
+    folder of class folders is sorted by class: its last images would be one class, never trained
+    on); always the same ones, so a resumed run and a second command split alike. The held-out
+    part is named by the SOURCE that opens it, when there is one (``fashion-mnist:train[:5000]``
+    -> ``fashion-mnist:train[9:5000:10]``), so it can be given as a validation source by hand;
+    the training part is named "SOURCE without HELD-OUT". A source too small to split comes back
+    whole, with None."""
     n = len(source)
     held = holdout_size(n)
     if not held:
         return source, None
-    cut = n - held
-    return (_positions(source, range(cut), f"its first {cut:,} images"),
-            _positions(source, range(cut, n), f"its last {held:,} images"))
+    k = n // held
+    heldout = _positions(source, range(k - 1, k * held, k), f"every {k}th of its images, {held:,} in all")
+    rest = [i for i in range(n) if i % k != k - 1 or i >= k * held]
+    return Subset(source, rest, f"{source.name} without {heldout.name}"), heldout
 
 
 _SLICE = re.compile(r"^(.*)\[(-?\d*):(-?\d*)(?::(-?\d*))?\]$")

@@ -33,15 +33,16 @@ def _same_images(a: data.Source, b: data.Source) -> bool:
 
 
 def _check_split(spec: str, n: int, held: int) -> tuple[data.Source, data.Source]:
-    """``spec`` (n images) splits into its first n - held and last held images, each named by a
-    SOURCE that opens the same images again."""
+    """``spec`` (n images) splits into held images, every k-th (k = n // held) from the k-th on,
+    named by a SOURCE that opens the same images again, and the other n - held."""
     whole = data.open_source(spec)
     part, out = data.hold_out(whole)
+    k = n // held
     assert (len(part), len(out)) == (n - held, held)
-    for piece, first in ((part, 0), (out, n - held)):
-        again = data.open_source(piece.name)
-        assert _same_images(piece, again)
-        assert np.array_equal(piece.image(0), whole.image(first))
+    assert _same_images(out, data.open_source(out.name))
+    assert np.array_equal(out.image(0), whole.image(k - 1)) and np.array_equal(out.image(held - 1), whole.image(k * held - 1))
+    assert np.array_equal(part.image(0), whole.image(0)) and np.array_equal(part.image(k - 1), whole.image(k))
+    assert part.name == f"{whole.name} without {out.name}"
     return part, out
 
 
@@ -54,33 +55,36 @@ def test_every_source_kind_splits_into_sources_a_user_can_name(tmp_path):
     for i in range(5):
         Image.fromarray(_gray(40 * i)[:, :, 0]).save(tmp_path / f"{i}.png")
     (tmp_path / "list.txt").write_text("".join(f"{i % 5}.png {i % 3}\n" for i in range(1300)))
-    part, out = _check_split(str(tmp_path / "list.txt"), 1300, 300)
-    assert out.name == f"{tmp_path / 'list.txt'}[1000:1300]" and part.name == f"{tmp_path / 'list.txt'}[0:1000]"
+    _, out = _check_split(str(tmp_path / "list.txt"), 1300, 300)
+    assert out.name == f"{tmp_path / 'list.txt'}[3:1200:4]"
     # an LMDB (its keys in order)
     write_lmdb(tmp_path / "db", {f"{i:05d}".encode(): datum(_gray(i), i % 10) for i in range(1250)})
     _, out = _check_split(str(tmp_path / "db"), 1250, 300)
-    assert out.name == f"{tmp_path / 'db'}[950:1250]" and out.label(0) == 950 % 10
+    assert out.name == f"{tmp_path / 'db'}[3:1200:4]" and out.label(1) == 7
     # a folder of class folders
     for i in range(1200):
         folder = tmp_path / "folder" / f"c{i % 2}"
         folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray(_gray(i)[:, :, 0]).save(folder / f"{i:04d}.png")
     _, out = _check_split(str(tmp_path / "folder"), 1200, 300)
-    assert out.name == f"{tmp_path / 'folder'}[900:1200]"
+    assert out.name == f"{tmp_path / 'folder'}[3:1200:4]"
+    assert set(out.labels(range(len(out)))) == {0, 1}      # the held-out images are of every class
 
 
 def test_a_slice_of_a_slice_is_one_slice_of_the_source():
     if not (data.FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").exists():
         pytest.skip("Debian's dataset-fashion-mnist is not installed")
-    part, out = _check_split("fashion-mnist:train[:5000]", 5000, 500)
-    assert (part.name, out.name) == ("fashion-mnist:train[0:4500]", "fashion-mnist:train[4500:5000]")
+    _check_split("fashion-mnist:train[:5000]", 5000, 500)
+    _, out = data.hold_out(data.open_source("fashion-mnist:train[:5000]"))
+    assert out.name == "fashion-mnist:train[9:5000:10]"
     _, out = data.hold_out(data.open_source("fashion-mnist:train[1000::2]"))   # 29,500 images, every other one
-    assert out.name == "fashion-mnist:train[56000:60000:2]" and len(out) == 2000
+    assert out.name == "fashion-mnist:train[1026:57000:28]" and len(out) == 2000   # every 14th of those
+    _check_split("fashion-mnist:train[1000::2]", 29_500, 2000)
     _, out = data.hold_out(data.open_source("fashion-mnist:test"))
-    assert out.name == "fashion-mnist:test[9000:10000]"
+    assert out.name == "fashion-mnist:test[9:10000:10]"
     # labels hidden (distillation) are still the same images: the name is the source's
     _, out = data.hold_out(data.unlabelled(data.open_source("fashion-mnist:test[:2000]")))
-    assert out.name == "fashion-mnist:test[1700:2000]" and not out.has_labels
+    assert out.name == "fashion-mnist:test[5:1800:6]" and not out.has_labels
 
 
 class _Mine(data.Source):
@@ -97,7 +101,8 @@ class _Mine(data.Source):
 def test_a_source_no_string_names_is_split_and_described_and_a_small_one_is_not():
     part, out = data.hold_out(_Mine())
     assert (len(part), len(out)) == (1200, 300)
-    assert out.name == "mine (its last 300 images)" and np.array_equal(out.image(0), _gray(1200))
+    assert out.name == "mine (every 5th of its images, 300 in all)" and np.array_equal(out.image(0), _gray(4))
+    assert part.name == f"mine without {out.name}"
     assert data.subset_spec(_Mine(), range(3)) is None
     small = data.Subset(_Mine(), list(range(100)), "some")
     assert data.hold_out(small) == (small, None)
@@ -163,12 +168,12 @@ def test_finetune_without_val_validates_on_held_out_images(slimmed, tmp_path):
     out = tmp_path / "out"
     res = run("finetune", d / "slim", "--train", d / "big.txt", "--iters", 6, "--base-lr", 0.01, "-o", out)
     assert res.exit_code == 0, res.output
-    held = f"{d / 'big.txt'}[900:1200]"
-    assert "the last 300 of the 1,200 training images are held out and validated on as --val would be" in res.output
-    assert held in res.output and f"training reads {d / 'big.txt'}[0:900]" in res.output
+    held = f"{d / 'big.txt'}[3:1200:4]"
+    assert "300 of the 1,200 training images (every 4th) are held out and validated on as --val would be" in res.output
+    assert held in res.output and "training reads the other 900" in res.output
     doc = json.loads((out / "finetune.json").read_text())
-    assert doc["heldout"] == {"source": held, "images": 300, "train": f"{d / 'big.txt'}[0:900]", "train_images": 900,
-                              "of": str(d / "big.txt")}
+    assert doc["heldout"] == {"source": held, "images": 300, "train": f"{d / 'big.txt'} without {held}",
+                              "train_images": 900, "of": str(d / "big.txt")}
     assert doc["train"] == str(d / "big.txt") and doc["val"] is None   # a resume splits the same way
     hist = doc["history"]
     assert [h["iteration"] for h in hist] == [0, 6] and all("val_top1" in h for h in hist)
@@ -215,9 +220,9 @@ def test_recover_without_val_holds_the_images_out_of_both_steps(slimmed, tmp_pat
               "-o", out, "--json")
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
-    held = f"{d / 'big.txt'}[900:1200]"
+    held = f"{d / 'big.txt'}[3:1200:4]"
     assert doc["val"] is None and doc["heldout"]["source"] == held and doc["finetune"]["heldout"] == doc["heldout"]
-    assert doc["relearn"]["source"] == f"{d / 'big.txt'}[0:900]"      # relearn never sees the held-out images
+    assert doc["relearn"]["source"] == f"{d / 'big.txt'} without {held}"   # relearn never sees the held-out images
     hist = doc["finetune"]["history"]
     assert "val_agreement" in hist[0] and "val_top1" not in hist[0]   # label-free, also on held-out images
     assert doc["finetune"]["best"]["val_agreement"] >= hist[0]["val_agreement"]
