@@ -21,9 +21,9 @@ from deeprebirth.learning import sources as data
 @click.option("--val", "val", metavar="SOURCE", help="Validation images: top-1/top-5 (or teacher agreement "
                                                             "without labels) every --test-interval iterations; the "
                                                             "best weights on them are kept (the last when the lead "
-                                                            "is within their noise). Default: the last 10 % of "
-                                                            "--train (300 to 2,000 images) are held out for it; "
-                                                            "under 1,200 images, none.")
+                                                            "is within their noise). Default: a tenth of --train "
+                                                            "(300 to 2,000 images, spread over it) is held out for "
+                                                            "it; under 1,200 images, none.")
 @click.option("--iters", type=click.IntRange(min=1), help="Train to this iteration (default: the solver's max_iter).")
 @click.option("--batch", "-b", type=click.IntRange(min=1), help="Batch size (default: the train_val data layer's).")
 @click.option("--base-lr", type=click.FloatRange(min=0, min_open=True), help="Override the solver's base_lr.")

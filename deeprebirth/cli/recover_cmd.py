@@ -20,9 +20,9 @@ from deeprebirth.transforms import relearn_plan
               help="Images, no labels needed (a folder, a list file, an LMDB, fashion-mnist[:train|:test]).")
 @click.option("--val", metavar="SOURCE", help="Held-out images: agreement with the teacher and KL; the best "
                                               "weights on them are kept (the last when the lead is within "
-                                              "their noise). Default: the last 10 % of --images (300 to "
-                                              "2,000 images) are held out of both steps for it; under "
-                                              "1,200 images, none.")
+                                              "their noise). Default: a tenth of --images (300 to 2,000 "
+                                              "images, spread over it) is held out of both steps for it; "
+                                              "under 1,200 images, none.")
 @click.option("--iters", type=click.IntRange(min=1), default=rc.DISTILL_ITERS, show_default=True,
               help="Distillation iterations after re-learning.")
 @click.option("--relearn-iters", type=click.IntRange(min=0), default=rl.Options.iters, show_default=True,
