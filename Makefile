@@ -34,7 +34,7 @@ ncnn-host: package
 	JOBS=$${JOBS:-$$(nproc)} scripts/build_device.sh --host --engine ncnn
 
 # Cross-build rebirth-time from source for aarch64 and run it under qemu-user on a slimmed
-# GoogLeNet: too slow for every CI run (see README: On-device timing).
+# GoogLeNet: too slow for every CI run (see docs/device.md).
 DEVICE_CHECK_DIR ?= build/device-check
 device-check: package
 	command -v aarch64-linux-gnu-g++ >/dev/null && command -v qemu-aarch64 >/dev/null || \
@@ -46,7 +46,7 @@ device-check: package
 	  --device qemu-aarch64 --layers --runs $${RUNS:-1} --warmup 0
 
 # The same for ncnn: cross-build rebirth-time-ncnn (ncnn from its PyPI sdist, static; about 8 min on
-# 2 busy cores, JOBS=1) and time a slimmed GoogLeNet with it under qemu-user (README: On-device timing).
+# 2 busy cores, JOBS=1) and time a slimmed GoogLeNet with it under qemu-user (docs/device.md).
 DEVICE_NCNN_DIR ?= build/device-ncnn
 device-ncnn: package
 	command -v aarch64-linux-gnu-g++ >/dev/null && command -v qemu-aarch64 >/dev/null || \

@@ -360,9 +360,12 @@ def grouped_notes(notes: list[tuple[str, str]], show: int = 4) -> list[str]:
         if len(members) == 1:
             lines.append(f"  note: {unit}: {text}")
             continue
-        names = [u for u, _ in members]
+        names = list(dict.fromkeys(u for u, _ in members))   # a unit with two such notes counts once
+        if len(names) == 1:
+            lines.append(f"  note ({len(members)}x): {unit}: {text}")
+            continue
         more = f" and {len(names) - show} more" if len(names) > show else ""
-        lines.append(f"  note ({len(members)} units: {', '.join(names[:show])}{more}; e.g. {unit}): {text}")
+        lines.append(f"  note ({len(names)} units: {', '.join(names[:show])}{more}; e.g. {unit}): {text}")
     return lines
 
 

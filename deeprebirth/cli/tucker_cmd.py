@@ -34,7 +34,7 @@ from deeprebirth.transforms.rules.tucker import parse_ranks
                    "a layer is decomposed only where that is predicted faster.")
 @click.option("--layer-cost", type=click.IntRange(min=0), default=rank_budget.LAYER_COST, show_default=True,
               metavar="MACS", help="With --time: one layer's fixed cost, in MACs (measured in Caffe on a CPU: "
-                                   "20,000-50,000; see README, \"What MACs miss on a small net\").")
+                                   "20,000-50,000; see docs/tucker.md, \"What MACs miss on a small net\").")
 @click.option("--rank-floor", type=float, default=None, metavar="F",
               help=f"With --macs or --time: no kept rank below max({rank_budget.MIN_RANK}, F n) of a mode of n "
                    f"channels, so no layer is cut to a rank too small to relearn (0: no floor)  "

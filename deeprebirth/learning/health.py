@@ -22,7 +22,7 @@ DIVERGENCE_ATTEMPTS = 4
 # classifier is dead, its loss stays finite (ln(classes) with labels) and no later step revives it.
 # It is handled as a divergence. Measured: a Slim-Tucker net at base_lr 0.01 for 20,000 iterations
 # collapsed to 10 % within its first 4,000 (logits within 0.01 of each other, the same for every
-# image), while the same start over 10,000 iterations reached 85.47 % (README, "Fine-tuning").
+# image), while the same start over 10,000 iterations reached 85.47 % (README before 2026-12).
 COLLAPSE_WINDOW = 50
 COLLAPSE_SPREAD = 0.05
 # That check fires late when the logits die slowly: on the run above the gap between them was 48.6

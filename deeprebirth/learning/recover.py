@@ -35,9 +35,10 @@ from deeprebirth.learning import sources as data
 from deeprebirth.learning import undo
 
 # Distillation iterations when none are asked for, measured on Table 3's GoogLeNet-Slim for
-# Fashion-MNIST (README, "Label-free recovery"; batch 64, finetune's annealed default rate; teacher
-# 91.84 %): 2,000 reached 88.95 % top-1, 10,000 90.52 % (48 minutes here, two or three jobs on two
-# cores) and 20,000 91.05 % (85 minutes), the only run within 1 pt of the teacher: the default.
+# Fashion-MNIST (the README's "Label-free recovery" before 2026-12, in git; batch 64, finetune's annealed
+# default rate; teacher 91.84 %): 2,000 reached 88.95 % top-1, 10,000 90.52 % (48 minutes here, two
+# or three jobs on two cores) and 20,000 91.05 % (85 minutes), the only run within 1 pt of the
+# teacher: the default.
 # With validation images the best validated weights are kept (keeping.kept_iteration); fewer
 # iterations trade accuracy for time.
 DISTILL_ITERS = 20_000

@@ -1,6 +1,6 @@
 """Caffe's solver as `rebirth finetune` sets it up: the slim directory's solver.prototxt with
 validation and snapshots taken over by the loop, the safe defaults that keep a short fine-tune from
-wrecking re-learned weights (README, "Fine-tuning"), the warm-up, the learning rate Caffe uses at
+wrecking re-learned weights (docs/recovery.md), the warm-up, the learning rate Caffe uses at
 an iteration, and snapshots (``.solverstate``) checked and restored."""
 from __future__ import annotations
 
@@ -89,7 +89,7 @@ def safe_defaults(net: "pb.NetParameter", sparam: "pb.SolverParameter", seed: in
       iteration (Caffe's ``poly``, power 1) instead of the solver's policy, whose steps are set
       for the paper's 90,000 iterations; and from learned weights, unless a base_lr is given,
       every layer starts at the rate the regenerated layers had (base_lr x their lr_mult, 0.01
-      for the paper's solver). Measured on Fashion-MNIST's GoogLeNet-Slim (README, "Fine-tuning"):
+      for the paper's solver). Measured on Fashion-MNIST's GoogLeNet-Slim (README before 2026-12):
       2,000 iterations from relearned weights end at 86.84 % top-1 on the solver's constant 0.001,
       88.04 % annealed from 0.001 and 88.45 % annealed from 0.01; distillation 86.17 % -> 88.95 %.
     """

@@ -46,11 +46,11 @@ rank counts only what the weights lose, not what the net can relearn, and the gr
 time, takes a mode of n channels down to rank 1 where its tail energy is small: on the Fashion-MNIST
 Slim net ``--time 0.5`` cut 10 of 19 Tucker-2 convolutions and both SVDs to rank 1 (weight errors
 0.75-0.97), and the relearned net gave the same output for every image (dead ReLUs above those
-layers; README, rows T4/T4R). With the floor, a candidate is kept only when every rank it keeps of
-a mode of n channels is at least max(``MIN_RANK``, floor(F n)) (at most n): for Tucker-2 R3 >=
-floor(S) and R4 >= floor(T), for an SVD r >= floor(min(S, T)). The greedy then stops where the
-floor binds, which may be above the budget asked for (the report gives the predicted cost
-reached). ``F`` 0 turns the floor off.
+layers; rows T4/T4R of the README before 2026-12, in git). With the floor, a candidate is kept
+only when every rank it keeps of a mode of n channels is at least max(``MIN_RANK``, floor(F n))
+(at most n): for Tucker-2 R3 >= floor(S) and R4 >= floor(T), for an SVD r >= floor(min(S, T)).
+The greedy then stops where the floor binds, which may be above the budget asked for (the report
+gives the predicted cost reached). ``F`` 0 turns the floor off.
 """
 from __future__ import annotations
 

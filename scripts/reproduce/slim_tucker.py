@@ -1,5 +1,5 @@
 r"""Slim-Tucker from a finished Slim net, by the `rebirth` commands a user runs: the Table 3 row
-Slim-Tucker (README, "Slim-Tucker with a rank floor").
+Slim-Tucker (docs/tucker.md, "The recipe, as the commands you run").
 
     OPENBLAS_NUM_THREADS=1 .venv/bin/python scripts/reproduce/slim_tucker.py WORK --time 0.5 \
         --iters 30000 --longer 45000

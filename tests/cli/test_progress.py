@@ -77,3 +77,9 @@ def test_repeated_notes_are_grouped():
     assert len(lines) == 2
     assert lines[0].startswith("  note (30 units: u0, u1, u2, u3 and 26 more; e.g. u0): ")
     assert lines[1] == "  note: u7: fed the teacher's blob"
+
+
+def test_grouped_notes_count_units_not_notes():
+    notes = [("conv1", "'a': ridge 1e-3"), ("conv1", "'b': ridge 1e-4"), ("conv2", "'c': ridge 1e-5")]
+    assert grouped_notes(notes) == ["  note (2 units: conv1, conv2; e.g. conv1): 'a': ridge 1e-3"]
+    assert grouped_notes(notes[:2]) == ["  note (2x): conv1: 'a': ridge 1e-3"]

@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from helpers import ROOT
 
 README = ROOT / "README.md"

@@ -339,7 +339,7 @@ def test_matches_caffes_image_data_layer(caffe, tmp_path):
 
 
 def test_a_new_source_is_one_class():
-    """Adding an image source is a Source subclass (README, "Where to add things"): __len__, image
+    """Adding an image source is a Source subclass (docs/architecture.md): __len__, image
     and label are all the batching, preprocessing and training code needs."""
     class Checkerboards(data.Source):
         name = "checkerboards"
