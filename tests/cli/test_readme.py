@@ -175,3 +175,21 @@ def test_the_walkthrough_runs(tmp_path, caffe):
             res = subprocess.run(cmd, shell=True, cwd=cwd, env=env, capture_output=True, text=True)
             assert res.returncode == 0, f"$ {cmd}\nexit {res.returncode} after {time.monotonic() - start:.0f} s\n" \
                                         f"{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
+
+
+FIGURE = re.compile(r"\d+\.\d+ ?(?:%|x)")
+
+
+def test_the_readme_results_are_the_generated_ones():
+    """The README's Results section copies figures from docs/results/ (written by `make results`)
+    and the shipped models' READMEs: each must still be there, so a regenerated table cannot leave
+    the README behind unnoticed. The paper's own figures ("the paper: ...") are left out."""
+    text = README.read_text(encoding="utf-8")
+    section = text[text.index("## Results"):text.index("## Documentation")]
+    ours = re.sub(r"the paper:[^)]*\)", "", section)
+    figures = {f.replace(" ", "") for f in FIGURE.findall(ours)}
+    assert len(figures) >= 8, figures
+    sources = [*(DOCS / "results").glob("*.md"), *(ROOT / "models").glob("*/README.md")]
+    generated = {f.replace(" ", "") for p in sources for f in FIGURE.findall(p.read_text(encoding="utf-8"))}
+    missing = sorted(figures - generated)
+    assert not missing, f"README figures found in no docs/results/*.md nor models/*/README.md: {missing}"
