@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from deeprebirth.caffe import folders
-from deeprebirth.cli import current_flags, echo, main, output_json, reports
+from deeprebirth.cli import DIR, current_flags, echo, main, output_json, reports
 from deeprebirth.cli.progress import progress_bar
 from deeprebirth.learning import finetune as ft
 from deeprebirth.learning import recover as rc
@@ -34,7 +34,7 @@ from deeprebirth.transforms import relearn_plan
               help="Distillation base_lr (default: the solver's).")
 @click.option("--val-limit", type=click.IntRange(min=1), help="Validate on the first N --val images only.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--output", "-o", "outdir", type=click.Path(file_okay=False),
+@click.option("--output", "-o", "outdir", type=DIR,
               help="Where the recovered weights go (default: SLIM_DIR/recovered).")
 @click.option("--json", "as_json", is_flag=True, help="Print recover.json's content instead of a summary.")
 def recover_command(slim_dir, images, val, iters, relearn_iters, count, batch, base_lr, val_limit, seed, outdir,

@@ -165,6 +165,12 @@ def _lrn(g, layer, bottoms):
           "Clip", "Swish", "Dropout", "MVN", "Softmax")
 def _same(g, layer, bottoms):
     _need_bottoms(layer, bottoms, n=1)
+    if layer.type == "Dropout":
+        # Training draws a Bernoulli mask with p = 1 - dropout_ratio: caffe_rng_bernoulli CHECKs
+        # 0 <= p <= 1 (a NaN fails too) and aborts the process at the first TRAIN step.
+        ratio = layer.dropout_param.dropout_ratio
+        if not 0.0 <= ratio <= 1.0:
+            raise RebirthError(f"layer '{layer.name}' (Dropout): dropout_ratio must be in [0, 1], got {ratio}")
     ops = 0 if layer.type == "Dropout" else count(bottoms[0])
     return [bottoms[0]], [], ops
 

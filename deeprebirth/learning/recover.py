@@ -33,6 +33,7 @@ from deeprebirth.learning import relearn as rl
 from deeprebirth.learning import solver as sv
 from deeprebirth.learning import sources as data
 from deeprebirth.learning import undo
+from deeprebirth.learning.trainnet import build_train_net
 
 # Distillation iterations when none are asked for, measured on Table 3's GoogLeNet-Slim for
 # Fashion-MNIST (the README's "Label-free recovery" before 2026-12, in git; batch 64, finetune's annealed
@@ -65,6 +66,7 @@ def recover(slim_dir: str | os.PathLike, images: str, val: str | None = None,
     their names)."""
     sd = read_slim_dir(slim_dir)
     sd.teacher()                              # names the teacher, or a one-line error before any work
+    build_train_net(sd, distill=True)         # the distillation's net, checked before relearn starts
     train = data.open_source(images)
     val_source = data.open_source(val) if val else None
     out = output_dir(sd.path, outdir)

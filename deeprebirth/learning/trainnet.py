@@ -98,6 +98,10 @@ def build_train_net(sd: SlimDir, batch: int | None = None, distill: bool = False
         loss = net.layer.add(name=DISTILL_LOSS, type="EuclideanLoss")
         loss.bottom.extend([logits, TEACHER_LOGITS])
         loss.top.append(DISTILL_LOSS)
+    try:   # what Caffe would CHECK when it builds the net (an abort there leaves a half-made run)
+        Graph(net)
+    except RebirthError as exc:
+        raise RebirthError(f"{src}: the TRAIN net: {exc.template}") from None
     losses = _loss_weights(net)
     if not losses:
         raise RebirthError(f"{src}: has no loss layer in the TRAIN phase to train with")

@@ -200,16 +200,17 @@ def random_weights(graph: Graph, seed: int = 0, layers: Iterable[str] | None = N
 
 def make_solver(net: "pb.NetParameter", solver: "pb.SolverParameter", workdir: str | os.PathLike | None = None):
     """A pycaffe solver training ``net`` (its TRAIN phase; a TEST phase too when the solver asks
-    for test iterations) with ``solver``'s settings. The net and the solver are written to a
-    temporary directory (or ``workdir``, where snapshots then land too, unless the solver's
-    ``snapshot_prefix`` is absolute) because Caffe only reads them from files."""
+    for test iterations) with ``solver``'s settings. Caffe only reads the net and the solver from
+    files: they are written to a temporary directory of their own, never into ``workdir`` (where
+    snapshots land, unless the solver's ``snapshot_prefix`` is absolute), so that a Caffe abort,
+    which ends the process before any cleanup, leaves nothing in the user's folder."""
     from google.protobuf import text_format  # noqa: PLC0415
 
     caffe = import_caffe()
-    own = workdir is None
-    where = tempfile.mkdtemp(prefix="deeprebirth-solver-") if own else os.fspath(workdir)
+    where = tempfile.mkdtemp(prefix="deeprebirth-solver-")
+    snapshots = where if workdir is None else os.fspath(workdir)
     try:
-        net_path = os.path.join(where, ".rebirth_train_net.prototxt")
+        net_path = os.path.join(where, "train_net.prototxt")
         with open(net_path, "w") as fh:
             fh.write(engine_text(netio.strip_weights(net)))
         s = pb.SolverParameter()
@@ -218,22 +219,15 @@ def make_solver(net: "pb.NetParameter", solver: "pb.SolverParameter", workdir: s
         s.ClearField("train_net")
         s.net = net_path
         if s.snapshot_prefix and not os.path.isabs(s.snapshot_prefix):
-            s.snapshot_prefix = os.path.join(where, s.snapshot_prefix)
+            s.snapshot_prefix = os.path.join(snapshots, s.snapshot_prefix)
         s.solver_mode = pb.SolverParameter.CPU
-        solver_path = os.path.join(where, ".rebirth_solver.prototxt")
+        solver_path = os.path.join(where, "solver.prototxt")
         with open(solver_path, "w") as fh:
             fh.write(text_format.MessageToString(s))
         return caffe.get_solver(solver_path)
     finally:
-        if own:
-            import shutil  # noqa: PLC0415
-            shutil.rmtree(where, ignore_errors=True)
-        else:
-            for name in (".rebirth_train_net.prototxt", ".rebirth_solver.prototxt"):
-                try:
-                    os.unlink(os.path.join(where, name))
-                except OSError:
-                    pass
+        import shutil  # noqa: PLC0415
+        shutil.rmtree(where, ignore_errors=True)
 
 
 def caffe_tool() -> str:

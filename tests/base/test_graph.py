@@ -261,3 +261,16 @@ def test_graph_modules_import_each_other_without_a_cycle():
     assert uses["dag"] >= {"shapes", "costs", "kinds"}, uses   # the parse sees the imports
     assert not [m for m in uses if m != "__init__" and reaches(m, m)], uses
     assert "dag" not in uses["shapes"] and "dag" not in uses["costs"]
+
+
+def test_dropout_ratio_outside_0_1_is_one_line_not_a_caffe_abort():
+    from deeprebirth.caffe import netio
+    from deeprebirth.errors import RebirthError
+    head = 'layer { name: "d" type: "Input" top: "x" input_param { shape { dim: 1 dim: 4 } } }\n'
+    for ratio in ("nan", "-0.5", "1.5"):
+        net = netio.parse_net_text(head + 'layer { name: "drop" type: "Dropout" bottom: "x" top: "x" '
+                                   f'dropout_param {{ dropout_ratio: {ratio} }} }}\n')
+        with pytest.raises(RebirthError, match="'drop' \\(Dropout\\): dropout_ratio must be in \\[0, 1\\]"):
+            Graph(net)
+    ok = netio.parse_net_text(head + 'layer { name: "drop" type: "Dropout" bottom: "x" top: "x" }\n')
+    assert Graph(ok).shapes["x"] == (1, 4)

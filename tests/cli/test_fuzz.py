@@ -15,7 +15,10 @@ which it must exit 130 with one `rebirth: error: interrupted ...` line and leave
 or as they were.
 
 Every case runs one command -- inspect, slim, fold-bn (sometimes with --verify), tucker, export
---to onnx (sometimes with --verify) or bench with --runs 1 -- in its own process
+--to onnx (sometimes with --verify), bench with --runs 1, or the learning commands eval, relearn,
+finetune and recover on a copy of one slim folder of the small net (its deploy, train_val, report
+or weights sometimes mutated; the image SOURCE sometimes missing, a file or an empty folder),
+trained for 2 iterations on 16 small images -- in its own process
 (tests/cli/fuzz_driver.py) and must end in exit 0, or exit 1 with exactly one
 `rebirth: error: ...` line on stderr (other stderr lines may only be `rebirth: warning: ...`):
 no traceback, no signal, no hang (a timeout), no partial output (the output directory is
@@ -82,14 +85,23 @@ layers { layer { name: "prob" type: "softmax" } bottom: "fc" top: "prob" }
 TYPES = ["Convolution", "Pooling", "ReLU", "InnerProduct", "Concat", "Eltwise", "BatchNorm", "Scale",
          "Softmax", "Flatten", "Permute", "PriorBox", "Reshape", "Split", "Slice", "Input", "Data",
          "Deconvolution", "LRN", "Dropout", "ShuffleChannel", "Upsample"]
-COMMANDS = {"inspect": 0.34, "slim": 0.26, "fold-bn": 0.22, "bench": 0.07, "tucker": 0.06, "export": 0.05}
-"""How often each command is drawn (bench: a child and a probe; tucker: pycaffe in the process)."""
-TIMEOUT = {"inspect": 60, "slim": 90, "fold-bn": 90, "bench": 120, "tucker": 120, "export": 90}
+COMMANDS = {"inspect": 0.32, "slim": 0.24, "fold-bn": 0.20, "bench": 0.06, "tucker": 0.05, "export": 0.05,
+            "eval": 0.02, "relearn": 0.02, "finetune": 0.02, "recover": 0.02}
+"""How often each command is drawn (bench: a child and a probe; tucker: pycaffe in the process;
+the learning commands train in Caffe)."""
+TIMEOUT = {"inspect": 60, "slim": 90, "fold-bn": 90, "bench": 120, "tucker": 120, "export": 90,
+           "eval": 120, "relearn": 180, "finetune": 180, "recover": 240}
+LEARNING = ("eval", "relearn", "finetune", "recover")
 OUTPUTS = {"slim": {"deploy.prototxt", "train_val.prototxt", "solver.prototxt", "report.json"},
            "fold-bn": {"deploy.prototxt", "weights.caffemodel"},
            "tucker": {"deploy.prototxt", "train_val.prototxt", "solver.prototxt", "report.json"},
-           "export": {"model.onnx"}}
-"""What a successful run writes (besides the marker and, with weights, slim's and tucker's init.caffemodel)."""
+           "export": {"model.onnx"},
+           "relearn": {"weights.caffemodel", "relearn.json"},
+           "finetune": {"weights.caffemodel", "deploy.prototxt", "finetune.json"},
+           "recover": {"weights.caffemodel", "deploy.prototxt", "finetune.json", "recover.json"}}
+"""What a successful run writes (besides the marker and, with weights, slim's and tucker's
+init.caffemodel; the learning commands also write snapshots and recover its relearn/ folder, and
+may write beside an earlier run's files)."""
 
 
 def sources(shared: Path | None) -> dict[str, str]:
@@ -241,6 +253,69 @@ def input_spot(d: Path, path: Path | None, rng: random.Random) -> tuple[Path | N
 # Cases
 
 
+def learning_inputs(root: Path) -> tuple[Path, Path]:
+    """Made once per run: a slim folder of the small net with its weights (``rebirth slim``) and an
+    image folder of 16 small labelled PNGs in two classes."""
+    base, images = root / "_learning" / "slim", root / "_learning" / "images"
+    if base.exists():
+        return base, images
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from deeprebirth.cli import main
+    src = root / "_learning"
+    src.mkdir()
+    (src / "net.prototxt").write_text(SMALL)
+    (src / "net.caffemodel").write_bytes(caffemodel_bytes(SMALL))
+    made = CliRunner().invoke(main, ["slim", str(src / "net.prototxt"), "-w", str(src / "net.caffemodel"),
+                                     "-o", str(base)])
+    assert made.exit_code == 0, made.output
+    pixels = random.Random(0)
+    for i in range(16):
+        (images / f"c{i % 2}").mkdir(parents=True, exist_ok=True)
+        data = bytes(pixels.randrange(256) for _ in range(16 * 16 * 3))
+        Image.frombytes("RGB", (16, 16), data).save(images / f"c{i % 2}" / f"{i:02d}.png")
+    return base, images
+
+
+def learning_case(root: Path, d: Path, rng: random.Random) -> tuple[Path, str, str]:
+    """The case's own copy of the slim folder (sometimes with a broken file) and its SOURCE (sometimes
+    one that cannot be read), with how each was chosen."""
+    import shutil
+    base, images = learning_inputs(root)
+    slim = d / "slim"
+    shutil.copytree(base, slim)
+    kind = rng.choice(["none", "none", "none", "deploy", "train_val", "report", "weights"])
+    if kind in ("deploy", "train_val"):
+        f = slim / f"{kind}.prototxt"
+        text, how = mutate_text(f.read_text(), rng)
+        f.write_text(text)
+        kind += ":" + how
+    elif kind == "report":
+        f = slim / "report.json"
+        f.write_text(f.read_text()[:rng.randrange(1, 200)])
+    elif kind == "weights":
+        (slim / "init.caffemodel").write_bytes(b"")
+    source = rng.choice(["good"] * 5 + ["missing", "file", "empty"])
+    spec = {"good": str(images), "missing": str(d / "no_such_images"), "file": str(d / "net.prototxt")}
+    if source == "empty":
+        (d / "no_images").mkdir()
+        spec["empty"] = str(d / "no_images")
+    return slim, spec[source], f"{kind}/{source}"
+
+
+def learning_args(cmd: str, slim: Path, source: str, out: Path | None) -> list[str]:
+    if cmd == "eval":
+        return ["eval", str(slim), "--data", source, "--limit", "8"]
+    if cmd == "relearn":
+        return ["relearn", str(slim), "--images", source, "--count", "8", "--heldout", "4", "--iters", "2",
+                "-o", str(out)]
+    if cmd == "finetune":
+        return ["finetune", str(slim), "--train", source, "--iters", "2", "-o", str(out)]
+    return ["recover", str(slim), "--images", source, "--count", "8", "--relearn-iters", "2", "--iters", "2",
+            "-o", str(out)]
+
+
 def command_args(cmd: str, d: Path, net: Path, w: Path | None, good_weights: bytes | None,
                  rng: random.Random) -> tuple[list[str], Path | None, str]:
     """The command line of one case, its output folder (or None) and how that was chosen."""
@@ -277,6 +352,9 @@ def make_cases(root: Path, n: int, seed: int, shared: Path | None) -> list[dict]
     cases = []
     for i in range(n):
         cmd = rng.choices(list(COMMANDS), weights=list(COMMANDS.values()))[0]
+        if cmd in LEARNING:
+            cases.append(make_learning_case(root, i, cmd, rng))
+            continue
         name = rng.choice(list(srcs)) if cmd == "inspect" else rng.choice(SMALL_NETS)
         # inspect sees mostly broken nets; the writing commands also need enough runs that succeed
         text, tmut = mutate_text(srcs[name], rng) if rng.random() < (0.8 if cmd == "inspect" else 0.55) \
@@ -306,6 +384,27 @@ def make_cases(root: Path, n: int, seed: int, shared: Path | None) -> list[dict]
             case["mutations"]["signal"] = case["interrupt_signal"] + (" (group)" if case["interrupt_group"] else "")
         cases.append(case)
     return cases
+
+
+def make_learning_case(root: Path, i: int, cmd: str, rng: random.Random) -> dict:
+    d = root / f"case{i:04d}"
+    d.mkdir()
+    (d / "net.prototxt").write_text(SMALL)      # a file where a SOURCE may be pointed
+    slim, source, how = learning_case(root, d, rng)
+    slim_arg, smut = input_spot(d, slim, rng)
+    out, omut = output_spot(d, cmd, rng) if cmd != "eval" else (None, "none")
+    args = learning_args(cmd, slim_arg, source, out)
+    if out is not None and cmd in ("relearn", "finetune") and rng.random() < 0.15:
+        args.append("--force")
+    case = {"id": f"case{i:04d}", "cmd": cmd, "source": "small (slim)", "args": args,
+            "mutations": {"slim": how, "output": omut, "paths": smut},
+            "out": str(out) if out else None, "dir": str(d), "timeout": TIMEOUT[cmd]}
+    if rng.random() < 0.1:   # Ctrl-C (or SIGTERM) while it runs: mostly in the middle of training
+        case["interrupt"] = rng.choice([0.3, 1.5, 3.0, 6.0])
+        case["interrupt_signal"] = rng.choice(["SIGINT", "SIGINT", "SIGTERM"])
+        case["interrupt_group"] = rng.random() < 0.5
+        case["mutations"]["signal"] = case["interrupt_signal"] + (" (group)" if case["interrupt_group"] else "")
+    return case
 
 
 def snapshot(path: Path) -> dict[str, str]:
@@ -401,7 +500,8 @@ def check_case(case: dict, result: dict, before: dict) -> list[str]:
         if result["exit"] == 0:
             want = OUTPUTS[case["cmd"]]
             got = set(snapshot(outp))
-            if not want <= got or (got - want - {"init.caffemodel", outputs.MARKER}):
+            extra = set() if case["cmd"] in LEARNING else got - want - {"init.caffemodel", outputs.MARKER}
+            if not want <= got or extra:
                 problems.append(f"output has {sorted(got)}")
             elif outputs.MARKER not in got:
                 problems.append("output without its marker")
@@ -415,7 +515,7 @@ def test_fuzz_every_command(tmp_path, request):
     before = {}
     for case in cases:
         d = Path(case["dir"])
-        inputs = {p.name: snapshot(p) for p in d.iterdir() if p.name in ("net.prototxt", "net.caffemodel")}
+        inputs = {p.name: snapshot(p) for p in d.iterdir() if p.name in ("net.prototxt", "net.caffemodel", "slim")}
         out = Path(case["out"]) if case["out"] else None
         made = first_missing(out, d) if out is not None else None
         before[case["id"]] = {"inputs": inputs, "out": snapshot(out) if out else {},
