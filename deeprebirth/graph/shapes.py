@@ -299,6 +299,9 @@ def _slice(g, layer, bottoms):
 @shape_fn("Split")
 def _split(g, layer, bottoms):
     _need_bottoms(layer, bottoms, n=1)
+    if layer.bottom[0] in layer.top:   # SplitLayer::Reshape CHECKs top[i] != bottom[0]
+        raise RebirthError(f"layer '{layer.name}' (Split): cannot compute in place (top '{layer.bottom[0]}' is "
+                           "its bottom)")
     return [bottoms[0]] * len(layer.top), [], 0
 
 

@@ -274,3 +274,12 @@ def test_dropout_ratio_outside_0_1_is_one_line_not_a_caffe_abort():
             Graph(net)
     ok = netio.parse_net_text(head + 'layer { name: "drop" type: "Dropout" bottom: "x" top: "x" }\n')
     assert Graph(ok).shapes["x"] == (1, 4)
+
+
+def test_split_in_place_is_one_line_not_a_caffe_abort():
+    from deeprebirth.caffe import netio
+    from deeprebirth.errors import RebirthError
+    net = netio.parse_net_text('layer { name: "d" type: "Input" top: "x" input_param { shape { dim: 1 dim: 4 } } }\n'
+                               'layer { name: "s" type: "Split" bottom: "x" top: "x" }\n')
+    with pytest.raises(RebirthError, match="'s' \\(Split\\): cannot compute in place"):
+        Graph(net)
