@@ -1,7 +1,11 @@
 """Which weights a fine-tuning run keeps: every validation closes a record of the run's history
-(``Validator``), the validated weights with the best score are remembered, and at the end the
-best are kept unless their lead over the last is within the validation images' noise
-(``kept_iteration``)."""
+(``Validator``), the validated weights with the best score are remembered (the start's among
+them), and at the end the best are kept. Scored by top-1 (labels), the last weights are kept
+instead when the best's lead over them is within the validation images' noise
+(``kept_iteration``). Scored by fidelity to the teacher (label-free distillation: the relative
+output error, then KL), the best are kept, always: a continuous measure has no such noise floor
+to allow, and a step that takes the net further from the teacher is never the one written
+(``fidelity_kept``)."""
 from __future__ import annotations
 
 import math
@@ -44,6 +48,23 @@ def kept_iteration(scores: list[tuple[int, float]], best: int, final: int, image
     return final if last >= start and lead_within_noise(top, last, images) is not None else best
 
 
+def fidelity_kept(history: list[dict], first: int = 0) -> int | None:
+    """The iteration of the validated record (from iteration ``first`` on, the start's included)
+    closest to the teacher: the lowest relative output error (``val_rel_error``), then the lowest
+    KL, the earliest on a tie (so weights that only match the start are not preferred to it);
+    None when no record has the error."""
+    rows = [h for h in history if h.get("val_rel_error") is not None and h["iteration"] >= first]
+    if not rows:
+        return None
+    return min(rows, key=lambda h: (h["val_rel_error"], h.get("val_kl", 0.0), h["iteration"]))["iteration"]
+
+
+def by_fidelity(history: list[dict]) -> bool:
+    """Whether a run's validations are ranked by fidelity to the teacher (no labels: relative
+    output error and KL) rather than by top-1."""
+    return not any("val_top1" in h for h in history) and any("val_rel_error" in h for h in history)
+
+
 def validation_scores(history: list[dict], first: int = 0) -> list[tuple[int, float]]:
     """(iteration, score) of a run's validated records from iteration ``first`` on, in order: top-1
     when the run validated on labels, else agreement with the teacher (label-free validation)."""
@@ -52,9 +73,12 @@ def validation_scores(history: list[dict], first: int = 0) -> list[tuple[int, fl
 
 
 def score(entry: dict) -> tuple | None:
-    """How a validation record ranks: top-1 (then top-5), else agreement (then -KL)."""
+    """How a validation record ranks (higher is better): top-1 (then top-5), else fidelity to the
+    teacher, -relative output error (then -KL), else agreement (then -KL)."""
     if "val_top1" in entry:
         return (entry["val_top1"], entry.get("val_top5", 0.0))
+    if entry.get("val_rel_error") is not None:
+        return (-entry["val_rel_error"], -entry.get("val_kl", 0.0))
     if "val_agreement" in entry:
         return (entry["val_agreement"], -entry.get("val_kl", 0.0))
     return None
@@ -63,6 +87,9 @@ def score(entry: dict) -> tuple | None:
 def score_text(entry: dict) -> str:
     if "val_top1" in entry:
         return f"top-1 {100 * entry['val_top1']:.2f} %"
+    if entry.get("val_rel_error") is not None:
+        return (f"relative output error {entry['val_rel_error']:.4f}, KL {entry.get('val_kl', 0.0):.4f}, "
+                f"agreement {100 * entry.get('val_agreement', 0.0):.2f} %")
     return f"agreement {100 * entry['val_agreement']:.2f} %, KL {entry.get('val_kl', 0.0):.4f}"
 
 
@@ -105,8 +132,8 @@ class Validator:
                 self._check_input_blind(runner, self.val, self.check.val_what)
             c = self.check
             res = ev.run_evaluation(runner, self.val, c.pre, batch=c.batch, teacher=c.teacher, limit=c.limit)
-            for key in ("top1", "top5", "agreement", "kl"):
-                if key in res:
+            for key in ("top1", "top5", "agreement", "kl", "rel_error"):
+                if res.get(key) is not None:
                     entry[f"val_{key}"] = res[key]
             self.images = res.get("images", 0)
             self._keep_if_best(entry, runner)
@@ -146,8 +173,9 @@ class Validator:
                                     f"({100 / classes:.0f} %) from {100 * max(self.scores[:-1]):.2f} %")
 
     def _keep_if_best(self, entry: dict, runner) -> None:
-        """Remember the validated weights with the best score (top-1, else agreement, then -KL);
-        the earliest wins a tie, so weights that only match the start are not preferred to it."""
+        """Remember the validated weights with the best score (``score``: top-1, else the relative
+        output error and KL, else agreement); the earliest wins a tie, so weights that only match
+        the start are not preferred to it."""
         now = score(entry)
         if now is not None and (self.best is None or now > self.best[0]):
             self.best = (now, entry["iteration"], {k: [b.data.copy() for b in v]
@@ -157,6 +185,8 @@ class Validator:
         """The iteration whose weights weights.caffemodel holds (kept_iteration over this history)."""
         if self.best is None:
             return None
+        if by_fidelity(self.history[self.first_record:]):
+            return self.best[1]
         return kept_iteration(validation_scores(self.history, self.first), self.best[1], final, self.images)
 
     def best_weights(self, final: int) -> dict | None:
@@ -173,7 +203,17 @@ class Validator:
         entry = next(h for h in self.history if h["iteration"] == kept)
         top = next(h for h in self.history if h["iteration"] == self.best[1])
         record = {"iteration": kept, **{k: v for k, v in entry.items() if k.startswith("val_")}}
-        if kept != final:
+        start = next((h for h in self.history[self.first_record:] if h["iteration"] == self.first), None)
+        if start is not None:
+            record["start"] = {k: v for k, v in start.items() if k.startswith("val_")}
+        record["start_kept"] = kept == self.first and final != self.first
+        if record["start_kept"]:
+            notes.append("no validated iteration came closer to the teacher than the start"
+                         if by_fidelity(self.history[self.first_record:]) else
+                         "no validated iteration scored above the start")
+            notes[-1] += (f" ({score_text(entry)} on the validation images): weights.caffemodel holds the start "
+                          "weights; the last iteration's are in the final snapshot")
+        elif kept != final:
             notes.append(f"weights.caffemodel holds iteration {kept}'s weights, the best on the "
                          f"validation images ({score_text(entry)}); the last iteration's are in the "
                          "final snapshot")

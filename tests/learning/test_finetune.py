@@ -390,7 +390,7 @@ def test_a_lead_within_the_validation_noise_keeps_the_last_weights():
     v = object.__new__(kp.Validator)
     v.history = [{"iteration": 0, "val_top1": 0.7905}, {"iteration": 16000, "val_top1": 0.9255},
                  {"iteration": 20000, "val_top1": 0.9240}]
-    v.best, v.images, v.first, notes = (0.9255, 16000, {"w": 1}), 2000, 0, []
+    v.best, v.images, v.first, v.first_record, notes = (0.9255, 16000, {"w": 1}), 2000, 0, 0, []
     rec = v.best_record(20000, notes)
     assert rec["iteration"] == 20000 and rec["highest"]["iteration"] == 16000 and v.best_weights(20000) is None
     assert "leads them by no more than the standard error of 2,000 validation images (0.59 pt)" in notes[-1]
