@@ -24,7 +24,11 @@ from deeprebirth.learning import sources as data
                                                             "is within their noise). Default: a tenth of --train "
                                                             "(300 to 2,000 images, spread over it) is held out for "
                                                             "it; under 1,200 images, none.")
-@click.option("--iters", type=click.IntRange(min=1), help="Train to this iteration (default: the solver's max_iter).")
+@click.option("--iters", type=click.IntRange(min=1), help="Train to this iteration (default: the solver's max_iter; "
+                                                          "with --time: as many as it allows, at most this many).")
+@click.option("--time", "time_budget", metavar="DURATION",
+              help="How long the run may take (30m, 90s, 1h30m): it measures its first steps, fits its iterations "
+                   "and annealed schedule to the time and stops within it.")
 @click.option("--batch", "-b", type=click.IntRange(min=1), help="Batch size (default: the train_val data layer's).")
 @click.option("--base-lr", type=click.FloatRange(min=0, min_open=True), help="Override the solver's base_lr.")
 @click.option("--stepsize", type=click.IntRange(min=1), help="Override the solver's stepsize (with --schedule solver).")
@@ -59,7 +63,7 @@ from deeprebirth.learning import sources as data
               help="Write into OUTDIR although it holds files rebirth did not write (they are kept; same-named "
                    "files are replaced).")
 @click.option("--json", "as_json", is_flag=True, help="Print finetune.json's content instead of a summary.")
-def finetune_command(slim_dir, train, val, iters, batch, base_lr, stepsize, test_interval, val_limit,
+def finetune_command(slim_dir, train, val, iters, time_budget, batch, base_lr, stepsize, test_interval, val_limit,
                      snapshot, resume, weights, distill, seed, outdir, force, as_json, schedule, with_labels,
                      teacher, teacher_weights):
     """Fine-tune SLIM_DIR (a `rebirth slim` output) in Caffe with its solver.prototxt and
@@ -77,12 +81,18 @@ def finetune_command(slim_dir, train, val, iters, batch, base_lr, stepsize, test
     opt = ft.Options(iters=iters, batch=batch, base_lr=base_lr, stepsize=stepsize, schedule=schedule,
                      test_interval=test_interval, val_limit=val_limit, snapshot=snapshot, resume=resume,
                      weights=weights, distill=distill, with_labels=with_labels, teacher=teacher,
-                     teacher_weights=teacher_weights, seed=seed, force=force)
-    total = iters or int(sd.solver.max_iter) or None
+                     teacher_weights=teacher_weights, seed=seed, force=force,
+                     time_budget=sv.parse_duration(time_budget) if time_budget is not None else None)
+    total = None if time_budget is not None else (iters or int(sd.solver.max_iter) or None)
     if total and resume:   # the bar counts the iterations this run trains
         total = max(1, total - sv.snapshot_iteration(resume))
     log = _log if sys.stderr.isatty() and not as_json else None
-    with progress_bar(total, "finetune", "it") as bar:
+    name_of = current_flags()
+    if time_budget is not None:
+        reports.stderr_line(f"rebirth: finetune: at most {sv.format_duration(opt.time_budget)} ({{opt:time}}): the "
+                            "iterations are fitted to it once the first steps are measured")
+    with progress_bar(total, "finetune", "it", quiet=0.0, eta=True,
+                      render=lambda text: errors.render(text, name_of)) as bar:
         result = ft.finetune(sd, train_source, val_source, outdir, opt, progress=bar, log=log,
                              stop=ft.StopOnSignals(), name_of=current_flags())
     stopped = result.get("interrupted")

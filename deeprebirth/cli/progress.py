@@ -3,12 +3,17 @@
 then one every few percent, and one at least every 30 s, so a log file shows that a long step is
 moving without filling up with short ones.
 The context manager yields a callable ``update(n)``, which is what ``runtime.isolate.call
-(progress=...)`` and the library functions' ``progress`` arguments want."""
+(progress=...)`` and the library functions' ``progress`` arguments want. A run fitted to a time
+budget passes it a ``learning.solver.Planned`` once it has measured itself: the total becomes the
+work done plus the iterations it planned, and its line is printed. With ``eta``, each line ends
+with the time left at the pace since then (``about 12 min left``)."""
 from __future__ import annotations
 
 import sys
 import time
 from contextlib import contextmanager
+
+from deeprebirth.learning.solver import format_duration
 
 LINE_EVERY_PERCENT = 5
 """Without a terminal: a line each time the work passes another multiple of this ..."""
@@ -23,8 +28,10 @@ UNKNOWN_TOTAL_SECONDS = 30.0
 class LineProgress:
     """``update(n)`` printing ``rebirth: DESC P% (done/total UNIT, S s)`` lines to ``stream``."""
 
-    def __init__(self, total: int | None, desc: str, unit: str, stream=None, clock=time.monotonic):
+    def __init__(self, total: int | None, desc: str, unit: str, stream=None, clock=time.monotonic,
+                 quiet: float = QUIET_SECONDS, eta: bool = False, render=str):
         self.total, self.desc, self.unit = total, desc, unit
+        self.quiet, self.eta, self.render = quiet, eta, render
         self.stream = stream if stream is not None else sys.stderr
         self.clock = clock
         self.start = clock()
@@ -32,11 +39,18 @@ class LineProgress:
         self.last_step = 0          # the last multiple of LINE_EVERY_PERCENT printed
         self.last_time = self.start
         self.printed = False
+        self.anchor = (self.start, 0)   # (time, done) the pace is measured from (a plan resets it)
 
     def __call__(self, n: int = 1) -> None:
-        self.done += n
         now = self.clock()
-        if now - self.start < QUIET_SECONDS:
+        if is_plan(n):
+            self.total, self.anchor = self.done + int(n.remaining), (now, self.done)
+            self.last_step = int(100 * self.done / max(1, self.total)) // LINE_EVERY_PERCENT
+            self.stream.write(f"rebirth: {self.desc}: {self.render(n.text)}\n")
+            self.stream.flush()
+            return
+        self.done += n
+        if now - self.start < self.quiet:
             return
         if self.total:
             step = int(100 * min(self.done, self.total) / self.total) // LINE_EVERY_PERCENT
@@ -54,24 +68,49 @@ class LineProgress:
             text = f"{self.done} {self.unit} so far ("
         self.last_time = now
         self.printed = True
-        self.stream.write(f"rebirth: {self.desc} {text}{now - self.start:.0f} s)\n")
+        self.stream.write(f"rebirth: {self.desc} {text}{now - self.start:.0f} s{self._left(now)})\n")
         self.stream.flush()
 
 
+    def _left(self, now: float) -> str:
+        """``, about N left`` at the pace since the anchor (with ``eta`` and a known total)."""
+        t0, d0 = self.anchor
+        if not self.eta or not self.total or self.done <= d0 or self.done >= self.total:
+            return ""
+        left = (now - t0) / (self.done - d0) * (self.total - self.done)
+        return f", about {format_duration(left)} left"
+
+
+def is_plan(n) -> bool:
+    """Whether a progress call carries a plan (learning.solver.Planned) rather than work done."""
+    return not isinstance(n, (int, float)) and hasattr(n, "remaining")
+
+
 @contextmanager
-def progress_bar(total: int | None, desc: str, unit: str = "it", enabled: bool = True):
+def progress_bar(total: int | None, desc: str, unit: str = "it", enabled: bool = True, quiet: float = QUIET_SECONDS,
+                 eta: bool = False, render=str):
     """Progress of ``total`` units of work (None: unknown): a tqdm bar on a terminal, else lines
-    (``LineProgress``); ``enabled=False`` (e.g. under --json on a terminal) yields None."""
+    (``LineProgress``: the first after ``quiet`` seconds, with the time left when ``eta``);
+    ``enabled=False`` (e.g. under --json on a terminal) yields None. A plan (``is_plan``) sets the
+    total; its text, rendered by ``render``, is printed."""
     if not enabled:
         yield None
         return
     if not sys.stderr.isatty():
-        yield LineProgress(total, desc, unit)
+        yield LineProgress(total, desc, unit, quiet=quiet, eta=eta, render=render)
         return
     from tqdm import tqdm  # noqa: PLC0415
 
     bar = tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, leave=False, dynamic_ncols=True)
+
+    def update(n=1):
+        if is_plan(n):
+            bar.total = bar.n + int(n.remaining)
+            bar.write(f"rebirth: {desc}: {render(n.text)}", file=sys.stderr)
+            bar.refresh()
+        else:
+            bar.update(n)
     try:
-        yield bar.update
+        yield update
     finally:
         bar.close()

@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import click
 
+from deeprebirth import errors
 from deeprebirth.caffe import folders
 from deeprebirth.cli import DIR, current_flags, echo, main, output_json, reports
 from deeprebirth.cli.progress import progress_bar
 from deeprebirth.learning import finetune as ft
 from deeprebirth.learning import recover as rc
 from deeprebirth.learning import relearn as rl
+from deeprebirth.learning import solver as sv
 from deeprebirth.learning import undo
 from deeprebirth.runtime import isolate
 from deeprebirth.transforms import relearn_plan
@@ -23,8 +25,13 @@ from deeprebirth.transforms import relearn_plan
                                               "their noise). Default: a tenth of --images (300 to 2,000 "
                                               "images, spread over it) is held out of both steps for it; "
                                               "under 1,200 images, none.")
-@click.option("--iters", type=click.IntRange(min=1), default=rc.DISTILL_ITERS, show_default=True,
-              help="Distillation iterations after re-learning.")
+@click.option("--time", "time_budget", metavar="DURATION",
+              help=f"How long the whole run may take (30m, 90s, 1h30m), re-learning included: the distillation "
+                   f"measures its first steps and fits its iterations and annealed schedule to the time left. "
+                   f"Default: {rc.DEFAULT_TIME_BUDGET / 60:.0f}m when --iters is not given either.")
+@click.option("--iters", type=click.IntRange(min=1),
+              help="Distillation iterations after re-learning (with --time: at most this many). Default: as many "
+                   "as --time allows.")
 @click.option("--relearn-iters", type=click.IntRange(min=0), default=rl.Options.iters, show_default=True,
               help="SGD iterations per re-learned unit.")
 @click.option("--count", type=click.IntRange(min=1), default=rl.Options.train_images, show_default=True,
@@ -37,26 +44,46 @@ from deeprebirth.transforms import relearn_plan
 @click.option("--output", "-o", "outdir", type=DIR,
               help="Where the recovered weights go (default: SLIM_DIR/recovered).")
 @click.option("--json", "as_json", is_flag=True, help="Print recover.json's content instead of a summary.")
-def recover_command(slim_dir, images, val, iters, relearn_iters, count, batch, base_lr, val_limit, seed, outdir,
-                    as_json):
+def recover_command(slim_dir, images, val, time_budget, iters, relearn_iters, count, batch, base_lr, val_limit, seed,
+                    outdir, as_json):
     """Take SLIM_DIR (a `rebirth slim` output) from its init weights to recovered weights from images
     alone: re-learn every regenerated unit against the teacher, then distil the whole net against
     the teacher's logits. No label is read. Writes OUTDIR/weights.caffemodel, deploy.prototxt,
     finetune.json, recover.json and OUTDIR/relearn/."""
+    seconds = sv.parse_duration(time_budget) if time_budget is not None else None
     plan = folders.relearn_plan(slim_dir)
     relearn_opt = rl.Options(train_images=count, iters=relearn_iters, seed=seed)
     distill_opt = ft.Options(iters=iters, batch=batch, base_lr=base_lr, val_limit=val_limit, seed=seed)
-    total = len(relearn_plan.selected_units(plan["units"], None)) * relearn_iters + iters
+    units = len(relearn_plan.selected_units(plan["units"], None))
+    budget = rc.budget_of(iters, seconds)
+    # with a budget the distillation's iterations are known once it has measured itself (a Planned)
+    total = units * relearn_iters + (iters if budget is None else 0) or None
+    name_of = current_flags()
+    reports.stderr_line(plan_line(units, relearn_iters, iters, budget, time_budget is None))
     # a child killed by Ctrl-C cannot clean up after itself: what it made goes here
     with undo.removed_if_interrupted(rc.output_dir(slim_dir, outdir), rc.OUTPUT_NAMES), \
-            progress_bar(total, "recover", "it") as bar:
+            progress_bar(total, "recover", "it", quiet=0.0, eta=True,
+                         render=lambda text: errors.render(text, name_of)) as bar:
         doc = isolate.call(rc.recover, slim_dir, images, val, outdir, what="recover", progress=bar,
-                           relearn_options=relearn_opt, options=distill_opt, flags=_flags())
+                           relearn_options=relearn_opt, options=distill_opt, flags=_flags(), time_budget=budget)
     if as_json:
         output_json(doc)
     else:
         echo("\n".join(reports.relearn_summary(doc["relearn"])))
         echo(reports.finetune_text(doc["finetune"]))
+
+
+def plan_line(units: int, relearn_iters: int, iters: int | None, budget: float | None, default: bool) -> str:
+    """What recover says before it starts: what it runs, and for how long (``{opt:NAME}`` placeholders)."""
+    first = f"re-learning {units} unit(s) ({relearn_iters:,} SGD steps each), then "
+    if budget is None:
+        return (f"rebirth: recover: {first}{iters:,} distillation iterations ({{opt:iters}}); their time per "
+                "iteration is measured when they start, and the progress lines give the time left")
+    cap = f", at most {iters:,} ({{opt:iters}})" if iters is not None else ""
+    why = "the default; {opt:time} sets it" if default else "{opt:time}"
+    return (f"rebirth: recover: {first}distillation for what that leaves of {sv.format_duration(budget)} ({why}): "
+            f"its iterations{cap} are fitted to the time left once its first steps are measured; expect it to "
+            f"end within {sv.format_duration(budget)}")
 
 
 def _flags() -> dict[str, str]:

@@ -41,10 +41,15 @@ from deeprebirth.learning import health, preprocess
 from deeprebirth.learning import keeping as kp
 from deeprebirth.learning import solver as sv
 from deeprebirth.learning import sources as data
-from deeprebirth.learning.trainnet import TEACHER_LOGITS, TrainNet, build_train_net
+from deeprebirth.learning.trainnet import DISTILL_LOSS, TEACHER_LOGITS, TrainNet, build_train_net
 
 OUTPUT_FILES = ("weights.caffemodel", "deploy.prototxt", "finetune.json")
 """What finetune writes into its output folder (besides the marker and the snapshots)."""
+END_SECONDS = 3.0
+"""With a time budget: the seconds kept for the end besides its validation (the snapshot, the
+weights and finetune.json written)."""
+CALIBRATION_IMAGES = 64
+"""With a time budget: the validation images timed to estimate a whole validation's time."""
 
 
 @dataclass
@@ -68,6 +73,9 @@ class Options:
     seed: int = 0                        # Caffe's random_seed, the image order and augmentation
     holdout: bool = True                 # without val: validate on images held out of train (sources.hold_out)
     force: bool = False                  # write beside files in the output folder rebirth did not write
+    time_budget: float | None = None     # seconds the run may take: iterations (and the annealed schedule)
+    #                                      fitted to it after measuring the first steps (``iters`` is then a cap),
+    #                                      and a hard stop before it; ``progress`` then also gets a solver.Planned
 
 
 class StopOnSignals:
@@ -115,6 +123,7 @@ class _Setup:
     restore: bytes | None = None         # the resumed snapshot naming the weights beside it (check_solverstate)
     heldout: bool = False                # the validation images are held out of the training source
     safe: sv.SafeSettings = field(default_factory=sv.SafeSettings)
+    interval: int | None = None          # the validation interval fitted to a time budget
 
     @property
     def trained(self) -> bool:
@@ -136,6 +145,8 @@ class _Run:
     last: int                            # the iteration it reached
     snapshots: list[str]
     stopped: str | None = None           # the signal that stopped it early (StopOnSignals)
+    out_of_time: bool = False            # the time budget ran out before the last iteration
+    fit: sv.Fit | None = None            # the iterations fitted to the time budget
 
 
 def finetune(slim_dir, train: data.Source, val: data.Source | None = None, outdir: str | os.PathLike | None = None,
@@ -149,6 +160,7 @@ def finetune(slim_dir, train: data.Source, val: data.Source | None = None, outdi
     result's ``interrupted`` says where). The notes name the caller's parameters as ``{opt:NAME}``;
     finetune.json spells them by ``name_of`` (the cli: its flags; default: their names)."""
     opt = options or Options()
+    started = time.perf_counter()      # the time budget counts from here
     _check_options(opt)
     given = train
     train, val, heldout, split_note = _hold_out(train, opt) if val is None else (train, val, None, None)
@@ -168,7 +180,6 @@ def finetune(slim_dir, train: data.Source, val: data.Source | None = None, outdi
             st.notes.append("without {opt:val}, weights.caffemodel holds the last iteration's weights: a run's first "
                             "hundred iterations can cost points it wins back later, so pass {opt:val} to keep the "
                             "best")
-        started = time.perf_counter()
         run = _attempts(st, train, val, sparam, started, progress, log, stop)
         if run.start < run.last or not Path(sv.snapshot_name(st.outdir, run.last)).exists():
             run.solver.snapshot()
@@ -218,25 +229,31 @@ def _check_options(opt: Options) -> None:
         raise RebirthError("{opt:teacher_weights} needs {opt:teacher}")
     if opt.resume is not None and opt.weights is not None:
         raise RebirthError("{opt:resume} and {opt:weights} exclude each other (a snapshot holds its own weights)")
+    if opt.time_budget is not None and not opt.time_budget > 0:
+        raise RebirthError(f"{{opt:time}} {opt.time_budget!r}: expected a positive duration")
 
 
 def _attempts(st: _Setup, train, val, sparam, started: float, progress, log, stop: StopOnSignals | None) -> _Run:
     """The run, from its start weights at one rate after the other (health.DIVERGENCE_ATTEMPTS),
     until one neither diverges nor collapses."""
     first_lr, attempts = sparam.base_lr, 0
+    deadline = started + st.opt.time_budget if st.opt.time_budget is not None else None
     with stop if stop is not None else nullcontext():
         while True:
+            fit = _fit_to_time(st, train, val, sparam, deadline, progress, log) if deadline is not None else None
             solver = sv.start_solver(st.tn.net, sparam, st.outdir, st.opt.resume, st.restore, st.start_weights)
             start = int(solver.iter)
             history = _previous_history(st.outdir, start) if st.opt.resume is not None else []
             validate = kp.Validator(st.validation(val), sparam, history, started, log, first=start)
             try:
-                snapshots = _train(st, solver, train, sparam, validate, progress, stop)
+                ending = (deadline - fit.seconds_per_validation - END_SECONDS) if fit is not None else None
+                snapshots = _train(st, solver, train, sparam, validate, progress, stop, ending)
                 stopped = stop.signal if stop is not None else None
-                last = int(solver.iter) if stopped else int(sparam.max_iter)
+                out_of_time = not stopped and int(solver.iter) < int(sparam.max_iter)
+                last = int(solver.iter) if stopped or out_of_time else int(sparam.max_iter)
                 if not stopped and (validate.losses or not history or history[-1]["iteration"] != last):
                     validate(last)     # may find the run back at chance (a collapse): in the try
-                return _Run(solver, validate, start, last, snapshots, stopped)
+                return _Run(solver, validate, start, last, snapshots, stopped, out_of_time, fit)
             except Diverged as bad:
                 attempts += 1
                 if attempts == health.DIVERGENCE_ATTEMPTS:
@@ -251,12 +268,73 @@ def _attempts(st: _Setup, train, val, sparam, started: float, progress, log, sto
                     log(f"note: {note}")
 
 
+def _fit_to_time(st: _Setup, train: data.Source, val: data.Source | None, sparam, deadline: float, progress,
+                 log) -> sv.Fit:
+    """With a time budget: the run's first steps measured (``_calibrate``), then its iterations,
+    validation interval and warm-up fitted to the time left before ``deadline`` (solver.
+    fit_iterations; ``Options.iters`` a cap), set on ``sparam`` so that the annealed rate reaches 0
+    at the last of them; ``progress`` gets a solver.Planned and ``log`` a note saying so."""
+    per_iter, per_val = _calibrate(st, train, val, sparam)
+    left = deadline - time.perf_counter()
+    validations = sv.BUDGET_VALIDATIONS if val is not None else 0
+    fit = sv.fit_iterations(left, per_iter, per_val, validations, reserve=per_val + END_SECONDS, cap=st.opt.iters)
+    sparam.max_iter = fit.iters
+    st.interval = (st.opt.test_interval if st.opt.test_interval is not None else fit.test_interval) \
+        if val is not None else 0
+    if st.safe.warmup:
+        st.safe.warmup = min(sv.WARMUP_MAX, max(1, int(round(sv.WARMUP_FRACTION * fit.iters))))
+    what = (f"{fit.iters:,} iterations (the {{opt:iters}} asked for)" if fit.capped else
+            f"{fit.iters:,} iterations fitted to the {sv.format_duration(left)} left of {{opt:time}}")
+    note = (f"{what}: {per_iter:.3g} s per iteration and {per_val:.3g} s per validation measured, about "
+            f"{sv.format_duration(fit.expected)} in all" + (", the rate annealed to 0 at the last" if
+                                                             sparam.lr_policy == "poly" else ""))
+    st.notes.append(note)
+    if log is not None:
+        log(f"note: {note}")
+    if progress:
+        progress(sv.Planned(fit.iters, fit.expected, note))
+    return fit
+
+
+def _calibrate(st: _Setup, train: data.Source, val: data.Source | None, sparam) -> tuple[float, float]:
+    """(seconds per training step, seconds per validation) measured on this machine now: the
+    solver from the run's start at rate 0 (the weights do not move) for solver.CALIBRATION_STEPS
+    steps, the first left out; and a validation's share of CALIBRATION_IMAGES images scaled to the
+    validation images."""
+    probe = pb.SolverParameter()
+    probe.CopyFrom(sparam)
+    probe.base_lr, probe.max_iter = 0.0, sv.CALIBRATION_STEPS
+    solver = sv.start_solver(st.tn.net, probe, st.outdir, st.opt.resume, st.restore, st.start_weights)
+    gen = train.batches(st.tn.pre, st.tn.batch, train=True, shuffle=True, loop=True, seed=st.opt.seed)
+    times = []
+    for _ in range(sv.CALIBRATION_STEPS):
+        x, y = next(gen)
+        t0 = time.perf_counter()
+        _feed(st, solver.net, train, x, y, 1.0)
+        solver.step(1)
+        times.append(time.perf_counter() - t0)
+    per_iter = sum(times[1:]) / max(1, len(times) - 1)
+    per_val = 0.0
+    if val is not None:
+        n = len(val) if st.opt.val_limit is None else min(st.opt.val_limit, len(val))
+        runner = st.val_runner
+        runner.caffe_net.set_weights({k: [b.data for b in v] for k, v in solver.net.params.items()
+                                      if k in runner.caffe_net.net.params})
+        timed = min(n, CALIBRATION_IMAGES)
+        t0 = time.perf_counter()
+        ev.run_evaluation(runner, val, st.val_pre, batch=st.opt.val_batch, teacher=st.teacher, limit=timed)
+        per_val = (time.perf_counter() - t0) * n / max(1, timed)
+    return per_iter, per_val
+
+
 def _train(st: _Setup, solver, train: data.Source, sparam, validate: kp.Validator, progress,
-           stop: StopOnSignals | None) -> list[str]:
+           stop: StopOnSignals | None, ending: float | None = None) -> list[str]:
     """Caffe's solver, one step at a time, its input blobs set from ``train``; the health checked
-    after every step, the validations run and the snapshots taken."""
+    after every step, the validations run and the snapshots taken. At ``ending`` (a
+    ``time.perf_counter()`` value: the time budget less what the end needs) the loop stops."""
     tn, net, opt = st.tn, solver.net, st.opt
-    interval = opt.test_interval if opt.test_interval is not None else int(st.sd.solver.test_interval or 0)
+    interval = st.interval if st.interval is not None else (
+        opt.test_interval if opt.test_interval is not None else int(st.sd.solver.test_interval or 0))
     snap_every = opt.snapshot if opt.snapshot is not None else int(st.sd.solver.snapshot or 0)
     validate.net = net
     start, max_iter = int(solver.iter), int(sparam.max_iter)
@@ -264,19 +342,23 @@ def _train(st: _Setup, solver, train: data.Source, sparam, validate: kp.Validato
     snapshots: list[str] = []
     run_losses: list[float] = []
     spreads: list[float] = []          # health.logit_spread per iteration (collapse)
+    floor = None                       # the loss a diverging run passes besides 10x its start (distillation)
     if validate.val is not None and start < max_iter and not any(h["iteration"] == start for h in validate.history):
         validate(start)
     elif validate.val is None and start < max_iter and not validate.history:   # a fresh run without validation
         validate.check_start(train)
     for it in range(start, max_iter):
-        if stop is not None and stop.signal:
+        if (stop is not None and stop.signal) or (ending is not None and time.perf_counter() >= ending):
             break
         x, y = next(gen)
         _feed(st, net, train, x, y, sv.warmup_factor(st.safe.warmup, it))
         solver.step(1)
         loss = sum(w * float(net.blobs[t].data.sum()) for t, w in tn.losses.items())
         run_losses.append(loss)
-        health.check_divergence(run_losses, it + 1)
+        if floor is None:
+            floor = (health.zero_output_loss(net.blobs[TEACHER_LOGITS].data, tn.losses.get(DISTILL_LOSS, 0.0))
+                     if TEACHER_LOGITS in net.blobs and not tn.label else 0.0)
+        health.check_divergence(run_losses, it + 1, floor)
         spreads.append(health.logit_spread(net.blobs[tn.logits].data))
         if health.collapsed(spreads):
             raise Diverged(it + 1, loss, collapse="a uniform output for every image")   # for COLLAPSE_WINDOW its
@@ -404,6 +486,17 @@ def _record(st: _Setup, train, val, sparam, run: _Run, started: float) -> dict:
     }
     if run.stopped:
         result["interrupted"] = {"signal": run.stopped, "iteration": run.last, "target": int(sparam.max_iter)}
+    if run.fit is not None:
+        fit = run.fit
+        result["time_budget"] = {"seconds": opt.time_budget, "fitted_iterations": fit.iters,
+                                 "seconds_per_iteration": round(fit.seconds_per_iter, 4),
+                                 "seconds_per_validation": round(fit.seconds_per_validation, 3),
+                                 "seconds_left_at_fit": round(fit.seconds_left, 2),
+                                 "capped_by_iters": fit.capped, "out_of_time": run.out_of_time}
+        if run.out_of_time:
+            st.notes.append(f"the time ({{opt:time}}) ran out at iteration {run.last:,} of the {fit.iters:,} "
+                            "fitted (the machine slowed down): the run stopped there, its rate not yet annealed "
+                            "to 0")
     return result
 
 

@@ -12,8 +12,13 @@ Two steps, neither of which reads a label (a folder of unlabelled images is enou
    weights, against the teacher's logits on the same images (EuclideanLoss), which removes the
    error that accumulated through the net. It runs with finetune's safe defaults (regenerated
    layers at lr_mult 1, warm-up, clipped gradients, a diverging run restarted at a lower rate) and
-   keeps the weights that agree best with the teacher (keeping.kept_iteration) on ``val``, or
-   without it on the last images of ``images``, held out of both steps (sources.hold_out).
+   keeps the weights closest to the teacher (the lowest relative output error, then KL:
+   keeping.fidelity_kept; the re-learned start is a candidate, so the result is never further from
+   the teacher than relearn left it) on ``val``, or without it on every tenth image of
+   ``images``, held out of both steps (sources.hold_out).
+
+The run is bounded by a time budget (``time_budget``, DEFAULT_TIME_BUDGET unless iterations are
+asked for): relearn's time counts, and the distillation fits its iterations to what is left.
 
 OUTDIR gets ``relearn/`` (relearn's weights.caffemodel and relearn.json), then weights.caffemodel,
 deploy.prototxt and finetune.json from the distillation, and recover.json (both steps' summaries).
@@ -23,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -41,8 +47,17 @@ from deeprebirth.learning.trainnet import build_train_net
 # or three jobs on two cores) and 20,000 91.05 % (85 minutes), the only run within 1 pt of the
 # teacher: the default.
 # With validation images the best validated weights are kept (keeping.kept_iteration); fewer
-# iterations trade accuracy for time.
+# iterations trade accuracy for time. Asked for with ``iters`` only: with neither ``iters`` nor a
+# time budget, recover runs for DEFAULT_TIME_BUDGET instead.
 DISTILL_ITERS = 20_000
+# What recover takes, relearn included, when given neither iterations nor a time budget: the
+# distillation's iterations are fitted to what relearn leaves of it (finetune.Options.time_budget).
+# 20,000 iterations of the BatchNorm ResNet slim net took many hours on this 2-core machine under
+# load (0.25-1 s each); 30 minutes give it 2,000-7,000, and the best validated weights are kept.
+DEFAULT_TIME_BUDGET = 30 * 60.0
+
+MIN_DISTILL_SECONDS = 10.0
+"""The least time a budgeted distillation is given after relearn (it measures its first steps)."""
 
 OUTPUT_NAMES = ("relearn", "recover.json", *ft.OUTPUT_FILES, f"{sv.SNAPSHOT_PREFIX}_iter_*")
 """What recover makes in its output folder (besides the marker): relearn's folder, recover.json,
@@ -57,13 +72,17 @@ def output_dir(slim_dir: str | os.PathLike, outdir: str | os.PathLike | None = N
 def recover(slim_dir: str | os.PathLike, images: str, val: str | None = None,
             outdir: str | os.PathLike | None = None, *, relearn_options: rl.Options | None = None,
             options: ft.Options | None = None, progress: Callable[[int], object] | None = None, log=None,
-            flags: dict[str, str] | None = None) -> dict:
+            flags: dict[str, str] | None = None, time_budget: float | None = None) -> dict:
     """Re-learn, then distil (module doc); returns what recover.json holds. ``options`` are the
-    distillation's (finetune.Options; ``distill`` and the start ``weights`` are set here; ``iters``
-    defaults to DISTILL_ITERS and ``test_interval`` to a fifth of them). Interrupted (Ctrl-C), it
-    leaves nothing it made (undo.removed_if_interrupted). ``flags``: how the caller spells the
-    parameters the notes name (``{opt:NAME}``) in recover.json and finetune.json (others keep
-    their names)."""
+    distillation's (finetune.Options; ``distill`` and the start ``weights`` are set here).
+    ``time_budget`` (seconds, else ``options.time_budget``) bounds the whole run: relearn's time
+    counts, and the distillation's iterations (``options.iters`` then a cap) and schedule are fitted
+    to what it leaves (finetune.Options.time_budget); with neither a budget nor ``iters`` the
+    budget is DEFAULT_TIME_BUDGET. With ``iters`` alone they are run as given, validated every
+    fifth of them unless ``test_interval`` says otherwise. Interrupted (Ctrl-C), it leaves nothing
+    it made (undo.removed_if_interrupted). ``flags``: how the caller spells the parameters the
+    notes name (``{opt:NAME}``) in recover.json and finetune.json (others keep their names)."""
+    started = time.perf_counter()
     sd = read_slim_dir(slim_dir)
     sd.teacher()                              # names the teacher, or a one-line error before any work
     build_train_net(sd, distill=True)         # the distillation's net, checked before relearn starts
@@ -71,11 +90,12 @@ def recover(slim_dir: str | os.PathLike, images: str, val: str | None = None,
     val_source = data.open_source(val) if val else None
     out = output_dir(sd.path, outdir)
     distill = options or ft.Options()
-    iters = distill.iters if distill.iters is not None else DISTILL_ITERS
+    budget = budget_of(distill.iters, time_budget if time_budget is not None else distill.time_budget)
+    iters = distill.iters if distill.iters is not None or budget is not None else DISTILL_ITERS
+    interval = distill.test_interval if distill.test_interval is not None or budget is not None else max(1, iters // 5)
     distill = dataclasses.replace(distill, iters=iters, distill=True, with_labels=False,
-                                  weights=str(out / "relearn" / "weights.caffemodel"),
-                                  test_interval=distill.test_interval if distill.test_interval is not None
-                                  else max(1, iters // 5))
+                                  weights=str(out / "relearn" / "weights.caffemodel"), test_interval=interval,
+                                  time_budget=None)
     # OUTDIR is ours before any work; its marker lists relearn/ once relearn has written it, and
     # recover.json once that is written (the distillation's claim finds relearn/ by its own marker).
     with undo.removed_if_interrupted(out, OUTPUT_NAMES), \
@@ -84,13 +104,25 @@ def recover(slim_dir: str | os.PathLike, images: str, val: str | None = None,
                                    options=relearn_options, progress=_unit_ticks(progress))
         outputs.record_files(out, ["relearn"])
         name_of = (lambda name: flags.get(name, name)) if flags else str
+        relearn_seconds = time.perf_counter() - started
+        if budget is not None:    # what relearn left of the budget (a few seconds at least: the calibration)
+            distill = dataclasses.replace(distill, time_budget=max(MIN_DISTILL_SECONDS, budget - relearn_seconds))
         tuned = ft.finetune(sd, train, val_source, out, distill, progress=progress, log=log, name_of=name_of)
         doc = {"slim_dir": str(sd.path), "images": train.name, "val": val_source.name if val_source else None,
                "heldout": tuned.get("heldout"), "labels_read": False, "relearn": relearned, "finetune": tuned,
-               "weights": str(out / "weights.caffemodel")}
+               "weights": str(out / "weights.caffemodel"), "time_budget": budget,
+               "relearn_seconds": round(relearn_seconds, 2), "seconds": round(time.perf_counter() - started, 2)}
         outputs.atomic_write(out / "recover.json", errors.render(json.dumps(doc, indent=2), name_of) + "\n")
         outputs.record_files(out, ["recover.json"])
         return doc
+
+
+def budget_of(iters: int | None, time_budget: float | None) -> float | None:
+    """The time budget a recover run has (seconds, or None: ``iters`` iterations as given): the one
+    given, else DEFAULT_TIME_BUDGET when no ``iters`` are given either."""
+    if time_budget is not None:
+        return float(time_budget)
+    return DEFAULT_TIME_BUDGET if iters is None else None
 
 
 def _relearn_images(images: str, train: data.Source, val: data.Source | None,

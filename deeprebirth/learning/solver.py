@@ -220,3 +220,94 @@ def start_solver(net: "pb.NetParameter", sparam: "pb.SolverParameter", outdir: P
     elif start_weights:
         solver.net.copy_from(start_weights)
     return solver
+
+
+# ----------------------------------------------------------------------------------------------
+# Time budgets: a run's iterations fitted to the time it may take
+
+# What a run given a time budget measures before it fits its iterations: CALIBRATION_STEPS steps
+# of the solver at rate 0 (the weights do not move), the first left out of the mean (Caffe
+# allocates its buffers then).
+CALIBRATION_STEPS = 6
+# The share of the time left that the fitted iterations may take: a shared machine's iterations
+# slow down by a few per cent from one minute to the next.
+BUDGET_SAFETY = 0.9
+# Validations of a run fitted to a time budget (besides the start's): the kept weights are the
+# best of these, so more of them find a better iterate at the cost of their time.
+BUDGET_VALIDATIONS = 10
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from ``90s``, ``30m``, ``1h``, ``1h30m``, ``2.5m`` or a plain number of seconds; a
+    RebirthError naming ``{opt:time}`` for anything else or a duration of 0."""
+    s = str(text).strip().lower().replace(" ", "")
+    total, number, matched = 0.0, "", False
+    try:
+        if s and s.replace(".", "", 1).isdigit():
+            total, matched = float(s), True
+        else:
+            for ch in s:
+                if ch.isdigit() or ch == ".":
+                    number += ch
+                elif ch in _UNITS and number:
+                    total, number, matched = total + float(number) * _UNITS[ch], "", True
+                else:
+                    raise ValueError(ch)
+            if number:
+                raise ValueError(number)
+    except ValueError:
+        matched = False
+    if not matched or total <= 0:
+        raise RebirthError(f"{{opt:time}} {text!r}: expected a duration such as 90s, 30m, 1h or 1h30m")
+    return total
+
+
+def format_duration(seconds: float) -> str:
+    """``45 s``, ``12 min``, ``1 h 05 min``: a duration as the notes and progress lines give it."""
+    seconds = max(0.0, float(seconds))
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    minutes = int(round(seconds / 60))
+    return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
+
+
+@dataclass
+class Fit:
+    """Iterations fitted to a time budget (``fit_iterations``) and what they were fitted from."""
+    iters: int                    # iterations to train
+    test_interval: int            # validate every this many
+    seconds_per_iter: float
+    seconds_per_validation: float
+    seconds_left: float           # the time there was to fit them into
+    expected: float               # the seconds the iterations and validations should take
+    capped: bool = False          # the iterations asked for (a cap) were fewer than the time allowed
+
+
+def fit_iterations(seconds_left: float, seconds_per_iter: float, seconds_per_validation: float = 0.0,
+                   validations: int = BUDGET_VALIDATIONS, reserve: float = 0.0, cap: int | None = None,
+                   safety: float = BUDGET_SAFETY) -> Fit:
+    """The iterations that fit into ``seconds_left`` at ``seconds_per_iter`` each (measured), with
+    ``validations`` validations of ``seconds_per_validation`` on the way and ``reserve`` seconds
+    kept for the end (the last validation, writing the weights), using only ``safety`` of the time
+    (a shared machine slows down); at least 1, and at most ``cap`` when one is given. The
+    validation interval spreads ``validations`` over them (the last at the run's end)."""
+    per_iter = max(float(seconds_per_iter), 1e-6)
+    usable = max(0.0, safety * float(seconds_left) - float(reserve) - validations * float(seconds_per_validation))
+    iters = max(1, int(usable // per_iter))
+    capped = cap is not None and cap < iters
+    if capped:
+        iters = int(cap)
+    interval = max(1, -(-iters // max(1, validations)))
+    expected = iters * per_iter + -(-iters // interval) * float(seconds_per_validation) + float(reserve)
+    return Fit(iters, interval, per_iter, float(seconds_per_validation), float(seconds_left), expected, capped)
+
+
+@dataclass
+class Planned:
+    """What a run given a time budget passes to its ``progress`` callable (instead of a number of
+    iterations) once it has measured itself: the iterations still to come, the seconds they should
+    take, and a line saying so (``{opt:NAME}`` placeholders)."""
+    remaining: int
+    seconds: float
+    text: str
