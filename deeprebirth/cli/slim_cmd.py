@@ -11,6 +11,7 @@ from deeprebirth.graph.model import load_model, resolve
 from deeprebirth.runtime import verify
 from deeprebirth.transforms import slim as slim_api
 from deeprebirth.transforms import tucker as tucker_api
+from deeprebirth.transforms.planner import read_plan
 from deeprebirth.transforms.rules.tucker import parse_ranks
 
 
@@ -27,6 +28,8 @@ def _names(value: str | None) -> list[str] | None:
                    "(default: ImageData layers reading train.txt/val.txt, and a softmax loss).")
 @click.option("--only", metavar="NAMES",
               help="Slim only these substructures, comma-separated (e.g. conv1,conv2,inception_3a).")
+@click.option("--plan", "plan_file", type=FILE,
+              help="Apply a plan written by `rebirth plan -o`: every lossless rewrite, and the lossy ones it chose.")
 @click.option("--rules", "rule_names", metavar="LIST",
               help="Run only these rules, comma-separated (default: the rules that declare default; "
                    "`inspect --json` lists them).")
@@ -49,7 +52,7 @@ def _names(value: str | None) -> list[str] | None:
 @click.option("--force", is_flag=True,
               help="Replace OUTDIR although it holds files rebirth did not write (all of them are removed).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a summary.")
-def slim_command(model, weights, train_val, only, rule_names, keep_pooling, data_layer, tucker, ranks, ratio,
+def slim_command(model, weights, train_val, only, plan_file, rule_names, keep_pooling, data_layer, tucker, ranks, ratio,
                  outdir, allow_missing, force, as_json):
     """Slim MODEL: merge non-tensor layers into tensor layers (DeepRebirth streamline and branch
     slimming, and the exact folds), bottom to top. A built-in MODEL with weights shipped in models/
@@ -70,6 +73,8 @@ def slim_command(model, weights, train_val, only, rule_names, keep_pooling, data
     show_warnings(m.warnings)
     given = netio.read_net(train_val) if train_val else None
     if tucker:
+        if plan_file is not None:
+            raise RebirthError("--plan and --tucker: slim with the plan first, then run `rebirth tucker` on its output")
         if only is not None:
             raise RebirthError("--tucker decomposes the whole slim net: slim with --only first, then run "
                                "`rebirth tucker` on its output")
@@ -82,10 +87,14 @@ def slim_command(model, weights, train_val, only, rule_names, keep_pooling, data
     else:
         if ranks != "vbmf" or ratio is not None:
             raise RebirthError("--ranks and --ratio apply with --tucker")
-        out = slim_api.slim(m, _names(rule_names), only=_names(only), keep_pooling=keep_pooling,
-                            train_val=given, train_val_source=train_val,
-                            data_layer=data_layer,
-                            inputs=[str(resolve(model)), weights, train_val])
+        plan = _plan(plan_file, m, only, rule_names, keep_pooling)
+        out = slim_api.slim(m, _names(rule_names), only=plan["only"] if plan else _names(only),
+                            keep_pooling=keep_pooling, train_val=given, train_val_source=train_val,
+                            data_layer=data_layer, exact_always=plan is not None,
+                            plan=None if plan is None else {"file": plan_file, "only": plan["only"],
+                                                            "predicted_speedup": plan.get("predicted_speedup"),
+                                                            "target": plan.get("target")},
+                            inputs=[str(resolve(model)), weights, train_val, plan_file])
         summarize = reports.slim_summary
     show_warnings([w for w in out.result.warnings if w not in m.warnings])
     written = slim_api.write(out, outdir, force=force, name_of=current_flags())
@@ -93,3 +102,15 @@ def slim_command(model, weights, train_val, only, rule_names, keep_pooling, data
         output_json(out.report())
     else:
         echo(summarize(out, written))
+
+
+def _plan(plan_file, m, only, rule_names, keep_pooling) -> dict | None:
+    """The plan file's content, checked against the other options and the model (None without one)."""
+    if plan_file is None:
+        return None
+    if only is not None or rule_names is not None or keep_pooling:
+        raise RebirthError("--plan chooses the rewrites itself: leave out --only, --rules and --keep-pooling")
+    plan = read_plan(plan_file)
+    if plan.get("weights") and m.weights is None:
+        raise RebirthError(f"{plan_file}: was planned with weights ({plan['weights']}): give them with --weights")
+    return plan

@@ -44,6 +44,7 @@ class _Run:
     result: Result
     only: set[str] | None
     progress: Callable[[int], None] | None
+    exact_always: bool = False           # ``only`` restricts the rules that are not exact
     graph: Graph = None
     costs: dict = None
     seen: set = field(default_factory=set)
@@ -70,7 +71,7 @@ class _Run:
             self.seen.add(key)
             if m.name not in result.matched:
                 result.matched.append(m.name)
-            if self.only is not None and m.name not in self.only:
+            if self.only is not None and m.name not in self.only and not (self.exact_always and rule.exact):
                 continue
             note = _unknown_shapes(graph, m.layers) or rule.refusal(graph, m, result.model)
             result.candidates.append(Candidate(rule.name, m.name, list(m.layers), note))
@@ -84,17 +85,18 @@ class _Run:
 
 
 def run(model: Model, rules: list[Rule], only: set[str] | None = None, max_steps: int = 10_000,
-        progress: Callable[[int], None] | None = None) -> Result:
+        progress: Callable[[int], None] | None = None, exact_always: bool = False) -> Result:
     """Rewrite a copy of ``model`` with ``rules`` in order. ``only`` restricts rewrites to the named
-    substructures. Each rule runs to a fixed point before the next one starts; after ``max_steps``
-    rewrites the run stops, with a note in ``Result.notes``. ``progress(1)`` is called after each
-    match is decided (rewritten or refused).
+    substructures; with ``exact_always`` it restricts only the rules that are not exact (a plan: every
+    lossless rewrite, and the lossy ones it chose). Each rule runs to a fixed point before the next
+    one starts; after ``max_steps`` rewrites the run stops, with a note in ``Result.notes``.
+    ``progress(1)`` is called after each match is decided (rewritten or refused).
 
     Every match a rule reports (outside ``only``) becomes a ``Candidate``, rewritten or refused by
     ``Rule.refusal`` (its guards); a refused one is also a ``Skip``. The name of every match,
     inside ``only`` or not, is in ``Result.matched``. A rule that declares ``rematches_added =
     False`` is not shown the layers its own rewrites added in this run."""
-    state = _Run(Result(model.copy()), only, progress)
+    state = _Run(Result(model.copy()), only, progress, exact_always)
     result = state.result
     state.look()
     for rule in rules:

@@ -47,6 +47,7 @@ class SlimOutput:
     weights: dict | None               # init weights of the train net (slim deploy + training-only)
     notes: list[str] = field(default_factory=list)
     inputs: list[str] = field(default_factory=list)
+    plan: dict | None = None           # the plan applied (``only`` its lossy choice; exact rules everywhere)
 
     @property
     def deploy(self) -> "pb.NetParameter":
@@ -74,6 +75,7 @@ class SlimOutput:
             "weights": self.model.weights_source,
             "rules": self.rules,
             "only": self.only,
+            **({"plan": self.plan} if self.plan is not None else {}),
             "batch": input_batch(self.model.net),
             "before": before,
             "after": after,
@@ -118,7 +120,8 @@ def slim(model: Model, rules: list[Rule | str] | None = None, only: list[str] | 
          train_val: "pb.NetParameter | None" = None, train_val_source: str | None = None,
          data_layer: str = "ImageData",
          inputs: list[str] | None = None, keep_pooling: bool = False,
-         progress: Callable[[int], None] | None = None) -> SlimOutput:
+         progress: Callable[[int], None] | None = None, exact_always: bool = False,
+         plan: dict | None = None) -> SlimOutput:
     """Slim ``model`` and build everything `rebirth slim` writes.
 
     ``rules``: Rule instances, or rule names (see ``select_rules``, with ``keep_pooling``); by
@@ -127,6 +130,8 @@ def slim(model: Model, rules: list[Rule | str] | None = None, only: list[str] | 
     Training-only layers of a given train_val (auxiliary classifiers) start from their trained values
     when the weights file has them (``model.spare_weights``).
     ``progress(1)`` is called after each match is decided (``runner.run``).
+    ``exact_always``: ``only`` names the lossy rewrites; the exact ones run everywhere (``only`` may
+    then be empty: the lossless net). ``plan``: the plan this applies, recorded in the report.
 
     The rules run once, also with ``only``: the names in ``only`` are checked against the matches
     of that run (``Result.matched``); only when one is missing there does a second, full run tell
@@ -146,10 +151,10 @@ def slim(model: Model, rules: list[Rule | str] | None = None, only: list[str] | 
     only_set = None
     if only is not None:
         only = list(dict.fromkeys(n.strip() for n in only if n.strip()))
-        if not only:
+        if not only and not exact_always:
             raise RebirthError("{opt:only}: no substructure named")
         only_set = set(only)
-    result = runner.run(model, rules, only=only_set, progress=progress)
+    result = runner.run(model, rules, only=only_set, progress=progress, exact_always=exact_always)
     if only is not None and not only_set <= set(result.matched):
         _check_only(model, rules, only)
     notes += result.notes
@@ -182,7 +187,7 @@ def slim(model: Model, rules: list[Rule | str] | None = None, only: list[str] | 
         init = weight_ops.transplant(result.model.weights, graph, set(new_layers))
         init.update(_training_only_weights(tv, result.model.net, model.spare_weights, notes))
     return SlimOutput(model, result, [r.name for r in rules], only, new_layers, tv, solver, init,
-                      notes, [p for p in (inputs or []) if p])
+                      notes, [p for p in (inputs or []) if p], plan)
 
 
 def _check_finite(model: Model, slimmed: Model) -> None:

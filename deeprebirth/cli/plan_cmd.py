@@ -1,0 +1,90 @@
+"""`rebirth plan`: which lossy rewrites pay on the target, measured there and on the user's images."""
+from __future__ import annotations
+
+import json
+
+import click
+
+from deeprebirth import errors, outputs
+from deeprebirth.caffe import builtin
+from deeprebirth.cli import FILE, current_flags, echo, main, output_json, plan_reports, show_warnings
+from deeprebirth.cli.progress import progress_bar
+from deeprebirth.graph.model import load_model, resolve
+from deeprebirth.learning import plan as plan_api
+from deeprebirth.runtime import engines
+
+
+def target_options(f):
+    """--engine, --device, --threads, --speedup, --max-drop: shared by plan and accelerate."""
+    for opt in reversed([
+        click.option("--engine", "-e", default="caffe", show_default=True,
+                     type=click.Choice(sorted(engines.ENGINES), case_sensitive=False),
+                     help="The runtime the net will run on: time is measured there."),
+        click.option("--device", "-d", default="cpu", show_default=True,
+                     help="Where: cpu (this machine), or a device `rebirth bench --device` knows (adb, ssh://host, "
+                          "host, qemu-aarch64)."),
+        click.option("--threads", type=click.IntRange(min=1), default=None,
+                     help="Threads of the engine (default: the engine's own)."),
+        click.option("--speedup", type=click.FloatRange(min=0, min_open=True), default=None, metavar="X",
+                     help="Aim for X times faster than the original on the target, at the least loss of fidelity."),
+        click.option("--max-drop", type=click.FloatRange(min=0, max=100), default=None, metavar="P",
+                     help="Aim for the fastest net in which at most P % of held-out images change class "
+                          f"(an upper bound on top-1 points lost) [default: {plan_api.planner.DEFAULT_MAX_DROP:g}]."),
+    ]):
+        f = opt(f)
+    return f
+
+
+@main.command("plan")
+@click.argument("model")
+@click.option("--weights", "-w", type=FILE, help="The trained .caffemodel (without: planned by time alone).")
+@click.option("--train-val", "train_val", type=FILE,
+              help="The model's train_val.prototxt: its TEST data layer gives the preprocessing.")
+@click.option("--images", metavar="SOURCE",
+              help="Your images (no labels needed): a folder, a Caffe list file, an LMDB, or "
+                   "fashion-mnist[:train|:test].")
+@target_options
+@click.option("--count", type=click.IntRange(min=1), default=plan_api.Options.train_images, show_default=True,
+              help="Images each candidate is re-learned on (least squares).")
+@click.option("--heldout", type=click.IntRange(min=10), default=plan_api.Options.heldout_images, show_default=True,
+              help="Other images each candidate is checked on.")
+@click.option("--runs", "-n", type=click.IntRange(min=5), default=plan_api.Options.runs, show_default=True,
+              help="Timed rounds (every net once a round, interleaved).")
+@click.option("--output", "-o", "out", type=click.Path(dir_okay=False), default=None,
+              help="Write the plan here (JSON; `rebirth slim MODEL --plan FILE` applies it).")
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON instead of a table.")
+def plan_command(model, weights, train_val, images, engine, device, threads, speedup, max_drop, count, heldout, runs,
+                 out, as_json):
+    """Plan which lossy rewrites of MODEL to make: each candidate `rebirth inspect` lists is timed on the
+    target (--engine, --device) beside the exact net (every lossless rewrite made), and re-learned by
+    least squares on your images and checked against the original on others. The plan takes the
+    fastest set within --max-drop, or the most faithful that reaches --speedup, and checks the
+    assembled net on both. Apply it with `rebirth slim MODEL --plan FILE` or `rebirth accelerate`."""
+    if out:
+        outputs.check_output_path(out)
+    shipped = builtin.shipped_for(model, weights, train_val)
+    weights = weights or (str(shipped["weights"]) if "weights" in shipped else None)
+    train_val = train_val or (str(shipped["train_val"]) if "train_val" in shipped else None)
+    m = load_model(model, weights)
+    show_warnings(m.warnings)
+    if shipped and not as_json:
+        echo(f"rebirth: {model}: using the " + " and the ".join(f"{w} shipped with it ({p})"
+                                                               for w, p in shipped.items()), err=True)
+    opt = plan_api.Options(engine=engine.lower(), device=device, threads=threads, speedup=speedup, max_drop=max_drop,
+                           train_images=count, heldout_images=heldout, runs=runs)
+
+    def stage(desc, total, unit="it"):
+        return progress_bar(total, desc, unit)
+
+    doc = plan_api.make_plan(m, images, train_val, opt, log=lambda line: echo(f"rebirth: {line}", err=True),
+                             stage=stage)
+    doc["command"] = f"rebirth plan {model}"
+    if out:
+        inputs = [str(resolve(model)), weights, train_val]
+        outputs.atomic_write(out, errors.render(json.dumps(doc, indent=2), current_flags()) + "\n",
+                             [p for p in inputs if p])
+    if as_json:
+        output_json(doc)
+    else:
+        echo(plan_reports.plan_text(doc) + (f"\nplan: {out}   (apply: rebirth slim {model} --plan {out} -o DIR)"
+                                       if out else ""))

@@ -1,0 +1,47 @@
+"""The text of `rebirth plan` and `rebirth accelerate` reports (pure functions of their documents)."""
+from __future__ import annotations
+
+from deeprebirth.cli.reports import _num, _table
+
+
+def _fid(f: dict | None) -> str:
+    if not f:
+        return "-"
+    text = f"{100 * f['agreement']:.1f} % agree"
+    if f.get("rel_error") is not None:
+        text += f", output error {f['rel_error']:.3f}"
+    if f.get("top1_drop") is not None:
+        text += f", top-1 {-100 * f['top1_drop']:+.1f} pt"
+    return text
+
+
+def plan_text(doc: dict) -> str:
+    t = doc["target"]
+    goal = doc["goal"]
+    aim = f"{goal['speedup']:g}x faster" if goal.get("speedup") else \
+        f"at most {goal['max_drop']:g} % of held-out images changing class" if goal.get("max_drop") is not None \
+        else "every rewrite that saves time"
+    lines = [f"plan for {doc['model']} on {t['engine']} ({t['device']}): {aim}; {doc['basis']}"]
+    if doc["heldout_images"]:
+        lines.append(f"each candidate re-learned on {doc['train_images']} images of {doc['images']}, checked on "
+                     f"{doc['heldout_images']} others")
+    rows = [("candidate", "rules", "saves ms", "±", "flips", "out err", "chosen", "why")]
+    for c in doc["candidates"]:
+        rows.append((c["name"], ",".join(c["rules"]), _num(c["saved_ms"], ".3f"), _num(c["saved_spread_ms"], ".3f"),
+                     "-" if c["flips"] is None else c["flips"], _num(c["rel_error"], ".3f"),
+                     "yes" if c["chosen"] else "no", c["why"]))
+    lines += [""] + (_table(rows, {2, 3, 4, 5}) if len(rows) > 1 else ["no lossy candidate"])
+    lines.append("")
+    ex, full = doc["exact"], doc.get("slim_everything")
+    rows = [("net", "ms", "speed-up", "fidelity (least squares only)"),
+            ("original", _num(doc["original_ms"], ".2f"), "1.00x", "-"),
+            ("exact (lossless rewrites)", _num(ex["ms"], ".2f"), f"{ex['speedup']:.2f}x", _fid(ex.get("fidelity")))]
+    if full:
+        rows.append(("slim everything", _num(full["ms"], ".2f"), f"{full['speedup']:.2f}x", _fid(full.get("fidelity"))))
+    rows.append((f"planned ({len(doc['only'])} lossy)", _num(doc["predicted_ms"], ".2f"),
+                 f"{doc['predicted_speedup']:.2f}x", _fid(doc.get("predicted_fidelity"))))
+    lines += _table(rows, {1, 2})
+    lines.append(f"\npredicted speed-up {doc['predicted_speedup']:.2f}x (the planned net timed beside the original; "
+                 f"{doc['timing']['runs']} rounds), {doc['seconds']:.0f} s")
+    lines += [f"note: {n}" for n in doc.get("notes", [])]
+    return "\n".join(lines)

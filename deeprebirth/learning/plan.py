@@ -1,0 +1,440 @@
+"""`rebirth plan` as a library: every lossy candidate measured on the target and on the user's
+images, the choice (transforms/planner.py), and the chosen net assembled and checked.
+
+    doc = make_plan(load_model("fmnist_googlenet", w), "fashion-mnist:train[:1000]", options=Options(speedup=3))
+
+1. **Nets.** The *exact* net: every lossless rewrite of the default rules (``slim`` with an empty
+   ``only`` and ``exact_always``). One net per lossy candidate (the substructures `rebirth inspect`
+   lists for the rules that are not exact): the exact net with that one rewrite more. And the net
+   with every candidate: "slim everything".
+2. **Time saved** on the target (``runtime.target``): all those nets and the original, timed
+   interleaved in one process (``bench.run_isolated``, random weights: time does not depend on
+   them). A candidate's saving is the median of its passes' differences to the exact net's passes
+   of the same rounds; its spread twice the standard error of that median.
+3. **Fidelity**, for each candidate that saves measurable time (the others are never chosen):
+   its regenerated layers re-learned by least squares on ``train_images`` of the user's images
+   (relearn with no SGD: its first step), then its output against the original's on
+   ``heldout_images`` other images: how many change their top-1 class (``flips``; with labels the
+   top-1 too) and the relative output error.
+4. **Choice and check**: planner.choose; the chosen net is assembled, re-learned the same way and
+   timed beside the original and the exact net. When it flips more images than the budget allows,
+   the budget shrinks (planner.tightened) and the choice is made again; when it misses the
+   speed-up asked for, the target rises by the shortfall; at most ``rounds`` times. What the plan
+   predicts is what the assembled net measured.
+
+Without weights step 3 is left out: the plan is by time alone, and says so.
+"""
+from __future__ import annotations
+
+import math
+import platform
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from deeprebirth import __version__
+from deeprebirth.errors import RebirthError
+from deeprebirth.graph.dag import Graph
+from deeprebirth.graph.model import Model
+from deeprebirth.transforms import planner, relearn_plan, runner
+from deeprebirth.transforms import rules as rule_registry
+from deeprebirth.transforms import slim as slim_api
+
+PLAN_KIND = planner.PLAN_KIND
+PLAN_VERSION = 1
+Log = Callable[[str], None]
+
+
+@dataclass
+class Options:
+    engine: str = "caffe"
+    device: str = "cpu"
+    threads: int | None = None
+    speedup: float | None = None
+    max_drop: float | None = None        # percent of held-out images whose class may change
+    train_images: int = 300
+    heldout_images: int = 500
+    ls_rows: int = 8000                  # least-squares rows per layer (relearn's default is 40,000)
+    runs: int = 30
+    warmup: int = 3
+    rounds: int = 3
+    seed: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------------------------
+# The nets
+
+
+@dataclass
+class Nets:
+    original: Model
+    exact: slim_api.SlimOutput | None           # None: no lossless rewrite applies
+    variants: dict[str, slim_api.SlimOutput]    # candidate name -> exact net + that rewrite
+    full: slim_api.SlimOutput | None            # every candidate
+    candidates: list[planner.Candidate]
+
+
+def lossy_candidates(model: Model) -> list[planner.Candidate]:
+    """The lossy substructures of a full default run, in order, with their rules and the count of
+    the original net's layers they touch; refused matches are not candidates."""
+    rules, _ = rule_registry.select(None, False, model.weights is not None)
+    result = runner.run(model, rules)
+    lossy = {r.name for r in rules if not r.exact}
+    original = {layer.name for layer in model.net.layer}
+    out: dict[str, planner.Candidate] = {}
+    for c in result.candidates:
+        if c.rule not in lossy or c.refused:
+            continue
+        cand = out.setdefault(c.name, planner.Candidate(c.name))
+        if c.rule not in cand.rules:
+            cand.rules.append(c.rule)
+        cand.layers = len(set(c.layers) & original) + cand.layers
+    return list(out.values())
+
+
+def slimmed(model: Model, only: list[str], train_val=None, train_val_source=None, plan: dict | None = None):
+    """The exact net plus the lossy rewrites ``only`` names (None when nothing at all applies)."""
+    try:
+        return slim_api.slim(model, None, only=list(only), train_val=train_val, train_val_source=train_val_source,
+                             exact_always=True, plan=plan)
+    except RebirthError:
+        if only:
+            raise
+        return None        # no lossless rewrite: the exact net is the original
+
+
+def build_nets(model: Model, train_val=None, log: Log | None = None) -> Nets:
+    cands = lossy_candidates(model)
+    exact = slimmed(model, [], train_val)
+    variants = {}
+    for c in cands:
+        try:
+            variants[c.name] = slimmed(model, [c.name], train_val)
+        except RebirthError as e:
+            c.note = f"cannot be slimmed on its own: {e}"
+    full = slimmed(model, [c.name for c in cands if c.name in variants], train_val) if variants else None
+    if log:
+        log(f"{len(cands)} lossy candidate(s); the exact net "
+            + (f"makes {len(exact.result.changes)} lossless rewrite(s)" if exact else "is the original (nothing "
+               "lossless applies)"))
+    return Nets(model, exact, variants, full, cands)
+
+
+def deploy_of(out: slim_api.SlimOutput | None, model: Model) -> Model:
+    return Model(model.net, model.weights, source=model.source) if out is None else \
+        Model(out.deploy, _deploy_weights(out), source="slim")
+
+
+def _deploy_weights(out: slim_api.SlimOutput) -> dict | None:
+    if out.weights is None:
+        return None
+    names = {layer.name for layer in out.deploy.layer}
+    return {k: v for k, v in out.weights.items() if k in names}
+
+
+# ----------------------------------------------------------------------------------------------
+# Time on the target
+
+
+def time_nets(nets: dict[str, "pb.NetParameter"], opt: Options, progress=None) -> dict[str, list[float]]:  # noqa: F821
+    """Forward-pass times (ms, one per round, rounds aligned) of every net, interleaved on the target."""
+    from deeprebirth.runtime import bench, target  # noqa: PLC0415
+    from deeprebirth.runtime.pycaffe import check_runnable, random_weights  # noqa: PLC0415
+
+    prepared = []
+    for label, net in nets.items():
+        check_runnable(net, label, "plan")
+        net1 = bench.set_batch(net, 1)
+        m = Model(net1, random_weights(Graph(net1, strict=False), seed=opt.seed), source=label)
+        prepared.append(bench.Prepared(label, m, f"random (seed {opt.seed})"))
+    dev = target.device_for(opt.engine, opt.device, opt.threads)
+    results = bench.run_isolated(prepared, dev, opt.runs, opt.warmup, layers=False, memory=False, seed=opt.seed,
+                                 progress=progress)
+    return {m.label: [t * 1000.0 for t in m.forward_s] for m in results}
+
+
+def paired_saving(base_ms: list[float], other_ms: list[float]) -> tuple[float, float]:
+    """(median of base - other over rounds, twice the standard error of that median), in ms; the
+    standard error from the differences' interquartile range (1.2533 sigma / sqrt n, sigma = IQR / 1.349)."""
+    diffs = [b - o for b, o in zip(base_ms, other_ms)]
+    med = statistics.median(diffs)
+    if len(diffs) < 4:
+        return med, abs(med)
+    q1, _, q3 = statistics.quantiles(diffs, n=4)
+    return med, 2 * 1.2533 * (q3 - q1) / 1.349 / math.sqrt(len(diffs))
+
+
+# ----------------------------------------------------------------------------------------------
+# Fidelity on the user's images
+
+
+def fidelity_jobs(teacher: Model, jobs: dict[str, tuple], train: np.ndarray, held: np.ndarray,
+                  labels: np.ndarray | None, seed: int = 0, ls_rows: int = 8000, progress=None) -> dict[str, dict]:
+    """For each job (label -> (deploy net, start weights, new layers, substructure of each new
+    layer)): re-learn the new layers by least squares on ``train``, then compare the output with
+    the teacher's on ``held``. Runs Caffe: call it through runtime.isolate."""
+    from deeprebirth.learning import evaluate as ev  # noqa: PLC0415
+    from deeprebirth.learning import relearn as rl  # noqa: PLC0415
+
+    t_runner = ev.Runner.build(teacher)
+    t_out = _outputs(t_runner, held)
+    out = {}
+    base = _scores(t_out, t_out, labels)
+    for label, (deploy, weights, new_layers, sub_of) in jobs.items():
+        started = time.perf_counter()
+        try:
+            if new_layers:
+                units = relearn_plan.plan_units(teacher.net, deploy, new_layers, sub_of)
+                opt = rl.Options(train_images=len(train), heldout_images=min(50, len(train)), iters=0, seed=seed,
+                                 ls_rows=ls_rows)
+                weights, _ = rl.relearn(deploy, weights, teacher.net, teacher.weights, units, train,
+                                        train[-opt.heldout_images:], opt)
+            s_out = _outputs(ev.Runner.build(Model(deploy, weights, source=label)), held)
+            out[label] = {**_scores(s_out, t_out, labels), "seconds": round(time.perf_counter() - started, 2)}
+            if labels is not None:
+                out[label]["top1_drop"] = round(base["top1"] - out[label]["top1"], 4)
+        except RebirthError as e:
+            out[label] = {"note": str(e)}
+        if progress:
+            progress((label, {k: v for k, v in out[label].items() if k != "weights"}))
+    return out
+
+
+def _outputs(runner, x: np.ndarray, batch: int = 50) -> np.ndarray:
+    parts = [runner.logits_of(x[i:i + batch]) for i in range(0, len(x), batch)]
+    return np.concatenate(parts).astype(np.float64)
+
+
+def _scores(s: np.ndarray, t: np.ndarray, labels: np.ndarray | None) -> dict:
+    from deeprebirth.learning.evaluate import relative_error  # noqa: PLC0415
+    flips = int(np.sum(s.argmax(1) != t.argmax(1)))
+    doc = {"flips": flips, "agreement": round(1 - flips / len(s), 4), "rel_error": relative_error(s, t)}
+    if labels is not None:
+        doc["top1"] = round(float(np.mean(s.argmax(1) == labels)), 4)
+    return doc
+
+
+def load_images(source_spec, pre, train_n: int, held_n: int, seed: int) -> tuple[np.ndarray, np.ndarray, object]:
+    """``train_n`` and ``held_n`` disjoint images of SOURCE (drawn at random with ``seed``),
+    preprocessed; the held-out ones' labels when the source has them (else None)."""
+    from deeprebirth.learning import sources as data  # noqa: PLC0415
+    source = source_spec if isinstance(source_spec, data.Source) else data.open_source(source_spec)
+    n = len(source)
+    if n < 20:
+        raise RebirthError(f"{source.name}: has {n} image(s); a plan needs at least 20 (to re-learn and to check)")
+    held_n = min(held_n, n // 2)
+    train_n = min(train_n, n - held_n)
+    order = np.random.default_rng(seed).permutation(n)[:train_n + held_n]
+    x = pre.apply([source.image(int(i)) for i in order]).astype(np.float32)
+    labels = source.labels([int(i) for i in order[train_n:]]) if getattr(source, "has_labels", False) else None
+    return x[:train_n], x[train_n:], (None if labels is None else np.asarray(labels))
+
+
+# ----------------------------------------------------------------------------------------------
+# The plan
+
+
+def _no_stage(desc: str, total: int | None, unit: str = "it"):
+    from contextlib import nullcontext  # noqa: PLC0415
+    return nullcontext(None)
+
+
+def make_plan(model: Model, images=None, train_val: str | None = None, options: Options | None = None,
+              log: Log | None = None, stage=_no_stage) -> dict:
+    """The plan document (module doc). ``images``: a SOURCE (or an opened Source); needed when the
+    model has weights. ``log(line)``: one line per step; ``stage(desc, total, unit)``: a context
+    manager yielding ``update(n)`` (or None) for the progress of long steps."""
+    from deeprebirth.caffe import netio  # noqa: PLC0415
+    from deeprebirth.learning import preprocess  # noqa: PLC0415
+    from deeprebirth.runtime import isolate, target  # noqa: PLC0415
+
+    opt = options or Options()
+    say = log or (lambda line: None)
+    _check_options(opt)
+    started = time.perf_counter()
+    tv = netio.read_net(train_val) if train_val else None
+    have_weights = model.weights is not None
+    if have_weights and images is None:
+        raise RebirthError(f"{model.source}: with weights the plan re-learns each candidate on your images: "
+                           "give {opt:images}")
+    nets = build_nets(model, tv, say)
+    exact_net = nets.exact.deploy if nets.exact else model.net
+    timing = {"original": model.net, "exact": exact_net}
+    if nets.full is not None:
+        timing["slim everything"] = nets.full.deploy
+    timing.update({f"+{name}": v.deploy for name, v in nets.variants.items()})
+    say(f"timing {len(timing)} nets on {target.describe(opt.engine, opt.device)}: {opt.runs} rounds")
+    with stage("timing", len(timing) * (opt.runs + opt.warmup), "run") as tick:
+        times = time_nets(timing, opt, tick)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    for c in nets.candidates:
+        if f"+{c.name}" in times:
+            c.saved_ms, c.saved_spread_ms = (round(x, 4) for x in paired_saving(times["exact"], times[f"+{c.name}"]))
+
+    heldout = None
+    fid: dict[str, dict] = {}
+    pre = labels = train = held = None
+    if have_weights:
+        shape = Graph(model.net, strict=False)
+        inputs = shape.input_blobs
+        if len(inputs) != 1:
+            raise RebirthError(f"{model.source}: the net has {len(inputs)} inputs; a plan feeds one image input")
+        pre = preprocess.preprocess_for(shape.shapes[inputs[0]], train_val or preprocess.default_train_val(
+            model.source))
+        train, held, labels = load_images(images, pre, opt.train_images, opt.heldout_images, opt.seed)
+        heldout = len(held)
+        todo = {name: _job(v) for name, v in nets.variants.items()
+                if planner.measurable(next(c for c in nets.candidates if c.name == name))}
+        if nets.exact is not None:
+            todo["exact"] = _job(nets.exact)
+        if nets.full is not None:
+            todo["slim everything"] = _job(nets.full)
+        say(f"re-learning {len(todo)} net(s) by least squares on {len(train)} images; checking on {heldout} others")
+        with stage("fidelity", len(todo), "net") as tick:
+            def told(item):
+                name, doc = item
+                say(f"  {name}: " + _fid_text(doc))
+                if tick:
+                    tick(1)
+            fid = isolate.call(fidelity_jobs, model, todo, train, held, labels, opt.seed, opt.ls_rows,
+                               what="Caffe (plan)", progress=told)
+        for c in nets.candidates:
+            doc = fid.get(c.name)
+            if doc is None:
+                continue
+            if "note" in doc:
+                c.note = f"re-learning failed: {doc['note']}"
+            else:
+                c.flips, c.rel_error = doc["flips"], doc["rel_error"]
+
+    rounds, choice, check = _choose_and_check(model, nets, opt, med, heldout, tv, train_val, train, held, labels,
+                                              say, stage)
+    doc = _document(model, train_val, images, opt, nets, med, times, fid, heldout, choice, check, rounds,
+                    time.perf_counter() - started)
+    return doc
+
+
+def _check_options(opt: Options) -> None:
+    if opt.speedup is not None and opt.max_drop is not None:
+        raise RebirthError("give {opt:speedup} or {opt:max_drop}, not both")
+    if opt.speedup is not None and not opt.speedup > 0:
+        raise RebirthError(f"{{opt:speedup}} must be above 0, not {opt.speedup:g}")
+    if opt.max_drop is not None and not 0 <= opt.max_drop <= 100:
+        raise RebirthError(f"{{opt:max_drop}} is a percentage of images, 0 to 100, not {opt.max_drop:g}")
+    if opt.train_images < 1 or opt.heldout_images < 10:
+        raise RebirthError("a plan needs at least 1 image to re-learn on and 10 to check on")
+
+
+def _job(out: slim_api.SlimOutput) -> tuple:
+    sub_of = {}
+    for c in out.result.changes:
+        for n in list(c.regenerated) + list(c.added):
+            sub_of.setdefault(n, c.substructure)
+    return out.deploy, _deploy_weights(out), list(out.new_layers), sub_of
+
+
+def _fid_text(doc: dict) -> str:
+    if "note" in doc:
+        return f"failed: {doc['note']}"
+    rel = doc.get("rel_error")
+    text = f"{doc['flips']} image(s) change class, output error {rel:.4f}" if rel is not None else \
+        f"{doc['flips']} image(s) change class"
+    return text + (f", top-1 {100 * doc['top1']:.2f} %" if "top1" in doc else "")
+
+
+def _choose_and_check(model, nets: Nets, opt: Options, med: dict, heldout, tv, train_val, train, held, labels,
+                      say: Log, stage):
+    from deeprebirth.runtime import isolate  # noqa: PLC0415
+    speedup, max_drop = opt.speedup, opt.max_drop
+    if speedup is None and max_drop is None and heldout:
+        max_drop = planner.DEFAULT_MAX_DROP
+    exact_net = nets.exact.deploy if nets.exact else model.net
+    rounds: list[dict] = []
+    choice = check = None
+    for r in range(max(1, opt.rounds)):
+        choice = planner.choose(nets.candidates, med["original"], med["exact"], heldout, speedup, max_drop)
+        assembled = slimmed(model, choice.chosen, tv, train_val) if choice.chosen else nets.exact
+        say(f"check {r + 1}: {len(choice.chosen)} lossy rewrite(s) chosen"
+            + (f" ({', '.join(choice.chosen)})" if choice.chosen else "") + "; timing it beside the original")
+        with stage("timing the plan", 3 * (opt.runs + opt.warmup), "run") as tick:
+            times = time_nets({"original": model.net, "exact": exact_net,
+                               "planned": assembled.deploy if assembled else model.net}, opt, tick)
+        m = {k: statistics.median(v) for k, v in times.items()}
+        check = {"chosen": list(choice.chosen), "original_ms": round(m["original"], 4),
+                 "exact_ms": round(m["exact"], 4), "planned_ms": round(m["planned"], 4),
+                 "speedup": round(m["original"] / m["planned"], 4),
+                 "exact_speedup": round(m["original"] / m["exact"], 4),
+                 "predicted_by_table_ms": round(choice.predicted_ms, 4)}
+        if heldout:
+            if assembled is None:
+                check["fidelity"] = {"flips": 0, "agreement": 1.0, "rel_error": 0.0}
+            else:
+                fid = isolate.call(fidelity_jobs, model, {"planned": _job(assembled)}, train, held, labels, opt.seed,
+                                   opt.ls_rows, what="Caffe (plan)")["planned"]
+                if "note" in fid:
+                    raise RebirthError(f"the planned net could not be re-learned: {fid['note']}")
+                check["fidelity"] = {k: v for k, v in fid.items() if k != "weights"}
+            say(f"  planned: {check['speedup']:.2f}x, " + _fid_text(check["fidelity"]))
+        else:
+            say(f"  planned: {check['speedup']:.2f}x")
+        rounds.append(check)
+        last = r + 1 >= max(1, opt.rounds)
+        flips = check.get("fidelity", {}).get("flips")
+        if choice.budget is not None and flips is not None and flips > choice.budget and choice.chosen and not last:
+            budget = planner.tightened(choice.budget, choice.cost, flips)
+            max_drop = 100.0 * budget / heldout
+            say(f"  {flips} image(s) changed class, over the budget of {choice.budget:.1f}: the budget becomes "
+                f"{budget:.1f} and the choice is made again")
+            continue
+        if speedup is not None and choice.reached and check["speedup"] < 0.97 * opt.speedup and not last:
+            speedup = speedup * opt.speedup / check["speedup"]
+            say(f"  short of {opt.speedup:g}x on the target: planning for {speedup:.2f}x on the table")
+            continue
+        break
+    if choice.budget is not None and check.get("fidelity", {}).get("flips", 0) > choice.budget and choice.chosen:
+        say("  still over the budget after the last check: the plan is the exact net")
+        for c in nets.candidates:
+            c.chosen, c.why = False, "over the budget when assembled" if c.chosen else c.why
+        choice.chosen = []
+    return rounds, choice, check
+
+
+def _document(model: Model, train_val, images, opt: Options, nets: Nets, med: dict, times: dict, fid: dict,
+              heldout, choice: planner.Choice, check: dict, rounds: list[dict], seconds: float) -> dict:
+    def fid_of(name):
+        d = fid.get(name)
+        return None if d is None else {k: v for k, v in d.items() if k != "weights"}
+
+    full = None
+    if "slim everything" in med:
+        full = {"only": list(nets.variants), "ms": round(med["slim everything"], 4),
+                "speedup": round(med["original"] / med["slim everything"], 4), "fidelity": fid_of("slim everything")}
+    planned_chosen = check["chosen"] == list(choice.chosen)
+    return {
+        "kind": PLAN_KIND, "version": PLAN_VERSION, "tool": f"rebirth {__version__}",
+        "model": model.source, "weights": model.weights_source, "train_val": train_val,
+        "images": getattr(images, "name", images), "train_images": opt.train_images if heldout else 0,
+        "heldout_images": heldout or 0,
+        "target": {"engine": opt.engine, "device": opt.device, "threads": opt.threads},
+        "goal": {"speedup": opt.speedup, "max_drop": opt.max_drop if opt.speedup is not None or opt.max_drop
+                 is not None or not heldout else planner.DEFAULT_MAX_DROP},
+        "basis": choice.basis,
+        "only": list(choice.chosen),
+        "tucker": None,
+        "predicted_speedup": check["speedup"] if planned_chosen else check["exact_speedup"],
+        "predicted_ms": check["planned_ms"] if planned_chosen else check["exact_ms"],
+        "original_ms": check["original_ms"],
+        "predicted_fidelity": (check.get("fidelity") if planned_chosen else fid_of("exact")),
+        "exact": {"ms": check["exact_ms"], "speedup": check["exact_speedup"], "fidelity": fid_of("exact")},
+        "slim_everything": full,
+        "candidates": [c.as_dict() for c in nets.candidates],
+        "rounds": rounds,
+        "timing": {"runs": opt.runs, "warmup": opt.warmup, "medians_ms": {k: round(v, 4) for k, v in med.items()}},
+        "notes": list(choice.notes) + list(opt.notes),
+        "machine": {"node": platform.node(), "processor": platform.processor() or platform.machine()},
+        "seconds": round(seconds, 1),
+    }

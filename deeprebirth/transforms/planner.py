@@ -1,0 +1,231 @@
+"""Which lossy rewrites to make: the choice of `rebirth plan`, a pure function of measured tables.
+
+Every lossless rewrite (BatchNorm folds, exact merges) is always made; the net they give is the
+*exact* net, the baseline the plan improves on. Each lossy candidate (a substructure `slim --only`
+names) comes with two measurements, made elsewhere (learning/plan.py):
+
+* ``saved_ms``: the time it saves on the target engine and device: the exact net's forward pass
+  minus that of the exact net with this one rewrite more, the median of the differences of passes
+  run side by side (``saved_spread_ms``: half their interquartile range);
+* ``flips``: how many of the held-out images change their top-1 class against the original net
+  once the rewritten layers are re-learned by least squares (relearn's first step), and
+  ``rel_error``, the output's relative error against the original's there.
+
+A candidate is *eligible* when its saving is measurable (``saved_ms`` above its spread and above
+zero); the others buy nothing on this target, whatever they cost. Among the eligible ones the plan
+solves a 0/1 knapsack exactly, by dynamic programming over the cost in hundredths of an image:
+
+    cost_i = flips_i + rel_error_i        (flips first; the output error breaks ties and keeps a
+                                           rewrite that flips nothing from being free)
+
+* ``max_drop`` P (percent of the held-out images; a top-1 class that changes is the most that
+  can be lost, so P bounds the top-1 points lost): maximise the sum of ``saved_ms`` with the sum
+  of costs within P % of the held-out images;
+* ``speedup`` X (against the original net): the least cost whose saving brings the predicted time,
+  ``exact_ms - sum saved_ms``, to ``original_ms / X``; when no set reaches it, the largest saving.
+
+Costs are assumed to add (a union bound on flipped images, to first order); the caller checks the
+assembled net and tightens the budget when it is off (``tightened``). Without weights nothing can
+be re-learned: the plan is by time alone (``flips`` None) -- for a speed-up the fewest rewrites
+that reach it (largest savings first), otherwise every rewrite with a measurable saving.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+#: Cost units per held-out image in the knapsack (hundredths).
+SCALE = 100
+#: The default fidelity budget: at most this percentage of held-out images may change class.
+DEFAULT_MAX_DROP = 1.0
+
+
+@dataclass
+class Candidate:
+    name: str                             # what `slim --only` takes
+    rules: list[str] = field(default_factory=list)
+    layers: int = 0                       # layers of the original net it rewrites
+    saved_ms: float | None = None
+    saved_spread_ms: float | None = None
+    flips: int | None = None              # held-out images whose top-1 differs from the original's
+    rel_error: float | None = None
+    note: str | None = None               # why it cannot be planned (relearn failed, ...)
+    chosen: bool = False
+    why: str = ""
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Choice:
+    chosen: list[str]
+    predicted_ms: float
+    predicted_speedup: float
+    cost: float                           # sum of chosen costs, in images
+    budget: float | None                  # in images, for max_drop
+    basis: str                            # "measured" or "time alone"
+    reached: bool = True                  # the speed-up target is met by the prediction
+    notes: list[str] = field(default_factory=list)
+
+
+def measurable(c: Candidate) -> bool:
+    return c.saved_ms is not None and c.saved_ms > 0 and c.saved_ms > (c.saved_spread_ms or 0.0)
+
+
+def cost(c: Candidate) -> float:
+    return float(c.flips or 0) + float(c.rel_error or 0.0)
+
+
+def _units(c: Candidate) -> int:
+    return int(math.ceil(cost(c) * SCALE - 1e-9))
+
+
+def _table(values: list[float], weights: list[int], capacity: int) -> tuple[np.ndarray, np.ndarray]:
+    """The 0/1 knapsack table: ``best[w]``, the largest value of a subset of weight <= w, and
+    ``take[i, w]``, whether item i is in that subset when items 0..i are offered."""
+    best = np.zeros(capacity + 1)
+    take = np.zeros((len(values), capacity + 1), dtype=bool)
+    for i, (v, w) in enumerate(zip(values, weights)):
+        if w > capacity:
+            continue
+        with_it = np.full(capacity + 1, -np.inf)
+        with_it[w:] = best[:capacity + 1 - w] + v
+        take[i] = with_it > best + 1e-12
+        best = np.where(take[i], with_it, best)
+    return best, take
+
+
+def _items(take: np.ndarray, weights: list[int], cap: int) -> list[int]:
+    out = []
+    for i in range(len(weights) - 1, -1, -1):
+        if take[i, cap]:
+            out.append(i)
+            cap -= weights[i]
+    return sorted(out)
+
+
+def knapsack(values: list[float], weights: list[int], capacity: int) -> list[int]:
+    """Indices of the subset of largest total value with total weight <= ``capacity`` (0/1, exact;
+    of the subsets of that value, one of least weight)."""
+    capacity = max(0, capacity)
+    best, take = _table(values, weights, capacity)
+    cap = int(np.argmax(best >= best[capacity] - 1e-12))
+    return _items(take, weights, cap)
+
+
+def least_cost_reaching(values: list[float], weights: list[int], needed: float) -> list[int] | None:
+    """Indices of a subset of least total weight whose value reaches ``needed``; None when none does."""
+    total = int(sum(weights))
+    best, take = _table(values, weights, total)
+    reach = np.nonzero(best >= needed - 1e-12)[0]
+    return None if not len(reach) else _items(take, weights, int(reach[0]))
+
+
+def choose(candidates: list[Candidate], original_ms: float, exact_ms: float, heldout: int | None,
+           speedup: float | None = None, max_drop: float | None = None) -> Choice:
+    """The plan's choice (module doc); marks each candidate's ``chosen`` and ``why``."""
+    if speedup is not None and max_drop is not None:
+        raise ValueError("give a speed-up or a fidelity budget, not both")
+    by_time = any(c.flips is None for c in candidates if c.note is None) or not heldout
+    pool = []
+    for c in candidates:
+        c.chosen, c.why = False, ""
+        if c.note:
+            c.why = c.note
+        elif not measurable(c):
+            c.why = _unmeasurable(c)
+        else:
+            pool.append(c)
+    notes: list[str] = []
+    if by_time:
+        picked = _by_time(pool, original_ms, exact_ms, speedup)
+        budget = None
+        notes.append("planned by time alone: without weights nothing is re-learned, so no rewrite's fidelity "
+                     "is known")
+    elif speedup is not None:
+        needed = exact_ms - original_ms / speedup
+        values = [c.saved_ms for c in pool]
+        idx = [] if needed <= 0 else least_cost_reaching(values, [_units(c) for c in pool], needed)
+        if idx is None:
+            idx = [i for i, c in enumerate(pool)]
+            notes.append(f"a {speedup:g}x speed-up is out of reach on this target: every measurable rewrite "
+                         "is chosen")
+        picked = [pool[i] for i in idx]
+        budget = None
+    else:
+        drop = DEFAULT_MAX_DROP if max_drop is None else max_drop
+        budget = drop / 100.0 * heldout
+        idx = knapsack([c.saved_ms for c in pool], [_units(c) for c in pool], int(math.floor(budget * SCALE)))
+        picked = [pool[i] for i in idx]
+    for c in pool:
+        c.chosen = c in picked
+        c.why = _why(c, by_time, budget)
+    predicted = exact_ms - sum(c.saved_ms for c in picked)
+    reached = speedup is None or predicted <= original_ms / speedup + 1e-9
+    return Choice([c.name for c in candidates if c.chosen], predicted, original_ms / predicted if predicted > 0
+                  else math.inf, sum(cost(c) for c in picked), budget, "time alone" if by_time else "measured",
+                  reached, notes)
+
+
+def _by_time(pool: list[Candidate], original_ms: float, exact_ms: float, speedup: float | None) -> list[Candidate]:
+    if speedup is None:
+        return list(pool)
+    picked, ms = [], exact_ms
+    for c in sorted(pool, key=lambda c: -c.saved_ms):
+        if ms <= original_ms / speedup:
+            break
+        picked.append(c)
+        ms -= c.saved_ms
+    return picked
+
+
+def _unmeasurable(c: Candidate) -> str:
+    if c.saved_ms is None:
+        return "not timed"
+    return f"saves {c.saved_ms:+.3f} ms (spread {c.saved_spread_ms or 0:.3f}): nothing measurable on this target"
+
+
+def _why(c: Candidate, by_time: bool, budget: float | None) -> str:
+    if c.chosen:
+        if by_time:
+            return "saves time (fidelity unknown)"
+        return "within the budget" if budget is not None else "needed for the speed-up"
+    if budget is not None and cost(c) > budget:
+        return f"costs {cost(c):.2f} images, more than the whole budget ({budget:.2f})"
+    return "the budget is better spent elsewhere" if budget is not None else "not needed for the speed-up"
+
+
+def tightened(budget_images: float, predicted_cost: float, measured_flips: int) -> float:
+    """The next budget when the assembled net flipped ``measured_flips`` images where the chosen
+    candidates' costs added to ``predicted_cost``: scaled down by their ratio (at least one image less)."""
+    if measured_flips <= budget_images:
+        return budget_images
+    ratio = max(predicted_cost, 1e-9) / measured_flips
+    return max(0.0, min(budget_images * ratio, budget_images - 1.0))
+
+
+PLAN_KIND = "rebirth-plan"
+
+
+def read_plan(path) -> dict:
+    """A plan file written by `rebirth plan`, checked: its kind, and ``only`` a list of names."""
+    import json  # noqa: PLC0415
+    from pathlib import Path  # noqa: PLC0415
+
+    from deeprebirth.errors import RebirthError  # noqa: PLC0415
+    p = Path(path)
+    try:
+        doc = json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RebirthError(f"{path}: no such plan file") from None
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise RebirthError(f"{path}: not a plan written by `rebirth plan` (not JSON: {e})") from None
+    if not isinstance(doc, dict) or doc.get("kind") != PLAN_KIND:
+        raise RebirthError(f"{path}: not a plan written by `rebirth plan` (no \"kind\": \"{PLAN_KIND}\")")
+    only = doc.get("only")
+    if not isinstance(only, list) or not all(isinstance(n, str) for n in only):
+        raise RebirthError(f"{path}: its \"only\" must be a list of substructure names")
+    return doc

@@ -1,0 +1,99 @@
+"""The plan's choice from made-up tables (transforms/planner.py): pure, no timing, no Caffe."""
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from deeprebirth.transforms import planner
+from deeprebirth.transforms.planner import Candidate
+
+
+def cands():
+    return [
+        Candidate("conv1", saved_ms=4.0, saved_spread_ms=0.2, flips=3, rel_error=0.10),
+        Candidate("inception_3a", saved_ms=2.0, saved_spread_ms=0.1, flips=0, rel_error=0.02),
+        Candidate("inception_4a", saved_ms=1.5, saved_spread_ms=0.1, flips=1, rel_error=0.03),
+        Candidate("pool2", saved_ms=0.05, saved_spread_ms=0.3, flips=0, rel_error=0.01),   # in the noise
+        Candidate("inception_5b", saved_ms=-0.4, saved_spread_ms=0.1, flips=0, rel_error=0.0),  # slower
+        Candidate("broken", note="relearn failed: no weights"),
+    ]
+
+
+def brute_force(pool, capacity):
+    best = (0.0, ())
+    for k in range(len(pool) + 1):
+        for combo in itertools.combinations(pool, k):
+            if sum(planner._units(c) for c in combo) <= capacity:
+                v = sum(c.saved_ms for c in combo)
+                if v > best[0] + 1e-12:
+                    best = (v, combo)
+    return {c.name for c in best[1]}
+
+
+def test_budget_picks_the_largest_saving_it_can_afford():
+    cs = cands()
+    # 500 held-out images, 1 %: a budget of 5 images: conv1 (3.1) + 3a (0.02) + 4a (1.03) = 4.15
+    choice = planner.choose(cs, original_ms=20.0, exact_ms=18.0, heldout=500, max_drop=1.0)
+    assert choice.chosen == ["conv1", "inception_3a", "inception_4a"]
+    assert choice.predicted_ms == pytest.approx(18.0 - 7.5)
+    assert choice.predicted_speedup == pytest.approx(20.0 / 10.5)
+    assert choice.basis == "measured"
+    # a tighter budget (0.6 % of 500 = 3 images) cannot afford conv1 (3.1 images) with anything
+    choice = planner.choose(cands(), original_ms=20.0, exact_ms=18.0, heldout=500, max_drop=0.6)
+    assert choice.chosen == ["inception_3a", "inception_4a"]
+
+
+def test_noise_and_slower_rewrites_are_never_chosen_and_say_why():
+    cs = cands()
+    planner.choose(cs, original_ms=20.0, exact_ms=18.0, heldout=500, max_drop=100.0)
+    why = {c.name: c.why for c in cs}
+    assert not any(c.chosen for c in cs if c.name in ("pool2", "inception_5b", "broken"))
+    assert "nothing measurable" in why["pool2"] and "nothing measurable" in why["inception_5b"]
+    assert why["broken"] == "relearn failed: no weights"
+
+
+def test_speedup_target_takes_the_least_cost_that_reaches_it():
+    # 20 ms original, 18 exact: 2x needs 8 ms saved: conv1 + 3a + 4a (7.5) do not reach it: out of reach
+    choice = planner.choose(cands(), original_ms=20.0, exact_ms=18.0, heldout=500, speedup=2.0)
+    assert not choice.reached and choice.notes
+    assert set(choice.chosen) == {"conv1", "inception_3a", "inception_4a"}
+    # 1.3x: 20/1.3 = 15.38 -> needs 2.62 ms: 3a + 4a (3.5 ms, cost 1.05) beats conv1 (4 ms, cost 3.1)
+    choice = planner.choose(cands(), original_ms=20.0, exact_ms=18.0, heldout=500, speedup=1.3)
+    assert choice.reached and choice.chosen == ["inception_3a", "inception_4a"]
+    # the exact net alone is fast enough: nothing lossy
+    choice = planner.choose(cands(), original_ms=20.0, exact_ms=18.0, heldout=500, speedup=1.05)
+    assert choice.chosen == [] and choice.predicted_ms == 18.0
+
+
+def test_knapsack_is_exact_against_brute_force():
+    import random
+    rng = random.Random(3)
+    for _ in range(40):
+        pool = [Candidate(f"c{i}", saved_ms=rng.uniform(0.1, 5), saved_spread_ms=0.0, flips=rng.randint(0, 6),
+                          rel_error=rng.uniform(0, 0.5)) for i in range(rng.randint(1, 7))]
+        budget = rng.uniform(0, 15)
+        idx = planner.knapsack([c.saved_ms for c in pool], [planner._units(c) for c in pool],
+                               int(budget * planner.SCALE))
+        got = sum(pool[i].saved_ms for i in idx)
+        want = sum(c.saved_ms for c in pool if c.name in brute_force(pool, int(budget * planner.SCALE)))
+        assert got == pytest.approx(want)
+
+
+def test_without_weights_the_plan_is_by_time_alone():
+    cs = [Candidate("a", saved_ms=3.0, saved_spread_ms=0.1), Candidate("b", saved_ms=1.0, saved_spread_ms=0.1),
+          Candidate("c", saved_ms=2.0, saved_spread_ms=0.1)]
+    choice = planner.choose(cs, original_ms=10.0, exact_ms=10.0, heldout=None)
+    assert choice.basis == "time alone" and choice.chosen == ["a", "b", "c"]
+    assert "time alone" in choice.notes[0]
+    # for 1.5x (6.67 ms, 3.33 saved): the fewest rewrites, largest savings first
+    choice = planner.choose(cs, original_ms=10.0, exact_ms=10.0, heldout=None, speedup=1.5)
+    assert choice.chosen == ["a", "c"]
+
+
+def test_both_targets_refused_and_budget_tightens():
+    with pytest.raises(ValueError):
+        planner.choose(cands(), 20.0, 18.0, 500, speedup=2.0, max_drop=1.0)
+    assert planner.tightened(5.0, 4.0, 4) == 5.0            # within: unchanged
+    assert planner.tightened(5.0, 4.0, 8) == pytest.approx(2.5)   # twice the flips predicted: half the budget
+    assert planner.tightened(5.0, 4.9, 5.5) == pytest.approx(4.0)  # at least one image less
