@@ -21,6 +21,7 @@ net it was decomposed from).
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import threading
@@ -124,6 +125,8 @@ class _Setup:
     heldout: bool = False                # the validation images are held out of the training source
     safe: sv.SafeSettings = field(default_factory=sv.SafeSettings)
     interval: int | None = None          # the validation interval fitted to a time budget
+    measured: tuple[float, float] | None = None   # seconds per step and per validation (_calibrate)
+    probe: dict | None = None            # the rates probed from the start (_choose_rate)
 
     @property
     def trained(self) -> bool:
@@ -155,7 +158,9 @@ def finetune(slim_dir, train: data.Source, val: data.Source | None = None, outdi
              name_of: Callable[[str], str] = str) -> dict:
     """Fine-tune ``slim_dir`` on ``train`` (see the module doc) into ``outdir`` (default
     SLIM_DIR/finetune); returns what finetune.json holds. ``progress(n)`` is called after every n
-    iterations, ``log(item)`` with every note (text) and validation record (a history entry);
+    iterations, and with a solver.Planned when the run plans its iterations (a time budget fitted,
+    the rate probed: its text says what it does); ``log(item)`` with every note (text) and
+    validation record (a history entry);
     ``stop`` (StopOnSignals) lets SIGINT/SIGTERM end the run early with its work written (the
     result's ``interrupted`` says where). The notes name the caller's parameters as ``{opt:NAME}``;
     finetune.json spells them by ``name_of`` (the cli: its flags; default: their names)."""
@@ -174,7 +179,8 @@ def finetune(slim_dir, train: data.Source, val: data.Source | None = None, outdi
             for note in st.notes:
                 log(f"note: {note}")
         sparam = sv.make_solver_param(st.sd, st.outdir, opt.iters, opt.base_lr, opt.stepsize)
-        st.safe = sv.safe_defaults(st.tn.net, sparam, opt.seed, st.trained, opt.base_lr is not None, opt.schedule)
+        st.safe = sv.safe_defaults(st.tn.net, sparam, opt.seed, st.trained, opt.base_lr is not None, opt.schedule,
+                                   label_free=opt.distill and not opt.with_labels)
         st.notes += st.safe.notes
         if val is None and st.trained:
             st.notes.append("without {opt:val}, weights.caffemodel holds the last iteration's weights: a run's first "
@@ -239,6 +245,10 @@ def _attempts(st: _Setup, train, val, sparam, started: float, progress, log, sto
     first_lr, attempts = sparam.base_lr, 0
     deadline = started + st.opt.time_budget if st.opt.time_budget is not None else None
     with stop if stop is not None else nullcontext():
+        if deadline is not None:
+            st.measured = _calibrate(st, train, val, sparam)
+        _choose_rate(st, train, val, sparam, deadline, log, progress)
+        first_lr = sparam.base_lr
         while True:
             fit = _fit_to_time(st, train, val, sparam, deadline, progress, log) if deadline is not None else None
             solver = sv.start_solver(st.tn.net, sparam, st.outdir, st.opt.resume, st.restore, st.start_weights)
@@ -274,7 +284,7 @@ def _fit_to_time(st: _Setup, train: data.Source, val: data.Source | None, sparam
     validation interval and warm-up fitted to the time left before ``deadline`` (solver.
     fit_iterations; ``Options.iters`` a cap), set on ``sparam`` so that the annealed rate reaches 0
     at the last of them; ``progress`` gets a solver.Planned and ``log`` a note saying so."""
-    per_iter, per_val = _calibrate(st, train, val, sparam)
+    per_iter, per_val = st.measured or _calibrate(st, train, val, sparam)
     left = deadline - time.perf_counter()
     validations = sv.BUDGET_VALIDATIONS if val is not None else 0
     fit = sv.fit_iterations(left, per_iter, per_val, validations, reserve=per_val + END_SECONDS, cap=st.opt.iters)
@@ -294,6 +304,77 @@ def _fit_to_time(st: _Setup, train: data.Source, val: data.Source | None, sparam
     if progress:
         progress(sv.Planned(fit.iters, fit.expected, note))
     return fit
+
+
+def _choose_rate(st: _Setup, train: data.Source, val: data.Source | None, sparam, deadline: float | None,
+                 log, progress=None) -> None:
+    """Label-free distillation from learned weights with no base_lr given and enough iterations
+    (solver.PROBE_MIN_ITERS; with a time budget, as many as it would fit): the rates of
+    solver.probe_rates tried from the start for solver.PROBE_STEPS steps each, largest first
+    (solver.probe_done stops early), each scored by the relative output error against the
+    teacher on the first solver.PROBE_IMAGES validation images (else training images); the one
+    solver.pick_rate picks becomes ``sparam.base_lr``, recorded in ``st.probe`` and a note."""
+    opt = st.opt
+    if not (opt.distill and not opt.with_labels and st.teacher is not None and st.trained
+            and opt.base_lr is None and opt.schedule == "anneal" and opt.resume is None and st.start_weights):
+        return
+    planned = int(sparam.max_iter) if deadline is None else int(
+        sv.BUDGET_SAFETY * (deadline - time.perf_counter()) // max(st.measured[0], 1e-6))
+    if opt.iters is not None:
+        planned = min(planned, opt.iters)
+    if planned < sv.PROBE_MIN_ITERS:
+        return
+    images = val if val is not None else train
+    if progress:
+        progress(sv.Planned(planned, 0.0, f"trying {len(sv.PROBE_DIVISORS)} rates from base_lr {sparam.base_lr:g} "
+                                          f"down for {sv.PROBE_STEPS} steps each, to train at the one that takes "
+                                          "the start closest to the teacher"))
+    start_error = _probe_error(st, images, None)
+    errors: dict[float, float | None] = {}
+    for rate in sv.probe_rates(float(sparam.base_lr)):
+        probe = pb.SolverParameter()
+        probe.CopyFrom(sparam)
+        probe.base_lr, probe.lr_policy, probe.max_iter = rate, "fixed", sv.PROBE_STEPS
+        solver = sv.start_solver(st.tn.net, probe, st.outdir, start_weights=st.start_weights)
+        gen = train.batches(st.tn.pre, st.tn.batch, train=True, shuffle=True, loop=True, seed=opt.seed)
+        for _ in range(sv.PROBE_STEPS):
+            x, y = next(gen)
+            _feed(st, solver.net, train, x, y, 1.0)
+            solver.step(1)
+        errors[rate] = _probe_error(st, images, solver.net)
+        if sv.probe_done(start_error, errors):
+            break
+    rate, better = sv.pick_rate(start_error, errors)
+    default = float(sparam.base_lr)
+    sparam.base_lr = rate
+    st.probe = {"start_rel_error": start_error, "rel_error": {f"{r:g}": e for r, e in errors.items()},
+                "base_lr": rate, "improved": better, "steps": sv.PROBE_STEPS}
+    tried = ", ".join(f"{r:g}: {e:.4f}" if e is not None else f"{r:g}: diverged" for r, e in errors.items())
+    note = (f"base_lr {rate:g} (of {default:g} and below) took the start closest to the teacher in "
+            f"{sv.PROBE_STEPS} steps (relative output error on {min(len(images), sv.PROBE_IMAGES)} images: "
+            f"start {start_error:.4f}; {tried})" if better else
+            f"no rate from {default:g} down took the start closer to the teacher in {sv.PROBE_STEPS} steps (relative "
+            f"output error: start {start_error:.4f}; {tried}): the run trains at the smallest, base_lr {rate:g}, "
+            "and keeps the start unless it does better")
+    st.notes.append(note)
+    if log is not None:
+        log(f"note: {note}")
+
+
+def _probe_error(st: _Setup, images: data.Source, net) -> float | None:
+    """The relative output error against the teacher on the first solver.PROBE_IMAGES of
+    ``images`` of the deploy net with ``net``'s weights (None: the start weights); None when it is
+    not finite."""
+    runner = st.val_runner
+    if net is None:
+        runner.caffe_net.set_weights(netio.weights_of(netio.read_weights(st.start_weights)))
+    else:
+        runner.caffe_net.set_weights({k: [b.data for b in v] for k, v in net.params.items()
+                                      if k in runner.caffe_net.net.params})
+    res = ev.run_evaluation(runner, images, st.val_pre, batch=st.opt.val_batch, teacher=st.teacher,
+                            limit=sv.PROBE_IMAGES)
+    err = res.get("rel_error")
+    return float(err) if err is not None and math.isfinite(err) else None
 
 
 def _calibrate(st: _Setup, train: data.Source, val: data.Source | None, sparam) -> tuple[float, float]:
@@ -483,6 +564,7 @@ def _record(st: _Setup, train, val, sparam, run: _Run, started: float) -> dict:
         "notes": st.notes,
         "clip_gradients": sparam.clip_gradients, "random_seed": int(sparam.random_seed),
         "warmup": st.safe.warmup, "new_layers_lr_mult": st.safe.new_lr_mult, "schedule": opt.schedule,
+        "weight_decay": sparam.weight_decay, "rate_probe": st.probe,
     }
     if run.stopped:
         result["interrupted"] = {"signal": run.stopped, "iteration": run.last, "target": int(sparam.max_iter)}

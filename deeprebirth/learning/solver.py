@@ -9,6 +9,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from deeprebirth import outputs
 from deeprebirth.caffe import netio
 from deeprebirth.caffe import proto as pb
@@ -74,7 +76,7 @@ class SafeSettings:
 
 
 def safe_defaults(net: "pb.NetParameter", sparam: "pb.SolverParameter", seed: int, trained: bool,
-                  base_lr_given: bool = False, schedule: str = "anneal") -> SafeSettings:
+                  base_lr_given: bool = False, schedule: str = "anneal", label_free: bool = False) -> SafeSettings:
     """The solver and train-net settings that make ``finetune`` safe with no tuning parameter
     (``net`` is the train net, edited in place; ``trained``: ``trained_start``):
 
@@ -92,9 +94,18 @@ def safe_defaults(net: "pb.NetParameter", sparam: "pb.SolverParameter", seed: in
       for the paper's solver). Measured on Fashion-MNIST's GoogLeNet-Slim (README before 2026-12):
       2,000 iterations from relearned weights end at 86.84 % top-1 on the solver's constant 0.001,
       88.04 % annealed from 0.001 and 88.45 % annealed from 0.01; distillation 86.17 % -> 88.95 %.
+    * ``label_free`` (distillation without labels): no weight decay. The teacher's outputs are
+      the target, and decay pulls every weight off it: measured on the BatchNorm ResNet's exactly
+      folded net (a start equal to its teacher), 200 iterations at base_lr 0.001 moved the output
+      by a relative 8.3e-5 with the solver's weight_decay 0.0002 and by nothing (1.5e-7, float
+      rounding) without it.
     """
     settings = SafeSettings()
     sparam.random_seed = int(seed)
+    if label_free and sparam.weight_decay:
+        settings.notes.append(f"no weight decay (the solver's {sparam.weight_decay:g}): distillation without labels "
+                              "has the teacher's outputs as its only target, and decay pulls the weights off them")
+        sparam.weight_decay = 0.0
     if sparam.clip_gradients < 0:
         sparam.clip_gradients = CLIP_GRADIENTS
     if schedule == "anneal":
@@ -311,3 +322,49 @@ class Planned:
     remaining: int
     seconds: float
     text: str
+
+
+# ----------------------------------------------------------------------------------------------
+# The distillation's rate, probed from its start
+
+# Label-free distillation from learned weights, when no base_lr is given and the run has at least
+# PROBE_MIN_ITERS iterations: the default rate and its 1/3, 1/10, 1/30, 1/100 are each tried for
+# PROBE_STEPS steps from the start (a fresh solver each, constant rate, the same batches), and the
+# one whose weights come closest to the teacher on PROBE_IMAGES held-out images is the run's
+# base_lr. Measured on the BatchNorm ResNet slim net (docs/recovery.md): two steps at 0.01 (each
+# clipped to norm 10) took a relearned start from relative output error 0.59 to 0.32, and a
+# distilled start from 0.22 to 0.32: the same step size is progress far from the teacher and noise
+# near it, so the rate has to be chosen from the start, not the solver.
+PROBE_DIVISORS = (1, 3, 10, 30, 100)
+PROBE_STEPS = 20
+PROBE_MIN_ITERS = 400
+PROBE_IMAGES = 256
+
+
+def probe_rates(base_lr: float) -> list[float]:
+    """The rates a probe tries, largest first."""
+    return [base_lr / d for d in PROBE_DIVISORS]
+
+
+def pick_rate(start_error: float, errors: dict[float, float | None]) -> tuple[float, bool]:
+    """The probed rate to train at, from the relative output error each left after the probe's
+    steps (None or not finite: diverged): the lowest error, the larger rate on a tie; when none
+    came closer to the teacher than ``start_error``, the smallest rate (the gentlest). Returns
+    (rate, whether it improved on the start)."""
+    good = {r: e for r, e in errors.items() if e is not None and np.isfinite(e)}
+    if not errors:
+        raise ValueError("no rate was probed")
+    if not good:
+        return min(errors), False
+    rate = min(good, key=lambda r: (good[r], -r))
+    if good[rate] >= start_error:
+        return min(errors), False
+    return rate, True
+
+
+def probe_done(start_error: float, errors: dict[float, float | None]) -> bool:
+    """Whether a probe (rates tried largest first) can stop: the last rate left a larger error
+    than the best so far, and that best came closer to the teacher than the start (smaller rates
+    move less: they would not do better)."""
+    seen = [e if e is not None and np.isfinite(e) else float("inf") for e in errors.values()]
+    return len(seen) >= 2 and min(seen) < start_error and seen[-1] > min(seen)
