@@ -32,6 +32,8 @@ class LineProgress:
                  quiet: float = QUIET_SECONDS, eta: bool = False, render=str):
         self.total, self.desc, self.unit = total, desc, unit
         self.quiet, self.eta, self.render = quiet, eta, render
+        self.plan: tuple[float, float] | None = None   # (when, seconds) of the last plan
+        self.pace: tuple[float, int] | None = None     # (time, done) at the first work after the start or a plan
         self.stream = stream if stream is not None else sys.stderr
         self.clock = clock
         self.start = clock()
@@ -39,17 +41,18 @@ class LineProgress:
         self.last_step = 0          # the last multiple of LINE_EVERY_PERCENT printed
         self.last_time = self.start
         self.printed = False
-        self.anchor = (self.start, 0)   # (time, done) the pace is measured from (a plan resets it)
 
     def __call__(self, n: int = 1) -> None:
         now = self.clock()
         if is_plan(n):
-            self.total, self.anchor = self.done + int(n.remaining), (now, self.done)
+            self.total, self.plan, self.pace = self.done + int(n.remaining), (now, float(n.seconds)), None
             self.last_step = int(100 * self.done / max(1, self.total)) // LINE_EVERY_PERCENT
             self.stream.write(f"rebirth: {self.desc}: {self.render(n.text)}\n")
             self.stream.flush()
             return
         self.done += n
+        if self.pace is None:
+            self.pace = (now, self.done)
         if now - self.start < self.quiet:
             return
         if self.total:
@@ -63,7 +66,7 @@ class LineProgress:
             self.last_step = max(step, self.last_step)
             text = f"{100 * min(self.done, self.total) // self.total}% ({self.done}/{self.total} {self.unit}, "
         else:
-            if now - self.last_time < UNKNOWN_TOTAL_SECONDS:
+            if now - self.last_time < UNKNOWN_TOTAL_SECONDS and (self.printed or not self.eta):
                 return
             text = f"{self.done} {self.unit} so far ("
         self.last_time = now
@@ -73,11 +76,18 @@ class LineProgress:
 
 
     def _left(self, now: float) -> str:
-        """``, about N left`` at the pace since the anchor (with ``eta`` and a known total)."""
-        t0, d0 = self.anchor
-        if not self.eta or not self.total or self.done <= d0 or self.done >= self.total:
+        """With ``eta`` and a known total: ``, about N left``, at the pace of the work since its
+        first update after the start or the last plan (the first update's time is set-up: not
+        counted), else while there is none yet what the plan expected."""
+        if not self.eta or not self.total or self.done >= self.total:
             return ""
-        left = (now - t0) / (self.done - d0) * (self.total - self.done)
+        t0, d0 = self.pace or (now, self.done)
+        if self.done - d0 >= 1 and now > t0:
+            left = (now - t0) / (self.done - d0) * (self.total - self.done)
+        elif self.plan is not None and self.plan[1] > 0:
+            left = self.plan[1] - (now - self.plan[0])
+        else:
+            return ""
         return f", about {format_duration(left)} left"
 
 

@@ -311,9 +311,9 @@ def _choose_rate(st: _Setup, train: data.Source, val: data.Source | None, sparam
     """Label-free distillation from learned weights with no base_lr given and enough iterations
     (solver.PROBE_MIN_ITERS; with a time budget, as many as it would fit): the rates of
     solver.probe_rates tried from the start for solver.PROBE_STEPS steps each, largest first
-    (solver.probe_done stops early), each scored by the relative output error against the
-    teacher on the first solver.PROBE_IMAGES validation images (else training images); the one
-    solver.pick_rate picks becomes ``sparam.base_lr``, recorded in ``st.probe`` and a note."""
+    until one leaves the start no further from the teacher (solver.probe_accepts: the relative
+    output error on the first solver.PROBE_IMAGES validation images, else training images); the
+    one solver.pick_rate picks becomes ``sparam.base_lr``, recorded in ``st.probe`` and a note."""
     opt = st.opt
     if not (opt.distill and not opt.with_labels and st.teacher is not None and st.trained
             and opt.base_lr is None and opt.schedule == "anneal" and opt.resume is None and st.start_weights):
@@ -326,10 +326,12 @@ def _choose_rate(st: _Setup, train: data.Source, val: data.Source | None, sparam
         return
     images = val if val is not None else train
     if progress:
-        progress(sv.Planned(planned, 0.0, f"trying {len(sv.PROBE_DIVISORS)} rates from base_lr {sparam.base_lr:g} "
-                                          f"down for {sv.PROBE_STEPS} steps each, to train at the one that takes "
-                                          "the start closest to the teacher"))
+        progress(sv.Planned(planned, 0.0, f"trying rates from base_lr {sparam.base_lr:g} down, "
+                                          f"{sv.PROBE_STEPS} steps each, to train at the largest that leaves the "
+                                          "start no further from the teacher"))
     start_error = _probe_error(st, images, None)
+    if start_error is None:
+        return
     errors: dict[float, float | None] = {}
     for rate in sv.probe_rates(float(sparam.base_lr)):
         probe = pb.SolverParameter()
@@ -348,14 +350,14 @@ def _choose_rate(st: _Setup, train: data.Source, val: data.Source | None, sparam
     default = float(sparam.base_lr)
     sparam.base_lr = rate
     st.probe = {"start_rel_error": start_error, "rel_error": {f"{r:g}": e for r, e in errors.items()},
-                "base_lr": rate, "improved": better, "steps": sv.PROBE_STEPS}
+                "base_lr": rate, "accepted": better, "steps": sv.PROBE_STEPS}
     tried = ", ".join(f"{r:g}: {e:.4f}" if e is not None else f"{r:g}: diverged" for r, e in errors.items())
-    note = (f"base_lr {rate:g} (of {default:g} and below) took the start closest to the teacher in "
-            f"{sv.PROBE_STEPS} steps (relative output error on {min(len(images), sv.PROBE_IMAGES)} images: "
-            f"start {start_error:.4f}; {tried})" if better else
-            f"no rate from {default:g} down took the start closer to the teacher in {sv.PROBE_STEPS} steps (relative "
-            f"output error: start {start_error:.4f}; {tried}): the run trains at the smallest, base_lr {rate:g}, "
-            "and keeps the start unless it does better")
+    note = (f"base_lr {rate:g}, the largest of {default:g} and below whose {sv.PROBE_STEPS} steps left the start no "
+            f"further from the teacher (relative output error on {min(len(images), sv.PROBE_IMAGES)} images: start "
+            f"{start_error:.4f}; {tried})" if better else
+            f"every rate from {default:g} down took the start further from the teacher in {sv.PROBE_STEPS} steps "
+            f"(relative output error: start {start_error:.4f}; {tried}): the run trains at the smallest, base_lr "
+            f"{rate:g}, and keeps the start unless it does better")
     st.notes.append(note)
     if log is not None:
         log(f"note: {note}")

@@ -124,18 +124,19 @@ def test_iterations_are_fitted_to_the_time_left():
 
 def test_the_rate_is_probed_from_the_start():
     """Measured on the BatchNorm ResNet slim net: two clipped steps at 0.01 took a far start from
-    0.59 to 0.32 and a near one from 0.22 to 0.32 (relative output error)."""
+    0.59 to 0.32 and a near one from 0.22 to 0.32 (relative output error); from a start at 0.159,
+    20 steps at 0.01 read 0.163 (noise: kept) and 0.001 0.154."""
     assert sv.probe_rates(0.01) == pytest.approx([0.01, 0.01 / 3, 0.001, 0.01 / 30, 0.0001])
-    far = {0.01: 0.32, 0.0033: 0.40, 0.001: 0.50}
-    assert sv.pick_rate(0.59, far) == (0.01, True)
-    near = {0.01: 0.32, 0.0033: 0.25, 0.001: 0.20, 0.00033: 0.19, 0.0001: 0.21}
-    assert sv.pick_rate(0.22, near) == (0.00033, True)
-    assert sv.pick_rate(0.22, {0.01: 0.3, 0.001: None}) == (0.001, False)        # none better: the gentlest
-    assert sv.pick_rate(0.22, {0.01: 0.2, 0.001: 0.2}) == (0.01, True)           # a tie: the larger
+    assert sv.pick_rate(0.59, {0.01: 0.32}) == (0.01, True)                      # far: the default rate
+    assert sv.probe_done(0.59, {0.01: 0.32})                                     # ... and no more tried
+    assert sv.pick_rate(0.1588, {0.01: 0.1629}) == (0.01, True)                  # within the noise
+    near = {0.01: 0.32, 0.0033: 0.25, 0.001: 0.20}
+    assert not sv.probe_done(0.22, dict(list(near.items())[:2])) and sv.probe_done(0.22, near)
+    assert sv.pick_rate(0.22, near) == (0.001, True)                             # the largest it takes
+    exact = {r: 1e-2 for r in sv.probe_rates(0.01)}                              # every rate moves away
+    assert sv.pick_rate(2e-7, exact) == (pytest.approx(1e-4), False)             # the gentlest, not accepted
     assert sv.pick_rate(0.22, {0.01: float("nan"), 0.001: None}) == (0.001, False)
-    assert sv.probe_done(0.59, {0.01: 0.32, 0.0033: 0.40})                       # past the best: stop
-    assert not sv.probe_done(0.22, {0.01: 0.32, 0.0033: 0.25})                  # still falling
-    assert not sv.probe_done(0.10, {0.01: 0.32, 0.0033: 0.40})                  # none better than the start yet
+    assert not sv.probe_accepts(0.22, None) and sv.probe_accepts(0.22, 0.22 * (1 + sv.PROBE_TOLERANCE))
 
 
 def test_recover_runs_for_a_default_time_unless_iterations_are_given():
@@ -222,7 +223,7 @@ def test_a_long_enough_label_free_run_probes_its_rate(slimmed, tmp_path):
     probe = doc["rate_probe"]
     assert probe["steps"] == sv.PROBE_STEPS and probe["rel_error"] and doc["base_lr"] == pytest.approx(probe["base_lr"])
     assert list(probe["rel_error"])[0] == f"{max(float(r) for r in probe['rel_error']):g}"     # largest first
-    assert any("took the start" in n or "no rate from" in n for n in doc["notes"])
+    assert any("steps left the start no further" in n or "took the start further" in n for n in doc["notes"])
     assert doc["best"]["val_rel_error"] <= probe["start_rel_error"] + 1e-9 or doc["best"]["start_kept"]
     # a rate given is not probed, nor a short run
     res = run("finetune", d / "slim", "--train", d / "plain", "--val", d / "plain", "--distill", "--weights",
