@@ -5,14 +5,14 @@ Every lossless rewrite (BatchNorm folds, exact merges) is always made; the net t
 names) comes with two measurements, made elsewhere (learning/plan.py):
 
 * ``saved_ms``: the time it saves on the target engine and device: the exact net's forward pass
-  minus that of the exact net with this one rewrite more, the median of the differences of passes
-  run side by side (``saved_spread_ms``: half their interquartile range);
+  minus that of the exact net with this one rewrite more, timed side by side (``saved_spread_ms``:
+  the noise of that measurement, below which a saving means nothing);
 * ``flips``: how many of the held-out images change their top-1 class against the original net
   once the rewritten layers are re-learned by least squares (relearn's first step), and
   ``rel_error``, the output's relative error against the original's there.
 
-A candidate is *eligible* when its saving is measurable (``saved_ms`` above its spread and above
-zero); the others buy nothing on this target, whatever they cost. Among the eligible ones the plan
+A candidate is *eligible* when its saving is measurable (``saved_ms`` above its noise); the others
+buy nothing on this target, whatever they cost. Among the eligible ones the plan
 solves a 0/1 knapsack exactly, by dynamic programming over the cost in hundredths of an image:
 
     cost_i = flips_i + rel_error_i        (flips first; the output error breaks ties and keeps a
@@ -185,7 +185,7 @@ def _by_time(pool: list[Candidate], original_ms: float, exact_ms: float, speedup
 def _unmeasurable(c: Candidate) -> str:
     if c.saved_ms is None:
         return "not timed"
-    return f"saves {c.saved_ms:+.3f} ms (spread {c.saved_spread_ms or 0:.3f}): nothing measurable on this target"
+    return f"saves {c.saved_ms:+.3f} ms, within the noise ({c.saved_spread_ms or 0:.3f}): nothing on this target"
 
 
 def _why(c: Candidate, by_time: bool, budget: float | None) -> str:

@@ -1,0 +1,73 @@
+"""`rebirth accelerate`: from a trained model to a checked, faster model folder for the target, in one command."""
+from __future__ import annotations
+
+import click
+
+from deeprebirth import outputs
+from deeprebirth.caffe import builtin
+from deeprebirth.cli import FILE, echo, main, output_json
+from deeprebirth.cli.plan_cmd import target_options
+from deeprebirth.cli.progress import progress_bar
+from deeprebirth.graph.model import resolve
+from deeprebirth.learning import accelerate as acc
+from deeprebirth.learning import plan as plan_api
+
+
+def _seconds(text: str) -> float:
+    from deeprebirth.learning import solver as sv  # noqa: PLC0415
+    return float(sv.parse_duration(text))
+
+
+@main.command("accelerate")
+@click.argument("model")
+@click.option("--weights", "-w", type=FILE, help="The trained .caffemodel (a built-in model brings its own).")
+@click.option("--train-val", "train_val", type=FILE,
+              help="The model's train_val.prototxt: its TEST data layer gives the preprocessing.")
+@click.option("--images", required=True, metavar="SOURCE",
+              help="Your images (no labels needed): a folder, a Caffe list file, an LMDB, or "
+                   "fashion-mnist[:train|:test].")
+@click.option("--val", metavar="SOURCE",
+              help="Images to check the result on (default: a tenth of --images, held out of all training).")
+@target_options
+@click.option("--time", "time_text", default="30m", show_default=True, metavar="DURATION",
+              help="The whole run's time on this machine (planning included), e.g. 30m, 1h, 900s.")
+@click.option("--iters", type=click.IntRange(min=1), default=None,
+              help="At most this many distillation iterations (default: as many as --time leaves).")
+@click.option("--plan", "plan_file", type=FILE, help="Carry out this plan (`rebirth plan -o`) instead of planning.")
+@click.option("--output", "-o", "outdir", required=True, type=click.Path(file_okay=False),
+              help="The result's folder: deploy.prototxt, weights.caffemodel, the engine's files, plan.json, "
+                   "report.md, chart.png.")
+@click.option("--force", is_flag=True, help="Write into OUTDIR although it holds files rebirth did not write.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def accelerate_command(model, weights, train_val, images, val, engine, device, threads, speedup, max_drop, time_text,
+                       iters, plan_file, outdir, force, as_json):
+    """Make MODEL faster on the target (--engine, --device) and check it: plan which rewrites pay
+    there (`rebirth plan`), slim as planned, re-learn and distil the changed layers from your images
+    in the time given, keep the fastest result that stays as faithful as the plan promised (else the
+    exact net: every lossless rewrite, the original's output), export it for the engine verified
+    against Caffe, and time it beside the original. A second run with the same arguments goes on
+    from the first step not done."""
+    outputs.check_dir_is_ours(outdir, force)
+    seconds = _seconds(time_text)
+    shipped = builtin.shipped_for(model, weights, train_val)
+    weights = weights or (str(shipped["weights"]) if "weights" in shipped else None)
+    train_val = train_val or (str(shipped["train_val"]) if "train_val" in shipped else None)
+    popt = plan_api.Options(engine=engine.lower(), device=device, threads=threads, speedup=speedup, max_drop=max_drop)
+    opt = acc.Options(plan=popt, time_budget=seconds, plan_file=plan_file, force=force, iters=iters)
+
+    def stage(desc, total, unit="it"):
+        return progress_bar(total, desc, unit)
+
+    doc = acc.accelerate(model, weights, train_val, images, val, outdir, opt,
+                         log=lambda line: echo(f"rebirth: {line}", err=True), stage=stage,
+                         inputs=[str(resolve(model)), weights, train_val, plan_file])
+    if as_json:
+        output_json(doc)
+        return
+    fid = doc.get("fidelity") or {}
+    echo(f"{outdir}: {doc['result']}, "
+         + (f"{doc['speedup']:.2f}x faster than the original" if doc.get("speedup") else "not timed")
+         + f" on {doc['target']['engine']} ({doc['target']['device']})"
+         + (f"; {100 * fid['agreement']:.2f} % of held-out images keep their class" if fid.get("agreement") else
+            "; the exact net (the original's output)" if doc["result"] == "exact" else ""))
+    echo(f"report: {outdir}/report.md   chart: {outdir}/chart.png   in {doc['seconds'] / 60:.1f} min")

@@ -1,0 +1,425 @@
+"""`rebirth accelerate` as a library: plan, slim as planned, recover, check, export, bench; OUT is a
+model folder like the shipped ones.
+
+    doc = accelerate("fmnist_googlenet", None, None, "fashion-mnist:train[:3000]", None, "fast/", Options())
+
+Steps, each leaving its record in OUT so that a second run with the same arguments goes on from
+the first step not done (``plan.json``; ``slim/report.json``; ``slim/recovered/recover.json``):
+
+1. **plan** (learning/plan.py) on the target, from the images (``--images``);
+2. **slim** as planned into OUT/slim (every lossless rewrite, the lossy ones the plan chose);
+3. **recover** the regenerated layers (relearn, then distillation against the original, label-free),
+   in the time the budget leaves (``time_budget`` bounds the whole run, planning included; the
+   checks, export and timing after it are reserved ``RESERVE_S``);
+4. **check**, never worse than exact: the recovered weights, the re-learned ones and the exact net
+   (every lossless rewrite, no lossy one) are compared with the original on held-out images
+   (``--val``, else the images recover held out): the result is the fastest of them within the
+   fidelity the plan promised (its budget, or for a speed-up target its predicted agreement), the
+   exact net when neither recovered net is; the report says which and why;
+5. **export** to the target engine, verified against Caffe (``verify.compare_export``);
+6. **bench**: the original and the result timed side by side on the target.
+
+OUT gets the result as a model folder (``deploy.prototxt``, ``weights.caffemodel``,
+``train_val.prototxt``, ``solver.prototxt``, ``init.caffemodel``, ``report.json``: slim's report with
+an ``accelerate`` section, so OUT works as MODEL and as SLIM_DIR), the engine's files, ``plan.json``,
+``report.md`` and ``chart.png``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from deeprebirth import __version__, outputs
+from deeprebirth.caffe import netio
+from deeprebirth.errors import RebirthError
+from deeprebirth.graph.model import Model, load_model
+from deeprebirth.learning import plan as plan_api
+from deeprebirth.transforms import planner
+from deeprebirth.transforms import slim as slim_api
+
+#: Seconds kept back from the budget for the checks, the export and the timing after recovery.
+RESERVE_S = 180.0
+#: Least distillation time worth starting (below it the re-learned weights are the recovered ones).
+MIN_DISTILL_S = 60.0
+DEFAULT_TIME_S = 30 * 60.0
+MODEL_FILES = ("deploy.prototxt", "weights.caffemodel", "train_val.prototxt", "solver.prototxt",
+               "init.caffemodel", "report.json")
+REPORT_FILES = ("plan.json", "report.md", "chart.png")
+ENGINE_FORMAT = {"onnxruntime": "onnx", "ncnn": "ncnn", "mnn": "mnn"}
+Log = Callable[[str], None]
+
+
+@dataclass
+class Options:
+    plan: plan_api.Options = field(default_factory=plan_api.Options)
+    time_budget: float = DEFAULT_TIME_S
+    plan_file: str | None = None          # a plan made already (`rebirth plan -o`)
+    iters: int | None = None              # at most this many distillation iterations (else the time decides)
+    force: bool = False
+    seed: int = 0
+
+
+@dataclass
+class _Ctx:
+    model: Model
+    spec: str
+    weights: str | None
+    train_val: str | None
+    images: str
+    val: str | None
+    out: Path
+    opt: Options
+    say: Log
+    stage: Callable
+    started: float
+    steps: dict = field(default_factory=dict)
+
+    def left(self) -> float:
+        return self.opt.time_budget - (time.perf_counter() - self.started)
+
+
+def accelerate(spec: str, weights: str | None, train_val: str | None, images: str, val: str | None,
+               outdir: str | os.PathLike, opt: Options | None = None, log: Log | None = None,
+               stage=plan_api._no_stage, inputs: list[str] | None = None) -> dict:
+    opt = opt or Options()
+    out = Path(outdir)
+    say = log or (lambda line: None)
+    model = load_model(spec, weights)
+    if model.weights is None:
+        raise RebirthError(f"{spec}: accelerate re-learns what it changes and needs the trained weights: give "
+                           "{opt:weights}")
+    if opt.time_budget < RESERVE_S + 60:
+        raise RebirthError(f"{{opt:time}} {opt.time_budget:.0f} s is too short: the checks, export and timing alone "
+                           f"take about {RESERVE_S:.0f} s")
+    ctx = _Ctx(model, spec, weights, train_val, images, val, out, opt, say, stage, time.perf_counter())
+    names = [*MODEL_FILES, *REPORT_FILES, "slim", *ENGINE_FILES]
+    with outputs.claimed_dir(out, names, [p for p in (inputs or []) if p], opt.force):
+        plan = _plan_step(ctx)
+        sd = _slim_step(ctx, plan)
+        recovered = _recover_step(ctx, sd)
+        result = _check_step(ctx, plan, sd, recovered)
+        engine_files = _export_step(ctx, result)
+        bench_doc = _bench_step(ctx, result)
+        return _write_result(ctx, plan, sd, result, engine_files, bench_doc)
+
+
+ENGINE_FILES = ("model.onnx", "model.param", "model.bin", "model.mnn")
+
+
+# ----------------------------------------------------------------------------------------------
+# 1. plan
+
+
+def _plan_step(ctx: _Ctx) -> dict:
+    path = ctx.out / "plan.json"
+    if ctx.opt.plan_file:
+        plan = planner.read_plan(ctx.opt.plan_file)
+        ctx.steps["plan"] = {"from": ctx.opt.plan_file}
+        ctx.say(f"plan: {ctx.opt.plan_file} ({len(plan['only'])} lossy rewrite(s))")
+        if not outputs.same_file(path, Path(ctx.opt.plan_file)):
+            outputs.atomic_write(path, json.dumps(plan, indent=2) + "\n")
+            outputs.record_files(ctx.out, ["plan.json"])
+        return plan
+    if path.is_file():
+        plan = planner.read_plan(path)
+        if _same_request(plan, ctx):
+            ctx.steps["plan"] = {"reused": str(path)}
+            ctx.say(f"plan: {path} from an earlier run ({len(plan['only'])} lossy rewrite(s)); delete it to plan again")
+            return plan
+    ctx.say("plan: measuring every candidate on the target and on your images")
+    plan = plan_api.make_plan(ctx.model, ctx.images, ctx.train_val, ctx.opt.plan, log=lambda s: ctx.say("  " + s),
+                              stage=ctx.stage)
+    plan["request"] = _request(ctx)
+    outputs.atomic_write(path, json.dumps(plan, indent=2) + "\n")
+    outputs.record_files(ctx.out, ["plan.json"])
+    ctx.steps["plan"] = {"seconds": plan["seconds"]}
+    return plan
+
+
+def _request(ctx: _Ctx) -> dict:
+    p = ctx.opt.plan
+    return {"model": ctx.model.source, "weights": ctx.model.weights_source, "images": ctx.images,
+            "engine": p.engine, "device": p.device, "speedup": p.speedup, "max_drop": p.max_drop}
+
+
+def _same_request(plan: dict, ctx: _Ctx) -> bool:
+    return plan.get("request") == _request(ctx)
+
+
+# ----------------------------------------------------------------------------------------------
+# 2. slim
+
+
+def _slim_step(ctx: _Ctx, plan: dict) -> Path | None:
+    """OUT/slim, the net as planned; None when no rewrite at all applies (the result is the original)."""
+    sd = ctx.out / "slim"
+    if (sd / "report.json").is_file():
+        try:
+            done = json.loads((sd / "report.json").read_text()).get("plan", {}).get("only")
+        except (OSError, ValueError):
+            done = None
+        if done == plan["only"]:
+            ctx.steps["slim"] = {"reused": str(sd)}
+            return sd
+    tv = netio.read_net(ctx.train_val) if ctx.train_val else None
+    slimmed = plan_api.slimmed(ctx.model, plan["only"], tv, ctx.train_val,
+                               plan={"file": str(ctx.out / "plan.json"), "only": plan["only"]})
+    if slimmed is None:
+        ctx.steps["slim"] = {"skipped": "no rewrite applies to this net"}
+        ctx.say("slim: no rewrite applies to this net: the result is the original")
+        return None
+    slim_api.write(slimmed, sd, force=False)
+    outputs.record_files(ctx.out, ["slim"])
+    ctx.say(f"slim: {len(slimmed.result.changes)} rewrite(s), {len(slimmed.new_layers)} layer(s) to re-learn -> {sd}")
+    ctx.steps["slim"] = {"rewrites": len(slimmed.result.changes), "regenerated": len(slimmed.new_layers)}
+    return sd
+
+
+# ----------------------------------------------------------------------------------------------
+# 3. recover
+
+
+def _recover_step(ctx: _Ctx, sd: Path | None) -> dict | None:
+    """recover's record (None when nothing was regenerated: the slim net is exact)."""
+    if sd is None:
+        return None
+    report = json.loads((sd / "report.json").read_text())
+    if not report.get("regenerated"):
+        ctx.steps["recover"] = {"skipped": "nothing regenerated: the planned net is exact"}
+        return None
+    rec_dir = sd / "recovered"
+    if (rec_dir / "recover.json").is_file():
+        ctx.steps["recover"] = {"reused": str(rec_dir)}
+        return json.loads((rec_dir / "recover.json").read_text())
+    from deeprebirth.learning import finetune as ft  # noqa: PLC0415
+    from deeprebirth.learning import recover as rc  # noqa: PLC0415
+    budget = max(0.0, ctx.left() - RESERVE_S)
+    ctx.say(f"recover: re-learn, then distil against the original for about {budget / 60:.0f} min "
+            "(what the time budget leaves)")
+    options = ft.Options(seed=ctx.opt.seed, iters=ctx.opt.iters)
+    with ctx.stage("recover", None, "step") as tick:
+        doc = rc.recover(sd, ctx.images, ctx.val, rec_dir, options=options, progress=tick, time_budget=budget)
+    ctx.steps["recover"] = {"dir": str(rec_dir)}
+    return doc
+
+
+# ----------------------------------------------------------------------------------------------
+# 4. check: never worse than exact
+
+
+def allowed_flips_percent(plan: dict) -> float:
+    """The fidelity the plan promised, as the percentage of images that may change class: its budget
+    (``max_drop``), or for a speed-up target what its planned net measured (least squares only)."""
+    goal = plan.get("goal") or {}
+    if goal.get("max_drop") is not None:
+        return float(goal["max_drop"])
+    fid = plan.get("predicted_fidelity") or {}
+    if fid.get("agreement") is not None:
+        return 100.0 * (1.0 - float(fid["agreement"]))
+    return planner.DEFAULT_MAX_DROP
+
+
+def pick(options: list[dict], allowed_percent: float) -> tuple[dict, str]:
+    """The result among ``options`` (dicts with ``name``, ``flips_percent``, ``speedup`` and an
+    ``exact`` flag, in order of preference), and why: the first within ``allowed_percent``; else the
+    exact one (always kept: its output is the original's)."""
+    for o in options:
+        if o.get("exact") or o["flips_percent"] <= allowed_percent + 1e-9:
+            if o.get("exact"):
+                return o, (f"the exact net: no recovered net stayed within {allowed_percent:.2f} % of images "
+                           "changing class" if len(options) > 1 else "the exact net")
+            return o, f"{o['name']}: {o['flips_percent']:.2f} % of held-out images change class, within " \
+                      f"{allowed_percent:.2f} %"
+    exact = [o for o in options if o.get("exact")]
+    if exact:
+        return exact[0], "the exact net"
+    raise ValueError("no option and no exact net")
+
+
+def _check_step(ctx: _Ctx, plan: dict, sd: Path | None, recovered: dict | None) -> dict:
+    from deeprebirth.runtime import isolate  # noqa: PLC0415
+    if sd is None:
+        ctx.steps["check"] = {"chosen": "exact", "why": "the original: no rewrite applies", "options": []}
+        return {"name": "exact", "slim": None, "weights": None, "deploy": ctx.model.net, "fidelity": None}
+    allowed = allowed_flips_percent(plan)
+    held = _held_source(ctx, recovered)
+    nets = {}
+    deploy = netio.read_net(sd / "deploy.prototxt")
+    if recovered is not None:
+        nets["recovered"] = (deploy, str(Path(recovered["weights"])))
+        nets["re-learned"] = (deploy, str(sd / "recovered" / "relearn" / "weights.caffemodel"))
+    else:
+        nets["planned"] = (deploy, str(sd / "init.caffemodel"))
+    exact_out = plan_api.slimmed(ctx.model, [], netio.read_net(ctx.train_val) if ctx.train_val else None,
+                                 ctx.train_val)
+    ctx.say(f"check: each candidate result against the original on {held['name']}")
+    scores = isolate.call(_fidelity_of_files, ctx.model, ctx.train_val, nets, held["spec"], what="Caffe (check)")
+    options = []
+    for name, s in scores.items():
+        options.append({"name": name, **s, "flips_percent": 100.0 * s["flips"] / s["images"], "exact": False})
+    options.append({"name": "exact", "flips_percent": 0.0, "exact": True})
+    chosen, why = pick(options, allowed)
+    ctx.say(f"check: {why}")
+    ctx.steps["check"] = {"allowed_flips_percent": round(allowed, 3), "options": options, "chosen": chosen["name"],
+                          "why": why, "heldout": held["name"]}
+    if chosen["exact"]:
+        return {"name": "exact", "slim": exact_out, "weights": None, "deploy": exact_out.deploy if exact_out
+                else ctx.model.net, "fidelity": None}
+    return {"name": chosen["name"], "slim": None, "weights": nets[chosen["name"]][1], "deploy": deploy,
+            "fidelity": {k: chosen[k] for k in ("flips", "images", "agreement", "rel_error", "top1", "top1_original")
+                         if k in chosen}}
+
+
+def _held_source(ctx: _Ctx, recovered: dict | None) -> dict:
+    if ctx.val:
+        return {"spec": ctx.val, "name": ctx.val}
+    held = (recovered or {}).get("heldout") or {}
+    name = held.get("source") if isinstance(held, dict) else None
+    if name:
+        return {"spec": name, "name": name}
+    from deeprebirth.learning import sources as data  # noqa: PLC0415
+    _, part = data.hold_out(data.open_source(ctx.images))
+    spec = part.name if part is not None else ctx.images
+    return {"spec": spec, "name": spec}
+
+
+def _fidelity_of_files(teacher: Model, train_val: str | None, nets: dict, held_spec: str) -> dict:
+    """Each net (name -> (deploy, weights file)) against ``teacher`` on the images of ``held_spec``:
+    flips, agreement, output error, top-1 (when labelled) beside the teacher's. Runs Caffe."""
+    from deeprebirth.learning import evaluate as ev  # noqa: PLC0415
+    from deeprebirth.learning import preprocess  # noqa: PLC0415
+    from deeprebirth.learning import sources as data  # noqa: PLC0415
+    source = data.open_source(held_spec)
+    t_runner = ev.Runner.build(teacher)
+    pre = preprocess.preprocess_for(t_runner.input_shape, train_val or preprocess.default_train_val(teacher.source))
+    out = {}
+    for name, (deploy, wfile) in nets.items():
+        student = ev.Runner.build(Model(deploy, netio.weights_of(netio.read_weights(wfile)), source=name))
+        r = ev.run_evaluation(student, source, pre, teacher=t_runner)
+        s_all, t_all, labels = [], [], []
+        for x, y in source.batches(pre, 50):
+            s_all.append(plan_api._outputs(student, x))
+            t_all.append(plan_api._outputs(t_runner, x))
+            if y is not None:
+                labels.append(y)
+        s, t = np.concatenate(s_all), np.concatenate(t_all)
+        doc = plan_api._scores(s, t, np.concatenate(labels) if labels else None)
+        doc["images"] = len(s)
+        if labels:
+            doc["top1_original"] = round(float(np.mean(t.argmax(1) == np.concatenate(labels))), 4)
+        doc["kl"] = r.get("kl")
+        out[name] = doc
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# 5. export, 6. bench
+
+
+def _result_model(ctx: _Ctx, result: dict) -> Model:
+    if result["weights"] is not None:
+        return Model(result["deploy"], netio.weights_of(netio.read_weights(result["weights"])), source="result")
+    s = result["slim"]
+    return Model(result["deploy"], plan_api._deploy_weights(s) if s else ctx.model.weights, source="result")
+
+
+def _export_step(ctx: _Ctx, result: dict) -> dict[str, bytes]:
+    engine = ctx.opt.plan.engine
+    fmt = ENGINE_FORMAT.get(engine)
+    if fmt is None:
+        ctx.steps["export"] = {"skipped": "the target engine is Caffe: the model folder is what it runs"}
+        return {}
+    from deeprebirth.runtime import export, verify  # noqa: PLC0415
+    m = _result_model(ctx, result)
+    files = export.export_isolated(m, fmt, batch=1)
+    check = verify.compare_export(m, fmt, files, seed=ctx.opt.seed)
+    verify.require(check, 1e-4)
+    ctx.steps["export"] = {"format": fmt, "files": sorted(files), "verified": "against Caffe, tolerance 1e-4"}
+    ctx.say(f"export: {', '.join(sorted(files))} for {engine}, verified against Caffe")
+    return files
+
+
+def _bench_step(ctx: _Ctx, result: dict) -> dict:
+    from deeprebirth.runtime import bench, target  # noqa: PLC0415
+    p = ctx.opt.plan
+    prepared = [bench.Prepared("original", _batch1(ctx.model), "trained"),
+                bench.Prepared("accelerated", _batch1(_result_model(ctx, result)), "result")]
+    dev = target.device_for(p.engine, p.device, p.threads)
+    ctx.say(f"bench: the original and the result side by side on {target.describe(p.engine, p.device)}")
+    with ctx.stage("bench", 2 * (p.runs + p.warmup), "run") as tick:
+        ms = bench.run_isolated(prepared, dev, p.runs, p.warmup, layers=p.engine == "caffe" and p.device == "cpu",
+                                memory=True, seed=ctx.opt.seed, progress=tick)
+    doc = bench.build_json(ms, {"engine": p.engine, "device": p.device, "runs": p.runs, "batch": 1})
+    ctx.steps["bench"] = {"runs": p.runs}
+    return doc
+
+
+def _batch1(m: Model) -> Model:
+    from deeprebirth.runtime import bench  # noqa: PLC0415
+    return Model(bench.set_batch(m.net, 1), m.weights, source=m.source)
+
+
+# ----------------------------------------------------------------------------------------------
+# The result
+
+
+def _write_result(ctx: _Ctx, plan: dict, sd: Path, result: dict, engine_files: dict, bench_doc: dict) -> dict:
+    from deeprebirth.learning import report_md  # noqa: PLC0415
+    files: dict[str, bytes | str] = {}
+    if sd is None:       # nothing applied: the original, as a model folder
+        files["deploy.prototxt"] = netio.net_to_text(ctx.model.net)
+        files["weights.caffemodel"] = netio.with_weights(ctx.model.net, ctx.model.weights).SerializeToString()
+        report = {}
+    elif result["slim"] is not None or result["name"] == "exact":
+        rendered = slim_api.render(result["slim"]) if result["slim"] is not None else {}
+        for name in ("deploy.prototxt", "train_val.prototxt", "solver.prototxt", "init.caffemodel"):
+            if name in rendered:
+                files[name] = rendered[name]
+        if "init.caffemodel" in rendered:
+            files["weights.caffemodel"] = rendered["init.caffemodel"]
+        report = json.loads(rendered["report.json"]) if "report.json" in rendered else {}
+    else:
+        for name in ("deploy.prototxt", "train_val.prototxt", "solver.prototxt", "init.caffemodel"):
+            files[name] = (sd / name).read_bytes()
+        files["weights.caffemodel"] = Path(result["weights"]).read_bytes()
+        report = json.loads((sd / "report.json").read_text())
+    files.update(engine_files)
+    doc = _summary(ctx, plan, result, bench_doc)
+    report["accelerate"] = doc
+    files["report.json"] = json.dumps(report, indent=2) + "\n"
+    files["report.md"] = report_md.render(doc)
+    chart = report_md.chart_png(doc)
+    if chart is not None:
+        files["chart.png"] = chart
+    for name, data in files.items():
+        outputs.atomic_write(ctx.out / name, data)
+    outputs.record_files(ctx.out, list(files))
+    doc["files"] = sorted(str(ctx.out / n) for n in files)
+    return doc
+
+
+def _summary(ctx: _Ctx, plan: dict, result: dict, bench_doc: dict) -> dict:
+    ms = {m["model"]: m for m in bench_doc.get("models", [])}
+    orig, acc = ms.get("original", {}), ms.get("accelerated", {})
+    speedup = None
+    if orig.get("best_ms") and acc.get("best_ms"):     # best runs, as the plan times them
+        speedup = round(orig["best_ms"] / acc["best_ms"], 3)
+    return {
+        "tool": f"rebirth {__version__}", "model": ctx.model.source, "weights": ctx.model.weights_source,
+        "images": ctx.images, "val": ctx.val, "out": str(ctx.out),
+        "target": plan.get("target"), "goal": plan.get("goal"),
+        "result": result["name"], "fidelity": result["fidelity"],
+        "speedup": speedup, "bench": bench_doc, "plan": {k: plan.get(k) for k in (
+            "only", "predicted_speedup", "predicted_fidelity", "basis", "exact", "slim_everything")},
+        "candidates": plan.get("candidates"),
+        "steps": ctx.steps, "seconds": round(time.perf_counter() - ctx.started, 1),
+        "time_budget_s": ctx.opt.time_budget,
+        "machine": plan.get("machine"),
+    }
+

@@ -1,0 +1,96 @@
+"""`rebirth accelerate`'s OUT/report.md and OUT/chart.png, pure functions of its summary."""
+from __future__ import annotations
+
+import io
+
+
+def _pct(x) -> str:
+    return "-" if x is None else f"{100 * x:.2f} %"
+
+
+def _fid_cells(f: dict | None) -> tuple[str, str, str]:
+    if not f:
+        return "-", "-", "-"
+    rel = f.get("rel_error")
+    return _pct(f.get("agreement")), "-" if rel is None else f"{rel:.4f}", \
+        "-" if f.get("top1") is None else _pct(f["top1"])
+
+
+def render(doc: dict) -> str:
+    t = doc.get("target") or {}
+    plan = doc.get("plan") or {}
+    check = (doc.get("steps") or {}).get("check") or {}
+    models = {m["model"]: m for m in (doc.get("bench") or {}).get("models", [])}
+    lines = [f"# {doc['model']}, accelerated", "",
+             f"Made by {doc['tool']} in {doc['seconds'] / 60:.1f} min (budget {doc['time_budget_s'] / 60:.0f} min) "
+             f"for {t.get('engine')} on {t.get('device')}, from the images {doc['images']}"
+             + (f", checked on {check.get('heldout')}" if check.get("heldout") else "") + ".", ""]
+    speed = doc.get("speedup")
+    lines += [f"**Result: {doc['result']}** -- "
+              + (f"{speed:.2f}x faster than the original" if speed else "speed not measured")
+              + f" on {t.get('engine')} ({t.get('device')}); {check.get('why', '')}.", ""]
+    lines += ["## Latency and memory (side by side, one process)", "",
+              "| net | median ms | best ms | blob memory MB |", "|---|---:|---:|---:|"]
+    for name in ("original", "accelerated"):
+        m = models.get(name)
+        if m:
+            mem = m.get("memory_bytes")
+            lines.append(f"| {name} | {m['median_ms']:.2f} | {m['best_ms']:.2f} | "
+                         f"{'-' if mem is None else f'{mem / 2**20:.1f}'} |")
+    lines += ["", "## Fidelity against the original (held-out images)", "",
+              "| net | images changing class | agreement | output error | top-1 |", "|---|---:|---:|---:|---:|"]
+    for o in check.get("options", []):
+        if o.get("exact"):
+            lines.append("| exact (lossless rewrites only) | 0 | 100.00 % | 0 (up to rounding) | as the original |")
+            continue
+        agree, rel, top1 = _fid_cells(o)
+        lines.append(f"| {o['name']} | {o['flips']} of {o['images']} ({o['flips_percent']:.2f} %) | {agree} | {rel} | "
+                     f"{top1}" + (f" (original {_pct(o['top1_original'])})" if o.get("top1_original") else "") + " |")
+    lines += ["", f"Allowed: {check.get('allowed_flips_percent', '-')} % of images changing class (the plan's "
+              "promise); the result is the fastest net within it, else the exact net.", ""]
+    lines += ["## The plan", "", f"Chosen lossy rewrites ({plan.get('basis')}): "
+              + (", ".join(plan.get("only") or []) or "none") + ".", "",
+              "| candidate | saves ms | flips | output error | chosen | why |", "|---|---:|---:|---:|---|---|"]
+    for c in doc.get("candidates") or []:
+        saved = "-" if c["saved_ms"] is None else f"{c['saved_ms']:.3f}"
+        rel = "-" if c["rel_error"] is None else f"{c['rel_error']:.4f}"
+        lines.append(f"| {c['name']} | {saved} | {'-' if c['flips'] is None else c['flips']} | {rel} | "
+                     f"{'yes' if c['chosen'] else 'no'} | {c['why']} |")
+    ex, full = plan.get("exact") or {}, plan.get("slim_everything")
+    lines += ["", f"Planned: {plan.get('predicted_speedup')}x predicted; exact net {ex.get('speedup')}x"
+              + (f"; slim everything {full['speedup']}x" if full else "") + " (timed while planning).", ""]
+    lines += ["## Steps", ""] + [f"- {k}: {v}" for k, v in (doc.get("steps") or {}).items() if k != "check"]
+    lines += ["", "## Reproduce", "", "```sh", doc.get("command", "rebirth accelerate ..."),
+              f"rebirth bench {doc['model']} {doc['out']} --engine {t.get('engine')} --device {t.get('device')}",
+              f"rebirth eval {doc['out']} --data {check.get('heldout', doc['images'])} --teacher {doc['model']}",
+              "```", "", f"Machine: {doc.get('machine')}", ""]
+    return "\n".join(lines)
+
+
+def chart_png(doc: dict) -> bytes | None:
+    """Per block before/after (the paper's Table-4 view) when the timing has per-layer times (Caffe
+    on this machine); otherwise the whole pass of each net. None without timings."""
+    models = (doc.get("bench") or {}).get("models") or []
+    if not models:
+        return None
+    if all(m.get("layers") for m in models):
+        from deeprebirth.runtime import plot  # noqa: PLC0415
+        return plot.plot_png(models)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: PLC0415
+    from matplotlib.figure import Figure  # noqa: PLC0415
+    fig = Figure(figsize=(6.5, 3.6), layout="constrained")
+    ax = fig.subplots()
+    names = [m["model"] for m in models]
+    ax.barh(names, [m["median_ms"] for m in models], color=["#888888", "#1f77b4"][:len(models)])
+    for i, m in enumerate(models):
+        ax.text(m["median_ms"], i, f" {m['median_ms']:.2f} ms", va="center", fontsize=10)
+    t = doc.get("target") or {}
+    ax.set_xlabel("median forward pass (ms, batch 1)")
+    ax.set_title(f"{t.get('engine')} on {t.get('device')}: "
+                 + (f"{doc['speedup']:.2f}x faster" if doc.get("speedup") else ""), loc="left", fontsize=11)
+    ax.invert_yaxis()
+    ax.margins(x=0.25)
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    return buf.getvalue()

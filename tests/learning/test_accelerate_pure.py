@@ -1,0 +1,64 @@
+"""accelerate's never-worse choice and its report, from made-up records (no Caffe, no timing)."""
+from __future__ import annotations
+
+from deeprebirth.learning import accelerate as acc
+from deeprebirth.learning import report_md
+
+
+def test_the_promise_is_the_budget_or_the_planned_agreement():
+    assert acc.allowed_flips_percent({"goal": {"max_drop": 0.5}}) == 0.5
+    plan = {"goal": {"speedup": 3.0, "max_drop": None}, "predicted_fidelity": {"agreement": 0.976}}
+    assert abs(acc.allowed_flips_percent(plan) - 2.4) < 1e-9
+    assert acc.allowed_flips_percent({"goal": {}}) == 1.0
+
+
+def options(recovered, relearned):
+    return [{"name": "recovered", "flips_percent": recovered}, {"name": "re-learned", "flips_percent": relearned},
+            {"name": "exact", "flips_percent": 0.0, "exact": True}]
+
+
+def test_never_worse_than_promised():
+    chosen, why = acc.pick(options(0.4, 0.9), 1.0)
+    assert chosen["name"] == "recovered" and "within 1.00 %" in why
+    # distillation made it worse than least squares had: the re-learned weights, still within
+    chosen, _ = acc.pick(options(1.6, 0.8), 1.0)
+    assert chosen["name"] == "re-learned"
+    # neither within the promise: the exact net, and the reason says so
+    chosen, why = acc.pick(options(1.6, 1.2), 1.0)
+    assert chosen["name"] == "exact" and "no recovered net" in why
+
+
+def summary():
+    return {
+        "tool": "rebirth 0.x", "model": "fmnist_googlenet", "images": "fashion-mnist:train[:3000]", "out": "fast",
+        "target": {"engine": "onnxruntime", "device": "cpu"}, "result": "recovered", "speedup": 3.1,
+        "seconds": 600.0, "time_budget_s": 1800.0, "machine": {"node": "x"},
+        "bench": {"models": [{"model": "original", "median_ms": 9.3, "best_ms": 9.0, "memory_bytes": 2 ** 21},
+                             {"model": "accelerated", "median_ms": 3.0, "best_ms": 2.9, "memory_bytes": 2 ** 20}]},
+        "plan": {"only": ["conv1", "inception_3a"], "basis": "measured", "predicted_speedup": 3.0,
+                 "exact": {"speedup": 1.1}, "slim_everything": {"speedup": 3.3}},
+        "candidates": [{"name": "conv1", "saved_ms": 1.2, "flips": 2, "rel_error": 0.05, "chosen": True,
+                        "why": "within the budget"},
+                       {"name": "pool2", "saved_ms": None, "flips": None, "rel_error": None, "chosen": False,
+                        "why": "not timed"}],
+        "steps": {"plan": {"seconds": 120}, "check": {
+            "allowed_flips_percent": 1.0, "why": "recovered: 0.40 % ...", "heldout": "fashion-mnist:train[9:3000:10]",
+            "options": [{"name": "recovered", "flips": 2, "images": 300, "flips_percent": 0.67, "agreement": 0.9933,
+                         "rel_error": 0.04, "top1": 0.91, "top1_original": 0.915},
+                        {"name": "exact", "flips_percent": 0.0, "exact": True}]}},
+    }
+
+
+def test_report_md_names_every_number_and_the_commands():
+    text = report_md.render(summary())
+    assert "**Result: recovered**" in text and "3.10x faster" in text
+    assert "| original | 9.30 | 9.00 | 2.0 |" in text
+    assert "2 of 300 (0.67 %)" in text and "original 91.50 %" in text
+    assert "| conv1 | 1.200 | 2 | 0.0500 | yes | within the budget |" in text
+    assert "rebirth bench fmnist_googlenet fast --engine onnxruntime" in text
+
+
+def test_chart_of_whole_passes_is_a_png():
+    png = report_md.chart_png(summary())
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert report_md.chart_png({"bench": {"models": []}}) is None

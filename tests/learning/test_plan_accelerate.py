@@ -1,0 +1,84 @@
+"""`rebirth plan`, `slim --plan` and `rebirth accelerate` end to end on a tiny net (Caffe; small runs)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from helpers import error_line, make_slimmed, run
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, caffe):
+    return make_slimmed(tmp_path_factory.mktemp("plan"))
+
+
+def plan_args(d, *more):
+    return ("plan", d / "tiny.prototxt", "-w", d / "tiny.caffemodel", "--train-val", d / "tv.prototxt",
+            "--images", d / "plain", "--runs", "5", "--count", "14", "--heldout", "10", *more)
+
+
+def test_plan_measures_every_candidate_and_slim_applies_it(tiny, tmp_path):
+    res = run(*plan_args(tiny, "-o", tmp_path / "plan.json", "--json"))
+    assert res.exit_code == 0, res.output
+    doc = json.loads((tmp_path / "plan.json").read_text())
+    assert doc["kind"] == "rebirth-plan" and doc["basis"] == "measured"
+    (cand,) = doc["candidates"]
+    assert cand["name"] == "conv1" and cand["rules"] == ["streamline"]
+    assert isinstance(cand["saved_ms"], float) and cand["saved_spread_ms"] > 0
+    if cand["why"].startswith("saves"):          # within the noise: never re-learned, never chosen
+        assert cand["flips"] is None and not cand["chosen"]
+    else:
+        assert 0 <= cand["flips"] <= 10 and cand["rel_error"] is not None
+    assert doc["heldout_images"] == 10 and doc["predicted_speedup"] > 0
+    assert doc["rounds"] and doc["rounds"][-1]["chosen"] == doc["only"]
+    # applied by slim: the chosen lossy rewrites, every exact one
+    plan = tmp_path / "forced.json"
+    plan.write_text(json.dumps({**doc, "only": ["conv1"]}))
+    res = run("slim", tiny / "tiny.prototxt", "-w", tiny / "tiny.caffemodel", "--plan", plan, "-o", tmp_path / "s")
+    assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "s" / "report.json").read_text())
+    assert report["plan"]["only"] == ["conv1"] and report["regenerated"] == ["conv1"]
+
+
+def test_plan_without_weights_is_by_time_alone(tiny):
+    res = run("plan", tiny / "tiny.prototxt", "--runs", "5", "--json")
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["basis"] == "time alone" and any("time alone" in n for n in doc["notes"])
+    assert doc["candidates"][0]["flips"] is None
+
+
+def test_plan_refusals_are_one_line(tiny, tmp_path):
+    res = run(*plan_args(tiny, "--speedup", "2", "--max-drop", "1"))
+    assert "give --speedup or --max-drop, not both" in error_line(res)
+    res = run("plan", tiny / "tiny.prototxt", "-w", tiny / "tiny.caffemodel", "--runs", "5")
+    assert "give --images" in error_line(res)
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"only": []}')
+    res = run("slim", tiny / "tiny.prototxt", "--plan", bad, "-o", tmp_path / "s")
+    assert "not a plan written by `rebirth plan`" in error_line(res)
+    assert not (tmp_path / "s").exists()
+
+
+def test_accelerate_makes_a_checked_model_folder(tiny, tmp_path):
+    res = run(*plan_args(tiny, "-o", tmp_path / "plan.json"))
+    assert res.exit_code == 0, res.output
+    forced = tmp_path / "forced.json"
+    forced.write_text(json.dumps({**json.loads((tmp_path / "plan.json").read_text()), "only": ["conv1"]}))
+    out = tmp_path / "fast"
+    res = run("accelerate", tiny / "tiny.prototxt", "-w", tiny / "tiny.caffemodel", "--train-val", tiny / "tv.prototxt",
+              "--images", tiny / "plain", "--plan", forced, "--iters", "10", "-o", out, "--json")
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    for name in ("deploy.prototxt", "weights.caffemodel", "train_val.prototxt", "plan.json", "report.json",
+                 "report.md", "chart.png"):
+        assert (out / name).is_file(), name
+    check = doc["steps"]["check"]
+    assert doc["result"] in ("recovered", "re-learned", "exact")
+    assert {o["name"] for o in check["options"]} == {"recovered", "re-learned", "exact"}
+    chosen = next(o for o in check["options"] if o["name"] == doc["result"])
+    assert chosen.get("exact") or chosen["flips_percent"] <= check["allowed_flips_percent"]
+    assert doc["speedup"] is not None and "accelerate" in json.loads((out / "report.json").read_text())
+    # OUT is a MODEL for the other commands
+    res = run("inspect", out, "--json")
+    assert res.exit_code == 0, res.output
