@@ -22,6 +22,9 @@ def plan_text(doc: dict) -> str:
         f"at most {goal['max_drop']:g} % of held-out images changing class" if goal.get("max_drop") is not None \
         else "every rewrite that saves time"
     lines = [f"plan for {doc['model']} on {t['engine']} ({t['device']}): {aim}; {doc['basis']}"]
+    if goal.get("speedup") is None and goal.get("max_drop") is not None and doc["heldout_images"]:
+        lines.append(f"(after recovery; least squares alone may change up to {doc.get('recovery_factor', 1):g}x as "
+                     "many, `rebirth accelerate` checks the result)")
     if doc["heldout_images"]:
         lines.append(f"each candidate re-learned on {doc['train_images']} images of {doc['images']}, checked on "
                      f"{doc['heldout_images']} others")

@@ -18,7 +18,11 @@ images, the choice (transforms/planner.py), and the chosen net assembled and che
    (relearn with no SGD: its first step), then its output against the original's on
    ``heldout_images`` other images: how many change their top-1 class (``flips``; with labels the
    top-1 too) and the relative output error.
-4. **Choice and check**: planner.choose; the chosen net is assembled, re-learned the same way and
+4. **Choice and check**: planner.choose, with the budget of ``max_drop`` (default 1 %) spent on
+   least-squares flips ``recovery`` (4) times over: the budget is what the *result* keeps after
+   recovery (distillation takes most of the least-squares error back; `accelerate` checks the result
+   and falls back to the exact net when it misses), so the plan may choose rewrites whose
+   least-squares error alone exceeds it. The chosen net is assembled, re-learned the same way and
    timed beside the original and the exact net. When it flips more images than the budget allows,
    the budget shrinks (planner.tightened) and the choice is made again; when it misses the
    speed-up asked for, the target rises by the shortfall; at most ``rounds`` times. What the plan
@@ -62,6 +66,7 @@ class Options:
     runs: int = 30
     warmup: int = 3
     rounds: int = 3
+    recovery: float = 4.0                # least-squares flips allowed per flip of the budget (planner.choose)
     seed: int = 0
     notes: list[str] = field(default_factory=list)
 
@@ -194,7 +199,7 @@ def fidelity_jobs(teacher: Model, jobs: dict[str, tuple], train: np.ndarray, hel
             if new_layers:
                 units = relearn_plan.plan_units(teacher.net, deploy, new_layers, sub_of)
                 opt = rl.Options(train_images=len(train), heldout_images=min(50, len(train)), iters=0, seed=seed,
-                                 ls_rows=ls[0], ls_iterations=ls[1])
+                                 ls_rows=ls[0], ls_iterations=ls[1], ls_refine=False)
                 weights, _ = rl.relearn(deploy, weights, teacher.net, teacher.weights, units, train,
                                         train[-opt.heldout_images:], opt)
             s_out = _outputs(ev.Runner.build(Model(deploy, weights, source=label)), held)
@@ -362,7 +367,8 @@ def _choose_and_check(model, nets: Nets, opt: Options, med: dict, heldout, tv, t
     rounds: list[dict] = []
     choice = check = None
     for r in range(max(1, opt.rounds)):
-        choice = planner.choose(nets.candidates, med["original"], med["exact"], heldout, speedup, max_drop)
+        choice = planner.choose(nets.candidates, med["original"], med["exact"], heldout, speedup, max_drop,
+                                opt.recovery)
         assembled = slimmed(model, choice.chosen, tv, train_val) if choice.chosen else nets.exact
         say(f"check {r + 1}: {len(choice.chosen)} lossy rewrite(s) chosen"
             + (f" ({', '.join(choice.chosen)})" if choice.chosen else "") + "; timing it beside the original")
@@ -392,7 +398,7 @@ def _choose_and_check(model, nets: Nets, opt: Options, med: dict, heldout, tv, t
         flips = check.get("fidelity", {}).get("flips")
         if choice.budget is not None and flips is not None and flips > choice.budget and choice.chosen and not last:
             budget = planner.tightened(choice.budget, choice.cost, flips)
-            max_drop = 100.0 * budget / heldout
+            max_drop = 100.0 * budget / heldout / opt.recovery
             say(f"  {flips} image(s) changed class, over the budget of {choice.budget:.1f}: the budget becomes "
                 f"{budget:.1f} and the choice is made again")
             continue
@@ -429,6 +435,7 @@ def _document(model: Model, train_val, images, opt: Options, nets: Nets, med: di
         "goal": {"speedup": opt.speedup, "max_drop": opt.max_drop if opt.speedup is not None or opt.max_drop
                  is not None or not heldout else planner.DEFAULT_MAX_DROP},
         "basis": choice.basis,
+        "recovery_factor": opt.recovery,
         "only": list(choice.chosen),
         "tucker": None,
         "predicted_speedup": check["speedup"] if planned_chosen else check["exact_speedup"],

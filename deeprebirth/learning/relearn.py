@@ -172,6 +172,7 @@ class Options:
     max_weight_scale: float | None = 10.0   # least-squares weights at most this x the starting ones' (None: off)
     ls_rows: int = 40_000
     ls_iterations: int = 100        # alternating projections through a ReLU (lstsq.solve_linear)
+    ls_refine: bool = True          # then the active-set refinement where affordable (lstsq.solve_linear)
     seed: int = 0
     only: list[str] | None = None
 
@@ -385,7 +386,7 @@ def _least_squares_layer(run: _Run, unit: Unit, name: str, weights: netio.Weight
     rows_a = a.reshape(-1, a.shape[-1])
     rows_y = y.reshape(-1, n_out).astype(np.float64)
     w, b = _bounded_fit(rows_a, rows_y, through_relu, weights.get(name), opt.max_weight_scale, name, res,
-                        opt.ls_iterations)
+                        opt.ls_iterations, opt.ls_refine)
     if res.init.get(name) == "teacher" and len(weights[name]) in (1, 2):
         # Keep the teacher's own filters when they already fit better (an exact change).
         tw = weights[name][0].reshape(n_out, -1).T.astype(np.float64)
@@ -403,14 +404,16 @@ def _least_squares_layer(run: _Run, unit: Unit, name: str, weights: netio.Weight
     return True
 
 
-def _bounded_fit(rows_a, rows_y, relu: bool, start, max_scale, name: str, res: UnitResult, iterations: int = 100):
+def _bounded_fit(rows_a, rows_y, relu: bool, start, max_scale, name: str, res: UnitResult, iterations: int = 100,
+                 refine: bool = True):
     """solve_linear, with the ridge raised (x100 at a time) until no weight exceeds ``max_scale``
     times the largest starting weight: an ill-conditioned input (a Tucker core's few, correlated
     channels) lets least squares fit with huge weights that then blow up fine-tuning."""
     scale = max(float(np.max(np.abs(start[0]))), 1e-3) if start is not None and max_scale else None
     ridge = 1e-9
     while True:
-        w, b = solve_linear(rows_a, rows_y, relu=relu, ridge=ridge, iterations=iterations)
+        w, b = solve_linear(rows_a, rows_y, relu=relu, ridge=ridge, iterations=iterations,
+                            **({} if refine else {"active_set_budget": 0}))
         if scale is None or np.max(np.abs(w)) <= max_scale * scale or ridge >= 1e-1:
             break
         ridge *= 100

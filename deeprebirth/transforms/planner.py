@@ -20,7 +20,8 @@ solves a 0/1 knapsack exactly, by dynamic programming over the cost in hundredth
 
 * ``max_drop`` P (percent of the held-out images; a top-1 class that changes is the most that
   can be lost, so P bounds the top-1 points lost): maximise the sum of ``saved_ms`` with the sum
-  of costs within P % of the held-out images;
+  of costs within ``recovery`` x P % of the held-out images (the costs are measured after least
+  squares alone; what recovery leaves is checked on the result by `accelerate`);
 * ``speedup`` X (against the original net): the least cost whose saving brings the predicted time,
   ``exact_ms - sum saved_ms``, to ``original_ms / X``; when no set reaches it, the largest saving.
 
@@ -125,8 +126,10 @@ def least_cost_reaching(values: list[float], weights: list[int], needed: float) 
 
 
 def choose(candidates: list[Candidate], original_ms: float, exact_ms: float, heldout: int | None,
-           speedup: float | None = None, max_drop: float | None = None) -> Choice:
-    """The plan's choice (module doc); marks each candidate's ``chosen`` and ``why``."""
+           speedup: float | None = None, max_drop: float | None = None, recovery: float = 1.0) -> Choice:
+    """The plan's choice (module doc); marks each candidate's ``chosen`` and ``why``. ``recovery``:
+    how many times more images may change class after least squares than ``max_drop`` allows for
+    the result (recovery by distillation takes most of it back; `accelerate` checks the result)."""
     if speedup is not None and max_drop is not None:
         raise ValueError("give a speed-up or a fidelity budget, not both")
     by_time = any(c.flips is None for c in candidates if c.note is None) or not heldout
@@ -157,7 +160,7 @@ def choose(candidates: list[Candidate], original_ms: float, exact_ms: float, hel
         budget = None
     else:
         drop = DEFAULT_MAX_DROP if max_drop is None else max_drop
-        budget = drop / 100.0 * heldout
+        budget = drop / 100.0 * heldout * recovery
         idx = knapsack([c.saved_ms for c in pool], [_units(c) for c in pool], int(math.floor(budget * SCALE)))
         picked = [pool[i] for i in idx]
     for c in pool:
