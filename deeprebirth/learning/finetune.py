@@ -247,7 +247,7 @@ def _attempts(st: _Setup, train, val, sparam, started: float, progress, log, sto
     with stop if stop is not None else nullcontext():
         if deadline is not None:
             st.measured = _calibrate(st, train, val, sparam)
-        _choose_rate(st, train, val, sparam, deadline, log, progress)
+        _choose_rate(st, train, val, sparam, deadline, log, progress, stop)
         first_lr = sparam.base_lr
         while True:
             fit = _fit_to_time(st, train, val, sparam, deadline, progress, log) if deadline is not None else None
@@ -307,13 +307,14 @@ def _fit_to_time(st: _Setup, train: data.Source, val: data.Source | None, sparam
 
 
 def _choose_rate(st: _Setup, train: data.Source, val: data.Source | None, sparam, deadline: float | None,
-                 log, progress=None) -> None:
+                 log, progress=None, stop: StopOnSignals | None = None) -> None:
     """Label-free distillation from learned weights with no base_lr given and enough iterations
     (solver.PROBE_MIN_ITERS; with a time budget, as many as it would fit): the rates of
     solver.probe_rates tried from the start for solver.PROBE_STEPS steps each, largest first
     until one leaves the start no further from the teacher (solver.probe_accepts: the relative
     output error on the first solver.PROBE_IMAGES validation images, else training images); the
-    one solver.pick_rate picks becomes ``sparam.base_lr``, recorded in ``st.probe`` and a note."""
+    one solver.pick_rate picks becomes ``sparam.base_lr``, recorded in ``st.probe`` and a note.
+    A ``stop`` signal ends the probe at once (the rate stays the default)."""
     opt = st.opt
     if not (opt.distill and not opt.with_labels and st.teacher is not None and st.trained
             and opt.base_lr is None and opt.schedule == "anneal" and opt.resume is None and st.start_weights):
@@ -340,6 +341,8 @@ def _choose_rate(st: _Setup, train: data.Source, val: data.Source | None, sparam
         solver = sv.start_solver(st.tn.net, probe, st.outdir, start_weights=st.start_weights)
         gen = train.batches(st.tn.pre, st.tn.batch, train=True, shuffle=True, loop=True, seed=opt.seed)
         for _ in range(sv.PROBE_STEPS):
+            if stop is not None and stop.signal:
+                return
             x, y = next(gen)
             _feed(st, solver.net, train, x, y, 1.0)
             solver.step(1)

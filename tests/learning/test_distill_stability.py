@@ -8,7 +8,7 @@ import json
 
 import numpy as np
 import pytest
-from helpers import make_slimmed, run
+from helpers import error_line, make_slimmed, run
 
 from deeprebirth.caffe import netio
 from deeprebirth.cli import progress as pr
@@ -250,3 +250,32 @@ def test_recover_fits_its_iterations_to_the_time(slimmed, tmp_path, monkeypatch)
     assert "(the iters asked for)" in json.dumps(
         json.loads((tmp_path / "rec" / "finetune.json").read_text())) or "--iters" in (
         tmp_path / "rec" / "finetune.json").read_text()
+
+
+def test_a_budget_spent_before_training_stops_at_the_start(slimmed, tmp_path):
+    """A budget the measuring alone uses up: no iteration is trained, the record says the time ran
+    out, and the start weights are written (library call: parameters by name)."""
+    from deeprebirth.learning import finetune as ft
+    from deeprebirth.learning import sources as data
+    d = slimmed
+    pre = tmp_path / "pre"
+    assert run("finetune", d / "slim", "--train", d / "train", "--iters", 4, "-o", pre).exit_code == 0
+    start = pre / "weights.caffemodel"
+    doc = ft.finetune(d / "slim", data.open_source(str(d / "plain")), data.open_source(str(d / "plain")),
+                      tmp_path / "o", ft.Options(distill=True, weights=str(start), time_budget=1e-3))
+    tb = doc["time_budget"]
+    assert tb["out_of_time"] and tb["fitted_iterations"] >= 1 and doc["iterations"] == 0
+    assert any("the time (time) ran out at iteration 0" in n for n in json.loads(
+        (tmp_path / "o" / "finetune.json").read_text())["notes"])
+    kept = netio.weights_of(netio.read_weights(tmp_path / "o" / "weights.caffemodel"))
+    orig = netio.weights_of(netio.read_weights(start))
+    assert all(np.array_equal(kept[k][i], orig[k][i]) for k in kept for i in range(len(kept[k])))
+    # finetune --time on the command line: said up front, fitted, capped by --iters
+    res = run("finetune", d / "slim", "--train", d / "plain", "--val", d / "plain", "--distill", "--weights", start,
+              "--time", "5m", "--iters", 3, "-o", tmp_path / "c", "--json")
+    assert res.exit_code == 0, res.output
+    assert "rebirth: finetune: at most 5 min (--time)" in res.stderr and "3 iterations (the --iters asked for)" in res.stderr
+    assert json.loads(res.stdout)["time_budget"]["fitted_iterations"] == 3
+    res = run("finetune", d / "slim", "--train", d / "plain", "--distill", "--time", "soon", "-o", tmp_path / "x")
+    assert res.exit_code == 1 and "--time 'soon': expected a duration such as 90s" in error_line(res)
+    assert not (tmp_path / "x").exists()
