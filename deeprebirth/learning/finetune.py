@@ -354,12 +354,12 @@ def _choose_rate(st: _Setup, train: data.Source, val: data.Source | None, sparam
     sparam.base_lr = rate
     st.probe = {"start_rel_error": start_error, "rel_error": {f"{r:g}": e for r, e in errors.items()},
                 "base_lr": rate, "accepted": better, "steps": sv.PROBE_STEPS}
-    tried = ", ".join(f"{r:g}: {e:.4f}" if e is not None else f"{r:g}: diverged" for r, e in errors.items())
+    tried = ", ".join(f"{r:g}: {e:.4g}" if e is not None else f"{r:g}: diverged" for r, e in errors.items())
     note = (f"base_lr {rate:g}, the largest of {default:g} and below whose {sv.PROBE_STEPS} steps left the start no "
             f"further from the teacher (relative output error on {min(len(images), sv.PROBE_IMAGES)} images: start "
-            f"{start_error:.4f}; {tried})" if better else
+            f"{start_error:.4g}; {tried})" if better else
             f"every rate from {default:g} down took the start further from the teacher in {sv.PROBE_STEPS} steps "
-            f"(relative output error: start {start_error:.4f}; {tried}): the run trains at the smallest, base_lr "
+            f"(relative output error: start {start_error:.4g}; {tried}): the run trains at the smallest, base_lr "
             f"{rate:g}, and keeps the start unless it does better")
     st.notes.append(note)
     if log is not None:

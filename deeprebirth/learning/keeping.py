@@ -88,7 +88,7 @@ def score_text(entry: dict) -> str:
     if "val_top1" in entry:
         return f"top-1 {100 * entry['val_top1']:.2f} %"
     if entry.get("val_rel_error") is not None:
-        return (f"relative output error {entry['val_rel_error']:.4f}, KL {entry.get('val_kl', 0.0):.4f}, "
+        return (f"relative output error {entry['val_rel_error']:.4g}, KL {entry.get('val_kl', 0.0):.4g}, "
                 f"agreement {100 * entry.get('val_agreement', 0.0):.2f} %")
     return f"agreement {100 * entry['val_agreement']:.2f} %, KL {entry.get('val_kl', 0.0):.4f}"
 
