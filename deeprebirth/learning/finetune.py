@@ -46,9 +46,12 @@ from deeprebirth.learning.trainnet import DISTILL_LOSS, TEACHER_LOGITS, TrainNet
 
 OUTPUT_FILES = ("weights.caffemodel", "deploy.prototxt", "finetune.json")
 """What finetune writes into its output folder (besides the marker and the snapshots)."""
-END_SECONDS = 3.0
+END_SECONDS = 5.0
 """With a time budget: the seconds kept for the end besides its validation (the snapshot, the
-weights and finetune.json written)."""
+weights and finetune.json written). The loop stops that long plus twice a validation's measured
+time before the deadline (the last validation takes longer on a machine that slowed down:
+measured, GoogLeNet-Slim given 15 minutes under a load of 8 ended 2 s before the deadline with
+one validation's time kept)."""
 CALIBRATION_IMAGES = 64
 """With a time budget: the validation images timed to estimate a whole validation's time."""
 
@@ -256,7 +259,7 @@ def _attempts(st: _Setup, train, val, sparam, started: float, progress, log, sto
             history = _previous_history(st.outdir, start) if st.opt.resume is not None else []
             validate = kp.Validator(st.validation(val), sparam, history, started, log, first=start)
             try:
-                ending = (deadline - fit.seconds_per_validation - END_SECONDS) if fit is not None else None
+                ending = (deadline - 2 * fit.seconds_per_validation - END_SECONDS) if fit is not None else None
                 snapshots = _train(st, solver, train, sparam, validate, progress, stop, ending)
                 stopped = stop.signal if stop is not None else None
                 out_of_time = not stopped and int(solver.iter) < int(sparam.max_iter)
@@ -287,7 +290,8 @@ def _fit_to_time(st: _Setup, train: data.Source, val: data.Source | None, sparam
     per_iter, per_val = st.measured or _calibrate(st, train, val, sparam)
     left = deadline - time.perf_counter()
     validations = sv.BUDGET_VALIDATIONS if val is not None else 0
-    fit = sv.fit_iterations(left, per_iter, per_val, validations, reserve=per_val + END_SECONDS, cap=st.opt.iters)
+    fit = sv.fit_iterations(left, per_iter, per_val, validations, reserve=2 * per_val + END_SECONDS,
+                            cap=st.opt.iters)
     sparam.max_iter = fit.iters
     st.interval = (st.opt.test_interval if st.opt.test_interval is not None else fit.test_interval) \
         if val is not None else 0
@@ -311,7 +315,7 @@ def _choose_rate(st: _Setup, train: data.Source, val: data.Source | None, sparam
     """Label-free distillation from learned weights with no base_lr given and enough iterations
     (solver.PROBE_MIN_ITERS; with a time budget, as many as it would fit): the rates of
     solver.probe_rates tried from the start for solver.PROBE_STEPS steps each, largest first
-    until one leaves the start no further from the teacher (solver.probe_accepts: the relative
+    until one does not blow the start's distance to the teacher up (solver.probe_accepts: the relative
     output error on the first solver.PROBE_IMAGES validation images, else training images); the
     one solver.pick_rate picks becomes ``sparam.base_lr``, recorded in ``st.probe`` and a note.
     A ``stop`` signal ends the probe at once (the rate stays the default)."""
@@ -328,8 +332,8 @@ def _choose_rate(st: _Setup, train: data.Source, val: data.Source | None, sparam
     images = val if val is not None else train
     if progress:
         progress(sv.Planned(planned, 0.0, f"trying rates from base_lr {sparam.base_lr:g} down, "
-                                          f"{sv.PROBE_STEPS} steps each, to train at the largest that leaves the "
-                                          "start no further from the teacher"))
+                                          f"{sv.PROBE_STEPS} steps each, to train at the largest that keeps the "
+                                          "start near the teacher"))
     start_error = _probe_error(st, images, None)
     if start_error is None:
         return
@@ -355,10 +359,11 @@ def _choose_rate(st: _Setup, train: data.Source, val: data.Source | None, sparam
     st.probe = {"start_rel_error": start_error, "rel_error": {f"{r:g}": e for r, e in errors.items()},
                 "base_lr": rate, "accepted": better, "steps": sv.PROBE_STEPS}
     tried = ", ".join(f"{r:g}: {e:.4g}" if e is not None else f"{r:g}: diverged" for r, e in errors.items())
-    note = (f"base_lr {rate:g}, the largest of {default:g} and below whose {sv.PROBE_STEPS} steps left the start no "
-            f"further from the teacher (relative output error on {min(len(images), sv.PROBE_IMAGES)} images: start "
-            f"{start_error:.4g}; {tried})" if better else
-            f"every rate from {default:g} down took the start further from the teacher in {sv.PROBE_STEPS} steps "
+    note = (f"base_lr {rate:g}, the largest of {default:g} and below whose {sv.PROBE_STEPS} steps left the start at "
+            f"most {1 + sv.PROBE_TOLERANCE:g}x as far from the teacher (relative output error on "
+            f"{min(len(images), sv.PROBE_IMAGES)} images: start {start_error:.4g}; {tried})" if better else
+            f"every rate from {default:g} down took the start more than {1 + sv.PROBE_TOLERANCE:g}x as far from the "
+            f"teacher in {sv.PROBE_STEPS} steps "
             f"(relative output error: start {start_error:.4g}; {tried}): the run trains at the smallest, base_lr "
             f"{rate:g}, and keeps the start unless it does better")
     st.notes.append(note)

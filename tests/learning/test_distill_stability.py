@@ -123,20 +123,23 @@ def test_iterations_are_fitted_to_the_time_left():
 
 
 def test_the_rate_is_probed_from_the_start():
-    """Measured on the BatchNorm ResNet slim net: two clipped steps at 0.01 took a far start from
-    0.59 to 0.32 and a near one from 0.22 to 0.32 (relative output error); from a start at 0.159,
-    20 steps at 0.01 read 0.163 (noise: kept) and 0.001 0.154."""
+    """Measured (relative output error after 20 steps, or 2 for the first): the exactly folded
+    BatchNorm ResNet 2e-7 -> 0.135 at 0.01, 0.081 at 0.0033, 1.9e-7 at 0.001 (a blow-up); the ResNet
+    slim net far off 0.59 -> 0.32, near 0.22 -> 0.32, GoogLeNet-Slim 0.49 -> 0.77, a start at 0.159
+    -> 0.163 at 0.01 (transients the anneal wins back)."""
     assert sv.probe_rates(0.01) == pytest.approx([0.01, 0.01 / 3, 0.001, 0.01 / 30, 0.0001])
-    assert sv.pick_rate(0.59, {0.01: 0.32}) == (0.01, True)                      # far: the default rate
-    assert sv.probe_done(0.59, {0.01: 0.32})                                     # ... and no more tried
-    assert sv.pick_rate(0.1588, {0.01: 0.1629}) == (0.01, True)                  # within the noise
-    near = {0.01: 0.32, 0.0033: 0.25, 0.001: 0.20}
-    assert not sv.probe_done(0.22, dict(list(near.items())[:2])) and sv.probe_done(0.22, near)
-    assert sv.pick_rate(0.22, near) == (0.001, True)                             # the largest it takes
-    exact = {r: 1e-2 for r in sv.probe_rates(0.01)}                              # every rate moves away
-    assert sv.pick_rate(2e-7, exact) == (pytest.approx(1e-4), False)             # the gentlest, not accepted
+    for start, after in ((0.59, 0.32), (0.22, 0.32), (0.4918, 0.77), (0.1588, 0.1629)):
+        assert sv.pick_rate(start, {0.01: after}) == (0.01, True)               # the default rate kept
+        assert sv.probe_done(start, {0.01: after})                              # ... and no more tried
+    exact = {0.01: 0.135, 0.01 / 3: 0.081}
+    assert not sv.probe_done(2.2e-7, exact)
+    exact[0.001] = 1.9e-7
+    assert sv.probe_done(2.2e-7, exact) and sv.pick_rate(2.2e-7, exact) == (0.001, True)
+    every = {r: 1e-2 for r in sv.probe_rates(0.01)}                              # every rate blows it up
+    assert sv.pick_rate(2e-7, every) == (pytest.approx(1e-4), False)             # the gentlest, not accepted
     assert sv.pick_rate(0.22, {0.01: float("nan"), 0.001: None}) == (0.001, False)
     assert not sv.probe_accepts(0.22, None) and sv.probe_accepts(0.22, 0.22 * (1 + sv.PROBE_TOLERANCE))
+    assert not sv.probe_accepts(0.22, 0.22 * (1 + sv.PROBE_TOLERANCE) + 1e-9)
 
 
 def test_recover_runs_for_a_default_time_unless_iterations_are_given():
@@ -223,7 +226,7 @@ def test_a_long_enough_label_free_run_probes_its_rate(slimmed, tmp_path):
     probe = doc["rate_probe"]
     assert probe["steps"] == sv.PROBE_STEPS and probe["rel_error"] and doc["base_lr"] == pytest.approx(probe["base_lr"])
     assert list(probe["rel_error"])[0] == f"{max(float(r) for r in probe['rel_error']):g}"     # largest first
-    assert any("steps left the start no further" in n or "took the start further" in n for n in doc["notes"])
+    assert any("as far from the teacher" in n for n in doc["notes"])
     assert doc["best"]["val_rel_error"] <= probe["start_rel_error"] + 1e-9 or doc["best"]["start_kept"]
     # a rate given is not probed, nor a short run
     res = run("finetune", d / "slim", "--train", d / "plain", "--val", d / "plain", "--distill", "--weights",
