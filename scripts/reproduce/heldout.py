@@ -423,10 +423,14 @@ def write_readme(work: Path) -> None:
              "image) and `weights.caffemodel`. Data: Fashion-MNIST's 60,000 training images resized to 64x64 "
              "(bilinear), stored padded to 72x72 for random shifts (or unpadded); evaluated on the 10,000 test images.",
              "",
-             "Rebuild (all three, about 1.5 h; add `googlenet_b` for the fourth):",
+             "Rebuild (the first three, about 1 h 20 min of `caffe train` here plus a few minutes of evaluation; "
+             "`googlenet_b` with `--which googlenet_b`); `--probe 30` times 30 iterations of each net instead, "
+             "which is how the iteration counts were chosen (aiming at 20-40 minutes a net):",
              "",
              "```sh",
              f"nice -n 10 .venv/bin/python {MADE_BY} --threads 1",
+             f"nice -n 10 .venv/bin/python {MADE_BY} --threads 1 --which googlenet_b",
+             f".venv/bin/python {MADE_BY} --threads 1 --probe 30",
              "```",
              ""]
     for name in NETS:
@@ -447,8 +451,11 @@ def write_readme(work: Path) -> None:
                   f"* recipe: {r['recipe']}",
                   f"* iterations: {r['iters']:,} of batch {r['batch']} ({r['epochs']} epochs)",
                   *probe_line,
-                  f"* wall time of `caffe train`: {m // 60} h {m % 60:02d} min ({len(r['segments'])} run(s))",
-                  f"* Caffe's TEST passes (top-1, running BatchNorm averages): {tests}",
+                  f"* wall time of `caffe train`: {m // 60} h {m % 60:02d} min ({len(r['segments'])} run(s); "
+                  f"{r['train_seconds'] / r['iters']:.2f} s an iteration, Caffe's TEST passes included, with "
+                  "other jobs on the cores)",
+                  f"* Caffe's TEST passes (top-1{', BatchNorm running averages' if r.get('bn_stats') else ''}): "
+                  f"{tests}",
                   *([f"* BatchNorm statistics recomputed at the final weights over {r['bn_stats']['images']:,} "
                      "training images (teachers.py's `recalibrate_bn`)" + (
                          f"; Caffe's TEST pass at the end, with its running averages, gave "
