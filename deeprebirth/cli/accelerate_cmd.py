@@ -39,8 +39,8 @@ def _seconds(text: str) -> float:
                    "report.md, chart.png.")
 @click.option("--force", is_flag=True, help="Write into OUTDIR although it holds files rebirth did not write.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def accelerate_command(model, weights, train_val, images, val, engine, device, threads, speedup, max_drop, time_text,
-                       iters, plan_file, outdir, force, as_json):
+def accelerate_command(model, weights, train_val, images, val, engine, device, threads, speedup, max_drop, count,
+                       heldout, runs, time_text, iters, plan_file, outdir, force, as_json):
     """Make MODEL faster on the target (--engine, --device) and check it: plan which rewrites pay
     there (`rebirth plan`), slim as planned, re-learn and distil the changed layers from your images
     in the time given, keep the fastest result that stays as faithful as the plan promised (else the
@@ -52,7 +52,8 @@ def accelerate_command(model, weights, train_val, images, val, engine, device, t
     shipped = builtin.shipped_for(model, weights, train_val)
     weights = weights or (str(shipped["weights"]) if "weights" in shipped else None)
     train_val = train_val or (str(shipped["train_val"]) if "train_val" in shipped else None)
-    popt = plan_api.Options(engine=engine.lower(), device=device, threads=threads, speedup=speedup, max_drop=max_drop)
+    popt = plan_api.Options(engine=engine.lower(), device=device, threads=threads, speedup=speedup, max_drop=max_drop,
+                            train_images=count, heldout_images=heldout, runs=runs)
     opt = acc.Options(plan=popt, time_budget=seconds, plan_file=plan_file, force=force, iters=iters)
 
     def stage(desc, total, unit="it"):

@@ -15,7 +15,7 @@ from deeprebirth.runtime import engines
 
 
 def target_options(f):
-    """--engine, --device, --threads, --speedup, --max-drop: shared by plan and accelerate."""
+    """The target and the plan's goal and measurements: shared by plan and accelerate."""
     for opt in reversed([
         click.option("--engine", "-e", default="caffe", show_default=True,
                      type=click.Choice(sorted(engines.ENGINES), case_sensitive=False),
@@ -30,6 +30,12 @@ def target_options(f):
         click.option("--max-drop", type=click.FloatRange(min=0, max=100), default=None, metavar="P",
                      help="Aim for the fastest net in which at most P % of held-out images change class "
                           f"(an upper bound on top-1 points lost) [default: {plan_api.planner.DEFAULT_MAX_DROP:g}]."),
+        click.option("--count", type=click.IntRange(min=1), default=plan_api.Options.train_images, show_default=True,
+                     help="Images each candidate is re-learned on (least squares) while planning."),
+        click.option("--heldout", type=click.IntRange(min=10), default=plan_api.Options.heldout_images,
+                     show_default=True, help="Other images each candidate is checked on while planning."),
+        click.option("--runs", "-n", type=click.IntRange(min=5), default=plan_api.Options.runs, show_default=True,
+                     help="Timed rounds (every net once a round, interleaved)."),
     ]):
         f = opt(f)
     return f
@@ -44,12 +50,6 @@ def target_options(f):
               help="Your images (no labels needed): a folder, a Caffe list file, an LMDB, or "
                    "fashion-mnist[:train|:test].")
 @target_options
-@click.option("--count", type=click.IntRange(min=1), default=plan_api.Options.train_images, show_default=True,
-              help="Images each candidate is re-learned on (least squares).")
-@click.option("--heldout", type=click.IntRange(min=10), default=plan_api.Options.heldout_images, show_default=True,
-              help="Other images each candidate is checked on.")
-@click.option("--runs", "-n", type=click.IntRange(min=5), default=plan_api.Options.runs, show_default=True,
-              help="Timed rounds (every net once a round, interleaved).")
 @click.option("--output", "-o", "out", type=click.Path(dir_okay=False), default=None,
               help="Write the plan here (JSON; `rebirth slim MODEL --plan FILE` applies it).")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON instead of a table.")

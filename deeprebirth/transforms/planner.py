@@ -132,7 +132,7 @@ def choose(candidates: list[Candidate], original_ms: float, exact_ms: float, hel
     the result (recovery by distillation takes most of it back; `accelerate` checks the result)."""
     if speedup is not None and max_drop is not None:
         raise ValueError("give a speed-up or a fidelity budget, not both")
-    by_time = any(c.flips is None for c in candidates if c.note is None) or not heldout
+    by_time = not heldout
     pool = []
     for c in candidates:
         c.chosen, c.why = False, ""
