@@ -44,8 +44,9 @@ def run(*args, catch_exceptions: bool = False):
     return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=catch_exceptions)
 
 
-PROGRESS_LINE = re.compile(r"^rebirth: [a-z-]+ (\d+% \(|\d+ \S+ so far \()")
-"""cli/progress.py's lines without a terminal (a slow machine shows them): not part of a message."""
+PROGRESS_LINE = re.compile(r"^rebirth: (?!error:|warning:)[a-z-]+(: | (\d+% \(|\d+ \S+ so far \())")
+"""cli/progress.py's lines without a terminal (a slow machine shows them), and what a long command
+says it will do (``rebirth: recover: ...``, a run's plan): not part of a message."""
 
 
 def error_line(result, code: int | None = 1, stream: str = "output", prefix: str | None = "rebirth: error: ") -> str:

@@ -36,8 +36,8 @@ def sigint_at(monkeypatch, iteration: int) -> None:
     """SIGINT to this process right after training step ``iteration``, as Ctrl-C would send it."""
     check = health.check_divergence
 
-    def check_then_interrupt(losses, it):
-        check(losses, it)
+    def check_then_interrupt(losses, it, *floor):
+        check(losses, it, *floor)
         if it == iteration:
             os.kill(os.getpid(), signal.SIGINT)
     monkeypatch.setattr(health, "check_divergence", check_then_interrupt)
