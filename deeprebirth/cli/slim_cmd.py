@@ -88,7 +88,8 @@ def slim_command(model, weights, train_val, only, plan_file, rule_names, keep_po
         if ranks != "vbmf" or ratio is not None:
             raise RebirthError("--ranks and --ratio apply with --tucker")
         plan = _plan(plan_file, m, only, rule_names, keep_pooling)
-        out = slim_api.slim(m, _names(rule_names), only=plan["only"] if plan else _names(only),
+        out = slim_api.slim(m, plan.get("rules") if plan else _names(rule_names),
+                            only=plan["only"] if plan else _names(only),
                             keep_pooling=keep_pooling, train_val=given, train_val_source=train_val,
                             data_layer=data_layer, exact_always=plan is not None,
                             plan=None if plan is None else {"file": plan_file, "only": plan["only"],

@@ -169,7 +169,8 @@ def _slim_step(ctx: _Ctx, plan: dict) -> Path | None:
             return sd
     tv = netio.read_net(ctx.train_val) if ctx.train_val else None
     slimmed = plan_api.slimmed(ctx.model, plan["only"], tv, ctx.train_val,
-                               plan={"file": str(ctx.out / "plan.json"), "only": plan["only"]})
+                               plan={"file": str(ctx.out / "plan.json"), "only": plan["only"]},
+                               rules=plan.get("rules"))
     if slimmed is None:
         ctx.steps["slim"] = {"skipped": "no rewrite applies to this net"}
         ctx.say("slim: no rewrite applies to this net: the result is the original")
@@ -257,7 +258,7 @@ def _check_step(ctx: _Ctx, plan: dict, sd: Path | None, recovered: dict | None) 
     else:
         nets["planned"] = (deploy, str(sd / "init.caffemodel"))
     exact_out = plan_api.slimmed(ctx.model, [], netio.read_net(ctx.train_val) if ctx.train_val else None,
-                                 ctx.train_val)
+                                 ctx.train_val, rules=plan.get("rules"))
     ctx.say(f"check: each candidate result against the original on {held['name']}")
     scores = isolate.call(_fidelity_of_files, ctx.model, ctx.train_val, nets, held["spec"], what="Caffe (check)")
     options = []

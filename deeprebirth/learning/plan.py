@@ -9,10 +9,10 @@ images, the choice (transforms/planner.py), and the chosen net assembled and che
    with every candidate: "slim everything".
 2. **Time saved** on the target (``runtime.target``): all those nets and the original, timed
    interleaved in one process (``bench.run_isolated``, random weights: time does not depend on
-   them). A candidate's saving is the exact net's best run minus its own (``saving``); the noise
-   is what two copies of the exact net timed alike differ by, and at least ``MIN_SAVING`` of it.
-   Times everywhere in the plan are best runs (the paper's figure; on a shared machine the median
-   moves with other work).
+   them). A candidate's saving is the difference of a low quantile of the exact net's runs (two
+   copies of it) and of its own (``saving``); the noise twice the bootstrap spread of that
+   difference, and at least ``MIN_SAVING`` of the exact net's time. The speed-ups a plan reports
+   are best runs (the paper's figure; on a shared machine the median moves with other work).
 3. **Fidelity**, for each candidate that saves measurable time (the others are never chosen):
    its regenerated layers re-learned by least squares on ``train_images`` of the user's images
    (relearn with no SGD: its first step), then its output against the original's on
@@ -82,12 +82,14 @@ class Nets:
     variants: dict[str, slim_api.SlimOutput]    # candidate name -> exact net + that rewrite
     full: slim_api.SlimOutput | None            # every candidate
     candidates: list[planner.Candidate]
+    rules: list[str] | None = None              # the rules run (None: the default ones)
 
 
-def lossy_candidates(model: Model) -> list[planner.Candidate]:
-    """The lossy substructures of a full default run, in order, with their rules and the count of
-    the original net's layers they touch; refused matches are not candidates."""
-    rules, _ = rule_registry.select(None, False, model.weights is not None)
+def lossy_candidates(model: Model, rule_names: list[str] | None = None) -> list[planner.Candidate]:
+    """The lossy substructures of a full run (of the default rules, or ``rule_names``), in order,
+    with their rules and the count of the original net's layers they touch; refused matches are not
+    candidates."""
+    rules, _ = rule_registry.select(rule_names, False, model.weights is not None)
     result = runner.run(model, rules)
     lossy = {r.name for r in rules if not r.exact}
     original = {layer.name for layer in model.net.layer}
@@ -102,10 +104,12 @@ def lossy_candidates(model: Model) -> list[planner.Candidate]:
     return list(out.values())
 
 
-def slimmed(model: Model, only: list[str], train_val=None, train_val_source=None, plan: dict | None = None):
-    """The exact net plus the lossy rewrites ``only`` names (None when nothing at all applies)."""
+def slimmed(model: Model, only: list[str], train_val=None, train_val_source=None, plan: dict | None = None,
+            rules: list[str] | None = None):
+    """The exact net plus the lossy rewrites ``only`` names (None when nothing at all applies);
+    ``rules``: the rules to run (default: the default ones)."""
     try:
-        return slim_api.slim(model, None, only=list(only), train_val=train_val, train_val_source=train_val_source,
+        return slim_api.slim(model, rules, only=list(only), train_val=train_val, train_val_source=train_val_source,
                              exact_always=True, plan=plan)
     except RebirthError:
         if only:
@@ -113,21 +117,22 @@ def slimmed(model: Model, only: list[str], train_val=None, train_val_source=None
         return None        # no lossless rewrite: the exact net is the original
 
 
-def build_nets(model: Model, train_val=None, log: Log | None = None) -> Nets:
-    cands = lossy_candidates(model)
-    exact = slimmed(model, [], train_val)
+def build_nets(model: Model, train_val=None, log: Log | None = None, rules: list[str] | None = None) -> Nets:
+    cands = lossy_candidates(model, rules)
+    exact = slimmed(model, [], train_val, rules=rules)
     variants = {}
     for c in cands:
         try:
-            variants[c.name] = slimmed(model, [c.name], train_val)
+            variants[c.name] = slimmed(model, [c.name], train_val, rules=rules)
         except RebirthError as e:
             c.note = f"cannot be slimmed on its own: {e}"
-    full = slimmed(model, [c.name for c in cands if c.name in variants], train_val) if variants else None
+    full = slimmed(model, [c.name for c in cands if c.name in variants], train_val, rules=rules) if variants \
+        else None
     if log:
         log(f"{len(cands)} lossy candidate(s); the exact net "
             + (f"makes {len(exact.result.changes)} lossless rewrite(s)" if exact else "is the original (nothing "
                "lossless applies)"))
-    return Nets(model, exact, variants, full, cands)
+    return Nets(model, exact, variants, full, cands, rules)
 
 
 def deploy_of(out: slim_api.SlimOutput | None, model: Model) -> Model:
@@ -140,6 +145,36 @@ def _deploy_weights(out: slim_api.SlimOutput) -> dict | None:
         return None
     names = {layer.name for layer in out.deploy.layer}
     return {k: v for k, v in out.weights.items() if k in names}
+
+
+def exact_rules_that_pay(model: Model, tv, opt: "Options", say: Log, stage) -> tuple[list[str] | None, list[dict]]:
+    """The rules the plan runs: the default ones, less every lossless rule whose rewrites make the
+    net slower on the target (the exact net without that rule's rewrites timed beside it, faster
+    beyond the noise), with a record of each left out. None: the default rules, all of them."""
+    rules, _ = rule_registry.select(None, False, model.weights is not None)
+    names = [r.name for r in rules]
+    exact = slimmed(model, [], tv)
+    if exact is None:
+        return None, []
+    applied = list(dict.fromkeys(c.rule for c in exact.result.changes))
+    nets = {"exact": exact.deploy, "exact again": exact.deploy}
+    for r in applied:
+        without = slimmed(model, [], tv, rules=[n for n in names if n != r])
+        nets[f"-{r}"] = without.deploy if without is not None else model.net
+    say(f"timing the lossless rewrites of {len(applied)} rule(s), each left out once")
+    with stage("timing", len(nets) * (opt.runs + opt.warmup), "run") as tick:
+        times = time_nets(nets, opt, tick)
+    dropped = []
+    for r in applied:
+        slower, noise = saving(times["exact"], times[f"-{r}"], times["exact again"])
+        if slower > noise:
+            dropped.append({"rule": r, "slower_ms": round(slower, 4), "noise_ms": round(noise, 4),
+                            "why": f"rule {r} left out: its lossless rewrites make the net {slower:.3f} ms slower "
+                                   f"on this target (noise {noise:.3f} ms)"})
+            say("  " + dropped[-1]["why"])
+    if not dropped:
+        return None, []
+    return [n for n in names if n not in {d["rule"] for d in dropped}], dropped
 
 
 # ----------------------------------------------------------------------------------------------
@@ -167,13 +202,25 @@ def time_nets(nets: dict[str, "pb.NetParameter"], opt: Options, progress=None) -
 MIN_SAVING = 0.01
 
 
-def saving(base_ms: list[float], other_ms: list[float], again_ms: list[float] | None = None) -> tuple[float, float]:
-    """(time saved, its noise), in ms: the difference of the best runs (the paper's figure: the run
-    least disturbed by other work on the machine), and the noise as the difference between the best
-    runs of two copies of the base net timed alike (``again_ms``), at least ``MIN_SAVING`` of the base."""
-    best = min(base_ms)
-    noise = abs(best - min(again_ms)) if again_ms else 0.0
-    return best - min(other_ms), max(noise, MIN_SAVING * best)
+#: The quantile of a net's runs that stands for its time when savings are compared: low, like the
+#: best run (the run least disturbed by other work), but steadier than the minimum.
+QUANTILE = 0.1
+
+
+def saving(base_ms: list[float], other_ms: list[float], again_ms: list[float] | None = None,
+           resamples: int = 400, seed: int = 0) -> tuple[float, float]:
+    """(time saved, its noise), in ms: the difference of the ``QUANTILE`` of the base net's runs
+    (with those of its second copy, ``again_ms``) and of the other net's; the noise twice the
+    bootstrap standard deviation of that difference (rounds drawn again with replacement), and at
+    least ``MIN_SAVING`` of the base's time."""
+    base = np.asarray(list(base_ms) + list(again_ms or []), dtype=np.float64)
+    other = np.asarray(other_ms, dtype=np.float64)
+    q = np.quantile(base, QUANTILE)
+    saved = float(q - np.quantile(other, QUANTILE))
+    rng = np.random.default_rng(seed)
+    boot = np.quantile(rng.choice(base, (resamples, len(base))), QUANTILE, axis=1) - \
+        np.quantile(rng.choice(other, (resamples, len(other))), QUANTILE, axis=1)
+    return saved, max(2.0 * float(np.std(boot)), MIN_SAVING * float(q))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -270,7 +317,9 @@ def make_plan(model: Model, images=None, train_val: str | None = None, options: 
     if have_weights and images is None:
         raise RebirthError(f"{model.source}: with weights the plan re-learns each candidate on your images: "
                            "give {opt:images}")
-    nets = build_nets(model, tv, say)
+    rule_names, dropped = exact_rules_that_pay(model, tv, opt, say, stage)
+    nets = build_nets(model, tv, say, rule_names)
+    opt.notes.extend(d["why"] for d in dropped)
     exact_net = nets.exact.deploy if nets.exact else model.net
     timing = {"original": model.net, "exact": exact_net, "exact again": exact_net}
     if nets.full is not None:
@@ -369,7 +418,7 @@ def _choose_and_check(model, nets: Nets, opt: Options, med: dict, heldout, tv, t
     for r in range(max(1, opt.rounds)):
         choice = planner.choose(nets.candidates, med["original"], med["exact"], heldout, speedup, max_drop,
                                 opt.recovery)
-        assembled = slimmed(model, choice.chosen, tv, train_val) if choice.chosen else nets.exact
+        assembled = slimmed(model, choice.chosen, tv, train_val, rules=nets.rules) if choice.chosen else nets.exact
         say(f"check {r + 1}: {len(choice.chosen)} lossy rewrite(s) chosen"
             + (f" ({', '.join(choice.chosen)})" if choice.chosen else "") + "; timing it beside the original")
         nets_now = {"original": model.net, "exact": exact_net,
@@ -446,6 +495,7 @@ def _document(model: Model, train_val, images, opt: Options, nets: Nets, med: di
                  is not None or not heldout else planner.DEFAULT_MAX_DROP},
         "basis": choice.basis,
         "recovery_factor": opt.recovery,
+        "rules": nets.rules,
         "only": list(choice.chosen),
         "tucker": None,
         "predicted_speedup": check["speedup"] if planned_chosen else check["exact_speedup"],
@@ -456,7 +506,8 @@ def _document(model: Model, train_val, images, opt: Options, nets: Nets, med: di
         "slim_everything": full,
         "candidates": [c.as_dict() for c in nets.candidates],
         "rounds": rounds,
-        "timing": {"runs": opt.runs, "warmup": opt.warmup, "best_ms": {k: round(v, 4) for k, v in med.items()}},
+        "timing": {"runs": opt.runs, "warmup": opt.warmup, "best_ms": {k: round(v, 4) for k, v in med.items()},
+                   "runs_ms": {k: [round(x, 4) for x in v] for k, v in times.items()}},
         "notes": list(choice.notes) + list(opt.notes),
         "machine": {"node": platform.node(), "processor": platform.processor() or platform.machine()},
         "seconds": round(seconds, 1),

@@ -231,4 +231,7 @@ def read_plan(path) -> dict:
     only = doc.get("only")
     if not isinstance(only, list) or not all(isinstance(n, str) for n in only):
         raise RebirthError(f"{path}: its \"only\" must be a list of substructure names")
+    rules = doc.get("rules")
+    if rules is not None and (not isinstance(rules, list) or not all(isinstance(n, str) for n in rules)):
+        raise RebirthError(f"{path}: its \"rules\" must be a list of rule names (or null: the default rules)")
     return doc
