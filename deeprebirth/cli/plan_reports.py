@@ -44,7 +44,7 @@ def plan_text(doc: dict) -> str:
     rows.append((f"planned ({len(doc['only'])} lossy)", _num(doc["predicted_ms"], ".2f"),
                  f"{doc['predicted_speedup']:.2f}x", _fid(doc.get("predicted_fidelity"))))
     lines += _table(rows, {1, 2})
-    lines.append(f"\npredicted speed-up {doc['predicted_speedup']:.2f}x (the planned net timed beside the original; "
-                 f"{doc['timing']['runs']} rounds), {doc['seconds']:.0f} s")
+    lines.append(f"\npredicted speed-up {doc['predicted_speedup']:.2f}x (medians: the planned net timed beside the "
+                 f"original, {doc['timing']['runs']} rounds), {doc['seconds']:.0f} s")
     lines += [f"note: {n}" for n in doc.get("notes", [])]
     return "\n".join(lines)

@@ -409,8 +409,8 @@ def _summary(ctx: _Ctx, plan: dict, result: dict, bench_doc: dict) -> dict:
     ms = {m["model"]: m for m in bench_doc.get("models", [])}
     orig, acc = ms.get("original", {}), ms.get("accelerated", {})
     speedup = None
-    if orig.get("best_ms") and acc.get("best_ms"):     # best runs, as the plan times them
-        speedup = round(orig["best_ms"] / acc["best_ms"], 3)
+    if orig.get("median_ms") and acc.get("median_ms"):     # medians, as the plan times them
+        speedup = round(orig["median_ms"] / acc["median_ms"], 3)
     return {
         "tool": f"rebirth {__version__}", "model": ctx.model.source, "weights": ctx.model.weights_source,
         "images": ctx.images, "val": ctx.val, "out": str(ctx.out),

@@ -39,6 +39,8 @@ APPEND = {
     # squares need many more ridge steps, and the command takes minutes longer, not shorter.
     "recover": ["--relearn-iters", "5"],
     "bench": ["--runs", "3", "--warmup", "1"],
+    # accelerate: the shortest budget it takes, 10 distillation steps, a small plan
+    "accelerate": ["--time", "4m", "--iters", "10", "--count", "20", "--heldout", "20", "--runs", "5"],
 }
 
 
