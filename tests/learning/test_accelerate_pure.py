@@ -62,3 +62,18 @@ def test_chart_of_whole_passes_is_a_png():
     png = report_md.chart_png(summary())
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     assert report_md.chart_png({"bench": {"models": []}}) is None
+
+
+def test_saving_is_a_median_difference_with_a_noise_floor():
+    import numpy as np
+    from deeprebirth.learning.plan import MIN_SAVING, saving
+    rng = np.random.default_rng(0)
+    base = list(1.0 + rng.exponential(0.05, 30))
+    again = list(1.0 + rng.exponential(0.05, 30))
+    faster = list(0.8 + rng.exponential(0.05, 30))
+    saved, noise = saving(base, faster, again)
+    assert 0.15 < saved < 0.25 and saved > noise          # a fifth faster: measurable
+    saved, noise = saving(base, again)
+    assert abs(saved) < noise                              # the same net: within the noise
+    assert noise >= MIN_SAVING * 1.0                       # never below 1 % of the base's time
+    assert saving(base, faster, again) == saving(base, faster, again)   # the bootstrap is seeded

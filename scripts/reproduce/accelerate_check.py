@@ -1,0 +1,118 @@
+#!/usr/bin/env python
+"""Check `rebirth accelerate` at its defaults on nets trained differently (issue 31's "Done when").
+
+    .venv/bin/python scripts/reproduce/accelerate_check.py [--work WORK] [--nets a,b] [--engine onnxruntime]
+                                                           [--time 30m]
+
+For each net (default: every one found of NETS) and the engine: `rebirth accelerate NET --images
+IMAGES --engine E --time T -o WORK/NET-E` from unlabelled Fashion-MNIST training images (no label
+is read), then `rebirth eval` of the original and of the result on the 10,000 test images (with
+labels: top-1) and of the result against the original (agreement, relative output error). Each
+net's chain is resumable (steps.py: a rerun skips the steps done). Writes docs/results/
+accelerate.{md,json}: per net the result accelerate kept, its speed-up on the engine (accelerate's
+own side-by-side bench), the exact net's and "slim everything"'s speed-up from the plan, top-1
+before and after, and the minutes it took.
+
+Duration: about ``--time`` per net and engine (30 minutes each by default), plus a minute of
+evaluation.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import steps
+from steps import RESULTS, ROOT, Step
+
+MODELS = ROOT / "models"
+IMAGES = "fashion-mnist:train[:3000]"
+TEST = "fashion-mnist:test"
+# name -> (MODEL as accelerate takes it, weights, train_val); None: a built-in with its shipped files
+NETS = {
+    "fmnist_googlenet": ("fmnist_googlenet", None, None),
+    "fmnist_resnet": (MODELS / "fmnist_resnet.prototxt", MODELS / "fmnist_resnet.caffemodel",
+                      MODELS / "fmnist_resnet_train_val.prototxt"),
+    **{d.name: (d / "deploy.prototxt", d / "weights.caffemodel", d / "train_val.prototxt")
+       for d in sorted((MODELS / "heldout").glob("*")) if (d / "weights.caffemodel").is_file()},
+}
+
+
+def chain(name: str, engine: str, time_text: str, work: Path) -> list[Step]:
+    model, weights, tv = NETS[name]
+    out = work / f"{name}-{engine}"
+    files = [] if weights is None else ["-w", weights, "--train-val", tv]
+    ev_files = [] if weights is None else ["--weights", weights, "--train-val", tv]
+    teacher = [] if weights is None else ["--teacher-weights", weights]
+    return [
+        Step("accelerate", ["accelerate", model, *files, "--images", IMAGES, "--engine", engine, "--time", time_text,
+                            "-o", out], out / "report.md"),
+        Step("eval_original", ["eval", model, *ev_files, "--data", TEST]),
+        Step("eval_result", ["eval", out, "--data", TEST, "--teacher", model, *teacher]),
+    ]
+
+
+def keep(step: str, doc: dict) -> dict:
+    if step == "accelerate":
+        plan = doc.get("plan") or {}
+        full = plan.get("slim_everything") or {}
+        return {"result": doc.get("result"), "speedup": doc.get("speedup"), "only": plan.get("only"),
+                "predicted_speedup": plan.get("predicted_speedup"), "exact_speedup": (plan.get("exact") or {}).get(
+                    "speedup"), "slim_everything_speedup": full.get("speedup"),
+                "slim_everything_agreement_ls": (full.get("fidelity") or {}).get("agreement"),
+                "minutes": round(doc.get("seconds", 0) / 60, 1), "fidelity": doc.get("fidelity")}
+    return {k: doc.get(k) for k in ("top1", "agreement", "rel_error", "kl")}
+
+
+def table(rows: list[dict], machine: dict) -> str:
+    lines = ["# `rebirth accelerate` at its defaults (label-free)", "",
+             "Written by `python scripts/reproduce/accelerate_check.py` (issue 31): each net accelerated from "
+             f"`{IMAGES}` without labels, then evaluated on the 10,000 test images. " + steps.machine_line(machine),
+             "", "| net | engine | result | speed-up (median) | exact net | slim everything | top-1 before -> after "
+             "| agreement | minutes |", "|---|---|---|---:|---:|---:|---|---:|---:|"]
+    for r in rows:
+        s = r["steps"]
+        a, eo, er = s.get("accelerate", {}), s.get("eval_original", {}), s.get("eval_result", {})
+
+        def x(v):
+            return "-" if v is None else f"{v:.2f}x"
+
+        def p(v):
+            return "-" if v is None else f"{100 * v:.2f} %"
+        chosen = ", ".join(a.get("only") or []) or "no lossy"
+        lines.append(f"| {r['net']} | {r['engine']} | {a.get('result')} ({chosen}) "
+                     f"| {x(a.get('speedup'))} | {x(a.get('exact_speedup'))} | {x(a.get('slim_everything_speedup'))} "
+                     f"| {p(eo.get('top1'))} -> {p(er.get('top1'))} | {p(er.get('agreement'))} | {a.get('minutes')} |")
+    lines += ["", "Commands (per net; `$WORK` is the work folder):", ""]
+    for r in rows:
+        for name, st in r["steps"].items():
+            lines.append(f"- {r['net']} {name}: `{st['command']}`")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--work", type=Path, default=ROOT / "out" / "accelerate_check")
+    ap.add_argument("--nets", default=",".join(NETS))
+    ap.add_argument("--engine", default="onnxruntime")
+    ap.add_argument("--time", dest="time_text", default="30m")
+    a = ap.parse_args(argv)
+    names = [n for n in a.nets.split(",") if n]
+    unknown = [n for n in names if n not in NETS]
+    if unknown:
+        raise SystemExit(f"unknown net {unknown[0]} (known: {', '.join(NETS)})")
+    machine = steps.machine()
+    rows = []
+    for name in names:
+        done = a.work / f"{name}-{a.engine}.json"
+        doc = steps.run_chain(lambda n=name: chain(n, a.engine, a.time_text, a.work), done,
+                              "scripts/reproduce/accelerate_check.py", a.work, keep)
+        rows.append({"net": name, "engine": a.engine, "steps": doc["steps"]})
+        steps.write_json(RESULTS / "accelerate.json", {"machine": machine, "rows": rows})
+        (RESULTS / "accelerate.md").write_text(table(rows, machine))
+    print(f"wrote {RESULTS / 'accelerate.md'}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
