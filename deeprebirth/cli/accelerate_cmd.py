@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import click
 
-from deeprebirth import outputs
+from deeprebirth import errors, outputs
 from deeprebirth.caffe import builtin
-from deeprebirth.cli import FILE, echo, main, output_json
+from deeprebirth.cli import FILE, current_flags, echo, main, output_json
 from deeprebirth.cli.plan_cmd import target_options
 from deeprebirth.cli.progress import progress_bar
 from deeprebirth.graph.model import resolve
@@ -57,7 +57,8 @@ def accelerate_command(model, weights, train_val, images, val, engine, device, t
     opt = acc.Options(plan=popt, time_budget=seconds, plan_file=plan_file, force=force, iters=iters)
 
     def stage(desc, total, unit="it"):
-        return progress_bar(total, desc, unit)
+        flags = current_flags()
+        return progress_bar(total, desc, unit, eta=True, render=lambda text: errors.render(text, flags))
 
     doc = acc.accelerate(model, weights, train_val, images, val, outdir, opt,
                          log=lambda line: echo(f"rebirth: {line}", err=True), stage=stage,

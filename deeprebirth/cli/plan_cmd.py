@@ -74,7 +74,8 @@ def plan_command(model, weights, train_val, images, engine, device, threads, spe
                            train_images=count, heldout_images=heldout, runs=runs)
 
     def stage(desc, total, unit="it"):
-        return progress_bar(total, desc, unit)
+        flags = current_flags()
+        return progress_bar(total, desc, unit, eta=True, render=lambda text: errors.render(text, flags))
 
     doc = plan_api.make_plan(m, images, train_val, opt, log=lambda line: echo(f"rebirth: {line}", err=True),
                              stage=stage)
