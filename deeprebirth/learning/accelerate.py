@@ -260,7 +260,7 @@ def _check_step(ctx: _Ctx, plan: dict, sd: Path | None, recovered: dict | None) 
     exact_out = plan_api.slimmed(ctx.model, [], netio.read_net(ctx.train_val) if ctx.train_val else None,
                                  ctx.train_val, rules=plan.get("rules"))
     ctx.say(f"check: each candidate result against the original on {held['name']}")
-    scores = isolate.call(_fidelity_of_files, ctx.model, ctx.train_val, nets, held["spec"], what="Caffe (check)")
+    scores = isolate.call(_fidelity_of_files, ctx.model, ctx.train_val, nets, held, what="Caffe (check)")
     options = []
     for name, s in scores.items():
         options.append({"name": name, **s, "flips_percent": 100.0 * s["flips"] / s["images"], "exact": False})
@@ -278,31 +278,35 @@ def _check_step(ctx: _Ctx, plan: dict, sd: Path | None, recovered: dict | None) 
 
 
 def _held_source(ctx: _Ctx, recovered: dict | None) -> dict:
+    """The images the result is checked on: ``--val``, else those recover held out of ``--images``
+    (sources.hold_out: the same split), opened again in the child that checks."""
     if ctx.val:
-        return {"spec": ctx.val, "name": ctx.val}
-    held = (recovered or {}).get("heldout") or {}
+        return {"spec": ctx.val, "name": ctx.val, "held_out": False}
+    held = (recovered or {}).get("finetune", {}).get("heldout") or (recovered or {}).get("heldout") or {}
     name = held.get("source") if isinstance(held, dict) else None
-    if name:
-        return {"spec": name, "name": name}
+    return {"spec": ctx.images, "name": name or f"the images held out of {ctx.images}", "held_out": True}
+
+
+def _open_held(held: dict):
     from deeprebirth.learning import sources as data  # noqa: PLC0415
-    _, part = data.hold_out(data.open_source(ctx.images))
-    spec = part.name if part is not None else ctx.images
-    return {"spec": spec, "name": spec}
+    source = data.open_source(held["spec"])
+    if held["held_out"]:
+        _, part = data.hold_out(source)
+        source = part if part is not None else source
+    return source
 
 
-def _fidelity_of_files(teacher: Model, train_val: str | None, nets: dict, held_spec: str) -> dict:
-    """Each net (name -> (deploy, weights file)) against ``teacher`` on the images of ``held_spec``:
+def _fidelity_of_files(teacher: Model, train_val: str | None, nets: dict, held: dict) -> dict:
+    """Each net (name -> (deploy, weights file)) against ``teacher`` on the images of ``held``:
     flips, agreement, output error, top-1 (when labelled) beside the teacher's. Runs Caffe."""
     from deeprebirth.learning import evaluate as ev  # noqa: PLC0415
     from deeprebirth.learning import preprocess  # noqa: PLC0415
-    from deeprebirth.learning import sources as data  # noqa: PLC0415
-    source = data.open_source(held_spec)
+    source = _open_held(held)
     t_runner = ev.Runner.build(teacher)
     pre = preprocess.preprocess_for(t_runner.input_shape, train_val or preprocess.default_train_val(teacher.source))
     out = {}
     for name, (deploy, wfile) in nets.items():
         student = ev.Runner.build(Model(deploy, netio.weights_of(netio.read_weights(wfile)), source=name))
-        r = ev.run_evaluation(student, source, pre, teacher=t_runner)
         s_all, t_all, labels = [], [], []
         for x, y in source.batches(pre, 50):
             s_all.append(plan_api._outputs(student, x))
@@ -314,7 +318,8 @@ def _fidelity_of_files(teacher: Model, train_val: str | None, nets: dict, held_s
         doc["images"] = len(s)
         if labels:
             doc["top1_original"] = round(float(np.mean(t.argmax(1) == np.concatenate(labels))), 4)
-        doc["kl"] = r.get("kl")
+        lt, ls = ev.log_softmax(t), ev.log_softmax(s)
+        doc["kl"] = round(float(np.mean(np.sum(np.exp(lt) * (lt - ls), axis=1))), 6)
         out[name] = doc
     return out
 
