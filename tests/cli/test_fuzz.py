@@ -20,7 +20,8 @@ finetune and recover on a copy of one slim folder of the small net (its deploy, 
 or weights sometimes mutated; the image SOURCE sometimes missing, a file or an empty folder),
 trained for 2 iterations on 16 small images -- in its own process
 (tests/cli/fuzz_driver.py) and must end in exit 0, or exit 1 with exactly one
-`rebirth: error: ...` line on stderr (other stderr lines may only be `rebirth: warning: ...`):
+`rebirth: error: ...` line on stderr (other stderr lines may only be `rebirth: warning: ...` or
+progress, helpers.PROGRESS_LINE):
 no traceback, no signal, no hang (a timeout), no partial output (the output directory is
 complete, or as it was; a folder that was not there before a failed run is not there after it,
 nor any parent it would have made), and its inputs unchanged.
@@ -42,7 +43,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from helpers import DATA, ROOT
+from helpers import DATA, PROGRESS_LINE, ROOT
 
 from deeprebirth import outputs
 from deeprebirth.caffe import netio
@@ -464,7 +465,8 @@ def check_case(case: dict, result: dict, before: dict) -> list[str]:
         problems.append("traceback: " + err.strip().splitlines()[-1][:200] if err.strip() else "traceback")
     lines = [x for x in err.strip().splitlines() if x]
     errors = [x for x in lines if x.startswith("rebirth: error: ")]
-    others = [x for x in lines if not x.startswith(("rebirth: error: ", "rebirth: warning: ", "rebirth: timing "))]
+    others = [x for x in lines if not x.startswith(("rebirth: error: ", "rebirth: warning: ", "rebirth: timing "))
+              and not PROGRESS_LINE.match(x)]     # progress, and what a long command says it will run
     interrupted = result.get("interrupted")
     if result["exit"] == 0:
         if errors:
