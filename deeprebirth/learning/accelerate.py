@@ -98,7 +98,7 @@ def accelerate(spec: str, weights: str | None, train_val: str | None, images: st
         raise RebirthError(f"{{opt:time}} {opt.time_budget:.0f} s is too short: the checks, export and timing alone "
                            f"take about {RESERVE_S:.0f} s")
     ctx = _Ctx(model, spec, weights, train_val, images, val, out, opt, say, stage, time.perf_counter())
-    names = [*MODEL_FILES, *REPORT_FILES, "slim", *ENGINE_FILES]
+    names = [*MODEL_FILES, *REPORT_FILES, *ENGINE_FILES]   # OUT/slim is a folder of its own, with its marker
     with outputs.claimed_dir(out, names, [p for p in (inputs or []) if p], opt.force):
         plan = _plan_step(ctx)
         sd = _slim_step(ctx, plan)
@@ -176,7 +176,6 @@ def _slim_step(ctx: _Ctx, plan: dict) -> Path | None:
         ctx.say("slim: no rewrite applies to this net: the result is the original")
         return None
     slim_api.write(slimmed, sd, force=False)
-    outputs.record_files(ctx.out, ["slim"])
     ctx.say(f"slim: {len(slimmed.result.changes)} rewrite(s), {len(slimmed.new_layers)} layer(s) to re-learn -> {sd}")
     ctx.steps["slim"] = {"rewrites": len(slimmed.result.changes), "regenerated": len(slimmed.new_layers)}
     return sd
