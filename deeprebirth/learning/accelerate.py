@@ -380,6 +380,8 @@ def _write_result(ctx: _Ctx, plan: dict, sd: Path, result: dict, engine_files: d
     if sd is None:       # nothing applied: the original, as a model folder
         files["deploy.prototxt"] = netio.net_to_text(ctx.model.net)
         files["weights.caffemodel"] = netio.with_weights(ctx.model.net, ctx.model.weights).SerializeToString()
+        if ctx.train_val:     # its data layers give the preprocessing to every command that reads OUT
+            files["train_val.prototxt"] = Path(ctx.train_val).read_bytes()
         report = {}
     elif result["slim"] is not None or result["name"] == "exact":
         rendered = slim_api.render(result["slim"]) if result["slim"] is not None else {}

@@ -13,13 +13,14 @@ images, the choice (transforms/planner.py), and the chosen net assembled and che
    copies of it) and of its own (``saving``); the noise twice the bootstrap spread of that
    difference, and at least ``MIN_SAVING`` of the exact net's time. The speed-ups a plan reports
    are best runs (the paper's figure; on a shared machine the median moves with other work).
-3. **Fidelity**, for each candidate that saves measurable time (the others are never chosen):
+3. **Fidelity**, for each candidate that may be chosen (planner.eligible: a measurable saving;
+   for a speed-up any saving):
    its regenerated layers re-learned by least squares on ``train_images`` of the user's images
    (relearn with no SGD: its first step), then its output against the original's on
    ``heldout_images`` other images: how many change their top-1 class (``flips``; with labels the
    top-1 too) and the relative output error.
 4. **Choice and check**: planner.choose, with the budget of ``max_drop`` (default 1 %) spent on
-   least-squares flips ``recovery`` (4) times over: the budget is what the *result* keeps after
+   least-squares flips ``recovery`` (2) times over: the budget is what the *result* keeps after
    recovery (distillation takes most of the least-squares error back; `accelerate` checks the result
    and falls back to the exact net when it misses), so the plan may choose rewrites whose
    least-squares error alone exceeds it. The chosen net is assembled, re-learned the same way and
@@ -66,7 +67,7 @@ class Options:
     runs: int = 30
     warmup: int = 3
     rounds: int = 3
-    recovery: float = 4.0                # least-squares flips allowed per flip of the budget (planner.choose)
+    recovery: float = 2.0                # least-squares flips allowed per flip of the budget (planner.choose)
     seed: int = 0
     notes: list[str] = field(default_factory=list)
 
@@ -349,7 +350,7 @@ def make_plan(model: Model, images=None, train_val: str | None = None, options: 
         train, held, labels = load_images(images, pre, opt.train_images, opt.heldout_images, opt.seed)
         heldout = len(held)
         todo = {name: _job(v) for name, v in nets.variants.items()
-                if planner.measurable(next(c for c in nets.candidates if c.name == name))}
+                if planner.eligible(next(c for c in nets.candidates if c.name == name), opt.speedup is not None)}
         if nets.exact is not None:
             todo["exact"] = _job(nets.exact)
         if nets.full is not None:

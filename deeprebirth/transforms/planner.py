@@ -11,9 +11,12 @@ names) comes with two measurements, made elsewhere (learning/plan.py):
   once the rewritten layers are re-learned by least squares (relearn's first step), and
   ``rel_error``, the output's relative error against the original's there.
 
-A candidate is *eligible* when its saving is measurable (``saved_ms`` above its noise); the others
-buy nothing on this target, whatever they cost. Among the eligible ones the plan
-solves a 0/1 knapsack exactly, by dynamic programming over the cost in hundredths of an image:
+For a fidelity budget a candidate is *eligible* when its saving is measurable (``saved_ms`` above
+its noise): the others buy nothing on this target, whatever they cost. For a speed-up every
+candidate that saves any time is: savings add up less than they seem (merges make each other
+cheaper or dearer), and a target the measurable ones cannot reach may need the small ones too.
+Among the eligible ones the plan solves a 0/1 knapsack exactly, by dynamic programming over the
+cost in hundredths of an image:
 
     cost_i = flips_i + rel_error_i        (flips first; the output error breaks ties and keeps a
                                            rewrite that flips nothing from being free)
@@ -74,6 +77,11 @@ class Choice:
 
 def measurable(c: Candidate) -> bool:
     return c.saved_ms is not None and c.saved_ms > 0 and c.saved_ms > (c.saved_spread_ms or 0.0)
+
+
+def eligible(c: Candidate, for_speedup: bool) -> bool:
+    """Whether ``c`` may be chosen: a measurable saving, or for a speed-up any saving at all."""
+    return measurable(c) or (for_speedup and c.saved_ms is not None and c.saved_ms > 0)
 
 
 def cost(c: Candidate) -> float:
@@ -138,8 +146,10 @@ def choose(candidates: list[Candidate], original_ms: float, exact_ms: float, hel
         c.chosen, c.why = False, ""
         if c.note:
             c.why = c.note
-        elif not measurable(c):
+        elif not eligible(c, speedup is not None):
             c.why = _unmeasurable(c)
+        elif c.flips is None and not by_time:
+            c.why = "not re-learned"
         else:
             pool.append(c)
     notes: list[str] = []

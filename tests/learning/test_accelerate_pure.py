@@ -66,6 +66,7 @@ def test_chart_of_whole_passes_is_a_png():
 
 def test_saving_is_a_median_difference_with_a_noise_floor():
     import numpy as np
+
     from deeprebirth.learning.plan import MIN_SAVING, saving
     rng = np.random.default_rng(0)
     base = list(1.0 + rng.exponential(0.05, 30))

@@ -54,10 +54,12 @@ def test_noise_and_slower_rewrites_are_never_chosen_and_say_why():
 
 
 def test_speedup_target_takes_the_least_cost_that_reaches_it():
-    # 20 ms original, 18 exact: 2x needs 8 ms saved: conv1 + 3a + 4a (7.5) do not reach it: out of reach
+    # 20 ms original, 18 exact: 2x needs 8 ms saved: everything that saves any time (7.55) does not
+    # reach it: out of reach, and all of it is chosen -- pool2's saving within the noise too (for a
+    # speed-up small savings count), never inception_5b's (slower)
     choice = planner.choose(cands(), original_ms=20.0, exact_ms=18.0, heldout=500, speedup=2.0)
     assert not choice.reached and choice.notes
-    assert set(choice.chosen) == {"conv1", "inception_3a", "inception_4a"}
+    assert set(choice.chosen) == {"conv1", "inception_3a", "inception_4a", "pool2"}
     # 1.3x: 20/1.3 = 15.38 -> needs 2.62 ms: 3a + 4a (3.5 ms, cost 1.05) beats conv1 (4 ms, cost 3.1)
     choice = planner.choose(cands(), original_ms=20.0, exact_ms=18.0, heldout=500, speedup=1.3)
     assert choice.reached and choice.chosen == ["inception_3a", "inception_4a"]
