@@ -49,6 +49,7 @@ def accelerate_command(model, weights, train_val, images, val, engine, device, t
     from the first step not done."""
     outputs.check_dir_is_ours(outdir, force)
     seconds = _seconds(time_text)
+    plan_api.check_options(plan_api.Options(speedup=speedup, max_drop=max_drop))   # before any work
     shipped = builtin.shipped_for(model, weights, train_val)
     weights = weights or (str(shipped["weights"]) if "weights" in shipped else None)
     train_val = train_val or (str(shipped["train_val"]) if "train_val" in shipped else None)

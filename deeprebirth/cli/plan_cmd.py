@@ -60,6 +60,7 @@ def plan_command(model, weights, train_val, images, engine, device, threads, spe
     least squares on your images and checked against the original on others. The plan takes the
     fastest set within --max-drop, or the most faithful that reaches --speedup, and checks the
     assembled net on both. Apply it with `rebirth slim MODEL --plan FILE` or `rebirth accelerate`."""
+    plan_api.check_options(plan_api.Options(speedup=speedup, max_drop=max_drop))   # before any work
     if out:
         outputs.check_output_path(out)
     shipped = builtin.shipped_for(model, weights, train_val)

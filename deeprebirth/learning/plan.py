@@ -313,13 +313,16 @@ def make_plan(model: Model, images=None, train_val: str | None = None, options: 
 
     opt = options or Options()
     say = log or (lambda line: None)
-    _check_options(opt)
+    check_options(opt)
     started = time.perf_counter()
     tv = netio.read_net(train_val) if train_val else None
     have_weights = model.weights is not None
     if have_weights and images is None:
         raise RebirthError(f"{model.source}: with weights the plan re-learns each candidate on your images: "
                            "give {opt:images}")
+    if have_weights:        # the images are read later; a wrong SOURCE is an error before any timing
+        from deeprebirth.learning import sources as data  # noqa: PLC0415
+        images = images if isinstance(images, data.Source) else data.open_source(images)
     rule_names, dropped = exact_rules_that_pay(model, tv, opt, say, stage)
     nets = build_nets(model, tv, say, rule_names)
     opt.notes.extend(d["why"] for d in dropped)
@@ -381,7 +384,7 @@ def make_plan(model: Model, images=None, train_val: str | None = None, options: 
     return doc
 
 
-def _check_options(opt: Options) -> None:
+def check_options(opt: Options) -> None:
     if opt.speedup is not None and opt.max_drop is not None:
         raise RebirthError("give {opt:speedup} or {opt:max_drop}, not both")
     if opt.speedup is not None and not opt.speedup > 0:
