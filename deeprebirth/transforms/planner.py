@@ -53,6 +53,8 @@ class Candidate:
     layers: int = 0                       # layers of the original net it rewrites
     saved_ms: float | None = None
     saved_spread_ms: float | None = None
+    saved_first_ms: float | None = None   # saved as the first rewrite made (exact net + this)
+    saved_last_ms: float | None = None    # saved as the last (slim everything, less this)
     flips: int | None = None              # held-out images whose top-1 differs from the original's
     rel_error: float | None = None
     note: str | None = None               # why it cannot be planned (relearn failed, ...)
