@@ -488,8 +488,8 @@ def _choose_and_check(model, nets: Nets, opt: Options, med: dict, heldout, tv, t
             continue
         break
     full_fid = fid.get("slim everything")
-    if opt.speedup is not None and check["speedup"] < 0.97 * opt.speedup and nets.full is not None and \
-            check.get("slim_everything_speedup", 0) > check["speedup"] and not (full_fid and "note" in full_fid):
+    if planner.everything_instead(opt.speedup, check["speedup"], check.get("slim_everything_speedup")) and \
+            nets.full is not None and not (full_fid and "note" in full_fid):
         everything = list(nets.variants)
         choice.notes.append(f"the chosen rewrites measured {check['speedup']:.2f}x, short of {opt.speedup:g}x: the "
                             f"plan is every candidate (slim everything, {check['slim_everything_speedup']:.2f}x)")

@@ -213,6 +213,12 @@ def _why(c: Candidate, by_time: bool, budget: float | None) -> str:
     return "the budget is better spent elsewhere" if budget is not None else "not needed for the speed-up"
 
 
+def everything_instead(target: float | None, planned: float, everything: float | None) -> bool:
+    """Whether a speed-up plan should become "slim everything": the chosen set, as assembled and
+    timed, falls short of ``target`` (by more than 3 %) and every candidate together measured faster."""
+    return target is not None and everything is not None and planned < 0.97 * target and everything > planned
+
+
 def tightened(budget_images: float, predicted_cost: float, measured_flips: int) -> float:
     """The next budget when the assembled net flipped ``measured_flips`` images where the chosen
     candidates' costs added to ``predicted_cost``: scaled down by their ratio (at least one image less)."""

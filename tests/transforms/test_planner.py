@@ -99,3 +99,11 @@ def test_both_targets_refused_and_budget_tightens():
     assert planner.tightened(5.0, 4.0, 4) == 5.0            # within: unchanged
     assert planner.tightened(5.0, 4.0, 8) == pytest.approx(2.5)   # twice the flips predicted: half the budget
     assert planner.tightened(5.0, 4.9, 5.5) == pytest.approx(4.0)  # at least one image less
+
+
+def test_a_speedup_plan_that_falls_short_becomes_slim_everything_only_when_that_is_faster():
+    assert planner.everything_instead(3.0, 2.0, 3.39)          # measured: 8 chosen gave 2.00x, all 3.39x
+    assert not planner.everything_instead(3.0, 2.95, 3.39)     # within 3 % of the target
+    assert not planner.everything_instead(3.0, 2.0, 1.9)       # everything is no faster
+    assert not planner.everything_instead(None, 1.0, 3.0)      # no speed-up asked for
+    assert not planner.everything_instead(3.0, 2.0, None)      # nothing to fall back on
