@@ -98,14 +98,20 @@ def is_plan(n) -> bool:
 
 @contextmanager
 def progress_bar(total: int | None, desc: str, unit: str = "it", enabled: bool = True, quiet: float = QUIET_SECONDS,
-                 eta: bool = False, render=str):
+                 eta: bool = False, render=None):
     """Progress of ``total`` units of work (None: unknown): a tqdm bar on a terminal, else lines
     (``LineProgress``: the first after ``quiet`` seconds, with the time left when ``eta``);
     ``enabled=False`` (e.g. under --json on a terminal) yields None. A plan (``is_plan``) sets the
-    total; its text, rendered by ``render``, is printed."""
+    total; its text, rendered by ``render`` (default: its ``{opt:NAME}`` as the running command's
+    flags), is printed."""
     if not enabled:
         yield None
         return
+    if render is None:
+        from deeprebirth import errors  # noqa: PLC0415
+        from deeprebirth.cli import current_flags  # noqa: PLC0415  (the package imports this module)
+        name_of = current_flags()
+        render = lambda text: errors.render(text, name_of)  # noqa: E731
     if not sys.stderr.isatty():
         yield LineProgress(total, desc, unit, quiet=quiet, eta=eta, render=render)
         return
