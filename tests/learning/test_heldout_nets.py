@@ -13,7 +13,7 @@ from deeprebirth.caffe import proto as pb
 from deeprebirth.graph.dag import Graph
 from deeprebirth.graph.model import load_model
 
-SHIPPED = ("alexnet_lrn", "mobilenet_bn", "resnet_bn_b")
+SHIPPED = ("alexnet_lrn", "mobilenet_bn", "resnet_bn_b", "googlenet_b")
 
 
 def body(text: str) -> str:
