@@ -320,8 +320,6 @@ def make_plan(model: Model, images=None, train_val: str | None = None, options: 
     model has weights. ``log(line)``: one line per step; ``stage(desc, total, unit)``: a context
     manager yielding ``update(n)`` (or None) for the progress of long steps."""
     from deeprebirth.caffe import netio  # noqa: PLC0415
-    from deeprebirth.learning import preprocess  # noqa: PLC0415
-    from deeprebirth.runtime import isolate, target  # noqa: PLC0415
 
     opt = options or Options()
     say = log or (lambda line: None)
@@ -338,6 +336,20 @@ def make_plan(model: Model, images=None, train_val: str | None = None, options: 
     rule_names, dropped = exact_rules_that_pay(model, tv, opt, say, stage)
     nets = build_nets(model, tv, say, rule_names)
     opt.notes.extend(d["why"] for d in dropped)
+    times, med = _time_candidates(model, nets, opt, say, stage)
+    fid, heldout, train, held, labels = _fidelity(model, nets, images, train_val, opt, say, stage) if have_weights \
+        else ({}, None, None, None, None)
+    rounds, choice, check = _choose_and_check(model, nets, opt, med, heldout, tv, train_val, train, held, labels,
+                                              say, stage, fid)
+    doc = _document(model, train_val, images, opt, nets, med, times, fid, heldout, choice, check, rounds,
+                    time.perf_counter() - started)
+    return doc
+
+
+def _time_candidates(model: Model, nets: Nets, opt: Options, say: Log, stage) -> tuple[dict, dict]:
+    """Every net of the plan timed side by side (step 2 of the module doc); each candidate's saving
+    set on it. Returns the runs (ms) and their medians by net."""
+    from deeprebirth.runtime import target  # noqa: PLC0415
     exact_net = nets.exact.deploy if nets.exact else model.net
     timing = {"original": model.net, "exact": exact_net, "exact again": exact_net}
     if nets.full is not None:
@@ -359,49 +371,48 @@ def make_plan(model: Model, images=None, train_val: str | None = None, options: 
                 c.saved_last_ms = round(last, 4)
                 c.saved_ms = round((first + last) / 2, 4)
                 c.saved_spread_ms = round(math.sqrt(n1 * n1 + n2 * n2) / 2, 4)
+    return times, med
 
-    heldout = None
-    fid: dict[str, dict] = {}
-    pre = labels = train = held = None
-    if have_weights:
-        shape = Graph(model.net, strict=False)
-        inputs = shape.input_blobs
-        if len(inputs) != 1:
-            raise RebirthError(f"{model.source}: the net has {len(inputs)} inputs; a plan feeds one image input")
-        pre = preprocess.preprocess_for(shape.shapes[inputs[0]], train_val or preprocess.default_train_val(
-            model.source))
-        train, held, labels = load_images(images, pre, opt.train_images, opt.heldout_images, opt.seed)
-        heldout = len(held)
-        todo = {name: _job(v) for name, v in nets.variants.items()
-                if planner.eligible(next(c for c in nets.candidates if c.name == name), opt.speedup is not None)}
-        if nets.exact is not None:
-            todo["exact"] = _job(nets.exact)
-        if nets.full is not None:
-            todo["slim everything"] = _job(nets.full)
-        say(f"re-learning {len(todo)} net(s) by least squares on {len(train)} images; checking on {heldout} others")
-        with stage("fidelity", len(todo), "net") as tick:
-            def told(item):
-                name, doc = item
-                say(f"  {name}: " + _fid_text(doc))
-                if tick:
-                    tick(1)
-            ls = (opt.ls_rows, opt.ls_iterations)
-            fid = isolate.call(fidelity_jobs, model, todo, train, held, labels, opt.seed, ls, what="Caffe (plan)",
-                               progress=told)
-        for c in nets.candidates:
-            doc = fid.get(c.name)
-            if doc is None:
-                continue
-            if "note" in doc:
-                c.note = f"re-learning failed: {doc['note']}"
-            else:
-                c.flips, c.rel_error = doc["flips"], doc["rel_error"]
 
-    rounds, choice, check = _choose_and_check(model, nets, opt, med, heldout, tv, train_val, train, held, labels,
-                                              say, stage, fid)
-    doc = _document(model, train_val, images, opt, nets, med, times, fid, heldout, choice, check, rounds,
-                    time.perf_counter() - started)
-    return doc
+def _fidelity(model: Model, nets: Nets, images, train_val, opt: Options, say: Log, stage):
+    """Step 3 of the module doc: the eligible candidates, the exact net and slim everything re-learned
+    and checked; each candidate's flips and output error set on it. Returns (fidelity by net,
+    held-out count, training images, held-out images, their labels)."""
+    from deeprebirth.learning import preprocess  # noqa: PLC0415
+    from deeprebirth.runtime import isolate  # noqa: PLC0415
+    shape = Graph(model.net, strict=False)
+    inputs = shape.input_blobs
+    if len(inputs) != 1:
+        raise RebirthError(f"{model.source}: the net has {len(inputs)} inputs; a plan feeds one image input")
+    pre = preprocess.preprocess_for(shape.shapes[inputs[0]], train_val or preprocess.default_train_val(
+        model.source))
+    train, held, labels = load_images(images, pre, opt.train_images, opt.heldout_images, opt.seed)
+    heldout = len(held)
+    todo = {name: _job(v) for name, v in nets.variants.items()
+            if planner.eligible(next(c for c in nets.candidates if c.name == name), opt.speedup is not None)}
+    if nets.exact is not None:
+        todo["exact"] = _job(nets.exact)
+    if nets.full is not None:
+        todo["slim everything"] = _job(nets.full)
+    say(f"re-learning {len(todo)} net(s) by least squares on {len(train)} images; checking on {heldout} others")
+    with stage("fidelity", len(todo), "net") as tick:
+        def told(item):
+            name, doc = item
+            say(f"  {name}: " + _fid_text(doc))
+            if tick:
+                tick(1)
+        ls = (opt.ls_rows, opt.ls_iterations)
+        fid = isolate.call(fidelity_jobs, model, todo, train, held, labels, opt.seed, ls, what="Caffe (plan)",
+                           progress=told)
+    for c in nets.candidates:
+        doc = fid.get(c.name)
+        if doc is None:
+            continue
+        if "note" in doc:
+            c.note = f"re-learning failed: {doc['note']}"
+        else:
+            c.flips, c.rel_error = doc["flips"], doc["rel_error"]
+    return fid, heldout, train, held, labels
 
 
 def check_options(opt: Options) -> None:
