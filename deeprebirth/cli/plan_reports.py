@@ -45,6 +45,6 @@ def plan_text(doc: dict) -> str:
                  f"{doc['predicted_speedup']:.2f}x", _fid(doc.get("predicted_fidelity"))))
     lines += _table(rows, {1, 2})
     lines.append(f"\npredicted speed-up {doc['predicted_speedup']:.2f}x (medians: the planned net timed beside the "
-                 f"original, {doc['timing']['runs']} rounds), {doc['seconds']:.0f} s")
+                 f"original, {doc['timing'].get('check_runs', doc['timing']['runs'])} rounds), {doc['seconds']:.0f} s")
     lines += [f"note: {n}" for n in doc.get("notes", [])]
     return "\n".join(lines)

@@ -36,6 +36,7 @@ Without weights step 3 is left out: the plan is by time alone, and says so.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import platform
 import time
@@ -210,6 +211,9 @@ def time_nets(nets: dict[str, "pb.NetParameter"], opt: Options, progress=None) -
                                  progress=progress)
     return {m.label: [t * 1000.0 for t in m.forward_s] for m in results}
 
+
+#: The check of an assembled plan times its few nets this many times longer than the candidates.
+CHECK_RUNS_FACTOR = 3
 
 #: A saving below this fraction of the exact net's time is not worth a lossy rewrite, however cheap.
 MIN_SAVING = 0.01
@@ -462,8 +466,9 @@ def _choose_and_check(model, nets: Nets, opt: Options, med: dict, heldout, tv, t
                     "planned": assembled.deploy if assembled else model.net}
         if nets.full is not None:
             nets_now["slim everything"] = nets.full.deploy
-        with stage("timing the plan", len(nets_now) * (opt.runs + opt.warmup), "run") as tick:
-            times = time_nets(nets_now, opt, tick)
+        longer = dataclasses.replace(opt, runs=CHECK_RUNS_FACTOR * opt.runs)   # the prediction: fewer nets, more runs
+        with stage("timing the plan", len(nets_now) * (longer.runs + opt.warmup), "run") as tick:
+            times = time_nets(nets_now, longer, tick)
         m = {k: float(np.quantile(v, QUANTILE)) for k, v in times.items()}
         check = {"chosen": list(choice.chosen), "original_ms": round(m["original"], 4),
                  "exact_ms": round(m["exact"], 4), "planned_ms": round(m["planned"], 4),
@@ -557,7 +562,7 @@ def _document(model: Model, train_val, images, opt: Options, nets: Nets, med: di
         "slim_everything": full,
         "candidates": [c.as_dict() for c in nets.candidates],
         "rounds": rounds,
-        "timing": {"runs": opt.runs, "warmup": opt.warmup, "median_ms": {k: round(v, 4) for k, v in med.items()},
+        "timing": {"runs": opt.runs, "check_runs": CHECK_RUNS_FACTOR * opt.runs, "warmup": opt.warmup, "median_ms": {k: round(v, 4) for k, v in med.items()},
                    "runs_ms": {k: [round(x, 4) for x in v] for k, v in times.items()}},
         "notes": list(choice.notes) + list(opt.notes),
         "machine": {"node": platform.node(), "processor": platform.processor() or platform.machine()},
