@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
 
@@ -9,9 +10,11 @@ from deeprebirth import errors, outputs
 from deeprebirth.caffe import builtin
 from deeprebirth.cli import FILE, current_flags, echo, main, output_json, plan_reports, show_warnings
 from deeprebirth.cli.progress import progress_bar
+from deeprebirth.errors import RebirthError
 from deeprebirth.graph.model import load_model, resolve
 from deeprebirth.learning import plan as plan_api
 from deeprebirth.runtime import engines
+from deeprebirth.transforms.planner import read_plan
 
 
 def target_options(f):
@@ -52,9 +55,10 @@ def target_options(f):
 @target_options
 @click.option("--output", "-o", "out", type=click.Path(dir_okay=False), default=None,
               help="Write the plan here (JSON; `rebirth slim MODEL --plan FILE` applies it).")
+@click.option("--force", is_flag=True, help="Write -o over a file that is not a plan rebirth wrote.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON instead of a table.")
 def plan_command(model, weights, train_val, images, engine, device, threads, speedup, max_drop, count, heldout, runs,
-                 out, as_json):
+                 out, force, as_json):
     """Plan which lossy rewrites of MODEL to make: each candidate `rebirth inspect` lists is timed on the
     target (--engine, --device) beside the exact net (every lossless rewrite made), and re-learned by
     least squares on your images and checked against the original on others. The plan takes the
@@ -63,6 +67,7 @@ def plan_command(model, weights, train_val, images, engine, device, threads, spe
     plan_api.check_options(plan_api.Options(speedup=speedup, max_drop=max_drop))   # before any work
     if out:
         outputs.check_output_path(out)
+        _check_ours(out, force)
     shipped = builtin.shipped_for(model, weights, train_val)
     weights = weights or (str(shipped["weights"]) if "weights" in shipped else None)
     train_val = train_val or (str(shipped["train_val"]) if "train_val" in shipped else None)
@@ -78,7 +83,7 @@ def plan_command(model, weights, train_val, images, engine, device, threads, spe
         flags = current_flags()
         return progress_bar(total, desc, unit, eta=True, render=lambda text: errors.render(text, flags))
 
-    doc = plan_api.make_plan(m, images, train_val, opt, log=lambda line: echo(f"rebirth: {line}", err=True),
+    doc = plan_api.make_plan(m, images, train_val, opt, log=lambda line: echo(f"rebirth: plan: {line}", err=True),
                              stage=stage)
     doc["command"] = f"rebirth plan {model}"
     if out:
@@ -90,3 +95,15 @@ def plan_command(model, weights, train_val, images, engine, device, threads, spe
     else:
         echo(plan_reports.plan_text(doc) + (f"\nplan: {out}   (apply: rebirth slim {model} --plan {out} -o DIR)"
                                        if out else ""))
+
+
+def _check_ours(path: str, force: bool) -> None:
+    """-o may replace a plan rebirth wrote, never another file (unless --force)."""
+    p = Path(path)
+    if force or not p.exists():
+        return
+    try:
+        read_plan(p)
+    except RebirthError:
+        raise RebirthError(f"{p}: exists and is not a plan rebirth wrote; choose another file, or add --force to "
+                           "replace it") from None

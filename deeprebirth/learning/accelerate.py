@@ -130,11 +130,12 @@ def _plan_step(ctx: _Ctx) -> dict:
         plan = planner.read_plan(path)
         if _same_request(plan, ctx):
             ctx.steps["plan"] = {"reused": str(path)}
-            ctx.say(f"plan: {path} from an earlier run ({len(plan['only'])} lossy rewrite(s)); delete it to plan again")
+            ctx.say(f"plan: {path} from an earlier run ({len(plan['only'])} lossy rewrite(s)); delete it to plan "
+                    "again")
             return plan
     ctx.say("plan: measuring every candidate on the target and on your images")
-    plan = plan_api.make_plan(ctx.model, ctx.images, ctx.train_val, ctx.opt.plan, log=lambda s: ctx.say("  " + s),
-                              stage=ctx.stage)
+    plan = plan_api.make_plan(ctx.model, ctx.images, ctx.train_val, ctx.opt.plan,
+                              log=lambda s: ctx.say("plan:   " + s), stage=ctx.stage)
     plan["request"] = _request(ctx)
     outputs.atomic_write(path, json.dumps(plan, indent=2) + "\n")
     outputs.record_files(ctx.out, ["plan.json"])

@@ -86,11 +86,11 @@ layers { layer { name: "prob" type: "softmax" } bottom: "fc" top: "prob" }
 TYPES = ["Convolution", "Pooling", "ReLU", "InnerProduct", "Concat", "Eltwise", "BatchNorm", "Scale",
          "Softmax", "Flatten", "Permute", "PriorBox", "Reshape", "Split", "Slice", "Input", "Data",
          "Deconvolution", "LRN", "Dropout", "ShuffleChannel", "Upsample"]
-COMMANDS = {"inspect": 0.32, "slim": 0.24, "fold-bn": 0.20, "bench": 0.06, "tucker": 0.05, "export": 0.05,
-            "eval": 0.02, "relearn": 0.02, "finetune": 0.02, "recover": 0.02}
+COMMANDS = {"inspect": 0.30, "slim": 0.24, "fold-bn": 0.20, "bench": 0.06, "tucker": 0.05, "export": 0.05,
+            "plan": 0.02, "eval": 0.02, "relearn": 0.02, "finetune": 0.02, "recover": 0.02}
 """How often each command is drawn (bench: a child and a probe; tucker: pycaffe in the process;
 the learning commands train in Caffe)."""
-TIMEOUT = {"inspect": 60, "slim": 90, "fold-bn": 90, "bench": 120, "tucker": 120, "export": 90,
+TIMEOUT = {"inspect": 60, "slim": 90, "fold-bn": 90, "bench": 120, "tucker": 120, "export": 90, "plan": 240,
            "eval": 120, "relearn": 180, "finetune": 180, "recover": 240}
 LEARNING = ("eval", "relearn", "finetune", "recover")
 OUTPUTS = {"slim": {"deploy.prototxt", "train_val.prototxt", "solver.prototxt", "report.json"},
@@ -326,6 +326,8 @@ def command_args(cmd: str, d: Path, net: Path, w: Path | None, good_weights: byt
     if cmd == "bench":
         return ["bench", str(net), "--runs", "1", "--warmup", "0", "--json"] + (["-w", str(w)] if w else []), \
             None, "none"
+    if cmd == "plan":    # by time alone without weights; with them but no images: refused before any work
+        return ["plan", str(net), "--runs", "5", "--json"] + (["-w", str(w)] if w else []), None, "none"
     out, omut = output_spot(d, cmd, rng)
     if cmd in ("fold-bn", "tucker") and w is None:
         w = d / "net.caffemodel"

@@ -82,3 +82,11 @@ def test_accelerate_makes_a_checked_model_folder(tiny, tmp_path):
     # OUT is a MODEL for the other commands
     res = run("inspect", out, "--json")
     assert res.exit_code == 0, res.output
+
+
+def test_plan_never_writes_over_a_file_it_did_not_write(tiny, tmp_path):
+    mine = tmp_path / "notes.json"
+    mine.write_text('{"mine": true}')
+    res = run("plan", tiny / "tiny.prototxt", "--runs", "5", "-o", mine)
+    assert "not a plan rebirth wrote" in error_line(res)
+    assert mine.read_text() == '{"mine": true}'
