@@ -419,7 +419,8 @@ def _summary(ctx: _Ctx, plan: dict, result: dict, bench_doc: dict) -> dict:
     if orig.get("median_ms") and acc.get("median_ms"):     # medians, as the plan times them
         speedup = round(orig["median_ms"] / acc["median_ms"], 3)
     return {
-        "tool": f"rebirth {__version__}", "model": ctx.model.source, "weights": ctx.model.weights_source,
+        "tool": f"rebirth {__version__}", "model": ctx.spec, "model_file": ctx.model.source,
+        "weights": ctx.model.weights_source, "command": os.environ.get("REBIRTH_COMMAND"),
         "images": ctx.images, "val": ctx.val, "out": str(ctx.out),
         "target": plan.get("target"), "goal": plan.get("goal"),
         "result": result["name"], "fidelity": result["fidelity"],

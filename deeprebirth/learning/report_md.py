@@ -2,6 +2,19 @@
 from __future__ import annotations
 
 import io
+import shlex
+
+
+def _x(v) -> str:
+    return "-" if v is None else f"{v:.2f}x"
+
+
+def _kv(v) -> str:
+    if isinstance(v, dict):
+        return ", ".join(f"{k} {_kv(x)}" for k, x in v.items())
+    if isinstance(v, list):
+        return ", ".join(map(str, v))
+    return str(v)
 
 
 def _pct(x) -> str:
@@ -57,13 +70,15 @@ def render(doc: dict) -> str:
         lines.append(f"| {c['name']} | {saved} | {'-' if c['flips'] is None else c['flips']} | {rel} | "
                      f"{'yes' if c['chosen'] else 'no'} | {c['why']} |")
     ex, full = plan.get("exact") or {}, plan.get("slim_everything")
-    lines += ["", f"Planned: {plan.get('predicted_speedup')}x predicted; exact net {ex.get('speedup')}x"
-              + (f"; slim everything {full['speedup']}x" if full else "") + " (timed while planning).", ""]
-    lines += ["## Steps", ""] + [f"- {k}: {v}" for k, v in (doc.get("steps") or {}).items() if k != "check"]
-    lines += ["", "## Reproduce", "", "```sh", doc.get("command", "rebirth accelerate ..."),
-              f"rebirth bench {doc['model']} {doc['out']} --engine {t.get('engine')} --device {t.get('device')}",
-              f"rebirth eval {doc['out']} --data {check.get('heldout', doc['images'])} --teacher {doc['model']}",
-              "```", "", f"Machine: {doc.get('machine')}", ""]
+    lines += ["", f"Planned: {_x(plan.get('predicted_speedup'))} predicted; exact net {_x(ex.get('speedup'))}"
+              + (f"; slim everything {_x(full.get('speedup'))}" if full else "") + " (timed while planning).", ""]
+    lines += ["## Steps", ""] + [f"- {k}: {_kv(v)}" for k, v in (doc.get("steps") or {}).items() if k != "check"]
+    q = shlex.quote
+    held = check.get("heldout") if check.get("heldout") and " " not in check["heldout"] else doc["images"]
+    lines += ["", "## Reproduce", "", "```sh", doc.get("command") or "rebirth accelerate ...",
+              f"rebirth bench {q(doc['model'])} {q(doc['out'])} --engine {t.get('engine')} --device {t.get('device')}",
+              f"rebirth eval {q(doc['out'])} --data {q(held)} --teacher {q(doc['model'])}",
+              "```", "", f"Machine: {_kv(doc.get('machine'))}.", ""]
     return "\n".join(lines)
 
 
