@@ -504,7 +504,23 @@ def _choose_and_check(model, nets: Nets, opt: Options, med: dict, heldout, tv, t
             say(f"  short of {opt.speedup:g}x on the target: planning for {speedup:.2f}x on the table")
             continue
         break
-    full_fid = fid.get("slim everything")
+    check = _everything_if_short(nets, opt, choice, check, rounds, fid.get("slim everything"))
+    if opt.speedup is not None and check["speedup"] < 0.97 * opt.speedup:
+        choice.notes.append(f"{opt.speedup:g}x was not reached on the target: the planned net measured "
+                            f"{check['speedup']:.2f}x" + (f" (slim everything {check['slim_everything_speedup']:.2f}x)"
+                                                         if "slim_everything_speedup" in check else ""))
+    if choice.budget is not None and check.get("fidelity", {}).get("flips", 0) > choice.budget and choice.chosen:
+        say("  still over the budget after the last check: the plan is the exact net")
+        for c in nets.candidates:
+            c.chosen, c.why = False, "over the budget when assembled" if c.chosen else c.why
+        choice.chosen = []
+    return rounds, choice, check
+
+
+def _everything_if_short(nets: Nets, opt: Options, choice: planner.Choice, check: dict, rounds: list[dict],
+                         full_fid: dict | None) -> dict:
+    """The last check, made "slim everything" when a speed-up plan fell short and every candidate
+    together measured faster (planner.everything_instead); the choice and candidates follow."""
     if planner.everything_instead(opt.speedup, check["speedup"], check.get("slim_everything_speedup")) and \
             nets.full is not None and not (full_fid and "note" in full_fid):
         everything = list(nets.variants)
@@ -518,16 +534,7 @@ def _choose_and_check(model, nets: Nets, opt: Options, med: dict, heldout, tv, t
                      speedup=check["slim_everything_speedup"],
                      **({"fidelity": dict(full_fid)} if full_fid else {}))
         rounds[-1] = check
-    if opt.speedup is not None and check["speedup"] < 0.97 * opt.speedup:
-        choice.notes.append(f"{opt.speedup:g}x was not reached on the target: the planned net measured "
-                            f"{check['speedup']:.2f}x" + (f" (slim everything {check['slim_everything_speedup']:.2f}x)"
-                                                         if "slim_everything_speedup" in check else ""))
-    if choice.budget is not None and check.get("fidelity", {}).get("flips", 0) > choice.budget and choice.chosen:
-        say("  still over the budget after the last check: the plan is the exact net")
-        for c in nets.candidates:
-            c.chosen, c.why = False, "over the budget when assembled" if c.chosen else c.why
-        choice.chosen = []
-    return rounds, choice, check
+    return check
 
 
 def _document(model: Model, train_val, images, opt: Options, nets: Nets, med: dict, times: dict, fid: dict,
