@@ -114,12 +114,12 @@ def _describe_exit(code: int | None) -> str:
 
 
 def _start_deaf_to_ctrl_c(proc) -> None:
-    """Start ``proc`` with SIGINT ignored, so that the child never sees Ctrl-C (a terminal sends
-    it to the whole process group) and prints no traceback of its own: an ignored signal stays
-    ignored across the child's exec and Python keeps it so. The parent handles Ctrl-C (it kills
-    the child); one pressed during these few milliseconds of the start is lost. SIGTERM (and a
-    Ctrl-C that came just before) waits until the start is complete: raised inside the start, it
-    would leave a child running that nothing knows of. Then it is a KeyboardInterrupt."""
+    """Start ``proc`` with SIGINT blocked, so that the child never sees Ctrl-C (a terminal sends
+    it to the whole process group) and prints no traceback of its own: the signal mask is kept
+    across the child's exec. The parent handles Ctrl-C (it kills the child). A Ctrl-C or SIGTERM
+    during the start waits until the start is complete (raised inside it, it would leave a child
+    running that nothing knows of; before, a Ctrl-C in those milliseconds was lost and the command
+    ran on: a recover under test ran past its 120 s), then it is a KeyboardInterrupt."""
     import threading  # noqa: PLC0415
     if threading.current_thread() is not threading.main_thread():
         proc.start()
@@ -131,10 +131,14 @@ def _start_deaf_to_ctrl_c(proc) -> None:
 
     old_int = signal.signal(signal.SIGINT, defer)   # a signal that came already is handled here
     old_term = signal.signal(signal.SIGTERM, defer)
+    # SIGINT blocked, not ignored, while the child starts: the child inherits the blocked mask across
+    # its exec (a Ctrl-C stays pending there for ever: it never sees one), and one that reaches the
+    # parent meanwhile waits instead of being discarded, as an ignored signal is.
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
         proc.start()
     finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)   # a pending Ctrl-C reaches ``defer`` now
         signal.signal(signal.SIGINT, old_int)
         signal.signal(signal.SIGTERM, old_term)
     if deferred:
