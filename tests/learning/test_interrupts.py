@@ -171,6 +171,14 @@ def test_an_interrupted_child_leaves_nothing_it_made(slimmed, tmp_path, monkeypa
 
 
 @pytest.mark.slow
+def _like_a_shell():
+    """In the child before its exec: SIGINT as a terminal's shell starts a command, whatever this
+    test process inherited or was left with (a SIGINT ignored or blocked here survives the exec,
+    and the command would never see the test's Ctrl-C)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 def test_ctrl_c_during_recover_leaves_no_folder(slimmed, tmp_path):
     """A real Ctrl-C: SIGINT to the process group of `rebirth recover` (the command and the child
     that runs Caffe) once it reports progress. It exits 130 with one line and leaves no folder."""
@@ -180,7 +188,7 @@ def test_ctrl_c_during_recover_leaves_no_folder(slimmed, tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "deeprebirth.cli", "recover", str(d / "slim"), "--images",
                              str(d / "plain"), "--relearn-iters", "10000000", "--count", "16", "-o", str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=_like_a_shell)
     try:
         for line in proc.stderr:       # the first progress line: re-learning is under way
             if line.startswith("rebirth: recover "):
