@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import click
 
-from deeprebirth import errors, outputs
+from deeprebirth import outputs
 from deeprebirth.caffe import builtin
-from deeprebirth.cli import FILE, current_flags, echo, main, output_json
-from deeprebirth.cli.plan_cmd import target_options
-from deeprebirth.cli.progress import progress_bar
+from deeprebirth.cli import FILE, echo, main, output_json
+from deeprebirth.cli.plan_cmd import stage, target_options
 from deeprebirth.graph.model import resolve
 from deeprebirth.learning import accelerate as acc
 from deeprebirth.learning import plan as plan_api
@@ -56,10 +55,6 @@ def accelerate_command(model, weights, train_val, images, val, engine, device, t
     popt = plan_api.Options(engine=engine.lower(), device=device, threads=threads, speedup=speedup, max_drop=max_drop,
                             train_images=count, heldout_images=heldout, runs=runs)
     opt = acc.Options(plan=popt, time_budget=seconds, plan_file=plan_file, force=force, iters=iters)
-
-    def stage(desc, total, unit="it"):
-        flags = current_flags()
-        return progress_bar(total, desc, unit, eta=True, render=lambda text: errors.render(text, flags))
 
     doc = acc.accelerate(model, weights, train_val, images, val, outdir, opt,
                          log=lambda line: echo(f"rebirth: {line}", err=True), stage=stage,

@@ -9,9 +9,8 @@ from deeprebirth.caffe import folders
 from deeprebirth.cli import echo, main, output_json, reports, show_warnings
 from deeprebirth.cli.progress import progress_bar
 from deeprebirth.errors import RebirthError
-from deeprebirth.runtime import bench, engines, layer_cost
+from deeprebirth.runtime import bench, engines, layer_cost, target
 from deeprebirth.runtime import plot as plot_mod
-from deeprebirth.runtime.devices import get_device
 
 
 @main.command("bench")
@@ -97,12 +96,10 @@ def bench_command(models, weights, device, engine, batch, runs, warmup, threads,
 
 
 def _device(device: str, engine: str, threads, cpu_mask, cooldown, batch: int, layers: bool):
-    if engine == "caffe":
-        return get_device(device, threads, cpu_mask, cooldown)
+    """bench's own checks of an engine other than Caffe; the Device itself is runtime.target's."""
     on_cpu = device.strip().lower() == "cpu"
-    if not on_cpu and engine != "ncnn":
-        raise RebirthError(f"--engine {engine} runs on this machine (--device cpu); other devices run Caffe's "
-                           "rebirth-time, or ncnn's rebirth-time-ncnn with --engine ncnn")
+    if engine == "caffe" or (not on_cpu and engine != "ncnn"):     # the latter refused by target
+        return target.device_for(engine, device, threads, cpu_mask, cooldown)
     if layers:
         raise RebirthError(f"--engine {engine} times whole passes only (no per-layer times): leave out --layers "
                            "and --plot, or use --engine caffe")
@@ -110,4 +107,4 @@ def _device(device: str, engine: str, threads, cpu_mask, cooldown, batch: int, l
         raise RebirthError("--cpu-mask applies to devices that run a timing program; use taskset with --engine")
     if engine == "ncnn" and batch != 1:
         raise RebirthError(f"ncnn runs one image at a time: --batch 1, not {batch}")
-    return engines.get_device(engine, threads) if on_cpu else get_device(device, threads, cpu_mask, cooldown, engine)
+    return target.device_for(engine, device, threads, cpu_mask, cooldown)

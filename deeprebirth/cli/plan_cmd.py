@@ -44,6 +44,13 @@ def target_options(f):
     return f
 
 
+def stage(desc, total, unit="it"):
+    """The progress of a long step of plan or accelerate (the library's ``stage``): a bar or lines,
+    with the time left, and a run plan's ``{opt:NAME}`` as the command's flags."""
+    flags = current_flags()
+    return progress_bar(total, desc, unit, eta=True, render=lambda text: errors.render(text, flags))
+
+
 @main.command("plan")
 @click.argument("model")
 @click.option("--weights", "-w", type=FILE, help="The trained .caffemodel (without: planned by time alone).")
@@ -79,10 +86,6 @@ def plan_command(model, weights, train_val, images, engine, device, threads, spe
     opt = plan_api.Options(engine=engine.lower(), device=device, threads=threads, speedup=speedup, max_drop=max_drop,
                            train_images=count, heldout_images=heldout, runs=runs)
 
-    def stage(desc, total, unit="it"):
-        flags = current_flags()
-        return progress_bar(total, desc, unit, eta=True, render=lambda text: errors.render(text, flags))
-
     doc = plan_api.make_plan(m, images, train_val, opt, log=lambda line: echo(f"rebirth: plan: {line}", err=True),
                              stage=stage)
     doc["command"] = f"rebirth plan {model}"
@@ -93,7 +96,7 @@ def plan_command(model, weights, train_val, images, engine, device, threads, spe
     if as_json:
         output_json(doc)
     else:
-        echo(plan_reports.plan_text(doc) + (f"\nplan: {out}   (apply: rebirth slim {model} --plan {out} -o DIR)"
+        echo(plan_reports.plan_text(doc) + (f"\nplan: {out}   (apply: rebirth slim {model} --plan {out} -o planned)"
                                        if out else ""))
 
 

@@ -86,7 +86,7 @@ class _Ctx:
 
 def accelerate(spec: str, weights: str | None, train_val: str | None, images: str, val: str | None,
                outdir: str | os.PathLike, opt: Options | None = None, log: Log | None = None,
-               stage=plan_api._no_stage, inputs: list[str] | None = None) -> dict:
+               stage=plan_api.no_stage, inputs: list[str] | None = None) -> dict:
     opt = opt or Options()
     out = Path(outdir)
     say = log or (lambda line: None)
@@ -309,12 +309,12 @@ def _fidelity_of_files(teacher: Model, train_val: str | None, nets: dict, held: 
         student = ev.Runner.build(Model(deploy, netio.weights_of(netio.read_weights(wfile)), source=name))
         s_all, t_all, labels = [], [], []
         for x, y in source.batches(pre, 50):
-            s_all.append(plan_api._outputs(student, x))
-            t_all.append(plan_api._outputs(t_runner, x))
+            s_all.append(plan_api.outputs_of(student, x))
+            t_all.append(plan_api.outputs_of(t_runner, x))
             if y is not None:
                 labels.append(y)
         s, t = np.concatenate(s_all), np.concatenate(t_all)
-        doc = plan_api._scores(s, t, np.concatenate(labels) if labels else None)
+        doc = plan_api.scores(s, t, np.concatenate(labels) if labels else None)
         doc["images"] = len(s)
         if labels:
             doc["top1_original"] = round(float(np.mean(t.argmax(1) == np.concatenate(labels))), 4)
@@ -332,7 +332,7 @@ def _result_model(ctx: _Ctx, result: dict) -> Model:
     if result["weights"] is not None:
         return Model(result["deploy"], netio.weights_of(netio.read_weights(result["weights"])), source="result")
     s = result["slim"]
-    return Model(result["deploy"], plan_api._deploy_weights(s) if s else ctx.model.weights, source="result")
+    return Model(result["deploy"], plan_api.deploy_weights(s) if s else ctx.model.weights, source="result")
 
 
 def _export_step(ctx: _Ctx, result: dict) -> dict[str, bytes]:

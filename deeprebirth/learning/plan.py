@@ -74,7 +74,6 @@ class Options:
     rounds: int = 3
     recovery: float = 2.0                # least-squares flips allowed per flip of the budget (planner.choose)
     seed: int = 0
-    notes: list[str] = field(default_factory=list)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -149,12 +148,7 @@ def build_nets(model: Model, train_val=None, log: Log | None = None, rules: list
     return Nets(model, exact, variants, full, cands, rules, without)
 
 
-def deploy_of(out: slim_api.SlimOutput | None, model: Model) -> Model:
-    return Model(model.net, model.weights, source=model.source) if out is None else \
-        Model(out.deploy, _deploy_weights(out), source="slim")
-
-
-def _deploy_weights(out: slim_api.SlimOutput) -> dict | None:
+def deploy_weights(out: slim_api.SlimOutput) -> dict | None:
     if out.weights is None:
         return None
     names = {layer.name for layer in out.deploy.layer}
@@ -256,9 +250,9 @@ def fidelity_jobs(teacher: Model, jobs: dict[str, tuple], train: np.ndarray, hel
     from deeprebirth.learning import relearn as rl  # noqa: PLC0415
 
     t_runner = ev.Runner.build(teacher)
-    t_out = _outputs(t_runner, held)
+    t_out = outputs_of(t_runner, held)
     out = {}
-    base = _scores(t_out, t_out, labels)
+    base = scores(t_out, t_out, labels)
     for label, (deploy, weights, new_layers, sub_of) in jobs.items():
         started = time.perf_counter()
         try:
@@ -268,8 +262,8 @@ def fidelity_jobs(teacher: Model, jobs: dict[str, tuple], train: np.ndarray, hel
                                  ls_rows=ls[0], ls_iterations=ls[1], ls_refine=False)
                 weights, _ = rl.relearn(deploy, weights, teacher.net, teacher.weights, units, train,
                                         train[-opt.heldout_images:], opt)
-            s_out = _outputs(ev.Runner.build(Model(deploy, weights, source=label)), held)
-            out[label] = {**_scores(s_out, t_out, labels), "seconds": round(time.perf_counter() - started, 2)}
+            s_out = outputs_of(ev.Runner.build(Model(deploy, weights, source=label)), held)
+            out[label] = {**scores(s_out, t_out, labels), "seconds": round(time.perf_counter() - started, 2)}
             if labels is not None:
                 out[label]["top1_drop"] = round(base["top1"] - out[label]["top1"], 4)
         except RebirthError as e:
@@ -279,12 +273,12 @@ def fidelity_jobs(teacher: Model, jobs: dict[str, tuple], train: np.ndarray, hel
     return out
 
 
-def _outputs(runner, x: np.ndarray, batch: int = 50) -> np.ndarray:
+def outputs_of(runner, x: np.ndarray, batch: int = 50) -> np.ndarray:
     parts = [runner.logits_of(x[i:i + batch]) for i in range(0, len(x), batch)]
     return np.concatenate(parts).astype(np.float64)
 
 
-def _scores(s: np.ndarray, t: np.ndarray, labels: np.ndarray | None) -> dict:
+def scores(s: np.ndarray, t: np.ndarray, labels: np.ndarray | None) -> dict:
     from deeprebirth.learning.evaluate import relative_error  # noqa: PLC0415
     flips = int(np.sum(s.argmax(1) != t.argmax(1)))
     doc = {"flips": flips, "agreement": round(1 - flips / len(s), 4), "rel_error": relative_error(s, t)}
@@ -313,13 +307,13 @@ def load_images(source_spec, pre, train_n: int, held_n: int, seed: int) -> tuple
 # The plan
 
 
-def _no_stage(desc: str, total: int | None, unit: str = "it"):
+def no_stage(desc: str, total: int | None, unit: str = "it"):
     from contextlib import nullcontext  # noqa: PLC0415
     return nullcontext(None)
 
 
 def make_plan(model: Model, images=None, train_val: str | None = None, options: Options | None = None,
-              log: Log | None = None, stage=_no_stage) -> dict:
+              log: Log | None = None, stage=no_stage) -> dict:
     """The plan document (module doc). ``images``: a SOURCE (or an opened Source); needed when the
     model has weights. ``log(line)``: one line per step; ``stage(desc, total, unit)``: a context
     manager yielding ``update(n)`` (or None) for the progress of long steps."""
@@ -339,7 +333,6 @@ def make_plan(model: Model, images=None, train_val: str | None = None, options: 
         images = images if isinstance(images, data.Source) else data.open_source(images)
     rule_names, dropped = exact_rules_that_pay(model, tv, opt, say, stage)
     nets = build_nets(model, tv, say, rule_names)
-    opt.notes.extend(d["why"] for d in dropped)
     times, med = _time_candidates(model, nets, opt, say, stage)
     fid, heldout, train, held, labels = _fidelity(model, nets, images, train_val, opt, say, stage) if have_weights \
         else ({}, None, None, None, None)
@@ -347,6 +340,7 @@ def make_plan(model: Model, images=None, train_val: str | None = None, options: 
                                               say, stage, fid)
     doc = _document(model, train_val, images, opt, nets, med, times, fid, heldout, choice, check, rounds,
                     time.perf_counter() - started)
+    doc["notes"] += [d["why"] for d in dropped]
     return doc
 
 
@@ -435,7 +429,7 @@ def _job(out: slim_api.SlimOutput) -> tuple:
     for c in out.result.changes:
         for n in list(c.regenerated) + list(c.added):
             sub_of.setdefault(n, c.substructure)
-    return out.deploy, _deploy_weights(out), list(out.new_layers), sub_of
+    return out.deploy, deploy_weights(out), list(out.new_layers), sub_of
 
 
 def _fid_text(doc: dict) -> str:
@@ -572,7 +566,7 @@ def _document(model: Model, train_val, images, opt: Options, nets: Nets, med: di
         "timing": {"runs": opt.runs, "check_runs": CHECK_RUNS_FACTOR * opt.runs, "warmup": opt.warmup,
                    "median_ms": {k: round(v, 4) for k, v in med.items()},
                    "runs_ms": {k: [round(x, 4) for x in v] for k, v in times.items()}},
-        "notes": list(choice.notes) + list(opt.notes),
+        "notes": list(choice.notes),
         "machine": {"node": platform.node(), "processor": platform.processor() or platform.machine()},
         "seconds": round(seconds, 1),
     }

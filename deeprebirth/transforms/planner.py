@@ -35,10 +35,14 @@ that reach it (largest savings first), otherwise every rewrite with a measurable
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
+
+from deeprebirth.errors import RebirthError
 
 #: Cost units per held-out image in the knapsack (hundredths).
 SCALE = 100
@@ -233,10 +237,6 @@ PLAN_KIND = "rebirth-plan"
 
 def read_plan(path) -> dict:
     """A plan file written by `rebirth plan`, checked: its kind, and ``only`` a list of names."""
-    import json  # noqa: PLC0415
-    from pathlib import Path  # noqa: PLC0415
-
-    from deeprebirth.errors import RebirthError  # noqa: PLC0415
     p = Path(path)
     try:
         doc = json.loads(p.read_text(encoding="utf-8"))
