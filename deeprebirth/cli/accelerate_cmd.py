@@ -23,7 +23,7 @@ def _seconds(text: str) -> float:
 @click.option("--train-val", "train_val", type=FILE,
               help="The model's train_val.prototxt: its TEST data layer gives the preprocessing.")
 @click.option("--images", required=True, metavar="SOURCE",
-              help="Your images (no labels needed): a folder, a Caffe list file, an LMDB, or "
+              help="Your images (labels needed only with --labels): a folder, a Caffe list file, an LMDB, or "
                    "fashion-mnist[:train|:test].")
 @click.option("--val", metavar="SOURCE",
               help="Images to check the result on (default: a tenth of --images, held out of all training).")
@@ -38,8 +38,8 @@ def _seconds(text: str) -> float:
                    "report.md, chart.png.")
 @click.option("--force", is_flag=True, help="Write into OUTDIR although it holds files rebirth did not write.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def accelerate_command(model, weights, train_val, images, val, engine, device, threads, speedup, max_drop, count,
-                       heldout, runs, time_text, iters, plan_file, outdir, force, as_json):
+def accelerate_command(model, weights, train_val, images, val, engine, device, threads, speedup, max_drop, labels,
+                       count, heldout, runs, time_text, iters, plan_file, outdir, force, as_json):
     """Make MODEL faster on the target (--engine, --device) and check it: plan which rewrites pay
     there (`rebirth plan`), slim as planned, re-learn and distil the changed layers from your images
     in the time given, keep the fastest result that stays as faithful as the plan promised (else the
@@ -48,12 +48,12 @@ def accelerate_command(model, weights, train_val, images, val, engine, device, t
     from the first step not done."""
     outputs.check_dir_is_ours(outdir, force)
     seconds = _seconds(time_text)
-    plan_api.check_options(plan_api.Options(speedup=speedup, max_drop=max_drop))   # before any work
+    plan_api.check_options(plan_api.Options(speedup=speedup, max_drop=max_drop, labels=labels))  # before any work
     shipped = builtin.shipped_for(model, weights, train_val)
     weights = weights or (str(shipped["weights"]) if "weights" in shipped else None)
     train_val = train_val or (str(shipped["train_val"]) if "train_val" in shipped else None)
     popt = plan_api.Options(engine=engine.lower(), device=device, threads=threads, speedup=speedup, max_drop=max_drop,
-                            train_images=count, heldout_images=heldout, runs=runs)
+                            labels=labels, train_images=count, heldout_images=heldout, runs=runs)
     opt = acc.Options(plan=popt, time_budget=seconds, plan_file=plan_file, force=force, iters=iters)
 
     doc = acc.accelerate(model, weights, train_val, images, val, outdir, opt,
@@ -66,6 +66,8 @@ def accelerate_command(model, weights, train_val, images, val, engine, device, t
     echo(f"{outdir}: {doc['result']}, "
          + (f"{doc['speedup']:.2f}x faster than the original" if doc.get("speedup") else "not timed")
          + f" on {doc['target']['engine']} ({doc['target']['device']})"
-         + (f"; {100 * fid['agreement']:.2f} % of held-out images keep their class" if fid.get("agreement") else
+         + (f"; top-1 {100 * fid['top1']:.2f} % on held-out images (original {100 * fid['top1_original']:.2f} %)"
+            if labels and fid.get("top1") is not None else
+            f"; {100 * fid['agreement']:.2f} % of held-out images keep their class" if fid.get("agreement") else
             "; the exact net (the original's output)" if doc["result"] == "exact" else ""))
     echo(f"report: {outdir}/report.md   chart: {outdir}/chart.png   in {doc['seconds'] / 60:.1f} min")

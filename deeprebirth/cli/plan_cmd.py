@@ -32,7 +32,12 @@ def target_options(f):
                      help="Aim for X times faster than the original on the target, at the least loss of fidelity."),
         click.option("--max-drop", type=click.FloatRange(min=0, max=100), default=None, metavar="P",
                      help="Aim for the fastest net in which at most P % of held-out images change class "
-                          f"(an upper bound on top-1 points lost) [default: {plan_api.planner.DEFAULT_MAX_DROP:g}]."),
+                          f"(an upper bound on top-1 points lost) [default: {plan_api.planner.DEFAULT_MAX_DROP:g}]; "
+                          "with --labels, at most P top-1 points lost "
+                          f"[default: {plan_api.planner.DEFAULT_MAX_DROP_LABELS:g}]."),
+        click.option("--labels", is_flag=True,
+                     help="Use the labels of --images: fidelity is top-1 on labelled held-out images (and "
+                          "accelerate distils with the labels too)."),
         click.option("--count", type=click.IntRange(min=1), default=plan_api.Options.train_images, show_default=True,
                      help="Images each candidate is re-learned on (least squares) while planning."),
         click.option("--heldout", type=click.IntRange(min=10), default=plan_api.Options.heldout_images,
@@ -57,21 +62,21 @@ def stage(desc, total, unit="it"):
 @click.option("--train-val", "train_val", type=FILE,
               help="The model's train_val.prototxt: its TEST data layer gives the preprocessing.")
 @click.option("--images", metavar="SOURCE",
-              help="Your images (no labels needed): a folder, a Caffe list file, an LMDB, or "
+              help="Your images (labels needed only with --labels): a folder, a Caffe list file, an LMDB, or "
                    "fashion-mnist[:train|:test].")
 @target_options
 @click.option("--output", "-o", "out", type=click.Path(dir_okay=False), default=None,
               help="Write the plan here (JSON; `rebirth slim MODEL --plan FILE` applies it).")
 @click.option("--force", is_flag=True, help="Write -o over a file that is not a plan rebirth wrote.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON instead of a table.")
-def plan_command(model, weights, train_val, images, engine, device, threads, speedup, max_drop, count, heldout, runs,
-                 out, force, as_json):
+def plan_command(model, weights, train_val, images, engine, device, threads, speedup, max_drop, labels, count,
+                 heldout, runs, out, force, as_json):
     """Plan which lossy rewrites of MODEL to make: each candidate `rebirth inspect` lists is timed on the
     target (--engine, --device) beside the exact net (every lossless rewrite made), and re-learned by
     least squares on your images and checked against the original on others. The plan takes the
     fastest set within --max-drop, or the most faithful that reaches --speedup, and checks the
     assembled net on both. Apply it with `rebirth slim MODEL --plan FILE` or `rebirth accelerate`."""
-    plan_api.check_options(plan_api.Options(speedup=speedup, max_drop=max_drop))   # before any work
+    plan_api.check_options(plan_api.Options(speedup=speedup, max_drop=max_drop, labels=labels))  # before any work
     if out:
         outputs.check_output_path(out)
         _check_ours(out, force)
@@ -84,7 +89,7 @@ def plan_command(model, weights, train_val, images, engine, device, threads, spe
         echo(f"rebirth: {model}: using the " + " and the ".join(f"{w} shipped with it ({p})"
                                                                for w, p in shipped.items()), err=True)
     opt = plan_api.Options(engine=engine.lower(), device=device, threads=threads, speedup=speedup, max_drop=max_drop,
-                           train_images=count, heldout_images=heldout, runs=runs)
+                           labels=labels, train_images=count, heldout_images=heldout, runs=runs)
 
     doc = plan_api.make_plan(m, images, train_val, opt, log=lambda line: echo(f"rebirth: plan: {line}", err=True),
                              stage=stage)

@@ -19,6 +19,8 @@ def plan_text(doc: dict) -> str:
     t = doc["target"]
     goal = doc["goal"]
     aim = f"{goal['speedup']:g}x faster" if goal.get("speedup") else \
+        f"at most {goal['max_drop']:g} top-1 points lost on labelled held-out images" if goal.get("max_drop") \
+        is not None and goal.get("labels") else \
         f"at most {goal['max_drop']:g} % of held-out images changing class" if goal.get("max_drop") is not None \
         else "every rewrite that saves time"
     lines = [f"plan for {doc['model']} on {t['engine']} ({t['device']}): {aim}; {doc['basis']}"]
@@ -28,12 +30,16 @@ def plan_text(doc: dict) -> str:
     if doc["heldout_images"]:
         lines.append(f"each candidate re-learned on {doc['train_images']} images of {doc['images']}, checked on "
                      f"{doc['heldout_images']} others")
-    rows = [("candidate", "rules", "saves ms", "±", "flips", "out err", "chosen", "why")]
+    labels = bool(goal.get("labels"))
+    rows = [("candidate", "rules", "saves ms", "±", "flips", *(("lost",) if labels else ()), "out err", "chosen",
+             "why")]
     for c in doc["candidates"]:
+        lost = ("-" if c.get("lost") is None else c["lost"],) if labels else ()
         rows.append((c["name"], ",".join(c["rules"]), _num(c["saved_ms"], ".3f"), _num(c["saved_spread_ms"], ".3f"),
-                     "-" if c["flips"] is None else c["flips"], _num(c["rel_error"], ".3f"),
+                     "-" if c["flips"] is None else c["flips"], *lost, _num(c["rel_error"], ".3f"),
                      "yes" if c["chosen"] else "no", c["why"]))
-    lines += [""] + (_table(rows, {2, 3, 4, 5}) if len(rows) > 1 else ["no lossy candidate"])
+    lines += [""] + (_table(rows, {2, 3, 4, 5, 6} if labels else {2, 3, 4, 5}) if len(rows) > 1
+                     else ["no lossy candidate"])
     lines.append("")
     ex, full = doc["exact"], doc.get("slim_everything")
     rows = [("net", "ms", "speed-up", "fidelity (least squares only)"),

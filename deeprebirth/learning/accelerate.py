@@ -8,14 +8,16 @@ the first step not done (``plan.json``; ``slim/report.json``; ``slim/recovered/r
 
 1. **plan** (learning/plan.py) on the target, from the images (``--images``);
 2. **slim** as planned into OUT/slim (every lossless rewrite, the lossy ones the plan chose);
-3. **recover** the regenerated layers (relearn, then distillation against the original, label-free),
-   in the time the budget leaves (``time_budget`` bounds the whole run, planning included; the
-   checks, export and timing after it are reserved ``RESERVE_S``);
+3. **recover** the regenerated layers (relearn, then distillation against the original, label-free;
+   with ``labels`` the distillation keeps the label loss too), in the time the budget leaves
+   (``time_budget`` bounds the whole run, planning included; the checks, export and timing after
+   it are reserved ``RESERVE_S``);
 4. **check**, never worse than exact: the recovered weights, the re-learned ones and the exact net
    (every lossless rewrite, no lossy one) are compared with the original on held-out images
    (``--val``, else the images recover held out): the result is the fastest of them within the
-   fidelity the plan promised (its budget, or for a speed-up target its predicted agreement), the
-   exact net when neither recovered net is; the report says which and why;
+   fidelity the plan promised (its budget, or for a speed-up target its predicted agreement; with
+   ``labels`` top-1 points lost on the labelled held-out images), the exact net when neither
+   recovered net is; the report says which and why;
 5. **export** to the target engine, verified against Caffe (``verify.compare_export``);
 6. **bench**: the original and the result timed side by side on the target.
 
@@ -97,6 +99,11 @@ def accelerate(spec: str, weights: str | None, train_val: str | None, images: st
     if opt.time_budget < RESERVE_S + 60:
         raise RebirthError(f"{{opt:time}} {opt.time_budget:.0f} s is too short: the checks, export and timing alone "
                            f"take about {RESERVE_S:.0f} s")
+    if opt.plan.labels:          # the distillation and the check read them: an unlabelled source fails now
+        from deeprebirth.learning import sources as data  # noqa: PLC0415
+        for source in (images, val):
+            if source:
+                data.require_labels(data.open_source(source), "{opt:labels}")
     ctx = _Ctx(model, spec, weights, train_val, images, val, out, opt, say, stage, time.perf_counter())
     names = [*MODEL_FILES, *REPORT_FILES, *ENGINE_FILES]   # OUT/slim is a folder of its own, with its marker
     with outputs.claimed_dir(out, names, [p for p in (inputs or []) if p], opt.force):
@@ -201,9 +208,9 @@ def _recover_step(ctx: _Ctx, sd: Path | None) -> dict | None:
     from deeprebirth.learning import finetune as ft  # noqa: PLC0415
     from deeprebirth.learning import recover as rc  # noqa: PLC0415
     budget = max(0.0, ctx.left() - RESERVE_S)
-    ctx.say(f"recover: re-learn, then distil against the original for about {budget / 60:.0f} min "
-            "(what the time budget leaves)")
-    options = ft.Options(seed=ctx.opt.seed, iters=ctx.opt.iters)
+    ctx.say("recover: re-learn, then distil against the original" + (" and the labels" if ctx.opt.plan.labels
+            else "") + f" for about {budget / 60:.0f} min (what the time budget leaves)")
+    options = ft.Options(seed=ctx.opt.seed, iters=ctx.opt.iters, with_labels=ctx.opt.plan.labels)
     with ctx.stage("recover", None, "step") as tick:
         doc = rc.recover(sd, ctx.images, ctx.val, rec_dir, options=options, progress=tick, time_budget=budget)
     ctx.steps["recover"] = {"dir": str(rec_dir)}
@@ -214,32 +221,51 @@ def _recover_step(ctx: _Ctx, sd: Path | None) -> dict | None:
 # 4. check: never worse than exact
 
 
-def allowed_flips_percent(plan: dict) -> float:
-    """The fidelity the plan promised, as the percentage of images that may change class: its budget
-    (``max_drop``), or for a speed-up target what its planned net measured (least squares only)."""
+def labelled(plan: dict) -> bool:
+    """Whether the plan's promise is top-1 points on labelled images (`--labels`), not images changing class."""
+    return bool((plan.get("goal") or {}).get("labels"))
+
+
+def allowed_drop(plan: dict, labels: bool | None = None) -> float:
+    """The fidelity the plan promised: the percentage of images that may change class, or with
+    ``labels`` (default: the plan's) the top-1 points that may be lost: its budget (``max_drop``,
+    when the plan measured the same way), or for a speed-up target what its planned net measured
+    (least squares only), else the default budget."""
     goal = plan.get("goal") or {}
-    if goal.get("max_drop") is not None:
+    labels = labelled(plan) if labels is None else labels
+    if goal.get("max_drop") is not None and labelled(plan) == labels:
         return float(goal["max_drop"])
     fid = plan.get("predicted_fidelity") or {}
-    if fid.get("agreement") is not None:
+    if labels and fid.get("top1_drop") is not None:
+        return max(0.0, 100.0 * float(fid["top1_drop"]))
+    if not labels and fid.get("agreement") is not None:
         return 100.0 * (1.0 - float(fid["agreement"]))
-    return planner.DEFAULT_MAX_DROP
+    return planner.default_max_drop(labels)
 
 
-def pick(options: list[dict], allowed_percent: float) -> tuple[dict, str]:
-    """The result among ``options`` (dicts with ``name``, ``flips_percent``, ``speedup`` and an
-    ``exact`` flag, in order of preference), and why: the first within ``allowed_percent``; else the
-    exact one (always kept: its output is the original's)."""
+def spent(option: dict, labels: bool) -> float:
+    """What a checked option spent, in the promise's measure: top-1 points lost (labels), else the
+    percentage of images changing class."""
+    if labels:
+        return 100.0 * (option["top1_original"] - option["top1"])
+    return option["flips_percent"]
+
+
+def pick(options: list[dict], allowed: float, labels: bool = False) -> tuple[dict, str]:
+    """The result among ``options`` (dicts with ``name``, ``flips_percent`` (with labels ``top1`` and
+    ``top1_original``) and an ``exact`` flag, in order of preference), and why: the first within
+    ``allowed`` (allowed_drop); else the exact one (always kept: its output is the original's)."""
+    unit = "top-1 points lost" if labels else "% of images changing class"
     for o in options:
-        if o.get("exact") or o["flips_percent"] <= allowed_percent + 1e-9:
-            if o.get("exact"):
-                return o, (f"the exact net: no recovered net stayed within {allowed_percent:.2f} % of images "
-                           "changing class" if len(options) > 1 else "the exact net")
-            return o, f"{o['name']}: {o['flips_percent']:.2f} % of held-out images change class, within " \
-                      f"{allowed_percent:.2f} %"
-    exact = [o for o in options if o.get("exact")]
-    if exact:
-        return exact[0], "the exact net"
+        if o.get("exact"):
+            return o, (f"the exact net: no recovered net stayed within {allowed:.2f} {unit}" if len(options) > 1
+                       else "the exact net")
+        got = spent(o, labels)
+        if got <= allowed + 1e-9:
+            what = (f"top-1 {100 * o['top1']:.2f} % on the held-out images against the original's "
+                    f"{100 * o['top1_original']:.2f} % ({-got:+.2f} points)" if labels else
+                    f"{got:.2f} % of held-out images change class")
+            return o, f"{o['name']}: {what}, within {allowed:.2f} {unit}"
     raise ValueError("no option and no exact net")
 
 
@@ -248,7 +274,8 @@ def _check_step(ctx: _Ctx, plan: dict, sd: Path | None, recovered: dict | None) 
     if sd is None:
         ctx.steps["check"] = {"chosen": "exact", "why": "the original: no rewrite applies", "options": []}
         return {"name": "exact", "slim": None, "weights": None, "deploy": ctx.model.net, "fidelity": None}
-    allowed = allowed_flips_percent(plan)
+    labels = ctx.opt.plan.labels or labelled(plan)
+    allowed = allowed_drop(plan, labels)
     held = _held_source(ctx, recovered)
     nets = {}
     deploy = netio.read_net(sd / "deploy.prototxt")
@@ -265,10 +292,11 @@ def _check_step(ctx: _Ctx, plan: dict, sd: Path | None, recovered: dict | None) 
     for name, s in scores.items():
         options.append({"name": name, **s, "flips_percent": 100.0 * s["flips"] / s["images"], "exact": False})
     options.append({"name": "exact", "flips_percent": 0.0, "exact": True})
-    chosen, why = pick(options, allowed)
+    chosen, why = pick(options, allowed, labels)
     ctx.say(f"check: {why}")
-    ctx.steps["check"] = {"allowed_flips_percent": round(allowed, 3), "options": options, "chosen": chosen["name"],
-                          "why": why, "heldout": held["name"]}
+    ctx.steps["check"] = {"allowed": round(allowed, 3), "measure": (plan.get("goal") or {}).get("measure"),
+                          "labels": labels, "options": options, "chosen": chosen["name"], "why": why,
+                          "heldout": held["name"]}
     if chosen["exact"]:
         return {"name": "exact", "slim": exact_out, "weights": None, "deploy": exact_out.deploy if exact_out
                 else ctx.model.net, "fidelity": None}

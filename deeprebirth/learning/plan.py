@@ -30,7 +30,9 @@ images, the choice (transforms/planner.py), and the chosen net assembled and che
    timed beside the original and the exact net. When it flips more images than the budget allows,
    the budget shrinks (planner.tightened) and the choice is made again; when it misses the
    speed-up asked for, the target rises by the shortfall; at most ``rounds`` times. What the plan
-   predicts is what the assembled net measured.
+   predicts is what the assembled net measured. With ``labels`` (the images must carry them) the
+   budget is top-1 points (default 0.5) and is spent on the images each rewrite's top-1 loses on
+   the held-out images (planner's ``lost``) instead of those changing class.
 
 Without weights step 3 is left out: the plan is by time alone, and says so.
 """
@@ -64,7 +66,8 @@ class Options:
     device: str = "cpu"
     threads: int | None = None
     speedup: float | None = None
-    max_drop: float | None = None        # percent of held-out images whose class may change
+    max_drop: float | None = None        # percent of held-out images whose class may change (labels: top-1 points)
+    labels: bool = False                 # judge fidelity by top-1 on the labelled held-out images
     train_images: int = 300
     heldout_images: int = 500
     ls_rows: int = 8000                  # least-squares rows per layer (relearn's default is 40,000)
@@ -331,6 +334,8 @@ def make_plan(model: Model, images=None, train_val: str | None = None, options: 
     if have_weights:        # the images are read later; a wrong SOURCE is an error before any timing
         from deeprebirth.learning import sources as data  # noqa: PLC0415
         images = images if isinstance(images, data.Source) else data.open_source(images)
+        if opt.labels:
+            data.require_labels(images, "{opt:labels}")
     rule_names, dropped = exact_rules_that_pay(model, tv, opt, say, stage)
     nets = build_nets(model, tv, say, rule_names)
     times, med = _time_candidates(model, nets, opt, say, stage)
@@ -410,6 +415,8 @@ def _fidelity(model: Model, nets: Nets, images, train_val, opt: Options, say: Lo
             c.note = f"re-learning failed: {doc['note']}"
         else:
             c.flips, c.rel_error = doc["flips"], doc["rel_error"]
+            if opt.labels:
+                c.lost = planner.images_lost(doc.get("top1_drop"), heldout)
     return fid, heldout, train, held, labels
 
 
@@ -419,7 +426,8 @@ def check_options(opt: Options) -> None:
     if opt.speedup is not None and not opt.speedup > 0:
         raise RebirthError(f"{{opt:speedup}} must be above 0, not {opt.speedup:g}")
     if opt.max_drop is not None and not 0 <= opt.max_drop <= 100:
-        raise RebirthError(f"{{opt:max_drop}} is a percentage of images, 0 to 100, not {opt.max_drop:g}")
+        what = "top-1 points" if opt.labels else "a percentage of images"
+        raise RebirthError(f"{{opt:max_drop}} is {what}, 0 to 100, not {opt.max_drop:g}")
     if opt.train_images < 1 or opt.heldout_images < 10:
         raise RebirthError("a plan needs at least 1 image to re-learn on and 10 to check on")
 
@@ -446,13 +454,13 @@ def _choose_and_check(model, nets: Nets, opt: Options, med: dict, heldout, tv, t
     from deeprebirth.runtime import isolate  # noqa: PLC0415
     speedup, max_drop = opt.speedup, opt.max_drop
     if speedup is None and max_drop is None and heldout:
-        max_drop = planner.DEFAULT_MAX_DROP
+        max_drop = planner.default_max_drop(opt.labels)
     exact_net = nets.exact.deploy if nets.exact else model.net
     rounds: list[dict] = []
     choice = check = None
     for r in range(max(1, opt.rounds)):
         choice = planner.choose(nets.candidates, med["original"], med["exact"], heldout, speedup, max_drop,
-                                opt.recovery)
+                                opt.recovery, opt.labels)
         assembled = slimmed(model, choice.chosen, tv, train_val, rules=nets.rules) if choice.chosen else nets.exact
         say(f"check {r + 1}: {len(choice.chosen)} lossy rewrite(s) chosen"
             + (f" ({', '.join(choice.chosen)})" if choice.chosen else "") + "; timing it beside the original")
@@ -486,12 +494,12 @@ def _choose_and_check(model, nets: Nets, opt: Options, med: dict, heldout, tv, t
             say(f"  planned: {check['speedup']:.2f}x")
         rounds.append(check)
         last = r + 1 >= max(1, opt.rounds)
-        flips = check.get("fidelity", {}).get("flips")
+        flips = spent(check.get("fidelity"), heldout, opt.labels)
         if choice.budget is not None and flips is not None and flips > choice.budget and choice.chosen and not last:
             budget = planner.tightened(choice.budget, choice.cost, flips)
             max_drop = 100.0 * budget / heldout / opt.recovery
-            say(f"  {flips} image(s) changed class, over the budget of {choice.budget:.1f}: the budget becomes "
-                f"{budget:.1f} and the choice is made again")
+            say(f"  {flips} image(s) " + ("lost" if opt.labels else "changed class") + f", over the budget of "
+                f"{choice.budget:.1f}: the budget becomes {budget:.1f} and the choice is made again")
             continue
         if speedup is not None and choice.reached and check["speedup"] < 0.97 * opt.speedup and not last:
             speedup = speedup * opt.speedup / check["speedup"]
@@ -503,12 +511,23 @@ def _choose_and_check(model, nets: Nets, opt: Options, med: dict, heldout, tv, t
         choice.notes.append(f"{opt.speedup:g}x was not reached on the target: the planned net measured "
                             f"{check['speedup']:.2f}x" + (f" (slim everything {check['slim_everything_speedup']:.2f}x)"
                                                          if "slim_everything_speedup" in check else ""))
-    if choice.budget is not None and check.get("fidelity", {}).get("flips", 0) > choice.budget and choice.chosen:
+    if choice.budget is not None and (spent(check.get("fidelity"), heldout, opt.labels) or 0) > choice.budget \
+            and choice.chosen:
         say("  still over the budget after the last check: the plan is the exact net")
         for c in nets.candidates:
             c.chosen, c.why = False, "over the budget when assembled" if c.chosen else c.why
         choice.chosen = []
     return rounds, choice, check
+
+
+def spent(fidelity: dict | None, heldout: int | None, labels: bool) -> int | None:
+    """What a checked net spent of the budget, in held-out images: those that change class, or
+    with labels those its top-1 loses (planner.images_lost)."""
+    if not fidelity:
+        return None
+    if labels:
+        return planner.images_lost(fidelity.get("top1_drop"), heldout or 0)
+    return fidelity.get("flips")
 
 
 def _everything_if_short(nets: Nets, opt: Options, choice: planner.Choice, check: dict, rounds: list[dict],
@@ -549,7 +568,9 @@ def _document(model: Model, train_val, images, opt: Options, nets: Nets, med: di
         "heldout_images": heldout or 0,
         "target": {"engine": opt.engine, "device": opt.device, "threads": opt.threads},
         "goal": {"speedup": opt.speedup, "max_drop": opt.max_drop if opt.speedup is not None or opt.max_drop
-                 is not None or not heldout else planner.DEFAULT_MAX_DROP},
+                 is not None or not heldout else planner.default_max_drop(opt.labels),
+                 "labels": opt.labels, "measure": "top-1 points lost on labelled held-out images" if opt.labels
+                 else "percent of held-out images changing class"},
         "basis": choice.basis,
         "recovery_factor": opt.recovery,
         "rules": nets.rules,

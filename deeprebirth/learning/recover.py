@@ -2,7 +2,8 @@
 
     doc = recover("slim/", "my-images/", outdir="slim/recovered")
 
-Two steps, neither of which reads a label (a folder of unlabelled images is enough):
+Two steps, neither of which reads a label (a folder of unlabelled images is enough; only when the
+distillation is asked to keep the label loss, ``with_labels``, does it read them):
 
 1. ``relearn`` (deeprebirth.learning.relearn): every regenerated unit, bottom to top, against the
    teacher's feature map at its output (least squares, then SGD). Each unit is fitted on its own
@@ -75,10 +76,11 @@ def recover(slim_dir: str | os.PathLike, images: str, val: str | None = None,
             flags: dict[str, str] | None = None, time_budget: float | None = None) -> dict:
     """Re-learn, then distil (module doc); returns what recover.json holds. ``options`` are the
     distillation's (finetune.Options; ``distill`` and the start ``weights`` are set here).
-    ``time_budget`` (seconds, else ``options.time_budget``) bounds the whole run: relearn's time
-    counts, and the distillation's iterations (``options.iters`` then a cap) and schedule are fitted
-    to what it leaves (finetune.Options.time_budget); with neither a budget nor ``iters`` the
-    budget is DEFAULT_TIME_BUDGET. With ``iters`` alone they are run as given, validated every
+    ``options.with_labels`` keeps the label loss in the distillation (the images must carry labels;
+    relearn still reads none). ``time_budget`` (seconds, else ``options.time_budget``) bounds the
+    whole run: relearn's time counts, and the distillation's iterations (``options.iters`` then a
+    cap) and schedule are fitted to what it leaves (finetune.Options.time_budget); with neither a
+    budget nor ``iters`` the budget is DEFAULT_TIME_BUDGET. With ``iters`` alone they are run as given, validated every
     fifth of them unless ``test_interval`` says otherwise. Interrupted (Ctrl-C), it leaves nothing
     it made (undo.removed_if_interrupted). ``flags``: how the caller spells the parameters the
     notes name (``{opt:NAME}``) in recover.json and finetune.json (others keep their names)."""
@@ -93,7 +95,9 @@ def recover(slim_dir: str | os.PathLike, images: str, val: str | None = None,
     budget = budget_of(distill.iters, time_budget if time_budget is not None else distill.time_budget)
     iters = distill.iters if distill.iters is not None or budget is not None else DISTILL_ITERS
     interval = distill.test_interval if distill.test_interval is not None or budget is not None else max(1, iters // 5)
-    distill = dataclasses.replace(distill, iters=iters, distill=True, with_labels=False,
+    if distill.with_labels:       # the distillation keeps the label loss (accelerate --labels)
+        data.require_labels(train, "{opt:labels}")
+    distill = dataclasses.replace(distill, iters=iters, distill=True,
                                   weights=str(out / "relearn" / "weights.caffemodel"), test_interval=interval,
                                   time_budget=None)
     # OUTDIR is ours before any work; its marker lists relearn/ once relearn has written it, and
@@ -109,7 +113,8 @@ def recover(slim_dir: str | os.PathLike, images: str, val: str | None = None,
             distill = dataclasses.replace(distill, time_budget=max(MIN_DISTILL_SECONDS, budget - relearn_seconds))
         tuned = ft.finetune(sd, train, val_source, out, distill, progress=progress, log=log, name_of=name_of)
         doc = {"slim_dir": str(sd.path), "images": train.name, "val": val_source.name if val_source else None,
-               "heldout": tuned.get("heldout"), "labels_read": False, "relearn": relearned, "finetune": tuned,
+               "heldout": tuned.get("heldout"), "labels_read": distill.with_labels, "relearn": relearned,
+               "finetune": tuned,
                "weights": str(out / "weights.caffemodel"), "time_budget": budget,
                "relearn_seconds": round(relearn_seconds, 2), "seconds": round(time.perf_counter() - started, 2)}
         outputs.atomic_write(out / "recover.json", errors.render(json.dumps(doc, indent=2), name_of) + "\n")

@@ -59,15 +59,20 @@ def render(doc: dict) -> str:
         agree, rel, top1 = _fid_cells(o)
         lines.append(f"| {o['name']} | {o['flips']} of {o['images']} ({o['flips_percent']:.2f} %) | {agree} | {rel} | "
                      f"{top1}" + (f" (original {_pct(o['top1_original'])})" if o.get("top1_original") else "") + " |")
-    lines += ["", f"Allowed: {check.get('allowed_flips_percent', '-')} % of images changing class (the plan's "
-              "promise); the result is the fastest net within it, else the exact net.", ""]
+    allowed = check.get("allowed", check.get("allowed_flips_percent", "-"))
+    unit = "top-1 points lost on the labelled held-out images" if check.get("labels") else \
+        "% of images changing class"
+    lines += ["", f"Allowed: {allowed} {unit} (the plan's promise); the result is the fastest net within it, "
+              "else the exact net.", ""]
     lines += ["## The plan", "", f"Chosen lossy rewrites ({plan.get('basis')}): "
               + (", ".join(plan.get("only") or []) or "none") + ".", "",
-              "| candidate | saves ms | flips | output error | chosen | why |", "|---|---:|---:|---:|---|---|"]
+              "| candidate | saves ms | flips | top-1 lost | output error | chosen | why |",
+              "|---|---:|---:|---:|---:|---|---|"]
     for c in doc.get("candidates") or []:
         saved = "-" if c["saved_ms"] is None else f"{c['saved_ms']:.3f}"
         rel = "-" if c["rel_error"] is None else f"{c['rel_error']:.4f}"
-        lines.append(f"| {c['name']} | {saved} | {'-' if c['flips'] is None else c['flips']} | {rel} | "
+        lost = "-" if c.get("lost") is None else c["lost"]
+        lines.append(f"| {c['name']} | {saved} | {'-' if c['flips'] is None else c['flips']} | {lost} | {rel} | "
                      f"{'yes' if c['chosen'] else 'no'} | {c['why']} |")
     ex, full = plan.get("exact") or {}, plan.get("slim_everything")
     lines += ["", f"Planned: {_x(plan.get('predicted_speedup'))} predicted; exact net {_x(ex.get('speedup'))}"

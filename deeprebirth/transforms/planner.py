@@ -9,7 +9,9 @@ names) comes with two measurements, made elsewhere (learning/plan.py):
   the noise of that measurement, below which a saving means nothing);
 * ``flips``: how many of the held-out images change their top-1 class against the original net
   once the rewritten layers are re-learned by least squares (relearn's first step), and
-  ``rel_error``, the output's relative error against the original's there.
+  ``rel_error``, the output's relative error against the original's there. With labels (`--labels`)
+  also ``lost``: how many more held-out images the top-1 gets wrong than the original's does (at
+  least 0), and the budget is spent in those instead of flips.
 
 For a fidelity budget a candidate is *eligible* when its saving is measurable (``saved_ms`` above
 its noise): the others buy nothing on this target, whatever they cost. For a speed-up every
@@ -19,12 +21,14 @@ Among the eligible ones the plan solves a 0/1 knapsack exactly, by dynamic progr
 cost in hundredths of an image:
 
     cost_i = flips_i + rel_error_i        (flips first; the output error breaks ties and keeps a
-                                           rewrite that flips nothing from being free)
+                                           rewrite that flips nothing from being free; with labels
+                                           lost_i instead of flips_i)
 
 * ``max_drop`` P (percent of the held-out images; a top-1 class that changes is the most that
-  can be lost, so P bounds the top-1 points lost): maximise the sum of ``saved_ms`` with the sum
-  of costs within ``recovery`` x P % of the held-out images (the costs are measured after least
-  squares alone; what recovery leaves is checked on the result by `accelerate`);
+  can be lost, so P bounds the top-1 points lost; with labels P is the top-1 points lost, measured
+  on the labelled held-out images): maximise the sum of ``saved_ms`` with the sum of costs within
+  ``recovery`` x P % of the held-out images (the costs are measured after least squares alone;
+  what recovery leaves is checked on the result by `accelerate`);
 * ``speedup`` X (against the original net): the least cost whose saving brings the predicted time,
   ``exact_ms - sum saved_ms``, to ``original_ms / X``; when no set reaches it, the largest saving.
 
@@ -48,6 +52,8 @@ from deeprebirth.errors import RebirthError
 SCALE = 100
 #: The default fidelity budget: at most this percentage of held-out images may change class.
 DEFAULT_MAX_DROP = 1.0
+#: The default budget with labels (`--labels`): at most this many top-1 points lost on the held-out images.
+DEFAULT_MAX_DROP_LABELS = 0.5
 
 
 @dataclass
@@ -61,6 +67,7 @@ class Candidate:
     saved_last_ms: float | None = None    # saved as the last (slim everything, less this)
     flips: int | None = None              # held-out images whose top-1 differs from the original's
     rel_error: float | None = None
+    lost: int | None = None               # with labels: held-out images newly misclassified (>= 0)
     note: str | None = None               # why it cannot be planned (relearn failed, ...)
     chosen: bool = False
     why: str = ""
@@ -91,7 +98,19 @@ def eligible(c: Candidate, for_speedup: bool) -> bool:
 
 
 def cost(c: Candidate) -> float:
-    return float(c.flips or 0) + float(c.rel_error or 0.0)
+    """What ``c`` spends of the budget, in images: its flips (with labels: the images it loses) plus
+    its output error."""
+    spent = c.lost if c.lost is not None else c.flips
+    return float(spent or 0) + float(c.rel_error or 0.0)
+
+
+def default_max_drop(labels: bool) -> float:
+    return DEFAULT_MAX_DROP_LABELS if labels else DEFAULT_MAX_DROP
+
+
+def images_lost(top1_drop: float | None, images: int) -> int | None:
+    """Held-out images a top-1 drop (a fraction, negative when better) amounts to, at least 0."""
+    return None if top1_drop is None else max(0, int(round(top1_drop * images)))
 
 
 def _units(c: Candidate) -> int:
@@ -140,10 +159,13 @@ def least_cost_reaching(values: list[float], weights: list[int], needed: float) 
 
 
 def choose(candidates: list[Candidate], original_ms: float, exact_ms: float, heldout: int | None,
-           speedup: float | None = None, max_drop: float | None = None, recovery: float = 1.0) -> Choice:
+           speedup: float | None = None, max_drop: float | None = None, recovery: float = 1.0,
+           labels: bool = False) -> Choice:
     """The plan's choice (module doc); marks each candidate's ``chosen`` and ``why``. ``recovery``:
     how many times more images may change class after least squares than ``max_drop`` allows for
-    the result (recovery by distillation takes most of it back; `accelerate` checks the result)."""
+    the result (recovery by distillation takes most of it back; `accelerate` checks the result).
+    ``labels``: the budget is top-1 points (the candidates' ``lost``), its default
+    DEFAULT_MAX_DROP_LABELS."""
     if speedup is not None and max_drop is not None:
         raise ValueError("give a speed-up or a fidelity budget, not both")
     by_time = not heldout
@@ -154,7 +176,7 @@ def choose(candidates: list[Candidate], original_ms: float, exact_ms: float, hel
             c.why = c.note
         elif not eligible(c, speedup is not None):
             c.why = _unmeasurable(c)
-        elif c.flips is None and not by_time:
+        elif (c.lost if labels else c.flips) is None and not by_time:
             c.why = "not re-learned"
         else:
             pool.append(c)
@@ -175,7 +197,7 @@ def choose(candidates: list[Candidate], original_ms: float, exact_ms: float, hel
         picked = [pool[i] for i in idx]
         budget = None
     else:
-        drop = DEFAULT_MAX_DROP if max_drop is None else max_drop
+        drop = default_max_drop(labels) if max_drop is None else max_drop
         budget = drop / 100.0 * heldout * recovery
         idx = knapsack([c.saved_ms for c in pool], [_units(c) for c in pool], int(math.floor(budget * SCALE)))
         picked = [pool[i] for i in idx]

@@ -6,10 +6,28 @@ from deeprebirth.learning import report_md
 
 
 def test_the_promise_is_the_budget_or_the_planned_agreement():
-    assert acc.allowed_flips_percent({"goal": {"max_drop": 0.5}}) == 0.5
-    plan = {"goal": {"speedup": 3.0, "max_drop": None}, "predicted_fidelity": {"agreement": 0.976}}
-    assert abs(acc.allowed_flips_percent(plan) - 2.4) < 1e-9
-    assert acc.allowed_flips_percent({"goal": {}}) == 1.0
+    assert acc.allowed_drop({"goal": {"max_drop": 0.5}}) == 0.5
+    plan = {"goal": {"speedup": 3.0, "max_drop": None}, "predicted_fidelity": {"agreement": 0.976, "top1_drop": 0.012}}
+    assert abs(acc.allowed_drop(plan) - 2.4) < 1e-9
+    assert acc.allowed_drop({"goal": {}}) == 1.0
+
+
+def test_with_labels_the_promise_is_top1_points():
+    plan = {"goal": {"speedup": 3.0, "max_drop": None, "labels": True},
+            "predicted_fidelity": {"agreement": 0.976, "top1_drop": 0.012}}
+    assert acc.labelled(plan) and abs(acc.allowed_drop(plan) - 1.2) < 1e-9
+    assert acc.allowed_drop({"goal": {"labels": True}}) == 0.5
+    # a plan made without labels carried out with them: its budget was in another measure
+    assert acc.allowed_drop({"goal": {"max_drop": 2.0}}, labels=True) == 0.5
+    # better than the original is no loss at all
+    assert acc.allowed_drop({"goal": {"labels": True}, "predicted_fidelity": {"top1_drop": -0.01}}) == 0.0
+    opts = [{"name": "recovered", "flips_percent": 4.0, "top1": 0.913, "top1_original": 0.92},
+            {"name": "re-learned", "flips_percent": 6.0, "top1": 0.90, "top1_original": 0.92},
+            {"name": "exact", "flips_percent": 0.0, "exact": True}]
+    chosen, why = acc.pick(opts, 1.0, labels=True)
+    assert chosen["name"] == "recovered" and "-0.70 points" in why and "top-1 points lost" in why
+    chosen, why = acc.pick(opts, 0.5, labels=True)
+    assert chosen["name"] == "exact" and "0.50 top-1 points lost" in why
 
 
 def options(recovered, relearned):
@@ -42,7 +60,7 @@ def summary():
                        {"name": "pool2", "saved_ms": None, "flips": None, "rel_error": None, "chosen": False,
                         "why": "not timed"}],
         "steps": {"plan": {"seconds": 120}, "check": {
-            "allowed_flips_percent": 1.0, "why": "recovered: 0.40 % ...", "heldout": "fashion-mnist:train[9:3000:10]",
+            "allowed": 1.0, "why": "recovered: 0.40 % ...", "heldout": "fashion-mnist:train[9:3000:10]",
             "options": [{"name": "recovered", "flips": 2, "images": 300, "flips_percent": 0.67, "agreement": 0.9933,
                          "rel_error": 0.04, "top1": 0.91, "top1_original": 0.915},
                         {"name": "exact", "flips_percent": 0.0, "exact": True}]}},
@@ -54,7 +72,8 @@ def test_report_md_names_every_number_and_the_commands():
     assert "**Result: recovered**" in text and "3.10x faster" in text
     assert "| original | 9.30 | 9.00 | 2.0 |" in text
     assert "2 of 300 (0.67 %)" in text and "original 91.50 %" in text
-    assert "| conv1 | 1.200 | 2 | 0.0500 | yes | within the budget |" in text
+    assert "| conv1 | 1.200 | 2 | - | 0.0500 | yes | within the budget |" in text
+    assert "Allowed: 1.0 % of images changing class" in text
     assert "rebirth bench fmnist_googlenet fast --engine onnxruntime" in text
 
 

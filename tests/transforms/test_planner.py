@@ -107,3 +107,31 @@ def test_a_speedup_plan_that_falls_short_becomes_slim_everything_only_when_that_
     assert not planner.everything_instead(3.0, 2.0, 1.9)       # everything is no faster
     assert not planner.everything_instead(None, 1.0, 3.0)      # no speed-up asked for
     assert not planner.everything_instead(3.0, 2.0, None)      # nothing to fall back on
+
+
+def test_with_labels_the_budget_is_spent_on_images_lost_not_changed():
+    # conv1 changes 3 images' class but its top-1 loses none of them (they were wrong already);
+    # inception_4a changes one and loses it; inception_3a loses 2 of the labelled images
+    cs = cands()
+    lost = {"conv1": 0, "inception_3a": 2, "inception_4a": 1, "pool2": 0, "inception_5b": 0}
+    for c in cs:
+        c.lost = lost.get(c.name)
+    # 0.3 top-1 points of 500 images, twice over: 3 images: conv1 (0.1) + 3a (2.02) fit, 4a (1.03) no more
+    choice = planner.choose(cs, original_ms=20.0, exact_ms=18.0, heldout=500, max_drop=0.3, recovery=2.0,
+                            labels=True)
+    assert choice.chosen == ["conv1", "inception_3a"]
+    # the same table counted in images changing class: conv1's 3 flips no longer fit with 3a
+    choice = planner.choose(cands(), original_ms=20.0, exact_ms=18.0, heldout=500, max_drop=0.3, recovery=2.0)
+    assert "conv1" not in choice.chosen
+    # with labels, a candidate whose top-1 was not measured cannot be planned
+    cs = cands()
+    choice = planner.choose(cs, original_ms=20.0, exact_ms=18.0, heldout=500, max_drop=1.0, labels=True)
+    assert choice.chosen == [] and {c.why for c in cs if c.name == "conv1"} == {"not re-learned"}
+
+
+def test_images_lost_is_a_whole_count_never_negative():
+    assert planner.images_lost(0.004, 500) == 2
+    assert planner.images_lost(-0.01, 500) == 0
+    assert planner.images_lost(None, 500) is None
+    assert planner.default_max_drop(True) == planner.DEFAULT_MAX_DROP_LABELS
+    assert planner.default_max_drop(False) == planner.DEFAULT_MAX_DROP
