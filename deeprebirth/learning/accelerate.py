@@ -16,8 +16,10 @@ the first step not done (``plan.json``; ``slim/report.json``; ``slim/recovered/r
    (every lossless rewrite, no lossy one) are compared with the original on held-out images
    (``--val``, else the images recover held out): the result is the fastest of them within the
    fidelity the plan promised (its budget, or for a speed-up target its predicted agreement; with
-   ``labels`` top-1 points lost on the labelled held-out images), the exact net when neither
-   recovered net is; the report says which and why;
+   ``labels`` top-1 points lost on the labelled held-out images). When neither recovered net is,
+   the *ladder*: the plan's set less one rewrite at a time (the worst buy first,
+   planner.ladder), each assembled from the recovered weights without more training and checked,
+   down to the first within the promise; the exact net when none is. The report says which and why;
 5. **export** to the target engine, verified against Caffe (``verify.compare_export``);
 6. **bench**: the original and the result timed side by side on the target.
 
@@ -284,25 +286,96 @@ def _check_step(ctx: _Ctx, plan: dict, sd: Path | None, recovered: dict | None) 
         nets["re-learned"] = (deploy, str(sd / "recovered" / "relearn" / "weights.caffemodel"))
     else:
         nets["planned"] = (deploy, str(sd / "init.caffemodel"))
-    exact_out = plan_api.slimmed(ctx.model, [], netio.read_net(ctx.train_val) if ctx.train_val else None,
-                                 ctx.train_val, rules=plan.get("rules"))
+    tv = netio.read_net(ctx.train_val) if ctx.train_val else None
+    exact_out = plan_api.slimmed(ctx.model, [], tv, ctx.train_val, rules=plan.get("rules"))
     ctx.say(f"check: each candidate result against the original on {held['name']}")
     scores = isolate.call(_fidelity_of_files, ctx.model, ctx.train_val, nets, held, what="Caffe (check)")
-    options = []
-    for name, s in scores.items():
-        options.append({"name": name, **s, "flips_percent": 100.0 * s["flips"] / s["images"], "exact": False})
-    options.append({"name": "exact", "flips_percent": 0.0, "exact": True})
-    chosen, why = pick(options, allowed, labels)
+    options = [_option(name, s) for name, s in scores.items()]
+    exact = {"name": "exact", "flips_percent": 0.0, "exact": True}
+    chosen, why = pick([*options, exact], allowed, labels)
+    ladder = None
+    if chosen["exact"] and recovered is not None and len(plan["only"]) > 1:
+        ladder = _ladder_step(ctx, plan, tv, Path(recovered["weights"]), allowed, labels, held)
+        if ladder is not None:
+            options += ladder["options"]
+            chosen, why = pick([*ladder["options"], exact], allowed, labels)
     ctx.say(f"check: {why}")
     ctx.steps["check"] = {"allowed": round(allowed, 3), "measure": (plan.get("goal") or {}).get("measure"),
-                          "labels": labels, "options": options, "chosen": chosen["name"], "why": why,
+                          "labels": labels, "options": [*options, exact], "chosen": chosen["name"], "why": why,
                           "heldout": held["name"]}
+    fidelity = {k: chosen[k] for k in ("flips", "images", "agreement", "rel_error", "top1", "top1_original")
+                if k in chosen}
     if chosen["exact"]:
         return {"name": "exact", "slim": exact_out, "weights": None, "deploy": exact_out.deploy if exact_out
                 else ctx.model.net, "fidelity": None}
+    if ladder is not None and chosen["name"] in ladder["nets"]:
+        out, weights = ladder["nets"][chosen["name"]]
+        ctx.steps["check"]["only"] = ladder["only"][chosen["name"]]
+        return {"name": chosen["name"], "slim": out, "weights": weights, "deploy": out.deploy, "fidelity": fidelity}
     return {"name": chosen["name"], "slim": None, "weights": nets[chosen["name"]][1], "deploy": deploy,
-            "fidelity": {k: chosen[k] for k in ("flips", "images", "agreement", "rel_error", "top1", "top1_original")
-                         if k in chosen}}
+            "fidelity": fidelity}
+
+
+def _option(name: str, score: dict) -> dict:
+    return {"name": name, **score, "flips_percent": 100.0 * score["flips"] / score["images"], "exact": False}
+
+
+#: Seconds the ladder leaves for the export and the timing after it.
+LADDER_RESERVE_S = 90.0
+
+
+def _ladder_step(ctx: _Ctx, plan: dict, tv, recovered_file: Path, allowed: float, labels: bool,
+                 held: dict) -> dict | None:
+    """The recovered set missed its promise: its nested smaller sets (planner.ladder), each assembled
+    from the recovered weights without re-learning (``all``: every layer whose name and shape match;
+    ``units``: only the layers the smaller set regenerates, the others exact), checked in turn;
+    returns the options checked down to the first within ``allowed``, with their nets, or None when
+    no smaller set can be assembled. Stops when the time left is LADDER_RESERVE_S."""
+    from deeprebirth.runtime import isolate  # noqa: PLC0415
+    subsets = planner.ladder(plan.get("candidates") or [], plan["only"])
+    recovered = netio.weights_of(netio.read_weights(recovered_file))
+    found = {"options": [], "nets": {}, "only": {}}
+    for subset in subsets:
+        if ctx.left() < LADDER_RESERVE_S:
+            ctx.say("check: no time left for smaller sets")
+            break
+        out = plan_api.slimmed(ctx.model, subset, tv, ctx.train_val, rules=plan.get("rules"),
+                               plan={"file": str(ctx.out / "plan.json"), "only": subset, "ladder": True})
+        nets = {}
+        for variant, names in (("all", None), ("units", set(out.new_layers))):
+            weights = assembled_weights(plan_api.deploy_weights(out) or {}, recovered, out.new_layers, names)
+            if weights is not None:
+                nets[f"{len(subset)} of {len(plan['only'])} rewrites ({variant})"] = (out.deploy, weights)
+        if not nets:
+            continue
+        ctx.say(f"check: {len(plan['only'])} rewrites missed it; trying {len(subset)} ({', '.join(subset)})")
+        scores = isolate.call(_fidelity_of_files, ctx.model, ctx.train_val, nets, held, what="Caffe (check)")
+        for name, score in scores.items():
+            found["options"].append(_option(name, score))
+            found["nets"][name] = (out, nets[name][1])
+            found["only"][name] = subset
+        if any(spent(o, labels) <= allowed + 1e-9 for o in found["options"]):
+            break
+    return found if found["options"] else None
+
+
+def assembled_weights(base: dict, recovered: dict, regenerated: list[str], names: set[str] | None) -> dict | None:
+    """A smaller set's weights from a larger set's recovered ones: ``base`` (its exact weights, the
+    regenerated layers at their initial values) with the recovered weights of ``names`` (None: every
+    layer) where the layer is in both with the same shapes; None when a regenerated layer cannot be
+    taken (missing or shaped otherwise: it would need re-learning)."""
+    out = dict(base)
+    for name in base:
+        if names is not None and name not in names:
+            continue
+        got = recovered.get(name)
+        same = got is not None and len(got) == len(base[name]) and all(
+            np.shape(a) == np.shape(b) for a, b in zip(got, base[name]))
+        if same:
+            out[name] = got
+        elif name in regenerated:
+            return None
+    return out
 
 
 def _held_source(ctx: _Ctx, recovered: dict | None) -> dict:
@@ -325,28 +398,36 @@ def _open_held(held: dict):
 
 
 def _fidelity_of_files(teacher: Model, train_val: str | None, nets: dict, held: dict) -> dict:
-    """Each net (name -> (deploy, weights file)) against ``teacher`` on the images of ``held``:
-    flips, agreement, output error, top-1 (when labelled) beside the teacher's. Runs Caffe."""
+    """Each net (name -> (deploy, weights: a file or a dict)) against ``teacher`` on the images of
+    ``held``: flips, agreement, output error, top-1 (when labelled) beside the teacher's. Runs Caffe."""
     from deeprebirth.learning import evaluate as ev  # noqa: PLC0415
     from deeprebirth.learning import preprocess  # noqa: PLC0415
     source = _open_held(held)
     t_runner = ev.Runner.build(teacher)
     pre = preprocess.preprocess_for(t_runner.input_shape, train_val or preprocess.default_train_val(teacher.source))
+    students = {}
+    for name, (deploy, w) in nets.items():
+        weights = w if isinstance(w, dict) else netio.weights_of(netio.read_weights(w))
+        students[name] = ev.Runner.build(Model(deploy, weights, source=name))
+    s_all: dict[str, list] = {name: [] for name in students}
+    t_all, labels = [], []
+    for x, y in source.batches(pre, 50):
+        t_all.append(plan_api.outputs_of(t_runner, x))
+        for name, runner in students.items():
+            s_all[name].append(plan_api.outputs_of(runner, x))
+        if y is not None:
+            labels.append(y)
+    t = np.concatenate(t_all)
+    y = np.concatenate(labels) if labels else None
+    lt = ev.log_softmax(t)
     out = {}
-    for name, (deploy, wfile) in nets.items():
-        student = ev.Runner.build(Model(deploy, netio.weights_of(netio.read_weights(wfile)), source=name))
-        s_all, t_all, labels = [], [], []
-        for x, y in source.batches(pre, 50):
-            s_all.append(plan_api.outputs_of(student, x))
-            t_all.append(plan_api.outputs_of(t_runner, x))
-            if y is not None:
-                labels.append(y)
-        s, t = np.concatenate(s_all), np.concatenate(t_all)
-        doc = plan_api.scores(s, t, np.concatenate(labels) if labels else None)
+    for name in students:
+        s = np.concatenate(s_all[name])
+        doc = plan_api.scores(s, t, y)
         doc["images"] = len(s)
-        if labels:
-            doc["top1_original"] = round(float(np.mean(t.argmax(1) == np.concatenate(labels))), 4)
-        lt, ls = ev.log_softmax(t), ev.log_softmax(s)
+        if y is not None:
+            doc["top1_original"] = round(float(np.mean(t.argmax(1) == y)), 4)
+        ls = ev.log_softmax(s)
         doc["kl"] = round(float(np.mean(np.sum(np.exp(lt) * (lt - ls), axis=1))), 6)
         out[name] = doc
     return out
@@ -357,6 +438,8 @@ def _fidelity_of_files(teacher: Model, train_val: str | None, nets: dict, held: 
 
 
 def _result_model(ctx: _Ctx, result: dict) -> Model:
+    if isinstance(result["weights"], dict):
+        return Model(result["deploy"], result["weights"], source="result")
     if result["weights"] is not None:
         return Model(result["deploy"], netio.weights_of(netio.read_weights(result["weights"])), source="result")
     s = result["slim"]
@@ -406,20 +489,23 @@ def _batch1(m: Model) -> Model:
 def _write_result(ctx: _Ctx, plan: dict, sd: Path, result: dict, engine_files: dict, bench_doc: dict) -> dict:
     from deeprebirth.learning import report_md  # noqa: PLC0415
     files: dict[str, bytes | str] = {}
-    if sd is None:       # nothing applied: the original, as a model folder
+    if sd is None or (result["name"] == "exact" and result["slim"] is None):
+        # nothing applied, or the exact net is the original (no lossless rewrite): the original, as a model folder
         files["deploy.prototxt"] = netio.net_to_text(ctx.model.net)
         files["weights.caffemodel"] = netio.with_weights(ctx.model.net, ctx.model.weights).SerializeToString()
         if ctx.train_val:     # its data layers give the preprocessing to every command that reads OUT
             files["train_val.prototxt"] = Path(ctx.train_val).read_bytes()
         report = {}
-    elif result["slim"] is not None or result["name"] == "exact":
-        rendered = slim_api.render(result["slim"]) if result["slim"] is not None else {}
+    elif result["slim"] is not None:
+        rendered = slim_api.render(result["slim"])
         for name in ("deploy.prototxt", "train_val.prototxt", "solver.prototxt", "init.caffemodel"):
             if name in rendered:
                 files[name] = rendered[name]
-        if "init.caffemodel" in rendered:
+        if isinstance(result["weights"], dict):      # a smaller set, from the recovered weights (the ladder)
+            files["weights.caffemodel"] = netio.with_weights(result["deploy"], result["weights"]).SerializeToString()
+        elif "init.caffemodel" in rendered:
             files["weights.caffemodel"] = rendered["init.caffemodel"]
-        report = json.loads(rendered["report.json"]) if "report.json" in rendered else {}
+        report = json.loads(rendered["report.json"])
     else:
         for name in ("deploy.prototxt", "train_val.prototxt", "solver.prototxt", "init.caffemodel"):
             files[name] = (sd / name).read_bytes()

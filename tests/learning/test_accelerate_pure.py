@@ -97,3 +97,20 @@ def test_saving_is_a_median_difference_with_a_noise_floor():
     assert abs(saved) < noise                              # the same net: within the noise
     assert noise >= MIN_SAVING * 1.0                       # never below 1 % of the base's time
     assert saving(base, faster, again) == saving(base, faster, again)   # the bootstrap is seeded
+
+
+def test_a_smaller_set_takes_the_recovered_weights_that_fit():
+    import numpy as np
+    base = {"conv1": [np.zeros((4, 3, 3, 3)), np.zeros(4)], "fc": [np.zeros((10, 4))],
+            "inception_3a/3x3": [np.zeros((8, 4, 3, 3)), np.zeros(8)]}
+    rec = {"conv1": [np.ones((4, 3, 3, 3)), np.ones(4)], "fc": [np.ones((10, 4))],
+           "inception_3a/3x3": [np.ones((8, 4, 3, 3)), np.ones(8)], "gone": [np.ones(3)]}
+    every = acc.assembled_weights(base, rec, ["inception_3a/3x3"], None)
+    assert all(every[n][0].max() == 1 for n in base) and "gone" not in every
+    units = acc.assembled_weights(base, rec, ["inception_3a/3x3"], {"inception_3a/3x3"})
+    assert units["inception_3a/3x3"][0].max() == 1 and units["fc"][0].max() == 0 and units["conv1"][0].max() == 0
+    # a layer shaped otherwise keeps its exact weights; a regenerated one shaped otherwise cannot be taken
+    rec["fc"] = [np.ones((10, 5))]
+    assert acc.assembled_weights(base, rec, ["inception_3a/3x3"], None)["fc"][0].max() == 0
+    rec["inception_3a/3x3"] = [np.ones((6, 4, 3, 3)), np.ones(6)]
+    assert acc.assembled_weights(base, rec, ["inception_3a/3x3"], None) is None

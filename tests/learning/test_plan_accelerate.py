@@ -121,3 +121,55 @@ def test_labels_on_unlabelled_images_is_a_one_line_error_before_any_work(tiny, t
     assert not out.exists()
     res = run(*plan_args(tiny, "--labels"))
     assert "have no labels, but --labels needs them" in error_line(res)
+
+
+TWO_STAGES = """name: "two"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 12 dim: 12 } } }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1" convolution_param { num_output: 4 kernel_size: 3 pad: 1 } }
+layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }
+layer { name: "pool1" type: "Pooling" bottom: "conv1" top: "pool1" pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
+layer { name: "conv2" type: "Convolution" bottom: "pool1" top: "conv2" convolution_param { num_output: 6 kernel_size: 3 pad: 1 } }
+layer { name: "relu2" type: "ReLU" bottom: "conv2" top: "conv2" }
+layer { name: "pool2" type: "Pooling" bottom: "conv2" top: "pool2" pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
+layer { name: "fc" type: "InnerProduct" bottom: "pool2" top: "fc" inner_product_param { num_output: 3 } }
+layer { name: "prob" type: "Softmax" bottom: "fc" top: "prob" }
+"""
+
+
+def test_a_set_that_misses_its_promise_falls_back_down_the_ladder(tiny, tmp_path):
+    from helpers import write_random_weights
+
+    from deeprebirth.caffe import netio
+    (tmp_path / "two.prototxt").write_text(TWO_STAGES)
+    write_random_weights(netio.parse_net_text(TWO_STAGES), tmp_path / "two.caffemodel", seed=3)
+    res = run("plan", tmp_path / "two.prototxt", "-w", tmp_path / "two.caffemodel", "--images", tiny / "plain",
+              "--runs", "5", "--count", "14", "--heldout", "10", "-o", tmp_path / "plan.json")
+    assert res.exit_code == 0, res.output
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    assert {c["name"] for c in plan["candidates"]} == {"conv1", "conv2"}
+    # both merges, and a promise no recovered net can keep unless it changes no image's class
+    plan.update(only=["conv1", "conv2"], goal={"speedup": None, "max_drop": 0.0})
+    for c in plan["candidates"]:
+        c.update(saved_ms=1.0 if c["name"] == "conv2" else 0.5, flips=1, rel_error=0.1)
+    (tmp_path / "forced.json").write_text(json.dumps(plan))
+    out = tmp_path / "fast"
+    res = run("accelerate", tmp_path / "two.prototxt", "-w", tmp_path / "two.caffemodel", "--images", tiny / "plain",
+              "--plan", tmp_path / "forced.json", "--iters", "5", "--runs", "5", "-o", out, "--json")
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    check = doc["steps"]["check"]
+    names = [o["name"] for o in check["options"]]
+    rec = next(o for o in check["options"] if o["name"] == "recovered")
+    if rec["flips"] == 0:          # the promise kept by both merges: no ladder needed
+        assert doc["result"] in ("recovered", "re-learned")
+        return
+    # the worst buy (conv1: half conv2's saving for the same cost) left out first
+    assert "1 of 2 rewrites (all)" in names and "1 of 2 rewrites (units)" in names
+    chosen = next(o for o in check["options"] if o["name"] == doc["result"])
+    assert chosen.get("exact") or chosen["flips"] == 0
+    if not chosen.get("exact"):
+        assert check["only"] == ["conv2"]
+        report = json.loads((out / "report.json").read_text())
+        assert report["regenerated"] == ["conv2"]
+    res = run("eval", out, "--data", tiny / "val", "--json")
+    assert res.exit_code == 0, res.output
