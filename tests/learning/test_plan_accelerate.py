@@ -60,14 +60,19 @@ def test_plan_refusals_are_one_line(tiny, tmp_path):
     assert not (tmp_path / "s").exists()
 
 
-def test_accelerate_makes_a_checked_model_folder(tiny, tmp_path):
+def accelerate_conv1(tiny, tmp_path, *more):
+    """accelerate on the tiny net with a plan that merges conv1, 10 distillation iterations."""
     res = run(*plan_args(tiny, "-o", tmp_path / "plan.json"))
     assert res.exit_code == 0, res.output
     forced = tmp_path / "forced.json"
     forced.write_text(json.dumps({**json.loads((tmp_path / "plan.json").read_text()), "only": ["conv1"]}))
+    return run("accelerate", tiny / "tiny.prototxt", "-w", tiny / "tiny.caffemodel", "--train-val", tiny / "tv.prototxt",
+               "--plan", forced, "--iters", "10", "-o", tmp_path / "fast", "--json", *more)
+
+
+def test_accelerate_makes_a_checked_model_folder(tiny, tmp_path):
     out = tmp_path / "fast"
-    res = run("accelerate", tiny / "tiny.prototxt", "-w", tiny / "tiny.caffemodel", "--train-val", tiny / "tv.prototxt",
-              "--images", tiny / "plain", "--plan", forced, "--iters", "10", "-o", out, "--json")
+    res = accelerate_conv1(tiny, tmp_path, "--images", tiny / "plain")
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
     for name in ("deploy.prototxt", "weights.caffemodel", "train_val.prototxt", "plan.json", "report.json",
@@ -93,13 +98,8 @@ def test_plan_never_writes_over_a_file_it_did_not_write(tiny, tmp_path):
 
 
 def test_accelerate_with_labels_distils_with_them_and_checks_top1(tiny, tmp_path):
-    res = run(*plan_args(tiny, "-o", tmp_path / "plan.json"))
-    assert res.exit_code == 0, res.output
-    forced = tmp_path / "forced.json"
-    forced.write_text(json.dumps({**json.loads((tmp_path / "plan.json").read_text()), "only": ["conv1"]}))
     out = tmp_path / "fast"
-    res = run("accelerate", tiny / "tiny.prototxt", "-w", tiny / "tiny.caffemodel", "--train-val", tiny / "tv.prototxt",
-              "--images", tiny / "train", "--labels", "--plan", forced, "--iters", "10", "-o", out, "--json")
+    res = accelerate_conv1(tiny, tmp_path, "--images", tiny / "train", "--labels")
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
     check = doc["steps"]["check"]
