@@ -2,7 +2,8 @@
 """Check `rebirth accelerate` at its defaults on nets trained differently (issue 31's "Done when").
 
     .venv/bin/python scripts/reproduce/accelerate_check.py [--work WORK] [--nets a,b] [--engine onnxruntime]
-                                                           [--time 30m]
+                                                           [--time 30m] [--images SOURCE]
+                                                           [--args "--speedup 3 --labels"] [--tag NAME]
 
 For each net (default: every one found of NETS) and the engine: `rebirth accelerate NET --images
 IMAGES --engine E --time T -o WORK/NET-E` from unlabelled Fashion-MNIST training images (no label
@@ -11,7 +12,8 @@ labels: top-1) and of the result against the original (agreement, relative outpu
 net's chain is resumable (steps.py: a rerun skips the steps done). Writes docs/results/
 accelerate.{md,json}: per net the result accelerate kept, its speed-up on the engine (accelerate's
 own side-by-side bench), the exact net's and "slim everything"'s speed-up from the plan, top-1
-before and after, and the minutes it took.
+before and after, and the minutes it took. ``--args`` adds accelerate options (a goal, ``--labels``);
+``--tag NAME`` keeps such a run apart: WORK/NET-ENGINE-NAME and docs/results/accelerate-NAME.{md,json}.
 
 Duration: about ``--time`` per net and engine (30 minutes each by default), plus a minute of
 evaluation.
@@ -19,6 +21,7 @@ evaluation.
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
@@ -38,15 +41,16 @@ NETS = {
 }
 
 
-def chain(name: str, engine: str, time_text: str, work: Path) -> list[Step]:
+def chain(name: str, engine: str, time_text: str, work: Path, images: str = IMAGES, extra: list[str] | None = None,
+          tag: str = "") -> list[Step]:
     model, weights, tv = NETS[name]
-    out = work / f"{name}-{engine}"
+    out = work / f"{name}-{engine}{'-' + tag if tag else ''}"
     files = [] if weights is None else ["-w", weights, "--train-val", tv]
     ev_files = [] if weights is None else ["--weights", weights, "--train-val", tv]
     teacher = [] if weights is None else ["--teacher-weights", weights]
     return [
-        Step("accelerate", ["accelerate", model, *files, "--images", IMAGES, "--engine", engine, "--time", time_text,
-                            "-o", out], out / "report.md"),
+        Step("accelerate", ["accelerate", model, *files, "--images", images, "--engine", engine, "--time", time_text,
+                            *(extra or []), "-o", out], out / "report.md"),
         Step("eval_original", ["eval", model, *ev_files, "--data", TEST]),
         Step("eval_result", ["eval", out, "--data", TEST, "--teacher", model, *teacher]),
     ]
@@ -64,10 +68,14 @@ def keep(step: str, doc: dict) -> dict:
     return {k: doc.get(k) for k in ("top1", "agreement", "rel_error", "kl")}
 
 
-def table(rows: list[dict], machine: dict) -> str:
-    lines = ["# `rebirth accelerate` at its defaults (label-free)", "",
-             "Written by `python scripts/reproduce/accelerate_check.py` (issue 31): each net accelerated from "
-             f"`{IMAGES}` without labels, then evaluated on the 10,000 test images. " + steps.machine_line(machine),
+def table(rows: list[dict], machine: dict, images: str = IMAGES, extra: list[str] | None = None,
+          argv: str = "") -> str:
+    labels = "--labels" in (extra or [])
+    lines = [f"# `rebirth accelerate` {'with ' + ' '.join(extra) if extra else 'at its defaults'}"
+             + ("" if labels else " (label-free)"), "",
+             f"Written by `python scripts/reproduce/accelerate_check.py{argv}` (issue 31): each net accelerated from "
+             f"`{images}` " + ("with its labels" if labels else "without labels")
+             + ", then evaluated on the 10,000 test images. " + steps.machine_line(machine),
              "", "| net | engine | result | speed-up (median) | exact net | slim everything | top-1 before -> after "
              "| agreement | minutes |", "|---|---|---|---:|---:|---:|---|---:|---:|"]
     for r in rows:
@@ -96,7 +104,13 @@ def main(argv=None) -> int:
     ap.add_argument("--nets", default=",".join(NETS))
     ap.add_argument("--engine", default="onnxruntime")
     ap.add_argument("--time", dest="time_text", default="30m")
+    ap.add_argument("--images", default=IMAGES)
+    ap.add_argument("--args", dest="extra", default="", help="more accelerate options, e.g. \"--speedup 3\"")
+    ap.add_argument("--tag", default="", help="keep this run apart (work folders and result files)")
     a = ap.parse_args(argv)
+    extra = shlex.split(a.extra)
+    shown = "".join(f" {shlex.quote(x)}" for x in (argv if argv is not None else sys.argv[1:]))
+    name_of = f"accelerate-{a.tag}" if a.tag else "accelerate"
     names = [n for n in a.nets.split(",") if n]
     unknown = [n for n in names if n not in NETS]
     if unknown:
@@ -104,13 +118,13 @@ def main(argv=None) -> int:
     machine = steps.machine()
     rows = []
     for name in names:
-        done = a.work / f"{name}-{a.engine}.json"
-        doc = steps.run_chain(lambda n=name: chain(n, a.engine, a.time_text, a.work), done,
+        done = a.work / f"{name}-{a.engine}{'-' + a.tag if a.tag else ''}.json"
+        doc = steps.run_chain(lambda n=name: chain(n, a.engine, a.time_text, a.work, a.images, extra, a.tag), done,
                               "scripts/reproduce/accelerate_check.py", a.work, keep)
         rows.append({"net": name, "engine": a.engine, "steps": doc["steps"]})
-        steps.write_json(RESULTS / "accelerate.json", {"machine": machine, "rows": rows})
-        (RESULTS / "accelerate.md").write_text(table(rows, machine))
-    print(f"wrote {RESULTS / 'accelerate.md'}", file=sys.stderr)
+        steps.write_json(RESULTS / f"{name_of}.json", {"machine": machine, "argv": shown.strip(), "rows": rows})
+        (RESULTS / f"{name_of}.md").write_text(table(rows, machine, a.images, extra, shown))
+    print(f"wrote {RESULTS / (name_of + '.md')}", file=sys.stderr)
     return 0
 
 

@@ -56,3 +56,16 @@ def test_the_machine_is_described():
     assert m["cpu"] and m["cores"] >= 1 and m["date"].endswith("UTC")
     line = steps.machine_line(m)
     assert line.startswith("Machine: ") and "logical cores" in line
+
+
+def test_accelerate_check_keeps_a_tagged_run_apart_with_its_options(tmp_path):
+    import accelerate_check as ac
+    plain = ac.chain("fmnist_googlenet", "onnxruntime", "30m", tmp_path)
+    tagged = ac.chain("fmnist_googlenet", "onnxruntime", "30m", tmp_path, "fashion-mnist:train[:50000]",
+                      ["--speedup", "3", "--labels"], "labels")
+    assert plain[0].cmd[-1] == tmp_path / "fmnist_googlenet-onnxruntime"
+    assert tagged[0].cmd[-1] == tmp_path / "fmnist_googlenet-onnxruntime-labels"
+    assert tagged[0].cmd[-5:-2] == ["--speedup", "3", "--labels"] and "fashion-mnist:train[:50000]" in tagged[0].cmd
+    text = ac.table([], steps.machine(), "fashion-mnist:train[:50000]", ["--speedup", "3", "--labels"],
+                    " --args '--speedup 3 --labels'")
+    assert text.startswith("# `rebirth accelerate` with --speedup 3 --labels\n") and "with its labels" in text
