@@ -99,8 +99,12 @@ class Runner:
         """The net's logits for ``x`` (N x K): the output Softmax's input, else the output itself
         when it is not a Softmax, else log-probabilities (logits up to a constant per image)."""
         scores, logp = self.run(x)
+        return self.logits_after_run(len(x), scores, logp)
+
+    def logits_after_run(self, n: int, scores: np.ndarray, logp: np.ndarray) -> np.ndarray:
+        """logits_of's answer for the ``n`` images ``run`` has just run (its ``scores``, ``logp``)."""
         if self.logits is not None:
-            return self.caffe_net.net.blobs[self.logits].data.reshape(len(x), -1).copy()
+            return self.caffe_net.net.blobs[self.logits].data.reshape(n, -1).copy()
         return logp.astype(np.float32) if self.is_softmax_output() else scores
 
     def is_softmax_output(self) -> bool:

@@ -42,6 +42,7 @@ from deeprebirth.learning import health, preprocess
 from deeprebirth.learning import keeping as kp
 from deeprebirth.learning import solver as sv
 from deeprebirth.learning import sources as data
+from deeprebirth.learning.teacher_memo import Memo
 from deeprebirth.learning.trainnet import DISTILL_LOSS, TEACHER_LOGITS, TrainNet, build_train_net
 
 OUTPUT_FILES = ("weights.caffemodel", "deploy.prototxt", "finetune.json")
@@ -129,6 +130,7 @@ class _Setup:
     safe: sv.SafeSettings = field(default_factory=sv.SafeSettings)
     interval: int | None = None          # the validation interval fitted to a time budget
     measured: tuple[float, float] | None = None   # seconds per step and per validation (_calibrate)
+    teacher_cost: "sv.TeacherCost | None" = None  # the teacher's part of a step, paid per new input (_calibrate)
     probe: dict | None = None            # the rates probed from the start (_choose_rate)
 
     @property
@@ -290,8 +292,10 @@ def _fit_to_time(st: _Setup, train: data.Source, val: data.Source | None, sparam
     per_iter, per_val = st.measured or _calibrate(st, train, val, sparam)
     left = deadline - time.perf_counter()
     validations = sv.BUDGET_VALIDATIONS if val is not None else 0
-    fit = sv.fit_iterations(left, per_iter, per_val, validations, reserve=2 * per_val + END_SECONDS,
-                            cap=st.opt.iters)
+    cost = st.teacher_cost
+    student = per_iter if cost is None else max(0.1 * per_iter, per_iter - cost.seconds_per_image * cost.batch)
+    fit = sv.fit_iterations(left, student, per_val, validations, reserve=2 * per_val + END_SECONDS,
+                            cap=st.opt.iters, teacher=cost)
     sparam.max_iter = fit.iters
     st.interval = (st.opt.test_interval if st.opt.test_interval is not None else fit.test_interval) \
         if val is not None else 0
@@ -299,7 +303,9 @@ def _fit_to_time(st: _Setup, train: data.Source, val: data.Source | None, sparam
         st.safe.warmup = min(sv.WARMUP_MAX, max(1, int(round(sv.WARMUP_FRACTION * fit.iters))))
     what = (f"{fit.iters:,} iterations (the {{opt:iters}} asked for)" if fit.capped else
             f"{fit.iters:,} iterations fitted to the {sv.format_duration(left)} left of {{opt:time}}")
-    note = (f"{what}: {per_iter:.3g} s per iteration and {per_val:.3g} s per validation measured, about "
+    teacher = "" if cost is None else (f" ({per_iter - student:.3g} s of it the teacher's, paid once for each "
+                                       "image it has not seen: its outputs are remembered)")
+    note = (f"{what}: {per_iter:.3g} s per iteration{teacher} and {per_val:.3g} s per validation measured, about "
             f"{sv.format_duration(fit.expected)} in all" + (", the rate annealed to 0 at the last" if
                                                              sparam.lr_policy == "poly" else ""))
     st.notes.append(note)
@@ -397,14 +403,19 @@ def _calibrate(st: _Setup, train: data.Source, val: data.Source | None, sparam) 
     probe.base_lr, probe.max_iter = 0.0, sv.CALIBRATION_STEPS
     solver = sv.start_solver(st.tn.net, probe, st.outdir, st.opt.resume, st.restore, st.start_weights)
     gen = train.batches(st.tn.pre, st.tn.batch, train=True, shuffle=True, loop=True, seed=st.opt.seed)
-    times = []
-    for _ in range(sv.CALIBRATION_STEPS):
+    times, teacher_s, teacher_n = [], 0.0, 0
+    for step in range(sv.CALIBRATION_STEPS):
         x, y = next(gen)
         t0 = time.perf_counter()
+        before = (st.teacher.seconds, st.teacher.misses) if isinstance(st.teacher, Memo) else None
         _feed(st, solver.net, train, x, y, 1.0)
         solver.step(1)
         times.append(time.perf_counter() - t0)
+        if before is not None and step:
+            teacher_s += st.teacher.seconds - before[0]
+            teacher_n += st.teacher.misses - before[1]
     per_iter = sum(times[1:]) / max(1, len(times) - 1)
+    st.teacher_cost = _teacher_cost(st, train, teacher_s, teacher_n)
     per_val = 0.0
     if val is not None:
         n = len(val) if st.opt.val_limit is None else min(st.opt.val_limit, len(val))
@@ -416,6 +427,19 @@ def _calibrate(st: _Setup, train: data.Source, val: data.Source | None, sparam) 
         ev.run_evaluation(runner, val, st.val_pre, batch=st.opt.val_batch, teacher=st.teacher, limit=timed)
         per_val = (time.perf_counter() - t0) * n / max(1, timed)
     return per_iter, per_val
+
+
+def _teacher_cost(st: _Setup, train: data.Source, seconds: float, images: int) -> "sv.TeacherCost | None":
+    """The teacher's part of a step as _calibrate measured it (``seconds`` for ``images`` inputs
+    run), when the memo will keep every input the run draws: the training images each in one
+    form, or two with mirroring; None with random crops (their inputs seldom come again) or
+    when the memo has no room for them all (the run then pays the teacher at every step)."""
+    if not isinstance(st.teacher, Memo) or images <= 0 or not st.opt.distill or st.tn.pre.crop:
+        return None
+    variants = 2 if st.tn.pre.mirror else 1
+    if not st.teacher.room_for(len(train) * variants, st.tn.classes):
+        return None
+    return sv.TeacherCost(seconds / images, st.tn.batch, len(train), variants)
 
 
 def _train(st: _Setup, solver, train: data.Source, sparam, validate: kp.Validator, progress,
@@ -529,12 +553,13 @@ def _start_weights(sd: SlimDir, opt: Options) -> tuple[str | None, bytes | None,
     return start_weights, restore, notes
 
 
-def _teacher(sd: SlimDir, tn: TrainNet, opt: Options) -> "ev.Runner":
+def _teacher(sd: SlimDir, tn: TrainNet, opt: Options) -> "Memo":
     """The teacher in pycaffe (``opt.teacher``, else the one SLIM_DIR names), checked to take the
-    slim net's images."""
+    slim net's images; its outputs remembered by input (teacher_memo.Memo: the same images come
+    back every epoch and every validation)."""
     t_deploy, t_weights = (opt.teacher, opt.teacher_weights) if opt.teacher else sd.teacher()
     what = "{opt:teacher}" if opt.teacher else "the teacher"
-    teacher = ev.Runner.build(ev.load(t_deploy, t_weights, what, "{opt:teacher_weights}"))
+    teacher = Memo(ev.Runner.build(ev.load(t_deploy, t_weights, what, "{opt:teacher_weights}")))
     _, c, h, w = teacher.input_shape
     if (c, h, w) != (tn.pre.channels, *tn.pre.out_size):
         raise RebirthError(f"the teacher {t_deploy} takes {c}x{h}x{w} images, the slim net "
@@ -560,6 +585,7 @@ def _record(st: _Setup, train, val, sparam, run: _Run, started: float) -> dict:
                  if distill and not with_labels else ", ".join(f"{t} (weight {w:g})" for t, w in tn.losses.items())),
         "teacher": ({"model": teacher.model.source, "weights": teacher.model.weights_source}
                     if teacher is not None else None),
+        "teacher_memo": teacher.stats if isinstance(teacher, Memo) else None,
         "teacher_option": ({"model": str(opt.teacher), "weights": str(opt.teacher_weights) if opt.teacher_weights
                             else None} if opt.teacher else None),
         "train": train.name, "val": val.name if val is not None else None,

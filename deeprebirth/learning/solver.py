@@ -4,6 +4,7 @@ wrecking re-learned weights (docs/recovery.md), the warm-up, the learning rate C
 an iteration, and snapshots (``.solverstate``) checked and restored."""
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -295,22 +296,70 @@ class Fit:
     capped: bool = False          # the iterations asked for (a cap) were fewer than the time allowed
 
 
+@dataclass
+class TeacherCost:
+    """The teacher's share of a distillation step when its outputs are remembered by input
+    (teacher_memo.Memo): ``seconds_per_image`` of a forward pass, paid only for an input not seen
+    before; ``images`` in the training source, each in ``variants`` forms (2 with mirroring)."""
+    seconds_per_image: float
+    batch: int
+    images: int
+    variants: int = 1
+
+
+def memo_misses(drawn: float, images: int, variants: int = 1) -> float:
+    """Expected inputs not seen before among the first ``drawn`` of a training run that goes
+    through ``images`` images epoch by epoch (each once an epoch, in a new order), each drawn in
+    one of ``variants`` equally likely forms (a mirror: 2): after k draws an image has shown
+    v (1 - (1 - 1/v)^k) of its forms, and an epoch's new forms come in proportion to its progress."""
+    if images <= 0:
+        return float(drawn)
+    v = max(1, int(variants))
+    epochs = float(drawn) / images
+    k = math.floor(epochs)
+    unseen = (1.0 - 1.0 / v) ** k
+    return images * (v * (1.0 - unseen) + (epochs - k) * unseen)
+
+
+def _steps_within(usable: float, per_iter: float, teacher: TeacherCost | None) -> int:
+    """The most steps whose time, ``per_iter`` each plus the teacher's misses, fits into ``usable``."""
+    if teacher is None:
+        return int(usable // per_iter)
+
+    def cost(n: int) -> float:
+        return n * per_iter + memo_misses(n * teacher.batch, teacher.images, teacher.variants) * \
+            teacher.seconds_per_image
+
+    lo, hi = 0, max(1, int(usable // per_iter))
+    while lo < hi:                          # the cost grows with n: the largest n within
+        mid = (lo + hi + 1) // 2
+        if cost(mid) <= usable:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
 def fit_iterations(seconds_left: float, seconds_per_iter: float, seconds_per_validation: float = 0.0,
                    validations: int = BUDGET_VALIDATIONS, reserve: float = 0.0, cap: int | None = None,
-                   safety: float = BUDGET_SAFETY) -> Fit:
+                   safety: float = BUDGET_SAFETY, teacher: TeacherCost | None = None) -> Fit:
     """The iterations that fit into ``seconds_left`` at ``seconds_per_iter`` each (measured), with
     ``validations`` validations of ``seconds_per_validation`` on the way and ``reserve`` seconds
     kept for the end (the last validation, writing the weights), using only ``safety`` of the time
     (a shared machine slows down); at least 1, and at most ``cap`` when one is given. The
-    validation interval spreads ``validations`` over them (the last at the run's end)."""
+    validation interval spreads ``validations`` over them (the last at the run's end). With
+    ``teacher``, ``seconds_per_iter`` is the step without the teacher's forward pass, which is paid
+    per input not seen before (memo_misses)."""
     per_iter = max(float(seconds_per_iter), 1e-6)
     usable = max(0.0, safety * float(seconds_left) - float(reserve) - validations * float(seconds_per_validation))
-    iters = max(1, int(usable // per_iter))
+    iters = max(1, _steps_within(usable, per_iter, teacher))
     capped = cap is not None and cap < iters
     if capped:
         iters = int(cap)
     interval = max(1, -(-iters // max(1, validations)))
-    expected = iters * per_iter + -(-iters // interval) * float(seconds_per_validation) + float(reserve)
+    train_s = iters * per_iter + (0.0 if teacher is None else memo_misses(
+        iters * teacher.batch, teacher.images, teacher.variants) * teacher.seconds_per_image)
+    expected = train_s + -(-iters // interval) * float(seconds_per_validation) + float(reserve)
     return Fit(iters, interval, per_iter, float(seconds_per_validation), float(seconds_left), expected, capped)
 
 

@@ -1,0 +1,72 @@
+"""The teacher's remembered outputs (learning/teacher_memo.py) and the time a run fits with them
+(solver.memo_misses, fit_iterations): pure, with a stand-in runner (no Caffe)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from deeprebirth.learning import solver as sv
+from deeprebirth.learning.teacher_memo import Memo
+
+
+class Counting:
+    """A runner whose outputs depend on each image alone, counting the images it runs."""
+    model = "teacher"
+    input_shape = (4, 1, 2, 2)
+
+    def __init__(self):
+        self.images = 0
+
+    def run(self, x):
+        self.images += len(x)
+        scores = x.reshape(len(x), -1)[:, :3] * 2.0
+        return scores, scores - 1.0
+
+    def logits_after_run(self, n, scores, logp):
+        return scores + 0.5
+
+
+def test_an_image_seen_before_is_answered_bit_for_bit_without_running():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(4, 1, 2, 2)).astype(np.float32)
+    runner = Counting()
+    memo = Memo(runner)
+    first = memo.logits_of(x)
+    assert runner.images == 4 and np.array_equal(first, runner.run(x)[0] + 0.5)
+    runner.images = 0
+    again = memo.logits_of(x[::-1])                 # the same images in another order
+    assert runner.images == 0 and np.array_equal(again, first[::-1])
+    scores, logp = memo.run(np.concatenate([x[:1], x[:1], -x[:1]]))   # twice in a batch, and one new
+    assert runner.images == 1 and np.array_equal(scores[0], scores[1]) and np.array_equal(logp[2], -x[0].ravel()[:3] * 2 - 1)
+    assert memo.stats["hits"] == 6 and memo.stats["misses"] == 5 and memo.model == "teacher"
+
+
+def test_a_full_memo_still_answers_and_keeps_nothing_more():
+    x = np.arange(16, dtype=np.float32).reshape(4, 1, 2, 2)
+    memo = Memo(Counting(), max_bytes=2 * (3 * 3 * 4 + 16))     # room for two images
+    out = memo.logits_of(x)
+    assert out.shape == (4, 3) and memo.stats["images_kept"] == 2
+    assert not memo.room_for(1, 3) and Memo(Counting()).room_for(1000, 10)
+
+
+def test_misses_of_a_run_through_the_images_epoch_by_epoch():
+    assert sv.memo_misses(500, 1000) == 500                  # half the first epoch: every image new
+    assert sv.memo_misses(5000, 1000) == 1000                # five epochs, no augmentation: each once
+    # mirrored: the first epoch 1000 new, the second half of them, then a quarter
+    assert sv.memo_misses(1000, 1000, 2) == pytest.approx(1000)
+    assert sv.memo_misses(2000, 1000, 2) == pytest.approx(1500)
+    assert sv.memo_misses(3000, 1000, 2) == pytest.approx(1750)
+    assert sv.memo_misses(100_000, 1000, 2) == pytest.approx(2000)
+
+
+def test_a_remembered_teacher_fits_more_iterations_into_the_same_time():
+    plain = sv.fit_iterations(600, 0.3, safety=1.0, validations=0)
+    assert plain.iters == 2000
+    # the same 0.3 s a step, 0.2 s of it the teacher's (32 images): 1,000 images seen again and again
+    cost = sv.TeacherCost(0.2 / 32, 32, 1000, 1)
+    fit = sv.fit_iterations(600, 0.1, safety=1.0, validations=0, teacher=cost)
+    assert fit.iters == int((600 - 1000 * 0.2 / 32) // 0.1)
+    assert fit.expected == pytest.approx(fit.iters * 0.1 + 1000 * 0.2 / 32)
+    # too many images to come again within the run: about what the plain fit gives
+    huge = sv.fit_iterations(600, 0.1, safety=1.0, validations=0, teacher=sv.TeacherCost(0.2 / 32, 32, 10 ** 7))
+    assert abs(huge.iters - 2000) <= 1
