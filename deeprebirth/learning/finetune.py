@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
 from deeprebirth import __version__, errors, outputs
 from deeprebirth.caffe import netio
 from deeprebirth.caffe import proto as pb
@@ -429,17 +431,22 @@ def _calibrate(st: _Setup, train: data.Source, val: data.Source | None, sparam) 
     return per_iter, per_val
 
 
+#: Training images looked at to count the forms augmentation makes of each (_teacher_cost).
+FORM_SAMPLES = 8
+
+
 def _teacher_cost(st: _Setup, train: data.Source, seconds: float, images: int) -> "sv.TeacherCost | None":
     """The teacher's part of a step as _calibrate measured it (``seconds`` for ``images`` inputs
-    run), when the memo will keep every input the run draws: the training images each in one
-    form, or two with mirroring; None with random crops (their inputs seldom come again) or
-    when the memo has no room for them all (the run then pays the teacher at every step)."""
-    if not isinstance(st.teacher, Memo) or images <= 0 or not st.opt.distill or st.tn.pre.crop:
+    run), when the memo can keep every input the run may draw: each training image in as many
+    forms as its random crops and mirroring make (the most of a few images spread over the
+    source); None when it has no room for them all (the run then pays the teacher at every step)."""
+    if not isinstance(st.teacher, Memo) or images <= 0 or not st.opt.distill or not len(train):
         return None
-    variants = 2 if st.tn.pre.mirror else 1
-    if not st.teacher.room_for(len(train) * variants, st.tn.classes):
+    step = max(1, len(train) // FORM_SAMPLES)
+    forms = max(st.tn.pre.training_forms(*np.shape(train.image(i))[:2]) for i in range(0, len(train), step))
+    if not st.teacher.room_for(len(train) * forms, st.tn.classes):
         return None
-    return sv.TeacherCost(seconds / images, st.tn.batch, len(train), variants)
+    return sv.TeacherCost(seconds / images, st.tn.batch, len(train), forms)
 
 
 def _train(st: _Setup, solver, train: data.Source, sparam, validate: kp.Validator, progress,

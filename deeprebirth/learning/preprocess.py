@@ -225,6 +225,15 @@ class Preprocess:
             return self.resize
         return (self.height, self.width)
 
+    def training_forms(self, h: int, w: int) -> int:
+        """How many different inputs training can make of one h x w image: its crop offsets
+        (random ones, ``crop`` of the size before cropping) times 2 when mirrored."""
+        positions = 1
+        if self.crop:
+            ph, pw = self._pre_size(h, w)
+            positions = max(1, ph - self.crop + 1) * max(1, pw - self.crop + 1)
+        return positions * (2 if self.mirror else 1)
+
     def _pre_size(self, h: int, w: int) -> tuple[int, int]:
         if self.resize:
             return self.resize

@@ -279,6 +279,10 @@ def test_a_budget_spent_before_training_stops_at_the_start(slimmed, tmp_path):
     assert res.exit_code == 0, res.output
     assert "rebirth: finetune: at most 5 min (--time)" in res.stderr and "3 iterations (the --iters asked for)" in res.stderr
     assert json.loads(res.stdout)["time_budget"]["fitted_iterations"] == 3
+    # the teacher's outputs are remembered: its share of a step is counted once per new input
+    assert "of it the teacher's, paid once for each image it has not seen" in res.stderr
+    memo = json.loads(res.stdout)["teacher_memo"]
+    assert memo["misses"] >= 1 and memo["hits"] >= 1 and memo["images_kept"] == memo["misses"]
     res = run("finetune", d / "slim", "--train", d / "plain", "--distill", "--time", "soon", "-o", tmp_path / "x")
     assert res.exit_code == 1 and "--time 'soon': expected a duration such as 90s" in error_line(res)
     assert not (tmp_path / "x").exists()

@@ -70,3 +70,11 @@ def test_a_remembered_teacher_fits_more_iterations_into_the_same_time():
     # too many images to come again within the run: about what the plain fit gives
     huge = sv.fit_iterations(600, 0.1, safety=1.0, validations=0, teacher=sv.TeacherCost(0.2 / 32, 32, 10 ** 7))
     assert abs(huge.iters - 2000) <= 1
+
+
+def test_the_forms_training_makes_of_an_image():
+    from deeprebirth.learning.preprocess import Preprocess
+    assert Preprocess(1, 64, 64, crop=64, mirror=True).training_forms(28, 28) == 2    # resized up: mirror only
+    assert Preprocess(1, 64, 64, crop=64, mirror=True).training_forms(68, 68) == 50   # 5 x 5 offsets, mirrored
+    assert Preprocess(3, 227, 227, crop=227, resize=(256, 256)).training_forms(500, 375) == 30 * 30
+    assert Preprocess(3, 32, 32).training_forms(32, 32) == 1
