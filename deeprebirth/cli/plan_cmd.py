@@ -43,7 +43,8 @@ def target_options(f):
         click.option("--heldout", type=click.IntRange(min=10), default=plan_api.Options.heldout_images,
                      show_default=True, help="Other images each candidate is checked on while planning."),
         click.option("--runs", "-n", type=click.IntRange(min=5), default=plan_api.Options.runs, show_default=True,
-                     help="Timed rounds (every net once a round, interleaved)."),
+                     help="Timed rounds (every net once a round, interleaved); the check of the chosen net and "
+                          "accelerate's bench time %dx as many." % plan_api.CHECK_RUNS_FACTOR),
     ]):
         f = opt(f)
     return f

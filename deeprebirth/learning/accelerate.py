@@ -468,12 +468,14 @@ def _bench_step(ctx: _Ctx, result: dict) -> dict:
     prepared = [bench.Prepared("original", _batch1(ctx.model), "trained"),
                 bench.Prepared("accelerated", _batch1(_result_model(ctx, result)), "result")]
     dev = target.device_for(p.engine, p.device, p.threads)
-    ctx.say(f"bench: the original and the result side by side on {target.describe(p.engine, p.device)}")
-    with ctx.stage("bench", 2 * (p.runs + p.warmup), "run") as tick:
-        ms = bench.run_isolated(prepared, dev, p.runs, p.warmup, layers=p.engine == "caffe" and p.device == "cpu",
+    runs = plan_api.CHECK_RUNS_FACTOR * p.runs       # as many rounds as the plan's check of the same nets
+    ctx.say(f"bench: the original and the result side by side on {target.describe(p.engine, p.device)}, "
+            f"{runs} rounds")
+    with ctx.stage("bench", 2 * (runs + p.warmup), "run") as tick:
+        ms = bench.run_isolated(prepared, dev, runs, p.warmup, layers=p.engine == "caffe" and p.device == "cpu",
                                 memory=True, seed=ctx.opt.seed, progress=tick)
-    doc = bench.build_json(ms, {"engine": p.engine, "device": p.device, "runs": p.runs, "batch": 1})
-    ctx.steps["bench"] = {"runs": p.runs}
+    doc = bench.build_json(ms, {"engine": p.engine, "device": p.device, "runs": runs, "batch": 1})
+    ctx.steps["bench"] = {"runs": runs}
     return doc
 
 

@@ -512,13 +512,13 @@ def _choose_and_check(model, nets: Nets, opt: Options, med: dict, heldout, tv, t
             say(f"  {flips} image(s) " + ("lost" if opt.labels else "changed class") + f", over the budget of "
                 f"{choice.budget:.1f}: the budget becomes {budget:.1f} and the choice is made again")
             continue
-        if speedup is not None and choice.reached and check["speedup"] < 0.97 * opt.speedup and not last:
+        if speedup is not None and choice.reached and planner.short_of(opt.speedup, check["speedup"]) and not last:
             speedup = speedup * opt.speedup / check["speedup"]
             say(f"  short of {opt.speedup:g}x on the target: planning for {speedup:.2f}x on the table")
             continue
         break
     check = _everything_if_short(nets, opt, choice, check, rounds, fid.get("slim everything"))
-    if opt.speedup is not None and check["speedup"] < 0.97 * opt.speedup:
+    if opt.speedup is not None and planner.short_of(opt.speedup, check["speedup"]):
         choice.notes.append(f"{opt.speedup:g}x was not reached on the target: the planned net measured "
                             f"{check['speedup']:.2f}x" + (f" (slim everything {check['slim_everything_speedup']:.2f}x)"
                                                          if "slim_everything_speedup" in check else ""))

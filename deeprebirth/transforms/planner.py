@@ -192,8 +192,8 @@ def choose(candidates: list[Candidate], original_ms: float, exact_ms: float, hel
         idx = [] if needed <= 0 else least_cost_reaching(values, [_units(c) for c in pool], needed)
         if idx is None:
             idx = [i for i, c in enumerate(pool)]
-            notes.append(f"a {speedup:g}x speed-up is out of reach on this target: every measurable rewrite "
-                         "is chosen")
+            notes.append(f"the savings measured one rewrite at a time add up to less than {speedup:g}x: every "
+                         "rewrite that saves time is chosen (the assembled net is timed next)")
         picked = [pool[i] for i in idx]
         budget = None
     else:
@@ -257,10 +257,21 @@ def ladder(candidates: list[dict], chosen: list[str]) -> list[list[str]]:
     return [[n for n in chosen if n in order[:k]] for k in range(len(order) - 1, 0, -1)]
 
 
+#: A speed-up target counts as reached when the assembled net measures at least this fraction of
+#: it. 1: `--speedup 3` means 3x as timed. (It was 0.97; the plans it accepted, 2.95x for 3x, then
+#: measured 2.86x in accelerate's own bench: the slack and the noise added up on the same side.)
+REACHED = 1.0
+
+
+def short_of(target: float, measured: float) -> bool:
+    """Whether a measured speed-up misses the ``target`` (REACHED)."""
+    return measured < REACHED * target
+
+
 def everything_instead(target: float | None, planned: float, everything: float | None) -> bool:
     """Whether a speed-up plan should become "slim everything": the chosen set, as assembled and
-    timed, falls short of ``target`` (by more than 3 %) and every candidate together measured faster."""
-    return target is not None and everything is not None and planned < 0.97 * target and everything > planned
+    timed, falls short of ``target`` (short_of) and every candidate together measured faster."""
+    return target is not None and everything is not None and short_of(target, planned) and everything > planned
 
 
 def tightened(budget_images: float, predicted_cost: float, measured_flips: int) -> float:
