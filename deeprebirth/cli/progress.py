@@ -6,7 +6,8 @@ The context manager yields a callable ``update(n)``, which is what ``runtime.iso
 (progress=...)`` and the library functions' ``progress`` arguments want. A run fitted to a time
 budget passes it a ``learning.solver.Planned`` once it has measured itself: the total becomes the
 work done plus the iterations it planned, and its line is printed. With ``eta``, each line ends
-with the time left at the pace since then (``about 12 min left``)."""
+with the time left at the pace since then (``about 12 min left``), along the plan's curve when it
+has one (time_left)."""
 from __future__ import annotations
 
 import sys
@@ -33,6 +34,8 @@ class LineProgress:
         self.total, self.desc, self.unit = total, desc, unit
         self.quiet, self.eta, self.render = quiet, eta, render
         self.plan: tuple[float, float] | None = None   # (when, seconds) of the last plan
+        self.curve = None                              # its seconds for the first k iterations (solver.FitCurve)
+        self.plan_done = 0                             # work done when it came
         self.pace: tuple[float, int] | None = None     # (time, done) at the first work after the start or a plan
         self.stream = stream if stream is not None else sys.stderr
         self.clock = clock
@@ -46,6 +49,7 @@ class LineProgress:
         now = self.clock()
         if is_plan(n):
             self.total, self.plan, self.pace = self.done + int(n.remaining), (now, float(n.seconds)), None
+            self.curve, self.plan_done = getattr(n, "curve", None), self.done
             self.last_step = int(100 * self.done / max(1, self.total)) // LINE_EVERY_PERCENT
             self.stream.write(f"rebirth: {self.desc}: {self.render(n.text)}\n")
             self.stream.flush()
@@ -83,12 +87,24 @@ class LineProgress:
             return ""
         t0, d0 = self.pace or (now, self.done)
         if self.done - d0 >= 1 and now > t0:
-            left = (now - t0) / (self.done - d0) * (self.total - self.done)
+            left = time_left(now - t0, d0, self.done, self.total, self.curve, self.plan_done)
         elif self.plan is not None and self.plan[1] > 0:
             left = self.plan[1] - (now - self.plan[0])
         else:
             return ""
         return f", about {format_duration(left)} left"
+
+
+def time_left(seconds: float, since: int, done: int, total: int, curve=None, origin: int = 0) -> float:
+    """Seconds left of ``total`` units when ``done - since`` of them took ``seconds``: at that pace,
+    or with a plan's ``curve`` (seconds its first k units should take, counted from ``origin``) the
+    curve's time to come scaled by how the units since ``since`` went against it (the first
+    iterations of a distillation whose teacher is remembered are its slowest: solver.FitCurve)."""
+    if curve is not None:
+        planned = curve(done - origin) - curve(since - origin)
+        if planned > 0:
+            return seconds / planned * (curve(total - origin) - curve(done - origin))
+    return seconds / (done - since) * (total - done)
 
 
 def is_plan(n) -> bool:

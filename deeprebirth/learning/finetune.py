@@ -314,7 +314,7 @@ def _fit_to_time(st: _Setup, train: data.Source, val: data.Source | None, sparam
     if log is not None:
         log(f"note: {note}")
     if progress:
-        progress(sv.Planned(fit.iters, fit.expected, note))
+        progress(sv.Planned(fit.iters, fit.expected, note, sv.FitCurve(fit)))
     return fit
 
 

@@ -9,6 +9,7 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -294,6 +295,7 @@ class Fit:
     seconds_left: float           # the time there was to fit them into
     expected: float               # the seconds the iterations and validations should take
     capped: bool = False          # the iterations asked for (a cap) were fewer than the time allowed
+    teacher: "TeacherCost | None" = None   # the teacher's cost it was fitted with
 
 
 @dataclass
@@ -360,7 +362,23 @@ def fit_iterations(seconds_left: float, seconds_per_iter: float, seconds_per_val
     train_s = iters * per_iter + (0.0 if teacher is None else memo_misses(
         iters * teacher.batch, teacher.images, teacher.variants) * teacher.seconds_per_image)
     expected = train_s + -(-iters // interval) * float(seconds_per_validation) + float(reserve)
-    return Fit(iters, interval, per_iter, float(seconds_per_validation), float(seconds_left), expected, capped)
+    return Fit(iters, interval, per_iter, float(seconds_per_validation), float(seconds_left), expected, capped,
+               teacher)
+
+
+@dataclass
+class FitCurve:
+    """Seconds the first ``k`` iterations of ``fit`` should take, validations included (a callable
+    that pickles: progress crosses from the child process): the teacher's misses make the first
+    epoch the slowest (memo_misses), so the time left is not the first iterations' pace times
+    those to come."""
+    fit: Fit
+
+    def __call__(self, k: float) -> float:
+        f, t = self.fit, self.fit.teacher
+        k = min(max(0.0, float(k)), float(f.iters))
+        teacher = 0.0 if t is None else memo_misses(k * t.batch, t.images, t.variants) * t.seconds_per_image
+        return k * f.seconds_per_iter + teacher + k / max(1, f.test_interval) * f.seconds_per_validation
 
 
 @dataclass
@@ -371,6 +389,7 @@ class Planned:
     remaining: int
     seconds: float
     text: str
+    curve: Callable[[float], float] | None = None   # seconds the first k of them should take (None: k/remaining)
 
 
 # ----------------------------------------------------------------------------------------------

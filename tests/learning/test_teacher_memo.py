@@ -72,6 +72,29 @@ def test_a_remembered_teacher_fits_more_iterations_into_the_same_time():
     assert abs(huge.iters - 2000) <= 1
 
 
+def test_the_time_left_follows_the_fitted_curve_not_the_first_iterations_pace():
+    import pickle
+
+    from deeprebirth.cli.progress import time_left
+    # 1,000 images, 32 a step: the first ~31 steps meet new images (0.2 s of teacher each), later ones none
+    cost = sv.TeacherCost(0.2 / 32, 32, 1000, 1)
+    fit = sv.fit_iterations(600, 0.1, safety=1.0, validations=0, teacher=cost)
+    curve = pickle.loads(pickle.dumps(sv.FitCurve(fit)))       # it crosses from the child process
+    assert curve(fit.iters) == pytest.approx(fit.expected)
+    assert curve(10) == pytest.approx(10 * 0.3)
+    # 10 steps took what the plan said (3 s): at their pace the rest would take 0.3 s a step ...
+    naive = time_left(3.0, 0, 10, fit.iters)
+    assert naive == pytest.approx(0.3 * (fit.iters - 10))
+    # ... but along the curve it is what the plan has left: a third of that, and twice as long
+    # when the steps so far took twice what the plan said
+    along = time_left(3.0, 0, 10, fit.iters, curve)
+    assert along == pytest.approx(fit.expected - 3.0)
+    assert along < naive / 2
+    assert time_left(6.0, 0, 10, fit.iters, curve) == pytest.approx(2 * along)
+    # counted from where the plan came (recover's relearn steps before it)
+    assert time_left(3.0, 300, 310, 300 + fit.iters, curve, origin=300) == pytest.approx(along)
+
+
 def test_the_forms_training_makes_of_an_image():
     from deeprebirth.learning.preprocess import Preprocess
     assert Preprocess(1, 64, 64, crop=64, mirror=True).training_forms(28, 28) == 2    # resized up: mirror only
