@@ -245,7 +245,7 @@ def allowed_drop(plan: dict, labels: bool | None = None) -> float:
     return planner.default_max_drop(labels)
 
 
-def spent(option: dict, labels: bool) -> float:
+def drop_of(option: dict, labels: bool) -> float:
     """What a checked option spent, in the promise's measure: top-1 points lost (labels), else the
     percentage of images changing class."""
     if labels:
@@ -262,7 +262,7 @@ def pick(options: list[dict], allowed: float, labels: bool = False) -> tuple[dic
         if o.get("exact"):
             return o, (f"the exact net: no recovered net stayed within {allowed:.2f} {unit}" if len(options) > 1
                        else "the exact net")
-        got = spent(o, labels)
+        got = drop_of(o, labels)
         if got <= allowed + 1e-9:
             what = (f"top-1 {100 * o['top1']:.2f} % on the held-out images against the original's "
                     f"{100 * o['top1_original']:.2f} % ({-got:+.2f} points)" if labels else
@@ -354,7 +354,7 @@ def _ladder_step(ctx: _Ctx, plan: dict, tv, recovered_file: Path, allowed: float
             found["options"].append(_option(name, score))
             found["nets"][name] = (out, nets[name][1])
             found["only"][name] = subset
-        if any(spent(o, labels) <= allowed + 1e-9 for o in found["options"]):
+        if any(drop_of(o, labels) <= allowed + 1e-9 for o in found["options"]):
             break
     return found if found["options"] else None
 

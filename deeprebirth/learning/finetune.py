@@ -409,7 +409,7 @@ def _calibrate(st: _Setup, train: data.Source, val: data.Source | None, sparam) 
     for step in range(sv.CALIBRATION_STEPS):
         x, y = next(gen)
         t0 = time.perf_counter()
-        before = (st.teacher.seconds, st.teacher.misses) if isinstance(st.teacher, Memo) else None
+        before = (st.teacher.seconds, st.teacher.misses) if st.teacher is not None else None
         _feed(st, solver.net, train, x, y, 1.0)
         solver.step(1)
         times.append(time.perf_counter() - t0)
@@ -440,7 +440,7 @@ def _teacher_cost(st: _Setup, train: data.Source, seconds: float, images: int) -
     run), when the memo can keep every input the run may draw: each training image in as many
     forms as its random crops and mirroring make (the most of a few images spread over the
     source); None when it has no room for them all (the run then pays the teacher at every step)."""
-    if not isinstance(st.teacher, Memo) or images <= 0 or not st.opt.distill or not len(train):
+    if st.teacher is None or images <= 0 or not st.opt.distill or not len(train):
         return None
     step = max(1, len(train) // FORM_SAMPLES)
     forms = max(st.tn.pre.training_forms(*np.shape(train.image(i))[:2]) for i in range(0, len(train), step))
@@ -592,7 +592,7 @@ def _record(st: _Setup, train, val, sparam, run: _Run, started: float) -> dict:
                  if distill and not with_labels else ", ".join(f"{t} (weight {w:g})" for t, w in tn.losses.items())),
         "teacher": ({"model": teacher.model.source, "weights": teacher.model.weights_source}
                     if teacher is not None else None),
-        "teacher_memo": teacher.stats if isinstance(teacher, Memo) else None,
+        "teacher_memo": teacher.stats if teacher is not None else None,
         "teacher_option": ({"model": str(opt.teacher), "weights": str(opt.teacher_weights) if opt.teacher_weights
                             else None} if opt.teacher else None),
         "train": train.name, "val": val.name if val is not None else None,

@@ -505,7 +505,7 @@ def _choose_and_check(model, nets: Nets, opt: Options, med: dict, heldout, tv, t
             say(f"  planned: {check['speedup']:.2f}x")
         rounds.append(check)
         last = r + 1 >= max(1, opt.rounds)
-        flips = spent(check.get("fidelity"), heldout, opt.labels)
+        flips = images_spent(check.get("fidelity"), heldout, opt.labels)
         if choice.budget is not None and flips is not None and flips > choice.budget and choice.chosen and not last:
             budget = planner.tightened(choice.budget, choice.cost, flips)
             max_drop = 100.0 * budget / heldout / opt.recovery
@@ -522,7 +522,7 @@ def _choose_and_check(model, nets: Nets, opt: Options, med: dict, heldout, tv, t
         choice.notes.append(f"{opt.speedup:g}x was not reached on the target: the planned net measured "
                             f"{check['speedup']:.2f}x" + (f" (slim everything {check['slim_everything_speedup']:.2f}x)"
                                                          if "slim_everything_speedup" in check else ""))
-    if choice.budget is not None and (spent(check.get("fidelity"), heldout, opt.labels) or 0) > choice.budget \
+    if choice.budget is not None and (images_spent(check.get("fidelity"), heldout, opt.labels) or 0) > choice.budget \
             and choice.chosen:
         say("  still over the budget after the last check: the plan is the exact net")
         for c in nets.candidates:
@@ -531,7 +531,7 @@ def _choose_and_check(model, nets: Nets, opt: Options, med: dict, heldout, tv, t
     return rounds, choice, check
 
 
-def spent(fidelity: dict | None, heldout: int | None, labels: bool) -> int | None:
+def images_spent(fidelity: dict | None, heldout: int | None, labels: bool) -> int | None:
     """What a checked net spent of the budget, in held-out images: those that change class, or
     with labels those its top-1 loses (planner.images_lost)."""
     if not fidelity:
