@@ -1,0 +1,40 @@
+"""The hint `rebirth accelerate` prints when its promise left the target's speed on the table (pure)."""
+from __future__ import annotations
+
+import shlex
+
+from deeprebirth.cli.accelerate_cmd import speed_hint
+
+
+def doc(result="exact", speedup=1.02, full=3.24, goal_speedup=None):
+    return {"result": result, "speedup": speedup, "goal": {"speedup": goal_speedup, "max_drop": 1.0},
+            "plan": {"slim_everything": {"speedup": full}}}
+
+
+ARGV = ["accelerate", "fmnist_googlenet", "--images", "fashion-mnist:train[:3000]", "--max-drop", "1", "-o", "fast",
+        "--json"]
+
+
+def test_an_exact_result_beside_a_much_faster_everything_gets_the_command_that_asks_for_speed(tmp_path):
+    out = str(tmp_path / "fast")
+    hint = speed_hint(doc(), ARGV[:-2] + [out, "--json"], out)
+    assert hint is not None and "3.24x" in hint
+    command = shlex.split(hint.split(": ", 2)[-1])
+    assert command[:5] == ["rebirth", "accelerate", "fmnist_googlenet", "--images", "fashion-mnist:train[:3000]"]
+    assert "--max-drop" not in command and "--json" not in command      # a speed-up, not both
+    assert command[command.index("--speedup") + 1] == "2.9"              # 90 % of what was measured
+    assert command[-2:] == ["-o", out + "-speedup2.9"]                     # a new folder: never over the first
+
+
+def test_the_new_folder_never_names_one_that_exists(tmp_path):
+    out = str(tmp_path / "fast")
+    (tmp_path / "fast-speedup2.9").mkdir()
+    hint = speed_hint(doc(), ["accelerate", "m", "--images", "d", "--output=" + out], out)
+    assert shlex.split(hint)[-1] == out + "-speedup2.9-2" and "--output=" not in hint
+
+
+def test_no_hint_when_speed_was_asked_for_or_nothing_much_was_left():
+    assert speed_hint(doc(goal_speedup=3.0), ARGV, "fast") is None
+    assert speed_hint(doc(result="recovered", speedup=2.9), ARGV, "fast") is None      # it got most of it
+    assert speed_hint(doc(full=1.1), ARGV, "fast") is None                              # nothing to gain
+    assert speed_hint({"result": "exact", "speedup": 1.0, "plan": {"slim_everything": None}}, ARGV, "fast") is None
