@@ -6,7 +6,8 @@
   :func:`read_report`, :func:`relearn_plan`);
 * a relearn or finetune folder: ``weights.caffemodel`` with ``relearn.json`` or ``finetune.json``,
   which name the slim folder they came from (:func:`slim_dir_of`);
-* any of them as a MODEL: its deploy net and weights (:func:`model_files`).
+* any of them as a MODEL: its deploy net and weights (:func:`model_files`), and its train_val
+  too for the commands that rewrite it (:func:`brought_by`).
 """
 from __future__ import annotations
 
@@ -141,3 +142,35 @@ def model_files(spec: str | os.PathLike, weights: str | os.PathLike | None = Non
     if weights is None:
         weights = next((p / n for n in ("weights.caffemodel", "init.caffemodel") if (p / n).exists()), None)
     return str(deploy), (str(weights) if weights is not None else None)
+
+
+def brought_by(model: str, weights: str | None = None, train_val: str | None = None) -> dict[str, str]:
+    """What MODEL as given on the command line brings for the files not given: a built-in name its
+    shipped ``weights`` and ``train_val`` (builtin.shipped_for); a model folder (an output of
+    `slim`, `tucker`, `relearn`, `finetune`, `accelerate`) its ``deploy`` prototxt, its ``weights``
+    (model_files) and its ``train_val`` (the folder's, else its slim folder's); a prototxt nothing."""
+    p = Path(model)
+    if str(model) in builtin.NAMES and not p.is_file():     # a folder of that name never hides the built-in
+        return {k: str(v) for k, v in builtin.shipped_for(str(model), weights, train_val).items()}
+    if not p.is_dir():
+        return {}
+    deploy, found = model_files(p, weights)
+    out = {"deploy": deploy}
+    if weights is None and found is not None:
+        out["weights"] = found
+    if train_val is None:
+        origin = slim_dir_of(p)
+        tv = next((d / "train_val.prototxt" for d in (p, origin) if d is not None and (d / "train_val.prototxt")
+                   .is_file()), None)
+        if tv is not None:
+            out["train_val"] = str(tv)
+    return out
+
+
+def using_line(model: str, brought: dict[str, str]) -> str | None:
+    """The line saying which files MODEL brought (None: none)."""
+    files = {k: v for k, v in brought.items() if k != "deploy"}
+    if not files:
+        return None
+    where = "in the folder" if "deploy" in brought else "shipped with it"
+    return f"{model}: using the " + " and the ".join(f"{w} {where} ({p})" for w, p in files.items())

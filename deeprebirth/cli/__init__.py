@@ -193,6 +193,23 @@ def show_warnings(*lists: list[str]) -> None:
                 echo(f"rebirth: warning: {message}", err=True)
 
 
+def model_inputs(model: str, weights: str | None, train_val: str | None = None, need_weights: str | None = None
+                 ) -> tuple[str, str | None, str | None, str | None]:
+    """MODEL, WEIGHTS and the train_val as a command that rewrites a net takes them: a built-in name
+    with the files shipped for it, a model folder with its own (caffe.folders.brought_by), each
+    only where not given; and the line saying which (None: none), to print once the model loaded
+    (an error is the only line otherwise). ``need_weights``: the command, which fails in one line
+    when no weights are given or brought."""
+    from deeprebirth.caffe import folders  # noqa: PLC0415
+    brought = folders.brought_by(model, weights, train_val)
+    line = folders.using_line(model, brought)
+    weights = weights or brought.get("weights")
+    if need_weights and weights is None:
+        raise RebirthError(f"{model}: {need_weights} needs the model's weights: give WEIGHTS (or a model folder "
+                           "holding weights.caffemodel)")
+    return brought.get("deploy", model), weights, train_val or brought.get("train_val"), line
+
+
 def output_json(obj) -> None:
     import json  # noqa: PLC0415
     echo(json.dumps(obj, indent=2))

@@ -8,8 +8,7 @@ from pathlib import Path
 import click
 
 from deeprebirth import outputs
-from deeprebirth.caffe import builtin
-from deeprebirth.cli import FILE, echo, main, output_json
+from deeprebirth.cli import FILE, echo, main, model_inputs, output_json
 from deeprebirth.cli.plan_cmd import stage, target_options
 from deeprebirth.graph.model import resolve
 from deeprebirth.learning import accelerate as acc
@@ -53,9 +52,7 @@ def accelerate_command(model, weights, train_val, images, val, engine, device, t
     outputs.check_dir_is_ours(outdir, force)
     seconds = _seconds(time_text)
     plan_api.check_options(plan_api.Options(speedup=speedup, max_drop=max_drop, labels=labels))  # before any work
-    shipped = builtin.shipped_for(model, weights, train_val)
-    weights = weights or (str(shipped["weights"]) if "weights" in shipped else None)
-    train_val = train_val or (str(shipped["train_val"]) if "train_val" in shipped else None)
+    model, weights, train_val, _ = model_inputs(model, weights, train_val)   # a built-in's or folder's files
     popt = plan_api.Options(engine=engine.lower(), device=device, threads=threads, speedup=speedup, max_drop=max_drop,
                             labels=labels, train_images=count, heldout_images=heldout, runs=runs)
     opt = acc.Options(plan=popt, time_budget=seconds, plan_file=plan_file, force=force, iters=iters)

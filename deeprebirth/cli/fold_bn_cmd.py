@@ -4,14 +4,14 @@ from __future__ import annotations
 import click
 
 from deeprebirth import outputs
-from deeprebirth.cli import FILE, echo, main, output_json, reports, show_warnings
+from deeprebirth.cli import FILE, echo, main, model_inputs, output_json, reports, show_warnings
 from deeprebirth.runtime import verify
 from deeprebirth.transforms import fold
 
 
 @main.command("fold-bn")
 @click.argument("model")
-@click.argument("weights", type=FILE)
+@click.argument("weights", type=FILE, required=False)
 @click.option("--output", "-o", "outdir", required=True, type=str,
               help=f"Directory for {fold.OUTPUT_NET} and {fold.OUTPUT_WEIGHTS} (created if needed).")
 @click.option("--verify", "do_verify", is_flag=True,
@@ -31,11 +31,15 @@ def fold_bn_command(model, weights, outdir, do_verify, tolerance, seed, allow_mi
     InnerProduct before them (paper Lemma 2); a chain with no such layer before it becomes one Scale.
     The result computes the same function with fewer layers.
 
-    MODEL is a deploy .prototxt or a built-in name; WEIGHTS its .caffemodel. Writes
+    MODEL is a deploy .prototxt, a built-in name or a model folder; WEIGHTS its .caffemodel (a
+    built-in's shipped weights or the folder's when left out). Writes
     OUTDIR/deploy.prototxt and OUTDIR/weights.caffemodel.
     """
     outputs.check_dir_is_ours(outdir, force)   # before any work; written at the end
+    model, weights, _, using = model_inputs(model, weights, need_weights="fold-bn")
     original = fold.load(model, weights, allow_missing=allow_missing)
+    if using and not as_json:
+        echo(f"rebirth: {using}", err=True)
     show_warnings(original.warnings)
     result = fold.fold_bn(original)
     show_warnings([w for w in result.warnings if w not in original.warnings])

@@ -7,8 +7,7 @@ from pathlib import Path
 import click
 
 from deeprebirth import errors, outputs
-from deeprebirth.caffe import builtin
-from deeprebirth.cli import FILE, current_flags, echo, main, output_json, plan_reports, show_warnings
+from deeprebirth.cli import FILE, current_flags, echo, main, model_inputs, output_json, plan_reports, show_warnings
 from deeprebirth.cli.progress import progress_bar
 from deeprebirth.errors import RebirthError
 from deeprebirth.graph.model import load_model, resolve
@@ -81,14 +80,11 @@ def plan_command(model, weights, train_val, images, engine, device, threads, spe
     if out:
         outputs.check_output_path(out)
         _check_ours(out, force)
-    shipped = builtin.shipped_for(model, weights, train_val)
-    weights = weights or (str(shipped["weights"]) if "weights" in shipped else None)
-    train_val = train_val or (str(shipped["train_val"]) if "train_val" in shipped else None)
+    model, weights, train_val, using = model_inputs(model, weights, train_val)  # a built-in's or folder's files
     m = load_model(model, weights)
+    if using and not as_json:
+        echo(f"rebirth: {using}", err=True)
     show_warnings(m.warnings)
-    if shipped and not as_json:
-        echo(f"rebirth: {model}: using the " + " and the ".join(f"{w} shipped with it ({p})"
-                                                               for w, p in shipped.items()), err=True)
     opt = plan_api.Options(engine=engine.lower(), device=device, threads=threads, speedup=speedup, max_drop=max_drop,
                            labels=labels, train_images=count, heldout_images=heldout, runs=runs)
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 import click
 
 from deeprebirth import outputs
-from deeprebirth.caffe import builtin, netio
-from deeprebirth.cli import FILE, current_flags, echo, main, output_json, reports, show_warnings
+from deeprebirth.caffe import netio
+from deeprebirth.cli import FILE, current_flags, echo, main, model_inputs, output_json, reports, show_warnings
 from deeprebirth.errors import RebirthError
 from deeprebirth.graph.model import load_model, resolve
 from deeprebirth.runtime import verify
@@ -62,14 +62,10 @@ def slim_command(model, weights, train_val, only, plan_file, rule_names, keep_po
     and given a 10x learning rate in train_val.prototxt, to be fine-tuned with solver.prototxt.
     """
     outputs.check_dir_is_ours(outdir, force)   # before any work; written at the end
-    shipped = builtin.shipped_for(model, weights, train_val)   # a built-in brings what we ship with it
-    weights = weights or (str(shipped["weights"]) if "weights" in shipped else None)
-    train_val = train_val or (str(shipped["train_val"]) if "train_val" in shipped else None)
+    model, weights, train_val, using = model_inputs(model, weights, train_val)  # a built-in's or folder's files
     m = load_model(model, weights, allow_missing=allow_missing)
-    if shipped and not as_json:      # once the model loaded: an error is the only line otherwise
-        using = " and the ".join(f"{w} shipped with it ({p})" for w, p in shipped.items())
-        echo(f"rebirth: {model}: using the {using}",
-                   err=True)
+    if using and not as_json:
+        echo(f"rebirth: {using}", err=True)
     show_warnings(m.warnings)
     given = netio.read_net(train_val) if train_val else None
     if tucker:

@@ -5,7 +5,7 @@ import click
 
 from deeprebirth import outputs
 from deeprebirth.caffe import netio
-from deeprebirth.cli import FILE, current_flags, echo, main, output_json, reports, show_warnings
+from deeprebirth.cli import FILE, current_flags, echo, main, model_inputs, output_json, reports, show_warnings
 from deeprebirth.cli.progress import progress_bar
 from deeprebirth.errors import RebirthError
 from deeprebirth.graph.model import load_model, resolve
@@ -18,7 +18,7 @@ from deeprebirth.transforms.rules.tucker import parse_ranks
 
 @main.command("tucker")
 @click.argument("model")
-@click.argument("weights", type=FILE)
+@click.argument("weights", type=FILE, required=False)
 @click.option("--ranks", default="vbmf", show_default=True, metavar="vbmf|R|R3,R4",
               help="Ranks: empirical VBMF per layer, or fixed (R3 input-side, R4 output-side; one value R for "
                    "the SVD of 1x1 convolutions and InnerProducts).")
@@ -59,7 +59,8 @@ def tucker_command(model, weights, ranks, ratio, macs, time_budget, layer_cost, 
     InnerProducts (truncated SVD) from WEIGHTS (Kim et al. 2015; the paper's GoogLeNet-Tucker, and
     Slim-Tucker when MODEL is a slim net).
 
-    The new layers start from the decomposition (init.caffemodel) and learn at 10x in
+    MODEL is a deploy .prototxt, a built-in name or a model folder (WEIGHTS then defaults to its
+    weights). The new layers start from the decomposition (init.caffemodel) and learn at 10x in
     train_val.prototxt; report.json gives ranks, errors, params and MACs per layer.
     """
     outputs.check_dir_is_ours(outdir, force)   # before any work; written at the end
@@ -68,7 +69,10 @@ def tucker_command(model, weights, ranks, ratio, macs, time_budget, layer_cost, 
         raise RebirthError("--layer-cost counts only with --time F (a budget of predicted time); give both")
     budgets = (ratio, macs, time_budget)
     fixed = parse_ranks(None if any(b is not None for b in budgets) and ranks == "vbmf" else ranks)
+    model, weights, train_val, using = model_inputs(model, weights, train_val, need_weights="tucker")
     m = load_model(model, weights, allow_missing=allow_missing)
+    if using and not as_json:
+        echo(f"rebirth: {using}", err=True)
     show_warnings(m.warnings)
     given = netio.read_net(train_val) if train_val else None
     names = None if only is None else only.split(",")

@@ -95,6 +95,27 @@ def test_inspect_and_bench_take_an_output_folder(tmp_path, small, caffe):
     assert np.isfinite(json.loads(res.stdout)["models"][0]["best_ms"])
 
 
+def test_every_command_that_rewrites_a_net_takes_a_model_folder(tmp_path, small):
+    """Issue 31: an output folder (here fold-bn's) works as MODEL for slim, fold-bn, tucker and plan
+    too, its weights (and train_val) taken from it; a prototxt without WEIGHTS is one line."""
+    proto, weights = small
+    assert run("fold-bn", proto, weights, "-o", tmp_path / "o").exit_code == 0
+    folder = tmp_path / "o"
+    res = run("fold-bn", folder, "-o", tmp_path / "again", "--json")
+    assert res.exit_code == 0, res.output
+    res = run("tucker", folder, "--ratio", "0.5", "-o", tmp_path / "tk")
+    assert res.exit_code == 0, res.output
+    assert f"using the weights in the folder ({folder / 'weights.caffemodel'})" in res.stderr
+    assert (tmp_path / "tk" / "init.caffemodel").is_file()
+    res = run("slim", folder, "-o", tmp_path / "s")
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "s" / "init.caffemodel").is_file()         # the folder's weights were read
+    res = run("plan", folder, "--json")                          # weights: it needs images, and says so
+    assert "--images" in error_line(res)
+    line = error_line(run("tucker", proto, "-o", tmp_path / "x"))
+    assert str(proto) in line and "WEIGHTS" in line and not (tmp_path / "x").exists()
+
+
 def _extreme_weights(tmp_path) -> Path:
     """Weights that overflow float32 when BatchNorm/Scale fold into conv1 (no NaN: a loadable net)."""
     arrays = write_random_weights(netio.parse_net_text(NET), tmp_path / "ok.caffemodel", seed=0)
