@@ -140,7 +140,17 @@ def _relearn_images(images: str, train: data.Source, val: data.Source | None,
 
 
 def _unit_ticks(progress):
+    """relearn's progress as recover's: one tick an SGD iteration, and at the first a plan of them
+    all (units x iterations, so the first minute shows a percentage and the time left); the
+    distillation's own plan replaces it."""
+    planned = []
+
     def tick(done_units, n_units, name, it, iters):
-        if iters and progress is not None:
-            progress(1)
+        if not iters or progress is None:
+            return
+        if not planned:
+            planned.append(True)
+            progress(sv.Planned(n_units * iters, 0.0, f"re-learning {n_units} unit(s) bottom to top, {iters:,} "
+                                                      "SGD iterations each, then the distillation"))
+        progress(1)
     return tick

@@ -83,3 +83,26 @@ def test_grouped_notes_count_units_not_notes():
     notes = [("conv1", "'a': ridge 1e-3"), ("conv1", "'b': ridge 1e-4"), ("conv2", "'c': ridge 1e-5")]
     assert grouped_notes(notes) == ["  note (2 units: conv1, conv2; e.g. conv1): 'a': ridge 1e-3"]
     assert grouped_notes(notes[:2]) == ["  note (2x): conv1: 'a': ridge 1e-3"]
+
+
+def test_recover_shows_a_percentage_from_its_first_relearn_iteration():
+    """recover's relearn ticks carry a plan (units x iterations) at the first, so a log shows a
+    percentage and the time left from the first minute; the distillation's plan replaces it."""
+    from deeprebirth.learning.recover import _unit_ticks
+    from deeprebirth.learning.solver import Planned
+
+    got = []
+    tick = _unit_ticks(got.append)
+    tick(0, 3, "conv1", 0, 0)                 # a unit without SGD: nothing
+    tick(0, 3, "conv1", 1, 50)
+    tick(0, 3, "conv1", 2, 50)
+    assert isinstance(got[0], Planned) and got[0].remaining == 150 and "3 unit(s)" in got[0].text
+    assert got[1:] == [1, 1]
+    clock, out = [0.0], io.StringIO()
+    p = pr.LineProgress(None, "recover", "step", stream=out, clock=lambda: clock[0], quiet=0.0, eta=True)
+    p(got[0])
+    for _ in range(20):
+        clock[0] += 1.0
+        p(1)
+    last = out.getvalue().splitlines()[-1]
+    assert last == "rebirth: recover 10% (15/150 step, 15 s, about 2 min left)"     # 1 s a step, 135 to come
