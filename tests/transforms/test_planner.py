@@ -150,3 +150,21 @@ def test_the_ladder_drops_the_worst_buy_first():
     # with labels the images lost count, not those changing class: conv1 loses none
     table[0]["lost"] = 0
     assert planner.ladder(table, ["conv1", "inception_4a"]) == [["conv1"]]
+
+
+def test_the_plans_check_times_each_net_in_a_pair_with_the_original(monkeypatch):
+    """plan.time_pairs: two nets a session (as bench and accelerate's bench), a net given twice
+    timed once; the speed-up of each from its own pair."""
+    from deeprebirth.learning import plan as plan_api
+    sessions = []
+
+    def fake(nets, opt, progress=None):
+        sessions.append(list(nets))
+        return {label: [10.0] if label == "original" else [{"a": 2.0, "b": 5.0}[label]] for label in nets}
+
+    monkeypatch.setattr(plan_api, "time_nets", fake)
+    net_a, net_b = object(), object()
+    med, orig = plan_api.time_pairs("original net", {"a": net_a, "b": net_b, "a again": net_a},
+                                    plan_api.Options())
+    assert sessions == [["original", "a"], ["original", "b"]]
+    assert med == {"a": 2.0, "b": 5.0, "a again": 2.0} and orig["b"] / med["b"] == 2.0
