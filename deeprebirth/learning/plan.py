@@ -502,7 +502,8 @@ def _choose_and_check(model, nets: Nets, opt: Options, med: dict, heldout, tv, t
         if nets.full is not None:
             pairs["slim everything"] = nets.full.deploy
         longer = dataclasses.replace(opt, runs=CHECK_RUNS_FACTOR * opt.runs)   # the prediction: fewer nets, more runs
-        with stage("timing the plan", 2 * len(pairs) * (longer.runs + opt.warmup), "run") as tick:
+        distinct = len({id(n) for n in pairs.values()})      # time_pairs times a net given twice once
+        with stage("timing the plan", 2 * distinct * (longer.runs + opt.warmup), "run") as tick:
             m, o = time_pairs(model.net, pairs, longer, tick)
         check = {"chosen": list(choice.chosen), "original_ms": round(o["planned"], 4),
                  "exact_ms": round(m["exact"], 4), "planned_ms": round(m["planned"], 4),
