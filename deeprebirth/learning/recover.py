@@ -19,7 +19,8 @@ distillation is asked to keep the label loss, ``with_labels``, does it read them
    ``images``, held out of both steps (sources.hold_out).
 
 The run is bounded by a time budget (``time_budget``, DEFAULT_TIME_BUDGET unless iterations are
-asked for): relearn's time counts, and the distillation fits its iterations to what is left.
+asked for): relearn's SGD stops at RELEARN_SHARE of it, and the distillation fits its iterations to
+what is left.
 
 OUTDIR gets ``relearn/`` (relearn's weights.caffemodel and relearn.json), then weights.caffemodel,
 deploy.prototxt and finetune.json from the distillation, and recover.json (both steps' summaries).
@@ -56,6 +57,11 @@ DISTILL_ITERS = 20_000
 # 20,000 iterations of the BatchNorm ResNet slim net took many hours on this 2-core machine under
 # load (0.25-1 s each); 30 minutes give it 2,000-7,000, and the best validated weights are kept.
 DEFAULT_TIME_BUDGET = 30 * 60.0
+
+RELEARN_SHARE = 0.3
+"""The part of a budgeted run relearn may take: its SGD stops there (relearn.Options.time_budget).
+On the GoogLeNet-style nets' 26-minute recoveries here relearn took 100-170 s (7-11 %), so this bounds
+only short budgets and loaded machines (a 4-minute run took 8.4 minutes before relearn was bounded)."""
 
 MIN_DISTILL_SECONDS = 10.0
 """The least time a budgeted distillation is given after relearn (it measures its first steps)."""
@@ -105,7 +111,7 @@ def recover(slim_dir: str | os.PathLike, images: str, val: str | None = None,
     with undo.removed_if_interrupted(out, OUTPUT_NAMES), \
             outputs.claimed_dir(out, ["recover.json", *ft.OUTPUT_FILES], [sd.path / "deploy.prototxt"]):
         relearned = rl.relearn_dir(sd.path, _relearn_images(images, train, val_source, distill), out / "relearn",
-                                   options=relearn_options, progress=_unit_ticks(progress))
+                                   options=relearn_budget(relearn_options, budget), progress=_unit_ticks(progress))
         outputs.record_files(out, ["relearn"])
         name_of = (lambda name: flags.get(name, name)) if flags else str
         relearn_seconds = time.perf_counter() - started
@@ -128,6 +134,17 @@ def budget_of(iters: int | None, time_budget: float | None) -> float | None:
     if time_budget is not None:
         return float(time_budget)
     return DEFAULT_TIME_BUDGET if iters is None else None
+
+
+def relearn_budget(options: rl.Options | None, budget: float | None) -> rl.Options:
+    """relearn's options within a recover run of ``budget`` seconds: at most RELEARN_SHARE of it
+    (or the bound already set, when smaller); unchanged without a budget."""
+    opt = options or rl.Options()
+    if budget is None:
+        return opt
+    share = RELEARN_SHARE * budget
+    bound = share if opt.time_budget is None else min(opt.time_budget, share)
+    return dataclasses.replace(opt, time_budget=bound)
 
 
 def _relearn_images(images: str, train: data.Source, val: data.Source | None,

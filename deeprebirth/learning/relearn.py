@@ -40,6 +40,9 @@ For each unit, bottom to top (``relearn``):
    relative error); only the unit's new layers learn (lr_mult 1, others 0), SGD with momentum 0.9.
    The weights that reconstruct the held-out images best (after least squares or after SGD) are
    kept.
+   With a time budget (``Options.time_budget``) each unit's SGD gets an equal share of what is left
+   when it starts (``sgd_deadline``) and stops there; its weights are still compared with least
+   squares' and kept only when they reconstruct better. The targets and least squares are not cut.
 
 The report gives, per unit, the relative error ``sum (y - t)^2 / sum t^2`` and R^2 of its outputs on
 the held-out images at the initial weights, after the teacher/least-squares initialisation and after
@@ -175,6 +178,7 @@ class Options:
     ls_refine: bool = True          # then the active-set refinement where affordable (lstsq.solve_linear)
     seed: int = 0
     only: list[str] | None = None
+    time_budget: float | None = None  # seconds for the whole run; SGD stops early to keep it (None: no bound)
 
 
 @dataclass
@@ -262,18 +266,29 @@ def relearn(student_net: "pb.NetParameter", weights: netio.Weights, teacher_net:
                np.random.default_rng(opt.seed), train_images, heldout_images)
     todo = selected_units(units, opt.only)
     results = []
+    ends = None if opt.time_budget is None else time.perf_counter() + max(0.0, opt.time_budget)
     for k, unit in enumerate(todo):
         def tick(it, iters, k=k, unit=unit):
             if progress:
                 progress(k, len(todo), unit.name, it, iters)
-        results.append(_relearn_unit(run, unit, weights, tick))
+        results.append(_relearn_unit(run, unit, weights, tick, ends, len(todo) - k))
         if progress:
             progress(k + 1, len(todo), unit.name, 0, 0)
     return weights, results
 
 
-def _relearn_unit(run: _Run, unit: Unit, weights: netio.Weights, tick: Callable) -> UnitResult:
-    """One unit: targets, teacher/least-squares start, SGD; ``weights`` updated with the best."""
+def sgd_deadline(now: float, ends: float | None, units_left: int) -> float | None:
+    """When a unit's SGD must stop: an equal share of what the run has left (``ends``, a
+    perf_counter time, None: no bound) among the ``units_left`` units still to do, this one included."""
+    if ends is None:
+        return None
+    return now + max(0.0, ends - now) / max(1, units_left)
+
+
+def _relearn_unit(run: _Run, unit: Unit, weights: netio.Weights, tick: Callable, ends: float | None = None,
+                  units_left: int = 1) -> UnitResult:
+    """One unit: targets, teacher/least-squares start, SGD (until its share of the time left,
+    sgd_deadline); ``weights`` updated with the best."""
     opt = run.opt
     t0 = time.perf_counter()
     res = UnitResult(unit.name, unit.new, unit.inputs, unit.outputs, unit.targets)
@@ -297,12 +312,14 @@ def _relearn_unit(run: _Run, unit: Unit, weights: netio.Weights, tick: Callable)
         best = ("initial", res.error["initial"]["rel"], None)
 
     t2 = time.perf_counter()
-    if opt.iters > 0:
-        learned = _sgd(run, unit, weights, d, tick, res)
+    until = sgd_deadline(t2, ends, units_left)
+    if opt.iters > 0 and until is not None and until <= t2:
+        res.notes.append("no SGD: the time budget was spent before it")
+    elif opt.iters > 0:
+        learned = _sgd(run, unit, weights, d, tick, res, until)
         if learned is not None:
             runner.set_weights(learned)
             res.error["sgd"] = _errors(runner.run(d.held_in, unit.outputs), d.held_t)
-            res.iterations = opt.iters
             if res.error["sgd"]["rel"] <= best[1]:
                 best = ("sgd", res.error["sgd"]["rel"], learned)
     res.seconds["sgd"] = round(time.perf_counter() - t2, 2)
@@ -430,15 +447,21 @@ SGD_ATTEMPTS = 4
 
 
 def _sgd(run: _Run, unit: Unit, weights: netio.Weights, d: _UnitData, tick: Callable,
-         res: UnitResult | None = None) -> netio.Weights | None:
+         res: UnitResult | None = None, until: float | None = None) -> netio.Weights | None:
     """SGD in Caffe on the unit as a net of its own (module doc, step 4); the new layers' weights,
     or None when SGD diverged at every rate tried. A diverging run (loss not finite, or above
     DIVERGENCE_FACTOR x its first value) starts again from ``weights`` at a tenth of the rate;
-    each restart is noted in ``res.notes``."""
+    each restart is noted in ``res.notes``. At ``until`` (a perf_counter time) it stops where it
+    is (after one iteration at least), noted, and ``res.iterations`` says how far it got."""
     lr = run.opt.base_lr
     for _ in range(SGD_ATTEMPTS):
         try:
-            return _sgd_at(run, unit, weights, d, tick, lr)
+            learned, done = _sgd_at(run, unit, weights, d, tick, lr, until)
+            if res is not None:
+                res.iterations = done
+                if done < run.opt.iters:
+                    res.notes.append(f"SGD stopped at iteration {done} of {run.opt.iters}: the time budget")
+            return learned
         except Diverged as bad:
             what = f"SGD diverged at lr {lr:g} (iteration {bad.it}, loss {bad.loss:.4g})"
             lr /= 10
@@ -449,7 +472,7 @@ def _sgd(run: _Run, unit: Unit, weights: netio.Weights, d: _UnitData, tick: Call
 
 
 def _sgd_at(run: _Run, unit: Unit, weights: netio.Weights, d: _UnitData, tick: Callable,
-            lr: float) -> netio.Weights:
+            lr: float, until: float | None = None) -> tuple[netio.Weights, int]:
     from deeprebirth.runtime.pycaffe import make_solver  # noqa: PLC0415
     opt = run.opt
     scale = {o: 1.0 / (float(np.prod(run.shapes[o][1:])) * max(float(np.mean(np.square(d.train_t[o]))), 1e-12))
@@ -468,8 +491,10 @@ def _sgd_at(run: _Run, unit: Unit, weights: netio.Weights, d: _UnitData, tick: C
     n = len(run.train_images)
     rng = np.random.default_rng(opt.seed)      # the same batches at every rate tried
     order = rng.permutation(n)
-    pos, first = 0, None
+    pos, first, done = 0, None, 0
     for it in range(opt.iters):
+        if until is not None and it > 0 and time.perf_counter() >= until:
+            break
         if pos + opt.batch > n and pos > 0:
             order, pos = rng.permutation(n), 0
         idx = np.take(order, np.arange(pos, pos + opt.batch), mode="wrap")   # wraps when n < batch
@@ -483,12 +508,13 @@ def _sgd_at(run: _Run, unit: Unit, weights: netio.Weights, d: _UnitData, tick: C
         first = loss if first is None else first
         if not math.isfinite(loss) or loss > DIVERGENCE_FACTOR * max(first, 1e-12):
             raise Diverged(it + 1, loss)
-        tick(it + 1, opt.iters)
+        done = it + 1
+        tick(done, opt.iters)
     learned = {name: [b.data.copy() for b in solver.net.params[name]] for name in unit.new
                if name in solver.net.params}
     if not all(np.isfinite(a).all() for arrays in learned.values() for a in arrays):
-        raise Diverged(opt.iters, float("nan"))
-    return learned
+        raise Diverged(done, float("nan"))
+    return learned, done
 
 
 # ----------------------------------------------------------------------------------------------

@@ -286,3 +286,43 @@ def test_relearn_sgd_too_high_rate_is_caught(caffe, tmp_path):
     assert unit["kept"] != "sgd" or np.isfinite(unit["error"]["sgd"]["rel"])
     weights = netio.weights_of(netio.read_weights(slim / "weights.caffemodel"))
     assert all(np.isfinite(a).all() for arrays in weights.values() for a in arrays)
+
+
+# ----------------------------------------------------------------------------------------------
+# a time budget bounds relearn (recover and accelerate give it one)
+
+
+def test_sgd_deadline_shares_what_is_left_among_the_units_to_do():
+    from deeprebirth.learning import relearn as rl
+    assert rl.sgd_deadline(100.0, None, 3) is None                  # no budget: no bound
+    assert rl.sgd_deadline(100.0, 160.0, 3) == pytest.approx(120.0)   # a third of the 60 s left
+    assert rl.sgd_deadline(100.0, 160.0, 1) == pytest.approx(160.0)   # the last unit: all of it
+    assert rl.sgd_deadline(100.0, 90.0, 2) == pytest.approx(100.0)    # spent already: stop at once
+
+
+def test_recover_gives_relearn_a_share_of_its_budget():
+    from deeprebirth.learning import recover as rc
+    from deeprebirth.learning import relearn as rl
+    assert rc.relearn_budget(None, None).time_budget is None
+    assert rc.relearn_budget(None, 1000.0).time_budget == pytest.approx(rc.RELEARN_SHARE * 1000.0)
+    # a bound asked for already is kept when smaller, and the other options are the caller's
+    opt = rc.relearn_budget(rl.Options(iters=7, time_budget=5.0), 1000.0)
+    assert (opt.iters, opt.time_budget) == (7, 5.0)
+
+
+def test_relearn_with_its_time_spent_keeps_least_squares_and_says_so(caffe, tmp_path):
+    """A budget spent before SGD starts (0 s): every unit keeps what least squares found, notes why
+    it did no SGD, and the weights are written and load."""
+    from deeprebirth.learning import relearn as rl
+    proto, w = write_model(tmp_path, SMALL, "small", seed=4)
+    slim = tmp_path / "slim"
+    assert run("slim", proto, "--weights", w, "-o", slim, "--data-layer", "dummy").exit_code == 0
+    images = image_folder(tmp_path, n=24, size=32)
+    doc = rl.relearn_dir(slim, str(images), tmp_path / "rl", options=rl.Options(
+        train_images=16, heldout_images=8, iters=50, batch=8, time_budget=0.0))
+    for unit in doc["units"]:
+        assert unit["iterations"] == 0 and "sgd" not in unit["error"], unit
+        assert any("time budget" in n for n in unit["notes"]), unit
+        assert unit["error"]["least_squares"]["rel"] < unit["error"]["initial"]["rel"]
+    weights = netio.weights_of(netio.read_weights(tmp_path / "rl" / "weights.caffemodel"))
+    pycaffe.CaffeNet(netio.read_net(slim / "deploy.prototxt"), weights)
