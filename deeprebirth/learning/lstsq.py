@@ -3,6 +3,8 @@ Caffe orders them, a ridge-regularised solver that also fits through a ReLU, err
 the pruning start for a shrunk layer. deeprebirth.learning.relearn's module doc has the method."""
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 
@@ -29,10 +31,16 @@ def patches(x: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int], pad
 
 def solve_linear(a: np.ndarray, y: np.ndarray, relu: bool = False, ridge: float = 1e-9,
                  iterations: int = 100, tol: float = 1e-10,
-                 active_set_budget: float = 2e10) -> tuple[np.ndarray, np.ndarray]:
+                 active_set_budget: float = 2e10, deadline: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Weights W (d x o) and bias b (o) minimising ||a W + b - y||^2 + ridge' ||W||^2 with
     ridge' = ridge * mean(diag(a^T a)); with ``relu`` the model is relu(a W + b) ~ y (y >= 0),
-    solved by alternating projections (see the module doc), then refined on the active set."""
+    solved by alternating projections (see the module doc), then refined on the active set. At
+    ``deadline`` (a time.perf_counter time) the projections stop at the fit they have and the
+    refinement is skipped: the plain fit is always made."""
+
+    def late() -> bool:
+        return deadline is not None and time.perf_counter() >= deadline
+
     a1 = np.concatenate([a, np.ones((a.shape[0], 1))], axis=1)
     gram = a1.T @ a1
     lam = ridge * max(float(np.mean(np.diag(gram))), 1e-12)
@@ -49,6 +57,8 @@ def solve_linear(a: np.ndarray, y: np.ndarray, relu: bool = False, ridge: float 
         off = y <= 0
         prev = None
         for _ in range(iterations):
+            if late():
+                break
             pred = a1 @ w
             target = np.where(off, np.minimum(pred, 0.0), y)
             w = fit(target)
@@ -58,7 +68,7 @@ def solve_linear(a: np.ndarray, y: np.ndarray, relu: bool = False, ridge: float 
         # Active-set refinement, one output at a time: fit exactly on the rows where the target is
         # positive or the prediction still is (the others only need a non-positive pre-activation).
         # It costs a Gram matrix per output, so only where that is affordable.
-        if a1.shape[0] * a1.shape[1] ** 2 * y.shape[1] <= active_set_budget:
+        if a1.shape[0] * a1.shape[1] ** 2 * y.shape[1] <= active_set_budget and not late():
             for _ in range(3):
                 pred = a1 @ w
                 changed = False

@@ -292,12 +292,24 @@ def test_relearn_sgd_too_high_rate_is_caught(caffe, tmp_path):
 # a time budget bounds relearn (recover and accelerate give it one)
 
 
-def test_sgd_deadline_shares_what_is_left_among_the_units_to_do():
+def test_unit_deadline_shares_what_is_left_among_the_units_to_do():
     from deeprebirth.learning import relearn as rl
-    assert rl.sgd_deadline(100.0, None, 3) is None                  # no budget: no bound
-    assert rl.sgd_deadline(100.0, 160.0, 3) == pytest.approx(120.0)   # a third of the 60 s left
-    assert rl.sgd_deadline(100.0, 160.0, 1) == pytest.approx(160.0)   # the last unit: all of it
-    assert rl.sgd_deadline(100.0, 90.0, 2) == pytest.approx(100.0)    # spent already: stop at once
+    assert rl.unit_deadline(100.0, None, 3) is None                  # no budget: no bound
+    assert rl.unit_deadline(100.0, 160.0, 3) == pytest.approx(120.0)   # a third of the 60 s left
+    assert rl.unit_deadline(100.0, 160.0, 1) == pytest.approx(160.0)   # the last unit: all of it
+    assert rl.unit_deadline(100.0, 90.0, 2) == pytest.approx(100.0)    # spent already: stop at once
+
+
+def test_solve_linear_past_its_deadline_keeps_the_plain_fit():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(400, 6))
+    y = np.maximum(a @ rng.normal(size=(6, 3)) + 0.1, 0)
+    plain = lstsq.solve_linear(a, y, relu=False)
+    cut = lstsq.solve_linear(a, y, relu=True, deadline=0.0)          # perf_counter is past 0 already
+    full = lstsq.solve_linear(a, y, relu=True)
+    assert all(np.allclose(p, c) for p, c in zip(plain, cut))
+    err = [float(np.sum((np.maximum(a @ w + b, 0) - y) ** 2)) for w, b in (cut, full)]
+    assert err[1] < 0.5 * err[0]            # the projections through the ReLU are what was cut
 
 
 def test_recover_gives_relearn_a_share_of_its_budget():
@@ -311,8 +323,8 @@ def test_recover_gives_relearn_a_share_of_its_budget():
 
 
 def test_relearn_with_its_time_spent_keeps_least_squares_and_says_so(caffe, tmp_path):
-    """A budget spent before SGD starts (0 s): every unit keeps what least squares found, notes why
-    it did no SGD, and the weights are written and load."""
+    """A budget spent before any unit starts (0 s): each keeps least squares' plain fit (no
+    projections through the ReLU), notes that it did no SGD, and the weights are written and load."""
     from deeprebirth.learning import relearn as rl
     proto, w = write_model(tmp_path, SMALL, "small", seed=4)
     slim = tmp_path / "slim"
