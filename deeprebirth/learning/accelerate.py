@@ -11,7 +11,7 @@ the first step not done (``plan.json``; ``slim/report.json``; ``slim/recovered/r
 3. **recover** the regenerated layers (relearn, then distillation against the original, label-free;
    with ``labels`` the distillation keeps the label loss too), in the time the budget leaves
    (``time_budget`` bounds the whole run, planning included; the checks, export and timing after
-   it are reserved ``RESERVE_S``);
+   it are reserved the time ``reserve_seconds`` estimates from the plan's own measurements);
 4. **check**, never worse than exact: the recovered weights, the re-learned ones and the exact net
    (every lossless rewrite, no lossy one) are compared with the original on held-out images
    (``--val``, else the images recover held out): the result is the fastest of them within the
@@ -47,8 +47,18 @@ from deeprebirth.learning import plan as plan_api
 from deeprebirth.transforms import planner
 from deeprebirth.transforms import slim as slim_api
 
-#: Seconds kept back from the budget for the checks, the export and the timing after recovery.
+#: Seconds kept back from the budget for the checks, the export and the timing after recovery
+#: when the plan measured nothing to estimate them from (a plan file without its fidelity timings).
 RESERVE_S = 180.0
+#: The least time kept back, whatever the estimate (reserve_seconds).
+RESERVE_MIN_S = 45.0
+#: What the steps after recovery take besides the nets' passes: Caffe and the engine starting in
+#: their child processes, the export and its verification, writing the files.
+RESERVE_FIXED_S = 20.0
+#: The estimate times this: a shared machine slows down; the ladder's sets are built too.
+RESERVE_MARGIN = 2.0
+#: Smaller sets (planner.ladder) whose checks the reserve leaves time for.
+LADDER_RUNGS = 2
 #: Least distillation time worth starting (below it the re-learned weights are the recovered ones).
 MIN_DISTILL_S = 60.0
 DEFAULT_TIME_S = 30 * 60.0
@@ -83,6 +93,7 @@ class _Ctx:
     stage: Callable
     started: float
     steps: dict = field(default_factory=dict)
+    tail: float = RESERVE_MIN_S           # what the export and the timing after the check need (set by recover)
 
     def left(self) -> float:
         return self.opt.time_budget - (time.perf_counter() - self.started)
@@ -98,9 +109,9 @@ def accelerate(spec: str, weights: str | None, train_val: str | None, images: st
     if model.weights is None:
         raise RebirthError(f"{spec}: accelerate re-learns what it changes and needs the trained weights: give "
                            "{opt:weights}")
-    if opt.time_budget < RESERVE_S + 60:
-        raise RebirthError(f"{{opt:time}} {opt.time_budget:.0f} s is too short: the checks, export and timing alone "
-                           f"take about {RESERVE_S:.0f} s")
+    if opt.time_budget < RESERVE_MIN_S + 60:
+        raise RebirthError(f"{{opt:time}} {opt.time_budget:.0f} s is too short: planning takes a minute and the "
+                           f"checks, export and timing after recovery at least {RESERVE_MIN_S:.0f} s")
     if opt.plan.labels:          # the distillation and the check read them: an unlabelled source fails now
         from deeprebirth.learning import sources as data  # noqa: PLC0415
         for source in (images, val):
@@ -209,14 +220,51 @@ def _recover_step(ctx: _Ctx, sd: Path | None) -> dict | None:
         return json.loads((rec_dir / "recover.json").read_text())
     from deeprebirth.learning import finetune as ft  # noqa: PLC0415
     from deeprebirth.learning import recover as rc  # noqa: PLC0415
-    budget = max(0.0, ctx.left() - RESERVE_S)
+    reserve, ctx.tail = reserved(ctx, _plan_of(ctx))
+    budget = max(0.0, ctx.left() - reserve)
     ctx.say("recover: re-learn, then distil against the original" + (" and the labels" if ctx.opt.plan.labels
             else "") + f" for about {budget / 60:.0f} min (what the time budget leaves)")
     options = ft.Options(seed=ctx.opt.seed, iters=ctx.opt.iters, with_labels=ctx.opt.plan.labels)
     with ctx.stage("recover", None, "step") as tick:
         doc = rc.recover(sd, ctx.images, ctx.val, rec_dir, options=options, progress=tick, time_budget=budget)
-    ctx.steps["recover"] = {"dir": str(rec_dir)}
+    ctx.steps["recover"] = {"dir": str(rec_dir), "reserved_s": round(reserve, 1)}
     return doc
+
+
+def _plan_of(ctx: _Ctx) -> dict:
+    try:
+        return json.loads((ctx.out / "plan.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def reserved(ctx: _Ctx, plan: dict) -> tuple[float, float]:
+    """(seconds kept back from recovery for everything after it, seconds the export and the timing
+    need after the check): reserve_seconds on the plan's measurements and the number of images the
+    check reads (``--val``, else those recover holds out); RESERVE_S when the plan has no timings."""
+    from deeprebirth.learning import sources as data  # noqa: PLC0415
+    fid = (plan.get("exact") or {}).get("fidelity") or {}
+    if not fid.get("seconds") or not plan.get("heldout_images") or not plan.get("original_ms"):
+        return RESERVE_S, RESERVE_S / 2
+    n = len(data.open_source(ctx.val)) if ctx.val else data.holdout_size(len(data.open_source(ctx.images)))
+    per_image = float(fid["seconds"]) / int(plan["heldout_images"])
+    p = ctx.opt.plan
+    runs = plan_api.CHECK_RUNS_FACTOR * p.runs
+    return (reserve_seconds(per_image, n, float(plan["original_ms"]), runs, p.warmup),
+            reserve_seconds(0.0, 0, float(plan["original_ms"]), runs, p.warmup))
+
+
+def reserve_seconds(seconds_per_image: float, check_images: int, original_ms: float, runs: int,
+                    warmup: int) -> float:
+    """The time the steps after recovery should take, from the plan's measurements: the check's
+    passes (the original and the two recovered nets, and as many for each of LADDER_RUNGS smaller
+    sets) over ``check_images`` at ``seconds_per_image`` (the plan's pass of the exact net), the
+    bench's rounds of the original and the result (``runs`` + ``warmup`` each at ``original_ms``, the
+    slower), and RESERVE_FIXED_S; times RESERVE_MARGIN, RESERVE_MIN_S at least. (The fixed 180 s it
+    replaces was 20 times what these steps took on the Fashion-MNIST GoogLeNets: 8 s.)"""
+    passes = 3 * (1 + LADDER_RUNGS) * check_images * seconds_per_image
+    bench = 2 * (runs + warmup) * original_ms / 1000.0
+    return max(RESERVE_MIN_S, RESERVE_MARGIN * (RESERVE_FIXED_S + passes + bench))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -320,9 +368,6 @@ def _option(name: str, score: dict) -> dict:
     return {"name": name, **score, "flips_percent": 100.0 * score["flips"] / score["images"], "exact": False}
 
 
-#: Seconds the ladder leaves for the export and the timing after it.
-LADDER_RESERVE_S = 90.0
-
 
 def _ladder_step(ctx: _Ctx, plan: dict, tv, recovered_file: Path, allowed: float, labels: bool,
                  held: dict) -> dict | None:
@@ -330,13 +375,14 @@ def _ladder_step(ctx: _Ctx, plan: dict, tv, recovered_file: Path, allowed: float
     from the recovered weights without re-learning (``all``: every layer whose name and shape match;
     ``units``: only the layers the smaller set regenerates, the others exact), checked in turn;
     returns the options checked down to the first within ``allowed``, with their nets, or None when
-    no smaller set can be assembled. Stops when the time left is LADDER_RESERVE_S."""
+    no smaller set can be assembled. Stops when the time left is what the export and the timing
+    need (``ctx.tail``)."""
     from deeprebirth.runtime import isolate  # noqa: PLC0415
     subsets = planner.ladder(plan.get("candidates") or [], plan["only"])
     recovered = netio.weights_of(netio.read_weights(recovered_file))
     found = {"options": [], "nets": {}, "only": {}}
     for subset in subsets:
-        if ctx.left() < LADDER_RESERVE_S:
+        if ctx.left() < ctx.tail:
             ctx.say("check: no time left for smaller sets")
             break
         out = plan_api.slimmed(ctx.model, subset, tv, ctx.train_val, rules=plan.get("rules"),

@@ -114,3 +114,15 @@ def test_a_smaller_set_takes_the_recovered_weights_that_fit():
     assert acc.assembled_weights(base, rec, ["inception_3a/3x3"], None)["fc"][0].max() == 0
     rec["inception_3a/3x3"] = [np.ones((6, 4, 3, 3)), np.ones(6)]
     assert acc.assembled_weights(base, rec, ["inception_3a/3x3"], None) is None
+
+
+def test_the_time_kept_after_recovery_follows_the_net():
+    """The reserve for the check, the ladder, the export and the bench grows with the net's
+    measured pass and the images the check reads; never below RESERVE_MIN_S."""
+    small = acc.reserve_seconds(0.56 / 500, 2000, 0.64, 90, 3)       # the Fashion-MNIST GoogLeNet here
+    assert acc.RESERVE_MIN_S <= small < 120
+    big = acc.reserve_seconds(0.04, 300, 40.0, 90, 3)                 # an ImageNet GoogLeNet on a CPU
+    assert big > 2 * small
+    assert big == acc.RESERVE_MARGIN * (acc.RESERVE_FIXED_S + 3 * (1 + acc.LADDER_RUNGS) * 300 * 0.04
+                                        + 2 * 93 * 0.040)
+    assert acc.reserve_seconds(0.0, 0, 0.1, 90, 3) == acc.RESERVE_MIN_S

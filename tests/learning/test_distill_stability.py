@@ -122,6 +122,17 @@ def test_iterations_are_fitted_to_the_time_left():
     assert sv.fit_iterations(60.0, 0.1, 0.0, 0).test_interval == sv.fit_iterations(60.0, 0.1, 0.0, 0).iters
 
 
+def test_a_short_budget_validates_less_rather_than_not_train():
+    """42 s left, 3.4 s a validation: ten validations would leave nothing to train (it ran one
+    iteration); the validations get at most VALIDATION_SHARE of the time, once at least."""
+    assert sv.validations_within(42.0, 3.4, 10, reserve=6.8) == 2
+    assert sv.validations_within(1800.0, 3.4, 10, reserve=6.8) == 10       # a long run: all ten
+    assert sv.validations_within(5.0, 3.4, 10) == 1 and sv.validations_within(600.0, 3.4, 0) == 0
+    fit = sv.fit_iterations(42.0, 0.042, 3.4, 10, reserve=6.8)
+    assert fit.iters > 400 and fit.expected <= sv.BUDGET_SAFETY * 42.0 + 1e-9
+    assert -(-fit.iters // fit.test_interval) == 2                          # two validations on the way
+
+
 def test_the_rate_is_probed_from_the_start():
     """Measured (relative output error after 20 steps, or 2 for the first): the exactly folded
     BatchNorm ResNet 2e-7 -> 0.135 at 0.01, 0.081 at 0.0033, 1.9e-7 at 0.001 (a blow-up); the ResNet
