@@ -1,7 +1,6 @@
 """`rebirth accelerate`: from a trained model to a checked, faster model folder for the target, in one command."""
 from __future__ import annotations
 
-import math
 import shlex
 from pathlib import Path
 
@@ -77,21 +76,17 @@ def accelerate_command(model, weights, train_val, images, val, engine, device, t
         echo(hint)
 
 
-#: The hint below shows when "slim everything" measured at least this much faster than the result.
-HINT_GAIN = 1.3
-
-
 def speed_hint(doc: dict, argv: list[str], outdir: str) -> str | None:
-    """When a fidelity promise left speed the target has on the table (the result no faster than
-    ``HINT_GAIN`` times less than "slim everything" measured while planning): the command that
-    asks for that speed instead (``--speedup``, 90 % of it, into a new folder), to paste."""
+    """When a fidelity promise left speed the target has on the table ("slim everything" measured
+    while planning at least acc.SPEED_WORTH times the result): the command that asks for that
+    speed instead (``--speedup``, acc.speed_target of it, into a new folder), to paste."""
     if (doc.get("goal") or {}).get("speedup") is not None:
         return None
     full = ((doc.get("plan") or {}).get("slim_everything") or {}).get("speedup")
     got = doc.get("speedup") or 1.0
-    if not full or full < HINT_GAIN * got:
+    if not full or full < acc.SPEED_WORTH * got:
         return None
-    target = math.floor(9 * full) / 10
+    target = acc.speed_target(full)
     new_out = Path(f"{outdir.rstrip('/')}-speedup{target:g}")
     k = 2
     while new_out.exists():

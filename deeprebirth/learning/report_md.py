@@ -77,6 +77,7 @@ def render(doc: dict) -> str:
     ex, full = plan.get("exact") or {}, plan.get("slim_everything")
     lines += ["", f"Planned: {_x(plan.get('predicted_speedup'))} predicted; exact net {_x(ex.get('speedup'))}"
               + (f"; slim everything {_x(full.get('speedup'))}" if full else "") + " (timed while planning).", ""]
+    lines += [f"- {note}" for note in plan.get("notes") or []] + ([""] if plan.get("notes") else [])
     lines += ["## Steps", ""] + [f"- {k}: {_kv(v)}" for k, v in (doc.get("steps") or {}).items() if k != "check"]
     q = shlex.quote
     held = check.get("heldout") if check.get("heldout") and " " not in check["heldout"] else doc["images"]

@@ -126,3 +126,20 @@ def test_the_time_kept_after_recovery_follows_the_net():
     assert big == acc.RESERVE_MARGIN * (acc.RESERVE_FIXED_S + 3 * (1 + acc.LADDER_RUNGS) * 300 * 0.04
                                         + 2 * 93 * 0.040)
     assert acc.reserve_seconds(0.0, 0, 0.1, 90, 3) == acc.RESERVE_MIN_S
+
+
+def test_with_labels_and_speed_on_the_table_accelerate_aims_at_it():
+    """With labels the check measures top-1 after recovery, so a budget's plan that left most of
+    slim everything's speed unused (least squares alone loses tens of points) is made again for
+    90 % of that speed; never without labels, with a speed-up asked for, or when little is left."""
+    from deeprebirth.learning import plan as plan_api
+    plan = {"goal": {"max_drop": 0.5, "labels": True, "speedup": None}, "predicted_speedup": 1.01,
+            "slim_everything": {"speedup": 3.48}}
+    labels = plan_api.Options(labels=True)
+    assert acc.aimed_speedup(plan, labels) == 3.1
+    assert acc.aimed_speedup(plan, plan_api.Options(labels=True, max_drop=1.0)) == 3.1   # a budget given: the same
+    assert acc.aimed_speedup(plan, plan_api.Options(labels=True, speedup=2.0)) is None
+    assert acc.aimed_speedup(dict(plan, goal={"max_drop": 1.0}), plan_api.Options()) is None   # label-free
+    assert acc.aimed_speedup(dict(plan, slim_everything={"speedup": 1.05}), labels) is None      # a ResNet: nothing
+    assert acc.aimed_speedup(dict(plan, slim_everything=None), labels) is None
+    assert acc.speed_target(3.48) == 3.1 and acc.speed_target(1.83) == 1.6
