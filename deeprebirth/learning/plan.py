@@ -350,10 +350,12 @@ def no_stage(desc: str, total: int | None, unit: str = "it"):
 
 
 def make_plan(model: Model, images=None, train_val: str | None = None, options: Options | None = None,
-              log: Log | None = None, stage=no_stage) -> dict:
+              log: Log | None = None, stage=no_stage, aim: Callable[[dict], float | None] | None = None) -> dict:
     """The plan document (module doc). ``images``: a SOURCE (or an opened Source); needed when the
     model has weights. ``log(line)``: one line per step; ``stage(desc, total, unit)``: a context
-    manager yielding ``update(n)`` (or None) for the progress of long steps."""
+    manager yielding ``update(n)`` (or None) for the progress of long steps. ``aim(doc)``: given
+    the plan made, a speed-up to choose and check for again from the same measurements (None: the
+    plan stands); the document is then that choice's, with ``"first"``, the plan it replaced."""
     from deeprebirth.caffe import netio  # noqa: PLC0415
 
     opt = options or Options()
@@ -379,6 +381,16 @@ def make_plan(model: Model, images=None, train_val: str | None = None, options: 
                                               say, stage, fid)
     doc = _document(model, train_val, images, opt, nets, med, times, fid, heldout, choice, check, rounds,
                     time.perf_counter() - started)
+    target = aim(doc) if aim is not None else None
+    if target is not None:
+        first = doc
+        again = dataclasses.replace(opt, speedup=target)
+        rounds, choice, check = _choose_and_check(model, nets, again, med, heldout, tv, train_val, train, held, labels,
+                                                  say, stage, fid)
+        doc = _document(model, train_val, images, again, nets, med, times, fid, heldout, choice, check, rounds,
+                        time.perf_counter() - started)
+        doc["first"] = {k: first.get(k) for k in ("goal", "only", "predicted_speedup", "predicted_fidelity",
+                                                 "slim_everything", "notes")}
     doc["notes"] += [d["why"] for d in dropped]
     return doc
 

@@ -178,7 +178,7 @@ def test_a_set_that_misses_its_promise_falls_back_down_the_ladder(tiny, tmp_path
 def test_with_labels_accelerate_aims_at_the_speed_and_keeps_the_budget(tiny, tmp_path, monkeypatch):
     """When aimed_speedup says the speed is worth going for (on this tiny net timing cannot be
     relied on to, so it is told), the plan is made again for that speed-up, the promise stays the
-    budget in top-1 points, and plan.json and report.md say so."""
+    budget in top-1 points, and plan.json and report.md say so; nothing is measured twice."""
     from deeprebirth.learning import accelerate as acc
     monkeypatch.setattr(acc, "aimed_speedup", lambda plan, opt: 1.5 if opt.labels else None)
     out = tmp_path / "fast"
@@ -190,6 +190,7 @@ def test_with_labels_accelerate_aims_at_the_speed_and_keeps_the_budget(tiny, tmp
     assert plan["goal"]["speedup"] == 1.5 and plan["goal"]["aimed"] is True
     assert plan["goal"]["max_drop"] == 0.5 and plan["budget_plan"]["only"] is not None
     assert any("aimed at 1.5x" in n for n in plan["notes"])
+    assert res.output.count("lossy candidate(s)") == 1      # chosen again from the same measurements
     doc = json.loads(res.stdout)
     assert doc["steps"]["check"]["allowed"] == 0.5 and doc["steps"]["check"]["labels"] is True
     assert "hint" not in doc
