@@ -385,6 +385,8 @@ def make_plan(model: Model, images=None, train_val: str | None = None, options: 
     if target is not None:
         first = doc
         again = dataclasses.replace(opt, speedup=target)
+        if heldout:
+            _more_fidelity(model, nets, again, fid, train, held, labels, say, stage)
         rounds, choice, check = _choose_and_check(model, nets, again, med, heldout, tv, train_val, train, held, labels,
                                                   say, stage, fid)
         doc = _document(model, train_val, images, again, nets, med, times, fid, heldout, choice, check, rounds,
@@ -428,7 +430,6 @@ def _fidelity(model: Model, nets: Nets, images, train_val, opt: Options, say: Lo
     and checked; each candidate's flips and output error set on it. Returns (fidelity by net,
     held-out count, training images, held-out images, their labels)."""
     from deeprebirth.learning import preprocess  # noqa: PLC0415
-    from deeprebirth.runtime import isolate  # noqa: PLC0415
     shape = Graph(model.net, strict=False)
     inputs = shape.input_blobs
     if len(inputs) != 1:
@@ -437,13 +438,34 @@ def _fidelity(model: Model, nets: Nets, images, train_val, opt: Options, say: Lo
         model.source))
     train, held, labels = load_images(images, pre, opt.train_images, opt.heldout_images, opt.seed)
     heldout = len(held)
-    todo = {name: _job(v) for name, v in nets.variants.items()
-            if planner.eligible(next(c for c in nets.candidates if c.name == name), opt.speedup is not None)}
+    todo = _variant_jobs(nets, opt, {})
     if nets.exact is not None:
         todo["exact"] = _job(nets.exact)
     if nets.full is not None:
         todo["slim everything"] = _job(nets.full)
-    say(f"re-learning {len(todo)} net(s) by least squares on {len(train)} images; checking on {heldout} others")
+    fid = _relearned(model, todo, train, held, labels, opt, say, stage)
+    _set_fidelity(nets, fid, heldout, opt.labels)
+    return fid, heldout, train, held, labels
+
+
+def _variant_jobs(nets: Nets, opt: Options, done: dict) -> dict:
+    """The candidates' nets to re-learn: those planner.eligible for ``opt``'s goal, not in ``done``."""
+    return {name: _job(v) for name, v in nets.variants.items() if name not in done and
+            planner.eligible(next(c for c in nets.candidates if c.name == name), opt.speedup is not None)}
+
+
+def _more_fidelity(model: Model, nets: Nets, opt: Options, fid: dict, train, held, labels, say: Log, stage) -> None:
+    """For a goal that makes more candidates eligible (a speed-up after a budget), those not
+    re-learned yet, added to ``fid`` and set on the candidates."""
+    todo = _variant_jobs(nets, opt, fid)
+    if todo:
+        fid.update(_relearned(model, todo, train, held, labels, opt, say, stage))
+        _set_fidelity(nets, fid, len(held), opt.labels)
+
+
+def _relearned(model: Model, todo: dict, train, held, labels, opt: Options, say: Log, stage) -> dict:
+    from deeprebirth.runtime import isolate  # noqa: PLC0415
+    say(f"re-learning {len(todo)} net(s) by least squares on {len(train)} images; checking on {len(held)} others")
     with stage("fidelity", len(todo), "net") as tick:
         def told(item):
             name, doc = item
@@ -451,8 +473,13 @@ def _fidelity(model: Model, nets: Nets, images, train_val, opt: Options, say: Lo
             if tick:
                 tick(1)
         ls = (opt.ls_rows, opt.ls_iterations)
-        fid = isolate.call(fidelity_jobs, model, todo, train, held, labels, opt.seed, ls, what="Caffe (plan)",
-                           progress=told)
+        return isolate.call(fidelity_jobs, model, todo, train, held, labels, opt.seed, ls, what="Caffe (plan)",
+                            progress=told)
+
+
+def _set_fidelity(nets: Nets, fid: dict, heldout: int, labels: bool) -> None:
+    """Each candidate re-learned: its flips and output error (with ``labels`` the images it loses)
+    set on it, or the note why re-learning failed."""
     for c in nets.candidates:
         doc = fid.get(c.name)
         if doc is None:
@@ -461,9 +488,8 @@ def _fidelity(model: Model, nets: Nets, images, train_val, opt: Options, say: Lo
             c.note = f"re-learning failed: {doc['note']}"
         else:
             c.flips, c.rel_error = doc["flips"], doc["rel_error"]
-            if opt.labels:
+            if labels:
                 c.lost = planner.images_lost(doc.get("top1_drop"), heldout)
-    return fid, heldout, train, held, labels
 
 
 def check_options(opt: Options) -> None:

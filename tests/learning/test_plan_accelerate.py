@@ -191,6 +191,8 @@ def test_with_labels_accelerate_aims_at_the_speed_and_keeps_the_budget(tiny, tmp
     assert plan["goal"]["max_drop"] == 0.5 and plan["budget_plan"]["only"] is not None
     assert any("aimed at 1.5x" in n for n in plan["notes"])
     assert res.output.count("lossy candidate(s)") == 1      # chosen again from the same measurements
+    # every candidate a speed-up may choose was re-learned, also those the budget's plan left out
+    assert all(c["flips"] is not None for c in plan["candidates"] if (c["saved_ms"] or 0) > 0 and not c.get("note"))
     doc = json.loads(res.stdout)
     assert doc["steps"]["check"]["allowed"] == 0.5 and doc["steps"]["check"]["labels"] is True
     assert "hint" not in doc
