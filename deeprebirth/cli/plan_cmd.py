@@ -36,7 +36,9 @@ def target_options(f):
                           f"[default: {plan_api.planner.DEFAULT_MAX_DROP_LABELS:g}]."),
         click.option("--labels", is_flag=True,
                      help="Use the labels of --images: fidelity is top-1 on labelled held-out images (and "
-                          "accelerate distils with the labels too)."),
+                          "accelerate distils with the labels too and, without --speedup, aims at the speed every "
+                          "rewrite together measured when the budget's plan left most of it: the check after "
+                          "recovery holds the budget)."),
         click.option("--count", type=click.IntRange(min=1), default=plan_api.Options.train_images, show_default=True,
                      help="Images each candidate is re-learned on (least squares) while planning."),
         click.option("--heldout", type=click.IntRange(min=10), default=plan_api.Options.heldout_images,
