@@ -132,7 +132,7 @@ def accelerate(spec: str, weights: str | None, train_val: str | None, images: st
     with outputs.claimed_dir(out, names, [p for p in (inputs or []) if p], opt.force):
         plan = _plan_step(ctx)
         sd = _slim_step(ctx, plan)
-        recovered = _recover_step(ctx, sd)
+        recovered = _recover_step(ctx, sd, plan)
         result = _check_step(ctx, plan, sd, recovered)
         engine_files = _export_step(ctx, result)
         bench_doc = _bench_step(ctx, result)
@@ -264,7 +264,7 @@ def _slim_step(ctx: _Ctx, plan: dict) -> Path | None:
 # 3. recover
 
 
-def _recover_step(ctx: _Ctx, sd: Path | None) -> dict | None:
+def _recover_step(ctx: _Ctx, sd: Path | None, plan: dict) -> dict | None:
     """recover's record (None when nothing was regenerated: the slim net is exact)."""
     if sd is None:
         return None
@@ -278,7 +278,7 @@ def _recover_step(ctx: _Ctx, sd: Path | None) -> dict | None:
         return json.loads((rec_dir / "recover.json").read_text())
     from deeprebirth.learning import finetune as ft  # noqa: PLC0415
     from deeprebirth.learning import recover as rc  # noqa: PLC0415
-    reserve, ctx.tail = reserved(ctx, _plan_of(ctx))
+    reserve, ctx.tail = reserved(ctx, plan)
     budget = max(0.0, ctx.left() - reserve)
     ctx.say("recover: re-learn, then distil against the original" + (" and the labels" if ctx.opt.plan.labels
             else "") + f" for about {budget / 60:.0f} min (what the time budget leaves)")
@@ -287,13 +287,6 @@ def _recover_step(ctx: _Ctx, sd: Path | None) -> dict | None:
         doc = rc.recover(sd, ctx.images, ctx.val, rec_dir, options=options, progress=tick, time_budget=budget)
     ctx.steps["recover"] = {"dir": str(rec_dir), "reserved_s": round(reserve, 1)}
     return doc
-
-
-def _plan_of(ctx: _Ctx) -> dict:
-    try:
-        return json.loads((ctx.out / "plan.json").read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 def reserved(ctx: _Ctx, plan: dict) -> tuple[float, float]:
@@ -424,7 +417,6 @@ def _check_step(ctx: _Ctx, plan: dict, sd: Path | None, recovered: dict | None) 
 
 def _option(name: str, score: dict) -> dict:
     return {"name": name, **score, "flips_percent": 100.0 * score["flips"] / score["images"], "exact": False}
-
 
 
 def _ladder_step(ctx: _Ctx, plan: dict, tv, recovered_file: Path, allowed: float, labels: bool,
