@@ -8,15 +8,10 @@ import click
 
 from deeprebirth import outputs
 from deeprebirth.cli import FILE, echo, main, model_inputs, output_json
-from deeprebirth.cli.plan_cmd import stage, target_options
+from deeprebirth.cli.plan_cmd import seconds_of, stage, target_options
 from deeprebirth.graph.model import resolve
 from deeprebirth.learning import accelerate as acc
 from deeprebirth.learning import plan as plan_api
-
-
-def _seconds(text: str) -> float:
-    from deeprebirth.learning import solver as sv  # noqa: PLC0415
-    return float(sv.parse_duration(text))
 
 
 @main.command("accelerate")
@@ -49,7 +44,7 @@ def accelerate_command(model, weights, train_val, images, val, engine, device, t
     against Caffe, and time it beside the original. A second run with the same arguments goes on
     from the first step not done."""
     outputs.check_dir_is_ours(outdir, force)
-    seconds = _seconds(time_text)
+    seconds = seconds_of(time_text)
     plan_api.check_options(plan_api.Options(speedup=speedup, max_drop=max_drop, labels=labels))  # before any work
     model, weights, train_val, _ = model_inputs(model, weights, train_val)   # a built-in's or folder's files
     popt = plan_api.Options(engine=engine.lower(), device=device, threads=threads, speedup=speedup, max_drop=max_drop,

@@ -51,6 +51,12 @@ def target_options(f):
     return f
 
 
+def seconds_of(text: str) -> float:
+    """A --time DURATION (30m, 1h, 900s) in seconds; a one-line error for anything else."""
+    from deeprebirth.learning import solver as sv  # noqa: PLC0415
+    return float(sv.parse_duration(text))
+
+
 def stage(desc, total, unit="it"):
     """The progress of a long step of plan or accelerate (the library's ``stage``): a bar or lines,
     with the time left, and a run plan's ``{opt:NAME}`` as the command's flags."""
@@ -67,18 +73,23 @@ def stage(desc, total, unit="it"):
               help="Your images (labels needed only with --labels): a folder, a Caffe list file, an LMDB, or "
                    "fashion-mnist[:train|:test].")
 @target_options
+@click.option("--time", "time_text", default=None, metavar="DURATION",
+              help="At most this long on this machine, e.g. 2m, 90s: timings get fewer rounds, candidates not "
+                   "re-learned in time are left out, fewer checks are made (default: as long as the "
+                   "measurements take, a minute or two on a small net).")
 @click.option("--output", "-o", "out", type=click.Path(dir_okay=False), default=None,
               help="Write the plan here (JSON; `rebirth slim MODEL --plan FILE` applies it).")
 @click.option("--force", is_flag=True, help="Write -o over a file that is not a plan rebirth wrote.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON instead of a table.")
 def plan_command(model, weights, train_val, images, engine, device, threads, speedup, max_drop, labels, count,
-                 heldout, runs, out, force, as_json):
+                 heldout, runs, time_text, out, force, as_json):
     """Plan which lossy rewrites of MODEL to make: each candidate `rebirth inspect` lists is timed on the
     target (--engine, --device) beside the exact net (every lossless rewrite made), and re-learned by
     least squares on your images and checked against the original on others. The plan takes the
     fastest set within --max-drop, or the most faithful that reaches --speedup, and checks the
     assembled net on both. Apply it with `rebirth slim MODEL --plan FILE` or `rebirth accelerate`."""
     plan_api.check_options(plan_api.Options(speedup=speedup, max_drop=max_drop, labels=labels))  # before any work
+    seconds = None if time_text is None else seconds_of(time_text)
     if out:
         outputs.check_output_path(out)
         _check_ours(out, force)
@@ -88,7 +99,7 @@ def plan_command(model, weights, train_val, images, engine, device, threads, spe
         echo(f"rebirth: {using}", err=True)
     show_warnings(m.warnings)
     opt = plan_api.Options(engine=engine.lower(), device=device, threads=threads, speedup=speedup, max_drop=max_drop,
-                           labels=labels, train_images=count, heldout_images=heldout, runs=runs)
+                           labels=labels, train_images=count, heldout_images=heldout, runs=runs, time_budget=seconds)
 
     doc = plan_api.make_plan(m, images, train_val, opt, log=lambda line: echo(f"rebirth: plan: {line}", err=True),
                              stage=stage)

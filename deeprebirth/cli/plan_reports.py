@@ -7,6 +7,8 @@ from deeprebirth.cli.reports import _num, _table
 def _fid(f: dict | None) -> str:
     if not f:
         return "-"
+    if f.get("agreement") is None:
+        return f.get("note", "-")
     text = f"{100 * f['agreement']:.1f} % agree"
     if f.get("rel_error") is not None:
         text += f", output error {f['rel_error']:.3f}"

@@ -36,6 +36,7 @@ an ``accelerate`` section, so OUT works as MODEL and as SLIM_DIR), the engine's 
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -57,6 +58,10 @@ from deeprebirth.transforms import slim as slim_api
 #: Seconds kept back from the budget for the checks, the export and the timing after recovery
 #: when the plan measured nothing to estimate them from (a plan file without its fidelity timings).
 RESERVE_S = 180.0
+#: The share of the time budget planning may take (plan.Options.time_budget; the plan's steps cut
+#: their rounds and candidates to it). Idle, the plans of these Fashion-MNIST nets took 45-80 s of
+#: 30 minutes; under load a 3-minute run's plan took 4 minutes before this bound.
+PLAN_SHARE = 1 / 3
 #: The least time kept back, whatever the estimate (reserve_seconds).
 RESERVE_MIN_S = 45.0
 #: What the steps after recovery take besides the nets' passes: Caffe and the engine starting in
@@ -163,8 +168,12 @@ def _plan_step(ctx: _Ctx) -> dict:
             ctx.say(f"plan: {path} from an earlier run ({len(plan['only'])} lossy rewrite(s)); delete it to plan "
                     "again")
             return plan
-    ctx.say("plan: measuring every candidate on the target and on your images")
-    plan = plan_api.make_plan(ctx.model, ctx.images, ctx.train_val, ctx.opt.plan,
+    popt = ctx.opt.plan
+    if popt.time_budget is None:
+        popt = dataclasses.replace(popt, time_budget=PLAN_SHARE * max(0.0, ctx.left()))
+    ctx.say(f"plan: measuring every candidate on the target and on your images (at most {popt.time_budget / 60:.1f} "
+            "min)")
+    plan = plan_api.make_plan(ctx.model, ctx.images, ctx.train_val, popt,
                               log=lambda s: ctx.say("plan:   " + s), stage=ctx.stage, aim=lambda doc: _aim(ctx, doc))
     if "first" in plan:
         _aimed(plan)

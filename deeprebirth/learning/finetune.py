@@ -303,8 +303,9 @@ def _fit_to_time(st: _Setup, train: data.Source, val: data.Source | None, sparam
         if val is not None else 0
     if st.safe.warmup:
         st.safe.warmup = min(sv.WARMUP_MAX, max(1, int(round(sv.WARMUP_FRACTION * fit.iters))))
-    what = (f"{fit.iters:,} iterations (the {{opt:iters}} asked for)" if fit.capped else
-            f"{fit.iters:,} iterations fitted to the {sv.format_duration(left)} left of {{opt:time}}")
+    iterations = "1 iteration" if fit.iters == 1 else f"{fit.iters:,} iterations"
+    what = (f"{iterations} (the {{opt:iters}} asked for)" if fit.capped else
+            f"{iterations} fitted to the {sv.format_duration(left)} left of {{opt:time}}")
     teacher = "" if cost is None else (f" ({per_iter - student:.3g} s of it the teacher's, paid once for each "
                                        "image it has not seen: its outputs are remembered)")
     note = (f"{what}: {per_iter:.3g} s per iteration{teacher} and {per_val:.3g} s per validation measured, about "

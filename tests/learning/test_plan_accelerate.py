@@ -40,6 +40,20 @@ def test_plan_measures_every_candidate_and_slim_applies_it(tiny, tmp_path):
     assert report["plan"]["only"] == ["conv1"] and report["regenerated"] == ["conv1"]
 
 
+def test_a_plan_out_of_time_leaves_candidates_out_and_says_so(tiny):
+    """--time 1s: spent by the first timing (a child process and Caffe's start), so no candidate is
+    re-learned, one check is made, and the plan is the exact net, with the reasons."""
+    res = run(*plan_args(tiny, "--speedup", "100", "--time", "1s", "--json"))
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["time_budget_s"] == 1.0 and len(doc["rounds"]) == 1 and doc["only"] == []
+    (cand,) = doc["candidates"]
+    assert cand["flips"] is None and not cand["chosen"]
+    assert cand["why"] == "not re-learned: the plan's time for re-learning ran out" or cand["why"].startswith("saves")
+    res = run(*plan_args(tiny, "--time", "soon"))
+    assert "--time" in error_line(res)
+
+
 def test_plan_without_weights_is_by_time_alone(tiny):
     res = run("plan", tiny / "tiny.prototxt", "--runs", "5", "--json")
     assert res.exit_code == 0, res.output

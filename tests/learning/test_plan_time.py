@@ -1,0 +1,104 @@
+"""The plan within its time (plan.Clock, pace_of, fit_runs) and the lossless rules it keeps
+(exact_rules_that_pay judged at both ends). No engine: the timings are stand-ins."""
+from __future__ import annotations
+
+import math
+import time
+
+import pytest
+
+from deeprebirth.graph.model import load_model
+from deeprebirth.learning import plan as plan_api
+
+
+def test_the_pace_separates_setting_up_from_the_turns():
+    # 2 nets set up in 1 s, then a turn every 0.1 s: 6 turns
+    ticks = [1.1 + 0.1 * k for k in range(6)]
+    pace = plan_api.pace_of(0.0, ticks, nets=2)
+    assert pace.turn_s == pytest.approx(0.1)
+    assert pace.setup_s == pytest.approx(0.5)
+    assert pace.seconds(2, 3) == pytest.approx(1.0 + 0.6)
+    assert plan_api.pace_of(0.0, [1.0], nets=2) is None
+
+
+def test_timed_rounds_fit_the_time_between_a_floor_and_what_was_asked():
+    pace = plan_api.Pace(setup_s=0.5, turn_s=0.01)
+    # 27 nets, 3 warm-up turns: 20 s fit (20/27 - 0.5) / 0.01 - 3 = 21 rounds
+    assert plan_api.fit_runs(20.0, 27, 3, pace, most=30) == 21
+    assert plan_api.fit_runs(1e4, 27, 3, pace, most=30) == 30                      # never more than asked
+    assert plan_api.fit_runs(1.0, 27, 3, pace, most=30) == plan_api.MIN_RUNS     # never fewer than the floor
+    assert plan_api.fit_runs(-5.0, 27, 3, pace, most=5) == 5                     # nor than asked, when less
+    assert plan_api.fit_runs(1.0, 27, 3, None, most=30) == 30                    # pace unknown
+    assert plan_api.fit_runs(math.inf, 27, 3, pace, most=30) == 30               # no deadline
+
+
+def test_an_unbounded_clock_never_runs_out():
+    clock = plan_api.Clock(None, 0.0)
+    assert clock.left() == math.inf and clock.until() is None
+    said = []
+    spent = plan_api.Clock(0.0, 0.0, said.append)
+    assert spent.left() < 0 and spent.until(0.5) is not None
+    spent.cut("no time")
+    assert spent.cuts == ["no time"] == said
+
+
+@pytest.fixture(scope="module")
+def googlenet():
+    return load_model("fmnist_googlenet")       # the prototxt: slimming needs no weights and no engine
+
+
+def fake_times(slower: dict[str, float]):
+    """A stand-in for plan.time_nets: every net 1.0 ms with a little spread, a net named in ``slower`` more."""
+    calls = []
+
+    def fake(nets, opt, progress=None):
+        calls.append(list(nets))
+        return {k: [1.0 + slower.get(k, 0.0) + 0.001 * (i % 3) for i in range(opt.runs)] for k in nets}
+    return fake, calls
+
+
+def test_a_lossless_rule_slower_alone_but_not_with_the_lossy_merges_is_kept(monkeypatch, googlenet):
+    """push_pool_concat 0.2 ms slower in the exact net but not in slim everything: kept (the case
+    measured with ONNX Runtime); pool_into_fc slower at both ends: left out, and says where."""
+    fake, calls = fake_times({"-push_pool_concat": -0.2, "-pool_into_fc": -0.2, "everything -pool_into_fc": -0.2})
+    monkeypatch.setattr(plan_api, "time_nets", fake)
+    said = []
+    rules, dropped = plan_api.exact_rules_that_pay(googlenet, None, plan_api.Options(), said.append,
+                                                   plan_api.no_stage)
+    assert {"everything", "everything -push_pool_concat", "everything -pool_into_fc"} <= set(calls[0])
+    assert [d["rule"] for d in dropped] == ["pool_into_fc"]
+    assert "push_pool_concat" in rules and "pool_into_fc" not in rules
+    assert "slim everything 0.200 ms" in dropped[0]["why"]
+    assert any(line.strip().startswith("rule push_pool_concat kept") for line in said)
+
+
+def test_the_candidates_timing_is_cut_to_the_plans_time(monkeypatch, googlenet):
+    """At a measured pace that leaves room for 12 rounds, the candidates are timed 12 rounds and the
+    plan says so; unbounded, the rounds asked for."""
+    fake, calls = fake_times({})
+    monkeypatch.setattr(plan_api, "time_nets", fake)
+    nets = plan_api.build_nets(googlenet)
+    n = 3 + 2 + len(nets.variants) + len(nets.without)          # original, exact x2, everything x2, +c, -c
+    # time for 12.5 rounds and 3 warm-up turns at 15 ms a turn (a little less by the time it is read)
+    clock = plan_api.Clock(n * 0.015 * 15.5 / plan_api.TABLE_SHARE, time.perf_counter())
+    clock.pace = plan_api.Pace(setup_s=0.0, turn_s=0.015)
+    _, _, opt = plan_api._time_candidates(googlenet, nets, plan_api.Options(runs=30), lambda s: None,
+                                          plan_api.no_stage, clock)
+    assert opt.runs == 12 and len(calls[-1]) == n
+    assert clock.cuts and "timed 12 rounds, not 30" in clock.cuts[0]
+    _, _, opt = plan_api._time_candidates(googlenet, nets, plan_api.Options(runs=30), lambda s: None,
+                                          plan_api.no_stage, plan_api.Clock(None, 0.0))
+    assert opt.runs == 30
+
+
+def test_aiming_again_is_estimated_from_what_the_plan_spent(googlenet):
+    nets = plan_api.build_nets(googlenet)
+    for c in nets.candidates:
+        c.saved_ms, c.saved_spread_ms = 0.05, 0.01
+    fid = {nets.candidates[0].name: {"flips": 1, "rel_error": 0.1, "seconds": 2.0},
+           "exact": {"flips": 0, "rel_error": 0.0, "seconds": 1.0}}
+    rounds = [{"seconds": 5.0}, {"seconds": 7.0}]
+    todo = len(nets.variants) - 1                                   # all eligible for a speed-up, one done
+    assert plan_api._aim_seconds(nets, plan_api.Options(speedup=3), fid, rounds) == pytest.approx(todo * 1.5 + 7.0)
+    fid[nets.candidates[1].name] = {"skipped": True, "note": plan_api.SKIPPED}   # left out: re-learned then
+    assert plan_api._aim_seconds(nets, plan_api.Options(speedup=3), fid, rounds) == pytest.approx(todo * 1.5 + 7.0)
