@@ -159,17 +159,16 @@ class Clock:
         """The wall-clock time (time.time(), for a child process) by which ``share`` of what is left is spent."""
         return None if self.deadline is None else time.time() + share * max(0.0, self.left())
 
-    def timed(self, nets: dict, opt: "Options", stage, desc: str, runs: int | None = None) -> dict[str, list[float]]:
+    def timed(self, nets: dict, opt: "Options", stage, desc: str) -> dict[str, list[float]]:
         """time_nets with a progress that also measures the pace."""
-        runs = opt.runs if runs is None else runs
         ticks: list[float] = []
         started = time.perf_counter()
-        with stage(desc, len(nets) * (runs + opt.warmup), "run") as tick:
+        with stage(desc, len(nets) * (opt.runs + opt.warmup), "run") as tick:
             def progress(n=1):
                 ticks.append(time.perf_counter())
                 if tick:
                     tick(n)
-            times = time_nets(nets, dataclasses.replace(opt, runs=runs), progress)
+            times = time_nets(nets, opt, progress)
         self.pace = pace_of(started, ticks, len(nets)) or self.pace
         return times
 
@@ -279,7 +278,7 @@ def exact_rules_that_pay(model: Model, tv, opt: "Options", say: Log, stage,
         nets["everything"] = nets["everything again"] = full.deploy
         for r in applied:
             without = _everything(model, tv, [n for n in names if n != r])
-            nets[f"everything -{r}"] = without.deploy if without is not None else model.net
+            nets[f"everything -{r}"] = without.deploy if without is not None else nets[f"-{r}"]
     say(f"timing the lossless rewrites of {len(applied)} rule(s), each left out once"
         + (" (in the exact net and in slim everything)" if full is not None else ""))
     times = (clock or Clock(None, 0.0)).timed(nets, opt, stage, "timing")

@@ -102,3 +102,26 @@ def test_aiming_again_is_estimated_from_what_the_plan_spent(googlenet):
     assert plan_api._aim_seconds(nets, plan_api.Options(speedup=3), fid, rounds) == pytest.approx(todo * 1.5 + 7.0)
     fid[nets.candidates[1].name] = {"skipped": True, "note": plan_api.SKIPPED}   # left out: re-learned then
     assert plan_api._aim_seconds(nets, plan_api.Options(speedup=3), fid, rounds) == pytest.approx(todo * 1.5 + 7.0)
+
+
+def test_a_check_is_made_again_only_when_the_time_left_holds_one(monkeypatch, googlenet):
+    """A speed-up plan whose assembled net measures short (2x for 3x) is checked again with a
+    higher target, up to ``rounds`` times; with no time left the first check stands, and says why."""
+    def pairs(nets, opt, progress=None):          # every net 5 ms beside an original of 10 ms: 2x
+        return {k: [10.0] * opt.runs if k == "original" else [5.0] * opt.runs for k in nets}
+    monkeypatch.setattr(plan_api, "time_nets", pairs)
+
+    def check(clock):
+        nets = plan_api.build_nets(googlenet)
+        for c in nets.candidates:
+            c.saved_ms, c.saved_spread_ms = 1.0, 0.1       # the table says 3x is reached
+        opt = plan_api.Options(speedup=3, rounds=3, runs=5, warmup=0)
+        return plan_api._choose_and_check(googlenet, nets, opt, {"original": 10.0, "exact": 9.0}, None, None, None,
+                                          None, None, None, lambda s: None, plan_api.no_stage, {}, clock)
+
+    rounds, _, _ = check(plan_api.Clock(None, 0.0))
+    assert len(rounds) == 3 and all("seconds" in r for r in rounds)
+    spent = plan_api.Clock(0.0, time.perf_counter())
+    rounds, choice, _ = check(spent)
+    assert len(rounds) == 1 and spent.cuts and spent.cuts[0].startswith("no time left for check 2")
+    assert any("3x was not reached" in n for n in choice.notes)
