@@ -275,6 +275,9 @@ def eval_text(result: dict) -> str:
     for key in ("top1", "top5", "teacher_top1", "teacher_top5", "agreement"):
         if key in result:
             lines.append(f"  {key:<13} {100 * result[key]:.2f} %")
+    if result.get("expected_drop") is not None and "top1" not in result:
+        lines.append(f"  {'expected_drop':<13} {100 * result['expected_drop']:.2f} top-1 points (an estimate without "
+                     "labels: the top-1 lost if the labels followed the teacher's probabilities)")
     if "kl" in result:
         lines.append(f"  {'kl':<13} {result['kl']:.5f} nats (mean KL(teacher || model))")
     if result.get("rel_error") is not None:

@@ -411,8 +411,8 @@ def _check_step(ctx: _Ctx, plan: dict, sd: Path | None, recovered: dict | None) 
     ctx.steps["check"] = {"allowed": round(allowed, 3), "measure": (plan.get("goal") or {}).get("measure"),
                           "labels": labels, "options": [*options, exact], "chosen": chosen["name"], "why": why,
                           "heldout": held["name"]}
-    fidelity = {k: chosen[k] for k in ("flips", "images", "agreement", "rel_error", "top1", "top1_original")
-                if k in chosen}
+    fidelity = {k: chosen[k] for k in ("flips", "images", "agreement", "rel_error", "expected_drop", "top1",
+                                       "top1_original") if k in chosen}
     if chosen["exact"]:
         return {"name": "exact", "slim": exact_out, "weights": None, "deploy": exact_out.deploy if exact_out
                 else ctx.model.net, "fidelity": None}
@@ -504,7 +504,8 @@ def _open_held(held: dict):
 
 def _fidelity_of_files(teacher: Model, train_val: str | None, nets: dict, held: dict) -> dict:
     """Each net (name -> (deploy, weights: a file or a dict)) against ``teacher`` on the images of
-    ``held``: flips, agreement, output error, top-1 (when labelled) beside the teacher's. Runs Caffe."""
+    ``held``: flips, agreement, output error, KL, the top-1 lost estimated without labels
+    (evaluate.expected_drop), top-1 (when labelled) beside the teacher's. Runs Caffe."""
     from deeprebirth.learning import evaluate as ev  # noqa: PLC0415
     from deeprebirth.learning import preprocess  # noqa: PLC0415
     source = _open_held(held)
@@ -534,6 +535,7 @@ def _fidelity_of_files(teacher: Model, train_val: str | None, nets: dict, held: 
             doc["top1_original"] = round(float(np.mean(t.argmax(1) == y)), 4)
         ls = ev.log_softmax(s)
         doc["kl"] = round(float(np.mean(np.sum(np.exp(lt) * (lt - ls), axis=1))), 6)
+        doc["expected_drop"] = round(ev.expected_drop(s, lt), 4)
         out[name] = doc
     return out
 

@@ -11,8 +11,12 @@ argmax equal) and the mean over images of KL(teacher || model) = sum_c p_t(c) (l
 on softmax probabilities, in nats; log-probabilities come from the logits (the bottom of an output
 Softmax) when the net has them, so no probability is clipped. Also with a teacher: the relative
 output error ||model - teacher|| / ||teacher|| over the output blob, pooled over the images
-(``relative_error``), and a warning when the teacher gives every image the same class
-(``one_class_warning``: agreement with it then tells nothing).
+(``relative_error``), a warning when the teacher gives every image the same class
+(``one_class_warning``: agreement with it then tells nothing), and without labels an estimate of
+the top-1 the model loses (``expected_drop``): the mean over images of p_t(teacher's class) -
+p_t(model's class), the top-1 lost if each image's label were drawn from the teacher's own
+probabilities. Every image whose class changes counts, in proportion to how sure the teacher was:
+an overconfident teacher makes it the share of images changing class (the most that can be lost).
 """
 from __future__ import annotations
 
@@ -171,6 +175,7 @@ class Meter:
         self.kl = 0.0
         self.k = TOP_K
         self.diff2 = self.ref2 = 0.0     # sums of squares: model - teacher, and teacher (relative_error)
+        self.drop = 0.0                  # sum of p_t(teacher's class) - p_t(model's class) (expected_drop)
         self.t_counts = np.zeros(0, dtype=np.int64)   # images per teacher top-1 class
 
     def add(self, scores, logp, labels=None, t_scores=None, t_logp=None):
@@ -184,6 +189,7 @@ class Meter:
                 self.t_topk += int(topk_hits(t_scores, labels, TOP_K).sum())
         if t_scores is not None:
             self.agree += int((scores.argmax(axis=1) == t_scores.argmax(axis=1)).sum())
+            self.drop += float(expected_drop(scores, t_logp)) * len(scores)
             self.kl += float((np.exp(t_logp) * (t_logp - logp)).sum())
             diff = np.asarray(scores, dtype=np.float64) - np.asarray(t_scores, dtype=np.float64)
             self.diff2 += float((diff * diff).sum())
@@ -204,12 +210,23 @@ class Meter:
                 out["teacher_top1"] = self.t_top1 / self.n
                 out["teacher_top5"] = self.t_topk / self.n
             out["agreement"] = self.agree / self.n
+            out["expected_drop"] = self.drop / self.n
             out["kl"] = self.kl / self.n
             out["rel_error"] = pooled_relative_error(self.diff2, self.ref2)
             out["teacher_classes"] = int(np.count_nonzero(self.t_counts))
             one = one_class_warning(self.t_counts)
             out["warnings"] = [one] if one else []
         return out
+
+
+def expected_drop(scores: np.ndarray, t_logp: np.ndarray) -> float:
+    """The top-1 (a fraction) a model with ``scores`` loses against its teacher if each image's
+    label followed the teacher's probabilities (``t_logp``, log-probabilities, N x K): the mean of
+    p_t(teacher's class) - p_t(model's class). 0 when every class is kept; at most the share of
+    images whose class changes; negative never (the teacher's class is its most probable)."""
+    p = np.exp(np.asarray(t_logp, dtype=np.float64))
+    rows = np.arange(len(p))
+    return float(np.mean(p[rows, p.argmax(axis=1)] - p[rows, np.asarray(scores).argmax(axis=1)])) if len(p) else 0.0
 
 
 def pooled_relative_error(diff2: float, ref2: float) -> float | None:

@@ -51,14 +51,17 @@ def render(doc: dict) -> str:
             lines.append(f"| {name} | {m['median_ms']:.2f} | {m['best_ms']:.2f} | "
                          f"{'-' if mem is None else f'{mem / 2**20:.1f}'} |")
     lines += ["", "## Fidelity against the original (held-out images)", "",
-              "| net | images changing class | agreement | output error | top-1 |", "|---|---:|---:|---:|---:|"]
+              "| net | images changing class | agreement | output error | top-1 | top-1 lost, estimated without "
+              "labels |", "|---|---:|---:|---:|---:|---:|"]
     for o in check.get("options", []):
         if o.get("exact"):
-            lines.append("| exact (lossless rewrites only) | 0 | 100.00 % | 0 (up to rounding) | as the original |")
+            lines.append("| exact (lossless rewrites only) | 0 | 100.00 % | 0 (up to rounding) | as the original | 0 |")
             continue
         agree, rel, top1 = _fid_cells(o)
+        est = "-" if o.get("expected_drop") is None else f"{100 * o['expected_drop']:.2f} pt"
         lines.append(f"| {o['name']} | {o['flips']} of {o['images']} ({o['flips_percent']:.2f} %) | {agree} | {rel} | "
-                     f"{top1}" + (f" (original {_pct(o['top1_original'])})" if o.get("top1_original") else "") + " |")
+                     f"{top1}" + (f" (original {_pct(o['top1_original'])})" if o.get("top1_original") else "")
+                     + f" | {est} |")
     allowed = check.get("allowed", check.get("allowed_flips_percent", "-"))
     unit = "top-1 points lost on the labelled held-out images" if check.get("labels") else \
         "% of images changing class"

@@ -65,7 +65,7 @@ def keep(step: str, doc: dict) -> dict:
                     "speedup"), "slim_everything_speedup": full.get("speedup"),
                 "slim_everything_agreement_ls": (full.get("fidelity") or {}).get("agreement"),
                 "minutes": round(doc.get("seconds", 0) / 60, 1), "fidelity": doc.get("fidelity")}
-    return {k: doc.get(k) for k in ("top1", "agreement", "rel_error", "kl")}
+    return {k: doc.get(k) for k in ("top1", "agreement", "rel_error", "kl", "expected_drop")}
 
 
 def table(rows: list[dict], machine: dict, images: str = IMAGES, extra: list[str] | None = None,

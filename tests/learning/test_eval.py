@@ -95,6 +95,21 @@ def test_teacher_agreement_and_kl(caffe, setup):
                        preprocess.Preprocess.defaults((1, 1, 2, 3)), teacher=str(d / "net.prototxt"),
                        teacher_weights=str(d / "net.caffemodel"), progress=None)
     assert same["agreement"] == 1.0 and same["kl"] == pytest.approx(0.0, abs=1e-7)
+    assert same["expected_drop"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_the_expected_drop_weighs_each_changed_class_by_the_teachers_certainty():
+    """ev.expected_drop: p_t(teacher's class) - p_t(model's class), averaged; an image whose class
+    is kept costs nothing, one changed between two classes the teacher thought equally likely
+    almost nothing, one the teacher was sure of almost a whole image."""
+    t = np.log(np.array([[0.90, 0.05, 0.05],      # kept below: 0
+                         [0.50, 0.49, 0.01],      # changed to class 1: 0.01
+                         [0.98, 0.01, 0.01]]))    # changed to class 2: 0.97
+    model = np.array([[3.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 2.0]])
+    assert ev.expected_drop(model, t) == pytest.approx((0.0 + 0.01 + 0.97) / 3)
+    flips = np.mean(model.argmax(1) != t.argmax(1))
+    assert 0 <= ev.expected_drop(model, t) <= flips
+    assert ev.expected_drop(np.exp(t), t) == 0.0
 
 
 @pytest.mark.slow
