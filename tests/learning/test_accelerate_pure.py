@@ -1,6 +1,8 @@
 """accelerate's never-worse choice and its report, from made-up records (no Caffe, no timing)."""
 from __future__ import annotations
 
+import time
+
 from deeprebirth.learning import accelerate as acc
 from deeprebirth.learning import report_md
 
@@ -143,3 +145,29 @@ def test_with_labels_and_speed_on_the_table_accelerate_aims_at_it():
     assert acc.aimed_speedup(dict(plan, slim_everything={"speedup": 1.05}), labels) is None      # a ResNet: nothing
     assert acc.aimed_speedup(dict(plan, slim_everything=None), labels) is None
     assert acc.speed_target(3.48) == 3.1 and acc.speed_target(1.83) == 1.6
+
+
+def test_the_plan_gets_a_third_of_the_time(monkeypatch, tmp_path):
+    """accelerate bounds its plan by PLAN_SHARE of --time (plan.Options.time_budget), unless the
+    plan options carry a budget of their own."""
+    from deeprebirth.graph.model import load_model
+    from deeprebirth.learning import plan as plan_api
+    given = []
+
+    class Planned(Exception):
+        pass
+
+    def fake_plan(model, images, train_val, options, **kw):
+        given.append(options.time_budget)
+        raise Planned
+    monkeypatch.setattr(plan_api, "make_plan", fake_plan)
+    model = load_model("fmnist_googlenet")
+    for popt, expected in ((plan_api.Options(), acc.PLAN_SHARE * 600), (plan_api.Options(time_budget=42.0), 42.0)):
+        ctx = acc._Ctx(model, "fmnist_googlenet", None, None, "fashion-mnist:train[:100]", None, tmp_path,
+                       acc.Options(plan=popt, time_budget=600.0), lambda s: None, plan_api.no_stage,
+                       time.perf_counter())
+        try:
+            acc._plan_step(ctx)
+        except Planned:
+            pass
+        assert abs(given[-1] - expected) < 1.0
