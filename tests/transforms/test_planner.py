@@ -168,3 +168,27 @@ def test_the_plans_check_times_each_net_in_a_pair_with_the_original(monkeypatch)
                                     plan_api.Options())
     assert sessions == [["original", "a"], ["original", "b"]]
     assert med == {"a": 2.0, "b": 5.0, "a again": 2.0} and orig["b"] / med["b"] == 2.0
+
+
+def test_a_pair_whose_original_ran_slow_is_timed_again(monkeypatch):
+    """plan.time_pairs: load only slows runs down; a pair whose original ran over PAIR_AGREEMENT
+    times slower than in the quickest pair is timed once more, and the quicker session kept."""
+    from deeprebirth.learning import plan as plan_api
+    assert plan_api.odd_pairs({"a": 1.7, "b": 11.3, "c": 2.0}) == ["b"]
+    assert plan_api.odd_pairs({"a": 1.7, "b": 2.4}) == [] and plan_api.odd_pairs({}) == []
+    sessions = []
+    loaded = {"b": 1}                      # the first session of b meets a burst of load
+
+    def fake(nets, opt, progress=None):
+        label = [k for k in nets if k != "original"][0]
+        sessions.append(label)
+        slow = loaded.pop(label, 0)
+        return {"original": [10.0 * (6 if slow else 1)], label: [{"a": 2.0, "b": 5.0}[label] * (2 if slow else 1)]}
+
+    monkeypatch.setattr(plan_api, "time_nets", fake)
+    net_a, net_b = object(), object()
+    retimed = []
+    med, orig = plan_api.time_pairs("original net", {"a": net_a, "b": net_b, "b again": net_b}, plan_api.Options(),
+                                    retimed=retimed)
+    assert sessions == ["a", "b", "b"] and retimed == ["b"]
+    assert orig["b"] / med["b"] == 2.0 and med["b again"] == med["b"] == 5.0
