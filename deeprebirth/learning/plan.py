@@ -111,12 +111,10 @@ MIN_RUNS = 7
 @dataclass
 class Pace:
     """How long the target took to time nets: seconds per net to set it up (the child process and
-    the session, shared out), and per turn of one net (a timed or warm-up pass)."""
+    the session, shared out), and per turn of one net (a timed or warm-up pass): n nets timed for
+    t turns each take n (setup_s + t turn_s)."""
     setup_s: float
     turn_s: float
-
-    def seconds(self, nets: int, turns: int) -> float:
-        return nets * self.setup_s + nets * turns * self.turn_s
 
 
 def pace_of(started: float, ticks: list[float], nets: int) -> Pace | None:
@@ -308,12 +306,12 @@ def exact_rules_that_pay(model: Model, tv, opt: "Options", say: Log, stage,
 
 def _everything(model: Model, tv, rules: list[str]):
     """Every rewrite of ``rules``, lossy ones included (None: nothing lossy applies, or it cannot be made)."""
-    if not lossy_candidates(model, rules):
-        return None
+    lossy = {r.name for r in rule_registry.get(rules) if not r.exact}
     try:
-        return slim_api.slim(model, rules, only=None, train_val=tv, exact_always=True)
+        out = slim_api.slim(model, rules, only=None, train_val=tv, exact_always=True)
     except RebirthError:
         return None
+    return out if any(c.rule in lossy for c in out.result.changes) else None
 
 
 # ----------------------------------------------------------------------------------------------

@@ -26,7 +26,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from deeprebirth.errors import RebirthError  # noqa: E402
 from deeprebirth.learning import evaluate as ev  # noqa: E402
+from deeprebirth.learning import sources  # noqa: E402
 
 RESULTS = ROOT / "docs" / "results"
 
@@ -50,6 +52,14 @@ def main(argv=None) -> int:
     ap.add_argument("--data", default="fashion-mnist:test")
     ap.add_argument("--tag", default=None)
     args = ap.parse_args(argv)
+    try:
+        sources.require_labels(sources.open_source(args.data), "the true drop (--data)")
+        for run in args.runs:
+            if not (run / "report.json").is_file() or not checkpoints(run):
+                raise RebirthError(f"{run}: not a folder `rebirth accelerate` wrote (no report.json or no weights)")
+    except RebirthError as e:
+        print(f"expected_drop_check: error: {e}", file=sys.stderr)
+        return 1
     rows = []
     for run in args.runs:
         acc = json.loads((run / "report.json").read_text())["accelerate"]

