@@ -602,7 +602,9 @@ def _time_candidates(model: Model, nets: Nets, opt: Options, say: Log, stage,
 
 def _fidelity(model: Model, nets: Nets, images, train_val, opt: Options, say: Log, stage, clock: Clock):
     """Step 3 of the module doc: the eligible candidates, the exact net and slim everything re-learned
-    and checked; each candidate's flips and output error set on it. Returns (fidelity by net,
+    and checked, in that order of need when the plan's time may cut the list: the exact net, for a
+    speed-up slim everything (the plan's fall-back when the chosen set falls short), the candidates
+    by saving, else slim everything last; each candidate's flips and output error set on it. Returns (fidelity by net,
     held-out count, training images, held-out images, their labels)."""
     from deeprebirth.learning import preprocess  # noqa: PLC0415
     shape = Graph(model.net, strict=False)
@@ -614,9 +616,11 @@ def _fidelity(model: Model, nets: Nets, images, train_val, opt: Options, say: Lo
     train, held, labels = load_images(images, pre, opt.train_images, opt.heldout_images, opt.seed)
     heldout = len(held)
     todo = {"exact": _job(nets.exact)} if nets.exact is not None else {}
+    full = {"slim everything": _job(nets.full)} if nets.full is not None else {}
+    if opt.speedup is not None:      # the fall-back when the chosen ones fall short: re-learned before them
+        todo.update(full)
     todo.update(_variant_jobs(nets, opt, {}))
-    if nets.full is not None:
-        todo["slim everything"] = _job(nets.full)
+    todo.update(full)
     fid = _relearned(model, todo, train, held, labels, opt, say, stage, clock.until(FIDELITY_SHARE))
     _set_fidelity(nets, fid, heldout, opt.labels)
     return fid, heldout, train, held, labels
