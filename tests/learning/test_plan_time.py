@@ -125,3 +125,22 @@ def test_a_check_is_made_again_only_when_the_time_left_holds_one(monkeypatch, go
     rounds, choice, _ = check(spent)
     assert len(rounds) == 1 and spent.cuts and spent.cuts[0].startswith("no time left for check 2")
     assert any("3x was not reached" in n for n in choice.notes)
+
+
+def test_for_a_speedup_slim_everything_is_relearned_before_the_candidates(monkeypatch, googlenet):
+    """The order of re-learning, which the plan's time may cut short: the exact net, then for a
+    speed-up slim everything (the fall-back when the chosen set falls short), the candidates by
+    saving; for a budget slim everything comes last."""
+    import numpy as np
+    orders = []
+    monkeypatch.setattr(plan_api, "load_images", lambda *a, **k: (np.zeros((2, 1)), np.zeros((10, 1)), None))
+    monkeypatch.setattr(plan_api, "_relearned", lambda model, todo, *a, **k: orders.append(list(todo)) or {})
+    nets = plan_api.build_nets(googlenet)
+    for k, c in enumerate(nets.candidates):
+        c.saved_ms, c.saved_spread_ms = 0.01 * (k + 1), 0.001     # the last candidate saves most
+    for opt in (plan_api.Options(speedup=3), plan_api.Options()):
+        plan_api._fidelity(googlenet, nets, "fashion-mnist:train[:20]", None, opt, lambda s: None,
+                           plan_api.no_stage, plan_api.Clock(None, 0.0))
+    by_saving = [c.name for c in reversed(nets.candidates) if c.name in nets.variants]
+    assert orders[0] == ["exact", "slim everything", *by_saving]
+    assert orders[1] == ["exact", *by_saving, "slim everything"]
