@@ -34,6 +34,11 @@ the teachers' (sigmoid warm-up then poly, SGD, batch 64, base_lr 0.03/0.1):
 * ``googlenet_b``: models/fmnist_googlenet.prototxt's architecture trained from scratch with
   another recipe and seed: SGD, momentum 0.9, ``inv`` (gamma 1e-3, power 0.75), base_lr 0.02,
   weight decay 2e-4, batch 32, 3,000 iterations; random shifts, no mirror.
+* ``googlenet_ls``: the same architecture trained with label smoothing 0.1 (stock Caffe layers:
+  SoftmaxWithLoss at 0.9, and Softmax, Log, Reduction MEAN at -0.1, smoothing_layers), which
+  makes a less confident teacher, the case where the label-free estimate of the top-1 lost
+  (evaluate.expected_drop) could err low: SGD, momentum 0.9, ``poly`` (power 1), base_lr 0.05,
+  weight decay 5e-4, batch 64, 2,500 iterations; random shifts and mirror.
 
 The data are teachers.py's data stage (with fmnist.py's readers and LMDB writer): the 60,000
 training images resized to 64x64 and padded to 72x72 (random 64x64 crops: shifts of up to 4 px),
@@ -180,6 +185,33 @@ def build_googlenet_b() -> "pb.NetParameter":
     return net
 
 
+def build_googlenet_ls() -> "pb.NetParameter":
+    """models/fmnist_googlenet.prototxt's architecture, unchanged (trained with label smoothing)."""
+    net = netio.read_net(ROOT / "models" / "fmnist_googlenet.prototxt")
+    net.name = "HeldoutGoogLeNetLS"
+    return net
+
+
+def smoothing_layers(logits: str, eps: float, taken: set[str]) -> list["pb.LayerParameter"]:
+    """Label smoothing in stock Caffe layers (TRAIN only): the cross-entropy against
+    (1 - eps) one-hot + eps uniform is (1 - eps) CE(label) + eps mean_k(-log p_k). The first term
+    is SoftmaxWithLoss at loss_weight 1 - eps (set by the caller); the second Softmax -> Log
+    (shift 1e-10 keeps log(0) finite; its gradient there is p * 1/(p + shift) = 0) -> Reduction
+    MEAN over every axis (1/(N K) sum log p) at loss_weight -eps."""
+    out = []
+    for name, kind in (("ls_prob", "Softmax"), ("ls_logp", "Log"), ("ls_uniform", "Reduction")):
+        layer = pb.LayerParameter(name=trainfiles.unique_name(name, taken), type=kind)
+        layer.bottom.append(out[-1].top[0] if out else logits)
+        layer.top.append(layer.name)
+        layer.include.add(phase=pb.TRAIN)
+        out.append(layer)
+    out[1].log_param.shift = 1e-10
+    out[2].reduction_param.operation = pb.ReductionParameter.MEAN
+    out[2].reduction_param.axis = 0
+    out[2].loss_weight.append(-eps)
+    return out
+
+
 # Recipes: the solver fields of each net (``iters`` is the default; the schedule's steps scale with
 # the iterations actually run). ``lmdb``: the training LMDB (padded: random shifts), ``mirror``.
 NETS = {
@@ -218,8 +250,18 @@ NETS = {
                    "gamma": 1e-3, "power": 0.75},
         "recipe": "SGD, momentum 0.9, weight decay 2e-4, base_lr 0.02, `inv` (gamma 1e-3, power 0.75), batch 32, "
                   "seed 31; random shifts of up to 4 px, no mirror"},
+    "googlenet_ls": {
+        "build": build_googlenet_ls, "iters": 2500, "batch": 64, "lmdb": PADDED, "mirror": True,
+        "label_smoothing": 0.1,
+        "arch": "models/fmnist_googlenet.prototxt unchanged (GoogLeNet at a quarter width, BatchNorm after "
+                "every convolution)",
+        "solver": {"type": "SGD", "base_lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4, "lr_policy": "poly",
+                   "power": 1.0},
+        "recipe": "label smoothing 0.1 (SoftmaxWithLoss at 0.9 + 0.1 x the mean of -log p over the classes: "
+                  "Softmax, Log, Reduction), SGD, momentum 0.9, weight decay 5e-4, base_lr 0.05, `poly` (power 1: "
+                  "linear to 0), batch 64, seed 43; random shifts of up to 4 px, mirror"},
 }
-SEEDS = {"alexnet_lrn": 7, "mobilenet_bn": 11, "resnet_bn_b": 23, "googlenet_b": 31}
+SEEDS = {"alexnet_lrn": 7, "mobilenet_bn": 11, "resnet_bn_b": 23, "googlenet_b": 31, "googlenet_ls": 43}
 DEFAULT_NETS = ("alexnet_lrn", "mobilenet_bn", "resnet_bn_b")
 
 
@@ -248,7 +290,13 @@ def train_val(name: str, data_dir: str, batch: int | None = None) -> "pb.NetPara
         net.layer.append(layer)
     logits = trainfiles.logits_blob(dep)
     net.layer.extend(trainfiles.scratch_body(dep))
-    net.layer.extend(trainfiles.loss_layers(logits, "label", {layer.name for layer in net.layer}, CLASSES))
+    taken = {layer.name for layer in net.layer}
+    losses = trainfiles.loss_layers(logits, "label", taken, CLASSES)
+    eps = spec.get("label_smoothing")
+    if eps:
+        losses[0].loss_weight.append(1.0 - eps)
+        losses += smoothing_layers(logits, eps, taken | {layer.name for layer in losses})
+    net.layer.extend(losses)
     return net
 
 
@@ -288,6 +336,8 @@ def solver(name: str, iters: int, snapshot: int, test_interval: int, batch: int 
         s.gamma = r["end_fraction"] ** (1.0 / iters)
     elif s.lr_policy == "inv":
         s.gamma = r["gamma"]
+        s.power = r["power"]
+    elif s.lr_policy == "poly":
         s.power = r["power"]
     if "momentum2" in r:
         s.momentum2 = r["momentum2"]
@@ -428,12 +478,15 @@ def write_readme(work: Path) -> None:
              "(bilinear), stored padded to 72x72 for random shifts (or unpadded); evaluated on the 10,000 test images.",
              "",
              "Rebuild (the first three, about 1 h 20 min of `caffe train` here plus a few minutes of evaluation; "
-             "`googlenet_b`, 7 minutes, with `--which googlenet_b`); `--probe 30` times 30 iterations of each "
+             "`googlenet_b`, 7 minutes, with `--which googlenet_b`; `googlenet_ls`, the one trained with label "
+             "smoothing, whose confidence is lower than a plain cross-entropy teacher's, 18 minutes beside a "
+             "`make test` run, with `--which googlenet_ls`); `--probe 30` times 30 iterations of each "
              "net instead, which is how the iteration counts were chosen (aiming at 20-40 minutes a net):",
              "",
              "```sh",
              f"nice -n 10 .venv/bin/python {MADE_BY} --threads 1",
              f"nice -n 10 .venv/bin/python {MADE_BY} --threads 1 --which googlenet_b",
+             f"nice -n 10 .venv/bin/python {MADE_BY} --threads 1 --which googlenet_ls",
              f".venv/bin/python {MADE_BY} --threads 1 --probe 30",
              "```",
              ""]
