@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from deeprebirth.cli.reports import _num, _table
+from deeprebirth.transforms import planner
 
 
 def _fid(f: dict | None) -> str:
@@ -22,11 +23,11 @@ def plan_text(doc: dict) -> str:
     goal = doc["goal"]
     how = "measured on labelled held-out images" if goal.get("labels") else "estimated without labels"
     aim = f"{goal['speedup']:g}x faster (aimed at by accelerate: the check keeps the result within " \
-        f"{goal['max_drop']:g} top-1 points, {how})" if goal.get("aimed") else \
+        f"{planner.points(goal['max_drop'])}, {how})" if goal.get("aimed") else \
         f"{goal['speedup']:g}x faster" if goal.get("speedup") else \
-        f"at most {goal['max_drop']:g} top-1 points lost on labelled held-out images" if goal.get("max_drop") \
+        f"at most {planner.points(goal['max_drop'])} lost on labelled held-out images" if goal.get("max_drop") \
         is not None and goal.get("labels") else \
-        f"at most {goal['max_drop']:g} top-1 points lost, estimated without labels (at most {goal['max_drop']:g} % " \
+        f"at most {planner.points(goal['max_drop'])} lost, estimated without labels (at most {goal['max_drop']:g} % " \
         "of held-out images changing class)" if goal.get("max_drop") is not None \
         else "every rewrite that saves time"
     lines = [f"plan for {doc['model']} on {t['engine']} ({t['device']}): {aim}; {doc['basis']}"]

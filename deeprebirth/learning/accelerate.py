@@ -214,7 +214,7 @@ def _aim(ctx: _Ctx, plan: dict) -> float | None:
         full = (plan.get("slim_everything") or {}).get("speedup") or 0.0
         ctx.say(f"plan: the budget's plan measured {plan['predicted_speedup']:.2f}x and every rewrite together "
                 f"{full:.2f}x; the check after recovery {measured_how(labelled(plan))}, so the plan aims at "
-                f"{aim:g}x and the result must still lose at most {plan['goal']['max_drop']:g} top-1 points (else "
+                f"{aim:g}x and the result must still lose at most {planner.points(plan['goal']['max_drop'])} (else "
                 "the ladder, then the exact net)")
     return aim
 
@@ -230,7 +230,7 @@ def _aimed(plan: dict) -> None:
     full = (first.get("slim_everything") or {}).get("speedup") or 0.0
     plan["notes"].append(f"aimed at {aim:g}x (90 % of slim everything's {full:.2f}x) "
                          f"instead of the budget's plan ({first['predicted_speedup']:.2f}x, {len(first['only'])} "
-                         f"lossy rewrite(s)): the check after recovery holds the result to {budget:g} top-1 points "
+                         f"lossy rewrite(s)): the check after recovery holds the result to {planner.points(budget)} "
                          f"lost ({'measured on the labelled held-out images' if labelled(plan) else ESTIMATED})")
 
 

@@ -108,6 +108,11 @@ def cost(c: Candidate) -> float:
     return float(spent or 0) + float(c.rel_error or 0.0)
 
 
+def points(p: float) -> str:
+    """``p`` top-1 points, as a sentence says it ("1 top-1 point", "0.5 top-1 points")."""
+    return f"{p:g} top-1 point" + ("" if p == 1 else "s")
+
+
 def default_max_drop(labels: bool) -> float:
     return DEFAULT_MAX_DROP_LABELS if labels else DEFAULT_MAX_DROP
 

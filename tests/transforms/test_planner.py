@@ -192,3 +192,7 @@ def test_a_pair_whose_original_ran_slow_is_timed_again(monkeypatch):
                                     retimed=retimed)
     assert sessions == ["a", "b", "b"] and retimed == ["b"]
     assert orig["b"] / med["b"] == 2.0 and med["b again"] == med["b"] == 5.0
+
+
+def test_points_as_a_sentence_says_them():
+    assert planner.points(1.0) == "1 top-1 point" and planner.points(0.5) == "0.5 top-1 points"
