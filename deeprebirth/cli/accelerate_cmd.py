@@ -64,9 +64,7 @@ def accelerate_command(model, weights, train_val, images, val, engine, device, t
          + f" on {doc['target']['engine']} ({doc['target']['device']})"
          + (f"; top-1 {100 * fid['top1']:.2f} % on held-out images (original {100 * fid['top1_original']:.2f} %)"
             if labels and fid.get("top1") is not None else
-            f"; {100 * fid['agreement']:.2f} % of held-out images keep their class"
-            + (f", {100 * fid['expected_drop']:.2f} top-1 points lost (estimated without labels)"
-               if fid.get("expected_drop") is not None else "") if fid.get("agreement") else
+            f"; {100 * fid['agreement']:.2f} % of held-out images keep their class" if fid.get("agreement") else
             "; the exact net (the original's output)" if doc["result"] == "exact" else ""))
     echo(f"report: {outdir}/report.md   chart: {outdir}/chart.png   in {doc['seconds'] / 60:.1f} min")
     if hint:

@@ -30,16 +30,15 @@ def target_options(f):
         click.option("--speedup", type=click.FloatRange(min=0, min_open=True), default=None, metavar="X",
                      help="Aim for X times faster than the original on the target, at the least loss of fidelity."),
         click.option("--max-drop", type=click.FloatRange(min=0, max=100), default=None, metavar="P",
-                     help="Aim for the fastest net that loses at most P top-1 points: without --labels estimated "
-                          "from the original's own probabilities (the plan spends P as the percentage of held-out "
-                          "images that may change class, which bounds it) "
-                          f"[default: {plan_api.planner.DEFAULT_MAX_DROP:g}]; with --labels measured on labelled "
-                          f"held-out images [default: {plan_api.planner.DEFAULT_MAX_DROP_LABELS:g}]. Without "
-                          "--speedup, accelerate aims at 90 % of the speed every rewrite together measured when "
-                          "the budget's plan left most of it, and the check after recovery holds P."),
+                     help="Aim for the fastest net in which at most P % of held-out images change class "
+                          f"(an upper bound on top-1 points lost) [default: {plan_api.planner.DEFAULT_MAX_DROP:g}]; "
+                          "with --labels, at most P top-1 points lost "
+                          f"[default: {plan_api.planner.DEFAULT_MAX_DROP_LABELS:g}]."),
         click.option("--labels", is_flag=True,
-                     help="Use the labels of --images: fidelity is top-1 measured on labelled held-out images, "
-                          "and accelerate distils with the labels too."),
+                     help="Use the labels of --images: fidelity is top-1 on labelled held-out images (and "
+                          "accelerate distils with the labels too and, without --speedup, aims at the speed every "
+                          "rewrite together measured when the budget's plan left most of it: the check after "
+                          "recovery holds the budget)."),
         click.option("--count", type=click.IntRange(min=1), default=plan_api.Options.train_images, show_default=True,
                      help="Images each candidate is re-learned on (least squares) while planning."),
         click.option("--heldout", type=click.IntRange(min=10), default=plan_api.Options.heldout_images,

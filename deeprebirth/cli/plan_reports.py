@@ -21,14 +21,12 @@ def _fid(f: dict | None) -> str:
 def plan_text(doc: dict) -> str:
     t = doc["target"]
     goal = doc["goal"]
-    how = "measured on labelled held-out images" if goal.get("labels") else "estimated without labels"
-    aim = f"{goal['speedup']:g}x faster (aimed at by accelerate: the check keeps the result within " \
-        f"{planner.points(goal['max_drop'])}, {how})" if goal.get("aimed") else \
+    aim = f"{goal['speedup']:g}x faster (aimed at by accelerate: with labels the check keeps the result within " \
+        f"{planner.points(goal['max_drop'])})" if goal.get("aimed") else \
         f"{goal['speedup']:g}x faster" if goal.get("speedup") else \
         f"at most {planner.points(goal['max_drop'])} lost on labelled held-out images" if goal.get("max_drop") \
         is not None and goal.get("labels") else \
-        f"at most {planner.points(goal['max_drop'])} lost, estimated without labels (at most {goal['max_drop']:g} % " \
-        "of held-out images changing class)" if goal.get("max_drop") is not None \
+        f"at most {goal['max_drop']:g} % of held-out images changing class" if goal.get("max_drop") is not None \
         else "every rewrite that saves time"
     lines = [f"plan for {doc['model']} on {t['engine']} ({t['device']}): {aim}; {doc['basis']}"]
     if goal.get("speedup") is None and goal.get("max_drop") is not None and doc["heldout_images"]:

@@ -6,15 +6,13 @@ model folder like the shipped ones.
 Steps, each leaving its record in OUT so that a second run with the same arguments goes on from
 the first step not done (``plan.json``; ``slim/report.json``; ``slim/recovered/recover.json``):
 
-1. **plan** (learning/plan.py) on the target, from the images (``--images``). With no speed-up
-   asked for, when every rewrite together measured at least SPEED_WORTH times the budget's plan,
-   the plan is made again aiming at 90 % of that speed (``aimed_speedup``), and the promise stays
-   the budget, in top-1 points: least squares alone loses tens of points that recovery takes back
-   (the GoogLeNet-style nets here: 20-26 points after least squares, under 1 after 25 minutes of
-   distillation), so the budget's plan, judged by least squares, chose almost nothing, and only
-   the check after recovery can say what it keeps. With ``labels`` the points are measured on the
-   labelled held-out images; without, they are estimated from the original's own probabilities
-   (evaluate.expected_drop: the top-1 lost if each image's label followed them);
+1. **plan** (learning/plan.py) on the target, from the images (``--images``). With labels and no
+   speed-up asked for, when every rewrite together measured at least SPEED_WORTH times the
+   budget's plan, the plan is made again aiming at that speed (``aimed_speedup``), and the promise
+   stays the budget in top-1 points: least squares alone loses tens of points that recovery with
+   labels takes back (the GoogLeNet-style nets here: 20-26 points after least squares, 0.7 lost and
+   1.9 gained on the held-out images after 25 minutes), so the budget's plan judged by least
+   squares chose almost nothing, and only the check after recovery can say what it keeps;
 2. **slim** as planned into OUT/slim (every lossless rewrite, the lossy ones the plan chose);
 3. **recover** the regenerated layers (relearn, then distillation against the original, label-free;
    with ``labels`` the distillation keeps the label loss too), in the time the budget leaves
@@ -81,8 +79,7 @@ MODEL_FILES = ("deploy.prototxt", "weights.caffemodel", "train_val.prototxt", "s
 REPORT_FILES = ("plan.json", "report.md", "chart.png")
 ENGINE_FORMAT = {"onnxruntime": "onnx", "ncnn": "ncnn", "mnn": "mnn"}
 #: "Slim everything" measured at least this many times the result (or a budget's plan) is speed
-#: worth going for: accelerate aims at it (aimed_speedup), and its summary says so when the result
-#: fell short of it (the hint).
+#: worth going for: accelerate aims at it with labels (aimed_speedup), and says so without.
 SPEED_WORTH = 1.3
 Log = Callable[[str], None]
 
@@ -194,10 +191,9 @@ def speed_target(everything: float) -> float:
 
 def aimed_speedup(plan: dict, opt: plan_api.Options) -> float | None:
     """The speed-up accelerate aims at instead of the plan's fidelity budget (step 1 of the module
-    doc), or None: no speed-up asked for, a plan that measured fidelity (weights, held-out images:
-    else nothing can be recovered or checked), and "slim everything" measured at least SPEED_WORTH
-    times the plan."""
-    if opt.speedup is not None or not plan.get("heldout_images"):
+    doc), or None: only with labels (the check then measures top-1, what the budget is in), no
+    speed-up asked for, and "slim everything" measured at least SPEED_WORTH times the plan."""
+    if not opt.labels or opt.speedup is not None or not labelled(plan):
         return None
     full = (plan.get("slim_everything") or {}).get("speedup")
     got = plan.get("predicted_speedup") or 1.0
@@ -213,9 +209,9 @@ def _aim(ctx: _Ctx, plan: dict) -> float | None:
     if aim is not None:
         full = (plan.get("slim_everything") or {}).get("speedup") or 0.0
         ctx.say(f"plan: the budget's plan measured {plan['predicted_speedup']:.2f}x and every rewrite together "
-                f"{full:.2f}x; the check after recovery {measured_how(labelled(plan))}, so the plan aims at "
-                f"{aim:g}x and the result must still lose at most {planner.points(plan['goal']['max_drop'])} (else "
-                "the ladder, then the exact net)")
+                f"{full:.2f}x; with labels the check after recovery measures top-1, "
+                f"so the plan aims at {aim:g}x and the result must still lose at most {plan['goal']['max_drop']:g} "
+                "top-1 points (else the ladder, then the exact net)")
     return aim
 
 
@@ -230,8 +226,8 @@ def _aimed(plan: dict) -> None:
     full = (first.get("slim_everything") or {}).get("speedup") or 0.0
     plan["notes"].append(f"aimed at {aim:g}x (90 % of slim everything's {full:.2f}x) "
                          f"instead of the budget's plan ({first['predicted_speedup']:.2f}x, {len(first['only'])} "
-                         f"lossy rewrite(s)): the check after recovery holds the result to {planner.points(budget)} "
-                         f"lost ({'measured on the labelled held-out images' if labelled(plan) else ESTIMATED})")
+                         f"lossy rewrite(s)): with labels the check after recovery holds the result to {budget:g} "
+                         "top-1 points")
 
 
 def _request(ctx: _Ctx) -> dict:
@@ -335,28 +331,16 @@ def reserve_seconds(seconds_per_image: float, check_images: int, original_ms: fl
 # 4. check: never worse than exact
 
 
-#: How the top-1 lost is known without labels (evaluate.expected_drop), as the reports say it.
-ESTIMATED = "estimated without labels from the original's probabilities"
-
-
 def labelled(plan: dict) -> bool:
-    """Whether the plan's promise is top-1 points measured on labelled images (`--labels`), not
-    estimated without labels."""
+    """Whether the plan's promise is top-1 points on labelled images (`--labels`), not images changing class."""
     return bool((plan.get("goal") or {}).get("labels"))
 
 
-def measured_how(labels: bool) -> str:
-    return "measures top-1 on the labelled held-out images" if labels else \
-        "estimates the top-1 lost from the original's probabilities (no labels)"
-
-
 def allowed_drop(plan: dict, labels: bool | None = None) -> float:
-    """The fidelity the plan promised, in top-1 points lost (with ``labels``, default the plan's,
-    measured; else estimated without labels, drop_of): its budget (``max_drop``, when the plan
-    measured the same way), or for a speed-up target what its planned net measured after least
-    squares (without labels its estimate, or for a plan file without one the share of images
-    changing class, which bounds it), else the default budget. A label-free plan spends its budget
-    in images changing class, each of which loses at most one point: it keeps the estimate too."""
+    """The fidelity the plan promised: the percentage of images that may change class, or with
+    ``labels`` (default: the plan's) the top-1 points that may be lost: its budget (``max_drop``,
+    when the plan measured the same way), or for a speed-up target what its planned net measured
+    (least squares only), else the default budget."""
     goal = plan.get("goal") or {}
     labels = labelled(plan) if labels is None else labels
     if goal.get("max_drop") is not None and labelled(plan) == labels:
@@ -364,31 +348,24 @@ def allowed_drop(plan: dict, labels: bool | None = None) -> float:
     fid = plan.get("predicted_fidelity") or {}
     if labels and fid.get("top1_drop") is not None:
         return max(0.0, 100.0 * float(fid["top1_drop"]))
-    if not labels and fid.get("expected_drop") is not None:
-        return 100.0 * float(fid["expected_drop"])
     if not labels and fid.get("agreement") is not None:
         return 100.0 * (1.0 - float(fid["agreement"]))
     return planner.default_max_drop(labels)
 
 
 def drop_of(option: dict, labels: bool) -> float:
-    """What a checked option spent, in top-1 points lost: measured on the labelled held-out images
-    (``labels``), else estimated without labels (evaluate.expected_drop: the mean of p_t(original's
-    class) - p_t(this net's class) over the held-out images, p_t the original's probabilities; at
-    most the share of images changing class, which stands in where the estimate is missing)."""
+    """What a checked option spent, in the promise's measure: top-1 points lost (labels), else the
+    percentage of images changing class."""
     if labels:
         return 100.0 * (option["top1_original"] - option["top1"])
-    if option.get("expected_drop") is not None:
-        return 100.0 * option["expected_drop"]
     return option["flips_percent"]
 
 
 def pick(options: list[dict], allowed: float, labels: bool = False) -> tuple[dict, str]:
-    """The result among ``options`` (dicts with ``name``, ``flips_percent``, ``expected_drop`` (with
-    labels ``top1`` and ``top1_original``) and an ``exact`` flag, in order of preference), and why:
-    the first within
+    """The result among ``options`` (dicts with ``name``, ``flips_percent`` (with labels ``top1`` and
+    ``top1_original``) and an ``exact`` flag, in order of preference), and why: the first within
     ``allowed`` (allowed_drop); else the exact one (always kept: its output is the original's)."""
-    unit = "top-1 points lost" if labels else "top-1 points lost (estimated)"
+    unit = "top-1 points lost" if labels else "% of images changing class"
     for o in options:
         if o.get("exact"):
             return o, (f"the exact net: no recovered net stayed within {allowed:.2f} {unit}" if len(options) > 1
@@ -397,8 +374,7 @@ def pick(options: list[dict], allowed: float, labels: bool = False) -> tuple[dic
         if got <= allowed + 1e-9:
             what = (f"top-1 {100 * o['top1']:.2f} % on the held-out images against the original's "
                     f"{100 * o['top1_original']:.2f} % ({-got:+.2f} points)" if labels else
-                    f"{got:.2f} top-1 points lost, estimated without labels ({o['flips_percent']:.2f} % of "
-                    "held-out images change class)")
+                    f"{got:.2f} % of held-out images change class")
             return o, f"{o['name']}: {what}, within {allowed:.2f} {unit}"
     raise ValueError("no option and no exact net")
 

@@ -22,9 +22,7 @@ images, the choice (transforms/planner.py), and the chosen net assembled and che
    (relearn with no SGD: its first step), then its output against the original's on
    ``heldout_images`` other images: how many change their top-1 class (``flips``; with labels the
    top-1 too) and the relative output error.
-4. **Choice and check**: planner.choose, with the budget of ``max_drop`` (default 1 top-1 point
-   lost, estimated without labels: spent as held-out images changing class, each of which loses
-   at most one point, so that a plan within it is within the estimate as well) spent on
+4. **Choice and check**: planner.choose, with the budget of ``max_drop`` (default 1 %) spent on
    least-squares flips ``recovery`` (RECOVERY_FACTOR) times over: the budget is what the *result*
    keeps after recovery (distillation takes most of the least-squares error back; `accelerate`
    checks the result and falls back down the ladder of smaller sets, then to the exact net, when
@@ -470,13 +468,9 @@ def outputs_of(runner, x: np.ndarray, batch: int = 50) -> np.ndarray:
 
 
 def scores(s: np.ndarray, t: np.ndarray, labels: np.ndarray | None) -> dict:
-    """Fidelity of outputs ``s`` against the original's ``t`` (logits, N x K): images changing
-    class, agreement, output error, the top-1 lost estimated without labels (expected_drop), and
-    with ``labels`` top-1."""
-    from deeprebirth.learning.evaluate import expected_drop, log_softmax, relative_error  # noqa: PLC0415
+    from deeprebirth.learning.evaluate import relative_error  # noqa: PLC0415
     flips = int(np.sum(s.argmax(1) != t.argmax(1)))
-    doc = {"flips": flips, "agreement": round(1 - flips / len(s), 4), "rel_error": relative_error(s, t),
-           "expected_drop": round(expected_drop(s, log_softmax(t)), 4)}
+    doc = {"flips": flips, "agreement": round(1 - flips / len(s), 4), "rel_error": relative_error(s, t)}
     if labels is not None:
         doc["top1"] = round(float(np.mean(s.argmax(1) == labels)), 4)
     return doc
@@ -844,8 +838,7 @@ def _document(model: Model, train_val, images, opt: Options, nets: Nets, med: di
         "goal": {"speedup": opt.speedup, "max_drop": opt.max_drop if opt.speedup is not None or opt.max_drop
                  is not None or not heldout else planner.default_max_drop(opt.labels),
                  "labels": opt.labels, "measure": "top-1 points lost on labelled held-out images" if opt.labels
-                 else "top-1 points lost, estimated without labels (spent as held-out images changing class, "
-                 "each at most one point)"},
+                 else "percent of held-out images changing class"},
         "basis": choice.basis,
         "recovery_factor": opt.recovery,
         "rules": nets.rules,

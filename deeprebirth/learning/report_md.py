@@ -64,7 +64,7 @@ def render(doc: dict) -> str:
                      + f" | {est} |")
     allowed = check.get("allowed", check.get("allowed_flips_percent", "-"))
     unit = "top-1 points lost on the labelled held-out images" if check.get("labels") else \
-        "top-1 points lost, estimated without labels (last column)"
+        "% of images changing class"
     lines += ["", f"Allowed: {allowed} {unit} (the plan's promise); the result is the fastest net within it, "
               "else the exact net.", ""]
     lines += ["## The plan", "", f"Chosen lossy rewrites ({plan.get('basis')}): "

@@ -24,13 +24,11 @@ cost in hundredths of an image:
                                            rewrite that flips nothing from being free; with labels
                                            lost_i instead of flips_i)
 
-* ``max_drop`` P (top-1 points; without labels spent as a percentage of the held-out images
-  changing class: a class that changes is the most that can be lost, so P bounds the top-1 points
-  lost, and `accelerate`'s check holds the result to P points estimated without labels; with
-  labels P is the top-1 points lost, measured on the labelled held-out images): maximise the sum
-  of ``saved_ms`` with the sum of costs within ``recovery`` x P % of the held-out images (the
-  costs are measured after least squares alone; what recovery leaves is checked on the result by
-  `accelerate`);
+* ``max_drop`` P (percent of the held-out images; a top-1 class that changes is the most that
+  can be lost, so P bounds the top-1 points lost; with labels P is the top-1 points lost, measured
+  on the labelled held-out images): maximise the sum of ``saved_ms`` with the sum of costs within
+  ``recovery`` x P % of the held-out images (the costs are measured after least squares alone;
+  what recovery leaves is checked on the result by `accelerate`);
 * ``speedup`` X (against the original net): the least cost whose saving brings the predicted time,
   ``exact_ms - sum saved_ms``, to ``original_ms / X``; when no set reaches it, the largest saving.
 
@@ -52,9 +50,7 @@ from deeprebirth.errors import RebirthError
 
 #: Cost units per held-out image in the knapsack (hundredths).
 SCALE = 100
-#: The default fidelity budget without labels: top-1 points lost (the plan spends it as this
-#: percentage of held-out images changing class; accelerate's check, as points estimated without
-#: labels, evaluate.expected_drop).
+#: The default fidelity budget: at most this percentage of held-out images may change class.
 DEFAULT_MAX_DROP = 1.0
 #: The default budget with labels (`--labels`): at most this many top-1 points lost on the held-out images.
 DEFAULT_MAX_DROP_LABELS = 0.5

@@ -6,8 +6,6 @@ import json
 import pytest
 from helpers import error_line, make_slimmed, run
 
-from deeprebirth.learning import accelerate as acc
-
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory, caffe):
@@ -98,7 +96,7 @@ def test_accelerate_makes_a_checked_model_folder(tiny, tmp_path):
     assert doc["result"] in ("recovered", "re-learned", "exact")
     assert {o["name"] for o in check["options"]} == {"recovered", "re-learned", "exact"}
     chosen = next(o for o in check["options"] if o["name"] == doc["result"])
-    assert chosen.get("exact") or acc.drop_of(chosen, check["labels"]) <= check["allowed"] + 1e-9
+    assert chosen.get("exact") or chosen["flips_percent"] <= check["allowed"]
     assert doc["speedup"] is not None and "accelerate" in json.loads((out / "report.json").read_text())
     # OUT is a MODEL for the other commands
     res = run("inspect", out, "--json")
@@ -191,32 +189,25 @@ def test_a_set_that_misses_its_promise_falls_back_down_the_ladder(tiny, tmp_path
     assert res.exit_code == 0, res.output
 
 
-@pytest.mark.parametrize("labels", [True, False])
-def test_accelerate_aims_at_the_speed_and_keeps_the_budget(tiny, tmp_path, monkeypatch, labels):
+def test_with_labels_accelerate_aims_at_the_speed_and_keeps_the_budget(tiny, tmp_path, monkeypatch):
     """When aimed_speedup says the speed is worth going for (on this tiny net timing cannot be
     relied on to, so it is told), the plan is made again for that speed-up, the promise stays the
-    budget in top-1 points (measured with labels, estimated without), and plan.json and report.md
-    say so; nothing is measured twice."""
-    monkeypatch.setattr(acc, "aimed_speedup", lambda plan, opt: 1.5)
+    budget in top-1 points, and plan.json and report.md say so; nothing is measured twice."""
+    from deeprebirth.learning import accelerate as acc
+    monkeypatch.setattr(acc, "aimed_speedup", lambda plan, opt: 1.5 if opt.labels else None)
     out = tmp_path / "fast"
     res = run("accelerate", tiny / "tiny.prototxt", "-w", tiny / "tiny.caffemodel", "--train-val", tiny / "tv.prototxt",
-              "--images", tiny / "train", *(["--labels"] if labels else []), "--runs", "5", "--count", "14",
-              "--heldout", "10", "--iters", "10", "-o", out, "--json")
+              "--images", tiny / "train", "--labels", "--runs", "5", "--count", "14", "--heldout", "10",
+              "--iters", "10", "-o", out, "--json")
     assert res.exit_code == 0, res.output
     plan = json.loads((out / "plan.json").read_text())
-    budget = 0.5 if labels else 1.0
     assert plan["goal"]["speedup"] == 1.5 and plan["goal"]["aimed"] is True
-    assert plan["goal"]["max_drop"] == budget and plan["budget_plan"]["only"] is not None
+    assert plan["goal"]["max_drop"] == 0.5 and plan["budget_plan"]["only"] is not None
     assert any("aimed at 1.5x" in n for n in plan["notes"])
     assert res.output.count("lossy candidate(s)") == 1      # chosen again from the same measurements
     # every candidate a speed-up may choose was re-learned, also those the budget's plan left out
     assert all(c["flips"] is not None for c in plan["candidates"] if (c["saved_ms"] or 0) > 0 and not c.get("note"))
     doc = json.loads(res.stdout)
-    check = doc["steps"]["check"]
-    assert check["allowed"] == budget and check["labels"] is labels
+    assert doc["steps"]["check"]["allowed"] == 0.5 and doc["steps"]["check"]["labels"] is True
     assert "hint" not in doc
-    md = (out / "report.md").read_text()
-    assert "aimed at 1.5x" in md
-    assert ("measured on the labelled held-out images" if labels else acc.ESTIMATED) in md
-    if not labels:     # every checked net's estimate is in the record the choice was made on
-        assert all(o.get("expected_drop") is not None for o in check["options"] if not o.get("exact"))
+    assert "aimed at 1.5x" in (out / "report.md").read_text()
