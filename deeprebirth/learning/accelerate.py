@@ -210,8 +210,8 @@ def _aim(ctx: _Ctx, plan: dict) -> float | None:
         full = (plan.get("slim_everything") or {}).get("speedup") or 0.0
         ctx.say(f"plan: the budget's plan measured {plan['predicted_speedup']:.2f}x and every rewrite together "
                 f"{full:.2f}x; with labels the check after recovery measures top-1, "
-                f"so the plan aims at {aim:g}x and the result must still lose at most {plan['goal']['max_drop']:g} "
-                "top-1 points (else the ladder, then the exact net)")
+                f"so the plan aims at {aim:g}x and the result must still lose at most "
+                f"{planner.points(plan['goal']['max_drop'])} (else the ladder, then the exact net)")
     return aim
 
 
@@ -226,8 +226,8 @@ def _aimed(plan: dict) -> None:
     full = (first.get("slim_everything") or {}).get("speedup") or 0.0
     plan["notes"].append(f"aimed at {aim:g}x (90 % of slim everything's {full:.2f}x) "
                          f"instead of the budget's plan ({first['predicted_speedup']:.2f}x, {len(first['only'])} "
-                         f"lossy rewrite(s)): with labels the check after recovery holds the result to {budget:g} "
-                         "top-1 points")
+                         f"lossy rewrite(s)): with labels the check after recovery holds the result to "
+                         f"{planner.points(budget)}")
 
 
 def _request(ctx: _Ctx) -> dict:
