@@ -178,18 +178,20 @@ def build_resnet_bn_b() -> "pb.NetParameter":
     return net
 
 
-def build_googlenet_b() -> "pb.NetParameter":
-    """models/fmnist_googlenet.prototxt's architecture, unchanged."""
+def _fmnist_googlenet(name: str) -> "pb.NetParameter":
+    """models/fmnist_googlenet.prototxt's architecture, unchanged, under another net name."""
     net = netio.read_net(ROOT / "models" / "fmnist_googlenet.prototxt")
-    net.name = "HeldoutGoogLeNetB"
+    net.name = name
     return net
+
+
+def build_googlenet_b() -> "pb.NetParameter":
+    return _fmnist_googlenet("HeldoutGoogLeNetB")
 
 
 def build_googlenet_ls() -> "pb.NetParameter":
-    """models/fmnist_googlenet.prototxt's architecture, unchanged (trained with label smoothing)."""
-    net = netio.read_net(ROOT / "models" / "fmnist_googlenet.prototxt")
-    net.name = "HeldoutGoogLeNetLS"
-    return net
+    """Trained with label smoothing (smoothing_layers)."""
+    return _fmnist_googlenet("HeldoutGoogLeNetLS")
 
 
 def smoothing_layers(logits: str, eps: float, taken: set[str]) -> list["pb.LayerParameter"]:
