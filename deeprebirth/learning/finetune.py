@@ -157,6 +157,7 @@ class _Run:
     stopped: str | None = None           # the signal that stopped it early (StopOnSignals)
     out_of_time: bool = False            # the time budget ran out before the last iteration
     fit: sv.Fit | None = None            # the iterations fitted to the time budget
+    refits: list[dict] = field(default_factory=list)   # the fits made again on the way (_Refit)
 
 
 def finetune(slim_dir, train: data.Source, val: data.Source | None = None, outdir: str | os.PathLike | None = None,
@@ -262,15 +263,17 @@ def _attempts(st: _Setup, train, val, sparam, started: float, progress, log, sto
             start = int(solver.iter)
             history = _previous_history(st.outdir, start) if st.opt.resume is not None else []
             validate = kp.Validator(st.validation(val), sparam, history, started, log, first=start)
+            refit = _Refit(st, sparam, fit, deadline, progress, log) if fit is not None else None
             try:
                 ending = (deadline - 2 * fit.seconds_per_validation - END_SECONDS) if fit is not None else None
-                snapshots = _train(st, solver, train, sparam, validate, progress, stop, ending)
+                snapshots, solver = _train(st, solver, train, sparam, validate, progress, stop, ending, refit)
                 stopped = stop.signal if stop is not None else None
                 out_of_time = not stopped and int(solver.iter) < int(sparam.max_iter)
                 last = int(solver.iter) if stopped or out_of_time else int(sparam.max_iter)
                 if not stopped and (validate.losses or not history or history[-1]["iteration"] != last):
                     validate(last)     # may find the run back at chance (a collapse): in the try
-                return _Run(solver, validate, start, last, snapshots, stopped, out_of_time, fit)
+                return _Run(solver, validate, start, last, snapshots, stopped, out_of_time, fit,
+                            refit.records if refit is not None else [])
             except Diverged as bad:
                 attempts += 1
                 if attempts == health.DIVERGENCE_ATTEMPTS:
@@ -451,31 +454,40 @@ def _teacher_cost(st: _Setup, train: data.Source, seconds: float, images: int) -
 
 
 def _train(st: _Setup, solver, train: data.Source, sparam, validate: kp.Validator, progress,
-           stop: StopOnSignals | None, ending: float | None = None) -> list[str]:
+           stop: StopOnSignals | None, ending: float | None = None, refit: "_Refit | None" = None) \
+        -> tuple[list[str], object]:
     """Caffe's solver, one step at a time, its input blobs set from ``train``; the health checked
     after every step, the validations run and the snapshots taken. At ``ending`` (a
-    ``time.perf_counter()`` value: the time budget less what the end needs) the loop stops."""
+    ``time.perf_counter()`` value: the time budget less what the end needs) the loop stops. With
+    ``refit`` (a time budget) the run fits its iterations again on the way, at the pace it has
+    kept; the solver may then be a new one holding the old one's state. Returns the snapshots
+    taken and the solver as it ended."""
     tn, net, opt = st.tn, solver.net, st.opt
     interval = st.interval if st.interval is not None else (
         opt.test_interval if opt.test_interval is not None else int(st.sd.solver.test_interval or 0))
     snap_every = opt.snapshot if opt.snapshot is not None else int(st.sd.solver.snapshot or 0)
     validate.net = net
-    start, max_iter = int(solver.iter), int(sparam.max_iter)
+    start = int(solver.iter)
     gen = train.batches(tn.pre, tn.batch, train=True, shuffle=True, loop=True, seed=opt.seed + start)
     snapshots: list[str] = []
     run_losses: list[float] = []
     spreads: list[float] = []          # health.logit_spread per iteration (collapse)
     floor = None                       # the loss a diverging run passes besides 10x its start (distillation)
-    if validate.val is not None and start < max_iter and not any(h["iteration"] == start for h in validate.history):
+    pace = _Pace()
+    if validate.val is not None and start < sparam.max_iter and not any(h["iteration"] == start
+                                                                        for h in validate.history):
         validate(start)
-    elif validate.val is None and start < max_iter and not validate.history:   # a fresh run without validation
+    elif validate.val is None and start < sparam.max_iter and not validate.history:   # a fresh run without val
         validate.check_start(train)
-    for it in range(start, max_iter):
+    it = start
+    while it < int(sparam.max_iter):
         if (stop is not None and stop.signal) or (ending is not None and time.perf_counter() >= ending):
             break
         x, y = next(gen)
+        t0, teacher0 = time.perf_counter(), _teacher_counts(st)
         _feed(st, net, train, x, y, sv.warmup_factor(st.safe.warmup, it))
         solver.step(1)
+        pace.step(time.perf_counter() - t0, teacher0, _teacher_counts(st))
         loss = sum(w * float(net.blobs[t].data.sum()) for t, w in tn.losses.items())
         run_losses.append(loss)
         if floor is None:
@@ -489,12 +501,107 @@ def _train(st: _Setup, solver, train: data.Source, sparam, validate: kp.Validato
         if progress:
             progress(1)
         done = it + 1
-        if interval and done % interval == 0 and done < max_iter:
+        if interval and done % interval == 0 and done < sparam.max_iter:
+            t0 = time.perf_counter()
             validate(done)
-        if snap_every and done % snap_every == 0 and done < max_iter:
+            pace.validated(time.perf_counter() - t0)
+        if snap_every and done % snap_every == 0 and done < sparam.max_iter:
             solver.snapshot()
             snapshots.append(sv.snapshot_name(st.outdir, done))
-    return snapshots
+        if refit is not None:
+            swapped = refit(done, start, solver, pace, sv.snapshot_name(st.outdir, done) in snapshots)
+            if swapped is not None:
+                solver, net = swapped, swapped.net
+                validate.net = net
+                interval = st.interval
+        it = done
+    return snapshots, solver
+
+
+def _teacher_counts(st: _Setup) -> tuple[float, int]:
+    """The teacher's (seconds, misses) so far (its memo's counters; zeros without a teacher)."""
+    t = st.teacher
+    return (float(t.seconds), int(t.misses)) if t is not None and hasattr(t, "misses") else (0.0, 0)
+
+
+@dataclass
+class _Pace:
+    """What a run's steps and validations took so far (for _Refit)."""
+    steps: int = 0
+    seconds: float = 0.0                 # the steps' time, the teacher's passes included
+    teacher_seconds: float = 0.0
+    teacher_misses: int = 0
+    validations: int = 0
+    validation_seconds: float = 0.0
+
+    def step(self, seconds: float, before: tuple[float, int], after: tuple[float, int]) -> None:
+        self.steps += 1
+        self.seconds += seconds
+        self.teacher_seconds += after[0] - before[0]
+        self.teacher_misses += after[1] - before[1]
+
+    def validated(self, seconds: float) -> None:
+        self.validations += 1
+        self.validation_seconds += seconds
+
+
+class _Refit:
+    """A run fitted to a time budget fits its iterations again at solver.REFIT_SHARES of them, at
+    the pace it has kept (its steps without the teacher; the teacher's seconds per image it has not
+    seen; its validations), to the time left before the deadline (solver.fit_iterations from the
+    iterations done). When the iterations to come change by more than solver.REFIT_CHANGE, the
+    solver restarts with the new ``max_iter`` from a snapshot of itself (its weights, momentum and
+    iteration; Caffe's solver cannot change its settings), so that the annealed rate reaches 0 at
+    the new end; the snapshot's files are removed unless they are a snapshot the run keeps.
+    ``records`` says what each re-fit found (finetune.json's ``time_budget.refits``)."""
+
+    def __init__(self, st: _Setup, sparam, fit: sv.Fit, deadline: float, progress, log):
+        self.st, self.sparam, self.fit, self.deadline = st, sparam, fit, deadline
+        self.progress, self.log = progress, log
+        self.records: list[dict] = []
+
+    def __call__(self, done: int, start: int, solver, pace: _Pace, kept_snapshot: bool):
+        st, sparam = self.st, self.sparam
+        target = int(sparam.max_iter)
+        if not sv.refit_due(done, start, target, len(self.records)) or pace.steps < sv.CALIBRATION_STEPS:
+            return None
+        student = sv.measured_step(pace.seconds, pace.teacher_seconds, pace.steps)
+        cost = st.teacher_cost
+        if cost is not None and pace.teacher_misses > 0:
+            cost = sv.TeacherCost(pace.teacher_seconds / pace.teacher_misses, cost.batch, cost.images, cost.variants)
+        per_val = (pace.validation_seconds / pace.validations if pace.validations
+                   else self.fit.seconds_per_validation)
+        validations = max(1, sv.BUDGET_VALIDATIONS - pace.validations) if st.interval else 0
+        left = self.deadline - time.perf_counter()
+        cap = None if st.opt.iters is None else max(1, st.opt.iters - done)
+        new = sv.fit_iterations(left, student, per_val, validations, reserve=2 * per_val + END_SECONDS, cap=cap,
+                                teacher=cost, done=done - start)
+        new_target = start + new.iters
+        record = {"iteration": done, "iterations": new_target, "seconds_per_iteration": round(student, 4),
+                  "seconds_per_validation": round(per_val, 3), "seconds_left": round(left, 2)}
+        self.records.append(record)
+        if not sv.refit_changes(target - done, new_target - done):
+            record["kept"] = True
+            return None
+        solver.snapshot()
+        state = Path(sv.snapshot_name(st.outdir, done))
+        sparam.max_iter = new_target
+        fresh = sv.start_solver(st.tn.net, sparam, st.outdir, resume=str(state))
+        if not kept_snapshot:
+            for path in (state, state.with_suffix(".caffemodel")):
+                path.unlink(missing_ok=True)
+        if st.interval:
+            st.interval = new.test_interval
+        self.fit = new
+        note = (f"re-fitted at iteration {done:,} to {new_target:,} iterations (was {target:,}): "
+                f"{student:.3g} s per iteration without the teacher measured so far, "
+                f"{sv.format_duration(left)} left of {{opt:time}}")
+        st.notes.append(note)
+        if self.log is not None:
+            self.log(f"note: {note}")
+        if self.progress:
+            self.progress(sv.Planned(new_target - done, new.expected, note, sv.FitCurve(new)))
+        return fresh
 
 
 def _feed(st: _Setup, net, train: data.Source, x, y, factor: float) -> None:
@@ -618,10 +725,12 @@ def _record(st: _Setup, train, val, sparam, run: _Run, started: float) -> dict:
                                  "seconds_per_iteration": round(fit.seconds_per_iter, 4),
                                  "seconds_per_validation": round(fit.seconds_per_validation, 3),
                                  "seconds_left_at_fit": round(fit.seconds_left, 2),
-                                 "capped_by_iters": fit.capped, "out_of_time": run.out_of_time}
+                                 "capped_by_iters": fit.capped, "out_of_time": run.out_of_time,
+                                 "refits": run.refits}
         if run.out_of_time:
-            st.notes.append(f"the time ({{opt:time}}) ran out at iteration {run.last:,} of the {fit.iters:,} "
-                            "fitted (the machine slowed down): the run stopped there, its rate not yet annealed "
+            st.notes.append(f"the time ({{opt:time}}) ran out at iteration {run.last:,} of the "
+                            f"{int(sparam.max_iter):,} fitted "
+                            "(the machine slowed down): the run stopped there, its rate not yet annealed "
                             "to 0")
     return result
 

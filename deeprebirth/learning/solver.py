@@ -300,6 +300,7 @@ class Fit:
     expected: float               # the seconds the iterations and validations should take
     capped: bool = False          # the iterations asked for (a cap) were fewer than the time allowed
     teacher: "TeacherCost | None" = None   # the teacher's cost it was fitted with
+    done: int = 0                 # iterations the run had trained when fitted (a re-fit), counted in ``iters``
 
 
 @dataclass
@@ -327,14 +328,24 @@ def memo_misses(drawn: float, images: int, variants: int = 1) -> float:
     return images * (v * (1.0 - unseen) + (epochs - k) * unseen)
 
 
-def _steps_within(usable: float, per_iter: float, teacher: TeacherCost | None) -> int:
-    """The most steps whose time, ``per_iter`` each plus the teacher's misses, fits into ``usable``."""
+def teacher_seconds(teacher: TeacherCost | None, steps: float, done: float = 0.0) -> float:
+    """The teacher's seconds over ``steps`` steps after the run's first ``done``: its misses among
+    the inputs they draw (memo_misses), each a forward pass."""
+    if teacher is None:
+        return 0.0
+    t = teacher
+    return (memo_misses((done + steps) * t.batch, t.images, t.variants)
+            - memo_misses(done * t.batch, t.images, t.variants)) * t.seconds_per_image
+
+
+def _steps_within(usable: float, per_iter: float, teacher: TeacherCost | None, done: int = 0) -> int:
+    """The most steps after the run's first ``done`` whose time, ``per_iter`` each plus the
+    teacher's misses, fits into ``usable``."""
     if teacher is None:
         return int(usable // per_iter)
 
     def cost(n: int) -> float:
-        return n * per_iter + memo_misses(n * teacher.batch, teacher.images, teacher.variants) * \
-            teacher.seconds_per_image
+        return n * per_iter + teacher_seconds(teacher, n, done)
 
     lo, hi = 0, max(1, int(usable // per_iter))
     while lo < hi:                          # the cost grows with n: the largest n within
@@ -348,27 +359,59 @@ def _steps_within(usable: float, per_iter: float, teacher: TeacherCost | None) -
 
 def fit_iterations(seconds_left: float, seconds_per_iter: float, seconds_per_validation: float = 0.0,
                    validations: int = BUDGET_VALIDATIONS, reserve: float = 0.0, cap: int | None = None,
-                   safety: float = BUDGET_SAFETY, teacher: TeacherCost | None = None) -> Fit:
+                   safety: float = BUDGET_SAFETY, teacher: TeacherCost | None = None, done: int = 0) -> Fit:
     """The iterations that fit into ``seconds_left`` at ``seconds_per_iter`` each (measured), with
     ``validations`` validations of ``seconds_per_validation`` on the way and ``reserve`` seconds
     kept for the end (the last validation, writing the weights), using only ``safety`` of the time
     (a shared machine slows down); at least 1, and at most ``cap`` when one is given. The
     validation interval spreads ``validations`` over them (the last at the run's end). With
     ``teacher``, ``seconds_per_iter`` is the step without the teacher's forward pass, which is paid
-    per input not seen before (memo_misses)."""
+    per input not seen before (memo_misses). ``done``: the run has trained that many iterations
+    already (a re-fit on the way, ``Fit.done``): the fitted ``iters`` count them, the time and
+    ``cap`` only those to come, whose teacher misses are those after them."""
     per_iter = max(float(seconds_per_iter), 1e-6)
     validations = validations_within(seconds_left, seconds_per_validation, validations, reserve, safety)
     usable = max(0.0, safety * float(seconds_left) - float(reserve) - validations * float(seconds_per_validation))
-    iters = max(1, _steps_within(usable, per_iter, teacher))
-    capped = cap is not None and cap < iters
+    steps = max(1, _steps_within(usable, per_iter, teacher, done))
+    capped = cap is not None and cap < steps
     if capped:
-        iters = int(cap)
-    interval = max(1, -(-iters // max(1, validations)))
-    train_s = iters * per_iter + (0.0 if teacher is None else memo_misses(
-        iters * teacher.batch, teacher.images, teacher.variants) * teacher.seconds_per_image)
-    expected = train_s + -(-iters // interval) * float(seconds_per_validation) + float(reserve)
-    return Fit(iters, interval, per_iter, float(seconds_per_validation), float(seconds_left), expected, capped,
-               teacher)
+        steps = int(cap)
+    interval = max(1, -(-steps // max(1, validations)))
+    train_s = steps * per_iter + teacher_seconds(teacher, steps, done)
+    expected = train_s + -(-steps // interval) * float(seconds_per_validation) + float(reserve)
+    return Fit(done + steps, interval, per_iter, float(seconds_per_validation), float(seconds_left), expected, capped,
+               teacher, done)
+
+
+#: A run fitted to a time budget fits itself again on the way, once it has run these shares of
+#: its fitted iterations, to the time left at the pace it has kept: its first fit goes by
+#: CALIBRATION_STEPS steps at rate 0, which on a shared machine were off by -20 % to +50 % (the
+#: label-free distillations of the Fashion-MNIST GoogLeNets, issue 31: one ran out of time before
+#: its rate reached 0, another ended with a third of its budget unused).
+REFIT_SHARES = (0.2, 0.5)
+#: ... and changes course only when the iterations to come change by more than this share of them
+#: (a change restarts the solver from a snapshot of itself: a second or two).
+REFIT_CHANGE = 0.1
+
+
+def refit_due(done: int, start: int, target: int, refits: int) -> bool:
+    """Whether a run at iteration ``done`` (started at ``start``, fitted to end at ``target``)
+    that has fitted itself again ``refits`` times is due for its next re-fit (REFIT_SHARES)."""
+    if refits >= len(REFIT_SHARES) or done >= target:
+        return False
+    return done - start >= REFIT_SHARES[refits] * (target - start)
+
+
+def refit_changes(to_come: int, refitted_to_come: int) -> bool:
+    """Whether a re-fit that makes ``refitted_to_come`` of the ``to_come`` iterations left is worth
+    a restart (REFIT_CHANGE)."""
+    return abs(refitted_to_come - to_come) > REFIT_CHANGE * max(1, to_come)
+
+
+def measured_step(seconds: float, teacher_seconds_spent: float, steps: int) -> float:
+    """Seconds per step without the teacher's passes, from ``steps`` steps that took ``seconds``
+    of which ``teacher_seconds_spent`` were the teacher's."""
+    return max(1e-6, (float(seconds) - float(teacher_seconds_spent)) / max(1, steps))
 
 
 def validations_within(seconds_left: float, seconds_per_validation: float, validations: int,
@@ -391,10 +434,10 @@ class FitCurve:
     fit: Fit
 
     def __call__(self, k: float) -> float:
-        f, t = self.fit, self.fit.teacher
-        k = min(max(0.0, float(k)), float(f.iters))
-        teacher = 0.0 if t is None else memo_misses(k * t.batch, t.images, t.variants) * t.seconds_per_image
-        return k * f.seconds_per_iter + teacher + k / max(1, f.test_interval) * f.seconds_per_validation
+        f = self.fit
+        k = min(max(0.0, float(k)), float(f.iters - f.done))       # counted from the fit (a re-fit: f.done)
+        return k * f.seconds_per_iter + teacher_seconds(f.teacher, k, f.done) + \
+            k / max(1, f.test_interval) * f.seconds_per_validation
 
 
 @dataclass

@@ -297,3 +297,42 @@ def test_a_budget_spent_before_training_stops_at_the_start(slimmed, tmp_path):
     res = run("finetune", d / "slim", "--train", d / "plain", "--distill", "--time", "soon", "-o", tmp_path / "x")
     assert res.exit_code == 1 and "--time 'soon': expected a duration such as 90s" in error_line(res)
     assert not (tmp_path / "x").exists()
+
+
+def test_a_refit_restarts_the_solver_where_it_was(slimmed, tmp_path, monkeypatch):
+    """A run that fits itself again on the way and changes course restarts Caffe's solver from a
+    snapshot of itself: forced here at every re-fit (the iterations capped, so the time decides
+    nothing), it ends with the weights of the same run never restarted, bit for bit (iteration,
+    momentum and data order carried over), says where it re-fitted, and leaves no snapshot behind
+    but the last."""
+    from deeprebirth.learning import finetune as ft
+    from deeprebirth.learning import sources as data
+    d = slimmed
+    pre = tmp_path / "pre"
+    assert run("finetune", d / "slim", "--train", d / "train", "--iters", 4, "-o", pre).exit_code == 0
+    last = {}
+    for name, shares, change in (("plain", (), sv.REFIT_CHANGE), ("refit", sv.REFIT_SHARES, -1.0)):
+        monkeypatch.setattr(sv, "REFIT_SHARES", shares)
+        monkeypatch.setattr(sv, "REFIT_CHANGE", change)
+        out = tmp_path / name
+        doc = ft.finetune(d / "slim", data.open_source(str(d / "plain")), data.open_source(str(d / "plain")), out,
+                          ft.Options(distill=True, weights=str(pre / "weights.caffemodel"), time_budget=600.0,
+                                     iters=40, base_lr=0.01))
+        assert doc["iterations"] == 40 and not doc["time_budget"]["out_of_time"]
+        last[name] = netio.weights_of(netio.read_weights(out / "finetune_iter_40.caffemodel"))
+        left = sorted(p.name for p in out.iterdir() if p.name.startswith("finetune_iter_"))
+        assert left == ["finetune_iter_40.caffemodel", "finetune_iter_40.solverstate"]
+        refits = doc["time_budget"]["refits"]
+        if name == "plain":
+            assert refits == []
+        else:
+            assert [r["iteration"] for r in refits] == [8, 20] and all("kept" not in r for r in refits)
+            assert all(r["iterations"] == 40 and r["seconds_per_iteration"] > 0 for r in refits)
+            assert sum("re-fitted at iteration" in n for n in doc["notes"]) == 2
+    assert last["plain"].keys() == last["refit"].keys()
+    for k in last["plain"]:
+        for a, b in zip(last["plain"][k], last["refit"][k]):
+            assert np.array_equal(a, b), k
+    # the same run without the restart but with different weights would differ: the check can fail
+    assert not np.array_equal(last["plain"]["conv1"][0],
+                              netio.weights_of(netio.read_weights(pre / "weights.caffemodel"))["conv1"][0])

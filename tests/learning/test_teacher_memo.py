@@ -101,3 +101,40 @@ def test_the_forms_training_makes_of_an_image():
     assert Preprocess(1, 64, 64, crop=64, mirror=True).training_forms(68, 68) == 50   # 5 x 5 offsets, mirrored
     assert Preprocess(3, 227, 227, crop=227, resize=(256, 256)).training_forms(500, 375) == 30 * 30
     assert Preprocess(3, 32, 32).training_forms(32, 32) == 1
+
+
+def test_a_refit_counts_the_iterations_done_and_only_the_teachers_misses_still_to_come():
+    cost = sv.TeacherCost(0.2 / 32, 32, 1000, 1)
+    first = sv.fit_iterations(600, 0.1, safety=1.0, validations=0, teacher=cost)
+    # after 100 steps (3,200 images: every image seen) the teacher costs nothing more
+    again = sv.fit_iterations(300, 0.1, safety=1.0, validations=0, teacher=cost, done=100)
+    assert again.done == 100
+    assert again.iters == 100 + int(300 // 0.1)
+    assert again.expected == pytest.approx((again.iters - 100) * 0.1)
+    # its curve counts from the re-fit: no teacher seconds in it
+    assert sv.FitCurve(again)(10) == pytest.approx(1.0)
+    assert sv.FitCurve(again)(again.iters - again.done) == pytest.approx(again.expected)
+    # after 10 steps the misses of the first epoch's rest are still to come
+    early = sv.fit_iterations(300, 0.1, safety=1.0, validations=0, teacher=cost, done=10)
+    assert early.iters - 10 == int((300 - (1000 - 320) * 0.2 / 32) // 0.1)
+    assert first.done == 0
+    # a cap counts the iterations to come
+    assert sv.fit_iterations(300, 0.1, safety=1.0, validations=0, cap=50, done=100).iters == 150
+
+
+def test_a_run_refits_at_its_shares_and_restarts_only_for_a_real_change():
+    # fitted to end at 1,000: due at 200 and at the half of what is fitted then, twice at most
+    assert not sv.refit_due(199, 0, 1000, 0)
+    assert sv.refit_due(200, 0, 1000, 0)
+    assert not sv.refit_due(400, 0, 1600, 1)
+    assert sv.refit_due(800, 0, 1600, 1)
+    assert not sv.refit_due(900, 0, 1000, 2)
+    assert not sv.refit_due(1000, 0, 1000, 0)
+    # counted from where the run started (a resumed run)
+    assert not sv.refit_due(5100, 5000, 6000, 0)
+    assert sv.refit_due(5200, 5000, 6000, 0)
+    assert not sv.refit_changes(800, 870)
+    assert sv.refit_changes(800, 1200)
+    assert sv.refit_changes(800, 600)
+    # the step without the teacher: 50 steps in 10 s, 4 s of them the teacher's
+    assert sv.measured_step(10.0, 4.0, 50) == pytest.approx(0.12)
