@@ -25,8 +25,7 @@ images, the choice (transforms/planner.py), and the chosen net assembled and che
 4. **Choice and check**: planner.choose, with the budget of ``max_drop`` (default 1 %) spent on
    least-squares flips ``recovery`` (RECOVERY_FACTOR) times over: the budget is what the *result*
    keeps after recovery (distillation takes most of the least-squares error back; `accelerate`
-   checks the result and falls back down the ladder of smaller sets, then to the exact net, when
-   it misses), so the plan may choose rewrites whose
+   checks the result and falls back to the exact net when it misses), so the plan may choose rewrites whose
    least-squares error alone exceeds it. The chosen net is assembled, re-learned the same way and
    timed beside the original, as are the exact net and slim everything, each in a pair of its own
    with the original (time_pairs: as `rebirth bench` and accelerate's bench time them). When it

@@ -244,24 +244,6 @@ def _why(c: Candidate, by_time: bool, budget: float | None) -> str:
     return "the budget is better spent elsewhere" if budget is not None else "not needed for the speed-up"
 
 
-def ladder(candidates: list[dict], chosen: list[str]) -> list[list[str]]:
-    """The smaller sets to fall back to when the chosen set, recovered, misses its promise: nested,
-    each one rewrite fewer than the last (largest first, down to one rewrite). The rewrite left out
-    first is the one that buys least time for what it costs (``saved_ms / cost``; a rewrite never
-    timed or with no measured saving first of all)."""
-    known = {c["name"]: Candidate(**{k: v for k, v in c.items() if k in Candidate.__dataclass_fields__})
-             for c in candidates}
-
-    def worth(name: str) -> float:
-        c = known.get(name)
-        if c is None or not c.saved_ms or c.saved_ms <= 0:
-            return -math.inf
-        return c.saved_ms / max(cost(c), 1e-3)
-
-    order = sorted(chosen, key=lambda n: (-worth(n), chosen.index(n)))     # the best buy first
-    return [[n for n in chosen if n in order[:k]] for k in range(len(order) - 1, 0, -1)]
-
-
 #: A speed-up target counts as reached when the assembled net measures at least this fraction of
 #: it. 1: `--speedup 3` means 3x as timed. (It was 0.97; the plans it accepted, 2.95x for 3x, then
 #: measured 2.86x in accelerate's own bench: the slack and the noise added up on the same side.)

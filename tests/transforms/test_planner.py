@@ -138,20 +138,6 @@ def test_images_lost_is_a_whole_count_never_negative():
     assert planner.default_max_drop(False) == planner.DEFAULT_MAX_DROP
 
 
-def test_the_ladder_drops_the_worst_buy_first():
-    table = [{"name": "conv1", "saved_ms": 4.0, "flips": 30, "rel_error": 0.5},       # 0.13 ms per image
-             {"name": "inception_3a", "saved_ms": 2.0, "flips": 1, "rel_error": 0.02},  # 2 ms per image
-             {"name": "inception_4a", "saved_ms": 1.5, "flips": 3, "rel_error": 0.03},  # 0.5 ms per image
-             {"name": "pool2", "saved_ms": None, "flips": None, "rel_error": None}]
-    chosen = ["conv1", "inception_3a", "inception_4a", "pool2"]
-    assert planner.ladder(table, chosen) == [["conv1", "inception_3a", "inception_4a"],
-                                             ["inception_3a", "inception_4a"], ["inception_3a"]]
-    assert planner.ladder(table, ["conv1"]) == []
-    # with labels the images lost count, not those changing class: conv1 loses none
-    table[0]["lost"] = 0
-    assert planner.ladder(table, ["conv1", "inception_4a"]) == [["conv1"]]
-
-
 def test_the_plans_check_times_each_net_in_a_pair_with_the_original(monkeypatch):
     """plan.time_pairs: two nets a session (as bench and accelerate's bench), a net given twice
     timed once; the speed-up of each from its own pair."""
