@@ -28,7 +28,8 @@ from deeprebirth.learning import sources as data
                                                           "with --time: as many as it allows, at most this many).")
 @click.option("--time", "time_budget", metavar="DURATION",
               help="How long the run may take (30m, 90s, 1h30m): it measures its first steps, fits its iterations "
-                   "and annealed schedule to the time and stops within it.")
+                   "and annealed schedule to the time (again at a fifth and at half of them, at the pace kept) "
+                   "and stops within it.")
 @click.option("--batch", "-b", type=click.IntRange(min=1), help="Batch size (default: the train_val data layer's).")
 @click.option("--base-lr", type=click.FloatRange(min=0, min_open=True), help="Override the solver's base_lr.")
 @click.option("--stepsize", type=click.IntRange(min=1), help="Override the solver's stepsize (with --schedule solver).")

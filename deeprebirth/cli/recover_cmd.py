@@ -27,7 +27,8 @@ from deeprebirth.transforms import relearn_plan
                                               "under 1,200 images, none.")
 @click.option("--time", "time_budget", metavar="DURATION",
               help=f"How long the whole run may take (30m, 90s, 1h30m), re-learning included: the distillation "
-                   f"measures its first steps and fits its iterations and annealed schedule to the time left. "
+                   f"measures its first steps and fits its iterations and annealed schedule to the time left (again on "
+                   f"the way, at the pace kept). "
                    f"Default: {rc.DEFAULT_TIME_BUDGET / 60:.0f}m when --iters is not given either.")
 @click.option("--iters", type=click.IntRange(min=1),
               help="Distillation iterations after re-learning (with --time: at most this many). Default: as many "
