@@ -293,8 +293,21 @@ def _recover_step(ctx: _Ctx, sd: Path | None, plan: dict) -> dict | None:
     options = ft.Options(seed=ctx.opt.seed, iters=ctx.opt.iters, with_labels=ctx.opt.plan.labels)
     with ctx.stage("recover", None, "step") as tick:
         doc = rc.recover(sd, ctx.images, ctx.val, rec_dir, options=options, progress=tick, time_budget=budget)
-    ctx.steps["recover"] = {"dir": str(rec_dir), "reserved_s": round(reserve, 1)}
+    ctx.steps["recover"] = {"dir": str(rec_dir), "reserved_s": round(reserve, 1), **recovery_summary(doc)}
     return doc
+
+
+def recovery_summary(doc: dict) -> dict:
+    """What recover.json says of the time it took: re-learning's seconds, the distillation's
+    iterations and seconds, and at which iterations it fitted itself again to the time left."""
+    tuned = doc.get("finetune") or {}
+    out = {"relearn_s": doc.get("relearn_seconds"), "distill_iterations": tuned.get("iterations"),
+           "distill_s": tuned.get("seconds")}
+    refits = ((tuned.get("time_budget") or {}).get("refits") or [])
+    changed = [f"at {r['iteration']:,} to {r['iterations']:,} iterations" for r in refits if not r.get("kept")]
+    if changed:
+        out["refitted"] = ", ".join(changed)
+    return {k: v for k, v in out.items() if v is not None}
 
 
 def reserved(ctx: _Ctx, plan: dict) -> tuple[float, float]:

@@ -154,3 +154,15 @@ def test_the_plan_gets_a_third_of_the_time(monkeypatch, tmp_path):
         except Planned:
             pass
         assert abs(given[-1] - expected) < 1.0
+
+
+def test_the_report_says_how_recovery_spent_its_time():
+    doc = {"relearn_seconds": 216.96, "finetune": {"iterations": 9567, "seconds": 1251.71, "time_budget": {
+        "refits": [{"iteration": 2172, "iterations": 10081, "kept": True},
+                   {"iteration": 5430, "iterations": 9567}]}}}
+    assert acc.recovery_summary(doc) == {"relearn_s": 216.96, "distill_iterations": 9567, "distill_s": 1251.71,
+                                         "refitted": "at 5,430 to 9,567 iterations"}
+    # a re-fit that changed nothing is not news; a recovery without a distillation has no iterations
+    doc["finetune"]["time_budget"]["refits"].pop()
+    assert "refitted" not in acc.recovery_summary(doc)
+    assert acc.recovery_summary({"relearn_seconds": 3.0}) == {"relearn_s": 3.0}
