@@ -265,7 +265,7 @@ def _attempts(st: _Setup, train, val, sparam, started: float, progress, log, sto
             validate = kp.Validator(st.validation(val), sparam, history, started, log, first=start)
             refit = _Refit(st, sparam, fit, deadline, progress, log) if fit is not None else None
             try:
-                ending = (deadline - 2 * fit.seconds_per_validation - END_SECONDS) if fit is not None else None
+                ending = refit.ending if refit is not None else None
                 snapshots, solver = _train(st, solver, train, sparam, validate, progress, stop, ending, refit)
                 stopped = stop.signal if stop is not None else None
                 out_of_time = not stopped and int(solver.iter) < int(sparam.max_iter)
@@ -510,6 +510,7 @@ def _train(st: _Setup, solver, train: data.Source, sparam, validate: kp.Validato
             snapshots.append(sv.snapshot_name(st.outdir, done))
         if refit is not None:
             swapped = refit(done, start, solver, pace, sv.snapshot_name(st.outdir, done) in snapshots)
+            ending = refit.ending
             if swapped is not None:
                 solver, net = swapped, swapped.net
                 validate.net = net
@@ -559,6 +560,9 @@ class _Refit:
         self.st, self.sparam, self.fit, self.deadline = st, sparam, fit, deadline
         self.progress, self.log = progress, log
         self.records: list[dict] = []
+        # when the loop stops whatever the fit: what the end needs (the last validation, the files) kept
+        self.ending = deadline - 2 * fit.seconds_per_validation - END_SECONDS
+
 
     def __call__(self, done: int, start: int, solver, pace: _Pace, kept_snapshot: bool):
         st, sparam = self.st, self.sparam
@@ -572,6 +576,7 @@ class _Refit:
         per_val = (pace.validation_seconds / pace.validations if pace.validations
                    else self.fit.seconds_per_validation)
         validations = max(1, sv.BUDGET_VALIDATIONS - pace.validations) if st.interval else 0
+        self.ending = self.deadline - 2 * per_val - END_SECONDS          # the end's needs, as measured
         left = self.deadline - time.perf_counter()
         cap = None if st.opt.iters is None else max(1, st.opt.iters - done)
         new = sv.fit_iterations(left, student, per_val, validations, reserve=2 * per_val + END_SECONDS, cap=cap,
