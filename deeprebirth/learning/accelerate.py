@@ -23,10 +23,9 @@ the first step not done (``plan.json``; ``slim/report.json``; ``slim/recovered/r
    (``--val``, else the images recover held out): the result is the fastest of them within the
    fidelity the plan promised (its budget, or for a speed-up target its predicted agreement; with
    ``labels`` top-1 points lost on the labelled held-out images); the exact net when neither
-   recovered net is. The report says which and why. (Smaller sets assembled from the recovered
-   weights were checked too until 2026-12: after a distillation of the whole net none came within
-   a promise in ~40 tries on three nets, 18-91 % of held-out images changing class, since every
-   layer had moved to fit the set it was trained as);
+   recovered net is. The report says which and why. No smaller set is assembled from the
+   recovered weights: after a distillation of the whole net every layer has moved to fit the set
+   it was trained as (such sets changed the class of 18-91 % of held-out images, docs/accelerate.md);
 5. **export** to the target engine, verified against Caffe (``verify.compare_export``);
 6. **bench**: the original and the result timed side by side on the target.
 
@@ -70,8 +69,6 @@ RESERVE_MIN_S = 45.0
 RESERVE_FIXED_S = 20.0
 #: The estimate times this: a shared machine slows down.
 RESERVE_MARGIN = 2.0
-#: Least distillation time worth starting (below it the re-learned weights are the recovered ones).
-MIN_DISTILL_S = 60.0
 DEFAULT_TIME_S = 30 * 60.0
 MODEL_FILES = ("deploy.prototxt", "weights.caffemodel", "train_val.prototxt", "solver.prototxt",
                "init.caffemodel", "report.json")
@@ -107,7 +104,6 @@ class _Ctx:
     stage: Callable
     started: float
     steps: dict = field(default_factory=dict)
-    tail: float = RESERVE_MIN_S           # what the export and the timing after the check need (set by recover)
 
     def left(self) -> float:
         return self.opt.time_budget - (time.perf_counter() - self.started)
@@ -286,7 +282,7 @@ def _recover_step(ctx: _Ctx, sd: Path | None, plan: dict) -> dict | None:
         return json.loads((rec_dir / "recover.json").read_text())
     from deeprebirth.learning import finetune as ft  # noqa: PLC0415
     from deeprebirth.learning import recover as rc  # noqa: PLC0415
-    reserve, ctx.tail = reserved(ctx, plan)
+    reserve = reserved(ctx, plan)
     budget = max(0.0, ctx.left() - reserve)
     ctx.say("recover: re-learn, then distil against the original" + (" and the labels" if ctx.opt.plan.labels
             else "") + f" for about {budget / 60:.0f} min (what the time budget leaves)")
@@ -310,20 +306,19 @@ def recovery_summary(doc: dict) -> dict:
     return {k: v for k, v in out.items() if v is not None}
 
 
-def reserved(ctx: _Ctx, plan: dict) -> tuple[float, float]:
-    """(seconds kept back from recovery for everything after it, seconds the export and the timing
-    need after the check): reserve_seconds on the plan's measurements and the number of images the
-    check reads (``--val``, else those recover holds out); RESERVE_S when the plan has no timings."""
+def reserved(ctx: _Ctx, plan: dict) -> float:
+    """Seconds kept back from recovery for everything after it: reserve_seconds on the plan's
+    measurements and the number of images the check reads (``--val``, else those recover holds
+    out); RESERVE_S when the plan has no timings."""
     from deeprebirth.learning import sources as data  # noqa: PLC0415
     fid = (plan.get("exact") or {}).get("fidelity") or {}
     if not fid.get("seconds") or not plan.get("heldout_images") or not plan.get("original_ms"):
-        return RESERVE_S, RESERVE_S / 2
+        return RESERVE_S
     n = len(data.open_source(ctx.val)) if ctx.val else data.holdout_size(len(data.open_source(ctx.images)))
     per_image = float(fid["seconds"]) / int(plan["heldout_images"])
     p = ctx.opt.plan
     runs = plan_api.CHECK_RUNS_FACTOR * p.runs
-    return (reserve_seconds(per_image, n, float(plan["original_ms"]), runs, p.warmup),
-            reserve_seconds(0.0, 0, float(plan["original_ms"]), runs, p.warmup))
+    return reserve_seconds(per_image, n, float(plan["original_ms"]), runs, p.warmup)
 
 
 def reserve_seconds(seconds_per_image: float, check_images: int, original_ms: float, runs: int,

@@ -265,8 +265,7 @@ def _attempts(st: _Setup, train, val, sparam, started: float, progress, log, sto
             validate = kp.Validator(st.validation(val), sparam, history, started, log, first=start)
             refit = _Refit(st, sparam, fit, deadline, progress, log) if fit is not None else None
             try:
-                ending = refit.ending if refit is not None else None
-                snapshots, solver = _train(st, solver, train, sparam, validate, progress, stop, ending, refit)
+                snapshots, solver = _train(st, solver, train, sparam, validate, progress, stop, refit)
                 stopped = stop.signal if stop is not None else None
                 out_of_time = not stopped and int(solver.iter) < int(sparam.max_iter)
                 last = int(solver.iter) if stopped or out_of_time else int(sparam.max_iter)
@@ -454,14 +453,12 @@ def _teacher_cost(st: _Setup, train: data.Source, seconds: float, images: int) -
 
 
 def _train(st: _Setup, solver, train: data.Source, sparam, validate: kp.Validator, progress,
-           stop: StopOnSignals | None, ending: float | None = None, refit: "_Refit | None" = None) \
-        -> tuple[list[str], object]:
+           stop: StopOnSignals | None, refit: "_Refit | None" = None) -> tuple[list[str], object]:
     """Caffe's solver, one step at a time, its input blobs set from ``train``; the health checked
-    after every step, the validations run and the snapshots taken. At ``ending`` (a
-    ``time.perf_counter()`` value: the time budget less what the end needs) the loop stops. With
-    ``refit`` (a time budget) the run fits its iterations again on the way, at the pace it has
-    kept; the solver may then be a new one holding the old one's state. Returns the snapshots
-    taken and the solver as it ended."""
+    after every step, the validations run and the snapshots taken. With ``refit`` (a time budget)
+    the loop stops at ``refit.ending`` (the budget less what the end needs) and the run fits its
+    iterations again on the way, at the pace it has kept; the solver may then be a new one holding
+    the old one's state. Returns the snapshots taken and the solver as it ended."""
     tn, net, opt = st.tn, solver.net, st.opt
     interval = st.interval if st.interval is not None else (
         opt.test_interval if opt.test_interval is not None else int(st.sd.solver.test_interval or 0))
@@ -481,7 +478,7 @@ def _train(st: _Setup, solver, train: data.Source, sparam, validate: kp.Validato
         validate.check_start(train)
     it = start
     while it < int(sparam.max_iter):
-        if (stop is not None and stop.signal) or (ending is not None and time.perf_counter() >= ending):
+        if (stop is not None and stop.signal) or (refit is not None and time.perf_counter() >= refit.ending):
             break
         x, y = next(gen)
         t0, teacher0 = time.perf_counter(), _teacher_counts(st)
@@ -510,7 +507,6 @@ def _train(st: _Setup, solver, train: data.Source, sparam, validate: kp.Validato
             snapshots.append(sv.snapshot_name(st.outdir, done))
         if refit is not None:
             swapped = refit(done, start, solver, pace, sv.snapshot_name(st.outdir, done) in snapshots)
-            ending = refit.ending
             if swapped is not None:
                 solver, net = swapped, swapped.net
                 validate.net = net
@@ -563,7 +559,6 @@ class _Refit:
         # when the loop stops whatever the fit: what the end needs (the last validation, the files) kept
         self.ending = deadline - 2 * fit.seconds_per_validation - END_SECONDS
 
-
     def __call__(self, done: int, start: int, solver, pace: _Pace, kept_snapshot: bool):
         st, sparam = self.st, self.sparam
         target = int(sparam.max_iter)
@@ -588,12 +583,17 @@ class _Refit:
         if not sv.refit_changes(target - done, new_target - done):
             record["kept"] = True
             return None
-        solver.snapshot()
         state = Path(sv.snapshot_name(st.outdir, done))
+        files = (state, state.with_suffix(".caffemodel"))
+        if not kept_snapshot and any(f.exists() for f in files):   # not this run's (--force): never replaced
+            record["kept"] = True
+            record["why"] = f"{state.name} or its .caffemodel is in the output folder already"
+            return None
+        solver.snapshot()
         sparam.max_iter = new_target
         fresh = sv.start_solver(st.tn.net, sparam, st.outdir, resume=str(state))
         if not kept_snapshot:
-            for path in (state, state.with_suffix(".caffemodel")):
+            for path in files:
                 path.unlink(missing_ok=True)
         if st.interval:
             st.interval = new.test_interval

@@ -333,6 +333,19 @@ def test_a_refit_restarts_the_solver_where_it_was(slimmed, tmp_path, monkeypatch
     for k in last["plain"]:
         for a, b in zip(last["plain"][k], last["refit"][k]):
             assert np.array_equal(a, b), k
+    # a file of the snapshot's name that the run did not write (an output folder given with force)
+    # is never replaced: that re-fit keeps its course, the next one (at 20) restarts
+    out = tmp_path / "users"
+    out.mkdir()
+    (out / "finetune_iter_8.caffemodel").write_bytes(b"the user's own")
+    doc = ft.finetune(d / "slim", data.open_source(str(d / "plain")), data.open_source(str(d / "plain")), out,
+                      ft.Options(distill=True, weights=str(pre / "weights.caffemodel"), time_budget=600.0,
+                                 iters=40, base_lr=0.01, force=True))
+    assert (out / "finetune_iter_8.caffemodel").read_bytes() == b"the user's own"
+    assert not (out / "finetune_iter_8.solverstate").exists()
+    first, second = doc["time_budget"]["refits"]
+    assert first["kept"] and "in the output folder already" in first["why"] and "kept" not in second
+    assert doc["iterations"] == 40
     # the same run without the restart but with different weights would differ: the check can fail
     assert not np.array_equal(last["plain"]["conv1"][0],
                               netio.weights_of(netio.read_weights(pre / "weights.caffemodel"))["conv1"][0])
