@@ -34,6 +34,11 @@ class RebirthError(Exception):
         return self.render()
 
 
+class Interrupted(RebirthError):
+    """Ctrl-C or SIGTERM ended a command whose finished steps stay for a second run to go on from
+    (``accelerate``); the message says what was kept. The cli exits with 130 as for any interruption."""
+
+
 class Diverged(Exception):
     """Training's loss stopped being finite or grew out of bounds at iteration ``it``, or (with
     ``collapse``, what was seen) the net collapsed (internal: relearn and finetune catch it and try

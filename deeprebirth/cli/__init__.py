@@ -106,6 +106,10 @@ class RebirthGroup(click.Group):
             return super().invoke(ctx)
         except KeyboardInterrupt:   # Ctrl-C or SIGTERM: every finally has run, temporary files are gone
             _interrupted()
+        except errors.Interrupted as exc:   # finished steps kept: the line says where to go on from
+            sub = self.get_command(ctx, ctx.invoked_subcommand) if ctx.invoked_subcommand else None
+            click.echo(f"rebirth: error: interrupted: {exc.render(flag_namer(sub))}", err=True)
+            sys.exit(INTERRUPTED)
         except RebirthError as exc:
             sub = self.get_command(ctx, ctx.invoked_subcommand) if ctx.invoked_subcommand else None
             click.echo(f"rebirth: error: {exc.render(flag_namer(sub))}", err=True)

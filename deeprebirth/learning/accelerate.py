@@ -4,7 +4,9 @@ model folder like the shipped ones.
     doc = accelerate("fmnist_googlenet", None, None, "fashion-mnist:train[:3000]", None, "fast/", Options())
 
 Steps, each leaving its record in OUT so that a second run with the same arguments goes on from
-the first step not done (``plan.json``; ``slim/report.json``; ``slim/recovered/recover.json``):
+the first step not done (``plan.json``; ``slim/report.json``; ``slim/recovered/recover.json``);
+Ctrl-C or SIGTERM keeps them, and an interrupted distillation resumes from its snapshot
+(``kept_when_interrupted``):
 
 1. **plan** (learning/plan.py) on the target, from the images (``--images``). With labels and no
    speed-up asked for, when every rewrite together measured at least SPEED_WORTH times the
@@ -36,6 +38,7 @@ an ``accelerate`` section, so OUT works as MODEL and as SLIM_DIR), the engine's 
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -47,7 +50,7 @@ from typing import Callable
 
 import numpy as np
 
-from deeprebirth import __version__, outputs
+from deeprebirth import __version__, errors, outputs
 from deeprebirth.caffe import netio
 from deeprebirth.errors import RebirthError
 from deeprebirth.graph.model import Model, load_model
@@ -130,13 +133,41 @@ def accelerate(spec: str, weights: str | None, train_val: str | None, images: st
     ctx = _Ctx(model, spec, weights, train_val, images, val, out, opt, say, stage, time.perf_counter())
     names = [*MODEL_FILES, *REPORT_FILES, *ENGINE_FILES]   # OUT/slim is a folder of its own, with its marker
     with outputs.claimed_dir(out, names, [p for p in (inputs or []) if p], opt.force):
-        plan = _plan_step(ctx)
-        sd = _slim_step(ctx, plan)
-        recovered = _recover_step(ctx, sd, plan)
-        result = _check_step(ctx, plan, sd, recovered)
-        engine_files = _export_step(ctx, result)
-        bench_doc = _bench_step(ctx, result)
-        return _write_result(ctx, plan, sd, result, engine_files, bench_doc)
+        with kept_when_interrupted(ctx):
+            plan = _plan_step(ctx)
+            sd = _slim_step(ctx, plan)
+            recovered = _recover_step(ctx, sd, plan)
+            result = _check_step(ctx, plan, sd, recovered)
+            engine_files = _export_step(ctx, result)
+            bench_doc = _bench_step(ctx, result)
+            return _write_result(ctx, plan, sd, result, engine_files, bench_doc)
+
+
+class RebirthInterrupted(Exception):
+    """A step stopped by a signal with its work written (the distillation's snapshot)."""
+
+
+@contextlib.contextmanager
+def kept_when_interrupted(ctx: _Ctx):
+    """Ctrl-C or SIGTERM once a step is done: errors.Interrupted, which keeps OUT (the claim removes
+    a new OUT only on a KeyboardInterrupt) and says where a second run goes on from: the finished
+    steps are reused, an interrupted distillation resumes from its snapshot (recover's ``go_on``).
+    Before the plan is written there is nothing to keep: the KeyboardInterrupt goes on."""
+    try:
+        yield
+    except (KeyboardInterrupt, RebirthInterrupted) as exc:
+        if not (ctx.out / "plan.json").is_file():
+            raise
+        kept = ["plan.json"] + (["slim/"] if (ctx.out / "slim" / "report.json").is_file() else [])
+        rec = ctx.out / "slim" / "recovered"
+        from deeprebirth.learning import recover as rc  # noqa: PLC0415
+        if rc.interrupted_run(rec) is not None:
+            kept.append("the distillation's snapshot")
+        elif (rec / "recover.json").is_file():
+            kept.append("the recovered weights")
+        what = f"{exc}; " if isinstance(exc, RebirthInterrupted) else ""
+        raise errors.Interrupted(f"{what}kept in {ctx.out}: {', '.join(kept)}; the same command again goes on "
+                                 "from there") from None
 
 
 ENGINE_FILES = ("model.onnx", "model.param", "model.bin", "model.mnn")
@@ -259,6 +290,7 @@ def _slim_step(ctx: _Ctx, plan: dict) -> Path | None:
         ctx.say("slim: no rewrite applies to this net: the result is the original")
         return None
     slim_api.write(slimmed, sd, force=False)
+    outputs.record_files(ctx.out, ["slim"])      # ours: a second run after a failure or Ctrl-C reuses it
     ctx.say(f"slim: {len(slimmed.result.changes)} rewrite(s), {len(slimmed.new_layers)} layer(s) to re-learn -> {sd}")
     ctx.steps["slim"] = {"rewrites": len(slimmed.result.changes), "regenerated": len(slimmed.new_layers)}
     return sd
@@ -276,20 +308,31 @@ def _recover_step(ctx: _Ctx, sd: Path | None, plan: dict) -> dict | None:
     if not report.get("regenerated"):
         ctx.steps["recover"] = {"skipped": "nothing regenerated: the planned net is exact"}
         return None
-    rec_dir = sd / "recovered"
-    if (rec_dir / "recover.json").is_file():
-        ctx.steps["recover"] = {"reused": str(rec_dir)}
-        return json.loads((rec_dir / "recover.json").read_text())
     from deeprebirth.learning import finetune as ft  # noqa: PLC0415
     from deeprebirth.learning import recover as rc  # noqa: PLC0415
+    rec_dir = sd / "recovered"
+    previous = rc.interrupted_run(rec_dir)
+    if previous is None and (rec_dir / "recover.json").is_file():
+        ctx.steps["recover"] = {"reused": str(rec_dir)}
+        return json.loads((rec_dir / "recover.json").read_text())
     reserve = reserved(ctx, plan)
     budget = max(0.0, ctx.left() - reserve)
-    ctx.say("recover: re-learn, then distil against the original" + (" and the labels" if ctx.opt.plan.labels
-            else "") + f" for about {budget / 60:.0f} min (what the time budget leaves)")
+    if previous is not None:
+        ctx.say(f"recover: going on from the distillation interrupted at iteration "
+                f"{previous['interrupted']['iteration']:,} (relearn's weights kept) for about {budget / 60:.0f} min "
+                "(what the time budget leaves)")
+    else:
+        ctx.say("recover: re-learn, then distil against the original" + (" and the labels" if ctx.opt.plan.labels
+                else "") + f" for about {budget / 60:.0f} min (what the time budget leaves)")
     options = ft.Options(seed=ctx.opt.seed, iters=ctx.opt.iters, with_labels=ctx.opt.plan.labels)
     with ctx.stage("recover", None, "step") as tick:
-        doc = rc.recover(sd, ctx.images, ctx.val, rec_dir, options=options, progress=tick, time_budget=budget)
+        doc = rc.recover(sd, ctx.images, ctx.val, rec_dir, options=options, progress=tick, time_budget=budget,
+                         stop=ft.StopOnSignals(), go_on=previous is not None)
     ctx.steps["recover"] = {"dir": str(rec_dir), "reserved_s": round(reserve, 1), **recovery_summary(doc)}
+    stopped = doc.get("interrupted")
+    if stopped:
+        raise RebirthInterrupted(f"the distillation stopped by {stopped['signal']} at iteration "
+                                 f"{stopped['iteration']:,} of {stopped['target']:,}")
     return doc
 
 
@@ -299,6 +342,10 @@ def recovery_summary(doc: dict) -> dict:
     tuned = doc.get("finetune") or {}
     out = {"relearn_s": doc.get("relearn_seconds"), "distill_iterations": tuned.get("iterations"),
            "distill_s": tuned.get("seconds")}
+    resumed = doc.get("resumed") or {}
+    if resumed.get("iteration") is not None:       # the distillation went on from an interrupted run
+        out["resumed_at"] = resumed["iteration"]
+        out["earlier_s"] = resumed.get("earlier_seconds")
     refits = ((tuned.get("time_budget") or {}).get("refits") or [])
     changed = [f"at {r['iteration']:,} to {r['iterations']:,} iterations" for r in refits if not r.get("kept")]
     if changed:

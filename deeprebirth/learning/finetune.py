@@ -27,7 +27,7 @@ import signal
 import threading
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -298,14 +298,20 @@ def _fit_to_time(st: _Setup, train: data.Source, val: data.Source | None, sparam
     validations = sv.BUDGET_VALIDATIONS if val is not None else 0
     cost = st.teacher_cost
     student = per_iter if cost is None else max(0.1 * per_iter, per_iter - cost.seconds_per_image * cost.batch)
+    done = sv.snapshot_iteration(st.opt.resume) if st.opt.resume is not None else 0   # a resumed run's start
+    cap = None if st.opt.iters is None else max(1, st.opt.iters - done)
     fit = sv.fit_iterations(left, student, per_val, validations, reserve=2 * per_val + END_SECONDS,
-                            cap=st.opt.iters, teacher=cost)
+                            cap=cap, teacher=cost)
+    if done:    # counted from the snapshot (not as a re-fit's done: this process's teacher memo starts empty)
+        fit = replace(fit, iters=fit.iters + done)
     sparam.max_iter = fit.iters
     st.interval = (st.opt.test_interval if st.opt.test_interval is not None else fit.test_interval) \
         if val is not None else 0
     if st.safe.warmup:
         st.safe.warmup = min(sv.WARMUP_MAX, max(1, int(round(sv.WARMUP_FRACTION * fit.iters))))
-    iterations = "1 iteration" if fit.iters == 1 else f"{fit.iters:,} iterations"
+    steps = fit.iters - done
+    iterations = ("1 iteration" if steps == 1 else f"{steps:,} iterations") + (
+        f" from the snapshot's {done:,} (to {fit.iters:,})" if done else "")
     what = (f"{iterations} (the {{opt:iters}} asked for)" if fit.capped else
             f"{iterations} fitted to the {sv.format_duration(left)} left of {{opt:time}}")
     teacher = "" if cost is None else (f" ({per_iter - student:.3g} s of it the teacher's, paid once for each "
@@ -317,7 +323,7 @@ def _fit_to_time(st: _Setup, train: data.Source, val: data.Source | None, sparam
     if log is not None:
         log(f"note: {note}")
     if progress:
-        progress(sv.Planned(fit.iters, fit.expected, note, sv.FitCurve(fit)))
+        progress(sv.Planned(steps, fit.expected, note, sv.FitCurve(fit)))
     return fit
 
 

@@ -79,7 +79,8 @@ def output_dir(slim_dir: str | os.PathLike, outdir: str | os.PathLike | None = N
 def recover(slim_dir: str | os.PathLike, images: str, val: str | None = None,
             outdir: str | os.PathLike | None = None, *, relearn_options: rl.Options | None = None,
             options: ft.Options | None = None, progress: Callable[[int], object] | None = None, log=None,
-            flags: dict[str, str] | None = None, time_budget: float | None = None) -> dict:
+            flags: dict[str, str] | None = None, time_budget: float | None = None,
+            stop: ft.StopOnSignals | None = None, go_on: bool = False) -> dict:
     """Re-learn, then distil (module doc); returns what recover.json holds. ``options`` are the
     distillation's (finetune.Options; ``distill`` and the start ``weights`` are set here).
     ``options.with_labels`` keeps the label loss in the distillation (the images must carry labels;
@@ -89,7 +90,14 @@ def recover(slim_dir: str | os.PathLike, images: str, val: str | None = None,
     budget nor ``iters`` the budget is DEFAULT_TIME_BUDGET. With ``iters`` alone they are run as given, validated every
     fifth of them unless ``test_interval`` says otherwise. Interrupted (Ctrl-C), it leaves nothing
     it made (undo.removed_if_interrupted). ``flags``: how the caller spells the parameters the
-    notes name (``{opt:NAME}``) in recover.json and finetune.json (others keep their names)."""
+    notes name (``{opt:NAME}``) in recover.json and finetune.json (others keep their names).
+
+    ``stop`` (finetune.StopOnSignals): Ctrl-C or SIGTERM during the distillation ends it with its
+    work written (a snapshot, weights.caffemodel, finetune.json) and recover.json says
+    ``interrupted`` (during relearn it still leaves nothing). ``go_on``: when OUTDIR holds such a
+    run (``interrupted_run``), this one goes on from it: relearn's weights stay, and the
+    distillation resumes from its last snapshot at its rate (``resumed_options``), fitted to the
+    whole ``time_budget``; recover.json says ``resumed``."""
     started = time.perf_counter()
     sd = read_slim_dir(slim_dir)
     sd.teacher()                              # names the teacher, or a one-line error before any work
@@ -97,6 +105,7 @@ def recover(slim_dir: str | os.PathLike, images: str, val: str | None = None,
     train = data.open_source(images)
     val_source = data.open_source(val) if val else None
     out = output_dir(sd.path, outdir)
+    previous = interrupted_run(out) if go_on else None
     distill = options or ft.Options()
     budget = budget_of(distill.iters, time_budget if time_budget is not None else distill.time_budget)
     iters = distill.iters if distill.iters is not None or budget is not None else DISTILL_ITERS
@@ -110,22 +119,59 @@ def recover(slim_dir: str | os.PathLike, images: str, val: str | None = None,
     # recover.json once that is written (the distillation's claim finds relearn/ by its own marker).
     with undo.removed_if_interrupted(out, OUTPUT_NAMES), \
             outputs.claimed_dir(out, ["recover.json", *ft.OUTPUT_FILES], [sd.path / "deploy.prototxt"]):
-        relearned = rl.relearn_dir(sd.path, _relearn_images(images, train, val_source, distill), out / "relearn",
-                                   options=relearn_budget(relearn_options, budget), progress=_unit_ticks(progress))
-        outputs.record_files(out, ["relearn"])
+        if previous is None:
+            relearned = rl.relearn_dir(sd.path, _relearn_images(images, train, val_source, distill),
+                                       out / "relearn", options=relearn_budget(relearn_options, budget),
+                                       progress=_unit_ticks(progress))
+            outputs.record_files(out, ["relearn"])
+            relearn_seconds = time.perf_counter() - started
+        else:                     # relearn is done: its weights and record stay
+            relearned, relearn_seconds = previous["relearn"], 0.0
+            distill = resumed_options(distill, previous["finetune"], out)
         name_of = (lambda name: flags.get(name, name)) if flags else str
-        relearn_seconds = time.perf_counter() - started
         if budget is not None:    # what relearn left of the budget (a few seconds at least: the calibration)
             distill = dataclasses.replace(distill, time_budget=max(MIN_DISTILL_SECONDS, budget - relearn_seconds))
-        tuned = ft.finetune(sd, train, val_source, out, distill, progress=progress, log=log, name_of=name_of)
+        tuned = ft.finetune(sd, train, val_source, out, distill, progress=progress, log=log, stop=stop,
+                            name_of=name_of)
         doc = {"slim_dir": str(sd.path), "images": train.name, "val": val_source.name if val_source else None,
                "heldout": tuned.get("heldout"), "labels_read": distill.with_labels, "relearn": relearned,
                "finetune": tuned,
                "weights": str(out / "weights.caffemodel"), "time_budget": budget,
-               "relearn_seconds": round(relearn_seconds, 2), "seconds": round(time.perf_counter() - started, 2)}
+               "relearn_seconds": round(relearn_seconds if previous is None else previous["relearn_seconds"], 2),
+               "seconds": round(time.perf_counter() - started, 2)}
+        if previous is not None:
+            doc["resumed"] = {"from": distill.resume, "iteration": tuned.get("start_iteration"),
+                              "earlier_seconds": previous["seconds"]}
+        if tuned.get("interrupted"):
+            doc["interrupted"] = tuned["interrupted"]
         outputs.atomic_write(out / "recover.json", errors.render(json.dumps(doc, indent=2), name_of) + "\n")
         outputs.record_files(out, ["recover.json"])
         return doc
+
+
+def interrupted_run(out: str | os.PathLike) -> dict | None:
+    """The recover.json of a run in ``out`` that a signal stopped during its distillation (with
+    relearn's weights there), which a ``go_on`` run continues; None when there is none."""
+    out = Path(out)
+    try:
+        doc = json.loads((out / "recover.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(doc, dict) or not doc.get("interrupted") or not isinstance(doc.get("finetune"), dict) \
+            or not (out / "relearn" / "weights.caffemodel").is_file():
+        return None
+    return doc
+
+
+def resumed_options(distill: ft.Options, tuned: dict, out: Path) -> ft.Options:
+    """The distillation's options going on from the interrupted run ``tuned`` (its finetune.json)
+    in ``out``: from its last snapshot, at the rate it trained at (the probe that chose it is not
+    run again: it starts from the re-learned weights). A run stopped before its first step (during
+    the probe) or whose snapshot is gone starts again from relearn's weights."""
+    snaps = [out / Path(s).name for s in tuned.get("snapshots") or []]
+    if not snaps or not snaps[-1].is_file() or not tuned.get("iterations") or tuned.get("base_lr") is None:
+        return distill
+    return dataclasses.replace(distill, resume=str(snaps[-1]), weights=None, base_lr=float(tuned["base_lr"]))
 
 
 def budget_of(iters: int | None, time_budget: float | None) -> float | None:

@@ -72,6 +72,27 @@ def test_finetune_stopped_by_sigint_exits_130_with_the_iteration_it_reached(slim
     assert (resumed["start_iteration"], resumed["iterations"]) == (3, 5) and "interrupted" not in resumed
 
 
+def test_a_resumed_run_with_a_time_budget_fits_the_iterations_after_its_snapshot(slimmed, tmp_path):
+    """--resume with --time: the fitted iterations count from the snapshot's (the annealed rate
+    ends at the fit's last iteration, not at a number that counts the snapshot's iterations twice),
+    and the progress is told only those to come."""
+    from deeprebirth.learning import solver as sv
+    from deeprebirth.learning import sources as data
+    d = slimmed
+    out = tmp_path / "ft"
+    res = run("finetune", d / "slim", "--train", d / "train", "--val", d / "val", "--iters", 3, "-o", out)
+    assert res.exit_code == 0, res.output
+    told = []
+    doc = ft.finetune(d / "slim", data.open_source(str(d / "train")), data.open_source(str(d / "val")), out,
+                      ft.Options(resume=str(out / "finetune_iter_3.solverstate"), base_lr=0.001, time_budget=6.0),
+                      progress=lambda n: told.append(n))
+    planned = next(p for p in told if isinstance(p, sv.Planned))
+    fitted = doc["time_budget"]["fitted_iterations"]
+    assert doc["start_iteration"] == 3 and fitted > 3 and planned.remaining == fitted - 3
+    assert any(f"iterations from the snapshot's 3 (to {fitted:,})" in n or
+               f"iteration from the snapshot's 3 (to {fitted:,})" in n for n in doc["notes"])
+
+
 def test_finetune_stopped_with_json_prints_the_record_and_exits_130(slimmed, tmp_path, monkeypatch):
     d = slimmed
     sigint_at(monkeypatch, 2)

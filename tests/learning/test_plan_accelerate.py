@@ -103,6 +103,49 @@ def test_accelerate_makes_a_checked_model_folder(tiny, tmp_path):
     assert res.exit_code == 0, res.output
 
 
+def test_an_interrupted_accelerate_keeps_its_steps_and_goes_on_from_the_distillations_snapshot(
+        tiny, tmp_path, monkeypatch):
+    """Ctrl-C during the distillation: exit 130 and a line saying what was kept (a new OUT is not
+    removed); the same command again reuses the plan, the slim net and relearn's weights, and
+    resumes the distillation from its snapshot, at its rate, to a checked model folder."""
+    import os
+    import signal
+
+    from deeprebirth.learning import health
+    check = health.check_divergence
+
+    def check_then_interrupt(losses, it, *floor):      # Ctrl-C right after the distillation's step 3
+        check(losses, it, *floor)
+        if it == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+    monkeypatch.setattr(health, "check_divergence", check_then_interrupt)
+    out = tmp_path / "fast"
+    res = accelerate_conv1(tiny, tmp_path, "--images", tiny / "plain")
+    assert res.exit_code == 130, res.output
+    last = [x for x in res.stderr.strip().splitlines() if x.startswith("rebirth: error:")]
+    assert len(last) == 1 and "Traceback" not in res.output, res.output
+    assert last[0].startswith("rebirth: error: interrupted: the distillation stopped by SIGINT at iteration 3 of ")
+    assert f"kept in {out}: plan.json, slim/, the distillation's snapshot; the same command again" in last[0]
+    rec = out / "slim" / "recovered"
+    first = json.loads((rec / "recover.json").read_text())
+    assert first["interrupted"]["iteration"] == 3 and (rec / "finetune_iter_3.solverstate").is_file()
+    relearned = (rec / "relearn" / "relearn.json").read_bytes()
+    assert not (out / "weights.caffemodel").exists()
+    monkeypatch.undo()
+    res = run("accelerate", tiny / "tiny.prototxt", "-w", tiny / "tiny.caffemodel", "--train-val", tiny / "tv.prototxt",
+              "--plan", tmp_path / "forced.json", "--iters", "10", "-o", out, "--json", "--images", tiny / "plain")
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["steps"]["recover"]["resumed_at"] == 3 and doc["steps"]["slim"] == {"reused": str(out / "slim")}
+    again = json.loads((rec / "recover.json").read_text())
+    assert "interrupted" not in again and again["resumed"]["iteration"] == 3
+    tuned = again["finetune"]
+    assert tuned["start_iteration"] == 3 and tuned["iterations"] == 10 and tuned["resumed_from"].endswith("_iter_3.solverstate")
+    assert tuned["base_lr"] == first["finetune"]["base_lr"]
+    assert (rec / "relearn" / "relearn.json").read_bytes() == relearned       # relearn not run again
+    assert (out / "weights.caffemodel").is_file() and doc["result"] in ("recovered", "re-learned", "exact")
+
+
 def test_plan_never_writes_over_a_file_it_did_not_write(tiny, tmp_path):
     mine = tmp_path / "notes.json"
     mine.write_text('{"mine": true}')
