@@ -30,13 +30,16 @@ from deeprebirth.learning import plan as plan_api
 @click.option("--iters", type=click.IntRange(min=1), default=None,
               help="At most this many distillation iterations (default: as many as --time leaves).")
 @click.option("--plan", "plan_file", type=FILE, help="Carry out this plan (`rebirth plan -o`) instead of planning.")
+@click.option("--more", is_flag=True,
+              help="OUTDIR holds a finished run: train its recovery longer, from the distillation's last snapshot, "
+                   "for what --time leaves; the result is checked, exported and timed again.")
 @click.option("--output", "-o", "outdir", required=True, type=click.Path(file_okay=False),
               help="The result's folder: deploy.prototxt, weights.caffemodel, the engine's files, plan.json, "
                    "report.md, chart.png.")
 @click.option("--force", is_flag=True, help="Write into OUTDIR although it holds files rebirth did not write.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def accelerate_command(model, weights, train_val, images, val, engine, device, threads, speedup, max_drop, labels,
-                       count, heldout, runs, time_text, iters, plan_file, outdir, force, as_json):
+                       count, heldout, runs, time_text, iters, plan_file, more, outdir, force, as_json):
     """Make MODEL faster on the target (--engine, --device) and check it: plan which rewrites pay
     there (`rebirth plan`), slim as planned, re-learn and distil the changed layers from your images
     in the time given, keep the fastest result that stays as faithful as the plan promised (else the
@@ -49,14 +52,15 @@ def accelerate_command(model, weights, train_val, images, val, engine, device, t
     model, weights, train_val, _ = model_inputs(model, weights, train_val)   # a built-in's or folder's files
     popt = plan_api.Options(engine=engine.lower(), device=device, threads=threads, speedup=speedup, max_drop=max_drop,
                             labels=labels, train_images=count, heldout_images=heldout, runs=runs)
-    opt = acc.Options(plan=popt, time_budget=seconds, plan_file=plan_file, force=force, iters=iters)
+    opt = acc.Options(plan=popt, time_budget=seconds, plan_file=plan_file, force=force, iters=iters, more=more)
 
     doc = acc.accelerate(model, weights, train_val, images, val, outdir, opt,
                          log=lambda line: echo(f"rebirth: {line}", err=True), stage=stage,
                          inputs=[str(resolve(model)), weights, train_val, plan_file])
-    hint = speed_hint(doc, click.get_current_context().find_root().meta.get("rebirth_argv", []), outdir)
+    argv = click.get_current_context().find_root().meta.get("rebirth_argv", [])
+    hint, more = speed_hint(doc, argv, outdir), more_hint(doc, argv)
     if as_json:
-        output_json(dict(doc, hint=hint) if hint else doc)
+        output_json(dict(doc, **({"hint": hint} if hint else {}), **({"hint_more": more} if more else {})))
         return
     fid = doc.get("fidelity") or {}
     echo(f"{outdir}: {doc['result']}, "
@@ -67,8 +71,23 @@ def accelerate_command(model, weights, train_val, images, val, engine, device, t
             f"; {100 * fid['agreement']:.2f} % of held-out images keep their class" if fid.get("agreement") else
             "; the exact net (the original's output)" if doc["result"] == "exact" else ""))
     echo(f"report: {outdir}/report.md   chart: {outdir}/chart.png   in {doc['seconds'] / 60:.1f} min")
-    if hint:
-        echo(hint)
+    for line in (more, hint):
+        if line:
+            echo(line)
+
+
+def more_hint(doc: dict, argv: list[str]) -> str | None:
+    """When the recovered net missed the promise (the result is the re-learned or the exact net):
+    the same command with ``--more``, which trains the recovery longer from where it stopped."""
+    steps = doc.get("steps") or {}
+    names = {o.get("name") for o in (steps.get("check") or {}).get("options") or []}
+    its = (steps.get("recover") or {}).get("distill_iterations")
+    if doc.get("result") == "recovered" or "recovered" not in names or not its:
+        return None
+    minutes = ((steps.get("recover") or {}).get("distill_s") or 0.0) / 60
+    command = shlex.join(["rebirth", *argv] + ([] if "--more" in argv else ["--more"]))
+    return (f"hint: the recovered net missed the promise after {its:,} distillation iterations ({minutes:.0f} min); "
+            f"to train it longer from where it stopped, for another --time: {command}")
 
 
 def speed_hint(doc: dict, argv: list[str], outdir: str) -> str | None:

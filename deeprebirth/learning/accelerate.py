@@ -89,6 +89,7 @@ class Options:
     time_budget: float = DEFAULT_TIME_S
     plan_file: str | None = None          # a plan made already (`rebirth plan -o`)
     iters: int | None = None              # at most this many distillation iterations (else the time decides)
+    more: bool = False                    # OUT's finished recovery trained longer, from its last snapshot
     force: bool = False
     seed: int = 0
 
@@ -130,6 +131,11 @@ def accelerate(spec: str, weights: str | None, train_val: str | None, images: st
         for source in (images, val):
             if source:
                 data.require_labels(data.open_source(source), "{opt:labels}")
+    if opt.more:
+        from deeprebirth.learning import recover as rc  # noqa: PLC0415
+        if rc.previous_run(out / "slim" / "recovered") is None:
+            raise RebirthError(f"{out}: holds no recovery to train longer ({{opt:more}} goes on from a finished "
+                               "run's distillation): run the command without it first")
     ctx = _Ctx(model, spec, weights, train_val, images, val, out, opt, say, stage, time.perf_counter())
     names = [*MODEL_FILES, *REPORT_FILES, *ENGINE_FILES]   # OUT/slim is a folder of its own, with its marker
     with outputs.claimed_dir(out, names, [p for p in (inputs or []) if p], opt.force):
@@ -311,16 +317,17 @@ def _recover_step(ctx: _Ctx, sd: Path | None, plan: dict) -> dict | None:
     from deeprebirth.learning import finetune as ft  # noqa: PLC0415
     from deeprebirth.learning import recover as rc  # noqa: PLC0415
     rec_dir = sd / "recovered"
-    previous = rc.interrupted_run(rec_dir)
+    previous = rc.interrupted_run(rec_dir) or (rc.previous_run(rec_dir) if ctx.opt.more else None)
     if previous is None and (rec_dir / "recover.json").is_file():
         ctx.steps["recover"] = {"reused": str(rec_dir)}
         return json.loads((rec_dir / "recover.json").read_text())
     reserve = reserved(ctx, plan)
     budget = max(0.0, ctx.left() - reserve)
     if previous is not None:
-        ctx.say(f"recover: going on from the distillation interrupted at iteration "
-                f"{previous['interrupted']['iteration']:,} (relearn's weights kept) for about {budget / 60:.0f} min "
-                "(what the time budget leaves)")
+        how = "interrupted" if previous.get("interrupted") else "ended"
+        ctx.say(f"recover: going on from the distillation {how} at iteration "
+                f"{previous['finetune'].get('iterations', 0):,} (relearn's weights kept) for about "
+                f"{budget / 60:.0f} min (what the time budget leaves)")
     else:
         ctx.say("recover: re-learn, then distil against the original" + (" and the labels" if ctx.opt.plan.labels
                 else "") + f" for about {budget / 60:.0f} min (what the time budget leaves)")

@@ -95,9 +95,9 @@ def recover(slim_dir: str | os.PathLike, images: str, val: str | None = None,
     ``stop`` (finetune.StopOnSignals): Ctrl-C or SIGTERM during the distillation ends it with its
     work written (a snapshot, weights.caffemodel, finetune.json) and recover.json says
     ``interrupted`` (during relearn it still leaves nothing). ``go_on``: when OUTDIR holds such a
-    run (``interrupted_run``), this one goes on from it: relearn's weights stay, and the
-    distillation resumes from its last snapshot at its rate (``resumed_options``), fitted to the
-    whole ``time_budget``; recover.json says ``resumed``."""
+    run, or a finished one (``previous_run``), this one goes on from it: relearn's weights stay,
+    and the distillation resumes from its last snapshot at its rate (``resumed_options``), fitted
+    to the whole ``time_budget``; recover.json says ``resumed``."""
     started = time.perf_counter()
     sd = read_slim_dir(slim_dir)
     sd.teacher()                              # names the teacher, or a one-line error before any work
@@ -105,7 +105,7 @@ def recover(slim_dir: str | os.PathLike, images: str, val: str | None = None,
     train = data.open_source(images)
     val_source = data.open_source(val) if val else None
     out = output_dir(sd.path, outdir)
-    previous = interrupted_run(out) if go_on else None
+    previous = previous_run(out) if go_on else None
     distill = options or ft.Options()
     budget = budget_of(distill.iters, time_budget if time_budget is not None else distill.time_budget)
     iters = distill.iters if distill.iters is not None or budget is not None else DISTILL_ITERS
@@ -149,18 +149,24 @@ def recover(slim_dir: str | os.PathLike, images: str, val: str | None = None,
         return doc
 
 
-def interrupted_run(out: str | os.PathLike) -> dict | None:
-    """The recover.json of a run in ``out`` that a signal stopped during its distillation (with
-    relearn's weights there), which a ``go_on`` run continues; None when there is none."""
+def previous_run(out: str | os.PathLike) -> dict | None:
+    """The recover.json of a run in ``out`` that got to its distillation (finished, or stopped by
+    a signal), with relearn's weights there: what a ``go_on`` run continues; None when there is none."""
     out = Path(out)
     try:
         doc = json.loads((out / "recover.json").read_text())
     except (OSError, ValueError):
         return None
-    if not isinstance(doc, dict) or not doc.get("interrupted") or not isinstance(doc.get("finetune"), dict) \
+    if not isinstance(doc, dict) or not isinstance(doc.get("finetune"), dict) \
             or not (out / "relearn" / "weights.caffemodel").is_file():
         return None
     return doc
+
+
+def interrupted_run(out: str | os.PathLike) -> dict | None:
+    """previous_run when a signal stopped its distillation; None otherwise."""
+    doc = previous_run(out)
+    return doc if doc is not None and doc.get("interrupted") else None
 
 
 def resumed_options(distill: ft.Options, tuned: dict, out: Path) -> ft.Options:

@@ -38,3 +38,20 @@ def test_no_hint_when_speed_was_asked_for_or_nothing_much_was_left():
     assert speed_hint(doc(result="recovered", speedup=2.9), ARGV, "fast") is None      # it got most of it
     assert speed_hint(doc(full=1.1), ARGV, "fast") is None                              # nothing to gain
     assert speed_hint({"result": "exact", "speedup": 1.0, "plan": {"slim_everything": None}}, ARGV, "fast") is None
+
+
+def recovered_doc(result: str, its: int | None = 2265, options=("recovered", "re-learned", "exact")) -> dict:
+    return {"result": result, "steps": {"recover": {"distill_iterations": its, "distill_s": 1318.0},
+                                        "check": {"options": [{"name": n} for n in options]}}}
+
+
+def test_a_recovered_net_that_missed_gets_the_same_command_with_more():
+    from deeprebirth.cli.accelerate_cmd import more_hint
+    argv = ["accelerate", "m", "--images", "fashion-mnist:train[:50000]", "--labels", "-o", "fast dir"]
+    hint = more_hint(recovered_doc("exact"), argv)
+    assert "after 2,265 distillation iterations (22 min)" in hint
+    assert shlex.split(hint.split(": ", 2)[-1]) == ["rebirth", *argv, "--more"]     # pastes as it is
+    assert shlex.split(more_hint(recovered_doc("re-learned"), [*argv, "--more"]).split(": ", 2)[-1])[-1] == "--more"
+    assert more_hint(recovered_doc("recovered"), argv) is None                  # it kept its promise
+    assert more_hint(recovered_doc("exact", its=None), argv) is None            # nothing was distilled
+    assert more_hint(recovered_doc("exact", options=("planned", "exact")), argv) is None

@@ -146,6 +146,29 @@ def test_an_interrupted_accelerate_keeps_its_steps_and_goes_on_from_the_distilla
     assert (out / "weights.caffemodel").is_file() and doc["result"] in ("recovered", "re-learned", "exact")
 
 
+def test_more_trains_a_finished_recovery_longer_from_its_last_snapshot(tiny, tmp_path):
+    out = tmp_path / "fast"
+    args = ("accelerate", tiny / "tiny.prototxt", "-w", tiny / "tiny.caffemodel", "--train-val", tiny / "tv.prototxt",
+            "--images", tiny / "plain", "-o", out, "--json")
+    res = run(*args, "--more")              # nothing to go on from: one line, no folder
+    assert "holds no recovery to train longer (--more goes on from a finished run" in error_line(res)
+    assert not out.exists()
+    res = accelerate_conv1(tiny, tmp_path, "--images", tiny / "plain")
+    assert res.exit_code == 0, res.output
+    rec = out / "slim" / "recovered"
+    first = json.loads((rec / "recover.json").read_text())["finetune"]
+    assert first["iterations"] == 10
+    relearned = (rec / "relearn" / "relearn.json").read_bytes()
+    res = run(*args, "--plan", tmp_path / "forced.json", "--iters", "16", "--more")
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["steps"]["recover"]["resumed_at"] == 10 and doc["steps"]["recover"]["distill_iterations"] == 16
+    tuned = json.loads((rec / "recover.json").read_text())["finetune"]
+    assert (tuned["start_iteration"], tuned["iterations"], tuned["base_lr"]) == (10, 16, first["base_lr"])
+    assert (rec / "relearn" / "relearn.json").read_bytes() == relearned
+    assert {o["name"] for o in doc["steps"]["check"]["options"]} == {"recovered", "re-learned", "exact"}
+
+
 def test_plan_never_writes_over_a_file_it_did_not_write(tiny, tmp_path):
     mine = tmp_path / "notes.json"
     mine.write_text('{"mine": true}')
