@@ -159,6 +159,9 @@ def test_more_trains_a_finished_recovery_longer_from_its_last_snapshot(tiny, tmp
     first = json.loads((rec / "recover.json").read_text())["finetune"]
     assert first["iterations"] == 10
     relearned = (rec / "relearn" / "relearn.json").read_bytes()
+    res = run(*args, "--plan", tmp_path / "forced.json", "--iters", "10")      # again: every step done is reused
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["steps"]["recover"] == {"reused": str(rec)}
     res = run(*args, "--plan", tmp_path / "forced.json", "--iters", "16", "--more")
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
