@@ -71,6 +71,33 @@ def test_accelerate_check_keeps_a_tagged_run_apart_with_its_options(tmp_path):
     assert text.startswith("# `rebirth accelerate` with --speedup 3 --labels\n") and "with its labels" in text
 
 
+def test_accelerate_check_with_more_trains_a_recovery_longer_and_evaluates_what_the_check_judged(tmp_path):
+    """Once a run has recovered weights: they are evaluated, and with ``more`` the same accelerate
+    command with --more follows, then the result and the recovered weights again; the table says
+    what --more changed."""
+    import accelerate_check as ac
+    args = ("alexnet_lrn", "onnxruntime", "30m", tmp_path, "fashion-mnist:train[:50000]", ["--labels"], "more")
+    assert [s.name for s in ac.chain(*args, more=True)] == ["accelerate", "eval_original", "eval_result"]
+    rec = tmp_path / "alexnet_lrn-onnxruntime-more" / "slim" / "recovered"
+    rec.mkdir(parents=True)
+    (rec / "weights.caffemodel").write_bytes(b"")
+    assert [s.name for s in ac.chain(*args)][-1] == "eval_recovered"
+    chain = ac.chain(*args, more=True)
+    assert [s.name for s in chain][3:] == ["eval_recovered", "accelerate_more", "eval_result_more",
+                                           "eval_recovered_more"]
+    assert chain[4].cmd == [*chain[0].cmd, "--more"] and chain[4].record is None
+    assert str(rec.parent / "deploy.prototxt") in map(str, chain[3].cmd)
+    row = {"net": "alexnet_lrn", "engine": "onnxruntime", "steps": {
+        "accelerate": {"command": "a", "recover": {"distill_iterations": 2265}, "check": {"chosen": "exact"}},
+        "eval_recovered": {"command": "e", "top1": 0.8904},
+        "accelerate_more": {"command": "m", "recover": {"distill_iterations": 4248}, "minutes": 28.5,
+                            "check": {"chosen": "exact", "why": "no recovered net stayed within 0.50"}},
+        "eval_recovered_more": {"command": "e2", "top1": 0.8933}}}
+    text = ac.table([row], steps.machine(), extra=["--labels"])
+    assert "| alexnet_lrn | 2,265 -> 4,248 | exact -> exact (no recovered net stayed within 0.50) | 89.04 % -> " \
+           "89.33 % | - -> - | 28.5 |" in text
+
+
 def test_expected_drop_check_reads_every_set_of_weights_of_a_run_in_order(tmp_path):
     """expected_drop_check.checkpoints: least squares, the snapshots by iteration (10000 after 2000),
     the result; a folder that is not an accelerate run is a one-line error, exit 1."""
