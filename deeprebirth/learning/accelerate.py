@@ -149,7 +149,7 @@ def accelerate(spec: str, weights: str | None, train_val: str | None, images: st
             return _write_result(ctx, plan, sd, result, engine_files, bench_doc)
 
 
-class RebirthInterrupted(Exception):
+class StoppedBySignal(Exception):
     """A step stopped by a signal with its work written (the distillation's snapshot)."""
 
 
@@ -161,7 +161,7 @@ def kept_when_interrupted(ctx: _Ctx):
     Before the plan is written there is nothing to keep: the KeyboardInterrupt goes on."""
     try:
         yield
-    except (KeyboardInterrupt, RebirthInterrupted) as exc:
+    except (KeyboardInterrupt, StoppedBySignal) as exc:
         if not (ctx.out / "plan.json").is_file():
             raise
         kept = ["plan.json"] + (["slim/"] if (ctx.out / "slim" / "report.json").is_file() else [])
@@ -171,7 +171,7 @@ def kept_when_interrupted(ctx: _Ctx):
             kept.append("the distillation's snapshot")
         elif (rec / "recover.json").is_file():
             kept.append("the recovered weights")
-        what = f"{exc}; " if isinstance(exc, RebirthInterrupted) else ""
+        what = f"{exc}; " if isinstance(exc, StoppedBySignal) else ""
         raise errors.Interrupted(f"{what}kept in {ctx.out}: {', '.join(kept)}; the same command again goes on "
                                  "from there") from None
 
@@ -338,7 +338,7 @@ def _recover_step(ctx: _Ctx, sd: Path | None, plan: dict) -> dict | None:
     ctx.steps["recover"] = {"dir": str(rec_dir), "reserved_s": round(reserve, 1), **recovery_summary(doc)}
     stopped = doc.get("interrupted")
     if stopped:
-        raise RebirthInterrupted(f"the distillation stopped by {stopped['signal']} at iteration "
+        raise StoppedBySignal(f"the distillation stopped by {stopped['signal']} at iteration "
                                  f"{stopped['iteration']:,} of {stopped['target']:,}")
     return doc
 
@@ -350,7 +350,7 @@ def recovery_summary(doc: dict) -> dict:
     out = {"relearn_s": doc.get("relearn_seconds"), "distill_iterations": tuned.get("iterations"),
            "distill_s": tuned.get("seconds")}
     resumed = doc.get("resumed") or {}
-    if resumed.get("iteration") is not None:       # the distillation went on from an interrupted run
+    if resumed.get("iteration") is not None:       # the distillation went on from an earlier run's snapshot
         out["resumed_at"] = resumed["iteration"]
         out["earlier_s"] = resumed.get("earlier_seconds")
     refits = ((tuned.get("time_budget") or {}).get("refits") or [])

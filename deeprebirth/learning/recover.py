@@ -137,11 +137,15 @@ def recover(slim_dir: str | os.PathLike, images: str, val: str | None = None,
                "heldout": tuned.get("heldout"), "labels_read": distill.with_labels, "relearn": relearned,
                "finetune": tuned,
                "weights": str(out / "weights.caffemodel"), "time_budget": budget,
-               "relearn_seconds": round(relearn_seconds if previous is None else previous["relearn_seconds"], 2),
+               "relearn_seconds": round(relearn_seconds if previous is None else
+                                        previous.get("relearn_seconds") or 0.0, 2),
                "seconds": round(time.perf_counter() - started, 2)}
-        if previous is not None:
+        if previous is not None and distill.resume:
             doc["resumed"] = {"from": distill.resume, "iteration": tuned.get("start_iteration"),
-                              "earlier_seconds": previous["seconds"]}
+                              "earlier_seconds": previous.get("seconds")}
+        elif previous is not None:
+            doc["restarted"] = ("the earlier distillation left no snapshot past its start to go on from: it "
+                                "started again from relearn's weights")
         if tuned.get("interrupted"):
             doc["interrupted"] = tuned["interrupted"]
         outputs.atomic_write(out / "recover.json", errors.render(json.dumps(doc, indent=2), name_of) + "\n")
@@ -170,10 +174,11 @@ def interrupted_run(out: str | os.PathLike) -> dict | None:
 
 
 def resumed_options(distill: ft.Options, tuned: dict, out: Path) -> ft.Options:
-    """The distillation's options going on from the interrupted run ``tuned`` (its finetune.json)
-    in ``out``: from its last snapshot, at the rate it trained at (the probe that chose it is not
-    run again: it starts from the re-learned weights). A run stopped before its first step (during
-    the probe) or whose snapshot is gone starts again from relearn's weights."""
+    """The distillation's options going on from the earlier run ``tuned`` (its finetune.json;
+    finished or interrupted) in ``out``: from its last snapshot, at the rate it trained at (the
+    probe that chose it is not run again: it starts from the re-learned weights). A run stopped
+    before its first step (during the probe) or whose snapshot is gone starts again from
+    relearn's weights."""
     snaps = [out / Path(s).name for s in tuned.get("snapshots") or []]
     if not snaps or not snaps[-1].is_file() or not tuned.get("iterations") or tuned.get("base_lr") is None:
         return distill

@@ -166,3 +166,31 @@ def test_the_report_says_how_recovery_spent_its_time():
     doc["finetune"]["time_budget"]["refits"].pop()
     assert "refitted" not in acc.recovery_summary(doc)
     assert acc.recovery_summary({"relearn_seconds": 3.0}) == {"relearn_s": 3.0}
+
+
+def test_an_earlier_distillation_is_gone_on_from_its_last_snapshot_at_its_rate(tmp_path):
+    """recover's go_on: the snapshot found beside recover.json (by name: the folder may have moved),
+    the rate the earlier run trained at, no start weights; from relearn's weights again when the
+    earlier run left no step or its snapshot is gone."""
+    import json
+
+    from deeprebirth.learning import finetune as ft
+    from deeprebirth.learning import recover as rc
+    out = tmp_path / "recovered"
+    assert rc.previous_run(out) is None
+    (out / "relearn").mkdir(parents=True)
+    (out / "relearn" / "weights.caffemodel").write_bytes(b"")
+    (out / "finetune_iter_69.solverstate").write_bytes(b"")
+    tuned = {"iterations": 69, "base_lr": 0.0033, "snapshots": ["/elsewhere/recovered/finetune_iter_69.solverstate"]}
+    (out / "recover.json").write_text(json.dumps({"finetune": tuned, "interrupted": {"iteration": 69}}))
+    assert rc.previous_run(out)["finetune"] == tuned and rc.interrupted_run(out) is not None
+    start = ft.Options(weights=str(out / "relearn" / "weights.caffemodel"), seed=3, with_labels=True)
+    got = rc.resumed_options(start, tuned, out)
+    assert (got.resume, got.weights, got.base_lr) == (str(out / "finetune_iter_69.solverstate"), None, 0.0033)
+    assert (got.seed, got.with_labels) == (3, True)
+    assert rc.resumed_options(start, dict(tuned, iterations=0), out) == start        # stopped during the probe
+    assert rc.resumed_options(start, dict(tuned, snapshots=["x/finetune_iter_70.solverstate"]), out) == start
+    (out / "recover.json").write_text(json.dumps({"finetune": tuned}))                # finished: only --more goes on
+    assert rc.previous_run(out) is not None and rc.interrupted_run(out) is None
+    (out / "relearn" / "weights.caffemodel").unlink()
+    assert rc.previous_run(out) is None
