@@ -97,15 +97,14 @@ def table(rows: list[dict], machine: dict, images: str = IMAGES, extra: list[str
              + ", then evaluated on the 10,000 test images. " + steps.machine_line(machine),
              "", "| net | engine | result | speed-up (median) | exact net | slim everything | top-1 before -> after "
              "| agreement | minutes |", "|---|---|---|---:|---:|---:|---|---:|---:|"]
+    def x(v):
+        return "-" if v is None else f"{v:.2f}x"
+
+    def p(v):
+        return "-" if v is None else f"{100 * v:.2f} %"
     for r in rows:
         s = r["steps"]
         a, eo, er = s.get("accelerate", {}), s.get("eval_original", {}), s.get("eval_result", {})
-
-        def x(v):
-            return "-" if v is None else f"{v:.2f}x"
-
-        def p(v):
-            return "-" if v is None else f"{100 * v:.2f} %"
         chosen = ", ".join(a.get("only") or []) or "no lossy"
         lines.append(f"| {r['net']} | {r['engine']} | {a.get('result')} ({chosen}) "
                      f"| {x(a.get('speedup'))} | {x(a.get('exact_speedup'))} | {x(a.get('slim_everything_speedup'))} "
@@ -114,8 +113,9 @@ def table(rows: list[dict], machine: dict, images: str = IMAGES, extra: list[str
     if more:
         lines += ["", "The recovery trained longer (`--more`, another `--time`); top-1 on the test images of the "
                   "recovered weights (what the check judged on the held-out images) and of the result:", "",
-                  "| net | distillation iterations | check | recovered weights' top-1 | result's top-1 | minutes |",
-                  "|---|---|---|---|---|---:|"]
+                  "| net | distillation iterations | check | speed-up (median) | recovered weights' top-1 "
+                  "| result's top-1 | minutes |",
+                  "|---|---|---|---|---|---|---:|"]
         for r in more:
             s = r["steps"]
             a, m = s.get("accelerate", {}), s.get("accelerate_more", {})
@@ -129,6 +129,7 @@ def table(rows: list[dict], machine: dict, images: str = IMAGES, extra: list[str
                 return "-" if v is None else f"{100 * v:.2f} %"
             lines.append(f"| {r['net']} | {its(a)} -> {its(m)} | {(a.get('check') or {}).get('chosen')} -> "
                          f"{(m.get('check') or {}).get('chosen')} ({(m.get('check') or {}).get('why')}) "
+                         f"| {x(a.get('speedup'))} -> {x(m.get('speedup'))} "
                          f"| {top('eval_recovered')} -> {top('eval_recovered_more')} "
                          f"| {top('eval_result')} -> {top('eval_result_more')} | {m.get('minutes')} |")
     lines += ["", "Commands (per net; `$WORK` is the work folder):", ""]
