@@ -167,8 +167,11 @@ def kept_when_interrupted(ctx: _Ctx):
         kept = ["plan.json"] + (["slim/"] if (ctx.out / "slim" / "report.json").is_file() else [])
         rec = ctx.out / "slim" / "recovered"
         from deeprebirth.learning import recover as rc  # noqa: PLC0415
-        if rc.interrupted_run(rec) is not None:
-            kept.append("the distillation's snapshot")
+        stopped = rc.interrupted_run(rec)
+        if stopped is not None:
+            its = int((stopped.get("finetune") or {}).get("iterations") or 0)
+            kept.append(f"the distillation's snapshot at iteration {its:,}" if its else
+                        "relearn's weights (the distillation starts again from them)")
         elif (rec / "recover.json").is_file():
             kept.append("the recovered weights")
         what = f"{exc}; " if isinstance(exc, StoppedBySignal) else ""
@@ -325,9 +328,10 @@ def _recover_step(ctx: _Ctx, sd: Path | None, plan: dict) -> dict | None:
     budget = max(0.0, ctx.left() - reserve)
     if previous is not None:
         how = "interrupted" if previous.get("interrupted") else "ended"
-        ctx.say(f"recover: going on from the distillation {how} at iteration "
-                f"{previous['finetune'].get('iterations', 0):,} (relearn's weights kept) for about "
-                f"{budget / 60:.0f} min (what the time budget leaves)")
+        its = int(previous["finetune"].get("iterations") or 0)
+        ctx.say((f"recover: going on from the distillation {how} at iteration {its:,}" if its else
+                 "recover: the distillation again from relearn's weights (interrupted before its first step)")
+                + f", relearn's weights kept, for about {budget / 60:.0f} min (what the time budget leaves)")
     else:
         ctx.say("recover: re-learn, then distil against the original" + (" and the labels" if ctx.opt.plan.labels
                 else "") + f" for about {budget / 60:.0f} min (what the time budget leaves)")

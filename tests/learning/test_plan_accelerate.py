@@ -125,7 +125,8 @@ def test_an_interrupted_accelerate_keeps_its_steps_and_goes_on_from_the_distilla
     last = [x for x in res.stderr.strip().splitlines() if x.startswith("rebirth: error:")]
     assert len(last) == 1 and "Traceback" not in res.output, res.output
     assert last[0].startswith("rebirth: error: interrupted: the distillation stopped by SIGINT at iteration 3 of ")
-    assert f"kept in {out}: plan.json, slim/, the distillation's snapshot; the same command again" in last[0]
+    assert f"kept in {out}: plan.json, slim/, the distillation's snapshot at iteration 3; the same command again" \
+        in last[0]
     rec = out / "slim" / "recovered"
     first = json.loads((rec / "recover.json").read_text())
     assert first["interrupted"]["iteration"] == 3 and (rec / "finetune_iter_3.solverstate").is_file()
