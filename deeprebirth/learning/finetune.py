@@ -304,6 +304,8 @@ def _fit_to_time(st: _Setup, train: data.Source, val: data.Source | None, sparam
                             cap=cap, teacher=cost)
     if done:    # counted from the snapshot (not as a re-fit's done: this process's teacher memo starts empty)
         fit = replace(fit, iters=fit.iters + done)
+        if st.opt.iters is not None and st.opt.iters <= done:    # the snapshot is at the iterations asked for
+            fit = replace(fit, iters=done, capped=True)
     sparam.max_iter = fit.iters
     st.interval = (st.opt.test_interval if st.opt.test_interval is not None else fit.test_interval) \
         if val is not None else 0

@@ -91,6 +91,11 @@ def test_a_resumed_run_with_a_time_budget_fits_the_iterations_after_its_snapshot
     assert doc["start_iteration"] == 3 and fitted > 3 and planned.remaining == fitted - 3
     assert any(f"iterations from the snapshot's 3 (to {fitted:,})" in n or
                f"iteration from the snapshot's 3 (to {fitted:,})" in n for n in doc["notes"])
+    # asked for no more iterations than the snapshot has: none trained (not one more)
+    again = ft.finetune(d / "slim", data.open_source(str(d / "train")), data.open_source(str(d / "val")),
+                        tmp_path / "ft2", ft.Options(resume=str(out / "finetune_iter_3.solverstate"), base_lr=0.001,
+                                                     time_budget=6.0, iters=3))
+    assert (again["start_iteration"], again["iterations"]) == (3, 3)
 
 
 def test_finetune_stopped_with_json_prints_the_record_and_exits_130(slimmed, tmp_path, monkeypatch):
