@@ -84,9 +84,10 @@ def more_hint(doc: dict, argv: list[str]) -> str | None:
     its = (steps.get("recover") or {}).get("distill_iterations")
     if doc.get("result") == "recovered" or "recovered" not in names or not its:
         return None
-    minutes = ((steps.get("recover") or {}).get("distill_s") or 0.0) / 60
+    rec = steps.get("recover") or {}
+    took = "" if rec.get("resumed_at") is not None else f" ({(rec.get('distill_s') or 0.0) / 60:.0f} min)"
     command = shlex.join(["rebirth", *argv] + ([] if "--more" in argv else ["--more"]))
-    return (f"hint: the recovered net missed the promise after {its:,} distillation iterations ({minutes:.0f} min); "
+    return (f"hint: the recovered net missed the promise after {its:,} distillation iterations{took}; "
             f"to train it longer from where it stopped, for another --time: {command}")
 
 
@@ -111,8 +112,8 @@ def speed_hint(doc: dict, argv: list[str], outdir: str) -> str | None:
             skip = False
         elif a in ("--max-drop", "-o", "--output", "--plan"):
             skip = True
-        elif a == "--json" or a.startswith(("--max-drop=", "--output=", "--plan=")) or (a.startswith("-o") and
-                                                                                         len(a) > 2):
+        elif a in ("--json", "--more") or a.startswith(("--max-drop=", "--output=", "--plan=")) or \
+                (a.startswith("-o") and len(a) > 2):
             continue
         else:
             args.append(a)

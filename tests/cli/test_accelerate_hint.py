@@ -55,3 +55,13 @@ def test_a_recovered_net_that_missed_gets_the_same_command_with_more():
     assert more_hint(recovered_doc("recovered"), argv) is None                  # it kept its promise
     assert more_hint(recovered_doc("exact", its=None), argv) is None            # nothing was distilled
     assert more_hint(recovered_doc("exact", options=("planned", "exact")), argv) is None
+
+
+def test_the_speed_hint_into_a_new_folder_leaves_more_out_and_a_resumed_run_gives_no_minutes():
+    """--more needs the folder's earlier run: a new folder has none (the pasted command would fail)."""
+    from deeprebirth.cli.accelerate_cmd import more_hint
+    argv = ["accelerate", "m", "--images", "d", "--time", "4m", "-o", "fast", "--more"]
+    assert "--more" not in shlex.split(speed_hint(doc(), argv, "fast"))
+    resumed = recovered_doc("exact")
+    resumed["steps"]["recover"]["resumed_at"] = 500
+    assert "after 2,265 distillation iterations; to train" in more_hint(resumed, argv)
