@@ -39,7 +39,7 @@ from deeprebirth.learning import plan as plan_api
 @click.option("--force", is_flag=True, help="Write into OUTDIR although it holds files rebirth did not write.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def accelerate_command(model, weights, train_val, images, val, engine, device, threads, speedup, max_drop, labels,
-                       count, heldout, runs, time_text, iters, plan_file, more, outdir, force, as_json):
+                       tucker, count, heldout, runs, time_text, iters, plan_file, more, outdir, force, as_json):
     """Make MODEL faster on the target (--engine, --device) and check it: plan which rewrites pay
     there (`rebirth plan`), slim as planned, re-learn and distil the changed layers from your images
     in the time given, keep the fastest result that stays as faithful as the plan promised (else the
@@ -51,7 +51,7 @@ def accelerate_command(model, weights, train_val, images, val, engine, device, t
     plan_api.check_options(plan_api.Options(speedup=speedup, max_drop=max_drop, labels=labels))  # before any work
     model, weights, train_val, _ = model_inputs(model, weights, train_val)   # a built-in's or folder's files
     popt = plan_api.Options(engine=engine.lower(), device=device, threads=threads, speedup=speedup, max_drop=max_drop,
-                            labels=labels, train_images=count, heldout_images=heldout, runs=runs)
+                            labels=labels, train_images=count, heldout_images=heldout, runs=runs, tucker=tucker)
     opt = acc.Options(plan=popt, time_budget=seconds, plan_file=plan_file, force=force, iters=iters, more=more)
 
     doc = acc.accelerate(model, weights, train_val, images, val, outdir, opt,

@@ -12,6 +12,7 @@ from deeprebirth.cli.progress import progress_bar
 from deeprebirth.errors import RebirthError
 from deeprebirth.graph.model import load_model, resolve
 from deeprebirth.learning import plan as plan_api
+from deeprebirth.learning import plan_tucker
 from deeprebirth.runtime import engines
 from deeprebirth.transforms.planner import read_plan
 
@@ -39,6 +40,11 @@ def target_options(f):
                           "accelerate distils with the labels too and, without --speedup, aims at the speed every "
                           "rewrite together measured when the budget's plan left most of it: the check after "
                           "recovery holds the budget)."),
+        click.option("--tucker", is_flag=True,
+                     help="Also plan Tucker decompositions of the planned net's layers (VBMF ranks, the "
+                          f"{plan_tucker.MOST} that save the most MACs), each timed and re-learned like "
+                          "the other candidates; kept only when the net with them is faster on the target. Needs "
+                          "--weights."),
         click.option("--count", type=click.IntRange(min=1), default=plan_api.Options.train_images, show_default=True,
                      help="Images each candidate is re-learned on (least squares) while planning."),
         click.option("--heldout", type=click.IntRange(min=10), default=plan_api.Options.heldout_images,
@@ -81,8 +87,8 @@ def stage(desc, total, unit="it"):
               help="Write the plan here (JSON; `rebirth slim MODEL --plan FILE` applies it).")
 @click.option("--force", is_flag=True, help="Write -o over a file that is not a plan rebirth wrote.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON instead of a table.")
-def plan_command(model, weights, train_val, images, engine, device, threads, speedup, max_drop, labels, count,
-                 heldout, runs, time_text, out, force, as_json):
+def plan_command(model, weights, train_val, images, engine, device, threads, speedup, max_drop, labels, tucker,
+                 count, heldout, runs, time_text, out, force, as_json):
     """Plan which lossy rewrites of MODEL to make: each candidate `rebirth inspect` lists is timed on the
     target (--engine, --device) beside the exact net (every lossless rewrite made), and re-learned by
     least squares on your images and checked against the original on others. The plan takes the
@@ -99,7 +105,8 @@ def plan_command(model, weights, train_val, images, engine, device, threads, spe
         echo(f"rebirth: {using}", err=True)
     show_warnings(m.warnings)
     opt = plan_api.Options(engine=engine.lower(), device=device, threads=threads, speedup=speedup, max_drop=max_drop,
-                           labels=labels, train_images=count, heldout_images=heldout, runs=runs, time_budget=seconds)
+                           labels=labels, train_images=count, heldout_images=heldout, runs=runs, time_budget=seconds,
+                           tucker=tucker)
 
     doc = plan_api.make_plan(m, images, train_val, opt, log=lambda line: echo(f"rebirth: plan: {line}", err=True),
                              stage=stage)

@@ -38,7 +38,8 @@ def plan_text(doc: dict) -> str:
     labels = bool(goal.get("labels"))
     rows = [("candidate", "rules", "saves ms", "±", "flips", *(("lost",) if labels else ()), "out err", "chosen",
              "why")]
-    for c in doc["candidates"]:
+    tucker = doc.get("tucker") or {}
+    for c in doc["candidates"] + (tucker.get("candidates") or []):
         lost = ("-" if c.get("lost") is None else c["lost"],) if labels else ()
         rows.append((c["name"], ",".join(c["rules"]), _num(c["saved_ms"], ".3f"), _num(c["saved_spread_ms"], ".3f"),
                      "-" if c["flips"] is None else c["flips"], *lost, _num(c["rel_error"], ".3f"),
@@ -52,7 +53,12 @@ def plan_text(doc: dict) -> str:
             ("exact (lossless rewrites)", _num(ex["ms"], ".2f"), f"{ex['speedup']:.2f}x", _fid(ex.get("fidelity")))]
     if full:
         rows.append(("slim everything", _num(full["ms"], ".2f"), f"{full['speedup']:.2f}x", _fid(full.get("fidelity"))))
-    rows.append((f"planned ({len(doc['only'])} lossy)", _num(doc["predicted_ms"], ".2f"),
+    if tucker.get("check") and not tucker.get("layers"):
+        t = tucker["check"]
+        rows.append((f"with {len(t['layers'])} Tucker (not kept)",
+                     _num(t["ms"], ".2f"), f"{t['speedup']:.2f}x", _fid(t.get("fidelity"))))
+    rows.append((f"planned ({len(doc['only'])} lossy" + (f" + {len(tucker['layers'])} Tucker" if tucker.get("layers")
+                                                         else "") + ")", _num(doc["predicted_ms"], ".2f"),
                  f"{doc['predicted_speedup']:.2f}x", _fid(doc.get("predicted_fidelity"))))
     lines += _table(rows, {1, 2})
     lines.append(f"\npredicted speed-up {doc['predicted_speedup']:.2f}x (medians: the planned net timed beside the "

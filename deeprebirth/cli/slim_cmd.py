@@ -11,7 +11,7 @@ from deeprebirth.graph.model import load_model, resolve
 from deeprebirth.runtime import verify
 from deeprebirth.transforms import slim as slim_api
 from deeprebirth.transforms import tucker as tucker_api
-from deeprebirth.transforms.planner import read_plan
+from deeprebirth.transforms.planner import read_plan, tucker_layers
 from deeprebirth.transforms.rules.tucker import parse_ranks
 
 
@@ -89,8 +89,10 @@ def slim_command(model, weights, train_val, only, plan_file, rule_names, keep_po
                             keep_pooling=keep_pooling, train_val=given, train_val_source=train_val,
                             data_layer=data_layer, exact_always=plan is not None,
                             plan=None if plan is None else {"file": plan_file, "only": plan["only"],
+                                                            "tucker": tucker_layers(plan),
                                                             "predicted_speedup": plan.get("predicted_speedup"),
                                                             "target": plan.get("target")},
+                            tucker=tucker_layers(plan) if plan else None,
                             inputs=[str(resolve(model)), weights, train_val, plan_file])
         summarize = reports.slim_summary
     show_warnings([w for w in out.result.warnings if w not in m.warnings])

@@ -268,7 +268,8 @@ def _aimed(plan: dict) -> None:
 def _request(ctx: _Ctx) -> dict:
     p = ctx.opt.plan
     return {"model": ctx.model.source, "weights": ctx.model.weights_source, "images": ctx.images,
-            "engine": p.engine, "device": p.device, "speedup": p.speedup, "max_drop": p.max_drop}
+            "engine": p.engine, "device": p.device, "speedup": p.speedup, "max_drop": p.max_drop,
+            **({"tucker": True} if p.tucker else {})}
 
 
 def _same_request(plan: dict, ctx: _Ctx) -> bool:
@@ -284,16 +285,17 @@ def _slim_step(ctx: _Ctx, plan: dict) -> Path | None:
     sd = ctx.out / "slim"
     if (sd / "report.json").is_file():
         try:
-            done = json.loads((sd / "report.json").read_text()).get("plan", {}).get("only")
+            done = json.loads((sd / "report.json").read_text()).get("plan", {})
         except (OSError, ValueError):
-            done = None
-        if done == plan["only"]:
+            done = {}
+        if done.get("only") == plan["only"] and (done.get("tucker") or {}) == planner.tucker_layers(plan):
             ctx.steps["slim"] = {"reused": str(sd)}
             return sd
     tv = netio.read_net(ctx.train_val) if ctx.train_val else None
+    tucker = planner.tucker_layers(plan)
     slimmed = plan_api.slimmed(ctx.model, plan["only"], tv, ctx.train_val,
-                               plan={"file": str(ctx.out / "plan.json"), "only": plan["only"]},
-                               rules=plan.get("rules"))
+                               plan={"file": str(ctx.out / "plan.json"), "only": plan["only"], "tucker": tucker},
+                               rules=plan.get("rules"), tucker=tucker)
     if slimmed is None:
         ctx.steps["slim"] = {"skipped": "no rewrite applies to this net"}
         ctx.say("slim: no rewrite applies to this net: the result is the original")
@@ -647,6 +649,8 @@ def _summary(ctx: _Ctx, plan: dict, result: dict, bench_doc: dict) -> dict:
             "only", "predicted_speedup", "predicted_fidelity", "basis", "exact", "slim_everything", "notes",
             "budget_plan")},
         "candidates": plan.get("candidates"),
+        **({"tucker": {k: plan["tucker"].get(k) for k in ("layers", "candidates", "check")}}
+           if (plan.get("tucker") or {}).get("candidates") else {}),
         "steps": ctx.steps, "seconds": round(time.perf_counter() - ctx.started, 1),
         "time_budget_s": ctx.opt.time_budget,
         "machine": plan.get("machine"),

@@ -90,6 +90,7 @@ class Options:
     recovery: float = RECOVERY_FACTOR    # least-squares flips allowed per flip of the budget (planner.choose)
     seed: int = 0
     time_budget: float | None = None     # seconds the whole plan may take (None: what its steps take); see Clock
+    tucker: bool = False                 # Tucker candidates too, after the slim choice (plan_tucker.py)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -205,14 +206,15 @@ def lossy_candidates(model: Model, rule_names: list[str] | None = None) -> list[
 
 
 def slimmed(model: Model, only: list[str], train_val=None, train_val_source=None, plan: dict | None = None,
-            rules: list[str] | None = None):
+            rules: list[str] | None = None, tucker: dict | None = None):
     """The exact net plus the lossy rewrites ``only`` names (None when nothing at all applies);
-    ``rules``: the rules to run (default: the default ones)."""
+    ``rules``: the rules to run (default: the default ones); ``tucker``: layer -> ranks, the
+    decompositions made after them (slim.slim)."""
     try:
         return slim_api.slim(model, rules, only=list(only), train_val=train_val, train_val_source=train_val_source,
-                             exact_always=True, plan=plan)
+                             exact_always=True, plan=plan, tucker=tucker or None)
     except RebirthError:
-        if only:
+        if only or tucker:
             raise
         return None        # no lossless rewrite: the exact net is the original
 
@@ -551,10 +553,28 @@ def make_plan(model: Model, images=None, train_val: str | None = None, options: 
                         time.perf_counter() - started)
         doc["first"] = {k: first.get(k) for k in ("goal", "only", "predicted_speedup", "predicted_fidelity",
                                                  "slim_everything", "notes")}
+    if opt.tucker:
+        from deeprebirth.learning import plan_tucker  # noqa: PLC0415
+        used = again if target is not None else opt
+        section = plan_tucker.tucker_stage(model, nets, used, choice, check, heldout, tv, train_val, train, held,
+                                           labels, say, stage, clock)
+        with_tucker(doc, section)
     doc["notes"] += [d["why"] for d in dropped] + clock.cuts
     doc["time_budget_s"] = opt.time_budget
     doc["seconds"] = round(time.perf_counter() - started, 1)
     return doc
+
+
+def with_tucker(doc: dict, section: dict) -> None:
+    """The plan document with its Tucker section; when decompositions stand, the prediction is the
+    net with them (their check)."""
+    doc["tucker"] = section
+    doc["notes"] += section.get("notes", [])
+    if section.get("layers"):
+        got = section["check"]
+        doc["predicted_speedup"], doc["predicted_ms"] = got["speedup"], got["ms"]
+        doc["original_ms"] = got["original_ms"]
+        doc["predicted_fidelity"] = got["fidelity"]
 
 
 def _aim_seconds(nets: Nets, opt: Options, fid: dict, rounds: list[dict]) -> float:

@@ -29,9 +29,14 @@ def _fid_cells(f: dict | None) -> tuple[str, str, str]:
         "-" if f.get("top1") is None else _pct(f["top1"])
 
 
+def _ranks(r: dict) -> str:
+    return f"rank {r['r']}" if "r" in r else f"R3 {r['R3']}, R4 {r['R4']}"
+
+
 def render(doc: dict) -> str:
     t = doc.get("target") or {}
     plan = doc.get("plan") or {}
+    tucker = (doc.get("tucker") or {}).get("layers") or {}
     check = (doc.get("steps") or {}).get("check") or {}
     models = {m["model"]: m for m in (doc.get("bench") or {}).get("models", [])}
     lines = [f"# {doc['model']}, accelerated", "",
@@ -68,10 +73,12 @@ def render(doc: dict) -> str:
     lines += ["", f"Allowed: {allowed} {unit} (the plan's promise); the result is the fastest net within it, "
               "else the exact net.", ""]
     lines += ["## The plan", "", f"Chosen lossy rewrites ({plan.get('basis')}): "
-              + (", ".join(plan.get("only") or []) or "none") + ".", "",
+              + (", ".join(plan.get("only") or []) or "none") + "."
+              + (" Tucker decompositions: " + ", ".join(f"{k} ({_ranks(r)})" for k, r in tucker.items()) + "."
+                 if tucker else ""), "",
               "| candidate | saves ms | flips | top-1 lost | output error | chosen | why |",
               "|---|---:|---:|---:|---:|---|---|"]
-    for c in doc.get("candidates") or []:
+    for c in (doc.get("candidates") or []) + ((doc.get("tucker") or {}).get("candidates") or []):
         saved = "-" if c["saved_ms"] is None else f"{c['saved_ms']:.3f}"
         rel = "-" if c["rel_error"] is None else f"{c['rel_error']:.4f}"
         lost = "-" if c.get("lost") is None else c["lost"]

@@ -287,7 +287,15 @@ def read_plan(path) -> dict:
     only = doc.get("only")
     if not isinstance(only, list) or not all(isinstance(n, str) for n in only):
         raise RebirthError(f"{path}: its \"only\" must be a list of substructure names")
+    tucker = doc.get("tucker")
+    if tucker is not None and (not isinstance(tucker, dict) or not isinstance(tucker.get("layers", {}), dict)):
+        raise RebirthError(f"{path}: its \"tucker\" must be null or hold \"layers\": {{layer: ranks}}")
     rules = doc.get("rules")
     if rules is not None and (not isinstance(rules, list) or not all(isinstance(n, str) for n in rules)):
         raise RebirthError(f"{path}: its \"rules\" must be a list of rule names (or null: the default rules)")
     return doc
+
+
+def tucker_layers(plan: dict) -> dict[str, dict]:
+    """The Tucker decompositions a plan chose: layer -> ranks (empty: none)."""
+    return dict((plan.get("tucker") or {}).get("layers") or {})

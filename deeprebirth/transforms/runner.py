@@ -71,7 +71,8 @@ class _Run:
             self.seen.add(key)
             if m.name not in result.matched:
                 result.matched.append(m.name)
-            if self.only is not None and m.name not in self.only and not (self.exact_always and rule.exact):
+            if self.only is not None and m.name not in self.only and not (self.exact_always and rule.exact) \
+                    and not rule.own_scope:
                 continue
             note = _unknown_shapes(graph, m.layers) or rule.refusal(graph, m, result.model)
             result.candidates.append(Candidate(rule.name, m.name, list(m.layers), note))

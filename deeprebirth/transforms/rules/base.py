@@ -22,6 +22,9 @@ it. Everything else about the rule is declared on its class:
                        runs it with ``keep_pooling_options`` or, when that is None, leaves it out
 ``rematches_added``    False: the layers its own rewrites added are not matched again in the
                        same run (a decomposition is not decomposed again)
+``own_scope``          True: the rule was given the layers it may rewrite itself, and a run's
+                       ``only`` (the slim substructures a plan chose) does not restrict it (a
+                       plan's Tucker layers, whose names may be those of slim substructures)
 options                the keyword arguments of its ``__init__`` (``Rule.options()``)
 =====================  ==========================================================================
 
@@ -104,6 +107,7 @@ class Rule:
     absorbs_pooling: bool = False          # removes poolings into a convolution's stride
     keep_pooling_options: dict | None = None   # options that make it keep every pooling
     rematches_added: bool = True           # may match layers its own rewrites added in the same run
+    own_scope: bool = False                # restricted by its own options, not by the run's ``only``
 
     # -- what a rule implements ------------------------------------------------------------
     def match(self, graph: Graph) -> list[Match]:

@@ -279,6 +279,9 @@ class TuckerRule(Rule):
         self.ranks, self.ratio = ranks, ratio
         self.layer_ranks = dict(layer_ranks) if layer_ranks is not None else None
         self.only = set(only) if only is not None else None
+        # with per-layer ranks and its own list of layers (a plan's), the run's ``only`` is the slim
+        # substructures the plan chose: it does not restrict this rule (runner; Rule.own_scope)
+        self.own_scope = self.only is not None and self.layer_ranks is not None
         self.require_saving = require_saving
         self.absorb_full = absorb_full
 

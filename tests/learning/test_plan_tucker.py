@@ -1,0 +1,175 @@
+"""The plan's Tucker candidates (learning/plan_tucker.py, `plan --tucker`), and a plan's Tucker
+layers applied by `slim --plan` and `accelerate --plan` (transforms/slim.py ``tucker``)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from helpers import error_line, run, write_random_weights
+
+from deeprebirth.caffe import netio
+from deeprebirth.errors import RebirthError
+from deeprebirth.graph.model import Model, load_model
+from deeprebirth.learning import plan_tucker
+from deeprebirth.transforms import planner
+from deeprebirth.transforms import slim as slim_api
+from deeprebirth.transforms.planner import Candidate
+
+NET = """name: "tk"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 16 dim: 16 } } }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1" convolution_param { num_output: 16 kernel_size: 3 pad: 1 } }
+layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }
+layer { name: "conv2" type: "Convolution" bottom: "conv1" top: "conv2" convolution_param { num_output: 32 kernel_size: 3 pad: 1 } }
+layer { name: "relu2" type: "ReLU" bottom: "conv2" top: "conv2" }
+layer { name: "pool2" type: "Pooling" bottom: "conv2" top: "pool2" pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
+layer { name: "fc" type: "InnerProduct" bottom: "pool2" top: "fc" inner_product_param { num_output: 10 } }
+layer { name: "prob" type: "Softmax" bottom: "fc" top: "prob" }
+"""
+
+
+@pytest.fixture(scope="module")
+def tk(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tk")
+    (d / "net.prototxt").write_text(NET)
+    write_random_weights(netio.parse_net_text(NET), d / "net.caffemodel", seed=1)
+    return d
+
+
+def model(tk) -> Model:
+    return load_model(tk / "net.prototxt", tk / "net.caffemodel")
+
+
+# -- pure -------------------------------------------------------------------------------------------
+
+
+def test_decompositions_stand_only_when_faster_than_the_slim_plan_and_within_the_budget():
+    assert plan_tucker.verdict(3.1, 3.0, None, 4, 5.0, False) == (True, "faster than the slim plan and within "
+                                                                        "the budget")
+    assert plan_tucker.verdict(3.1, 3.0, None, None, None, False)[0]
+    stands, why = plan_tucker.verdict(2.9, 3.0, None, 0, 5.0, False)
+    assert not stands and "bought nothing" in why and "2.90x with it, 3.00x without" in why
+    stands, why = plan_tucker.verdict(3.5, 3.0, None, 6, 5.0, True)
+    assert not stands and "6 held-out image(s) lost, over the budget of 5.0" in why
+    stands, why = plan_tucker.verdict(3.5, 3.0, "singular", 0, 5.0, False)
+    assert not stands and "could not be re-learned: singular" in why
+
+
+def tucker_cands():
+    return [Candidate("tucker:conv2", ["tucker"], 1, saved_ms=1.0, saved_spread_ms=0.1, flips=2, rel_error=0.05),
+            Candidate("tucker:fc", ["tucker"], 1, saved_ms=0.5, saved_spread_ms=0.1, flips=0, rel_error=0.01)]
+
+
+def test_a_speedup_the_slim_plan_reached_needs_no_decomposition():
+    opt = plan_tucker.P.Options(speedup=2.0)
+    choice = planner.Choice([], 5.0, 2.0, 0.0, None, "measured")
+    got = plan_tucker._choose(tucker_cands(), opt, choice, {"speedup": 2.1}, base_ms=5.0, heldout=100)
+    assert got.chosen == []
+    # short of 2.2x: the planned net at 5 ms measured 2x (the original: 10 ms), 2.2x needs 0.45 ms saved
+    cands = tucker_cands()
+    got = plan_tucker._choose(cands, plan_tucker.P.Options(speedup=2.2), choice, {"speedup": 2.0}, 5.0, 100)
+    assert got.chosen == ["tucker:fc"]          # 0.5 ms saved brings 5 ms to 4.5 <= 10/2.2 at the least cost
+
+
+def test_a_budget_gives_the_decompositions_what_the_slim_plan_left():
+    opt = plan_tucker.P.Options()
+    # a budget of 4 images (1 % of 200 x recovery 2); the slim plan spent 2: 2 left, conv2 costs 2.05
+    choice = planner.Choice(["conv1"], 5.0, 2.0, 2.0, 4.0, "measured")
+    got = plan_tucker._choose(tucker_cands(), opt, choice, {"speedup": 2.0, "fidelity": {"flips": 2}}, 5.0, 200)
+    assert got.chosen == ["tucker:fc"]
+    got = plan_tucker._choose(tucker_cands(), opt, choice, {"speedup": 2.0, "fidelity": {"flips": 0}}, 5.0, 200)
+    assert got.chosen == ["tucker:conv2", "tucker:fc"]
+
+
+def test_a_plans_tucker_section_is_checked_when_read(tmp_path):
+    p = tmp_path / "plan.json"
+    p.write_text(json.dumps({"kind": planner.PLAN_KIND, "only": [], "tucker": {"layers": ["conv2"]}}))
+    with pytest.raises(RebirthError, match='"tucker" must be null or hold "layers"'):
+        planner.read_plan(p)
+    p.write_text(json.dumps({"kind": planner.PLAN_KIND, "only": [], "tucker": None}))
+    assert planner.tucker_layers(planner.read_plan(p)) == {}
+    p.write_text(json.dumps({"kind": planner.PLAN_KIND, "only": [], "tucker": {"layers": {"fc": {"r": 4}}}}))
+    assert planner.tucker_layers(planner.read_plan(p)) == {"fc": {"r": 4}}
+
+
+# -- the decomposition in slim (no engine) -------------------------------------------------------
+
+
+def test_slim_decomposes_the_layers_a_plan_names_from_their_weights(tk):
+    m = model(tk)
+    out = slim_api.slim(m, None, only=[], exact_always=True, tucker={"conv2": {"R3": 8, "R4": 16}, "fc": {"r": 4}})
+    names = [layer.name for layer in out.deploy.layer]
+    assert "conv2" not in names and {"conv2_in", "conv2_core", "conv2_out", "fc_in", "fc_out"} <= set(names)
+    assert out.weights["conv2_in"][0].shape == (8, 16, 1, 1) and out.weights["conv2_core"][0].shape == (16, 8, 3, 3)
+    # the new layers start from the decomposition: their product is the best rank-4 fit of fc's weights
+    fc = m.weights["fc"][0]
+    approx = out.weights["fc_out"][0].reshape(10, 4) @ out.weights["fc_in"][0].reshape(4, -1)
+    s = np.linalg.svd(fc, compute_uv=False)
+    assert np.linalg.norm(fc - approx) == pytest.approx(np.sqrt(np.sum(s[4:] ** 2)), rel=1e-3)
+    assert {"conv2_core", "fc_in", "fc_out"} <= set(out.new_layers)
+    assert [c["rule"] for c in out.report()["changes"]][-2:] == ["tucker", "tucker"]
+    # a slim substructure named like a Tucker layer is not rewritten by naming the layer
+    out = slim_api.slim(m, None, only=[], exact_always=True, tucker={"conv1": {"R3": 3, "R4": 8}})
+    assert [c.rule for c in out.result.changes] == ["tucker"]
+
+
+def test_tucker_layers_a_plan_cannot_have_are_one_clear_error(tk):
+    m = model(tk)
+    cases = [({"conv9": {"r": 2}}, "has no Convolution or InnerProduct named 'conv9'"),
+             ({"fc": {"r": 0}}, "must be {\"R3\": n, \"R4\": n} or {\"r\": n}"),
+             ({"fc": {"R3": 2}}, "must be {\"R3\": n, \"R4\": n} or {\"r\": n}"),
+             ({"fc": {"r": 10}}, "cannot be decomposed at the ranks given")]
+    for ranks, expected in cases:
+        with pytest.raises(RebirthError, match=expected.replace("{", r"\{").replace("}", r"\}")):
+            slim_api.slim(m, None, only=[], exact_always=True, tucker=ranks)
+    with pytest.raises(RebirthError, match="layer 'conv2' is regenerated by the rewrite of 'conv2'"):
+        slim_api.slim(m, None, only=["conv2"], exact_always=True, tucker={"conv2": {"R3": 8, "R4": 16}})
+    with pytest.raises(RebirthError, match="starts from trained weights"):
+        slim_api.slim(load_model(tk / "net.prototxt"), None, only=[], exact_always=True, tucker={"fc": {"r": 2}})
+
+
+def test_the_candidates_are_the_trained_layers_of_the_planned_net(tk):
+    m = model(tk)
+    ranks, notes = plan_tucker.candidate_ranks(None, m)
+    assert set(ranks) == {"conv1", "conv2", "fc"}
+    for name, r in ranks.items():          # never below the ranks that keep half the weights
+        floor = plan_tucker._decomposed(m.net, m.weights, "x", plan_tucker.TuckerRule(ratio=0.5))[name][0]
+        assert all(r[k] >= floor[k] for k in r)
+    merged = slim_api.slim(m, None, only=["conv2"], exact_always=True)
+    ranks, notes = plan_tucker.candidate_ranks(merged, m)
+    assert "conv2" not in ranks and any(n.startswith("conv2: regenerated by a chosen rewrite") for n in notes)
+
+
+# -- with Caffe ----------------------------------------------------------------------------------------
+
+
+def test_plan_with_tucker_times_and_relearns_each_decomposition_and_accelerate_applies_one(tk, tmp_path, caffe):
+    res = run("plan", tk / "net.prototxt", "-w", tk / "net.caffemodel", "--images", "fashion-mnist:train[:120]",
+              "--tucker", "--runs", "5", "--count", "30", "--heldout", "30", "-o", tmp_path / "plan.json")
+    assert res.exit_code == 0, res.output
+    assert "tucker:conv2" in res.stdout
+    doc = json.loads((tmp_path / "plan.json").read_text())
+    cands = {c["layer"]: c for c in doc["tucker"]["candidates"]}
+    assert set(cands) == {"conv1", "conv2", "fc"}
+    for c in cands.values():
+        assert isinstance(c["saved_ms"], float) and c["saved_spread_ms"] > 0 and c["why"]
+        assert c["flips"] is None or 0 <= c["flips"] <= 30
+    assert doc["tucker"]["layers"] == {} or doc["tucker"]["check"]["stands"]
+    # a plan by time alone has none, and says why
+    res = run("plan", tk / "net.prototxt", "--tucker", "--runs", "5", "--json")
+    assert res.exit_code == 0, res.output
+    assert any("a decomposition starts from the trained weights" in n for n in json.loads(res.stdout)["notes"])
+    # a plan with fc decomposed: accelerate slims, re-learns and checks it to a model folder
+    forced = tmp_path / "forced.json"
+    forced.write_text(json.dumps({**doc, "only": [], "tucker": {"layers": {"fc": cands["fc"]["ranks"]}}}))
+    res = run("accelerate", tk / "net.prototxt", "-w", tk / "net.caffemodel", "--images", "fashion-mnist:train[:120]",
+              "--plan", forced, "--iters", "5", "-o", tmp_path / "fast", "--json")
+    assert res.exit_code == 0, res.output
+    slim_report = json.loads((tmp_path / "fast" / "slim" / "report.json").read_text())
+    assert slim_report["plan"]["tucker"] == {"fc": cands["fc"]["ranks"]}
+    assert {"fc_in", "fc_out"} <= set(slim_report["regenerated"])
+    assert (tmp_path / "fast" / "weights.caffemodel").is_file()
+    # slim --plan without weights: one line
+    res = run("slim", tk / "net.prototxt", "--plan", forced, "-o", tmp_path / "s")
+    assert "give --weights" in error_line(res) or "planned with weights" in error_line(res)
+    assert not (tmp_path / "s").exists()
