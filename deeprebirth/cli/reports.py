@@ -112,8 +112,13 @@ def slim_summary(out: SlimOutput, written: list[Path] | None = None) -> str:
         f"blob memory{f' at batch {batch}' if batch else ''}: {before['memory_bytes'] / mb:.1f} MB -> "
         f"{after['memory_bytes'] / mb:.1f} MB ({_change(before['memory_bytes'], after['memory_bytes'], 'less')})",
     ]
-    if out.new_layers:
-        lines.append(f"new layers (Xavier init, lr_mult 10): {', '.join(out.new_layers)}")
+    factored = {n for c in out.result.changes if c.rule == "tucker" for n in c.added}
+    fresh = [n for n in out.new_layers if n not in factored]
+    if fresh:
+        lines.append(f"new layers (Xavier init, lr_mult 10): {', '.join(fresh)}")
+    if factored & set(out.new_layers):
+        lines.append("new layers (from the decomposition, lr_mult 10): "
+                     + ", ".join(n for n in out.new_layers if n in factored))
     return "\n".join(lines + slim_summary_tail(out, written))
 
 

@@ -569,7 +569,7 @@ def with_tucker(doc: dict, section: dict) -> None:
     """The plan document with its Tucker section; when decompositions stand, the prediction is the
     net with them (their check)."""
     doc["tucker"] = section
-    doc["notes"] += section.get("notes", [])
+    doc["notes"] += [n for n in section.get("notes", []) if n not in doc["notes"]]
     if section.get("layers"):
         got = section["check"]
         doc["predicted_speedup"], doc["predicted_ms"] = got["speedup"], got["ms"]

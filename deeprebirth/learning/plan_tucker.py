@@ -23,7 +23,9 @@ assembled with the slim plan, timed beside the original and beside the slim plan
 faster than the slim plan, and, for a budget, within it. Otherwise the plan stays as it was, and
 says why.
 
-Decomposing needs the trained weights: a plan by time alone has no Tucker candidates (noted).
+Without weights (a plan by time alone) random weights stand in for the timing, the ranks are
+those that keep ``FLOOR_RATIO`` of each layer's weights, nothing is re-learned, and the choice is
+planner.choose's by time alone; `slim --plan` then decomposes the user's weights at those ranks.
 The plan file's ``tucker`` holds ``{"layers": {name: ranks}}``, which `rebirth slim --plan` and
 `rebirth accelerate` apply after the slim rewrites (transforms/slim.py ``tucker``).
 """
@@ -35,9 +37,11 @@ import time
 import numpy as np
 
 from deeprebirth.errors import RebirthError
+from deeprebirth.graph.dag import Graph
 from deeprebirth.graph.model import Model
 from deeprebirth.learning import plan as P
 from deeprebirth.transforms import planner, runner
+from deeprebirth.transforms import slim as slim_api
 from deeprebirth.transforms.rules.tucker import TuckerChange, TuckerRule
 
 PREFIX = "tucker:"
@@ -49,18 +53,14 @@ MOST = 12
 FLOOR_RATIO = 0.5
 
 
-def candidate_ranks(base: "P.slim_api.SlimOutput | None", model: Model) -> tuple[dict[str, dict], list[str]]:
-    """Layer -> VBMF ranks of every layer of the planned net (``base``; None: the original) that may
-    be decomposed, and a note for each layer left out (regenerated, or refused by the rule's guards:
-    too small, no saving of MACs ...)."""
-    if base is None:
-        net, weights, fresh = model.net, model.weights, set()
-    else:
-        net, weights, fresh = base.deploy, base.weights, set(base.new_layers)
+def candidate_ranks(net, weights: dict | None, fresh: set[str], source: str) -> tuple[dict[str, dict], list[str]]:
+    """Layer -> ranks of every layer of the planned net ``net`` (with ``weights``) that may be
+    decomposed, at most MOST of them, and a note for each layer left out (in ``fresh``: regenerated
+    by a chosen rewrite; refused by the rule's guards: too small, no saving of MACs ...)."""
     keep = {layer.name: weights[layer.name] for layer in net.layer if layer.name in (weights or {})}
     found, notes = [], []
-    floor = _decomposed(net, keep, model.source, TuckerRule(ratio=FLOOR_RATIO))
-    result = runner.run(Model(net, keep, source=model.source), [TuckerRule()])
+    floor = _decomposed(net, keep, source, TuckerRule(ratio=FLOOR_RATIO))
+    result = runner.run(Model(net, keep, source=source), [TuckerRule()])
     for c in result.changes:
         if not isinstance(c, TuckerChange):
             continue
@@ -95,11 +95,27 @@ def tucker_stage(model: Model, nets: "P.Nets", opt: "P.Options", choice: planner
     """The Tucker section of the plan document (module doc); ``choice`` and ``check``: the slim
     plan's. Its ``layers`` are the decompositions that stand (empty: none)."""
     doc: dict = {"layers": {}, "candidates": [], "notes": [], "check": None}
-    if model.weights is None:
-        doc["notes"].append("no Tucker candidates: a decomposition starts from the trained weights (give --weights)")
+    if clock.left() <= 0:
+        doc["notes"].append("no Tucker candidates: the plan's time was spent on the slim rewrites")
         return doc
     base = P.slimmed(model, choice.chosen, tv, train_val, rules=nets.rules) if choice.chosen else nets.exact
-    ranks, left = candidate_ranks(base, model)
+    base_net = base.deploy if base is not None else model.net
+    if model.weights is not None:
+        weights, fresh = (base.weights if base is not None else model.weights), set(base.new_layers if base else ())
+
+        def build(layers):
+            return P.slimmed(model, choice.chosen, tv, train_val, rules=nets.rules, tucker=layers)
+    else:        # by time alone: random weights stand in (time does not depend on them), ranks by FLOOR_RATIO
+        from deeprebirth.runtime.pycaffe import random_weights  # noqa: PLC0415 (numpy only: no Caffe)
+        weights, fresh = random_weights(Graph(base_net, strict=False), seed=opt.seed), set()
+        stand_in = Model(base_net, weights, source=model.source)
+        doc["notes"].append(f"Tucker ranks by time alone: those that keep {FLOOR_RATIO:.0%} of each layer's weights "
+                            "(without trained weights VBMF has nothing to estimate); `slim --plan` decomposes your "
+                            "weights at these ranks")
+
+        def build(layers):
+            return slim_api.slim(stand_in, [TuckerRule(layer_ranks=layers, only=set(layers))])
+    ranks, left = candidate_ranks(base_net, weights, fresh, model.source)
     doc["left_out"] = left
     if not ranks:
         doc["notes"].append("no Tucker candidate: no layer of the planned net is worth decomposing (" +
@@ -109,14 +125,16 @@ def tucker_stage(model: Model, nets: "P.Nets", opt: "P.Options", choice: planner
     for name, r in ranks.items():
         c = planner.Candidate(PREFIX + name, ["tucker"], 1)
         try:
-            variants[c.name] = P.slimmed(model, choice.chosen, tv, train_val, rules=nets.rules, tucker={name: r})
+            variants[c.name] = build({name: r})
         except RebirthError as e:
             c.note = f"cannot be decomposed: {e}"
         cands.append(c)
-    say(f"tucker: {len(variants)} layer(s) of the planned net may be decomposed (VBMF ranks); timing each beside it")
-    base_net = base.deploy if base is not None else model.net
+    say(f"tucker: {len(variants)} layer(s) of the planned net may be decomposed; timing each beside it")
     timing = {"planned": base_net, "planned again": base_net, **{f"+{k}": v.deploy for k, v in variants.items()}}
-    times = clock.timed(timing, opt, stage, "timing tucker")
+    runs = P.fit_runs(P.TABLE_SHARE * clock.left(), len(timing), opt.warmup, clock.pace, opt.runs)
+    if runs < opt.runs:
+        clock.cut(f"the Tucker candidates were timed {runs} rounds, not {opt.runs}: more would not fit the plan's time")
+    times = clock.timed(timing, dataclasses.replace(opt, runs=runs), stage, "timing tucker")
     for c in cands:
         if f"+{c.name}" in times:
             saved, noise = P.saving(times["planned"], times[f"+{c.name}"], times["planned again"])
@@ -125,7 +143,8 @@ def tucker_stage(model: Model, nets: "P.Nets", opt: "P.Options", choice: planner
     base_fid = check.get("fidelity") or {"flips": 0, "rel_error": 0.0, "top1_drop": 0.0}
     want = {c.name: P._job(variants[c.name]) for c in sorted(cands, key=lambda c: -(c.saved_ms or 0.0))
             if c.name in variants and planner.eligible(c, opt.speedup is not None)}
-    fid = P._relearned(model, want, train, held, labels, opt, say, stage, clock.until(1.0)) if want else {}
+    fid = P._relearned(model, want, train, held, labels, opt, say, stage, clock.until(1.0)) \
+        if want and heldout else {}
     for c in cands:
         _set_cost(c, fid.get(c.name), base_fid, heldout, opt.labels)
     base_ms = np.quantile(times["planned"] + times["planned again"], P.QUANTILE)
@@ -138,8 +157,7 @@ def tucker_stage(model: Model, nets: "P.Nets", opt: "P.Options", choice: planner
     if not pick.chosen:
         return doc
     chosen = {n[len(PREFIX):]: ranks[n[len(PREFIX):]] for n in pick.chosen}
-    verdict = _check(model, nets, opt, choice, check, chosen, base_net, tv, train_val, train, held, labels, heldout,
-                     say, stage)
+    verdict = _check(model, opt, choice, build(chosen), chosen, base_net, train, held, labels, heldout, say, stage)
     doc["check"] = verdict
     if verdict["stands"]:
         doc["layers"] = chosen
@@ -180,31 +198,34 @@ def _choose(cands: list[planner.Candidate], opt: "P.Options", choice: planner.Ch
                 c.chosen, c.why = False, c.note or f"not needed: the slim plan measured {check['speedup']:.2f}x"
             return planner.Choice([], base_ms, check["speedup"], 0.0, None, "measured")
         return planner.choose(cands, original_ms, base_ms, heldout, speedup=opt.speedup, labels=opt.labels)
+    if not heldout:          # by time alone
+        return planner.choose(cands, original_ms, base_ms, None, speedup=opt.speedup)
     spent = P.images_spent(check.get("fidelity"), heldout, opt.labels) or 0
     left = max(0.0, (choice.budget or 0.0) - spent)
     return planner.choose(cands, original_ms, base_ms, heldout, max_drop=100.0 * left / heldout / opt.recovery,
                           recovery=opt.recovery, labels=opt.labels)
 
 
-def _check(model, nets, opt, choice, check, chosen: dict, base_net, tv, train_val, train, held, labels, heldout,
-           say, stage) -> dict:
-    """The slim plan with the chosen decompositions, timed beside the original (and the slim plan
-    in its own pair) and re-learned and checked; whether it stands (module doc)."""
+def _check(model, opt, choice, assembled, chosen: dict, base_net, train, held, labels, heldout, say, stage) -> dict:
+    """The slim plan with the chosen decompositions (``assembled``), timed beside the original (and
+    the slim plan in its own pair) and, with weights, re-learned and checked; whether it stands
+    (module doc)."""
     from deeprebirth.runtime import isolate  # noqa: PLC0415
     began = time.perf_counter()
-    assembled = P.slimmed(model, choice.chosen, tv, train_val, rules=nets.rules, tucker=chosen)
     say(f"tucker check: {len(chosen)} decomposition(s) ({', '.join(chosen)}); timing beside the original")
     longer = dataclasses.replace(opt, runs=P.CHECK_RUNS_FACTOR * opt.runs)
     with stage("timing the plan", 4 * (longer.runs + opt.warmup), "run") as tick:
         m, o = P.time_pairs(model.net, {"with tucker": assembled.deploy, "slim plan": base_net}, longer, tick)
-    got = isolate.call(P.fidelity_jobs, model, {"with tucker": P._job(assembled)}, train, held, labels, opt.seed,
-                       (opt.ls_rows, opt.ls_iterations), what="Caffe (plan)")["with tucker"]
+    got = {}
+    if heldout:
+        got = isolate.call(P.fidelity_jobs, model, {"with tucker": P._job(assembled)}, train, held, labels, opt.seed,
+                           (opt.ls_rows, opt.ls_iterations), what="Caffe (plan)")["with tucker"]
     out = {"layers": dict(chosen), "ms": round(m["with tucker"], 4), "original_ms": round(o["with tucker"], 4),
            "speedup": round(o["with tucker"] / m["with tucker"], 4),
-           "slim_plan_speedup": round(o["slim plan"] / m["slim plan"], 4), "fidelity": dict(got),
+           "slim_plan_speedup": round(o["slim plan"] / m["slim plan"], 4), "fidelity": dict(got) or None,
            "seconds": round(time.perf_counter() - began, 1)}
-    say(f"  with tucker: {out['speedup']:.2f}x (the slim plan {out['slim_plan_speedup']:.2f}x), " + P._fid_text(got)
-        if "note" not in got else f"  with tucker: re-learning failed: {got['note']}")
+    said = f"  with tucker: {out['speedup']:.2f}x (the slim plan {out['slim_plan_speedup']:.2f}x)"
+    say(said + (", " + P._fid_text(got) if got and "note" not in got else ""))
     out["stands"], out["why"] = verdict(out["speedup"], out["slim_plan_speedup"], got.get("note"),
                                         P.images_spent(got, heldout, opt.labels), choice.budget, opt.labels)
     return out
