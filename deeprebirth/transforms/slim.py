@@ -11,6 +11,7 @@ procedure (Table 3) is one run per step, each fine-tuned before the next.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -25,6 +26,7 @@ from deeprebirth.caffe import proto as pb
 from deeprebirth.caffe.phase import filter_phase
 from deeprebirth.errors import RebirthError
 from deeprebirth.graph.dag import Graph
+from deeprebirth.graph.fillers import fresh
 from deeprebirth.graph.model import Model
 from deeprebirth.transforms import relearn_plan, runner, trainfiles
 from deeprebirth.transforms import rules as rule_registry
@@ -150,8 +152,14 @@ def slim(model: Model, rules: list[Rule | str] | None = None, only: list[str] | 
         raise RebirthError("keep_pooling applies to rule names, not to Rule instances")
     if not rules:
         raise RebirthError("no rules to run")
+    run_on = model
     if tucker:
-        rules = _with_tucker(model, rules, tucker)
+        rules = _with_tucker(rules, tucker)
+        if not have_weights:
+            run_on = _stand_in(model)
+            notes.append(f"no weights: the Tucker layers of {', '.join(tucker)} are the decomposition's structure at "
+                         "the ranks given (decomposed from stand-in weights, which are not written); give "
+                         "{opt:weights} to decompose yours")
     data_layer = DATA_LAYERS.get(data_layer, data_layer)
     only_set = None
     if only is not None:
@@ -159,7 +167,9 @@ def slim(model: Model, rules: list[Rule | str] | None = None, only: list[str] | 
         if not only and not exact_always:
             raise RebirthError("{opt:only}: no substructure named")
         only_set = set(only)
-    result = runner.run(model, rules, only=only_set, progress=progress, exact_always=exact_always)
+    result = runner.run(run_on, rules, only=only_set, progress=progress, exact_always=exact_always)
+    if run_on is not model:
+        result.model.weights = None
     if only is not None and not only_set <= set(result.matched):
         _check_only(model, rules, only)
     notes += result.notes
@@ -203,19 +213,24 @@ def slim(model: Model, rules: list[Rule | str] | None = None, only: list[str] | 
 TUCKER = "tucker"
 
 
-def _with_tucker(model: Model, rules: list[Rule], ranks: dict[str, dict]) -> list[Rule]:
+def _with_tucker(rules: list[Rule], ranks: dict[str, dict]) -> list[Rule]:
     """The rules with the decomposition of the layers ``ranks`` names last (a rule of its own scope:
     ``only`` names slim substructures, and does not restrict it)."""
     from deeprebirth.transforms.rules.tucker import TuckerRule  # noqa: PLC0415 (rules.tucker is not a default rule)
-    if model.weights is None:
-        raise RebirthError(f"{model.source}: the Tucker decomposition of {', '.join(ranks)} starts from trained "
-                           "weights: give {opt:weights}")
     for name, r in ranks.items():
         if not isinstance(r, dict) or not (set(r) == {"r"} or set(r) == {"R3", "R4"}) or \
                 not all(isinstance(v, int) and v >= 1 for v in r.values()):
             raise RebirthError(f"the Tucker ranks of layer '{name}' must be {{\"R3\": n, \"R4\": n}} or {{\"r\": n}} "
                                f"with positive integers, not {r!r}")
     return list(rules) + [TuckerRule(layer_ranks=dict(ranks), only=set(ranks))]
+
+
+def _stand_in(model: Model) -> Model:
+    """``model`` with weights as a training run would start from (graph.fillers): what a
+    decomposition's structure is made from when there are no trained weights."""
+    rng = np.random.default_rng(0)
+    weights = {n.name: fresh(n, rng) for n in Graph(model.net, strict=False).nodes if n.param_shapes}
+    return dataclasses.replace(model, weights=weights)
 
 
 def _check_tucker(model: Model, result: runner.Result, ranks: dict[str, dict]) -> None:
