@@ -16,7 +16,7 @@ from deeprebirth.runtime.pycaffe import caffe_tool
 from deeprebirth.transforms import runner
 from deeprebirth.transforms.rank_budget import MIN_RANK
 from deeprebirth.transforms.rules.tucker import TuckerChange
-from deeprebirth.transforms.slim import SlimOutput, input_batch
+from deeprebirth.transforms.slim import SlimOutput, factored_layers, input_batch
 from deeprebirth.transforms.tucker import TuckerOutput
 
 MB = 1024 * 1024
@@ -112,7 +112,7 @@ def slim_summary(out: SlimOutput, written: list[Path] | None = None) -> str:
         f"blob memory{f' at batch {batch}' if batch else ''}: {before['memory_bytes'] / mb:.1f} MB -> "
         f"{after['memory_bytes'] / mb:.1f} MB ({_change(before['memory_bytes'], after['memory_bytes'], 'less')})",
     ]
-    factored = {n for c in out.result.changes if c.rule == "tucker" for n in c.added}
+    factored = factored_layers(out)
     fresh = [n for n in out.new_layers if n not in factored]
     if fresh:
         lines.append(f"new layers (Xavier init, lr_mult 10): {', '.join(fresh)}")
