@@ -22,10 +22,11 @@ fresh weights too (transforms/slim.py). The paper's Slim-Tucker decomposes those
 The choice is planner.choose's on these candidates, the planned net the baseline: for a
 ``speedup`` X, only when the slim plan fell short of it (the least cost that brings the planned
 net to X); for a fidelity budget, what the slim plan left of it. The decompositions chosen are
-assembled with the slim plan, timed beside the original and beside the slim plan in its own pair
-(plan.time_pairs), and checked on the held-out images; they stand only when the assembled net is
-faster than the slim plan, and, for a budget, within it. Otherwise the plan stays as it was, and
-says why.
+assembled with the slim plan, timed beside the original and the slim plan in a pair of its own
+(plan.time_pairs: the speed-ups reported), then head to head with the slim plan in one session,
+and checked on the held-out images; they stand only when the assembled net is faster than the
+slim plan head to head beyond the noise (``verdict``), and, for a budget, within it. Otherwise the
+plan stays as it was, and says why.
 
 Without weights (a plan by time alone) random weights stand in for the timing, the ranks are
 those that keep ``FLOOR_RATIO`` of each layer's weights, nothing is re-learned, and the choice is
@@ -52,10 +53,6 @@ PREFIX = "tucker:"
 #: (a full-size GoogLeNet has 57 convolutions, and each candidate is one more net to time and to
 #: re-learn; on the Fashion-MNIST GoogLeNet the candidates beyond the first few saved 0.01-0.1 ms each).
 MOST = 12
-#: The decompositions stand only when the net with them measures at least this many times the slim
-#: plan's speed-up in the same check: a gain within the timing's noise (medians of a few hundred
-#: runs on a shared machine move by 1-2 %) is not worth what they cost in fidelity.
-MIN_GAIN = 1.02
 #: The ranks of a candidate keep at least this fraction of the layer's weights (module doc).
 FLOOR_RATIO = 0.5
 
@@ -225,8 +222,10 @@ def _check(model, opt, choice, assembled, chosen: dict, base_net, train, held, l
     began = time.perf_counter()
     say(f"tucker check: {len(chosen)} decomposition(s) ({', '.join(chosen)}); timing beside the original")
     longer = dataclasses.replace(opt, runs=P.CHECK_RUNS_FACTOR * opt.runs)
-    with stage("timing the plan", 4 * (longer.runs + opt.warmup), "run") as tick:
+    with stage("timing the plan", 6 * (longer.runs + opt.warmup), "run") as tick:
         m, o = P.time_pairs(model.net, {"with tucker": assembled.deploy, "slim plan": base_net}, longer, tick)
+        both = P.time_nets({"slim plan": base_net, "with tucker": assembled.deploy}, longer, tick)
+    saved, noise = P.saving(both["slim plan"], both["with tucker"])
     got = {}
     if heldout:
         got = isolate.call(P.fidelity_jobs, model, {"with tucker": P._job(assembled)}, train, held, labels, opt.seed,
@@ -234,23 +233,27 @@ def _check(model, opt, choice, assembled, chosen: dict, base_net, train, held, l
     out = {"layers": dict(chosen), "ms": round(m["with tucker"], 4), "original_ms": round(o["with tucker"], 4),
            "speedup": round(o["with tucker"] / m["with tucker"], 4),
            "slim_plan_speedup": round(o["slim plan"] / m["slim plan"], 4), "fidelity": dict(got) or None,
+           "saved_ms": round(saved, 4), "saved_spread_ms": round(noise, 4),
            "seconds": round(time.perf_counter() - began, 1)}
     said = f"  with tucker: {out['speedup']:.2f}x (the slim plan {out['slim_plan_speedup']:.2f}x)"
     say(said + (", " + P._fid_text(got) if got and "note" not in got else ""))
-    out["stands"], out["why"] = verdict(out["speedup"], out["slim_plan_speedup"], got.get("note"),
-                                        P.images_spent(got, heldout, opt.labels), choice.budget, opt.labels)
+    out["stands"], out["why"] = verdict(saved, noise, got.get("note"), P.images_spent(got, heldout, opt.labels),
+                                        choice.budget, opt.labels)
     return out
 
 
-def verdict(speedup: float, slim_speedup: float, note: str | None, spent: int | None, budget: float | None,
+def verdict(saved_ms: float, noise_ms: float, note: str | None, spent: int | None, budget: float | None,
             labels: bool) -> tuple[bool, str]:
-    """Whether the chosen decompositions stand, and why: the net with them re-learned, faster on
-    the target than the slim plan timed in the same check (by MIN_GAIN), and (for a budget) within it."""
+    """Whether the chosen decompositions stand, and why: the net with them re-learned, and faster
+    on the target than the slim plan beyond the noise, the two timed head to head in one session
+    (``saved_ms``, ``noise_ms``: plan.saving; the speed-ups of the two pairs with the original are
+    reported, but each pair is a session of its own, and on a sub-millisecond net they moved by
+    more than the decompositions saved), and (for a budget) within it."""
     if note:
         return False, f"the decomposed net could not be re-learned: {note}"
-    if speedup < MIN_GAIN * slim_speedup:
-        return False, (f"decomposing bought nothing on the target: {speedup:.2f}x with it, {slim_speedup:.2f}x "
-                       f"without (it must be {MIN_GAIN:g} times as fast to be worth its error)")
+    if saved_ms <= noise_ms:
+        return False, (f"decomposing bought nothing on the target: {saved_ms:+.3f} ms against the slim plan, "
+                       f"within the noise ({noise_ms:.3f} ms)")
     if budget is not None and spent is not None and spent > budget:
         return False, (f"decomposed, {spent} held-out image(s) " + ("lost" if labels else "change class")
                        + f", over the budget of {budget:.1f}")

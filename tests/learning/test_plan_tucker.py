@@ -44,15 +44,15 @@ def model(tk) -> Model:
 
 
 def test_decompositions_stand_only_when_faster_than_the_slim_plan_and_within_the_budget():
-    assert plan_tucker.verdict(3.1, 3.0, None, 4, 5.0, False) == (True, "faster than the slim plan and within "
+    assert plan_tucker.verdict(0.5, 0.1, None, 4, 5.0, False) == (True, "faster than the slim plan and within "
                                                                         "the budget")
-    assert plan_tucker.verdict(3.1, 3.0, None, None, None, False)[0]
-    assert not plan_tucker.verdict(3.05, 3.0, None, None, None, False)[0]       # within the noise
-    stands, why = plan_tucker.verdict(2.9, 3.0, None, 0, 5.0, False)
-    assert not stands and "bought nothing" in why and "2.90x with it, 3.00x without" in why
-    stands, why = plan_tucker.verdict(3.5, 3.0, None, 6, 5.0, True)
+    assert plan_tucker.verdict(0.5, 0.1, None, None, None, False)[0]
+    stands, why = plan_tucker.verdict(0.05, 0.1, None, 0, 5.0, False)         # within the noise
+    assert not stands and "bought nothing" in why and "+0.050 ms against the slim plan" in why
+    assert not plan_tucker.verdict(-0.2, 0.1, None, 0, None, False)[0]
+    stands, why = plan_tucker.verdict(0.5, 0.1, None, 6, 5.0, True)
     assert not stands and "6 held-out image(s) lost, over the budget of 5.0" in why
-    stands, why = plan_tucker.verdict(3.5, 3.0, "singular", 0, 5.0, False)
+    stands, why = plan_tucker.verdict(0.5, 0.1, "singular", 0, 5.0, False)
     assert not stands and "could not be re-learned: singular" in why
 
 
