@@ -157,9 +157,6 @@ def slim(model: Model, rules: list[Rule | str] | None = None, only: list[str] | 
         rules = _with_tucker(rules, tucker)
         if not have_weights:
             run_on = _stand_in(model)
-            notes.append(f"no weights: the Tucker layers of {', '.join(tucker)} are the decomposition's structure at "
-                         "the ranks given (decomposed from stand-in weights, which are not written); give "
-                         "{opt:weights} to decompose yours")
     data_layer = DATA_LAYERS.get(data_layer, data_layer)
     only_set = None
     if only is not None:
@@ -175,6 +172,11 @@ def slim(model: Model, rules: list[Rule | str] | None = None, only: list[str] | 
     notes += result.notes
     if tucker:
         relearned = _check_tucker(model, result, tucker)
+        own = [n for n in tucker if n not in relearned]
+        if not have_weights and own:
+            notes.append(f"no weights: the Tucker layers of {', '.join(own)} are the decomposition's structure at "
+                         "the ranks given (decomposed from stand-in weights, which are not written); give "
+                         "{opt:weights} to decompose yours")
     else:
         relearned = set()
     if not result.changes:
