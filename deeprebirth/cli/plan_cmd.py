@@ -41,10 +41,11 @@ def target_options(f):
                           "rewrite together measured when the budget's plan left most of it: the check after "
                           "recovery holds the budget)."),
         click.option("--tucker", is_flag=True,
-                     help="Also plan Tucker decompositions of the planned net's layers (VBMF ranks, the "
-                          f"{plan_tucker.MOST} that save the most MACs), each timed and re-learned like "
-                          "the other candidates; kept only when the net with them is faster on the target. Needs "
-                          "--weights."),
+                     help="Also plan Tucker decompositions of the planned net's convolutions (the "
+                          f"{plan_tucker.MOST} that save the most MACs; VBMF ranks kept to at least half the "
+                          "weights, a merged layer at half), each timed, and with --weights re-learned, like the "
+                          "other candidates; kept only when the net with them beats the slim plan head to head "
+                          "on the target."),
         click.option("--count", type=click.IntRange(min=1), default=plan_api.Options.train_images, show_default=True,
                      help="Images each candidate is re-learned on (least squares) while planning."),
         click.option("--heldout", type=click.IntRange(min=10), default=plan_api.Options.heldout_images,

@@ -93,8 +93,9 @@ def _decomposed(net, weights: dict, source: str, rule: TuckerRule) -> dict[str, 
             for c in result.changes if isinstance(c, TuckerChange)}
 
 
-def rank_text(r: dict) -> str:
-    return f"rank {r['r']}" if "r" in r else f"R3={r['R3']}, R4={r['R4']}"
+def slim_reached(opt: "P.Options", check: dict) -> bool:
+    """Whether the slim plan's check reached the speed-up asked for (then no decomposition is needed)."""
+    return opt.speedup is not None and not planner.short_of(opt.speedup, check["speedup"])
 
 
 def tucker_stage(model: Model, nets: "P.Nets", opt: "P.Options", choice: planner.Choice, check: dict, heldout: int,
@@ -105,7 +106,7 @@ def tucker_stage(model: Model, nets: "P.Nets", opt: "P.Options", choice: planner
     if clock.left() <= 0:
         doc["notes"].append("no Tucker candidates: the plan's time was spent on the slim rewrites")
         return doc
-    if opt.speedup is not None and not planner.short_of(opt.speedup, check["speedup"]):
+    if slim_reached(opt, check):
         doc["notes"].append(f"no Tucker candidates measured: the slim plan measured {check['speedup']:.2f}x, the "
                             f"{opt.speedup:g}x asked for")
         return doc
@@ -200,14 +201,14 @@ def _choose(cands: list[planner.Candidate], opt: "P.Options", choice: planner.Ch
             heldout: int) -> planner.Choice:
     """planner.choose on the Tucker candidates, the planned net the baseline (module doc)."""
     original_ms = base_ms * check["speedup"]      # the original, in this timing's units
+    if slim_reached(opt, check):
+        for c in cands:
+            c.chosen, c.why = False, c.note or f"not needed: the slim plan measured {check['speedup']:.2f}x"
+        return planner.Choice([], base_ms, check["speedup"], 0.0, None, "measured")
     if opt.speedup is not None:
-        if not planner.short_of(opt.speedup, check["speedup"]):
-            for c in cands:
-                c.chosen, c.why = False, c.note or f"not needed: the slim plan measured {check['speedup']:.2f}x"
-            return planner.Choice([], base_ms, check["speedup"], 0.0, None, "measured")
         return planner.choose(cands, original_ms, base_ms, heldout, speedup=opt.speedup, labels=opt.labels)
-    if not heldout:          # by time alone
-        return planner.choose(cands, original_ms, base_ms, None, speedup=opt.speedup)
+    if not heldout:          # a budget by time alone: every decomposition with a measurable saving
+        return planner.choose(cands, original_ms, base_ms, None)
     spent = P.images_spent(check.get("fidelity"), heldout, opt.labels) or 0
     left = max(0.0, (choice.budget or 0.0) - spent)
     return planner.choose(cands, original_ms, base_ms, heldout, max_drop=100.0 * left / heldout / opt.recovery,
