@@ -1,6 +1,8 @@
 """`rebirth recover`: label-free recovery of a slim net (relearn, then distil against the teacher)."""
 from __future__ import annotations
 
+import os
+
 import click
 
 from deeprebirth import errors
@@ -11,8 +13,6 @@ from deeprebirth.learning import finetune as ft
 from deeprebirth.learning import recover as rc
 from deeprebirth.learning import relearn as rl
 from deeprebirth.learning import solver as sv
-from deeprebirth.learning import undo
-from deeprebirth.runtime import isolate
 from deeprebirth.transforms import relearn_plan
 
 
@@ -50,7 +50,11 @@ def recover_command(slim_dir, images, val, time_budget, iters, relearn_iters, co
     """Take SLIM_DIR (a `rebirth slim` output) from its init weights to recovered weights from images
     alone: re-learn every regenerated unit against the teacher, then distil the whole net against
     the teacher's logits. No label is read. Writes OUTDIR/weights.caffemodel, deploy.prototxt,
-    finetune.json, recover.json and OUTDIR/relearn/."""
+    finetune.json, recover.json and OUTDIR/relearn/.
+
+    Ctrl-C (or SIGTERM) during the distillation ends it after the current iteration with its work
+    written (a snapshot, the best weights so far, recover.json); the same command again goes on
+    from the snapshot. During re-learning it leaves nothing."""
     seconds = sv.parse_duration(time_budget) if time_budget is not None else None
     plan = folders.relearn_plan(slim_dir)
     relearn_opt = rl.Options(train_images=count, iters=relearn_iters, seed=seed)
@@ -60,18 +64,34 @@ def recover_command(slim_dir, images, val, time_budget, iters, relearn_iters, co
     # with a budget the distillation's iterations are known once it has measured itself (a Planned)
     total = units * relearn_iters + (iters if budget is None else 0) or None
     name_of = current_flags()
+    stopped_before = rc.interrupted_run(rc.output_dir(slim_dir, outdir))
+    if stopped_before is not None:
+        reports.stderr_line(go_on_line(stopped_before, rc.output_dir(slim_dir, outdir)))
     reports.stderr_line(plan_line(units, relearn_iters, iters, budget, time_budget is None))
-    # a child killed by Ctrl-C cannot clean up after itself: what it made goes here
-    with undo.removed_if_interrupted(rc.output_dir(slim_dir, outdir), rc.OUTPUT_NAMES), \
-            progress_bar(total, "recover", "it", quiet=0.0, eta=True,
-                         render=lambda text: errors.render(text, name_of)) as bar:
-        doc = isolate.call(rc.recover, slim_dir, images, val, outdir, what="recover", progress=bar,
-                           relearn_options=relearn_opt, options=distill_opt, flags=_flags(), time_budget=budget)
+    with progress_bar(total, "recover", "it", quiet=0.0, eta=True,
+                      render=lambda text: errors.render(text, name_of)) as bar:
+        doc = rc.recover(slim_dir, images, val, outdir, progress=bar, relearn_options=relearn_opt,
+                         options=distill_opt, flags=_flags(), time_budget=budget, stop=ft.StopOnSignals(),
+                         go_on=stopped_before is not None)
+    stopped = doc.get("interrupted")
+    if stopped:    # the distillation's work is written: the same command goes on from its snapshot
+        raise errors.Interrupted(f"the distillation stopped by {stopped['signal']} at iteration "
+                                 f"{stopped['iteration']:,} of {stopped['target']:,}; relearn's weights, a snapshot "
+                                 f"and the best weights so far kept in {rc.output_dir(slim_dir, outdir)}; go on with "
+                                 f"the same command: {os.environ.get('REBIRTH_COMMAND', 'rebirth recover ...')}")
     if as_json:
         output_json(doc)
     else:
         echo("\n".join(reports.relearn_summary(doc["relearn"])))
         echo(reports.finetune_text(doc["finetune"]))
+
+
+def go_on_line(previous: dict, out) -> str:
+    """What recover says when OUTDIR holds a run a signal stopped: where this one goes on from."""
+    its = int((previous.get("finetune") or {}).get("iterations") or 0)
+    where = f"its snapshot at iteration {its:,}" if its else "relearn's weights (it stopped before its first step)"
+    return (f"rebirth: recover: {out} holds a run stopped during its distillation: going on from {where}, "
+            "relearn's weights kept")
 
 
 def plan_line(units: int, relearn_iters: int, iters: int | None, budget: float | None, default: bool) -> str:

@@ -320,7 +320,8 @@ def _everything(model: Model, tv, rules: list[str]):
 
 
 def time_nets(nets: dict[str, "pb.NetParameter"], opt: Options, progress=None) -> dict[str, list[float]]:  # noqa: F821
-    """Forward-pass times (ms, one per round, rounds aligned) of every net, interleaved on the target."""
+    """Forward-pass times (ms, one per round, rounds aligned) of every net, interleaved on the target;
+    more than two nets on the device as ``crowded`` gives it (ONNX Runtime: spinning off)."""
     from deeprebirth.runtime import bench, target  # noqa: PLC0415
     from deeprebirth.runtime.pycaffe import check_runnable, random_weights  # noqa: PLC0415
 
@@ -331,6 +332,8 @@ def time_nets(nets: dict[str, "pb.NetParameter"], opt: Options, progress=None) -
         m = Model(net1, random_weights(Graph(net1, strict=False), seed=opt.seed), source=label)
         prepared.append(bench.Prepared(label, m, f"random (seed {opt.seed})"))
     dev = target.device_for(opt.engine, opt.device, opt.threads)
+    if len(prepared) > 2:
+        dev = dev.crowded()
     results = bench.run_isolated(prepared, dev, opt.runs, opt.warmup, layers=False, memory=False, seed=opt.seed,
                                  progress=progress)
     return {m.label: [t * 1000.0 for t in m.forward_s] for m in results}
@@ -559,10 +562,19 @@ def make_plan(model: Model, images=None, train_val: str | None = None, options: 
         section = plan_tucker.tucker_stage(model, nets, used, choice, check, heldout, tv, train_val, train, held,
                                            labels, say, stage, clock)
         with_tucker(doc, section)
-    doc["notes"] += [d["why"] for d in dropped] + clock.cuts
+    doc["notes"] += [d["why"] for d in dropped] + clock.cuts + _crowded_notes(opt)
     doc["time_budget_s"] = opt.time_budget
     doc["seconds"] = round(time.perf_counter() - started, 1)
     return doc
+
+
+def _crowded_notes(opt: Options) -> list[str]:
+    """How the target timed many nets in turn, when not as deployed (time_nets)."""
+    if opt.engine == "caffe" or (opt.device or "cpu").strip().lower() != "cpu":   # these time as deployed
+        return []
+    from deeprebirth.runtime import target  # noqa: PLC0415
+    note = target.device_for(opt.engine, opt.device, opt.threads).crowded_note
+    return [note] if note else []
 
 
 def with_tucker(doc: dict, section: dict) -> None:

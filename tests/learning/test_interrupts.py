@@ -1,7 +1,8 @@
 """Ctrl-C (SIGINT) or SIGTERM during a learning command. `finetune` stops after the iteration,
 writes its work with the iteration it reached, prints the line that resumes it and exits 130;
-`relearn` and `recover` leave no folder they made (not even its marker), and `recover`'s marker
-never lists a recover.json that was not written."""
+`recover` does the same during its distillation, and the same command again goes on from the
+snapshot; `relearn`, and `recover` while it re-learns, leave no folder they made (not even its
+marker), and `recover`'s marker never lists a recover.json that was not written."""
 from __future__ import annotations
 
 import json
@@ -107,6 +108,33 @@ def test_finetune_stopped_with_json_prints_the_record_and_exits_130(slimmed, tmp
     assert len(lines(res.stderr)) == 1
 
 
+def test_recover_stopped_during_its_distillation_keeps_its_work_and_goes_on(slimmed, tmp_path, monkeypatch):
+    """Ctrl-C in the distillation of `rebirth recover`: it stops after the iteration, writes a
+    snapshot and the weights kept so far, says so in one line naming the command that goes on, and
+    exits 130; that command, pasted, resumes from the snapshot without re-learning."""
+    d = slimmed
+    out = tmp_path / "rec"
+    sigint_at(monkeypatch, 3)
+    args = ["recover", d / "slim", "--images", d / "plain", "--iters", 6, "--relearn-iters", 2, "--count", 16,
+            "-o", out]
+    res = run(*args)
+    assert res.exit_code == 130, res.output
+    err = lines(res.stderr)
+    assert err[-1].startswith("rebirth: error: interrupted: the distillation stopped by SIGINT at iteration 3 of 6"), err
+    assert "Traceback" not in res.output
+    doc = json.loads((out / "recover.json").read_text())
+    assert doc["interrupted"]["iteration"] == 3
+    assert (out / "weights.caffemodel").is_file() and (out / "relearn" / "weights.caffemodel").is_file()
+    relearned = (out / "relearn" / "weights.caffemodel").read_bytes()
+    monkeypatch.undo()
+    again = run(*args, "--json")
+    assert again.exit_code == 0, again.output
+    assert "going on from its snapshot at iteration 3" in again.stderr, again.stderr
+    resumed = json.loads(again.stdout)
+    assert "interrupted" not in resumed and resumed["finetune"]["start_iteration"] == 3
+    assert (out / "relearn" / "weights.caffemodel").read_bytes() == relearned     # not re-learned
+
+
 def _interrupt(*args, **kwargs):
     raise KeyboardInterrupt
 
@@ -165,27 +193,22 @@ def test_recover_interrupted_leaves_no_folder_and_its_marker_lists_what_was_writ
 
 
 def test_an_interrupted_child_leaves_nothing_it_made(slimmed, tmp_path, monkeypatch):
-    """Ctrl-C kills the child process that runs relearn or recover before it can clean up: the
-    command removes what the child made (a new folder; in one that was there, the new files and
+    """Ctrl-C kills the child process that runs relearn before it can clean up: the command
+    removes what the child made (a new folder; in one that was there, the new files and
     temporary files, and the marker as it was)."""
     d = slimmed
 
     def killed_child(fn, slim_dir, *args, **kwargs):
-        out = rc.output_dir(slim_dir, args[2]) if fn is rc.recover else rl.output_dir(slim_dir, args[1])
+        out = rl.output_dir(slim_dir, args[1])
         outputs.claim_dir(out, [])
         outputs.record_files(out, ["weights.caffemodel"])
         (out / "weights.caffemodel").write_text("half")
         (out / ".relearn.json.x1y2.tmp").write_text("half")
-        if fn is rc.recover:
-            (out / "relearn").mkdir()
-            (out / "finetune_iter_7.solverstate").write_text("half")
         raise KeyboardInterrupt
     monkeypatch.setattr(isolate, "call", killed_child)
-    for command, new in (("relearn", "rl"), ("recover", "rc")):
-        args = [command, d / "slim", "--images", d / "plain", "-o", tmp_path / new]
-        res = run(*args)
-        assert res.exit_code == 130 and len(lines(res.stderr)) == 1 and "interrupted" in res.stderr, res.output
-        assert not (tmp_path / new).exists(), command
+    res = run("relearn", d / "slim", "--images", d / "plain", "-o", tmp_path / "rl")
+    assert res.exit_code == 130 and len(lines(res.stderr)) == 1 and "interrupted" in res.stderr, res.output
+    assert not (tmp_path / "rl").exists()
     slim = tmp_path / "slim"                      # relearn's default output: SLIM_DIR itself
     slim.mkdir()
     for p in (d / "slim").iterdir():
@@ -196,7 +219,6 @@ def test_an_interrupted_child_leaves_nothing_it_made(slimmed, tmp_path, monkeypa
     assert {p.name: p.read_bytes() for p in slim.iterdir()} == before
 
 
-@pytest.mark.slow
 def _like_a_shell():
     """In the child before its exec: SIGINT as a terminal's shell starts a command, whatever this
     test process inherited or was left with (a SIGINT ignored or blocked here survives the exec,
@@ -205,9 +227,10 @@ def _like_a_shell():
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_recover_leaves_no_folder(slimmed, tmp_path):
-    """A real Ctrl-C: SIGINT to the process group of `rebirth recover` (the command and the child
-    that runs Caffe) once it reports progress. It exits 130 with one line and leaves no folder."""
+    """A real Ctrl-C: SIGINT to the process group of `rebirth recover` once it reports progress
+    (re-learning, whose work is not kept). It exits 130 with one line and leaves no folder."""
     d = slimmed
     out = tmp_path / "rec"
     env = dict(os.environ, PYTHONPATH=str(ROOT), GLOG_minloglevel="2")

@@ -144,3 +144,22 @@ def test_for_a_speedup_slim_everything_is_relearned_before_the_candidates(monkey
     by_saving = [c.name for c in reversed(nets.candidates) if c.name in nets.variants]
     assert orders[0] == ["exact", "slim everything", *by_saving]
     assert orders[1] == ["exact", *by_saving, "slim everything"]
+
+
+def test_more_than_two_nets_are_timed_on_the_crowded_device(googlenet, monkeypatch):
+    """time_nets asks the target for its crowded form (ONNX Runtime: spinning off) for more than
+    two nets; a pair is timed as deployed. The plan says so in its notes on ONNX Runtime only."""
+    from deeprebirth.runtime import bench
+    used = []
+
+    def fake_run(prepared, device, *args, **kwargs):
+        used.append(getattr(device, "spinning", None))
+        return []
+    monkeypatch.setattr(bench, "run_isolated", fake_run)
+    opt = plan_api.Options(engine="onnxruntime")
+    net = googlenet.net
+    plan_api.time_nets({"a": net, "b": net}, opt)
+    plan_api.time_nets({"a": net, "b": net, "c": net}, opt)
+    assert used == [True, False]
+    assert any("not spinning" in n for n in plan_api._crowded_notes(opt))
+    assert plan_api._crowded_notes(plan_api.Options(engine="caffe")) == []

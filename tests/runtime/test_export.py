@@ -243,3 +243,21 @@ def test_cli_export_refuses_a_folder_of_the_users_before_any_work(tmp_path):
     assert "notes.txt" in line and "--force" in line
     assert "random weights" not in r.stderr          # refused before exporting anything
     assert sorted(os.listdir(out)) == ["notes.txt"] and (out / "notes.txt").read_text() == "mine"
+
+
+def test_onnx_runtime_sessions_timed_in_a_crowd_do_not_spin(caffe):
+    """Many ONNX Runtime sessions timed in turn (the plan's table of candidates) run with their
+    worker threads not spinning; one timed alone or in a pair runs as deployed (spinning)."""
+    from deeprebirth.runtime.engines.onnxruntime_engine import OrtDevice
+    model = with_weights(net_of(conv("c1", "data", n=4, k=3) + relu("r1", "c1"), (1, 3, 8, 8)))
+    files = export.export(model, "onnx")
+    key = "session.intra_op.allow_spinning"
+    alone = OrtDevice()
+    crowd = alone.crowded()
+    assert alone.spinning and not crowd.spinning and "spinning off" in crowd.description
+    assert alone.crowded_note and "not spinning" in alone.crowded_note
+    options = crowd.load(files).session.get_session_options()
+    assert options.get_session_config_entry(key) == "0"
+    deployed = alone.load(files).session.get_session_options()
+    with pytest.raises(RuntimeError, match="does not have configuration"):    # ONNX Runtime's default: spinning
+        deployed.get_session_config_entry(key)

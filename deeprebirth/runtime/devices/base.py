@@ -85,6 +85,14 @@ class Device(ABC):
     #: One line for reports: what runs the net and how it is timed.
     description: str = ""
 
+    #: What ``crowded`` changes, for a report's notes (None: nothing).
+    crowded_note: str | None = None
+
+    def crowded(self) -> "Device":
+        """This device set to time many nets in turn in one process (more than two sessions open
+        at once): itself, unless its sessions disturb each other (OrtDevice)."""
+        return self
+
     @abstractmethod
     def open(self, model: Model, seed: int = 0) -> Session:
         """A session running ``model`` at its net's own input shapes, with the model's weights (or,
