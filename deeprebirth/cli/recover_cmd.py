@@ -62,11 +62,12 @@ def recover_command(slim_dir, images, val, time_budget, iters, relearn_iters, co
     units = len(relearn_plan.selected_units(plan["units"], None))
     budget = rc.budget_of(iters, seconds)
     # with a budget the distillation's iterations are known once it has measured itself (a Planned)
-    total = units * relearn_iters + (iters if budget is None else 0) or None
     name_of = current_flags()
     stopped_before = rc.interrupted_run(rc.output_dir(slim_dir, outdir))
-    if stopped_before is not None:
+    if stopped_before is not None:       # relearn is done: only the distillation runs
+        units = 0
         reports.stderr_line(go_on_line(stopped_before, rc.output_dir(slim_dir, outdir)))
+    total = units * relearn_iters + (iters if budget is None else 0) or None
     reports.stderr_line(plan_line(units, relearn_iters, iters, budget, time_budget is None))
     with progress_bar(total, "recover", "it", quiet=0.0, eta=True,
                       render=lambda text: errors.render(text, name_of)) as bar:
@@ -95,14 +96,16 @@ def go_on_line(previous: dict, out) -> str:
 
 
 def plan_line(units: int, relearn_iters: int, iters: int | None, budget: float | None, default: bool) -> str:
-    """What recover says before it starts: what it runs, and for how long (``{opt:NAME}`` placeholders)."""
-    first = f"re-learning {units} unit(s) ({relearn_iters:,} SGD steps each), then "
+    """What recover says before it starts: what it runs, and for how long (``{opt:NAME}`` placeholders);
+    ``units`` 0: the distillation alone (going on from a stopped run)."""
+    first = f"re-learning {units} unit(s) ({relearn_iters:,} SGD steps each), then " if units else ""
     if budget is None:
         return (f"rebirth: recover: {first}{iters:,} distillation iterations ({{opt:iters}}); their time per "
                 "iteration is measured when they start, and the progress lines give the time left")
     cap = f", at most {iters:,} ({{opt:iters}})" if iters is not None else ""
     why = "the default; {opt:time} sets it" if default else "{opt:time}"
-    return (f"rebirth: recover: {first}distillation for what that leaves of {sv.format_duration(budget)} ({why}): "
+    span = f"what that leaves of {sv.format_duration(budget)}" if units else sv.format_duration(budget)
+    return (f"rebirth: recover: {first}distillation for {span} ({why}): "
             f"its iterations{cap} are fitted to the time left once its first steps are measured; expect it to "
             f"end within {sv.format_duration(budget)}")
 

@@ -130,6 +130,7 @@ def test_recover_stopped_during_its_distillation_keeps_its_work_and_goes_on(slim
     again = run(*args, "--json")
     assert again.exit_code == 0, again.output
     assert "going on from its snapshot at iteration 3" in again.stderr, again.stderr
+    assert "re-learning" not in again.stderr and "6 distillation iterations" in again.stderr, again.stderr
     resumed = json.loads(again.stdout)
     assert "interrupted" not in resumed and resumed["finetune"]["start_iteration"] == 3
     assert (out / "relearn" / "weights.caffemodel").read_bytes() == relearned     # not re-learned
