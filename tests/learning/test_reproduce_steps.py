@@ -111,3 +111,24 @@ def test_expected_drop_check_reads_every_set_of_weights_of_a_run_in_order(tmp_pa
     assert [c[0] for c in edc.checkpoints(run)] == ["relearn", "iter_2000", "iter_10000", "result"]
     assert edc.checkpoints(tmp_path / "nothing") == []
     assert edc.main([str(tmp_path / "nothing"), "--data", "fashion-mnist:test[:20]"]) == 1
+
+
+def test_plan_vs_everything_recovers_every_merge_as_long_as_accelerate_ran_and_times_both_side_by_side(tmp_path):
+    import plan_vs_everything as pve
+    chain = pve.chain("fmnist_resnet", "onnxruntime", "30m", tmp_path, "fashion-mnist:train[:3000]")
+    by = {s.name: s for s in chain}
+    plan, recovered = tmp_path / "fmnist_resnet" / "plan", tmp_path / "fmnist_resnet" / "everything" / "recovered"
+    assert by["accelerate"].cmd[-2:] == ["-o", plan] and "--time" in by["accelerate"].cmd
+    assert by["recover"].cmd[by["recover"].cmd.index("--time") + 1] == "30m"
+    assert by["bench_pair"].cmd[1:3] == [plan, recovered] and by["bench_pair"].always
+    assert pve.keep("bench_pair", {"models": [{"median_ms": 1.0}, {"median_ms": 0.5}], "ratios": {"models": {
+        "a": {"median": 1.0}, "b": {"median": 0.5}}}})["speedup"] == 2.0
+    row = {"net": "fmnist_resnet", "steps": {
+        "accelerate": {"command": "a", "result": "planned", "only": [], "speedup": 1.0},
+        "recover": {"command": "r", "iterations": 4000},
+        "bench_pair": {"command": "b", "speedup": 1.01},
+        "eval_plan": {"command": "e", "top1": 0.9261, "agreement": 1.0, "rel_error": 0.0},
+        "eval_everything": {"command": "e2", "top1": 0.91, "agreement": 0.95, "rel_error": 0.2}}}
+    text = pve.table([row], steps.machine(), "")
+    assert "| fmnist_resnet | planned (no lossy merge) | - | every merge, 4,000 distillation iterations | - | 1.01x " \
+           "| 92.61 % / 91.00 % | 100.00 % / 95.00 % | 0.000 / 0.200 |" in text

@@ -1,0 +1,157 @@
+#!/usr/bin/env python
+"""The plan against "slim everything", side by side (issue 31: "the plan beats slim everything on at
+least one engine/net pair: faster at equal fidelity, or more faithful at equal speed").
+
+    .venv/bin/python scripts/reproduce/plan_vs_everything.py [--work WORK] [--nets a,b] [--engine onnxruntime]
+                                                             [--time 30m] [--images SOURCE]
+
+For each net (default: the BatchNorm ResNets, where `slim` merges the stem's pooling, a lossy merge
+the issue found to buy little on the runtimes users ship):
+
+1. `rebirth accelerate NET --images IMAGES --engine E --time T -o WORK/NET/plan` (the defaults);
+2. `rebirth slim NET -o WORK/NET/everything` then `rebirth recover WORK/NET/everything --images
+   IMAGES --time T`: every merge, recovered from the same unlabelled images for the whole of the
+   time accelerate had (more than it gave its own recovery);
+3. `rebirth bench PLAN EVERYTHING --engine E --runs 200`: the two results timed side by side (and
+   each beside the original);
+4. `rebirth eval` of both on the 10,000 Fashion-MNIST test images against the original (top-1,
+   agreement, relative output error).
+
+Writes docs/results/plan-vs-everything.{md,json}. Resumable (steps.py). Duration: about twice
+``--time`` per net (an hour at the defaults), plus a few minutes of timing and evaluation.
+"""
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+import steps
+from accelerate_check import NETS
+from steps import RESULTS, ROOT, Step
+
+IMAGES = "fashion-mnist:train[:3000]"
+TEST = "fashion-mnist:test"
+DEFAULT_NETS = ("fmnist_resnet", "resnet_bn_b")
+RUNS = 200
+
+
+def chain(name: str, engine: str, time_text: str, work: Path, images: str) -> list[Step]:
+    model, weights, tv = NETS[name]
+    out = work / name
+    plan, everything = out / "plan", out / "everything"
+    recovered = everything / "recovered"
+    files = [] if weights is None else ["-w", weights, "--train-val", tv]
+    teacher = [model, *([] if weights is None else ["--teacher-weights", weights])]
+    return [
+        Step("accelerate", ["accelerate", model, *files, "--images", images, "--engine", engine, "--time", time_text,
+                            "-o", plan], plan / "report.md"),
+        Step("slim", ["slim", model, *files, "-o", everything]),
+        Step("recover", ["recover", everything, "--images", images, "--time", time_text, "-o", recovered],
+             recovered / "recover.json"),
+        Step("bench_pair", ["bench", plan, recovered, "--engine", engine, "--runs", RUNS],
+             always=True),
+        Step("bench_plan", ["bench", model, *_weights(weights), plan, "--engine", engine, "--runs", RUNS],
+             always=True),
+        Step("bench_everything", ["bench", model, *_weights(weights), recovered, "--engine",
+                                  engine, "--runs", RUNS], always=True),
+        Step("eval_plan", ["eval", plan, "--data", TEST, "--teacher", *teacher]),
+        Step("eval_everything", ["eval", everything / "deploy.prototxt", "--weights", recovered / "weights.caffemodel",
+                                 "--train-val", everything / "train_val.prototxt", "--data", TEST,
+                                 "--teacher", *teacher]),
+    ]
+
+
+def _weights(weights) -> list:
+    return [] if weights is None else ["--weights", weights]
+
+
+def keep(step: str, doc: dict) -> dict:
+    if step == "accelerate":
+        plan = doc.get("plan") or {}
+        return {"result": doc.get("result"), "only": plan.get("only"), "speedup": doc.get("speedup"),
+                "slim_everything_speedup": (plan.get("slim_everything") or {}).get("speedup"),
+                "minutes": round(doc.get("seconds", 0) / 60, 1)}
+    if step == "recover":
+        best = (doc.get("finetune") or {}).get("best") or {}
+        return {"iterations": (doc.get("finetune") or {}).get("iterations"), "kept_iteration": best.get("iteration"),
+                "val_rel_error": {"relearned": (best.get("start") or {}).get("val_rel_error"),
+                                  "kept": best.get("val_rel_error")}}
+    if step.startswith("bench"):     # the second net against the first: the ratio of the medians
+        models = doc.get("models") or []
+        ratios = list(((doc.get("ratios") or {}).get("models") or {}).values())
+        return {"median_ms": [m.get("median_ms") for m in models],
+                "speedup": 1.0 / ratios[-1]["median"] if len(ratios) == 2 and ratios[-1].get("median") else None}
+    if step.startswith("eval"):
+        return {k: doc.get(k) for k in ("top1", "agreement", "rel_error", "kl")}
+    return {}
+
+
+def table(rows: list[dict], machine: dict, argv: str) -> str:
+    def x(v):
+        return "-" if v is None else f"{v:.2f}x"
+
+    def p(v):
+        return "-" if v is None else f"{100 * v:.2f} %"
+    lines = ["# The plan against slim everything", "",
+             f"Written by `python scripts/reproduce/plan_vs_everything.py{argv}` (issue 31). "
+             + steps.machine_line(machine), "",
+             "| net | plan (accelerate's result) | vs original | slim everything, recovered | vs original "
+             "| slim everything vs the plan (side by side) | top-1: plan / everything | agreement: plan / everything "
+             "| output error: plan / everything |",
+             "|---|---|---:|---|---:|---:|---|---|---|"]
+    for r in rows:
+        s = r["steps"]
+        a, rec = s.get("accelerate", {}), s.get("recover", {})
+        bp, be, pair = s.get("bench_plan", {}), s.get("bench_everything", {}), s.get("bench_pair", {})
+        ep, ee = s.get("eval_plan", {}), s.get("eval_everything", {})
+
+        def ratio(b):
+            return x(b.get("speedup"))
+
+        def err(e):
+            v = e.get("rel_error")
+            return "-" if v is None else f"{v:.3f}"
+        chosen = ", ".join(a.get("only") or []) or "no lossy merge"
+        iters = rec.get("iterations")
+        lines.append(f"| {r['net']} | {a.get('result')} ({chosen}) | {ratio(bp)} | every merge, "
+                     f"{'-' if iters is None else f'{iters:,}'} distillation iterations | {ratio(be)} | {ratio(pair)} "
+                     f"| {p(ep.get('top1'))} / {p(ee.get('top1'))} | {p(ep.get('agreement'))} / "
+                     f"{p(ee.get('agreement'))} | {err(ep)} / {err(ee)} |")
+    lines += ["", "Speed-ups are ratios of medians of 200 rounds timed side by side (`rebirth bench`); \"slim "
+              "everything vs the plan\" above 1.00x means slim everything is faster. Commands (`$WORK` is the "
+              "work folder):", ""]
+    for r in rows:
+        for name, st in r["steps"].items():
+            lines.append(f"- {r['net']} {name}: `{st['command']}`")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--work", type=Path, default=ROOT / "out" / "plan_vs_everything")
+    ap.add_argument("--nets", default=",".join(DEFAULT_NETS))
+    ap.add_argument("--engine", default="onnxruntime")
+    ap.add_argument("--time", dest="time_text", default="30m")
+    ap.add_argument("--images", default=IMAGES)
+    a = ap.parse_args(argv)
+    shown = "".join(f" {shlex.quote(x)}" for x in (argv if argv is not None else sys.argv[1:]))
+    names = [n for n in a.nets.split(",") if n]
+    unknown = [n for n in names if n not in NETS]
+    if unknown:
+        raise SystemExit(f"unknown net {unknown[0]} (known: {', '.join(NETS)})")
+    machine = steps.machine()
+    rows = []
+    for name in names:
+        doc = steps.run_chain(lambda n=name: chain(n, a.engine, a.time_text, a.work, a.images),
+                              a.work / f"{name}.json", "scripts/reproduce/plan_vs_everything.py", a.work, keep)
+        rows.append({"net": name, "engine": a.engine, "steps": doc["steps"]})
+        steps.write_json(RESULTS / "plan-vs-everything.json", {"machine": machine, "argv": shown.strip(), "rows": rows})
+        (RESULTS / "plan-vs-everything.md").write_text(table(rows, machine, shown))
+    print(f"wrote {RESULTS / 'plan-vs-everything.md'}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
