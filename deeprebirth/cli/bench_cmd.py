@@ -53,7 +53,8 @@ def bench_command(models, weights, device, engine, batch, runs, warmup, threads,
                   fit_cost):
     """Time MODEL forward passes on random input: best and median run, ratios to the first MODEL
     (runs of several models are interleaved), memory, and with --layers the time of every layer
-    and the share of non-tensor layers (the paper's Table 2 and Figure 2)."""
+    and the share of non-tensor layers (the paper's Table 2 and Figure 2). More than two models on
+    onnxruntime run with its worker threads not spinning (spinning sessions slow each other)."""
     if plot:
         plot_mod.check_path(plot)    # a wrong name is refused before any timing
     layers = layers or fit_cost
@@ -63,6 +64,9 @@ def bench_command(models, weights, device, engine, batch, runs, warmup, threads,
     for p, label in zip(prepared, bench.labels([m.rstrip("/") for m in models])):
         p.label = label                                 # reported by the name given
 
+    if len(prepared) > 2 and dev.crowded() is not dev:    # ONNX Runtime: sessions that spin slow each other
+        dev = dev.crowded()
+        echo(f"rebirth: note: {dev.crowded_note}", err=True)
     show_warnings(*(p.model.warnings for p in prepared))
     layers = layers or plot is not None
     warning = getattr(dev, "warning", None)

@@ -177,6 +177,18 @@ def test_bench_engine_reports_and_refuses_layers():
     assert "whole passes only" in error_line(r, stream="stderr")
 
 
+def test_bench_of_more_than_two_nets_on_onnx_runtime_turns_spinning_off_and_says_so():
+    import json
+    three = run("bench", "squeezenet11", "squeezenet11", "squeezenet11", "--engine", "onnxruntime", "--runs", "2",
+                "--warmup", "0", "--json", catch_exceptions=True)
+    assert three.exit_code == 0, three.output
+    assert "spinning off" in json.loads(three.stdout)["device_description"]
+    assert "rebirth: note: more than two nets" in three.stderr
+    two = run("bench", "squeezenet11", "squeezenet11", "--engine", "onnxruntime", "--runs", "2", "--warmup", "0",
+              "--json", catch_exceptions=True)
+    assert "spinning off" not in json.loads(two.stdout)["device_description"] and "note" not in two.stderr
+
+
 # ------------------------------------------------------------------------------------------------
 # The built-in models, their slim and Slim-Tucker outputs, and the fork nets (slow: Caffe in child
 # processes and MNN's converter on big nets)

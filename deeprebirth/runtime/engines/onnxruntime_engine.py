@@ -75,9 +75,9 @@ class OrtDevice(EngineDevice):
     runner_class = OrtRunner
     #: Worker threads spin after a run (ONNX Runtime's default); off in ``crowded``.
     spinning = True
-    crowded_note = ("many nets timed in turn (the table of candidates) ran with ONNX Runtime's worker threads "
-                    "not spinning, so that no session's spinning slows the others' runs; a net timed beside the "
-                    "original alone (the nets' ms and speed-ups) runs as deployed, spinning")
+    crowded_note = ("more than two nets timed in turn ran with ONNX Runtime's worker threads not spinning, so that "
+                    "no session's spinning slows the others' runs; one net beside another (a plan's checks, "
+                    "`rebirth bench A B`) runs as deployed, spinning")
 
     def crowded(self) -> "OrtDevice":
         """A copy whose sessions do not spin (the module doc says why)."""
