@@ -134,6 +134,7 @@ class _Setup:
     measured: tuple[float, float] | None = None   # seconds per step and per validation (_calibrate)
     teacher_cost: "sv.TeacherCost | None" = None  # the teacher's part of a step, paid per new input (_calibrate)
     probe: dict | None = None            # the rates probed from the start (_choose_rate)
+    earlier: tuple[dict, dict] | None = None      # the resumed run's kept weights (_earlier_best)
 
     @property
     def trained(self) -> bool:
@@ -182,6 +183,7 @@ def finetune(slim_dir, train: data.Source, val: data.Source | None = None, outdi
     st = _setup(slim_dir, train, val, outdir, opt)
     st.notes += [split_note] if split_note else []
     st.heldout = heldout is not None
+    st.earlier = _earlier_best(st, val, heldout)
     with outputs.claimed_dir(st.outdir, OUTPUT_FILES, [p for p in (st.start_weights, opt.resume) if p], opt.force):
         if log is not None:
             for note in st.notes:
@@ -263,6 +265,8 @@ def _attempts(st: _Setup, train, val, sparam, started: float, progress, log, sto
             start = int(solver.iter)
             history = _previous_history(st.outdir, start) if st.opt.resume is not None else []
             validate = kp.Validator(st.validation(val), sparam, history, started, log, first=start)
+            if st.earlier is not None and val is not None:
+                validate.adopt(*st.earlier)
             refit = _Refit(st, sparam, fit, deadline, progress, log) if fit is not None else None
             try:
                 snapshots, solver = _train(st, solver, train, sparam, validate, progress, stop, refit)
@@ -761,6 +765,27 @@ def _write_outputs(st: _Setup, solver, result: dict, best: dict | None = None, n
     if not outputs.same_file(st.outdir / "deploy.prototxt", st.sd.path / "deploy.prototxt"):
         outputs.atomic_write(st.outdir / "deploy.prototxt", (st.sd.path / "deploy.prototxt").read_text())
     outputs.atomic_write(st.outdir / "finetune.json", errors.render(json.dumps(result, indent=2), name_of) + "\n")
+
+
+def _earlier_best(st: _Setup, val: data.Source | None, heldout: dict | None) -> tuple[dict, dict] | None:
+    """A resumed run's start: the validation record and the weights (OUTDIR/weights.caffemodel)
+    that the run it resumes kept, when that run was validated on the same images and took the
+    snapshot resumed from. The resumed run keeps them unless one of its own validations beats
+    them, so going on never ends further from the target than the run it went on from kept."""
+    if st.opt.resume is None or val is None:
+        return None
+    try:
+        old = json.loads((st.outdir / "finetune.json").read_text())
+    except (OSError, ValueError):
+        return None
+    path = st.outdir / "weights.caffemodel"
+    best = old.get("best") if isinstance(old, dict) else None
+    snaps = [Path(p).name for p in (old.get("snapshots") or [])] if isinstance(old, dict) else []
+    same_images = old.get("heldout") == heldout if heldout is not None else old.get("val") == val.name
+    if not isinstance(best, dict) or "iteration" not in best or not path.is_file() or not same_images \
+            or Path(st.opt.resume).name not in snaps:
+        return None
+    return best, netio.weights_of(netio.read_weights(path))
 
 
 def _previous_history(outdir: Path, start: int) -> list[dict]:

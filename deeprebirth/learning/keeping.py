@@ -122,6 +122,13 @@ class Validator:
         self.first = first               # the iteration this run starts from (a resumed run's snapshot)
         self.first_record = len(history)  # records before it come from the run resumed
 
+    def adopt(self, record: dict, weights: dict) -> None:
+        """Begin with the weights a resumed run kept (``record``: their validation record, from
+        before this run's first iteration): they stay the best until a validation beats them."""
+        now = score(record)
+        if now is not None:
+            self.best = (now, int(record["iteration"]), weights)
+
     def __call__(self, it: int) -> dict:
         entry = {"iteration": it, "loss": (float(np.mean(self.losses)) if self.losses else None),
                  "lr": sv.lr(self.sparam, it), "seconds": round(time.perf_counter() - self.started, 2)}
@@ -187,7 +194,10 @@ class Validator:
             return None
         if by_fidelity(self.history[self.first_record:]):
             return self.best[1]
-        return kept_iteration(validation_scores(self.history, self.first), self.best[1], final, self.images)
+        scores = validation_scores(self.history, self.first)
+        if self.best[1] < self.first:      # the resumed run's kept weights lead: they stand in for the start
+            scores = [(self.best[1], dict(validation_scores(self.history))[self.best[1]]), *scores]
+        return kept_iteration(scores, self.best[1], final, self.images)
 
     def best_weights(self, final: int) -> dict | None:
         """The best validated weights when they, not the final ones, are kept."""

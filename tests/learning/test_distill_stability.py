@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import types
 
 import numpy as np
 import pytest
@@ -61,6 +62,44 @@ def test_a_run_that_only_got_worse_keeps_its_start_and_says_so():
     v, notes = _validator(hist, 120, {"conv1": ["last"]}), []
     rec = v.best_record(120, notes)
     assert rec["iteration"] == 120 and not rec["start_kept"] and v.best_weights(120) is None and notes == []
+
+
+def _resumed(history, first):
+    """A Validator of a run resumed at ``first`` (the earlier run's records before it), before
+    its first validation."""
+    v = object.__new__(kp.Validator)
+    v.history, v.first, v.first_record, v.images, v.best = list(history), first, len(history), 2000, None
+    return v
+
+
+def _validated(v, entry, weights):
+    """One of this run's validations, as __call__ records it (the net holding ``weights``)."""
+    blobs = {k: [types.SimpleNamespace(data=np.asarray(a)) for a in arrays] for k, arrays in weights.items()}
+    v.history.append(entry)
+    v._keep_if_best(entry, types.SimpleNamespace(caffe_net=types.SimpleNamespace(
+        net=types.SimpleNamespace(params=blobs))))
+
+
+def test_a_resumed_run_keeps_what_the_run_it_went_on_from_kept_unless_it_beats_it():
+    earlier = [_rec(0, 0.40, 0.2), _rec(100, 0.20, 0.05), _rec(200, 0.26, 0.08)]   # kept 100; snapshot at 200
+    v = _resumed(earlier, 200)
+    v.adopt({"iteration": 100, **{k: val for k, val in earlier[1].items() if k.startswith("val_")}}, {"w": ["kept"]})
+    _validated(v, _rec(200, 0.26, 0.08), {"w": [2.0]})
+    _validated(v, _rec(300, 0.23, 0.07), {"w": [3.0]})
+    notes = []
+    assert v.kept(300) == 100 and v.best_weights(300) == {"w": ["kept"]}
+    rec = v.best_record(300, notes)
+    assert rec["iteration"] == 100 and not rec["start_kept"] and "iteration 100's weights" in notes[0]
+    _validated(v, _rec(400, 0.15, 0.04), {"w": [4.0]})         # now one of its own is closer
+    assert v.kept(400) == 400 and v.best_weights(400) is None
+    # labelled: the earlier top-1 leads by more than the noise of 2,000 images
+    top = [{"iteration": 0, "val_top1": 0.80}, {"iteration": 100, "val_top1": 0.90}, {"iteration": 200,
+                                                                                        "val_top1": 0.86}]
+    v = _resumed(top, 200)
+    v.adopt({"iteration": 100, "val_top1": 0.90}, {"w": ["kept"]})
+    _validated(v, {"iteration": 200, "val_top1": 0.86}, {"w": [2.0]})
+    _validated(v, {"iteration": 300, "val_top1": 0.87}, {"w": [3.0]})
+    assert v.kept(300) == 100 and v.best_weights(300) == {"w": ["kept"]}
 
 
 def test_labelled_validation_still_keeps_the_last_within_noise():
