@@ -8,7 +8,7 @@ Spinning: after a run each session's worker threads spin for a while waiting for
 session timed alone or beside one other (`bench`, the plan's checks) runs as deployed, spinning
 on. Many sessions timed in turn (the plan's table of candidates, ``OrtDevice.crowded``) run with
 spinning off: there each run shares the cores with every other session's spinning threads, and on
-BVLC GoogLeNet (25 nets in turn, 2 cores, 2026-12-06) the original's median went from 33 ms with
+BVLC GoogLeNet (16 nets in turn, 2 cores, 2026-12-06) the original's median went from 33 ms with
 spinning off to 68 ms with it on, and the candidates' savings, each the exact net's time less
 its own, summed to -40 ms against the 50 ms the exact net and slim everything differed by (spinning
 off: 26.3 ms against 24.7); ``scripts/ort_spinning.py`` times a pair both ways.
