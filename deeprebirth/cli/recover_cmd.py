@@ -76,6 +76,8 @@ def recover_command(slim_dir, images, val, time_budget, iters, relearn_iters, co
                          go_on=stopped_before is not None)
     stopped = doc.get("interrupted")
     if stopped:    # the distillation's work is written: the same command goes on from its snapshot
+        if as_json:
+            output_json(doc)
         raise errors.Interrupted(f"the distillation stopped by {stopped['signal']} at iteration "
                                  f"{stopped['iteration']:,} of {stopped['target']:,}; relearn's weights, a snapshot "
                                  f"and the best weights so far kept in {rc.output_dir(slim_dir, outdir)}; go on with "

@@ -117,10 +117,11 @@ def test_recover_stopped_during_its_distillation_keeps_its_work_and_goes_on(slim
     sigint_at(monkeypatch, 3)
     args = ["recover", d / "slim", "--images", d / "plain", "--iters", 6, "--relearn-iters", 2, "--count", 16,
             "-o", out]
-    res = run(*args)
+    res = run(*args, "--json")
     assert res.exit_code == 130, res.output
     err = lines(res.stderr)
     assert err[-1].startswith("rebirth: error: interrupted: the distillation stopped by SIGINT at iteration 3 of 6"), err
+    assert json.loads(res.stdout)["interrupted"] == {"signal": "SIGINT", "iteration": 3, "target": 6}
     assert "Traceback" not in res.output
     doc = json.loads((out / "recover.json").read_text())
     assert doc["interrupted"]["iteration"] == 3
