@@ -25,7 +25,8 @@ net to X); for a fidelity budget, what the slim plan left of it. The decompositi
 assembled with the slim plan, timed beside the original and the slim plan in a pair of its own
 (plan.time_pairs: the speed-ups reported), then head to head with the slim plan in one session,
 and checked on the held-out images; they stand only when the assembled net is faster than the
-slim plan head to head beyond the noise (``verdict``), and, for a budget, within it. Otherwise the
+slim plan head to head beyond the noise (``verdict``; a saving within it is timed again, up to
+HEAD_TO_HEAD_SESSIONS sessions pooled), and, for a budget, within it. Otherwise the
 plan stays as it was, and says why.
 
 Without weights (a plan by time alone) random weights stand in for the timing, the ranks are
@@ -225,8 +226,8 @@ def _check(model, opt, choice, assembled, chosen: dict, base_net, train, held, l
     longer = dataclasses.replace(opt, runs=P.CHECK_RUNS_FACTOR * opt.runs)
     with stage("timing the plan", 6 * (longer.runs + opt.warmup), "run") as tick:
         m, o = P.time_pairs(model.net, {"with tucker": assembled.deploy, "slim plan": base_net}, longer, tick)
-        both = P.time_nets({"slim plan": base_net, "with tucker": assembled.deploy}, longer, tick)
-    saved, noise = P.saving(both["slim plan"], both["with tucker"])
+        saved, noise, sessions = head_to_head(lambda: P.time_nets({"slim plan": base_net, "with tucker":
+                                                                   assembled.deploy}, longer, tick))
     got = {}
     if heldout:
         got = isolate.call(P.fidelity_jobs, model, {"with tucker": P._job(assembled)}, train, held, labels, opt.seed,
@@ -234,13 +235,36 @@ def _check(model, opt, choice, assembled, chosen: dict, base_net, train, held, l
     out = {"layers": dict(chosen), "ms": round(m["with tucker"], 4), "original_ms": round(o["with tucker"], 4),
            "speedup": round(o["with tucker"] / m["with tucker"], 4),
            "slim_plan_speedup": round(o["slim plan"] / m["slim plan"], 4), "fidelity": dict(got) or None,
-           "saved_ms": round(saved, 4), "saved_spread_ms": round(noise, 4),
+           "saved_ms": round(saved, 4), "saved_spread_ms": round(noise, 4), "head_to_head_sessions": sessions,
            "seconds": round(time.perf_counter() - began, 1)}
     said = f"  with tucker: {out['speedup']:.2f}x (the slim plan {out['slim_plan_speedup']:.2f}x)"
     say(said + (", " + P._fid_text(got) if got and "note" not in got else ""))
     out["stands"], out["why"] = verdict(saved, noise, got.get("note"), P.images_spent(got, heldout, opt.labels),
                                         choice.budget, opt.labels)
     return out
+
+
+#: The head-to-head timing of the slim plan and the net with the decompositions is made again, up
+#: to this many sessions in all, while it saves time but within the noise; the runs are pooled.
+#: On BVLC GoogLeNet (ONNX Runtime, 2026-12-06) one session read 8 decompositions at +0.84 ms of
+#: 11 (noise 0.97): not kept; `rebirth bench` of the two in three sessions read them 1.06-1.20x
+#: faster (medians).
+HEAD_TO_HEAD_SESSIONS = 3
+
+
+def head_to_head(timed) -> tuple[float, float, int]:
+    """(ms saved by "with tucker" against "slim plan", its noise, sessions timed): ``timed()``
+    times the two in one session (net -> runs, ms); while the saving is positive but within the
+    noise, another session is timed and pooled with the ones before, HEAD_TO_HEAD_SESSIONS at most."""
+    runs = timed()
+    saved, noise = P.saving(runs["slim plan"], runs["with tucker"])
+    sessions = 1
+    while 0.0 < saved <= noise and sessions < HEAD_TO_HEAD_SESSIONS:
+        more = timed()
+        runs = {k: list(v) + list(more[k]) for k, v in runs.items()}
+        sessions += 1
+        saved, noise = P.saving(runs["slim plan"], runs["with tucker"])
+    return saved, noise, sessions
 
 
 def verdict(saved_ms: float, noise_ms: float, note: str | None, spent: int | None, budget: float | None,

@@ -61,6 +61,29 @@ def tucker_cands():
             Candidate("tucker:fc", ["tucker"], 1, saved_ms=0.5, saved_spread_ms=0.1, flips=0, rel_error=0.01)]
 
 
+def test_an_undecided_head_to_head_is_timed_again_and_pooled():
+    """A saving within the noise is timed again, up to HEAD_TO_HEAD_SESSIONS in all, the runs
+    pooled; a loss, or a saving beyond the noise, is decided at once."""
+    rng = np.random.default_rng(0)
+
+    def sessions(saving_ms, spread):
+        def timed():
+            timed.calls += 1
+            base = 10.0 + rng.normal(0.0, spread, 90)
+            return {"slim plan": list(base), "with tucker": list(base - saving_ms + rng.normal(0.0, spread, 90))}
+        timed.calls = 0
+        return timed
+    noisy = sessions(0.3, 2.0)        # saves 0.3 ms of 10, runs spread by 2 ms: undecided each time
+    saved, noise, n = plan_tucker.head_to_head(noisy)
+    assert n == noisy.calls == plan_tucker.HEAD_TO_HEAD_SESSIONS
+    clear = sessions(1.0, 0.05)
+    saved, noise, n = plan_tucker.head_to_head(clear)
+    assert n == clear.calls == 1 and saved > noise
+    slower = sessions(-0.5, 0.05)     # slower: not timed again
+    saved, noise, n = plan_tucker.head_to_head(slower)
+    assert saved < 0 and n == slower.calls == 1
+
+
 def test_a_speedup_the_slim_plan_reached_needs_no_decomposition():
     opt = plan_tucker.P.Options(speedup=2.0)
     choice = planner.Choice([], 5.0, 2.0, 0.0, None, "measured")
