@@ -133,19 +133,12 @@ def table(rows: list[dict], machine: dict, images: str = IMAGES, extra: list[str
                          f"| {top('eval_recovered')} -> {top('eval_recovered_more')} "
                          f"| {top('eval_result')} -> {top('eval_result_more')} | {m.get('minutes')} |")
     lines += ["", "Commands (per net; `$WORK` is the work folder):", ""]
-    for r in rows:
-        for name, st in r["steps"].items():
-            lines.append(f"- {r['net']} {name}: `{st['command']}`")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + steps.commands_md(rows)) + "\n"
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--work", type=Path, default=ROOT / "out" / "accelerate_check")
-    ap.add_argument("--nets", default=",".join(NETS))
-    ap.add_argument("--engine", default="onnxruntime")
-    ap.add_argument("--time", dest="time_text", default="30m")
-    ap.add_argument("--images", default=IMAGES)
+    steps.net_arguments(ap, ROOT / "out" / "accelerate_check", ",".join(NETS), IMAGES)
     ap.add_argument("--args", dest="extra", default="", help="more accelerate options, e.g. \"--speedup 3\"")
     ap.add_argument("--tag", default="", help="keep this run apart (work folders and result files)")
     ap.add_argument("--more", action="store_true", help="then train each recovery longer (accelerate --more)")
@@ -153,10 +146,7 @@ def main(argv=None) -> int:
     extra = shlex.split(a.extra)
     shown = "".join(f" {shlex.quote(x)}" for x in (argv if argv is not None else sys.argv[1:]))
     name_of = f"accelerate-{a.tag}" if a.tag else "accelerate"
-    names = [n for n in a.nets.split(",") if n]
-    unknown = [n for n in names if n not in NETS]
-    if unknown:
-        raise SystemExit(f"unknown net {unknown[0]} (known: {', '.join(NETS)})")
+    names = steps.net_names(a.nets, NETS)
     machine = steps.machine()
     rows = []
     for name in names:

@@ -129,25 +129,15 @@ def table(rows: list[dict], machine: dict, argv: str) -> str:
     lines += ["", f"Speed-ups are ratios of medians of {RUNS} rounds timed side by side (`rebirth bench`), the median "
               f"of {REPEATS} sessions (their range in brackets); \"slim everything vs the plan\" above 1.00x means "
               "slim everything is faster. Commands (`$WORK` is the work folder):", ""]
-    for r in rows:
-        for name, st in r["steps"].items():
-            lines.append(f"- {r['net']} {name}: `{st['command']}`")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + steps.commands_md(rows)) + "\n"
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--work", type=Path, default=ROOT / "out" / "plan_vs_everything")
-    ap.add_argument("--nets", default=",".join(DEFAULT_NETS))
-    ap.add_argument("--engine", default="onnxruntime")
-    ap.add_argument("--time", dest="time_text", default="30m")
-    ap.add_argument("--images", default=IMAGES)
+    steps.net_arguments(ap, ROOT / "out" / "plan_vs_everything", ",".join(DEFAULT_NETS), IMAGES)
     a = ap.parse_args(argv)
     shown = "".join(f" {shlex.quote(x)}" for x in (argv if argv is not None else sys.argv[1:]))
-    names = [n for n in a.nets.split(",") if n]
-    unknown = [n for n in names if n not in NETS]
-    if unknown:
-        raise SystemExit(f"unknown net {unknown[0]} (known: {', '.join(NETS)})")
+    names = steps.net_names(a.nets, NETS)
     machine = steps.machine()
     rows = []
     for name in names:

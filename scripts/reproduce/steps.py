@@ -148,3 +148,27 @@ def machine_line(m: dict) -> str:
 def md_cell(text: str) -> str:
     """One line of text fit for a Markdown table cell."""
     return " ".join(str(text).split()).replace("|", "\\|")
+
+
+def commands_md(rows: list[dict]) -> list[str]:
+    """A Markdown list item per step of each row (``{"net", "steps": {name: {"command"}}}``): the
+    net, the step and its command as shown."""
+    return [f"- {r['net']} {name}: `{st['command']}`" for r in rows for name, st in r["steps"].items()]
+
+
+def net_arguments(ap, work: Path, nets: str, images: str) -> None:
+    """The options the per-net reproduce scripts share: --work, --nets, --engine, --time, --images."""
+    ap.add_argument("--work", type=Path, default=work)
+    ap.add_argument("--nets", default=nets)
+    ap.add_argument("--engine", default="onnxruntime")
+    ap.add_argument("--time", dest="time_text", default="30m")
+    ap.add_argument("--images", default=images)
+
+
+def net_names(text: str, known) -> list[str]:
+    """The comma-separated names of ``text``; SystemExit naming the first not in ``known``."""
+    names = [n for n in text.split(",") if n]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise SystemExit(f"unknown net {unknown[0]} (known: {', '.join(known)})")
+    return names
