@@ -196,7 +196,10 @@ class Validator:
             return self.best[1]
         scores = validation_scores(self.history, self.first)
         if self.best[1] < self.first:      # the resumed run's kept weights lead: they stand in for the start
-            scores = [(self.best[1], dict(validation_scores(self.history))[self.best[1]]), *scores]
+            earlier = dict(validation_scores(self.history)).get(self.best[1])
+            if earlier is None:            # their record is not in this history: nothing to weigh them by
+                return self.best[1]
+            scores = [(self.best[1], earlier), *scores]
         return kept_iteration(scores, self.best[1], final, self.images)
 
     def best_weights(self, final: int) -> dict | None:

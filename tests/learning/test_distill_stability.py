@@ -100,6 +100,8 @@ def test_a_resumed_run_keeps_what_the_run_it_went_on_from_kept_unless_it_beats_i
     _validated(v, {"iteration": 200, "val_top1": 0.86}, {"w": [2.0]})
     _validated(v, {"iteration": 300, "val_top1": 0.87}, {"w": [3.0]})
     assert v.kept(300) == 100 and v.best_weights(300) == {"w": ["kept"]}
+    v.history = [h for h in v.history if h["iteration"] != 100]     # its record lost: still kept, no error
+    assert v.kept(300) == 100
 
 
 def test_labelled_validation_still_keeps_the_last_within_noise():
