@@ -121,6 +121,7 @@ class Validator:
         self.images = 0                  # images of the last validation
         self.first = first               # the iteration this run starts from (a resumed run's snapshot)
         self.first_record = len(history)  # records before it come from the run resumed
+        self.adopted: dict | None = None  # the validation record of the weights ``adopt`` began with
 
     def adopt(self, record: dict, weights: dict) -> None:
         """Begin with the weights a resumed run kept (``record``: their validation record, from
@@ -128,6 +129,7 @@ class Validator:
         now = score(record)
         if now is not None:
             self.best = (now, int(record["iteration"]), weights)
+            self.adopted = {k: v for k, v in record.items() if k == "iteration" or k.startswith("val_")}
 
     def __call__(self, it: int) -> dict:
         entry = {"iteration": it, "loss": (float(np.mean(self.losses)) if self.losses else None),
@@ -213,8 +215,8 @@ class Validator:
         kept = self.kept(final)
         if kept is None:
             return None
-        entry = next(h for h in self.history if h["iteration"] == kept)
-        top = next(h for h in self.history if h["iteration"] == self.best[1])
+        entry, top = (next((h for h in self.history if h["iteration"] == it), None) or self.adopted
+                      for it in (kept, self.best[1]))
         record = {"iteration": kept, **{k: v for k, v in entry.items() if k.startswith("val_")}}
         start = next((h for h in self.history[self.first_record:] if h["iteration"] == self.first), None)
         if start is not None:
