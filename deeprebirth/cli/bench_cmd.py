@@ -64,8 +64,9 @@ def bench_command(models, weights, device, engine, batch, runs, warmup, threads,
     for p, label in zip(prepared, bench.labels([m.rstrip("/") for m in models])):
         p.label = label                                 # reported by the name given
 
-    if len(prepared) > 2 and dev.crowded() is not dev:    # ONNX Runtime: sessions that spin slow each other
-        dev = dev.crowded()
+    crowded = dev.crowded() if len(prepared) > 2 else dev   # ONNX Runtime: sessions that spin slow each other
+    if crowded is not dev:
+        dev = crowded
         echo(f"rebirth: note: {dev.crowded_note}", err=True)
     show_warnings(*(p.model.warnings for p in prepared))
     layers = layers or plot is not None

@@ -63,10 +63,11 @@ def recover_command(slim_dir, images, val, time_budget, iters, relearn_iters, co
     budget = rc.budget_of(iters, seconds)
     # with a budget the distillation's iterations are known once it has measured itself (a Planned)
     name_of = current_flags()
-    stopped_before = rc.interrupted_run(rc.output_dir(slim_dir, outdir))
+    out = rc.output_dir(slim_dir, outdir)
+    stopped_before = rc.interrupted_run(out)
     if stopped_before is not None:       # relearn is done: only the distillation runs
         units = 0
-        reports.stderr_line(go_on_line(stopped_before, rc.output_dir(slim_dir, outdir)))
+        reports.stderr_line(go_on_line(stopped_before, out))
     total = units * relearn_iters + (iters if budget is None else 0) or None
     reports.stderr_line(plan_line(units, relearn_iters, iters, budget, time_budget is None))
     with progress_bar(total, "recover", "it", quiet=0.0, eta=True,
@@ -80,7 +81,7 @@ def recover_command(slim_dir, images, val, time_budget, iters, relearn_iters, co
             output_json(doc)
         raise errors.Interrupted(f"the distillation stopped by {stopped['signal']} at iteration "
                                  f"{stopped['iteration']:,} of {stopped['target']:,}; relearn's weights, a snapshot "
-                                 f"and the best weights so far kept in {rc.output_dir(slim_dir, outdir)}; go on with "
+                                 f"and the best weights so far kept in {out}; go on with "
                                  f"the same command: {os.environ.get('REBIRTH_COMMAND', 'rebirth recover ...')}")
     if as_json:
         output_json(doc)

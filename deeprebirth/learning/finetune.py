@@ -265,7 +265,7 @@ def _attempts(st: _Setup, train, val, sparam, started: float, progress, log, sto
             start = int(solver.iter)
             history = _previous_history(st.outdir, start) if st.opt.resume is not None else []
             validate = kp.Validator(st.validation(val), sparam, history, started, log, first=start)
-            if st.earlier is not None and val is not None:
+            if st.earlier is not None:
                 validate.adopt(*st.earlier)
             refit = _Refit(st, sparam, fit, deadline, progress, log) if fit is not None else None
             try:
@@ -778,12 +778,13 @@ def _earlier_best(st: _Setup, val: data.Source | None, heldout: dict | None) -> 
         old = json.loads((st.outdir / "finetune.json").read_text())
     except (OSError, ValueError):
         return None
-    path = st.outdir / "weights.caffemodel"
-    best = old.get("best") if isinstance(old, dict) else None
-    snaps = [Path(p).name for p in (old.get("snapshots") or [])] if isinstance(old, dict) else []
+    if not isinstance(old, dict):
+        return None
+    path, best = st.outdir / "weights.caffemodel", old.get("best")
+    took_snapshot = Path(st.opt.resume).name in {Path(p).name for p in old.get("snapshots") or []}
     same_images = old.get("heldout") == heldout if heldout is not None else old.get("val") == val.name
     if not isinstance(best, dict) or "iteration" not in best or not path.is_file() or not same_images \
-            or Path(st.opt.resume).name not in snaps:
+            or not took_snapshot:
         return None
     return best, netio.weights_of(netio.read_weights(path))
 
