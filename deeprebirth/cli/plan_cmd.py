@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 import click
@@ -100,6 +101,7 @@ def plan_command(model, weights, train_val, images, engine, device, threads, spe
     if out:
         outputs.check_output_path(out)
         _check_ours(out, force)
+    apply = apply_line(model, weights, train_val, out)            # MODEL as given: a folder brings its files
     model, weights, train_val, using = model_inputs(model, weights, train_val)  # a built-in's or folder's files
     m = load_model(model, weights)
     if using and not as_json:
@@ -119,8 +121,16 @@ def plan_command(model, weights, train_val, images, engine, device, threads, spe
     if as_json:
         output_json(doc)
     else:
-        echo(plan_reports.plan_text(doc) + (f"\nplan: {out}   (apply: rebirth slim {model} --plan {out} -o planned)"
-                                       if out else ""))
+        applied = (f"apply: {apply}" if plan_api.changes_anything(doc)
+                   else "nothing to apply: the plan is the original net")
+        echo(plan_reports.plan_text(doc) + (f"\nplan: {out}   ({applied})" if out else ""))
+
+
+def apply_line(model: str, weights: str | None, train_val: str | None, out: str | None) -> str:
+    """The `rebirth slim` command that applies the plan written to ``out``, with MODEL and the
+    files as the user gave them (a built-in or a model folder brings its own weights)."""
+    files = [x for flag, v in (("-w", weights), ("--train-val", train_val)) if v for x in (flag, v)]
+    return shlex.join(["rebirth", "slim", model, *files, "--plan", out or "PLAN.json", "-o", "planned"])
 
 
 def _check_ours(path: str, force: bool) -> None:

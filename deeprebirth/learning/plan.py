@@ -577,6 +577,12 @@ def _crowded_notes(opt: Options) -> list[str]:
     return [note] if note else []
 
 
+def changes_anything(doc: dict) -> bool:
+    """Whether applying the plan changes the net: a lossy rewrite chosen, a lossless one made, or a
+    decomposition kept."""
+    return bool(doc.get("only") or doc.get("exact_rewrites", 1) or planner.tucker_layers(doc))
+
+
 def with_tucker(doc: dict, section: dict) -> None:
     """The plan document with its Tucker section; when decompositions stand, the prediction is the
     net with them (their check)."""
@@ -874,6 +880,7 @@ def _document(model: Model, train_val, images, opt: Options, nets: Nets, med: di
         "recovery_factor": opt.recovery,
         "rules": nets.rules,
         "only": list(choice.chosen),
+        "exact_rewrites": len(nets.exact.result.changes) if nets.exact else 0,
         "tucker": None,
         "predicted_speedup": check["speedup"] if planned_chosen else check["exact_speedup"],
         "predicted_ms": check["planned_ms"] if planned_chosen else check["exact_ms"],

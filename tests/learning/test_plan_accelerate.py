@@ -6,6 +6,8 @@ import json
 import pytest
 from helpers import error_line, make_slimmed, run
 
+from deeprebirth.learning import plan as plan_api
+
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory, caffe):
@@ -38,6 +40,24 @@ def test_plan_measures_every_candidate_and_slim_applies_it(tiny, tmp_path):
     assert res.exit_code == 0, res.output
     report = json.loads((tmp_path / "s" / "report.json").read_text())
     assert report["plan"]["only"] == ["conv1"] and report["regenerated"] == ["conv1"]
+
+
+def test_the_apply_line_a_plan_prints_runs_as_pasted(tiny, tmp_path, monkeypatch):
+    """The plan's last line names the `rebirth slim` that applies it, with the weights and
+    train_val as given: pasted, it writes the planned net. A plan that changes nothing says so
+    instead (slim would refuse: nothing to slim)."""
+    import shlex
+    monkeypatch.chdir(tmp_path)
+    res = run(*plan_args(tiny, "-o", "plan.json", "--speedup", "100"))     # out of reach: every candidate
+    assert res.exit_code == 0, res.output
+    line = next(x for x in res.stdout.splitlines() if x.startswith("plan: plan.json"))
+    words = shlex.split(line[line.index("(apply: ") + len("(apply: "):].rstrip(")"))
+    assert words[:2] == ["rebirth", "slim"] and "-w" in words and "--train-val" in words
+    pasted = run(*words[1:])
+    assert pasted.exit_code == 0, pasted.output
+    assert (tmp_path / "planned" / "deploy.prototxt").is_file() and (tmp_path / "planned" / "init.caffemodel").is_file()
+    nothing = dict(json.loads((tmp_path / "plan.json").read_text()), only=[], exact_rewrites=0)
+    assert not plan_api.changes_anything(nothing) and plan_api.changes_anything(dict(nothing, only=["conv1"]))
 
 
 def test_a_plan_out_of_time_leaves_candidates_out_and_says_so(tiny):
