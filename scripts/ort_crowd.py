@@ -13,7 +13,8 @@ savings right, the sum comes near that difference (savings of merges far apart a
 
 Measured 2026-12-06 on the 2-core machine, BVLC GoogLeNet (``googlenet``, time alone), 15 rounds:
 spinning, the original 68.3 ms, savings summing to -40.3 ms against a difference of 49.8;
-not spinning, the original 33.3 ms, savings summing to 26.3 ms against 24.7. About a minute.
+not spinning, the original 33.3 ms, savings summing to 26.3 ms against 24.7. Run again the same
+day: 64.6 ms, -58.3 against 42.8; not spinning 33.1 ms, 25.1 against 24.4. About a minute.
 """
 from __future__ import annotations
 
