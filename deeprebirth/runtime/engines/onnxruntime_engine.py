@@ -11,7 +11,8 @@ spinning off: there each run shares the cores with every other session's spinnin
 BVLC GoogLeNet (16 nets in turn, 2 cores, 2026-12-06) the original's median went from 33 ms with
 spinning off to 65-68 ms with it on, and the candidates' savings, each the exact net's time less
 its own, summed to -40 and -58 ms against the 50 and 43 ms the exact net and slim everything differed
-by (spinning off: 26 and 25 ms against 25 and 24; two runs of ``scripts/ort_crowd.py``); ``scripts/ort_spinning.py`` times a pair both ways.
+by (spinning off: 26 and 25 ms against 25 and 24; two runs of ``scripts/ort_crowd.py``);
+``scripts/ort_spinning.py`` times a pair both ways.
 """
 from __future__ import annotations
 
