@@ -4,8 +4,11 @@ decomposed (rules/tucker.py: Tucker-2 of a KxK convolution, truncated SVD of a 1
 InnerProduct); one with trained weights at the ranks empirical VBMF gives its kernel (`rebirth tucker`'s default),
 raised where needed to those that keep half the layer's weights (``FLOOR_RATIO``, the paper's
 budget): on the small trained nets here VBMF cuts far deeper than least squares can take back
-(the held-aside AlexNet: conv2 to 2 of its 96 input channels, fc7 to rank 1). Each such
-decomposition is one candidate, measured like a slim candidate:
+(the held-aside AlexNet: conv2 to 2 of its 96 input channels, fc7 to rank 1). The DEEPER layers
+that save the most MACs are offered at a second, deeper rank too, the ranks that keep DEEPER_RATIO
+of their weights (``deeper_ranks``); one layer's ranks are alternatives (the candidates' ``group``:
+planner.choose takes at most one of them). Each decomposition is one candidate, measured like a
+slim candidate:
 
 * time saved on the target: the planned net (in two copies) beside the planned net with that
   one layer decomposed, interleaved (``plan.saving``: medians, the noise twice the bootstrap
@@ -56,6 +59,10 @@ PREFIX = "tucker:"
 MOST = 12
 #: The ranks of a candidate keep at least this fraction of the layer's weights (module doc).
 FLOOR_RATIO = 0.5
+#: The layers (those saving the most MACs) also offered at a deeper rank, and the fraction of their
+#: weights that rank keeps (module doc): each is one more net to time and to re-learn.
+DEEPER = 4
+DEEPER_RATIO = 0.25
 
 
 def candidate_ranks(net, weights: dict | None, fresh: set[str], source: str) -> tuple[dict[str, dict], list[str]]:
@@ -85,6 +92,30 @@ def candidate_ranks(net, weights: dict | None, fresh: set[str], source: str) -> 
     notes += [f"{name}: saves {saved:,} MACs, fewer than the {MOST} layers that save the most: not timed"
               for saved, name, _ in found[MOST:]]
     return {name: r for _, name, r in found[:MOST]}, notes
+
+
+def deeper_ranks(net, weights: dict | None, source: str, ranks: dict[str, dict]) -> dict[str, dict]:
+    """Layer -> the ranks that keep DEEPER_RATIO of its weights, for the first DEEPER layers of
+    ``ranks`` (candidate_ranks: those saving the most MACs first) where they are smaller than the
+    layer's candidate ranks in every mode and in one of them strictly."""
+    keep = {layer.name: weights[layer.name] for layer in net.layer if layer.name in (weights or {})}
+    deeper = _decomposed(net, keep, source, TuckerRule(ratio=DEEPER_RATIO))
+    out = {}
+    for name in list(ranks)[:DEEPER]:
+        r = deeper.get(name, (None,))[0]
+        if r and r.keys() == ranks[name].keys() and all(r[k] <= ranks[name][k] for k in r) and r != ranks[name]:
+            out[name] = r
+    return out
+
+
+def offered(net, weights: dict | None, fresh: set[str], source: str) -> tuple[dict[str, tuple[str, dict]], list[str]]:
+    """Candidate name -> (layer, ranks): every layer candidate_ranks gives at its ranks
+    (``tucker:LAYER``) and the deeper ranks of deeper_ranks (``tucker:LAYER@0.25``), and the notes."""
+    ranks, notes = candidate_ranks(net, weights, fresh, source)
+    out = {PREFIX + name: (name, r) for name, r in ranks.items()}
+    for name, r in deeper_ranks(net, weights, source, ranks).items():
+        out[f"{PREFIX}{name}@{DEEPER_RATIO:g}"] = (name, r)
+    return out, notes
 
 
 def _decomposed(net, weights: dict, source: str, rule: TuckerRule) -> dict[str, tuple[dict, int]]:
@@ -125,21 +156,22 @@ def tucker_stage(model: Model, nets: "P.Nets", opt: "P.Options", choice: planner
 
     def build(layers):      # what `slim --plan` makes (without weights: the structure, from stand-in weights)
         return P.slimmed(model, choice.chosen, tv, train_val, rules=nets.rules, tucker=layers)
-    ranks, left = candidate_ranks(base_net, weights, fresh, model.source)
+    ranks, left = offered(base_net, weights, fresh, model.source)
     doc["left_out"] = left
     if not ranks:
         doc["notes"].append("no Tucker candidate: no layer of the planned net is worth decomposing (" +
                             (left[0] if left else "no Convolution or InnerProduct") + ")")
         return doc
     variants, cands = {}, []
-    for name, r in ranks.items():
-        c = planner.Candidate(PREFIX + name, ["tucker"], 1)
+    for cname, (name, r) in ranks.items():
+        c = planner.Candidate(cname, ["tucker"], 1, group=name)
         try:
             variants[c.name] = build({name: r})
         except RebirthError as e:
             c.note = f"cannot be decomposed: {e}"
         cands.append(c)
-    say(f"tucker: {len(variants)} layer(s) of the planned net may be decomposed; timing each beside it")
+    say(f"tucker: {len(variants)} decomposition(s) of {len({n for n, _ in ranks.values()})} layer(s) of the "
+        "planned net; timing each beside it")
     timing = {"planned": base_net, "planned again": base_net, **{f"+{k}": v.deploy for k, v in variants.items()}}
     runs = P.fit_runs(P.TABLE_SHARE * clock.left(), len(timing), opt.warmup, clock.pace, opt.runs)
     if runs < opt.runs:
@@ -159,14 +191,13 @@ def tucker_stage(model: Model, nets: "P.Nets", opt: "P.Options", choice: planner
         _set_cost(c, fid.get(c.name), base_fid, heldout, opt.labels)
     base_ms = np.quantile(times["planned"] + times["planned again"], P.QUANTILE)
     pick = _choose(cands, opt, choice, check, base_ms, heldout)
-    doc["candidates"] = [dict(c.as_dict(), layer=c.name[len(PREFIX):], ranks=ranks[c.name[len(PREFIX):]])
-                         for c in cands]
+    doc["candidates"] = [dict(c.as_dict(), layer=ranks[c.name][0], ranks=ranks[c.name][1]) for c in cands]
     doc["timing"] = {"median_ms": {k: round(float(np.quantile(v, P.QUANTILE)), 4) for k, v in times.items()}}
     if pick.notes:
         doc["notes"] += pick.notes
     if not pick.chosen:
         return doc
-    chosen = {n[len(PREFIX):]: ranks[n[len(PREFIX):]] for n in pick.chosen}
+    chosen = dict(ranks[n] for n in pick.chosen)
     verdict = _check(model, opt, choice, build(chosen), chosen, base_net, train, held, labels, heldout, say, stage)
     doc["check"] = verdict
     if verdict["stands"]:

@@ -32,6 +32,11 @@ cost in hundredths of an image:
 * ``speedup`` X (against the original net): the least cost whose saving brings the predicted time,
   ``exact_ms - sum saved_ms``, to ``original_ms / X``; when no set reaches it, the largest saving.
 
+Candidates that share a ``group`` are alternatives (one layer's Tucker decomposition at a few ranks):
+at most one of a group is chosen, so the knapsack is the multiple-choice one, solved by the same
+dynamic programme over groups instead of items (a candidate without a group is a group of its own,
+and the 0/1 knapsack is the case of groups of one).
+
 Costs are assumed to add (a union bound on flipped images, to first order); the caller checks the
 assembled net and tightens the budget when it is off (``tightened``). Without weights nothing can
 be re-learned: the plan is by time alone (``flips`` None) -- for a speed-up the fewest rewrites
@@ -69,6 +74,7 @@ class Candidate:
     rel_error: float | None = None
     lost: int | None = None               # with labels: held-out images newly misclassified (>= 0)
     note: str | None = None               # why it cannot be planned (relearn failed, ...)
+    group: str | None = None              # alternatives share a group: at most one of them is chosen
     chosen: bool = False
     why: str = ""
 
@@ -122,45 +128,76 @@ def _units(c: Candidate) -> int:
     return int(math.ceil(cost(c) * SCALE - 1e-9))
 
 
-def _table(values: list[float], weights: list[int], capacity: int) -> tuple[np.ndarray, np.ndarray]:
-    """The 0/1 knapsack table: ``best[w]``, the largest value of a subset of weight <= w, and
-    ``take[i, w]``, whether item i is in that subset when items 0..i are offered."""
+def _groups(groups: list | None, n: int) -> list[list[int]]:
+    """Item indices by group, groups in the order they first appear (None: each item alone)."""
+    if groups is None:
+        return [[i] for i in range(n)]
+    order: dict = {}
+    for i, g in enumerate(groups):
+        order.setdefault(("alone", i) if g is None else ("group", g), []).append(i)
+    return list(order.values())
+
+
+def _table(values: list[float], weights: list[int], capacity: int, groups: list[list[int]]):
+    """The multiple-choice knapsack table: ``best[w]``, the largest value of a choice of at most one
+    item per group of weight <= w, and ``take[g, w]``, the item of group g in that choice when
+    groups 0..g are offered (-1: none)."""
     best = np.zeros(capacity + 1)
-    take = np.zeros((len(values), capacity + 1), dtype=bool)
-    for i, (v, w) in enumerate(zip(values, weights)):
-        if w > capacity:
-            continue
-        with_it = np.full(capacity + 1, -np.inf)
-        with_it[w:] = best[:capacity + 1 - w] + v
-        take[i] = with_it > best + 1e-12
-        best = np.where(take[i], with_it, best)
+    take = np.full((len(groups), capacity + 1), -1, dtype=int)
+    for g, members in enumerate(groups):
+        new = best.copy()
+        for i in members:
+            w = weights[i]
+            if w > capacity:
+                continue
+            with_it = np.full(capacity + 1, -np.inf)
+            with_it[w:] = best[:capacity + 1 - w] + values[i]
+            better = with_it > new + 1e-12
+            new = np.where(better, with_it, new)
+            take[g] = np.where(better, i, take[g])
+        best = new
     return best, take
 
 
 def _items(take: np.ndarray, weights: list[int], cap: int) -> list[int]:
     out = []
-    for i in range(len(weights) - 1, -1, -1):
-        if take[i, cap]:
+    for g in range(take.shape[0] - 1, -1, -1):
+        i = int(take[g, cap])
+        if i >= 0:
             out.append(i)
             cap -= weights[i]
     return sorted(out)
 
 
-def knapsack(values: list[float], weights: list[int], capacity: int) -> list[int]:
-    """Indices of the subset of largest total value with total weight <= ``capacity`` (0/1, exact;
-    of the subsets of that value, one of least weight)."""
+def knapsack(values: list[float], weights: list[int], capacity: int, groups: list | None = None) -> list[int]:
+    """Indices of the subset of largest total value with total weight <= ``capacity`` (exact; of the
+    subsets of that value, one of least weight). ``groups``: each item's group (None: its own); at
+    most one item of a group is taken."""
     capacity = max(0, capacity)
-    best, take = _table(values, weights, capacity)
+    best, take = _table(values, weights, capacity, _groups(groups, len(values)))
     cap = int(np.argmax(best >= best[capacity] - 1e-12))
     return _items(take, weights, cap)
 
 
-def least_cost_reaching(values: list[float], weights: list[int], needed: float) -> list[int] | None:
-    """Indices of a subset of least total weight whose value reaches ``needed``; None when none does."""
+def least_cost_reaching(values: list[float], weights: list[int], needed: float,
+                        groups: list | None = None) -> list[int] | None:
+    """Indices of a subset of least total weight whose value reaches ``needed`` (at most one item
+    of a group); None when none does."""
     total = int(sum(weights))
-    best, take = _table(values, weights, total)
+    best, take = _table(values, weights, total, _groups(groups, len(values)))
     reach = np.nonzero(best >= needed - 1e-12)[0]
     return None if not len(reach) else _items(take, weights, int(reach[0]))
+
+
+def one_per_group(pool: list[Candidate]) -> list[Candidate]:
+    """Of each group the candidate that saves the most (alternatives: every rewrite that saves time
+    means the best of each)."""
+    best: dict = {}
+    for i, c in enumerate(pool):
+        key = ("alone", i) if c.group is None else ("group", c.group)
+        if key not in best or c.saved_ms > best[key].saved_ms:
+            best[key] = c
+    return [c for c in pool if c in best.values()]
 
 
 def choose(candidates: list[Candidate], original_ms: float, exact_ms: float, heldout: int | None,
@@ -194,9 +231,10 @@ def choose(candidates: list[Candidate], original_ms: float, exact_ms: float, hel
     elif speedup is not None:
         needed = exact_ms - original_ms / speedup
         values = [c.saved_ms for c in pool]
-        idx = [] if needed <= 0 else least_cost_reaching(values, [_units(c) for c in pool], needed)
+        idx = [] if needed <= 0 else least_cost_reaching(values, [_units(c) for c in pool], needed,
+                                                         [c.group for c in pool])
         if idx is None:
-            idx = [i for i, c in enumerate(pool)]
+            idx = [pool.index(c) for c in one_per_group(pool)]
             notes.append(f"the savings measured one rewrite at a time add up to less than {speedup:g}x: every "
                          "rewrite that saves time is chosen (the assembled net is timed next)")
         picked = [pool[i] for i in idx]
@@ -204,11 +242,16 @@ def choose(candidates: list[Candidate], original_ms: float, exact_ms: float, hel
     else:
         drop = default_max_drop(labels) if max_drop is None else max_drop
         budget = drop / 100.0 * heldout * recovery
-        idx = knapsack([c.saved_ms for c in pool], [_units(c) for c in pool], int(math.floor(budget * SCALE)))
+        idx = knapsack([c.saved_ms for c in pool], [_units(c) for c in pool], int(math.floor(budget * SCALE)),
+                       [c.group for c in pool])
         picked = [pool[i] for i in idx]
     for c in pool:
         c.chosen = c in picked
         c.why = _why(c, by_time, budget)
+    for c in pool:
+        other = next((o for o in picked if c.group is not None and o.group == c.group and o is not c), None)
+        if other is not None:
+            c.why = f"{other.name} chosen instead (one of a group at most)"
     predicted = exact_ms - sum(c.saved_ms for c in picked)
     reached = speedup is None or predicted <= original_ms / speedup + 1e-9
     return Choice([c.name for c in candidates if c.chosen], predicted, original_ms / predicted if predicted > 0
@@ -218,12 +261,15 @@ def choose(candidates: list[Candidate], original_ms: float, exact_ms: float, hel
 
 def _by_time(pool: list[Candidate], original_ms: float, exact_ms: float, speedup: float | None) -> list[Candidate]:
     if speedup is None:
-        return list(pool)
-    picked, ms = [], exact_ms
+        return one_per_group(pool)
+    picked, ms, groups = [], exact_ms, set()
     for c in sorted(pool, key=lambda c: -c.saved_ms):
         if ms <= original_ms / speedup:
             break
+        if c.group is not None and c.group in groups:
+            continue
         picked.append(c)
+        groups.add(c.group)
         ms -= c.saved_ms
     return picked
 

@@ -169,6 +169,21 @@ def test_the_candidates_are_the_trained_layers_of_the_planned_net(tk):
     assert again["conv2"] == floor["conv2"][0]          # regenerated: the floor's ranks, no VBMF
 
 
+def test_the_layers_saving_the_most_are_offered_at_a_deeper_rank_too(tk, monkeypatch):
+    m = model(tk)
+    ranks, _ = plan_tucker.candidate_ranks(m.net, m.weights, set(), "x")
+    offered, _ = plan_tucker.offered(m.net, m.weights, set(), "x")
+    first = {n: lr for n, lr in offered.items() if "@" not in n}
+    assert first == {f"tucker:{k}": (k, r) for k, r in ranks.items()}
+    deeper = {n: lr for n, lr in offered.items() if "@" in n}
+    assert deeper and all(n == f"tucker:{layer}@0.25" for n, (layer, _) in deeper.items())
+    for layer, r in deeper.values():          # fewer weights kept in every mode, never more
+        assert all(r[k] <= ranks[layer][k] for k in r) and r != ranks[layer]
+    monkeypatch.setattr(plan_tucker, "DEEPER", 1)     # only the layer that saves the most
+    offered, _ = plan_tucker.offered(m.net, m.weights, set(), "x")
+    assert [lr[0] for n, lr in offered.items() if "@" in n] == [next(iter(ranks))]
+
+
 # -- with Caffe ----------------------------------------------------------------------------------------
 
 

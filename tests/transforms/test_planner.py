@@ -182,3 +182,46 @@ def test_a_pair_whose_original_ran_slow_is_timed_again(monkeypatch):
 
 def test_points_as_a_sentence_says_them():
     assert planner.points(1.0) == "1 top-1 point" and planner.points(0.5) == "0.5 top-1 points"
+
+
+def brute_force_groups(pool, capacity):
+    best = -1.0
+    for r in range(len(pool) + 1):
+        for subset in itertools.combinations(pool, r):
+            groups = [c.group for c in subset if c.group is not None]
+            if len(groups) != len(set(groups)):
+                continue
+            if sum(planner._units(c) for c in subset) <= capacity:
+                v = sum(c.saved_ms for c in subset)
+                best = max(best, v)
+    return best
+
+
+def test_alternatives_of_a_group_are_chosen_one_at_most_and_the_knapsack_stays_exact():
+    import random
+    rng = random.Random(5)
+    for _ in range(40):
+        pool = [Candidate(f"c{i}", saved_ms=rng.uniform(0.1, 5), saved_spread_ms=0.0, flips=rng.randint(0, 6),
+                          rel_error=rng.uniform(0, 0.5), group=rng.choice([None, "g1", "g2"]))
+                for i in range(rng.randint(1, 7))]
+        cap = int(rng.uniform(0, 15) * planner.SCALE)
+        idx = planner.knapsack([c.saved_ms for c in pool], [planner._units(c) for c in pool], cap,
+                               [c.group for c in pool])
+        groups = [pool[i].group for i in idx if pool[i].group is not None]
+        assert len(groups) == len(set(groups))
+        assert sum(planner._units(pool[i]) for i in idx) <= cap
+        assert sum(pool[i].saved_ms for i in idx) == pytest.approx(brute_force_groups(pool, cap))
+    # one layer at two ranks: the deeper saves more but costs more; the budget decides, never both
+    def ranks():
+        return [Candidate("tucker:conv2", saved_ms=1.0, saved_spread_ms=0.1, flips=1, rel_error=0.0, group="conv2"),
+                Candidate("tucker:conv2@0.25", saved_ms=1.6, saved_spread_ms=0.1, flips=4, rel_error=0.0,
+                          group="conv2")]
+    rich = planner.choose(ranks(), original_ms=10.0, exact_ms=10.0, heldout=500, max_drop=2.0)
+    assert rich.chosen == ["tucker:conv2@0.25"]
+    cs = ranks()
+    poor = planner.choose(cs, original_ms=10.0, exact_ms=10.0, heldout=500, max_drop=0.4)
+    assert poor.chosen == ["tucker:conv2"] and "tucker:conv2 chosen instead" in cs[1].why
+    # a speed-up no choice reaches, and by time alone: the best of each group, not both
+    assert planner.choose(ranks(), 10.0, 10.0, 500, speedup=5.0).chosen == ["tucker:conv2@0.25"]
+    assert planner.choose(ranks(), 10.0, 10.0, None).chosen == ["tucker:conv2@0.25"]
+    assert planner.choose(ranks(), 10.0, 10.0, None, speedup=5.0).chosen == ["tucker:conv2@0.25"]
