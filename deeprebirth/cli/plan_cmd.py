@@ -65,11 +65,13 @@ def seconds_of(text: str) -> float:
     return float(sv.parse_duration(text))
 
 
-def stage(desc, total, unit="it"):
+def stage(desc, total, unit="it", deadline=None):
     """The progress of a long step of plan or accelerate (the library's ``stage``): a bar or lines,
-    with the time left, and a run plan's ``{opt:NAME}`` as the command's flags."""
+    with the time left (``deadline``: of a run bounded by it, progress.LineProgress), and a run
+    plan's ``{opt:NAME}`` as the command's flags."""
     flags = current_flags()
-    return progress_bar(total, desc, unit, eta=True, render=lambda text: errors.render(text, flags))
+    return progress_bar(total, desc, unit, eta=True, render=lambda text: errors.render(text, flags),
+                        deadline=deadline)
 
 
 @main.command("plan")

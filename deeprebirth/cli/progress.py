@@ -7,7 +7,10 @@ The context manager yields a callable ``update(n)``, which is what ``runtime.iso
 budget passes it a ``learning.solver.Planned`` once it has measured itself: the total becomes the
 work done plus the iterations it planned, and its line is printed. With ``eta``, each line ends
 with the time left at the pace since then (``about 12 min left``), along the plan's curve when it
-has one (time_left)."""
+has one (time_left). A run bounded by a time budget (``deadline``, seconds from the start) whose
+first steps come before the work that fills the budget (recover's re-learning, then a distillation
+fitted to what is left) gives, until that work's plan comes (a plan of ``part`` of the run does
+not count), the time left of the budget, not of the steps in hand."""
 from __future__ import annotations
 
 import sys
@@ -30,8 +33,10 @@ class LineProgress:
     """``update(n)`` printing ``rebirth: DESC P% (done/total UNIT, S s)`` lines to ``stream``."""
 
     def __init__(self, total: int | None, desc: str, unit: str, stream=None, clock=time.monotonic,
-                 quiet: float = QUIET_SECONDS, eta: bool = False, render=str):
+                 quiet: float = QUIET_SECONDS, eta: bool = False, render=str, deadline: float | None = None):
         self.total, self.desc, self.unit = total, desc, unit
+        self.deadline = deadline
+        self.part = False                              # the plan is of work that more work follows
         self.quiet, self.eta, self.render = quiet, eta, render
         self.plan: tuple[float, float] | None = None   # (when, seconds) of the last plan
         self.curve = None                              # its seconds for the first k iterations (solver.FitCurve)
@@ -50,6 +55,7 @@ class LineProgress:
         if is_plan(n):
             self.total, self.plan, self.pace = self.done + int(n.remaining), (now, float(n.seconds)), None
             self.curve, self.plan_done = getattr(n, "curve", None), self.done
+            self.part = bool(getattr(n, "part", False))
             self.last_step = int(100 * self.done / max(1, self.total)) // LINE_EVERY_PERCENT
             self.stream.write(f"rebirth: {self.desc}: {self.render(n.text)}\n")
             self.stream.flush()
@@ -82,7 +88,10 @@ class LineProgress:
     def _left(self, now: float) -> str:
         """With ``eta`` and a known total: ``, about N left``, at the pace of the work since its
         first update after the start or the last plan (the first update's time is set-up: not
-        counted), else while there is none yet what the plan expected."""
+        counted), else while there is none yet what the plan expected; before any plan of a run
+        with a ``deadline`` but one of ``part`` of it, what is left of the deadline."""
+        if self.eta and self.deadline is not None and (self.plan is None or self.part):
+            return f", about {format_duration(max(0.0, self.deadline - (now - self.start)))} left of the run"
         if not self.eta or not self.total or self.done >= self.total:
             return ""
         t0, d0 = self.pace or (now, self.done)
@@ -114,12 +123,13 @@ def is_plan(n) -> bool:
 
 @contextmanager
 def progress_bar(total: int | None, desc: str, unit: str = "it", enabled: bool = True, quiet: float = QUIET_SECONDS,
-                 eta: bool = False, render=None):
+                 eta: bool = False, render=None, deadline: float | None = None):
     """Progress of ``total`` units of work (None: unknown): a tqdm bar on a terminal, else lines
     (``LineProgress``: the first after ``quiet`` seconds, with the time left when ``eta``);
     ``enabled=False`` (e.g. under --json on a terminal) yields None. A plan (``is_plan``) sets the
     total; its text, rendered by ``render`` (default: its ``{opt:NAME}`` as the running command's
-    flags), is printed."""
+    flags), is printed. ``deadline``: the run's time budget in seconds (LineProgress; on a
+    terminal the bar's postfix says what is left of it until a plan comes)."""
     if not enabled:
         yield None
         return
@@ -129,14 +139,20 @@ def progress_bar(total: int | None, desc: str, unit: str = "it", enabled: bool =
         name_of = current_flags()
         render = lambda text: errors.render(text, name_of)  # noqa: E731
     if not sys.stderr.isatty():
-        yield LineProgress(total, desc, unit, quiet=quiet, eta=eta, render=render)
+        yield LineProgress(total, desc, unit, quiet=quiet, eta=eta, render=render, deadline=deadline)
         return
     from tqdm import tqdm  # noqa: PLC0415
 
     bar = tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, leave=False, dynamic_ncols=True)
+    start, planned = time.monotonic(), [deadline is None]
 
     def update(n=1):
+        if not planned[0]:
+            left = max(0.0, deadline - (time.monotonic() - start))
+            bar.set_postfix_str(f"about {format_duration(left)} left of the run", refresh=False)
         if is_plan(n):
+            planned[0] = not getattr(n, "part", False)
+            bar.set_postfix_str("", refresh=False)
             bar.total = bar.n + int(n.remaining)
             bar.write(f"rebirth: {desc}: {render(n.text)}", file=sys.stderr)
             bar.refresh()

@@ -67,14 +67,17 @@ def recover_command(slim_dir, images, val, time_budget, iters, relearn_iters, co
     stopped_before = rc.interrupted_run(out)
     if stopped_before is not None:       # relearn is done: only the distillation runs
         units = 0
-        reports.stderr_line(go_on_line(stopped_before, out))
     total = units * relearn_iters + (iters if budget is None else 0) or None
-    reports.stderr_line(plan_line(units, relearn_iters, iters, budget, time_budget is None))
-    with progress_bar(total, "recover", "it", quiet=0.0, eta=True,
+
+    def say_plan():                      # once the inputs are checked: after an error about them, nothing
+        if stopped_before is not None:
+            reports.stderr_line(go_on_line(stopped_before, out))
+        reports.stderr_line(plan_line(units, relearn_iters, iters, budget, time_budget is None))
+    with progress_bar(total, "recover", "it", quiet=0.0, eta=True, deadline=budget,
                       render=lambda text: errors.render(text, name_of)) as bar:
         doc = rc.recover(slim_dir, images, val, outdir, progress=bar, relearn_options=relearn_opt,
                          options=distill_opt, flags=_flags(), time_budget=budget, stop=ft.StopOnSignals(),
-                         go_on=stopped_before is not None)
+                         go_on=stopped_before is not None, started_hook=say_plan)
     stopped = doc.get("interrupted")
     if stopped:    # the distillation's work is written: the same command goes on from its snapshot
         if as_json:

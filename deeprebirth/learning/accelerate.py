@@ -338,7 +338,7 @@ def _recover_step(ctx: _Ctx, sd: Path | None, plan: dict) -> dict | None:
         ctx.say("recover: re-learn, then distil against the original" + (" and the labels" if ctx.opt.plan.labels
                 else "") + f" for about {budget / 60:.0f} min (what the time budget leaves)")
     options = ft.Options(seed=ctx.opt.seed, iters=ctx.opt.iters, with_labels=ctx.opt.plan.labels)
-    with ctx.stage("recover", None, "step") as tick:
+    with ctx.stage("recover", None, "step", deadline=ctx.left()) as tick:    # re-learning: the run's time left
         doc = rc.recover(sd, ctx.images, ctx.val, rec_dir, options=options, progress=tick, time_budget=budget,
                          stop=ft.StopOnSignals(), go_on=previous is not None)
     ctx.steps["recover"] = {"dir": str(rec_dir), "reserved_s": round(reserve, 1), **recovery_summary(doc)}

@@ -500,7 +500,7 @@ def load_images(source_spec, pre, train_n: int, held_n: int, seed: int) -> tuple
 # The plan
 
 
-def no_stage(desc: str, total: int | None, unit: str = "it"):
+def no_stage(desc: str, total: int | None, unit: str = "it", deadline: float | None = None):
     from contextlib import nullcontext  # noqa: PLC0415
     return nullcontext(None)
 

@@ -80,7 +80,8 @@ def recover(slim_dir: str | os.PathLike, images: str, val: str | None = None,
             outdir: str | os.PathLike | None = None, *, relearn_options: rl.Options | None = None,
             options: ft.Options | None = None, progress: Callable[[int], object] | None = None, log=None,
             flags: dict[str, str] | None = None, time_budget: float | None = None,
-            stop: ft.StopOnSignals | None = None, go_on: bool = False) -> dict:
+            stop: ft.StopOnSignals | None = None, go_on: bool = False,
+            started_hook: Callable[[], object] | None = None) -> dict:
     """Re-learn, then distil (module doc); returns what recover.json holds. ``options`` are the
     distillation's (finetune.Options; ``distill`` and the start ``weights`` are set here).
     ``options.with_labels`` keeps the label loss in the distillation (the images must carry labels;
@@ -97,7 +98,9 @@ def recover(slim_dir: str | os.PathLike, images: str, val: str | None = None,
     ``interrupted`` (during relearn it still leaves nothing). ``go_on``: when OUTDIR holds such a
     run, or a finished one (``previous_run``), this one goes on from it: relearn's weights stay,
     and the distillation resumes from its last snapshot at its rate (``resumed_options``), fitted
-    to the whole ``time_budget``; recover.json says ``resumed``."""
+    to the whole ``time_budget``; recover.json says ``resumed``. ``started_hook()`` is called once
+    the inputs are checked, before any work (where the command says what it runs: after a one-line
+    error about the inputs, nothing)."""
     started = time.perf_counter()
     sd = read_slim_dir(slim_dir)
     sd.teacher()                              # names the teacher, or a one-line error before any work
@@ -115,6 +118,8 @@ def recover(slim_dir: str | os.PathLike, images: str, val: str | None = None,
     distill = dataclasses.replace(distill, iters=iters, distill=True,
                                   weights=str(out / "relearn" / "weights.caffemodel"), test_interval=interval,
                                   time_budget=None)
+    if started_hook is not None:
+        started_hook()
     # OUTDIR is ours before any work; its marker lists relearn/ once relearn has written it, and
     # recover.json once that is written (the distillation's claim finds relearn/ by its own marker).
     with undo.removed_if_interrupted(out, OUTPUT_NAMES), \
@@ -225,6 +230,6 @@ def _unit_ticks(progress):
         if not planned:
             planned.append(True)
             progress(sv.Planned(n_units * iters, 0.0, f"re-learning {n_units} unit(s) bottom to top, {iters:,} "
-                                                      "SGD iterations each, then the distillation"))
+                                                      "SGD iterations each, then the distillation", part=True))
         progress(1)
     return tick

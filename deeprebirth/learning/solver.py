@@ -449,6 +449,7 @@ class Planned:
     seconds: float
     text: str
     curve: Callable[[float], float] | None = None   # seconds the first k of them should take (None: k/remaining)
+    part: bool = False            # more work follows these, in the same time budget (recover's re-learning)
 
 
 # ----------------------------------------------------------------------------------------------

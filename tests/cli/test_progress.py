@@ -106,3 +106,23 @@ def test_recover_shows_a_percentage_from_its_first_relearn_iteration():
         p(1)
     last = out.getvalue().splitlines()[-1]
     assert last == "rebirth: recover 10% (15/150 step, 15 s, about 2 min left)"     # 1 s a step, 135 to come
+
+
+def test_recover_with_a_time_budget_gives_the_time_left_of_the_run_while_it_re_learns():
+    """Re-learning is the first part of a run whose distillation fills what is left of --time: its
+    lines say the run's time left, not the re-learning's; the distillation's plan takes over."""
+    from deeprebirth.learning.solver import Planned
+
+    clock, out = [0.0], io.StringIO()
+    p = pr.LineProgress(None, "recover", "step", stream=out, clock=lambda: clock[0], quiet=0.0, eta=True,
+                        deadline=600.0)
+    p(Planned(150, 0.0, "re-learning 3 unit(s)", part=True))
+    for _ in range(20):
+        clock[0] += 1.0
+        p(1)
+    assert out.getvalue().splitlines()[-1] == "rebirth: recover 10% (15/150 step, 15 s, about 10 min left of the run)"
+    p(Planned(100, 500.0, "100 iterations fitted"))
+    for _ in range(5):
+        clock[0] += 5.0
+        p(1)
+    assert out.getvalue().splitlines()[-1].endswith("min left)")      # the distillation's own pace

@@ -128,6 +128,9 @@ def test_recover_stopped_during_its_distillation_keeps_its_work_and_goes_on(slim
     assert (out / "weights.caffemodel").is_file() and (out / "relearn" / "weights.caffemodel").is_file()
     relearned = (out / "relearn" / "weights.caffemodel").read_bytes()
     monkeypatch.undo()
+    wrong = run(*[a if a != d / "plain" else "fashion-mnist:nope" for a in args])     # a bad SOURCE: its error alone
+    assert wrong.exit_code == 1 and wrong.stderr.strip().splitlines() == [
+        "rebirth: error: fashion-mnist:nope: unknown split (use fashion-mnist:train or fashion-mnist:test)"], wrong.stderr
     again = run(*args, "--json")
     assert again.exit_code == 0, again.output
     assert "going on from its snapshot at iteration 3" in again.stderr, again.stderr
