@@ -35,6 +35,10 @@ from deeprebirth.runtime import plot as plot_mod
               help="Threads: of the --engine (onnxruntime default: its own; ncnn, mnn default: 1, also in "
                    "rebirth-time-ncnn), or BLAS threads of rebirth-time (devices other than cpu; default: the "
                    "BLAS's own).")
+@click.option("--spinning", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
+              help="onnxruntime only: whether its worker threads spin after a run (session.intra_op.allow_spinning; "
+                   "on is its default, as deployed). auto: on for one or two MODELs, off for more (spinning sessions "
+                   "slow each other); off measures what a loaded machine gets with it set to 0.")
 @click.option("--cpu-mask", default=None, metavar="HEX",
               help="Pin rebirth-time to these CPUs with taskset, e.g. f0 for a phone's big cores.")
 @click.option("--cooldown", type=click.FloatRange(min=0), default=0.0, show_default=True,
@@ -48,26 +52,31 @@ from deeprebirth.runtime import plot as plot_mod
               help="Also fit time = a + b * MACs over the Convolution and InnerProduct layers (their fastest runs) "
                    "and print a / b: what one layer is worth in MACs here, for `rebirth tucker --layer-cost` "
                    "(implies --layers).")
-def bench_command(models, weights, device, engine, batch, runs, warmup, threads, cpu_mask, cooldown, layers, as_json,
-                  plot,
-                  fit_cost):
+def bench_command(models, weights, device, engine, batch, runs, warmup, threads, spinning, cpu_mask, cooldown, layers,
+                  as_json, plot, fit_cost):
     """Time MODEL forward passes on random input: best and median run, ratios to the first MODEL
     (runs of several models are interleaved), memory, and with --layers the time of every layer
     and the share of non-tensor layers (the paper's Table 2 and Figure 2). More than two models on
-    onnxruntime run with its worker threads not spinning (spinning sessions slow each other)."""
+    onnxruntime run with its worker threads not spinning (spinning sessions slow each other;
+    --spinning sets it)."""
     if plot:
         plot_mod.check_path(plot)    # a wrong name is refused before any timing
     layers = layers or fit_cost
+    if spinning != "auto" and engine.lower() != "onnxruntime":
+        raise RebirthError(f"--spinning applies to --engine onnxruntime only, not {engine.lower()}: leave it out")
     dev = _device(device, engine.lower(), threads, cpu_mask, cooldown, batch, layers or plot is not None)
     specs = [folders.model_files(m)[0] if Path(m).is_dir() else m for m in models]  # a folder: its deploy net
     prepared = bench.prepare(specs, list(weights), batch)
     for p, label in zip(prepared, bench.labels([m.rstrip("/") for m in models])):
         p.label = label                                 # reported by the name given
 
-    crowded = dev.crowded() if len(prepared) > 2 else dev   # ONNX Runtime: sessions that spin slow each other
-    if crowded is not dev:
-        dev = crowded
-        echo(f"rebirth: note: {dev.crowded_note}", err=True)
+    if spinning == "off":
+        dev = dev.crowded()
+    elif spinning == "auto" and len(prepared) > 2:
+        crowded = dev.crowded()          # ONNX Runtime: sessions that spin slow each other
+        if crowded is not dev:
+            dev = crowded
+            echo(f"rebirth: note: {dev.crowded_note}", err=True)
     show_warnings(*(p.model.warnings for p in prepared))
     layers = layers or plot is not None
     warning = getattr(dev, "warning", None)

@@ -187,6 +187,15 @@ def test_bench_of_more_than_two_nets_on_onnx_runtime_turns_spinning_off_and_says
     two = run("bench", "squeezenet11", "squeezenet11", "--engine", "onnxruntime", "--runs", "2", "--warmup", "0",
               "--json", catch_exceptions=True)
     assert "spinning off" not in json.loads(two.stdout)["device_description"] and "note" not in two.stderr
+    # asked for: off for a pair too, on for three; and a clear error for an engine without spinning
+    off = run("bench", "squeezenet11", "squeezenet11", "--engine", "onnxruntime", "--spinning", "off", "--runs", "2",
+              "--warmup", "0", "--json", catch_exceptions=True)
+    assert off.exit_code == 0 and "spinning off" in json.loads(off.stdout)["device_description"], off.output
+    on = run("bench", "squeezenet11", "squeezenet11", "squeezenet11", "--engine", "onnxruntime", "--spinning", "on",
+             "--runs", "2", "--warmup", "0", "--json", catch_exceptions=True)
+    assert "spinning off" not in json.loads(on.stdout)["device_description"] and "note" not in on.stderr
+    r = run("bench", "squeezenet11", "--spinning", "off", catch_exceptions=True)
+    assert "--spinning applies to --engine onnxruntime only, not caffe" in error_line(r, stream="stderr")
 
 
 # ------------------------------------------------------------------------------------------------
