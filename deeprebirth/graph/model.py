@@ -6,6 +6,7 @@ phase, checks weights against the shapes the prototxt implies, and names the fir
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -17,6 +18,7 @@ from deeprebirth.caffe import proto as pb
 from deeprebirth.caffe.phase import filter_phase
 from deeprebirth.errors import RebirthError, warn
 from deeprebirth.graph.dag import Graph
+from deeprebirth.graph.fillers import fresh
 
 BUILTIN = builtin.NAMES
 
@@ -151,3 +153,15 @@ def load_model(model: str | Path, weights: str | Path | None = None, phase: int 
             m.extras["fresh_weights"] = missing
         m.weights, m.weights_source = arrays, str(weights)
     return m
+
+
+def stand_in(model: Model) -> Model:
+    """``model`` itself when it has weights; else a copy with the weights a training run would start
+    from (graph/fillers.py, seed 0): what the structure of a rewrite that computes new weights
+    (a BatchNorm fold, a decomposition) is made from when there are no trained ones. Those weights
+    are never written: the structure is the same as with trained weights, their values are not."""
+    if model.weights is not None:
+        return model
+    rng = np.random.default_rng(0)
+    weights = {n.name: fresh(n, rng) for n in Graph(model.net, strict=False).nodes if n.param_shapes}
+    return dataclasses.replace(model, weights=weights)

@@ -52,7 +52,7 @@ import numpy as np
 from deeprebirth import __version__
 from deeprebirth.errors import RebirthError
 from deeprebirth.graph.dag import Graph
-from deeprebirth.graph.model import Model
+from deeprebirth.graph.model import Model, stand_in
 from deeprebirth.transforms import planner, relearn_plan, runner
 from deeprebirth.transforms import rules as rule_registry
 from deeprebirth.transforms import slim as slim_api
@@ -190,8 +190,8 @@ def lossy_candidates(model: Model, rule_names: list[str] | None = None) -> list[
     """The lossy substructures of a full run (of the default rules, or ``rule_names``), in order,
     with their rules and the count of the original net's layers they touch; refused matches are not
     candidates."""
-    rules, _ = rule_registry.select(rule_names, False, model.weights is not None)
-    result = runner.run(model, rules)
+    rules, _ = rule_registry.select(rule_names, False)
+    result = runner.run(stand_in(model), rules)     # without weights: the structure slim makes (slim.slim)
     lossy = {r.name for r in rules if not r.exact}
     original = {layer.name for layer in model.net.layer}
     out: dict[str, planner.Candidate] = {}
@@ -262,7 +262,7 @@ def exact_rules_that_pay(model: Model, tv, opt: "Options", say: Log, stage,
     a rewrite that costs a little alone may be what lets the lossy merges pay (measured on the
     Fashion-MNIST GoogLeNet with ONNX Runtime: push_pool_concat read 0.011 ms slower on the exact
     net, noise 0.011, and slim everything without it measured 2.82x instead of 3.1-3.3x)."""
-    rules, _ = rule_registry.select(None, False, model.weights is not None)
+    rules, _ = rule_registry.select(None, False)
     names = [r.name for r in rules]
     exact = slimmed(model, [], tv)
     if exact is None:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from deeprebirth.graph.dag import Graph
-from deeprebirth.graph.model import Model
+from deeprebirth.graph.model import Model, stand_in
 from deeprebirth.transforms import rules as rule_registry
 from deeprebirth.transforms import runner
 
@@ -13,8 +13,8 @@ def candidates(model: Model, rules: list[str] | None = None, keep_pooling: bool 
     """The slimming candidates: every match the rules `rebirth slim` would run (same ``rules`` and
     ``keep_pooling``) report while slimming everything -- its rule, its name (what ``--only``
     accepts), its layers, and the guard's note when it is left alone -- with notes on rules left out."""
-    chosen, notes = rule_registry.select(rules, keep_pooling, model.weights is not None)
-    result = runner.run(model, chosen)
+    chosen, notes = rule_registry.select(rules, keep_pooling)
+    result = runner.run(stand_in(model), chosen)      # without weights: the structure slim makes (slim.slim)
     return {"rules": [r.declaration() for r in chosen], "candidates": [c.as_dict() for c in result.candidates],
             "candidate_notes": notes + result.notes}
 

@@ -11,7 +11,6 @@ procedure (Table 3) is one run per step, each fine-tuned before the next.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -26,8 +25,7 @@ from deeprebirth.caffe import proto as pb
 from deeprebirth.caffe.phase import filter_phase
 from deeprebirth.errors import RebirthError
 from deeprebirth.graph.dag import Graph
-from deeprebirth.graph.fillers import fresh
-from deeprebirth.graph.model import Model
+from deeprebirth.graph.model import Model, stand_in
 from deeprebirth.transforms import relearn_plan, runner, trainfiles
 from deeprebirth.transforms import rules as rule_registry
 from deeprebirth.transforms import transplant as weight_ops
@@ -127,8 +125,10 @@ def slim(model: Model, rules: list[Rule | str] | None = None, only: list[str] | 
     """Slim ``model`` and build everything `rebirth slim` writes.
 
     ``rules``: Rule instances, or rule names (see ``select_rules``, with ``keep_pooling``); by
-    default every rule that declares ``default`` (without weights, those that need them are left
-    out, with a note).
+    default every rule that declares ``default``. Without weights the rules run on stand-in
+    weights (graph.model.stand_in), so that a BatchNorm fold or a decomposition gives the net the
+    structure it has with trained weights (the nets `plan` times by time alone and `slim --plan`
+    builds); no weights are written, and a note says which rules computed weights.
     Training-only layers of a given train_val (auxiliary classifiers) start from their trained values
     when the weights file has them (``model.spare_weights``).
     ``progress(1)`` is called after each match is decided (``runner.run``).
@@ -145,18 +145,14 @@ def slim(model: Model, rules: list[Rule | str] | None = None, only: list[str] | 
     notes: list[str] = []
     have_weights = model.weights is not None
     if rules is None or all(isinstance(r, str) for r in rules):
-        rules, left_out = rule_registry.select(None if rules is None else list(rules), keep_pooling,
-                                               have_weights)
-        notes += left_out
+        rules, _ = rule_registry.select(None if rules is None else list(rules), keep_pooling)
     elif keep_pooling:
         raise RebirthError("keep_pooling applies to rule names, not to Rule instances")
     if not rules:
         raise RebirthError("no rules to run")
-    run_on = model
     if tucker:
         rules = _with_tucker(rules, tucker)
-        if not have_weights:
-            run_on = _stand_in(model)
+    run_on = stand_in(model)      # without weights: the structure, from stand-in weights never written
     data_layer = DATA_LAYERS.get(data_layer, data_layer)
     only_set = None
     if only is not None:
@@ -167,6 +163,11 @@ def slim(model: Model, rules: list[Rule | str] | None = None, only: list[str] | 
     result = runner.run(run_on, rules, only=only_set, progress=progress, exact_always=exact_always)
     if run_on is not model:
         result.model.weights = None
+        folded = sorted({c.rule for c in result.changes if c.rule != TUCKER and _needs_weights(rules, c.rule)})
+        if folded:
+            notes.append(f"no {{opt:weights}}: the rewrites of {', '.join(folded)} compute new weights from the "
+                         "trained ones; the net has their structure (made from stand-in weights, which are not "
+                         "written): give {opt:weights} to rewrite yours")
     if only is not None and not only_set <= set(result.matched):
         _check_only(model, rules, only)
     notes += result.notes
@@ -253,12 +254,8 @@ def _with_tucker(rules: list[Rule], ranks: dict[str, dict]) -> list[Rule]:
     return list(rules) + [TuckerRule(layer_ranks=dict(ranks), only=set(ranks))]
 
 
-def _stand_in(model: Model) -> Model:
-    """``model`` with weights as a training run would start from (graph.fillers): what a
-    decomposition's structure is made from when there are no trained weights."""
-    rng = np.random.default_rng(0)
-    weights = {n.name: fresh(n, rng) for n in Graph(model.net, strict=False).nodes if n.param_shapes}
-    return dataclasses.replace(model, weights=weights)
+def _needs_weights(rules: list[Rule], name: str) -> bool:
+    return any(r.name == name and r.needs_weights for r in rules)
 
 
 def _check_tucker(model: Model, result: runner.Result, ranks: dict[str, dict]) -> set[str]:

@@ -163,3 +163,17 @@ def test_more_than_two_nets_are_timed_on_the_crowded_device(googlenet, monkeypat
     assert used == [True, False]
     assert any("not spinning" in n for n in plan_api._crowded_notes(opt))
     assert plan_api._crowded_notes(plan_api.Options(engine="caffe")) == []
+
+
+def test_a_net_without_weights_is_planned_on_the_structure_its_weights_would_give():
+    """By time alone the nets timed are those `slim --plan` makes with the weights: a BatchNorm fold
+    computes weights, so without them it is made from stand-in weights, and the merges it opens
+    (ResNet-50's conv1 with its BatchNorm, Scale and pooling) are candidates, as with weights."""
+    m = load_model("resnet50")
+    assert m.weights is None
+    assert "conv1" in [c.name for c in plan_api.lossy_candidates(m)]
+    exact = plan_api.slimmed(m, [])
+    assert exact.weights is None and exact.result.model.weights is None
+    assert not {"BatchNorm", "Scale"} & {layer.type for layer in exact.deploy.layer}
+    merged = plan_api.slimmed(m, ["conv1"])
+    assert "pool1" not in {layer.name for layer in merged.deploy.layer}
