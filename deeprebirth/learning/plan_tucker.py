@@ -156,21 +156,21 @@ def tucker_stage(model: Model, nets: "P.Nets", opt: "P.Options", choice: planner
 
     def build(layers):      # what `slim --plan` makes (without weights: the structure, from stand-in weights)
         return P.slimmed(model, choice.chosen, tv, train_val, rules=nets.rules, tucker=layers)
-    ranks, left = offered(base_net, weights, fresh, model.source)
+    offers, left = offered(base_net, weights, fresh, model.source)
     doc["left_out"] = left
-    if not ranks:
+    if not offers:
         doc["notes"].append("no Tucker candidate: no layer of the planned net is worth decomposing (" +
                             (left[0] if left else "no Convolution or InnerProduct") + ")")
         return doc
     variants, cands = {}, []
-    for cname, (name, r) in ranks.items():
+    for cname, (name, r) in offers.items():
         c = planner.Candidate(cname, ["tucker"], 1, group=name)
         try:
             variants[c.name] = build({name: r})
         except RebirthError as e:
             c.note = f"cannot be decomposed: {e}"
         cands.append(c)
-    say(f"tucker: {len(variants)} decomposition(s) of {len({n for n, _ in ranks.values()})} layer(s) of the "
+    say(f"tucker: {len(variants)} decomposition(s) of {len({n for n, _ in offers.values()})} layer(s) of the "
         "planned net; timing each beside it")
     timing = {"planned": base_net, "planned again": base_net, **{f"+{k}": v.deploy for k, v in variants.items()}}
     runs = P.fit_runs(P.TABLE_SHARE * clock.left(), len(timing), opt.warmup, clock.pace, opt.runs)
@@ -191,13 +191,13 @@ def tucker_stage(model: Model, nets: "P.Nets", opt: "P.Options", choice: planner
         _set_cost(c, fid.get(c.name), base_fid, heldout, opt.labels)
     base_ms = np.quantile(times["planned"] + times["planned again"], P.QUANTILE)
     pick = _choose(cands, opt, choice, check, base_ms, heldout)
-    doc["candidates"] = [dict(c.as_dict(), layer=ranks[c.name][0], ranks=ranks[c.name][1]) for c in cands]
+    doc["candidates"] = [dict(c.as_dict(), layer=offers[c.name][0], ranks=offers[c.name][1]) for c in cands]
     doc["timing"] = {"median_ms": {k: round(float(np.quantile(v, P.QUANTILE)), 4) for k, v in times.items()}}
     if pick.notes:
         doc["notes"] += pick.notes
     if not pick.chosen:
         return doc
-    chosen = dict(ranks[n] for n in pick.chosen)
+    chosen = dict(offers[n] for n in pick.chosen)
     verdict = _check(model, opt, choice, build(chosen), chosen, base_net, train, held, labels, heldout, say, stage)
     doc["check"] = verdict
     if verdict["stands"]:
