@@ -169,7 +169,7 @@ def slim(model: Model, rules: list[Rule | str] | None = None, only: list[str] | 
                          "trained ones; the net has their structure (made from stand-in weights, which are not "
                          "written): give {opt:weights} to rewrite yours")
     if only is not None and not only_set <= set(result.matched):
-        _check_only(model, rules, only)
+        _check_only(run_on, rules, only)
     notes += result.notes
     relearned = _tucker_notes(model, result, tucker, have_weights, notes) if tucker else set()
     if not result.changes:
