@@ -211,6 +211,8 @@ def test_a_rule_that_needs_weights_refuses_in_the_runner_and_slim_makes_its_stru
     types = {layer.type for layer in netio.read_net(tmp_path / "out" / "deploy.prototxt").layer}
     assert "BatchNorm" not in types and "Scale" not in types
     assert not (tmp_path / "out" / "init.caffemodel").exists()
+    notes = candidates.candidates(model)["candidate_notes"]     # inspect says so too
+    assert any("fold_bn compute(s) new weights" in errors.render(n) for n in notes)
 
 
 # ---------------------------------------------------------------------------------------------
