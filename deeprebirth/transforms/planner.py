@@ -291,8 +291,8 @@ def _why(c: Candidate, by_time: bool, budget: float | None) -> str:
 
 
 #: A speed-up target counts as reached when the assembled net measures at least this fraction of
-#: it. 1: `--speedup 3` means 3x as timed. (It was 0.97; the plans it accepted, 2.95x for 3x, then
-#: measured 2.86x in accelerate's own bench: the slack and the noise added up on the same side.)
+#: it. 1: `--speedup 3` means 3x as timed. (At 0.97 a plan of 2.95x for 3x was accepted and measured
+#: 2.86x in accelerate's own bench: the slack and the noise add up on the same side.)
 REACHED = 1.0
 
 
