@@ -15,7 +15,7 @@ def candidates(model: Model, rules: list[str] | None = None, keep_pooling: bool 
     accepts), its layers, and the guard's note when it is left alone -- with notes on rules left out."""
     chosen, notes = rule_registry.select(rules, keep_pooling)
     result = runner.run(stand_in(model), chosen)      # without weights: the structure slim makes (slim.slim)
-    computed = sorted({c.rule for c in result.candidates for r in chosen if r.name == c.rule and r.needs_weights})
+    computed = sorted({c.rule for c in result.candidates} & {r.name for r in chosen if r.needs_weights})
     if model.weights is None and computed:
         notes.append(f"no {{opt:weights}}: {', '.join(computed)} compute(s) new weights from the trained ones; "
                      "without them `slim` makes the structure only (from stand-in weights, not written)")

@@ -134,7 +134,7 @@ def _groups(groups: list | None, n: int) -> list[list[int]]:
         return [[i] for i in range(n)]
     order: dict = {}
     for i, g in enumerate(groups):
-        order.setdefault(("alone", i) if g is None else ("group", g), []).append(i)
+        order.setdefault(("alone", i) if g is None else ("group", g), []).append(i)  # None: a group of one
     return list(order.values())
 
 
@@ -192,12 +192,8 @@ def least_cost_reaching(values: list[float], weights: list[int], needed: float,
 def one_per_group(pool: list[Candidate]) -> list[Candidate]:
     """Of each group the candidate that saves the most (alternatives: every rewrite that saves time
     means the best of each)."""
-    best: dict = {}
-    for i, c in enumerate(pool):
-        key = ("alone", i) if c.group is None else ("group", c.group)
-        if key not in best or c.saved_ms > best[key].saved_ms:
-            best[key] = c
-    return [c for c in pool if c in best.values()]
+    best = [max(members, key=lambda i: pool[i].saved_ms) for members in _groups([c.group for c in pool], len(pool))]
+    return [pool[i] for i in sorted(best)]
 
 
 def choose(candidates: list[Candidate], original_ms: float, exact_ms: float, heldout: int | None,
