@@ -54,6 +54,9 @@ def test_decompositions_stand_only_when_faster_than_the_slim_plan_and_within_the
     assert not stands and "6 held-out image(s) lost, over the budget of 5.0" in why
     stands, why = plan_tucker.verdict(0.5, 0.1, "singular", 0, 5.0, False)
     assert not stands and "could not be re-learned: singular" in why
+    assert plan_tucker.verdict(0.5, 0.1, None, None, None, False, (4.8, 4.0))[0]
+    stands, why = plan_tucker.verdict(0.032, 0.030, None, None, None, False, (3.61, 3.71))   # the pairs disagree
+    assert not stands and "3.61x against the slim plan's 3.71x" in why and "saved 0.032 ms" in why
 
 
 def tucker_cands():
