@@ -43,6 +43,10 @@ from deeprebirth.runtime import plot as plot_mod
               help="Pin rebirth-time to these CPUs with taskset, e.g. f0 for a phone's big cores.")
 @click.option("--cooldown", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="Seconds of rest before each model's turn (lets a phone's CPU cool down).")
+@click.option("--block", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Runs of a model in a row before the next model's turn, each turn after one untimed run: each "
+                   "model timed as if alone, its weights in the caches (1: A B A B; a large net between two runs "
+                   "of a small one slows it). --device cpu only.")
 @click.option("--layers", is_flag=True, help="Also time every layer: by type, non-tensor share, top layers.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
 @click.option("--plot", type=str, default=None,
@@ -52,8 +56,8 @@ from deeprebirth.runtime import plot as plot_mod
               help="Also fit time = a + b * MACs over the Convolution and InnerProduct layers (their fastest runs) "
                    "and print a / b: what one layer is worth in MACs here, for `rebirth tucker --layer-cost` "
                    "(implies --layers).")
-def bench_command(models, weights, device, engine, batch, runs, warmup, threads, spinning, cpu_mask, cooldown, layers,
-                  as_json, plot, fit_cost):
+def bench_command(models, weights, device, engine, batch, runs, warmup, threads, spinning, cpu_mask, cooldown, block,
+                  layers, as_json, plot, fit_cost):
     """Time MODEL forward passes on random input: best and median run, ratios to the first MODEL
     (runs of several models are interleaved), memory, and with --layers the time of every layer
     and the share of non-tensor layers (the paper's Table 2 and Figure 2). More than two models on
@@ -65,6 +69,7 @@ def bench_command(models, weights, device, engine, batch, runs, warmup, threads,
     if spinning != "auto" and engine.lower() != "onnxruntime":
         raise RebirthError(f"--spinning applies to --engine onnxruntime only, not {engine.lower()}: leave it out")
     dev = _device(device, engine.lower(), threads, cpu_mask, cooldown, batch, layers or plot is not None)
+    bench.check_block(dev, block)
     specs = [folders.model_files(m)[0] if Path(m).is_dir() else m for m in models]  # a folder: its deploy net
     prepared = bench.prepare(specs, list(weights), batch)
     for p, label in zip(prepared, bench.labels([m.rstrip("/") for m in models])):
@@ -83,10 +88,11 @@ def bench_command(models, weights, device, engine, batch, runs, warmup, threads,
     if warning:
         echo(f"rebirth: warning: {warning}", err=True)
     with progress_bar(len(prepared) * (runs + warmup), "timing", "run") as bar:
-        results = bench.run_isolated(prepared, dev, runs, warmup, layers, progress=bar, cooldown=cooldown)
+        results = bench.run_isolated(prepared, dev, runs, warmup, layers, progress=bar, cooldown=cooldown, block=block)
     # After the run: a device that runs rebirth-time knows what it ran on only once connected.
     settings = {"device": dev.name, "engine": engine.lower(), "device_description": dev.description, "batch": batch,
-                "runs": runs, "warmup": warmup, "layers_timed": layers, "cooldown_s": cooldown}
+                "runs": runs, "warmup": warmup, "layers_timed": layers, "cooldown_s": cooldown,
+                "block": block}
     if getattr(dev, "info", None):
         settings["device_info"] = dev.info
     if warning:

@@ -438,6 +438,12 @@ def _share(m: dict) -> float | None:
     return median_run if median_run is not None else m.get("non_tensor_percent")
 
 
+def _turns(block: int) -> str:
+    if block == 1:
+        return ", interleaved across models"
+    return f", the models taking turns of {block} runs (each after an untimed run)"
+
+
 def bench_text(doc: dict, top: int = TOP_LAYERS) -> str:
     models = doc["models"]
     lines = []
@@ -446,7 +452,7 @@ def bench_text(doc: dict, top: int = TOP_LAYERS) -> str:
         if doc.get("device_warning"):
             lines.append(f"warning: {doc['device_warning']}")
         lines.append(f"batch {doc.get('batch')}, {doc.get('runs')} timed runs after {doc.get('warmup')} "
-                     f"warm-up per model" + (", interleaved across models" if len(models) > 1 else "")
+                     f"warm-up per model" + (_turns(doc.get("block") or 1) if len(models) > 1 else "")
                      + "; best = fastest run (the paper's figure), median of the runs")
         lines.append("")
     ref = doc["ratios"]["reference"]

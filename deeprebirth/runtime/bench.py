@@ -127,42 +127,58 @@ class Measurement:
 
 
 def measure(sessions: Sequence[tuple[str, Session]], runs: int = 50, warmup: int = 5,
-            layers: bool = False, progress: Progress | None = None, cooldown: float = 0.0) -> list[Measurement]:
+            layers: bool = False, progress: Progress | None = None, cooldown: float = 0.0,
+            block: int = 1) -> list[Measurement]:
     """Time ``runs`` forward passes of every session, interleaved (A B C A B C ...), after
-    ``warmup`` untimed rounds. With ``layers``, each model's turn in a round is a whole pass
-    followed by a pass of per-layer calls. ``progress(1)`` is called after each model's turn;
-    ``cooldown`` seconds of sleep come before every turn but the first."""
+    ``warmup`` untimed rounds. With ``layers``, each model's pass is a whole pass followed by a
+    pass of per-layer calls. ``block`` > 1: each model's turn is one untimed pass then ``block``
+    timed ones (A A A B B B A A A ...): each model timed as if alone, its weights in the caches
+    (``turns``). ``progress(1)`` is called after each timed or warm-up pass; ``cooldown`` seconds
+    of sleep come before every turn but the first."""
     if runs < 1:
         raise RebirthError(f"{{opt:runs}} must be at least 1, not {runs}")
     if warmup < 0:
         raise RebirthError(f"{{opt:warmup}} must be at least 0, not {warmup}")
+    if block < 1:
+        raise RebirthError(f"{{opt:block}} must be at least 1, not {block}")
     out = [Measurement(label, list(s.layer_names), list(s.layer_types)) for label, s in sessions]
     gc_was_enabled = gc.isenabled()
     gc.collect()
     gc.disable()  # no collector pauses inside a timed pass
     try:
-        for r in range(warmup + runs):
+        for turn, (timed, untimed_first) in enumerate(turns(runs, warmup, block)):
             for k, ((_, session), rec) in enumerate(zip(sessions, out)):
-                if cooldown > 0 and (r or k):
+                if cooldown > 0 and (turn or k):
                     time.sleep(cooldown)
-                t = session.time_forward()
-                per_layer = session.time_layers() if layers else None
-                if r >= warmup:
-                    rec.forward_s.append(t)
-                    if per_layer is not None:
-                        rec.layers_s.append(per_layer)
-                if progress is not None:
-                    progress(1)
+                if untimed_first:
+                    session.time_forward()
+                for _ in range(max(timed, 1)):
+                    t = session.time_forward()
+                    per_layer = session.time_layers() if layers else None
+                    if timed:
+                        rec.forward_s.append(t)
+                        if per_layer is not None:
+                            rec.layers_s.append(per_layer)
+                    if progress is not None:
+                        progress(1)
     finally:
         if gc_was_enabled:
             gc.enable()
     return out
 
 
+def turns(runs: int, warmup: int, block: int) -> list[tuple[int, bool]]:
+    """Each model's turns, in order, as (timed passes, whether an untimed pass comes first): the
+    ``warmup`` untimed rounds as (0, False), one pass each, then the timed passes in turns of
+    ``block`` (the last one shorter), each after an untimed pass when ``block`` > 1."""
+    timed = [min(block, runs - i) for i in range(0, runs, block)]
+    return [(0, False)] * warmup + [(n, block > 1) for n in timed]
+
+
 def run(prepared: Sequence[Prepared], device: Device, runs: int = 50, warmup: int = 5,
         layers: bool = False, memory: bool = True, seed: int = 0,
         progress: Progress | None = None, cooldown: float = 0.0,
-        refused: dict[str, str] | None = None) -> list[Measurement]:
+        refused: dict[str, str] | None = None, block: int = 1) -> list[Measurement]:
     """Open every model on ``device``, time them interleaved, then measure their memory (after
     the timing, so that memory probes never run alongside a timed pass). Devices that run the
     timing program (engine/remote.py) measure everything in one go, in the same way.
@@ -171,6 +187,7 @@ def run(prepared: Sequence[Prepared], device: Device, runs: int = 50, warmup: in
     a layer, say) as ``{label: one-line reason}``; those are left out of the result (the others
     are timed as usual) instead of raising. Without it (the default), the first refusal raises."""
     if hasattr(device, "measure_models"):
+        check_block(device, block)
         runs_ = device.measure_models([p.model for p in prepared], [p.weights_file for p in prepared],
                                       runs, warmup, layers, seed=seed, progress=progress)
         return [Measurement(p.label, r.layer_names, r.layer_types, r.forward_s, r.layers_s, p.model.source,
@@ -187,7 +204,7 @@ def run(prepared: Sequence[Prepared], device: Device, runs: int = 50, warmup: in
                 refused[p.label] = refusal(e)
                 continue
             opened.append(p)
-        results = measure(sessions, runs, warmup, layers, progress, cooldown) if sessions else []
+        results = measure(sessions, runs, warmup, layers, progress, cooldown, block) if sessions else []
         for p, (_, session), rec in zip(opened, sessions, results):
             rec.source, rec.weights = p.model.source, p.weights
             if memory:
@@ -196,6 +213,13 @@ def run(prepared: Sequence[Prepared], device: Device, runs: int = 50, warmup: in
         for _, session in sessions:
             session.close()
     return results
+
+
+def check_block(device: Device, block: int) -> None:
+    """Turns of more than one run are made in this process only (``measure``)."""
+    if block > 1 and hasattr(device, "measure_models"):
+        raise RebirthError(f"{{opt:block}} applies to the engines run in this process (--device cpu); "
+                           f"{device.name} runs the timing program, which interleaves run by run: leave it out")
 
 
 def refusal(e: BaseException) -> str:
@@ -207,16 +231,16 @@ def refusal(e: BaseException) -> str:
 
 def run_isolated(prepared: Sequence[Prepared], device: Device, runs: int = 50, warmup: int = 5,
                  layers: bool = False, memory: bool = True, seed: int = 0,
-                 progress: Progress | None = None, cooldown: float = 0.0) -> list[Measurement]:
+                 progress: Progress | None = None, cooldown: float = 0.0, block: int = 1) -> list[Measurement]:
     """``run`` in a child process (engine/isolate.py), so that a net Caffe refuses (a CHECK
     failure) ends in a one-line RebirthError with Caffe's message instead of an abort. A device
     that runs the rebirth-time program is a process of its own already: it runs here (and keeps
     what it learns of the device for the report)."""
     if hasattr(device, "measure_models"):
-        return run(prepared, device, runs, warmup, layers, memory, seed, progress, cooldown=cooldown)
+        return run(prepared, device, runs, warmup, layers, memory, seed, progress, cooldown=cooldown, block=block)
     from deeprebirth.runtime import isolate  # noqa: PLC0415
     return isolate.call(run, prepared, device, runs, warmup, layers, memory, seed, what="Caffe (bench)",
-                        progress=progress, cooldown=cooldown)
+                        progress=progress, cooldown=cooldown, block=block)
 
 
 # ------------------------------------------------------------------------------------------------

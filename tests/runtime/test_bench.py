@@ -243,6 +243,27 @@ def test_runs_are_interleaved_after_warmup():
         bench.measure(sessions, runs=0)
 
 
+def test_turns_of_several_runs_time_each_model_as_if_alone():
+    dev = FakeDevice()
+    sessions = [(x, dev.open(x)) for x in "AB"]
+    steps = []
+    out = bench.measure(sessions, runs=5, warmup=1, block=3, progress=steps.append)
+    # one warm-up round; then turns of 3 and 2 timed runs, each after an untimed run
+    assert "".join(dev.log) == "AB" + "AAAA" + "BBBB" + "AAA" + "BBB"
+    assert [len(m.forward_s) for m in out] == [5, 5] and sum(steps) == 2 * (1 + 5)
+    assert bench.turns(5, 1, 3) == [(0, False), (3, True), (2, True)]
+    assert bench.turns(2, 0, 1) == [(1, False), (1, False)]            # block 1: interleaved as before
+    text = reports.bench_text(bench.build_json(out, {"device": "cpu", "runs": 5, "warmup": 1, "block": 3}))
+    assert "the models taking turns of 3 runs (each after an untimed run)" in text
+    with pytest.raises(RebirthError, match="^block must be at least 1"):
+        bench.measure(sessions, block=0)
+
+
+def test_bench_refuses_turns_on_a_device_running_the_timing_program():
+    line = error_line(run("bench", "googlenet", "--device", "qemu-aarch64", "--block", "5"))
+    assert "--block applies to the engines run in this process" in line and "qemu-aarch64" in line
+
+
 def test_devices():
     assert get_device("cpu").name == "cpu"
     assert get_device("adb").name == "adb"  # engine/remote.py; tested in test_device.py
