@@ -212,6 +212,9 @@ def test_chain_with_batchnorm_is_left_to_fold_bn():
     assert res.changes == []
     (skip,) = res.skips
     assert skip.substructure == "c" and "fold_bn" in skip.reason
+    assert "slim with {opt:weights} and {opt:only} c" in skip.reason          # no weights: give them
+    (skip,) = run(model_of(text, weights=True)).skips
+    assert "slim with {opt:only} c" in skip.reason and "{opt:weights}" not in skip.reason   # weights: the fold only
 
 
 def test_batchnorm_only_chain_is_not_a_streamline_match():

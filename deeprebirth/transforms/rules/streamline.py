@@ -108,6 +108,8 @@ class StreamlineRule(Rule):
 
     def guards(self, graph: Graph, match: Match, model: Model) -> str | None:
         plan = self.plan(graph, match)
+        if isinstance(plan, str) and model.weights is not None:     # the hint asks for the fold only
+            plan = plan.replace("slim with {opt:weights} and {opt:only}", "slim with {opt:only}")
         return plan if isinstance(plan, str) else None
 
     # -- planning ---------------------------------------------------------------------------
