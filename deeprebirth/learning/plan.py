@@ -379,6 +379,39 @@ def time_pairs(original, nets: dict, opt: Options, progress=None, retimed: list 
 PAIR_AGREEMENT = 1.5
 
 
+def time_check(original, pairs: dict, opt: Options, stage, say: Log, clock: Clock, target: float | None,
+               timer=None) -> tuple[dict, dict]:
+    """A check's nets each timed beside the original (time_pairs, CHECK_RUNS_FACTOR times the
+    runs): (median ms of each, of the original in its pair). When "planned" reads short of the
+    ``target`` speed-up, the pairs are timed again once (if the plan's time allows as long again)
+    and each keeps the session whose original ran quicker: a session the machine slowed as a whole
+    reads every pair slow alike, which odd_pairs cannot see (the held-aside GoogLeNet in Caffe:
+    once 4.20x, 1.49 ms for the original, where its sessions before and after read 5.9-6.6x at
+    1.10-1.17 ms), and a plan short of its target gives up fidelity for speed (slim everything,
+    Tucker candidates)."""
+    timer = timer or time_pairs
+    longer = dataclasses.replace(opt, runs=CHECK_RUNS_FACTOR * opt.runs)   # the prediction: fewer nets, more runs
+    distinct = len({id(n) for n in pairs.values()})      # time_pairs times a net given twice once
+    retimed: list[str] = []
+    began = time.perf_counter()
+    with stage("timing the plan", 2 * distinct * (longer.runs + opt.warmup), "run") as tick:
+        m, o = timer(original, pairs, longer, tick, retimed)
+    for label in retimed:
+        say(f"  the original ran slower beside {label} than in the other pairs (more than {PAIR_AGREEMENT:g}x): "
+            "that pair was timed again")
+    took = time.perf_counter() - began
+    got = o["planned"] / m["planned"]
+    if target is None or not planner.short_of(target, got) or clock.left() < took:
+        return m, o
+    say(f"  the planned net read {got:.2f}x, short of {target:g}x: the check is timed again")
+    with stage("timing the plan again", 2 * distinct * (longer.runs + opt.warmup), "run") as tick:
+        m2, o2 = timer(original, pairs, longer, tick, None)
+    for label in m:
+        if o2[label] < o[label]:
+            m[label], o[label] = m2[label], o2[label]
+    return m, o
+
+
 def odd_pairs(original_ms: dict[str, float], factor: float = PAIR_AGREEMENT) -> list[str]:
     """The pairs (label -> the original's median in that pair) whose original ran more than
     ``factor`` times slower than in the quickest pair."""
@@ -768,14 +801,7 @@ def _choose_and_check(model, nets: Nets, opt: Options, med: dict, heldout, tv, t
         pairs = {"planned": assembled.deploy if assembled else exact_net, "exact": exact_net}
         if nets.full is not None:
             pairs["slim everything"] = nets.full.deploy
-        longer = dataclasses.replace(opt, runs=CHECK_RUNS_FACTOR * opt.runs)   # the prediction: fewer nets, more runs
-        distinct = len({id(n) for n in pairs.values()})      # time_pairs times a net given twice once
-        retimed: list[str] = []
-        with stage("timing the plan", 2 * distinct * (longer.runs + opt.warmup), "run") as tick:
-            m, o = time_pairs(model.net, pairs, longer, tick, retimed)
-        for label in retimed:
-            say(f"  the original ran slower beside {label} than in the other pairs (more than {PAIR_AGREEMENT:g}x): "
-                "that pair was timed again")
+        m, o = time_check(model.net, pairs, opt, stage, say, clock, opt.speedup)
         check = {"chosen": list(choice.chosen), "original_ms": round(o["planned"], 4),
                  "exact_ms": round(m["exact"], 4), "planned_ms": round(m["planned"], 4),
                  "speedup": round(o["planned"] / m["planned"], 4),

@@ -180,6 +180,36 @@ def test_a_pair_whose_original_ran_slow_is_timed_again(monkeypatch):
     assert orig["b"] / med["b"] == 2.0 and med["b again"] == med["b"] == 5.0
 
 
+def test_a_check_short_of_its_target_is_timed_again_and_the_quicker_sessions_kept():
+    """plan.time_check: a session the machine slowed as a whole reads every pair slow alike; when
+    the planned net reads short of the target the pairs are timed once more, each keeping the
+    session whose original ran quicker; a check that reached it, or has no target, is timed once."""
+    import contextlib
+
+    from deeprebirth.learning import plan as plan_api
+    sessions = [({"planned": 0.36, "exact": 1.38}, {"planned": 1.49, "exact": 1.42}),     # slowed: 4.1x
+                ({"planned": 0.19, "exact": 1.31}, {"planned": 1.14, "exact": 1.47})]     # 6.0x
+    calls, said = [], []
+
+    def timer(original, pairs, opt, tick, retimed):
+        calls.append(opt.runs)
+        m, o = sessions[len(calls) - 1]
+        return dict(m), dict(o)
+
+    def stage(*args):
+        return contextlib.nullcontext(None)
+    clock = plan_api.Clock(None, 0.0)
+    opt = plan_api.Options(runs=30)
+    m, o = plan_api.time_check("orig", {"planned": 1, "exact": 2}, opt, stage, said.append, clock, 5.0, timer)
+    assert calls == [90, 90] and "read 4.14x, short of 5x: the check is timed again" in said[0]
+    assert (m["planned"], o["planned"]) == (0.19, 1.14)          # the second session's original was quicker
+    assert (m["exact"], o["exact"]) == (1.38, 1.42)              # the first's, for this pair
+    for target in (4.0, None):                                   # reached, or no target: one session
+        calls.clear()
+        plan_api.time_check("orig", {"planned": 1, "exact": 2}, opt, stage, said.append, clock, target, timer)
+        assert calls == [90]
+
+
 def test_points_as_a_sentence_says_them():
     assert planner.points(1.0) == "1 top-1 point" and planner.points(0.5) == "0.5 top-1 points"
 
