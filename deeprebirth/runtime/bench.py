@@ -2,7 +2,8 @@
 
 * Latency: each run is one forward pass on random input; the report gives the best run (the
   paper's figure) and the median. Several models are run interleaved in one process
-  (A B C A B C ...), so that the ratios to the first model compare runs made side by side.
+  (A B C A B C ...), so that the ratios to the first model compare runs made side by side; or
+  in turns of several runs each (``block``: each model timed with its own weights in the caches).
 * Per-layer time (``layers=True``): in every run each model also makes one pass of per-layer
   forward calls, each timed on its own; a layer's time is its median over the runs. Layers are
   grouped by type and kind, and the non-tensor share of latency is the paper's Eq. 1:
