@@ -204,6 +204,9 @@ def test_a_check_short_of_its_target_is_timed_again_and_the_quicker_sessions_kep
     assert calls == [90, 90] and "read 4.14x, short of 5x: the check is timed again" in said[0]
     assert (m["planned"], o["planned"]) == (0.19, 1.14)          # the second session's original was quicker
     assert (m["exact"], o["exact"]) == (1.38, 1.42)              # the first's, for this pair
+    assert plan_api.quicker_sessions(({"a": 1.0, "b": 2.0}, {"a": 5.0, "b": 6.0}),
+                                     ({"a": 0.9, "b": 2.5}, {"a": 4.0, "b": 7.0})) == ({"a": 0.9, "b": 2.0},
+                                                                                       {"a": 4.0, "b": 6.0})
     for target in (4.0, None):                                   # reached, or no target: one session
         calls.clear()
         plan_api.time_check("orig", {"planned": 1, "exact": 2}, opt, stage, said.append, clock, target, timer)
