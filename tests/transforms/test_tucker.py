@@ -281,3 +281,24 @@ def test_balance_splits_the_norm_and_keeps_the_product():
     np.testing.assert_allclose(reconstruct(c2, U2, V2), reconstruct(core, U, V), rtol=1e-5, atol=1e-5)
     c3, U3, V3 = balance(core, U, None)    # Tucker-1: core and one factor
     assert V3 is None and np.linalg.norm(c3) == pytest.approx(np.linalg.norm(U3))
+
+
+def test_large_svds_are_remembered_by_content_within_a_byte_budget(monkeypatch):
+    """tucker.thin_svd: a plan decomposes the same large InnerProduct in many variants."""
+    from deeprebirth.transforms.rules import tucker as tk
+    monkeypatch.setattr(tk, "SVD_MEMO_MIN", 100)
+    monkeypatch.setattr(tk, "_svd_memo", {})
+    rng = np.random.default_rng(0)
+    W = rng.standard_normal((20, 30))
+    P, s, Qt = tk.thin_svd(W)
+    np.testing.assert_allclose((P * s) @ Qt, W, atol=1e-10)
+    again = tk.thin_svd(W.copy())                          # the same content: the same arrays
+    assert again[0] is P and not P.flags.writeable and len(tk._svd_memo) == 1
+    assert tk.thin_svd(W + 1.0)[0] is not P and len(tk._svd_memo) == 2
+    assert tk.thin_svd(W[:5, :10])[0].flags.writeable      # 50 elements: not remembered
+    one = sum(a.nbytes for a in (P, s, Qt))
+    monkeypatch.setattr(tk, "SVD_MEMO_BYTES", one + 10)    # room for one: the oldest goes
+    tk.thin_svd(2.0 * W)
+    assert len(tk._svd_memo) == 1 and tk.thin_svd(W)[0] is not P
+    A, B = tk.svd_factors(W, 20)                             # full rank: exact
+    np.testing.assert_allclose(A @ B, W, atol=1e-10)

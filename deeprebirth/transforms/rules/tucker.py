@@ -62,6 +62,7 @@ False``: the runner remembers what each rule added); each change carries the lay
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
 from dataclasses import dataclass, field
 
@@ -166,9 +167,40 @@ def balance(core: np.ndarray, U: np.ndarray | None, V: np.ndarray | None):
 
 def svd_factors(W: np.ndarray, r: int) -> tuple[np.ndarray, np.ndarray]:
     """W (T x S) ~= A @ B with A (T x r), B (r x S), the singular values split evenly."""
-    P, s, Qt = np.linalg.svd(W, full_matrices=False)
+    P, s, Qt = thin_svd(W)
     root = np.sqrt(s[:r])
     return P[:, :r] * root, root[:, None] * Qt[:r]
+
+
+#: The thin SVDs of the large matrices decomposed lately are remembered by content (``thin_svd``),
+#: up to this many bytes: `rebirth plan alexnet --tucker` builds many variants of one net, each
+#: decomposing the same fc6 (4096 x 9216: 27 s an SVD on 2 cores; 14 SVDs, 386 of its 718 s).
+SVD_MEMO_BYTES = 2 * 1024 ** 3
+#: Matrices with fewer elements than this are decomposed every time (a few milliseconds).
+SVD_MEMO_MIN = 1 << 20
+_svd_memo: dict[bytes, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+
+def thin_svd(W: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``np.linalg.svd(W, full_matrices=False)``, remembered for large W (the arrays returned are
+    read-only: the same ones are handed out again)."""
+    if W.size < SVD_MEMO_MIN:
+        return np.linalg.svd(W, full_matrices=False)
+    data = np.ascontiguousarray(W)
+    h = hashlib.blake2b(f"{data.dtype.str}{data.shape}".encode(), digest_size=20)
+    h.update(memoryview(data).cast("B"))
+    key = h.digest()
+    if key not in _svd_memo:
+        got = np.linalg.svd(data, full_matrices=False)
+        for a in got:
+            a.flags.writeable = False
+        size = sum(a.nbytes for a in got)
+        while _svd_memo and size + sum(a.nbytes for v in _svd_memo.values() for a in v) > SVD_MEMO_BYTES:
+            del _svd_memo[next(iter(_svd_memo))]          # the oldest first
+        if size <= SVD_MEMO_BYTES:
+            _svd_memo[key] = got
+        return got
+    return _svd_memo[key]
 
 
 def relative_error(W: np.ndarray, approx: np.ndarray) -> float:
