@@ -323,13 +323,12 @@ def time_nets(nets: dict[str, "pb.NetParameter"], opt: Options, progress=None) -
     """Forward-pass times (ms, one per round, rounds aligned) of every net, interleaved on the target;
     more than two nets on the device as ``crowded`` gives it (ONNX Runtime: spinning off)."""
     from deeprebirth.runtime import bench, target  # noqa: PLC0415
-    from deeprebirth.runtime.pycaffe import check_runnable, random_weights  # noqa: PLC0415
+    from deeprebirth.runtime.pycaffe import check_runnable  # noqa: PLC0415
 
     prepared = []
     for label, net in nets.items():
         check_runnable(net, label, "plan")
-        net1 = bench.set_batch(net, 1)
-        m = Model(net1, random_weights(Graph(net1, strict=False), seed=opt.seed), source=label)
+        m = Model(bench.set_batch(net, 1), None, source=label)     # random weights: bench.run makes them
         prepared.append(bench.Prepared(label, m, f"random (seed {opt.seed})"))
     dev = target.device_for(opt.engine, opt.device, opt.threads)
     if len(prepared) > 2:

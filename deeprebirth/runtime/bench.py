@@ -186,7 +186,15 @@ def run(prepared: Sequence[Prepared], device: Device, runs: int = 50, warmup: in
 
     ``refused``: a dict to collect the models ``device`` cannot open (an engine's export refusing
     a layer, say) as ``{label: one-line reason}``; those are left out of the result (the others
-    are timed as usual) instead of raising. Without it (the default), the first refusal raises."""
+    are timed as usual) instead of raising. Without it (the default), the first refusal raises.
+
+    A model without weights gets random ones (``seed``) here: in the child process of
+    run_isolated, so that a large net's weights are not made and sent over by the caller (the
+    plan's timings of AlexNet spent a minute and a half sending them)."""
+    from deeprebirth.runtime.pycaffe import random_weights  # noqa: PLC0415  (numpy only)
+    for p in prepared:
+        if p.model.weights is None:
+            p.model.weights = random_weights(Graph(p.model.net, strict=False), seed=seed)
     if hasattr(device, "measure_models"):
         check_block(device, block)
         runs_ = device.measure_models([p.model for p in prepared], [p.weights_file for p in prepared],

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
-from helpers import TINY, FakeDevice, FakeSession, error_line, run
+from helpers import TINY, FakeDevice, FakeSession, error_line, run, text_model
 
 from deeprebirth.caffe import netio
 from deeprebirth.cli import reports
@@ -334,7 +335,7 @@ class RefusingDevice(FakeDevice):
 
 def test_run_reports_a_model_the_device_refuses_when_asked():
     from types import SimpleNamespace
-    prepared = [bench.Prepared(x, SimpleNamespace(name=x, source=f"{x}.prototxt"), "random (seed 0)") for x in "ABC"]
+    prepared = [bench.Prepared(x, SimpleNamespace(name=x, source=f"{x}.prototxt", weights={}), "random (seed 0)") for x in "ABC"]
     dev = RefusingDevice()
     refused = {}
     out = bench.run(prepared, dev, runs=2, warmup=0, memory=False, refused=refused)
@@ -343,3 +344,22 @@ def test_run_reports_a_model_the_device_refuses_when_asked():
     with pytest.raises(RebirthError, match="refused by this engine"):
         bench.run(prepared, dev, runs=1, warmup=0)  # without ``refused``: the first refusal raises
     assert bench.refusal(ValueError("bad\n  graph")) == "ValueError: bad graph"
+
+
+def test_a_model_without_weights_gets_random_ones_where_it_is_timed():
+    """bench.run makes the random weights of a model given without them (in run_isolated's child,
+    so that a large net's weights are not sent over); a model with weights keeps them."""
+    bare, kept = text_model(TINY), text_model(TINY, seed=1)
+    mine = kept.weights
+    seen = []
+
+    class Recording(FakeDevice):
+        def open(self, model, seed=0):
+            seen.append(model.weights)
+            return super().open(model.source, seed)
+    bench.run([bench.Prepared("a", bare, "random (seed 4)"), bench.Prepared("b", kept, "trained")], Recording(),
+              runs=1, warmup=0, memory=False, seed=4)
+    assert seen[0] is not None and seen[1] is mine
+    again = text_model(TINY)
+    bench.run([bench.Prepared("a", again, "random (seed 4)")], Recording(), runs=1, warmup=0, memory=False, seed=4)
+    assert all(np.array_equal(x, y) for k in seen[0] for x, y in zip(seen[0][k], seen[2][k]))   # seeded
