@@ -53,7 +53,8 @@ Guards: a grouped (or depthwise) convolution is left alone (its kernel is block-
 channels; the decomposition would mix the groups); so is a layer whose decomposition would not
 reduce its multiply-accumulates, or whose ranks are its full sizes.
 
-The rule keeps no state: the ranks are searched once per layer, by the guard (whose notes are
+The rule keeps no state (``thin_svd`` only remembers the SVDs of large matrices by content, which
+gives the same factors faster): the ranks are searched once per layer, by the guard (whose notes are
 the refusals above), and the plan travels to the rewrite on the match (``match.data["plan"]``);
 the layers of a decomposition are not decomposed again in the same run (``rematches_added =
 False``: the runner remembers what each rule added); each change carries the layer it replaced
