@@ -227,7 +227,7 @@ def run(prepared: Sequence[Prepared], device: Device, runs: int = 50, warmup: in
 def check_block(device: Device, block: int) -> None:
     """Turns of more than one run are made in this process only (``measure``)."""
     if block > 1 and hasattr(device, "measure_models"):
-        raise RebirthError(f"{{opt:block}} applies to the engines run in this process (--device cpu); "
+        raise RebirthError(f"{{opt:block}} applies to the engines run in this process ({{opt:device}} cpu); "
                            f"{device.name} runs the timing program, which interleaves run by run: leave it out")
 
 
