@@ -385,8 +385,8 @@ def time_check(original, pairs: dict, opt: Options, stage, say: Log, clock: Cloc
     ``target`` speed-up, the pairs are timed again once (if the plan's time allows as long again)
     and each keeps the session whose original ran quicker: a session the machine slowed as a whole
     reads every pair slow alike, which odd_pairs cannot see (the held-aside GoogLeNet in Caffe:
-    once 4.20x, 1.49 ms for the original, where later sessions read 5.9-6.6x at 1.10-1.17 ms), and a plan short of its target gives up fidelity for speed (slim everything,
-    Tucker candidates)."""
+    once 4.20x, 1.49 ms for the original, where later sessions read 5.9-6.6x at 1.10-1.17 ms),
+    and a plan short of its target gives up fidelity for speed (slim everything, Tucker candidates)."""
     timer = timer or time_pairs
     longer = dataclasses.replace(opt, runs=CHECK_RUNS_FACTOR * opt.runs)   # the prediction: fewer nets, more runs
     distinct = len({id(n) for n in pairs.values()})      # time_pairs times a net given twice once
