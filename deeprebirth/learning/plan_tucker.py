@@ -185,7 +185,7 @@ def tucker_stage(model: Model, nets: "P.Nets", opt: "P.Options", choice: planner
     for c in cands:
         if f"+{c.name}" in times:
             saved, noise = P.saving(times["planned"], times[f"+{c.name}"], times["planned again"])
-            c.saved_ms, c.saved_spread_ms = round(saved, 4), round(noise, 4)
+            c.saved_ms, c.saved_spread_ms = round(saved, P.MS_DIGITS), round(noise, P.MS_DIGITS)
             c.saved_first_ms = c.saved_ms
     base_fid = check.get("fidelity") or {"flips": 0, "rel_error": 0.0, "top1_drop": 0.0}
     want = {c.name: P._job(variants[c.name]) for c in sorted(cands, key=lambda c: -(c.saved_ms or 0.0))
@@ -276,7 +276,8 @@ def _check(model, opt, choice, assembled, chosen: dict, base_net, train, held, l
     out = {"layers": dict(chosen), "ms": round(m["with tucker"], 4), "original_ms": round(o["with tucker"], 4),
            "speedup": round(o["with tucker"] / m["with tucker"], 4),
            "slim_plan_speedup": round(o["slim plan"] / m["slim plan"], 4), "fidelity": dict(got) or None,
-           "saved_ms": round(saved, 4), "saved_spread_ms": round(noise, 4), "head_to_head_sessions": sessions,
+           "saved_ms": round(saved, P.MS_DIGITS), "saved_spread_ms": round(noise, P.MS_DIGITS),
+           "head_to_head_sessions": sessions,
            "seconds": round(time.perf_counter() - began, 1)}
     said = f"  with tucker: {out['speedup']:.2f}x (the slim plan {out['slim_plan_speedup']:.2f}x)"
     say(said + (", " + P._fid_text(got) if got and "note" not in got else ""))
