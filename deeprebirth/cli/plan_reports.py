@@ -48,20 +48,24 @@ def plan_text(doc: dict) -> str:
                      else ["no lossy candidate"])
     lines.append("")
     ex, full = doc["exact"], doc.get("slim_everything")
-    rows = [("net", "ms", "speed-up", "fidelity (least squares only)"),
-            ("original", _num(doc["original_ms"], ".2f"), "1.00x", "-"),
-            ("exact (lossless rewrites)", _num(ex["ms"], ".2f"), f"{ex['speedup']:.2f}x", _fid(ex.get("fidelity")))]
+    rows = [("net", "ms", "original beside it", "speed-up", "fidelity (least squares only)"),
+            ("original", _num(doc["original_ms"], ".2f"), "-", "1.00x", "-"),
+            ("exact (lossless rewrites)", _num(ex["ms"], ".2f"), _num(ex.get("original_ms"), ".2f"),
+             f"{ex['speedup']:.2f}x", _fid(ex.get("fidelity")))]
     if full:
-        rows.append(("slim everything", _num(full["ms"], ".2f"), f"{full['speedup']:.2f}x", _fid(full.get("fidelity"))))
+        rows.append(("slim everything", _num(full["ms"], ".2f"), _num(full.get("original_ms"), ".2f"),
+                     f"{full['speedup']:.2f}x", _fid(full.get("fidelity"))))
     if tucker.get("check") and not tucker.get("layers"):
         t = tucker["check"]
-        rows.append((f"with {len(t['layers'])} Tucker (not kept)",
-                     _num(t["ms"], ".2f"), f"{t['speedup']:.2f}x", _fid(t.get("fidelity"))))
+        rows.append((f"with {len(t['layers'])} Tucker (not kept)", _num(t["ms"], ".2f"),
+                     _num(t.get("original_ms"), ".2f"), f"{t['speedup']:.2f}x", _fid(t.get("fidelity"))))
     rows.append((f"planned ({len(doc['only'])} lossy" + (f" + {len(tucker['layers'])} Tucker" if tucker.get("layers")
                                                          else "") + ")", _num(doc["predicted_ms"], ".2f"),
-                 f"{doc['predicted_speedup']:.2f}x", _fid(doc.get("predicted_fidelity"))))
-    lines += _table(rows, {1, 2})
+                 _num(doc["original_ms"], ".2f"), f"{doc['predicted_speedup']:.2f}x",
+                 _fid(doc.get("predicted_fidelity"))))
+    lines += _table(rows, {1, 2, 3})
     lines.append(f"\npredicted speed-up {doc['predicted_speedup']:.2f}x (medians: the planned net timed beside the "
-                 f"original, {doc['timing'].get('check_runs', doc['timing']['runs'])} rounds), {doc['seconds']:.0f} s")
+                 f"original, {doc['timing'].get('check_runs', doc['timing']['runs'])} rounds; each net beside the "
+                 f"original in a session of its own), {doc['seconds']:.0f} s")
     lines += [f"note: {n}" for n in doc.get("notes", [])]
     return "\n".join(lines)

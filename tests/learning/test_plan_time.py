@@ -127,6 +127,29 @@ def test_a_check_is_made_again_only_when_the_time_left_holds_one(monkeypatch, go
     assert any("3x was not reached" in n for n in choice.notes)
 
 
+def test_each_net_of_the_check_keeps_the_original_timed_beside_it(monkeypatch, googlenet):
+    """Each net of a check is timed beside the original in a session of its own, and the sessions
+    differ (a machine slowed for a while): the check keeps each pair's original, and when the plan
+    becomes slim everything its prediction is that pair's, milliseconds and original alike."""
+    beside = {"planned": (10.0, 5.0), "exact": (12.0, 11.0), "slim everything": (11.0, 3.0)}
+
+    def pairs(nets, opt, progress=None):          # (original, net) in ms, by the net's label
+        label = next(k for k in nets if k != "original")
+        return {"original": [beside[label][0]] * opt.runs, label: [beside[label][1]] * opt.runs}
+    monkeypatch.setattr(plan_api, "time_nets", pairs)
+    nets = plan_api.build_nets(googlenet)
+    for c in nets.candidates:
+        c.saved_ms, c.saved_spread_ms = 1.0, 0.1
+    opt = plan_api.Options(speedup=3, rounds=1, runs=5, warmup=0)
+    rounds, choice, check = plan_api._choose_and_check(googlenet, nets, opt, {"original": 10.0, "exact": 9.0}, None,
+                                                       None, None, None, None, None, lambda s: None,
+                                                       plan_api.no_stage, {}, plan_api.Clock(None, 0.0))
+    assert check["exact_ms"] == 11.0 and check["exact_original_ms"] == 12.0
+    assert check["slim_everything_original_ms"] == 11.0
+    assert choice.chosen == list(nets.variants)           # 2x short of 3x: slim everything's 3.67x
+    assert (check["planned_ms"], check["original_ms"]) == (3.0, 11.0) and check["speedup"] == pytest.approx(11 / 3, abs=1e-4)
+
+
 def test_for_a_speedup_slim_everything_is_relearned_before_the_candidates(monkeypatch, googlenet):
     """The order of re-learning, which the plan's time may cut short: the exact net, then for a
     speed-up slim everything (the fall-back when the chosen set falls short), the candidates by

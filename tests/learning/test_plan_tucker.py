@@ -248,3 +248,23 @@ def test_the_reports_show_the_decompositions_and_why():
     assert "with 1 Tucker (not kept)" in text and "planned (0 lossy)" in text
     plan["tucker"]["layers"] = {"conv2": {"R3": 8, "R4": 16}}
     assert "planned (0 lossy + 1 Tucker)" in plan_reports.plan_text(plan)
+
+
+def test_the_plan_text_shows_the_original_timed_beside_each_net():
+    """Each net of the check is timed beside the original in a session of its own: the table shows
+    that session's original, so milliseconds read from different sessions are not compared."""
+    from deeprebirth.cli import plan_reports
+    plan = {"model": "m", "target": {"engine": "caffe", "device": "cpu"}, "goal": {}, "basis": "time alone",
+            "heldout_images": 0, "candidates": [], "only": ["conv1"], "original_ms": 80.67,
+            "exact": {"ms": 98.01, "original_ms": 109.7, "speedup": 1.12},
+            "slim_everything": {"ms": 58.89, "original_ms": 80.43, "speedup": 1.37},
+            "predicted_ms": 59.11, "predicted_speedup": 1.36, "timing": {"runs": 30, "check_runs": 90}, "seconds": 97}
+    lines = plan_reports.plan_text(plan).splitlines()
+    head = next(ln for ln in lines if ln.startswith("net "))
+    assert "original beside it" in head
+    exact = next(ln for ln in lines if ln.startswith("exact (lossless"))
+    assert exact.split()[3:6] == ["98.01", "109.70", "1.12x"]
+    planned = next(ln for ln in lines if ln.startswith("planned (1 lossy)"))
+    assert planned.split()[3:6] == ["59.11", "80.67", "1.36x"]
+    del plan["exact"]["original_ms"]                       # a plan file written before: still shown
+    assert "exact (lossless rewrites)" in plan_reports.plan_text(plan)

@@ -161,7 +161,8 @@ def test_a_pair_whose_original_ran_slow_is_timed_again(monkeypatch):
     times slower than in the quickest pair is timed once more, and the quicker session kept."""
     from deeprebirth.learning import plan as plan_api
     assert plan_api.odd_pairs({"a": 1.7, "b": 11.3, "c": 2.0}) == ["b"]
-    assert plan_api.odd_pairs({"a": 1.7, "b": 2.4}) == [] and plan_api.odd_pairs({}) == []
+    assert plan_api.odd_pairs({"a": 1.7, "b": 2.0}) == [] and plan_api.odd_pairs({}) == []
+    assert plan_api.odd_pairs({"exact": 109.7, "planned": 80.7, "slim everything": 80.4}) == ["exact"]
     sessions = []
     loaded = {"b": 1}                      # the first session of b meets a burst of load
 
