@@ -87,6 +87,47 @@ def test_an_undecided_head_to_head_is_timed_again_and_pooled():
     assert saved < 0 and n == slower.calls == 1
 
 
+def test_pairs_that_disagree_with_the_head_to_head_are_timed_again_once(tk, monkeypatch):
+    """plan_tucker._check: head to head the decomposed net saves time, but its pair with the
+    original reads it slower than the slim plan's: the pairs are timed again once, each keeping the
+    session whose original ran quicker; if they still disagree, the slim plan stands."""
+    from types import SimpleNamespace
+
+    from deeprebirth.learning import plan as P
+    m = model(tk)
+    sessions = []
+
+    def pairs(original, nets, opt, progress=None, retimed=None):     # (net ms, the original's ms beside it)
+        sessions.append(dict(nets))
+        return sessions_ms[len(sessions) - 1]
+    monkeypatch.setattr(P, "time_pairs", pairs)
+    rng = np.random.default_rng(0)
+    monkeypatch.setattr(P, "time_nets", lambda nets, opt, progress=None: {
+        "slim plan": list(1.0 + 0.01 * rng.random(opt.runs)), "with tucker": list(0.9 + 0.01 * rng.random(opt.runs))})
+    choice = SimpleNamespace(budget=None)
+    assembled = SimpleNamespace(deploy=m.net)
+
+    def check():
+        return plan_tucker._check(m, P.Options(runs=10, warmup=0), choice, assembled, {"conv2": {"R3": 4, "R4": 8}},
+                                  m.net, None, None, False, None, lambda s: None, P.no_stage)
+
+    disagree = ({"slim plan": 1.0, "with tucker": 1.1}, {"slim plan": 4.0, "with tucker": 4.0})
+    quicker = ({"slim plan": 0.95, "with tucker": 0.9}, {"slim plan": 3.8, "with tucker": 3.9})
+    sessions_ms = [disagree, quicker]
+    out = check()
+    assert len(sessions) == 2 and out["stands"], out["why"]
+    assert (out["speedup"], out["slim_plan_speedup"]) == (pytest.approx(3.9 / 0.9, abs=1e-4), 4.0)
+    assert out["original_ms"] == 3.9                     # the second session, its original quicker
+    sessions.clear()
+    sessions_ms = [disagree, ({"slim plan": 1.0, "with tucker": 1.2}, {"slim plan": 4.2, "with tucker": 4.2})]
+    out = check()
+    assert len(sessions) == 2 and not out["stands"] and "the timings disagree" in out["why"]
+    assert out["speedup"] == pytest.approx(4.0 / 1.1, abs=1e-4)        # the first sessions: quicker originals
+    sessions.clear()
+    sessions_ms = [({"slim plan": 1.0, "with tucker": 0.9}, {"slim plan": 4.0, "with tucker": 4.0})]
+    assert check()["stands"] and len(sessions) == 1                    # agreeing pairs: timed once
+
+
 def test_a_speedup_the_slim_plan_reached_needs_no_decomposition():
     opt = plan_tucker.P.Options(speedup=2.0)
     choice = planner.Choice([], 5.0, 2.0, 0.0, None, "measured")
