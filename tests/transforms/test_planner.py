@@ -141,6 +141,7 @@ def test_images_lost_is_a_whole_count_never_negative():
 def test_the_plans_check_times_each_net_in_a_pair_with_the_original(monkeypatch):
     """plan.time_pairs: two nets a session (as bench and accelerate's bench), a net given twice
     timed once; the speed-up of each from its own pair."""
+    from deeprebirth.caffe import netio
     from deeprebirth.learning import plan as plan_api
     sessions = []
 
@@ -154,15 +155,21 @@ def test_the_plans_check_times_each_net_in_a_pair_with_the_original(monkeypatch)
                                     plan_api.Options())
     assert sessions == [["original", "a"], ["original", "b"]]
     assert med == {"a": 2.0, "b": 5.0, "a again": 2.0} and orig["b"] / med["b"] == 2.0
+    text = 'name: "n" layer { name: "data" type: "Input" top: "data" }'
+    sessions.clear()                                   # the same definition built twice: timed once
+    med, _ = plan_api.time_pairs("original net", {"a": netio.parse_net_text(text), "b": netio.parse_net_text(text)},
+                                 plan_api.Options())
+    assert sessions == [["original", "a"]] and med["b"] == med["a"] == 2.0
 
 
 def test_a_pair_whose_original_ran_slow_is_timed_again(monkeypatch):
     """plan.time_pairs: load only slows runs down; a pair whose original ran over PAIR_AGREEMENT
     times slower than in the quickest pair is timed once more, and the quicker session kept."""
     from deeprebirth.learning import plan as plan_api
-    assert plan_api.odd_pairs({"a": 1.7, "b": 11.3, "c": 2.0}) == ["b"]
-    assert plan_api.odd_pairs({"a": 1.7, "b": 2.0}) == [] and plan_api.odd_pairs({}) == []
+    assert plan_api.odd_pairs({"a": 1.7, "b": 11.3, "c": 1.8}) == ["b"]
+    assert plan_api.odd_pairs({"a": 1.7, "b": 1.8}) == [] and plan_api.odd_pairs({}) == []
     assert plan_api.odd_pairs({"exact": 109.7, "planned": 80.7, "slim everything": 80.4}) == ["exact"]
+    assert plan_api.odd_pairs({"planned": 67.16, "exact": 58.86, "slim everything": 58.30}) == ["planned"]
     sessions = []
     loaded = {"b": 1}                      # the first session of b meets a burst of load
 
