@@ -583,11 +583,17 @@ def make_plan(model: Model, images=None, train_val: str | None = None, options: 
     if have_weights and images is None:
         raise RebirthError(f"{model.source}: with weights the plan re-learns each candidate on your images: "
                            "give {opt:images}")
-    if have_weights:        # the images are read later; a wrong SOURCE is an error before any timing
+    unused = None
+    if images is not None:  # the images are read later; a wrong SOURCE is an error before any timing
         from deeprebirth.learning import sources as data  # noqa: PLC0415
         images = images if isinstance(images, data.Source) else data.open_source(images)
         if opt.labels:
             data.require_labels(images, "{opt:labels}")
+        if not have_weights:
+            unused = (f"the images ({getattr(images, 'name', images)}) were not read: without weights nothing is "
+                      "re-learned, so the plan is by time alone")
+            say(unused)
+            images = None
     clock = Clock(opt.time_budget, started, say)
     rule_names, dropped = exact_rules_that_pay(model, tv, opt, say, stage, clock)
     nets = build_nets(model, tv, say, rule_names)
@@ -622,10 +628,23 @@ def make_plan(model: Model, images=None, train_val: str | None = None, options: 
         section = plan_tucker.tucker_stage(model, nets, used, choice, check, heldout, tv, train_val, train, held,
                                            labels, say, stage, clock)
         with_tucker(doc, section)
-    doc["notes"] += [d["why"] for d in dropped] + clock.cuts + _crowded_notes(opt)
+    doc["notes"] += [d["why"] for d in dropped] + clock.cuts + _crowded_notes(opt) + ([unused] if unused else [])
     doc["time_budget_s"] = opt.time_budget
     doc["seconds"] = round(time.perf_counter() - started, 1)
+    over = over_time(doc["seconds"], opt.time_budget)
+    if over:
+        say(over)
+        doc["notes"].append(over)
     return doc
+
+
+def over_time(seconds: float, budget: float | None) -> str | None:
+    """A note when the plan took longer than its time (by more than a tenth): the least it does
+    (the lossless rewrites, the candidates and one check, each timed a few rounds) does not fit."""
+    if budget is None or seconds <= 1.1 * budget:
+        return None
+    return (f"the plan took {seconds:.0f} s, over its time of {budget:g} s: the least it does here (every net "
+            "timed a few rounds, one check) takes that long")
 
 
 def _crowded_notes(opt: Options) -> list[str]:
@@ -776,8 +795,9 @@ def _set_fidelity(nets: Nets, fid: dict, heldout: int, labels: bool) -> None:
 def check_options(opt: Options) -> None:
     if opt.speedup is not None and opt.max_drop is not None:
         raise RebirthError("give {opt:speedup} or {opt:max_drop}, not both")
-    if opt.speedup is not None and not opt.speedup > 0:
-        raise RebirthError(f"{{opt:speedup}} must be above 0, not {opt.speedup:g}")
+    if opt.speedup is not None and not opt.speedup > 1:
+        raise RebirthError(f"{{opt:speedup}} is how many times faster the net should run (e.g. 3), above 1, "
+                           f"not {opt.speedup:g}")
     if opt.max_drop is not None and not 0 <= opt.max_drop <= 100:
         what = "top-1 points" if opt.labels else "a percentage of images"
         raise RebirthError(f"{{opt:max_drop}} is {what}, 0 to 100, not {opt.max_drop:g}")

@@ -70,6 +70,9 @@ def test_a_plan_out_of_time_leaves_candidates_out_and_says_so(tiny):
     (cand,) = doc["candidates"]
     assert cand["flips"] is None and not cand["chosen"]
     assert cand["why"] == "not re-learned: the plan's time for re-learning ran out" or cand["why"].startswith("saves")
+    assert "over its time of 1 s" in doc["notes"][-1] and doc["seconds"] > 1.1
+    assert plan_api.over_time(40.0, 5.0).startswith("the plan took 40 s, over its time of 5 s")
+    assert plan_api.over_time(5.4, 5.0) is None and plan_api.over_time(400.0, None) is None
     res = run(*plan_args(tiny, "--time", "soon"))
     assert "--time" in error_line(res)
 
@@ -80,11 +83,20 @@ def test_plan_without_weights_is_by_time_alone(tiny):
     doc = json.loads(res.stdout)
     assert doc["basis"] == "time alone" and any("time alone" in n for n in doc["notes"])
     assert doc["candidates"][0]["flips"] is None
+    res = run("plan", tiny / "tiny.prototxt", "--runs", "5", "--images", "fashion-mnist:train[:20]", "--json")
+    doc = json.loads(res.stdout)                     # images given without weights: not read, and said
+    assert doc["images"] is None and any("fashion-mnist:train[:20]) were not read" in n for n in doc["notes"])
+    res = run("plan", tiny / "tiny.prototxt", "--runs", "5", "--images", tiny / "no such folder")
+    assert res.exit_code == 1 and "no such folder: no such file or directory" in error_line(res)
 
 
 def test_plan_refusals_are_one_line(tiny, tmp_path):
     res = run(*plan_args(tiny, "--speedup", "2", "--max-drop", "1"))
     assert "give --speedup or --max-drop, not both" in error_line(res)
+    for slower in ("0.5", "1"):
+        res = run(*plan_args(tiny, "--speedup", slower))
+        assert f"--speedup is how many times faster the net should run (e.g. 3), above 1, not {slower}" \
+            in error_line(res)
     res = run("plan", tiny / "tiny.prototxt", "-w", tiny / "tiny.caffemodel", "--runs", "5")
     assert "give --images" in error_line(res)
     bad = tmp_path / "bad.json"
