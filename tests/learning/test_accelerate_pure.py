@@ -194,3 +194,43 @@ def test_an_earlier_distillation_is_gone_on_from_its_last_snapshot_at_its_rate(t
     assert rc.previous_run(out) is not None and rc.interrupted_run(out) is None
     (out / "relearn" / "weights.caffemodel").unlink()
     assert rc.previous_run(out) is None
+
+
+def test_a_bench_whose_original_ran_slow_is_timed_again_once(monkeypatch, tmp_path):
+    """accelerate's bench: the original slower than in the plan's check by more than
+    PAIR_AGREEMENT (the machine slowed), the two are timed again once and the session whose
+    original ran quicker kept; an original as quick as in the check, or no time left, once."""
+    from deeprebirth.graph.model import load_model
+    from deeprebirth.learning import plan as plan_api
+    from deeprebirth.runtime import bench
+    assert acc.slowed(67.2, 58.3) and not acc.slowed(59.0, 58.3) and not acc.slowed(67.2, None)
+    sessions = []
+
+    def fake_run(prepared, device, runs, *args, **kwargs):       # (original, result) medians by session, in ms
+        ms = timings[len(sessions)]
+        sessions.append(ms)
+        return [bench.Measurement(p.label, [], [], forward_s=[t / 1000.0] * runs) for p, t in zip(prepared, ms)]
+    monkeypatch.setattr(bench, "run_isolated", fake_run)
+    m = load_model("googlenet")
+    said = []
+    ctx = acc._Ctx(m, "googlenet", None, None, "x", None, tmp_path, acc.Options(), said.append, plan_api.no_stage,
+                   time.perf_counter())
+    result = {"weights": None, "slim": None, "deploy": m.net}
+    timings = [(67.2, 17.2), (58.3, 11.8)]
+    doc = acc._bench_step(ctx, result, {"original_ms": 58.3})
+    assert len(sessions) == 2 and ctx.steps["bench"]["original_ms"] == [67.2, 58.3]
+    assert [round(x["median_ms"], 1) for x in doc["models"]] == [58.3, 11.8]
+    assert any("timed again" in line for line in said)
+    sessions.clear()
+    timings = [(67.2, 17.2), (70.0, 18.0)]                  # slower again: the first session kept
+    doc = acc._bench_step(ctx, result, {"original_ms": 58.3})
+    assert len(sessions) == 2 and [round(x["median_ms"], 1) for x in doc["models"]] == [67.2, 17.2]
+    sessions.clear()
+    timings = [(59.0, 11.9)]
+    acc._bench_step(ctx, result, {"original_ms": 58.3})
+    assert len(sessions) == 1 and ctx.steps["bench"] == {"runs": 3 * plan_api.Options().runs, "sessions": 1}
+    sessions.clear()
+    timings = [(67.2, 17.2)]
+    ctx.started -= ctx.opt.time_budget                        # no time left: once
+    acc._bench_step(ctx, result, {"original_ms": 58.3})
+    assert len(sessions) == 1
