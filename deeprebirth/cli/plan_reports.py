@@ -14,7 +14,7 @@ def _fid(f: dict | None) -> str:
     if f.get("rel_error") is not None:
         text += f", output error {f['rel_error']:.3f}"
     if f.get("top1_drop") is not None:
-        text += f", top-1 {-100 * f['top1_drop']:+.1f} pt"
+        text += f", top-1 {round(-100 * f['top1_drop'], 1) + 0.0:+.1f} pt"      # + 0.0: no "-0.0"
     return text
 
 

@@ -307,5 +307,7 @@ def test_the_plan_text_shows_the_original_timed_beside_each_net():
     assert exact.split()[3:6] == ["98.01", "109.70", "1.12x"]
     planned = next(ln for ln in lines if ln.startswith("planned (1 lossy)"))
     assert planned.split()[3:6] == ["59.11", "80.67", "1.36x"]
+    plan["exact"]["fidelity"] = {"agreement": 1.0, "rel_error": 0.0, "top1_drop": 0.0}
+    assert "100.0 % agree, output error 0.000, top-1 +0.0 pt" in plan_reports.plan_text(plan)     # never "-0.0"
     del plan["exact"]["original_ms"]                       # a plan file written before: still shown
     assert "exact (lossless rewrites)" in plan_reports.plan_text(plan)
