@@ -43,10 +43,11 @@ from deeprebirth.runtime import plot as plot_mod
               help="Pin rebirth-time to these CPUs with taskset, e.g. f0 for a phone's big cores.")
 @click.option("--cooldown", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="Seconds of rest before each model's turn (lets a phone's CPU cool down).")
-@click.option("--block", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Runs of a model in a row before the next model's turn, each turn after one untimed run: each "
+@click.option("--block", type=click.IntRange(min=1), default=None,
+              help="Runs of a model in a row before the next model's turn, each turn after untimed runs: each "
                    "model timed as if alone, its weights in the caches (1: A B A B; in Caffe a large net between two "
-                   "runs of a small one slowed it by 12-15 %). --device cpu only.")
+                   "runs of a small one slowed it by 12-15 %). --device cpu only. [default: 10 on onnxruntime with "
+                   "its threads spinning, whose spinning slows the next session's first runs; else 1]")
 @click.option("--layers", is_flag=True, help="Also time every layer: by type, non-tensor share, top layers.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
 @click.option("--plot", type=str, default=None,
@@ -69,7 +70,8 @@ def bench_command(models, weights, device, engine, batch, runs, warmup, threads,
     if spinning != "auto" and engine.lower() != "onnxruntime":
         raise RebirthError(f"--spinning applies to --engine onnxruntime only, not {engine.lower()}: leave it out")
     dev = _device(device, engine.lower(), threads, cpu_mask, cooldown, batch, layers or plot is not None)
-    bench.check_block(dev, block)
+    if block is not None:
+        bench.check_block(dev, block)        # before any work
     specs = [folders.model_files(m)[0] if Path(m).is_dir() else m for m in models]  # a folder: its deploy net
     prepared = bench.prepare(specs, list(weights), batch)
     for p, label in zip(prepared, bench.labels([m.rstrip("/") for m in models])):
@@ -82,6 +84,7 @@ def bench_command(models, weights, device, engine, batch, runs, warmup, threads,
         if crowded is not dev:
             dev = crowded
             echo(f"rebirth: note: {dev.crowded_note}", err=True)
+    block = dev.turn if block is None else block         # the device's, once spinning is settled
     show_warnings(*(p.model.warnings for p in prepared))
     layers = layers or plot is not None
     warning = getattr(dev, "warning", None)

@@ -441,7 +441,7 @@ def _share(m: dict) -> float | None:
 def _turns(block: int) -> str:
     if block == 1:
         return ", interleaved across models"
-    return f", the models taking turns of {block} runs (each after an untimed run)"
+    return f", the models taking turns of {block} runs (each after untimed runs)"
 
 
 def bench_text(doc: dict, top: int = TOP_LAYERS) -> str:

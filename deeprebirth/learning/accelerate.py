@@ -598,7 +598,7 @@ def _bench_step(ctx: _Ctx, result: dict, plan: dict) -> dict:
         step["sessions"], step["original_ms"] = 2, [round(now, 4), round(_original_ms(again), 4)]
         if _original_ms(again) < now:
             ms = again
-    doc = bench.build_json(ms, {"engine": p.engine, "device": p.device, "runs": runs, "batch": 1})
+    doc = bench.build_json(ms, {"engine": p.engine, "device": p.device, "runs": runs, "batch": 1, "block": dev.turn})
     ctx.steps["bench"] = step
     return doc
 

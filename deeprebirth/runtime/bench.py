@@ -132,9 +132,9 @@ def measure(sessions: Sequence[tuple[str, Session]], runs: int = 50, warmup: int
             block: int = 1) -> list[Measurement]:
     """Time ``runs`` forward passes of every session, interleaved (A B C A B C ...), after
     ``warmup`` untimed rounds. With ``layers``, each model's pass is a whole pass followed by a
-    pass of per-layer calls. ``block`` > 1: each model's turn is one untimed pass then ``block``
-    timed ones (A A A B B B A A A ...): each model timed as if alone, its weights in the caches
-    (``turns``). ``progress(1)`` is called after each timed or warm-up pass; ``cooldown`` seconds
+    pass of per-layer calls. ``block`` > 1: each model's turn is untimed passes for SETTLE_S (one
+    at least) then ``block`` timed ones (A A A B B B A A A ...): each model timed as if alone, its
+    weights in the caches (``turns``). ``progress(1)`` is called after each timed or warm-up pass; ``cooldown`` seconds
     of sleep come before every turn but the first."""
     if runs < 1:
         raise RebirthError(f"{{opt:runs}} must be at least 1, not {runs}")
@@ -151,8 +151,11 @@ def measure(sessions: Sequence[tuple[str, Session]], runs: int = 50, warmup: int
             for k, ((_, session), rec) in enumerate(zip(sessions, out)):
                 if cooldown > 0 and (turn or k):
                     time.sleep(cooldown)
-                if untimed_first:
+                if untimed_first:         # the turn settles: untimed runs for SETTLE_S, one at least
+                    began = time.perf_counter()
                     session.time_forward()
+                    while time.perf_counter() - began < SETTLE_S:
+                        session.time_forward()
                 for _ in range(max(timed, 1)):
                     t = session.time_forward()
                     per_layer = session.time_layers() if layers else None
@@ -168,6 +171,12 @@ def measure(sessions: Sequence[tuple[str, Session]], runs: int = 50, warmup: int
     return out
 
 
+#: Seconds of untimed runs that begin each turn of ``block`` > 1 runs (one run at least): what the
+#: model before it left behind (ONNX Runtime's spinning threads) slowed a sub-millisecond net's
+#: first three runs of a turn, about 2 ms (onnxruntime_engine's module doc).
+SETTLE_S = 0.005
+
+
 def turns(runs: int, warmup: int, block: int) -> list[tuple[int, bool]]:
     """Each model's turns, in order, as (timed passes, whether an untimed pass comes first): the
     ``warmup`` untimed rounds as (0, False), one pass each, then the timed passes in turns of
@@ -179,7 +188,7 @@ def turns(runs: int, warmup: int, block: int) -> list[tuple[int, bool]]:
 def run(prepared: Sequence[Prepared], device: Device, runs: int = 50, warmup: int = 5,
         layers: bool = False, memory: bool = True, seed: int = 0,
         progress: Progress | None = None, cooldown: float = 0.0,
-        refused: dict[str, str] | None = None, block: int = 1) -> list[Measurement]:
+        refused: dict[str, str] | None = None, block: int | None = None) -> list[Measurement]:
     """Open every model on ``device``, time them interleaved, then measure their memory (after
     the timing, so that memory probes never run alongside a timed pass). Devices that run the
     timing program (engine/remote.py) measure everything in one go, in the same way.
@@ -190,8 +199,11 @@ def run(prepared: Sequence[Prepared], device: Device, runs: int = 50, warmup: in
 
     A model without weights gets random ones (``seed``) here: in the child process of
     run_isolated, so that a large net's weights are not made and sent over by the caller (the
-    plan's timings of AlexNet spent a minute and a half sending them)."""
+    plan's timings of AlexNet spent a minute and a half sending them).
+
+    ``block``: the runs of a model in a row (``measure``); None: the device's ``turn``."""
     from deeprebirth.runtime.pycaffe import random_weights  # noqa: PLC0415  (numpy only)
+    block = device.turn if block is None else block
     for p in prepared:
         if p.model.weights is None:
             p.model.weights = random_weights(Graph(p.model.net, strict=False), seed=seed)
@@ -240,7 +252,8 @@ def refusal(e: BaseException) -> str:
 
 def run_isolated(prepared: Sequence[Prepared], device: Device, runs: int = 50, warmup: int = 5,
                  layers: bool = False, memory: bool = True, seed: int = 0,
-                 progress: Progress | None = None, cooldown: float = 0.0, block: int = 1) -> list[Measurement]:
+                 progress: Progress | None = None, cooldown: float = 0.0,
+                 block: int | None = None) -> list[Measurement]:
     """``run`` in a child process (engine/isolate.py), so that a net Caffe refuses (a CHECK
     failure) ends in a one-line RebirthError with Caffe's message instead of an abort. A device
     that runs the rebirth-time program is a process of its own already: it runs here (and keeps

@@ -244,10 +244,11 @@ def test_runs_are_interleaved_after_warmup():
         bench.measure(sessions, runs=0)
 
 
-def test_turns_of_several_runs_time_each_model_as_if_alone():
+def test_turns_of_several_runs_time_each_model_as_if_alone(monkeypatch):
     dev = FakeDevice()
     sessions = [(x, dev.open(x)) for x in "AB"]
     steps = []
+    monkeypatch.setattr(bench, "SETTLE_S", 0.0)          # one untimed run a turn (the settling: below)
     out = bench.measure(sessions, runs=5, warmup=1, block=3, progress=steps.append)
     # one warm-up round; then turns of 3 and 2 timed runs, each after an untimed run
     assert "".join(dev.log) == "AB" + "AAAA" + "BBBB" + "AAA" + "BBB"
@@ -255,9 +256,41 @@ def test_turns_of_several_runs_time_each_model_as_if_alone():
     assert bench.turns(5, 1, 3) == [(0, False), (3, True), (2, True)]
     assert bench.turns(2, 0, 1) == [(1, False), (1, False)]            # block 1: interleaved as before
     text = reports.bench_text(bench.build_json(out, {"device": "cpu", "runs": 5, "warmup": 1, "block": 3}))
-    assert "the models taking turns of 3 runs (each after an untimed run)" in text
+    assert "the models taking turns of 3 runs (each after untimed runs)" in text
     with pytest.raises(RebirthError, match="^block must be at least 1"):
         bench.measure(sessions, block=0)
+
+
+def test_each_turn_settles_for_a_while_before_its_runs_are_timed(monkeypatch):
+    """A turn begins with untimed runs for SETTLE_S (one at least): the model before it leaves
+    ONNX Runtime's threads spinning for a few milliseconds. Runs of 1 ms on a made-up clock."""
+    from types import SimpleNamespace
+    clock = [0.0]
+
+    class Timed(FakeSession):
+        def forward(self):
+            super().forward()
+            clock[0] += 0.001
+    monkeypatch.setattr(bench, "time", SimpleNamespace(perf_counter=lambda: clock[0], sleep=lambda s: None))
+    log = []
+    out = bench.measure([(x, Timed(x, log)) for x in "AB"], runs=4, warmup=0, block=2)
+    assert "".join(log) == ("A" * 5 + "AA" + "B" * 5 + "BB") * 2 and [len(m.forward_s) for m in out] == [4, 4]
+
+
+def test_the_devices_turn_is_the_default_block(monkeypatch):
+    """bench.run's block, unless given: the device's turn (ONNX Runtime spinning: ORT_TURN; not
+    spinning, and every other device: 1)."""
+    from deeprebirth.runtime.engines.onnxruntime_engine import ORT_TURN, OrtDevice
+    ort = OrtDevice(None)
+    assert ort.turn == ORT_TURN == 10 and ort.crowded().turn == 1 and FakeDevice().turn == 1
+    used = []
+    monkeypatch.setattr(bench, "measure", lambda sessions, runs, warmup, layers, progress, cooldown, block:
+                        used.append(block) or [])
+    dev = FakeDevice()
+    dev.turn = 3
+    bench.run([bench.Prepared("a", text_model(TINY), "w")], dev, runs=2, warmup=0, memory=False)
+    bench.run([bench.Prepared("a", text_model(TINY), "w")], dev, runs=2, warmup=0, memory=False, block=1)
+    assert used == [3, 1]
 
 
 def test_bench_refuses_turns_on_a_device_running_the_timing_program():

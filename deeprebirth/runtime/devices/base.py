@@ -87,6 +87,10 @@ class Device(ABC):
 
     #: What ``crowded`` changes, for a report's notes (None: nothing).
     crowded_note: str | None = None
+    #: The runs of a model in a row (bench.measure's ``block``) that time it as deployed when
+    #: several models take turns: 1 (A B A B) unless one session's runs disturb the next one's
+    #: first runs (OrtDevice).
+    turn: int = 1
 
     def crowded(self) -> "Device":
         """This device set to time many nets in turn in one process (more than two sessions open

@@ -13,6 +13,15 @@ spinning off to 65-68 ms with it on, and the candidates' savings, each the exact
 its own, summed to -40 and -58 ms against the 50 and 43 ms the exact net and slim everything differed
 by (spinning off: 26 and 25 ms against 25 and 24; two runs of ``scripts/ort_crowd.py``);
 ``scripts/ort_spinning.py`` times a pair both ways.
+
+Turns: with spinning on, the first runs of a session after another session's run are slowed by
+the other's spinning threads, so two nets timed beside each other run in turns of ``ORT_TURN``
+(``OrtDevice.turn``, bench.measure's ``block``: untimed runs for bench.SETTLE_S first). Measured
+2026-12-06 on 2 cores: the exact Fashion-MNIST GoogLeNet opened twice in one process and run
+A B A B read 0.54-0.71 ms, the two sessions up to 1.31x apart, where in turns of 10 both read
+0.48 and each alone 0.474-0.478 ms (the runs of a turn, by position: 0.83, 0.71, 0.58, then 0.47-0.48);
+`rebirth bench googlenet SLIM --engine onnxruntime --runs 60` read the original at 44.6-50.5 ms
+A B A B (3.62-3.68x) and at 25.9-30.4 ms in turns of 10 (3.36-3.44x), alone 30.4-30.7 ms.
 """
 from __future__ import annotations
 
@@ -70,6 +79,10 @@ class OrtRunner(Runner):
         self.session = None
 
 
+#: Runs of one net in a row when two spinning sessions take turns (the module doc).
+ORT_TURN = 10
+
+
 class OrtDevice(EngineDevice):
     name = "onnxruntime"
     fmt = "onnx"
@@ -78,7 +91,12 @@ class OrtDevice(EngineDevice):
     spinning = True
     crowded_note = ("more than two nets timed in turn ran with ONNX Runtime's worker threads not spinning, so that "
                     "no session's spinning slows the others' runs; one net beside another (a plan's checks, "
-                    "`rebirth bench A B`) runs as deployed, spinning")
+                    f"`rebirth bench A B`) runs as deployed, spinning, in turns of {ORT_TURN} runs")
+
+    @property
+    def turn(self) -> int:
+        """Turns of ORT_TURN runs while sessions spin (the module doc); run by run when they do not."""
+        return ORT_TURN if self.spinning else 1
 
     def crowded(self) -> "OrtDevice":
         """A copy whose sessions do not spin (the module doc says why)."""
