@@ -134,8 +134,8 @@ def measure(sessions: Sequence[tuple[str, Session]], runs: int = 50, warmup: int
     ``warmup`` untimed rounds. With ``layers``, each model's pass is a whole pass followed by a
     pass of per-layer calls. ``block`` > 1: each model's turn is untimed passes for SETTLE_S (one
     at least) then ``block`` timed ones (A A A B B B A A A ...): each model timed as if alone, its
-    weights in the caches (``turns``). ``progress(1)`` is called after each timed or warm-up pass; ``cooldown`` seconds
-    of sleep come before every turn but the first."""
+    weights in the caches (``turns``). ``progress(1)`` is called after each timed or warm-up
+    pass; ``cooldown`` seconds of sleep come before every turn but the first."""
     if runs < 1:
         raise RebirthError(f"{{opt:runs}} must be at least 1, not {runs}")
     if warmup < 0:
