@@ -65,7 +65,7 @@ def main() -> int:
     prepared = prepared_nets(a.model)
     for spinning in (True, False):
         dev = OrtDevice() if spinning else OrtDevice().crowded()
-        res = bench.run_isolated(prepared, dev, a.runs, 3, layers=False, memory=False, seed=0)
+        res = bench.run_isolated(prepared, dev, a.runs, 3, layers=False, memory=False, seed=0, block=1)  # run by run
         med, saved, differ = summary({m.label: [t * 1000.0 for t in m.forward_s] for m in res})
         print(f"spinning {'on ' if spinning else 'off'}: {len(prepared)} nets, original {med['original']:.2f} ms, "
               f"exact {med['exact']:.2f}/{med['exact again']:.2f}, slim everything {med['slim everything']:.2f}/"
