@@ -25,6 +25,7 @@ Duration: about ``--time`` per net and engine (30 minutes each by default; twice
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
 from pathlib import Path
@@ -155,7 +156,9 @@ def main(argv=None) -> int:
                               done,
                               "scripts/reproduce/accelerate_check.py", a.work, keep)
         rows.append({"net": name, "engine": a.engine, "steps": doc["steps"]})
-        steps.write_json(RESULTS / f"{name_of}.json", {"machine": machine, "argv": shown.strip(), "rows": rows})
+        doc = {"machine": machine, "argv": shown.strip(), "rows": rows}       # no path of this machine's run:
+        doc = json.loads(json.dumps(doc).replace(str(a.work.resolve()), "$WORK"))   # the work folder as $WORK
+        steps.write_json(RESULTS / f"{name_of}.json", doc)
         (RESULTS / f"{name_of}.md").write_text(table(rows, machine, a.images, extra, shown))
     print(f"wrote {RESULTS / (name_of + '.md')}", file=sys.stderr)
     return 0
