@@ -92,13 +92,14 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=300)
     ap.add_argument("--turn", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--settle", type=float, default=SETTLE_S, help="seconds of untimed runs a turn begins with")
     args = ap.parse_args()
     ort = import_ort()
     data = [args.a.read_bytes(), (args.b or args.a).read_bytes()]
     for rep in range(args.repeats):
         for turn in (1, args.turn):
             pair = [opened(ort, d) for d in data]
-            a, b = in_turns(pair, feed_for(pair[0]), args.runs, turn, SETTLE_S)
+            a, b = in_turns(pair, feed_for(pair[0]), args.runs, turn, args.settle)
             how = "run by run" if turn == 1 else f"turns of {turn}"
             print(f"repeat {rep}, {how:12s}: A {ms(a):.3f} ms, B {ms(b):.3f} ms, A/B {ms(a) / ms(b):.2f}x", flush=True)
         alone = []

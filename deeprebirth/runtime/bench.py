@@ -173,7 +173,9 @@ def measure(sessions: Sequence[tuple[str, Session]], runs: int = 50, warmup: int
 
 #: Seconds of untimed runs that begin each turn of ``block`` > 1 runs (one run at least): what the
 #: model before it left behind (ONNX Runtime's spinning threads) slowed a sub-millisecond net's
-#: first three runs of a turn, about 2 ms (onnxruntime_engine's module doc).
+#: first three runs of a turn, about 2 ms (onnxruntime_engine's module doc). After BVLC GoogLeNet's
+#: turn its slim net's first four runs took twice their time (`python scripts/ort_turns.py`); the
+#: median of a turn of 10 absorbs them: within 2-4 % of the net alone, with 5 ms or 100 ms here.
 SETTLE_S = 0.005
 
 
