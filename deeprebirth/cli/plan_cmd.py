@@ -29,8 +29,9 @@ def target_options(f):
                           "host, qemu-aarch64)."),
         click.option("--threads", type=click.IntRange(min=1), default=None,
                      help="Threads of the engine (default: the engine's own)."),
-        click.option("--speedup", type=click.FloatRange(min=0, min_open=True), default=None, metavar="X",
-                     help="Aim for X times faster than the original on the target, at the least loss of fidelity."),
+        click.option("--speedup", type=float, default=None, metavar="X",       # above 1: plan.check_options says
+                     help="Aim for X times faster than the original on the target (X above 1, e.g. 3), at the least "
+                          "loss of fidelity."),
         click.option("--max-drop", type=click.FloatRange(min=0, max=100), default=None, metavar="P",
                      help="Aim for the fastest net in which at most P % of held-out images change class "
                           f"(an upper bound on top-1 points lost) [default: {plan_api.planner.DEFAULT_MAX_DROP:g}]; "
