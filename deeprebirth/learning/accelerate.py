@@ -126,8 +126,9 @@ def accelerate(spec: str, weights: str | None, train_val: str | None, images: st
     if opt.time_budget < RESERVE_MIN_S + 60:
         raise RebirthError(f"{{opt:time}} {opt.time_budget:.0f} s is too short: planning takes a minute and the "
                            f"checks, export and timing after recovery at least {RESERVE_MIN_S:.0f} s")
+    from deeprebirth.learning import sources as data  # noqa: PLC0415
+    plan_api.require_images(data.open_source(images))   # too few fails now, not after the plan's timing
     if opt.plan.labels:          # the distillation and the check read them: an unlabelled source fails now
-        from deeprebirth.learning import sources as data  # noqa: PLC0415
         for source in (images, val):
             if source:
                 data.require_labels(data.open_source(source), "{opt:labels}")

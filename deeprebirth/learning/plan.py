@@ -540,14 +540,27 @@ def scores(s: np.ndarray, t: np.ndarray, labels: np.ndarray | None) -> dict:
     return doc
 
 
+#: Images a plan with weights needs at the least: half re-learn each candidate, half check it.
+MIN_IMAGES = 20
+
+
+def require_images(source) -> int:
+    """How many images the opened ``source`` has; an error, before anything is timed or read,
+    when it has fewer than MIN_IMAGES."""
+    n = len(source)
+    if n < MIN_IMAGES:
+        raise RebirthError(f"{source.name}: has {n} image(s); a plan needs at least {MIN_IMAGES} (half to re-learn "
+                           "each candidate on, half to check it against the original), and a few hundred plan "
+                           "better")
+    return n
+
+
 def load_images(source_spec, pre, train_n: int, held_n: int, seed: int) -> tuple[np.ndarray, np.ndarray, object]:
     """``train_n`` and ``held_n`` disjoint images of SOURCE (drawn at random with ``seed``),
     preprocessed; the held-out ones' labels when the source has them (else None)."""
     from deeprebirth.learning import sources as data  # noqa: PLC0415
     source = source_spec if isinstance(source_spec, data.Source) else data.open_source(source_spec)
-    n = len(source)
-    if n < 20:
-        raise RebirthError(f"{source.name}: has {n} image(s); a plan needs at least 20 (to re-learn and to check)")
+    n = require_images(source)
     held_n = min(held_n, n // 2)
     train_n = min(train_n, n - held_n)
     order = np.random.default_rng(seed).permutation(n)[:train_n + held_n]
@@ -589,7 +602,9 @@ def make_plan(model: Model, images=None, train_val: str | None = None, options: 
         images = images if isinstance(images, data.Source) else data.open_source(images)
         if opt.labels:
             data.require_labels(images, "{opt:labels}")
-        if not have_weights:
+        if have_weights:
+            require_images(images)
+        else:
             unused = (f"the images ({getattr(images, 'name', images)}) were not read: without weights nothing is "
                       "re-learned, so the plan is by time alone")
             say(unused)

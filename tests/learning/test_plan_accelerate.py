@@ -99,6 +99,12 @@ def test_plan_refusals_are_one_line(tiny, tmp_path):
             in error_line(res)
     res = run("plan", tiny / "tiny.prototxt", "-w", tiny / "tiny.caffemodel", "--runs", "5")
     assert "give --images" in error_line(res)
+    few = "fashion-mnist:train[:19]"              # too few images: refused before anything is timed
+    for cmd in (plan_args(tiny, "--images", few), ("accelerate", tiny / "tiny.prototxt", "-w", tiny / "tiny.caffemodel",
+                                                    "--images", few, "-o", tmp_path / "fast")):
+        res = run(*cmd)
+        assert f"{few}: has 19 image(s); a plan needs at least 20" in error_line(res)
+        assert "timing" not in res.output and not (tmp_path / "fast").exists()
     bad = tmp_path / "bad.json"
     bad.write_text('{"only": []}')
     res = run("slim", tiny / "tiny.prototxt", "--plan", bad, "-o", tmp_path / "s")
