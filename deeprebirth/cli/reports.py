@@ -271,11 +271,19 @@ def _preprocess_line(pre: dict | None) -> str:
     return ", ".join(parts)
 
 
+def _defaults_name(pre: dict | None) -> str:
+    """Which defaults learning/preprocess.py took for a net without a train_val: ImageNet's for a
+    colour input, Caffe's MNIST examples' for a gray one."""
+    if pre and pre.get("channels") == 1:
+        return "the defaults for a gray input, those of Caffe's MNIST examples"
+    return "the ImageNet defaults"
+
+
 def eval_text(result: dict) -> str:
     lines = [f"{result['model']} ({result['weights']}) on {result['data']}: {result['images']} images"]
     if "preprocess_from" in result:
         lines.append(f"  preprocessing: {_preprocess_line(result.get('preprocess'))}, from "
-                     + ("the ImageNet defaults (give --train-val for the net's own)"
+                     + (_defaults_name(result.get("preprocess")) + " (give --train-val for the net's own)"
                         if result["preprocess_from"] == "defaults" else result["preprocess_from"]))
     for key in ("top1", "top5", "teacher_top1", "teacher_top5", "agreement"):
         if key in result:

@@ -145,3 +145,16 @@ def test_library_messages_name_parameters_not_flags():
     spells it as the running command's flag (a library caller has no flags)."""
     found = flags_in_library_messages()
     assert not found, f"{len(found)} library messages spell a flag:\n" + "\n".join(found)
+
+
+def test_eval_names_the_defaults_it_took_by_the_input():
+    from deeprebirth.cli import reports
+    base = {"model": "m", "weights": "w", "data": "photos", "images": 3, "preprocess_from": "defaults", "seconds": 1.0}
+    gray = reports.eval_text({**base, "preprocess": {"channels": 1, "height": 64, "width": 64, "scale": 1 / 256}})
+    colour = reports.eval_text({**base, "preprocess": {"channels": 3, "height": 224, "width": 224, "scale": 1.0,
+                                                       "mean": [104, 117, 123]}})
+    assert "from the defaults for a gray input" in gray and "ImageNet" not in gray
+    assert "mean 104,117,123, scale 1, from the ImageNet defaults (give --train-val" in colour
+    given = reports.eval_text({**base, "preprocess_from": "tv.prototxt", "preprocess": {"channels": 1, "height": 8,
+                                                                                       "width": 8, "scale": 1.0}})
+    assert given.splitlines()[1].endswith("from tv.prototxt")
