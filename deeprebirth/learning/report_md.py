@@ -93,7 +93,8 @@ def render(doc: dict) -> str:
     held = check.get("heldout") if check.get("heldout") and " " not in check["heldout"] else doc["images"]
     lines += ["", "## Reproduce", "", "```sh", doc.get("command") or "rebirth accelerate ...",
               f"rebirth bench {q(doc['model'])} {q(doc['out'])} --engine {t.get('engine')} --device {t.get('device')}",
-              f"rebirth eval {q(doc['out'])} --data {q(held)} --teacher {q(doc['model'])}",
+              f"rebirth eval {q(doc['out'])} --data {q(held)} --teacher {q(doc['model'])}"
+              + (f" --teacher-weights {q(doc['weights'])}" if doc.get("weights") else ""),
               "```", "", f"Machine: {_kv(doc.get('machine'))}.", ""]
     return "\n".join(lines)
 

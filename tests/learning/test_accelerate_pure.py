@@ -77,6 +77,10 @@ def test_report_md_names_every_number_and_the_commands():
     assert "| conv1 | 1.200 | 2 | - | 0.0500 | yes | within the budget |" in text
     assert "Allowed: 1.0 % of images changing class" in text
     assert "rebirth bench fmnist_googlenet fast --engine onnxruntime" in text
+    # the eval line names the teacher's weights: a deploy.prototxt given with -w has none of its own
+    assert "--teacher fmnist_googlenet\n" in text
+    text = report_md.render({**summary(), "model": "my net/deploy.prototxt", "weights": "my net/w.caffemodel"})
+    assert "--teacher 'my net/deploy.prototxt' --teacher-weights 'my net/w.caffemodel'\n" in text
 
 
 def test_chart_of_whole_passes_is_a_png():
