@@ -472,7 +472,7 @@ def _check_step(ctx: _Ctx, plan: dict, sd: Path | None, recovered: dict | None) 
     ctx.say(f"check: {why}")
     ctx.steps["check"] = {"allowed": round(allowed, 3), "measure": (plan.get("goal") or {}).get("measure"),
                           "labels": labels, "options": [*options, exact], "chosen": chosen["name"], "why": why,
-                          "heldout": held["name"]}
+                          "heldout": held["name"], "rel_error_of": REL_ERROR_OF}
     fidelity = {k: chosen[k] for k in ("flips", "images", "agreement", "rel_error", "expected_drop", "top1",
                                        "top1_original") if k in chosen}
     if chosen["exact"]:
@@ -480,6 +480,10 @@ def _check_step(ctx: _Ctx, plan: dict, sd: Path | None, recovered: dict | None) 
                 else ctx.model.net, "fidelity": None}
     return {"name": chosen["name"], "slim": None, "weights": nets[chosen["name"]][1], "deploy": deploy,
             "fidelity": fidelity}
+
+
+#: What the check's (and the plan's) ``rel_error`` is taken of: as `rebirth eval --teacher`.
+REL_ERROR_OF = "the output blob"
 
 
 def _option(name: str, score: dict) -> dict:
@@ -526,16 +530,17 @@ def _fidelity_of_files(teacher: Model, train_val: str | None, nets: dict, held: 
             s_all[name].append(plan_api.outputs_of(runner, x))
         if y is not None:
             labels.append(y)
-    t = np.concatenate(t_all)
+    t = tuple(np.concatenate(part) for part in zip(*t_all))       # (logits, output blob)
     y = np.concatenate(labels) if labels else None
-    lt = ev.log_softmax(t)
+    lt = ev.log_softmax(t[0])
     out = {}
     for name in students:
-        s = np.concatenate(s_all[name])
-        doc = plan_api.scores(s, t, y)
+        s_both = tuple(np.concatenate(part) for part in zip(*s_all[name]))
+        s = s_both[0]
+        doc = plan_api.scores(s_both, t, y)
         doc["images"] = len(s)
         if y is not None:
-            doc["top1_original"] = round(float(np.mean(t.argmax(1) == y)), 4)
+            doc["top1_original"] = round(float(np.mean(t[0].argmax(1) == y)), 4)
         ls = ev.log_softmax(s)
         doc["kl"] = round(float(np.mean(np.sum(np.exp(lt) * (lt - ls), axis=1))), 6)
         doc["expected_drop"] = round(ev.expected_drop(s, lt), 4)

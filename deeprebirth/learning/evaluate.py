@@ -99,6 +99,11 @@ class Runner:
             logp = log_softmax(scores)
         return scores, logp
 
+    def scores_and_logits(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(the output blob, the logits) for ``x``, N x K each, from one pass (logits_of)."""
+        scores, logp = self.run(x)
+        return scores, self.logits_after_run(len(x), scores, logp)
+
     def logits_of(self, x: np.ndarray) -> np.ndarray:
         """The net's logits for ``x`` (N x K): the output Softmax's input, else the output itself
         when it is not a Softmax, else log-probabilities (logits up to a constant per image)."""

@@ -526,15 +526,22 @@ def fidelity_jobs(teacher: Model, jobs: dict[str, tuple], train: np.ndarray, hel
     return out
 
 
-def outputs_of(runner, x: np.ndarray, batch: int = 50) -> np.ndarray:
-    parts = [runner.logits_of(x[i:i + batch]) for i in range(0, len(x), batch)]
-    return np.concatenate(parts).astype(np.float64)
+def outputs_of(runner, x: np.ndarray, batch: int = 50) -> tuple[np.ndarray, np.ndarray]:
+    """(logits, output blob) of ``runner`` (evaluate.Runner) for ``x``, N x K each."""
+    parts = [runner.scores_and_logits(x[i:i + batch]) for i in range(0, len(x), batch)]
+    return (np.concatenate([p[1] for p in parts]).astype(np.float64),
+            np.concatenate([p[0] for p in parts]).astype(np.float64))
 
 
-def scores(s: np.ndarray, t: np.ndarray, labels: np.ndarray | None) -> dict:
+def scores(s: tuple[np.ndarray, np.ndarray], t: tuple[np.ndarray, np.ndarray], labels: np.ndarray | None) -> dict:
+    """A net's fidelity to the original from their (logits, output blob) on the same images (outputs_of):
+    flips and agreement (top-1 classes), the relative output error as `rebirth eval --teacher` reports
+    it (evaluate.relative_error of the output blobs: probabilities when the net ends in a Softmax),
+    top-1 when ``labels`` are given."""
     from deeprebirth.learning.evaluate import relative_error  # noqa: PLC0415
+    (s, s_out), (t, t_out) = s, t
     flips = int(np.sum(s.argmax(1) != t.argmax(1)))
-    doc = {"flips": flips, "agreement": round(1 - flips / len(s), 4), "rel_error": relative_error(s, t)}
+    doc = {"flips": flips, "agreement": round(1 - flips / len(s), 4), "rel_error": relative_error(s_out, t_out)}
     if labels is not None:
         doc["top1"] = round(float(np.mean(s.argmax(1) == labels)), 4)
     return doc

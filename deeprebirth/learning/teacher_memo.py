@@ -79,6 +79,10 @@ class Memo:
     def logits_of(self, x: np.ndarray) -> np.ndarray:
         return np.stack([r[2] for r in self._answers(x)])
 
+    def scores_and_logits(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        rows = self._answers(x)
+        return np.stack([r[0] for r in rows]), np.stack([r[2] for r in rows])
+
     def room_for(self, images: int, outputs: int) -> bool:
         """Whether ``images`` more inputs of ``outputs`` values each would all be kept."""
         return self._bytes + images * (3 * 4 * outputs + 16) <= self.max_bytes

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 
 import pytest
 from helpers import error_line, make_slimmed, run
@@ -139,6 +140,18 @@ def test_accelerate_makes_a_checked_model_folder(tiny, tmp_path):
     # OUT is a MODEL for the other commands
     res = run("inspect", out, "--json")
     assert res.exit_code == 0, res.output
+    # report.md's eval line gives the check's numbers again (the output error as `eval --teacher` counts it)
+    (line,) = [ln for ln in (out / "report.md").read_text().splitlines() if ln.startswith("rebirth eval ")]
+    args = shlex.split(line)
+    assert args[2] == str(out) and "--teacher-weights" in args and check["rel_error_of"] == "the output blob"
+    recovered = next(o for o in check["options"] if o["name"] == "recovered")
+    res = run("eval", out / "slim" / "recovered", *args[3:], "--json")
+    assert res.exit_code == 0, res.output
+    again = json.loads(res.stdout)
+    assert again["images"] == recovered["images"] and again["agreement"] == pytest.approx(recovered["agreement"],
+                                                                                          abs=1e-4)
+    assert again["rel_error"] == pytest.approx(recovered["rel_error"], rel=1e-3, abs=1e-6)
+    assert run(*args[1:], "--json").exit_code == 0
 
 
 def test_an_interrupted_accelerate_keeps_its_steps_and_goes_on_from_the_distillations_snapshot(
