@@ -42,9 +42,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import platform
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -660,6 +662,25 @@ def make_plan(model: Model, images=None, train_val: str | None = None, options: 
     return doc
 
 
+def machine(cpuinfo: str = "/proc/cpuinfo") -> dict:
+    """What the plan ran on: the host's name, its processor (the model name /proc/cpuinfo gives, else
+    the architecture), its logical CPUs, and the load average (1, 5, 15 minutes) when planned: the
+    machines here are shared, and a neighbour's load slows every timing."""
+    model = None
+    try:
+        for line in Path(cpuinfo).read_text(errors="replace").splitlines():
+            if line.lower().startswith("model name") and ":" in line:
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    doc = {"node": platform.node(), "processor": model or platform.processor() or platform.machine(),
+           "logical_cpus": os.cpu_count()}
+    if hasattr(os, "getloadavg"):
+        doc["load_average"] = [round(v, 2) for v in os.getloadavg()]
+    return doc
+
+
 def over_time(seconds: float, budget: float | None) -> str | None:
     """A note when the plan took longer than its time (by more than a tenth): the least it does
     (the lossless rewrites, the candidates and one check, each timed a few rounds) does not fit."""
@@ -994,6 +1015,6 @@ def _document(model: Model, train_val, images, opt: Options, nets: Nets, med: di
                    "median_ms": {k: round(v, 4) for k, v in med.items()},
                    "runs_ms": {k: [round(x, 4) for x in v] for k, v in times.items()}},
         "notes": list(choice.notes),
-        "machine": {"node": platform.node(), "processor": platform.processor() or platform.machine()},
+        "machine": machine(),
         "seconds": round(seconds, 1),
     }

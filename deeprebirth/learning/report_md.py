@@ -17,6 +17,19 @@ def _kv(v) -> str:
     return str(v)
 
 
+def _machine(m: dict) -> str:
+    """The plan's machine (plan.machine) in words; keys it does not know, as they are."""
+    known = ("node", "processor", "logical_cpus", "load_average")
+    parts = [str(m[k]) for k in ("node", "processor") if m.get(k)]
+    if m.get("logical_cpus"):
+        parts.append(f"{m['logical_cpus']} logical CPUs")
+    text = ", ".join(parts)
+    if m.get("load_average"):
+        text += "; load average " + ", ".join(f"{v:.2f}" for v in m["load_average"]) + " (1, 5, 15 min) when planned"
+    rest = {k: v for k, v in m.items() if k not in known}
+    return text + (f"; {_kv(rest)}" if rest else "")
+
+
 def _pct(x) -> str:
     return "-" if x is None else f"{100 * x:.2f} %"
 
@@ -95,7 +108,7 @@ def render(doc: dict) -> str:
               f"rebirth bench {q(doc['model'])} {q(doc['out'])} --engine {t.get('engine')} --device {t.get('device')}",
               f"rebirth eval {q(doc['out'])} --data {q(held)} --teacher {q(doc['model'])}"
               + (f" --teacher-weights {q(doc['weights'])}" if doc.get("weights") else ""),
-              "```", "", f"Machine: {_kv(doc.get('machine'))}.", ""]
+              "```", "", f"Machine: {_machine(doc.get('machine') or {})}.", ""]
     return "\n".join(lines)
 
 

@@ -79,6 +79,12 @@ def test_report_md_names_every_number_and_the_commands():
     assert "rebirth bench fmnist_googlenet fast --engine onnxruntime" in text
     # the eval line names the teacher's weights: a deploy.prototxt given with -w has none of its own
     assert "--teacher fmnist_googlenet\n" in text
+    assert "Machine: x." in text           # a plan file of before: its keys as they are
+    text = report_md.render({**summary(), "machine": {"node": "vm", "processor": "AMD EPYC", "logical_cpus": 2,
+                                                      "load_average": [2.0, 1.5, 0.25]}})
+    assert "Machine: vm, AMD EPYC, 2 logical CPUs; load average 2.00, 1.50, 0.25 (1, 5, 15 min) when planned." in text
+    from deeprebirth.learning import plan
+    assert plan.machine("/nonexistent")["logical_cpus"] >= 1
     text = report_md.render({**summary(), "model": "my net/deploy.prototxt", "weights": "my net/w.caffemodel"})
     assert "--teacher 'my net/deploy.prototxt' --teacher-weights 'my net/w.caffemodel'\n" in text
 
@@ -238,3 +244,12 @@ def test_a_bench_whose_original_ran_slow_is_timed_again_once(monkeypatch, tmp_pa
     ctx.started -= ctx.opt.time_budget                        # no time left: once
     acc._bench_step(ctx, result, {"original_ms": 58.3})
     assert len(sessions) == 1
+
+
+def test_the_machine_names_its_processor_and_load(tmp_path):
+    from deeprebirth.learning import plan
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: X\nmodel name\t: Test CPU 9000 @ 3.0GHz\n")
+    doc = plan.machine(str(info))
+    assert doc["processor"] == "Test CPU 9000 @ 3.0GHz" and doc["logical_cpus"] >= 1
+    assert len(doc["load_average"]) == 3 and all(v >= 0 for v in doc["load_average"])
