@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Why the plan times its table of candidates on ONNX Runtime with spinning off (issue 31).
 
-    .venv/bin/python scripts/ort_crowd.py MODEL [--runs 15]
+    .venv/bin/python scripts/ort_crowd.py MODEL [--runs 15] [--turn 10]
 
 Builds the nets `rebirth plan` times for its table (the original, the exact net and slim
 everything twice each, and the exact net with each lossy candidate; ``plan.build_nets``), times
@@ -15,6 +15,12 @@ Measured 2026-12-06 on the 2-core machine, BVLC GoogLeNet (``googlenet``, time a
 spinning, the original 68.3 ms, savings summing to -40.3 ms against a difference of 49.8;
 not spinning, the original 33.3 ms, savings summing to 26.3 ms against 24.7. Run again the same
 day: 64.6 ms, -58.3 against 42.8; not spinning 33.1 ms, 25.1 against 24.4. About a minute.
+With ``--turn 10`` (spinning, in turns of 10 runs, as the plan's pairs are timed), twice, 22:02
+UTC: the original 27.27 and 25.92 ms, but the two copies of slim everything 11.48/13.43 and
+9.98/11.52 ms (15-17 % apart; not spinning, run by run, the same session: 8.66/8.69 and
+8.14/8.11), savings summing to 19.0 and 16.7 ms against differences of 14.8 and 15.5. In a crowd
+of 16 sessions, turns leave each net's first runs after the others' turns slow and uneven: the
+table's savings are timed not spinning, where copies agree within 1 %.
 """
 from __future__ import annotations
 
@@ -61,13 +67,18 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("model")
     ap.add_argument("--runs", type=int, default=15)
+    ap.add_argument("--turn", type=int, default=0,
+                    help="also time the nets spinning in turns of this many runs (bench.measure's block)")
     a = ap.parse_args()
     prepared = prepared_nets(a.model)
-    for spinning in (True, False):
+    ways = [(True, 1), (False, 1)] + ([(True, a.turn)] if a.turn > 1 else [])
+    for spinning, block in ways:
         dev = OrtDevice() if spinning else OrtDevice().crowded()
-        res = bench.run_isolated(prepared, dev, a.runs, 3, layers=False, memory=False, seed=0, block=1)  # run by run
+        res = bench.run_isolated(prepared, dev, a.runs, 3, layers=False, memory=False, seed=0, block=block)
         med, saved, differ = summary({m.label: [t * 1000.0 for t in m.forward_s] for m in res})
-        print(f"spinning {'on ' if spinning else 'off'}: {len(prepared)} nets, original {med['original']:.2f} ms, "
+        how = "run by run" if block == 1 else f"in turns of {block}"
+        print(f"spinning {'on ' if spinning else 'off'}, {how}: {len(prepared)} nets, "
+              f"original {med['original']:.2f} ms, "
               f"exact {med['exact']:.2f}/{med['exact again']:.2f}, slim everything {med['slim everything']:.2f}/"
               f"{med['slim everything again']:.2f}; savings sum {sum(saved.values()):.2f} ms, exact - slim "
               f"everything {differ:.2f} ms")
