@@ -42,11 +42,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
-import platform
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -663,22 +660,10 @@ def make_plan(model: Model, images=None, train_val: str | None = None, options: 
 
 
 def machine(cpuinfo: str = "/proc/cpuinfo") -> dict:
-    """What the plan ran on: the host's name, its processor (the model name /proc/cpuinfo gives, else
-    the architecture), its logical CPUs, and the load average (1, 5, 15 minutes) when planned: the
-    machines here are shared, and a neighbour's load slows every timing."""
-    model = None
-    try:
-        for line in Path(cpuinfo).read_text(errors="replace").splitlines():
-            if line.lower().startswith("model name") and ":" in line:
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    doc = {"node": platform.node(), "processor": model or platform.processor() or platform.machine(),
-           "logical_cpus": os.cpu_count()}
-    if hasattr(os, "getloadavg"):
-        doc["load_average"] = [round(v, 2) for v in os.getloadavg()]
-    return doc
+    """What the plan ran on (runtime.host): the host's name, its processor, its logical CPUs, and
+    the load average (1, 5, 15 minutes) when planned."""
+    from deeprebirth.runtime import host  # noqa: PLC0415
+    return host.host(cpuinfo)
 
 
 def over_time(seconds: float, budget: float | None) -> str | None:

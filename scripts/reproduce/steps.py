@@ -14,7 +14,6 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import platform
 import re
 import shlex
 import subprocess
@@ -23,6 +22,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
+
+from deeprebirth.runtime import host
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "docs" / "results"
@@ -116,24 +117,14 @@ def run_chain(make_steps: Callable[[], list[Step]], done: Path, made_by: str, wo
 
 
 def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (else the platform's processor string)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    """The CPU's model name from /proc/cpuinfo (else the platform's processor string): runtime.host."""
+    return host.cpu_model()
 
 
 def machine() -> dict:
     """What the measurements ran on: CPU model, logical cores, load average (1, 5, 15 min), BLAS
     threads asked for, and the date (UTC)."""
-    try:
-        load = [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        load = None
-    return {"cpu": cpu_model(), "cores": os.cpu_count(), "load_average": load,
+    return {"cpu": host.cpu_model(), "cores": os.cpu_count(), "load_average": host.load_average(),
             "openblas_threads": os.environ.get("OPENBLAS_NUM_THREADS", "default"),
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
 
