@@ -535,9 +535,9 @@ def _fidelity_of_files(teacher: Model, train_val: str | None, nets: dict, held: 
     lt = ev.log_softmax(t[0])
     out = {}
     for name in students:
-        s_both = tuple(np.concatenate(part) for part in zip(*s_all[name]))
-        s = s_both[0]
-        doc = plan_api.scores(s_both, t, y)
+        student = tuple(np.concatenate(part) for part in zip(*s_all[name]))     # (logits, output blob)
+        s = student[0]
+        doc = plan_api.scores(student, t, y)
         doc["images"] = len(s)
         if y is not None:
             doc["top1_original"] = round(float(np.mean(t[0].argmax(1) == y)), 4)

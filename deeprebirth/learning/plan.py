@@ -532,13 +532,14 @@ def outputs_of(runner, x: np.ndarray, batch: int = 50) -> tuple[np.ndarray, np.n
             np.concatenate([p[0] for p in parts]).astype(np.float64))
 
 
-def scores(s: tuple[np.ndarray, np.ndarray], t: tuple[np.ndarray, np.ndarray], labels: np.ndarray | None) -> dict:
+def scores(student: tuple[np.ndarray, np.ndarray], original: tuple[np.ndarray, np.ndarray],
+           labels: np.ndarray | None) -> dict:
     """A net's fidelity to the original from their (logits, output blob) on the same images (outputs_of):
     flips and agreement (top-1 classes), the relative output error as `rebirth eval --teacher` reports
     it (evaluate.relative_error of the output blobs: probabilities when the net ends in a Softmax),
     top-1 when ``labels`` are given."""
     from deeprebirth.learning.evaluate import relative_error  # noqa: PLC0415
-    (s, s_out), (t, t_out) = s, t
+    (s, s_out), (t, t_out) = student, original
     flips = int(np.sum(s.argmax(1) != t.argmax(1)))
     doc = {"flips": flips, "agreement": round(1 - flips / len(s), 4), "rel_error": relative_error(s_out, t_out)}
     if labels is not None:
